@@ -1,0 +1,64 @@
+"""gRPC status -> JSON-RPC error: the one table the bridge translates protocol failures by.
+
+| gRPC status          | JSON-RPC code | meaning for an MCP client                              |
+|----------------------|---------------|--------------------------------------------------------|
+| INVALID_ARGUMENT     | -32602        | invalid params (bad arguments bytes, bad cursor)       |
+| NOT_FOUND            | -32602        | unknown tool (the MCP spec's code for it)              |
+| FAILED_PRECONDITION  | -32021        | missing required client capability (data says which)   |
+| UNIMPLEMENTED        | -32601        | method not found                                       |
+| DEADLINE_EXCEEDED    | -32001        | request timed out                                      |
+| UNAUTHENTICATED      | -32030        | missing or unknown bearer token                        |
+| PERMISSION_DENIED    | -32031        | the principal may not call this tool                   |
+| RESOURCE_EXHAUSTED   | -32032        | a rate or size limit was hit                           |
+| UNAVAILABLE          | -32033        | the hub cannot be reached or is shutting down          |
+| CANCELLED            | -32034        | the call was cancelled                                 |
+| anything else        | -32603        | internal error (details stay in the hub's log)         |
+
+Tool failures are not errors here: they arrive as results with `isError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import orjson
+from mcp.shared.exceptions import MCPError
+
+from proto.metadata import ERROR_DATA
+
+__all__ = ["STATUS_TO_JSONRPC", "mcp_error_from_grpc"]
+
+STATUS_TO_JSONRPC: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: -32602,
+    grpc.StatusCode.NOT_FOUND: -32602,
+    grpc.StatusCode.FAILED_PRECONDITION: -32021,
+    grpc.StatusCode.UNIMPLEMENTED: -32601,
+    grpc.StatusCode.DEADLINE_EXCEEDED: -32001,
+    grpc.StatusCode.UNAUTHENTICATED: -32030,
+    grpc.StatusCode.PERMISSION_DENIED: -32031,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: -32032,
+    grpc.StatusCode.UNAVAILABLE: -32033,
+    grpc.StatusCode.CANCELLED: -32034,
+}
+INTERNAL_ERROR = -32603
+
+
+def _error_data(error: grpc.aio.AioRpcError) -> Any:
+    for key, value in error.trailing_metadata() or ():
+        if key == ERROR_DATA:
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return None
+    return None
+
+
+def mcp_error_from_grpc(error: grpc.aio.AioRpcError) -> MCPError:
+    status = error.code()
+    code = STATUS_TO_JSONRPC.get(status, INTERNAL_ERROR)
+    if status == grpc.StatusCode.UNAVAILABLE:
+        message = "the mcphub hub is unavailable; is `mcphub serve` running?"
+    else:
+        message = error.details() or status.name.lower()
+    return MCPError(code=code, message=message, data=_error_data(error))

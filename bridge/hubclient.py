@@ -1,0 +1,84 @@
+"""A small async client of the hub's `ToolHub` gRPC service, shared by the bridge and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
+from proto.metadata import AUTHORIZATION
+
+__all__ = ["HubClient"]
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
+
+
+class HubClient:
+    """One channel to one hub. Methods raise `grpc.aio.AioRpcError` on protocol failures."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.ToolHubStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def list_tools(
+        self, token: str | None, cursor: str = "", page_size: int = 0
+    ) -> pb.ListToolsResponse:
+        response: pb.ListToolsResponse = await self._stub.ListTools(
+            pb.ListToolsRequest(cursor=cursor, page_size=page_size), metadata=_metadata(token)
+        )
+        return response
+
+    async def all_tools(self, token: str | None) -> list[pb.Tool]:
+        tools: list[pb.Tool] = []
+        cursor = ""
+        while True:
+            page = await self.list_tools(token, cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+    async def call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> pb.CallToolResult:
+        result: pb.CallToolResult = await self._stub.CallTool(
+            request, metadata=_metadata(token), timeout=timeout
+        )
+        return result
+
+    def stream_call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> AsyncIterator[pb.CallToolEvent]:
+        """The call's events; the last is the result. Cancel the awaiting task to cancel the call."""
+        call: AsyncIterator[pb.CallToolEvent] = self._stub.StreamCallTool(
+            request, metadata=_metadata(token), timeout=timeout
+        )
+        return call
+
+    def watch_tools(self, token: str | None) -> AsyncIterator[pb.ToolsChanged]:
+        call: AsyncIterator[pb.ToolsChanged] = self._stub.WatchTools(
+            pb.WatchToolsRequest(), metadata=_metadata(token)
+        )
+        return call
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the channel is connected; raises TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._channel.channel_ready()
+
+    async def close(self) -> None:
+        await self._channel.close()

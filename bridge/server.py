@@ -1,0 +1,179 @@
+"""The MCP face of a ToolHub: the official SDK's low-level server, forwarding every call over gRPC.
+
+Streamable HTTP at `/mcp` serves the handshake protocol versions (2025-06-18,
+2025-11-25: sessions and the GET stream) and the stateless 2026-07-28 wire;
+the SDK picks the era per request. The caller's `Authorization: Bearer` header
+is forwarded to the hub as the caller's identity; stdio clients use the token
+the bridge was started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import grpc
+import orjson
+from mcp.server.caching import CacheHint
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolRequestParams, PaginatedRequestParams
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+
+from .errors import mcp_error_from_grpc
+from .hubclient import HubClient
+from .security import HostOriginGuard, OriginPolicy
+from .translate import result_to_mcp, tool_to_mcp
+
+__all__ = ["BridgeOptions", "build_asgi_app", "build_mcp_server"]
+
+logger = logging.getLogger(__name__)
+
+try:
+    _VERSION = version("mcphub")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    _VERSION = "0.0.0"
+
+_APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    name: str = "mcphub"
+    instructions: str = (
+        "mcphub: shared tools (shell, browser, cloud APIs, sandbox tools) behind an operator's policy. "
+        "Some calls wait for a human approval; progress notifications say so."
+    )
+    default_token: str | None = None
+    """Token used when a request carries none (stdio clients)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> str | None:
+    request = ctx.request
+    if isinstance(request, Request):
+        header = request.headers.get("authorization")
+        if header:
+            scheme, _, token = header.partition(" ")
+            # A malformed header is forwarded as is so the hub answers UNAUTHENTICATED precisely.
+            return token.strip() if scheme.lower() == "bearer" else header
+    return default
+
+
+def _capabilities_json(ctx: ServerRequestContext[Any, Any]) -> bytes:
+    caps = ctx.session.client_capabilities
+    if caps is None:
+        return b""
+    return caps.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def _complete(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """2026-07-28 results carry `resultType`; the handshake versions have no such field."""
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        result["resultType"] = "complete"
+    return result
+
+
+def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
+    default_token = options.default_token
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        cursor = (params.cursor if params else None) or ""
+        try:
+            page = await hub.list_tools(_caller_token(ctx, default_token), cursor)
+        except grpc.aio.AioRpcError as exc:
+            raise mcp_error_from_grpc(exc) from None
+        out: dict[str, Any] = {"tools": [tool_to_mcp(t) for t in page.tools]}
+        if page.next_cursor:
+            out["nextCursor"] = page.next_cursor
+        return _complete(ctx, out)
+
+    async def call_tool(ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> dict[str, Any]:
+        request = pb.CallToolRequest(
+            name=params.name,
+            arguments_json=orjson.dumps(params.arguments) if params.arguments else b"",
+            client_capabilities_json=_capabilities_json(ctx),
+            request_id=str(ctx.request_id) if ctx.request_id is not None else "",
+        )
+        token = _caller_token(ctx, default_token)
+        meta = ctx.meta
+        wants_progress = bool(meta) and meta.get("progress_token") is not None  # type: ignore[union-attr]
+        try:
+            if not wants_progress:
+                return _complete(ctx, result_to_mcp(await hub.call_tool(token, request)))
+            return _complete(ctx, await _relay_stream(ctx, hub, token, request))
+        except grpc.aio.AioRpcError as exc:
+            raise mcp_error_from_grpc(exc) from None
+
+    server: Server[Any] = Server(
+        options.name,
+        version=_VERSION,
+        title="mcphub",
+        instructions=options.instructions,
+        # The list depends on the caller's token and changes at run time: never shared, never fresh.
+        cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
+        # The runtime accepts wire dicts (HandlerResult); pydantic models per call would only cost time.
+        on_list_tools=list_tools,  # type: ignore[arg-type]
+        on_call_tool=call_tool,  # type: ignore[arg-type]
+    )
+    return server
+
+
+async def _relay_stream(
+    ctx: ServerRequestContext[Any, Any], hub: HubClient, token: str | None, request: pb.CallToolRequest
+) -> dict[str, Any]:
+    """Stream the call, turning progress and approval events into `notifications/progress`."""
+    last = 0.0
+    async for event in hub.stream_call_tool(token, request):
+        kind = event.WhichOneof("event")
+        if kind == "result":
+            return result_to_mcp(event.result)
+        if kind == "progress":
+            p = event.progress
+            last = max(last, p.progress)
+            total = p.total if p.HasField("total") else None
+            await ctx.session.report_progress(last, total, p.message or None)
+        elif kind == "approval":
+            a = event.approval
+            state = _APPROVAL_STATES.get(a.state, "unknown")
+            text = f"approval {a.approval_id} {state}"
+            if a.reason:
+                text += f": {a.reason}"
+            if a.state == pb.ApprovalState.PENDING and a.how_to_approve:
+                text += f" (an approver runs: {a.how_to_approve})"
+            await ctx.session.report_progress(last, None, text)
+    raise grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="the hub ended the stream without a result",
+    )
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def build_asgi_app(server: Server[Any], policy: OriginPolicy, options: BridgeOptions) -> ASGIApp:
+    """`/mcp` (Streamable HTTP) and `/healthz`, behind the Host/Origin guard."""
+    app: Starlette = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        # The guard below checks Host/Origin for every route and bind address; the
+        # SDK's own check would repeat the same work on /mcp only.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        max_request_body_size=options.max_body_bytes,
+        custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
+    )
+    return HostOriginGuard(app, policy)

@@ -1,0 +1,122 @@
+"""Tool packs: groups of tools loaded by import path or by entry point (group `mcphub.packs`).
+
+A pack reference is an entry-point name (`diagnostics`), an import path
+(`my_image.tools`, `my_image.tools:create_pack`) or a Python file
+(`tests/conformance_pack.py`). The target is a factory
+`create_pack(options, env) -> ToolPack`; a reference without `:attr` uses the
+module's `create_pack`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConfigError
+from ..tools import Tool
+
+__all__ = ["ENTRY_POINT_GROUP", "PackEnv", "StaticPack", "ToolPack", "available_packs", "load_pack"]
+
+ENTRY_POINT_GROUP = "mcphub.packs"
+
+
+@dataclass(frozen=True, slots=True)
+class PackEnv:
+    """What a pack may know about the server that loads it."""
+
+    state_dir: Path
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ToolPack(Protocol):
+    name: str
+
+    def tools(self) -> Sequence[Tool]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(slots=True)
+class StaticPack:
+    """A pack whose tools need no start-up or clean-up."""
+
+    name: str
+    tool_list: Sequence[Tool]
+
+    def tools(self) -> Sequence[Tool]:
+        return self.tool_list
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def available_packs() -> dict[str, str]:
+    """Entry-point pack names and what they point to."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _import_file(ref: str, path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"pack {ref!r}: no such file {path}")
+    name = f"mcphub_pack_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"pack {ref!r}: {path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a pack file is foreign code: report any failure as a config error
+        del sys.modules[name]
+        raise ConfigError(f"pack {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _resolve(ref: str) -> Any:
+    module_ref, _, attr = ref.partition(":")
+    if module_ref.endswith(".py") or "/" in module_ref:
+        module = _import_file(ref, Path(module_ref))
+        attr = attr or "create_pack"
+        if not hasattr(module, attr):
+            raise ConfigError(f"pack {ref!r}: {module_ref} has no {attr!r}")
+        return getattr(module, attr)
+    if ":" not in ref and "." not in ref:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == ref]
+        if not found:
+            known = ", ".join(sorted(available_packs())) or "none"
+            raise ConfigError(
+                f"pack {ref!r}: no such pack (installed packs: {known}; or give an import path)"
+            )
+        return found[0].load()
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"pack {ref!r}: cannot import {module_name!r}: {exc}") from exc
+    attr = attr or "create_pack"
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"pack {ref!r}: module {module_name!r} has no {attr!r}") from exc
+
+
+def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv) -> ToolPack:
+    target = _resolve(ref)
+    pack = target(dict(options), env) if callable(target) else target
+    if not isinstance(pack, ToolPack):
+        raise ConfigError(
+            f"pack {ref!r}: expected a ToolPack (name, tools(), start(), stop()), got {type(pack).__name__}"
+        )
+    return pack

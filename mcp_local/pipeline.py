@@ -1,0 +1,175 @@
+"""The dispatch pipeline: explicit, ordered stages every call passes through.
+
+    authenticate -> resolve -> authorize -> [hub stages: gate, audit, rate limits] -> validate -> execute
+
+A stage is `async (call, call_next) -> ToolResult`: it may refuse the call
+(raise a `HubError`), answer it without going further (return a result), or
+pass it on and look at what comes back. The pipeline is composed once, at
+start-up; per call it costs one coroutine frame per stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Protocol
+
+import orjson
+
+from .content import ToolResult
+from .errors import DeadlineExceeded, HubError, InvalidArgument, PermissionDenied, ToolError, ToolNotFound
+from .principals import Authenticator
+from .registry import ToolRegistry
+from .tools import ToolCall
+
+__all__ = [
+    "Authenticate",
+    "Authorize",
+    "Next",
+    "Pipeline",
+    "ResolveTool",
+    "Stage",
+    "ValidateArguments",
+    "execute",
+]
+
+logger = logging.getLogger(__name__)
+
+Next = Callable[[ToolCall], Awaitable[ToolResult]]
+
+
+class Stage(Protocol):
+    """One step of the dispatch path."""
+
+    name: str
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult: ...
+
+
+class Pipeline:
+    """Stages composed around a terminal step (normally `execute`)."""
+
+    def __init__(self, stages: Sequence[Stage], terminal: Next | None = None) -> None:
+        self.stages = tuple(stages)
+        chain: Next = terminal or execute
+        for stage in reversed(self.stages):
+            chain = partial(stage, call_next=chain)
+        self._chain = chain
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages] + ["execute"]
+
+    def __call__(self, call: ToolCall) -> Awaitable[ToolResult]:
+        return self._chain(call)
+
+
+class Authenticate:
+    """Bearer token -> principal. The token is dropped once it has named one."""
+
+    name = "authenticate"
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticate = authenticator.authenticate
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        call.principal = self._authenticate(call.token)
+        call.token = None
+        return await call_next(call)
+
+
+class ResolveTool:
+    """Tool name -> registered tool."""
+
+    name = "resolve"
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self._get = registry.get
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        registered = self._get(call.name)
+        if registered is None:
+            raise ToolNotFound(f"unknown tool {call.name[:80]!r}; list the tools to see what exists")
+        call.tool = registered.tool
+        return await call_next(call)
+
+
+class Authorize:
+    """The principal's allowed tool globs."""
+
+    name = "authorize"
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        principal = call.principal
+        if principal is None or not principal.may_call(call.name):
+            who = principal.name if principal else "anonymous"
+            raise PermissionDenied(f"principal {who!r} may not call tool {call.name!r}")
+        return await call_next(call)
+
+
+class ValidateArguments:
+    """JSON bytes -> arguments object, checked against the tool's input schema.
+
+    Bytes that are not a JSON object are a protocol error (INVALID_ARGUMENT); an
+    object that does not match the schema is a tool error the model can read.
+    """
+
+    name = "validate"
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self._get = registry.get
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        raw = call.arguments_json
+        try:
+            arguments = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from exc
+        if not isinstance(arguments, dict):
+            raise InvalidArgument(f"arguments must be a JSON object, not {type(arguments).__name__}")
+        registered = self._get(call.name)
+        if registered is None:  # removed while the call was on its way
+            raise ToolNotFound(f"unknown tool {call.name[:80]!r}")
+        problem = registered.validator.problem(arguments)
+        if problem is not None:
+            return ToolResult.error(problem)
+        call.arguments = arguments
+        return await call_next(call)
+
+
+async def execute(call: ToolCall) -> ToolResult:
+    """Run the tool's handler under the caller's deadline and the tool's own timeout.
+
+    This is the boundary to tool code: whatever a handler raises becomes an
+    `is_error` result here (and is logged with its traceback), except
+    cancellation, which propagates so the handler stops when the caller goes.
+    """
+    tool = call.tool
+    if tool is None:  # pragma: no cover - ResolveTool always runs first
+        raise ToolNotFound(f"unknown tool {call.name!r}")
+    deadline = call.deadline
+    if tool.timeout_s is not None:
+        own = asyncio.get_running_loop().time() + tool.timeout_s
+        deadline = own if deadline is None else min(deadline, own)
+    try:
+        if deadline is None:
+            outcome = await tool.handler(call)
+        else:
+            async with asyncio.timeout_at(deadline):
+                outcome = await tool.handler(call)
+    except TimeoutError as exc:
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            raise DeadlineExceeded(f"tool {tool.name!r} did not finish before the deadline") from exc
+        return ToolResult.error(f"{tool.name} failed: timed out")
+    except ToolError as exc:
+        return ToolResult.error(str(exc))
+    except HubError:
+        raise
+    except Exception as exc:  # the boundary to tool code, see docstring
+        logger.exception("tool %s raised", tool.name)
+        return ToolResult.error(f"{tool.name} failed: {type(exc).__name__}: {exc}")
+    if isinstance(outcome, str):
+        return ToolResult.text(outcome)
+    return outcome

@@ -1,0 +1,137 @@
+"""The set of tools a server offers, grouped by source, with a revision that changes with it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+
+from .errors import ConfigError, InvalidArgument
+from .principals import Principal
+from .tools import Tool
+from .validation import ArgumentValidator
+from .wire import tool_to_proto
+
+__all__ = ["RegisteredTool", "ToolRegistry"]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredTool:
+    """A tool with what is derived from it once: its validator and its wire form."""
+
+    tool: Tool
+    source: str
+    validator: ArgumentValidator = field(repr=False)
+    proto: pb.Tool = field(repr=False)
+
+
+class ToolRegistry:
+    """Tools by name. Each source (a pack, a sidecar) owns its tools and replaces them together."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, RegisteredTool] = {}
+        self._sorted: list[RegisteredTool] = []
+        self._revision = 1
+        self._visible: dict[str, list[RegisteredTool]] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def get(self, name: str) -> RegisteredTool | None:
+        return self._tools.get(name)
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def set_source(self, source: str, tools: Iterable[Tool]) -> None:
+        """Make `tools` the whole contribution of `source` (an empty list removes it)."""
+        new = [
+            RegisteredTool(t, source, ArgumentValidator(t.name, t.input_schema), tool_to_proto(t))
+            for t in tools
+        ]
+        names = [r.tool.name for r in new]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: a tool name appears twice in {sorted(names)}")
+        for entry in new:
+            other = self._tools.get(entry.tool.name)
+            if other is not None and other.source != source:
+                raise ConfigError(
+                    f"tool {entry.tool.name!r} of {source} is already provided by {other.source}"
+                )
+        kept = {n: r for n, r in self._tools.items() if r.source != source}
+        kept.update((r.tool.name, r) for r in new)
+        self._tools = kept
+        self._sorted = sorted(kept.values(), key=lambda r: r.tool.name)
+        self._changed()
+
+    def sources(self) -> set[str]:
+        return {r.source for r in self._tools.values()}
+
+    def _changed(self) -> None:
+        self._revision += 1
+        self._visible.clear()
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def visible_to(self, principal: Principal) -> list[RegisteredTool]:
+        """The tools `principal` may call, sorted by name (cached until the next change)."""
+        cached = self._visible.get(principal.name)
+        if cached is None:
+            cached = [r for r in self._sorted if principal.may_call(r.tool.name)]
+            self._visible[principal.name] = cached
+        return cached
+
+    def page(self, principal: Principal, cursor: str, page_size: int) -> tuple[list[RegisteredTool], str]:
+        """One page of `visible_to(principal)` after `cursor`, and the cursor of the next page."""
+        tools = self.visible_to(principal)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        start = 0
+        if cursor:
+            after = _decode_cursor(cursor)
+            start = next((i for i, r in enumerate(tools) if r.tool.name > after), len(tools))
+        chunk = tools[start : start + size]
+        more = start + size < len(tools)
+        return chunk, _encode_cursor(chunk[-1].tool.name) if more and chunk else ""
+
+    async def watch(self) -> AsyncIterator[int]:
+        """The current revision now, then the new one after each change."""
+        seen = self._revision
+        yield seen
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._revision == seen:
+                waiter = loop.create_future()
+                self._waiters.add(waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiters.discard(waiter)
+            seen = self._revision
+            yield seen
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(b"after:" + name.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode())
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument(
+            f"invalid cursor {cursor[:40]!r}: pass next_cursor of the previous page"
+        ) from exc
+    if not raw.startswith(b"after:"):
+        raise InvalidArgument(f"invalid cursor {cursor[:40]!r}: pass next_cursor of the previous page")
+    return raw[len(b"after:") :].decode(errors="replace")

@@ -1,0 +1,212 @@
+"""The gRPC edge: `ToolHub` served from a registry and a dispatch pipeline.
+
+This is where `HubError` becomes a gRPC status, in one place, and the one
+top-level handler that logs an unexpected exception and answers INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
+
+import grpc
+import orjson
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
+from proto.metadata import AUTHORIZATION, ERROR_DATA
+
+from .errors import HubError
+from .pipeline import Pipeline
+from .principals import Authenticator, bearer_token
+from .registry import ToolRegistry
+from .tools import ToolCall
+from .wire import result_to_proto
+
+__all__ = ["ToolHubServicer", "start_grpc_server"]
+
+logger = logging.getLogger(__name__)
+
+STREAM_BUFFER = 256
+"""Events a streaming call may queue before the tool waits for the caller to read them."""
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return bearer_token(value if isinstance(value, str) else value.decode())
+    return None
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    if isinstance(exc, HubError):
+        trailing = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
+        await context.abort(exc.status, exc.message, trailing)
+    logger.error("internal error in %s", context.__class__.__name__, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; the hub's log has the details")
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+class _StreamSink:
+    """Events of a streaming call, queued for the RPC to send; a full queue makes the tool wait."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: asyncio.Queue[pb.CallToolEvent]) -> None:
+        self._queue = queue
+
+    async def progress(self, progress: float, total: float | None, message: str) -> None:
+        await self._queue.put(
+            pb.CallToolEvent(progress=pb.Progress(progress=progress, total=total, message=message))
+        )
+
+    async def output(self, stream: str, data: bytes) -> None:
+        await self._queue.put(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
+
+    async def approval(
+        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
+    ) -> None:
+        await self._queue.put(
+            pb.CallToolEvent(
+                approval=pb.ApprovalState(
+                    approval_id=approval_id,
+                    state=state,  # type: ignore[arg-type]
+                    reason=reason,
+                    expires_at_unix_ms=expires_at_ms,
+                    how_to_approve=hint,
+                )
+            )
+        )
+
+
+class ToolHubServicer(pb_grpc.ToolHubServicer):
+    def __init__(self, registry: ToolRegistry, pipeline: Pipeline, authenticator: Authenticator) -> None:
+        self._registry = registry
+        self._pipeline = pipeline
+        self._authenticate = authenticator.authenticate
+
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListToolsResponse:
+        try:
+            principal = self._authenticate(_token(context))
+            page, next_cursor = self._registry.page(principal, request.cursor, request.page_size)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb.ListToolsResponse(
+            tools=[r.proto for r in page], next_cursor=next_cursor, revision=self._registry.revision
+        )
+
+    async def CallTool(
+        self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CallToolResult:
+        try:
+            call = ToolCall(
+                request.name,
+                request.arguments_json,
+                token=_token(context),
+                deadline=_deadline(context),
+                client_capabilities_json=request.client_capabilities_json,
+                request_id=request.request_id,
+            )
+            result = await self._pipeline(call)
+        except Exception as exc:
+            await _abort(context, exc)
+        return result_to_proto(result)
+
+    async def StreamCallTool(
+        self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.CallToolEvent]:
+        queue: asyncio.Queue[pb.CallToolEvent] = asyncio.Queue(STREAM_BUFFER)
+        try:
+            call = ToolCall(
+                request.name,
+                request.arguments_json,
+                token=_token(context),
+                deadline=_deadline(context),
+                sink=_StreamSink(queue),
+                client_capabilities_json=request.client_capabilities_json,
+                request_id=request.request_id,
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        task = asyncio.ensure_future(self._pipeline(call))
+        getter: asyncio.Future[pb.CallToolEvent] | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    break
+                yield getter.result()
+            getter.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            try:
+                result = task.result()
+            except Exception as exc:
+                await _abort(context, exc)
+            yield pb.CallToolEvent(result=result_to_proto(result))
+        finally:
+            if getter is not None:
+                getter.cancel()
+            if not task.done():
+                task.cancel()  # the caller went away: stop the tool
+
+    async def WatchTools(
+        self, request: pb.WatchToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ToolsChanged]:
+        try:
+            self._authenticate(_token(context))
+        except Exception as exc:
+            await _abort(context, exc)
+        async for revision in self._registry.watch():
+            yield pb.ToolsChanged(revision=revision)
+
+
+async def start_grpc_server(
+    address: str,
+    servicer: ToolHubServicer,
+    *,
+    extra_services: Sequence[tuple[Any, Any, str]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """Serve ToolHub (plus health checking and reflection) on `address`; returns the server and bound port.
+
+    `extra_services` are `(add_to_server_fn, servicer, full_service_name)` triples.
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    pb_grpc.add_ToolHubServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    names = [pb.DESCRIPTOR.services_by_name["ToolHub"].full_name]
+    for add, impl, name in extra_services:
+        add(impl, server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    await server.start()
+    return server, port

@@ -1,0 +1,168 @@
+"""The tool model: a definition plus an async handler, and the per-call context handed to it.
+
+A handler is `async def handler(call: ToolCall) -> ToolResult | str`. It reads
+its (already validated) arguments from `call.arguments`, may report progress
+and output while it runs, and stops promptly when cancelled: the runtime
+cancels its task when the caller goes away or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from .content import ToolResult
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .principals import Principal
+
+__all__ = [
+    "NULL_SINK",
+    "TOOL_NAME",
+    "EventSink",
+    "Tool",
+    "ToolAnnotations",
+    "ToolCall",
+    "ToolHandler",
+]
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+"""Tool names clients accept everywhere (the Anthropic and OpenAI rules; dots break clients)."""
+
+
+class EventSink(Protocol):
+    """Where a running call's events go: a stream to the caller, or nowhere."""
+
+    async def progress(self, progress: float, total: float | None, message: str) -> None: ...
+
+    async def output(self, stream: str, data: bytes) -> None: ...
+
+    async def approval(
+        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
+    ) -> None: ...
+
+
+class _NullSink:
+    """The sink of a unary call: events have no one to go to, so they cost nothing."""
+
+    __slots__ = ()
+
+    async def progress(self, progress: float, total: float | None, message: str) -> None:
+        return None
+
+    async def output(self, stream: str, data: bytes) -> None:
+        return None
+
+    async def approval(
+        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
+    ) -> None:
+        return None
+
+
+NULL_SINK: EventSink = _NullSink()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnnotations:
+    """Hints about behaviour (MCP ToolAnnotations). None means unknown."""
+
+    title: str = ""
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+
+ToolHandler = Callable[["ToolCall"], Awaitable[ToolResult | str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A tool definition and its handler.
+
+    `timeout_s` bounds one call even when the caller sets no deadline.
+    """
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+    handler: ToolHandler = field(repr=False, compare=False)
+    title: str = ""
+    output_schema: Mapping[str, Any] | None = None
+    annotations: ToolAnnotations = ToolAnnotations()
+    meta: Mapping[str, Any] | None = None
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not TOOL_NAME.match(self.name):
+            raise ConfigError(f"tool name {self.name!r}: expected 1-64 characters of [a-zA-Z0-9_-]")
+        if self.input_schema.get("type") != "object":
+            raise ConfigError(f'tool {self.name!r}: input_schema must have "type": "object"')
+
+
+class ToolCall:
+    """One call as it travels through the dispatch pipeline, and the context its handler sees.
+
+    Stages fill it in order (the principal after authentication, the tool after
+    lookup, the arguments after validation). It is a plain mutable object with
+    slots because it is created once per call on the hot path.
+    """
+
+    __slots__ = (
+        "arguments",
+        "arguments_json",
+        "client_capabilities_json",
+        "deadline",
+        "name",
+        "principal",
+        "request_id",
+        "sink",
+        "token",
+        "tool",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        arguments_json: bytes,
+        *,
+        token: str | None = None,
+        deadline: float | None = None,
+        sink: EventSink = NULL_SINK,
+        client_capabilities_json: bytes = b"",
+        request_id: str = "",
+    ) -> None:
+        self.name = name
+        self.arguments_json = arguments_json
+        self.token = token
+        self.deadline = deadline
+        """Absolute event-loop time (`loop.time()`) after which the call is abandoned, or None."""
+        self.sink = sink
+        self.client_capabilities_json = client_capabilities_json
+        self.request_id = request_id
+        self.principal: Principal | None = None
+        self.tool: Tool | None = None
+        self.arguments: dict[str, Any] = {}
+
+    def client_capabilities(self) -> dict[str, Any]:
+        """The MCP capabilities the client declared (empty when it declared none or is not an MCP client)."""
+        if not self.client_capabilities_json:
+            return {}
+        try:
+            caps = orjson.loads(self.client_capabilities_json)
+        except orjson.JSONDecodeError:
+            return {}
+        return caps if isinstance(caps, dict) else {}
+
+    async def progress(self, progress: float, total: float | None = None, message: str = "") -> None:
+        """Report progress to the caller (dropped when the caller did not stream)."""
+        await self.sink.progress(progress, total, message)
+
+    async def output(self, data: bytes | str, stream: str = "stdout") -> None:
+        """Send a piece of output to the caller while the tool runs."""
+        await self.sink.output(stream, data.encode() if isinstance(data, str) else data)

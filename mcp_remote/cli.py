@@ -1,0 +1,423 @@
+"""The `mcphub` command.
+
+Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
+2 bad usage or configuration; 3 the hub refused the call or could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _run(coro: Any) -> int:
+    import uvloop
+
+    result: int = uvloop.run(coro)
+    return result
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mcphub: {message}", file=sys.stderr)
+    return code
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mcp_local.errors import ConfigError
+
+    from .config import PackConfig, load_config
+
+    overrides: dict[str, Any] = {"grpc": args.grpc, "http": args.http, "state_dir": args.state_dir}
+    try:
+        config = load_config(args.config, environ, overrides)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if args.pack:
+        config = config.model_copy(
+            update={"packs": [*config.packs, *(PackConfig(name=r) for r in args.pack)]}
+        )
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return _run(_serve(config, environ, as_json=args.json))
+
+
+async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> int:
+    import json
+
+    from mcp_local.errors import ConfigError
+
+    from .hub import Hub
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        hub = Hub(config, environ)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        addresses = await hub.start()
+    except ConfigError as exc:
+        await hub.stop(0)
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        await hub.stop(0)
+        return _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        line = json.dumps(
+            {"event": "ready", "grpc": addresses.grpc, "mcp": addresses.mcp_url, "pid": os.getpid()}
+        )
+    else:
+        line = f"mcphub ready: grpc {addresses.grpc}" + (
+            f"  mcp {addresses.mcp_url}" if addresses.mcp_url else ""
+        )
+    print(line, flush=True)
+    await stop.wait()
+    logging.getLogger("mcphub").info("shutting down")
+    await hub.stop()
+    return EXIT_OK
+
+
+# --- client commands ---------------------------------------------------------------------------
+
+
+def _hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    from .config import DEFAULT_GRPC, default_state_dir
+    from .hub import read_hub_file
+
+    if args.hub:
+        return str(args.hub)
+    if environ.get("MCPHUB_HUB"):
+        return environ["MCPHUB_HUB"]
+    state_dir = args.state_dir or Path(environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
+    running = read_hub_file(Path(state_dir))
+    if running and isinstance(running.get("grpc"), str):
+        return str(running["grpc"])
+    return DEFAULT_GRPC
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    token = args.token or environ.get("MCPHUB_TOKEN")
+    return token or None
+
+
+def _rpc_failure(exc: Any, target: str) -> int:
+    import grpc
+
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return _fail(
+            f"cannot reach a hub at {target} ({exc.details()}); start one with `mcphub serve`", EXIT_HUB
+        )
+    return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
+
+
+def _cmd_tools(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    return _run(_tools(_hub_target(args, environ), _token(args, environ), as_json=args.json))
+
+
+async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
+    import json
+
+    import grpc
+
+    from bridge.hubclient import HubClient
+    from bridge.translate import tool_to_mcp
+
+    hub = HubClient(target)
+    try:
+        tools = await hub.all_tools(token)
+    except grpc.aio.AioRpcError as exc:
+        return _rpc_failure(exc, target)
+    finally:
+        await hub.close()
+    if as_json:
+        print(json.dumps([tool_to_mcp(t) for t in tools], indent=2))
+        return EXIT_OK
+    width = max((len(t.name) for t in tools), default=4)
+    for t in tools:
+        flags = []
+        if t.annotations.HasField("read_only_hint") and t.annotations.read_only_hint:
+            flags.append("read-only")
+        if t.annotations.HasField("destructive_hint") and t.annotations.destructive_hint:
+            flags.append("destructive")
+        summary = (t.description.splitlines() or [""])[0]
+        print(f"{t.name:<{width}}  {summary}" + (f"  [{', '.join(flags)}]" if flags else ""))
+    print(f"{len(tools)} tools at {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import json
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        return _fail(f"--args is not valid JSON: {exc}", EXIT_USAGE)
+    if not isinstance(arguments, dict):
+        return _fail('--args must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
+    return _run(
+        _call(
+            _hub_target(args, environ), _token(args, environ), args.tool, arguments, args.json, args.timeout
+        )
+    )
+
+
+class _ProgressLine:
+    """Live progress on stderr: rewritten in place on a terminal, one line per event otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text[:200])
+            self.shown = True
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+async def _call(
+    target: str, token: str | None, tool: str, arguments: dict[str, Any], as_json: bool, timeout: float | None
+) -> int:
+    import json
+
+    import grpc
+    import orjson
+
+    from bridge.hubclient import HubClient
+    from bridge.translate import result_to_mcp
+    from proto.mcphub.v1 import toolhub_pb2 as pb
+
+    hub = HubClient(target)
+    line = _ProgressLine()
+    request = pb.CallToolRequest(name=tool, arguments_json=orjson.dumps(arguments))
+    result = None
+    try:
+        async for event in hub.stream_call_tool(token, request, timeout=timeout):
+            kind = event.WhichOneof("event")
+            if kind == "progress":
+                p = event.progress
+                pct = (
+                    f"{100 * p.progress / p.total:3.0f}%"
+                    if p.HasField("total") and p.total
+                    else f"{p.progress:g}"
+                )
+                line.show(f"[{pct}] {p.message}".rstrip())
+            elif kind == "output":
+                line.done()
+                stream = sys.stderr if event.output.stream == "stderr" or as_json else sys.stdout
+                stream.buffer.write(event.output.data)
+                stream.flush()
+            elif kind == "approval":
+                a = event.approval
+                state = pb.ApprovalState.State.Name(a.state).lower()
+                line.show(f"approval {a.approval_id}: {state} {a.reason} {a.how_to_approve}".rstrip())
+            elif kind == "result":
+                result = event.result
+    except grpc.aio.AioRpcError as exc:
+        line.done()
+        return _rpc_failure(exc, target)
+    finally:
+        await hub.close()
+    line.done()
+    if result is None:
+        return _fail("the hub ended the call without a result", EXIT_HUB)
+    if as_json:
+        print(json.dumps(result_to_mcp(result), indent=2))
+    else:
+        for block in result.content:
+            kind = block.WhichOneof("block")
+            if kind == "text":
+                print(block.text.text)
+            elif kind in ("image", "audio"):
+                media = getattr(block, kind)
+                print(f"<{kind} {media.mime_type}, {len(media.data)} bytes; use --json to get it>")
+            elif kind == "resource_link":
+                print(f"<resource {block.resource_link.uri}>")
+            elif kind == "resource":
+                r = block.resource
+                print(
+                    r.text
+                    if r.WhichOneof("contents") == "text"
+                    else f"<resource {r.uri}, {len(r.blob)} bytes>"
+                )
+        if result.structured_content_json and not result.content:
+            print(result.structured_content_json.decode())
+    return EXIT_TOOL_ERROR if result.is_error else EXIT_OK
+
+
+def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from bridge import BridgeOptions
+
+    target = _hub_target(args, environ)
+    token = _token(args, environ)
+    if args.stdio:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return _run(_stdio(target, BridgeOptions(default_token=token))) or EXIT_OK
+    return _fail("choose a transport: --stdio (for HTTP, `mcphub serve` runs the bridge)", EXIT_USAGE)
+
+
+async def _stdio(target: str, options: Any) -> int:
+    from bridge import serve_stdio
+
+    await serve_stdio(target, options)
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _address(value: str) -> str:
+    from .config import parse_address
+
+    if value.lower() == "off":
+        return "off"
+    try:
+        return str(parse_address(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hub",
+        metavar="HOST:PORT",
+        help="the hub's gRPC address (default: $MCPHUB_HUB, then the hub "
+        "running from the state directory, then 127.0.0.1:7070)",
+    )
+    p.add_argument("--token", help="bearer token (default: $MCPHUB_TOKEN)")
+    p.add_argument("--state-dir", type=Path, help="find the local hub through this state directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcphub",
+        formatter_class=_Formatter,
+        description="mcphub: one shared, operator-controlled place for AI agents' tools (MCP over gRPC).",
+        epilog=(
+            "examples:\n"
+            "  mcphub serve                              hub + MCP bridge on loopback, embedded defaults\n"
+            "  mcphub tools                              list the tools of the local hub\n"
+            '  mcphub call echo --args \'{"text": "hi"}\'  call a tool, with live progress\n'
+            "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
+            "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
+            "            3 the hub refused the call or could not be reached"
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        formatter_class=_Formatter,
+        help="run the hub (gRPC) and the MCP bridge (Streamable HTTP) in one process",
+        description=(
+            "Run the hub and its MCP bridge. With no options: gRPC on 127.0.0.1:7070, MCP on\n"
+            "http://127.0.0.1:7071/mcp, the diagnostics pack, state in ~/.local/state/mcphub.\n"
+            "Prints one ready line naming both addresses; stops cleanly on SIGINT/SIGTERM.\n\n"
+            "config file keys: grpc, http, state_dir, principals (name, token | token_env | token_file,\n"
+            "tools, roles), packs (name, options), allowed_hosts, allowed_origins, max_request_bytes,\n"
+            "log_level. Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL,\n"
+            "MCPHUB_PACKS, MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists).\n"
+            "Binding a non-loopback address needs at least one principal."
+        ),
+    )
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument(
+        "--grpc", type=_address, metavar="HOST:PORT", help="gRPC listen address (port 0: any free port)"
+    )
+    serve.add_argument(
+        "--http", type=_address, metavar="HOST:PORT", help="MCP bridge listen address, or 'off'"
+    )
+    serve.add_argument("--state-dir", type=Path, help="where the hub keeps its state")
+    serve.add_argument(
+        "--pack",
+        action="append",
+        metavar="IMPORT_PATH",
+        default=[],
+        help="load another tool pack (entry-point name or import path); repeatable",
+    )
+    serve.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    serve.set_defaults(func=_cmd_serve)
+
+    tools = sub.add_parser(
+        "tools",
+        formatter_class=_Formatter,
+        help="list the tools a hub offers you",
+        description="List the tools the calling principal may call, over gRPC.",
+    )
+    _client_options(tools)
+    tools.add_argument("--json", action="store_true", help="print MCP tool definitions as JSON")
+    tools.set_defaults(func=_cmd_tools)
+
+    call = sub.add_parser(
+        "call",
+        formatter_class=_Formatter,
+        help="call a tool, showing progress as it runs",
+        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout.",
+    )
+    call.add_argument("tool", help="tool name, e.g. echo")
+    call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")
+    call.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    call.add_argument("--json", action="store_true", help="print the MCP result object as JSON")
+    _client_options(call)
+    call.set_defaults(func=_cmd_call)
+
+    bridge = sub.add_parser(
+        "bridge",
+        formatter_class=_Formatter,
+        help="MCP over stdio in front of a hub",
+        description=(
+            "Serve MCP over stdio, forwarding to a hub over gRPC, for clients that can only start\n"
+            "a command. The token (--token or $MCPHUB_TOKEN) is the identity of every call."
+        ),
+    )
+    bridge.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout")
+    _client_options(bridge)
+    bridge.set_defaults(func=_cmd_bridge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return func(args, os.environ if environ is None else environ)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""The hub's settings: one YAML file validated by pydantic, environment overrides, then command-line flags.
+
+    defaults  <  YAML file (--config)  <  MCPHUB_* environment  <  command-line flags
+
+An error names the key and what was expected. Tokens are never printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mcp_local.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_GRPC",
+    "DEFAULT_HTTP",
+    "ENV_OVERRIDES",
+    "Address",
+    "HubConfig",
+    "PackConfig",
+    "PrincipalConfig",
+    "default_state_dir",
+    "format_validation_error",
+    "load_config",
+    "parse_address",
+]
+
+DEFAULT_GRPC = "127.0.0.1:7070"
+DEFAULT_HTTP = "127.0.0.1:7071"
+MIN_TOKEN_LENGTH = 16
+PRINCIPAL_NAME = r"^[a-zA-Z0-9_.@-]{1,64}$"
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(value: str) -> Address:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (loopback)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
+    return Address(host=host or "127.0.0.1", port=int(port))
+
+
+class PrincipalConfig(BaseModel):
+    """A caller: an agent, a sandbox or a service, named by a bearer token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=PRINCIPAL_NAME)
+    token: SecretStr | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+    tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    roles: list[Literal["approver", "operator"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> PrincipalConfig:
+        given = [k for k in ("token", "token_env", "token_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of token, token_env, token_file (got {given or 'none'})")
+        return self
+
+    def resolve_token(self, environ: Mapping[str, str]) -> str:
+        if self.token is not None:
+            token = self.token.get_secret_value()
+        elif self.token_env is not None:
+            if self.token_env not in environ:
+                raise ConfigError(
+                    f"principals[{self.name}].token_env: environment variable {self.token_env} is not set"
+                )
+            token = environ[self.token_env]
+        else:
+            assert self.token_file is not None
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"principals[{self.name}].token_file: cannot read {self.token_file}: {exc.strerror}"
+                ) from exc
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"principals[{self.name}]: the token must be at least {MIN_TOKEN_LENGTH} characters"
+            )
+        return token
+
+
+class PackConfig(BaseModel):
+    """A tool pack: an entry-point name or an import path, and its options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class HubConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grpc: Address = Field(default_factory=lambda: parse_address(DEFAULT_GRPC))
+    http: Address | None = Field(default_factory=lambda: parse_address(DEFAULT_HTTP))
+    """The MCP bridge's address; null runs the hub without it."""
+    state_dir: Path = Field(default_factory=lambda: default_state_dir(os.environ))
+    principals: list[PrincipalConfig] = Field(default_factory=list)
+    packs: list[PackConfig] = Field(default_factory=lambda: [PackConfig(name="diagnostics")])
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Extra `Host` values the bridge accepts (`name:*` for any port); loopback names always are."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Extra browser `Origin` values the bridge accepts (e.g. `https://inspector.example.com`)."""
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("grpc", "http", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lower() in ("off", "none", ""):
+                return None
+            return parse_address(value)
+        return value
+
+    @field_validator("packs", mode="before")
+    @classmethod
+    def _packs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _exposed_needs_principals(self) -> HubConfig:
+        if not self.principals:
+            for key, addr in (("grpc", self.grpc), ("http", self.http)):
+                if addr is not None and not addr.is_loopback:
+                    raise ValueError(
+                        f"{key}: binding {addr} (not loopback) needs at least one entry under `principals` "
+                        "so callers must present a token; bind 127.0.0.1 for an open local hub"
+                    )
+        names = [p.name for p in self.principals]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"principals: the name {dupes[0]!r} appears more than once")
+        return self
+
+
+ENV_OVERRIDES: dict[str, str] = {
+    "MCPHUB_GRPC": "grpc",
+    "MCPHUB_HTTP": "http",
+    "MCPHUB_STATE_DIR": "state_dir",
+    "MCPHUB_LOG_LEVEL": "log_level",
+    "MCPHUB_PACKS": "packs",
+    "MCPHUB_ALLOWED_HOSTS": "allowed_hosts",
+    "MCPHUB_ALLOWED_ORIGINS": "allowed_origins",
+}
+_LIST_KEYS = {"packs", "allowed_hosts", "allowed_origins"}
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or str(
+        Path(environ.get("HOME", "~")).expanduser() / ".local" / "state"
+    )
+    return Path(base) / "mcphub"
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `mcphub serve --help` lists the keys)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """Build the settings from the file, the environment and explicit overrides; raises ConfigError."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "configuration"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of settings at the top level, got {type(loaded).__name__}"
+            )
+        data.update(loaded)
+    for var, key in ENV_OVERRIDES.items():
+        if var in environ:
+            raw = environ[var]
+            data[key] = [v.strip() for v in raw.split(",") if v.strip()] if key in _LIST_KEYS else raw
+    if "state_dir" not in data:
+        data["state_dir"] = default_state_dir(environ)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return HubConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

@@ -1,0 +1,195 @@
+"""Fixture tools the official MCP conformance suite calls by name, served by the hub through the bridge.
+
+Loaded with `mcphub serve --pack tests/conformance_pack.py`. Each tool does what
+the suite's scenario description asks of a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_local import (
+    EmbeddedResource,
+    ImageContent,
+    MissingCapability,
+    StaticPack,
+    TextContent,
+    Tool,
+    ToolAnnotations,
+    ToolCall,
+    ToolError,
+    ToolResult,
+)
+from mcp_local.content import AudioContent
+from mcp_local.packs import PackEnv
+
+# A 1x1 PNG and a tiny WAV, generated for these fixtures.
+PNG_1X1 = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+WAV_SILENCE = base64.b64decode("UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=")
+
+NO_ARGS: Mapping[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+async def simple_text(call: ToolCall) -> str:
+    return "This is a simple text response for testing."
+
+
+async def image_content(call: ToolCall) -> ToolResult:
+    return ToolResult(content=(ImageContent(PNG_1X1, "image/png"),))
+
+
+async def audio_content(call: ToolCall) -> ToolResult:
+    return ToolResult(content=(AudioContent(WAV_SILENCE, "audio/wav"),))
+
+
+async def embedded_resource(call: ToolCall) -> ToolResult:
+    return ToolResult(
+        content=(
+            EmbeddedResource(
+                "test://embedded-resource", "text/plain", text="This is an embedded resource content."
+            ),
+        )
+    )
+
+
+async def multiple_content_types(call: ToolCall) -> ToolResult:
+    return ToolResult(
+        content=(
+            TextContent("Multiple content types test:"),
+            ImageContent(PNG_1X1, "image/png"),
+            EmbeddedResource(
+                "test://mixed-content-resource", "application/json", text='{"test": "data", "value": 123}'
+            ),
+        )
+    )
+
+
+async def error_handling(call: ToolCall) -> str:
+    raise ToolError("This tool intentionally returns an error for testing")
+
+
+async def with_progress(call: ToolCall) -> str:
+    for step in (0, 50, 100):
+        await call.progress(step, 100, f"Completed step {step} of 100")
+        if step < 100:
+            await asyncio.sleep(0.05)
+    return "Progress reported at 0, 50 and 100 of 100"
+
+
+async def missing_capability(call: ToolCall) -> str:
+    if "sampling" not in call.client_capabilities():
+        raise MissingCapability(
+            "this tool needs the client's 'sampling' capability", capabilities={"sampling": {}}
+        )
+    return "The client declared sampling."
+
+
+async def streaming(call: ToolCall) -> str:
+    await call.progress(1, 2, "working")
+    return "Streamed without sending the client any request."
+
+
+async def quiet(call: ToolCall) -> str:
+    return "Logged nothing: the request did not ask for log messages."
+
+
+async def json_schema_tool(call: ToolCall) -> str:
+    return "json_schema_2020_12_tool"
+
+
+JSON_SCHEMA_2020_12 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+READ_ONLY = ToolAnnotations(read_only=True, destructive=False)
+
+TOOLS = [
+    Tool("test_simple_text", "Returns one text block.", NO_ARGS, simple_text, annotations=READ_ONLY),
+    Tool("test_image_content", "Returns one PNG image.", NO_ARGS, image_content, annotations=READ_ONLY),
+    Tool("test_audio_content", "Returns one WAV clip.", NO_ARGS, audio_content, annotations=READ_ONLY),
+    Tool(
+        "test_embedded_resource",
+        "Returns an embedded text resource.",
+        NO_ARGS,
+        embedded_resource,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_multiple_content_types",
+        "Returns text, an image and a resource.",
+        NO_ARGS,
+        multiple_content_types,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_error_handling",
+        "Always fails with an error result.",
+        NO_ARGS,
+        error_handling,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_tool_with_progress",
+        "Reports progress 0, 50 and 100 of 100.",
+        NO_ARGS,
+        with_progress,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_missing_capability",
+        "Needs the client's sampling capability.",
+        NO_ARGS,
+        missing_capability,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_streaming_elicitation",
+        "Streams progress, never a request to the client.",
+        NO_ARGS,
+        streaming,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "test_logging_tool",
+        "Logs only when the request asks for log messages.",
+        NO_ARGS,
+        quiet,
+        annotations=READ_ONLY,
+    ),
+    Tool(
+        "json_schema_2020_12_tool",
+        "Tool with JSON Schema 2020-12 features",
+        JSON_SCHEMA_2020_12,
+        json_schema_tool,
+        annotations=READ_ONLY,
+    ),
+]
+
+
+def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
+    return StaticPack("conformance", TOOLS)
