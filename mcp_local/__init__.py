@@ -26,15 +26,18 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from .outputs import OutputStore, output_read_tool
 from .packs import PackEnv, StaticPack, ToolPack, load_pack
 from .pipeline import Authenticate, Authorize, Next, Pipeline, ResolveTool, Stage, ValidateArguments, execute
 from .principals import LOCAL, Authenticator, OpenAccess, Principal
+from .redaction import REDACTED, RedactingFilter, Redactor
 from .registry import RegisteredTool, ToolRegistry
 from .servicer import ToolHubServicer, start_grpc_server
 from .tools import Tool, ToolAnnotations, ToolCall
 
 __all__ = [
     "LOCAL",
+    "REDACTED",
     "AudioContent",
     "Authenticate",
     "Authenticator",
@@ -50,10 +53,13 @@ __all__ = [
     "MissingCapability",
     "Next",
     "OpenAccess",
+    "OutputStore",
     "PackEnv",
     "PermissionDenied",
     "Pipeline",
     "Principal",
+    "RedactingFilter",
+    "Redactor",
     "RegisteredTool",
     "ResolveTool",
     "ResourceExhausted",
@@ -76,5 +82,6 @@ __all__ = [
     "ValidateArguments",
     "execute",
     "load_pack",
+    "output_read_tool",
     "start_grpc_server",
 ]

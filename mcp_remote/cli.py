@@ -77,6 +77,10 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
         hub = Hub(config, environ)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    from mcp_local.redaction import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(hub.redactor))
     try:
         addresses = await hub.start()
     except ConfigError as exc:

@@ -18,9 +18,11 @@ import uvicorn
 
 from bridge import BridgeOptions, HubClient, build_asgi_app, build_mcp_server, default_policy
 from mcp_local.errors import ConfigError
+from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, load_pack
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import Authenticator, OpenAccess, Principal
+from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.servicer import ToolHubServicer, start_grpc_server
 
@@ -63,6 +65,8 @@ class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
         self.registry = ToolRegistry()
+        self.outputs = OutputStore()
+        self.redactor = Redactor()
         self.authenticator = self._authenticator(config, environ)
         self.pipeline = Pipeline(self.stages())
         self.packs: list[ToolPack] = []
@@ -105,8 +109,23 @@ class Hub:
         self._write_hub_file()
         return self.addresses
 
+    def listen_addresses(self) -> tuple[str, ...]:
+        """The hub's own addresses once bound (packs use them to refuse calls back into the hub)."""
+        if self.addresses is None:
+            return ()
+        found = [self.addresses.grpc]
+        if self.addresses.mcp_url:
+            found.append(self.addresses.mcp_url.removeprefix("http://").removesuffix("/mcp"))
+        return tuple(found)
+
     async def _load_packs(self) -> None:
-        env = PackEnv(state_dir=self.config.state_dir)
+        self.registry.set_source("hub:outputs", [output_read_tool(self.outputs)])
+        env = PackEnv(
+            state_dir=self.config.state_dir,
+            outputs=self.outputs,
+            redactor=self.redactor,
+            listen_addresses=self.listen_addresses,
+        )
         for spec in self.config.packs:
             pack = load_pack(spec.name, spec.options, env)
             await pack.start()

@@ -46,12 +46,12 @@ def generate(out_dir: Path) -> list[Path]:
     return produced
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         produced = generate(Path(tmp))
         names = {p.name for p in produced}

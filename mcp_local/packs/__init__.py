@@ -12,13 +12,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
+from ..outputs import OutputStore
+from ..redaction import Redactor
 from ..tools import Tool
 
 __all__ = ["ENTRY_POINT_GROUP", "PackEnv", "StaticPack", "ToolPack", "available_packs", "load_pack"]
@@ -26,11 +28,21 @@ __all__ = ["ENTRY_POINT_GROUP", "PackEnv", "StaticPack", "ToolPack", "available_
 ENTRY_POINT_GROUP = "mcphub.packs"
 
 
+def _no_addresses() -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class PackEnv:
-    """What a pack may know about the server that loads it."""
+    """What a pack may know about, and use of, the server that loads it."""
 
     state_dir: Path
+    outputs: OutputStore = field(default_factory=OutputStore)
+    """Where a tool keeps an output too large for its result (see `output_read`)."""
+    redactor: Redactor = field(default_factory=Redactor)
+    """Register every secret value the pack holds: results, audit records and logs are redacted with it."""
+    listen_addresses: Callable[[], tuple[str, ...]] = _no_addresses
+    """The server's own listening addresses (`host:port`), known once it has bound them."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

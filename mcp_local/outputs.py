@@ -1,0 +1,120 @@
+"""Large outputs kept for a while, readable by id, so a result never has to be cut silently.
+
+A tool whose output exceeds what belongs in a result stores the whole of it
+here and returns a preview plus the id; `output_read` pages through it. Only
+the principal that produced an output can read it. Outputs live in memory,
+per hub process, for `ttl_s` seconds, within `max_bytes` in total (oldest
+evicted first).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ToolError
+from .tools import Tool, ToolAnnotations, ToolCall
+
+__all__ = ["OutputStore", "StoredOutput", "output_read_tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    output_id: str
+    principal: str
+    data: bytes
+    media_type: str
+    label: str
+    expires_at: float
+
+
+class OutputStore:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 3600.0,
+        max_bytes: int = 256 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._items: OrderedDict[str, StoredOutput] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, principal: str, data: bytes, *, media_type: str = "text/plain", label: str = "") -> str:
+        self._expire()
+        output_id = "out_" + secrets.token_urlsafe(12)
+        item = StoredOutput(output_id, principal, data, media_type, label, self._clock() + self.ttl_s)
+        self._items[output_id] = item
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old.data)
+        return output_id
+
+    def get(self, principal: str, output_id: str) -> StoredOutput:
+        self._expire()
+        item = self._items.get(output_id)
+        if item is None or item.principal != principal:
+            # The same answer whether it never existed, expired or belongs to someone else.
+            raise ToolError(
+                f"no output {output_id!r} (outputs are kept for {self.ttl_s:g}s and only for their owner)"
+            )
+        return item
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items:
+            first = next(iter(self._items.values()))
+            if first.expires_at > now:
+                break
+            self._items.popitem(last=False)
+            self._bytes -= len(first.data)
+
+    def preview(
+        self, principal: str, data: bytes, limit: int, *, media_type: str = "text/plain", label: str = ""
+    ) -> tuple[bytes, str | None]:
+        """`data` when it fits in `limit`; otherwise its first `limit` bytes and the id of the whole."""
+        if len(data) <= limit:
+            return data, None
+        return data[:limit], self.put(principal, data, media_type=media_type, label=label)
+
+
+def output_read_tool(store: OutputStore) -> Tool:
+    async def read(call: ToolCall) -> str:
+        assert call.principal is not None
+        item = store.get(call.principal.name, call.arguments["output_id"])
+        offset = int(call.arguments.get("offset", 0))
+        limit = int(call.arguments.get("limit", 65536))
+        chunk = item.data[offset : offset + limit]
+        end = offset + len(chunk)
+        more = f"; continue with offset {end}" if end < len(item.data) else "; end of output"
+        header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(item.data)}{more}]\n"
+        return header + chunk.decode("utf-8", errors="replace")
+
+    return Tool(
+        name="output_read",
+        title="Read a stored output",
+        description=(
+            "Read part of a large output that an earlier call stored instead of returning whole "
+            "(its result names the output_id). Page with offset and limit (bytes)."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {
+                "output_id": {"type": "string", "pattern": "^out_[A-Za-z0-9_-]{1,64}$"},
+                "offset": {"type": "integer", "minimum": 0, "default": 0},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1048576, "default": 65536},
+            },
+            "required": ["output_id"],
+            "additionalProperties": False,
+        },
+        handler=read,
+        annotations=ToolAnnotations(
+            title="Read a stored output", read_only=True, destructive=False, idempotent=True
+        ),
+    )

@@ -1,0 +1,103 @@
+"""Secret redaction: known secret values and secret-shaped strings never leave in results, records or logs.
+
+Packs that hold secrets (cloud credentials, SSH keys) register the values with
+the hub's `Redactor`; the audit log, the logging filter and tools that echo
+foreign text run everything through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["REDACTED", "RedactingFilter", "Redactor"]
+
+REDACTED = "[REDACTED]"
+
+# Shapes of well-known credentials, redacted even when nobody registered them.
+_SHAPES = re.compile(
+    r"(?:"
+    r"gh[pousr]_[A-Za-z0-9]{30,}"  # GitHub tokens
+    r"|github_pat_[A-Za-z0-9_]{40,}"
+    r"|sk-[A-Za-z0-9_-]{20,}"  # OpenAI/Anthropic-style keys
+    r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|rnd_[A-Za-z0-9]{20,}"  # Render
+    r"|sntrys_[A-Za-z0-9_=+/-]{20,}"  # Sentry
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+    r")"
+)
+_SECRET_KEYS = re.compile(
+    r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|authorization|cookie|credential)"
+)
+_MIN_SECRET_LENGTH = 6
+
+
+class Redactor:
+    """Replaces registered secret values and credential-shaped strings with `[REDACTED]`."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        """Register a secret value (values shorter than 6 characters are refused: they would redact words)."""
+        if len(secret) < _MIN_SECRET_LENGTH:
+            raise ValueError(f"a secret of {len(secret)} characters is too short to redact safely")
+        with self._lock:
+            if secret in self._values:
+                return
+            self._values.add(secret)
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def remove(self, secret: str) -> None:
+        with self._lock:
+            self._values.discard(secret)
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+
+    def text(self, value: str) -> str:
+        pattern = self._pattern
+        if pattern is not None:
+            value = pattern.sub(REDACTED, value)
+        return _SHAPES.sub(REDACTED, value)
+
+    def value(self, value: Any, *, key: str = "") -> Any:
+        """A JSON-like value with secrets replaced; any value under a secret-named key is replaced whole."""
+        if key and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
+            return REDACTED
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v, key=str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message and arguments."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._redactor.text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = self._redactor.text(str(record.exc_info[1]))
+            if text != str(record.exc_info[1]):
+                record.exc_info = None
+                record.msg = f"{record.msg} ({text})"
+        return True

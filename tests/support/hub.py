@@ -1,0 +1,121 @@
+"""Start a real `mcphub serve` in a subprocess on 127.0.0.1 port 0 and read its ready line."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE_PACK = str(REPO / "tests" / "packs" / "probe.py")
+CONFORMANCE_PACK = str(REPO / "tests" / "conformance_pack.py")
+
+
+@dataclass
+class RunningHub:
+    process: subprocess.Popen[bytes]
+    grpc: str
+    mcp_url: str | None
+    state_dir: Path
+    log_path: Path
+    ready_after_s: float
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http_base(self) -> str:
+        assert self.mcp_url is not None
+        return self.mcp_url.removesuffix("/mcp")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+def hub_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mcp_remote.cli", *args]
+
+
+def start_hub(
+    workdir: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    packs: Iterable[str] = (),
+    extra_args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    http: bool = True,
+    timeout: float = 30.0,
+) -> RunningHub:
+    workdir.mkdir(parents=True, exist_ok=True)
+    state_dir = workdir / "state"
+    args = ["serve", "--json", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0" if http else "off"]
+    args += ["--state-dir", str(state_dir)]
+    if config is not None:
+        path = workdir / "hub.yaml"
+        path.write_text(yaml.safe_dump(dict(config)))
+        args += ["--config", str(path)]
+    for pack in packs:
+        args += ["--pack", pack]
+    args += list(extra_args)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    full_env.update(env or {})
+    log_path = workdir / "hub.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            hub_command(*args), stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO
+        )
+    assert process.stdout is not None
+    line = _read_line(process, timeout)
+    if not line:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise RuntimeError(
+            f"hub did not become ready; exit {process.returncode}; log:\n{log_path.read_text()}"
+        )
+    ready = json.loads(line)
+    return RunningHub(
+        process, ready["grpc"], ready["mcp"], state_dir, log_path, time.monotonic() - started, full_env
+    )
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or (process.poll() is not None and not selector.select(0)):
+            return b""
+        if selector.select(remaining):
+            chunk = os.read(process.stdout.fileno(), 4096)
+            if not chunk:
+                return b""
+            buf += chunk
+    return buf.split(b"\n", 1)[0]

@@ -1,0 +1,157 @@
+"""The same test bodies over gRPC, Streamable HTTP (2026-07-28, 2025-11-25) and stdio, against real hubs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.conftest import TOKENS
+from tests.support.clients import TRANSPORTS, ProtocolFailure, ToolClient, connect
+from tests.support.hub import RunningHub
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def client(request: pytest.FixtureRequest, open_hub: RunningHub) -> AsyncIterator[ToolClient]:
+    async with connect(request.param, open_hub.grpc, open_hub.mcp_url, None) as c:
+        yield c
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_lists_diagnostics_tools_with_annotations(client: ToolClient) -> None:
+    tools = {t["name"]: t for t in await client.list_tools()}
+    assert {"echo", "sleep", "whoami", "test_simple_text"} <= tools.keys()
+    echo = tools["echo"]
+    assert echo["inputSchema"]["required"] == ["text"]
+    assert echo["annotations"]["readOnlyHint"] is True
+    assert echo["annotations"]["destructiveHint"] is False
+
+
+async def test_echo_returns_the_text(client: ToolClient) -> None:
+    outcome = await client.call("echo", {"text": "héllo ✓"})
+    assert not outcome.is_error
+    assert outcome.text == "héllo ✓"
+
+
+async def test_wrong_argument_type_is_a_readable_tool_error(client: ToolClient) -> None:
+    outcome = await client.call("echo", {"text": 42})
+    assert outcome.is_error
+    assert "42 is not of type 'string'" in outcome.text and "text" in outcome.text
+
+
+async def test_missing_argument_is_a_readable_tool_error(client: ToolClient) -> None:
+    outcome = await client.call("echo", {})
+    assert outcome.is_error
+    assert "'text' is a required property" in outcome.text
+
+
+async def test_unknown_tool_is_a_protocol_error(client: ToolClient) -> None:
+    with pytest.raises(ProtocolFailure) as info:
+        await client.call("no_such_tool", {})
+    assert info.value.code == -32602
+    assert "unknown tool 'no_such_tool'" in info.value.message
+
+
+async def test_a_failing_tool_returns_is_error_and_the_hub_keeps_serving(client: ToolClient) -> None:
+    outcome = await client.call("boom", {})
+    assert outcome.is_error
+    assert "the probe tool failed on purpose" in outcome.text
+    assert (await client.call("echo", {"text": "still here"})).text == "still here"
+
+
+async def test_large_integers_survive_exactly(client: ToolClient) -> None:
+    value = {"id": 2**63 - 1, "small": 3, "nested": [2**53 + 1]}
+    outcome = await client.call("echo_json", {"value": value})
+    assert outcome.structured == {"value": value}
+
+
+async def test_progress_is_relayed_in_order(client: ToolClient) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    outcome = await client.call("sleep", {"seconds": 0.4}, progress=on_progress)
+    assert outcome.text == "slept 0.4s"
+    assert len(seen) >= 3
+    values = [p for p, _, _ in seen]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == pytest.approx(0.4, abs=0.01)
+    assert all(total == 0.4 for _, total, _ in seen)
+
+
+async def _wait_for(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        await anyio.sleep(0.02)
+    return False
+
+
+async def test_cancelling_the_call_stops_the_tool(client: ToolClient, open_hub: RunningHub) -> None:
+    marker = f"cancel-{client.transport}-{time.monotonic_ns() % 10**9}"
+    markers = open_hub.state_dir / "markers"
+    ticks = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if progress >= 2:
+            ticks.set()
+
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await client.call("wait_for_cancel", {"marker": marker}, progress=on_progress)
+
+        tg.start_soon(run)
+        with anyio.fail_after(20):
+            await ticks.wait()
+        cancelled_at = time.monotonic()
+        tg.cancel_scope.cancel()
+    assert (markers / f"{marker}.started").exists()
+    assert await _wait_for(markers / marker, 10), "the tool was not cancelled on the hub"
+    assert time.monotonic() - cancelled_at < 10
+
+
+async def test_bad_token_is_refused_precisely(transport: str, secured_hub: RunningHub) -> None:
+    with pytest.raises(ProtocolFailure) as info:
+        async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, "not-a-known-token") as c:
+            await c.call("echo", {"text": "x"})
+    assert info.value.code == -32030
+    assert "not one this hub knows" in info.value.message
+
+
+async def test_missing_token_is_refused_on_a_hub_with_principals(
+    transport: str, secured_hub: RunningHub
+) -> None:
+    with pytest.raises(ProtocolFailure) as info:
+        async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, None) as c:
+            await c.list_tools()
+    assert info.value.code == -32030
+    assert "needs a bearer token" in info.value.message
+
+
+async def test_the_callers_token_is_its_identity(transport: str, secured_hub: RunningHub) -> None:
+    async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, TOKENS["agent-b"]) as c:
+        assert (await c.call("whoami", {})).text == "agent-b"
+    async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, TOKENS["agent-a"]) as c:
+        assert (await c.call("whoami", {})).text == "agent-a"
+
+
+async def test_a_principal_sees_and_calls_only_its_allowed_tools(
+    transport: str, secured_hub: RunningHub
+) -> None:
+    async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, TOKENS["agent-b"]) as c:
+        assert sorted(t["name"] for t in await c.list_tools()) == ["echo", "whoami"]
+        with pytest.raises(ProtocolFailure) as info:
+            await c.call("sleep", {"seconds": 0})
+        assert info.value.code == -32031
+        assert "'agent-b' may not call tool 'sleep'" in info.value.message
