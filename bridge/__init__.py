@@ -1,22 +1,56 @@
-"""The MCP bridge: MCP JSON-RPC (Streamable HTTP, stdio) in front of the ToolHub gRPC API."""
+"""The MCP bridge: MCP JSON-RPC (Streamable HTTP, stdio) in front of the ToolHub gRPC API.
+
+Names are imported on first use, so a gRPC-only user of `bridge.hubclient` (the CLI) does not
+pay for importing the MCP SDK.
+"""
 
 from __future__ import annotations
 
-from .errors import STATUS_TO_JSONRPC, mcp_error_from_grpc
-from .hubclient import HubClient
-from .security import HostOriginGuard, OriginPolicy, default_policy
-from .server import BridgeOptions, build_asgi_app, build_mcp_server
-from .stdio import serve_stdio
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "STATUS_TO_JSONRPC",
-    "BridgeOptions",
-    "HostOriginGuard",
-    "HubClient",
-    "OriginPolicy",
-    "build_asgi_app",
-    "build_mcp_server",
-    "default_policy",
-    "mcp_error_from_grpc",
-    "serve_stdio",
-]
+if TYPE_CHECKING:
+    from .errors import STATUS_TO_JSONRPC as STATUS_TO_JSONRPC
+    from .errors import mcp_error_from_grpc as mcp_error_from_grpc
+    from .hubclient import HubClient as HubClient
+    from .security import (
+        HostOriginGuard as HostOriginGuard,
+    )
+    from .security import (
+        OriginPolicy as OriginPolicy,
+    )
+    from .security import (
+        default_policy as default_policy,
+    )
+    from .server import (
+        BridgeOptions as BridgeOptions,
+    )
+    from .server import (
+        build_asgi_app as build_asgi_app,
+    )
+    from .server import (
+        build_mcp_server as build_mcp_server,
+    )
+    from .stdio import serve_stdio as serve_stdio
+
+_HOMES = {
+    "STATUS_TO_JSONRPC": "errors",
+    "mcp_error_from_grpc": "errors",
+    "HubClient": "hubclient",
+    "HostOriginGuard": "security",
+    "OriginPolicy": "security",
+    "default_policy": "security",
+    "BridgeOptions": "server",
+    "build_asgi_app": "server",
+    "build_mcp_server": "server",
+    "serve_stdio": "stdio",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{home}", __name__), name)

@@ -108,8 +108,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
 
 
 def _hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    from .config import DEFAULT_GRPC, default_state_dir
-    from .hub import read_hub_file
+    from .statedir import DEFAULT_GRPC, default_state_dir, read_hub_file
 
     if args.hub:
         return str(args.hub)
@@ -280,7 +279,7 @@ async def _call(
 
 
 def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from bridge import BridgeOptions
+    from bridge.server import BridgeOptions
 
     target = _hub_target(args, environ)
     token = _token(args, environ)
@@ -291,7 +290,7 @@ def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _stdio(target: str, options: Any) -> int:
-    from bridge import serve_stdio
+    from bridge.stdio import serve_stdio
 
     await serve_stdio(target, options)
     return EXIT_OK

@@ -26,6 +26,8 @@ from pydantic import (
 
 from mcp_local.errors import ConfigError
 
+from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
+
 __all__ = [
     "DEFAULT_GRPC",
     "DEFAULT_HTTP",
@@ -40,8 +42,6 @@ __all__ = [
     "parse_address",
 ]
 
-DEFAULT_GRPC = "127.0.0.1:7070"
-DEFAULT_HTTP = "127.0.0.1:7071"
 MIN_TOKEN_LENGTH = 16
 PRINCIPAL_NAME = r"^[a-zA-Z0-9_.@-]{1,64}$"
 
@@ -184,13 +184,6 @@ ENV_OVERRIDES: dict[str, str] = {
     "MCPHUB_ALLOWED_ORIGINS": "allowed_origins",
 }
 _LIST_KEYS = {"packs", "allowed_hosts", "allowed_origins"}
-
-
-def default_state_dir(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_STATE_HOME") or str(
-        Path(environ.get("HOME", "~")).expanduser() / ".local" / "state"
-    )
-    return Path(base) / "mcphub"
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import grpc
 import uvicorn
@@ -28,12 +24,11 @@ from mcp_local.servicer import ToolHubServicer, start_grpc_server
 
 from .auth import TokenAuthenticator
 from .config import Address, HubConfig
+from .statedir import remove_hub_file, write_hub_file
 
-__all__ = ["Hub", "HubAddresses", "read_hub_file"]
+__all__ = ["Hub", "HubAddresses"]
 
 logger = logging.getLogger(__name__)
-
-HUB_FILE = "hub.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +45,6 @@ def _dial_address(bound: Address, port: int) -> str:
     elif host == "::":
         host = "::1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def read_hub_file(state_dir: Path) -> dict[str, Any] | None:
-    """The addresses a running hub wrote into its state directory, if any."""
-    try:
-        data = json.loads((state_dir / HUB_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Hub:
@@ -106,7 +92,7 @@ class Hub:
         if config.http is not None:
             mcp_url = await self._start_bridge(config.http, grpc_dial)
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
-        self._write_hub_file()
+        write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
         return self.addresses
 
     def listen_addresses(self) -> tuple[str, ...]:
@@ -175,15 +161,6 @@ class Hub:
         host = _dial_address(address, port)
         return f"http://{host}/mcp"
 
-    def _write_hub_file(self) -> None:
-        assert self.addresses is not None
-        path = self.config.state_dir / HUB_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"grpc": self.addresses.grpc, "mcp": self.addresses.mcp_url, "pid": os.getpid()})
-        )
-        tmp.replace(path)
-
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, then stop the packs."""
         if self._http is not None and self._http_task is not None:
@@ -203,6 +180,4 @@ class Hub:
                 logger.exception("pack %s did not stop cleanly", pack.name)
         self.packs.clear()
         with contextlib.suppress(OSError):
-            hub_file = self.config.state_dir / HUB_FILE
-            if (read_hub_file(self.config.state_dir) or {}).get("pid") == os.getpid():
-                hub_file.unlink()
+            remove_hub_file(self.config.state_dir)

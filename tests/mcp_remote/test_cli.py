@@ -1,0 +1,205 @@
+"""The `mcphub` command as an operator uses it: help, serve, tools, call, exit codes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.hub import REPO, RunningHub, hub_command, start_hub
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        hub_command(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["tools"], ["call"], ["bridge"]])
+def test_help_explains_every_command(command: list[str]) -> None:
+    out = run(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: mcphub" in out.stdout
+    if not command:
+        assert "exit codes" in out.stdout and "mcphub serve" in out.stdout
+    if command == ["serve"]:
+        assert "--grpc HOST:PORT" in out.stdout and "principals" in out.stdout and "MCPHUB_GRPC" in out.stdout
+
+
+def test_no_command_prints_help_and_fails() -> None:
+    out = run()
+    assert out.returncode == 2
+    assert "COMMAND" in out.stdout
+
+
+def test_serve_prints_one_ready_line_and_stops_cleanly(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, http=True)
+    print(f"mcphub serve ready after {hub.ready_after_s:.2f}s")
+    hub_file = hub.state_dir / "hub.json"
+    assert json.loads(hub_file.read_text())["grpc"] == hub.grpc
+    assert hub.stop() == 0
+    assert not hub_file.exists()
+
+
+def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env["HOME"] = str(tmp_path)
+    env.pop("XDG_STATE_HOME", None)
+    proc = subprocess.Popen(
+        hub_command("serve"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "mcphub ready: grpc 127.0.0.1:7070  mcp http://127.0.0.1:7071/mcp", line
+        assert (tmp_path / ".local" / "state" / "mcphub" / "hub.json").exists()
+        out = subprocess.run(
+            hub_command("call", "echo", "--args", '{"text": "defaults"}'),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert out.stdout.strip() == "defaults", out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0
+
+
+def test_tools_lists_names_and_json(open_hub: RunningHub) -> None:
+    out = run("tools", "--hub", open_hub.grpc)
+    assert out.returncode == 0, out.stderr
+    assert any(line.startswith("echo ") and "[read-only]" in line for line in out.stdout.splitlines())
+    as_json = run("tools", "--hub", open_hub.grpc, "--json")
+    tools = {t["name"]: t for t in json.loads(as_json.stdout)}
+    assert tools["echo"]["inputSchema"]["properties"]["text"]["type"] == "string"
+
+
+def test_tools_finds_the_local_hub_through_the_state_dir(open_hub: RunningHub) -> None:
+    out = run("tools", "--state-dir", str(open_hub.state_dir))
+    assert out.returncode == 0 and "echo" in out.stdout
+
+
+def test_call_prints_the_result_and_exits_zero(open_hub: RunningHub) -> None:
+    out = run("call", "echo", "--args", '{"text": "hello"}', "--hub", open_hub.grpc)
+    assert (out.returncode, out.stdout) == (0, "hello\n")
+
+
+def test_call_shows_live_progress_on_stderr(open_hub: RunningHub) -> None:
+    out = run("call", "sleep", "--args", '{"seconds": 0.3}', "--hub", open_hub.grpc)
+    assert out.returncode == 0
+    assert out.stdout == "slept 0.3s\n"
+    assert "[  0%] sleeping 0.3s" in out.stderr and "[100%]" in out.stderr
+
+
+def test_call_json_prints_the_mcp_result(open_hub: RunningHub) -> None:
+    out = run(
+        "call", "echo_json", "--args", '{"value": 12345678901234567890}', "--hub", open_hub.grpc, "--json"
+    )
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["structuredContent"] == {"value": 12345678901234567890}
+
+
+def test_call_exit_codes(open_hub: RunningHub) -> None:
+    tool_error = run("call", "echo", "--args", '{"text": 1}', "--hub", open_hub.grpc)
+    assert tool_error.returncode == 1 and "not of type 'string'" in tool_error.stdout
+    unknown = run("call", "nope", "--hub", open_hub.grpc)
+    assert unknown.returncode == 3 and "unknown tool 'nope'" in unknown.stderr
+    bad_json = run("call", "echo", "--args", "{text: hi}", "--hub", open_hub.grpc)
+    assert bad_json.returncode == 2 and "--args is not valid JSON" in bad_json.stderr
+    not_object = run("call", "echo", "--args", "[1]", "--hub", open_hub.grpc)
+    assert not_object.returncode == 2 and "must be a JSON object" in not_object.stderr
+
+
+def test_call_against_no_hub_says_how_to_start_one() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    out = run("call", "echo", "--args", '{"text": "x"}', "--hub", f"127.0.0.1:{free}", "--timeout", "5")
+    assert out.returncode == 3
+    assert "cannot reach a hub" in out.stderr and "mcphub serve" in out.stderr
+
+
+def test_config_error_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text("grpc: 127.0.0.1:0\nprincipals:\n  - name: a\n    tokn: x\n")
+    out = run("serve", "--config", str(config), "--state-dir", str(tmp_path / "s"))
+    assert out.returncode == 2
+    assert "principals.0.tokn: unknown key" in out.stderr
+
+
+def test_non_loopback_without_principals_is_refused(tmp_path: Path) -> None:
+    out = run("serve", "--grpc", "0.0.0.0:0", "--http", "off", "--state-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "grpc: binding 0.0.0.0:0 (not loopback) needs at least one entry under `principals`" in out.stderr
+
+
+def test_env_overrides_and_bad_env_values_are_named(tmp_path: Path) -> None:
+    out = run("serve", "--state-dir", str(tmp_path), env={"MCPHUB_GRPC": "nowhere"})
+    assert out.returncode == 2
+    assert "grpc" in out.stderr and "expected HOST:PORT" in out.stderr
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path, open_hub: RunningHub) -> None:
+    out = run("serve", "--grpc", open_hub.grpc, "--http", "off", "--state-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert f"cannot listen for gRPC on {open_hub.grpc}" in out.stderr
+
+
+def test_short_tokens_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text("principals:\n  - name: a\n    token: short\n")
+    out = run(
+        "serve",
+        "--config",
+        str(config),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--grpc",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+    )
+    assert out.returncode == 2
+    assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
+
+
+def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
+    out = run(
+        "serve",
+        "--pack",
+        "nosuchpack",
+        "--grpc",
+        "127.0.0.1:0",
+        "--http",
+        "off",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert out.returncode == 2
+    assert "pack 'nosuchpack': no such pack (installed packs:" in out.stderr and "diagnostics" in out.stderr
+
+
+def test_stdio_bridge_requires_a_transport() -> None:
+    out = run("bridge")
+    assert out.returncode == 2 and "--stdio" in out.stderr
+
+
+def test_sys_executable_is_the_venv() -> None:
+    # The suite runs `python -m mcp_remote.cli`; make sure the console script exists too.
+    script = Path(sys.executable).with_name("mcphub")
+    assert script.exists()
