@@ -7,7 +7,8 @@ the suite's scenario description asks of a server.
 from __future__ import annotations
 
 import asyncio
-import base64
+import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,11 +27,27 @@ from mcp_local import (
 from mcp_local.content import AudioContent
 from mcp_local.packs import PackEnv
 
-# A 1x1 PNG and a tiny WAV, generated for these fixtures.
-PNG_1X1 = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
-WAV_SILENCE = base64.b64decode("UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=")
+
+def _png_1x1() -> bytes:
+    """A valid one-pixel PNG, built here rather than pasted."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
+    pixels = zlib.compress(b"\x00\x33\x66\x99")  # filter byte + one RGB pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def _wav_silence() -> bytes:
+    """A valid WAV header with no samples (8 kHz, mono, 16-bit)."""
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 8000, 16000, 2, 16)
+    data = struct.pack("<4sI", b"data", 0)
+    return struct.pack("<4sI4s", b"RIFF", 4 + len(fmt) + len(data), b"WAVE") + fmt + data
+
+
+PNG_1X1 = _png_1x1()
+WAV_SILENCE = _wav_silence()
 
 NO_ARGS: Mapping[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 

@@ -1,0 +1,191 @@
+"""Bad input at the bridge's HTTP edge gets a precise error, never a 5xx, and the hub keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.support.hub import RunningHub
+
+MODERN = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "edge-test", "version": "1"},
+}
+
+
+@pytest.fixture
+def http(open_hub: RunningHub) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=open_hub.http_base, timeout=30) as client:
+        yield client
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": method,
+    }
+    if name is not None:
+        headers["mcp-name"] = name
+    return headers
+
+
+def call_body(name: str, arguments: Any, rpc_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rpc_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": META},
+    }
+
+
+def echo_still_works(http: httpx2.Client) -> None:
+    response = http.post(
+        "/mcp", json=call_body("echo", {"text": "alive"}), headers=modern_headers("tools/call", "echo")
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["content"] == [{"type": "text", "text": "alive"}]
+
+
+def test_a_well_formed_stateless_call_works(http: httpx2.Client) -> None:
+    echo_still_works(http)
+
+
+def test_malformed_json_is_a_parse_error(http: httpx2.Client) -> None:
+    response = http.post(
+        "/mcp", content=b'{"jsonrpc": "2.0", "id": 1, "method": ', headers=modern_headers("tools/list")
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32700
+    echo_still_works(http)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"42",
+        b'"text"',
+        b'{"id": 1, "method": "tools/list"}',
+        b'{"jsonrpc": "1.0", "id": 1, "method": "x"}',
+    ],
+)
+def test_json_that_is_not_a_request_is_refused(http: httpx2.Client, body: bytes) -> None:
+    response = http.post("/mcp", content=body, headers=modern_headers("tools/list"))
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["code"] in (-32600, -32700, -32602)
+
+
+def test_unknown_method(http: httpx2.Client) -> None:
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/destroy", "params": {"_meta": META}}
+    response = http.post("/mcp", json=body, headers=modern_headers("tools/destroy"))
+    assert response.status_code == 404
+    assert response.json() == {"jsonrpc": "2.0", "id": 7, "error": response.json()["error"]}
+    assert response.json()["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize("arguments", ["a string", 5, ["list"]])
+def test_arguments_of_the_wrong_type_are_invalid_params(http: httpx2.Client, arguments: Any) -> None:
+    response = http.post(
+        "/mcp", json=call_body("echo", arguments), headers=modern_headers("tools/call", "echo")
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == -32602
+
+
+def test_a_wrongly_typed_argument_is_a_tool_error(http: httpx2.Client) -> None:
+    response = http.post(
+        "/mcp", json=call_body("echo", {"text": ["x"]}), headers=modern_headers("tools/call", "echo")
+    )
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["isError"] is True
+    assert "['x'] is not of type 'string'" in result["content"][0]["text"]
+
+
+def test_unknown_tool_is_invalid_params(http: httpx2.Client) -> None:
+    response = http.post("/mcp", json=call_body("nope", {}), headers=modern_headers("tools/call", "nope"))
+    assert response.json()["error"] == {
+        "code": -32602,
+        "message": "unknown tool 'nope'; list the tools to see what exists",
+    }
+    assert response.status_code in (200, 400)
+
+
+def test_oversized_bodies_are_refused_before_parsing(http: httpx2.Client) -> None:
+    big = {"text": "x" * (5 * 1024 * 1024)}
+    response = http.post("/mcp", json=call_body("echo", big), headers=modern_headers("tools/call", "echo"))
+    assert response.status_code == 413
+    echo_still_works(http)
+
+
+def test_a_foreign_host_is_refused(http: httpx2.Client) -> None:
+    headers = modern_headers("tools/list") | {"host": "evil.example.com"}
+    response = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+    assert response.status_code == 421
+    assert "Host header 'evil.example.com' is not allowed" in response.json()["error"]["message"]
+
+
+def test_a_foreign_origin_is_refused_everywhere(http: httpx2.Client) -> None:
+    for path in ("/mcp", "/healthz", "/anything"):
+        response = http.get(path, headers={"origin": "https://evil.example.com"})
+        assert response.status_code == 403, path
+
+
+def test_a_local_origin_is_accepted(http: httpx2.Client) -> None:
+    headers = modern_headers("tools/call", "echo") | {"origin": "http://localhost:6274"}
+    response = http.post("/mcp", json=call_body("echo", {"text": "ok"}), headers=headers)
+    assert response.status_code == 200
+
+
+def test_wrong_content_type_is_refused(http: httpx2.Client) -> None:
+    headers = modern_headers("tools/list") | {"content-type": "text/plain"}
+    response = http.post("/mcp", content=b"{}", headers=headers)
+    assert 400 <= response.status_code < 500
+
+
+def test_legacy_session_with_garbage_and_unknown_session(http: httpx2.Client) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    response = http.post("/mcp", json=init, headers=headers)
+    assert response.status_code == 200
+    session = response.headers["mcp-session-id"]
+    garbage = http.post(
+        "/mcp",
+        content=b"{not json",
+        headers=headers | {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"},
+    )
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == -32700
+    unknown = http.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers=headers | {"mcp-session-id": "0" * 32, "mcp-protocol-version": "2025-11-25"},
+    )
+    assert unknown.status_code == 404
+
+
+def test_health_endpoint(http: httpx2.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+
+
+def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, open_hub: RunningHub) -> None:
+    echo_still_works(http)
+    assert open_hub.alive()
+    log = open_hub.log()
+    for crash in ("Exception in ASGI application", "internal error in", "ERROR mcp.server", "ERROR uvicorn"):
+        assert crash not in log
