@@ -1,0 +1,120 @@
+"""Pure parts of the bridge: the Host/Origin policy, the status table and proto -> MCP translation."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import pytest
+
+from bridge.errors import STATUS_TO_JSONRPC
+from bridge.security import default_policy
+from bridge.translate import result_to_mcp, tool_to_mcp
+from mcp_local import (
+    AudioContent,
+    ContentAnnotations,
+    EmbeddedResource,
+    ImageContent,
+    ResourceLink,
+    TextContent,
+    Tool,
+    ToolAnnotations,
+    ToolCall,
+    ToolResult,
+)
+from mcp_local.wire import result_from_proto, result_to_proto, tool_to_proto
+
+
+def test_loopback_policy() -> None:
+    policy = default_policy("127.0.0.1")
+    for host in ("127.0.0.1:7071", "localhost:1", "[::1]:80", "localhost"):
+        assert policy.host_allowed(host), host
+    for host in ("evil.com", "localhost.evil.com:80", "127.0.0.1.nip.io:7071", "127.0.0.1:80x", None, ""):
+        assert not policy.host_allowed(host), host
+    assert policy.origin_allowed(None)
+    assert policy.origin_allowed("http://localhost:6274")
+    assert not policy.origin_allowed("http://localhost.evil.com:6274")
+    assert not policy.origin_allowed("https://evil.com")
+    assert not policy.origin_allowed("null")
+
+
+def test_concrete_bind_address_and_configured_names_are_added() -> None:
+    policy = default_policy("10.1.2.3", ["hub.internal:*", "hub.example.com"], ["https://app.example.com/"])
+    assert policy.host_allowed("10.1.2.3:7071")
+    assert policy.host_allowed("hub.internal:443") and policy.host_allowed("HUB.EXAMPLE.COM")
+    assert not policy.host_allowed("hub.example.com:8080")
+    assert policy.origin_allowed("https://app.example.com")
+    wildcard = default_policy("0.0.0.0")
+    assert not wildcard.host_allowed("0.0.0.0:7071")
+
+
+def test_every_failure_status_has_a_distinct_or_documented_code() -> None:
+    assert STATUS_TO_JSONRPC[grpc.StatusCode.NOT_FOUND] == -32602
+    assert STATUS_TO_JSONRPC[grpc.StatusCode.FAILED_PRECONDITION] == -32021
+    own = [
+        c
+        for s, c in STATUS_TO_JSONRPC.items()
+        if s not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    ]
+    assert len(own) == len(set(own))
+
+
+async def _h(call: ToolCall) -> str:
+    return ""
+
+
+def test_tool_translation_keeps_schemas_exactly() -> None:
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "$defs": {"a": {}}}
+    tool = Tool(
+        "t",
+        "desc",
+        schema,
+        _h,
+        title="T",
+        output_schema={"type": "object"},
+        annotations=ToolAnnotations(read_only=True, open_world=False),
+        meta={"k": 1},
+    )
+    assert tool_to_mcp(tool_to_proto(tool)) == {
+        "name": "t",
+        "title": "T",
+        "description": "desc",
+        "inputSchema": schema,
+        "outputSchema": {"type": "object"},
+        "annotations": {"readOnlyHint": True, "openWorldHint": False},
+        "_meta": {"k": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (TextContent("hi"), {"type": "text", "text": "hi"}),
+        (
+            ImageContent(b"\x89PNG", "image/png"),
+            {"type": "image", "data": base64.b64encode(b"\x89PNG").decode(), "mimeType": "image/png"},
+        ),
+        (AudioContent(b"RIFF", "audio/wav"), {"type": "audio", "data": "UklGRg==", "mimeType": "audio/wav"}),
+        (
+            ResourceLink("file:///a", "a", mime_type="text/plain", size=3),
+            {"type": "resource_link", "uri": "file:///a", "name": "a", "mimeType": "text/plain", "size": 3},
+        ),
+        (
+            EmbeddedResource("x://t", "text/plain", text="t"),
+            {"type": "resource", "resource": {"uri": "x://t", "mimeType": "text/plain", "text": "t"}},
+        ),
+        (
+            EmbeddedResource("x://b", blob=b"\x00\x01"),
+            {"type": "resource", "resource": {"uri": "x://b", "blob": "AAE="}},
+        ),
+        (
+            TextContent("a", ContentAnnotations(("user",), 0.5)),
+            {"type": "text", "text": "a", "annotations": {"audience": ["user"], "priority": 0.5}},
+        ),
+    ],
+)
+def test_content_blocks_translate_and_round_trip(block: object, expected: dict[str, object]) -> None:
+    result = ToolResult(content=(block,), structured={"big": 2**62 + 1})  # type: ignore[arg-type]
+    wire = result_to_proto(result)
+    assert result_to_mcp(wire) == {"content": [expected], "structuredContent": {"big": 2**62 + 1}}
+    assert result_from_proto(wire) == result

@@ -1,0 +1,161 @@
+"""The dispatch pipeline in process: stage order, refusals, validation and the tool boundary."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mcp_local import (
+    Authenticate,
+    Authorize,
+    DeadlineExceeded,
+    InvalidArgument,
+    OpenAccess,
+    PermissionDenied,
+    Pipeline,
+    Principal,
+    ResolveTool,
+    Tool,
+    ToolCall,
+    ToolError,
+    ToolNotFound,
+    ToolRegistry,
+    ToolResult,
+    Unauthenticated,
+    ValidateArguments,
+)
+from mcp_local.pipeline import Next
+from mcp_remote.auth import TokenAuthenticator
+
+pytestmark = pytest.mark.anyio
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"]}
+
+
+async def double(call: ToolCall) -> str:
+    return str(call.arguments["n"] * 2)
+
+
+async def slow(call: ToolCall) -> str:
+    await asyncio.sleep(10)
+    return "late"
+
+
+async def fails(call: ToolCall) -> str:
+    raise ToolError("no such file: a.txt")
+
+
+async def crashes(call: ToolCall) -> str:
+    raise KeyError("x")
+
+
+def make(authenticator: object = None, extra: list[object] | None = None) -> tuple[Pipeline, ToolRegistry]:
+    registry = ToolRegistry()
+    registry.set_source(
+        "test",
+        [
+            Tool("double", "d", SCHEMA, double),
+            Tool("slow", "s", {"type": "object"}, slow),
+            Tool("bounded", "b", {"type": "object"}, slow, timeout_s=0.05),
+            Tool("fails", "f", {"type": "object"}, fails),
+            Tool("crashes", "c", {"type": "object"}, crashes),
+        ],
+    )
+    auth = authenticator or OpenAccess(Principal("p", ("double", "slow", "bounded", "fails", "crashes")))
+    stages = [
+        Authenticate(auth),
+        ResolveTool(registry),
+        Authorize(),
+        *(extra or []),
+        ValidateArguments(registry),
+    ]
+    return Pipeline(stages), registry  # type: ignore[arg-type]
+
+
+async def test_a_valid_call_runs() -> None:
+    pipeline, _ = make()
+    assert await pipeline(ToolCall("double", b'{"n": 21}')) == ToolResult.text("42")
+
+
+def test_the_stage_order_is_explicit() -> None:
+    pipeline, _ = make()
+    assert pipeline.stage_names == ["authenticate", "resolve", "authorize", "validate", "execute"]
+
+
+async def test_schema_violations_are_tool_errors_naming_the_problem() -> None:
+    pipeline, _ = make()
+    result = await pipeline(ToolCall("double", b'{"n": -1}'))
+    assert result.is_error and "-1 is less than the minimum of 0 (at n)" in result.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("raw", [b"{bad", b"[1, 2]", b'"s"'])
+async def test_argument_bytes_that_are_no_object_are_invalid_argument(raw: bytes) -> None:
+    pipeline, _ = make()
+    with pytest.raises(InvalidArgument):
+        await pipeline(ToolCall("double", raw))
+
+
+async def test_unknown_tool_and_forbidden_tool() -> None:
+    pipeline, registry = make()
+    with pytest.raises(ToolNotFound):
+        await pipeline(ToolCall("missing", b""))
+    registry.set_source("other", [Tool("hidden", "h", {"type": "object"}, double)])
+    with pytest.raises(PermissionDenied, match="'p' may not call tool 'hidden'"):
+        await pipeline(ToolCall("hidden", b""))
+
+
+async def test_tokens_name_principals() -> None:
+    auth = TokenAuthenticator([("t" * 20, Principal("alice"))])
+    pipeline, _ = make(auth)
+    with pytest.raises(Unauthenticated, match="needs a bearer token"):
+        await pipeline(ToolCall("double", b'{"n": 1}'))
+    with pytest.raises(Unauthenticated, match="not one this hub knows"):
+        await pipeline(ToolCall("double", b'{"n": 1}', token="u" * 20))
+    call = ToolCall("double", b'{"n": 1}', token="t" * 20)
+    assert (await pipeline(call)).content[0].text == "2"  # type: ignore[union-attr]
+    assert call.principal is not None and call.principal.name == "alice"
+    assert call.token is None, "the token must not travel further than authentication"
+
+
+async def test_caller_deadline_and_tool_timeout() -> None:
+    pipeline, _ = make()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExceeded):
+        await pipeline(ToolCall("slow", b"", deadline=loop.time() + 0.05))
+    with pytest.raises(DeadlineExceeded, match="'bounded' did not finish"):
+        await pipeline(ToolCall("bounded", b""))
+
+
+async def test_tool_failures_become_error_results() -> None:
+    pipeline, _ = make()
+    assert await pipeline(ToolCall("fails", b"")) == ToolResult.error("no such file: a.txt")
+    crashed = await pipeline(ToolCall("crashes", b""))
+    assert crashed.is_error and "crashes failed: KeyError" in crashed.content[0].text  # type: ignore[union-attr]
+
+
+async def test_cancellation_reaches_the_handler() -> None:
+    pipeline, _ = make()
+    task = asyncio.ensure_future(pipeline(ToolCall("slow", b"")))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_stage_can_wrap_the_rest() -> None:
+    seen: list[str] = []
+
+    class Record:
+        name = "record"
+
+        async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+            seen.append(f"before {call.name}")
+            result = await call_next(call)
+            seen.append(f"after error={result.is_error}")
+            return result
+
+    pipeline, _ = make(extra=[Record()])
+    assert pipeline.stage_names[3] == "record"
+    await pipeline(ToolCall("double", b'{"n": "x"}'))
+    assert seen == ["before double", "after error=True"]

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mcp_local import ConfigError, InvalidArgument, Principal, Tool, ToolCall, ToolRegistry
+
+pytestmark = pytest.mark.anyio
+
+
+async def _noop(call: ToolCall) -> str:
+    return ""
+
+
+def tool(name: str) -> Tool:
+    return Tool(name, f"{name} tool", {"type": "object"}, _noop)
+
+
+def test_tool_names_follow_the_client_rules() -> None:
+    for bad in ("has.dot", "", "x" * 65, "spa ce", "ünï"):
+        with pytest.raises(ConfigError, match="expected 1-64 characters"):
+            tool(bad)
+    tool("ok_name-1")
+
+
+def test_sources_replace_their_own_tools_and_bump_the_revision() -> None:
+    registry = ToolRegistry()
+    registry.set_source("pack:a", [tool("a1"), tool("a2")])
+    first = registry.revision
+    registry.set_source("pack:b", [tool("b1")])
+    registry.set_source("pack:a", [tool("a3")])
+    assert registry.revision == first + 2
+    assert sorted(r.tool.name for r in registry.visible_to(Principal("p"))) == ["a3", "b1"]
+
+
+def test_a_name_owned_by_another_source_is_refused() -> None:
+    registry = ToolRegistry()
+    registry.set_source("pack:a", [tool("same")])
+    with pytest.raises(ConfigError, match="already provided by pack:a"):
+        registry.set_source("pack:b", [tool("same")])
+
+
+def test_pagination_walks_every_visible_tool_once() -> None:
+    registry = ToolRegistry()
+    registry.set_source("pack", [tool(f"t{i:03d}") for i in range(250)] + [tool("secret_x")])
+    principal = Principal("p", ("t*",))
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page, cursor = registry.page(principal, cursor, 40)
+        seen += [r.tool.name for r in page]
+        if not cursor:
+            break
+    assert seen == [f"t{i:03d}" for i in range(250)]
+
+
+def test_a_forged_cursor_is_invalid_argument() -> None:
+    registry = ToolRegistry()
+    with pytest.raises(InvalidArgument, match="invalid cursor"):
+        registry.page(Principal("p"), "not-base64-!!", 10)
+
+
+def test_globs_decide_visibility() -> None:
+    p = Principal("p", ("shell_*", "echo"))
+    assert p.may_call("shell_exec") and p.may_call("echo")
+    assert not p.may_call("echo2") and not p.may_call("browser_click")
+    assert not Principal("nobody", ()).may_call("echo")
+
+
+async def test_watch_yields_now_and_after_each_change() -> None:
+    registry = ToolRegistry()
+    seen: list[int] = []
+
+    async def watch() -> None:
+        async for revision in registry.watch():
+            seen.append(revision)
+            if len(seen) == 3:
+                return
+
+    task = asyncio.ensure_future(watch())
+    await asyncio.sleep(0)
+    registry.set_source("a", [tool("x")])
+    await asyncio.sleep(0)
+    registry.set_source("a", [])
+    await asyncio.wait_for(task, 5)
+    assert seen == sorted(seen) and len(set(seen)) == 3
