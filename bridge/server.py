@@ -70,6 +70,16 @@ def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> s
     return default
 
 
+APPROVAL_META_KEY = "dev.mcphub/approvalId"
+"""`_meta` key of a tools/call that spends an approval granted earlier for exactly this call."""
+
+
+def _approval_id(params: CallToolRequestParams) -> str:
+    meta = params.meta
+    value = meta.get(APPROVAL_META_KEY) if meta else None
+    return value if isinstance(value, str) else ""
+
+
 def _capabilities_json(ctx: ServerRequestContext[Any, Any]) -> bytes:
     caps = ctx.session.client_capabilities
     if caps is None:
@@ -106,6 +116,7 @@ def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
             arguments_json=orjson.dumps(params.arguments) if params.arguments else b"",
             client_capabilities_json=_capabilities_json(ctx),
             request_id=str(ctx.request_id) if ctx.request_id is not None else "",
+            approval_id=_approval_id(params),
         )
         token = _caller_token(ctx, default_token)
         meta = ctx.meta

@@ -7,6 +7,7 @@
     |   +-- ToolNotFound         NOT_FOUND
     |   +-- InvalidArgument      INVALID_ARGUMENT
     |   +-- MissingCapability    FAILED_PRECONDITION (data names the capabilities)
+    |   +-- Conflict             FAILED_PRECONDITION (e.g. an approval already decided)
     |   +-- DeadlineExceeded     DEADLINE_EXCEEDED
     |   +-- ResourceExhausted    RESOURCE_EXHAUSTED
     |   +-- Unavailable          UNAVAILABLE
@@ -27,6 +28,7 @@ import grpc
 
 __all__ = [
     "ConfigError",
+    "Conflict",
     "DeadlineExceeded",
     "HubError",
     "InvalidArgument",
@@ -79,6 +81,12 @@ class MissingCapability(HubError):
 
     def __init__(self, message: str, *, capabilities: dict[str, Any]) -> None:
         super().__init__(message, data={"requiredCapabilities": capabilities})
+
+
+class Conflict(HubError):
+    """The target is not in a state that allows the request (e.g. an approval already decided)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class DeadlineExceeded(HubError):

@@ -20,7 +20,7 @@ import orjson
 
 from .content import ToolResult
 from .errors import DeadlineExceeded, HubError, InvalidArgument, PermissionDenied, ToolError, ToolNotFound
-from .principals import Authenticator
+from .principals import Authenticator, bearer_token
 from .registry import ToolRegistry
 from .tools import ToolCall
 
@@ -67,7 +67,7 @@ class Pipeline:
 
 
 class Authenticate:
-    """Bearer token -> principal. The token is dropped once it has named one."""
+    """`authorization: Bearer <token>` -> principal. The token is dropped once it has named one."""
 
     name = "authenticate"
 
@@ -75,8 +75,8 @@ class Authenticate:
         self._authenticate = authenticator.authenticate
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
-        call.principal = self._authenticate(call.token)
-        call.token = None
+        authorization, call.authorization = call.authorization, None
+        call.principal = self._authenticate(bearer_token(authorization))
         return await call_next(call)
 
 
@@ -93,6 +93,7 @@ class ResolveTool:
         if registered is None:
             raise ToolNotFound(f"unknown tool {call.name[:80]!r}; list the tools to see what exists")
         call.tool = registered.tool
+        call.source = registered.source
         return await call_next(call)
 
 

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from .errors import Unauthenticated
 
-__all__ = ["LOCAL", "Authenticator", "OpenAccess", "Principal", "bearer_token"]
+__all__ = ["LOCAL", "OPERATOR", "Authenticator", "OpenAccess", "Principal", "bearer_token"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -19,6 +19,8 @@ class Principal:
     name: str
     tools: tuple[str, ...] = ("*",)
     roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    """Approver groups this principal belongs to (rules may require an approver from a group)."""
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -32,8 +34,11 @@ class Principal:
         return role in self.roles
 
 
-LOCAL = Principal("local", ("*",), frozenset({"approver", "operator"}))
+LOCAL = Principal("local", ("*",))
 """The principal of every caller of a loopback hub that has no principals configured."""
+
+OPERATOR = Principal("operator", ("*",), frozenset({"approver", "operator"}))
+"""The hub host's operator: named by the token in the state directory's `operator.token`."""
 
 
 class Authenticator(Protocol):
@@ -43,14 +48,20 @@ class Authenticator(Protocol):
 
 
 class OpenAccess:
-    """Everyone is `principal`: for loopback hubs without principals, and sidecars."""
+    """Everyone is `principal` (loopback hubs without principals, sidecars), except the holders of
+    the tokens in `known`: the operator must stay distinct from the agents whose calls it approves."""
 
-    __slots__ = ("principal",)
+    __slots__ = ("_known", "principal")
 
-    def __init__(self, principal: Principal = LOCAL) -> None:
+    def __init__(self, principal: Principal = LOCAL, known: dict[str, Principal] | None = None) -> None:
         self.principal = principal
+        self._known = dict(known or {})
 
     def authenticate(self, token: str | None) -> Principal:
+        if token is not None and self._known:
+            found = self._known.get(token)
+            if found is not None:
+                return found
         return self.principal
 
 

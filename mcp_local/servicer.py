@@ -27,7 +27,7 @@ from .registry import ToolRegistry
 from .tools import ToolCall
 from .wire import result_to_proto
 
-__all__ = ["ToolHubServicer", "start_grpc_server"]
+__all__ = ["ToolHubServicer", "abort_with", "caller_token", "start_grpc_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,16 @@ STREAM_BUFFER = 256
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == AUTHORIZATION:
-            return bearer_token(value if isinstance(value, str) else value.decode())
+            return value if isinstance(value, str) else value.decode()
     return None
+
+
+def caller_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The bearer token of the call's metadata, or None; raises Unauthenticated when malformed."""
+    return bearer_token(_authorization(context))
 
 
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -51,7 +56,8 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """End the RPC with the status of `exc` (INTERNAL, logged, for anything that is not a HubError)."""
     if isinstance(exc, HubError):
         trailing = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
         await context.abort(exc.status, exc.message, trailing)
@@ -102,10 +108,10 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListToolsResponse:
         try:
-            principal = self._authenticate(_token(context))
+            principal = self._authenticate(caller_token(context))
             page, next_cursor = self._registry.page(principal, request.cursor, request.page_size)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         return pb.ListToolsResponse(
             tools=[r.proto for r in page], next_cursor=next_cursor, revision=self._registry.revision
         )
@@ -117,14 +123,15 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             call = ToolCall(
                 request.name,
                 request.arguments_json,
-                token=_token(context),
+                authorization=_authorization(context),
                 deadline=_deadline(context),
                 client_capabilities_json=request.client_capabilities_json,
                 request_id=request.request_id,
+                approval_id=request.approval_id,
             )
             result = await self._pipeline(call)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         return result_to_proto(result)
 
     async def StreamCallTool(
@@ -135,14 +142,15 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             call = ToolCall(
                 request.name,
                 request.arguments_json,
-                token=_token(context),
+                authorization=_authorization(context),
                 deadline=_deadline(context),
                 sink=_StreamSink(queue),
                 client_capabilities_json=request.client_capabilities_json,
                 request_id=request.request_id,
+                approval_id=request.approval_id,
             )
         except Exception as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         task = asyncio.ensure_future(self._pipeline(call))
         getter: asyncio.Future[pb.CallToolEvent] | None = None
         try:
@@ -158,7 +166,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             try:
                 result = task.result()
             except Exception as exc:
-                await _abort(context, exc)
+                await abort_with(context, exc)
             yield pb.CallToolEvent(result=result_to_proto(result))
         finally:
             if getter is not None:
@@ -170,9 +178,9 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         self, request: pb.WatchToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ToolsChanged]:
         try:
-            self._authenticate(_token(context))
+            self._authenticate(caller_token(context))
         except Exception as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         async for revision in self._registry.watch():
             yield pb.ToolsChanged(revision=revision)
 

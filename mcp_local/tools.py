@@ -114,15 +114,19 @@ class ToolCall:
     """
 
     __slots__ = (
+        "approval_id",
         "arguments",
         "arguments_json",
+        "authorization",
+        "call_id",
         "client_capabilities_json",
         "deadline",
+        "logged",
         "name",
         "principal",
         "request_id",
         "sink",
-        "token",
+        "source",
         "tool",
     )
 
@@ -131,23 +135,33 @@ class ToolCall:
         name: str,
         arguments_json: bytes,
         *,
-        token: str | None = None,
+        authorization: str | None = None,
         deadline: float | None = None,
         sink: EventSink = NULL_SINK,
         client_capabilities_json: bytes = b"",
         request_id: str = "",
+        approval_id: str = "",
     ) -> None:
         self.name = name
         self.arguments_json = arguments_json
-        self.token = token
+        self.authorization = authorization
+        """The caller's `authorization` metadata (`Bearer <token>`), until authentication consumes it."""
         self.deadline = deadline
         """Absolute event-loop time (`loop.time()`) after which the call is abandoned, or None."""
         self.sink = sink
         self.client_capabilities_json = client_capabilities_json
         self.request_id = request_id
+        self.approval_id = approval_id
+        """An approval granted earlier for exactly this call, to spend instead of asking again."""
         self.principal: Principal | None = None
         self.tool: Tool | None = None
+        self.source = ""
+        """Where the tool comes from: `pack:<name>`, or `sandbox:<name>` (whose annotations are untrusted)."""
         self.arguments: dict[str, Any] = {}
+        self.call_id = ""
+        """The hub's id for this call in the audit log."""
+        self.logged = False
+        """Whether the `requested` record of this call is written (hub stages use it)."""
 
     def client_capabilities(self) -> dict[str, Any]:
         """The MCP capabilities the client declared (empty when it declared none or is not an MCP client)."""

@@ -26,6 +26,7 @@ from pydantic import (
 
 from mcp_local.errors import ConfigError
 
+from .policy import PolicyConfig
 from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_HTTP",
     "ENV_OVERRIDES",
     "Address",
+    "AuditConfig",
     "HubConfig",
     "PackConfig",
     "PrincipalConfig",
@@ -86,6 +88,8 @@ class PrincipalConfig(BaseModel):
     token_file: Path | None = None
     tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     roles: list[Literal["approver", "operator"]] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    """Approver groups (policy rules may require an approver from one of them)."""
 
     @model_validator(mode="after")
     def _one_token_source(self) -> PrincipalConfig:
@@ -126,6 +130,39 @@ class PackConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class AuditConfig(BaseModel):
+    """Where the audit log (and the approvals) live, and how often the chain is signed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    """`sqlite`: a file in the state directory (one hub). `postgres`: one log shared by several hubs."""
+    dsn_env: str | None = None
+    """Environment variable holding the PostgreSQL connection string (store: postgres)."""
+    dsn_file: Path | None = None
+    """File holding the PostgreSQL connection string (store: postgres)."""
+    checkpoint_every: int = Field(default=1000, ge=1)
+    """Sign a checkpoint after this many records..."""
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    """...or after this many seconds with new records, whichever comes first."""
+
+    @model_validator(mode="after")
+    def _dsn(self) -> AuditConfig:
+        if self.store == "postgres" and (self.dsn_env is None) == (self.dsn_file is None):
+            raise ValueError("store: postgres needs exactly one of dsn_env, dsn_file")
+        return self
+
+    def resolve_dsn(self, environ: Mapping[str, str]) -> str:
+        if self.dsn_env is not None:
+            if self.dsn_env not in environ:
+                raise ConfigError(f"audit.dsn_env: environment variable {self.dsn_env} is not set")
+            return environ[self.dsn_env]
+        assert self.dsn_file is not None
+        try:
+            return self.dsn_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"audit.dsn_file: cannot read {self.dsn_file}: {exc.strerror}") from exc
+
+
 class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -141,6 +178,11 @@ class HubConfig(BaseModel):
     """Extra browser `Origin` values the bridge accepts (e.g. `https://inspector.example.com`)."""
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    policy: PolicyConfig | None = None
+    """The gate's rules; absent means the shipped default policy (`mcphub policy check` validates one)."""
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    instance: str | None = None
+    """This hub's name among replicas sharing a store (default: host name and state directory)."""
 
     @field_validator("grpc", "http", mode="before")
     @classmethod

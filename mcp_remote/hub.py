@@ -1,13 +1,17 @@
-"""The hub: tool packs, the dispatch pipeline, the gRPC server and the MCP bridge, in one process."""
+"""The hub: tool packs, the dispatch pipeline (with the gate and the audit log), the gRPC server and
+the MCP bridge, in one process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvicorn
@@ -17,13 +21,19 @@ from mcp_local.errors import ConfigError
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, load_pack
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
-from mcp_local.principals import Authenticator, OpenAccess, Principal
+from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.servicer import ToolHubServicer, start_grpc_server
+from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
 
+from .approvals import Approval, ApprovalBook
+from .approvals_service import ApprovalsServicer
+from .audit import AuditLog, AuditStore, CheckpointSigner
 from .auth import TokenAuthenticator
 from .config import Address, HubConfig
+from .gate import AuditTrail, Gate, instance_name
+from .policy import resolve_policy
 from .statedir import remove_hub_file, write_hub_file
 
 __all__ = ["Hub", "HubAddresses"]
@@ -47,13 +57,52 @@ def _dial_address(bound: Address, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
+
+
+def operator_token(state_dir: Path) -> str:
+    """The token of the hub host's operator (created once, mode 0600): the approvals CLI uses it."""
+    path = state_dir / OPERATOR_TOKEN_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = "op_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+def _open_store(config: HubConfig, environ: Mapping[str, str]) -> AuditStore:
+    if config.audit.store == "postgres":
+        from .audit.postgres import PostgresStore
+
+        return PostgresStore(config.audit.resolve_dsn(environ))
+    from .audit.sqlite import SQLiteStore
+
+    return SQLiteStore(config.state_dir / "audit" / "audit.db")
+
+
 class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
         self.redactor = Redactor()
         self.authenticator = self._authenticator(config, environ)
+        audit_dir = config.state_dir / "audit"
+        self.audit = AuditLog(
+            _open_store(config, environ),
+            self.redactor,
+            CheckpointSigner(audit_dir),
+            checkpoint_every=config.audit.checkpoint_every,
+            checkpoint_interval_s=config.audit.checkpoint_interval_s,
+            checkpoint_file=audit_dir / "checkpoints.jsonl",
+        )
+        self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
+        self.policy = resolve_policy(config.policy)
         self.pipeline = Pipeline(self.stages())
         self.packs: list[ToolPack] = []
         self.addresses: HubAddresses | None = None
@@ -63,30 +112,69 @@ class Hub:
         self._http_socket: socket.socket | None = None
         self._bridge_hub: HubClient | None = None
 
-    @staticmethod
-    def _authenticator(config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
+    def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
+        operator = operator_token(config.state_dir)
+        self.redactor.add(operator)
         if not config.principals:
-            return OpenAccess()
-        return TokenAuthenticator(
-            (p.resolve_token(environ), Principal(p.name, tuple(p.tools), frozenset(p.roles)))
-            for p in config.principals
-        )
+            return OpenAccess(known={operator: OPERATOR})
+        entries = [(operator, OPERATOR)]
+        for p in config.principals:
+            token = p.resolve_token(environ)
+            self.redactor.add(token)
+            entries.append(
+                (token, Principal(p.name, tuple(p.tools), frozenset(p.roles), frozenset(p.groups)))
+            )
+        return TokenAuthenticator(entries)
 
     def stages(self) -> list[Stage]:
-        """The dispatch path, in order. Later parts of the hub insert their stages here."""
+        """The dispatch path, in order (execute follows the last)."""
         return [
+            AuditTrail(self.audit),
             Authenticate(self.authenticator),
             ResolveTool(self.registry),
             Authorize(),
             ValidateArguments(self.registry),
+            Gate(self.policy, self.approvals, self.audit),
         ]
+
+    def _approval_event(self, event: str, approval: Approval) -> None:
+        fields: dict[str, object] = {
+            "approval_id": approval.id,
+            "state": event,
+            "args_sha256": approval.args_sha256,
+        }
+        if event == "pending":
+            fields.update(rule=approval.rule, reason=approval.reason, expires_ms=approval.expires_ms)
+        elif event in ("decided", "expired"):
+            fields.update(
+                decision=approval.state,
+                by=approval.decided_by or None,
+                at_ms=approval.decided_ms,
+                reason=approval.decision_reason or None,
+            )
+        elif event == "used":
+            fields.update(approved_by=approval.decided_by, at_ms=approval.used_ms)
+        self.audit.record("approval", approval.call_id, approval.principal, approval.tool, fields)
 
     async def start(self) -> HubAddresses:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.audit.start()
+        self.audit.record(
+            "hub", "-", "-", "-", {"event": "started", "instance": self.instance, "pid": os.getpid()}
+        )
+        failed = await self.approvals.fail_pending_on_restart()
+        if failed:
+            logger.warning(
+                "%d calls were waiting for approval when the hub stopped; they are denied", len(failed)
+            )
         await self._load_packs()
         servicer = ToolHubServicer(self.registry, self.pipeline, self.authenticator)
-        self._grpc, grpc_port = await start_grpc_server(str(config.grpc), servicer)
+        approvals = ApprovalsServicer(self.approvals, self.authenticator)
+        self._grpc, grpc_port = await start_grpc_server(
+            str(config.grpc),
+            servicer,
+            extra_services=[(apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals")],
+        )
         grpc_dial = _dial_address(config.grpc, grpc_port)
         mcp_url = None
         if config.http is not None:
@@ -179,5 +267,9 @@ class Hub:
             except Exception:  # one pack failing to stop must not keep the others running
                 logger.exception("pack %s did not stop cleanly", pack.name)
         self.packs.clear()
+        await self.approvals.close()
+        with contextlib.suppress(Exception):
+            self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
+        await self.audit.stop()
         with contextlib.suppress(OSError):
             remove_hub_file(self.config.state_dir)

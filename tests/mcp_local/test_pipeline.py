@@ -111,11 +111,13 @@ async def test_tokens_name_principals() -> None:
     with pytest.raises(Unauthenticated, match="needs a bearer token"):
         await pipeline(ToolCall("double", b'{"n": 1}'))
     with pytest.raises(Unauthenticated, match="not one this hub knows"):
-        await pipeline(ToolCall("double", b'{"n": 1}', token="u" * 20))
-    call = ToolCall("double", b'{"n": 1}', token="t" * 20)
+        await pipeline(ToolCall("double", b'{"n": 1}', authorization="Bearer " + "u" * 20))
+    with pytest.raises(Unauthenticated, match="must be 'Bearer <token>'"):
+        await pipeline(ToolCall("double", b'{"n": 1}', authorization="Basic dXNlcjpwYXNz"))
+    call = ToolCall("double", b'{"n": 1}', authorization="Bearer " + "t" * 20)
     assert (await pipeline(call)).content[0].text == "2"  # type: ignore[union-attr]
     assert call.principal is not None and call.principal.name == "alice"
-    assert call.token is None, "the token must not travel further than authentication"
+    assert call.authorization is None, "the token must not travel further than authentication"
 
 
 async def test_caller_deadline_and_tool_timeout() -> None:

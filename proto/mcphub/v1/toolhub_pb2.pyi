@@ -58,16 +58,18 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class CallToolRequest(_message.Message):
-    __slots__ = ("name", "arguments_json", "client_capabilities_json", "request_id")
+    __slots__ = ("name", "arguments_json", "client_capabilities_json", "request_id", "approval_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CAPABILITIES_JSON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     arguments_json: bytes
     client_capabilities_json: bytes
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., client_capabilities_json: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+    approval_id: str
+    def __init__(self, name: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., client_capabilities_json: _Optional[bytes] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
 
 class ContentAnnotations(_message.Message):
     __slots__ = ("audience", "priority", "last_modified")

@@ -1,0 +1,100 @@
+"""The `Approvals` gRPC service: list, watch and decide approvals, for principals with the approver role."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import grpc
+
+from mcp_local.errors import InvalidArgument, PermissionDenied
+from mcp_local.principals import Authenticator, Principal
+from mcp_local.servicer import abort_with, caller_token
+from proto.mcphub.v1 import approvals_pb2 as apb
+from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
+
+from .approvals import Approval, ApprovalBook, ApprovalState
+
+__all__ = ["ApprovalsServicer", "approval_to_proto"]
+
+_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
+
+
+def approval_to_proto(a: Approval) -> apb.Approval:
+    return apb.Approval(
+        id=a.id,
+        call_id=a.call_id,
+        principal=a.principal,
+        tool=a.tool,
+        arguments_json=a.arguments_json,
+        arguments_sha256=a.args_sha256,
+        reason=a.reason,
+        rule=a.rule,
+        approver_groups=list(a.approvers),
+        state=a.state,
+        created_at_unix_ms=a.created_ms,
+        expires_at_unix_ms=a.expires_ms,
+        decided_by=a.decided_by,
+        decided_at_unix_ms=a.decided_ms,
+        decision_reason=a.decision_reason,
+        used_at_unix_ms=a.used_ms,
+    )
+
+
+class ApprovalsServicer(apb_grpc.ApprovalsServicer):
+    def __init__(self, book: ApprovalBook, authenticator: Authenticator) -> None:
+        self._book = book
+        self._authenticate = authenticator.authenticate
+
+    def _approver(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        principal = self._authenticate(caller_token(context))
+        if not principal.has_role("approver"):
+            raise PermissionDenied(f"principal {principal.name!r} does not have the approver role")
+        return principal
+
+    async def ListApprovals(
+        self, request: apb.ListApprovalsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> apb.ListApprovalsResponse:
+        try:
+            self._approver(context)
+            states = tuple(request.states) or ("pending",)
+            unknown = [s for s in states if s not in _STATES]
+            if unknown:
+                raise InvalidArgument(f"unknown state {unknown[0]!r}; expected one of {', '.join(_STATES)}")
+            found = await self._book.listing(cast(tuple[ApprovalState, ...], states))
+        except Exception as exc:
+            await abort_with(context, exc)
+        return apb.ListApprovalsResponse(approvals=[approval_to_proto(a) for a in found])
+
+    async def WatchApprovals(
+        self, request: apb.WatchApprovalsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[apb.Approval]:
+        try:
+            self._approver(context)
+        except Exception as exc:
+            await abort_with(context, exc)
+        queue = self._book.watch()
+        try:
+            for approval in await self._book.listing(("pending",)):
+                yield approval_to_proto(approval)
+            while True:
+                yield approval_to_proto(await queue.get())
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self._book.unwatch(queue)
+
+    async def DecideApproval(
+        self, request: apb.DecideApprovalRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> apb.Approval:
+        try:
+            approver = self._approver(context)
+            if not request.id:
+                raise InvalidArgument("give the id of the approval to decide")
+            if not request.approve and not request.reason.strip():
+                raise InvalidArgument("a denial needs a reason the caller can read")
+            decided = await self._book.decide(request.id, approver, request.approve, request.reason.strip())
+        except Exception as exc:
+            await abort_with(context, exc)
+        return approval_to_proto(decided)

@@ -1,0 +1,214 @@
+"""The audit log's writer: one task, group commit, redaction before hashing, signed checkpoints.
+
+Callers add records without waiting (`record`) and, where it matters, wait for the batch
+holding them to be durable (`await log.record(...)`). The writer takes everything queued
+since its last commit as one transaction, so a busy hub pays one commit for many records.
+The hash chain, redaction and output digests are computed in the writer, off the call path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mcp_local.content import (
+    AudioContent,
+    EmbeddedResource,
+    ImageContent,
+    ResourceLink,
+    TextContent,
+    ToolResult,
+)
+from mcp_local.errors import Unavailable
+from mcp_local.redaction import Redactor
+
+from .checkpoints import CheckpointSigner
+from .records import ChainHead, PendingRecord, canonical
+from .store import AuditStore
+
+__all__ = ["AuditLog"]
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAY_S = 0.5
+
+
+def _result_digest(result: ToolResult) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    for block in result.content:
+        if isinstance(block, TextContent):
+            data = block.text.encode()
+        elif isinstance(block, ImageContent | AudioContent):
+            data = block.data
+        elif isinstance(block, EmbeddedResource):
+            data = block.text.encode() if block.text is not None else block.blob or b""
+        elif isinstance(block, ResourceLink):
+            data = block.uri.encode()
+        else:  # pragma: no cover - every content type is listed above
+            data = b""
+        size += len(data)
+        digest.update(data)
+    if result.structured is not None:
+        data = canonical(dict(result.structured))
+        size += len(data)
+        digest.update(data)
+    return size, digest.hexdigest()
+
+
+class AuditLog:
+    def __init__(
+        self,
+        store: AuditStore,
+        redactor: Redactor,
+        signer: CheckpointSigner | None,
+        *,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+        checkpoint_file: Path | None = None,
+    ) -> None:
+        self.store = store
+        self._redactor = redactor
+        self._signer = signer
+        self._every = checkpoint_every
+        self._interval = checkpoint_interval_s
+        self._checkpoint_file = checkpoint_file
+        self._pending: list[tuple[int, str, str, str, str, Mapping[str, Any]]] = []
+        self._wake = asyncio.Event()
+        self._batch: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._head = ChainHead(0, "")
+        self._checkpointed_seq = 0
+        self.healthy = True
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._head = await self.store.head()
+        existing = await self.store.checkpoints()
+        self._checkpointed_seq = existing[-1].seq if existing else 0
+        self._batch = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mcphub-audit-writer")
+
+    def record(
+        self, kind: str, call_id: str, principal: str, tool: str, fields: Mapping[str, Any]
+    ) -> asyncio.Future[None]:
+        """Queue a record; the returned future is done when the record is durable."""
+        if self._batch is None or self._closing:
+            raise Unavailable("the audit log is not running")
+        self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
+        self._wake.set()
+        return self._batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                await self._maybe_checkpoint(force=True)
+                continue
+            self._wake.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            queued, self._pending = self._pending, []
+            batch, self._batch = self._batch, loop.create_future()
+            assert batch is not None
+            try:
+                pending = [
+                    PendingRecord(ts, call, kind, who, tool, self._body(f))
+                    for ts, call, kind, who, tool, f in queued
+                ]
+                self._head = await self.store.append(pending)
+            except (
+                Exception
+            ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
+                self.healthy = False
+                logger.error("audit store write failed, refusing calls until it recovers: %s", exc)
+                self._pending[:0] = queued
+                batch.set_exception(Unavailable("the audit log cannot be written; the call was refused"))
+                batch.add_done_callback(lambda f: f.exception())
+                await asyncio.sleep(RETRY_DELAY_S)
+                self._wake.set()
+                continue
+            self.healthy = True
+            batch.set_result(None)
+            await self._maybe_checkpoint(force=False)
+            if self._closing and not self._pending:
+                return
+
+    def _body(self, fields: Mapping[str, Any]) -> bytes:
+        redactor = self._redactor
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            if value is None:
+                continue
+            if key == "arguments_json":
+                try:
+                    arguments = orjson.loads(value) if value else {}
+                except orjson.JSONDecodeError:
+                    out["arguments_unparsed"] = redactor.text(bytes(value).decode(errors="replace"))
+                    continue
+                out["arguments"] = redactor.value(arguments)
+            elif key == "result":
+                assert isinstance(value, ToolResult)
+                out["output_bytes"], out["output_sha256"] = _result_digest(value)
+            elif isinstance(value, str):
+                out[key] = redactor.text(value)
+            elif isinstance(value, int | float | bool):
+                out[key] = value
+            else:
+                out[key] = redactor.value(value)
+        return canonical(out)
+
+    def redact_arguments(self, arguments_json: bytes) -> str:
+        """Arguments as JSON text with secrets redacted, for showing to an approver."""
+        try:
+            arguments = orjson.loads(arguments_json) if arguments_json else {}
+        except orjson.JSONDecodeError:
+            return self._redactor.text(arguments_json.decode(errors="replace"))
+        return orjson.dumps(self._redactor.value(arguments)).decode()
+
+    async def _maybe_checkpoint(self, *, force: bool) -> None:
+        head = self._head
+        if self._signer is None or head.seq <= self._checkpointed_seq:
+            return
+        if not force and head.seq - self._checkpointed_seq < self._every:
+            return
+        checkpoint = self._signer.sign(head.seq, head.hash, int(time.time() * 1000))
+        try:
+            await self.store.add_checkpoint(checkpoint)
+        except Exception as exc:  # a missed checkpoint is retried at the next one
+            logger.error("could not store an audit checkpoint: %s", exc)
+            return
+        if self._checkpoint_file is not None:
+            with self._checkpoint_file.open("ab") as f:
+                f.write(orjson.dumps(checkpoint.as_dict()) + b"\n")
+        self._checkpointed_seq = head.seq
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is durable."""
+        if self._pending and self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    async def stop(self) -> None:
+        """Write what is queued, sign a last checkpoint and close the store."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await self._task
+        await self._maybe_checkpoint(force=True)
+        await self.store.close()
+        self._task = None

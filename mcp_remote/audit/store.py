@@ -1,0 +1,51 @@
+"""The `AuditStore` interface: where audit records, checkpoints and approvals are kept.
+
+Two implementations share it: `SQLiteStore` (the default, one hub, WAL, in the state
+directory) and `PostgresStore` (several hubs sharing one log). Both append a batch of
+records as one transaction that also extends the hash chain, so the chain stays whole
+even with several writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..approvals import ApprovalStore
+from .checkpoints import Checkpoint
+from .records import AuditRecord, ChainHead, PendingRecord
+
+__all__ = ["AuditStore", "RecordQuery"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    tool: str | None = None
+    principal: str | None = None
+    since_ms: int | None = None
+    call_id: str | None = None
+    limit: int = 100
+    newest_first: bool = True
+
+
+class AuditStore(ApprovalStore, Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
+        """Chain and store `pending` durably in one transaction; returns the new head."""
+        ...
+
+    async def head(self) -> ChainHead: ...
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    async def checkpoints(self) -> list[Checkpoint]: ...
+
+    def scan(self) -> AsyncIterator[AuditRecord]:
+        """Every record in sequence order (for verify)."""
+        ...
+
+    async def query(self, query: RecordQuery) -> list[AuditRecord]: ...

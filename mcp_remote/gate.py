@@ -1,0 +1,217 @@
+"""The hub's own dispatch stages: the audit trail around every call, and the human-in-the-loop gate.
+
+    audit-trail -> authenticate -> resolve -> authorize -> validate -> gate -> execute
+
+`AuditTrail` is outermost so that every call leaves records, refused ones included:
+`requested` (written by the gate, or at the end for a call refused before it), `decided`,
+`approval`, `started`, `finished`. A call that needs approval, or whose tool is destructive,
+waits until its `requested` and `decided` records are durable before the tool runs; every
+call waits until its `finished` record is durable before its result goes back, so a caller
+never holds a result the log could lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import time
+
+from mcp_local.content import ToolResult
+from mcp_local.errors import HubError, Unavailable
+from mcp_local.pipeline import Next
+from mcp_local.tools import ToolCall
+
+from .approvals import ApprovalBook, arguments_digest
+from .audit import AuditLog
+from .policy import Decision, Policy
+
+__all__ = ["AuditTrail", "Gate", "approval_hint"]
+
+_PENDING, _APPROVED, _DENIED, _EXPIRED = 1, 2, 3, 4
+_STATE_CODES = {"approved": _APPROVED, "used": _APPROVED, "denied": _DENIED, "expired": _EXPIRED}
+
+
+def approval_hint(approval_id: str) -> str:
+    return f"mcphub approvals approve {approval_id}"
+
+
+class AuditTrail:
+    name = "audit"
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+        self._prefix = "c" + secrets.token_hex(3)
+        self._counter = itertools.count(1)
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        log = self._log
+        if not log.healthy:
+            raise Unavailable("the audit log cannot be written; calls are refused until it recovers")
+        call.call_id = f"{self._prefix}{next(self._counter):x}"
+        started = time.perf_counter()
+        status = "ok"
+        error: str | None = None
+        result: ToolResult | None = None
+        try:
+            result = await call_next(call)
+            if result.is_error:
+                status = "tool_error"
+        except HubError as exc:
+            status, error = exc.status.name.lower(), exc.message
+            raise
+        except asyncio.CancelledError:
+            status, error = "cancelled", "the caller went away"
+            raise
+        except BaseException as exc:
+            status, error = "internal", type(exc).__name__
+            raise
+        finally:
+            principal = call.principal.name if call.principal else "-"
+            if not call.logged:
+                log.record(
+                    "requested",
+                    call.call_id,
+                    principal,
+                    call.name,
+                    {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
+                )
+            durable = log.record(
+                "finished",
+                call.call_id,
+                principal,
+                call.name,
+                {
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "result": result,
+                    "error": error if error is not None else _error_text(result),
+                },
+            )
+            if status != "cancelled":
+                await asyncio.shield(durable)
+        return result
+
+
+def _error_text(result: ToolResult | None) -> str | None:
+    if result is None or not result.is_error or not result.content:
+        return None
+    first = result.content[0]
+    text = getattr(first, "text", None)
+    return text[:500] if isinstance(text, str) else None
+
+
+class Gate:
+    """Policy decision, approvals, and the records of both."""
+
+    name = "gate"
+
+    def __init__(self, policy: Policy, book: ApprovalBook, log: AuditLog) -> None:
+        self.policy = policy
+        self._book = book
+        self._log = log
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        principal = call.principal
+        tool = call.tool
+        assert principal is not None and tool is not None
+        trusted = not call.source.startswith("sandbox:")
+        decision = self.policy.evaluate(
+            principal.name, call.name, call.arguments, tool.annotations, trusted=trusted
+        )
+        log = self._log
+        log.record(
+            "requested",
+            call.call_id,
+            principal.name,
+            call.name,
+            {
+                "arguments_json": call.arguments_json,
+                "request_id": call.request_id or None,
+                "source": call.source,
+            },
+        )
+        call.logged = True
+        durable = log.record(
+            "decided",
+            call.call_id,
+            principal.name,
+            call.name,
+            {"decision": decision.verdict, "rule": decision.rule, "reason": decision.reason or None},
+        )
+        if decision.verdict == "deny":
+            return ToolResult.error(
+                f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}"
+            )
+        if decision.verdict == "ask" or tool.annotations.destructive:
+            await asyncio.shield(durable)
+        if decision.verdict == "ask":
+            refusal = await self._ask(call, decision)
+            if refusal is not None:
+                return refusal
+        log.record("started", call.call_id, principal.name, call.name, {})
+        return await call_next(call)
+
+    async def _ask(self, call: ToolCall, decision: Decision) -> ToolResult | None:
+        """None once an approval lets the call proceed; otherwise the result telling the caller why not."""
+        assert call.principal is not None
+        principal, tool = call.principal.name, call.name
+        digest = arguments_digest(call.arguments)
+        if call.approval_id:
+            used, why = await self._book.use(call.approval_id, principal, tool, digest)
+            if used is None:
+                self._log.record(
+                    "approval",
+                    call.call_id,
+                    principal,
+                    tool,
+                    {"approval_id": call.approval_id, "state": "refused", "why": why, "args_sha256": digest},
+                )
+                return ToolResult.error(f"approval {call.approval_id} cannot be used for this call: {why}")
+            await self._log.flush()  # the `used` record (written by the book) is durable before the tool runs
+            return None
+        approval = await self._book.create(
+            call_id=call.call_id,
+            principal=principal,
+            tool=tool,
+            args_sha256=digest,
+            arguments_json=_redacted_arguments(self._log, call),
+            reason=decision.reason,
+            rule=decision.rule,
+            approvers=decision.approvers,
+            timeout_s=decision.timeout_s,
+        )
+        hint = approval_hint(approval.id)
+        await call.sink.approval(approval.id, _PENDING, decision.reason, approval.expires_ms, hint)
+        outcome = await self._book.wait(approval)
+        await call.sink.approval(
+            approval.id,
+            _STATE_CODES.get(outcome.state, _DENIED),
+            outcome.decision_reason,
+            approval.expires_ms,
+            "",
+        )
+        if outcome.state == "approved":
+            used, why = await self._book.use(approval.id, principal, tool, digest)
+            if used is None:
+                return ToolResult.error(f"approval {approval.id} could not be used: {why}")
+            await self._log.flush()
+            return None
+        if outcome.state == "denied":
+            reason = f": {outcome.decision_reason}" if outcome.decision_reason else ""
+            return ToolResult.error(f"{outcome.decided_by} denied this call (approval {approval.id}){reason}")
+        return ToolResult.error(
+            f"no approver decided within {decision.timeout_s:g}s (approval {approval.id}); "
+            f"a timeout is a denial. Once an approver runs `{hint}`, call again with the same "
+            "arguments and this approval id."
+        )
+
+
+def _redacted_arguments(log: AuditLog, call: ToolCall) -> str:
+    return log.redact_arguments(call.arguments_json)
+
+
+def instance_name(state_dir: str) -> str:
+    """A stable name for this hub: host name plus its state directory."""
+    return f"{os.uname().nodename}:{state_dir}"

@@ -1,0 +1,351 @@
+"""The gate's policy: rules that match principal, tool and arguments, and the decision they make.
+
+    decision = the strictest of every matching rule (deny > ask > allow), whatever their order
+    no rule matches                     -> ask
+    a shell command that is compound    -> at least ask
+
+Pure and cached: `Policy.evaluate` runs on every call, so what depends only on
+(principal, tool) is worked out once; only rules that look at arguments are
+checked per call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mcp_local.errors import ConfigError
+from mcp_local.tools import ToolAnnotations
+
+from .shellwords import parse_command_line
+
+__all__ = [
+    "Decision",
+    "Policy",
+    "PolicyConfig",
+    "RuleConfig",
+    "Verdict",
+    "default_policy_config",
+    "load_policy_file",
+]
+
+Verdict = Literal["allow", "ask", "deny"]
+_SEVERITY: dict[str, int] = {"allow": 0, "ask": 1, "deny": 2}
+NO_RULE = "(no rule names this tool)"
+COMPOUND = "(compound shell command)"
+
+
+class AnnotationMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+
+class RuleConfig(BaseModel):
+    """One rule. Every condition given must hold for the rule to match."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    decision: Verdict
+    tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    """Tool name globs."""
+    exclude_tools: list[str] = Field(default_factory=list)
+    principals: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    """Principal name globs."""
+    annotations: AnnotationMatch | None = None
+    """Match on the tool's annotations. A sidecar's claims of read-only or non-destructive never count."""
+    args: dict[str, str | list[str]] | None = None
+    """Argument name -> glob(s) its value (as text) must match."""
+    argv: list[list[str]] | None = None
+    """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]]."""
+    approvers: list[str] = Field(default_factory=list)
+    """Approver groups that may decide an `ask` (default: any approver)."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """How long an `ask` waits for a person; a timeout is a denial."""
+    reason: str = ""
+    """Shown to the approver and the caller."""
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[list[str]] | None) -> list[list[str]] | None:
+        for pattern in value or []:
+            if not pattern or not pattern[0] or pattern[0].startswith("-"):
+                raise ValueError(f"argv pattern {pattern!r}: must start with a program name")
+        return value
+
+
+class PolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    extends: Literal["default"] | None = None
+    """`default`: add these rules to the shipped default policy (they can only make it stricter)."""
+    approval_timeout_s: float = Field(default=300.0, gt=0)
+    shell_tools: dict[str, str] = Field(
+        default_factory=lambda: {"shell_exec": "command", "shell_start": "command"}
+    )
+    """Tool name -> the argument holding its shell command line."""
+    rules: list[RuleConfig] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    rules: tuple[str, ...]
+    """The rules that made the decision (the matching rules of the strictest kind)."""
+    reason: str
+    approvers: tuple[str, ...] = ()
+    timeout_s: float = 300.0
+
+    @property
+    def rule(self) -> str:
+        return ", ".join(self.rules)
+
+
+def _glob(patterns: Sequence[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+
+def _options(argv: Sequence[str]) -> tuple[list[str], set[str]]:
+    """Positional words and the set of options of an argv (`-rf` -> -r, -f; `--a=b` -> --a)."""
+    positional: list[str] = []
+    options: set[str] = set()
+    for word in argv:
+        if word.startswith("--"):
+            options.add(word.split("=", 1)[0])
+        elif word.startswith("-") and len(word) > 1:
+            options.add(word)
+            options.update(f"-{ch}" for ch in word[1:] if ch.isalpha())
+        else:
+            positional.append(word)
+    return positional, options
+
+
+@dataclass(frozen=True, slots=True)
+class _ArgvPattern:
+    program: str
+    words: tuple[str, ...]
+    options: tuple[frozenset[str], ...]
+
+    @classmethod
+    def parse(cls, pattern: Sequence[str]) -> _ArgvPattern:
+        words = [w for w in pattern[1:] if not w.startswith("-")]
+        options = [frozenset(w.split("|")) for w in pattern[1:] if w.startswith("-")]
+        return cls(pattern[0], tuple(words), tuple(options))
+
+    def matches(self, argv: Sequence[str]) -> bool:
+        if not argv or argv[0] != self.program:
+            return False
+        positional, options = _options(argv[1:])
+        # The words must appear in order but not necessarily adjacent: `git -C dir push` still
+        # reads as `git push` although `dir` (the value of -C) looks like a word too.
+        remaining = iter(positional)
+        if not all(word in remaining for word in self.words):
+            return False
+        return all(alternatives & options for alternatives in self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    config: RuleConfig
+    tools: re.Pattern[str]
+    excluded: re.Pattern[str]
+    principals: re.Pattern[str]
+    args: tuple[tuple[str, re.Pattern[str]], ...]
+    argv: tuple[_ArgvPattern, ...]
+
+    @classmethod
+    def compile(cls, rule: RuleConfig) -> _Rule:
+        args = tuple(
+            (name, _glob([globs] if isinstance(globs, str) else globs))
+            for name, globs in (rule.args or {}).items()
+        )
+        return cls(
+            rule,
+            _glob(rule.tools),
+            _glob(rule.exclude_tools),
+            _glob(rule.principals),
+            args,
+            tuple(_ArgvPattern.parse(p) for p in rule.argv or ()),
+        )
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.args or self.argv)
+
+    def static_match(self, principal: str, tool: str, annotations: ToolAnnotations) -> bool:
+        if not self.tools.match(tool) or self.excluded.match(tool) or not self.principals.match(principal):
+            return False
+        want = self.config.annotations
+        if want is not None:
+            for key in ("read_only", "destructive", "idempotent", "open_world"):
+                expected = getattr(want, key)
+                if expected is not None and getattr(annotations, key) is not expected:
+                    return False
+        return True
+
+    def dynamic_match(self, arguments: Mapping[str, Any], argvs: Sequence[Sequence[str]] | None) -> bool:
+        for name, pattern in self.args:
+            if name not in arguments or not pattern.match(_text(arguments[name])):
+                return False
+        if self.argv:
+            if argvs is None:
+                return False
+            return any(p.matches(argv) for p in self.argv for argv in argvs)
+        return True
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def untrusted_view(annotations: ToolAnnotations) -> ToolAnnotations:
+    """How the gate reads annotations it cannot trust (a sidecar's): claims may raise risk, never lower it."""
+    return ToolAnnotations(
+        title=annotations.title,
+        read_only=False,
+        destructive=True if annotations.destructive else None,
+        idempotent=False,
+        open_world=True if annotations.open_world else None,
+    )
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What (principal, tool) reduces to: matching static rules, and rules still to check per call."""
+
+    static: tuple[_Rule, ...]
+    dynamic: tuple[_Rule, ...]
+    fixed: Decision | None
+
+
+@dataclass
+class Policy:
+    config: PolicyConfig
+    _rules: tuple[_Rule, ...] = field(init=False)
+    _plans: dict[tuple[str, str, bool], _Plan] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rules = tuple(_Rule.compile(r) for r in self.config.rules)
+
+    @property
+    def rule_names(self) -> list[str]:
+        return [r.config.name for r in self._rules]
+
+    def evaluate(
+        self,
+        principal: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        annotations: ToolAnnotations,
+        *,
+        trusted: bool = True,
+    ) -> Decision:
+        key = (principal, tool, trusted)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(principal, tool, annotations if trusted else untrusted_view(annotations))
+            if len(self._plans) > 65536:
+                self._plans.clear()
+            self._plans[key] = plan
+        if plan.fixed is not None:
+            return plan.fixed
+        matched = list(plan.static)
+        compound: str | None = None
+        argvs: Sequence[Sequence[str]] | None = None
+        command_arg = self.config.shell_tools.get(tool)
+        if command_arg is not None:
+            command = arguments.get(command_arg)
+            if isinstance(command, str):
+                parsed = parse_command_line(command)
+                argvs = parsed.commands
+                compound = parsed.compound_reason
+        matched.extend(r for r in plan.dynamic if r.dynamic_match(arguments, argvs))
+        return self._decide(matched, compound)
+
+    def _plan(self, principal: str, tool: str, annotations: ToolAnnotations) -> _Plan:
+        static: list[_Rule] = []
+        dynamic: list[_Rule] = []
+        for rule in self._rules:
+            if rule.static_match(principal, tool, annotations):
+                (dynamic if rule.dynamic else static).append(rule)
+        fixed = None
+        if not dynamic and tool not in self.config.shell_tools:
+            fixed = self._decide(static, None)
+        return _Plan(tuple(static), tuple(dynamic), fixed)
+
+    def _decide(self, matched: Sequence[_Rule], compound: str | None) -> Decision:
+        timeout = self.config.approval_timeout_s
+        if not matched:
+            verdict: Verdict = "ask"
+            names: tuple[str, ...] = (NO_RULE,)
+            reasons = ["no policy rule names this tool"]
+            deciding: list[_Rule] = []
+        else:
+            top = max(_SEVERITY[r.config.decision] for r in matched)
+            deciding = [r for r in matched if _SEVERITY[r.config.decision] == top]
+            verdict = deciding[0].config.decision
+            names = tuple(r.config.name for r in deciding)
+            reasons = [r.config.reason for r in deciding if r.config.reason]
+        if compound is not None and _SEVERITY[verdict] < _SEVERITY["ask"]:
+            verdict, names, reasons, deciding = "ask", (COMPOUND,), [f"the command {compound}"], []
+        elif compound is not None and verdict == "ask":
+            names = (*names, COMPOUND)
+            reasons.append(f"the command {compound}")
+        approvers = tuple(sorted({g for r in deciding for g in r.config.approvers}))
+        timeouts = [r.config.timeout_s for r in deciding if r.config.timeout_s is not None]
+        return Decision(verdict, names, "; ".join(reasons), approvers, min(timeouts) if timeouts else timeout)
+
+
+def default_policy_config() -> PolicyConfig:
+    text = files("mcp_remote").joinpath("default_policy.yaml").read_text()
+    return PolicyConfig.model_validate(yaml.safe_load(text))
+
+
+def resolve_policy(config: PolicyConfig | None) -> Policy:
+    """The policy a hub enforces: the shipped default, the given one, or the default plus given rules."""
+    if config is None:
+        return Policy(default_policy_config())
+    if config.extends == "default":
+        base = default_policy_config()
+        merged = base.model_copy(
+            update={
+                "rules": [*base.rules, *config.rules],
+                "shell_tools": {**base.shell_tools, **config.shell_tools},
+                "approval_timeout_s": config.approval_timeout_s,
+            }
+        )
+        return Policy(merged)
+    return Policy(config)
+
+
+def load_policy_file(path: Path) -> PolicyConfig:
+    """A policy document, or a hub config file holding one under `policy:`; raises ConfigError."""
+    from .config import format_validation_error
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict) and "policy" in data:
+        data = data["policy"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a policy mapping (rules: [...]) or a hub config with `policy:`")
+    try:
+        return PolicyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
