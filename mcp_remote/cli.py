@@ -406,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout")
     _client_options(bridge)
     bridge.set_defaults(func=_cmd_bridge)
+
+    from .cli_admin import add_admin_commands
+
+    add_admin_commands(sub, _Formatter)
     return parser
 
 

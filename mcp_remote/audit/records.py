@@ -97,6 +97,8 @@ def chain(head: ChainHead, pending: Iterable[PendingRecord]) -> list[AuditRecord
 
 def verify_record(record: AuditRecord, expected_seq: int, expected_prev: str) -> str | None:
     """Why `record` does not continue the chain, or None."""
+    if not isinstance(record.seq, int) or not isinstance(record.ts_ms, int):
+        return "its sequence number or time is not an integer (the record was edited)"
     if record.seq != expected_seq:
         return (
             f"expected record {expected_seq} next but found {record.seq} (a record was deleted or reordered)"

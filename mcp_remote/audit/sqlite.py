@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -35,6 +36,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY, state TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
 """
+
+
+def _record(row: tuple[Any, ...]) -> AuditRecord:
+    """A row as a record, whatever an editor left in its columns (verify must report, not crash)."""
+    seq, ts_ms, call_id, kind, principal, tool, body, prev, hash_ = row
+    data = bytes(body) if isinstance(body, bytes | memoryview) else str(body).encode()
+    return AuditRecord(
+        seq, ts_ms, str(call_id), str(kind), str(principal), str(tool), data, str(prev), str(hash_)
+    )
 
 
 def _approval_from(data: bytes) -> Approval:
@@ -121,7 +131,7 @@ class SQLiteStore:
         cursor = self.db.execute("SELECT * FROM records ORDER BY seq")
         while rows := cursor.fetchmany(1000):
             for row in rows:
-                yield AuditRecord(*row)
+                yield _record(row)
 
     async def query(self, query: RecordQuery) -> list[AuditRecord]:
         clauses: list[str] = []
@@ -143,7 +153,7 @@ class SQLiteStore:
             f"SELECT * FROM records {where} ORDER BY seq {order} LIMIT ?",  # noqa: S608 - fixed column names
             (*params, query.limit),
         ).fetchall()
-        return [AuditRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     async def put_approval(self, approval: Approval) -> None:
         self.db.execute(

@@ -1,0 +1,450 @@
+"""Operator commands of `mcphub`: `policy`, `approvals` and `audit`.
+
+Exit codes as for every mcphub command: 0 ok, 1 a check failed (a policy that
+would deny, a broken audit log), 2 bad usage or configuration, 3 the hub refused
+or could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_admin_commands"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mcphub: {message}", file=sys.stderr)
+    return code
+
+
+def _run(coro: Any) -> int:
+    import uvloop
+
+    result: int = uvloop.run(coro)
+    return result
+
+
+def _state_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    from .statedir import default_state_dir
+
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    if environ.get("MCPHUB_STATE_DIR"):
+        return Path(environ["MCPHUB_STATE_DIR"])
+    return default_state_dir(environ)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mcp_local.errors import ConfigError
+
+    from .policy import load_policy_file, resolve_policy
+
+    try:
+        policy = resolve_policy(load_policy_file(args.file))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if args.json:
+        print(json.dumps({"ok": True, "rules": policy.rule_names}))
+    else:
+        print(f"{args.file}: valid policy with {len(policy.rule_names)} rules")
+        for name in policy.rule_names:
+            print(f"  - {name}")
+    return EXIT_OK
+
+
+def _tool_annotations(config: Any, tool: str) -> tuple[Any, str] | None:
+    """The annotations and source of `tool` among the configured packs (loaded, not started)."""
+    from mcp_local.errors import ConfigError
+    from mcp_local.packs import PackEnv, load_pack
+
+    env = PackEnv(state_dir=config.state_dir)
+    for spec in config.packs:
+        try:
+            pack = load_pack(spec.name, spec.options, env)
+        except ConfigError:
+            continue
+        for t in pack.tools():
+            if t.name == tool:
+                return t.annotations, f"pack:{pack.name}"
+    return None
+
+
+def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mcp_local.errors import ConfigError
+    from mcp_local.tools import ToolAnnotations
+
+    from .config import load_config
+    from .policy import load_policy_file, resolve_policy
+
+    try:
+        arguments = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        return _fail(f"--args is not valid JSON: {exc}", EXIT_USAGE)
+    if not isinstance(arguments, dict):
+        return _fail("--args must be a JSON object", EXIT_USAGE)
+    try:
+        config = load_config(args.config, environ, {"state_dir": args.state_dir})
+        policy = resolve_policy(load_policy_file(args.policy) if args.policy else config.policy)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    found = _tool_annotations(config, args.tool)
+    annotations, source = found if found else (ToolAnnotations(), "unknown")
+    trusted = not source.startswith("sandbox:") and not args.tool.count("__")
+    decision = policy.evaluate(args.principal, args.tool, arguments, annotations, trusted=trusted)
+    out = {
+        "tool": args.tool,
+        "principal": args.principal,
+        "tool_found": found is not None,
+        "decision": decision.verdict,
+        "rules": list(decision.rules),
+        "reason": decision.reason,
+        "approver_groups": list(decision.approvers),
+        "approval_timeout_s": decision.timeout_s,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{decision.verdict.upper()}: {args.tool} for {args.principal}")
+        print(f"  rule:   {decision.rule}")
+        if decision.reason:
+            print(f"  reason: {decision.reason}")
+        if decision.verdict == "ask":
+            who = ", ".join(decision.approvers) or "any approver"
+            print(f"  waits up to {decision.timeout_s:g}s for {who}")
+        if found is None:
+            print(f"  (no configured pack offers {args.tool!r}; evaluated without annotations)")
+    return EXIT_OK
+
+
+# --- approvals ---------------------------------------------------------------------------------
+
+
+def _approver_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    if args.token:
+        return str(args.token)
+    if environ.get("MCPHUB_TOKEN"):
+        return environ["MCPHUB_TOKEN"]
+    path = _state_dir(args, environ) / "operator.token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    from .statedir import DEFAULT_GRPC, read_hub_file
+
+    if args.hub:
+        return str(args.hub)
+    if environ.get("MCPHUB_HUB"):
+        return environ["MCPHUB_HUB"]
+    running = read_hub_file(_state_dir(args, environ))
+    return str(running["grpc"]) if running and isinstance(running.get("grpc"), str) else DEFAULT_GRPC
+
+
+def _show_approval(a: Any) -> str:
+    left = max(0, (a.expires_at_unix_ms - int(time.time() * 1000)) // 1000)
+    when = (
+        f"expires in {left}s" if a.state == "pending" else (f"by {a.decided_by}" if a.decided_by else a.state)
+    )
+    return (
+        f"{a.id}  {a.state:<8}  {a.principal} -> {a.tool}  {when}\n"
+        f"    arguments: {a.arguments_json[:300]}\n"
+        f"    why:       {a.reason or a.rule}"
+    )
+
+
+def _approval_json(a: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    result: dict[str, Any] = MessageToDict(
+        a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result
+
+
+async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import grpc
+
+    from proto.mcphub.v1 import approvals_pb2 as apb
+    from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
+
+    target = _target(args, environ)
+    token = _approver_token(args, environ)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            if args.action == "list":
+                states = ["pending", "approved", "denied", "expired", "used"] if args.all else ["pending"]
+                response = await stub.ListApprovals(
+                    apb.ListApprovalsRequest(states=states), metadata=metadata
+                )
+                if args.json:
+                    print(json.dumps([_approval_json(a) for a in response.approvals], indent=2))
+                else:
+                    for a in response.approvals:
+                        print(_show_approval(a))
+                    print(f"{len(response.approvals)} approvals", file=sys.stderr)
+            elif args.action == "watch":
+                async for a in stub.WatchApprovals(apb.WatchApprovalsRequest(), metadata=metadata):
+                    print(json.dumps(_approval_json(a)) if args.json else _show_approval(a), flush=True)
+            else:
+                approve = args.action == "approve"
+                request = apb.DecideApprovalRequest(id=args.id, approve=approve, reason=args.reason or "")
+                decided = await stub.DecideApproval(request, metadata=metadata)
+                if args.json:
+                    print(json.dumps(_approval_json(decided), indent=2))
+                else:
+                    print(f"{decided.id} {decided.state} by {decided.decided_by}")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return _fail(f"cannot reach a hub at {target}: {exc.details()}", EXIT_HUB)
+            return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
+    return EXIT_OK
+
+
+def _cmd_approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.action == "deny" and not (args.reason or "").strip():
+        return _fail("deny needs --reason TEXT (the caller reads it)", EXIT_USAGE)
+    try:
+        return _run(_approvals(args, environ))
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    from .config import load_config
+
+    config = load_config(args.config, environ, {"state_dir": args.state_dir}) if args.config else None
+    if config is not None and config.audit.store == "postgres":
+        from .audit.postgres import PostgresStore
+
+        return PostgresStore(config.audit.resolve_dsn(environ)), config.state_dir
+    from .audit.sqlite import SQLiteStore
+
+    state_dir = config.state_dir if config is not None else _state_dir(args, environ)
+    return SQLiteStore(state_dir / "audit" / "audit.db", read_only=True), state_dir
+
+
+async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .audit import load_public_keys, read_checkpoint_file, verify_log
+
+    store, state_dir = _open_store(args, environ)
+    keys_paths = list(args.public_key) or [state_dir / "audit" / "signing.pub"]
+    missing = [p for p in keys_paths if not p.exists()]
+    if missing:
+        return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
+    await store.open()
+    try:
+        report = await verify_log(
+            store,
+            load_public_keys(keys_paths),
+            read_checkpoint_file(state_dir / "audit" / "checkpoints.jsonl"),
+        )
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif report.ok:
+        print(
+            f"audit log OK: {report.records} records, {report.checkpoints} signed checkpoints, "
+            f"head {report.head_hash[:16]}"
+        )
+        for note in report.notes:
+            print(f"  note: {note}")
+    else:
+        print(f"audit log BROKEN at record {report.first_bad}: {report.problem}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+
+
+def _since_ms(text: str | None) -> int | None:
+    if not text:
+        return None
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return int((time.time() - seconds) * 1000)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected e.g. 10m, 2h, 1d or an ISO time like 2026-11-21T10:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _show_record(r: Any) -> str:
+    body = r.body_json()
+    details = " ".join(
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(body.items())
+    )
+    head = f"{_iso(r.ts_ms)}  #{r.seq:<6} {r.kind:<9} {r.principal:<12} {r.tool:<16} {r.call_id}"
+    return f"{head}  {details[:400]}"
+
+
+async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .audit import RecordQuery
+
+    try:
+        since = _since_ms(getattr(args, "since", None))
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    store, _ = _open_store(args, environ)
+    await store.open()
+    try:
+        if args.action == "tail":
+            query = RecordQuery(limit=args.lines, newest_first=True)
+        else:
+            query = RecordQuery(
+                tool=args.tool,
+                principal=args.principal,
+                since_ms=since,
+                call_id=args.call,
+                limit=args.limit,
+                newest_first=True,
+            )
+        records = list(reversed(await store.query(query)))
+        for r in records:
+            print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+        last = records[-1].seq if records else 0
+        while args.action == "tail" and args.follow:
+            await asyncio.sleep(0.5)
+            await store.close()
+            await store.open()
+            fresh = [r for r in reversed(await store.query(RecordQuery(limit=1000))) if r.seq > last]
+            for r in fresh:
+                print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+                last = r.seq
+    finally:
+        await store.close()
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mcp_local.errors import ConfigError
+
+    try:
+        if args.action == "verify":
+            return _run(_verify(args, environ))
+        return _run(_read(args, environ))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except FileNotFoundError as exc:
+        return _fail(f"{exc}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    policy = sub.add_parser(
+        "policy",
+        formatter_class=formatter,
+        help="check a policy, explain a decision",
+        description="Check a gate policy, or explain what it decides for one call.",
+    )
+    policy_sub = policy.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file (or a hub config with `policy:`)")
+    check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_cmd_policy_check)
+    explain = policy_sub.add_parser(
+        "explain",
+        formatter_class=formatter,
+        help="print the decision for a call and the rule that made it",
+        description="Evaluate the policy for one call without making it.\n"
+        "The tool's annotations come from the configured packs.",
+    )
+    explain.add_argument("tool")
+    explain.add_argument("--args", default="{}", metavar="JSON", help="the call's arguments (default: {})")
+    explain.add_argument("--principal", default="local", help="who calls (default: local)")
+    explain.add_argument(
+        "--config", type=Path, help="hub config (its policy and packs); default: embedded defaults"
+    )
+    explain.add_argument("--policy", type=Path, help="a policy file to use instead of the config's")
+    explain.add_argument("--state-dir", type=Path)
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=_cmd_policy_explain)
+
+    approvals = sub.add_parser(
+        "approvals",
+        formatter_class=formatter,
+        help="list, watch, approve and deny pending calls",
+        description="Decide the calls waiting for a person, over gRPC with an approver's token\n"
+        "(--token, $MCPHUB_TOKEN, or the local hub's operator token in the state directory).",
+    )
+    approvals_sub = approvals.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("list", "pending approvals (--all: every state)"),
+        ("watch", "stream approvals as they change"),
+        ("approve", "approve a pending call"),
+        ("deny", "deny a pending call (needs --reason)"),
+    ):
+        p = approvals_sub.add_parser(name, help=text)
+        if name in ("approve", "deny"):
+            p.add_argument("id", help="the approval id, e.g. apr_abc123")
+            p.add_argument("--reason", help="shown to the caller and recorded")
+        if name == "list":
+            p.add_argument("--all", action="store_true", help="include decided, used and expired approvals")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--hub", metavar="HOST:PORT")
+        p.add_argument("--token")
+        p.add_argument("--state-dir", type=Path)
+        p.set_defaults(func=_cmd_approvals)
+
+    audit = sub.add_parser(
+        "audit",
+        formatter_class=formatter,
+        help="verify and read the audit log",
+        description="Verify the audit log's hash chain and signed checkpoints, or read it.",
+    )
+    audit_sub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="exit 0 if the chain and checkpoints hold, 1 naming the first bad record"
+    )
+    verify.add_argument(
+        "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
+    )
+    tail = audit_sub.add_parser("tail", help="the newest records")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true")
+    query = audit_sub.add_parser("query", help="records by tool, principal, time or call")
+    query.add_argument("--tool")
+    query.add_argument("--principal")
+    query.add_argument("--since", help="10m, 2h, 1d or an ISO time")
+    query.add_argument("--call", help="a call id")
+    query.add_argument("--limit", type=int, default=200)
+    for p in (verify, tail, query):
+        p.add_argument("--state-dir", type=Path)
+        p.add_argument("--config", type=Path, help="hub config (for a PostgreSQL store)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=_cmd_audit)

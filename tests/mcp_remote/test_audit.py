@@ -1,0 +1,308 @@
+"""The audit log against real hubs: every call recorded, secrets redacted, tampering detected by
+`mcphub audit verify`, nothing lost when the hub is killed, and one chain shared through PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+
+from bridge.hubclient import HubClient
+from mcp_remote.audit.sqlite import SQLiteStore
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from tests.support.approvals import decide, start_call, text_of
+from tests.support.hub import REPO, hub_command, start_hub
+from tests.support.postgres import running_postgres
+
+pytestmark = pytest.mark.anyio
+
+RISKY_PACK = str(REPO / "tests" / "packs" / "risky.py")
+CANARY = "canary-9f3e1b7c2d4a6e8f0b1c3d5e"
+TOKEN = "audit-token-agent-0123456789"
+APPROVER = "audit-token-approver-0123456"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")} | (env or {})
+    return subprocess.run(hub_command(*args), capture_output=True, text=True, timeout=120, cwd=REPO, env=full)
+
+
+def config(**extra: Any) -> dict[str, Any]:
+    return {
+        "principals": [
+            {"name": "agent", "token": TOKEN},
+            {"name": "approver", "token": APPROVER, "roles": ["approver"]},
+        ],
+        "packs": ["diagnostics", {"name": RISKY_PACK, "options": {"secret": CANARY}}],
+        "audit": {"checkpoint_every": 10},
+        **extra,
+    }
+
+
+async def call_echo(hub: HubClient, text: str, token: str = TOKEN, request_id: str = "") -> pb.CallToolResult:
+    request = pb.CallToolRequest(
+        name="echo", arguments_json=orjson.dumps({"text": text}), request_id=request_id
+    )
+    return await hub.call_tool(token, request)
+
+
+async def all_records(state_dir: Path) -> list[Any]:
+    store = SQLiteStore(state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        return [r async for r in store.scan()]
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+async def stopped_log(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
+    """A state directory whose hub served a few dozen calls and stopped cleanly.
+
+    Async, like every test here that touches gRPC: grpc.aio serves one event loop per process."""
+    workdir = tmp_path_factory.mktemp("audited")
+    hub = start_hub(workdir, config=config(), http=False)
+    client = HubClient(hub.grpc)
+    for i in range(25):
+        await call_echo(client, f"hello {i}")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call_echo(client, "x", token="wrong-token-0123456789")
+    await client.close()
+    assert hub.stop() == 0
+    yield hub.state_dir
+
+
+async def test_every_call_leaves_its_records_and_refusals_are_recorded(stopped_log: Path) -> None:
+    records = await all_records(stopped_log)
+    by_call: dict[str, list[str]] = {}
+    for r in records:
+        by_call.setdefault(r.call_id, []).append(r.kind)
+    calls = {c: kinds for c, kinds in by_call.items() if c != "-"}
+    assert len(calls) == 26
+    allowed = [k for k in calls.values() if "decided" in k]
+    assert len(allowed) == 25 and all(k == ["requested", "decided", "started", "finished"] for k in allowed)
+    refused = next(
+        r for r in records if r.kind == "finished" and r.body_json()["status"] == "unauthenticated"
+    )
+    assert refused.principal == "-" and "not one this hub knows" in refused.body_json()["error"]
+    finished = next(r for r in records if r.kind == "finished" and r.body_json()["status"] == "ok")
+    body = finished.body_json()
+    assert body["output_bytes"] == len(b"hello 0") or body["output_bytes"] > 0
+    assert len(body["output_sha256"]) == 64 and body["duration_ms"] >= 0
+
+
+def test_verify_passes_on_an_untouched_log(stopped_log: Path) -> None:
+    out = cli("audit", "verify", "--state-dir", str(stopped_log), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["records"] > 100 and report["checkpoints"] >= 5
+
+
+def tampered_copy(source: Path, target: Path, *statements: str) -> Path:
+    shutil.copytree(source, target)
+    db = sqlite3.connect(target / "audit" / "audit.db")
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()
+    return target
+
+
+@pytest.mark.parametrize(
+    ("name", "statements", "bad", "words"),
+    [
+        ("edited", ["UPDATE records SET body = CAST(body AS TEXT) || ' ' WHERE seq = 17"], 17, "was edited"),
+        ("edited-principal", ["UPDATE records SET principal = 'someone' WHERE seq = 30"], 30, "was edited"),
+        ("deleted", ["DELETE FROM records WHERE seq = 40"], 40, "record 40 is missing"),
+        (
+            "reordered",
+            [
+                "UPDATE records SET seq = -1 WHERE seq = 50",
+                "UPDATE records SET seq = 50 WHERE seq = 51",
+                "UPDATE records SET seq = 51 WHERE seq = -1",
+            ],
+            50,
+            "reordered",
+        ),
+        ("truncated", ["DELETE FROM records WHERE seq > 60"], 61, "the log was cut"),
+    ],
+)
+def test_verify_names_the_first_bad_record(
+    stopped_log: Path, tmp_path: Path, name: str, statements: list[str], bad: int, words: str
+) -> None:
+    state = tampered_copy(stopped_log, tmp_path / name, *statements)
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1, out.stdout
+    assert f"audit log BROKEN at record {bad}" in out.stderr and words in out.stderr
+
+
+def test_a_forged_checkpoint_is_detected(stopped_log: Path, tmp_path: Path) -> None:
+    state = tampered_copy(
+        stopped_log, tmp_path / "forged", "UPDATE checkpoints SET hash = 'f' || substr(hash, 2)"
+    )
+    (state / "audit" / "checkpoints.jsonl").unlink()
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1 and "invalid signature" in out.stderr
+
+
+def test_tail_and_query(stopped_log: Path) -> None:
+    tail = cli("audit", "tail", "-n", "3", "--state-dir", str(stopped_log), "--json")
+    rows = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows) and len(rows) == 3
+    query = cli(
+        "audit",
+        "query",
+        "--tool",
+        "echo",
+        "--principal",
+        "agent",
+        "--since",
+        "1h",
+        "--state-dir",
+        str(stopped_log),
+        "--json",
+        "--limit",
+        "1000",
+    )
+    found = [json.loads(line) for line in query.stdout.splitlines()]
+    assert len(found) == 100 and {r["tool"] for r in found} == {"echo"}
+    human = cli(
+        "audit",
+        "query",
+        "--tool",
+        "echo",
+        "--principal",
+        "agent",
+        "--limit",
+        "2",
+        "--state-dir",
+        str(stopped_log),
+    )
+    assert human.returncode == 0 and "finished" in human.stdout and "agent" in human.stdout
+    bad = cli("audit", "query", "--since", "yesterday", "--state-dir", str(stopped_log))
+    assert bad.returncode == 2 and "expected e.g. 10m" in bad.stderr
+
+
+async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, config=config(), env={"MCPHUB_LOG_LEVEL": "debug"})
+    client = HubClient(hub.grpc)
+    try:
+        result = await call_echo(client, f"the key is {CANARY}")
+        assert result.content[0].text.text == f"the key is {CANARY}", "a tool result is the caller's own data"
+        call = start_call(client, TOKEN, "delete_thing", {"name": "x", "password": "hunter2-pw"})
+        await decide(hub.grpc, APPROVER, await call.approval_id(), True)
+        await call.result()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call_echo(client, "x", token=CANARY)
+    finally:
+        await client.close()
+        hub.stop()
+    raw = b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
+    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER):
+        assert secret.encode() not in raw, secret
+        assert secret not in hub.log(), secret
+    records = await all_records(hub.state_dir)
+    bodies = [r.body_json() for r in records if r.kind == "requested" and r.tool in ("echo", "delete_thing")]
+    assert {"text": "the key is [REDACTED]"} in [b.get("arguments") for b in bodies]
+    assert {"name": "x", "password": "[REDACTED]"} in [b.get("arguments") for b in bodies]
+
+
+async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, config=config(), http=False)
+    answered: list[str] = []
+    client = HubClient(hub.grpc)
+
+    async def caller(n: int) -> None:
+        for i in range(10_000):
+            request_id = f"w{n}-{i}"
+            try:
+                await call_echo(client, request_id, request_id=request_id)
+            except grpc.aio.AioRpcError:
+                return
+            answered.append(request_id)
+
+    workers = [asyncio.ensure_future(caller(n)) for n in range(16)]
+    while len(answered) < 600:  # noqa: ASYNC110 - polling a count that the workers grow
+        await asyncio.sleep(0.01)
+    hub.process.send_signal(signal.SIGKILL)
+    await asyncio.gather(*workers)
+    await client.close()
+    hub.stop()
+    records = await all_records(hub.state_dir)
+    request_of = {r.call_id: r.body_json().get("request_id") for r in records if r.kind == "requested"}
+    finished = {request_of.get(r.call_id) for r in records if r.kind == "finished"}
+    missing = [rid for rid in answered if rid not in finished]
+    assert not missing, f"{len(missing)} answered calls have no finished record, e.g. {missing[:3]}"
+    out = cli("audit", "verify", "--state-dir", str(hub.state_dir))
+    assert out.returncode == 0, out.stderr
+
+
+async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_postgres(tmp_path: Path) -> None:
+    with running_postgres() as pg:
+        dsn = pg.create_database("mcphub_audit")
+        env = {"AUDIT_DSN": dsn}
+        shared = config(
+            audit={"store": "postgres", "dsn_env": "AUDIT_DSN", "checkpoint_every": 10}, instance="replica-a"
+        )
+        a = start_hub(tmp_path / "a", config=shared, env=env, http=False)
+        b = start_hub(tmp_path / "b", config=shared | {"instance": "replica-b"}, env=env, http=False)
+        try:
+            ca, cb = HubClient(a.grpc), HubClient(b.grpc)
+            await asyncio.gather(*(call_echo(ca if i % 2 else cb, f"m{i}") for i in range(40)))
+            call = start_call(ca, TOKEN, "delete_thing", {"name": "shared"})
+            approval_id = await call.approval_id()
+            await decide(b.grpc, APPROVER, approval_id, True, "decided on the other replica")
+            assert text_of(await call.result()) == "deleted shared"
+            await ca.close()
+            await cb.close()
+        finally:
+            a.stop()
+            b.stop()
+        (tmp_path / "hub.yaml").write_text(json.dumps(shared))
+        keys = [
+            "--public-key",
+            str(a.state_dir / "audit" / "signing.pub"),
+            "--public-key",
+            str(b.state_dir / "audit" / "signing.pub"),
+        ]
+        out = cli(
+            "audit",
+            "verify",
+            "--config",
+            str(tmp_path / "hub.yaml"),
+            "--state-dir",
+            str(a.state_dir),
+            *keys,
+            "--json",
+            env=env,
+        )
+        report = json.loads(out.stdout)
+        assert out.returncode == 0 and report["ok"], out.stdout + out.stderr
+        assert report["records"] >= 4 * 41 and report["checkpoints"] >= 2
+        subprocess.run(  # noqa: ASYNC221 - the hubs are stopped; nothing else runs on the loop
+            ["psql", dsn, "-c", "UPDATE mcphub_records SET tool = 'x' WHERE seq = 7"],
+            check=True,
+            capture_output=True,
+        )
+        broken = cli(
+            "audit",
+            "verify",
+            "--config",
+            str(tmp_path / "hub.yaml"),
+            "--state-dir",
+            str(a.state_dir),
+            *keys,
+            env=env,
+        )
+        assert broken.returncode == 1 and "BROKEN at record 7" in broken.stderr

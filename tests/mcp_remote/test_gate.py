@@ -1,0 +1,263 @@
+"""The human-in-the-loop gate against a real hub: approve, deny, timeout, replay, changed arguments,
+self-approval, approver groups, restart with a call pending, and the bridge's view of an approval."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bridge.hubclient import HubClient
+from mcp_remote.audit import RecordQuery
+from mcp_remote.audit.sqlite import SQLiteStore
+from tests.support.approvals import decide, listing, start_call, text_of
+from tests.support.clients import connect
+from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
+
+pytestmark = pytest.mark.anyio
+
+RISKY_PACK = str(REPO / "tests" / "packs" / "risky.py")
+TOKENS = {
+    "agent-a": "gate-token-agent-a-0123456789",
+    "agent-b": "gate-token-agent-b-0123456789",
+    "alice": "gate-token-alice-approver-0123",
+    "bob": "gate-token-bob-oncall-approver",
+    "selfish": "gate-token-selfish-approver-01",
+}
+CONFIG: dict[str, Any] = {
+    "principals": [
+        {"name": "agent-a", "token": TOKENS["agent-a"]},
+        {"name": "agent-b", "token": TOKENS["agent-b"]},
+        {"name": "alice", "token": TOKENS["alice"], "roles": ["approver"]},
+        {"name": "bob", "token": TOKENS["bob"], "roles": ["approver"], "groups": ["oncall"]},
+        {"name": "selfish", "token": TOKENS["selfish"], "roles": ["approver"]},
+    ],
+    "policy": {
+        "extends": "default",
+        "rules": [
+            {
+                "name": "prod needs oncall",
+                "tools": ["plain_thing"],
+                "args": {"name": "prod-*"},
+                "decision": "ask",
+                "approvers": ["oncall"],
+                "reason": "touches production",
+            },
+            {
+                "name": "quick",
+                "tools": ["plain_thing"],
+                "args": {"name": "quick-*"},
+                "decision": "ask",
+                "timeout_s": 1,
+            },
+            {
+                "name": "never everything",
+                "tools": ["delete_thing"],
+                "args": {"name": "everything"},
+                "decision": "deny",
+                "reason": "nobody deletes everything",
+            },
+        ],
+    },
+    "audit": {"checkpoint_every": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def gated_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    hub = start_hub(tmp_path_factory.mktemp("gated"), config=CONFIG, packs=[PROBE_PACK, RISKY_PACK])
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+async def hub_client(gated_hub: RunningHub) -> AsyncIterator[HubClient]:
+    client = HubClient(gated_hub.grpc)
+    yield client
+    await client.close()
+
+
+async def records_of(hub: RunningHub, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        found = await store.query(RecordQuery(call_id=call_id, newest_first=False))
+    finally:
+        await store.close()
+    return [(r.kind, r.body_json()) for r in found]
+
+
+async def test_an_approved_call_runs_and_leaves_every_record(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "old-logs"})
+    approval_id = await call.approval_id()
+    pending = await listing(gated_hub.grpc, TOKENS["alice"])
+    assert approval_id in [a.id for a in pending]
+    mine = next(a for a in pending if a.id == approval_id)
+    assert (mine.principal, mine.tool, mine.rule) == ("agent-a", "delete_thing", "destructive tools")
+    decided = await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True, "fine")
+    assert (decided.state, decided.decided_by) == ("approved", "alice")
+    result = await call.result()
+    assert text_of(result) == "deleted old-logs" and not result.get("isError")
+    kinds = [kind for kind, _ in await records_of(gated_hub, mine.call_id)]
+    assert kinds[:3] == ["requested", "decided", "approval"]
+    assert kinds[-2:] == ["started", "finished"]
+    bodies = dict(await records_of(gated_hub, mine.call_id))
+    assert bodies["decided"] == {
+        "decision": "ask",
+        "rule": "destructive tools",
+        "reason": "the tool may change or delete things outside the caller's sandbox",
+    }
+    approval_states = [b["state"] for k, b in await records_of(gated_hub, mine.call_id) if k == "approval"]
+    assert approval_states == ["pending", "decided", "used"]
+
+
+async def test_a_denied_call_returns_a_readable_error(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "db"})
+    approval_id = await call.approval_id()
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, False, "not today")
+    result = await call.result()
+    assert result["isError"] is True
+    assert text_of(result) == f"alice denied this call (approval {approval_id}): not today"
+
+
+async def test_a_timeout_is_a_denial(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "quick-1"})
+    approval_id = await call.approval_id()
+    result = await call.result()
+    assert result["isError"] is True and "a timeout is a denial" in text_of(result)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already expired" in (info.value.details() or "")
+
+
+async def test_an_approval_is_bound_to_its_arguments_and_good_for_one_call(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    first = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "cache"})
+    approval_id = await first.approval_id()
+    first.task.cancel()  # the agent gave up waiting; the approval stays pending
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+
+    changed = await start_call(
+        hub_client, TOKENS["agent-a"], "delete_thing", {"name": "cache2"}, approval_id
+    ).result()
+    assert changed["isError"] is True and "the arguments changed" in text_of(changed)
+    stranger = await start_call(
+        hub_client, TOKENS["agent-b"], "delete_thing", {"name": "cache"}, approval_id
+    ).result()
+    assert stranger["isError"] is True and "another principal or tool" in text_of(stranger)
+
+    spent = await start_call(
+        hub_client, TOKENS["agent-a"], "delete_thing", {"name": "cache"}, approval_id
+    ).result()
+    assert text_of(spent) == "deleted cache"
+    replay = await start_call(
+        hub_client, TOKENS["agent-a"], "delete_thing", {"name": "cache"}, approval_id
+    ).result()
+    assert replay["isError"] is True and "already used" in text_of(replay)
+
+
+async def test_nobody_approves_their_own_call(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["selfish"], "delete_thing", {"name": "mine"})
+    approval_id = await call.approval_id()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await decide(gated_hub.grpc, TOKENS["selfish"], approval_id, True)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "principal that asked" in (info.value.details() or "")
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+    assert text_of(await call.result()) == "deleted mine"
+
+
+async def test_approver_groups_and_roles_are_enforced(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "prod-db"})
+    approval_id = await call.approval_id()
+    for token, expected in (
+        (TOKENS["alice"], "needs an approver in oncall"),
+        (TOKENS["agent-b"], "not have the approver role"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await decide(gated_hub.grpc, token, approval_id, True)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert expected in (info.value.details() or "")
+    await decide(gated_hub.grpc, TOKENS["bob"], approval_id, True)
+    assert text_of(await call.result()) == "did prod-db"
+
+
+async def test_a_policy_deny_never_reaches_a_person(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    result = await start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "everything"}).result()
+    assert result["isError"] is True
+    assert text_of(result) == "refused by policy rule 'never everything': nobody deletes everything"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(hub_command(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "via-cli"})
+    approval_id = await call.approval_id()
+    common = ["--hub", gated_hub.grpc, "--token", TOKENS["alice"]]
+    listed = await asyncio.to_thread(cli, "approvals", "list", "--json", *common)
+    assert listed.returncode == 0, listed.stderr
+    row = next(a for a in json.loads(listed.stdout) if a["id"] == approval_id)
+    assert json.loads(row["arguments_json"]) == {"name": "via-cli"}
+    no_reason = await asyncio.to_thread(cli, "approvals", "deny", approval_id, *common)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    approved = await asyncio.to_thread(cli, "approvals", "approve", approval_id, *common)
+    assert approved.returncode == 0 and f"{approval_id} approved by alice" in approved.stdout
+    assert text_of(await call.result()) == "deleted via-cli"
+    again = await asyncio.to_thread(cli, "approvals", "approve", approval_id, *common)
+    assert again.returncode == 3 and "already" in again.stderr
+
+
+@pytest.mark.parametrize("transport", ["mcp-2026", "mcp-2025"])
+async def test_through_the_bridge_progress_names_the_approval(transport: str, gated_hub: RunningHub) -> None:
+    seen: list[str] = []
+    decided = asyncio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(message or "")
+        if message and message.startswith("approval apr_") and "pending" in message and not decided.is_set():
+            decided.set()
+            await decide(gated_hub.grpc, TOKENS["alice"], message.split()[1], True)
+
+    async with connect(transport, gated_hub.grpc, gated_hub.mcp_url, TOKENS["agent-a"]) as client:
+        outcome = await client.call("delete_thing", {"name": f"bridged-{transport}"}, progress=on_progress)
+    assert outcome.text == f"deleted bridged-{transport}"
+    assert "mcphub approvals approve apr_" in seen[0]
+
+
+async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, config=CONFIG, packs=[PROBE_PACK, RISKY_PACK])
+    client = HubClient(hub.grpc)
+    try:
+        call = start_call(client, TOKENS["agent-a"], "delete_thing", {"name": "during-restart"})
+        approval_id = await call.approval_id()
+        hub.process.send_signal(signal.SIGKILL)
+        hub.stop()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call.result()
+    finally:
+        await client.close()
+    again = start_hub(tmp_path, config=CONFIG, packs=[PROBE_PACK, RISKY_PACK])
+    try:
+        expired = await listing(again.grpc, TOKENS["alice"], "expired")
+        mine = next(a for a in expired if a.id == approval_id)
+        assert mine.decision_reason == "the hub restarted while the call was waiting"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await decide(again.grpc, TOKENS["alice"], approval_id, True)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        records = await records_of(again, mine.call_id)
+        assert ("approval", "expired") in [(k, b.get("state")) for k, b in records]
+    finally:
+        again.stop()

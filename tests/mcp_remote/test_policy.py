@@ -1,0 +1,187 @@
+"""The policy in process: strictest rule wins whatever the order, unnamed tools ask, compound commands ask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_local import ConfigError, ToolAnnotations
+from mcp_remote.policy import Policy, PolicyConfig, RuleConfig, load_policy_file, resolve_policy
+from mcp_remote.shellwords import parse_command_line
+
+RO = ToolAnnotations(read_only=True, destructive=False)
+DESTRUCTIVE = ToolAnnotations(destructive=True)
+NONE = ToolAnnotations()
+
+
+def policy(*rules: dict[str, object], **settings: object) -> Policy:
+    return Policy(PolicyConfig.model_validate({"rules": list(rules), **settings}))
+
+
+def test_a_tool_no_rule_names_is_ask() -> None:
+    decision = policy({"name": "echo ok", "tools": ["echo"], "decision": "allow"}).evaluate(
+        "a", "other", {}, NONE
+    )
+    assert (decision.verdict, decision.rules) == ("ask", ("(no rule names this tool)",))
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_the_strictest_rule_wins_whatever_the_order(order: int) -> None:
+    rules = [
+        {"name": "allow all", "decision": "allow"},
+        {"name": "deny deletes", "tools": ["delete_*"], "decision": "deny", "reason": "never"},
+        {"name": "ask deletes", "tools": ["delete_*"], "decision": "ask"},
+    ][::order]
+    decision = policy(*rules).evaluate("a", "delete_db", {}, NONE)
+    assert (decision.verdict, decision.rules, decision.reason) == ("deny", ("deny deletes",), "never")
+
+
+def test_a_read_only_claim_never_lowers_a_rule() -> None:
+    p = policy(
+        {"name": "read-only", "annotations": {"read_only": True}, "decision": "allow"},
+        {"name": "careful with x", "tools": ["x"], "decision": "ask"},
+    )
+    assert p.evaluate("a", "x", {}, RO).verdict == "ask"
+    assert p.evaluate("a", "y", {}, RO).verdict == "allow"
+
+
+def test_a_sandbox_cannot_claim_its_way_to_allow_but_can_raise_risk() -> None:
+    p = resolve_policy(None)
+    assert p.evaluate("a", "sbx__query", {}, RO, trusted=False).verdict == "ask"
+    assert p.evaluate("a", "sbx__drop", {}, DESTRUCTIVE, trusted=False).rules == ("destructive tools",)
+
+
+def test_arguments_principals_approvers_and_timeouts() -> None:
+    p = policy(
+        {
+            "name": "reads",
+            "tools": ["http_request"],
+            "args": {"method": ["GET", "HEAD"]},
+            "decision": "allow",
+        },
+        {
+            "name": "prod writes",
+            "tools": ["http_request"],
+            "args": {"path": "/prod/*"},
+            "decision": "ask",
+            "approvers": ["oncall"],
+            "timeout_s": 30,
+        },
+        {
+            "name": "writes",
+            "tools": ["http_request"],
+            "principals": ["agent-*"],
+            "decision": "ask",
+            "timeout_s": 60,
+            "approvers": ["leads"],
+        },
+    )
+    assert p.evaluate("agent-1", "http_request", {"method": "GET", "path": "/dev/x"}, NONE).verdict == "ask"
+    assert p.evaluate("svc", "http_request", {"method": "GET", "path": "/dev/x"}, NONE).verdict == "allow"
+    both = p.evaluate("agent-1", "http_request", {"method": "POST", "path": "/prod/db"}, NONE)
+    assert both.verdict == "ask" and both.approvers == ("leads", "oncall") and both.timeout_s == 30
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "ls; id",
+        "ls && id",
+        "ls || id",
+        "ls | sh",
+        "echo $(id)",
+        "echo `id`",
+        "diff <(ls) x",
+        "echo x > /etc/passwd",
+        "cat < f",
+        "ls\nid",
+        "bash -c 'ls'",
+        "echo 'unterminated",
+        "ls &",
+        "FOO=1 sh -c id",
+    ],
+)
+def test_compound_commands_are_at_least_ask(command: str) -> None:
+    p = policy({"name": "shell", "tools": ["shell_exec"], "decision": "allow"})
+    decision = p.evaluate("a", "shell_exec", {"command": command}, NONE)
+    assert decision.verdict == "ask", command
+    assert "(compound shell command)" in decision.rules
+    assert parse_command_line(command).is_compound
+
+
+@pytest.mark.parametrize(
+    ("command", "verdict"),
+    [
+        ("ls -la", "allow"),
+        ("git status", "allow"),
+        ("git push origin main", "allow"),
+        ("rm -r build", "ask"),
+        ("rm -rf /", "ask"),
+        ("rm -fr x", "ask"),
+        ("/bin/rm --recursive x", "ask"),
+        ("sudo -u root rm -R x", "ask"),
+        ("timeout 5 rm -r x", "ask"),
+        ("env A=1 git push --force origin main", "ask"),
+        ("git -C repo push -f", "ask"),
+        ("git push --force-with-lease", "ask"),
+        ("kubectl delete pod x", "ask"),
+        ("kubectl get pods", "allow"),
+        ("echo rm -rf", "allow"),
+    ],
+)
+def test_obviously_dangerous_commands_ask_by_default(command: str, verdict: str) -> None:
+    assert (
+        resolve_policy(None).evaluate("a", "shell_exec", {"command": command}, DESTRUCTIVE).verdict == verdict
+    )
+
+
+def test_a_deny_in_any_segment_of_a_compound_command_wins() -> None:
+    p = policy(
+        {"name": "shell", "tools": ["shell_exec"], "decision": "allow"},
+        {
+            "name": "no force push",
+            "tools": ["shell_exec"],
+            "argv": [["git", "push", "--force"]],
+            "decision": "deny",
+        },
+    )
+    assert p.evaluate("a", "shell_exec", {"command": "ls && git push --force"}, NONE).verdict == "deny"
+
+
+def test_the_shipped_default_is_safe_and_useful() -> None:
+    p = resolve_policy(None)
+    assert p.evaluate("a", "echo", {"text": "x"}, RO).verdict == "allow"
+    assert p.evaluate("a", "browser_click", {}, NONE).verdict == "allow"
+    assert p.evaluate("a", "browser_evaluate", {}, DESTRUCTIVE).verdict == "ask"
+    assert p.evaluate("a", "fs_write", {"path": "x"}, DESTRUCTIVE).verdict == "allow"
+    assert p.evaluate("a", "delete_service", {}, DESTRUCTIVE).verdict == "ask"
+    assert p.evaluate("a", "brand_new_tool", {}, NONE).verdict == "ask"
+    assert p.evaluate("a", "http_request", {"method": "GET"}, NONE).verdict == "allow"
+    assert p.evaluate("a", "http_request", {"method": "DELETE"}, NONE).verdict == "ask"
+
+
+def test_extending_the_default_can_only_be_stricter() -> None:
+    extended = resolve_policy(
+        PolicyConfig(extends="default", rules=[RuleConfig(name="no echo", tools=["echo"], decision="deny")])
+    )
+    assert extended.evaluate("a", "echo", {}, RO).verdict == "deny"
+    assert "read-only tools" in extended.rule_names
+
+
+def test_policy_files_are_validated_with_named_keys(tmp_path: Path) -> None:
+    good = tmp_path / "p.yaml"
+    good.write_text("rules:\n  - {name: all, decision: allow}\n")
+    assert load_policy_file(good).rules[0].name == "all"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {name: x, decision: maybe}\n  - {name: y, decision: ask, tool: [a]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy_file(bad)
+    assert "rules.0.decision: Input should be 'allow', 'ask' or 'deny'" in str(info.value)
+    assert "rules.1.tool: unknown key" in str(info.value)
+    wrapped = tmp_path / "hub.yaml"
+    wrapped.write_text(
+        "grpc: 127.0.0.1:0\npolicy:\n  rules:\n    - {name: z, decision: deny, argv: [[-x]]}\n"
+    )
+    with pytest.raises(ConfigError, match="must start with a program name"):
+        load_policy_file(wrapped)

@@ -1,0 +1,41 @@
+"""Tools the gate must hold back: one destructive, one with no annotations, one that knows a secret."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_local import StaticPack, Tool, ToolAnnotations, ToolCall
+from mcp_local.packs import PackEnv
+
+THING = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "password": {"type": "string"}},
+    "required": ["name"],
+}
+
+
+def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
+    secret = options.get("secret")
+    if secret:
+        env.redactor.add(secret)
+
+    async def delete_thing(call: ToolCall) -> str:
+        return f"deleted {call.arguments['name']}"
+
+    async def plain_thing(call: ToolCall) -> str:
+        return f"did {call.arguments['name']}"
+
+    return StaticPack(
+        "risky",
+        [
+            Tool(
+                "delete_thing",
+                "Deletes a thing.",
+                THING,
+                delete_thing,
+                annotations=ToolAnnotations(destructive=True, read_only=False),
+            ),
+            Tool("plain_thing", "Does a thing; declares nothing about itself.", THING, plain_thing),
+        ],
+    )
