@@ -47,9 +47,13 @@ DROPPED_HEADERS = frozenset(
         "x-forwarded-for",
         "x-forwarded-host",
         "x-real-ip",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     }
 )
-"""Request headers a caller may not set: credentials and cookies belong to the hub, framing to the client."""
+"""Request headers a caller may not set: credentials and cookies belong to the hub, framing to the
+client, and a method override would slip past the service's method rules."""
 _TRANSPORT_ERRORS = (
     httpcore2.TimeoutException,
     httpcore2.NetworkError,

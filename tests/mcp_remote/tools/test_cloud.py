@@ -238,6 +238,7 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
                         "Authorization": "Bearer sandbox-made-this-up",
                         "X-Custom": "kept",
                         "Cookie": "c=1",
+                        "X-HTTP-Method-Override": "DELETE",
                     },
                     "json": {"hello": "cloud"},
                 },
@@ -247,7 +248,7 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
     # The hub's credential arrived; the caller's Authorization, cookie and own hub token did not.
     assert received.headers["Authorization"] == f"Bearer {cloud.canaries['bearer']}"
     assert received.headers["X-Custom"] == "kept" and received.headers["X-Fixed"] == "fixed-header"
-    assert "Cookie" not in received.headers
+    assert "Cookie" not in received.headers and "X-HTTP-Method-Override" not in received.headers
     assert json.loads(received.body) == {"hello": "cloud"}
     assert received.path == f"{marker}?q=x+y&n=3&flag=true&many=a&many=b"
     wire = cloud.standin.everything_received()
@@ -257,7 +258,7 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
     # The service echoed the key back; the caller sees it redacted.
     echoed = _echo(outcome)
     assert echoed["headers"]["Authorization"] == "Bearer [REDACTED]"
-    assert outcome.structured["dropped_headers"] == ["Authorization", "Cookie"]
+    assert outcome.structured["dropped_headers"] == ["Authorization", "Cookie", "X-HTTP-Method-Override"]
     assert "set-cookie" not in outcome.structured["headers"]
     cloud.assert_no_canary()
 
