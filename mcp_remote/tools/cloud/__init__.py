@@ -8,6 +8,7 @@
     client.py       one service's HTTP client (pool, redirects, size cap)
     ratelimit.py    token buckets and usage counters
     service.py      a configured service, assembled
+    results.py      a response as a tool result (redacted, previewed, stored when large)
     pack.py         the tools and the pack's lifecycle
 
 See docs/cloud.md.

@@ -34,10 +34,11 @@ from mcp_local.packs import PackEnv
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
 from ...reload import on_reload
-from .client import DROPPED_HEADERS, CloudResponse
+from .client import DROPPED_HEADERS
 from .credentials import SecretMissing
 from .openapi import Operation, tool_name
 from .ratelimit import RateLimiter, UsageCounters
+from .results import ResponseView, response_result
 from .routes import clean_path
 from .service import Service, build_service
 from .settings import HTTP_METHODS, CloudOptions, Risk, ServiceSettings, load_service_file, parse_options
@@ -48,10 +49,6 @@ logger = logging.getLogger("mcphub.cloud")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_NAMES = ("render", "sentry", "github")
-_HIDDEN_RESPONSE_HEADERS = frozenset(
-    {"set-cookie", "set-cookie2", "connection", "keep-alive", "transfer-encoding", "date", "server"}
-)
-_TEXT_TYPES = ("json", "text/", "xml", "javascript", "x-www-form-urlencoded", "yaml", "csv")
 
 
 def _query_items(query: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -337,8 +334,8 @@ class CloudPack:
             value = args[param.argument]
             if param.location == "path":
                 text = "true" if value is True else "false" if value is False else str(value)
-                if text in ("", ".", ".."):
-                    raise ToolError(f"{param.argument}: {text!r} is not a usable path value")
+                if text in ("", ".", "..") or "/" in text or "\\" in text:
+                    raise ToolError(f"{param.argument}: {text[:80]!r} is not a usable path segment")
                 path = path.replace("{" + param.name + "}", urllib.parse.quote(text, safe=""))
             elif param.location == "query":
                 query.extend(_query_items({param.name: value}))
@@ -421,84 +418,11 @@ class CloudPack:
             self.usage.finished(principal, service.name, None, 0)
             raise ToolError(self._redactor.text(str(exc))) from None
         self.usage.finished(principal, service.name, response.status, len(response.body))
-        return self._result(call, service, method, path, response, dropped)
-
-    # --- results ----------------------------------------------------------------------------------
-
-    def _redact_bytes(self, data: bytes) -> bytes:
-        # latin-1 maps bytes to code points one to one, so any ASCII secret is found whatever the encoding
-        return self._redactor.text(data.decode("latin-1")).encode("latin-1")
-
-    def _result(
-        self,
-        call: ToolCall,
-        service: Service,
-        method: str,
-        path: str,
-        response: CloudResponse,
-        dropped: list[str],
-    ) -> ToolResult:
-        assert call.principal is not None
-        redact = self._redactor.text
-        body = self._redact_bytes(response.body)
-        content_type = response.header("content-type") or ""
-        headers = {
-            k.lower(): redact(v) for k, v in response.headers if k.lower() not in _HIDDEN_RESPONSE_HEADERS
-        }
-        is_text = not content_type or any(t in content_type.lower() for t in _TEXT_TYPES)
-        inline = service.settings.inline_bytes
-        output_id: str | None = None
-        label = f"{service.name} {method} {path}"
-        if body and (not is_text or len(body) > inline):
-            output_id = self.env.outputs.put(
-                call.principal.name, body, media_type=content_type or "application/octet-stream", label=label
-            )
-        structured: dict[str, Any] = {
-            "service": service.name,
-            "status": response.status,
-            "headers": headers,
-            "url": redact(response.url),
-            "body_bytes": len(body),
-        }
-        notes: list[str] = []
-        if is_text:
-            preview = body[:inline].decode("utf-8", errors="replace")
-            if output_id is None and "json" in content_type.lower():
-                try:
-                    structured["json"] = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    structured["text"] = preview
-            else:
-                structured["text"] = preview
-            shown = preview
-        else:
-            shown = f"<{len(body)} bytes of {content_type or 'binary data'}>"
-        if output_id is not None:
-            structured["output_id"] = output_id
-            notes.append(
-                f"the body is {len(body)} bytes; this shows the first {min(inline, len(body))}. "
-                f"Read all of it with output_read (output_id {output_id})"
-            )
-        if response.truncated:
-            structured["truncated"] = True
-            notes.append(
-                f"the service sent more than {service.settings.max_response_bytes} bytes; "
-                "the rest was not read"
-            )
-        if response.redirects:
-            structured["redirects"] = [redact(r) for r in response.redirects]
-        if dropped:
-            structured["dropped_headers"] = dropped
-            notes.append(f"dropped {', '.join(dropped)}: the hub supplies the credential")
-        lines = [f"HTTP {response.status} from {service.name} ({method} {redact(path)})"]
-        for key in ("content-type", "location", "link", "retry-after", "x-ratelimit-remaining"):
-            if key in headers:
-                lines.append(f"{key}: {headers[key]}")
-        lines.extend(f"[{n}]" for n in notes)
-        text = "\n".join(lines) + "\n\n" + shown
-        return ToolResult(
-            content=(TextContent(text),), structured=structured, is_error=response.status >= 400
+        settings = service.settings
+        view = ResponseView(
+            principal, service.name, method, path, settings.inline_bytes, settings.max_response_bytes
         )
+        return response_result(view, response, dropped, self._redactor, self.env.outputs)
 
     async def _cloud_services(self, call: ToolCall) -> ToolResult:
         assert call.principal is not None

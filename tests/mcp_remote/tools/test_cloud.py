@@ -402,6 +402,15 @@ async def test_every_redirect_hop_is_checked(cloud: CloudHub, target: str) -> No
     assert out.is_error and "refused to connect" in out.text, out.text
 
 
+async def test_a_service_cannot_redirect_into_the_hub_itself(cloud: CloudHub) -> None:
+    assert cloud.hub.mcp_url is not None
+    out = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "GET", "path": "/redirect", "query": {"to": cloud.hub.mcp_url}},
+    )
+    assert out.is_error and "the hub's own listening address" in out.text, out.text
+
+
 async def test_redirects_keep_the_credential_on_the_service_and_drop_it_elsewhere(cloud: CloudHub) -> None:
     same = await cloud.call(
         "http_request",
