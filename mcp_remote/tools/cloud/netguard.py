@@ -185,7 +185,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         for ip in found:
             why = self.policy.problem(ip, port)
             if why is not None:
-                shown = host if literal is None else f"{host} ({ip})"
+                shown = host if literal is None or host.strip("[]") == str(ip) else f"{host} ({ip})"
                 via = f" (it resolves to {ip})" if literal is None else ""
                 raise AddressRefused(
                     f"refused to connect to {shown}{via}: {why}. Calls may only reach public addresses "
