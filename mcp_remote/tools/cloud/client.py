@@ -1,0 +1,210 @@
+"""One service's HTTP client: a guarded connection pool, the credential, redirects hop by hop.
+
+Built on httpcore2 (the transport under httpx2, which the `mcp` SDK already
+brings): its connection pool takes a network backend, which is where the SSRF
+guard sits (see `netguard.py`), and it leaves redirects, cookies and auth to
+us, which is what this needs: each redirect is followed here, re-checked, and
+the credential travels only to the service's own origin and base path.
+httpx2 supplies URL building and query encoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpcore2
+import httpx2
+
+from mcp_local.errors import ToolError
+
+from .credentials import Credential
+from .netguard import AddressPolicy, AddressRefused, GuardedBackend
+from .settings import ServiceSettings
+
+__all__ = ["DROPPED_HEADERS", "CloudResponse", "ServiceClient"]
+
+USER_AGENT = "mcphub-cloud/0.1"
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+DROPPED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
+"""Request headers a caller may not set: credentials and cookies belong to the hub, framing to the
+client, and a method override would slip past the service's method rules."""
+_TRANSPORT_ERRORS = (
+    httpcore2.TimeoutException,
+    httpcore2.NetworkError,
+    httpcore2.ProtocolError,
+    httpcore2.UnsupportedProtocol,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CloudResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    truncated: bool
+    url: str
+    redirects: tuple[str, ...] = field(default=())
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+
+@functools.cache
+def _ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """One verifying context per CA bundle (loading the system store takes tens of milliseconds)."""
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _same_scope(url: httpx2.URL, base: httpx2.URL) -> bool:
+    """Whether `url` is under the service's base URL (same scheme, host, port and base path)."""
+    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        return False
+    base_path = base.path.rstrip("/")
+    return url.path == base_path or url.path.startswith(base_path + "/") or not base_path
+
+
+def _with_query(url: httpx2.URL, remove: Iterable[str], add: Sequence[tuple[str, str]]) -> httpx2.URL:
+    drop = {n.lower() for n in remove}
+    kept = [(k, v) for k, v in url.params.multi_items() if k.lower() not in drop]
+    return url.copy_with(params=httpx2.QueryParams([*kept, *add]))
+
+
+class ServiceClient:
+    """Sends calls to one service through its own pool and address policy."""
+
+    def __init__(self, name: str, settings: ServiceSettings, policy: AddressPolicy) -> None:
+        self.name = name
+        self.settings = settings
+        self.base = httpx2.URL(settings.base_url)
+        context = _ssl_context(str(settings.ca_file) if settings.ca_file else None)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=settings.max_connections,
+            max_keepalive_connections=min(settings.max_connections, 10),
+            keepalive_expiry=30.0,
+            retries=0,
+            network_backend=GuardedBackend(policy),
+        )
+        self._timeouts = {
+            "connect": settings.connect_timeout_s,
+            "read": settings.timeout_s,
+            "write": settings.timeout_s,
+            "pool": settings.timeout_s,
+        }
+
+    def url(self, path: str, query: Sequence[tuple[str, str]]) -> httpx2.URL:
+        base = self.base
+        url = httpx2.URL(f"{base.scheme}://{base.netloc.decode('ascii')}{base.path.rstrip('/')}{path}")
+        if (url.scheme, url.host, url.port) != (self.base.scheme, self.base.host, self.base.port):
+            raise ToolError(f"path {path[:80]!r} does not stay on the service's host")
+        return url.copy_with(params=httpx2.QueryParams(list(query))) if query else url
+
+    async def send(
+        self,
+        method: str,
+        url: httpx2.URL,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+        credential: Credential,
+    ) -> CloudResponse:
+        """Send one call, following redirects; `credential` goes only to the service's own scope."""
+        auth_params = [k for k, _ in credential.query]
+        hops: list[str] = []
+        for hop in range(self.settings.max_redirects + 1):
+            in_scope = _same_scope(url, self.base)
+            if auth_params:
+                url = _with_query(url, auth_params, credential.query if in_scope else ())
+            sent = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity"), *headers]
+            if in_scope:
+                sent.extend(credential.headers)
+            if body is not None and not any(k.lower() == "content-type" for k, _ in headers):
+                sent.append(("Content-Type", "application/json"))
+            response = await self._exchange(method, url, sent, body)
+            location = response.header("location")
+            if response.status not in REDIRECTS or not location or hop == self.settings.max_redirects:
+                return CloudResponse(
+                    response.status,
+                    response.headers,
+                    response.body,
+                    response.truncated,
+                    str(url),
+                    tuple(hops),
+                )
+            try:
+                target = url.join(location)
+            except (httpx2.InvalidURL, ValueError) as exc:
+                raise ToolError(f"the service redirected to an invalid URL: {exc}") from None
+            if target.scheme not in ("http", "https"):
+                raise ToolError(
+                    f"the service redirected to a {target.scheme!r} URL; only http(s) is followed"
+                )
+            if url.scheme == "https" and target.scheme == "http":
+                raise ToolError("the service redirected from https to plain http; not followed")
+            hops.append(str(target.copy_with(query=None)))
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method = "GET" if method != "HEAD" else "HEAD"
+                body = None
+            url = target
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns on its last hop
+
+    async def _exchange(
+        self, method: str, url: httpx2.URL, headers: list[tuple[str, str]], body: bytes | None
+    ) -> CloudResponse:
+        target = httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+        cap = self.settings.max_response_bytes
+        try:
+            async with self._pool.stream(
+                method, target, headers=headers, content=body, extensions={"timeout": self._timeouts}
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                truncated = False
+                async for chunk in response.aiter_stream():
+                    if size + len(chunk) > cap:
+                        chunks.append(chunk[: cap - size])
+                        truncated = True
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                decoded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers)
+                return CloudResponse(response.status, decoded, b"".join(chunks), truncated, str(url))
+        except AddressRefused:
+            raise
+        except httpcore2.TimeoutException as exc:
+            kind = type(exc).__name__
+            raise ToolError(f"{self.name}: {kind} talking to {url.host} ({exc or 'no detail'})") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise ToolError(f"{self.name}: {type(exc).__name__} talking to {url.host}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return {"base_url": self.settings.base_url}

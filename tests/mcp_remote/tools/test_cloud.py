@@ -1,0 +1,513 @@
+"""The cloud pack through a real hub, against a real local HTTP server standing in for a cloud API.
+
+The canary keys are random per run; every test ends by checking that none of
+their wire forms appears in what the caller saw, the hub's log, the usage file
+or the environment of a process the hub starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import signal
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.clients import TRANSPORTS, Outcome, ProtocolFailure, connect
+from tests.support.hub import RunningHub, start_hub
+
+from .cloud_standin import StandIn, start_standin
+
+pytestmark = pytest.mark.anyio
+
+ENVPROBE = str(Path(__file__).with_name("envprobe_pack.py"))
+TOKENS = {
+    "agent-a": "cloud-test-token-agent-a-" + secrets.token_hex(8),
+    "agent-b": "cloud-test-token-agent-b-" + secrets.token_hex(8),
+    "ops": "cloud-test-token-operator-" + secrets.token_hex(8),
+}
+
+OPENAPI = """
+openapi: 3.0.3
+info: {title: stand-in, version: "1"}
+paths:
+  /things/{id}:
+    parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+    get:
+      operationId: getThing
+      summary: Read one thing.
+      parameters:
+        - {name: verbose, in: query, schema: {type: boolean}}
+        - {name: X-Trace, in: header, schema: {type: string}}
+    delete:
+      operationId: deleteThing
+      summary: Delete one thing.
+  /things:
+    post:
+      operationId: createThing
+      summary: Make a thing.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, required: [name], properties: {name: {type: string}}}
+"""
+
+
+@dataclass
+class CloudHub:
+    hub: RunningHub
+    standin: StandIn
+    other: StandIn
+    canaries: dict[str, str]
+    secret_file: Path
+    seen: list[str] = field(default_factory=list)
+    """Every text the callers were shown (results and errors)."""
+
+    def client(self, principal: str = "agent-a", transport: str = "grpc") -> Any:
+        return connect(transport, self.hub.grpc, self.hub.mcp_url, TOKENS[principal])
+
+    async def call(self, name: str, arguments: dict[str, Any], principal: str = "agent-a") -> Outcome:
+        async with self.client(principal) as client:
+            return self.record(await client.call(name, arguments))
+
+    def record(self, outcome: Outcome) -> Outcome:
+        self.seen.append(json.dumps(outcome.result))
+        return outcome
+
+    def forms(self) -> list[str]:
+        """Every form in which a canary could leak."""
+        out = []
+        for value in self.canaries.values():
+            out += [value, urllib.parse.quote(value, safe=""), base64.b64encode(value.encode()).decode()]
+        out.append(base64.b64encode(f"svc:{self.canaries['basic']}".encode()).decode())
+        return out
+
+    def assert_no_canary(self, *texts: str) -> None:
+        everything = "\n".join([*self.seen, *texts, self.hub.log()])
+        usage = self.hub.state_dir / "cloud" / "usage.json"
+        if usage.exists():
+            everything += usage.read_text()
+        for form in self.forms():
+            assert form not in everything, "a canary key leaked"
+
+
+def _config(standin: StandIn, other: StandIn, secret_file: Path, openapi: Path) -> dict[str, Any]:
+    local = {"allow_private_network": ["127.0.0.1/32"]}
+    port = standin.port
+    deny = {"auth": {"type": "none"}, "allow": [{"methods": ["GET"], "paths": ["/**"]}]}
+    return {
+        "log_level": "debug",
+        "principals": [
+            {"name": "agent-a", "token_env": "TOKEN_A"},
+            {"name": "agent-b", "token_env": "TOKEN_B"},
+            {"name": "ops", "token_env": "TOKEN_OPS", "roles": ["operator"]},
+        ],
+        "packs": [
+            {
+                "name": "cloud",
+                "options": {
+                    "usage_flush_s": 0.2,
+                    "examples": "all",
+                    "services": {
+                        "stand": {
+                            **local,
+                            "description": "the stand-in",
+                            "base_url": f"{standin.base}/api",
+                            "auth": {"type": "bearer", "secret": {"env": "CANARY_BEARER"}},
+                            "allow": [
+                                {"methods": ["GET", "HEAD"], "paths": ["/**"]},
+                                {"methods": ["POST", "PUT"], "paths": ["/echo/**", "/status/*"]},
+                            ],
+                            "headers": {"X-Fixed": "fixed-header"},
+                            "principals": ["agent-a", "ops"],
+                            "inline_bytes": 1024,
+                            "max_response_bytes": 300_000,
+                            "openapi": {"document": str(openapi), "operations": "*"},
+                        },
+                        "filekey": {
+                            **local,
+                            "base_url": f"{standin.base}/files",
+                            "auth": {
+                                "type": "header",
+                                "name": "X-Api-Key",
+                                "secret": {"file": str(secret_file)},
+                            },
+                        },
+                        "querykey": {
+                            **local,
+                            "base_url": f"{standin.base}/q",
+                            "auth": {"type": "query", "name": "api_key", "secret": {"env": "CANARY_QUERY"}},
+                        },
+                        "basic": {
+                            **local,
+                            "base_url": f"{standin.base}/b",
+                            "auth": {"type": "basic", "username": "svc", "secret": {"env": "CANARY_BASIC"}},
+                        },
+                        "limited": {
+                            **local,
+                            "base_url": f"{standin.base}/limited",
+                            "auth": {"type": "bearer", "secret": {"env": "CANARY_BEARER"}},
+                            "rate_limit": {"per_minute": 0.01, "burst": 2},
+                        },
+                        "missing": {
+                            "base_url": "https://api.example.com",
+                            "auth": {"type": "bearer", "secret": {"env": "CLOUD_TEST_NEVER_SET"}},
+                        },
+                        "deny-loopback": {**deny, "base_url": f"https://127.0.0.1:{port}/deny-loopback"},
+                        "deny-decimal": {**deny, "base_url": f"https://2130706433:{port}/deny-decimal"},
+                        "deny-hex": {**deny, "base_url": f"https://0x7f000001:{port}/deny-hex"},
+                        "deny-ipv6": {**deny, "base_url": f"https://[::1]:{port}/deny-ipv6"},
+                        "deny-mapped": {**deny, "base_url": f"https://[::ffff:127.0.0.1]:{port}/deny-mapped"},
+                        "deny-localhost": {**deny, "base_url": f"https://localhost:{port}/deny-localhost"},
+                    },
+                },
+            },
+            {"name": ENVPROBE},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudHub]:
+    workdir = tmp_path_factory.mktemp("cloud-hub")
+    standin, other = start_standin(), start_standin()
+    canaries = {
+        "bearer": "canary-bearer-" + secrets.token_hex(16),
+        "file": "canary-file-" + secrets.token_hex(16),
+        "query": "canary+query/" + secrets.token_hex(16),
+        "basic": "canary-basic-" + secrets.token_hex(16),
+    }
+    secret_file = workdir / "filekey.secret"
+    secret_file.write_text(canaries["file"] + "\n")
+    openapi = workdir / "stand.openapi.yaml"
+    openapi.write_text(OPENAPI)
+    env = {
+        "TOKEN_A": TOKENS["agent-a"],
+        "TOKEN_B": TOKENS["agent-b"],
+        "TOKEN_OPS": TOKENS["ops"],
+        "CANARY_BEARER": canaries["bearer"],
+        "CANARY_QUERY": canaries["query"],
+        "CANARY_BASIC": canaries["basic"],
+        "GITHUB_TOKEN": "canary-github-" + secrets.token_hex(16),
+    }
+    for name in ("RENDER_API_KEY", "SENTRY_AUTH_TOKEN"):
+        os.environ.pop(name, None)
+    canaries["github"] = env["GITHUB_TOKEN"]
+    hub = start_hub(workdir, config=_config(standin, other, secret_file, openapi), env=env)
+    try:
+        yield CloudHub(hub, standin, other, canaries, secret_file)
+    finally:
+        hub.stop()
+        standin.stop()
+        other.stop()
+
+
+def _echo(outcome: Outcome) -> dict[str, Any]:
+    assert not outcome.is_error, outcome.text
+    data = outcome.structured["json"]
+    assert isinstance(data, dict)
+    return data
+
+
+# --- the credential arrives, and only there --------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudHub, transport: str) -> None:
+    marker = f"/api/echo/{transport}"
+    async with cloud.client("agent-a", transport) as client:
+        outcome = cloud.record(
+            await client.call(
+                "http_request",
+                {
+                    "service": "stand",
+                    "method": "POST",
+                    "path": f"/echo/{transport}",
+                    "query": {"q": "x y", "n": 3, "flag": True, "many": ["a", "b"]},
+                    "headers": {
+                        "Authorization": "Bearer sandbox-made-this-up",
+                        "X-Custom": "kept",
+                        "Cookie": "c=1",
+                        "X-HTTP-Method-Override": "DELETE",
+                    },
+                    "json": {"hello": "cloud"},
+                },
+            )
+        )
+    received = cloud.standin.wait_for(marker)
+    # The hub's credential arrived; the caller's Authorization, cookie and own hub token did not.
+    assert received.headers["Authorization"] == f"Bearer {cloud.canaries['bearer']}"
+    assert received.headers["X-Custom"] == "kept" and received.headers["X-Fixed"] == "fixed-header"
+    assert "Cookie" not in received.headers and "X-HTTP-Method-Override" not in received.headers
+    assert json.loads(received.body) == {"hello": "cloud"}
+    assert received.path == f"{marker}?q=x+y&n=3&flag=true&many=a&many=b"
+    wire = cloud.standin.everything_received()
+    assert "sandbox-made-this-up" not in wire
+    for token in TOKENS.values():
+        assert token not in wire
+    # The service echoed the key back; the caller sees it redacted.
+    echoed = _echo(outcome)
+    assert echoed["headers"]["Authorization"] == "Bearer [REDACTED]"
+    assert outcome.structured["dropped_headers"] == ["Authorization", "Cookie", "X-HTTP-Method-Override"]
+    assert "set-cookie" not in outcome.structured["headers"]
+    cloud.assert_no_canary()
+
+
+async def test_header_query_and_basic_credentials_are_injected_and_redacted(cloud: CloudHub) -> None:
+    out = await cloud.call(
+        "http_request",
+        {"service": "filekey", "method": "GET", "path": "/h", "headers": {"x-api-key": "caller-key"}},
+    )
+    assert cloud.standin.wait_for("/files/h").headers["X-Api-Key"] == cloud.canaries["file"]
+    assert out.structured["dropped_headers"] == ["x-api-key"]
+    out = await cloud.call(
+        "http_request", {"service": "querykey", "method": "GET", "path": "/q", "query": {"api_key": "mine"}}
+    )
+    got = urllib.parse.parse_qs(urllib.parse.urlsplit(cloud.standin.wait_for("/q/q").path).query)
+    assert got == {"api_key": [cloud.canaries["query"]]}
+    assert "[REDACTED]" in out.structured["url"] and out.structured["dropped_headers"] == ["?api_key"]
+    await cloud.call("http_request", {"service": "basic", "method": "GET", "path": "/who"})
+    expected = base64.b64encode(f"svc:{cloud.canaries['basic']}".encode()).decode()
+    assert cloud.standin.wait_for("/b/who").headers["Authorization"] == f"Basic {expected}"
+    cloud.assert_no_canary()
+
+
+async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHub) -> None:
+    failed = await cloud.call("http_request", {"service": "stand", "method": "POST", "path": "/status/403"})
+    assert failed.is_error and "HTTP 403" in failed.text and "[REDACTED]" in failed.text
+    big = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/big", "query": {"n": 200_000}}
+    )
+    assert not big.is_error
+    output_id = big.structured["output_id"]
+    assert big.structured["body_bytes"] < 200_000  # redaction shortened the repeated key
+    assert "output_read" in big.text
+    page = await cloud.call("output_read", {"output_id": output_id, "offset": 50_000, "limit": 20_000})
+    assert "[REDACTED]" in page.text
+    cut = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/big", "query": {"n": 400_000}}
+    )
+    assert cut.structured["truncated"] is True and "was not read" in cut.text
+    binary = await cloud.call("http_request", {"service": "stand", "method": "GET", "path": "/binary"})
+    assert binary.structured["output_id"].startswith("out_") and "2048 bytes" in binary.text
+    cloud.assert_no_canary()
+
+
+async def test_no_process_the_hub_starts_inherits_a_secret(cloud: CloudHub) -> None:
+    child = await cloud.call("spawn_env", {})
+    own = await cloud.call("hub_environ", {})
+    assert "PATH=" in child.text and "TOKEN_A=" in own.text  # the probes do show the environment
+    for text in (child.text, own.text):
+        for name in ("CANARY_BEARER", "CANARY_QUERY", "CANARY_BASIC", "GITHUB_TOKEN"):
+            assert f"{name}=" not in text
+    cloud.assert_no_canary(child.text, own.text)
+
+
+# --- who may call what -----------------------------------------------------------------------------------
+
+
+async def test_services_are_listed_and_callable_per_principal(cloud: CloudHub) -> None:
+    mine = await cloud.call("cloud_services", {}, principal="agent-a")
+    theirs = await cloud.call("cloud_services", {}, principal="agent-b")
+    names_a = [s["service"] for s in mine.structured["services"]]
+    names_b = [s["service"] for s in theirs.structured["services"]]
+    assert "stand" in names_a and "stand" not in names_b and "filekey" in names_b
+    assert "github" in names_a and "render" not in names_a and "missing" not in names_a
+    stand = next(s for s in mine.structured["services"] if s["service"] == "stand")
+    assert stand["tools"] == ["stand_getThing", "stand_deleteThing", "stand_createThing"]
+    with pytest.raises(ProtocolFailure) as refused:
+        await cloud.call(
+            "http_request", {"service": "stand", "method": "GET", "path": "/x"}, principal="agent-b"
+        )
+    assert refused.value.code == -32031 and "may not call service 'stand'" in refused.value.message
+    off = await cloud.call("http_request", {"service": "missing", "method": "GET", "path": "/"})
+    assert off.is_error and "'missing' is not one of" in off.text  # a service that is off is not offered
+    assert "services.missing.auth: environment variable CLOUD_TEST_NEVER_SET is not set" in cloud.hub.log()
+    assert "service render is off" in cloud.hub.log()
+
+
+async def test_methods_and_paths_outside_the_routes_are_refused(cloud: CloudHub) -> None:
+    before = len(cloud.standin.received())
+    for method, path in [
+        ("DELETE", "/echo/x"),
+        ("POST", "/other"),
+        ("GET", "/../admin"),
+        ("GET", "/a/%2e%2e/b"),
+    ]:
+        out = await cloud.call("http_request", {"service": "stand", "method": method, "path": path})
+        assert out.is_error, (method, path)
+    assert len(cloud.standin.received()) == before
+
+
+# --- generated tools ---------------------------------------------------------------------------------------
+
+
+async def test_openapi_operations_become_tools(cloud: CloudHub) -> None:
+    async with cloud.client() as client:
+        tools = {t["name"]: t for t in await client.list_tools()}
+    get, delete = tools["stand_getThing"], tools["stand_deleteThing"]
+    assert get["annotations"]["readOnlyHint"] is True and get["annotations"]["destructiveHint"] is False
+    assert delete["annotations"]["destructiveHint"] is True
+    assert set(get["inputSchema"]["properties"]) == {"id", "verbose", "X-Trace"}
+    assert "github_issues_list-for-repo" in tools and "render_listServices" not in tools
+    out = await cloud.call("stand_getThing", {"id": 42, "verbose": True, "X-Trace": "t-1"})
+    received = cloud.standin.wait_for("/api/things/42")
+    assert received.path == "/api/things/42?verbose=true" and received.headers["X-Trace"] == "t-1"
+    assert received.headers["Authorization"] == f"Bearer {cloud.canaries['bearer']}"
+    assert not out.is_error
+    created = await cloud.call("stand_createThing", {"body": {"name": "n"}})
+    # POST /things is not in stand's configured routes: declaring the operation allowed it.
+    assert not created.is_error and _echo(created)["body"] == '{"name":"n"}'
+    bad = await cloud.call("stand_getThing", {"id": "x"})
+    assert bad.is_error and "invalid arguments" in bad.text
+
+
+# --- SSRF --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "service", ["deny-loopback", "deny-decimal", "deny-hex", "deny-ipv6", "deny-mapped", "deny-localhost"]
+)
+async def test_loopback_in_any_form_is_refused_by_default(cloud: CloudHub, service: str) -> None:
+    out = await cloud.call("http_request", {"service": service, "method": "GET", "path": "/x"})
+    assert out.is_error and "refused to connect" in out.text and "loopback" in out.text, out.text
+    assert cloud.standin.received(f"/{service}") == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/api/echo/landing",
+        "http://[::1]:{port}/api/echo/landing",
+        "http://2130706434:{port}/api/echo/landing",
+        "http://0x7f000002:{port}/api/echo/landing",
+        "http://[::ffff:127.0.0.2]:{port}/api/echo/landing",
+    ],
+)
+async def test_every_redirect_hop_is_checked(cloud: CloudHub, target: str) -> None:
+    to = target.format(port=cloud.standin.port)
+    out = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/redirect", "query": {"to": to}}
+    )
+    assert out.is_error and "refused to connect" in out.text, out.text
+
+
+async def test_a_service_cannot_redirect_into_the_hub_itself(cloud: CloudHub) -> None:
+    assert cloud.hub.mcp_url is not None
+    out = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "GET", "path": "/redirect", "query": {"to": cloud.hub.mcp_url}},
+    )
+    assert out.is_error and "the hub's own listening address" in out.text, out.text
+
+
+async def test_redirects_keep_the_credential_on_the_service_and_drop_it_elsewhere(cloud: CloudHub) -> None:
+    same = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "GET", "path": "/redirect", "query": {"to": "/api/echo/same-origin"}},
+    )
+    assert _echo(same)["path"] == "/api/echo/same-origin"
+    assert (
+        cloud.standin.wait_for("/api/echo/same-origin").headers["Authorization"].startswith("Bearer canary")
+    )
+    elsewhere = f"{cloud.other.base}/api/echo/other-origin"
+    moved = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/redirect", "query": {"to": elsewhere}}
+    )
+    assert _echo(moved)["path"] == "/api/echo/other-origin"
+    assert "Authorization" not in cloud.other.wait_for("/api/echo/other-origin").headers
+    assert moved.structured["redirects"] == [elsewhere]
+    cloud.assert_no_canary()
+
+
+# --- limits, counters, rotation ---------------------------------------------------------------------
+
+
+async def test_the_rate_limit_is_enforced_per_principal_and_service(cloud: CloudHub) -> None:
+    call = {"service": "limited", "method": "GET", "path": "/ping"}
+    for _ in range(2):
+        assert not (await cloud.call("http_request", call)).is_error
+    with pytest.raises(ProtocolFailure) as limited:
+        await cloud.call("http_request", call)
+    assert limited.value.code == -32032 and "rate limit for service 'limited'" in limited.value.message
+    assert not (await cloud.call("http_request", call, principal="agent-b")).is_error
+    assert len(cloud.standin.received("/limited/ping")) == 3
+
+
+async def test_usage_counters_are_for_operators(cloud: CloudHub) -> None:
+    await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": "/counted"})
+    with pytest.raises(ProtocolFailure) as refused:
+        await cloud.call("cloud_usage", {}, principal="agent-a")
+    assert refused.value.code == -32031
+    usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured
+    mine = next(u for u in usage["usage"] if u["principal"] == "agent-a" and u["service"] == "filekey")
+    assert mine["calls"] >= 1 and mine["ok"] >= 1 and mine["by_risk"]["read-only"] >= 1
+    states = {s["service"]: s["state"] for s in usage["services"]}
+    assert states["stand"] == "on" and states["missing"] == "off"
+    path = cloud.hub.state_dir / "cloud" / "usage.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if path.exists() and any(u["service"] == "filekey" for u in json.loads(path.read_text())["usage"]):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the usage file was not written")
+    cloud.assert_no_canary()
+
+
+async def test_a_rotated_secret_is_used_by_the_next_call_and_not_by_one_in_flight(cloud: CloudHub) -> None:
+    async def key_seen(path: str) -> str:
+        await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": path})
+        return cloud.standin.wait_for(f"/files{path}").headers["X-Api-Key"]
+
+    old = cloud.canaries["file"]
+    assert await key_seen("/before") == old
+    new = "canary-file-rotated-" + secrets.token_hex(12)
+    cloud.canaries["file-2"] = new
+    tmp = cloud.secret_file.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, cloud.secret_file)
+    assert await key_seen("/after") == new
+
+    # A call in flight keeps its key through a redirect even when the file changes under it.
+    cloud.standin.release.clear()
+    call = asyncio.create_task(
+        cloud.call(
+            "http_request",
+            {"service": "filekey", "method": "GET", "path": "/hold", "query": {"to": "/files/landing"}},
+        )
+    )
+    await asyncio.to_thread(cloud.standin.wait_for, "/files/hold")
+    newest = "canary-file-newest-" + secrets.token_hex(12)
+    cloud.canaries["file-3"] = newest
+    cloud.secret_file.write_text(newest + "\n")
+    cloud.standin.release.set()
+    landed = await call
+    assert not landed.is_error, landed.text
+    assert cloud.standin.wait_for("/files/landing").headers["X-Api-Key"] == new
+    assert await key_seen("/next") == newest
+    cloud.assert_no_canary()
+
+
+async def test_sighup_reloads_secrets_without_a_restart(cloud: CloudHub) -> None:
+    cloud.hub.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "mcphub.cloud: credentials reloaded (reload 1)" not in cloud.hub.log():
+        assert time.monotonic() < deadline, "no reload after SIGHUP"
+        await asyncio.sleep(0.05)
+    assert cloud.hub.alive()
+    out = await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": "/after-hup"})
+    assert not out.is_error
+    usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured
+    assert usage["reloads"] == 1
+    cloud.assert_no_canary()
