@@ -107,6 +107,8 @@ def _config(standin: StandIn, other: StandIn, secret_file: Path, openapi: Path) 
     deny = {"auth": {"type": "none"}, "allow": [{"methods": ["GET"], "paths": ["/**"]}]}
     return {
         "log_level": "debug",
+        # These tests are about the cloud pack; the gate has its own (tests/mcp_remote/test_gate.py).
+        "policy": {"rules": [{"name": "everything, for these tests", "decision": "allow"}]},
         "principals": [
             {"name": "agent-a", "token_env": "TOKEN_A"},
             {"name": "agent-b", "token_env": "TOKEN_B"},
