@@ -1,0 +1,504 @@
+"""The local jail: each command in a fresh bubblewrap sandbox, as an unprivileged uid, with limits.
+
+    hub (root) -> sh: join the principal's cgroups -> prlimit: rlimits
+      -> nsenter: the hub's private mount namespace, then uid/gid of the principal
+      -> bwrap: new user, pid, net, ipc, uts, cgroup and mount namespaces; read-only system
+         directories, tmpfs /tmp, the principal's workspace at /workspace; dies with the hub
+      -> /bin/sh -c COMMAND                         (the only shell that sees the command)
+
+Every argument is a separate argv element; the command string only ever reaches `/bin/sh -c`
+inside the sandbox. When the hub runs as root, each principal gets a uid of its own
+(`uid_base + n`, recorded as the owner of its workspace) so it can neither read another's files
+nor count against its process limit. bwrap resolves its bind sources as that uid, which cannot
+pass the hub's private state directory, so the hub keeps a mount namespace of its own in which
+the workspaces directory is also bound at `/mnt`; nsenter enters it before bwrap starts.
+
+A hub that is not root runs bwrap as itself: the same namespaces, one uid for all principals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp_local.errors import ToolError
+
+from .cgroups import CgroupDriver, PrincipalCgroup, detect_cgroups
+from .localfs import LocalWorkspace
+from .localproc import LocalProcess, spawn_local
+from .options import JailTargetOptions, Limits, ShellOptions, UnjailedTargetOptions
+from .sandbox import ExecSpec, SandboxUnavailable
+from .workspace import workspace_dir_name
+
+__all__ = ["JAIL_MOUNT", "JailHost", "LocalJail", "UnjailedTarget", "jail_argv", "rlimit_args"]
+
+logger = logging.getLogger(__name__)
+
+JAIL_MOUNT = "/workspace"
+"""Where a jailed command sees its workspace."""
+SANDBOX_UID = 1000
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HOLDER_MOUNT = "/mnt"
+_JAIL_ETC = ".jail-etc"  # in the workspaces directory; no principal's directory starts with "."
+_TOOLS = ("sh", "prlimit", "nsenter", "unshare", "mount", "cat")
+_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
+_ETC = (
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
+    "environment", "gai.conf", "gitconfig", "host.conf", "inputrc", "java-17-openjdk", "ld.so.cache",
+    "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "login.defs", "magic", "magic.mime",
+    "manpath.config", "mime.types", "nsswitch.conf", "os-release", "perl", "profile", "profile.d",
+    "protocols", "python3", "python3.11", "services", "shells", "ssl", "terminfo", "timezone",
+    "vim", "wgetrc", "xdg",
+)  # fmt: skip
+_INSTALL_HINT = (
+    "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora/RHEL: dnf install bubblewrap), "
+    "or give this principal another sandbox target in the shell pack's options (docs/shell.md). "
+    "Commands are never run unjailed in its place."
+)
+# Joins the principal's cgroups (as root, before anything else runs), then runs the rest of argv.
+_LAUNCHER = 'for f do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=_SYSTEM_PATH)
+
+
+def rlimit_args(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[str]:
+    """prlimit options for `limits` (soft = hard, so the command cannot raise them)."""
+    address_space = limits.address_space_mb or (limits.memory_mb * 4 if cgroup_memory else limits.memory_mb)
+    args = [
+        f"--cpu={limits.cpu_s}",
+        f"--as={address_space * 1024 * 1024}",
+        f"--fsize={limits.file_size_mb * 1024 * 1024}",
+        f"--nofile={limits.open_files}",
+        "--core=0",
+    ]
+    if nproc:
+        args.append(f"--nproc={limits.processes}")
+    return args
+
+
+def _host_system_args(extra_ro: list[str]) -> list[str]:
+    args: list[str] = []
+    for name in _SYSTEM_DIRS:
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in extra_ro:
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
+def _world_readable(st: os.stat_result) -> bool:
+    return bool(st.st_mode & stat.S_IROTH) and (
+        not stat.S_ISDIR(st.st_mode) or bool(st.st_mode & stat.S_IXOTH)
+    )
+
+
+def _copy_etc_entry(source: Path, dest: Path) -> None:
+    """Copy what any local user could read anyway: symlinks as links, others only if world-readable."""
+    st = source.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        dest.symlink_to(os.readlink(source))
+    elif not _world_readable(st):
+        return
+    elif stat.S_ISDIR(st.st_mode):
+        dest.mkdir(mode=0o755)
+        for child in sorted(source.iterdir()):
+            _copy_etc_entry(child, dest / child.name)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(source, dest, follow_symlinks=False)
+        os.chmod(dest, 0o644)
+
+
+def build_etc(dest: Path, uid: int) -> None:
+    """The jail's /etc: an allow-list of the host's (copied once, bound as one read-only mount) plus
+    its own passwd, group, hosts and hostname. Rebuilt at every start, swapped in atomically."""
+    staging = dest.with_name(dest.name + f".new-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(mode=0o755)
+    for name in _ETC:
+        source = Path("/etc") / name
+        with contextlib.suppress(FileNotFoundError):
+            _copy_etc_entry(source, staging / name)
+    with contextlib.suppress(OSError):  # resolv.conf is often a link into /run: copy its contents
+        shutil.copyfile("/etc/resolv.conf", staging / "resolv.conf")
+    if (staging / "ssl" / "private").is_dir():
+        shutil.rmtree(staging / "ssl" / "private")
+    contents = {
+        "passwd": f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{uid}:sandbox:{JAIL_MOUNT}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "hostname": "sandbox\n",
+    }
+    for name, text in contents.items():
+        (staging / name).write_text(text)
+        os.chmod(staging / name, 0o644)
+    os.chmod(staging, 0o755)  # noqa: S103 - only world-readable files were copied
+    old = dest.with_name(dest.name + f".old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def jail_argv(
+    bwrap: str,
+    *,
+    system_args: list[str],
+    jail_etc: str,
+    workspace: str,
+    network: bool,
+    limits: Limits,
+    cwd: str,
+    env: dict[str, str],
+    command: str,
+) -> list[str]:
+    """bwrap's argv for one command. Pure: every value is its own argv element."""
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
+    if network:
+        args.append("--share-net")
+    args += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
+    args += ["--die-with-parent", "--new-session", "--as-pid-1"]
+    args += system_args
+    args += ["--ro-bind", jail_etc, "/etc"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # /tmp is the sandbox's own tmpfs, not the host's.
+    args += ["--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--dir", "/var"]  # noqa: S108
+    args += ["--symlink", "../tmp", "/var/tmp"]  # noqa: S108
+    args += ["--bind", workspace, JAIL_MOUNT, "--chdir", cwd, "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    args += ["--", "/bin/sh", "-c", command]
+    return args
+
+
+def sandbox_cwd(cwd: str | None, home: str) -> str:
+    """The command's directory: absolute as given, or relative to the workspace; normalised."""
+    if not cwd:
+        return home
+    return posixpath.normpath(cwd if cwd.startswith("/") else posixpath.join(home, cwd))
+
+
+@dataclass(frozen=True, slots=True)
+class _Principal:
+    dir_name: str
+    host_dir: Path  # as the hub sees it
+    uid: int
+    gid: int
+
+
+class JailHost:
+    """What the local targets share: workspaces and their uids, cgroups, the mount namespace."""
+
+    def __init__(self, options: ShellOptions, state_dir: Path) -> None:
+        self.options = options
+        self.root = options.workspace_root or state_dir / "workspaces"
+        self.is_root = os.geteuid() == 0
+        self.cgroups = CgroupDriver("none", {}, "not started")
+        self._principals: dict[str, _Principal] = {}
+        self._workspaces: dict[str, LocalWorkspace] = {}
+        self._lock = asyncio.Lock()
+        self._mount_ns_fd: int | None = None
+        self.tools: dict[str, str] = {}
+        self.problem: str | None = None
+        """Why nothing can run here at all (a system tool missing), or None."""
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        # Jail uids pass through it to their own directory (0700 each); they cannot list it.
+        os.chmod(self.root, 0o711)  # noqa: S103
+        for name in _TOOLS:
+            found = _which(name)
+            if found:
+                self.tools[name] = found
+        missing = [n for n in ("sh", "prlimit") if n not in self.tools]
+        if missing:
+            self.problem = f"the hub's machine lacks {', '.join(missing)} (util-linux), needed for limits"
+        self.cgroups = (
+            await asyncio.to_thread(detect_cgroups)
+            if self.is_root
+            else CgroupDriver("none", {}, "the hub does not run as root")
+        )
+        if self.cgroups.mode == "none":
+            logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
+        await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID)
+
+    async def mount_namespace(self) -> int:
+        """The hub's private mount namespace with the workspaces at /mnt (made on first use)."""
+        if self._mount_ns_fd is not None:
+            return self._mount_ns_fd
+        for name in ("unshare", "mount", "cat", "nsenter"):
+            if name not in self.tools:
+                raise SandboxUnavailable(f"the hub's machine lacks {name} (util-linux), which the jail needs")
+        script = 'mount --bind -- "$1" "$2" || exit 1; echo ready; exec cat'
+        holder = await asyncio.create_subprocess_exec(
+            self.tools["unshare"], "--mount", "--propagation", "slave", "--",
+            self.tools["sh"], "-c", script, "mcphub-mounts", str(self.root), _HOLDER_MOUNT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            async with asyncio.timeout(10):
+                line = await holder.stdout.readline()
+            if line.strip() != b"ready":
+                err = b""
+                if holder.stderr is not None:
+                    err = await holder.stderr.read()
+                raise SandboxUnavailable(
+                    f"the jail's mount namespace could not be made: {err.decode(errors='replace')}"
+                )
+            self._mount_ns_fd = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            holder.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                if holder.returncode is None and self._mount_ns_fd is None:
+                    holder.kill()
+            await holder.wait()
+        return self._mount_ns_fd
+
+    async def principal(self, name: str) -> _Principal:
+        found = self._principals.get(name)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self._principals.get(name)
+            if found is None:
+                found = await asyncio.to_thread(self._make_workspace, name)
+                self._principals[name] = found
+        return found
+
+    def _make_workspace(self, name: str) -> _Principal:
+        dir_name = workspace_dir_name(name)
+        path = self.root / dir_name
+        base = self.options.uid_base
+        if not self.is_root:
+            path.mkdir(mode=0o700, exist_ok=True)
+            return _Principal(dir_name, path, os.getuid(), os.getgid())
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and base < st.st_uid <= base + self.options.uid_count:
+            return _Principal(dir_name, path, st.st_uid, base)
+        used = set()
+        for entry in self.root.iterdir():
+            with contextlib.suppress(OSError):
+                used.add(entry.lstat().st_uid)
+        uid = next((base + n for n in range(1, self.options.uid_count + 1) if base + n not in used), None)
+        if uid is None:
+            raise ToolError(
+                f"no free sandbox uid left in {base + 1}..{base + self.options.uid_count} (uid_count)"
+            )
+        if st is None:
+            path.mkdir(mode=0o700)
+        elif not path.is_dir() or path.is_symlink():
+            raise ToolError(f"the workspace {path} exists and is not a directory")
+        os.chown(path, uid, base, follow_symlinks=False)
+        os.chmod(path, 0o700)
+        return _Principal(dir_name, path, uid, base)
+
+    async def workspace(self, name: str, mount: str) -> LocalWorkspace:
+        found = self._workspaces.get(name)
+        if found is None:
+            p = await self.principal(name)
+            owner = (p.uid, p.gid) if self.is_root else None
+            found = LocalWorkspace(str(p.host_dir), mount, owner=owner)
+            self._workspaces[name] = found
+        return found
+
+    def cgroup(self, name: str, limits: Limits) -> PrincipalCgroup | None:
+        return self.cgroups.group(workspace_dir_name(name), limits)
+
+    def launcher(self, group: PrincipalCgroup | None) -> list[str]:
+        if group is None:
+            return []
+        return [self.tools["sh"], "-c", _LAUNCHER, "mcphub-jail", *group.procs_files, "--"]
+
+    async def stop(self) -> None:
+        for ws in self._workspaces.values():
+            ws.close()
+        self._workspaces.clear()
+        await asyncio.to_thread(self.cgroups.close)
+        if self._mount_ns_fd is not None:
+            os.close(self._mount_ns_fd)
+            self._mount_ns_fd = None
+
+
+class LocalJail:
+    """The `jail` target: see the module docstring."""
+
+    kind = "jail"
+
+    def __init__(self, options: JailTargetOptions, host: JailHost) -> None:
+        self.options = options
+        self.host = host
+        self.bwrap = options.bwrap_path or _which("bwrap")
+        self._system_args: list[str] = []
+        self.problem: str | None = None
+
+    async def start(self) -> None:
+        if self.bwrap is None or not os.access(self.bwrap, os.X_OK):
+            where = self.options.bwrap_path or f"bwrap in {_SYSTEM_PATH}"
+            self.problem = f"bubblewrap is not installed on the hub's machine (no {where}); {_INSTALL_HINT}"
+            logger.warning("shell: %s", self.problem)
+            return
+        if _HOLDER_MOUNT in self.options.ro_paths or any(
+            _HOLDER_MOUNT.startswith(p.rstrip("/") + "/") or p.startswith(_HOLDER_MOUNT + "/")
+            for p in self.options.ro_paths
+        ):
+            self.problem = f"ro_paths must not include {_HOLDER_MOUNT}: the jail uses it for the workspaces"
+            return
+        self._system_args = _host_system_args(self.options.ro_paths)
+
+    async def stop(self) -> None:
+        return None
+
+    def _check(self) -> None:
+        problem = self.problem or self.host.problem
+        if problem:
+            raise SandboxUnavailable(problem)
+
+    async def spawn(self, principal: str, spec: ExecSpec) -> LocalProcess:
+        self._check()
+        assert self.bwrap is not None
+        host = self.host
+        p = await host.principal(principal)
+        limits = self.options.limits
+        group = host.cgroup(principal, limits)
+        cgroup_memory = group is not None and "memory" in group.enforced
+        prefix = host.launcher(group)
+        prefix += [
+            host.tools["prlimit"],
+            *rlimit_args(limits, cgroup_memory=cgroup_memory, nproc=host.is_root),
+            "--",
+        ]
+        pass_fds: list[int] = []
+        if host.is_root:
+            ns_fd = await host.mount_namespace()
+            pass_fds.append(ns_fd)
+            prefix += [
+                host.tools["nsenter"],
+                f"--mount=/proc/self/fd/{ns_fd}",
+                "-S",
+                str(p.uid),
+                "-G",
+                str(p.gid),
+                "--",
+            ]
+            workspace = f"{_HOLDER_MOUNT}/{p.dir_name}"
+            jail_etc = f"{_HOLDER_MOUNT}/{_JAIL_ETC}"
+        else:
+            workspace = str(p.host_dir)
+            jail_etc = str(host.root / _JAIL_ETC)
+        env = {
+            "PATH": _SYSTEM_PATH,
+            "HOME": JAIL_MOUNT,
+            "USER": "sandbox",
+            "LOGNAME": "sandbox",
+            "SHELL": "/bin/sh",
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",  # noqa: S108 - the jail's own tmpfs
+            **self.options.env,
+            **spec.env,
+        }
+        argv = prefix + jail_argv(
+            self.bwrap,
+            system_args=self._system_args,
+            jail_etc=jail_etc,
+            workspace=workspace,
+            network=self.options.network,
+            limits=limits,
+            cwd=sandbox_cwd(spec.cwd, JAIL_MOUNT),
+            env=env,
+            command=spec.command,
+        )
+        try:
+            return await spawn_local(argv, stdin=spec.stdin, pass_fds=pass_fds)
+        except OSError as exc:
+            raise SandboxUnavailable(f"the jail could not be started: {exc}") from exc
+
+    async def workspace(self, principal: str) -> LocalWorkspace:
+        return await self.host.workspace(principal, JAIL_MOUNT)
+
+    def describe(self, principal: str) -> dict[str, Any]:
+        group = self.host.cgroups.group(workspace_dir_name(principal), self.options.limits)
+        return {
+            "target": "jail",
+            "available": (self.problem or self.host.problem) is None,
+            **({"problem": self.problem or self.host.problem} if (self.problem or self.host.problem) else {}),
+            "network": self.options.network,
+            "workspace": JAIL_MOUNT,
+            "separate_uid": self.host.is_root,
+            "limits": self.options.limits.model_dump(),
+            "cgroup_limits": list(group.enforced) if group else [],
+            **self.host.cgroups.describe(),
+        }
+
+
+class UnjailedTarget:
+    """The `unjailed` target: `/bin/sh -c` on the hub's machine as the hub's user, in the workspace.
+
+    Only for trusted setups: nothing but rlimits, cgroups and the process group stands between the
+    command and the machine.
+    """
+
+    kind = "unjailed"
+
+    def __init__(self, options: UnjailedTargetOptions, host: JailHost) -> None:
+        self.options = options
+        self.host = host
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def spawn(self, principal: str, spec: ExecSpec) -> LocalProcess:
+        host = self.host
+        if host.problem:
+            raise SandboxUnavailable(host.problem)
+        p = await host.principal(principal)
+        limits = self.options.limits
+        group = host.cgroup(principal, limits)
+        cgroup_memory = group is not None and "memory" in group.enforced
+        home = str(p.host_dir)
+        argv = [
+            *host.launcher(group),
+            host.tools["prlimit"], *rlimit_args(limits, cgroup_memory=cgroup_memory, nproc=False), "--",
+            host.tools["sh"], "-c", spec.command,
+        ]  # fmt: skip
+        env = {"PATH": _SYSTEM_PATH, "HOME": home, "LANG": "C.UTF-8", **self.options.env, **spec.env}
+        cwd = sandbox_cwd(spec.cwd, home)
+        try:
+            return await spawn_local(argv, stdin=spec.stdin, cwd=cwd, env=env)
+        except FileNotFoundError as exc:
+            raise ToolError(f"cwd {spec.cwd!r}: no such directory") from exc
+        except OSError as exc:
+            raise ToolError(f"the command could not be started: {exc.strerror}") from exc
+
+    async def workspace(self, principal: str) -> LocalWorkspace:
+        p = await self.host.principal(principal)
+        return await self.host.workspace(principal, str(p.host_dir))
+
+    def describe(self, principal: str) -> dict[str, Any]:
+        return {
+            "target": "unjailed",
+            "warning": "commands run on the hub's machine as the hub's user, without a jail",
+            "limits": self.options.limits.model_dump(),
+            **self.host.cgroups.describe(),
+        }

@@ -1,0 +1,378 @@
+"""The SSH target: commands in a remote sandbox over pooled asyncssh connections, host key pinned.
+
+The remote login shell receives one command line built here from quoted parts only:
+
+    env K=V ... /bin/sh -c SCRIPT mcphub CWD TIMEOUT COMMAND
+
+SCRIPT prints its process group id on stderr (the hub strips that line), enters CWD, applies the
+rlimits with `ulimit`, and runs COMMAND with `/bin/sh -c` under `timeout -s KILL` when the remote
+has coreutils' timeout. Cancelling or timing out kills that process group through a second
+channel (`kill -KILL -- -PGID`), so a command that ignores its closed channel still stops.
+The remote login shell must be POSIX-compatible (sh, bash, dash, zsh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from mcp_local.errors import ToolError
+from mcp_local.redaction import Redactor
+
+from .jail import sandbox_cwd
+from .options import SshLimits, SshTargetOptions
+from .sandbox import ExecSpec, ExitStatus, OutputChunk, SandboxUnavailable
+from .sftp import SftpWorkspace
+
+__all__ = ["SshPool", "SshProcess", "SshTarget", "remote_command"]
+
+logger = logging.getLogger(__name__)
+
+_PGID_MARK = b"mcphub-pgid:"
+_PGID_LINE = re.compile(rb"^mcphub-pgid:(\d+)\n")
+_SCRIPT = (
+    'printf "mcphub-pgid:%s\\n" "$$" >&2; '
+    'cd -- "$1" || exit 126; shift; '
+    "{ulimits}"
+    't=$1; shift; if [ "$t" != 0 ] && command -v timeout >/dev/null 2>&1; then '
+    'exec timeout -s KILL "$t" /bin/sh -c "$1"; fi; exec /bin/sh -c "$1"'
+)
+
+
+def remote_command(spec: ExecSpec, cwd: str, limits: SshLimits) -> str:
+    """The one line the remote login shell parses: every variable part is `shlex.quote`d."""
+    ulimits = ""
+    for flag, value in (
+        ("-t", limits.cpu_s),
+        ("-f", None if limits.file_size_mb is None else limits.file_size_mb * 2048),  # 512-byte blocks
+        ("-n", limits.open_files),
+        ("-v", None if limits.address_space_mb is None else limits.address_space_mb * 1024),
+    ):
+        if value is not None:
+            ulimits += f"ulimit {flag} {int(value)} || exit 125; "
+    script = _SCRIPT.format(ulimits=ulimits)
+    timeout = 0 if spec.timeout_s is None else math.ceil(spec.timeout_s) + 2  # the hub's timer goes first
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in spec.env.items())
+    parts = [
+        *(["env", env] if env else []),
+        "/bin/sh", "-c", shlex.quote(script), "mcphub",
+        shlex.quote(cwd), str(timeout), shlex.quote(spec.command),
+    ]  # fmt: skip
+    return " ".join(parts)
+
+
+@dataclass(eq=False)
+class _Connection:
+    conn: asyncssh.SSHClientConnection
+    active: int = 0
+    idle_since: float = 0.0
+    sftp: asyncssh.SFTPClient | None = None
+    sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SshPool:
+    """Connections to one host, each carrying up to `sessions_per_connection` channels."""
+
+    def __init__(self, options: SshTargetOptions, redactor: Redactor, environ: dict[str, str]) -> None:
+        self.options = options
+        self._redactor = redactor
+        self._environ = environ
+        self._conns: list[_Connection] = []
+        self._connecting = 0
+        self._changed = asyncio.Condition()
+        self._key: asyncssh.SSHKey | None = None
+        self._known_hosts: Any = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    def load_keys(self) -> None:
+        o = self.options
+        passphrase = None
+        if o.key_passphrase_env:
+            passphrase = self._environ.get(o.key_passphrase_env)
+            if passphrase is None:
+                raise ToolError(f"the SSH key passphrase variable {o.key_passphrase_env} is not set")
+            with contextlib.suppress(ValueError):
+                self._redactor.add(passphrase)
+        try:
+            text = o.key_file.read_text()
+            with contextlib.suppress(ValueError):
+                self._redactor.add(text.strip())
+            self._key = asyncssh.import_private_key(text, passphrase)
+        except (OSError, asyncssh.KeyImportError) as exc:
+            raise SandboxUnavailable(f"cannot load the SSH key {o.key_file}: {exc}") from None
+        if o.known_host_key is not None:
+            try:
+                self._known_hosts = ([asyncssh.import_public_key(o.known_host_key)], [], [])
+            except asyncssh.KeyImportError as exc:
+                raise SandboxUnavailable(f"known_host_key is not a public key: {exc}") from None
+        else:
+            self._known_hosts = str(o.known_hosts_file)
+
+    async def _connect(self) -> _Connection:
+        o = self.options
+        if self._key is None:
+            self.load_keys()
+        try:
+            async with asyncio.timeout(o.connect_timeout_s):
+                conn = await asyncssh.connect(
+                    o.host,
+                    o.port,
+                    username=o.user,
+                    client_keys=[self._key],
+                    known_hosts=self._known_hosts,
+                    config=None,
+                    agent_path=None,
+                    preferred_auth="publickey",
+                    keepalive_interval=o.keepalive_s,
+                    keepalive_count_max=3,
+                    x509_trusted_certs=None,
+                )
+        except TimeoutError:
+            raise SandboxUnavailable(
+                f"the SSH sandbox {o.user}@{o.host}:{o.port} did not answer within {o.connect_timeout_s:g}s"
+            ) from None
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise SandboxUnavailable(
+                f"the SSH sandbox {o.host}:{o.port} presented a host key that is not the pinned one ({exc}); "
+                "refusing to connect"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise SandboxUnavailable(
+                f"cannot connect to the SSH sandbox {o.user}@{o.host}:{o.port}: {exc}"
+            ) from None
+        return _Connection(conn, idle_since=asyncio.get_running_loop().time())
+
+    async def acquire(self) -> _Connection:
+        """A connection with a free session slot (opened when all are busy, up to max_connections)."""
+        o = self.options
+        async with self._changed:
+            while True:
+                self._conns = [c for c in self._conns if not c.conn.is_closed()]
+                for c in self._conns:
+                    if c.active < o.sessions_per_connection:
+                        c.active += 1
+                        return c
+                if len(self._conns) + self._connecting < o.max_connections:
+                    self._connecting += 1
+                    break
+                await self._changed.wait()
+        try:
+            made = await self._connect()
+        finally:
+            async with self._changed:
+                self._connecting -= 1
+                self._changed.notify_all()
+        made.active = 1
+        async with self._changed:
+            self._conns.append(made)
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._close_idle(), name="mcphub-ssh-idle")
+        return made
+
+    async def release(self, c: _Connection) -> None:
+        async with self._changed:
+            c.active -= 1
+            if c.active == 0:
+                c.idle_since = asyncio.get_running_loop().time()
+            self._changed.notify_all()
+
+    async def _close_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(30.0, self.options.idle_close_s / 2))
+            async with self._changed:
+                idle = [
+                    c
+                    for c in self._conns
+                    if c.active == 0 and loop.time() - c.idle_since > self.options.idle_close_s
+                ]
+                self._conns = [c for c in self._conns if c not in idle]
+            for c in idle:
+                c.conn.close()
+
+    async def sftp(self) -> tuple[_Connection, asyncssh.SFTPClient]:
+        c = await self.acquire()
+        try:
+            async with c.sftp_lock:
+                if c.sftp is None:
+                    c.sftp = await c.conn.start_sftp_client()
+            return c, c.sftp
+        except (OSError, asyncssh.Error) as exc:
+            await self.release(c)
+            raise SandboxUnavailable(f"the SSH sandbox offers no SFTP: {exc}") from None
+
+    async def run_quiet(self, command: str) -> None:
+        """Run a short command for its effect (kill, mkdir); failures are logged, not raised."""
+        try:
+            c = await self.acquire()
+        except ToolError as exc:
+            logger.warning("ssh: cannot run a control command: %s", exc)
+            return
+        try:
+            async with asyncio.timeout(10):
+                await c.conn.run(command, check=False)
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            logger.warning("ssh: control command failed: %s", exc)
+        finally:
+            await self.release(c)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for c in self._conns:
+            c.conn.close()
+        for c in self._conns:
+            with contextlib.suppress(Exception):
+                await c.conn.wait_closed()
+        self._conns.clear()
+
+
+class SshProcess:
+    """One remote command on a pooled connection."""
+
+    def __init__(self, pool: SshPool, conn: _Connection, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._process = process
+        self._pgid: int | None = None
+        self._killed = False
+        self._released = False
+        self._killer: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(64)
+        self._readers = [
+            asyncio.create_task(self._read("stdout", process.stdout)),
+            asyncio.create_task(self._read("stderr", process.stderr)),
+        ]
+
+    async def _read(self, stream: str, reader: asyncssh.SSHReader[bytes]) -> None:
+        head = b""
+        try:
+            if stream == "stderr":
+                # The first line is the process group id, ours and not the command's.
+                while len(head) < 64 and b"\n" not in head:
+                    chunk = await reader.read(64 - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+                found = _PGID_LINE.match(head)
+                if found:
+                    self._pgid = int(found.group(1))
+                    head = head[found.end() :]
+                if head:
+                    await self._queue.put(OutputChunk(stream, head))
+            while chunk := await reader.read(65536):
+                await self._queue.put(OutputChunk(stream, chunk))
+        except (asyncssh.Error, OSError):
+            pass
+        if not self._killed:
+            await self._queue.put(None)
+
+    async def output(self) -> AsyncIterator[OutputChunk]:
+        open_streams = 2
+        while open_streams:
+            item = await self._queue.get()
+            if item is None:
+                open_streams -= 1
+                continue
+            yield item
+
+    async def wait(self) -> ExitStatus:
+        try:
+            await self._process.wait_closed()
+            code = self._process.returncode
+        finally:
+            await self._release()
+        if code is None:
+            return ExitStatus(None, None, killed=True)
+        if code < 0:
+            return ExitStatus(None, -code, killed=self._killed)
+        return ExitStatus(code, None, killed=self._killed)
+
+    async def kill(self) -> None:
+        if self._killed:
+            return
+        self._killed = True
+        if self._pgid is not None:
+            pgid = self._pgid
+            # A second channel: the remote kill reaches the whole group even if this channel hangs.
+            self._killer = asyncio.create_task(
+                self._pool.run_quiet(f"kill -KILL -- -{pgid} 2>/dev/null || kill -KILL {pgid}")
+            )
+        self._process.close()
+        for task in self._readers:
+            task.cancel()
+        # Whoever reads output() stops now: drop what is queued and mark both streams closed.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+        self._queue.put_nowait(None)
+
+    async def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._pool.release(self._conn)
+
+
+class SshTarget:
+    kind = "ssh"
+
+    def __init__(self, options: SshTargetOptions, redactor: Redactor, environ: dict[str, str]) -> None:
+        self.options = options
+        self.pool = SshPool(options, redactor, environ)
+        self._workspace: SftpWorkspace | None = None
+        self._prepared = False
+
+    async def start(self) -> None:
+        try:
+            self.pool.load_keys()
+        except ToolError as exc:
+            logger.warning("shell: ssh target %s: %s", self.options.host, exc)
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    async def _prepare(self) -> None:
+        if not self._prepared:
+            await self.pool.run_quiet(f"mkdir -p -- {shlex.quote(self.options.workspace)}")
+            self._prepared = True
+
+    async def spawn(self, principal: str, spec: ExecSpec) -> SshProcess:
+        await self._prepare()
+        cwd = sandbox_cwd(spec.cwd, self.options.workspace)
+        line = remote_command(spec, cwd, self.options.limits)
+        c = await self.pool.acquire()
+        try:
+            process = await c.conn.create_process(line, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            await self.pool.release(c)
+            raise SandboxUnavailable(f"the SSH sandbox refused a session: {exc}") from None
+        if spec.stdin is not None:
+            process.stdin.write(spec.stdin)
+        process.stdin.write_eof()
+        return SshProcess(self.pool, c, process)
+
+    async def workspace(self, principal: str) -> SftpWorkspace:
+        if self._workspace is None:
+            await self._prepare()
+            self._workspace = SftpWorkspace(self.pool, self.options.workspace)
+        return self._workspace
+
+    def describe(self, principal: str) -> dict[str, Any]:
+        o = self.options
+        return {
+            "target": "ssh",
+            "host": f"{o.user}@{o.host}:{o.port}",
+            "workspace": o.workspace,
+            "limits": {**o.limits.model_dump(), "time": "timeout -s KILL"},
+        }
