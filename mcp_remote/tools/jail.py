@@ -25,6 +25,7 @@ import os
 import posixpath
 import shutil
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,36 +240,41 @@ class JailHost:
 
     async def mount_namespace(self) -> int:
         """The hub's private mount namespace with the workspaces at /mnt (made on first use)."""
-        if self._mount_ns_fd is not None:
-            return self._mount_ns_fd
+        if self._mount_ns_fd is None:
+            async with self._lock:
+                if self._mount_ns_fd is None:
+                    self._mount_ns_fd = await asyncio.to_thread(self._make_mount_namespace)
+        return self._mount_ns_fd
+
+    def _make_mount_namespace(self) -> int:
         for name in ("unshare", "mount", "cat", "nsenter"):
             if name not in self.tools:
                 raise SandboxUnavailable(f"the hub's machine lacks {name} (util-linux), which the jail needs")
+        # A process that makes the namespace, binds the workspaces into it, says so, and waits for
+        # its stdin to close; the namespace lives on through the fd the hub opens on it.
         script = 'mount --bind -- "$1" "$2" || exit 1; echo ready; exec cat'
-        holder = await asyncio.create_subprocess_exec(
-            self.tools["unshare"], "--mount", "--propagation", "slave", "--",
-            self.tools["sh"], "-c", script, "mcphub-mounts", str(self.root), _HOLDER_MOUNT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        holder = subprocess.Popen(
+            [self.tools["unshare"], "--mount", "--propagation", "slave", "--",
+             self.tools["sh"], "-c", script, "mcphub-mounts", str(self.root), _HOLDER_MOUNT],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdin is not None and holder.stdout is not None and holder.stderr is not None
         try:
-            async with asyncio.timeout(10):
-                line = await holder.stdout.readline()
-            if line.strip() != b"ready":
-                err = b""
-                if holder.stderr is not None:
-                    err = await holder.stderr.read()
-                raise SandboxUnavailable(
-                    f"the jail's mount namespace could not be made: {err.decode(errors='replace')}"
-                )
-            self._mount_ns_fd = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            if holder.stdout.readline().strip() != b"ready":
+                holder.wait(10)
+                err = holder.stderr.read().decode(errors="replace").strip()
+                logger.warning("shell: the jail's mount namespace could not be made: %s", err)
+                raise SandboxUnavailable(f"the jail's mount namespace could not be made: {err}")
+            return os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             holder.stdin.close()
-            with contextlib.suppress(ProcessLookupError):
-                if holder.returncode is None and self._mount_ns_fd is None:
-                    holder.kill()
-            await holder.wait()
-        return self._mount_ns_fd
+            try:
+                holder.wait(10)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+            holder.stdout.close()
+            holder.stderr.close()
 
     async def principal(self, name: str) -> _Principal:
         found = self._principals.get(name)
@@ -429,6 +435,7 @@ class LocalJail:
         try:
             return await spawn_local(argv, stdin=spec.stdin, pass_fds=pass_fds)
         except OSError as exc:
+            logger.warning("shell: the jail for %s could not be started: %s", principal, exc)
             raise SandboxUnavailable(f"the jail could not be started: {exc}") from exc
 
     async def workspace(self, principal: str) -> LocalWorkspace:

@@ -214,9 +214,13 @@ class LocalWorkspace:
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 raise ToolError(f"{path[:200]}: exists and is not a regular file ({_kind(existing.st_mode)})")
             if append and existing is not None:
-                fd = self._open(path, name, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK, 0)
+                fd = self._open(path, rel, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK, 0)
                 try:
-                    os.write(fd, data)
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise ToolError(f"{path[:200]}: not a regular file")
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                     size = os.fstat(fd).st_size
                 finally:
                     os.close(fd)

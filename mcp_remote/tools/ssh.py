@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncssh
 
-from mcp_local.errors import ToolError
+from mcp_local.errors import ConfigError, ToolError
 from mcp_local.redaction import Redactor
 
 from .jail import sandbox_cwd
@@ -334,10 +334,14 @@ class SshTarget:
         self._prepared = False
 
     async def start(self) -> None:
+        """Keys and the pinned host key are read now, so a wrong path fails the hub's start."""
+        o = self.options
         try:
             self.pool.load_keys()
         except ToolError as exc:
-            logger.warning("shell: ssh target %s: %s", self.options.host, exc)
+            raise ConfigError(
+                f"packs[shell].options: the ssh target {o.user}@{o.host}:{o.port}: {exc}"
+            ) from None
 
     async def stop(self) -> None:
         await self.pool.close()
