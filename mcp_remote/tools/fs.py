@@ -200,7 +200,10 @@ def fs_tools(pack: ShellPack, max_file_bytes: int) -> list[Tool]:
                 if out.count(b"\n") > max_results:
                     complete = False
                     break
-        finally:
+        except BaseException:
+            await process.kill()
+            raise
+        if not complete:
             await process.kill()
         status = await process.wait()
         hits = parse_grep(bytes(out), ws.mount)[:max_results]

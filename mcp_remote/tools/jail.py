@@ -1,7 +1,7 @@
 """The local jail: each command in a fresh bubblewrap sandbox, as an unprivileged uid, with limits.
 
-    hub (root) -> sh: join the principal's cgroups -> prlimit: rlimits
-      -> nsenter: the hub's private mount namespace, then uid/gid of the principal
+    hub --request--> spawner (spawner.py; root, in the hub's private mount namespace)
+      fork: join the principal's cgroups, set rlimits, new session, drop to the principal's uid
       -> bwrap: new user, pid, net, ipc, uts, cgroup and mount namespaces; read-only system
          directories, tmpfs /tmp, the principal's workspace at /workspace; dies with the hub
       -> /bin/sh -c COMMAND                         (the only shell that sees the command)
@@ -10,8 +10,8 @@ Every argument is a separate argv element; the command string only ever reaches 
 inside the sandbox. When the hub runs as root, each principal gets a uid of its own
 (`uid_base + n`, recorded as the owner of its workspace) so it can neither read another's files
 nor count against its process limit. bwrap resolves its bind sources as that uid, which cannot
-pass the hub's private state directory, so the hub keeps a mount namespace of its own in which
-the workspaces directory is also bound at `/mnt`; nsenter enters it before bwrap starts.
+pass the hub's private state directory, so the spawner lives in a mount namespace of the hub's
+own in which the workspaces directory is also bound at `/mnt`.
 
 A hub that is not root runs bwrap as itself: the same namespaces, one uid for all principals.
 """
@@ -25,7 +25,6 @@ import os
 import posixpath
 import shutil
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,14 @@ from typing import Any
 from mcp_local.errors import ToolError
 
 from .cgroups import CgroupDriver, PrincipalCgroup, detect_cgroups
+from .launcher import Spawner, SpawnError
 from .localfs import LocalWorkspace
-from .localproc import LocalProcess, spawn_local
+from .localproc import LocalProcess
 from .options import JailTargetOptions, Limits, ShellOptions, UnjailedTargetOptions
 from .sandbox import ExecSpec, SandboxUnavailable
 from .workspace import workspace_dir_name
 
-__all__ = ["JAIL_MOUNT", "JailHost", "LocalJail", "UnjailedTarget", "jail_argv", "rlimit_args"]
+__all__ = ["JAIL_MOUNT", "JailHost", "LocalJail", "UnjailedTarget", "jail_argv", "rlimit_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ SANDBOX_UID = 1000
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOLDER_MOUNT = "/mnt"
 _JAIL_ETC = ".jail-etc"  # in the workspaces directory; no principal's directory starts with "."
-_TOOLS = ("sh", "prlimit", "nsenter", "unshare", "mount", "cat")
-_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt")
+_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC = (
     "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
     "environment", "gai.conf", "gitconfig", "host.conf", "inputrc", "java-17-openjdk", "ld.so.cache",
@@ -64,27 +63,25 @@ _INSTALL_HINT = (
     "or give this principal another sandbox target in the shell pack's options (docs/shell.md). "
     "Commands are never run unjailed in its place."
 )
-# Joins the principal's cgroups (as root, before anything else runs), then runs the rest of argv.
-_LAUNCHER = 'for f do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 
 
 def _which(name: str) -> str | None:
     return shutil.which(name, path=_SYSTEM_PATH)
 
 
-def rlimit_args(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[str]:
-    """prlimit options for `limits` (soft = hard, so the command cannot raise them)."""
+def rlimit_values(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[tuple[str, int]]:
+    """The rlimits of every process of the sandbox (set as soft = hard: it cannot raise them)."""
     address_space = limits.address_space_mb or (limits.memory_mb * 4 if cgroup_memory else limits.memory_mb)
-    args = [
-        f"--cpu={limits.cpu_s}",
-        f"--as={address_space * 1024 * 1024}",
-        f"--fsize={limits.file_size_mb * 1024 * 1024}",
-        f"--nofile={limits.open_files}",
-        "--core=0",
+    values = [
+        ("RLIMIT_CPU", limits.cpu_s),
+        ("RLIMIT_AS", address_space * 1024 * 1024),
+        ("RLIMIT_FSIZE", limits.file_size_mb * 1024 * 1024),
+        ("RLIMIT_NOFILE", limits.open_files),
+        ("RLIMIT_CORE", 0),
     ]
     if nproc:
-        args.append(f"--nproc={limits.processes}")
-    return args
+        values.append(("RLIMIT_NPROC", limits.processes))
+    return values
 
 
 def _host_system_args(extra_ro: list[str]) -> list[str]:
@@ -213,8 +210,7 @@ class JailHost:
         self._principals: dict[str, _Principal] = {}
         self._workspaces: dict[str, LocalWorkspace] = {}
         self._lock = asyncio.Lock()
-        self._mount_ns_fd: int | None = None
-        self.tools: dict[str, str] = {}
+        self.spawner = Spawner()
         self.problem: str | None = None
         """Why nothing can run here at all (a system tool missing), or None."""
 
@@ -222,13 +218,6 @@ class JailHost:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         # Jail uids pass through it to their own directory (0700 each); they cannot list it.
         os.chmod(self.root, 0o711)  # noqa: S103
-        for name in _TOOLS:
-            found = _which(name)
-            if found:
-                self.tools[name] = found
-        missing = [n for n in ("sh", "prlimit") if n not in self.tools]
-        if missing:
-            self.problem = f"the hub's machine lacks {', '.join(missing)} (util-linux), needed for limits"
         self.cgroups = (
             await asyncio.to_thread(detect_cgroups)
             if self.is_root
@@ -237,44 +226,26 @@ class JailHost:
         if self.cgroups.mode == "none":
             logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
         await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID)
-
-    async def mount_namespace(self) -> int:
-        """The hub's private mount namespace with the workspaces at /mnt (made on first use)."""
-        if self._mount_ns_fd is None:
-            async with self._lock:
-                if self._mount_ns_fd is None:
-                    self._mount_ns_fd = await asyncio.to_thread(self._make_mount_namespace)
-        return self._mount_ns_fd
-
-    def _make_mount_namespace(self) -> int:
-        for name in ("unshare", "mount", "cat", "nsenter"):
-            if name not in self.tools:
-                raise SandboxUnavailable(f"the hub's machine lacks {name} (util-linux), which the jail needs")
-        # A process that makes the namespace, binds the workspaces into it, says so, and waits for
-        # its stdin to close; the namespace lives on through the fd the hub opens on it.
-        script = 'mount --bind -- "$1" "$2" || exit 1; echo ready; exec cat'
-        holder = subprocess.Popen(
-            [self.tools["unshare"], "--mount", "--propagation", "slave", "--",
-             self.tools["sh"], "-c", script, "mcphub-mounts", str(self.root), _HOLDER_MOUNT],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert holder.stdin is not None and holder.stdout is not None and holder.stderr is not None
+        prefix: list[str] = []
+        if self.is_root:
+            tools = {name: _which(name) for name in ("unshare", "sh", "mount")}
+            missing = [name for name, path in tools.items() if path is None]
+            if missing:
+                self.problem = (
+                    f"the hub's machine lacks {', '.join(missing)} (util-linux), which the jail needs"
+                )
+                logger.warning("shell: %s", self.problem)
+                return
+            script = 'mount --bind -- "$1" "$2" || exit 1; shift 2; exec "$@"'
+            prefix = [
+                str(tools["unshare"]), "--mount", "--propagation", "slave", "--",
+                str(tools["sh"]), "-c", script, "mcphub-spawner", str(self.root), _HOLDER_MOUNT,
+            ]  # fmt: skip
         try:
-            if holder.stdout.readline().strip() != b"ready":
-                holder.wait(10)
-                err = holder.stderr.read().decode(errors="replace").strip()
-                logger.warning("shell: the jail's mount namespace could not be made: %s", err)
-                raise SandboxUnavailable(f"the jail's mount namespace could not be made: {err}")
-            return os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            holder.stdin.close()
-            try:
-                holder.wait(10)
-            except subprocess.TimeoutExpired:
-                holder.kill()
-                holder.wait()
-            holder.stdout.close()
-            holder.stderr.close()
+            await self.spawner.start(prefix)
+        except SpawnError as exc:
+            self.problem = str(exc)
+            logger.warning("shell: %s", exc)
 
     async def principal(self, name: str) -> _Principal:
         found = self._principals.get(name)
@@ -329,19 +300,42 @@ class JailHost:
     def cgroup(self, name: str, limits: Limits) -> PrincipalCgroup | None:
         return self.cgroups.group(workspace_dir_name(name), limits)
 
-    def launcher(self, group: PrincipalCgroup | None) -> list[str]:
-        if group is None:
-            return []
-        return [self.tools["sh"], "-c", _LAUNCHER, "mcphub-jail", *group.procs_files, "--"]
-
     async def stop(self) -> None:
         for ws in self._workspaces.values():
             ws.close()
         self._workspaces.clear()
+        self.spawner.close()
         await asyncio.to_thread(self.cgroups.close)
-        if self._mount_ns_fd is not None:
-            os.close(self._mount_ns_fd)
-            self._mount_ns_fd = None
+
+    async def spawn(
+        self,
+        argv: list[str],
+        *,
+        principal: _Principal | None,
+        env: dict[str, str],
+        cwd: str | None,
+        limits: Limits,
+        group: PrincipalCgroup | None,
+        stdin: bytes | None,
+    ) -> LocalProcess:
+        """Start argv as the principal's uid (when the hub is root), in its cgroups, with its rlimits."""
+        if self.problem or self.spawner.problem:
+            raise SandboxUnavailable(str(self.problem or self.spawner.problem))
+        cgroup_memory = group is not None and "memory" in group.enforced
+        try:
+            return await self.spawner.spawn(
+                argv,
+                env=env,
+                cwd=cwd,
+                uid=principal.uid if principal is not None else None,
+                gid=principal.gid if principal is not None else None,
+                rlimits=rlimit_values(limits, cgroup_memory=cgroup_memory, nproc=principal is not None),
+                cgroups=group.procs_files if group is not None else (),
+                stdin=stdin,
+            )
+        except SpawnError as exc:
+            logger.warning("shell: a sandbox could not be started: %s", exc)
+            raise SandboxUnavailable(f"the sandbox could not be started: {exc}") from None
 
 
 class LocalJail:
@@ -384,27 +378,7 @@ class LocalJail:
         host = self.host
         p = await host.principal(principal)
         limits = self.options.limits
-        group = host.cgroup(principal, limits)
-        cgroup_memory = group is not None and "memory" in group.enforced
-        prefix = host.launcher(group)
-        prefix += [
-            host.tools["prlimit"],
-            *rlimit_args(limits, cgroup_memory=cgroup_memory, nproc=host.is_root),
-            "--",
-        ]
-        pass_fds: list[int] = []
         if host.is_root:
-            ns_fd = await host.mount_namespace()
-            pass_fds.append(ns_fd)
-            prefix += [
-                host.tools["nsenter"],
-                f"--mount=/proc/self/fd/{ns_fd}",
-                "-S",
-                str(p.uid),
-                "-G",
-                str(p.gid),
-                "--",
-            ]
             workspace = f"{_HOLDER_MOUNT}/{p.dir_name}"
             jail_etc = f"{_HOLDER_MOUNT}/{_JAIL_ETC}"
         else:
@@ -421,7 +395,7 @@ class LocalJail:
             **self.options.env,
             **spec.env,
         }
-        argv = prefix + jail_argv(
+        argv = jail_argv(
             self.bwrap,
             system_args=self._system_args,
             jail_etc=jail_etc,
@@ -432,11 +406,15 @@ class LocalJail:
             env=env,
             command=spec.command,
         )
-        try:
-            return await spawn_local(argv, stdin=spec.stdin, pass_fds=pass_fds)
-        except OSError as exc:
-            logger.warning("shell: the jail for %s could not be started: %s", principal, exc)
-            raise SandboxUnavailable(f"the jail could not be started: {exc}") from exc
+        return await host.spawn(
+            argv,
+            principal=p if host.is_root else None,
+            env={},
+            cwd=None,
+            limits=limits,
+            group=host.cgroup(principal, limits),
+            stdin=spec.stdin,
+        )
 
     async def workspace(self, principal: str) -> LocalWorkspace:
         return await self.host.workspace(principal, JAIL_MOUNT)
@@ -477,26 +455,18 @@ class UnjailedTarget:
 
     async def spawn(self, principal: str, spec: ExecSpec) -> LocalProcess:
         host = self.host
-        if host.problem:
-            raise SandboxUnavailable(host.problem)
         p = await host.principal(principal)
-        limits = self.options.limits
-        group = host.cgroup(principal, limits)
-        cgroup_memory = group is not None and "memory" in group.enforced
         home = str(p.host_dir)
-        argv = [
-            *host.launcher(group),
-            host.tools["prlimit"], *rlimit_args(limits, cgroup_memory=cgroup_memory, nproc=False), "--",
-            host.tools["sh"], "-c", spec.command,
-        ]  # fmt: skip
         env = {"PATH": _SYSTEM_PATH, "HOME": home, "LANG": "C.UTF-8", **self.options.env, **spec.env}
-        cwd = sandbox_cwd(spec.cwd, home)
-        try:
-            return await spawn_local(argv, stdin=spec.stdin, cwd=cwd, env=env)
-        except FileNotFoundError as exc:
-            raise ToolError(f"cwd {spec.cwd!r}: no such directory") from exc
-        except OSError as exc:
-            raise ToolError(f"the command could not be started: {exc.strerror}") from exc
+        return await host.spawn(
+            ["/bin/sh", "-c", spec.command],
+            principal=None,
+            env=env,
+            cwd=sandbox_cwd(spec.cwd, home),
+            limits=self.options.limits,
+            group=host.cgroup(principal, self.options.limits),
+            stdin=spec.stdin,
+        )
 
     async def workspace(self, principal: str) -> LocalWorkspace:
         p = await self.host.principal(principal)

@@ -361,6 +361,9 @@ class SshTarget:
         except (OSError, asyncssh.Error) as exc:
             await self.pool.release(c)
             raise SandboxUnavailable(f"the SSH sandbox refused a session: {exc}") from None
+        except BaseException:
+            await asyncio.shield(self.pool.release(c))
+            raise
         if spec.stdin is not None:
             process.stdin.write(spec.stdin)
         process.stdin.write_eof()
