@@ -227,6 +227,14 @@ class JailHost:
             logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
         await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID)
         prefix: list[str] = []
+        if self.is_root and (
+            self.root.resolve() == Path(_HOLDER_MOUNT) or Path(_HOLDER_MOUNT) in self.root.resolve().parents
+        ):
+            self.problem = (
+                f"workspace_root must not be under {_HOLDER_MOUNT}: the jail binds the workspaces there"
+            )
+            logger.warning("shell: %s", self.problem)
+            return
         if self.is_root:
             tools = {name: _which(name) for name in ("unshare", "sh", "mount")}
             missing = [name for name, path in tools.items() if path is None]
@@ -367,8 +375,11 @@ class LocalJail:
     async def stop(self) -> None:
         return None
 
+    def _problem(self) -> str | None:
+        return self.problem or self.host.problem or self.host.spawner.problem
+
     def _check(self) -> None:
-        problem = self.problem or self.host.problem
+        problem = self._problem()
         if problem:
             raise SandboxUnavailable(problem)
 
@@ -421,10 +432,11 @@ class LocalJail:
 
     def describe(self, principal: str) -> dict[str, Any]:
         group = self.host.cgroups.group(workspace_dir_name(principal), self.options.limits)
+        problem = self._problem()
         return {
             "target": "jail",
-            "available": (self.problem or self.host.problem) is None,
-            **({"problem": self.problem or self.host.problem} if (self.problem or self.host.problem) else {}),
+            "available": problem is None,
+            **({"problem": problem} if problem else {}),
             "network": self.options.network,
             "workspace": JAIL_MOUNT,
             "separate_uid": self.host.is_root,

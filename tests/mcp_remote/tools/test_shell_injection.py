@@ -133,13 +133,17 @@ async def test_process_ids_are_checked_before_use(agent_a: ShellClient) -> None:
 # --- the command lines themselves, run by a real /bin/sh as the remote login shell would --------
 
 
+LOGIN_SHELLS = [sh for sh in ("/bin/sh", "/bin/bash", "/bin/zsh") if Path(sh).exists()]
+
+
+@pytest.mark.parametrize("shell", LOGIN_SHELLS)
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_the_ssh_command_line_keeps_every_part_as_data(tmp_path: Path, payload: str) -> None:
+def test_the_ssh_command_line_keeps_every_part_as_data(tmp_path: Path, payload: str, shell: str) -> None:
     cwd = tmp_path / payload.replace("/", "_")
     cwd.mkdir()
     spec = ExecSpec(command='printf "%s|%s" "$V" "$(pwd)"', env={"V": payload}, timeout_s=30)
     line = remote_command(spec, str(cwd), SshLimits())
-    result = subprocess.run(["/bin/sh", "-c", line], capture_output=True, cwd=tmp_path, timeout=30)
+    result = subprocess.run([shell, "-c", line], capture_output=True, cwd=tmp_path, timeout=30)
     assert result.stdout.decode() == f"{payload}|{cwd}", result.stderr
     assert result.stderr.startswith(b"mcphub-pgid:")
     assert not (tmp_path / CANARY).exists() and not (cwd / CANARY).exists()

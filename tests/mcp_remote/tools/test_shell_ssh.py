@@ -209,3 +209,22 @@ async def test_sftp_paths_stay_in_the_workspace(remote: ShellClient, ssh_setup: 
         assert outcome.is_error and "outside the workspace" in outcome.text, (path, outcome.text)
     refused = await remote.call("fs_write", {"path": "link-out", "content": "overwrite"})
     assert refused.is_error and outside.read_text() == "not yours\n"
+
+
+@pytest.mark.parametrize(
+    "payload", ["; touch pwned", "$(touch pwned)", "`touch pwned`", "-rf", "a\ntouch pwned"]
+)
+async def test_injection_over_ssh_does_nothing(
+    remote: ShellClient, ssh_setup: SshSetup, payload: str
+) -> None:
+    ws = ssh_setup.remote_workspace
+    (ws / payload.replace("/", "_")).mkdir(exist_ok=True)
+    moved = await remote.exec("pwd", cwd=payload)
+    assert moved.structured["stdout"] == f"{ws}/{payload}\n", moved.text
+    env = await remote.exec('printf %s "$V"', env={"V": payload})
+    assert env.structured["stdout"] == payload
+    written = await remote.call("fs_write", {"path": f"files/{payload}", "content": "x"})
+    assert not written.is_error and (ws / "files" / payload).read_text() == "x"
+    found = await remote.call("fs_search", {"pattern": payload.split("\n")[0], "path": "files"})
+    assert not found.is_error, found.text
+    assert not list(ws.rglob("pwned")), "an injected command ran on the remote"
