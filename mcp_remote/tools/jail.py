@@ -22,9 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import posixpath
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,8 @@ from .launcher import Spawner, SpawnError
 from .localfs import LocalWorkspace
 from .localproc import LocalProcess
 from .options import JailTargetOptions, Limits, ShellOptions, UnjailedTargetOptions
-from .sandbox import ExecSpec, SandboxUnavailable
+from .rootfs import build_etc, host_system_args
+from .sandbox import ExecSpec, SandboxUnavailable, sandbox_cwd
 from .workspace import workspace_dir_name
 
 __all__ = ["JAIL_MOUNT", "JailHost", "LocalJail", "UnjailedTarget", "jail_argv", "rlimit_values"]
@@ -49,15 +48,6 @@ SANDBOX_UID = 1000
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOLDER_MOUNT = "/mnt"
 _JAIL_ETC = ".jail-etc"  # in the workspaces directory; no principal's directory starts with "."
-_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-_ETC = (
-    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
-    "environment", "gai.conf", "gitconfig", "host.conf", "inputrc", "java-17-openjdk", "ld.so.cache",
-    "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "login.defs", "magic", "magic.mime",
-    "manpath.config", "mime.types", "nsswitch.conf", "os-release", "perl", "profile", "profile.d",
-    "protocols", "python3", "python3.11", "services", "shells", "ssl", "terminfo", "timezone",
-    "vim", "wgetrc", "xdg",
-)  # fmt: skip
 _INSTALL_HINT = (
     "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora/RHEL: dnf install bubblewrap), "
     "or give this principal another sandbox target in the shell pack's options (docs/shell.md). "
@@ -82,75 +72,6 @@ def rlimit_values(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[t
     if nproc:
         values.append(("RLIMIT_NPROC", limits.processes))
     return values
-
-
-def _host_system_args(extra_ro: list[str]) -> list[str]:
-    args: list[str] = []
-    for name in _SYSTEM_DIRS:
-        path = "/" + name
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    for path in extra_ro:
-        args += ["--ro-bind-try", path, path]
-    return args
-
-
-def _world_readable(st: os.stat_result) -> bool:
-    return bool(st.st_mode & stat.S_IROTH) and (
-        not stat.S_ISDIR(st.st_mode) or bool(st.st_mode & stat.S_IXOTH)
-    )
-
-
-def _copy_etc_entry(source: Path, dest: Path) -> None:
-    """Copy what any local user could read anyway: symlinks as links, others only if world-readable."""
-    st = source.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        dest.symlink_to(os.readlink(source))
-    elif not _world_readable(st):
-        return
-    elif stat.S_ISDIR(st.st_mode):
-        dest.mkdir(mode=0o755)
-        for child in sorted(source.iterdir()):
-            _copy_etc_entry(child, dest / child.name)
-    elif stat.S_ISREG(st.st_mode):
-        shutil.copyfile(source, dest, follow_symlinks=False)
-        os.chmod(dest, 0o644)
-
-
-def build_etc(dest: Path, uid: int) -> None:
-    """The jail's /etc: an allow-list of the host's (copied once, bound as one read-only mount) plus
-    its own passwd, group, hosts and hostname. Rebuilt at every start, swapped in atomically."""
-    staging = dest.with_name(dest.name + f".new-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(mode=0o755)
-    for name in _ETC:
-        source = Path("/etc") / name
-        with contextlib.suppress(FileNotFoundError):
-            _copy_etc_entry(source, staging / name)
-    with contextlib.suppress(OSError):  # resolv.conf is often a link into /run: copy its contents
-        shutil.copyfile("/etc/resolv.conf", staging / "resolv.conf")
-    if (staging / "ssl" / "private").is_dir():
-        shutil.rmtree(staging / "ssl" / "private")
-    contents = {
-        "passwd": f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{uid}:sandbox:{JAIL_MOUNT}:/bin/bash\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-        "group": f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n",
-        "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        "hostname": "sandbox\n",
-    }
-    for name, text in contents.items():
-        (staging / name).write_text(text)
-        os.chmod(staging / name, 0o644)
-    os.chmod(staging, 0o755)  # noqa: S103 - only world-readable files were copied
-    old = dest.with_name(dest.name + f".old-{os.getpid()}")
-    if dest.exists():
-        dest.rename(old)
-    staging.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def jail_argv(
@@ -182,13 +103,6 @@ def jail_argv(
         args += ["--setenv", key, value]
     args += ["--", "/bin/sh", "-c", command]
     return args
-
-
-def sandbox_cwd(cwd: str | None, home: str) -> str:
-    """The command's directory: absolute as given, or relative to the workspace; normalised."""
-    if not cwd:
-        return home
-    return posixpath.normpath(cwd if cwd.startswith("/") else posixpath.join(home, cwd))
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +139,7 @@ class JailHost:
         )
         if self.cgroups.mode == "none":
             logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
-        await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID)
+        await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID, JAIL_MOUNT)
         prefix: list[str] = []
         if self.is_root and (
             self.root.resolve() == Path(_HOLDER_MOUNT) or Path(_HOLDER_MOUNT) in self.root.resolve().parents
@@ -370,7 +284,7 @@ class LocalJail:
         ):
             self.problem = f"ro_paths must not include {_HOLDER_MOUNT}: the jail uses it for the workspaces"
             return
-        self._system_args = _host_system_args(self.options.ro_paths)
+        self._system_args = host_system_args(self.options.ro_paths)
 
     async def stop(self) -> None:
         return None

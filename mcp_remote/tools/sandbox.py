@@ -12,6 +12,7 @@ host unreachable) raises `SandboxUnavailable`, a `ToolError` whose message says 
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "SandboxTarget",
     "SandboxUnavailable",
     "check_text",
+    "sandbox_cwd",
 ]
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -44,6 +46,13 @@ def check_text(name: str, value: str) -> str:
     if "\0" in value:
         raise ToolError(f"{name} contains a NUL character, which no command line can carry")
     return value
+
+
+def sandbox_cwd(cwd: str | None, home: str) -> str:
+    """The command's directory: absolute as given, or relative to the workspace; normalised."""
+    if not cwd:
+        return home
+    return posixpath.normpath(cwd if cwd.startswith("/") else posixpath.join(home, cwd))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from mcp_local.errors import ToolError
 from .workspace import FileChunk, ListEntry, WriteOutcome, relative_path
 
 if TYPE_CHECKING:
-    from .ssh import SshPool
+    from .sshpool import SshPool
 
 __all__ = ["SftpWorkspace"]
 
