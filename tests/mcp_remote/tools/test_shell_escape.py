@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 from collections.abc import Awaitable
@@ -159,9 +160,21 @@ async def test_nested_user_namespaces_are_refused(agent_a: ShellClient) -> None:
     assert outcome.structured["exit_code"] != 0 and "uid=0" not in outcome.structured["stdout"]
 
 
+def _cgroup_dirs_of(hub_pid: int) -> list[Path]:
+    """The `mcphub-<pid>` groups a hub made, in every hierarchy (they sit below the hub's own group)."""
+    found = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if top.count("/") > 6:
+            dirs[:] = []
+            continue
+        found += [Path(top) / d for d in dirs if d == f"mcphub-{hub_pid}"]
+    return found
+
+
 async def test_sandbox_processes_die_with_the_hub(tmp_path: Path) -> None:
-    """SIGKILL the hub: its jailed processes must not outlive it."""
-    hub = start_hub(tmp_path, config=shell_hub_config(), http=False)
+    """SIGKILL the hub: its jailed processes must not outlive it, and the next hub removes the
+    cgroups the dead one left."""
+    hub = start_hub(tmp_path / "first", config=shell_hub_config(), http=False)
     client = HubClient(hub.grpc)
     marker = f"{secrets.randbelow(10_000) + 60_000}.{secrets.randbelow(1000)}"
     try:
@@ -178,3 +191,10 @@ async def test_sandbox_processes_die_with_the_hub(tmp_path: Path) -> None:
     finally:
         await client.close()
         hub.stop()
+    left = _cgroup_dirs_of(hub.process.pid)
+    if os.geteuid() == 0 and Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
+        assert left, "a hub killed outright cannot remove its own cgroups"
+    if left:  # the next hub cleans up after the dead one
+        successor = start_hub(tmp_path / "second", config=shell_hub_config(), http=False)
+        successor.stop()
+        assert not _cgroup_dirs_of(hub.process.pid)
