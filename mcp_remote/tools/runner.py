@@ -1,7 +1,9 @@
 """Running one command to completion for shell_exec: stream its output to the caller, keep it,
 enforce the time limit, kill it when the caller goes, and shape the result.
 
-The result carries at most `preview_bytes` of stdout and of stderr; a stream longer than that is
+Output goes to the caller as output events (gRPC) and, twice a second at most, as a progress
+event naming the latest line (all an MCP client shows while a tool runs). The result carries at
+most `preview_bytes` of stdout and of stderr; a stream longer than that is
 stored whole (up to `max_output_bytes`) in the hub's output store, and the result names the
 output id and the `output_read` call that pages through it.
 """
@@ -24,6 +26,7 @@ from .sandbox import ExecSpec, ExitStatus, SandboxTarget
 __all__ = ["EXEC_OUTPUT_SCHEMA", "run_command"]
 
 _DEADLINE_MARGIN_S = 0.25
+_PROGRESS_EVERY_S = 0.5
 
 EXEC_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -45,6 +48,11 @@ EXEC_OUTPUT_SCHEMA: dict[str, Any] = {
     },
     "required": ["exit_code", "timed_out", "duration_ms", "stdout", "stderr", "truncated"],
 }
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def _effective_timeout(call: ToolCall, requested: float) -> float:
@@ -72,12 +80,20 @@ async def run_command(
     started = time.monotonic()
     process = await target.spawn(principal, spec)
     timed_out = False
+    loop = asyncio.get_running_loop()
+    next_progress = 0.0
     try:
         try:
             async with asyncio.timeout(limit):
                 async for chunk in process.output():
                     capture.add(chunk.stream, chunk.data)
                     await call.output(chunk.data, chunk.stream)
+                    if loop.time() >= next_progress:
+                        # MCP clients see progress, not output events: the latest line, twice a second.
+                        next_progress = loop.time() + _PROGRESS_EVERY_S
+                        await call.progress(
+                            capture.total("stdout") + capture.total("stderr"), None, _last_line(chunk.data)
+                        )
                 status = await process.wait()
         except TimeoutError:
             timed_out = True

@@ -79,6 +79,25 @@ async def test_output_streams_while_the_command_runs(agent_a: ShellClient) -> No
     assert orjson.loads(result.structured_content_json)["exit_code"] == 0
 
 
+@pytest.mark.parametrize("transport", ["mcp-2026", "mcp-2025", "stdio"])
+async def test_mcp_clients_see_output_as_progress_while_it_runs(
+    transport: str, jail_hub: RunningHub, agent_a: ShellClient
+) -> None:
+    go = f"go-{secrets.token_hex(4)}"
+    command = f"echo first-line; while [ ! -e {go} ]; do sleep 0.05; done; echo second-line"
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+        if message == "first-line":
+            assert not (await agent_a.call("fs_write", {"path": go, "content": ""})).is_error
+
+    async with connect(transport, jail_hub.grpc, jail_hub.mcp_url, TOKENS["agent-a"]) as client:
+        outcome = await client.call("shell_exec", {"command": command, "timeout_s": 30}, progress=on_progress)
+    assert outcome.structured["stdout"] == "first-line\nsecond-line\n"
+    assert messages[0] == "first-line"
+
+
 async def test_stdin_env_and_cwd(agent_a: ShellClient) -> None:
     assert (await agent_a.exec("cat", stdin="from stdin\n")).structured["stdout"] == "from stdin\n"
     s = (
