@@ -148,7 +148,7 @@ async def test_an_approval_is_bound_to_its_arguments_and_good_for_one_call(
     call_id = next(a.call_id for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id == approval_id)
     first.task.cancel()  # the agent gave up waiting; the approval stays pending
     async with asyncio.timeout(20):  # until the hub has seen the caller go (else the first call could use it)
-        while "finished" not in [kind for kind, _ in await records_of(gated_hub, call_id)]:
+        while "finished" not in [kind for kind, _ in await records_of(gated_hub, call_id)]:  # noqa: ASYNC110 - polling the log
             await asyncio.sleep(0.05)
     await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
 

@@ -1,0 +1,144 @@
+"""A real hub with the shell pack (jail target) for the shell tests, and helpers to watch processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.hubclient import HubClient
+from bridge.translate import result_to_mcp
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from tests.conftest import TOKENS
+from tests.support.approvals import decide
+from tests.support.clients import Outcome
+from tests.support.hub import RunningHub, start_hub
+
+LIMITS = {"memory_mb": 192, "processes": 48, "cpu_s": 60, "cpus": 0.5, "file_size_mb": 64, "tmp_mb": 32}
+SHELL_OPTIONS: dict[str, Any] = {
+    "default_target": {"kind": "jail", "limits": LIMITS},
+    "default_timeout_s": 60,
+    "preview_bytes": 4096,
+    "max_output_bytes": 1024 * 1024,
+}
+
+
+def shell_hub_config(options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        # The jail must contain whatever the gate lets through, so these tests let everything through;
+        # compound commands still wait for a person (the gate's floor), and ShellClient approves them.
+        "policy": {"rules": [{"name": "everything, for these tests", "decision": "allow"}]},
+        "principals": [
+            {"name": "agent-a", "token": TOKENS["agent-a"]},
+            {"name": "agent-b", "token": TOKENS["agent-b"]},
+            {"name": "approver", "token": TOKENS["approver"], "roles": ["approver"]},
+        ],
+        "packs": [{"name": "diagnostics"}, {"name": "shell", "options": options or SHELL_OPTIONS}],
+    }
+
+
+@pytest.fixture(scope="module")
+def jail_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    hub = start_hub(tmp_path_factory.mktemp("jail-hub"), config=shell_hub_config(), http=True)
+    yield hub
+    hub.stop()
+
+
+class ShellClient:
+    """Calls over gRPC with a principal's token; results in MCP form (as the bridge gives them).
+
+    A call the gate holds for a person (every compound command) is approved by the test's approver.
+    """
+
+    def __init__(self, hub: HubClient, token: str) -> None:
+        self.hub = hub
+        self.token = token
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float = 60) -> Outcome:
+        async for event in self.stream(name, arguments, timeout):
+            if event.WhichOneof("event") == "result":
+                return Outcome(result_to_mcp(event.result))
+        raise AssertionError("the call ended without a result")
+
+    async def exec(self, command: str, **arguments: Any) -> Outcome:
+        return await self.call("shell_exec", {"command": command, **arguments})
+
+    async def stream(
+        self, name: str, arguments: dict[str, Any], timeout: float = 60
+    ) -> AsyncIterator[pb.CallToolEvent]:
+        request = pb.CallToolRequest(name=name, arguments_json=orjson.dumps(arguments))
+        async for event in self.hub.stream_call_tool(self.token, request, timeout=timeout):
+            if event.WhichOneof("event") == "approval" and event.approval.state == pb.ApprovalState.PENDING:
+                await decide(self.hub.target, TOKENS["approver"], event.approval.approval_id, True)
+            yield event
+
+
+@pytest.fixture
+async def grpc_hub(jail_hub: RunningHub) -> AsyncIterator[HubClient]:
+    client = HubClient(jail_hub.grpc)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def agent_a(grpc_hub: HubClient) -> ShellClient:
+    return ShellClient(grpc_hub, TOKENS["agent-a"])
+
+
+@pytest.fixture
+def agent_b(grpc_hub: HubClient) -> ShellClient:
+    return ShellClient(grpc_hub, TOKENS["agent-b"])
+
+
+def processes_running(*argv: str) -> list[int]:
+    """Pids of live (not zombie) processes whose argv is exactly `argv` (not a shell or bwrap that
+    merely carries it in its command line)."""
+    found = []
+    want = b"\0".join(a.encode() for a in argv) + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmdline == want and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll `check` until true; fail after `timeout` seconds (a deadline, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        outcome = check()
+        if isinstance(outcome, Awaitable):
+            outcome = await outcome
+        if outcome:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def workspace_dir(hub: RunningHub, principal: str) -> Path:
+    return hub.state_dir / "workspaces" / principal

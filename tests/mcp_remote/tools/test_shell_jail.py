@@ -1,0 +1,263 @@
+"""shell_exec and the background-process tools against the real bubblewrap jail of this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import grpc
+import orjson
+import pytest
+
+from tests.conftest import TOKENS
+from tests.mcp_remote.tools.conftest import ShellClient, processes_running, wait_until, workspace_dir
+from tests.support.approvals import decide
+from tests.support.clients import TRANSPORTS, connect
+from tests.support.hub import RunningHub
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_exec_returns_exit_code_output_and_duration_over_every_transport(
+    transport: str, jail_hub: RunningHub
+) -> None:
+    async with connect(transport, jail_hub.grpc, jail_hub.mcp_url, TOKENS["agent-a"]) as client:
+        # One simple command (a compound one would wait for an approver, which these clients are not).
+        command = "python3 -c \"import sys; print('out'); print('err', file=sys.stderr); sys.exit(7)\""
+        outcome = await client.call("shell_exec", {"command": command})
+    assert not outcome.is_error
+    s = outcome.structured
+    assert (s["exit_code"], s["stdout"], s["stderr"], s["timed_out"], s["truncated"]) == (
+        7,
+        "out\n",
+        "err\n",
+        False,
+        False,
+    )
+    assert isinstance(s["duration_ms"], int) and s["duration_ms"] >= 0
+    assert "exit code 7" in outcome.text and "out" in outcome.text and "err" in outcome.text
+
+
+async def test_commands_run_as_an_unprivileged_user_in_the_workspace(agent_a: ShellClient) -> None:
+    s = (
+        await agent_a.exec("id -u; id -un; pwd; echo $HOME; cat /proc/self/status | grep ^CapEff")
+    ).structured
+    uid, name, cwd, home, caps = s["stdout"].splitlines()
+    assert (uid, name, cwd, home) == ("1000", "sandbox", "/workspace", "/workspace")
+    assert caps.split()[1] == "0000000000000000"
+
+
+async def test_each_principal_has_its_own_host_uid(
+    agent_a: ShellClient, agent_b: ShellClient, jail_hub: RunningHub
+) -> None:
+    await agent_a.exec("touch owned")
+    await agent_b.exec("touch owned")
+    a = workspace_dir(jail_hub, "agent-a")
+    b = workspace_dir(jail_hub, "agent-b")
+    assert a.stat().st_mode & 0o777 == 0o700 and b.stat().st_mode & 0o777 == 0o700
+    assert (a / "owned").stat().st_uid == a.stat().st_uid != 0
+    assert (b / "owned").stat().st_uid == b.stat().st_uid != 0
+    assert a.stat().st_uid != b.stat().st_uid
+
+
+async def test_output_streams_while_the_command_runs(agent_a: ShellClient) -> None:
+    """The command prints, then waits for a file that the test writes only after seeing that output
+    arrive: it can only finish if the output was streamed before it ended."""
+    go = f"go-{secrets.token_hex(4)}"
+    command = f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second"
+    seen: list[bytes] = []
+    result = None
+    async for event in agent_a.stream("shell_exec", {"command": command, "timeout_s": 30}):
+        kind = event.WhichOneof("event")
+        if kind == "output":
+            seen.append(event.output.data)
+            if b"first" in b"".join(seen) and len(seen) == 1:
+                written = await agent_a.call("fs_write", {"path": go, "content": ""})
+                assert not written.is_error, written.text
+        elif kind == "result":
+            result = event.result
+    assert result is not None and not result.is_error
+    assert b"".join(seen) == b"first\nsecond\n"
+    assert orjson.loads(result.structured_content_json)["exit_code"] == 0
+
+
+@pytest.mark.parametrize("transport", ["mcp-2026", "mcp-2025", "stdio"])
+async def test_mcp_clients_see_output_as_progress_while_it_runs(
+    transport: str, jail_hub: RunningHub, agent_a: ShellClient
+) -> None:
+    go = f"go-{secrets.token_hex(4)}"
+    command = f"echo first-line; while [ ! -e {go} ]; do sleep 0.05; done; echo second-line"
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and message.startswith("approval apr_"):
+            # The command is compound, so the gate asks first; the client sees that as progress too.
+            if "pending" in message:
+                await decide(jail_hub.grpc, TOKENS["approver"], message.split()[1], True)
+            return
+        messages.append(message or "")
+        if message == "first-line":
+            assert not (await agent_a.call("fs_write", {"path": go, "content": ""})).is_error
+
+    async with connect(transport, jail_hub.grpc, jail_hub.mcp_url, TOKENS["agent-a"]) as client:
+        outcome = await client.call("shell_exec", {"command": command, "timeout_s": 30}, progress=on_progress)
+    assert outcome.structured["stdout"] == "first-line\nsecond-line\n", outcome.text
+    assert messages[0] == "first-line"
+
+
+async def test_stdin_env_and_cwd(agent_a: ShellClient) -> None:
+    assert (await agent_a.exec("cat", stdin="from stdin\n")).structured["stdout"] == "from stdin\n"
+    s = (
+        await agent_a.exec(
+            'printf "%s|%s" "$GREETING" "$EMPTY"', env={"GREETING": "hello world", "EMPTY": ""}
+        )
+    ).structured
+    assert s["stdout"] == "hello world|"
+    await agent_a.exec("mkdir -p sub/dir")
+    assert (await agent_a.exec("pwd", cwd="sub/dir")).structured["stdout"] == "/workspace/sub/dir\n"
+    assert (await agent_a.exec("pwd", cwd="/tmp")).structured["stdout"] == "/tmp\n"
+
+
+async def test_large_output_is_kept_whole_and_readable_by_id(agent_a: ShellClient) -> None:
+    outcome = await agent_a.exec("seq 1 20000")  # 108894 bytes, far over the 4096-byte preview
+    s = outcome.structured
+    assert s["truncated"] is True and s["stdout_bytes"] == 108894 and len(s["stdout"]) == 4096
+    assert s["stdout_output_id"] and "output_read" in outcome.text
+    whole = b""
+    offset = 0
+    while True:
+        page = await agent_a.call(
+            "output_read", {"output_id": s["stdout_output_id"], "offset": offset, "limit": 65536}
+        )
+        header, _, body = page.text.partition("\n")
+        whole += body.encode()
+        offset += len(body.encode())
+        if "end of output" in header:
+            break
+    assert whole.decode().splitlines() == [str(i) for i in range(1, 20001)]
+
+
+async def test_output_ids_belong_to_their_principal(agent_a: ShellClient, agent_b: ShellClient) -> None:
+    s = (await agent_a.exec("seq 1 5000")).structured
+    stolen = await agent_b.call("output_read", {"output_id": s["stdout_output_id"]})
+    assert stolen.is_error and "no output" in stolen.text
+
+
+async def test_timeout_kills_the_command_and_everything_it_started(agent_a: ShellClient) -> None:
+    marker = f"{secrets.randbelow(10_000) + 30_000}.{secrets.randbelow(1000)}"
+    outcome = await agent_a.exec(f"sleep {marker} & sleep {marker}; echo never", timeout_s=1.5)
+    assert outcome.is_error
+    s = outcome.structured
+    assert s["timed_out"] is True and s["exit_code"] is None and "never" not in s["stdout"]
+    assert "timed out after 1.5s" in outcome.text
+    await wait_until(lambda: not processes_running("sleep", marker), what="the killed sleeps to be gone")
+
+
+async def test_cancelling_the_call_kills_the_command(agent_a: ShellClient) -> None:
+    marker = f"{secrets.randbelow(10_000) + 40_000}.{secrets.randbelow(1000)}"
+
+    async def consume() -> None:
+        async for event in agent_a.stream("shell_exec", {"command": f"echo started; sleep {marker}"}):
+            if event.WhichOneof("event") == "output":
+                started.set()
+
+    started = asyncio.Event()
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 30)
+    await wait_until(lambda: bool(processes_running("sleep", marker)), what="the command to run")
+    task.cancel()
+    with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+        await task
+    await wait_until(
+        lambda: not processes_running("sleep", marker), what="the cancelled command to be killed"
+    )
+
+
+async def test_a_process_that_leaves_children_behind_does_not_hold_the_call(agent_a: ShellClient) -> None:
+    marker = f"{secrets.randbelow(10_000) + 50_000}.{secrets.randbelow(1000)}"
+    outcome = await agent_a.exec(f"(sleep {marker} &) ; echo done", timeout_s=20)
+    assert not outcome.is_error and outcome.structured["stdout"] == "done\n"
+    await wait_until(
+        lambda: not processes_running("sleep", marker), what="the orphan to die with its sandbox"
+    )
+
+
+async def test_background_process_lifecycle(agent_a: ShellClient, agent_b: ShellClient) -> None:
+    started = await agent_a.call(
+        "shell_start", {"command": "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"}
+    )
+    assert not started.is_error, started.text
+    pid = started.structured["process_id"]
+    assert pid.startswith("proc_") and len(pid) >= 20
+
+    text = ""
+    offset = 0
+
+    async def ticks() -> bool:
+        nonlocal text, offset
+        read = await agent_a.call("shell_read", {"process_id": pid, "offset": offset, "wait_s": 1})
+        text += read.structured["output"]
+        offset = read.structured["next_offset"]
+        return "tick 5\n" in text
+
+    await wait_until(ticks, what="six ticks")
+    assert text.startswith("tick 0\ntick 1\n")
+    status = await agent_a.call("shell_status", {})
+    assert [p["state"] for p in status.structured["processes"] if p["process_id"] == pid] == ["running"]
+    assert status.structured["sandbox"]["target"] == "jail"
+
+    # Another principal cannot see, read or kill it: the same answer as for an id that never existed.
+    for tool in ("shell_status", "shell_read", "shell_kill"):
+        other = await agent_b.call(tool, {"process_id": pid})
+        assert other.is_error and "no process" in other.text
+    assert pid not in str((await agent_b.call("shell_status", {})).structured)
+
+    killed = await agent_a.call("shell_kill", {"process_id": pid})
+    assert killed.structured["state"] == "killed"
+    after = await agent_a.call("shell_read", {"process_id": pid, "offset": offset, "wait_s": 0})
+    assert after.structured["state"] == "killed"
+    end = after.structured["end"]
+    await asyncio.sleep(0.3)
+    again = await agent_a.call("shell_read", {"process_id": pid, "offset": 0, "max_bytes": 1})
+    assert again.structured["end"] == end, "no output after the kill"
+
+
+async def test_background_process_exit_code_and_time_limit(agent_a: ShellClient) -> None:
+    pid = (await agent_a.call("shell_start", {"command": "echo done; exit 4"})).structured["process_id"]
+
+    async def exited() -> bool:
+        return (await agent_a.call("shell_status", {"process_id": pid})).structured["state"] == "exited"
+
+    await wait_until(exited, what="the process to exit")
+    read = await agent_a.call("shell_read", {"process_id": pid})
+    assert read.structured["output"] == "done\n" and read.structured["exit_code"] == 4
+    assert "exit code 4" in read.text
+
+    limited = (await agent_a.call("shell_start", {"command": "sleep 600", "timeout_s": 1})).structured[
+        "process_id"
+    ]
+
+    async def timed_out() -> bool:
+        return (await agent_a.call("shell_status", {"process_id": limited})).structured[
+            "state"
+        ] == "timed_out"
+
+    await wait_until(timed_out, what="the time limit")
+
+
+async def test_unknown_and_malformed_process_ids(agent_a: ShellClient) -> None:
+    unknown = await agent_a.call("shell_read", {"process_id": "proc_" + "A" * 22})
+    assert unknown.is_error and "no process" in unknown.text
+    malformed = await agent_a.call("shell_kill", {"process_id": "1; kill -9 -1"})
+    assert malformed.is_error and "does not match" in malformed.text
+
+
+async def test_tools_carry_the_annotations_the_gate_reads(agent_a: ShellClient) -> None:
+    tools = {t.name: t for t in await agent_a.hub.all_tools(agent_a.token)}
+    for name in ("shell_exec", "shell_start", "shell_kill", "fs_write"):
+        a = tools[name].annotations
+        assert (a.read_only_hint, a.destructive_hint) == (False, True), name
+    for name in ("shell_status", "shell_read", "fs_read", "fs_list", "fs_search"):
+        a = tools[name].annotations
+        assert (a.read_only_hint, a.destructive_hint) == (True, False), name
