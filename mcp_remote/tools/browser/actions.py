@@ -93,6 +93,10 @@ class BrowserRuntime:
     async def call(self, name: str, call: ToolCall) -> ToolResult:
         assert call.principal is not None
         key = (call.principal.name, str(call.arguments.get("session", DEFAULT_SESSION)))
+        async with self.browser.busy():
+            return await self._call(name, key, call)
+
+    async def _call(self, name: str, key: tuple[str, str], call: ToolCall) -> ToolResult:
         if name == "browser_close":
             closed = await self.browser.close_session(key)
             return ToolResult.text(

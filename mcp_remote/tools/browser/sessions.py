@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -333,6 +333,8 @@ class SharedBrowser:
         self._lost: set[SessionKey] = set()
         self._spares: list[BrowserContext] = []
         self._filling: asyncio.Task[None] | None = None
+        self._busy = 0
+        """Calls in progress: spare contexts are made while none is, so they never slow a call down."""
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
         self.launches = 0
@@ -431,10 +433,21 @@ class SharedBrowser:
         return context
 
     def _refill_spares(self) -> None:
-        if self._stopping or (self._filling is not None and not self._filling.done()):
+        if self._stopping or self._busy or (self._filling is not None and not self._filling.done()):
             return
-        if len(self._spares) < self.options.spare_contexts:
+        if len(self._spares) < self.options.spare_contexts and self._browser is not None:
             self._filling = asyncio.create_task(self._fill_spares(), name="browser-spares")
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        """Mark a call in progress; when the last one ends, spare contexts are topped up."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._refill_spares()
 
     async def _fill_spares(self) -> None:
         while len(self._spares) < self.options.spare_contexts and not self._stopping:
@@ -486,13 +499,15 @@ class SharedBrowser:
 
     async def _create(self, key: SessionKey) -> BrowserSession:
         browser = await self.browser()
+        if not self._spares and self._filling is not None and not self._filling.done():
+            with contextlib.suppress(PlaywrightError, ToolError):
+                await asyncio.shield(self._filling)  # a spare is nearly ready: cheaper than another
         context = None
         while self._spares:
             spare = self._spares.pop()
             if spare.browser is browser:
                 context = spare
                 break
-        self._refill_spares()
         if context is None:
             context = await self._new_context()
         session = BrowserSession(key, context, self)
