@@ -475,6 +475,7 @@ class SharedBrowser:
         """The session `key`, created (from a spare context when one is ready) if it does not exist."""
         found = self._sessions.get(key)
         if found is not None and not found.closed:
+            found.last_used = time.monotonic()  # so the reaper does not take it before the call locks it
             return found
         creating = self._creating.get(key)
         if creating is None:
