@@ -45,9 +45,11 @@ _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
 class Reply:
     text: str
     snapshot: bool = False
-    """Append the page snapshot (navigation and input tools)."""
+    """Append the page snapshot (navigation and input tools, when `snapshot_after_actions`)."""
     image: ImageContent | None = None
     page_state: bool = True
+    asked: tuple[str | None, int | None] | None = None
+    """`browser_snapshot`'s own (target, depth): the snapshot is the result, whatever the options."""
 
 
 Handler = Callable[["BrowserRuntime", BrowserSession, ToolCall], Awaitable[Reply]]
@@ -130,21 +132,33 @@ class BrowserRuntime:
         snapshot = None
         if reply.page_state and session.pages and not session.closed:
             page = session.page
+            wanted = reply.asked or (
+                (None, None) if reply.snapshot and self.options.snapshot_after_actions else None
+            )
             title = ""
-            if modal is None:
-                with contextlib.suppress(PlaywrightError):
-                    title = await page.title()
+            if modal is None and wanted is not None:
+                # Both are round trips to the page: ask for them together.
+                title, snapshot = await asyncio.gather(
+                    _title(page), self._snapshot_text(session, page, call, *wanted)
+                )
+            elif modal is None:
+                title = await _title(page)
             state = PageState(page.url, title, session.current, len(session.pages))
-            if reply.snapshot and modal is None and self.options.snapshot_after_actions:
-                try:
-                    snapshot = self.limit(session, await self.snapshot(page, call))
-                except PlaywrightError as exc:
-                    snapshot = f"(no snapshot: {first_line(exc)})"
         text = compose(reply.text, page=state, events=session.take_events(), modal=modal, snapshot=snapshot)
         content: tuple[TextContent | ImageContent, ...] = (TextContent(text),)
         if reply.image is not None:
             content += (reply.image,)
         return ToolResult(content=content)
+
+    async def _snapshot_text(
+        self, session: BrowserSession, page: Page, call: ToolCall, target: str | None, depth: int | None
+    ) -> str:
+        try:
+            return self.limit(session, await self.snapshot(page, call, target, depth))
+        except PlaywrightError as exc:
+            if target is not None:
+                raise
+            return f"(no snapshot: {first_line(exc)})"
 
     # --- helpers the handlers use ----------------------------------------------------------------
 
@@ -257,6 +271,12 @@ class BrowserRuntime:
 # --- handlers ------------------------------------------------------------------------------------
 
 
+async def _title(page: Page) -> str:
+    with contextlib.suppress(PlaywrightError):
+        return await page.title()
+    return ""
+
+
 def _normalise_url(url: str) -> str:
     url = url.strip()
     if "://" not in url and not url.startswith(("about:", "data:", "file:", "javascript:", "chrome:")):
@@ -297,9 +317,8 @@ async def navigate_back(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
 
 
 async def snapshot(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
-    page = await s.ensure_page()
-    text = await rt.snapshot(page, call, call.arguments.get("target"), call.arguments.get("depth"))
-    return Reply("```yaml\n" + rt.limit(s, text) + "\n```")
+    await s.ensure_page()
+    return Reply("", asked=(call.arguments.get("target"), call.arguments.get("depth")))
 
 
 async def click(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
