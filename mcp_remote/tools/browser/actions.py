@@ -251,6 +251,11 @@ class BrowserRuntime:
         if not finished:
             return Reply(f"{done}; the page opened {session.modal_state()} and waits for an answer")
         await self.settle(session, page, before, call)
+        if session.pages and session.page is not page:  # the action opened a tab, now current
+            with contextlib.suppress(PlaywrightError):
+                await session.page.wait_for_load_state(
+                    "load", timeout=self.budget_ms(call, self.options.navigation_timeout_s)
+                )
         return Reply(done, snapshot=True)
 
     def explain(self, url: str, exc: PlaywrightError) -> str:
@@ -460,8 +465,7 @@ async def tabs(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     if action == "new":
         if len(s.pages) >= rt.options.max_tabs_per_session:
             raise ToolError(f"this session has {len(s.pages)} tabs, the most allowed; close one first")
-        page = await s.context.new_page()
-        s.current = s.tab_index(page)
+        await s.new_page()
         if args.get("url"):
             return await _open(rt, s, call, _normalise_url(args["url"]))
         return Reply(f"opened tab {s.current}")

@@ -81,6 +81,8 @@ class BrowserSession:
         self.network: deque[NetworkEntry] = deque(maxlen=NETWORK_LOG)
         self.navigations = 0
         self.closed = False
+        self._opening = 0
+        """Tabs being opened by a tool: they are not the page's doing, so not announced."""
         self._modal = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         context.on("page", self._adopt)
@@ -103,10 +105,21 @@ class BrowserSession:
 
     async def ensure_page(self) -> Page:
         if not self.pages:
-            await self.context.new_page()  # adopted through the context's "page" event
-            if not self.pages:
-                raise ToolError("could not open a tab in this session")
+            await self.new_page()
         return self.page
+
+    async def new_page(self) -> Page:
+        """A new tab, made current."""
+        self._opening += 1
+        try:
+            page = await self.context.new_page()
+        finally:
+            self._opening -= 1
+        self._adopt(page, announce=False)  # the context's "page" event may come later
+        self.current = self.tab_index(page)
+        if self.current < 0:
+            raise ToolError("could not open a tab in this session")
+        return page
 
     def tab_index(self, page: Page) -> int:
         try:
@@ -124,7 +137,7 @@ class BrowserSession:
         page.on("crash", self._on_crash)
         page.on("download", self._on_download)
         page.on("request", self._on_request)
-        if announce and len(self.pages) > 1 and page.opener is not None:
+        if announce and self._opening == 0:
             self.current = len(self.pages) - 1
             self.events.append(f"the page opened a new tab (index {self.current}); it is now the current tab")
         if len(self.pages) > self.owner.options.max_tabs_per_session:

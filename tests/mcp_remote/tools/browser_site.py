@@ -20,6 +20,7 @@ INDEX = """<!doctype html>
 <body>
 <h1>Welcome to the test shop</h1>
 <a href="/second">Second page</a>
+<a href="/echo?n=popup" target="_blank">Open a new tab</a>
 <form action="/search" method="get">
   <label>Query <input name="q" type="text"></label>
   <button type="submit">Search</button>

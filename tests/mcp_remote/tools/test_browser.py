@@ -272,6 +272,19 @@ async def test_tabs(agent: ToolClient, site: Site) -> None:
     assert "Welcome to the test shop" in selected.text
     closed = await call(agent, "browser_tabs", action="close", index=1, session="tabs")
     assert "/second" not in closed.text.split("### Page")[0].replace("closed tab 1", "")
+    popup = await call(
+        agent, "browser_click", target=ref(selected.text, "link", "Open a new tab"), session="tabs"
+    )
+    texts = [popup.text]
+    deadline = time.monotonic() + 20
+    while f"(current) {site.url('/echo?n=popup')}" not in texts[-1] and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+        texts.append((await call(agent, "browser_tabs", action="list", session="tabs")).text)
+    assert f"- 1: (current) {site.url('/echo?n=popup')}" in texts[-1]
+    assert any("the page opened a new tab (index 1); it is now the current tab" in t for t in texts)
+    now = await call(agent, "browser_snapshot", session="tabs")
+    assert 'heading "Echo popup"' in now.text
+    await call(agent, "browser_tabs", action="close", session="tabs")
     missing = await agent.call("browser_tabs", {"action": "select", "index": 5, "session": "tabs"})
     assert missing.is_error and "no tab 5" in missing.text
     await call(agent, "browser_close", session="tabs")
