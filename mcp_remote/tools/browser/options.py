@@ -58,7 +58,7 @@ class BrowserOptions(BaseModel):
     max_sessions: int = Field(default=64, ge=1)
     max_sessions_per_principal: int = Field(default=16, ge=1)
     max_tabs_per_session: int = Field(default=16, ge=1)
-    spare_contexts: int = Field(default=1, ge=0, le=8)
+    spare_contexts: int = Field(default=2, ge=0, le=8)
     """Fresh contexts (with a blank page) kept ready, so a new session does not wait for one."""
 
     action_timeout_s: float = Field(default=5.0, gt=0, le=300)

@@ -150,6 +150,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(PNG, ctype="image/png")
         elif path == "/upload":
             self._send(UPLOAD.encode())
+        elif path == "/downloads":
+            self._send(_page("Downloads", "<a href='/download'>Get the report</a>"))
+        elif path == "/download":
+            self._send(
+                b"a,b\n1,2\n",
+                ctype="text/csv",
+                Content_Disposition='attachment; filename="report.csv"',
+            )
         elif path == "/metadata-image":
             self._send(
                 _page("Image", "<p>image page</p><img src='http://169.254.169.254/latest/x.png' alt=''>")

@@ -323,6 +323,26 @@ async def test_file_upload_takes_only_files_inside_the_workspace(
     await call(agent, "browser_close", session="upload")
 
 
+async def test_downloads_land_in_the_callers_workspace(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    saved = hub.state_dir / "workspaces" / "agent-a" / "downloads" / "report.csv"
+    saved.unlink(missing_ok=True)
+    page = await call(agent, "browser_navigate", url=site.url("/downloads"), session="dl")
+    texts = [
+        (
+            await call(agent, "browser_click", target=ref(page.text, "link", "Get the report"), session="dl")
+        ).text
+    ]
+    deadline = time.monotonic() + 20
+    while not any("downloaded 'report.csv'" in t for t in texts) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+        texts.append((await call(agent, "browser_tabs", action="list", session="dl")).text)
+    assert any("downloaded 'report.csv' to downloads/report.csv in your workspace" in t for t in texts)
+    assert saved.read_text() == "a,b\n1,2\n"
+    await call(agent, "browser_close", session="dl")
+
+
 # --- the URL policy ------------------------------------------------------------------------------
 
 
