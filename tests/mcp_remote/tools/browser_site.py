@@ -25,6 +25,10 @@ INDEX = """<!doctype html>
   <label>Query <input name="q" type="text"></label>
   <button type="submit">Search</button>
 </form>
+<form action="/order" method="post">
+  <label>Quantity <input name="qty" type="text"></label>
+  <button type="submit">Order</button>
+</form>
 <p id="out">Nothing happened yet</p>
 <button onclick="document.getElementById('out').textContent = 'The button was clicked'">Change text</button>
 <button onclick="alert('Careful now')">Show alert</button>
@@ -109,6 +113,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name.replace("_", "-"), value)
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        if urlsplit(self.path).path == "/order":
+            qty = html.escape(form.get("qty", ""))
+            self._send(_page("Ordered", f"<h1>Ordered {qty} items</h1>"))
+        else:
+            self._send(_page("Not found", "<h1>Not found</h1>"), status=404)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)

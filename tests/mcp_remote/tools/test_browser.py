@@ -30,7 +30,11 @@ pytestmark = [
 ]
 
 TOKENS = {"agent-a": "browser-token-of-agent-a-0123", "agent-b": "browser-token-of-agent-b-0123"}
-PRINCIPALS = [{"name": name, "token": token} for name, token in TOKENS.items()]
+LIMITED = "browser-token-of-agent-c-0123"
+PRINCIPALS = [
+    *({"name": name, "token": token} for name, token in TOKENS.items()),
+    {"name": "agent-c", "token": LIMITED},
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,9 @@ def _browser_hub(workdir: Path, **options: Any) -> RunningHub:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    running = _browser_hub(tmp_path_factory.mktemp("browser-hub"), snapshot_max_chars=5000)
+    running = _browser_hub(
+        tmp_path_factory.mktemp("browser-hub"), snapshot_max_chars=5000, max_sessions_per_principal=12
+    )
     yield running
     running.stop()
 
@@ -151,6 +157,47 @@ async def test_links_hover_keys_and_stale_refs(agent: ToolClient, site: Site) ->
     done = await call(agent, "browser_wait_for", text="Results for abc", session="links")
     assert "Results for abc" in done.text
     await call(agent, "browser_close", session="links")
+
+
+async def test_a_posted_form_and_an_allowed_redirect(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="post")
+    ordered = await call(
+        agent,
+        "browser_type",
+        target=ref(page.text, "textbox", "Quantity"),
+        text="42",
+        submit=True,
+        session="post",
+    )
+    assert "Ordered 42 items" in ordered.text and site.url("/order") in ordered.text
+    moved = await call(agent, "browser_navigate", url=site.url("/redirect?to=/second"), session="post")
+    assert "The second page" in moved.text and f"- URL: {site.url('/second')}" in moved.text
+    await call(agent, "browser_close", session="post")
+
+
+async def test_cancelling_a_slow_navigation_leaves_the_session_usable(hub: RunningHub, site: Site) -> None:
+    async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        finished = False
+
+        async def slow() -> None:
+            nonlocal finished
+            await client.call("browser_navigate", {"url": site.url("/slow?ms=8000"), "session": "cancel"})
+            finished = True
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        assert not finished
+        with anyio.fail_after(30):
+            page = await call(
+                client, "browser_navigate", url=site.url("/echo?n=after-cancel"), session="cancel"
+            )
+        assert 'heading "Echo after-cancel"' in page.text
+        # Had the hub kept waiting for the slow page, it would have loaded (200) before the next call ran.
+        requests = await call(client, "browser_network_requests", session="cancel")
+        assert f"[GET] {site.url('/slow?ms=8000')} => failed: net::ERR_ABORTED" in requests.text
+        await call(client, "browser_close", session="cancel")
 
 
 async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
@@ -445,12 +492,30 @@ async def test_ten_sessions_in_parallel(hub: RunningHub, site: Site) -> None:
         assert all(f'"Echo {m}"' not in text for m in range(10) if m != n)
 
 
+async def test_a_principal_may_hold_only_so_many_sessions(hub: RunningHub) -> None:
+    async with connect("grpc", hub.grpc, hub.mcp_url, LIMITED) as client:
+        for n in range(12):
+            await call(client, "browser_tabs", action="list", session=f"limit-{n:02}")
+        refused = await client.call("browser_tabs", {"action": "list", "session": "limit-12"})
+        assert refused.is_error
+        assert "you have 12 browser sessions open, the most allowed" in refused.text
+        assert "limit-00, limit-01" in refused.text
+        for n in range(12):
+            await call(client, "browser_close", session=f"limit-{n:02}")
+        assert not (await client.call("browser_tabs", {"action": "list", "session": "limit-12"})).is_error
+        await call(client, "browser_close", session="limit-12")
+
+
 # --- lifecycle: idle sessions, crashes, no Chromium ----------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def idle_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    running = _browser_hub(tmp_path_factory.mktemp("browser-idle-hub"), idle_timeout_s=1.0, spare_contexts=0)
+    running = _browser_hub(
+        tmp_path_factory.mktemp("browser-idle-hub"),
+        idle_timeout_s=1.0,
+        spare_contexts=0,
+    )
     yield running
     running.stop()
 

@@ -157,6 +157,13 @@ async def test_proxy_forwards_allowed_requests_and_refuses_the_rest() -> None:
             assert b"resolves to 169.254.169.254" in refused
             assert "cloud metadata" in (proxy.recent_block("metadata.test") or "")
 
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"CONNECT site.test:{site.port} HTTP/1.1\r\nHost: site.test\r\n\r\n".encode())
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+            writer.write(b"GET /echo?n=tunnelled HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+            assert b"Echo tunnelled" in await asyncio.wait_for(reader.read(-1), 10)
+            writer.close()
+
             tunnel = await _exchange(port, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
             assert tunnel.startswith(b"HTTP/1.1 403") and b"loopback" in tunnel
         finally:
