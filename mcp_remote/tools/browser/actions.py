@@ -104,27 +104,35 @@ class BrowserRuntime:
             return ToolResult.text(
                 f"closed browser session {key[1]!r}" if closed else f"no open session {key[1]!r}"
             )
-        session = await self.browser.session(key)
-        async with session.lock:
-            session.last_used = time.monotonic()
-            try:
-                modal = session.modal_state()
-                if modal is not None and name not in MODAL_TOOLS:
-                    raise ToolError(
-                        f"{modal} is open in this session; answer it with "
-                        + ("browser_file_upload" if session.file_chooser else "browser_handle_dialog")
-                        + " first"
-                    )
-                reply = await HANDLERS[name](self, session, call)
-                return await self._render(session, call, reply)
-            except PlaywrightError as exc:
+        for _ in range(3):
+            session = await self.browser.session(key)
+            async with session.lock:
                 if session.closed:
-                    raise ToolError(
-                        "the browser stopped during the call; call again to start afresh"
-                    ) from exc
-                raise ToolError(first_line(exc)) from exc
-            finally:
-                session.last_used = time.monotonic()
+                    continue  # closed while this call waited for it: the next lookup makes a new one
+                return await self._locked(name, session, call)
+        raise ToolError(f"the session {key[1]!r} kept closing while this call waited; call again")
+
+    async def _locked(self, name: str, session: BrowserSession, call: ToolCall) -> ToolResult:
+        session.last_used = time.monotonic()
+        try:
+            modal = session.modal_state()
+            if modal is not None and name not in MODAL_TOOLS:
+                raise ToolError(
+                    f"{modal} is open in this session; answer it with "
+                    + ("browser_file_upload" if session.file_chooser else "browser_handle_dialog")
+                    + " first"
+                )
+            reply = await HANDLERS[name](self, session, call)
+            return await self._render(session, call, reply)
+        except PlaywrightError as exc:
+            if session.closed:
+                raise ToolError(
+                    "the session closed during the call (browser_close, or the browser restarted); "
+                    "call again to start afresh"
+                ) from exc
+            raise ToolError(first_line(exc)) from exc
+        finally:
+            session.last_used = time.monotonic()
 
     async def _render(self, session: BrowserSession, call: ToolCall, reply: Reply) -> ToolResult:
         modal = session.modal_state()

@@ -549,4 +549,7 @@ class SharedBrowser:
                 if session.last_used < deadline and not session.lock.locked():
                     logger.info("closing idle browser session %s/%s", *key)
                     self._sessions.pop(key, None)
-                    await session.close()
+                    try:
+                        await session.close()
+                    except Exception:  # the reaper's top level: one bad close must not stop reaping
+                        logger.exception("closing idle browser session %s/%s failed", *key)
