@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def _percentile(values: list[float], q: float) -> float:
 async def _run(
     grpc: str, mcp_url: str | None, url: str, runs: int, warmup: int, transport: str, pause_s: float
 ) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     totals: list[float] = []
     navigates: list[float] = []
     snapshots: list[float] = []
@@ -71,6 +73,8 @@ async def _run(
         "snapshot_median_ms": round(statistics.median(snapshots), 1),
         "target_median_ms": TARGET_MEDIAN_MS,
         "within_target": median < TARGET_MEDIAN_MS,
+        "cpus": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
