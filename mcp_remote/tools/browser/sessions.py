@@ -347,7 +347,7 @@ class SharedBrowser:
         self._spares: list[BrowserContext] = []
         self._filling: asyncio.Task[None] | None = None
         self._busy = 0
-        """Calls in progress: spare contexts are made while none is, so they never slow a call down."""
+        """Calls in progress (a launch inside one leaves the spares to its end)."""
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
         self.launches = 0
@@ -413,7 +413,8 @@ class SharedBrowser:
         self._browser = browser
         self.launches += 1
         logger.info("Chromium %s started (launch %d)", browser.version, self.launches)
-        self._refill_spares()
+        if not self._busy:  # at start-up; a launch inside a call tops up when the call ends
+            self._refill_spares()
         return browser
 
     def _on_disconnected(self, browser: Browser) -> None:
@@ -446,21 +447,20 @@ class SharedBrowser:
         return context
 
     def _refill_spares(self) -> None:
-        if self._stopping or self._busy or (self._filling is not None and not self._filling.done()):
+        if self._stopping or (self._filling is not None and not self._filling.done()):
             return
         if len(self._spares) < self.options.spare_contexts and self._browser is not None:
             self._filling = asyncio.create_task(self._fill_spares(), name="browser-spares")
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
-        """Mark a call in progress; when the last one ends, spare contexts are topped up."""
+        """Mark a call in progress; when it ends, spare contexts are topped up (never during it)."""
         self._busy += 1
         try:
             yield
         finally:
             self._busy -= 1
-            if not self._busy:
-                self._refill_spares()
+            self._refill_spares()
 
     async def _fill_spares(self) -> None:
         while len(self._spares) < self.options.spare_contexts and not self._stopping:
