@@ -454,7 +454,7 @@ class SharedBrowser:
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
-        """Mark a call in progress; when it ends, spare contexts are topped up (never during it)."""
+        """Mark a call in progress; when it ends, spare contexts are topped up (not during it)."""
         self._busy += 1
         try:
             yield
