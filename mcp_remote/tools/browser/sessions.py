@@ -31,6 +31,7 @@ from playwright.async_api import (
     FileChooser,
     Page,
     Playwright,
+    ProxySettings,
     Request,
     Response,
     async_playwright,
@@ -399,12 +400,13 @@ class SharedBrowser:
     async def _launch(self) -> Browser:
         if self._playwright is None:
             self._playwright = await async_playwright().start()
-        proxy = {"server": f"http://127.0.0.1:{self._proxy_port()}", "bypass": "<-loopback>"}
+        # Every request goes through the policy proxy; `<-loopback>` stops Chromium bypassing it locally.
+        proxy: ProxySettings = {"server": f"http://127.0.0.1:{self._proxy_port()}", "bypass": "<-loopback>"}
         browser = await self._playwright.chromium.launch(
             executable_path=self.options.executable_path,
             headless=self.options.headless,
             args=[*CHROMIUM_ARGS, *self.options.extra_args],
-            proxy=proxy,  # type: ignore[arg-type]
+            proxy=proxy,
             handle_sigint=False,
             handle_sigterm=False,
             handle_sighup=False,

@@ -171,6 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
                 ctype="text/csv",
                 Content_Disposition='attachment; filename="report.csv"',
             )
+        elif path == "/image":
+            src = html.escape(query.get("src", ""), quote=True)
+            self._send(_page("Image", f"<p>image page</p><img src='{src}' alt=''>"))
         elif path == "/metadata-image":
             self._send(
                 _page("Image", "<p>image page</p><img src='http://169.254.169.254/latest/x.png' alt=''>")

@@ -413,7 +413,9 @@ async def test_url_policy_refuses_local_files_browser_pages_metadata_and_the_hub
         assert outcome.is_error and why in outcome.text, (url, outcome.text)
 
 
-async def test_url_policy_covers_redirects_and_subresources(agent: ToolClient, site: Site) -> None:
+async def test_url_policy_covers_redirects_and_subresources(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
     redirected = await agent.call(
         "browser_navigate",
         {"url": site.url("/redirect?to=http://169.254.169.254/latest/meta-data/"), "session": "policy"},
@@ -423,6 +425,12 @@ async def test_url_policy_covers_redirects_and_subresources(agent: ToolClient, s
     await call(agent, "browser_navigate", url=site.url("/metadata-image"), session="policy")
     requests = await call(agent, "browser_network_requests", static=True, session="policy")
     assert "[GET] http://169.254.169.254/latest/x.png => [403]" in requests.text
+
+    # Loopback requests go through the policy proxy too (Chromium would bypass a proxy for them).
+    hub_url = f"{hub.http_base}/mcp"
+    await call(agent, "browser_navigate", url=site.url(f"/image?src={hub_url}"), session="policy")
+    requests = await call(agent, "browser_network_requests", static=True, session="policy")
+    assert f"[GET] {hub_url} => [403]" in requests.text
     await call(agent, "browser_close", session="policy")
 
 
