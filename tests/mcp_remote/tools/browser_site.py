@@ -86,6 +86,8 @@ PNG = bytes.fromhex(
 class Site:
     def __init__(self, server: ThreadingHTTPServer) -> None:
         self.server = server
+        self.slow_requests = threading.Semaphore(0)
+        """Released once per request of /slow as it arrives."""
         self.port = server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -137,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/form":
             self._send(FORM.encode())
         elif path == "/slow":
+            site: Site = self.server.site  # type: ignore[attr-defined]
+            site.slow_requests.release()
             time.sleep(int(query.get("ms", "1000")) / 1000)
             self._send(_page("Slow", "<h1>Slow page loaded</h1>"))
         elif path == "/late":
@@ -188,8 +192,10 @@ def serve_site() -> Iterator[Site]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="browser-site", daemon=True)
     thread.start()
+    site = Site(server)
+    server.site = site  # type: ignore[attr-defined]
     try:
-        yield Site(server)
+        yield site
     finally:
         server.shutdown()
         server.server_close()

@@ -184,10 +184,13 @@ async def test_cancelling_a_slow_navigation_leaves_the_session_usable(hub: Runni
             await client.call("browser_navigate", {"url": site.url("/slow?ms=8000"), "session": "cancel"})
             finished = True
 
+        while site.slow_requests.acquire(blocking=False):
+            pass  # forget earlier tests' slow pages
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
-            await anyio.sleep(1.0)
+            arrived = await anyio.to_thread.run_sync(site.slow_requests.acquire, True, 30.0)
             tg.cancel_scope.cancel()
+        assert arrived, "the slow page was never requested"
         assert not finished
         with anyio.fail_after(30):
             page = await call(
@@ -521,7 +524,7 @@ async def test_a_principal_may_hold_only_so_many_sessions(hub: RunningHub) -> No
 def idle_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     running = _browser_hub(
         tmp_path_factory.mktemp("browser-idle-hub"),
-        idle_timeout_s=1.0,
+        idle_timeout_s=3.0,
         spare_contexts=0,
     )
     yield running
