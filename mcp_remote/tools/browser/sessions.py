@@ -346,7 +346,7 @@ class SharedBrowser:
         self._creating: dict[SessionKey, asyncio.Task[BrowserSession]] = {}
         self._lost: set[SessionKey] = set()
         self._spares: list[BrowserContext] = []
-        self._filling: asyncio.Task[None] | None = None
+        self._filling: asyncio.Task[bool] | None = None
         self._busy = 0
         """Calls in progress (a launch inside one leaves the spares to its end)."""
         self._reaper: asyncio.Task[None] | None = None
@@ -452,7 +452,14 @@ class SharedBrowser:
         if self._stopping or (self._filling is not None and not self._filling.done()):
             return
         if len(self._spares) < self.options.spare_contexts and self._browser is not None:
-            self._filling = asyncio.create_task(self._fill_spares(), name="browser-spares")
+            self._filling = asyncio.create_task(self._make_spare(), name="browser-spare")
+            self._filling.add_done_callback(self._made_spare)
+
+    def _made_spare(self, task: asyncio.Task[bool]) -> None:
+        # One context per task, so a new session waits for one spare, not for the whole pool;
+        # the next is made now if no call is running, else when the calls end.
+        if not task.cancelled() and task.result() and not self._busy:
+            self._refill_spares()
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
@@ -464,19 +471,20 @@ class SharedBrowser:
             self._busy -= 1
             self._refill_spares()
 
-    async def _fill_spares(self) -> None:
-        while len(self._spares) < self.options.spare_contexts and not self._stopping:
-            browser = self._browser
-            try:
-                context = await self._new_context()
-            except (PlaywrightError, ToolError) as exc:
-                logger.debug("no spare context: %s", exc)
-                return
-            if browser is None or self._browser is not browser:
-                with contextlib.suppress(PlaywrightError):
-                    await context.close()
-                return
-            self._spares.append(context)
+    async def _make_spare(self) -> bool:
+        """Make one spare context; False when the browser is gone or failed."""
+        browser = self._browser
+        try:
+            context = await self._new_context()
+        except (PlaywrightError, ToolError) as exc:
+            logger.debug("no spare context: %s", exc)
+            return False
+        if browser is None or self._browser is not browser or self._stopping:
+            with contextlib.suppress(PlaywrightError):
+                await context.close()
+            return False
+        self._spares.append(context)
+        return True
 
     # --- sessions --------------------------------------------------------------------------------
 
