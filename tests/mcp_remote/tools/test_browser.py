@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
+from mcp_remote.config import HubConfig
 from mcp_remote.tools.browser import TOOL_SPECS
 from tests.mcp_remote.tools.browser_site import Site, serve_site
 from tests.support.clients import Outcome, ToolClient, connect
@@ -43,10 +44,20 @@ def site() -> Iterator[Site]:
         yield running
 
 
+# These tests exercise the tools, not the gate: where the hub has one, it lets them through
+# (its default policy asks a person before browser_evaluate and browser_file_upload).
+OPEN_GATE: dict[str, Any] = (
+    {"policy": {"rules": [{"name": "browser tests", "decision": "allow"}]}}
+    if "policy" in HubConfig.model_fields
+    else {}
+)
+
+
 def _browser_hub(workdir: Path, **options: Any) -> RunningHub:
     config = {
         "principals": PRINCIPALS,
         "packs": ["diagnostics", {"name": "browser", "options": {"allow": ["127.0.0.1"], **options}}],
+        **OPEN_GATE,
     }
     return start_hub(workdir, config=config)
 
@@ -594,7 +605,11 @@ async def test_without_chromium_the_pack_says_so_and_the_hub_works(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     config = {
-        "packs": ["diagnostics", {"name": "browser", "options": {"executable_path": "/nonexistent/chromium"}}]
+        "packs": [
+            "diagnostics",
+            {"name": "browser", "options": {"executable_path": "/nonexistent/chromium"}},
+        ],
+        **OPEN_GATE,
     }
     running = start_hub(tmp_path_factory.mktemp("no-chromium-hub"), config=config)
     try:
