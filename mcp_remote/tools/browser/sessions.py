@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 SessionKey = tuple[str, str]
 T = TypeVar("T")
 NETWORK_LOG = 500
+SPARE_DELAY_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +350,7 @@ class SharedBrowser:
         self._filling: asyncio.Task[bool] | None = None
         self._busy = 0
         """Calls in progress (a launch inside one leaves the spares to its end)."""
+        self._spare_timer: asyncio.TimerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
         self.launches = 0
@@ -367,6 +369,8 @@ class SharedBrowser:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
         for task in (self._reaper, self._filling, self._launching):
             if task is not None:
                 task.cancel()
@@ -463,13 +467,21 @@ class SharedBrowser:
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
-        """Mark a call in progress; when it ends, spare contexts are topped up (not during it)."""
+        """Mark a call in progress. Spares are topped up once calls pause for SPARE_DELAY_S (a caller's
+        calls often come in quick succession), or at once when none is left and calls never pause."""
         self._busy += 1
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+            self._spare_timer = None
         try:
             yield
         finally:
             self._busy -= 1
-            self._refill_spares()
+            if not self._busy:
+                loop = asyncio.get_running_loop()
+                self._spare_timer = loop.call_later(SPARE_DELAY_S, self._refill_spares)
+            elif not self._spares:
+                self._refill_spares()
 
     async def _make_spare(self) -> bool:
         """Make one spare context; False when the browser is gone or failed."""
