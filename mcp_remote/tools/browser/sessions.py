@@ -462,7 +462,7 @@ class SharedBrowser:
     def _made_spare(self, task: asyncio.Task[bool]) -> None:
         # One context per task, so a new session waits for one spare, not for the whole pool;
         # the next is made now if no call is running, else when the calls end.
-        if not task.cancelled() and task.result() and not self._busy:
+        if not task.cancelled() and task.exception() is None and task.result() and not self._busy:
             self._refill_spares()
 
     @contextlib.asynccontextmanager
