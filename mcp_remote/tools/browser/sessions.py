@@ -462,7 +462,11 @@ class SharedBrowser:
     def _made_spare(self, task: asyncio.Task[bool]) -> None:
         # One context per task, so a new session waits for one spare, not for the whole pool;
         # the next is made now if no call is running, else when the calls end.
-        if not task.cancelled() and task.exception() is None and task.result() and not self._busy:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            logger.warning("making a spare browser context failed: %r", task.exception())
+        elif task.result() and not self._busy:
             self._refill_spares()
 
     @contextlib.asynccontextmanager
