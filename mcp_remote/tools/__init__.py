@@ -1,4 +1,4 @@
-"""The hub's tool packs (shell, browser, cloud): each a sub-module or sub-package with `create_pack`."""
+"""The hub's tool packs, one sub-package each (browser, cloud, shell), each with `create_pack`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,581 @@
+"""One Chromium shared by everyone; one BrowserContext per (principal, session) so nothing leaks.
+
+    SharedBrowser        the Playwright driver, the Chromium process, the policy proxy,
+                         spare contexts, the idle reaper; relaunches Chromium after a crash
+    +-- BrowserSession   one (principal, session handle): a context, its tabs, the pending
+                         dialog or file chooser, the network log and the events to report
+
+Contexts are Chromium's incognito-like profiles: cookies, storage, cache, service
+workers, permissions and downloads are per context, so two sessions never see
+each other's state. A session's calls run one at a time (its lock); different
+sessions run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Download,
+    FileChooser,
+    Page,
+    Playwright,
+    ProxySettings,
+    Request,
+    Response,
+    async_playwright,
+)
+from playwright.async_api import Error as PlaywrightError
+
+from mcp_local.errors import ToolError
+
+from .options import CHROMIUM_ARGS, BrowserOptions
+from .workspace import safe_file_name, workspace_dir
+
+__all__ = ["BrowserSession", "NetworkEntry", "SessionKey", "SharedBrowser"]
+
+logger = logging.getLogger(__name__)
+
+SessionKey = tuple[str, str]
+T = TypeVar("T")
+NETWORK_LOG = 500
+SPARE_DELAY_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkEntry:
+    page_id: int
+    """`id()` of the tab's Page, so entries follow their tab when other tabs close."""
+    method: str
+    url: str
+    resource_type: str
+    status: int | None
+    failure: str | None
+
+
+class BrowserSession:
+    """A principal's browser session: its own context, tabs and state."""
+
+    def __init__(self, key: SessionKey, context: BrowserContext, owner: SharedBrowser) -> None:
+        self.key = key
+        self.context = context
+        self.owner = owner
+        self.lock = asyncio.Lock()
+        self.pages: list[Page] = []
+        self.current = 0
+        self.last_used = time.monotonic()
+        self.events: list[str] = []
+        self.dialog: Dialog | None = None
+        self.file_chooser: FileChooser | None = None
+        self.pending: asyncio.Task[Any] | None = None
+        """An action that opened a dialog or file chooser; it finishes once that is handled."""
+        self.network: deque[NetworkEntry] = deque(maxlen=NETWORK_LOG)
+        self.navigations = 0
+        self.closed = False
+        self._opening = 0
+        """Tabs being opened by a tool: they are not the page's doing, so not announced."""
+        self._modal = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        context.on("page", self._adopt)
+        context.on("response", self._on_response)
+        context.on("requestfailed", self._on_request_failed)
+        for page in context.pages:
+            self._adopt(page, announce=False)
+
+    # --- tabs ------------------------------------------------------------------------------------
+
+    @property
+    def principal(self) -> str:
+        return self.key[0]
+
+    @property
+    def page(self) -> Page:
+        if not self.pages:
+            raise ToolError("this session has no open tab; open one with browser_navigate or browser_tabs")
+        return self.pages[self.current]
+
+    async def ensure_page(self) -> Page:
+        if not self.pages:
+            await self.new_page()
+        return self.page
+
+    async def new_page(self) -> Page:
+        """A new tab, made current."""
+        self._opening += 1
+        try:
+            page = await self.context.new_page()
+        finally:
+            self._opening -= 1
+        self._adopt(page, announce=False)  # the context's "page" event may come later
+        self.current = self.tab_index(page)
+        if self.current < 0:
+            raise ToolError("could not open a tab in this session")
+        return page
+
+    def tab_index(self, page: Page) -> int:
+        try:
+            return self.pages.index(page)
+        except ValueError:
+            return -1
+
+    def _adopt(self, page: Page, *, announce: bool = True) -> None:
+        if page in self.pages:
+            return
+        self.pages.append(page)
+        page.on("dialog", self._on_dialog)
+        page.on("filechooser", self._on_file_chooser)
+        page.on("close", self._on_close)
+        page.on("crash", self._on_crash)
+        page.on("download", self._on_download)
+        page.on("request", self._on_request)
+        if announce and self._opening == 0:
+            self.current = len(self.pages) - 1
+            self.events.append(f"the page opened a new tab (index {self.current}); it is now the current tab")
+        if len(self.pages) > self.owner.options.max_tabs_per_session:
+            self._spawn(page.close())
+            self.events.append(
+                f"a new tab was closed: this session may have at most "
+                f"{self.owner.options.max_tabs_per_session} tabs"
+            )
+
+    def _on_close(self, page: Page) -> None:
+        index = self.tab_index(page)
+        if index < 0:
+            return
+        self.pages.pop(index)
+        if self.current >= index and self.current > 0:
+            self.current -= 1
+
+    def _on_crash(self, page: Page) -> None:
+        self.events.append(f"tab {self.tab_index(page)} crashed ({page.url}); it was closed")
+        self._spawn(page.close())
+
+    # --- modal states ----------------------------------------------------------------------------
+
+    def _on_dialog(self, dialog: Dialog) -> None:
+        self.dialog = dialog
+        self.events.append(
+            f"a {dialog.type} dialog is open: {dialog.message!r}; answer it with browser_handle_dialog"
+        )
+        self._modal.set()
+
+    def _on_file_chooser(self, chooser: FileChooser) -> None:
+        self.file_chooser = chooser
+        self.events.append(
+            "a file chooser is open; choose files with browser_file_upload (paths in your workspace)"
+        )
+        self._modal.set()
+
+    def modal_state(self) -> str | None:
+        if self.dialog is not None:
+            return f"a {self.dialog.type} dialog ({self.dialog.message!r})"
+        if self.file_chooser is not None:
+            return "a file chooser"
+        return None
+
+    def clear_modal(self) -> None:
+        self.dialog = None
+        self.file_chooser = None
+        self._modal.clear()
+
+    async def act(self, action: Awaitable[T]) -> tuple[bool, T | None]:
+        """Run an action; when it opens a dialog or file chooser first, leave it pending and say so.
+
+        Returns (finished, value). An unfinished action finishes once the modal
+        state is handled (`finish_pending`).
+        """
+        task = asyncio.ensure_future(action)
+        if await self._wait_or_modal(task, None):
+            return True, task.result()
+        self._keep_pending(task)
+        return False, None
+
+    async def _wait_or_modal(self, task: asyncio.Future[Any], timeout_s: float | None) -> bool:
+        """Wait until `task` is done (True), or a modal state opens or the time is up (False)."""
+        self._modal.clear()
+        modal = asyncio.ensure_future(self._modal.wait())
+        try:
+            await asyncio.wait({task, modal}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            modal.cancel()
+        return task.done()
+
+    def _keep_pending(self, task: asyncio.Future[Any]) -> None:
+        self.pending = task  # type: ignore[assignment]
+        task.add_done_callback(_observe)
+
+    async def finish_pending(self, timeout_s: float) -> str | None:
+        """Let the action that was waiting on the modal state finish; what went wrong, if anything."""
+        task, self.pending = self.pending, None
+        if task is None:
+            return None
+        if not await self._wait_or_modal(task, timeout_s):
+            if self.modal_state() is not None:
+                self.pending = task
+                return None
+            return "the action that opened it is still running"
+        if task.cancelled():
+            return "the action that opened it was cancelled"
+        exc = task.exception()
+        if isinstance(exc, PlaywrightError):
+            return first_line(exc)
+        if exc is not None:
+            return str(exc)
+        return None
+
+    # --- network, downloads ----------------------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        if request.is_navigation_request() and request.frame.parent_frame is None:
+            self.navigations += 1
+
+    def _on_response(self, response: Response) -> None:
+        request = response.request
+        self.network.append(
+            NetworkEntry(
+                id(response.frame.page),
+                request.method,
+                request.url,
+                request.resource_type,
+                response.status,
+                None,
+            )
+        )
+
+    def _on_request_failed(self, request: Request) -> None:
+        try:
+            page_id = id(request.frame.page)
+        except PlaywrightError:
+            page_id = -1
+        self.network.append(
+            NetworkEntry(
+                page_id,
+                request.method,
+                request.url,
+                request.resource_type,
+                None,
+                request.failure or "failed",
+            )
+        )
+
+    def _on_download(self, download: Download) -> None:
+        if not self.owner.options.downloads:
+            self.events.append(f"a download ({download.suggested_filename}) was refused: downloads are off")
+            self._spawn(download.cancel())
+            return
+        self._spawn(self._save_download(download))
+
+    async def _save_download(self, download: Download) -> None:
+        folder = workspace_dir(self.owner.workspace_root, self.principal) / "downloads"
+        name = safe_file_name(download.suggested_filename)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target = folder / name
+            stem, dot, ext = name.rpartition(".")
+            n = 1
+            while target.exists():
+                target = folder / (f"{stem}-{n}.{ext}" if dot else f"{name}-{n}")
+                n += 1
+            await download.save_as(target)
+        except (OSError, PlaywrightError) as exc:
+            self.events.append(f"the download {name!r} failed: {first_line(exc)}")
+            return
+        self.events.append(f"downloaded {name!r} to downloads/{target.name} in your workspace")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(PlaywrightError, OSError):
+                await coro
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def take_events(self) -> list[str]:
+        events, self.events = self.events, []
+        return events
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.pending is not None:
+            self.pending.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(PlaywrightError):
+            await self.context.close()
+
+
+def _observe(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished background action's exception, so asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+def first_line(exc: BaseException) -> str:
+    """The message of a Playwright error without its call log."""
+    text = str(exc).strip()
+    return text.split("\nCall log:", 1)[0].strip().splitlines()[0] if text else type(exc).__name__
+
+
+class SharedBrowser:
+    """The one Chromium of the hub and every session in it."""
+
+    def __init__(self, options: BrowserOptions, proxy_port: Callable[[], int], workspace_root: Path) -> None:
+        self.options = options
+        self.workspace_root = workspace_root
+        self._proxy_port = proxy_port
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._launching: asyncio.Task[Browser] | None = None
+        self._sessions: dict[SessionKey, BrowserSession] = {}
+        self._creating: dict[SessionKey, asyncio.Task[BrowserSession]] = {}
+        self._lost: set[SessionKey] = set()
+        self._spares: list[BrowserContext] = []
+        self._filling: asyncio.Task[bool] | None = None
+        self._busy = 0
+        """Calls in progress (a launch inside one leaves the spares to its end)."""
+        self._spare_timer: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.launches = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap(), name="browser-reaper")
+        if self.options.launch_at_start:
+            self._launching = asyncio.create_task(self._launch(), name="browser-launch")
+            self._launching.add_done_callback(self._launched)
+
+    def _launched(self, task: asyncio.Task[Browser]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("Chromium did not start: %s", task.exception())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+        for task in (self._reaper, self._filling, self._launching):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        for session in list(self._sessions.values()):
+            await session.close()
+        self._sessions.clear()
+        if self._browser is not None:
+            with contextlib.suppress(PlaywrightError):
+                await self._browser.close()
+            self._browser = None
+        if self._playwright is not None:
+            with contextlib.suppress(PlaywrightError, OSError):
+                await self._playwright.stop()
+            self._playwright = None
+
+    async def browser(self) -> Browser:
+        """The running Chromium, launching it (again, after a crash) when needed."""
+        if self._browser is not None and self._browser.is_connected():
+            return self._browser
+        if self._launching is None or self._launching.done():
+            self._launching = asyncio.create_task(self._launch(), name="browser-launch")
+        try:
+            return await asyncio.shield(self._launching)
+        except PlaywrightError as exc:
+            raise ToolError(
+                f"Chromium ({self.options.executable_path}) did not start: {first_line(exc)}"
+            ) from exc
+
+    async def _launch(self) -> Browser:
+        if self._playwright is None:
+            self._playwright = await async_playwright().start()
+        # Every request goes through the policy proxy; `<-loopback>` stops Chromium bypassing it locally.
+        proxy: ProxySettings = {"server": f"http://127.0.0.1:{self._proxy_port()}", "bypass": "<-loopback>"}
+        browser = await self._playwright.chromium.launch(
+            executable_path=self.options.executable_path,
+            headless=self.options.headless,
+            args=[*CHROMIUM_ARGS, *self.options.extra_args],
+            proxy=proxy,
+            handle_sigint=False,
+            handle_sigterm=False,
+            handle_sighup=False,
+        )
+        browser.on("disconnected", self._on_disconnected)
+        self._browser = browser
+        self.launches += 1
+        logger.info("Chromium %s started (launch %d)", browser.version, self.launches)
+        if not self._busy:  # at start-up; a launch inside a call tops up when the call ends
+            self._refill_spares()
+        return browser
+
+    def _on_disconnected(self, browser: Browser) -> None:
+        if browser is not self._browser or self._stopping:
+            return
+        logger.warning(
+            "Chromium went away; %d sessions are lost, it starts again on the next call", len(self._sessions)
+        )
+        self._browser = None
+        self._lost.update(self._sessions)
+        for session in self._sessions.values():
+            session.closed = True
+            if session.pending is not None:
+                session.pending.cancel()
+        self._sessions.clear()
+        self._spares.clear()
+
+    # --- contexts --------------------------------------------------------------------------------
+
+    async def _new_context(self) -> BrowserContext:
+        browser = await self.browser()
+        o = self.options
+        context = await browser.new_context(
+            viewport={"width": o.viewport_width, "height": o.viewport_height},
+            accept_downloads=o.downloads,
+        )
+        context.set_default_timeout(o.action_timeout_s * 1000)
+        context.set_default_navigation_timeout(o.navigation_timeout_s * 1000)
+        await context.new_page()
+        return context
+
+    def _refill_spares(self) -> None:
+        if self._stopping or (self._filling is not None and not self._filling.done()):
+            return
+        if len(self._spares) < self.options.spare_contexts and self._browser is not None:
+            self._filling = asyncio.create_task(self._make_spare(), name="browser-spare")
+            self._filling.add_done_callback(self._made_spare)
+
+    def _made_spare(self, task: asyncio.Task[bool]) -> None:
+        # One context per task, so a new session waits for one spare, not for the whole pool;
+        # the next is made now if no call is running, else when the calls end.
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            logger.warning("making a spare browser context failed: %r", task.exception())
+        elif task.result() and not self._busy:
+            self._refill_spares()
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        """Mark a call in progress. Spares are topped up once calls pause for SPARE_DELAY_S (a caller's
+        calls often come in quick succession), or at once when none is left and calls never pause."""
+        self._busy += 1
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+            self._spare_timer = None
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                loop = asyncio.get_running_loop()
+                self._spare_timer = loop.call_later(SPARE_DELAY_S, self._refill_spares)
+            elif not self._spares:
+                self._refill_spares()
+
+    async def _make_spare(self) -> bool:
+        """Make one spare context; False when the browser is gone or failed."""
+        browser = self._browser
+        try:
+            context = await self._new_context()
+        except (PlaywrightError, ToolError) as exc:
+            logger.debug("no spare context: %s", exc)
+            return False
+        if browser is None or self._browser is not browser or self._stopping:
+            with contextlib.suppress(PlaywrightError):
+                await context.close()
+            return False
+        self._spares.append(context)
+        return True
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def existing(self, key: SessionKey) -> BrowserSession | None:
+        return self._sessions.get(key)
+
+    def sessions_of(self, principal: str) -> list[str]:
+        return sorted(name for p, name in self._sessions if p == principal)
+
+    async def session(self, key: SessionKey) -> BrowserSession:
+        """The session `key`, created (from a spare context when one is ready) if it does not exist."""
+        found = self._sessions.get(key)
+        if found is not None and not found.closed:
+            found.last_used = time.monotonic()  # so the reaper does not take it before the call locks it
+            return found
+        creating = self._creating.get(key)
+        if creating is None:
+            self._check_limits(key)
+            creating = asyncio.create_task(self._create(key))
+            self._creating[key] = creating
+            creating.add_done_callback(lambda _: self._creating.pop(key, None))
+        return await asyncio.shield(creating)
+
+    def _check_limits(self, key: SessionKey) -> None:
+        o = self.options
+        mine = sum(1 for p, _ in self._sessions if p == key[0])
+        if mine >= o.max_sessions_per_principal:
+            raise ToolError(
+                f"you have {mine} browser sessions open, the most allowed; close one with browser_close "
+                f"(open: {', '.join(self.sessions_of(key[0]))})"
+            )
+        if len(self._sessions) >= o.max_sessions:
+            raise ToolError(
+                f"the hub's browser has {len(self._sessions)} sessions open, the most it allows; try later"
+            )
+
+    async def _create(self, key: SessionKey) -> BrowserSession:
+        browser = await self.browser()
+        if not self._spares and self._filling is not None and not self._filling.done():
+            with contextlib.suppress(PlaywrightError, ToolError):
+                await asyncio.shield(self._filling)  # a spare is nearly ready: cheaper than another
+        context = None
+        while self._spares:
+            spare = self._spares.pop()
+            if spare.browser is browser:
+                context = spare
+                break
+        if context is None:
+            context = await self._new_context()
+        session = BrowserSession(key, context, self)
+        if key in self._lost:
+            self._lost.discard(key)
+            session.events.append(
+                "the browser had stopped and was started again: this session's earlier pages are gone"
+            )
+        self._sessions[key] = session
+        return session
+
+    async def close_session(self, key: SessionKey) -> bool:
+        session = self._sessions.pop(key, None)
+        if session is None:
+            return False
+        await session.close()
+        return True
+
+    async def _reap(self) -> None:
+        period = min(30.0, max(0.5, self.options.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.options.idle_timeout_s
+            for key, session in list(self._sessions.items()):
+                if session.last_used < deadline and not session.lock.locked():
+                    logger.info("closing idle browser session %s/%s", *key)
+                    self._sessions.pop(key, None)
+                    try:
+                        await session.close()
+                    except Exception:  # the reaper's top level: one bad close must not stop reaping
+                        logger.exception("closing idle browser session %s/%s failed", *key)

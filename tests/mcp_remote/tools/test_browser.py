@@ -1,0 +1,625 @@
+"""The browser pack against a real Chromium, driven through real hubs, on a local website.
+
+One secured hub (two agents) serves most tests; a second hub with a short idle
+time serves the idle and crash tests; a third points at a missing Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from mcp_remote.config import HubConfig
+from mcp_remote.tools.browser import TOOL_SPECS
+from tests.mcp_remote.tools.browser_site import Site, serve_site
+from tests.support.clients import Outcome, ToolClient, connect
+from tests.support.hub import RunningHub, start_hub
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no chromium"),
+]
+
+TOKENS = {"agent-a": "browser-token-of-agent-a-0123", "agent-b": "browser-token-of-agent-b-0123"}
+LIMITED = "browser-token-of-agent-c-0123"
+PRINCIPALS = [
+    *({"name": name, "token": token} for name, token in TOKENS.items()),
+    {"name": "agent-c", "token": LIMITED},
+]
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    with serve_site() as running:
+        yield running
+
+
+# These tests exercise the tools, not the gate: where the hub has one, it lets them through
+# (its default policy asks a person before browser_evaluate and browser_file_upload).
+OPEN_GATE: dict[str, Any] = (
+    {"policy": {"rules": [{"name": "browser tests", "decision": "allow"}]}}
+    if "policy" in HubConfig.model_fields
+    else {}
+)
+
+
+def _browser_hub(workdir: Path, **options: Any) -> RunningHub:
+    config = {
+        "principals": PRINCIPALS,
+        "packs": ["diagnostics", {"name": "browser", "options": {"allow": ["127.0.0.1"], **options}}],
+        **OPEN_GATE,
+    }
+    return start_hub(workdir, config=config)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    running = _browser_hub(
+        tmp_path_factory.mktemp("browser-hub"), snapshot_max_chars=5000, max_sessions_per_principal=12
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def agent(hub: RunningHub) -> AsyncIterator[ToolClient]:
+    async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        yield client
+
+
+async def call(client: ToolClient, name: str, **arguments: Any) -> Outcome:
+    outcome = await client.call(name, arguments)
+    assert not outcome.is_error, f"{name} failed: {outcome.text}"
+    return outcome
+
+
+def ref(text: str, role: str, name: str) -> str:
+    """The ref of the element `role "name"` in a snapshot."""
+    match = re.search(rf'- {role} "{re.escape(name)}"[^\n]*\[ref=([a-z0-9]+)\]', text)
+    assert match, f'no {role} "{name}" in:\n{text}'
+    return match.group(1)
+
+
+# --- the tools -----------------------------------------------------------------------------------
+
+
+async def test_tools_carry_playwright_mcp_names_and_honest_annotations(agent: ToolClient) -> None:
+    tools = {t["name"]: t for t in await agent.list_tools()}
+    expected = {
+        "browser_navigate", "browser_navigate_back", "browser_snapshot", "browser_click", "browser_type",
+        "browser_fill_form", "browser_select_option", "browser_hover", "browser_press_key",
+        "browser_wait_for", "browser_take_screenshot", "browser_tabs", "browser_close",
+        "browser_console_messages", "browser_network_requests", "browser_handle_dialog",
+        "browser_file_upload", "browser_evaluate",
+    }  # fmt: skip
+    assert expected <= tools.keys()
+    assert {s.name for s in TOOL_SPECS} == expected
+    for name in expected:
+        assert "session" in tools[name]["inputSchema"]["properties"], name
+    assert tools["browser_type"]["inputSchema"]["required"] == ["target", "text"]
+    assert tools["browser_evaluate"]["annotations"]["destructiveHint"] is True
+    assert tools["browser_evaluate"]["annotations"]["readOnlyHint"] is False
+    assert tools["browser_snapshot"]["annotations"]["readOnlyHint"] is True
+    assert tools["browser_take_screenshot"]["annotations"]["readOnlyHint"] is True
+    for name in ("browser_navigate", "browser_click", "browser_type"):
+        assert tools[name]["annotations"]["readOnlyHint"] is False, name
+
+
+@pytest.mark.parametrize("transport", ["grpc", "mcp-2026"])
+async def test_navigate_read_click_type_and_screenshot(transport: str, hub: RunningHub, site: Site) -> None:
+    async with connect(transport, hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        session = f"flow-{transport}"
+        page = await call(client, "browser_navigate", url=site.url("/"), session=session)
+        assert "Welcome to the test shop" in page.text
+        assert "- Title: Test shop" in page.text
+
+        clicked = await call(
+            client, "browser_click", target=ref(page.text, "button", "Change text"), session=session
+        )
+        assert "The button was clicked" in clicked.text
+
+        typed = await call(
+            client,
+            "browser_type",
+            target=ref(page.text, "textbox", "Query"),
+            text="blue kittens",
+            submit=True,
+            session=session,
+        )
+        assert "/search?q=blue+kittens" in typed.text
+        assert "Results for blue kittens" in typed.text
+
+        back = await call(client, "browser_navigate_back", session=session)
+        assert "Welcome to the test shop" in back.text
+
+        shot = await call(client, "browser_take_screenshot", session=session)
+        images = [b for b in shot.result["content"] if b["type"] == "image"]
+        assert len(images) == 1 and images[0]["mimeType"] == "image/png"
+        assert base64.b64decode(images[0]["data"]).startswith(b"\x89PNG\r\n\x1a\n")
+        await call(client, "browser_close", session=session)
+
+
+async def test_links_hover_keys_and_stale_refs(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="links")
+    old_ref = ref(page.text, "link", "Second page")
+    second = await call(agent, "browser_click", target=old_ref, session="links")
+    assert "The second page" in second.text and "/second" in second.text
+
+    stale = await agent.call("browser_click", {"target": old_ref, "session": "links"})
+    assert stale.is_error and "take a new browser_snapshot" in stale.text
+
+    home = await call(agent, "browser_click", target=ref(second.text, "link", "Back home"), session="links")
+    hovered = await call(agent, "browser_hover", target=ref(home.text, "button", "Hover me"), session="links")
+    assert "Hovered!" in hovered.text
+
+    typed = await call(agent, "browser_type", target="input[name=q]", text="abc", session="links")
+    assert "typed into input[name=q]" in typed.text
+    await call(agent, "browser_press_key", key="Enter", session="links")
+    done = await call(agent, "browser_wait_for", text="Results for abc", session="links")
+    assert "Results for abc" in done.text
+    await call(agent, "browser_close", session="links")
+
+
+async def test_a_posted_form_and_an_allowed_redirect(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="post")
+    ordered = await call(
+        agent,
+        "browser_type",
+        target=ref(page.text, "textbox", "Quantity"),
+        text="42",
+        submit=True,
+        session="post",
+    )
+    assert "Ordered 42 items" in ordered.text and site.url("/order") in ordered.text
+    moved = await call(agent, "browser_navigate", url=site.url("/redirect?to=/second"), session="post")
+    assert "The second page" in moved.text and f"- URL: {site.url('/second')}" in moved.text
+    await call(agent, "browser_close", session="post")
+
+
+async def test_cancelling_a_slow_navigation_leaves_the_session_usable(hub: RunningHub, site: Site) -> None:
+    async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        finished = False
+
+        async def slow() -> None:
+            nonlocal finished
+            await client.call("browser_navigate", {"url": site.url("/slow?ms=8000"), "session": "cancel"})
+            finished = True
+
+        while site.slow_requests.acquire(blocking=False):
+            pass  # forget earlier tests' slow pages
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            arrived = await anyio.to_thread.run_sync(site.slow_requests.acquire, True, 30.0)
+            tg.cancel_scope.cancel()
+        assert arrived, "the slow page was never requested"
+        assert not finished
+        with anyio.fail_after(30):
+            page = await call(
+                client, "browser_navigate", url=site.url("/echo?n=after-cancel"), session="cancel"
+            )
+        assert 'heading "Echo after-cancel"' in page.text
+        # Had the hub kept waiting for the slow page, it would have loaded (200) before the next call ran.
+        requests = await call(client, "browser_network_requests", session="cancel")
+        assert f"[GET] {site.url('/slow?ms=8000')} => failed: net::ERR_ABORTED" in requests.text
+        await call(client, "browser_close", session="cancel")
+
+
+async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/form"), session="form")
+    fields = [
+        {"name": "Name", "type": "textbox", "target": ref(page.text, "textbox", "Name"), "value": "Ada"},
+        {
+            "name": "Gift wrap",
+            "type": "checkbox",
+            "ref": ref(page.text, "checkbox", "Gift wrap"),
+            "value": "true",
+        },
+        {"name": "Size", "type": "combobox", "target": ref(page.text, "combobox", "Size"), "value": "Large"},
+    ]
+    filled = await call(agent, "browser_fill_form", fields=fields, session="form")
+    assert "filled 3 fields" in filled.text
+    assert re.search(r'checkbox "Gift wrap" \[checked\]', filled.text), filled.text
+    await call(
+        agent,
+        "browser_select_option",
+        target=ref(page.text, "combobox", "Colour"),
+        values=["Green"],
+        session="form",
+    )
+    values = await call(
+        agent,
+        "browser_evaluate",
+        function="() => ['name', 'gift', 'colour', 'size'].map((id) => {"
+        "  const e = document.getElementById(id); return e.type === 'checkbox' ? e.checked : e.value; })",
+        session="form",
+    )
+    assert json.loads(values.text.removeprefix("### Result\n")) == ["Ada", True, "g", "Large"]
+    await call(agent, "browser_close", session="form")
+
+
+async def test_dialogs_wait_for_an_answer(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="dialogs")
+    opened = await call(
+        agent, "browser_click", target=ref(page.text, "button", "Ask name"), session="dialogs"
+    )
+    assert "prompt dialog" in opened.text and "Your name?" in opened.text
+
+    blocked = await agent.call("browser_snapshot", {"session": "dialogs"})
+    assert blocked.is_error and "browser_handle_dialog" in blocked.text
+
+    answered = await call(agent, "browser_handle_dialog", accept=True, promptText="Grace", session="dialogs")
+    assert "accepted the prompt dialog" in answered.text
+    assert "Hello Grace" in answered.text
+
+    confirm = await call(
+        agent, "browser_click", target=ref(page.text, "button", "Ask confirm"), session="dialogs"
+    )
+    assert "confirm dialog" in confirm.text
+    dismissed = await call(agent, "browser_handle_dialog", accept=False, session="dialogs")
+    assert "cancelled" in dismissed.text
+
+    await call(agent, "browser_click", target=ref(page.text, "button", "Show alert"), session="dialogs")
+    await call(agent, "browser_handle_dialog", accept=True, session="dialogs")
+    none_open = await agent.call("browser_handle_dialog", {"accept": True, "session": "dialogs"})
+    assert none_open.is_error and "no dialog is open" in none_open.text
+    await call(agent, "browser_close", session="dialogs")
+
+
+async def test_slow_and_late_pages(agent: ToolClient, site: Site) -> None:
+    slow = await call(agent, "browser_navigate", url=site.url("/slow?ms=1200"), session="slow")
+    assert "Slow page loaded" in slow.text
+    late = await call(agent, "browser_navigate", url=site.url("/late"), session="slow")
+    assert "Loading soon" in late.text or "Late text arrived" in late.text
+    arrived = await call(agent, "browser_wait_for", text="Late text arrived", session="slow")
+    assert "'Late text arrived' is visible" in arrived.text
+    gone = await call(agent, "browser_wait_for", textGone="Loading soon", session="slow")
+    assert "'Loading soon' is gone" in gone.text
+    await call(agent, "browser_close", session="slow")
+
+
+async def test_a_large_snapshot_is_kept_whole_and_readable(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/big?n=2000"), session="big")
+    assert len(page.text) < 7000
+    match = re.search(r'output_read \{"output_id": "(out_[A-Za-z0-9_-]+)", "offset": (\d+)\}', page.text)
+    assert match, page.text[-500:]
+    assert "The very end" not in page.text
+    rest = await call(
+        agent, "output_read", output_id=match.group(1), offset=int(match.group(2)), limit=1048576
+    )
+    assert "Item number 1999" in rest.text and "The very end" in rest.text
+
+    shallow = await call(agent, "browser_snapshot", depth=1, session="big")
+    assert "Item number" not in shallow.text
+    await call(agent, "browser_close", session="big")
+
+
+async def test_console_messages_and_network_requests(agent: ToolClient, site: Site) -> None:
+    await call(agent, "browser_navigate", url=site.url("/console"), session="console")
+    errors = await call(agent, "browser_console_messages", level="error", session="console")
+    assert (
+        "boom-error" in errors.text and "hello-log" not in errors.text and "careful-warn" not in errors.text
+    )
+    everything = await call(agent, "browser_console_messages", session="console")
+    assert all(m in everything.text for m in ("boom-error", "hello-log", "careful-warn"))
+
+    requests = await call(agent, "browser_network_requests", session="console")
+    assert f"[GET] {site.url('/console')} => [200]" in requests.text
+    assert "pixel.png" not in requests.text
+    with_static = await call(
+        agent, "browser_network_requests", static=True, filter="pixel", session="console"
+    )
+    assert f"[GET] {site.url('/pixel.png')} => [200]" in with_static.text
+    assert "/console" not in with_static.text
+    await call(agent, "browser_close", session="console")
+
+
+async def test_tabs(agent: ToolClient, site: Site) -> None:
+    await call(agent, "browser_navigate", url=site.url("/"), session="tabs")
+    opened = await call(agent, "browser_tabs", action="new", url=site.url("/second"), session="tabs")
+    assert "The second page" in opened.text and "Tab: 1 of 2" in opened.text
+    listing = await call(agent, "browser_tabs", action="list", session="tabs")
+    assert f"- 0: {site.url('/')}" in listing.text and f"- 1: (current) {site.url('/second')}" in listing.text
+    selected = await call(agent, "browser_tabs", action="select", index=0, session="tabs")
+    assert "Welcome to the test shop" in selected.text
+    closed = await call(agent, "browser_tabs", action="close", index=1, session="tabs")
+    assert "/second" not in closed.text.split("### Page")[0].replace("closed tab 1", "")
+    popup = await call(
+        agent, "browser_click", target=ref(selected.text, "link", "Open a new tab"), session="tabs"
+    )
+    texts = [popup.text]
+    deadline = time.monotonic() + 20
+    while f"(current) {site.url('/echo?n=popup')}" not in texts[-1] and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+        texts.append((await call(agent, "browser_tabs", action="list", session="tabs")).text)
+    assert f"- 1: (current) {site.url('/echo?n=popup')}" in texts[-1]
+    assert any("the page opened a new tab (index 1); it is now the current tab" in t for t in texts)
+    now = await call(agent, "browser_snapshot", session="tabs")
+    assert 'heading "Echo popup"' in now.text
+    await call(agent, "browser_tabs", action="close", session="tabs")
+    missing = await agent.call("browser_tabs", {"action": "select", "index": 5, "session": "tabs"})
+    assert missing.is_error and "no tab 5" in missing.text
+    await call(agent, "browser_close", session="tabs")
+
+
+async def test_file_upload_takes_only_files_inside_the_workspace(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    workspace = hub.state_dir / "workspaces" / "agent-a"
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "report.txt").write_text("twelve bytes")
+    (workspace / "escape").unlink(missing_ok=True)
+    (workspace / "escape").symlink_to("/etc/hostname")
+
+    page = await call(agent, "browser_navigate", url=site.url("/upload"), session="upload")
+    chooser = await call(
+        agent, "browser_click", target=ref(page.text, "button", "Attachment"), session="upload"
+    )
+    assert "file chooser" in chooser.text
+
+    for bad, why in (
+        ("../agent-b/x.txt", "'..' is not allowed"),
+        ("/etc/passwd", "outside your workspace"),
+        ("escape", "outside your workspace"),
+        ("missing.txt", "no such file"),
+    ):
+        refused = await agent.call("browser_file_upload", {"paths": [bad], "session": "upload"})
+        assert refused.is_error and why in refused.text, (bad, refused.text)
+
+    chosen = await call(agent, "browser_file_upload", paths=["report.txt"], session="upload")
+    assert "Chosen: report.txt (12 bytes)" in chosen.text
+    direct = await call(
+        agent, "browser_file_upload", paths=[str(workspace / "report.txt")], target="#file", session="upload"
+    )
+    assert "Chosen: report.txt" in direct.text
+    await call(agent, "browser_close", session="upload")
+
+
+async def test_downloads_land_in_the_callers_workspace(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    saved = hub.state_dir / "workspaces" / "agent-a" / "downloads" / "report.csv"
+    saved.unlink(missing_ok=True)
+    page = await call(agent, "browser_navigate", url=site.url("/downloads"), session="dl")
+    texts = [
+        (
+            await call(agent, "browser_click", target=ref(page.text, "link", "Get the report"), session="dl")
+        ).text
+    ]
+    deadline = time.monotonic() + 20
+    while not any("downloaded 'report.csv'" in t for t in texts) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+        texts.append((await call(agent, "browser_tabs", action="list", session="dl")).text)
+    assert any("downloaded 'report.csv' to downloads/report.csv in your workspace" in t for t in texts)
+    assert saved.read_text() == "a,b\n1,2\n"
+    await call(agent, "browser_close", session="dl")
+
+
+# --- the URL policy ------------------------------------------------------------------------------
+
+
+async def test_url_policy_refuses_local_files_browser_pages_metadata_and_the_hub(
+    agent: ToolClient, hub: RunningHub
+) -> None:
+    grpc_port = hub.grpc.rsplit(":", 1)[1]
+    http_port = hub.http_base.rsplit(":", 1)[1]
+    refused = {
+        "file:///etc/passwd": "file: URLs may not be opened",
+        "chrome://settings": "chrome: URLs may not be opened",
+        "view-source:http://127.0.0.1/": "view-source: URLs may not be opened",
+        "http://169.254.169.254/latest/meta-data/": "cloud metadata",
+        "http://metadata.google.internal/computeMetadata/v1/": "cloud metadata",
+        "http://[fd00:ec2::254]/latest/": "cloud metadata",
+        f"http://127.0.0.1:{grpc_port}/": "this hub's own address",
+        f"http://localhost:{http_port}/mcp": "this hub's own address",
+    }
+    for url, why in refused.items():
+        outcome = await agent.call("browser_navigate", {"url": url, "session": "policy"})
+        assert outcome.is_error and why in outcome.text, (url, outcome.text)
+
+
+async def test_url_policy_covers_redirects_and_subresources(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    redirected = await agent.call(
+        "browser_navigate",
+        {"url": site.url("/redirect?to=http://169.254.169.254/latest/meta-data/"), "session": "policy"},
+    )
+    assert "blocked by the URL policy" in redirected.text and "cloud metadata" in redirected.text
+
+    await call(agent, "browser_navigate", url=site.url("/metadata-image"), session="policy")
+    requests = await call(agent, "browser_network_requests", static=True, session="policy")
+    assert "[GET] http://169.254.169.254/latest/x.png => [403]" in requests.text
+
+    # Loopback requests go through the policy proxy too (Chromium would bypass a proxy for them).
+    hub_url = f"{hub.http_base}/mcp"
+    await call(agent, "browser_navigate", url=site.url(f"/image?src={hub_url}"), session="policy")
+    requests = await call(agent, "browser_network_requests", static=True, session="policy")
+    assert f"[GET] {hub_url} => [403]" in requests.text
+    await call(agent, "browser_close", session="policy")
+
+
+# --- isolation and concurrency -------------------------------------------------------------------
+
+
+async def test_two_principals_in_parallel_never_see_each_other(hub: RunningHub, site: Site) -> None:
+    seen: dict[str, list[str]] = {}
+
+    async def browse(name: str) -> None:
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS[name]) as client:
+            texts = []
+            for session in ("default", "shared-name"):
+                args: dict[str, Any] = {} if session == "default" else {"session": session}
+                await call(
+                    client, "browser_navigate", url=site.url(f"/cookie/set?v={name}-{session}"), **args
+                )
+                await call(client, "browser_tabs", action="new", url=site.url(f"/echo?n={name}"), **args)
+                shown = await call(client, "browser_navigate", url=site.url("/cookie/show"), **args)
+                texts.append(shown.text)
+                texts.append((await call(client, "browser_tabs", action="list", **args)).text)
+                texts.append((await call(client, "browser_snapshot", **args)).text)
+            seen[name] = texts
+            for session in ("default", "shared-name"):
+                await call(client, "browser_close", session=session)
+
+    async with anyio.create_task_group() as tg:
+        for name in TOKENS:
+            tg.start_soon(browse, name)
+
+    for name, other in (("agent-a", "agent-b"), ("agent-b", "agent-a")):
+        joined = "\n".join(seen[name])
+        assert f"cookie is who={name}-default" in joined
+        assert f"cookie is who={name}-shared-name" in joined
+        assert other not in joined, f"{name} saw {other}'s state"
+        assert joined.count("(current)") == 2  # two sessions, each listing only its own tabs
+
+
+async def test_sessions_of_one_principal_do_not_share_cookies(agent: ToolClient, site: Site) -> None:
+    await call(agent, "browser_navigate", url=site.url("/cookie/set?v=first"), session="one")
+    other = await call(agent, "browser_navigate", url=site.url("/cookie/show"), session="two")
+    assert "cookie is no cookie" in other.text
+    same = await call(agent, "browser_navigate", url=site.url("/cookie/show"), session="one")
+    assert "cookie is who=first" in same.text
+    for session in ("one", "two"):
+        await call(agent, "browser_close", session=session)
+    closed = await call(agent, "browser_close", session="one")
+    assert "no open session" in closed.text
+
+
+async def test_ten_sessions_in_parallel(hub: RunningHub, site: Site) -> None:
+    results: dict[int, str] = {}
+
+    async def one(n: int) -> None:
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-b"]) as client:
+            await call(client, "browser_navigate", url=site.url(f"/echo?n={n}"), session=f"par-{n}")
+            results[n] = (await call(client, "browser_snapshot", session=f"par-{n}")).text
+            await call(client, "browser_close", session=f"par-{n}")
+
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(one, n)
+    assert sorted(results) == list(range(10))
+    for n, text in results.items():
+        assert f'heading "Echo {n}"' in text
+        assert all(f'"Echo {m}"' not in text for m in range(10) if m != n)
+
+
+async def test_a_principal_may_hold_only_so_many_sessions(hub: RunningHub) -> None:
+    async with connect("grpc", hub.grpc, hub.mcp_url, LIMITED) as client:
+        for n in range(12):
+            await call(client, "browser_tabs", action="list", session=f"limit-{n:02}")
+        refused = await client.call("browser_tabs", {"action": "list", "session": "limit-12"})
+        assert refused.is_error
+        assert "you have 12 browser sessions open, the most allowed" in refused.text
+        assert "limit-00, limit-01" in refused.text
+        for n in range(12):
+            await call(client, "browser_close", session=f"limit-{n:02}")
+        assert not (await client.call("browser_tabs", {"action": "list", "session": "limit-12"})).is_error
+        await call(client, "browser_close", session="limit-12")
+
+
+# --- lifecycle: idle sessions, crashes, no Chromium ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idle_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    running = _browser_hub(
+        tmp_path_factory.mktemp("browser-idle-hub"),
+        idle_timeout_s=3.0,
+        spare_contexts=0,
+    )
+    yield running
+    running.stop()
+
+
+async def _until(predicate: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+async def test_idle_sessions_are_closed(idle_hub: RunningHub, site: Site) -> None:
+    async with connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-a"]) as client:
+        await call(client, "browser_navigate", url=site.url("/cookie/set?v=idle"), session="idle")
+        assert await _until(lambda: "closing idle browser session agent-a/idle" in idle_hub.log(), 30)
+        again = await call(client, "browser_navigate", url=site.url("/cookie/show"), session="idle")
+        assert "cookie is no cookie" in again.text
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _chromium_of(hub: RunningHub) -> int:
+    """The Chromium browser process the hub's Playwright driver started."""
+    for driver in _children(hub.process.pid):
+        for child in _children(driver):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"--remote-debugging-pipe" in cmdline:
+                return child
+    raise AssertionError("no Chromium under the hub")
+
+
+async def test_a_crashed_browser_is_restarted_and_other_sessions_carry_on(
+    idle_hub: RunningHub, site: Site
+) -> None:
+    async with (
+        connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-a"]) as a,
+        connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-b"]) as b,
+    ):
+        await call(a, "browser_navigate", url=site.url("/echo?n=before"), session="crash")
+        os.kill(_chromium_of(idle_hub), signal.SIGKILL)
+        assert await _until(lambda: "Chromium went away" in idle_hub.log(), 30)
+
+        unrelated = await call(b, "browser_navigate", url=site.url("/echo?n=other"))
+        assert 'heading "Echo other"' in unrelated.text
+        again = await call(a, "browser_navigate", url=site.url("/echo?n=after"), session="crash")
+        assert 'heading "Echo after"' in again.text
+        assert "started again" in again.text
+        assert idle_hub.alive()
+
+
+async def test_without_chromium_the_pack_says_so_and_the_hub_works(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = {
+        "packs": [
+            "diagnostics",
+            {"name": "browser", "options": {"executable_path": "/nonexistent/chromium"}},
+        ],
+        **OPEN_GATE,
+    }
+    running = start_hub(tmp_path_factory.mktemp("no-chromium-hub"), config=config)
+    try:
+        async with connect("grpc", running.grpc, running.mcp_url, None) as client:
+            names = {t["name"] for t in await client.list_tools()}
+            assert "browser_navigate" in names and "echo" in names
+            outcome = await client.call("browser_navigate", {"url": "http://example.com/"})
+            assert outcome.is_error
+            assert "Chromium is not installed (/nonexistent/chromium does not exist)" in outcome.text
+            assert "apt-get install chromium" in outcome.text
+            assert (await client.call("echo", {"text": "still fine"})).text == "still fine"
+    finally:
+        running.stop()
