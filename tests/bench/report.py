@@ -51,6 +51,9 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                     "calls_per_s": round(_median([r["calls_per_s"] for r in runs]), 1) if clean else None,
                     "p50_us": round(_median([r["p50_us"] for r in runs]), 1) if clean else None,
                     "p99_us": round(_median([r["p99_us"] for r in runs]), 1) if clean else None,
+                    "cpu_us_per_call": round(_median([r["cpu_us_per_call"] for r in runs]), 1)
+                    if clean
+                    else None,
                 }
             )
     reference = {r["callers"]: r for r in found if r["system"] == REFERENCE}
@@ -58,6 +61,7 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
         ref = reference.get(row["callers"], {})
         row["calls_vs_sdk"] = _ratio(row["calls_per_s"], ref.get("calls_per_s"))
         row["p50_vs_sdk"] = _ratio(row["p50_us"], ref.get("p50_us"))
+        row["cpu_vs_sdk"] = _ratio(row["cpu_us_per_call"], ref.get("cpu_us_per_call"))
     return found
 
 
@@ -184,13 +188,14 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         "## Calls",
         "",
-        "| system | callers | calls/s | x SDK | p50 us | x SDK | p99 us | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| system | callers | calls/s | x SDK | p50 us | x SDK | p99 us | CPU us/call | x SDK | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in out["rows"]:
         lines.append(
             f"| {r['title']} | {r['callers']} | {_num(r['calls_per_s'])} | {_fmt_ratio(r['calls_vs_sdk'])} "
-            f"| {_num(r['p50_us'])} | {_fmt_ratio(r['p50_vs_sdk'])} | {_num(r['p99_us'])} | {r['errors']} |"
+            f"| {_num(r['p50_us'])} | {_fmt_ratio(r['p50_vs_sdk'])} | {_num(r['p99_us'])} "
+            f"| {_num(r['cpu_us_per_call'])} | {_fmt_ratio(r['cpu_vs_sdk'])} | {r['errors']} |"
         )
     lines += ["", "## Other figures", "", "| figure | value |", "| --- | --- |"]
     for probe in out.get("inflight", []):

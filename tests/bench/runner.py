@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import loadgen, probes, wire
-from .machine import default_cpus, describe, load_average, rss_kib, rss_mb
+from .machine import cpu_ns, default_cpus, describe, load_average, rss_kib, rss_mb
 from .settings import BenchSettings
 from .systems import HUB_CONFIGS, OPTIONAL_SYSTEMS, SYSTEMS, Server, System, make_call, start_server
 
@@ -55,10 +55,11 @@ def _drive(
     return loadgen.run_h2load(call, callers, duration_s, cpus)
 
 
-def _run_dict(result: loadgen.LoadResult, run: int) -> dict[str, Any]:
+def _run_dict(result: loadgen.LoadResult, run: int, cpu_used_ns: int) -> dict[str, Any]:
     return {
         "run": run,
         "calls_per_s": round(result.calls_per_s, 1),
+        "cpu_us_per_call": round(cpu_used_ns / 1000 / result.ok, 1) if result.ok else None,
         "p50_us": result.p50_us,
         "p99_us": result.p99_us,
         "ok": result.ok,
@@ -89,12 +90,16 @@ def _measure_rows(
     for r in range(settings.runs):
         for system in systems:
             for callers in settings.concurrency:
+                pid = servers[system.server].pid
+                before = cpu_ns(pid)
                 result = _drive(calls[system.key], callers, settings.duration_s, load_cpus)
-                runs[system.key][str(callers)].append(_run_dict(result, r))
+                used = cpu_ns(pid) - before
+                runs[system.key][str(callers)].append(_run_dict(result, r, used))
                 log(
                     f"run {r + 1}/{settings.runs} {system.key:<16} {callers:>3} callers: "
                     f"{result.calls_per_s:9.1f} calls/s  p50 {result.p50_us:8.0f} us  "
-                    f"p99 {result.p99_us:8.0f} us  errors {result.errors}"
+                    f"p99 {result.p99_us:8.0f} us  cpu/call {used / 1000 / max(1, result.ok):6.0f} us  "
+                    f"errors {result.errors}"
                 )
     return runs
 
