@@ -27,8 +27,15 @@ def _pinned(command: list[str], cpus: tuple[int, ...] | None) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cpus)), *command] if cpus else command
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without MCPHUB_* settings, which would override the bench's config."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+
+
 def _run_json(command: list[str], timeout: float) -> dict[str, Any]:
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout, cwd=REPO)
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=timeout, cwd=REPO, env=_clean_env()
+    )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(command[:4])} failed (exit {done.returncode}): {done.stderr[-1500:]}")
@@ -106,7 +113,7 @@ def sidecar_rss(hub_grpc: str, token: str, idle_s: float, workdir: Path) -> dict
         args += ["--token", token]
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "sidecar.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env = _clean_env()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             hub_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
