@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WrongAnswer as exc:
         print(f"bench: a system answered the validation call wrongly: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # a server or load generator that failed to start or run
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
     report.summarize(out)
     json_path, md_path = report.write(out, settings.out_dir)
     print(report.markdown(out))
