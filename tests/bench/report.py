@@ -77,6 +77,10 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _callers(n: int) -> str:
+    return f"{n} caller" if n == 1 else f"{n} callers"
+
+
 def _per_cpu(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
     """How many calls `row` serves per CPU-second relative to `reference` (less noisy than calls/s)."""
     if reference is None:
@@ -98,7 +102,7 @@ def goals(out: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, An
             ratio = call["calls_vs_sdk"]
             checks.append(
                 _goal(
-                    f"gRPC CallTool, full pipeline, {callers} callers: calls/s vs SDK fastest",
+                    f"gRPC CallTool, full pipeline, {_callers(callers)}: calls/s vs SDK fastest",
                     _fmt_ratio(ratio) + _per_cpu(call, sdk),
                     ">= 5x",
                     None if ratio is None else ratio >= 5,
@@ -109,7 +113,7 @@ def goals(out: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, An
             per_cpu = _ratio(bare["cpu_us_per_call"], call["cpu_us_per_call"])
             checks.append(
                 _goal(
-                    f"gRPC CallTool, full pipeline, {callers} callers: calls/s vs bare grpc.aio",
+                    f"gRPC CallTool, full pipeline, {_callers(callers)}: calls/s vs bare grpc.aio",
                     ("n/a" if ratio is None else f"{100 * ratio:.0f}%")
                     + ("" if per_cpu is None else f"; per CPU-second {100 * per_cpu:.0f}%"),
                     ">= 70%",
@@ -120,7 +124,7 @@ def goals(out: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, An
             ratio = bridge["calls_vs_sdk"]
             checks.append(
                 _goal(
-                    f"bridge, {callers} callers: calls/s vs SDK fastest",
+                    f"bridge, {_callers(callers)}: calls/s vs SDK fastest",
                     _fmt_ratio(ratio) + _per_cpu(bridge, sdk),
                     ">= 1x",
                     None if ratio is None else ratio >= 1,
