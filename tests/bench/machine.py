@@ -70,12 +70,13 @@ def pin(pid: int, cpus: tuple[int, ...] | None) -> None:
             continue
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process (VmRSS), in KiB."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of a process in KiB: VmRSS, or its RssAnon (private) or RssFile (mapped
+    files, mostly shared libraries other processes can share) part."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"process {pid} has no VmRSS line (a zombie?)")
+    raise RuntimeError(f"process {pid} has no {field} line (a zombie?)")
 
 
 def rss_mb(kib: int) -> float:

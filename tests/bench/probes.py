@@ -69,12 +69,14 @@ def startup(runs: int, idle_s: float, workdir: Path) -> dict[str, Any]:
     line, then its RSS after `idle_s` of idling. `runs` fresh processes; medians quoted."""
     ready_s: list[float] = []
     rss: list[int] = []
+    anon: list[int] = []
     for i in range(runs):
         hub = start_hub(workdir / f"startup-{i}")
         try:
             ready_s.append(hub.ready_after_s)
             time.sleep(idle_s)
             rss.append(rss_kib(hub.process.pid))
+            anon.append(rss_kib(hub.process.pid, "RssAnon"))
         finally:
             hub.stop()
     return {
@@ -83,6 +85,7 @@ def startup(runs: int, idle_s: float, workdir: Path) -> dict[str, Any]:
         "ready_s_median": round(statistics.median(ready_s), 3),
         "idle_rss_mb": [rss_mb(r) for r in rss],
         "idle_rss_mb_median": rss_mb(round(statistics.median(rss))),
+        "idle_rss_anon_mb_median": rss_mb(round(statistics.median(anon))),
         "idle_s": idle_s,
     }
 

@@ -239,7 +239,8 @@ def markdown(out: dict[str, Any]) -> str:
         )
         lines.append(
             f"| hub idle RSS, embedded defaults, {startup['idle_s']:g} s after ready (median) "
-            f"| {startup['idle_rss_mb_median']:.1f} MB |"
+            f"| {startup['idle_rss_mb_median']:.1f} MB ({startup['idle_rss_anon_mb_median']:.1f} MB of it "
+            "private, the rest mapped files such as shared libraries) |"
         )
     if "hub_rss_after_load_mb" in out:
         lines.append(
