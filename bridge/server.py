@@ -10,6 +10,7 @@ the bridge was started with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -57,6 +58,12 @@ class BridgeOptions:
     default_token: str | None = None
     """Token used when a request carries none (stdio clients)."""
     max_body_bytes: int = 4 * 1024 * 1024
+    tool_input_schema: Callable[[str], Mapping[str, Any] | None] | None = None
+    """A tool's input schema by name, when the bridge runs beside the hub's registry.
+
+    On the 2026-07-28 wire the SDK checks a `tools/call`'s `Mcp-Param-*` headers against
+    the tool's input schema. Without this lookup it finds the schema by listing the
+    tools through the hub (a ListTools round trip on every call with arguments)."""
 
 
 def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> str | None:
@@ -138,6 +145,7 @@ def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
         # The runtime accepts wire dicts (HandlerResult); pydantic models per call would only cost time.
         on_list_tools=list_tools,  # type: ignore[arg-type]
         on_call_tool=call_tool,  # type: ignore[arg-type]
+        get_tool_input_schema=options.tool_input_schema,
     )
     return server
 

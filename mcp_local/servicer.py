@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 import orjson
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 STREAM_BUFFER = 256
 """Events a streaming call may queue before the tool waits for the caller to read them."""
+
+_END = object()
+"""Put on a streaming call's event queue once its pipeline task is done."""
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -67,25 +70,40 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
 
 
 class _StreamSink:
-    """Events of a streaming call, queued for the RPC to send; a full queue makes the tool wait."""
+    """Events of a streaming call, queued for the RPC to send.
 
-    __slots__ = ("_queue",)
+    The queue itself is unbounded so that the end of the call can always be put in
+    behind the last event (the `_END` sentinel, from a done-callback that cannot wait);
+    `STREAM_BUFFER` slots bound the events a tool may have queued before it waits for
+    the caller to read them.
+    """
 
-    def __init__(self, queue: asyncio.Queue[pb.CallToolEvent]) -> None:
+    __slots__ = ("_queue", "_slots")
+
+    def __init__(self, queue: asyncio.Queue[pb.CallToolEvent | object]) -> None:
         self._queue = queue
+        self._slots = asyncio.Semaphore(STREAM_BUFFER)
+
+    def taken(self) -> None:
+        """The RPC took one event off the queue: its slot is free again."""
+        self._slots.release()
+
+    async def _put(self, event: pb.CallToolEvent) -> None:
+        await self._slots.acquire()
+        self._queue.put_nowait(event)
 
     async def progress(self, progress: float, total: float | None, message: str) -> None:
-        await self._queue.put(
+        await self._put(
             pb.CallToolEvent(progress=pb.Progress(progress=progress, total=total, message=message))
         )
 
     async def output(self, stream: str, data: bytes) -> None:
-        await self._queue.put(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
+        await self._put(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
 
     async def approval(
         self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
     ) -> None:
-        await self._queue.put(
+        await self._put(
             pb.CallToolEvent(
                 approval=pb.ApprovalState(
                     approval_id=approval_id,
@@ -137,14 +155,15 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
     async def StreamCallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CallToolEvent]:
-        queue: asyncio.Queue[pb.CallToolEvent] = asyncio.Queue(STREAM_BUFFER)
+        queue: asyncio.Queue[pb.CallToolEvent | object] = asyncio.Queue()
+        sink = _StreamSink(queue)
         try:
             call = ToolCall(
                 request.name,
                 request.arguments_json,
                 authorization=_authorization(context),
                 deadline=_deadline(context),
-                sink=_StreamSink(queue),
+                sink=sink,
                 client_capabilities_json=request.client_capabilities_json,
                 request_id=request.request_id,
                 approval_id=request.approval_id,
@@ -152,25 +171,18 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         except Exception as exc:
             await abort_with(context, exc)
         task = asyncio.ensure_future(self._pipeline(call))
-        getter: asyncio.Future[pb.CallToolEvent] | None = None
+        # Behind the tool's last event: events come out in order, then the end.
+        task.add_done_callback(lambda _: queue.put_nowait(_END))
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait((getter, task), return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    break
-                yield getter.result()
-            getter.cancel()
-            while not queue.empty():
-                yield queue.get_nowait()
+            while (event := await queue.get()) is not _END:
+                sink.taken()
+                yield cast(pb.CallToolEvent, event)
             try:
                 result = task.result()
             except Exception as exc:
                 await abort_with(context, exc)
             yield pb.CallToolEvent(result=result_to_proto(result))
         finally:
-            if getter is not None:
-                getter.cancel()
             if not task.done():
                 task.cancel()  # the caller went away: stop the tool
 

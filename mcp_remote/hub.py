@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -225,7 +226,9 @@ class Hub:
         self._http_socket = sock
         port = sock.getsockname()[1]
         self._bridge_hub = HubClient(grpc_dial)
-        options = BridgeOptions(max_body_bytes=config.max_request_bytes)
+        options = BridgeOptions(
+            max_body_bytes=config.max_request_bytes, tool_input_schema=self._header_schema
+        )
         app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options),
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
@@ -248,6 +251,18 @@ class Hub:
         self._http_task = asyncio.create_task(server.main_loop(), name="mcphub-http")
         host = _dial_address(address, port)
         return f"http://{host}/mcp"
+
+    def _header_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema the bridge checks a call's `Mcp-Param-*` headers against.
+
+        From the registry, so a call costs no ListTools round trip. Only schemas that
+        declare such headers (`x-mcp-header`) are given: for any other the check compares
+        nothing, so None changes no outcome and tells the caller nothing about the tool.
+        """
+        registered = self.registry.get(name)
+        if registered is None or b"x-mcp-header" not in registered.proto.input_schema_json:
+            return None
+        return registered.tool.input_schema
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, then stop the packs."""

@@ -41,6 +41,10 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     async def boom(call: ToolCall) -> str:
         raise RuntimeError("the probe tool failed on purpose")
 
+    async def routed(call: ToolCall) -> str:
+        region: str = call.arguments["region"]
+        return region
+
     marker_schema = {
         "type": "object",
         "properties": {"marker": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"}},
@@ -66,5 +70,16 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 output_schema={"type": "object", "properties": {"value": {}}, "required": ["value"]},
             ),
             Tool("boom", "Always raises.", {"type": "object"}, boom, annotations=RO),
+            Tool(
+                "routed",
+                "Return the region, which 2026-07-28 clients also send as the Mcp-Param-Region header.",
+                {
+                    "type": "object",
+                    "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+                    "required": ["region"],
+                },
+                routed,
+                annotations=RO,
+            ),
         ],
     )

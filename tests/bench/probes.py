@@ -1,0 +1,138 @@
+"""The figures that are not calls per second: in-flight calls, memory, start-up, stage cost.
+
+Each probe runs its own process (a client, or a hub) and returns a plain dict for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.hub import REPO, hub_command, start_hub
+
+from .machine import rss_kib, rss_mb
+
+__all__ = ["inflight", "pipeline_cost", "sidecar_rss", "startup"]
+
+
+def _pinned(command: list[str], cpus: tuple[int, ...] | None) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cpus)), *command] if cpus else command
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without MCPHUB_* settings, which would override the bench's config."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+
+
+def _run_json(command: list[str], timeout: float) -> dict[str, Any]:
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=timeout, cwd=REPO, env=_clean_env()
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(command[:4])} failed (exit {done.returncode}): {done.stderr[-1500:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def inflight(
+    grpc_target: str, token: str, calls: int, seconds: float, method: str, cpus: tuple[int, ...] | None
+) -> dict[str, Any]:
+    """`calls` concurrent `sleep` calls from a separate client process."""
+    command = [sys.executable, "-m", "tests.bench.inflight", "--grpc", grpc_target, "--token", token]
+    command += ["--calls", str(calls), "--seconds", str(seconds), "--method", method]
+    return _run_json(_pinned(command, cpus), timeout=seconds + 120)
+
+
+def pipeline_cost(
+    config: dict[str, Any], token: str, calls: int, workdir: Path, cpus: tuple[int, ...] | None
+) -> dict[str, Any]:
+    """The hub's stages measured in-process (see pipeline_cost.py), on the server CPU."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "hub.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "tests.bench.pipeline_cost", "--config", str(path)]
+    command += ["--state-dir", str(workdir / "state"), "--token", token, "--calls", str(calls)]
+    return _run_json(_pinned(command, cpus), timeout=600)
+
+
+def startup(runs: int, idle_s: float, workdir: Path) -> dict[str, Any]:
+    """`mcphub serve` with the embedded defaults (ports 0, a fresh state dir): time to the ready
+    line, then its RSS after `idle_s` of idling. `runs` fresh processes; medians quoted."""
+    ready_s: list[float] = []
+    rss: list[int] = []
+    anon: list[int] = []
+    for i in range(runs):
+        hub = start_hub(workdir / f"startup-{i}")
+        try:
+            ready_s.append(hub.ready_after_s)
+            time.sleep(idle_s)
+            rss.append(rss_kib(hub.process.pid))
+            anon.append(rss_kib(hub.process.pid, "RssAnon"))
+        finally:
+            hub.stop()
+    return {
+        "runs": runs,
+        "ready_s": [round(s, 3) for s in ready_s],
+        "ready_s_median": round(statistics.median(ready_s), 3),
+        "idle_rss_mb": [rss_mb(r) for r in rss],
+        "idle_rss_mb_median": rss_mb(round(statistics.median(rss))),
+        "idle_rss_anon_mb_median": rss_mb(round(statistics.median(anon))),
+        "idle_s": idle_s,
+    }
+
+
+def sidecar_rss(hub_grpc: str, token: str, idle_s: float, workdir: Path) -> dict[str, Any]:
+    """Idle RSS of `mcphub local serve`, the in-sandbox sidecar, when this build has it.
+
+    The sidecar lands with issue 6/7; until then this reports "not available". The
+    options passed are the ones its `--help` lists among --grpc/--listen (port 0),
+    --state-dir, --hub and --token, so the probe needs no change when it lands.
+    """
+    help_run = subprocess.run(
+        hub_command("local", "serve", "--help"), capture_output=True, text=True, check=False, cwd=REPO
+    )
+    if help_run.returncode != 0:
+        return {"available": False, "reason": "`mcphub local serve` is not in this build"}
+    text = help_run.stdout
+    args = ["local", "serve"]
+    for flag in ("--grpc", "--listen"):
+        if flag in text:
+            args += [flag, "127.0.0.1:0"]
+            break
+    if "--state-dir" in text:
+        args += ["--state-dir", str(workdir / "sidecar-state")]
+    if "--hub" in text:
+        args += ["--hub", hub_grpc]
+    if "--token" in text:
+        args += ["--token", token]
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "sidecar.log"
+    env = _clean_env()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            hub_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
+    try:
+        time.sleep(max(idle_s, 3.0))
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-800:]
+            return {"available": False, "reason": f"the sidecar exited ({process.returncode}): {tail}"}
+        flags = [a for a in args[2:] if a.startswith("--")]
+        return {"available": True, "idle_rss_mb": rss_mb(rss_kib(process.pid)), "flags": flags}
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,61 @@
+"""The benchmark in smoke mode, end to end, so it never rots. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bench.settings import SMOKE
+from tests.bench.systems import SYSTEMS
+from tests.support.hub import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--smoke", "--out-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    [json_path] = tmp_path.glob("*-smoke.json")
+    [md_path] = tmp_path.glob("*-smoke.md")
+    out = json.loads(json_path.read_text())
+
+    assert out["mode"] == "smoke"
+    assert out["errors"] == 0
+    expected = {(s.key, c) for s in SYSTEMS for c in SMOKE.concurrency}
+    assert {(r["system"], r["callers"]) for r in out["rows"]} == expected
+    for row in out["rows"]:
+        assert row["errors"] == 0, row
+        assert row["calls_per_s"] > 0 and row["p50_us"] > 0 and row["p99_us"] >= row["p50_us"], row
+        assert row["calls_vs_sdk"] > 0, row
+    reference = [r for r in out["rows"] if r["system"] == "sdk-fastest"]
+    assert all(r["calls_vs_sdk"] == 1.0 for r in reference)
+
+    assert [p["method"] for p in out["inflight"]] == ["call", "stream"]
+    for probe in out["inflight"]:
+        assert probe["errors"] == 0 and probe["calls"] == SMOKE.inflight_calls, probe
+    assert out["pipeline"]["overhead_p50_us"] > 0
+    assert out["pipeline"]["stages"][-1] == "execute"
+    assert out["startup"]["ready_s_median"] > 0
+    assert out["startup"]["idle_rss_mb_median"] > out["startup"]["idle_rss_anon_mb_median"] > 0
+    assert out["hub_rss_after_load_mb"] > 0
+    assert "available" in out["sidecar"]
+    assert out["machine"]["cores"] >= 1 and len(out["machine"]["load_before"]) == 3
+    assert {g["met"] for g in out["goals"]} <= {True, False}
+
+    text = md_path.read_text()
+    assert text.strip() in done.stdout  # the table printed is the table written
+    for system in SYSTEMS:
+        assert system.title in text
+    assert "## Goals" in text

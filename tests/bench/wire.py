@@ -1,0 +1,165 @@
+"""What the load generators send, and the check that every system answers it correctly.
+
+One call is the same everywhere: `echo` with `{"text": ECHO_TEXT}`.
+
+- MCP (the SDK and the bridge): one 2026-07-28 stateless `tools/call` POST with a JSON
+  response, the same body and headers for both, so neither gets a protocol the other
+  does not. The validation pass records the exact response body; the load generator
+  then counts every response that differs from it as an error.
+- gRPC (`CallTool`, `StreamCallTool`, the bare echo): the request as one gRPC frame
+  (flag byte, 4-byte big-endian length, serialized `CallToolRequest`). A gRPC failure
+  also arrives as HTTP 200, but without a message, so the validation pass records how
+  many DATA bytes a correct answer carries and a run is correct only when the bytes
+  received equal that times the calls counted.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+
+__all__ = [
+    "CALL_TOOL_PATH",
+    "ECHO_TEXT",
+    "PROTOCOL_VERSION",
+    "STREAM_CALL_TOOL_PATH",
+    "GrpcCall",
+    "HttpCall",
+    "WrongAnswer",
+    "grpc_call",
+    "mcp_call",
+    "validate_grpc",
+    "validate_http",
+]
+
+ECHO_TEXT = "hello, mcphub"
+PROTOCOL_VERSION = "2026-07-28"
+CALL_TOOL_PATH = "/mcphub.v1.ToolHub/CallTool"
+STREAM_CALL_TOOL_PATH = "/mcphub.v1.ToolHub/StreamCallTool"
+
+
+class WrongAnswer(Exception):
+    """A system under test answered the validation call incorrectly; its figures would mean nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCall:
+    url: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    expected_body: bytes = b""
+    """Filled in by `validate_http`: the exact body of a correct answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcCall:
+    address: str
+    path: str
+    frame: bytes
+    headers: tuple[tuple[str, str], ...]
+    expected_data_bytes: int = 0
+    """Filled in by `validate_grpc`: DATA bytes of one correct answer (all its frames)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}{self.path}"
+
+
+def mcp_call(url: str, token: str | None) -> HttpCall:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo",
+            "arguments": {"text": ECHO_TEXT},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": PROTOCOL_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "mcphub-bench", "version": "1"},
+            },
+        },
+    }
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", PROTOCOL_VERSION),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "echo"),
+    ]
+    if token:
+        headers.append(("Authorization", f"Bearer {token}"))
+    return HttpCall(url, json.dumps(body, separators=(",", ":")).encode(), tuple(headers))
+
+
+def grpc_call(address: str, path: str, token: str | None) -> GrpcCall:
+    message = pb.CallToolRequest(name="echo", arguments_json=json.dumps({"text": ECHO_TEXT}).encode())
+    payload = message.SerializeToString()
+    frame = b"\x00" + len(payload).to_bytes(4, "big") + payload
+    headers = [("content-type", "application/grpc"), ("te", "trailers")]
+    if token:
+        headers.append(("authorization", f"Bearer {token}"))
+    return GrpcCall(address, path, frame, tuple(headers))
+
+
+def _post(call: HttpCall) -> tuple[int, bytes]:
+    request = urllib.request.Request(call.url, data=call.body, method="POST", headers=dict(call.headers))
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, response.read()
+
+
+def validate_http(call: HttpCall) -> HttpCall:
+    """Call twice: both answers must be the same correct JSON-RPC result, which is recorded."""
+    status, body = _post(call)
+    if status != 200:
+        raise WrongAnswer(f"{call.url}: HTTP {status}, expected 200: {body[:300]!r}")
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise WrongAnswer(f"{call.url}: the answer is not JSON ({exc}): {body[:300]!r}") from None
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict) or message.get("id") != 1:
+        raise WrongAnswer(f"{call.url}: expected a JSON-RPC result for id 1, got {body[:300]!r}")
+    if result.get("isError") or result.get("content") != [{"type": "text", "text": ECHO_TEXT}]:
+        raise WrongAnswer(f"{call.url}: expected one text block {ECHO_TEXT!r}, got {result!r}")
+    _, again = _post(call)
+    if again != body:
+        raise WrongAnswer(
+            f"{call.url}: two identical calls gave different bodies, so responses cannot be checked "
+            f"byte for byte: {body[:200]!r} vs {again[:200]!r}"
+        )
+    return HttpCall(call.url, call.body, call.headers, expected_body=body)
+
+
+def _expected_result() -> pb.CallToolResult:
+    return pb.CallToolResult(content=[pb.ContentBlock(text=pb.TextContent(text=ECHO_TEXT))])
+
+
+def validate_grpc(call: GrpcCall) -> GrpcCall:
+    """One real call through grpcio; the answer must be the echo. Returns the call with its size recorded."""
+    metadata = [(k, v) for k, v in call.headers if k == "authorization"]
+    request = call.frame[5:]
+    with grpc.insecure_channel(call.address) as channel:
+        try:
+            if call.path == STREAM_CALL_TOOL_PATH:
+                stream = channel.unary_stream(call.path)
+                messages = list(stream(request, metadata=metadata, timeout=30))
+                events = [pb.CallToolEvent.FromString(m) for m in messages]
+                if len(events) != 1 or events[0].WhichOneof("event") != "result":
+                    raise WrongAnswer(f"{call.url}: expected exactly one result event, got {events!r}")
+                result = events[0].result
+            else:
+                unary = channel.unary_unary(call.path)
+                messages = [unary(request, metadata=metadata, timeout=30)]
+                result = pb.CallToolResult.FromString(messages[0])
+        except grpc.RpcError as exc:
+            raise WrongAnswer(f"{call.url}: {exc.code().name}: {exc.details()}") from None
+    if result != _expected_result():
+        raise WrongAnswer(f"{call.url}: expected the echo of {ECHO_TEXT!r}, got {result!r}")
+    size = sum(5 + len(m) for m in messages)
+    return GrpcCall(call.address, call.path, call.frame, call.headers, expected_data_bytes=size)
