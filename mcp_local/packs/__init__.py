@@ -14,7 +14,6 @@ import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,9 +73,17 @@ class StaticPack:
         return None
 
 
+def _entry_points() -> Any:
+    # Imported on use: importlib.metadata costs a few MB that a sidecar loading only
+    # import paths (its built-in packs) never needs.
+    from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
 def available_packs() -> dict[str, str]:
     """Entry-point pack names and what they point to."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {ep.name: ep.value for ep in _entry_points()}
 
 
 def _import_file(ref: str, path: Path) -> Any:
@@ -105,7 +112,7 @@ def _resolve(ref: str) -> Any:
             raise ConfigError(f"pack {ref!r}: {module_ref} has no {attr!r}")
         return getattr(module, attr)
     if ":" not in ref and "." not in ref:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == ref]
+        found = [ep for ep in _entry_points() if ep.name == ref]
         if not found:
             known = ", ".join(sorted(available_packs())) or "none"
             raise ConfigError(
