@@ -16,6 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+
+from .sandboxes_cli import add_sandbox_commands
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
@@ -407,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout")
     _client_options(bridge)
     bridge.set_defaults(func=_cmd_bridge)
+    add_local_commands(sub, _Formatter)  # `mcphub local ...`: the sidecar (docs/sidecar.md)
+    add_sandbox_commands(sub, _client_options)  # `mcphub sandboxes ...`
     return parser
 
 

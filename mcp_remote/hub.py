@@ -28,6 +28,7 @@ from mcp_local.servicer import ToolHubServicer, start_grpc_server
 
 from .auth import TokenAuthenticator
 from .config import Address, HubConfig
+from .federation import Federation
 
 __all__ = ["Hub", "HubAddresses", "read_hub_file"]
 
@@ -69,6 +70,7 @@ class Hub:
         self.redactor = Redactor()
         self.authenticator = self._authenticator(config, environ)
         self.pipeline = Pipeline(self.stages())
+        self.federation = Federation(self.registry, self.authenticator, config.state_dir)
         self.packs: list[ToolPack] = []
         self.addresses: HubAddresses | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -100,7 +102,9 @@ class Hub:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self._load_packs()
         servicer = ToolHubServicer(self.registry, self.pipeline, self.authenticator)
-        self._grpc, grpc_port = await start_grpc_server(str(config.grpc), servicer)
+        self._grpc, grpc_port = await start_grpc_server(
+            str(config.grpc), servicer, extra_services=[self.federation.service()]
+        )
         grpc_dial = _dial_address(config.grpc, grpc_port)
         mcp_url = None
         if config.http is not None:
@@ -193,6 +197,7 @@ class Hub:
             self._http = None
         if self._bridge_hub is not None:
             await self._bridge_hub.close()
+        await self.federation.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
