@@ -284,9 +284,15 @@ class _Sql:
         return db
 
     async def _run(self, db: Database, sql: str, params: Sequence[Any], limit: int, write: bool) -> Rows:
-        if db.kind == "sqlite":
-            return await _sqlite(db, sql, params, limit, write)
-        return await _postgres(db, sql, params, limit, write, self.timeout_s)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if db.kind == "sqlite":
+                    return await _sqlite(db, sql, params, limit, write)
+                return await _postgres(db, sql, params, limit, write, self.timeout_s)
+        except TimeoutError:
+            raise ToolError(
+                f"database {db.name!r}: the statement ran longer than {self.timeout_s:g}s and was cancelled"
+            ) from None
 
     async def query(self, call: ToolCall) -> ToolResult:
         db = self._database(call, write=False)
@@ -388,10 +394,9 @@ def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
             if value not in environ:
                 raise ConfigError(f"{where}.postgres_env: environment variable {value} is not set")
             dsn = environ[value]
-        env.redactor.add(dsn)
-        password = _password_of(dsn)
-        if password:
-            env.redactor.add(password)
+        for secret in (dsn, _password_of(dsn)):
+            if secret and len(secret) >= 6:  # the redactor refuses shorter values (they would hit words)
+                env.redactor.add(secret)
         found[name] = Database(name, "postgres", dsn, writable)
     return found
 
@@ -485,5 +490,5 @@ def _tool(
         output_schema=_ROWS_SCHEMA,
         handler=handler,
         annotations=annotations,
-        timeout_s=timeout_s + 5,
+        timeout_s=timeout_s + 10,  # a backstop: _Sql._run cancels the statement itself at timeout_s
     )
