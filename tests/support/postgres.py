@@ -1,4 +1,7 @@
-"""A real PostgreSQL server for tests: a throwaway cluster on 127.0.0.1, run as `nobody` (postgres refuses root)."""
+"""A real PostgreSQL server for tests: a throwaway cluster on 127.0.0.1, run as `nobody`.
+
+PostgreSQL refuses to run as root, and this machine's tests run as root.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 @dataclass(frozen=True)
 class RunningPostgres:
-    """TCP on 127.0.0.1 needs a password (scram-sha-256); the Unix socket in `socket_dir` trusts (for setup)."""
+    """TCP on 127.0.0.1 needs a password (scram-sha-256); the Unix socket in `socket_dir` trusts."""
 
     port: int
     datadir: Path
@@ -91,9 +94,10 @@ def postgres_server() -> Iterator[RunningPostgres]:
                     "-t",
                     "30",
                     "-o",
-                    f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} -c fsync=off",
+                    f"-c listen_addresses=127.0.0.1 -c port={port} "
+                    f"-c unix_socket_directories={base} -c fsync=off",
                     "start",
-                ],  # fmt: skip
+                ],
                 env={"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8"},
                 cwd=base,
             )

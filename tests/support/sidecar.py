@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.hub import REPO, _read_line
+from tests.support.hub import _read_line
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunningSidecar:
 
 
 def sidecar_command(*args: str, module: bool = False) -> list[str]:
-    """`python -m mcp_local ...` (module=True) or `python -m mcp_remote.cli local ...` (the mcphub command)."""
+    """`python -m mcp_local ...` (module=True), or `python -m mcp_remote.cli local ...` (as `mcphub`)."""
     if module:
         return [sys.executable, "-m", "mcp_local", *args]
     return [sys.executable, "-m", "mcp_remote.cli", "local", *args]

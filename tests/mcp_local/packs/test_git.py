@@ -1,4 +1,4 @@
-"""The git pack on a real repository: status, diff, log, commit; option-looking refs and outside paths refused."""
+"""The git pack on a real repository: status, diff, log, commit; odd refs and outside paths refused."""
 
 from __future__ import annotations
 
