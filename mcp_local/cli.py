@@ -62,6 +62,9 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
     grpc = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or (None if args.stdio else DEFAULT_GRPC)
     if grpc and grpc.lower() == "off":
         grpc = None
+    http = args.http or environ.get("MCPHUB_LOCAL_HTTP") or None
+    if http and http.lower() == "off":
+        http = None
     state_dir = args.state_dir or Path(
         environ.get("MCPHUB_STATE_DIR")
         or Path(environ.get("TMPDIR", "/tmp")) / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
@@ -69,7 +72,7 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
     return SidecarSettings(
         manifest=manifest,
         grpc=grpc,
-        http=args.http or environ.get("MCPHUB_LOCAL_HTTP") or None,
+        http=http,
         stdio=args.stdio,
         hub=args.hub or environ.get("MCPHUB_HUB") or None,
         token=args.token or environ.get("MCPHUB_TOKEN") or None,
@@ -275,7 +278,7 @@ def add_local_commands(
     serve.add_argument(
         "--grpc", metavar="HOST:PORT", help=f"ToolHub on loopback (default {DEFAULT_GRPC}; 'off')"
     )
-    serve.add_argument("--http", metavar="HOST:PORT", help="MCP Streamable HTTP at /mcp on loopback")
+    serve.add_argument("--http", metavar="HOST:PORT", help="MCP Streamable HTTP at /mcp on loopback ('off')")
     serve.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout")
     serve.add_argument("--hub", metavar="HOST:PORT", help="register with the hub at this gRPC address")
     serve.add_argument("--token", help="bearer token naming this sandbox at the hub (default: $MCPHUB_TOKEN)")
