@@ -263,7 +263,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             name="files_read",
             title="Read a file",
             description=(
-                f"Read a text file of the workspace ({workspace.root}). Paths are relative to the "
+                "Read a text file of the sandbox's workspace. Paths are relative to the "
                 f"workspace. Returns at most {max_read} bytes; the text says where to continue."
             ),
             input_schema={

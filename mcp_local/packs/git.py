@@ -183,7 +183,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             name="git_status",
             title="git status",
             description=(
-                f"Show the branch and the changed and untracked files of the repository at {workspace.root}."
+                "Show the branch and the changed and untracked files of the workspace's git repository."
             ),
             input_schema={"type": "object", "properties": {}, "additionalProperties": False},
             handler=g.status,
