@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .manifest import Manifest
     from .sidecar import Sidecar, SidecarSettings
 
 __all__ = ["DEFAULT_GRPC", "add_local_commands", "main"]
@@ -33,6 +34,7 @@ __all__ = ["DEFAULT_GRPC", "add_local_commands", "main"]
 DEFAULT_GRPC = "127.0.0.1:7072"
 DEFAULT_MANIFEST = "/etc/mcphub/manifest.yaml"
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+DEFAULT_PACKS: dict[str, Any] = {"packs": ["files", "git", "process"]}
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -40,25 +42,25 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def _manifest(args: argparse.Namespace, environ: Mapping[str, str]) -> Manifest:
+    """The manifest named by --manifest or $MCPHUB_MANIFEST, else the image's, else the defaults."""
+    from .manifest import load_manifest, parse_manifest
 
-    try:
-        return version("mcphub")
-    except PackageNotFoundError:  # pragma: no cover - a source tree without install
-        return "0.0.0"
-
-
-def _manifest_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
-    return Path(args.manifest or environ.get("MCPHUB_MANIFEST") or DEFAULT_MANIFEST)
+    named = args.manifest or environ.get("MCPHUB_MANIFEST")
+    if named or Path(DEFAULT_MANIFEST).exists():
+        return load_manifest(Path(named or DEFAULT_MANIFEST))
+    # No manifest at all (e.g. trying the sidecar outside an image): the current directory's
+    # files, git repository and processes, on loopback only.
+    return parse_manifest(
+        DEFAULT_PACKS, source="default manifest (files, git, process of the current directory)"
+    )
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSettings:
     from .hublink import Backoff
-    from .manifest import load_manifest
     from .sidecar import SidecarSettings
 
-    manifest = load_manifest(_manifest_path(args, environ))
+    manifest = _manifest(args, environ)
     grpc = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or (None if args.stdio else DEFAULT_GRPC)
     if grpc and grpc.lower() == "off":
         grpc = None
@@ -103,7 +105,9 @@ async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
     from .redaction import RedactingFilter
     from .sidecar import Sidecar
 
-    sidecar = Sidecar(settings, version=_version())
+    from .version import VERSION
+
+    sidecar = Sidecar(settings, version=VERSION)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(sidecar.redactor))
     if settings.token:
@@ -239,7 +243,8 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--manifest",
         metavar="FILE",
-        help=f"the image's manifest (default: $MCPHUB_MANIFEST, then {DEFAULT_MANIFEST})",
+        help=f"the image's manifest (default: $MCPHUB_MANIFEST, then {DEFAULT_MANIFEST}; without "
+        "either, the files, git and process packs on the current directory)",
     )
     p.add_argument(
         "--state-dir", type=Path, help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID)"

@@ -192,3 +192,20 @@ def test_the_sidecar_does_not_load_the_hub(tmp_path: Path, module: bool) -> None
     allowed = set() if module else {"mcp_remote", "mcp_remote.cli", "mcp_remote.sandboxes_cli"}
     assert hub_side == allowed
     assert process.returncode == 0
+
+
+def test_the_version_constant_matches_the_installed_distribution() -> None:
+    from importlib.metadata import version
+
+    from mcp_local.version import VERSION
+
+    assert version("mcphub") == VERSION
+
+
+def test_without_any_manifest_the_sidecar_serves_the_current_directory(tmp_path: Path) -> None:
+    out = _run(["check"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "files_read" in out.stdout and "git_status" in out.stdout and "sql_query" not in out.stdout
+    assert "default manifest" in out.stderr
+    missing = _run(["check", "--manifest", str(tmp_path / "nope.yaml")], tmp_path)
+    assert missing.returncode == 2 and "cannot read the manifest" in missing.stderr
