@@ -104,7 +104,6 @@ async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .redaction import RedactingFilter
     from .sidecar import Sidecar
-
     from .version import VERSION
 
     sidecar = Sidecar(settings, version=VERSION)
