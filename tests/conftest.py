@@ -20,17 +20,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
     """Hold anyio's test runner open for the whole session: grpc.aio binds its poller to the first
-    event loop of the process, so every async test must run on that same loop."""
+    event loop of the process, so every async test must run on that same loop. (Autouse: a
+    `usefixtures` marker added in pytest_collection_modifyitems comes too late to take effect,
+    and each test got a loop of its own; a gRPC event of a closed loop then failed a later test.)"""
     yield
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("anyio") is not None:
-            item.add_marker(pytest.mark.usefixtures("_one_event_loop"))
 
 
 @pytest.fixture(scope="session")
