@@ -13,7 +13,7 @@ import pytest
 from mcp_local.errors import ConfigError
 from mcp_local.redaction import Redactor
 from tests.support.packs import PackUnderTest, make_pack, text
-from tests.support.postgres import RunningPostgres, postgres_server
+from tests.support.pgcluster import RunningPostgres, postgres_server
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
-"""A real PostgreSQL server for tests: a throwaway cluster on 127.0.0.1, run as `nobody`.
+"""A real PostgreSQL server with password (scram) logins on 127.0.0.1, for the sql pack's tests.
 
-PostgreSQL refuses to run as root, and this machine's tests run as root.
+A throwaway cluster run as `nobody`: PostgreSQL refuses to run as root, and tests here run as root.
 """
 
 from __future__ import annotations
