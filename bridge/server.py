@@ -19,9 +19,10 @@ import grpc
 import orjson
 from mcp.server.caching import CacheHint
 from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel.server import Server
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import CallToolRequestParams, PaginatedRequestParams
+from mcp_types import CallToolRequestParams, NotificationParams, PaginatedRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp
 
 from proto.mcphub.v1 import toolhub_pb2 as pb
 
+from .changes import ToolChanges
 from .errors import mcp_error_from_grpc
 from .hubclient import HubClient
 from .security import HostOriginGuard, OriginPolicy
@@ -101,6 +103,22 @@ def _complete(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> di
     return result
 
 
+class _HubServer(Server[Any]):
+    """The SDK server, announcing `tools.listChanged` to handshake-era clients (see `changes.py`)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
 def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
     default_token = options.default_token
 
@@ -135,7 +153,8 @@ def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
         except grpc.aio.AioRpcError as exc:
             raise mcp_error_from_grpc(exc) from None
 
-    server: Server[Any] = Server(
+    changes = ToolChanges(hub, lambda ctx: _caller_token(ctx, default_token))
+    server: Server[Any] = _HubServer(
         options.name,
         version=_VERSION,
         title="mcphub",
@@ -146,7 +165,9 @@ def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
         on_list_tools=list_tools,  # type: ignore[arg-type]
         on_call_tool=call_tool,  # type: ignore[arg-type]
         get_tool_input_schema=options.tool_input_schema,
+        on_subscriptions_listen=changes.on_listen,
     )
+    server.add_notification_handler("notifications/initialized", NotificationParams, changes.on_initialized)
     return server
 
 

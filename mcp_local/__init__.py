@@ -1,87 +1,120 @@
-"""The tool-server runtime (tool model, registry, dispatch pipeline, gRPC servicer) and the sidecar."""
+"""The tool-server runtime (tool model, registry, dispatch pipeline, gRPC servicer) and the sidecar.
+
+The names below are imported on first use (PEP 562): `mcphub --help` and the other client
+commands build their parser with `mcp_local.cli` and should not load gRPC and jsonschema for it.
+"""
 
 from __future__ import annotations
 
-from .content import (
-    AudioContent,
-    Content,
-    ContentAnnotations,
-    EmbeddedResource,
-    ImageContent,
-    ResourceLink,
-    TextContent,
-    ToolResult,
-)
-from .errors import (
-    ConfigError,
-    DeadlineExceeded,
-    HubError,
-    InvalidArgument,
-    MissingCapability,
-    PermissionDenied,
-    ResourceExhausted,
-    ToolError,
-    ToolHubError,
-    ToolNotFound,
-    Unauthenticated,
-    Unavailable,
-)
-from .outputs import OutputStore, output_read_tool
-from .packs import PackEnv, StaticPack, ToolPack, load_pack
-from .pipeline import Authenticate, Authorize, Next, Pipeline, ResolveTool, Stage, ValidateArguments, execute
-from .principals import LOCAL, Authenticator, OpenAccess, Principal
-from .redaction import REDACTED, RedactingFilter, Redactor
-from .registry import RegisteredTool, ToolRegistry
-from .servicer import ToolHubServicer, start_grpc_server
-from .tools import Tool, ToolAnnotations, ToolCall
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "LOCAL",
-    "REDACTED",
-    "AudioContent",
-    "Authenticate",
-    "Authenticator",
-    "Authorize",
-    "ConfigError",
-    "Content",
-    "ContentAnnotations",
-    "DeadlineExceeded",
-    "EmbeddedResource",
-    "HubError",
-    "ImageContent",
-    "InvalidArgument",
-    "MissingCapability",
-    "Next",
-    "OpenAccess",
-    "OutputStore",
-    "PackEnv",
-    "PermissionDenied",
-    "Pipeline",
-    "Principal",
-    "RedactingFilter",
-    "Redactor",
-    "RegisteredTool",
-    "ResolveTool",
-    "ResourceExhausted",
-    "ResourceLink",
-    "Stage",
-    "StaticPack",
-    "TextContent",
-    "Tool",
-    "ToolAnnotations",
-    "ToolCall",
-    "ToolError",
-    "ToolHubError",
-    "ToolHubServicer",
-    "ToolNotFound",
-    "ToolPack",
-    "ToolRegistry",
-    "ToolResult",
-    "Unauthenticated",
-    "Unavailable",
-    "ValidateArguments",
-    "execute",
-    "load_pack",
-    "output_read_tool",
-    "start_grpc_server",
-]
+if TYPE_CHECKING:
+    from .content import AudioContent as AudioContent
+    from .content import Content as Content
+    from .content import ContentAnnotations as ContentAnnotations
+    from .content import EmbeddedResource as EmbeddedResource
+    from .content import ImageContent as ImageContent
+    from .content import ResourceLink as ResourceLink
+    from .content import TextContent as TextContent
+    from .content import ToolResult as ToolResult
+    from .errors import ConfigError as ConfigError
+    from .errors import DeadlineExceeded as DeadlineExceeded
+    from .errors import HubError as HubError
+    from .errors import InvalidArgument as InvalidArgument
+    from .errors import MissingCapability as MissingCapability
+    from .errors import PermissionDenied as PermissionDenied
+    from .errors import ResourceExhausted as ResourceExhausted
+    from .errors import ToolError as ToolError
+    from .errors import ToolHubError as ToolHubError
+    from .errors import ToolNotFound as ToolNotFound
+    from .errors import Unauthenticated as Unauthenticated
+    from .errors import Unavailable as Unavailable
+    from .outputs import OutputStore as OutputStore
+    from .outputs import output_read_tool as output_read_tool
+    from .packs import PackEnv as PackEnv
+    from .packs import StaticPack as StaticPack
+    from .packs import ToolPack as ToolPack
+    from .packs import load_pack as load_pack
+    from .pipeline import Authenticate as Authenticate
+    from .pipeline import Authorize as Authorize
+    from .pipeline import Next as Next
+    from .pipeline import Pipeline as Pipeline
+    from .pipeline import ResolveTool as ResolveTool
+    from .pipeline import Stage as Stage
+    from .pipeline import ValidateArguments as ValidateArguments
+    from .pipeline import execute as execute
+    from .principals import LOCAL as LOCAL
+    from .principals import Authenticator as Authenticator
+    from .principals import OpenAccess as OpenAccess
+    from .principals import Principal as Principal
+    from .redaction import REDACTED as REDACTED
+    from .redaction import RedactingFilter as RedactingFilter
+    from .redaction import Redactor as Redactor
+    from .registry import RegisteredTool as RegisteredTool
+    from .registry import ToolRegistry as ToolRegistry
+    from .servicer import ToolHubServicer as ToolHubServicer
+    from .servicer import start_grpc_server as start_grpc_server
+    from .tools import Tool as Tool
+    from .tools import ToolAnnotations as ToolAnnotations
+    from .tools import ToolCall as ToolCall
+
+_HOMES = {
+    "AudioContent": ".content",
+    "Content": ".content",
+    "ContentAnnotations": ".content",
+    "EmbeddedResource": ".content",
+    "ImageContent": ".content",
+    "ResourceLink": ".content",
+    "TextContent": ".content",
+    "ToolResult": ".content",
+    "ConfigError": ".errors",
+    "DeadlineExceeded": ".errors",
+    "HubError": ".errors",
+    "InvalidArgument": ".errors",
+    "MissingCapability": ".errors",
+    "PermissionDenied": ".errors",
+    "ResourceExhausted": ".errors",
+    "ToolError": ".errors",
+    "ToolHubError": ".errors",
+    "ToolNotFound": ".errors",
+    "Unauthenticated": ".errors",
+    "Unavailable": ".errors",
+    "OutputStore": ".outputs",
+    "output_read_tool": ".outputs",
+    "PackEnv": ".packs",
+    "StaticPack": ".packs",
+    "ToolPack": ".packs",
+    "load_pack": ".packs",
+    "Authenticate": ".pipeline",
+    "Authorize": ".pipeline",
+    "Next": ".pipeline",
+    "Pipeline": ".pipeline",
+    "ResolveTool": ".pipeline",
+    "Stage": ".pipeline",
+    "ValidateArguments": ".pipeline",
+    "execute": ".pipeline",
+    "Authenticator": ".principals",
+    "LOCAL": ".principals",
+    "OpenAccess": ".principals",
+    "Principal": ".principals",
+    "REDACTED": ".redaction",
+    "RedactingFilter": ".redaction",
+    "Redactor": ".redaction",
+    "RegisteredTool": ".registry",
+    "ToolRegistry": ".registry",
+    "ToolHubServicer": ".servicer",
+    "start_grpc_server": ".servicer",
+    "Tool": ".tools",
+    "ToolAnnotations": ".tools",
+    "ToolCall": ".tools",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home, __name__), name)

@@ -16,6 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+
+from .sandboxes_cli import add_sandbox_commands
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
@@ -410,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_admin import add_admin_commands
 
     add_admin_commands(sub, _Formatter)
+    add_local_commands(sub, _Formatter)  # `mcphub local ...`: the sidecar (docs/sidecar.md)
+    add_sandbox_commands(sub, _client_options)  # `mcphub sandboxes ...`
     return parser
 
 

@@ -87,9 +87,18 @@ class PrincipalConfig(BaseModel):
     token_env: str | None = None
     token_file: Path | None = None
     tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
-    roles: list[Literal["approver", "operator"]] = Field(default_factory=list)
+    roles: list[Literal["approver", "operator", "sandbox"]] = Field(default_factory=list)
+    """`sandbox`: a sidecar's token; it registers the sandbox of this name (docs/sidecar.md)."""
     groups: list[str] = Field(default_factory=list)
     """Approver groups (policy rules may require an approver from one of them)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sandbox_calls_only_its_own_tools(cls, data: Any) -> Any:
+        # A sidecar's token is readable inside its sandbox: by default it reaches that sandbox's tools only.
+        if isinstance(data, dict) and "sandbox" in (data.get("roles") or []) and "tools" not in data:
+            return {**data, "tools": [f"{data.get('name')}__*"]}
+        return data
 
     @model_validator(mode="after")
     def _one_token_source(self) -> PrincipalConfig:

@@ -18,9 +18,8 @@ import grpc
 import uvicorn
 
 from bridge import BridgeOptions, HubClient, build_asgi_app, build_mcp_server, default_policy
-from mcp_local.errors import ConfigError
 from mcp_local.outputs import OutputStore, output_read_tool
-from mcp_local.packs import PackEnv, ToolPack, load_pack
+from mcp_local.packs import PackEnv, ToolPack, start_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
@@ -33,6 +32,7 @@ from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
 from .auth import TokenAuthenticator
 from .config import Address, HubConfig
+from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import resolve_policy
 from .statedir import remove_hub_file, write_hub_file
@@ -105,6 +105,9 @@ class Hub:
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
         self.pipeline = Pipeline(self.stages())
+        self.federation = Federation(
+            self.registry, self.authenticator, config.state_dir, on_event=self._sandbox_event
+        )
         self.packs: list[ToolPack] = []
         self.addresses: HubAddresses | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -157,6 +160,23 @@ class Hub:
             fields.update(approved_by=approval.decided_by, at_ms=approval.used_ms)
         self.audit.record("approval", approval.call_id, approval.principal, approval.tool, fields)
 
+    def _sandbox_event(self, event: SandboxEvent) -> None:
+        """Sandboxes connecting, leaving, and tool definitions pinned, changed or accepted."""
+        tool = f"{event.sandbox}__{event.tool}" if event.tool else "-"
+        self.audit.record(
+            "sandbox",
+            "-",
+            event.principal or "-",
+            tool,
+            {
+                "event": event.kind,
+                "sandbox": event.sandbox,
+                "detail": event.detail or None,
+                "pinned_sha256": event.pinned_sha256 or None,
+                "announced_sha256": event.announced_sha256 or None,
+            },
+        )
+
     async def start(self) -> HubAddresses:
         config = self.config
         await self.audit.start()
@@ -174,7 +194,10 @@ class Hub:
         self._grpc, grpc_port = await start_grpc_server(
             str(config.grpc),
             servicer,
-            extra_services=[(apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals")],
+            extra_services=[
+                (apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals"),
+                self.federation.service(),
+            ],
         )
         grpc_dial = _dial_address(config.grpc, grpc_port)
         mcp_url = None
@@ -201,14 +224,7 @@ class Hub:
             redactor=self.redactor,
             listen_addresses=self.listen_addresses,
         )
-        for spec in self.config.packs:
-            pack = load_pack(spec.name, spec.options, env)
-            await pack.start()
-            self.packs.append(pack)
-            try:
-                self.registry.set_source(f"pack:{pack.name}", pack.tools())
-            except ConfigError as exc:
-                raise ConfigError(f"packs[{spec.name}]: {exc}") from exc
+        self.packs = await start_packs(self.config.packs, env, self.registry)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     async def _start_bridge(self, address: Address, grpc_dial: str) -> str:
@@ -273,6 +289,7 @@ class Hub:
             self._http = None
         if self._bridge_hub is not None:
             await self._bridge_hub.close()
+        await self.federation.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

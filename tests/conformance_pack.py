@@ -208,5 +208,41 @@ TOOLS = [
 ]
 
 
+async def dynamic_tool(call: ToolCall) -> str:
+    return "dynamic"
+
+
+DYNAMIC = Tool(
+    "test_dynamic_tool",
+    "Comes and goes with test_trigger_tool_change.",
+    NO_ARGS,
+    dynamic_tool,
+    annotations=READ_ONLY,
+)
+
+
 def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
-    return StaticPack("conformance", TOOLS)
+    pack = StaticPack("conformance", list(TOOLS))
+
+    async def trigger_tool_change(call: ToolCall) -> str:
+        """Add or remove a tool, so clients listening for list changes get one."""
+        tools = list(pack.tool_list)
+        if DYNAMIC in tools:
+            tools.remove(DYNAMIC)
+        else:
+            tools.append(DYNAMIC)
+        pack.tool_list = tools
+        env.tools_changed(pack)
+        return "the tool list changed"
+
+    pack.tool_list = [
+        *TOOLS,
+        Tool(
+            "test_trigger_tool_change",
+            "Adds or removes test_dynamic_tool.",
+            NO_ARGS,
+            trigger_tool_change,
+            annotations=READ_ONLY,
+        ),
+    ]
+    return pack

@@ -13,23 +13,37 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..outputs import OutputStore
 from ..redaction import Redactor
 from ..tools import Tool
 
-__all__ = ["ENTRY_POINT_GROUP", "PackEnv", "StaticPack", "ToolPack", "available_packs", "load_pack"]
+if TYPE_CHECKING:
+    from ..registry import ToolRegistry
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PackEnv",
+    "StaticPack",
+    "ToolPack",
+    "available_packs",
+    "load_pack",
+    "start_packs",
+]
 
 ENTRY_POINT_GROUP = "mcphub.packs"
 
 
 def _no_addresses() -> tuple[str, ...]:
     return ()
+
+
+def _ignore(pack: ToolPack) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,8 @@ class PackEnv:
     """Register every secret value the pack holds: results, audit records and logs are redacted with it."""
     listen_addresses: Callable[[], tuple[str, ...]] = _no_addresses
     """The server's own listening addresses (`host:port`), known once it has bound them."""
+    tools_changed: Callable[[ToolPack], None] = _ignore
+    """Call with the pack when its `tools()` changed: the server re-reads them and tells clients."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -74,9 +90,17 @@ class StaticPack:
         return None
 
 
+def _entry_points() -> Any:
+    # Imported on use: importlib.metadata costs a few MB that a sidecar loading only
+    # import paths (its built-in packs) never needs.
+    from importlib.metadata import entry_points
+
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
 def available_packs() -> dict[str, str]:
     """Entry-point pack names and what they point to."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {ep.name: ep.value for ep in _entry_points()}
 
 
 def _import_file(ref: str, path: Path) -> Any:
@@ -105,7 +129,7 @@ def _resolve(ref: str) -> Any:
             raise ConfigError(f"pack {ref!r}: {module_ref} has no {attr!r}")
         return getattr(module, attr)
     if ":" not in ref and "." not in ref:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == ref]
+        found = [ep for ep in _entry_points() if ep.name == ref]
         if not found:
             known = ", ".join(sorted(available_packs())) or "none"
             raise ConfigError(
@@ -132,3 +156,31 @@ def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv) -> ToolPack:
             f"pack {ref!r}: expected a ToolPack (name, tools(), start(), stop()), got {type(pack).__name__}"
         )
     return pack
+
+
+async def start_packs(specs: Sequence[Any], env: PackEnv, registry: ToolRegistry) -> list[ToolPack]:
+    """Load and start the packs `specs` name, and register their tools.
+
+    A spec has `.name` (how errors name it), `.options`, and optionally `.ref` (what to
+    load, when it differs from the name).
+
+    Each pack's tools become the registry source `pack:<name>`, refreshed whenever the pack
+    calls `env.tools_changed(pack)`. Errors name the pack they come from.
+    """
+
+    def refresh(pack: ToolPack) -> None:
+        registry.set_source(f"pack:{pack.name}", pack.tools())
+
+    env = replace(env, tools_changed=refresh)
+    started: list[ToolPack] = []
+    for spec in specs:
+        prefix = f"packs[{spec.name}]"
+        try:
+            pack = load_pack(getattr(spec, "ref", None) or spec.name, spec.options, env)
+            await pack.start()
+            started.append(pack)
+            registry.set_source(f"pack:{pack.name}", pack.tools())
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+    return started

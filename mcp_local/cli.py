@@ -1,0 +1,353 @@
+"""`mcphub local ...`: the sidecar's commands (also `python -m mcp_local ...`).
+
+    mcphub local serve --manifest FILE [--grpc HOST:PORT] [--http HOST:PORT] [--stdio]
+                       [--hub HOST:PORT] [--sandbox NAME] [--ready-file PATH] [--json]
+    mcphub local check --manifest FILE      validate the manifest, load the packs, list the tools
+    mcphub local health [--grpc HOST:PORT]  exit 0 when the sidecar answers gRPC health checks
+
+Only the standard library is imported at the top: `mcphub local` must start
+quickly and never load the hub (`mcp_remote`).
+
+Exit codes: 0 success; 1 unhealthy; 2 bad usage, manifest or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+    from .sidecar import Sidecar, SidecarSettings
+
+__all__ = ["DEFAULT_GRPC", "add_local_commands", "main"]
+
+DEFAULT_GRPC = "127.0.0.1:7072"
+DEFAULT_MANIFEST = "/etc/mcphub/manifest.yaml"
+EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+DEFAULT_PACKS: dict[str, Any] = {"packs": ["files", "git", "process"]}
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"mcphub local: {message}", file=sys.stderr)
+    return code
+
+
+def _manifest(args: argparse.Namespace, environ: Mapping[str, str]) -> Manifest:
+    """The manifest named by --manifest or $MCPHUB_MANIFEST, else the image's, else the defaults."""
+    from .manifest import load_manifest, parse_manifest
+
+    named = args.manifest or environ.get("MCPHUB_MANIFEST")
+    if named or Path(DEFAULT_MANIFEST).exists():
+        return load_manifest(Path(named or DEFAULT_MANIFEST))
+    # No manifest at all (e.g. trying the sidecar outside an image): the current directory's
+    # files, git repository and processes, on loopback only.
+    return parse_manifest(
+        DEFAULT_PACKS, source="default manifest (files, git, process of the current directory)"
+    )
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSettings:
+    from .hublink import Backoff
+    from .sidecar import SidecarSettings
+
+    manifest = _manifest(args, environ)
+    grpc = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or (None if args.stdio else DEFAULT_GRPC)
+    if grpc and grpc.lower() == "off":
+        grpc = None
+    http = args.http or environ.get("MCPHUB_LOCAL_HTTP") or None
+    if http and http.lower() == "off":
+        http = None
+    state_dir = args.state_dir or Path(
+        environ.get("MCPHUB_STATE_DIR")
+        or Path(environ.get("TMPDIR", "/tmp")) / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
+    )
+    return SidecarSettings(
+        manifest=manifest,
+        grpc=grpc,
+        http=http,
+        stdio=args.stdio,
+        hub=args.hub or environ.get("MCPHUB_HUB") or None,
+        token=args.token or environ.get("MCPHUB_TOKEN") or None,
+        sandbox=args.sandbox or environ.get("MCPHUB_SANDBOX") or None,
+        backoff=Backoff(first_s=min(0.5, args.reconnect_max), max_s=args.reconnect_max),
+        environ=dict(environ),
+        state_dir=state_dir,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .errors import ConfigError
+
+    try:
+        settings = _settings(args, environ)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logging.basicConfig(
+        level=settings.manifest.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(_serve(settings, args))
+
+
+async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .redaction import RedactingFilter
+    from .sidecar import Sidecar
+    from .version import VERSION
+
+    sidecar = Sidecar(settings, version=VERSION)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(sidecar.redactor))
+    if settings.token:
+        sidecar.redactor.add(settings.token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        addresses = await sidecar.start()
+    except (ConfigError, OSError) as exc:
+        await sidecar.stop(0)
+        return _fail(str(exc))
+    ready = {
+        "event": "ready",
+        "grpc": addresses.grpc,
+        "mcp": addresses.mcp_url,
+        "hub": settings.hub,
+        "tools": len(sidecar.registry),
+        "pid": os.getpid(),
+    }
+    _announce(ready, args, stdio=settings.stdio)
+    _settle_memory()
+    if settings.stdio:
+        stdio = asyncio.create_task(sidecar.serve_stdio())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait((stdio, waiter), return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stdio.cancel()
+    else:
+        await stop.wait()
+    logging.getLogger("mcphub.sidecar").info("shutting down")
+    await sidecar.stop()
+    return EXIT_OK
+
+
+def _announce(ready: dict[str, Any], args: argparse.Namespace, *, stdio: bool) -> None:
+    if args.ready_file:
+        path = Path(args.ready_file)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(ready) + "\n")
+        tmp.replace(path)
+    if args.json:
+        line = json.dumps(ready)
+    else:
+        line = (
+            f"mcphub sidecar ready: grpc {ready['grpc']}, {ready['tools']} tools"
+            + (f"  mcp {ready['mcp']}" if ready["mcp"] else "")
+            + (f"  registering with {ready['hub']}" if ready["hub"] else "")
+        )
+    # In stdio mode stdout is the MCP channel: the ready line goes to stderr.
+    print(line, file=sys.stderr if stdio else sys.stdout, flush=True)
+
+
+def _settle_memory() -> None:
+    """After start-up: free what loading left behind and keep it out of the collector's way."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .errors import ConfigError
+
+    try:
+        settings = _settings(args, environ)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return asyncio.run(_check(settings))
+
+
+async def _check(settings: SidecarSettings) -> int:
+    from .errors import ConfigError
+    from .sidecar import Sidecar
+
+    sidecar: Sidecar = Sidecar(settings)
+    try:
+        await sidecar.load_packs()
+    except ConfigError as exc:
+        await sidecar.stop(0)
+        return _fail(str(exc))
+    from .principals import Principal
+
+    for registered in sidecar.registry.visible_to(Principal("check", ("*",))):
+        tool = registered.tool
+        flags = [
+            f
+            for f, on in (
+                ("read-only", tool.annotations.read_only),
+                ("destructive", tool.annotations.destructive),
+            )
+            if on
+        ]
+        print(f"{tool.name:<16} {tool.title or ''}" + (f"  [{', '.join(flags)}]" if flags else ""))
+    await sidecar.stop(0)
+    print(f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    target = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC
+    return asyncio.run(_health(target, args.timeout))
+
+
+async def _health(target: str, timeout: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service="mcphub.v1.ToolHub"), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _fail(
+                f"sidecar at {target} is not healthy: {exc.code().name}: {exc.details()}", EXIT_UNHEALTHY
+            )
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        return _fail(
+            f"sidecar at {target} is {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}",
+            EXIT_UNHEALTHY,
+        )
+    print(f"sidecar at {target} is serving")
+    return EXIT_OK
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help=f"the image's manifest (default: $MCPHUB_MANIFEST, then {DEFAULT_MANIFEST}; without "
+        "either, the files, git and process packs on the current directory)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID)"
+    )
+
+
+def add_local_commands(
+    sub: Any, formatter: type[argparse.HelpFormatter] = argparse.RawDescriptionHelpFormatter
+) -> None:
+    """Add `local serve|check|health` to an argparse subparsers object (of `mcphub`)."""
+    local = sub.add_parser(
+        "local",
+        formatter_class=formatter,
+        help="the in-sandbox sidecar: serve this sandbox's own tools (sql, files, git, process)",
+        description=(
+            "The sidecar runs inside a sandbox next to the agent. It serves the tools its image's\n"
+            "manifest names over gRPC and MCP on loopback, and with --hub registers them with a hub\n"
+            "over one outbound stream (no inbound port needed). See docs/sidecar.md."
+        ),
+    )
+    lsub = local.add_subparsers(dest="local_command", metavar="COMMAND")
+    local.set_defaults(func=lambda args, environ: (local.print_help(), EXIT_USAGE)[1])
+
+    serve = lsub.add_parser(
+        "serve",
+        formatter_class=formatter,
+        help="serve the manifest's tools (gRPC, MCP) and register with a hub",
+        description=(
+            "Serve the tools of the manifest. Prints one ready line (JSON with --json; on stderr with\n"
+            "--stdio). Stops cleanly on SIGINT/SIGTERM.\n\n"
+            "environment: MCPHUB_MANIFEST, MCPHUB_LOCAL_GRPC, MCPHUB_LOCAL_HTTP, MCPHUB_HUB,\n"
+            "MCPHUB_TOKEN (prefer it to --token: argv is visible to every process), MCPHUB_SANDBOX."
+        ),
+    )
+    _serve_options(serve)
+    serve.add_argument(
+        "--grpc", metavar="HOST:PORT", help=f"ToolHub on loopback (default {DEFAULT_GRPC}; 'off')"
+    )
+    serve.add_argument("--http", metavar="HOST:PORT", help="MCP Streamable HTTP at /mcp on loopback ('off')")
+    serve.add_argument("--stdio", action="store_true", help="serve MCP on stdin/stdout")
+    serve.add_argument("--hub", metavar="HOST:PORT", help="register with the hub at this gRPC address")
+    serve.add_argument("--token", help="bearer token naming this sandbox at the hub (default: $MCPHUB_TOKEN)")
+    serve.add_argument(
+        "--sandbox", metavar="NAME", help="the sandbox's name at the hub (default: the manifest's)"
+    )
+    serve.add_argument("--ready-file", metavar="PATH", help="write the ready line (JSON) to this file too")
+    serve.add_argument("--json", action="store_true", help="print the ready line as JSON")
+    serve.add_argument(
+        "--reconnect-max",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between redials of the hub",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    check = lsub.add_parser(
+        "check",
+        formatter_class=formatter,
+        help="validate a manifest and list the tools it gives",
+        description="Validate the manifest, load its packs and list their tools; exit 2 on any problem.",
+    )
+    _serve_options(check)
+    check.set_defaults(
+        func=_cmd_check,
+        grpc=None,
+        http=None,
+        stdio=False,
+        hub=None,
+        token=None,
+        sandbox=None,
+        reconnect_max=30.0,
+    )
+
+    health = lsub.add_parser(
+        "health",
+        formatter_class=formatter,
+        help="exit 0 when the sidecar answers (for HEALTHCHECK)",
+        description="Ask the sidecar's gRPC health service; exit 0 when it is serving, 1 otherwise.",
+    )
+    health.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        help=f"the sidecar's address (default $MCPHUB_LOCAL_GRPC, then {DEFAULT_GRPC})",
+    )
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.set_defaults(func=_cmd_health)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """`python -m mcp_local ...`: the `local` commands alone, without the hub's CLI."""
+    parser = argparse.ArgumentParser(prog="mcphub", description="mcphub sidecar")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_local_commands(sub)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] != "local":
+        arguments.insert(0, "local")
+    args = parser.parse_args(arguments)
+    func: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.func
+    try:
+        return func(args, os.environ if environ is None else environ)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,299 @@
+"""The sidecar's side of federation: one long-lived stream to the hub, redialled with backoff.
+
+The sidecar dials out (the sandbox needs no inbound port), announces its tools
+and runs the calls the hub sends down the stream through its own dispatch
+path, sending progress, output and the result back up. A cancel from the hub
+cancels the call's task. See `proto/mcphub/v1/sidecar.proto` for the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from proto.mcphub.v1 import sidecar_pb2 as spb
+from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from proto.metadata import AUTHORIZATION
+
+from .errors import HubError
+from .pipeline import Pipeline, ResolveTool, ValidateArguments
+from .principals import Principal
+from .registry import ToolRegistry
+from .tools import ToolCall
+from .wire import result_to_proto
+
+__all__ = ["Backoff", "HubLink", "LinkState"]
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_EVERYONE = Principal("hub", ("*",))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter between `first_s` and `max_s`."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_s, self.first_s * (2 ** min(attempt, 30)))
+        return random.uniform(min(self.first_s, ceiling) / 2, ceiling)  # noqa: S311 - not for secrets
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """What the last welcome said (for logs, the ready line and tests)."""
+
+    connected: bool
+    sandbox: str = ""
+    exposed: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+
+
+class _UpstreamSink:
+    """A running call's events, sent up the stream."""
+
+    __slots__ = ("_call_id", "_send")
+
+    def __init__(self, call_id: str, send: Callable[[spb.SidecarMessage], None]) -> None:
+        self._call_id = call_id
+        self._send = send
+
+    def _event(self, event: pb.CallToolEvent) -> None:
+        self._send(spb.SidecarMessage(event=spb.SidecarCallEvent(call_id=self._call_id, event=event)))
+
+    async def progress(self, progress: float, total: float | None, message: str) -> None:
+        self._event(pb.CallToolEvent(progress=pb.Progress(progress=progress, total=total, message=message)))
+
+    async def output(self, stream: str, data: bytes) -> None:
+        self._event(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
+
+    async def approval(
+        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
+    ) -> None:
+        return None  # approvals are the hub's business
+
+
+class HubLink:
+    """Keeps the sidecar registered with one hub until `stop()`."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        sandbox: str | None,
+        registry: ToolRegistry,
+        *,
+        version: str = "",
+        backoff: Backoff = Backoff(),
+        on_state: Callable[[LinkState], None] | None = None,
+    ) -> None:
+        self.target = target
+        self._token = token
+        self._sandbox = sandbox or ""
+        self._registry = registry
+        self._version = version
+        self._backoff = backoff
+        self._on_state = on_state
+        # The hub has authenticated and authorized the caller; the sidecar resolves and validates again.
+        self._pipeline = Pipeline([ResolveTool(registry), ValidateArguments(registry)])
+        self._task: asyncio.Task[None] | None = None
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self.state = LinkState(connected=False)
+        self.connections = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mcphub-hublink")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _set_state(self, state: LinkState) -> None:
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            welcomed = False
+            try:
+                welcomed = await self._session()
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
+                logger.log(level, "hub %s: %s: %s", self.target, exc.code().name, exc.details())
+            except _StreamStalled as exc:
+                logger.warning("hub %s: %s", self.target, exc)
+            finally:
+                self._cancel_calls()
+                if self.state.connected:
+                    self._set_state(LinkState(connected=False))
+            attempt = 0 if welcomed else attempt + 1
+            delay = self._backoff.delay(attempt)
+            logger.info("reconnecting to the hub at %s in %.1fs", self.target, delay)
+            await asyncio.sleep(delay)
+
+    def _tools(self) -> list[pb.Tool]:
+        return [r.proto for r in self._registry.visible_to(_EVERYONE)]
+
+    async def _session(self) -> bool:
+        """One connection: hello, then serve calls until the stream ends. True if the hub welcomed us."""
+        outbound: asyncio.Queue[spb.SidecarMessage | None] = asyncio.Queue()
+        outbound.put_nowait(
+            spb.SidecarMessage(
+                hello=spb.SidecarHello(sandbox=self._sandbox, tools=self._tools(), version=self._version)
+            )
+        )
+
+        async def requests() -> AsyncIterator[spb.SidecarMessage]:
+            while (message := await outbound.get()) is not None:
+                yield message
+
+        metadata = ((AUTHORIZATION, f"Bearer {self._token}"),) if self._token else ()
+        welcomed = False
+        async with grpc.aio.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        ) as channel:
+            stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+            stream = stub.Connect(requests(), metadata=metadata)
+            watcher = asyncio.create_task(self._watch_tools(outbound))
+            loop = asyncio.get_running_loop()
+            heard = loop.time()
+            silence_s = 60.0
+            try:
+                iterator = stream.__aiter__()
+                while True:
+                    try:
+                        async with asyncio.timeout(silence_s):
+                            message: spb.HubMessage = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        return welcomed
+                    except TimeoutError:
+                        raise _StreamStalled(
+                            f"nothing heard for {loop.time() - heard:.0f}s; reconnecting"
+                        ) from None
+                    heard = loop.time()
+                    kind = message.WhichOneof("message")
+                    if kind == "welcome":
+                        welcomed = True
+                        self.connections += 1
+                        w = message.welcome
+                        silence_s = 3.0 * (w.ping_interval_s or 20)
+                        self._welcomed(w)
+                    elif kind == "call":
+                        self._start_call(message.call, outbound.put_nowait)
+                    elif kind == "cancel":
+                        task = self._calls.get(message.cancel.call_id)
+                        if task is not None:
+                            task.cancel()
+                    elif kind == "ping":
+                        outbound.put_nowait(spb.SidecarMessage(pong=spb.Pong(nonce=message.ping.nonce)))
+            finally:
+                watcher.cancel()
+                outbound.put_nowait(None)
+                stream.cancel()
+
+    def _welcomed(self, w: spb.Welcome) -> None:
+        blocked = tuple(b.name for b in w.blocked)
+        logger.info(
+            "registered with the hub at %s as sandbox %s: %d tools exposed%s",
+            self.target,
+            w.sandbox,
+            len(w.exposed),
+            f", {len(blocked)} blocked ({', '.join(blocked)}: an operator must accept them)"
+            if blocked
+            else "",
+        )
+        for b in w.blocked:
+            logger.warning("tool %s is blocked at the hub: %s", b.name, b.reason)
+        self._set_state(LinkState(True, w.sandbox, tuple(w.exposed), blocked))
+
+    async def _watch_tools(self, outbound: asyncio.Queue[spb.SidecarMessage | None]) -> None:
+        watch = self._registry.watch()
+        await anext(watch)  # the set the hello carried
+        async for _ in watch:
+            outbound.put_nowait(spb.SidecarMessage(tools=spb.SidecarTools(tools=self._tools())))
+
+    def _start_call(
+        self, request: spb.SidecarCallRequest, send: Callable[[spb.SidecarMessage], None]
+    ) -> None:
+        call_id = request.call_id
+        deadline = None
+        if request.timeout_ms:
+            deadline = asyncio.get_running_loop().time() + request.timeout_ms / 1000
+        call = ToolCall(
+            request.request.name,
+            request.request.arguments_json,
+            deadline=deadline,
+            sink=_UpstreamSink(call_id, send),
+            client_capabilities_json=request.request.client_capabilities_json,
+            request_id=request.request.request_id,
+        )
+        call.principal = Principal(f"hub:{request.principal or 'unknown'}", ("*",))
+
+        async def run() -> None:
+            try:
+                result = await self._pipeline(call)
+            except HubError as exc:
+                send(
+                    spb.SidecarMessage(
+                        failure=spb.SidecarCallFailure(
+                            call_id=call_id, code=exc.status.value[0], message=exc.message
+                        )
+                    )
+                )
+                return
+            except Exception as exc:  # the top of a call's task: report it, keep serving
+                logger.exception("call %s of %s failed", call_id, call.name)
+                send(
+                    spb.SidecarMessage(
+                        failure=spb.SidecarCallFailure(
+                            call_id=call_id, code=13, message=f"sidecar error: {type(exc).__name__}"
+                        )
+                    )
+                )
+                return
+            send(
+                spb.SidecarMessage(
+                    event=spb.SidecarCallEvent(
+                        call_id=call_id, event=pb.CallToolEvent(result=result_to_proto(result))
+                    )
+                )
+            )
+
+        task = asyncio.create_task(run(), name=f"mcphub-call-{call_id}")
+        self._calls[call_id] = task
+        task.add_done_callback(lambda _: self._calls.pop(call_id, None))
+
+    def _cancel_calls(self) -> None:
+        for task in list(self._calls.values()):
+            task.cancel()
+        self._calls.clear()
+
+
+class _StreamStalled(Exception):
+    pass
+
+
+_FATALISH = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}

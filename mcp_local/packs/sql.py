@@ -1,0 +1,494 @@
+"""The `sql` pack: queries against the sandbox's own SQLite files and PostgreSQL databases.
+
+Options:
+
+    databases:
+      app:     {sqlite: data/app.db}                  # relative to the workspace
+      main:    {postgres_env: DATABASE_URL}           # a DSN from the environment (or `postgres: DSN`)
+      scratch: {sqlite: /tmp/scratch.db, writable: true}
+    row_limit: 200        # most rows a result carries (the result says when it was cut)
+    timeout_s: 30         # a statement running longer is cancelled
+
+Tools: `sql_query` (read-only, every database), `sql_schema` (tables and columns),
+and `sql_execute` only when some database is `writable: true` (annotated
+destructive). Parameters are bound by the driver (`?` for SQLite, `%s` for
+PostgreSQL), never formatted into the statement.
+
+Read-only is enforced by the database, not by parsing SQL: SQLite files are
+opened with `mode=ro` and `PRAGMA query_only`; PostgreSQL statements run in a
+`READ ONLY` transaction over the extended query protocol (one statement per
+call, so `COMMIT; ...` cannot leave it). For PostgreSQL a DSN of a role with
+only SELECT rights is the stronger guarantee; see docs/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import re
+import sqlite3
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..content import TextContent, ToolResult
+from ..errors import ConfigError, ToolError
+from ..tools import Tool, ToolAnnotations, ToolCall
+from . import PackEnv, StaticPack
+from .options import PackOptions
+
+__all__ = ["Database", "create_pack", "jsonable"]
+
+MAX_ROW_LIMIT = 10_000
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_INT64 = 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    name: str
+    kind: str  # "sqlite" | "postgres"
+    target: str = ""  # the SQLite file's absolute path, or the PostgreSQL DSN
+    writable: bool = False
+
+    def __repr__(self) -> str:  # never show a DSN (it may hold a password)
+        return f"Database({self.name!r}, {self.kind!r}, writable={self.writable})"
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    affected: int = -1
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "columns": self.columns,
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "truncated": self.truncated,
+        }
+        if self.affected >= 0:
+            out["affected_rows"] = self.affected
+        return out
+
+
+def jsonable(value: Any) -> Any:
+    """A database value as JSON: bytes as `\\x<hex>`, exact decimals and big integers as strings."""
+    if value is None or isinstance(value, bool | str | float):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+
+def _deny_attach(action: int, *args: Any) -> int:
+    # ATTACH could open (and with a writable connection, create) any file the sidecar can reach.
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _sqlite_connect(db: Database, writable: bool) -> sqlite3.Connection:
+    path = Path(db.target)
+    if writable:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
+    else:
+        if not path.exists():
+            raise ToolError(f"database {db.name!r}: the SQLite file {path} does not exist")
+        uri = path.as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+    conn.set_authorizer(_deny_attach)
+    return conn
+
+
+def _sqlite_rows(cursor: sqlite3.Cursor, limit: int) -> Rows:
+    columns = [d[0] for d in cursor.description or ()]
+    fetched = cursor.fetchmany(limit + 1) if cursor.description else []
+    rows = [[jsonable(v) for v in row] for row in fetched[:limit]]
+    return Rows(columns, rows, len(fetched) > limit)
+
+
+async def _in_thread(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Rows]) -> Rows:
+    """Run `work` in a worker thread; a cancelled call interrupts the statement, then closes."""
+    task = asyncio.ensure_future(asyncio.to_thread(work, conn))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        conn.interrupt()
+        with contextlib.suppress(Exception):
+            await task
+        raise
+    finally:
+        if task.done():
+            conn.close()
+        else:  # pragma: no cover - only when cancelled twice
+            task.add_done_callback(lambda _: conn.close())
+
+
+async def _sqlite(db: Database, sql: str, params: Sequence[Any], limit: int, write: bool) -> Rows:
+    conn = _sqlite_connect(db, write)
+
+    def work(c: sqlite3.Connection) -> Rows:
+        try:
+            if not write:
+                return _sqlite_rows(c.execute(sql, params), limit)
+            c.execute("BEGIN")
+            cursor = c.execute(sql, params)
+            result = _sqlite_rows(cursor, limit)
+            c.execute("COMMIT")
+            return Rows(result.columns, result.rows, result.truncated, cursor.rowcount)
+        except sqlite3.Error as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            if not write and "readonly" in str(exc).lower().replace("-", "").replace(" ", ""):
+                raise ToolError(
+                    f"database {db.name!r} is read-only for sql_query: {exc}"
+                    + ("; use sql_execute to write" if db.writable else "")
+                ) from exc
+            raise ToolError(f"database {db.name!r}: {type(exc).__name__}: {exc}") from exc
+
+    return await _in_thread(conn, work)
+
+
+async def _sqlite_schema(db: Database, limit: int) -> Rows:
+    sql = (
+        'SELECT m.name, m.type, p.name, p.type, p."notnull", p.pk '
+        "FROM sqlite_schema AS m JOIN pragma_table_info(m.name) AS p "
+        "WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, p.cid"
+    )
+    rows = await _sqlite(db, sql, (), limit, write=False)
+    return Rows(["table", "kind", "column", "type", "not_null", "primary_key"], rows.rows, rows.truncated)
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+async def _postgres(
+    db: Database, sql: str, params: Sequence[Any], limit: int, write: bool, timeout_s: float
+) -> Rows:
+    try:
+        import psycopg  # in the `local` extra; imported on first use to keep an idle sidecar small
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ToolError("PostgreSQL needs psycopg: pip install 'mcphub[local]'") from exc
+    try:
+        conn = await psycopg.AsyncConnection.connect(db.target, connect_timeout=10, autocommit=False)
+    except psycopg.Error as exc:
+        raise ToolError(f"database {db.name!r}: cannot connect: {_pg_message(exc)}") from None
+    try:
+        await conn.set_read_only(not write)
+        async with conn.cursor() as cur:
+            # set_config is a query: it opens the transaction and takes its snapshot, after which
+            # `SET TRANSACTION READ WRITE` is refused.
+            await cur.execute(
+                "SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}",)
+            )
+            if write:
+                await cur.execute(sql, list(params) or None)
+                result = Rows([], [], False)
+                if cur.description:
+                    fetched = await cur.fetchmany(limit + 1)
+                    result = Rows(
+                        [d.name for d in cur.description],
+                        [[jsonable(v) for v in r] for r in fetched[:limit]],
+                        len(fetched) > limit,
+                    )
+                affected = cur.rowcount
+                await conn.commit()
+                return Rows(result.columns, result.rows, result.truncated, affected)
+            rows: list[list[Any]] = []
+            truncated = False
+            # stream() always uses the extended protocol: exactly one statement per call.
+            async for row in cur.stream(sql, list(params)):
+                if len(rows) == limit:
+                    truncated = True
+                    break
+                rows.append([jsonable(v) for v in row])
+            columns = [d.name for d in cur.description or ()]
+            if truncated:
+                await conn.cancel_safe()
+            return Rows(columns, rows, truncated)
+    except psycopg.Error as exc:
+        raise ToolError(f"database {db.name!r}: {_pg_message(exc)}") from None
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await conn.cancel_safe(timeout=2)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+def _pg_message(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    state = getattr(exc, "sqlstate", None)
+    text = primary or str(exc).strip().splitlines()[0]
+    return f"{text} (SQLSTATE {state})" if state else text
+
+
+_PG_SCHEMA = (
+    "SELECT c.table_schema || '.' || c.table_name, t.table_type, c.column_name, c.data_type, "
+    "c.is_nullable = 'NO', false "
+    "FROM information_schema.columns c JOIN information_schema.tables t "
+    "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+    "WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema') "
+    "ORDER BY 1, c.ordinal_position"
+)
+
+
+# --- the pack ----------------------------------------------------------------------------------
+
+
+class _Sql:
+    def __init__(self, databases: dict[str, Database], row_limit: int, timeout_s: float) -> None:
+        self.databases = databases
+        self.row_limit = row_limit
+        self.timeout_s = timeout_s
+
+    def _database(self, call: ToolCall, *, write: bool) -> Database:
+        name = call.arguments.get("database")
+        if name is None:
+            if len(self.databases) != 1:
+                raise ToolError(f"name the database: one of {', '.join(sorted(self.databases))}")
+            name = next(iter(self.databases))
+        db = self.databases.get(name)
+        if db is None:
+            raise ToolError(f"no database {name!r}; the databases are {', '.join(sorted(self.databases))}")
+        if write and not db.writable:
+            raise ToolError(f"database {name!r} is read-only: the image's manifest does not allow writes")
+        return db
+
+    async def _run(self, db: Database, sql: str, params: Sequence[Any], limit: int, write: bool) -> Rows:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if db.kind == "sqlite":
+                    return await _sqlite(db, sql, params, limit, write)
+                return await _postgres(db, sql, params, limit, write, self.timeout_s)
+        except TimeoutError:
+            raise ToolError(
+                f"database {db.name!r}: the statement ran longer than {self.timeout_s:g}s and was cancelled"
+            ) from None
+
+    async def query(self, call: ToolCall) -> ToolResult:
+        db = self._database(call, write=False)
+        limit = min(int(call.arguments.get("max_rows", self.row_limit)), self.row_limit)
+        rows = await self._run(db, call.arguments["sql"], call.arguments.get("params", []), limit, False)
+        return _result(rows, limit)
+
+    async def execute(self, call: ToolCall) -> ToolResult:
+        db = self._database(call, write=True)
+        rows = await self._run(
+            db, call.arguments["sql"], call.arguments.get("params", []), self.row_limit, True
+        )
+        return _result(rows, self.row_limit)
+
+    async def schema(self, call: ToolCall) -> ToolResult:
+        db = self._database(call, write=False)
+        limit = MAX_ROW_LIMIT
+        if db.kind == "sqlite":
+            rows = await _sqlite_schema(db, limit)
+        else:
+            rows = await _postgres(db, _PG_SCHEMA, (), limit, False, self.timeout_s)
+            rows = Rows(
+                ["table", "kind", "column", "type", "not_null", "primary_key"], rows.rows, rows.truncated
+            )
+        return _result(rows, limit)
+
+
+def _result(rows: Rows, limit: int) -> ToolResult:
+    data = rows.as_dict()
+    text = orjson.dumps(data).decode()
+    if rows.truncated:
+        text += (
+            f"\n[only the first {limit} rows are shown; add LIMIT/OFFSET or a narrower WHERE to see others]"
+        )
+    return ToolResult(content=(TextContent(text),), structured=data)
+
+
+_ROWS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "columns": {"type": "array", "items": {"type": "string"}},
+        "rows": {"type": "array", "items": {"type": "array"}},
+        "row_count": {"type": "integer"},
+        "truncated": {"type": "boolean"},
+        "affected_rows": {"type": "integer"},
+    },
+    "required": ["columns", "rows", "row_count", "truncated"],
+}
+
+
+def _password_of(dsn: str) -> str | None:
+    if "://" in dsn:
+        with contextlib.suppress(ValueError):
+            return urllib.parse.urlsplit(dsn).password
+        return None
+    found = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    return found.group(1).strip("'") if found else None
+
+
+def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
+    raw = opts.raw("databases")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            f"{opts.where('databases')}: expected a mapping of database names to "
+            "{sqlite: PATH} or {postgres_env: VAR} (or {postgres: DSN})"
+        )
+    workspace = Path(str(env.extra.get("workspace", ".")))
+    environ: Mapping[str, str] = env.extra.get("environ", {})
+    found: dict[str, Database] = {}
+    for name, spec in raw.items():
+        where = opts.where(f"databases.{name}")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{where}: a database name is 1-64 characters of [a-zA-Z0-9_-]")
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}: expected a mapping such as {{sqlite: data/app.db}}")
+        unknown = sorted(set(spec) - {"sqlite", "postgres", "postgres_env", "writable"})
+        if unknown:
+            raise ConfigError(
+                f"{where}.{unknown[0]}: unknown key (expected sqlite, postgres, postgres_env, writable)"
+            )
+        sources = [k for k in ("sqlite", "postgres", "postgres_env") if k in spec]
+        if len(sources) != 1:
+            raise ConfigError(
+                f"{where}: give exactly one of sqlite, postgres, postgres_env (got {sources or 'none'})"
+            )
+        writable = spec.get("writable", False)
+        if not isinstance(writable, bool):
+            raise ConfigError(f"{where}.writable: expected true or false, got {writable!r}")
+        value = spec[sources[0]]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.{sources[0]}: expected a non-empty string")
+        if sources[0] == "sqlite":
+            path = Path(value).expanduser()
+            target = str((workspace / path).resolve() if not path.is_absolute() else path)
+            found[name] = Database(name, "sqlite", target, writable)
+            continue
+        dsn = value
+        if sources[0] == "postgres_env":
+            if value not in environ:
+                raise ConfigError(f"{where}.postgres_env: environment variable {value} is not set")
+            dsn = environ[value]
+        for secret in (dsn, _password_of(dsn)):
+            if secret and len(secret) >= 6:  # the redactor refuses shorter values (they would hit words)
+                env.redactor.add(secret)
+        found[name] = Database(name, "postgres", dsn, writable)
+    return found
+
+
+def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
+    opts = PackOptions("sql", options)
+    databases = _databases(opts, env)
+    row_limit = opts.integer("row_limit", default=200, minimum=1, maximum=MAX_ROW_LIMIT)
+    timeout_s = opts.number("timeout_s", default=30.0, minimum=0.1, maximum=3600.0)
+    opts.done()
+    sql = _Sql(databases, row_limit, timeout_s)
+    names = sorted(databases)
+    described = "; ".join(
+        f"{n} ({databases[n].kind}{', writable' if databases[n].writable else ''})" for n in names
+    )
+    database_prop: dict[str, Any] = {"type": "string", "enum": names, "description": f"One of: {described}."}
+    params_prop = {
+        "type": "array",
+        "items": {"type": ["string", "number", "integer", "boolean", "null"]},
+        "maxItems": 1000,
+        "description": "Values bound to the statement's placeholders (? for SQLite, %s for PostgreSQL).",
+    }
+    tools = [
+        _tool(
+            "sql_query",
+            "Run a read-only SQL query",
+            "Run one read-only SQL statement (SELECT, WITH, EXPLAIN, ...) against a database of this "
+            f"sandbox and return the rows (at most {row_limit}). Writes are refused by the database. "
+            f"Databases: {described}.",
+            {
+                "database": database_prop,
+                "sql": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                "params": params_prop,
+                "max_rows": {"type": "integer", "minimum": 1, "maximum": row_limit},
+            },
+            sql.query,
+            ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False),
+            timeout_s,
+        ),
+        _tool(
+            "sql_schema",
+            "List tables and columns",
+            "List the tables (and views) of a database of this sandbox with their columns and types.",
+            {"database": database_prop},
+            sql.schema,
+            ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False),
+            timeout_s,
+        ),
+    ]
+    writable = [n for n in names if databases[n].writable]
+    if writable:
+        tools.append(
+            _tool(
+                "sql_execute",
+                "Run a SQL statement that writes",
+                "Run one SQL statement that may change data (INSERT, UPDATE, DELETE, DDL) in one "
+                f"transaction, committed when it succeeds. Writable databases: {', '.join(writable)}.",
+                {
+                    "database": {"type": "string", "enum": writable},
+                    "sql": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                    "params": params_prop,
+                },
+                sql.execute,
+                ToolAnnotations(read_only=False, destructive=True, idempotent=False, open_world=False),
+                timeout_s,
+            )
+        )
+    return StaticPack("sql", tools)
+
+
+def _tool(
+    name: str,
+    title: str,
+    description: str,
+    properties: dict[str, Any],
+    handler: Callable[[ToolCall], Awaitable[ToolResult]],
+    annotations: ToolAnnotations,
+    timeout_s: float,
+) -> Tool:
+    required = [k for k in ("sql",) if k in properties]
+    return Tool(
+        name=name,
+        title=title,
+        description=description,
+        input_schema={
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": False,
+        },
+        output_schema=_ROWS_SCHEMA,
+        handler=handler,
+        annotations=annotations,
+        timeout_s=timeout_s + 10,  # a backstop: _Sql._run cancels the statement itself at timeout_s
+    )

@@ -1,0 +1,564 @@
+"""Federation: sandboxes' sidecars register over one stream each, and their tools join the hub's registry.
+
+    sidecar --Connect(stream)--> SandboxRegistryServicer --> SandboxConnection
+                                                              |  tools as `<sandbox>__<tool>`
+    caller --> hub pipeline (auth, authorize, gate, audit) --> registry --> forward down the stream
+
+Who may register: a principal with the role `sandbox` registers the sandbox of
+its own name; a principal with the role `operator` (e.g. `local` on an open
+loopback hub) may register any name it gives. Who may call a sandbox's tools:
+the principals whose tool globs match `<sandbox>__*`, checked by the hub's
+ordinary `Authorize` stage. Because the tools live in the hub's registry, every
+stage of the dispatch path applies to them; tools know nothing of it.
+
+Rug-pull defence (see `pins.py`): a tool whose definition differs from the one
+pinned for that sandbox is not exposed until an operator accepts it.
+Connections, pins and blocks are reported to `on_event` (the audit log's hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import orjson
+
+from mcp_local.content import ToolResult
+from mcp_local.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    HubError,
+    InvalidArgument,
+    PermissionDenied,
+    ToolError,
+    ToolNotFound,
+    Unauthenticated,
+)
+from mcp_local.principals import Authenticator, Principal, bearer_token
+from mcp_local.registry import ToolRegistry
+from mcp_local.tools import TOOL_NAME, Tool, ToolCall
+from mcp_local.validation import ArgumentValidator
+from mcp_local.wire import annotations_from_proto, result_from_proto
+from proto.mcphub.v1 import sidecar_pb2 as spb
+from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from proto.metadata import AUTHORIZATION
+
+from .pins import ToolPins, definition_hash
+
+__all__ = [
+    "ROLE_SANDBOX",
+    "SANDBOX_META_KEY",
+    "SEPARATOR",
+    "Federation",
+    "SandboxConnection",
+    "SandboxEvent",
+    "exposed_name",
+]
+
+logger = logging.getLogger(__name__)
+
+ROLE_SANDBOX = "sandbox"
+ROLE_OPERATOR = "operator"
+SEPARATOR = "__"
+SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,48}$")
+SANDBOX_META_KEY = "mcphub/sandbox"
+MAX_TOOLS = 1000
+_CANCELLED = grpc.StatusCode.CANCELLED
+
+
+def exposed_name(sandbox: str, tool: str) -> str:
+    return f"{sandbox}{SEPARATOR}{tool}"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxEvent:
+    """Something an operator (and the audit log) should know about a sandbox.
+
+    kind: connected | disconnected | rejected | tool_pinned | tool_blocked | tool_accepted
+    """
+
+    kind: str
+    sandbox: str
+    principal: str = ""
+    tool: str = ""
+    detail: str = ""
+    pinned_sha256: str = ""
+    announced_sha256: str = ""
+
+
+EventHook = Callable[[SandboxEvent], None]
+
+
+class _Gone:
+    """Put in a pending call's inbox when the sandbox goes away."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_Inbox = asyncio.Queue[pb.CallToolEvent | spb.SidecarCallFailure | _Gone]
+
+
+class SandboxConnection:
+    """One sidecar's live stream: what it announced, what is exposed, and its calls in flight."""
+
+    def __init__(self, sandbox: str, principal: str, version: str) -> None:
+        self.sandbox = sandbox
+        self.principal = principal
+        self.version = version
+        self.connected_at_ms = int(time.time() * 1000)
+        self.outbound: asyncio.Queue[spb.HubMessage | None] = asyncio.Queue()
+        self.pending: dict[str, _Inbox] = {}
+        self.announced: dict[str, pb.Tool] = {}
+        self.hashes: dict[str, str] = {}
+        self.exposed: dict[str, Tool] = {}
+        self.blocked: dict[str, spb.BlockedTool] = {}
+        self.last_heard = asyncio.get_running_loop().time()
+        self.closed: str | None = None
+
+    def send(self, message: spb.HubMessage) -> None:
+        if self.closed is None:
+            self.outbound.put_nowait(message)
+
+    def close(self, reason: str) -> None:
+        """End the stream (the Connect handler stops) and fail every call in flight."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        self.outbound.put_nowait(None)
+        for inbox in self.pending.values():
+            inbox.put_nowait(_Gone(reason))
+
+    def route(self, call_id: str, item: pb.CallToolEvent | spb.SidecarCallFailure) -> None:
+        inbox = self.pending.get(call_id)
+        if inbox is not None:  # an unknown id is a call that already ended (e.g. cancelled)
+            inbox.put_nowait(item)
+
+    async def forward(self, tool: str, call: ToolCall) -> ToolResult:
+        """Send `call` down the stream and relay its events until the result comes back."""
+        if self.closed is not None:
+            raise ToolError(f"sandbox {self.sandbox!r} is not connected: {self.closed}")
+        call_id = secrets.token_hex(8)
+        inbox: _Inbox = asyncio.Queue()
+        self.pending[call_id] = inbox
+        timeout_ms = 0
+        if call.deadline is not None:
+            timeout_ms = max(1, int((call.deadline - asyncio.get_running_loop().time()) * 1000))
+        request = spb.SidecarCallRequest(
+            call_id=call_id,
+            request=pb.CallToolRequest(
+                name=tool,
+                arguments_json=call.arguments_json,
+                client_capabilities_json=call.client_capabilities_json,
+                request_id=call.request_id,
+            ),
+            principal=call.principal.name if call.principal else "",
+            timeout_ms=timeout_ms,
+        )
+        try:
+            self.send(spb.HubMessage(call=request))
+            while True:
+                item = await inbox.get()
+                if isinstance(item, _Gone):
+                    raise ToolError(f"sandbox {self.sandbox!r} went away while {tool} ran ({item.reason})")
+                if isinstance(item, spb.SidecarCallFailure):
+                    _raise_failure(self.sandbox, tool, item)
+                kind = item.WhichOneof("event")
+                if kind == "result":
+                    return result_from_proto(item.result)
+                if kind == "progress":
+                    p = item.progress
+                    await call.progress(p.progress, p.total if p.HasField("total") else None, p.message)
+                elif kind == "output":
+                    await call.output(item.output.data, item.output.stream or "stdout")
+        except asyncio.CancelledError:
+            self.send(spb.HubMessage(cancel=spb.SidecarCancel(call_id=call_id)))
+            raise
+        finally:
+            self.pending.pop(call_id, None)
+
+    def info(self) -> spb.SandboxInfo:
+        return spb.SandboxInfo(
+            name=self.sandbox,
+            principal=self.principal,
+            exposed=sorted(self.exposed),
+            blocked=[self.blocked[n] for n in sorted(self.blocked)],
+            connected_at_unix_ms=self.connected_at_ms,
+            version=self.version,
+        )
+
+
+def _raise_failure(sandbox: str, tool: str, failure: spb.SidecarCallFailure) -> NoReturn:
+    where = f"sandbox {sandbox!r}, tool {tool}"
+    if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
+        raise DeadlineExceeded(f"{where}: {failure.message}")
+    raise ToolError(f"{where}: {failure.message}")
+
+
+class Federation:
+    """The hub's registry of connected sandboxes."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        authenticator: Authenticator,
+        state_dir: Path,
+        *,
+        on_event: EventHook | None = None,
+        ping_interval_s: float = 15.0,
+        hello_timeout_s: float = 10.0,
+    ) -> None:
+        self.registry = registry
+        self.authenticator = authenticator
+        self.pins = ToolPins(state_dir)
+        self.on_event = on_event
+        self.ping_interval_s = ping_interval_s
+        self.hello_timeout_s = hello_timeout_s
+        self.connections: dict[str, SandboxConnection] = {}
+
+    def service(self) -> tuple[Any, Any, str]:
+        """`(add_to_server, servicer, service name)` for `start_grpc_server(extra_services=...)`."""
+        name = spb.DESCRIPTOR.services_by_name["SandboxRegistry"].full_name
+        return spb_grpc.add_SandboxRegistryServicer_to_server, SandboxRegistryServicer(self), name
+
+    async def close(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.close("the hub is shutting down")
+            self._unregister(conn)
+        await asyncio.sleep(0)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _event(self, event: SandboxEvent) -> None:
+        level = logging.WARNING if event.kind in ("tool_blocked", "rejected") else logging.INFO
+        text = f"sandbox {event.sandbox}: {event.kind}"
+        if event.tool:
+            text += f" {event.tool}"
+        if event.detail:
+            text += f": {event.detail}"
+        logger.log(level, "%s", text)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a broken hook must not break registration
+                logger.exception("sandbox event hook failed")
+
+    # --- registration ----------------------------------------------------------------------
+
+    def sandbox_name(self, principal: Principal, wanted: str) -> str:
+        """The name `principal` registers under; raises PermissionDenied/InvalidArgument."""
+        if principal.has_role(ROLE_SANDBOX):
+            if wanted and wanted != principal.name:
+                raise PermissionDenied(
+                    f"principal {principal.name!r} may register the sandbox {principal.name!r} only, "
+                    f"not {wanted!r}"
+                )
+            name = principal.name
+        elif principal.has_role(ROLE_OPERATOR):
+            if not wanted:
+                raise InvalidArgument(
+                    "name the sandbox in hello.sandbox (or use a token of a `sandbox` principal)"
+                )
+            name = wanted
+        else:
+            raise PermissionDenied(
+                f"principal {principal.name!r} may not register a sandbox: it needs the role `sandbox`"
+            )
+        if not SANDBOX_NAME.match(name):
+            raise InvalidArgument(f"sandbox name {name[:80]!r}: expected 1-48 characters of [a-zA-Z0-9_-]")
+        return name
+
+    def connect(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:
+        old = self.connections.get(conn.sandbox)
+        if old is not None:
+            old.close("replaced by a new connection of the same sandbox")
+        self.connections[conn.sandbox] = conn
+        self._event(
+            SandboxEvent("connected", conn.sandbox, conn.principal, detail=f"version {conn.version or '?'}")
+        )
+        return self.announce(conn, tools)
+
+    def announce(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:
+        """Take `tools` as the sandbox's whole tool set: pin new ones, block changed ones, expose the rest."""
+        if len(tools) > MAX_TOOLS:
+            raise InvalidArgument(f"a sandbox may announce at most {MAX_TOOLS} tools, not {len(tools)}")
+        announced: dict[str, pb.Tool] = {}
+        hashes: dict[str, str] = {}
+        exposed: dict[str, Tool] = {}
+        blocked: dict[str, spb.BlockedTool] = {}
+        new_pins: dict[str, str] = {}
+        for definition in tools:
+            own = definition.name
+            if own in announced:
+                blocked[own] = spb.BlockedTool(name=own, reason="announced twice")
+                exposed.pop(own, None)
+                continue
+            announced[own] = definition
+            digest = hashes[own] = definition_hash(definition)
+            try:
+                tool = self._remote_tool(conn.sandbox, definition)
+            except ConfigError as exc:
+                blocked[own] = spb.BlockedTool(name=own, reason=str(exc), announced_sha256=digest)
+                continue
+            pinned = self.pins.get(conn.sandbox, own)
+            if pinned is None:
+                new_pins[own] = digest
+            elif pinned != digest:
+                blocked[own] = spb.BlockedTool(
+                    name=own,
+                    reason=(
+                        "its definition changed since it was pinned; an operator accepts the new one with "
+                        f"`mcphub sandboxes accept {conn.sandbox} {own}`"
+                    ),
+                    pinned_sha256=pinned,
+                    announced_sha256=digest,
+                )
+                continue
+            exposed[own] = tool
+        self.pins.set(conn.sandbox, new_pins)
+        for own, digest in new_pins.items():
+            self._event(
+                SandboxEvent("tool_pinned", conn.sandbox, conn.principal, own, announced_sha256=digest)
+            )
+        for own, b in blocked.items():
+            if own not in conn.blocked or conn.blocked[own].announced_sha256 != b.announced_sha256:
+                self._event(
+                    SandboxEvent(
+                        "tool_blocked",
+                        conn.sandbox,
+                        conn.principal,
+                        own,
+                        b.reason,
+                        b.pinned_sha256,
+                        b.announced_sha256,
+                    )
+                )
+        conn.announced, conn.hashes, conn.blocked = announced, hashes, blocked
+        self._expose(conn, exposed)
+        return spb.Welcome(
+            sandbox=conn.sandbox,
+            exposed=sorted(t.name for t in conn.exposed.values()),
+            blocked=[blocked[n] for n in sorted(blocked)],
+            ping_interval_s=max(1, round(self.ping_interval_s)),
+        )
+
+    def _expose(self, conn: SandboxConnection, exposed: dict[str, Tool]) -> None:
+        try:
+            self.registry.set_source(f"sandbox:{conn.sandbox}", list(exposed.values()))
+        except ConfigError as exc:  # a name clash with a hub tool
+            self.registry.set_source(f"sandbox:{conn.sandbox}", [])
+            raise PermissionDenied(f"sandbox {conn.sandbox!r}: {exc}") from exc
+        conn.exposed = exposed
+
+    def _remote_tool(self, sandbox: str, definition: pb.Tool) -> Tool:
+        name = exposed_name(sandbox, definition.name)
+        if not TOOL_NAME.match(definition.name) or not TOOL_NAME.match(name):
+            raise ConfigError(
+                f"tool name {name[:100]!r}: expected 1-64 characters of [a-zA-Z0-9_-] with the sandbox prefix"
+            )
+        try:
+            schema = orjson.loads(definition.input_schema_json or b"{}")
+            output_schema = (
+                orjson.loads(definition.output_schema_json) if definition.output_schema_json else None
+            )
+            meta = orjson.loads(definition.meta_json) if definition.meta_json else {}
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"tool {definition.name!r}: a schema is not valid JSON: {exc}") from exc
+        if not isinstance(schema, dict) or not isinstance(meta, dict):
+            raise ConfigError(f"tool {definition.name!r}: input_schema and _meta must be JSON objects")
+        ArgumentValidator(definition.name, schema)  # raises ConfigError for an invalid schema
+        return Tool(
+            name=name,
+            title=definition.title,
+            description=definition.description,
+            input_schema=schema,
+            output_schema=output_schema,
+            # Passed through untouched: the gate may only let a sidecar's annotations raise the risk.
+            annotations=annotations_from_proto(definition.annotations),
+            meta={**meta, SANDBOX_META_KEY: sandbox},
+            handler=partial(self._forward, sandbox, definition.name),
+        )
+
+    async def _forward(self, sandbox: str, tool: str, call: ToolCall) -> ToolResult:
+        conn = self.connections.get(sandbox)
+        if conn is None:
+            raise ToolError(f"sandbox {sandbox!r} is not connected to the hub")
+        return await conn.forward(tool, call)
+
+    def reject(self, sandbox: str, reason: str) -> None:
+        self._event(SandboxEvent("rejected", sandbox, detail=reason))
+
+    def disconnect(self, conn: SandboxConnection, reason: str) -> None:
+        conn.close(reason)
+        if self._unregister(conn):
+            self._event(SandboxEvent("disconnected", conn.sandbox, conn.principal, detail=reason))
+
+    def _unregister(self, conn: SandboxConnection) -> bool:
+        if self.connections.get(conn.sandbox) is not conn:
+            return False  # already replaced by a newer connection
+        del self.connections[conn.sandbox]
+        self.registry.set_source(f"sandbox:{conn.sandbox}", [])
+        return True
+
+    def accept(self, sandbox: str, names: Sequence[str]) -> list[str]:
+        """Pin the announced definitions of blocked tools (all, or `names`) and expose them."""
+        conn = self.connections.get(sandbox)
+        if conn is None:
+            raise ToolNotFound(f"sandbox {sandbox!r} is not connected; accept its tools while it is")
+        wanted = list(names) or sorted(conn.blocked)
+        unknown = [n for n in wanted if n not in conn.blocked]
+        if unknown:
+            listed = ", ".join(sorted(conn.blocked)) or "none"
+            raise InvalidArgument(
+                f"sandbox {sandbox!r} has no blocked tool {unknown[0]!r} (blocked: {listed})"
+            )
+        changed = [n for n in wanted if conn.blocked[n].pinned_sha256]
+        invalid = [n for n in wanted if not conn.blocked[n].pinned_sha256]
+        if invalid:
+            raise InvalidArgument(
+                f"tool {invalid[0]!r} cannot be accepted: {conn.blocked[invalid[0]].reason}"
+            )
+        self.pins.set(sandbox, {n: conn.hashes[n] for n in changed})
+        for n in changed:
+            b = conn.blocked[n]
+            self._event(
+                SandboxEvent(
+                    "tool_accepted", sandbox, conn.principal, n, "", b.pinned_sha256, b.announced_sha256
+                )
+            )
+        self.announce(conn, list(conn.announced.values()))
+        return changed
+
+
+def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return bearer_token(value if isinstance(value, str) else value.decode())
+    return None
+
+
+class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
+    def __init__(self, federation: Federation) -> None:
+        self._f = federation
+
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        return self._f.authenticator.authenticate(_token(context))
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[spb.SidecarMessage], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[spb.HubMessage]:
+        f = self._f
+        messages = request_iterator.__aiter__()
+        conn: SandboxConnection | None = None
+        try:
+            principal = self._principal(context)
+            try:
+                async with asyncio.timeout(f.hello_timeout_s):
+                    first: spb.SidecarMessage = await messages.__anext__()
+            except (TimeoutError, StopAsyncIteration):
+                raise InvalidArgument("expected a hello as the first message") from None
+            if first.WhichOneof("message") != "hello":
+                raise InvalidArgument("expected a hello as the first message")
+            hello = first.hello
+            name = f.sandbox_name(principal, hello.sandbox)
+            conn = SandboxConnection(name, principal.name, hello.version)
+            welcome = f.connect(conn, hello.tools)
+        except HubError as exc:
+            if conn is not None:
+                f.disconnect(conn, exc.message)
+            if not isinstance(exc, Unauthenticated):
+                f.reject(conn.sandbox if conn else "?", exc.message)
+            await context.abort(exc.status, exc.message)
+            raise AssertionError("abort returned") from None  # pragma: no cover
+        reader = asyncio.create_task(self._read(conn, messages), name=f"mcphub-sandbox-{name}")
+        loop = asyncio.get_running_loop()
+        reason = "the sidecar ended the stream"
+        try:
+            yield spb.HubMessage(welcome=welcome)
+            nonce = 0
+            while True:
+                try:
+                    async with asyncio.timeout(f.ping_interval_s):
+                        message = await conn.outbound.get()
+                except TimeoutError:
+                    if loop.time() - conn.last_heard > 3 * f.ping_interval_s:
+                        reason = f"nothing heard for {loop.time() - conn.last_heard:.0f}s"
+                        break
+                    nonce += 1
+                    yield spb.HubMessage(ping=spb.Ping(nonce=nonce))
+                    continue
+                if message is None:
+                    reason = conn.closed or reason
+                    break
+                yield message
+        except asyncio.CancelledError:
+            reason = "the stream broke"
+            raise
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            f.disconnect(conn, reason)
+
+    async def _read(self, conn: SandboxConnection, messages: AsyncIterator[spb.SidecarMessage]) -> None:
+        loop = asyncio.get_running_loop()
+        reason = "the sidecar ended the stream"
+        try:
+            async for message in messages:
+                conn.last_heard = loop.time()
+                kind = message.WhichOneof("message")
+                if kind == "event":
+                    conn.route(message.event.call_id, message.event.event)
+                elif kind == "failure":
+                    conn.route(message.failure.call_id, message.failure)
+                elif kind == "tools":
+                    try:
+                        conn.send(spb.HubMessage(welcome=self._f.announce(conn, message.tools.tools)))
+                    except HubError as exc:
+                        reason = exc.message
+                        break
+                elif kind == "hello":
+                    reason = "a second hello on one stream"
+                    break
+        except grpc.aio.AioRpcError as exc:
+            reason = f"the stream broke ({exc.code().name})"
+        conn.close(reason)
+
+    async def ListSandboxes(
+        self, request: spb.ListSandboxesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> spb.ListSandboxesResponse:
+        try:
+            principal = self._principal(context)
+        except HubError as exc:
+            await context.abort(exc.status, exc.message)
+        if not principal.has_role(ROLE_OPERATOR):
+            return spb.ListSandboxesResponse()
+        conns = sorted(self._f.connections.values(), key=lambda c: c.sandbox)
+        return spb.ListSandboxesResponse(sandboxes=[c.info() for c in conns])
+
+    async def AcceptTools(
+        self, request: spb.AcceptToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> spb.AcceptToolsResponse:
+        try:
+            principal = self._principal(context)
+            if not principal.has_role(ROLE_OPERATOR):
+                raise PermissionDenied(
+                    f"principal {principal.name!r} may not accept tools: it needs the role `operator`"
+                )
+            accepted = self._f.accept(request.sandbox, list(request.tools))
+        except HubError as exc:
+            await context.abort(exc.status, exc.message)
+        return spb.AcceptToolsResponse(accepted=accepted)

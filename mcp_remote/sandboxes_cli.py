@@ -1,0 +1,116 @@
+"""`mcphub sandboxes list|accept`: the operator's view of registered sandboxes, over gRPC.
+
+    mcphub sandboxes list                      connected sandboxes, exposed and blocked tools
+    mcphub sandboxes accept SANDBOX [TOOL...]  accept the changed definitions of blocked tools
+
+Both need a principal with the `operator` role (on an open loopback hub, everyone is `local`, an operator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["add_sandbox_commands"]
+
+
+def _cmd_list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .cli import _hub_target, _run, _token
+
+    return _run(_list(_hub_target(args, environ), _token(args, environ), as_json=args.json))
+
+
+async def _list(target: str, token: str | None, *, as_json: bool) -> int:
+    import json
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from proto.mcphub.v1 import sidecar_pb2 as spb
+    from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+
+    from .cli import EXIT_OK, _rpc_failure
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.ListSandboxes(spb.ListSandboxesRequest(), metadata=_metadata(token))
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_failure(exc, target)
+    if as_json:
+        print(json.dumps([MessageToDict(s) for s in response.sandboxes], indent=2))
+        return EXIT_OK
+    for s in response.sandboxes:
+        print(
+            f"{s.name}  (principal {s.principal}, {len(s.exposed)} tools exposed, {len(s.blocked)} blocked)"
+        )
+        for b in s.blocked:
+            print(f"  blocked {b.name}: {b.reason}")
+    print(f"{len(response.sandboxes)} sandboxes connected to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .cli import _hub_target, _run, _token
+
+    return _run(_accept(_hub_target(args, environ), _token(args, environ), args.sandbox, args.tools))
+
+
+async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:
+    import grpc
+
+    from proto.mcphub.v1 import sidecar_pb2 as spb
+    from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+
+    from .cli import EXIT_OK, _rpc_failure
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.AcceptTools(
+                spb.AcceptToolsRequest(sandbox=sandbox, tools=tools), metadata=_metadata(token)
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_failure(exc, target)
+    for name in response.accepted:
+        print(f"accepted {sandbox}/{name}: its new definition is pinned and exposed")
+    if not response.accepted:
+        print(f"sandbox {sandbox} had no blocked tool to accept", file=sys.stderr)
+    return EXIT_OK
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    from proto.metadata import AUTHORIZATION
+
+    return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
+
+
+def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    sandboxes = sub.add_parser(
+        "sandboxes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="sandboxes registered with the hub: list them, accept changed tool definitions",
+        description=__doc__,
+    )
+    ssub = sandboxes.add_subparsers(dest="sandboxes_command", metavar="COMMAND")
+    sandboxes.set_defaults(func=lambda args, environ: (sandboxes.print_help(), 2)[1])
+
+    listing = ssub.add_parser("list", help="connected sandboxes and their exposed and blocked tools")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    client_options(listing)
+    listing.set_defaults(func=_cmd_list)
+
+    accept = ssub.add_parser(
+        "accept",
+        help="accept the changed definitions of a sandbox's blocked tools",
+        description=(
+            "Pin the announced definitions of the sandbox's blocked tools (all, or those named) "
+            "and expose them."
+        ),
+    )
+    accept.add_argument("sandbox", help="the sandbox's name, e.g. sbx-42")
+    accept.add_argument("tools", nargs="*", help="its tools' own names (default: every blocked tool)")
+    client_options(accept)
+    accept.set_defaults(func=_cmd_accept)

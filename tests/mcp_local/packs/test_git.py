@@ -1,0 +1,81 @@
+"""The git pack on a real repository: status, diff, log, commit; odd refs and outside paths refused."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.packs import PackUnderTest, make_pack, text
+
+pytestmark = pytest.mark.anyio
+
+AUTHOR = {"name": "Sandbox Agent", "email": "agent@sandbox.invalid"}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(ws)], check=True)
+    (ws / "app.py").write_text("print('v1')\n")
+    return ws
+
+
+@pytest.fixture
+def git(repo: Path) -> PackUnderTest:
+    return make_pack("git", {"author": AUTHOR}, repo)
+
+
+async def test_commit_then_log_diff_and_status(git: PackUnderTest, repo: Path) -> None:
+    assert "?? app.py" in text(await git.call("git_status"))
+    committed = await git.call("git_commit", message="first commit", all=True)
+    assert not committed.is_error, text(committed)
+    assert "committed" in text(committed) and "first commit" in text(committed)
+    (repo / "app.py").write_text("print('v2')\n")
+    diff = text(await git.call("git_diff"))
+    assert "-print('v1')" in diff and "+print('v2')" in diff
+    assert " M app.py" in text(await git.call("git_status"))
+    await git.call("git_commit", message="second", paths=["app.py"])
+    log = text(await git.call("git_log", max_count=5))
+    assert log.index("second") < log.index("first commit") and "Sandbox Agent" in log
+    between = text(await git.call("git_diff", ref="HEAD~1", paths=["app.py"]))
+    assert "+print('v2')" in between
+    assert git.tools["git_commit"].annotations.read_only is False
+    assert git.tools["git_log"].annotations.read_only is True
+
+
+@pytest.mark.parametrize("ref", ["--output=/tmp/pwned", "-p", "HEAD;rm -rf /", "a b"])
+async def test_option_looking_refs_are_refused(git: PackUnderTest, ref: str, tmp_path: Path) -> None:
+    result = await git.call("git_log", ref=ref)
+    assert result.is_error and "is not a revision name" in text(result)
+    assert not Path("/tmp/pwned").exists()
+
+
+async def test_paths_must_stay_inside_the_workspace(git: PackUnderTest) -> None:
+    result = await git.call("git_diff", paths=["../../etc/passwd"])
+    assert result.is_error and "'..' is not allowed" in text(result)
+
+
+async def test_a_path_named_like_an_option_is_a_path(git: PackUnderTest, repo: Path) -> None:
+    (repo / "--version").write_text("not an option\n")
+    await git.call("git_commit", message="odd file", paths=["--version"])
+    assert "odd file" in text(await git.call("git_log", paths=["--version"]))
+
+
+async def test_commit_hooks_do_not_run(git: PackUnderTest, repo: Path, tmp_path: Path) -> None:
+    hook = repo / ".git" / "hooks" / "post-commit"
+    marker = tmp_path / "hook-ran"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    await git.call("git_commit", message="with hook", all=True)
+    assert not marker.exists()
+
+
+async def test_git_errors_are_tool_errors(tmp_path: Path) -> None:
+    plain = tmp_path / "not-a-repo"
+    plain.mkdir()
+    git = make_pack("git", {}, plain)
+    result = await git.call("git_status")
+    assert result.is_error and "not a git repository" in text(result)

@@ -1,0 +1,255 @@
+"""The sql pack against a real SQLite file and a real PostgreSQL server: read-only by default, bound
+parameters, a row limit, writes only where the manifest allows them."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mcp_local.errors import ConfigError
+from mcp_local.redaction import Redactor
+from tests.support.packs import PackUnderTest, make_pack, text
+from tests.support.pgcluster import RunningPostgres, postgres_server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ws" / "app.db"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, avatar BLOB)")
+        conn.executemany(
+            "INSERT INTO users (name, avatar) VALUES (?, ?)", [(f"user{i}", b"\x01\xff") for i in range(50)]
+        )
+    conn.close()
+    return path
+
+
+def _count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_sqlite_query_binds_parameters(sqlite_file: Path) -> None:
+    sql = make_pack("sql", {"databases": {"app": {"sqlite": "app.db"}}}, sqlite_file.parent)
+    result = await sql.call(
+        "sql_query", sql="SELECT id, name, avatar FROM users WHERE name = ?", params=["user3"]
+    )
+    assert not result.is_error, text(result)
+    assert result.structured == {
+        "columns": ["id", "name", "avatar"],
+        "rows": [[4, "user3", "\\xff".replace("ff", "01ff")]],
+        "row_count": 1,
+        "truncated": False,
+    }
+    # A value that looks like SQL stays a value.
+    injected = await sql.call(
+        "sql_query", sql="SELECT count(*) FROM users WHERE name = ?", params=["x' OR '1'='1"]
+    )
+    assert injected.structured is not None and injected.structured["rows"] == [[0]]
+
+
+async def test_sqlite_is_read_only_unless_the_manifest_says_so(sqlite_file: Path) -> None:
+    sql = make_pack("sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}}, sqlite_file.parent)
+    assert set(sql.tools) == {"sql_query", "sql_schema"}
+    assert sql.tools["sql_query"].annotations.read_only is True
+    for statement in ("DELETE FROM users", "DROP TABLE users", "PRAGMA query_only = OFF"):
+        result = await sql.call("sql_query", sql=statement)
+        if statement.startswith("PRAGMA"):
+            continue  # allowed to run, but the connection is read-only at open (mode=ro) anyway
+        assert result.is_error and "read-only" in text(result), (statement, text(result))
+    result = await sql.call("sql_query", sql=f"ATTACH DATABASE '{sqlite_file.parent / 'new.db'}' AS other")
+    assert result.is_error and "not authorized" in text(result)
+    assert not (sqlite_file.parent / "new.db").exists()
+    assert _count(sqlite_file) == 50
+
+
+async def test_sqlite_writes_where_allowed_are_annotated_destructive(sqlite_file: Path) -> None:
+    sql = make_pack(
+        "sql", {"databases": {"app": {"sqlite": str(sqlite_file), "writable": True}}}, sqlite_file.parent
+    )
+    execute = sql.tools["sql_execute"]
+    assert execute.annotations.destructive is True and execute.annotations.read_only is False
+    result = await sql.call("sql_execute", database="app", sql="DELETE FROM users WHERE id <= ?", params=[10])
+    assert not result.is_error, text(result)
+    assert result.structured is not None and result.structured["affected_rows"] == 10
+    assert _count(sqlite_file) == 40
+    # sql_query stays read-only even on a writable database.
+    refused = await sql.call("sql_query", database="app", sql="DELETE FROM users")
+    assert refused.is_error and "use sql_execute" in text(refused)
+    assert _count(sqlite_file) == 40
+    # Only one statement per call.
+    two = await sql.call("sql_execute", database="app", sql="DELETE FROM users; DELETE FROM users")
+    assert two.is_error and "one statement" in text(two)
+    assert _count(sqlite_file) == 40
+
+
+async def test_sqlite_rows_are_limited(sqlite_file: Path) -> None:
+    sql = make_pack(
+        "sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}, "row_limit": 7}, sqlite_file.parent
+    )
+    result = await sql.call("sql_query", sql="SELECT id FROM users ORDER BY id")
+    assert result.structured is not None
+    assert result.structured["rows"] == [[i] for i in range(1, 8)]
+    assert result.structured["truncated"] is True
+    assert "only the first 7 rows" in text(result)
+    smaller = await sql.call("sql_query", sql="SELECT id FROM users", max_rows=3)
+    assert smaller.structured is not None and smaller.structured["row_count"] == 3
+
+
+async def test_sqlite_schema_lists_tables_and_columns(sqlite_file: Path) -> None:
+    sql = make_pack("sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}}, sqlite_file.parent)
+    result = await sql.call("sql_schema")
+    assert result.structured is not None
+    assert [r[2] for r in result.structured["rows"]] == ["id", "name", "avatar"]
+
+
+async def test_a_runaway_sqlite_query_is_interrupted(sqlite_file: Path) -> None:
+    sql = make_pack(
+        "sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}, "timeout_s": 0.5}, sqlite_file.parent
+    )
+    forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    result = await sql.call("sql_query", sql=forever)
+    assert result.is_error and "ran longer than 0.5s and was cancelled" in text(result)
+    assert (await sql.call("sql_query", sql="SELECT 1")).structured == {
+        "columns": ["1"],
+        "rows": [[1]],
+        "row_count": 1,
+        "truncated": False,
+    }
+
+
+def test_manifest_mistakes_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"options\.databases\.app: give exactly one of sqlite, postgres"):
+        make_pack("sql", {"databases": {"app": {"writable": True}}}, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"options\.databases\.main\.postgres_env: environment variable PGURL is not set"
+    ):
+        make_pack("sql", {"databases": {"main": {"postgres_env": "PGURL"}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"options\.row_limit: expected a whole number from 1 to 10000"):
+        make_pack("sql", {"databases": {"a": {"sqlite": "a.db"}}, "row_limit": 0}, tmp_path)
+    with pytest.raises(ConfigError, match=r"options\.databases\.a\.sqlite_path: unknown key"):
+        make_pack("sql", {"databases": {"a": {"sqlite_path": "a.db"}}}, tmp_path)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[RunningPostgres]:
+    with postgres_server() as server:
+        with psycopg.connect(server.admin_dsn(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE app LOGIN PASSWORD 'app-secret-password-123'")
+            conn.execute("CREATE DATABASE shop OWNER app")
+        with psycopg.connect(server.admin_dsn("shop", "app"), autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(10,2), "
+                "data bytea, added timestamptz DEFAULT '2026-01-02T03:04:05Z')"
+            )
+            conn.execute(
+                "INSERT INTO items (id, name, price, data) "
+                "SELECT i, 'item' || i, i * 1.5, '\\x00ff'::bytea FROM generate_series(1, 30) i"
+            )
+            conn.execute("INSERT INTO items (id, name, price) VALUES (9007199254740993, 'big', 0.1)")
+        yield server
+
+
+def _items(server: RunningPostgres) -> int:
+    with psycopg.connect(server.admin_dsn("shop", "app")) as conn:
+        row = conn.execute("SELECT count(*) FROM items").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture
+def pg(postgres: RunningPostgres, tmp_path: Path) -> PackUnderTest:
+    dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+    return make_pack(
+        "sql",
+        {"databases": {"shop": {"postgres_env": "SHOP_URL"}}, "row_limit": 10},
+        tmp_path,
+        environ={"SHOP_URL": dsn},
+    )
+
+
+async def test_postgres_query_returns_typed_rows(pg: PackUnderTest) -> None:
+    result = await pg.call(
+        "sql_query", sql="SELECT id, name, price, data, added FROM items WHERE id = %s", params=[2]
+    )
+    assert not result.is_error, text(result)
+    assert result.structured is not None
+    assert result.structured["rows"] == [[2, "item2", "3.00", "\\x00ff", "2026-01-02T03:04:05+00:00"]]
+    big = await pg.call("sql_query", sql="SELECT id FROM items WHERE name = %s", params=["big"])
+    assert big.structured is not None and big.structured["rows"] == [[9007199254740993]]
+
+
+async def test_postgres_rows_are_limited(pg: PackUnderTest) -> None:
+    result = await pg.call("sql_query", sql="SELECT id FROM items ORDER BY id")
+    assert result.structured is not None
+    assert result.structured["row_count"] == 10 and result.structured["truncated"] is True
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM items",
+        "UPDATE items SET price = 0",
+        "COMMIT; DELETE FROM items",
+        "SET TRANSACTION READ WRITE",
+        "SELECT nextval('no_such_seq')",
+    ],
+)
+async def test_postgres_query_cannot_write(
+    pg: PackUnderTest, postgres: RunningPostgres, statement: str
+) -> None:
+    result = await pg.call("sql_query", sql=statement)
+    assert result.is_error, statement
+    assert "SQLSTATE" in text(result)
+    assert _items(postgres) == 31
+
+
+async def test_postgres_writes_only_where_allowed(postgres: RunningPostgres, tmp_path: Path) -> None:
+    dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+    sql = make_pack("sql", {"databases": {"shop": {"postgres": dsn, "writable": True}}}, tmp_path)
+    result = await sql.call(
+        "sql_execute",
+        database="shop",
+        sql="INSERT INTO items (id, name) VALUES (%s, %s) RETURNING id",
+        params=[1000, "new"],
+    )
+    assert not result.is_error, text(result)
+    assert result.structured is not None
+    assert result.structured["rows"] == [[1000]] and result.structured["affected_rows"] == 1
+    assert _items(postgres) == 32
+    await sql.call("sql_execute", database="shop", sql="DELETE FROM items WHERE id = %s", params=[1000])
+    assert _items(postgres) == 31
+
+
+async def test_postgres_schema_and_a_bad_query(pg: PackUnderTest) -> None:
+    schema = await pg.call("sql_schema")
+    assert schema.structured is not None
+    assert ["public.items", "BASE TABLE", "id", "bigint", True, False] in schema.structured["rows"]
+    bad = await pg.call("sql_query", sql="SELECT * FROM nowhere")
+    assert bad.is_error and 'relation "nowhere" does not exist' in text(bad)
+
+
+async def test_postgres_password_is_registered_for_redaction(
+    postgres: RunningPostgres, tmp_path: Path
+) -> None:
+    redactor = Redactor()
+    dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+    make_pack("sql", {"databases": {"shop": {"postgres": dsn}}}, tmp_path, redactor=redactor)
+    assert "app-secret-password-123" not in redactor.text(f"connecting with {dsn} failed")
+    wrong = make_pack("sql", {"databases": {"shop": {"postgres": dsn.replace("123@", "124@")}}}, tmp_path)
+    result = await wrong.call("sql_query", sql="SELECT 1")
+    assert result.is_error and "cannot connect" in text(result)
+    assert "app-secret-password-124" not in text(result)

@@ -1,0 +1,215 @@
+"""The sidecar as a real process: its tools answer over gRPC and MCP, it starts light, and it refuses
+bad manifests and non-loopback binds with clear errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from tests.support.clients import ToolClient, connect
+from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar, write_manifest
+
+pytestmark = pytest.mark.anyio
+
+SIDECAR_TRANSPORTS = ["grpc", "mcp-2026", "mcp-2025"]
+MCPHUB = Path(sys.executable).parent / "mcphub"
+
+
+def sandbox_manifest(root: Path) -> dict[str, Any]:
+    """A workspace with a git repository and a SQLite database, and the manifest that serves them."""
+    ws = root / "workspace"
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "notes.txt").write_text("first line\nsecond line\n")
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    conn = sqlite3.connect(ws / "app.db")
+    with conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT)")
+        conn.execute("INSERT OR REPLACE INTO kv VALUES ('greeting', 'hello from the sandbox')")
+    conn.close()
+    return {
+        "workspace": str(ws),
+        "packs": [
+            "files",
+            "git",
+            "process",
+            "diagnostics",
+            {"name": "sql", "options": {"databases": {"app": {"sqlite": "app.db"}}}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
+    root = tmp_path_factory.mktemp("sidecar")
+    running = start_sidecar(root, sandbox_manifest(root), http=True)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(params=SIDECAR_TRANSPORTS)
+async def client(request: pytest.FixtureRequest, sidecar: RunningSidecar) -> AsyncIterator[ToolClient]:
+    async with connect(request.param, sidecar.grpc, sidecar.mcp_url, None) as c:
+        yield c
+
+
+async def test_lists_the_manifest_tools_with_annotations(client: ToolClient) -> None:
+    tools = {t["name"]: t for t in await client.list_tools()}
+    assert {
+        "files_read",
+        "files_write",
+        "git_status",
+        "git_commit",
+        "process_list",
+        "sql_query",
+        "echo",
+    } <= set(tools)
+    assert "sql_execute" not in tools  # no database is writable
+    assert tools["sql_query"]["annotations"]["readOnlyHint"] is True
+    assert tools["files_write"]["annotations"]["destructiveHint"] is True
+
+
+async def test_tools_answer(client: ToolClient) -> None:
+    rows = await client.call("sql_query", {"sql": "SELECT v FROM kv WHERE k = ?", "params": ["greeting"]})
+    assert rows.structured["rows"] == [["hello from the sandbox"]]
+    assert (await client.call("files_read", {"path": "notes.txt"})).text == "first line\nsecond line\n"
+    assert "notes.txt" in (await client.call("git_status", {})).text
+    escaped = await client.call("files_read", {"path": "../../../etc/passwd"})
+    assert escaped.is_error and "'..' is not allowed" in escaped.text
+
+
+async def test_progress_is_relayed(client: ToolClient) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    outcome = await client.call("sleep", {"seconds": 0.3}, progress=on_progress)
+    assert outcome.text == "slept 0.3s"
+    assert seen and seen == sorted(seen)
+
+
+async def test_stdio_mode_serves_mcp_on_stdin_and_stdout(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[
+            "-m",
+            "mcp_local",
+            "serve",
+            "--stdio",
+            "--manifest",
+            str(manifest),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        cwd=str(tmp_path),
+    )
+    async with Client(params, mode="legacy", cache=None) as mcp_client:
+        names = {t.name for t in (await mcp_client.list_tools()).tools}
+        assert {"files_read", "sql_query"} <= names
+        result = await mcp_client.call_tool("files_list", {})
+        assert not result.is_error
+        assert "notes.txt" in str(result.structured_content)
+
+
+def _run(args: list[str], cwd: Path, *, module: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        sidecar_command(*args, module=module), capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_a_bad_manifest_is_refused_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("packs:\n  - files\n  - {name: sql, option: {}}\nworkspce: /tmp\n")
+    out = _run(["serve", "--manifest", str(path), "--grpc", "127.0.0.1:0"], tmp_path)
+    assert out.returncode == 2
+    assert "invalid manifest" in out.stderr
+    assert "packs[1]: expected a pack name or {name: NAME, options: {...}}" in out.stderr
+    assert "unknown key 'workspce'" in out.stderr
+    path.write_text("packs:\n  - name: sql\n    options: {databases: {app: {sqlite: a.db}}, rows: 5}\n")
+    out = _run(["check", "--manifest", str(path)], tmp_path)
+    assert out.returncode == 2 and "packs[sql].options.rows: unknown option" in out.stderr
+    path.write_text("packs: [no_such_pack]\n")
+    out = _run(["check", "--manifest", str(path)], tmp_path)
+    assert out.returncode == 2 and "packs[no_such_pack]" in out.stderr and "no such pack" in out.stderr
+
+
+def test_check_lists_the_tools(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
+    out = _run(["check", "--manifest", str(manifest)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "sql_query" in out.stdout and "[read-only]" in out.stdout
+    assert "ok, " in out.stderr
+
+
+def test_only_loopback_is_served(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    out = _run(["serve", "--manifest", str(manifest), "--grpc", "0.0.0.0:0"], tmp_path)
+    assert out.returncode == 2
+    assert "--grpc: 0.0.0.0:0 is not a loopback address" in out.stderr and "--hub" in out.stderr
+
+
+def _imported(log: str) -> set[str]:
+    return {line.split("|")[-1].strip() for line in log.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["python-m-mcp_local", "mcphub-local"])
+def test_the_sidecar_does_not_load_the_hub(tmp_path: Path, module: bool) -> None:
+    manifest = write_manifest(tmp_path, {"workspace": str(tmp_path), "packs": ["files", "git", "process"]})
+    args = ["serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"]
+    # The real entry points: `python -m mcp_local`, and the installed `mcphub` console script.
+    command = sidecar_command(*args, module=True) if module else [str(MCPHUB), "local", *args]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert process.stdout is not None
+    ready = process.stdout.readline()
+    process.terminate()
+    _, stderr = process.communicate(timeout=30)
+    assert '"event": "ready"' in ready, stderr[-2000:]
+    modules = _imported(stderr)
+    assert "mcp_local.sidecar" in modules
+    hub_side = {
+        m
+        for m in modules
+        if m.split(".")[0] in ("mcp_remote", "bridge", "mcp", "uvicorn", "starlette", "pydantic")
+    }
+    # Through `mcphub`, only the package's lazy __init__ and the CLI modules; never the hub itself.
+    allowed = (
+        set()
+        if module
+        else {"mcp_remote", "mcp_remote.cli", "mcp_remote.cli_admin", "mcp_remote.sandboxes_cli"}
+    )
+    assert hub_side == allowed
+    assert process.returncode == 0
+
+
+def test_the_version_constant_matches_the_installed_distribution() -> None:
+    from importlib.metadata import version
+
+    from mcp_local.version import VERSION
+
+    assert version("mcphub") == VERSION
+
+
+def test_without_any_manifest_the_sidecar_serves_the_current_directory(tmp_path: Path) -> None:
+    out = _run(["check"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "files_read" in out.stdout and "git_status" in out.stdout and "sql_query" not in out.stdout
+    assert "default manifest" in out.stderr
+    missing = _run(["check", "--manifest", str(tmp_path / "nope.yaml")], tmp_path)
+    assert missing.returncode == 2 and "cannot read the manifest" in missing.stderr
