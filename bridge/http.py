@@ -23,7 +23,10 @@ class HttpServer:
         self._socket: socket.socket | None = None
         self.port = 0
 
-    async def start(self) -> int:
+    def bind(self) -> int:
+        """Take the port now (a busy one fails here, before anything slow has started)."""
+        if self._socket is not None:
+            return self.port
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,6 +39,12 @@ class HttpServer:
         sock.setblocking(False)
         self._socket = sock
         self.port = sock.getsockname()[1]
+        return self.port
+
+    async def start(self) -> int:
+        self.bind()
+        sock = self._socket
+        assert sock is not None
         config = uvicorn.Config(
             self._app,
             lifespan="on",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -27,7 +27,13 @@ from .registry import ToolRegistry
 from .tools import ToolCall
 from .wire import result_to_proto
 
-__all__ = ["ToolHubServicer", "abort_with", "caller_token", "start_grpc_server"]
+__all__ = [
+    "ToolHubServicer",
+    "abort_with",
+    "caller_token",
+    "create_grpc_server",
+    "start_grpc_server",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -197,15 +203,17 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             yield pb.ToolsChanged(revision=revision)
 
 
-async def start_grpc_server(
+def create_grpc_server(
     address: str,
     servicer: ToolHubServicer,
     *,
     extra_services: Sequence[tuple[Any, Any, str]] = (),
-) -> tuple[grpc.aio.Server, int]:
-    """Serve ToolHub (plus health checking and reflection) on `address`; returns the server and bound port.
+) -> tuple[grpc.aio.Server, int, Callable[[], Awaitable[None]]]:
+    """ToolHub (plus health checking and reflection) bound to `address` but not yet serving.
 
-    `extra_services` are `(add_to_server_fn, servicer, full_service_name)` triples.
+    Returns the server, the bound port, and the coroutine function that starts it (health
+    statuses are set then). `extra_services` are `(add_to_server_fn, servicer, full_service_name)`.
+    Binding first lets a busy port fail before anything slow has started.
     """
     server = grpc.aio.server(
         options=[
@@ -221,12 +229,27 @@ async def start_grpc_server(
         names.append(name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
-    await server.start()
+
+    async def start() -> None:
+        await server.start()
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    return server, port, start
+
+
+async def start_grpc_server(
+    address: str,
+    servicer: ToolHubServicer,
+    *,
+    extra_services: Sequence[tuple[Any, Any, str]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """`create_grpc_server`, started: serving on return."""
+    server, port, start = create_grpc_server(address, servicer, extra_services=extra_services)
+    await start()
     return server, port

@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    # gRPC's fork handlers only log "skipping fork() handlers" each time a pack starts a process
+    # (the shell's spawner, Chromium); nothing here forks without exec.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)

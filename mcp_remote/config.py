@@ -29,9 +29,12 @@ from mcp_local.errors import ConfigError
 from .policy import PolicyConfig
 from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
 
+DEFAULT_PACKS = ("diagnostics", "shell", "browser")
+
 __all__ = [
     "DEFAULT_GRPC",
     "DEFAULT_HTTP",
+    "DEFAULT_PACKS",
     "ENV_OVERRIDES",
     "Address",
     "AuditConfig",
@@ -180,7 +183,9 @@ class HubConfig(BaseModel):
     """The MCP bridge's address; null runs the hub without it."""
     state_dir: Path = Field(default_factory=lambda: default_state_dir(os.environ))
     principals: list[PrincipalConfig] = Field(default_factory=list)
-    packs: list[PackConfig] = Field(default_factory=lambda: [PackConfig(name="diagnostics")])
+    packs: list[PackConfig] = Field(default_factory=lambda: [PackConfig(name=n) for n in DEFAULT_PACKS])
+    """Default: diagnostics, the shell in a bubblewrap jail, and the browser (which reports clearly
+    when Chromium is missing, without stopping the hub)."""
     allowed_hosts: list[str] = Field(default_factory=list)
     """Extra `Host` values the bridge accepts (`name:*` for any port); loopback names always are."""
     allowed_origins: list[str] = Field(default_factory=list)

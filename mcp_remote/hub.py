@@ -3,28 +3,26 @@ the MCP bridge, in one process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import uvicorn
 
 from bridge import BridgeOptions, HubClient, build_asgi_app, build_mcp_server, default_policy
+from bridge.http import HttpServer
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
-from mcp_local.servicer import ToolHubServicer, start_grpc_server
+from mcp_local.servicer import ToolHubServicer, create_grpc_server
 from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
@@ -111,9 +109,7 @@ class Hub:
         self.packs: list[ToolPack] = []
         self.addresses: HubAddresses | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._http: uvicorn.Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
-        self._http_socket: socket.socket | None = None
+        self._http: HttpServer | None = None
         self._bridge_hub: HubClient | None = None
 
     def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
@@ -178,20 +174,12 @@ class Hub:
         )
 
     async def start(self) -> HubAddresses:
+        """Bind both ports first (a busy one fails before anything slow starts), then the audit
+        log, the packs, and only then serve."""
         config = self.config
-        await self.audit.start()
-        self.audit.record(
-            "hub", "-", "-", "-", {"event": "started", "instance": self.instance, "pid": os.getpid()}
-        )
-        failed = await self.approvals.fail_pending_on_restart()
-        if failed:
-            logger.warning(
-                "%d calls were waiting for approval when the hub stopped; they are denied", len(failed)
-            )
-        await self._load_packs()
         servicer = ToolHubServicer(self.registry, self.pipeline, self.authenticator)
         approvals = ApprovalsServicer(self.approvals, self.authenticator)
-        self._grpc, grpc_port = await start_grpc_server(
+        self._grpc, grpc_port, serve_grpc = create_grpc_server(
             str(config.grpc),
             servicer,
             extra_services=[
@@ -202,8 +190,21 @@ class Hub:
         grpc_dial = _dial_address(config.grpc, grpc_port)
         mcp_url = None
         if config.http is not None:
-            mcp_url = await self._start_bridge(config.http, grpc_dial)
+            mcp_url = self._bind_bridge(config.http, grpc_dial)
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
+        await self.audit.start()
+        self.audit.record(
+            "hub", "-", "-", "-", {"event": "started", "instance": self.instance, "pid": os.getpid()}
+        )
+        failed = await self.approvals.fail_pending_on_restart()
+        if failed:
+            logger.warning(
+                "%d calls were waiting for approval when the hub stopped; they are denied", len(failed)
+            )
+        await self._load_packs()
+        await serve_grpc()
+        if self._http is not None:
+            await self._http.start()
         write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
         return self.addresses
 
@@ -227,20 +228,8 @@ class Hub:
         self.packs = await start_packs(self.config.packs, env, self.registry)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
-    async def _start_bridge(self, address: Address, grpc_dial: str) -> str:
+    def _bind_bridge(self, address: Address, grpc_dial: str) -> str:
         config = self.config
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address.host, address.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"cannot listen for HTTP on {address}: {exc.strerror}") from exc
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._http_socket = sock
-        port = sock.getsockname()[1]
         self._bridge_hub = HubClient(grpc_dial)
         options = BridgeOptions(
             max_body_bytes=config.max_request_bytes, tool_input_schema=self._header_schema
@@ -250,23 +239,9 @@ class Hub:
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
             options,
         )
-        uv_config = uvicorn.Config(
-            app,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            ws="none",
-            timeout_graceful_shutdown=2,
-            server_header=False,
-        )
-        uv_config.load()
-        server = uvicorn.Server(uv_config)
-        server.lifespan = uv_config.lifespan_class(uv_config)
-        await server.startup(sockets=[sock])
-        self._http = server
-        self._http_task = asyncio.create_task(server.main_loop(), name="mcphub-http")
-        host = _dial_address(address, port)
-        return f"http://{host}/mcp"
+        self._http = HttpServer(app, address.host, address.port)
+        port = self._http.bind()
+        return f"http://{_dial_address(address, port)}/mcp"
 
     def _header_schema(self, name: str) -> Mapping[str, Any] | None:
         """The input schema the bridge checks a call's `Mcp-Param-*` headers against.
@@ -282,10 +257,8 @@ class Hub:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, then stop the packs."""
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
-            await self._http.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+        if self._http is not None:
+            await self._http.stop()
             self._http = None
         if self._bridge_hub is not None:
             await self._bridge_hub.close()

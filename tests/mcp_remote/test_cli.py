@@ -71,6 +71,17 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
             timeout=30,
         )
         assert out.stdout.strip() == "defaults", out.stderr
+        tools = subprocess.run(hub_command("tools"), capture_output=True, text=True, env=env, timeout=30)
+        names = {line.split()[0] for line in tools.stdout.splitlines()}
+        assert {"echo", "shell_exec", "fs_read", "browser_navigate", "output_read"} <= names, tools.stdout
+        jailed = subprocess.run(
+            hub_command("call", "shell_exec", "--args", '{"command": "id -un"}', "--json"),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert json.loads(jailed.stdout)["structuredContent"]["stdout"] == "sandbox\n", jailed.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)

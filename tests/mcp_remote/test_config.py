@@ -14,11 +14,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_are_loopback_with_the_diagnostics_pack(tmp_path: Path) -> None:
+def test_defaults_are_loopback_with_diagnostics_shell_and_browser(tmp_path: Path) -> None:
     config = load_config(None, {"HOME": str(tmp_path)})
     assert str(config.grpc) == "127.0.0.1:7070" and str(config.http) == "127.0.0.1:7071"
     assert config.state_dir == tmp_path / ".local" / "state" / "mcphub"
-    assert [p.name for p in config.packs] == ["diagnostics"]
+    assert [p.name for p in config.packs] == ["diagnostics", "shell", "browser"]
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:

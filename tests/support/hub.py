@@ -81,6 +81,9 @@ def start_hub(
         args += ["--pack", pack]
     args += list(extra_args)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    if config is None or "packs" not in config:
+        # The embedded default also starts the shell and the browser; most tests need neither.
+        full_env["MCPHUB_PACKS"] = "diagnostics"
     full_env.update(env or {})
     log_path = workdir / "hub.log"
     started = time.monotonic()
