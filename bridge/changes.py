@@ -25,7 +25,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types import NotificationParams, SubscriptionsListenRequestParams, SubscriptionsListenResult
 
-from .hubclient import HubClient
+from .hubclient import ToolHubClient
 
 __all__ = ["ToolChanges"]
 
@@ -37,7 +37,7 @@ TokenOf = Callable[[ServerRequestContext[Any, Any]], "str | None"]
 class ToolChanges:
     """The two handlers a bridge registers to relay tool-list changes."""
 
-    def __init__(self, hub: HubClient, token_of: TokenOf) -> None:
+    def __init__(self, hub: ToolHubClient, token_of: TokenOf) -> None:
         self._hub = hub
         self._token_of = token_of
 

@@ -1,9 +1,15 @@
-"""A small async client of the hub's `ToolHub` gRPC service, shared by the bridge and the CLI."""
+"""Clients of a ToolHub: the interface the bridge needs, and its gRPC implementation.
+
+`HubClient` talks gRPC to a hub anywhere (the CLI, `mcphub bridge --stdio`, the sidecar's
+bridge). A bridge running inside the hub gets `mcp_local.localhub.LocalHub` instead: the
+same interface and errors, without the loopback hop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 
@@ -11,13 +17,33 @@ from proto.mcphub.v1 import toolhub_pb2 as pb
 from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
 from proto.metadata import AUTHORIZATION
 
-__all__ = ["HubClient"]
+__all__ = ["HubClient", "ToolHubClient"]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
+
+
+class ToolHubClient(Protocol):
+    """What the bridge calls. Protocol failures raise `grpc.aio.AioRpcError` (see bridge/errors.py)."""
+
+    async def list_tools(
+        self, token: str | None, cursor: str = "", page_size: int = 0
+    ) -> pb.ListToolsResponse: ...
+
+    async def call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> pb.CallToolResult: ...
+
+    def stream_call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> AsyncIterator[pb.CallToolEvent]: ...
+
+    def watch_tools(self, token: str | None) -> AsyncIterator[pb.ToolsChanged]: ...
+
+    async def close(self) -> None: ...
 
 
 class HubClient:

@@ -34,7 +34,7 @@ from proto.mcphub.v1 import toolhub_pb2 as pb
 
 from .changes import ToolChanges
 from .errors import mcp_error_from_grpc
-from .hubclient import HubClient
+from .hubclient import ToolHubClient
 from .security import HostOriginGuard, OriginPolicy
 from .translate import result_to_mcp, tool_to_mcp
 
@@ -119,7 +119,7 @@ class _HubServer(Server[Any]):
         )
 
 
-def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
+def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
     default_token = options.default_token
 
     async def list_tools(
@@ -172,7 +172,7 @@ def build_mcp_server(hub: HubClient, options: BridgeOptions) -> Server[Any]:
 
 
 async def _relay_stream(
-    ctx: ServerRequestContext[Any, Any], hub: HubClient, token: str | None, request: pb.CallToolRequest
+    ctx: ServerRequestContext[Any, Any], hub: ToolHubClient, token: str | None, request: pb.CallToolRequest
 ) -> dict[str, Any]:
     """Stream the call, turning progress and approval events into `notifications/progress`."""
     last = 0.0

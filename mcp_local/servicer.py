@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import grpc
 import orjson
@@ -21,11 +21,8 @@ from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
 from proto.metadata import AUTHORIZATION, ERROR_DATA
 
 from .errors import HubError
-from .pipeline import Pipeline
-from .principals import Authenticator, bearer_token
-from .registry import ToolRegistry
-from .tools import ToolCall
-from .wire import result_to_proto
+from .principals import bearer_token
+from .service import ToolService
 
 __all__ = [
     "ToolHubServicer",
@@ -36,12 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-STREAM_BUFFER = 256
-"""Events a streaming call may queue before the tool waits for the caller to read them."""
-
-_END = object()
-"""Put on a streaming call's event queue once its pipeline task is done."""
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -75,132 +66,48 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-class _StreamSink:
-    """Events of a streaming call, queued for the RPC to send.
-
-    The queue itself is unbounded so that the end of the call can always be put in
-    behind the last event (the `_END` sentinel, from a done-callback that cannot wait);
-    `STREAM_BUFFER` slots bound the events a tool may have queued before it waits for
-    the caller to read them.
-    """
-
-    __slots__ = ("_queue", "_slots")
-
-    def __init__(self, queue: asyncio.Queue[pb.CallToolEvent | object]) -> None:
-        self._queue = queue
-        self._slots = asyncio.Semaphore(STREAM_BUFFER)
-
-    def taken(self) -> None:
-        """The RPC took one event off the queue: its slot is free again."""
-        self._slots.release()
-
-    async def _put(self, event: pb.CallToolEvent) -> None:
-        await self._slots.acquire()
-        self._queue.put_nowait(event)
-
-    async def progress(self, progress: float, total: float | None, message: str) -> None:
-        await self._put(
-            pb.CallToolEvent(progress=pb.Progress(progress=progress, total=total, message=message))
-        )
-
-    async def output(self, stream: str, data: bytes) -> None:
-        await self._put(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
-
-    async def approval(
-        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
-    ) -> None:
-        await self._put(
-            pb.CallToolEvent(
-                approval=pb.ApprovalState(
-                    approval_id=approval_id,
-                    state=state,  # type: ignore[arg-type]
-                    reason=reason,
-                    expires_at_unix_ms=expires_at_ms,
-                    how_to_approve=hint,
-                )
-            )
-        )
-
-
 class ToolHubServicer(pb_grpc.ToolHubServicer):
-    def __init__(self, registry: ToolRegistry, pipeline: Pipeline, authenticator: Authenticator) -> None:
-        self._registry = registry
-        self._pipeline = pipeline
-        self._authenticate = authenticator.authenticate
+    """ToolHub over gRPC: metadata and deadlines in, `HubError` out as a status."""
+
+    def __init__(self, service: ToolService) -> None:
+        self.service = service
 
     async def ListTools(
         self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListToolsResponse:
         try:
-            principal = self._authenticate(caller_token(context))
-            page, next_cursor = self._registry.page(principal, request.cursor, request.page_size)
+            return self.service.list_tools(_authorization(context), request.cursor, request.page_size)
         except Exception as exc:
             await abort_with(context, exc)
-        return pb.ListToolsResponse(
-            tools=[r.proto for r in page], next_cursor=next_cursor, revision=self._registry.revision
-        )
 
     async def CallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CallToolResult:
         try:
-            call = ToolCall(
-                request.name,
-                request.arguments_json,
-                authorization=_authorization(context),
-                deadline=_deadline(context),
-                client_capabilities_json=request.client_capabilities_json,
-                request_id=request.request_id,
-                approval_id=request.approval_id,
-            )
-            result = await self._pipeline(call)
+            return await self.service.call_tool(request, _authorization(context), _deadline(context))
         except Exception as exc:
             await abort_with(context, exc)
-        return result_to_proto(result)
 
     async def StreamCallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CallToolEvent]:
-        queue: asyncio.Queue[pb.CallToolEvent | object] = asyncio.Queue()
-        sink = _StreamSink(queue)
+        events = self.service.stream_call_tool(request, _authorization(context), _deadline(context))
         try:
-            call = ToolCall(
-                request.name,
-                request.arguments_json,
-                authorization=_authorization(context),
-                deadline=_deadline(context),
-                sink=sink,
-                client_capabilities_json=request.client_capabilities_json,
-                request_id=request.request_id,
-                approval_id=request.approval_id,
-            )
+            async for event in events:
+                yield event
         except Exception as exc:
             await abort_with(context, exc)
-        task = asyncio.ensure_future(self._pipeline(call))
-        # Behind the tool's last event: events come out in order, then the end.
-        task.add_done_callback(lambda _: queue.put_nowait(_END))
-        try:
-            while (event := await queue.get()) is not _END:
-                sink.taken()
-                yield cast(pb.CallToolEvent, event)
-            try:
-                result = task.result()
-            except Exception as exc:
-                await abort_with(context, exc)
-            yield pb.CallToolEvent(result=result_to_proto(result))
         finally:
-            if not task.done():
-                task.cancel()  # the caller went away: stop the tool
+            await events.aclose()
 
     async def WatchTools(
         self, request: pb.WatchToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ToolsChanged]:
         try:
-            self._authenticate(caller_token(context))
+            async for changed in self.service.watch_tools(_authorization(context)):
+                yield changed
         except Exception as exc:
             await abort_with(context, exc)
-        async for revision in self._registry.watch():
-            yield pb.ToolsChanged(revision=revision)
 
 
 def create_grpc_server(

@@ -29,6 +29,7 @@ from .pipeline import Authenticate, Authorize, Pipeline, ResolveTool, ValidateAr
 from .principals import OpenAccess, Principal
 from .redaction import Redactor
 from .registry import ToolRegistry
+from .service import ToolService
 from .servicer import ToolHubServicer, start_grpc_server
 from .workspace import Workspace
 
@@ -120,6 +121,7 @@ class Sidecar:
                 ValidateArguments(self.registry),
             ]
         )
+        self._service = ToolService(self.registry, self.pipeline, self.authenticator)
         self.packs: list[ToolPack] = []
         self.addresses: SidecarAddresses | None = None
         self.link: HubLink | None = None
@@ -148,7 +150,7 @@ class Sidecar:
         http_addr = split_address(s.http, key="--http") if s.http else None
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.load_packs()
-        servicer = ToolHubServicer(self.registry, self.pipeline, self.authenticator)
+        servicer = ToolHubServicer(self._service)
         self._grpc, port = await start_grpc_server(_join(grpc_host, grpc_port), servicer)
         grpc_dial = _join(grpc_host, port)
         mcp_url = None
@@ -168,10 +170,12 @@ class Sidecar:
         return self.addresses
 
     async def _start_http(self, grpc_dial: str, host: str, port: int) -> str:
-        from bridge import BridgeOptions, HubClient, build_asgi_app, build_mcp_server, default_policy
+        from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_policy
         from bridge.http import HttpServer
 
-        self._bridge_hub = HubClient(grpc_dial)
+        from .localhub import LocalHub
+
+        self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
         app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options), default_policy(host, [], []), options
@@ -184,9 +188,10 @@ class Sidecar:
         """MCP on stdin/stdout until the client closes stdin."""
         from bridge import BridgeOptions, serve_stdio
 
-        assert self.addresses is not None
+        from .localhub import LocalHub
+
         await serve_stdio(
-            self.addresses.grpc, BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
+            LocalHub(self._service), BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
         )
 
     async def stop(self, grace: float = 3.0) -> None:

@@ -14,14 +14,16 @@ from typing import Any
 
 import grpc
 
-from bridge import BridgeOptions, HubClient, build_asgi_app, build_mcp_server, default_policy
+from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_policy
 from bridge.http import HttpServer
+from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
+from mcp_local.service import ToolService
 from mcp_local.servicer import ToolHubServicer, create_grpc_server
 from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
 
@@ -103,6 +105,7 @@ class Hub:
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
         self.pipeline = Pipeline(self.stages())
+        self._service = ToolService(self.registry, self.pipeline, self.authenticator)
         self.federation = Federation(
             self.registry, self.authenticator, config.state_dir, on_event=self._sandbox_event
         )
@@ -110,7 +113,7 @@ class Hub:
         self.addresses: HubAddresses | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
-        self._bridge_hub: HubClient | None = None
+        self._bridge_hub: LocalHub | None = None
 
     def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
         operator = operator_token(config.state_dir)
@@ -177,7 +180,7 @@ class Hub:
         """Bind both ports first (a busy one fails before anything slow starts), then the audit
         log, the packs, and only then serve."""
         config = self.config
-        servicer = ToolHubServicer(self.registry, self.pipeline, self.authenticator)
+        servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator)
         self._grpc, grpc_port, serve_grpc = create_grpc_server(
             str(config.grpc),
@@ -230,7 +233,9 @@ class Hub:
 
     def _bind_bridge(self, address: Address, grpc_dial: str) -> str:
         config = self.config
-        self._bridge_hub = HubClient(grpc_dial)
+        # In the same process the bridge calls the hub's service directly: the same pipeline, the
+        # same errors, without a loopback gRPC round trip (`mcphub bridge --stdio` still uses gRPC).
+        self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(
             max_body_bytes=config.max_request_bytes, tool_input_schema=self._header_schema
         )

@@ -1,0 +1,95 @@
+"""`LocalHub`: the bridge's client of a ToolHub running in the same process, without the gRPC hop.
+
+It answers exactly as the gRPC client does (`bridge.hubclient.HubClient`): the same messages,
+and protocol failures as `grpc.aio.AioRpcError` with the status and error data the gRPC edge
+would have sent, so the bridge maps them by its one table either way. Only the loopback
+round trip (serialising, HTTP/2 framing, a second pass through the event loop) is saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+
+import grpc
+import orjson
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+from proto.metadata import ERROR_DATA
+
+from .errors import HubError
+from .service import ToolService
+
+__all__ = ["LocalHub"]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
+    if isinstance(exc, HubError):
+        trailing = grpc.aio.Metadata(*(((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()))
+        return grpc.aio.AioRpcError(exc.status, grpc.aio.Metadata(), trailing, details=exc.message)
+    logger.error("internal error in the in-process hub client", exc_info=exc)
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="internal error in the hub; the hub's log has the details",
+    )
+
+
+def _authorization(token: str | None) -> str | None:
+    return f"Bearer {token}" if token else None
+
+
+class LocalHub:
+    """The `HubClient` interface over a `ToolService` in this process."""
+
+    target = "in-process"
+
+    def __init__(self, service: ToolService) -> None:
+        self._service = service
+
+    async def list_tools(
+        self, token: str | None, cursor: str = "", page_size: int = 0
+    ) -> pb.ListToolsResponse:
+        try:
+            return self._service.list_tools(_authorization(token), cursor, page_size)
+        except Exception as exc:
+            raise _as_rpc_error(exc) from exc
+
+    async def call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> pb.CallToolResult:
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            return await self._service.call_tool(request, _authorization(token), deadline)
+        except Exception as exc:
+            raise _as_rpc_error(exc) from exc
+
+    async def stream_call_tool(
+        self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
+    ) -> AsyncGenerator[pb.CallToolEvent, None]:
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        events = self._service.stream_call_tool(request, _authorization(token), deadline)
+        try:
+            async for event in events:
+                yield event
+        except Exception as exc:
+            raise _as_rpc_error(exc) from exc
+        finally:
+            await events.aclose()
+
+    async def watch_tools(self, token: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
+        changes = self._service.watch_tools(_authorization(token))
+        try:
+            async for changed in changes:
+                yield changed
+        except Exception as exc:
+            raise _as_rpc_error(exc) from exc
+        finally:
+            await changes.aclose()
+
+    async def close(self) -> None:
+        return None

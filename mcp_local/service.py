@@ -1,0 +1,131 @@
+"""The ToolHub service without a transport: what ListTools, CallTool, StreamCallTool and WatchTools do.
+
+Two edges serve it: the gRPC servicer (`servicer.py`), and `LocalHub`, the in-process client
+the bridge uses when it runs inside the hub. Both raise what this raises (`HubError`), each
+translating once at its edge, so a call means the same whichever way it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import cast
+
+from proto.mcphub.v1 import toolhub_pb2 as pb
+
+from .pipeline import Pipeline
+from .principals import Authenticator, bearer_token
+from .registry import ToolRegistry
+from .tools import NULL_SINK, EventSink, ToolCall
+from .wire import result_to_proto
+
+__all__ = ["STREAM_BUFFER", "ToolService"]
+
+STREAM_BUFFER = 256
+"""Events a streaming call may queue before the tool waits for the caller to read them."""
+
+_END = object()
+"""Put on a streaming call's event queue once its pipeline task is done."""
+
+
+class _StreamSink:
+    """Events of a streaming call, queued for the caller to read.
+
+    The queue itself is unbounded so that the end of the call can always be put in behind
+    the last event (the `_END` sentinel, from a done-callback that cannot wait);
+    `STREAM_BUFFER` slots bound the events a tool may have queued before it waits for the
+    caller to read them.
+    """
+
+    __slots__ = ("_queue", "_slots")
+
+    def __init__(self, queue: asyncio.Queue[pb.CallToolEvent | object]) -> None:
+        self._queue = queue
+        self._slots = asyncio.Semaphore(STREAM_BUFFER)
+
+    def taken(self) -> None:
+        """The caller took one event off the queue: its slot is free again."""
+        self._slots.release()
+
+    async def _put(self, event: pb.CallToolEvent) -> None:
+        await self._slots.acquire()
+        self._queue.put_nowait(event)
+
+    async def progress(self, progress: float, total: float | None, message: str) -> None:
+        await self._put(
+            pb.CallToolEvent(progress=pb.Progress(progress=progress, total=total, message=message))
+        )
+
+    async def output(self, stream: str, data: bytes) -> None:
+        await self._put(pb.CallToolEvent(output=pb.OutputChunk(stream=stream, data=data)))
+
+    async def approval(
+        self, approval_id: str, state: int, reason: str, expires_at_ms: int, hint: str
+    ) -> None:
+        approval = pb.ApprovalState(
+            approval_id=approval_id,
+            state=state,  # type: ignore[arg-type]
+            reason=reason,
+            expires_at_unix_ms=expires_at_ms,
+            how_to_approve=hint,
+        )
+        await self._put(pb.CallToolEvent(approval=approval))
+
+
+def _call(
+    request: pb.CallToolRequest, authorization: str | None, deadline: float | None, sink: EventSink
+) -> ToolCall:
+    return ToolCall(
+        request.name,
+        request.arguments_json,
+        authorization=authorization,
+        deadline=deadline,
+        sink=sink,
+        client_capabilities_json=request.client_capabilities_json,
+        request_id=request.request_id,
+        approval_id=request.approval_id,
+    )
+
+
+class ToolService:
+    """A registry and a dispatch pipeline, answering the four ToolHub methods."""
+
+    def __init__(self, registry: ToolRegistry, pipeline: Pipeline, authenticator: Authenticator) -> None:
+        self.registry = registry
+        self.pipeline = pipeline
+        self._authenticate = authenticator.authenticate
+
+    def list_tools(self, authorization: str | None, cursor: str, page_size: int) -> pb.ListToolsResponse:
+        principal = self._authenticate(bearer_token(authorization))
+        page, next_cursor = self.registry.page(principal, cursor, page_size)
+        return pb.ListToolsResponse(
+            tools=[r.proto for r in page], next_cursor=next_cursor, revision=self.registry.revision
+        )
+
+    async def call_tool(
+        self, request: pb.CallToolRequest, authorization: str | None, deadline: float | None
+    ) -> pb.CallToolResult:
+        return result_to_proto(await self.pipeline(_call(request, authorization, deadline, NULL_SINK)))
+
+    async def stream_call_tool(
+        self, request: pb.CallToolRequest, authorization: str | None, deadline: float | None
+    ) -> AsyncGenerator[pb.CallToolEvent, None]:
+        """The call's events as it runs, then its result; closing the iterator cancels the call."""
+        queue: asyncio.Queue[pb.CallToolEvent | object] = asyncio.Queue()
+        sink = _StreamSink(queue)
+        task = asyncio.ensure_future(self.pipeline(_call(request, authorization, deadline, sink)))
+        # Behind the tool's last event: events come out in order, then the end.
+        task.add_done_callback(lambda _: queue.put_nowait(_END))
+        try:
+            while (event := await queue.get()) is not _END:
+                sink.taken()
+                yield cast(pb.CallToolEvent, event)
+            yield pb.CallToolEvent(result=result_to_proto(task.result()))
+        finally:
+            if not task.done():
+                task.cancel()  # the caller went away: stop the tool
+
+    async def watch_tools(self, authorization: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
+        self._authenticate(bearer_token(authorization))
+        async for revision in self.registry.watch():
+            yield pb.ToolsChanged(revision=revision)
