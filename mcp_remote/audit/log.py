@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.5
 
+_FREE_TEXT = frozenset({"error", "detail", "reason", "why", "request_id"})
+"""Record fields that may carry text from outside the hub (tool errors, callers' ids), so are
+redacted; the others are the hub's own words (status, decision, rule names, ids, numbers)."""
+
 
 def _result_digest(result: ToolResult) -> tuple[int, str]:
     digest = hashlib.sha256()
@@ -86,6 +90,7 @@ class AuditLog:
         self._batch: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._tick_due = False
         self._head = ChainHead(0, "")
         self._checkpointed_seq = 0
         self.healthy = True
@@ -110,42 +115,53 @@ class AuditLog:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            except TimeoutError:
-                await self._maybe_checkpoint(force=True)
-                continue
-            self._wake.clear()
-            if not self._pending:
-                if self._closing:
+        timer = loop.call_later(self._interval, self._tick)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                # Calls already woken add their records before this batch is taken: one commit
+                # then covers them all.
+                await asyncio.sleep(0)
+                if self._pending:
+                    await self._write()
+                if self._tick_due:
+                    self._tick_due = False
+                    await self._maybe_checkpoint(force=True)
+                    timer = loop.call_later(self._interval, self._tick)
+                if self._closing and not self._pending:
                     return
-                continue
-            queued, self._pending = self._pending, []
-            batch, self._batch = self._batch, loop.create_future()
-            assert batch is not None
-            try:
-                pending = [
-                    PendingRecord(ts, call, kind, who, tool, self._body(f))
-                    for ts, call, kind, who, tool, f in queued
-                ]
-                self._head = await self.store.append(pending)
-            except (
-                Exception
-            ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
-                self.healthy = False
-                logger.error("audit store write failed, refusing calls until it recovers: %s", exc)
-                self._pending[:0] = queued
-                batch.set_exception(Unavailable("the audit log cannot be written; the call was refused"))
-                batch.add_done_callback(lambda f: f.exception())
-                await asyncio.sleep(RETRY_DELAY_S)
-                self._wake.set()
-                continue
-            self.healthy = True
-            batch.set_result(None)
-            await self._maybe_checkpoint(force=False)
-            if self._closing and not self._pending:
-                return
+        finally:
+            timer.cancel()
+
+    def _tick(self) -> None:
+        self._tick_due = True
+        self._wake.set()
+
+    async def _write(self) -> None:
+        queued, self._pending = self._pending, []
+        batch, self._batch = self._batch, asyncio.get_running_loop().create_future()
+        assert batch is not None
+        try:
+            pending = [
+                PendingRecord(ts, call, kind, who, tool, self._body(f))
+                for ts, call, kind, who, tool, f in queued
+            ]
+            self._head = await self.store.append(pending)
+        except (
+            Exception
+        ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
+            self.healthy = False
+            logger.error("audit store write failed, refusing calls until it recovers: %s", exc)
+            self._pending[:0] = queued
+            batch.set_exception(Unavailable("the audit log cannot be written; the call was refused"))
+            batch.add_done_callback(lambda f: f.exception())
+            await asyncio.sleep(RETRY_DELAY_S)
+            self._wake.set()
+            return
+        self.healthy = True
+        batch.set_result(None)
+        await self._maybe_checkpoint(force=False)
 
     def _body(self, fields: Mapping[str, Any]) -> bytes:
         redactor = self._redactor
@@ -163,12 +179,10 @@ class AuditLog:
             elif key == "result":
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
-            elif isinstance(value, str):
-                out[key] = redactor.text(value)
-            elif isinstance(value, int | float | bool):
-                out[key] = value
-            else:
+            elif key in _FREE_TEXT:
                 out[key] = redactor.value(value)
+            else:
+                out[key] = value
         return canonical(out)
 
     def redact_arguments(self, arguments_json: bytes) -> str:

@@ -26,8 +26,6 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, call_id TEXT NOT NULL, kind TEXT NOT NULL,
     principal TEXT NOT NULL, tool TEXT NOT NULL, body BLOB NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_tool ON records (tool, seq);
-CREATE INDEX IF NOT EXISTS records_principal ON records (principal, seq);
 CREATE INDEX IF NOT EXISTS records_call ON records (call_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER NOT NULL, hash TEXT NOT NULL, ts_ms INTEGER NOT NULL,
