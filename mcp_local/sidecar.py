@@ -24,7 +24,7 @@ import grpc
 from .errors import ConfigError
 from .hublink import Backoff, HubLink
 from .manifest import Manifest
-from .packs import PackEnv, ToolPack, start_packs
+from .packs import PackEnv, ToolPack, start_packs, stop_packs
 from .pipeline import Authenticate, Authorize, Pipeline, ResolveTool, ValidateArguments
 from .principals import OpenAccess, Principal
 from .redaction import Redactor
@@ -206,11 +206,7 @@ class Sidecar:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-        for pack in reversed(self.packs):
-            try:
-                await pack.stop()
-            except Exception:  # one pack failing to stop must not keep the others running
-                logger.exception("pack %s did not stop cleanly", pack.name)
+        await stop_packs(self.packs)
         self.packs.clear()
 
 

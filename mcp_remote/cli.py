@@ -111,7 +111,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
 # --- client commands ---------------------------------------------------------------------------
 
 
-def _hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     from .statedir import DEFAULT_GRPC, default_state_dir, read_hub_file
 
     if args.hub:
@@ -141,7 +141,7 @@ def _rpc_failure(exc: Any, target: str) -> int:
 
 
 def _cmd_tools(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    return _run(_tools(_hub_target(args, environ), _token(args, environ), as_json=args.json))
+    return _run(_tools(hub_target(args, environ), _token(args, environ), as_json=args.json))
 
 
 async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
@@ -185,9 +185,7 @@ def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not isinstance(arguments, dict):
         return _fail('--args must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
     return _run(
-        _call(
-            _hub_target(args, environ), _token(args, environ), args.tool, arguments, args.json, args.timeout
-        )
+        _call(hub_target(args, environ), _token(args, environ), args.tool, arguments, args.json, args.timeout)
     )
 
 
@@ -285,7 +283,7 @@ async def _call(
 def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from bridge.server import BridgeOptions
 
-    target = _hub_target(args, environ)
+    target = hub_target(args, environ)
     token = _token(args, environ)
     if args.stdio:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -149,17 +149,6 @@ def _approver_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str
         return None
 
 
-def _target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    from .statedir import DEFAULT_GRPC, read_hub_file
-
-    if args.hub:
-        return str(args.hub)
-    if environ.get("MCPHUB_HUB"):
-        return environ["MCPHUB_HUB"]
-    running = read_hub_file(_state_dir(args, environ))
-    return str(running["grpc"]) if running and isinstance(running.get("grpc"), str) else DEFAULT_GRPC
-
-
 def _show_approval(a: Any) -> str:
     left = max(0, (a.expires_at_unix_ms - int(time.time() * 1000)) // 1000)
     when = (
@@ -187,7 +176,9 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     from proto.mcphub.v1 import approvals_pb2 as apb
     from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
 
-    target = _target(args, environ)
+    from .cli import hub_target
+
+    target = hub_target(args, environ)
     token = _approver_token(args, environ)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:

@@ -201,6 +201,8 @@ class HubConfig(BaseModel):
     @field_validator("grpc", "http", mode="before")
     @classmethod
     def _address(cls, value: Any) -> Any:
+        if value is False:  # YAML reads a bare `off` as false
+            return None
         if isinstance(value, str):
             if value.lower() in ("off", "none", ""):
                 return None

@@ -18,7 +18,7 @@ from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_poli
 from bridge.http import HttpServer
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
-from mcp_local.packs import PackEnv, ToolPack, start_packs
+from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
@@ -271,11 +271,7 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-        for pack in reversed(self.packs):
-            try:
-                await pack.stop()
-            except Exception:  # one pack failing to stop must not keep the others running
-                logger.exception("pack %s did not stop cleanly", pack.name)
+        await stop_packs(self.packs)
         self.packs.clear()
         await self.approvals.close()
         with contextlib.suppress(Exception):

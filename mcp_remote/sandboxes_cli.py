@@ -17,9 +17,9 @@ __all__ = ["add_sandbox_commands"]
 
 
 def _cmd_list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import _hub_target, _run, _token
+    from .cli import _run, _token, hub_target
 
-    return _run(_list(_hub_target(args, environ), _token(args, environ), as_json=args.json))
+    return _run(_list(hub_target(args, environ), _token(args, environ), as_json=args.json))
 
 
 async def _list(target: str, token: str | None, *, as_json: bool) -> int:
@@ -53,9 +53,9 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
 
 
 def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import _hub_target, _run, _token
+    from .cli import _run, _token, hub_target
 
-    return _run(_accept(_hub_target(args, environ), _token(args, environ), args.sandbox, args.tools))
+    return _run(_accept(hub_target(args, environ), _token(args, environ), args.sandbox, args.tools))
 
 
 async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:

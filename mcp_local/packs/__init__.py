@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,10 @@ __all__ = [
     "available_packs",
     "load_pack",
     "start_packs",
+    "stop_packs",
 ]
+
+logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mcphub.packs"
 
@@ -184,3 +188,12 @@ async def start_packs(specs: Sequence[Any], env: PackEnv, registry: ToolRegistry
             message = str(exc)
             raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
     return started
+
+
+async def stop_packs(packs: Sequence[ToolPack]) -> None:
+    """Stop `packs` in reverse order; one failing to stop does not keep the others running."""
+    for pack in reversed(packs):
+        try:
+            await pack.stop()
+        except Exception:  # foreign code at shutdown: log it and go on with the rest
+            logger.exception("pack %s did not stop cleanly", pack.name)

@@ -98,3 +98,8 @@ def test_addresses(text: str, host: str, port: int) -> None:
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+def test_http_off_in_yaml_turns_the_bridge_off(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "http: off\n"), {"HOME": str(tmp_path)})
+    assert config.http is None
