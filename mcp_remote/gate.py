@@ -77,7 +77,8 @@ class AuditTrail:
                     call.name,
                     {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
                 )
-            durable = log.record(
+            finish = log.record if status == "cancelled" else log.commit
+            durable = finish(
                 "finished",
                 call.call_id,
                 principal,
@@ -89,7 +90,7 @@ class AuditTrail:
                     "error": error if error is not None else _error_text(result),
                 },
             )
-            if status != "cancelled":
+            if durable is not None and status != "cancelled":
                 await asyncio.shield(durable)
         return result
 
@@ -133,7 +134,10 @@ class Gate:
             },
         )
         call.logged = True
-        durable = log.record(
+        # A call that needs approval, or is destructive, is on the record before anything else
+        # happens; the others are committed with their `finished` record.
+        must_be_durable = decision.verdict == "ask" or tool.annotations.destructive
+        durable = (log.commit if must_be_durable else log.record)(
             "decided",
             call.call_id,
             principal.name,
@@ -144,7 +148,7 @@ class Gate:
             return ToolResult.error(
                 f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}"
             )
-        if decision.verdict == "ask" or tool.annotations.destructive:
+        if must_be_durable and durable is not None:
             await asyncio.shield(durable)
         if decision.verdict == "ask":
             refusal = await self._ask(call, decision)

@@ -91,6 +91,10 @@ class SQLiteStore:
             self._db = None
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
+        return self.append_now(pending)
+
+    def append_now(self, pending: Sequence[PendingRecord]) -> ChainHead:
+        """Append and commit without yielding to the event loop (see `AuditLog.commit`)."""
         records = chain(self._head, pending)
         db = self.db
         db.execute("BEGIN")

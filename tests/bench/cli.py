@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--inflight", type=int, metavar="N", help="concurrent sleep calls (default 1000; 0 skips)"
     )
-    parser.add_argument("--startup-runs", type=int, metavar="N", help="fresh hubs timed to ready (default 5)")
     parser.add_argument(
-        "--pipeline-calls", type=int, metavar="N", help="in-process calls timed (default 20000)"
+        "--startup-runs", type=int, metavar="N", help="fresh hubs timed to ready (default 5; 0 skips)"
+    )
+    parser.add_argument(
+        "--pipeline-calls", type=int, metavar="N", help="in-process calls timed (default 20000; 0 skips)"
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and load generators to CPUs"

@@ -165,12 +165,14 @@ def run(settings: BenchSettings, log: Log = _stderr) -> dict[str, Any]:
         finally:
             for server in servers.values():
                 server.stop()
-        out["pipeline"] = probes.pipeline_cost(
-            HUB_CONFIGS["full"](token), token, settings.pipeline_calls, workdir / "pipeline", server_cpus
-        )
-        log(f"pipeline stages: {out['pipeline']}")
-        out["startup"] = probes.startup(settings.startup_runs, settings.idle_s, workdir / "startup")
-        log(f"start-up: {out['startup']}")
+        if settings.pipeline_calls > 0:
+            out["pipeline"] = probes.pipeline_cost(
+                HUB_CONFIGS["full"](token), token, settings.pipeline_calls, workdir / "pipeline", server_cpus
+            )
+            log(f"pipeline stages: {out['pipeline']}")
+        if settings.startup_runs > 0:
+            out["startup"] = probes.startup(settings.startup_runs, settings.idle_s, workdir / "startup")
+            log(f"start-up: {out['startup']}")
     out["machine"]["load_after"] = load_average()
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     return out
