@@ -100,6 +100,7 @@ class AuditLog:
         self._closing = False
         self._tick_due = False
         self._checkpoint_due = False
+        self._kick_scheduled = False
         self._head = ChainHead(0, "")
         self._checkpointed_seq = 0
         self._append_now = getattr(store, "append_now", None)
@@ -111,8 +112,9 @@ class AuditLog:
         self._head = await self.store.head()
         existing = await self.store.checkpoints()
         self._checkpointed_seq = existing[-1].seq if existing else 0
-        self._batch = asyncio.get_running_loop().create_future()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mcphub-audit-writer")
+        self._loop = asyncio.get_running_loop()
+        self._batch = self._loop.create_future()
+        self._task = self._loop.create_task(self._run(), name="mcphub-audit-writer")
 
     def record(
         self, kind: str, call_id: str, principal: str, tool: str, fields: Mapping[str, Any]
@@ -121,8 +123,17 @@ class AuditLog:
         if self._batch is None or self._closing:
             raise Unavailable("the audit log is not running")
         self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
-        self._wake.set()
+        if not self._kick_scheduled:
+            # Wake the writer after this step, not now: a call that commits inline before
+            # yielding leaves it nothing to do, and waking it would cost the call a task switch.
+            self._kick_scheduled = True
+            self._loop.call_soon(self._kick)
         return self._batch
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        if self._pending:
+            self._wake.set()
 
     def commit(
         self, kind: str, call_id: str, principal: str, tool: str, fields: Mapping[str, Any]
@@ -144,7 +155,7 @@ class AuditLog:
         except Exception:  # the writer retries, reports and fails the batch
             self._pending[:0] = queued
             return False
-        batch, self._batch = self._batch, asyncio.get_running_loop().create_future()
+        batch, self._batch = self._batch, self._loop.create_future()
         assert batch is not None
         batch.set_result(None)
         if self._signer is not None and self._head.seq - self._checkpointed_seq >= self._every:

@@ -126,6 +126,31 @@ def goals(out: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, An
                     None if ratio is None else ratio >= 1,
                 )
             )
+    for callers in sorted({r["callers"] for r in table}):
+        call = _find(table, "grpc-call", callers)
+        ungated = _find(table, "grpc-call-ungated", callers)
+        if call is None or ungated is None or call["p50_us"] is None or ungated["p50_us"] is None:
+            continue
+        if callers == 1:
+            added = call["p50_us"] - ungated["p50_us"]
+            checks.append(
+                _goal(
+                    "gate + audit added per allowed call, end to end, 1 caller: median latency "
+                    "(CallTool minus the bench-only build without them)",
+                    f"{added:.0f} us ({ungated['p50_us']:.0f} -> {call['p50_us']:.0f} us)",
+                    "<= 100 us",
+                    added <= 100,
+                )
+            )
+        cpu = call["cpu_us_per_call"] - ungated["cpu_us_per_call"]
+        checks.append(
+            _goal(
+                f"gate + audit added per allowed call, end to end, {_callers(callers)}: CPU per call",
+                f"{cpu:.0f} us ({ungated['cpu_us_per_call']:.0f} -> {call['cpu_us_per_call']:.0f} us)",
+                "<= 100 us",
+                cpu <= 100,
+            )
+        )
     pipeline = out.get("pipeline") or {}
     if "gate_audit_p50_us" in pipeline:
         cost = pipeline["gate_audit_p50_us"]

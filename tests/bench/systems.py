@@ -61,7 +61,8 @@ class System:
     key: str
     title: str
     server: str
-    """`sdk-fastest`, `sdk-default`, `grpc-bare` or `hub:<variant>`."""
+    """`sdk-fastest`, `sdk-default`, `grpc-bare`, `hub:<variant>` or `ungated:<variant>` (the
+    hub without its gate and audit trail, tests/bench/ungated_hub.py)."""
     kind: Kind
 
 
@@ -70,6 +71,12 @@ SYSTEMS: tuple[System, ...] = (
     System("sdk-default", "SDK MCPServer, default mode", "sdk-default", "mcp"),
     System("bridge", "mcphub bridge -> hub -> echo (MCP)", "hub:full", "mcp"),
     System("grpc-call", "mcphub gRPC CallTool, full pipeline", "hub:full", "grpc-call"),
+    System(
+        "grpc-call-ungated",
+        "mcphub gRPC CallTool without gate and audit (bench-only build)",
+        "ungated:full",
+        "grpc-call",
+    ),
     System("grpc-stream", "mcphub gRPC StreamCallTool, full pipeline", "hub:full", "grpc-stream"),
     System("grpc-bare", "bare grpc.aio echo (CallTool), the ceiling", "grpc-bare", "grpc-call"),
 )
@@ -145,9 +152,10 @@ def _spawn(key: str, module: str, args: list[str], workdir: Path, timeout: float
 
 def start_server(key: str, workdir: Path, token: str, cpus: tuple[int, ...] | None) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    if key.startswith("hub:"):
-        variant = key.removeprefix("hub:")
-        hub = start_hub(workdir / key.replace(":", "-"), config=HUB_CONFIGS[variant](token))
+    if key.startswith(("hub:", "ungated:")):
+        kind, variant = key.split(":", 1)
+        module = "tests.bench.ungated_hub" if kind == "ungated" else "mcp_remote.cli"
+        hub = start_hub(workdir / key.replace(":", "-"), config=HUB_CONFIGS[variant](token), module=module)
         server = Server(key, hub.process, {"grpc": hub.grpc, "mcp": hub.mcp_url}, hub.log_path, hub.stop)
     elif key.startswith("sdk-"):
         server = _spawn(key, "tests.bench.sdk_echo", ["--mode", key.removeprefix("sdk-")], workdir)
@@ -155,7 +163,8 @@ def start_server(key: str, workdir: Path, token: str, cpus: tuple[int, ...] | No
         server = _spawn(key, "tests.bench.grpc_echo", [], workdir)
     else:
         raise ValueError(
-            f"unknown server {key!r}; expected sdk-fastest, sdk-default, grpc-bare or hub:<variant>"
+            f"unknown server {key!r}; expected sdk-fastest, sdk-default, grpc-bare, "
+            "hub:<variant> or ungated:<variant>"
         )
     pin(server.pid, cpus)
     return server

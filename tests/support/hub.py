@@ -55,8 +55,8 @@ class RunningHub:
         return self.process.returncode
 
 
-def hub_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mcp_remote.cli", *args]
+def hub_command(*args: str, module: str = "mcp_remote.cli") -> list[str]:
+    return [sys.executable, "-m", module, *args]
 
 
 def start_hub(
@@ -68,6 +68,7 @@ def start_hub(
     env: Mapping[str, str] | None = None,
     http: bool = True,
     timeout: float = 30.0,
+    module: str = "mcp_remote.cli",
 ) -> RunningHub:
     workdir.mkdir(parents=True, exist_ok=True)
     state_dir = workdir / "state"
@@ -89,7 +90,7 @@ def start_hub(
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            hub_command(*args), stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO
+            hub_command(*args, module=module), stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO
         )
     assert process.stdout is not None
     line = _read_line(process, timeout)
