@@ -51,6 +51,7 @@ class AuditTrail:
             raise Unavailable("the audit log cannot be written; calls are refused until it recovers")
         call.call_id = f"{self._prefix}{next(self._counter):x}"
         started = time.perf_counter()
+        log.active += 1
         status = "ok"
         error: str | None = None
         result: ToolResult | None = None
@@ -68,6 +69,7 @@ class AuditTrail:
             status, error = "internal", type(exc).__name__
             raise
         finally:
+            log.active -= 1
             principal = call.principal.name if call.principal else "-"
             if not call.logged:
                 log.record(

@@ -5,13 +5,15 @@ Callers add records without waiting (`record`) and, where it matters, make them 
 transaction, so a busy hub pays one commit for many records.
 
 A store that can commit without waiting on the event loop (SQLite: a local file, written on
-the loop's thread either way) lets `commit` write the queue inline instead: the call then
-finishes in the same event-loop step that produced its result, rather than handing over to
-the writer task and back. Measured on the benchmark's gRPC `CallTool`, that hand-over cost
-more CPU than the commit itself, and grpc.aio delivers about one call per loop wake-up, so
-batches rarely held more than one call anyway. Stores that wait on the network (PostgreSQL)
-keep group commit through the writer. An inline commit that fails leaves its records queued
-for the writer, which reports the failure and retries.
+the loop's thread either way) lets `commit` write the queue inline when nobody would share
+the batch: the call then finishes in the step that produced its result instead of handing
+over to the writer task and back. Whether anybody would is measured, not guessed: while
+commits go to the writer, the number of commits each batch carried is averaged; while they
+go inline, one in PROBE_EVERY goes to the writer to keep measuring. grpc.aio hands the hub
+about one call per loop wake-up, so over gRPC batches carry one commit and commits go
+inline; the bridge under concurrency finishes several calls per loop step, and batches.
+Stores that wait on the network (PostgreSQL) always go through the writer. An inline commit
+that fails leaves its records queued for the writer, which reports the failure and retries.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ __all__ = ["AuditLog"]
 logger = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.5
+PROBE_EVERY = 64
+"""While committing inline, every PROBE_EVERY-th commit goes to the writer to see whether
+other commits would join its batch."""
+SHARED_BATCH = 1.5
+"""Commits per batch (moving average) from which batching beats committing inline."""
 
 _FREE_TEXT = frozenset({"error", "detail", "reason", "why", "request_id"})
 """Record fields that may carry text from outside the hub (tool errors, callers' ids), so are
@@ -105,6 +112,11 @@ class AuditLog:
         self._checkpointed_seq = 0
         self._append_now = getattr(store, "append_now", None)
         self._writing = False
+        self.active = 0
+        """Calls inside the audit trail (kept by `AuditTrail`): while others run, commit together."""
+        self._deferred = 0
+        self._per_batch = 1.0
+        self._inline_count = 0
         self.healthy = True
 
     async def start(self) -> None:
@@ -141,7 +153,17 @@ class AuditLog:
         """Queue a record and make the queue durable: None when that is already done (the store
         committed inline), else the future to await."""
         batch = self.record(kind, call_id, principal, tool, fields)
-        return None if self._commit_now() else batch
+        if self._batch_alone() and self._commit_now():
+            return None
+        self._deferred += 1
+        return batch
+
+    def _batch_alone(self) -> bool:
+        """Would this commit's batch carry only itself?"""
+        if self.active or self._deferred or self._per_batch >= SHARED_BATCH:
+            return False
+        self._inline_count += 1
+        return self._inline_count % PROBE_EVERY != 0
 
     def _commit_now(self) -> bool:
         append_now = self._append_now
@@ -203,6 +225,9 @@ class AuditLog:
         batch, self._batch = self._batch, asyncio.get_running_loop().create_future()
         assert batch is not None
         self._writing = True
+        if self._deferred:
+            self._per_batch = (self._per_batch + self._deferred) / 2
+            self._deferred = 0
         try:
             self._head = await self.store.append(self._records(queued))
         except (

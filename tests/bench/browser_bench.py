@@ -7,6 +7,9 @@ the browser, then times, per run: `browser_navigate` in a fresh session (which
 creates its context; its result already carries the page snapshot), then
 `browser_snapshot`, and reports the sum. Each session is closed afterwards and
 the run pauses (`--pause-ms`, as an agent thinks between calls), both untimed.
+The pause lets the pack top up its spare contexts (created ahead, `spare_contexts`,
+default 2), so a new session usually starts from a spare; `--spare-contexts 0` times
+context creation inside each run instead.
 Prints one JSON object.
 """
 
@@ -37,7 +40,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _run(
-    grpc: str, mcp_url: str | None, url: str, runs: int, warmup: int, transport: str, pause_s: float
+    grpc: str,
+    mcp_url: str | None,
+    url: str,
+    runs: int,
+    warmup: int,
+    transport: str,
+    pause_s: float,
+    spare_contexts: int | None,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     totals: list[float] = []
@@ -65,6 +75,7 @@ async def _run(
         "transport": transport,
         "runs": runs,
         "pause_between_runs_ms": round(pause_s * 1000),
+        "spare_contexts": "pack default" if spare_contexts is None else spare_contexts,
         "median_ms": round(median, 1),
         "p90_ms": round(_percentile(totals, 0.90), 1),
         "p99_ms": round(_percentile(totals, 0.99), 1),
@@ -89,12 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         default=300,
         help="untimed pause between runs, as an agent thinks between calls (default 300; 0 for back-to-back)",
     )
+    parser.add_argument(
+        "--spare-contexts",
+        type=int,
+        default=None,
+        help="the browser pack's spare_contexts option (default: the pack's default, 2; 0 disables)",
+    )
     args = parser.parse_args(argv)
     if not Path("/usr/bin/chromium").exists():
         print(json.dumps({"benchmark": "browser", "skipped": "no /usr/bin/chromium"}))
         return 0
     with tempfile.TemporaryDirectory(prefix="browser-bench-") as tmp, serve_site() as site:
-        config = {"packs": [{"name": "browser", "options": {"allow": ["127.0.0.1"]}}]}
+        options: dict[str, Any] = {"allow": ["127.0.0.1"]}
+        if args.spare_contexts is not None:
+            options["spare_contexts"] = args.spare_contexts
+        config = {"packs": [{"name": "browser", "options": options}]}
         hub = start_hub(Path(tmp), config=config)
         try:
             report = asyncio.run(
@@ -106,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.warmup,
                     args.transport,
                     args.pause_ms / 1000,
+                    args.spare_contexts,
                 )
             )
         finally:

@@ -80,3 +80,39 @@ async def test_a_full_disk_refuses_the_call_and_loses_no_record(
     await reread.close()
     assert calls == ["c1", "c2", "c3"], "the refused call's record is kept and written once the disk has room"
     assert report.ok, report.problem
+
+
+async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "audit.db")
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    assert log.commit("finished", "c0", "agent", "echo", {}) is None  # alone: inline
+
+    # Four calls finish in one step while others are still inside the audit trail: one batch.
+    log.active = 1
+    waiting = [log.commit("finished", f"c{i}", "agent", "echo", {}) for i in range(1, 5)]
+    log.active = 0
+    assert all(w is not None for w in waiting)
+    head_before = (await store.head()).seq
+    await asyncio.gather(*(asyncio.shield(w) for w in waiting if w is not None))
+    assert (await store.head()).seq == head_before + 4
+
+    # Batches have been shared lately, so a lone commit now waits for the writer too...
+    lone = log.commit("finished", "c5", "agent", "echo", {})
+    assert lone is not None
+    await asyncio.shield(lone)
+    # ...until batches carry one commit again; then commits go inline, bar the probes.
+    outcomes = []
+    for i in range(6, 200):
+        pending = log.commit("finished", f"c{i}", "agent", "echo", {})
+        outcomes.append(pending is None)
+        if pending is not None:
+            await asyncio.shield(pending)
+    assert outcomes[-50:].count(True) >= 45, outcomes[-50:]
+    assert outcomes[-50:].count(False) >= 1, "the probes keep measuring"
+    await log.stop()
+    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
+    await reread.open()
+    calls = [r.call_id async for r in reread.scan()]
+    await reread.close()
+    assert calls == [f"c{i}" for i in range(200)]
