@@ -158,6 +158,8 @@ def jail_command(workspace: Path, manifest: Path, env: dict[str, str], command: 
     venv_bin = Path(sys.executable).parent
     args = [
         "bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
+        # /tmp first: bwrap mounts in order, and the checkout may itself live under /tmp.
+        "--tmpfs", "/tmp",
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--dir", "/etc",
@@ -168,7 +170,7 @@ def jail_command(workspace: Path, manifest: Path, env: dict[str, str], command: 
         "--ro-bind", str(manifest), "/etc/mcphub/manifest.yaml",
         "--ro-bind", str(ENTRYPOINT), "/opt/mcphub/entrypoint",
         "--bind", str(workspace), "/workspace",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        "--proc", "/proc", "--dev", "/dev",
         "--uid", "1000", "--gid", "1000",
         "--chdir", "/workspace",
         "--clearenv",
