@@ -49,6 +49,33 @@ logger = logging.getLogger(__name__)
 
 SessionKey = tuple[str, str]
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _driver_in_its_own_session() -> Any:
+    """Start Playwright's driver outside the hub's process group.
+
+    Ctrl-C in a terminal (or `timeout`, or a supervisor signalling the group) reaches every
+    process of the foreground group at once; the driver would die before the hub closed the
+    browser, and the hub's shutdown would log a broken pipe. In its own session the driver
+    is stopped by the hub, or exits when the hub's end of its stdin pipe closes (the hub
+    killed). Playwright spawns it with `asyncio.create_subprocess_exec` and has no option for
+    this, so the call is wrapped for the moment of the start (a process another pack spawned
+    through asyncio in that same moment would get its own session too, which is harmless).
+    """
+    original = asyncio.create_subprocess_exec
+
+    async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        kwargs.setdefault("start_new_session", True)
+        return await original(*args, **kwargs)
+
+    asyncio.create_subprocess_exec = spawn
+    try:
+        yield
+    finally:
+        asyncio.create_subprocess_exec = original
+
+
 NETWORK_LOG = 500
 SPARE_DELAY_S = 0.05
 
@@ -403,7 +430,8 @@ class SharedBrowser:
 
     async def _launch(self) -> Browser:
         if self._playwright is None:
-            self._playwright = await async_playwright().start()
+            with _driver_in_its_own_session():
+                self._playwright = await async_playwright().start()
         # Every request goes through the policy proxy; `<-loopback>` stops Chromium bypassing it locally.
         proxy: ProxySettings = {"server": f"http://127.0.0.1:{self._proxy_port()}", "bypass": "<-loopback>"}
         browser = await self._playwright.chromium.launch(

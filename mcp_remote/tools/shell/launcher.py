@@ -69,6 +69,9 @@ class Spawner:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=errors,
+                    # Not in the hub's process group: a terminal's Ctrl-C must stop the hub,
+                    # which then stops its sandboxes, not kill the spawner under it.
+                    start_new_session=True,
                 )
             except OSError as exc:
                 ours.close()
