@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,9 @@ class Hub:
         for p in config.principals:
             token = p.resolve_token(environ)
             self.redactor.add(token)
+            if p.token_env is not None and isinstance(environ, MutableMapping):
+                # Read once; no process the hub starts (spawner, browser driver) may inherit it.
+                environ.pop(p.token_env, None)
             entries.append(
                 (token, Principal(p.name, tuple(p.tools), frozenset(p.roles), frozenset(p.groups)))
             )
