@@ -130,6 +130,19 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
     return token or None
 
 
+def arguments_option(text: str) -> dict[str, Any]:
+    """The `--args` option's JSON object; ValueError saying what is wrong."""
+    import json
+
+    try:
+        arguments = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(arguments, dict):
+        raise ValueError('--args must be a JSON object, e.g. \'{"text": "hi"}\'')
+    return arguments
+
+
 def _rpc_failure(exc: Any, target: str) -> int:
     import grpc
 
@@ -176,14 +189,10 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
 
 
 def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    import json
-
     try:
-        arguments = json.loads(args.args)
-    except json.JSONDecodeError as exc:
-        return _fail(f"--args is not valid JSON: {exc}", EXIT_USAGE)
-    if not isinstance(arguments, dict):
-        return _fail('--args must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
+        arguments = arguments_option(args.args)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     return _run(
         _call(hub_target(args, environ), _token(args, environ), args.tool, arguments, args.json, args.timeout)
     )

@@ -91,15 +91,14 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
     from mcp_local.errors import ConfigError
     from mcp_local.tools import ToolAnnotations
 
+    from .cli import arguments_option
     from .config import load_config
     from .policy import load_policy_file, resolve_policy
 
     try:
-        arguments = json.loads(args.args)
-    except json.JSONDecodeError as exc:
-        return _fail(f"--args is not valid JSON: {exc}", EXIT_USAGE)
-    if not isinstance(arguments, dict):
-        return _fail("--args must be a JSON object", EXIT_USAGE)
+        arguments = arguments_option(args.args)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     try:
         config = load_config(args.config, environ, {"state_dir": args.state_dir})
         policy = resolve_policy(load_policy_file(args.policy) if args.policy else config.policy)

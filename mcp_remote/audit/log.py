@@ -222,7 +222,7 @@ class AuditLog:
 
     async def _write(self) -> None:
         queued, self._pending = self._pending, []
-        batch, self._batch = self._batch, asyncio.get_running_loop().create_future()
+        batch, self._batch = self._batch, self._loop.create_future()
         assert batch is not None
         self._writing = True
         if self._deferred:

@@ -135,25 +135,7 @@ class PostgresStore:
             after = rows[-1][0]
 
     async def query(self, query: RecordQuery) -> list[AuditRecord]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (
-            ("tool", query.tool),
-            ("principal", query.principal),
-            ("call_id", query.call_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if query.since_ms is not None:
-            clauses.append("ts_ms >= %s")
-            params.append(query.since_ms)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "DESC" if query.newest_first else "ASC"
-        rows = await self._fetch(
-            f"SELECT * FROM mcphub_records {where} ORDER BY seq {order} LIMIT %s",  # noqa: S608 - fixed columns
-            (*params, query.limit),
-        )
+        rows = await self._fetch(*query.select("mcphub_records", "%s"))
         return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7], r[8]) for r in rows]
 
     async def put_approval(self, approval: Approval) -> None:

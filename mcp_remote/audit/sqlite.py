@@ -136,25 +136,7 @@ class SQLiteStore:
                 yield _record(row)
 
     async def query(self, query: RecordQuery) -> list[AuditRecord]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (
-            ("tool", query.tool),
-            ("principal", query.principal),
-            ("call_id", query.call_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.since_ms is not None:
-            clauses.append("ts_ms >= ?")
-            params.append(query.since_ms)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "DESC" if query.newest_first else "ASC"
-        rows = self.db.execute(
-            f"SELECT * FROM records {where} ORDER BY seq {order} LIMIT ?",  # noqa: S608 - fixed column names
-            (*params, query.limit),
-        ).fetchall()
+        rows = self.db.execute(*query.select("records", "?")).fetchall()
         return [_record(row) for row in rows]
 
     async def put_approval(self, approval: Approval) -> None:

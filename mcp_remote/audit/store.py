@@ -28,6 +28,26 @@ class RecordQuery:
     limit: int = 100
     newest_first: bool = True
 
+    def select(self, table: str, mark: str) -> tuple[str, tuple[object, ...]]:
+        """The SELECT for this query on `table`, with `mark` as the driver's placeholder."""
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("tool", self.tool),
+            ("principal", self.principal),
+            ("call_id", self.call_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = {mark}")
+                params.append(value)
+        if self.since_ms is not None:
+            clauses.append(f"ts_ms >= {mark}")
+            params.append(self.since_ms)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "DESC" if self.newest_first else "ASC"
+        sql = f"SELECT * FROM {table} {where} ORDER BY seq {order} LIMIT {mark}"  # noqa: S608 - fixed names
+        return sql, (*params, self.limit)
+
 
 class AuditStore(ApprovalStore, Protocol):
     async def open(self) -> None: ...

@@ -21,20 +21,11 @@ PROBE_PACK = str(REPO / "tests" / "packs" / "probe.py")
 CONFORMANCE_PACK = str(REPO / "tests" / "conformance_pack.py")
 
 
-@dataclass
-class RunningHub:
-    process: subprocess.Popen[bytes]
-    grpc: str
-    mcp_url: str | None
-    state_dir: Path
-    log_path: Path
-    ready_after_s: float
-    env: dict[str, str] = field(default_factory=dict)
+class ServerProcess:
+    """A server the tests started: its log, and stopping it (SIGTERM, then SIGKILL)."""
 
-    @property
-    def http_base(self) -> str:
-        assert self.mcp_url is not None
-        return self.mcp_url.removesuffix("/mcp")
+    process: subprocess.Popen[bytes]
+    log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -53,6 +44,28 @@ class RunningHub:
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@dataclass
+class RunningHub(ServerProcess):
+    process: subprocess.Popen[bytes]
+    grpc: str
+    mcp_url: str | None
+    state_dir: Path
+    log_path: Path
+    ready_after_s: float
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http_base(self) -> str:
+        assert self.mcp_url is not None
+        return self.mcp_url.removesuffix("/mcp")
 
 
 def hub_command(*args: str, module: str = "mcp_remote.cli") -> list[str]:

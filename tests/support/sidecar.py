@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,40 +14,16 @@ from typing import Any
 
 import yaml
 
-from tests.support.hub import _read_line
+from tests.support.hub import ServerProcess, _read_line
 
 
 @dataclass
-class RunningSidecar:
+class RunningSidecar(ServerProcess):
     process: subprocess.Popen[bytes]
     grpc: str
     mcp_url: str | None
     log_path: Path
     ready_after_s: float
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def sidecar_command(*args: str, module: bool = False) -> list[str]:

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..addresses import METADATA_ADDRESSES, IPAddress, IPNetwork
+
 __all__ = [
     "DEFAULT_BLOCKED_NAMES",
     "METADATA_ADDRESSES",
@@ -38,15 +40,6 @@ __all__ = [
     "parse_rule",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-METADATA_ADDRESSES: tuple[IPAddress, ...] = (
-    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
-    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
-)
 DEFAULT_BLOCKED_NAMES: tuple[str, ...] = (
     "metadata.google.internal",
     "metadata.goog",

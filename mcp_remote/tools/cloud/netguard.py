@@ -27,6 +27,8 @@ import httpcore2
 
 from mcp_local.errors import ToolError
 
+from ..addresses import METADATA_ADDRESSES, IPAddress, IPNetwork
+
 __all__ = [
     "METADATA_ADDRESSES",
     "AddressPolicy",
@@ -35,21 +37,6 @@ __all__ = [
     "literal_address",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    ipaddress.ip_address(a)
-    for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean...
-        "169.254.170.2",  # AWS ECS task metadata
-        "169.254.169.123",  # AWS time sync
-        "100.100.100.200",  # Alibaba Cloud
-        "192.0.0.192",  # Oracle Cloud (classic)
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "fd00:ec2::23",
-    )
-)
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NUMERIC_HOST = re.compile(r"^(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)

@@ -12,9 +12,10 @@ from typing import Any
 
 from mcp_local.errors import ConfigError
 
+from ..addresses import IPAddress
 from .client import ServiceClient
 from .credentials import CredentialSource
-from .netguard import AddressPolicy, IPAddress, literal_address
+from .netguard import AddressPolicy, literal_address
 from .openapi import Operation, load_document, operations
 from .routes import Route, RouteTable
 from .settings import ServiceSettings

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from mcp_local.errors import ToolError
 
-from .workspace import FileChunk, ListEntry, WriteOutcome, relative_path
+from .workspace import FileChunk, ListEntry, WriteOutcome, entry_kind, relative_path
 
 __all__ = ["LocalWorkspace", "open_beneath"]
 
@@ -97,16 +97,6 @@ def open_beneath(dirfd: int, path: str, flags: int, mode: int = 0o644) -> int:
     return _walk_nofollow(dirfd, path, flags, mode)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
-
-
 class LocalWorkspace:
     """A directory on this machine, seen by the sandbox at `mount`."""
 
@@ -160,7 +150,7 @@ class LocalWorkspace:
             if stat.S_ISDIR(st.st_mode):
                 raise ToolError(f"{path[:200]}: is a directory; use fs_list")
             if not stat.S_ISREG(st.st_mode):
-                raise ToolError(f"{path[:200]}: not a regular file ({_kind(st.st_mode)}); refused")
+                raise ToolError(f"{path[:200]}: not a regular file ({entry_kind(st.st_mode)}); refused")
             data = os.pread(fd, limit, offset) if offset < st.st_size else b""
             return FileChunk(rel, st.st_size, offset, data)
         finally:
@@ -212,7 +202,9 @@ class LocalWorkspace:
             if existing is not None and stat.S_ISLNK(existing.st_mode):
                 raise ToolError(f"{path[:200]}: is a symlink; write to the file it points to instead")
             if existing is not None and not stat.S_ISREG(existing.st_mode):
-                raise ToolError(f"{path[:200]}: exists and is not a regular file ({_kind(existing.st_mode)})")
+                raise ToolError(
+                    f"{path[:200]}: exists and is not a regular file ({entry_kind(existing.st_mode)})"
+                )
             if append and existing is not None:
                 fd = self._open(path, rel, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK, 0)
                 try:
@@ -302,7 +294,7 @@ class LocalWorkspace:
                         target = os.readlink(name, dir_fd=dir_fd)
                     except OSError:
                         target = None
-                kind = _kind(st.st_mode)
+                kind = entry_kind(st.st_mode)
                 entries.append(ListEntry(base + entry_rel, kind, st.st_size, st.st_mtime, target))
         except OSError as exc:
             raise self._failure(path, exc) from None

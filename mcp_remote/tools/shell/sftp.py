@@ -20,7 +20,7 @@ import asyncssh
 
 from mcp_local.errors import ToolError
 
-from .workspace import FileChunk, ListEntry, WriteOutcome, relative_path
+from .workspace import FileChunk, ListEntry, WriteOutcome, entry_kind, relative_path
 
 if TYPE_CHECKING:
     from .sshpool import SshPool
@@ -30,17 +30,6 @@ __all__ = ["SftpWorkspace"]
 T = TypeVar("T")
 
 _SKIP_DIRS = frozenset({".git", ".hg", ".svn"})
-
-
-def _kind(permissions: int | None) -> str:
-    mode = permissions or 0
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
 
 
 class SftpWorkspace:
@@ -82,7 +71,7 @@ class SftpWorkspace:
             real = await self._inside(sftp, root, self._full(root, path), path)
             attrs = await sftp.stat(real)
             if not stat.S_ISREG(attrs.permissions or 0):
-                raise ToolError(f"{path[:200]}: not a regular file ({_kind(attrs.permissions)})")
+                raise ToolError(f"{path[:200]}: not a regular file ({entry_kind(attrs.permissions)})")
             async with sftp.open(real, "rb", encoding=None) as f:
                 await f.seek(offset)
                 data = await f.read(limit)
@@ -156,7 +145,7 @@ class SftpWorkspace:
             async for rel, full, attrs in self._walk(sftp, real, "", recursive):
                 if len(entries) >= max_entries:
                     return entries, False
-                kind = _kind(attrs.permissions)
+                kind = entry_kind(attrs.permissions)
                 target = str(await sftp.readlink(full)) if kind == "symlink" else None
                 entries.append(ListEntry(base + rel, kind, attrs.size or 0, float(attrs.mtime or 0), target))
             return entries, True

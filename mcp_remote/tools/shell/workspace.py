@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,7 @@ __all__ = [
     "ListEntry",
     "Workspace",
     "WriteOutcome",
+    "entry_kind",
     "outside",
     "relative_path",
     "workspace_dir_name",
@@ -46,6 +48,18 @@ def outside(path: str, mount: str) -> ToolError:
         f"path {path[:200]!r} is outside the workspace; give a path relative to the workspace "
         f"or under {mount}"
     )
+
+
+def entry_kind(mode: int | None) -> str:
+    """`file`, `dir`, `symlink` or `other`, from a stat mode (SFTP may not send one)."""
+    mode = mode or 0
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
 
 
 def relative_path(path: str, mount: str) -> str:
