@@ -14,6 +14,10 @@ about one call per loop wake-up, so over gRPC batches carry one commit and commi
 inline; the bridge under concurrency finishes several calls per loop step, and batches.
 Stores that wait on the network (PostgreSQL) always go through the writer. An inline commit
 that fails leaves its records queued for the writer, which reports the failure and retries.
+
+A store that makes records durable in a journal first (SQLite, see `sqlite.py`) is folded by
+the writer task, off the calls' path: once FOLD_AT records wait, or FOLD_AFTER_S after the
+first of them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -54,6 +58,21 @@ PROBE_EVERY = 64
 other commits would join its batch."""
 SHARED_BATCH = 1.5
 """Commits per batch (moving average) from which batching beats committing inline."""
+FOLD_AT = 64
+"""Journaled records from which the writer folds them into the store: small enough that one
+fold (one transaction) stays well under a millisecond on the event loop."""
+FOLD_AFTER_S = 0.2
+"""The latest a journaled record is folded when fewer than FOLD_AT wait."""
+
+
+class _Journaled(Protocol):
+    """A store that makes records durable in a journal and folds it into its tables later."""
+
+    @property
+    def unfolded(self) -> int: ...
+
+    def fold(self) -> None: ...
+
 
 _FREE_TEXT = frozenset({"error", "detail", "reason", "why", "request_id"})
 """Record fields that may carry text from outside the hub (tool errors, callers' ids), so are
@@ -118,6 +137,9 @@ class AuditLog:
         self._per_batch = 1.0
         self._inline_count = 0
         self.healthy = True
+        self._journaled = cast(_Journaled, store) if hasattr(store, "fold") else None
+        self._fold_due = False
+        self._fold_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -183,7 +205,37 @@ class AuditLog:
         if self._signer is not None and self._head.seq - self._checkpointed_seq >= self._every:
             self._checkpoint_due = True
             self._wake.set()
+        self._schedule_fold()
         return True
+
+    def _schedule_fold(self) -> None:
+        journaled = self._journaled
+        if journaled is None or self._fold_due:
+            return
+        if journaled.unfolded >= FOLD_AT:
+            self._fold_due = True
+            self._wake.set()
+        elif self._fold_timer is None and journaled.unfolded:
+            self._fold_timer = self._loop.call_later(FOLD_AFTER_S, self._fold_tick)
+
+    def _fold_tick(self) -> None:
+        self._fold_timer = None
+        self._fold_due = True
+        self._wake.set()
+
+    def _fold(self) -> None:
+        """Fold the journal into the store. A failure loses nothing (the records stay durable
+        in the journal, and readers read it); it is reported and tried again later."""
+        self._fold_due = False
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
+        assert self._journaled is not None
+        try:
+            self._journaled.fold()
+        except Exception as exc:
+            logger.error("could not fold the audit journal into the store, will retry: %s", exc)
+            self._fold_timer = self._loop.call_later(RETRY_DELAY_S, self._fold_tick)
 
     def _records(
         self, queued: list[tuple[int, str, str, str, str, Mapping[str, Any]]]
@@ -207,6 +259,8 @@ class AuditLog:
                 elif self._checkpoint_due:
                     self._checkpoint_due = False
                     await self._maybe_checkpoint(force=False)
+                if self._fold_due:
+                    self._fold()
                 if self._tick_due:
                     self._tick_due = False
                     await self._maybe_checkpoint(force=True)
@@ -245,6 +299,7 @@ class AuditLog:
             self._writing = False
         self.healthy = True
         batch.set_result(None)
+        self._schedule_fold()
         await self._maybe_checkpoint(force=False)
 
     def _body(self, fields: Mapping[str, Any]) -> bytes:
@@ -307,6 +362,9 @@ class AuditLog:
         self._wake.set()
         with contextlib.suppress(Exception):
             await self._task
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
         await self._maybe_checkpoint(force=True)
         await self.store.close()
         self._task = None

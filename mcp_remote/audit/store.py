@@ -48,6 +48,15 @@ class RecordQuery:
         sql = f"SELECT * FROM {table} {where} ORDER BY seq {order} LIMIT {mark}"  # noqa: S608 - fixed names
         return sql, (*params, self.limit)
 
+    def matches(self, record: AuditRecord) -> bool:
+        """The same filter as `select`, for records not (yet) in a table."""
+        return (
+            (self.tool is None or record.tool == self.tool)
+            and (self.principal is None or record.principal == self.principal)
+            and (self.call_id is None or record.call_id == self.call_id)
+            and (self.since_ms is None or record.ts_ms >= self.since_ms)
+        )
+
 
 class AuditStore(ApprovalStore, Protocol):
     async def open(self) -> None: ...

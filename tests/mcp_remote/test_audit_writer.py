@@ -1,11 +1,17 @@
 """The audit writer on a real SQLite file: inline commits, and what happens when the store
 cannot be written (a full disk): the call waiting for durability is refused, the hub reports
-itself unhealthy, nothing queued is dropped, and the chain is whole once the store is back."""
+itself unhealthy, nothing queued is dropped, and the chain is whole once the store is back.
+
+And the journal in front of SQLite: folded by the writer without anybody asking, read by
+readers before it is folded, folded in by the next hub after a SIGKILL, a torn last write
+ignored, an edited line caught by `verify` and refused by the next hub."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from mcp_local.redaction import Redactor
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.records import ChainHead, PendingRecord
-from mcp_remote.audit.sqlite import SQLiteStore
+from mcp_remote.audit.sqlite import JournalError, SQLiteStore
 from mcp_remote.audit.verify import verify_log
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +122,115 @@ async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_pa
     calls = [r.call_id async for r in reread.scan()]
     await reread.close()
     assert calls == [f"c{i}" for i in range(200)]
+
+
+def rows_in_sqlite(db: Path) -> int:
+    connection = sqlite3.connect(db)
+    try:
+        return int(connection.execute("SELECT count(*) FROM records").fetchone()[0])
+    finally:
+        connection.close()
+
+
+async def read_back(db: Path) -> tuple[list[str], bool, str | None]:
+    reread = SQLiteStore(db, read_only=True)
+    await reread.open()
+    try:
+        calls = [r.call_id async for r in reread.scan()]
+        report = await verify_log(reread, {})
+    finally:
+        await reread.close()
+    return calls, report.ok, report.problem
+
+
+async def test_the_writer_folds_the_journal_into_sqlite_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "FOLD_AFTER_S", 0.05)
+    db = tmp_path / "audit.db"
+    store = SQLiteStore(db)
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    for i in range(3):
+        assert log.commit("finished", f"c{i}", "agent", "echo", {}) is None
+    assert store.unfolded == 3 and rows_in_sqlite(db) == 0, "durable in the journal, not yet in SQLite"
+    assert (await read_back(db))[0] == ["c0", "c1", "c2"], "readers see journaled records"
+    await asyncio.sleep(0.3)
+    assert store.unfolded == 0 and rows_in_sqlite(db) == 3, "folded after FOLD_AFTER_S"
+    assert store.journal_path.stat().st_size == 0
+
+    for i in range(3, 3 + audit_log.FOLD_AT):  # enough records to fold at once, timer or not
+        pending = log.commit("finished", f"c{i}", "agent", "echo", {})
+        if pending is not None:  # a probe of the batching rule goes through the writer
+            await asyncio.shield(pending)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert store.unfolded == 0 and rows_in_sqlite(db) == 3 + audit_log.FOLD_AT
+    await log.stop()
+    calls, ok, problem = await read_back(db)
+    assert calls == [f"c{i}" for i in range(3 + audit_log.FOLD_AT)] and ok, problem
+
+
+CRASHING_HUB = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from mcp_local.redaction import Redactor
+from mcp_remote.audit.log import AuditLog
+from mcp_remote.audit.sqlite import SQLiteStore
+
+async def main() -> None:
+    log = AuditLog(SQLiteStore(Path(sys.argv[1])), Redactor(), None)
+    await log.start()
+    for i in range(int(sys.argv[2])):
+        log.record("requested", f"c{i}", "agent", "echo", {"arguments_json": b'{"text": "hi"}'})
+        assert log.commit("finished", f"c{i}", "agent", "echo", {"status": "ok"}) is None
+    os.kill(os.getpid(), signal.SIGKILL)  # after the calls were durable, before any fold
+
+asyncio.run(main())
+"""
+
+
+def crash_after(db: Path, calls: int) -> None:
+    """A hub process that commits `calls` calls' records and is killed before it folds them."""
+    done = subprocess.run([sys.executable, "-c", CRASHING_HUB, str(db), str(calls)], timeout=60, check=False)
+    assert done.returncode == -9
+
+
+async def test_a_killed_hubs_journal_is_read_and_then_folded_in_by_the_next(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    crash_after(db, 5)
+    assert rows_in_sqlite(db) == 0 and db.with_suffix(".journal").stat().st_size > 0
+    calls, ok, problem = await read_back(db)
+    assert calls == [f"c{i // 2}" for i in range(10)] and ok, problem
+
+    with db.with_suffix(".journal").open("ab") as journal:
+        journal.write(b'[11, 1700000000000, "c5", "requ')  # a write the process died in
+    store = SQLiteStore(db)
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    assert rows_in_sqlite(db) == 10 and store.journal_path.stat().st_size == 0
+    assert log.commit("finished", "c9", "agent", "echo", {}) is None
+    await log.stop()
+    calls, ok, problem = await read_back(db)
+    assert calls[-1] == "c9" and len(calls) == 11 and ok, problem
+
+
+async def test_an_edited_journal_is_caught_by_verify_and_refused_by_the_next_hub(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    crash_after(db, 3)
+    journal = db.with_suffix(".journal")
+    original = journal.read_bytes()
+    journal.write_bytes(original.replace(b'{\\"text\\":\\"hi\\"}', b'{\\"text\\":\\"ho\\"}', 1))
+    assert journal.read_bytes() != original
+    reread = SQLiteStore(db, read_only=True)
+    await reread.open()
+    report = await verify_log(reread, {})
+    await reread.close()
+    assert not report.ok and report.first_bad == 1 and "was edited" in (report.problem or "")
+
+    lines = original.split(b"\n")
+    journal.write_bytes(b"\n".join([lines[0], b"not a record", *lines[1:]]))
+    calls, ok, problem = await read_back(db)
+    assert calls == ["c0", ""] and not ok and "record 2" in (problem or ""), problem
+    with pytest.raises(JournalError, match="line 2: not an audit record"):
+        await SQLiteStore(db).open()
