@@ -71,6 +71,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
 
     from mcp_local.errors import ConfigError
 
+    from .audit.sqlite import JournalError
     from .hub import Hub
 
     stop = asyncio.Event()
@@ -93,6 +94,9 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     except OSError as exc:
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)
+    except JournalError as exc:  # an edited audit journal: the hub will not write after it
+        await hub.stop(0)
+        return _fail(str(exc), EXIT_HUB)
     if as_json:
         line = json.dumps(
             {"event": "ready", "grpc": addresses.grpc, "mcp": addresses.mcp_url, "pid": os.getpid()}

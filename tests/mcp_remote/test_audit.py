@@ -248,6 +248,16 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr
 
 
+def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
+    (tmp_path / "state" / "audit").mkdir(parents=True)
+    (tmp_path / "state" / "audit" / "audit.journal").write_bytes(b'[1, 2, "edited"]\n')
+    (tmp_path / "hub.yaml").write_text(json.dumps(config(state_dir=str(tmp_path / "state"))))
+    ports = ("--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    out = cli("serve", "--config", str(tmp_path / "hub.yaml"), *ports)
+    assert out.returncode == 3, out.stderr
+    assert "audit.journal, line 1: not an audit record" in out.stderr and "Traceback" not in out.stderr
+
+
 async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_postgres(tmp_path: Path) -> None:
     with running_postgres() as pg:
         dsn = pg.create_database("mcphub_audit")
