@@ -61,6 +61,8 @@ SHARED_BATCH = 1.5
 FOLD_AT = 64
 """Journaled records from which the writer folds them into the store: small enough that one
 fold (one transaction) stays well under a millisecond on the event loop."""
+FOLD_BACKLOG = 16 * FOLD_AT
+"""Journaled records from which a fold no longer waits for a moment with no batch queued."""
 FOLD_AFTER_S = 0.2
 """The latest a journaled record is folded when fewer than FOLD_AT wait."""
 
@@ -218,6 +220,9 @@ class AuditLog:
         elif self._fold_timer is None and journaled.unfolded:
             self._fold_timer = self._loop.call_later(FOLD_AFTER_S, self._fold_tick)
 
+    def _journaled_backlog(self) -> bool:
+        return self._journaled is not None and self._journaled.unfolded >= FOLD_BACKLOG
+
     def _fold_tick(self) -> None:
         self._fold_timer = None
         self._fold_due = True
@@ -260,7 +265,14 @@ class AuditLog:
                     self._checkpoint_due = False
                     await self._maybe_checkpoint(force=False)
                 if self._fold_due:
-                    self._fold()
+                    # The calls this batch woke answer first; a batch that queued meanwhile is
+                    # written before the fold (a fold is not what anybody waits for) unless the
+                    # journal has grown long.
+                    await asyncio.sleep(0)
+                    if not self._pending or self._journaled_backlog():
+                        self._fold()
+                    else:
+                        self._wake.set()
                 if self._tick_due:
                     self._tick_due = False
                     await self._maybe_checkpoint(force=True)
