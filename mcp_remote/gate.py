@@ -4,7 +4,8 @@
 
 `AuditTrail` is outermost so that every call leaves records, refused ones included:
 `requested` (written by the gate, or at the end for a call refused before it), `decided`,
-`approval`, `started`, `finished`. A call that needs approval, or whose tool is destructive,
+`approval`, `started`, `finished`, and `undelivered` when the log could not be written in time
+and the caller was refused. A call that needs approval, or whose tool is destructive,
 waits until its `requested` and `decided` records are durable before the tool runs; every
 call waits until its `finished` record is durable before its result goes back, so a caller
 never holds a result the log could lose.
@@ -93,8 +94,17 @@ class AuditTrail:
                 },
             )
             if durable is not None and status != "cancelled":
-                await asyncio.shield(durable)
+                try:
+                    await asyncio.shield(durable)
+                except Unavailable:
+                    # The caller is refused and never sees the result its `finished` record
+                    # describes: the log says so, once the store takes the queue again.
+                    log.record("undelivered", call.call_id, principal, call.name, {"error": _UNDELIVERED})
+                    raise
         return result
+
+
+_UNDELIVERED = "the audit log could not be written, so the caller was refused and never saw the result"
 
 
 def _error_text(result: ToolResult | None) -> str | None:

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from mcp_local.content import ToolResult
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
+from mcp_local.tools import ToolCall
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.records import ChainHead, PendingRecord
 from mcp_remote.audit.sqlite import JournalError, SQLiteStore
 from mcp_remote.audit.verify import verify_log
+from mcp_remote.gate import AuditTrail
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +89,36 @@ async def test_a_full_disk_refuses_the_call_and_loses_no_record(
     await reread.close()
     assert calls == ["c1", "c2", "c3"], "the refused call's record is kept and written once the disk has room"
     assert report.ok, report.problem
+
+
+async def test_a_call_refused_for_a_full_disk_is_recorded_as_undelivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
+    store = FillableStore(tmp_path / "audit.db")
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    trail = AuditTrail(log)
+
+    async def echo(call: ToolCall) -> ToolResult:
+        return ToolResult.text("hello")
+
+    store.full = True
+    with pytest.raises(Unavailable):
+        await trail(ToolCall("echo", b"{}"), echo)
+    store.full = False
+    await asyncio.wait_for(log.flush(), 5)
+    served = await trail(ToolCall("echo", b"{}"), echo)
+    assert served.content, "the next call is served once the disk has room"
+    await log.stop()
+    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
+    await reread.open()
+    records = [r async for r in reread.scan()]
+    await reread.close()
+    first = [r for r in records if r.call_id == records[0].call_id]
+    assert [r.kind for r in first] == ["requested", "finished", "undelivered"]
+    assert first[1].body_json()["status"] == "ok", "the tool did run"
+    assert "never saw the result" in first[2].body_json()["error"]
 
 
 async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_path: Path) -> None:
