@@ -27,14 +27,13 @@ import asyncio
 import contextlib
 import datetime
 import re
-import sqlite3
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +42,9 @@ from ..errors import ConfigError, ToolError
 from ..tools import Tool, ToolAnnotations, ToolCall
 from . import PackEnv, StaticPack
 from .options import PackOptions
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["Database", "create_pack", "jsonable"]
 
@@ -107,12 +109,18 @@ def jsonable(value: Any) -> Any:
 
 def _deny_attach(action: int, *args: Any) -> int:
     # ATTACH could open (and with a writable connection, create) any file the sidecar can reach.
+    import sqlite3
+
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
 
 
 def _sqlite_connect(db: Database, writable: bool) -> sqlite3.Connection:
+    # Imported on the first SQLite call, as psycopg is on the first PostgreSQL one: the module
+    # and libsqlite3 cost an idle sidecar about 1 MB it may never use.
+    import sqlite3
+
     path = Path(db.target)
     if writable:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
@@ -154,6 +162,8 @@ async def _sqlite(db: Database, sql: str, params: Sequence[Any], limit: int, wri
     conn = _sqlite_connect(db, write)
 
     def work(c: sqlite3.Connection) -> Rows:
+        import sqlite3
+
         try:
             if not write:
                 return _sqlite_rows(c.execute(sql, params), limit)
