@@ -164,7 +164,7 @@ def _imported(log: str) -> set[str]:
 
 @pytest.mark.parametrize("module", [True, False], ids=["python-m-mcp_local", "mcphub-local"])
 def test_the_sidecar_does_not_load_the_hub(tmp_path: Path, module: bool) -> None:
-    manifest = write_manifest(tmp_path, {"workspace": str(tmp_path), "packs": ["files", "git", "process"]})
+    manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
     args = ["serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"]
     # The real entry points: `python -m mcp_local`, and the installed `mcphub` console script.
     command = sidecar_command(*args, module=True) if module else [str(MCPHUB), "local", *args]
@@ -195,6 +195,9 @@ def test_the_sidecar_does_not_load_the_hub(tmp_path: Path, module: bool) -> None
         else {"mcp_remote", "mcp_remote.cli", "mcp_remote.cli_admin", "mcp_remote.sandboxes_cli"}
     )
     assert hub_side == allowed
+    # Loaded on first use, not by an idle sidecar: sqlite3 (first SQLite query); hashlib (and
+    # with it more of OpenSSL's libcrypto) not at all.
+    assert not modules & {"sqlite3", "hashlib"}
     assert process.returncode == 0
 
 
