@@ -11,11 +11,13 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mcp_remote.config import DEFAULT_PACKS
 from tests.support.hub import REPO, hub_command, start_hub
 
 from .machine import rss_kib, rss_mb
@@ -64,28 +66,62 @@ def pipeline_cost(
     return _run_json(_pinned(command, cpus), timeout=600)
 
 
+def _first_mcp_request(mcp_url: str) -> None:
+    """One stateless 2026-07-28 `tools/list`: what a hub holds once it has served MCP."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "mcphub-bench", "version": "1"},
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}})
+    request = urllib.request.Request(
+        mcp_url,
+        data=body.encode(),
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/list",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    if "result" not in answer:
+        raise RuntimeError(f"tools/list through the bridge failed: {answer}")
+
+
 def startup(runs: int, idle_s: float, workdir: Path) -> dict[str, Any]:
-    """`mcphub serve` with the embedded defaults (ports 0, a fresh state dir): time to the ready
-    line, then its RSS after `idle_s` of idling. `runs` fresh processes; medians quoted."""
+    """`mcphub serve` with the embedded defaults (its default packs, ports 0, a fresh state dir):
+    time to the ready line, then its RSS after `idle_s` of idling, and again `idle_s` after a
+    first MCP request. `runs` fresh processes; medians quoted."""
     ready_s: list[float] = []
     rss: list[int] = []
     anon: list[int] = []
+    after_mcp: list[int] = []
+    # start_hub narrows the packs to `diagnostics` unless told otherwise; these are the real defaults.
+    env = {"MCPHUB_PACKS": ",".join(DEFAULT_PACKS)}
     for i in range(runs):
-        hub = start_hub(workdir / f"startup-{i}")
+        hub = start_hub(workdir / f"startup-{i}", env=env)
         try:
             ready_s.append(hub.ready_after_s)
             time.sleep(idle_s)
             rss.append(rss_kib(hub.process.pid))
             anon.append(rss_kib(hub.process.pid, "RssAnon"))
+            assert hub.mcp_url is not None
+            _first_mcp_request(hub.mcp_url)
+            time.sleep(idle_s)
+            after_mcp.append(rss_kib(hub.process.pid))
         finally:
             hub.stop()
     return {
         "runs": runs,
+        "packs": list(DEFAULT_PACKS),
         "ready_s": [round(s, 3) for s in ready_s],
         "ready_s_median": round(statistics.median(ready_s), 3),
         "idle_rss_mb": [rss_mb(r) for r in rss],
         "idle_rss_mb_median": rss_mb(round(statistics.median(rss))),
         "idle_rss_anon_mb_median": rss_mb(round(statistics.median(anon))),
+        "after_first_mcp_rss_mb_median": rss_mb(round(statistics.median(after_mcp))),
         "idle_s": idle_s,
     }
 

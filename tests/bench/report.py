@@ -249,6 +249,11 @@ def markdown(out: dict[str, Any]) -> str:
             f"| {startup['idle_rss_mb_median']:.1f} MB ({startup['idle_rss_anon_mb_median']:.1f} MB of it "
             "private, the rest mapped files such as shared libraries) |"
         )
+        if "after_first_mcp_rss_mb_median" in startup:
+            lines.append(
+                f"| the same hubs {startup['idle_s']:g} s after a first MCP request "
+                f"| {startup['after_first_mcp_rss_mb_median']:.1f} MB |"
+            )
     if "hub_rss_after_load_mb" in out:
         lines.append(
             f"| hub RSS after all the load above (benchmark config) | {out['hub_rss_after_load_mb']:.1f} MB |"
