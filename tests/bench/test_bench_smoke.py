@@ -49,6 +49,8 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
     assert out["pipeline"]["stages"][-1] == "execute"
     assert out["startup"]["ready_s_median"] > 0
     assert out["startup"]["idle_rss_mb_median"] > out["startup"]["idle_rss_anon_mb_median"] > 0
+    assert out["startup"]["packs"] == ["diagnostics", "shell", "browser"]
+    assert out["startup"]["after_first_mcp_rss_mb_median"] > 0
     assert out["hub_rss_after_load_mb"] > 0
     assert "available" in out["sidecar"]
     assert out["machine"]["cores"] >= 1 and len(out["machine"]["load_before"]) == 3
