@@ -98,7 +98,7 @@ class ResolveTool:
 
 
 class Authorize:
-    """The principal's allowed tool globs."""
+    """The principal's allowed tool globs, and the roles a tool is restricted to."""
 
     name = "authorize"
 
@@ -107,6 +107,10 @@ class Authorize:
         if principal is None or not principal.may_call(call.name):
             who = principal.name if principal else "anonymous"
             raise PermissionDenied(f"principal {who!r} may not call tool {call.name!r}")
+        tool = call.tool
+        if tool is not None and tool.roles and tool.roles.isdisjoint(principal.roles):
+            roles = " or ".join(sorted(tool.roles))
+            raise PermissionDenied(f"tool {call.name!r} is for principals with the role {roles}")
         return await call_next(call)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from .tools import Tool
 
 __all__ = ["LOCAL", "OPERATOR", "Authenticator", "OpenAccess", "Principal", "bearer_token"]
 
@@ -32,6 +35,11 @@ class Principal:
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+    def may_use(self, tool: Tool) -> bool:
+        """May call `tool`: its name matches the principal's globs, and the principal has one
+        of the roles the tool is restricted to, if any."""
+        return self.may_call(tool.name) and (not tool.roles or not tool.roles.isdisjoint(self.roles))
 
 
 LOCAL = Principal("local", ("*",))

@@ -88,7 +88,7 @@ class ToolRegistry:
         """The tools `principal` may call, sorted by name (cached until the next change)."""
         cached = self._visible.get(principal.name)
         if cached is None:
-            cached = [r for r in self._sorted if principal.may_call(r.tool.name)]
+            cached = [r for r in self._sorted if principal.may_use(r.tool)]
             self._visible[principal.name] = cached
         return cached
 

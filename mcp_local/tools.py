@@ -97,6 +97,9 @@ class Tool:
     annotations: ToolAnnotations = ToolAnnotations()
     meta: Mapping[str, Any] | None = None
     timeout_s: float | None = None
+    roles: frozenset[str] = frozenset()
+    """When set, only principals with one of these roles see the tool in listings or may call it
+    (on top of their tool globs)."""
 
     def __post_init__(self) -> None:
         if not TOOL_NAME.match(self.name):

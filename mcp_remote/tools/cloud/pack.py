@@ -239,6 +239,7 @@ class CloudPack:
                 ),
                 input_schema={"type": "object", "properties": {}, "additionalProperties": False},
                 handler=self._cloud_usage,
+                roles=frozenset({"operator"}),
                 annotations=ToolAnnotations(
                     title="Cloud API usage counters", read_only=True, destructive=False, idempotent=True
                 ),

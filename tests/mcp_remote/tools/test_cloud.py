@@ -451,7 +451,11 @@ async def test_usage_counters_are_for_operators(cloud: CloudHub) -> None:
     await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": "/counted"})
     with pytest.raises(ProtocolFailure) as refused:
         await cloud.call("cloud_usage", {}, principal="agent-a")
-    assert refused.value.code == -32031
+    assert refused.value.code == -32031 and "for principals with the role operator" in refused.value.message
+    for principal, listed in (("agent-a", False), ("ops", True)):
+        async with cloud.client(principal) as client:
+            names = {tool["name"] for tool in await client.list_tools()}
+        assert ("cloud_usage" in names) is listed and "http_request" in names
     usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured
     mine = next(u for u in usage["usage"] if u["principal"] == "agent-a" and u["service"] == "filekey")
     assert mine["calls"] >= 1 and mine["ok"] >= 1 and mine["by_risk"]["read-only"] >= 1
