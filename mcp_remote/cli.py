@@ -71,7 +71,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
 
     from mcp_local.errors import ConfigError
 
-    from .audit.sqlite import JournalError
+    from .audit.sqlite import AuditStoreRefused
     from .hub import Hub
 
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     except OSError as exc:
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)
-    except JournalError as exc:  # an edited audit journal: the hub will not write after it
+    except AuditStoreRefused as exc:  # an edited audit journal, or another hub writing the log
         await hub.stop(0)
         return _fail(str(exc), EXIT_HUB)
     if as_json:

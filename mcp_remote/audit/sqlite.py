@@ -20,6 +20,7 @@ sequence number) but never hold the only copy of a record that it no longer list
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -33,7 +34,7 @@ from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain
 from .store import RecordQuery
 
-__all__ = ["JournalError", "SQLiteStore"]
+__all__ = ["AuditStoreRefused", "JournalError", "SQLiteStore", "StoreInUse"]
 
 INSERT = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -61,8 +62,16 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     )
 
 
-class JournalError(RuntimeError):
+class AuditStoreRefused(RuntimeError):
+    """The store will not be written: the hub must not start (its message says why)."""
+
+
+class JournalError(AuditStoreRefused):
     """The journal holds a line that is not a record: somebody edited it."""
+
+
+class StoreInUse(AuditStoreRefused):
+    """Another hub process is writing this audit log."""
 
 
 def _journal_line(r: AuditRecord) -> bytes:
@@ -145,10 +154,22 @@ class SQLiteStore:
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
 
     def _recover_journal(self) -> None:
-        """Fold in what a hub that died left in the journal, then open it for appending."""
+        """Take the journal (one writer per log: a second hub folding and emptying it could
+        drop the first one's records), fold in what a hub that died left in it, and keep it
+        open for appending."""
+        journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(journal, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(journal)
+            raise StoreInUse(
+                f"another hub is writing the audit log in {self.path.parent} "
+                "(each hub needs its own state directory, or a shared PostgreSQL audit store)"
+            ) from None
         found = read_journal(self.journal_path)
         bad = next((item for item in found if isinstance(item, int)), None)
         if bad is not None:
+            os.close(journal)
             raise JournalError(
                 f"{self.journal_path}, line {bad}: not an audit record (was the file edited?). "
                 "`mcphub audit verify` shows the first bad record; the hub will not write after it."
@@ -156,10 +177,8 @@ class SQLiteStore:
         row = self.db.execute("SELECT max(seq) FROM records").fetchone()
         stored = row[0] or 0
         self._unfolded = [r for r in found if isinstance(r, AuditRecord) and r.seq > stored]
-        self._journal = os.open(
-            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        self._journal_size = os.fstat(self._journal).st_size
+        self._journal = journal
+        self._journal_size = os.fstat(journal).st_size
         self.fold()
 
     async def close(self) -> None:

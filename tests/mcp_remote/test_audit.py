@@ -258,6 +258,26 @@ def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
     assert "audit.journal, line 1: not an audit record" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path / "first", config=config(), http=False)
+    try:
+        ports = ("--grpc", "127.0.0.1:0", "--http", "off")
+        out = cli(
+            "serve",
+            "--config",
+            str(tmp_path / "first" / "hub.yaml"),
+            "--state-dir",
+            str(hub.state_dir),
+            *ports,
+        )
+        assert out.returncode == 3, out.stderr
+        assert "another hub is writing the audit log" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        assert hub.stop() == 0
+    second = start_hub(tmp_path / "first", config=config(), http=False)  # free again once it stopped
+    assert second.stop() == 0
+
+
 async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_postgres(tmp_path: Path) -> None:
     with running_postgres() as pg:
         dsn = pg.create_database("mcphub_audit")
