@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,9 @@ from mcp_local.redaction import Redactor
 from mcp_local.tools import ToolCall
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.log import AuditLog
-from mcp_remote.audit.records import ChainHead, PendingRecord
+from mcp_remote.audit.records import AuditRecord, ChainHead, PendingRecord
 from mcp_remote.audit.sqlite import JournalError, SQLiteStore
-from mcp_remote.audit.verify import verify_log
+from mcp_remote.audit.verify import VerifyReport, verify_log
 from mcp_remote.gate import AuditTrail
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +42,37 @@ class FillableStore(SQLiteStore):
         return super().append_now(pending)
 
 
+def rows_in_sqlite(db: Path) -> int:
+    connection = sqlite3.connect(db)
+    try:
+        return int(connection.execute("SELECT count(*) FROM records").fetchone()[0])
+    finally:
+        connection.close()
+
+
+async def read_back(db: Path) -> tuple[list[AuditRecord], VerifyReport]:
+    """Every record as `mcphub audit` reads it (SQLite, then the journal), and verify's report."""
+    reread = SQLiteStore(db, read_only=True)
+    await reread.open()
+    try:
+        return [r async for r in reread.scan()], await verify_log(reread, {})
+    finally:
+        await reread.close()
+
+
+@pytest.fixture
+async def full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[FillableStore, AuditLog]]:
+    """A running audit log on a store whose disk can be made full (retries every 50 ms)."""
+    monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
+    store = FillableStore(tmp_path / "audit.db")
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    yield store, log
+    await log.stop()
+
+
 async def test_commits_inline_and_in_order(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "audit.db")
     log = AuditLog(store, Redactor(), None)
@@ -50,21 +81,14 @@ async def test_commits_inline_and_in_order(tmp_path: Path) -> None:
     assert log.commit("finished", "c1", "agent", "echo", {"status": "ok"}) is None
     assert (await store.head()).seq == 2  # durable before commit returned, no await needed
     await log.stop()
-    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
-    await reread.open()
-    kinds = [r.kind async for r in reread.scan()]
-    assert kinds == ["requested", "finished"]
-    assert (await verify_log(reread, {})).ok
-    await reread.close()
+    records, report = await read_back(tmp_path / "audit.db")
+    assert [r.kind for r in records] == ["requested", "finished"] and report.ok
 
 
 async def test_a_full_disk_refuses_the_call_and_loses_no_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, full_disk: tuple[FillableStore, AuditLog]
 ) -> None:
-    monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
-    store = FillableStore(tmp_path / "audit.db")
-    log = AuditLog(store, Redactor(), None)
-    await log.start()
+    store, log = full_disk
     assert log.commit("finished", "c1", "agent", "echo", {"status": "ok"}) is None
 
     store.full = True
@@ -82,22 +106,16 @@ async def test_a_full_disk_refuses_the_call_and_loses_no_record(
     assert log.healthy
     await log.stop()
 
-    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
-    await reread.open()
-    calls = [r.call_id async for r in reread.scan()]
-    report = await verify_log(reread, {})
-    await reread.close()
+    records, report = await read_back(tmp_path / "audit.db")
+    calls = [r.call_id for r in records]
     assert calls == ["c1", "c2", "c3"], "the refused call's record is kept and written once the disk has room"
     assert report.ok, report.problem
 
 
 async def test_a_call_refused_for_a_full_disk_is_recorded_as_undelivered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, full_disk: tuple[FillableStore, AuditLog]
 ) -> None:
-    monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
-    store = FillableStore(tmp_path / "audit.db")
-    log = AuditLog(store, Redactor(), None)
-    await log.start()
+    store, log = full_disk
     trail = AuditTrail(log)
 
     async def echo(call: ToolCall) -> ToolResult:
@@ -111,10 +129,8 @@ async def test_a_call_refused_for_a_full_disk_is_recorded_as_undelivered(
     served = await trail(ToolCall("echo", b"{}"), echo)
     assert served.content, "the next call is served once the disk has room"
     await log.stop()
-    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
-    await reread.open()
-    records = [r async for r in reread.scan()]
-    await reread.close()
+    records, report = await read_back(tmp_path / "audit.db")
+    assert report.ok, report.problem
     first = [r for r in records if r.call_id == records[0].call_id]
     assert [r.kind for r in first] == ["requested", "finished", "undelivered"]
     assert first[1].body_json()["status"] == "ok", "the tool did run"
@@ -150,30 +166,8 @@ async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_pa
     assert outcomes[-50:].count(True) >= 45, outcomes[-50:]
     assert outcomes[-50:].count(False) >= 1, "the probes keep measuring"
     await log.stop()
-    reread = SQLiteStore(tmp_path / "audit.db", read_only=True)
-    await reread.open()
-    calls = [r.call_id async for r in reread.scan()]
-    await reread.close()
-    assert calls == [f"c{i}" for i in range(200)]
-
-
-def rows_in_sqlite(db: Path) -> int:
-    connection = sqlite3.connect(db)
-    try:
-        return int(connection.execute("SELECT count(*) FROM records").fetchone()[0])
-    finally:
-        connection.close()
-
-
-async def read_back(db: Path) -> tuple[list[str], bool, str | None]:
-    reread = SQLiteStore(db, read_only=True)
-    await reread.open()
-    try:
-        calls = [r.call_id async for r in reread.scan()]
-        report = await verify_log(reread, {})
-    finally:
-        await reread.close()
-    return calls, report.ok, report.problem
+    records, report = await read_back(tmp_path / "audit.db")
+    assert [r.call_id for r in records] == [f"c{i}" for i in range(200)] and report.ok
 
 
 async def test_the_writer_folds_the_journal_into_sqlite_by_itself(
@@ -187,7 +181,8 @@ async def test_the_writer_folds_the_journal_into_sqlite_by_itself(
     for i in range(3):
         assert log.commit("finished", f"c{i}", "agent", "echo", {}) is None
     assert store.unfolded == 3 and rows_in_sqlite(db) == 0, "durable in the journal, not yet in SQLite"
-    assert (await read_back(db))[0] == ["c0", "c1", "c2"], "readers see journaled records"
+    records, _ = await read_back(db)
+    assert [r.call_id for r in records] == ["c0", "c1", "c2"], "readers see journaled records"
     await asyncio.sleep(0.3)
     assert store.unfolded == 0 and rows_in_sqlite(db) == 3, "folded after FOLD_AFTER_S"
     assert store.journal_path.stat().st_size == 0
@@ -200,8 +195,8 @@ async def test_the_writer_folds_the_journal_into_sqlite_by_itself(
         await asyncio.sleep(0)
     assert store.unfolded == 0 and rows_in_sqlite(db) == 3 + audit_log.FOLD_AT
     await log.stop()
-    calls, ok, problem = await read_back(db)
-    assert calls == [f"c{i}" for i in range(3 + audit_log.FOLD_AT)] and ok, problem
+    records, report = await read_back(db)
+    assert [r.call_id for r in records] == [f"c{i}" for i in range(3 + audit_log.FOLD_AT)] and report.ok
 
 
 CRASHING_HUB = """
@@ -233,8 +228,8 @@ async def test_a_killed_hubs_journal_is_read_and_then_folded_in_by_the_next(tmp_
     db = tmp_path / "audit.db"
     crash_after(db, 5)
     assert rows_in_sqlite(db) == 0 and db.with_suffix(".journal").stat().st_size > 0
-    calls, ok, problem = await read_back(db)
-    assert calls == [f"c{i // 2}" for i in range(10)] and ok, problem
+    records, report = await read_back(db)
+    assert [r.call_id for r in records] == [f"c{i // 2}" for i in range(10)] and report.ok, report.problem
 
     with db.with_suffix(".journal").open("ab") as journal:
         journal.write(b'[11, 1700000000000, "c5", "requ')  # a write the process died in
@@ -244,8 +239,8 @@ async def test_a_killed_hubs_journal_is_read_and_then_folded_in_by_the_next(tmp_
     assert rows_in_sqlite(db) == 10 and store.journal_path.stat().st_size == 0
     assert log.commit("finished", "c9", "agent", "echo", {}) is None
     await log.stop()
-    calls, ok, problem = await read_back(db)
-    assert calls[-1] == "c9" and len(calls) == 11 and ok, problem
+    records, report = await read_back(db)
+    assert records[-1].call_id == "c9" and len(records) == 11 and report.ok, report.problem
 
 
 async def test_an_edited_journal_is_caught_by_verify_and_refused_by_the_next_hub(tmp_path: Path) -> None:
@@ -255,15 +250,12 @@ async def test_an_edited_journal_is_caught_by_verify_and_refused_by_the_next_hub
     original = journal.read_bytes()
     journal.write_bytes(original.replace(b'{\\"text\\":\\"hi\\"}', b'{\\"text\\":\\"ho\\"}', 1))
     assert journal.read_bytes() != original
-    reread = SQLiteStore(db, read_only=True)
-    await reread.open()
-    report = await verify_log(reread, {})
-    await reread.close()
+    _, report = await read_back(db)
     assert not report.ok and report.first_bad == 1 and "was edited" in (report.problem or "")
 
     lines = original.split(b"\n")
     journal.write_bytes(b"\n".join([lines[0], b"not a record", *lines[1:]]))
-    calls, ok, problem = await read_back(db)
-    assert calls == ["c0", ""] and not ok and "record 2" in (problem or ""), problem
+    records, report = await read_back(db)
+    assert [r.call_id for r in records] == ["c0", ""] and "record 2" in (report.problem or ""), report.problem
     with pytest.raises(JournalError, match="line 2: not an audit record"):
         await SQLiteStore(db).open()
