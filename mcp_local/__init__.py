@@ -6,8 +6,9 @@ commands build their parser with `mcp_local.cli` and should not load gRPC and js
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import names_on_first_use
 
 if TYPE_CHECKING:
     from .content import AudioContent as AudioContent
@@ -60,61 +61,56 @@ if TYPE_CHECKING:
     from .tools import ToolCall as ToolCall
 
 _HOMES = {
-    "AudioContent": ".content",
-    "Content": ".content",
-    "ContentAnnotations": ".content",
-    "EmbeddedResource": ".content",
-    "ImageContent": ".content",
-    "ResourceLink": ".content",
-    "TextContent": ".content",
-    "ToolResult": ".content",
-    "ConfigError": ".errors",
-    "DeadlineExceeded": ".errors",
-    "HubError": ".errors",
-    "InvalidArgument": ".errors",
-    "MissingCapability": ".errors",
-    "PermissionDenied": ".errors",
-    "ResourceExhausted": ".errors",
-    "ToolError": ".errors",
-    "ToolHubError": ".errors",
-    "ToolNotFound": ".errors",
-    "Unauthenticated": ".errors",
-    "Unavailable": ".errors",
-    "OutputStore": ".outputs",
-    "output_read_tool": ".outputs",
-    "PackEnv": ".packs",
-    "StaticPack": ".packs",
-    "ToolPack": ".packs",
-    "load_pack": ".packs",
-    "Authenticate": ".pipeline",
-    "Authorize": ".pipeline",
-    "Next": ".pipeline",
-    "Pipeline": ".pipeline",
-    "ResolveTool": ".pipeline",
-    "Stage": ".pipeline",
-    "ValidateArguments": ".pipeline",
-    "execute": ".pipeline",
-    "Authenticator": ".principals",
-    "LOCAL": ".principals",
-    "OpenAccess": ".principals",
-    "Principal": ".principals",
-    "REDACTED": ".redaction",
-    "RedactingFilter": ".redaction",
-    "Redactor": ".redaction",
-    "RegisteredTool": ".registry",
-    "ToolRegistry": ".registry",
-    "ToolHubServicer": ".servicer",
-    "start_grpc_server": ".servicer",
-    "Tool": ".tools",
-    "ToolAnnotations": ".tools",
-    "ToolCall": ".tools",
+    "AudioContent": "content",
+    "Content": "content",
+    "ContentAnnotations": "content",
+    "EmbeddedResource": "content",
+    "ImageContent": "content",
+    "ResourceLink": "content",
+    "TextContent": "content",
+    "ToolResult": "content",
+    "ConfigError": "errors",
+    "DeadlineExceeded": "errors",
+    "HubError": "errors",
+    "InvalidArgument": "errors",
+    "MissingCapability": "errors",
+    "PermissionDenied": "errors",
+    "ResourceExhausted": "errors",
+    "ToolError": "errors",
+    "ToolHubError": "errors",
+    "ToolNotFound": "errors",
+    "Unauthenticated": "errors",
+    "Unavailable": "errors",
+    "OutputStore": "outputs",
+    "output_read_tool": "outputs",
+    "PackEnv": "packs",
+    "StaticPack": "packs",
+    "ToolPack": "packs",
+    "load_pack": "packs",
+    "Authenticate": "pipeline",
+    "Authorize": "pipeline",
+    "Next": "pipeline",
+    "Pipeline": "pipeline",
+    "ResolveTool": "pipeline",
+    "Stage": "pipeline",
+    "ValidateArguments": "pipeline",
+    "execute": "pipeline",
+    "Authenticator": "principals",
+    "LOCAL": "principals",
+    "OpenAccess": "principals",
+    "Principal": "principals",
+    "REDACTED": "redaction",
+    "RedactingFilter": "redaction",
+    "Redactor": "redaction",
+    "RegisteredTool": "registry",
+    "ToolRegistry": "registry",
+    "ToolHubServicer": "servicer",
+    "start_grpc_server": "servicer",
+    "Tool": "tools",
+    "ToolAnnotations": "tools",
+    "ToolCall": "tools",
 }
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home, __name__), name)
+__getattr__ = names_on_first_use(__name__, _HOMES)

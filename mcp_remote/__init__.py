@@ -5,8 +5,9 @@ Names are imported on first use so that `mcphub` client commands start quickly.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mcp_local.lazy import names_on_first_use
 
 if TYPE_CHECKING:
     from .auth import TokenAuthenticator as TokenAuthenticator
@@ -37,9 +38,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'mcp_remote' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{home}", __name__), name)
+__getattr__ = names_on_first_use(__name__, _HOMES)
