@@ -22,7 +22,7 @@ from bridge.hubclient import HubClient
 from mcp_remote.audit.sqlite import SQLiteStore
 from proto.mcphub.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
-from tests.support.hub import REPO, hub_command, start_hub
+from tests.support.hub import REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
 pytestmark = pytest.mark.anyio
@@ -253,30 +253,20 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None
 def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
     (tmp_path / "state" / "audit").mkdir(parents=True)
     (tmp_path / "state" / "audit" / "audit.journal").write_bytes(b'[1, 2, "edited"]\n')
-    (tmp_path / "hub.yaml").write_text(json.dumps(config(state_dir=str(tmp_path / "state"))))
-    ports = ("--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
-    out = cli("serve", "--config", str(tmp_path / "hub.yaml"), *ports)
+    out = serve_refused(tmp_path, config())
     assert out.returncode == 3, out.stderr
     assert "audit.journal, line 1: not an audit record" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path / "first", config=config(), http=False)
+    hub = start_hub(tmp_path, config=config(), http=False)
     try:
-        ports = ("--grpc", "127.0.0.1:0", "--http", "off")
-        out = cli(
-            "serve",
-            "--config",
-            str(tmp_path / "first" / "hub.yaml"),
-            "--state-dir",
-            str(hub.state_dir),
-            *ports,
-        )
+        out = serve_refused(tmp_path, config())
         assert out.returncode == 3, out.stderr
         assert "another hub is writing the audit log" in out.stderr and "Traceback" not in out.stderr
     finally:
         assert hub.stop() == 0
-    second = start_hub(tmp_path / "first", config=config(), http=False)  # free again once it stopped
+    second = start_hub(tmp_path, config=config(), http=False)  # free again once it stopped
     assert second.stop() == 0
 
 

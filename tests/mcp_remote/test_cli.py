@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hub import REPO, RunningHub, hub_command, start_hub
+from tests.support.hub import REPO, RunningHub, hub_command, serve_refused, start_hub
 
 
 def run(
@@ -185,35 +185,13 @@ def test_busy_port_is_a_clear_error(tmp_path: Path, open_hub: RunningHub) -> Non
 
 
 def test_short_tokens_are_refused(tmp_path: Path) -> None:
-    config = tmp_path / "hub.yaml"
-    config.write_text("principals:\n  - name: a\n    token: short\n")
-    out = run(
-        "serve",
-        "--config",
-        str(config),
-        "--state-dir",
-        str(tmp_path / "s"),
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-    )
+    out = serve_refused(tmp_path, {"principals": [{"name": "a", "token": "short"}]})
     assert out.returncode == 2
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
 
 
 def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
-    out = run(
-        "serve",
-        "--pack",
-        "nosuchpack",
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-        "--state-dir",
-        str(tmp_path),
-    )
+    out = serve_refused(tmp_path, None, "--pack", "nosuchpack")
     assert out.returncode == 2
     assert "pack 'nosuchpack': no such pack (installed packs:" in out.stderr and "diagnostics" in out.stderr
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bridge.hubclient import HubClient
 from mcp_local.errors import ConfigError
 from mcp_remote.tools.shell.options import parse_options
 from tests.conftest import TOKENS
 from tests.mcp_remote.tools.conftest import ShellClient, shell_hub_config
-from tests.support.hub import REPO, hub_command, start_hub
+from tests.support.hub import serve_refused, start_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -52,31 +50,8 @@ def test_a_target_without_kind_is_the_jail() -> None:
 
 
 def test_the_hub_refuses_to_start_with_bad_options(tmp_path: Path) -> None:
-    config = tmp_path / "hub.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"packs": [{"name": "shell", "options": {"default_target": {"limits": {"cpus": -1}}}}]}
-        )
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
-    result = subprocess.run(
-        hub_command(
-            "serve",
-            "--config",
-            str(config),
-            "--grpc",
-            "127.0.0.1:0",
-            "--http",
-            "off",
-            "--state-dir",
-            str(tmp_path / "s"),
-        ),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-    )
+    options = {"default_target": {"limits": {"cpus": -1}}}
+    result = serve_refused(tmp_path, {"packs": [{"name": "shell", "options": options}]})
     assert result.returncode == 2
     assert "shell.options.default_target.jail.limits.cpus" in result.stderr
 
@@ -136,22 +111,8 @@ def test_an_unreadable_ssh_key_stops_the_hub_at_start(tmp_path: Path) -> None:
         "key_file": str(tmp_path / "missing-key"),
         "known_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0Aw3dQW8v6h0b8m0yTfW3mX0e6Q1kqk5Kc4Yq3s9b1",
     }
-    config = tmp_path / "hub.yaml"
-    config.write_text(
-        yaml.safe_dump({"packs": [{"name": "shell", "options": {"targets": {"agent-b": target}}}]})
+    result = serve_refused(
+        tmp_path, {"packs": [{"name": "shell", "options": {"targets": {"agent-b": target}}}]}
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
-    args = [
-        "serve",
-        "--config",
-        str(config),
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "off",
-        "--state-dir",
-        str(tmp_path / "s"),
-    ]
-    result = subprocess.run(hub_command(*args), capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert result.returncode == 2
     assert "ssh target sandbox@127.0.0.1:22" in result.stderr and "missing-key" in result.stderr
