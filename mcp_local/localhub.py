@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from typing import TypeVar
 
 import grpc
 import orjson
@@ -25,6 +26,8 @@ __all__ = ["LocalHub"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
     if isinstance(exc, HubError):
@@ -37,6 +40,17 @@ def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
         grpc.aio.Metadata(),
         details="internal error in the hub; the hub's log has the details",
     )
+
+
+async def _relayed(stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """`stream`'s items, its failures raised as the gRPC client would raise them."""
+    try:
+        async for item in stream:
+            yield item
+    except Exception as exc:
+        raise _as_rpc_error(exc) from exc
+    finally:
+        await stream.aclose()
 
 
 def _authorization(token: str | None) -> str | None:
@@ -68,28 +82,14 @@ class LocalHub:
         except Exception as exc:
             raise _as_rpc_error(exc) from exc
 
-    async def stream_call_tool(
+    def stream_call_tool(
         self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
     ) -> AsyncGenerator[pb.CallToolEvent, None]:
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        events = self._service.stream_call_tool(request, _authorization(token), deadline)
-        try:
-            async for event in events:
-                yield event
-        except Exception as exc:
-            raise _as_rpc_error(exc) from exc
-        finally:
-            await events.aclose()
+        return _relayed(self._service.stream_call_tool(request, _authorization(token), deadline))
 
-    async def watch_tools(self, token: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
-        changes = self._service.watch_tools(_authorization(token))
-        try:
-            async for changed in changes:
-                yield changed
-        except Exception as exc:
-            raise _as_rpc_error(exc) from exc
-        finally:
-            await changes.aclose()
+    def watch_tools(self, token: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
+        return _relayed(self._service.watch_tools(_authorization(token)))
 
     async def close(self) -> None:
         return None
