@@ -24,7 +24,6 @@ from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolRequestParams, NotificationParams, PaginatedRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -34,6 +33,7 @@ from proto.mcphub.v1 import toolhub_pb2 as pb
 
 from .changes import ToolChanges
 from .errors import mcp_error_from_grpc
+from .express import APPROVAL_META_KEY, KEEPALIVE_S, ExpressLane
 from .hubclient import ToolHubClient
 from .security import HostOriginGuard, OriginPolicy
 from .translate import result_to_mcp, tool_to_mcp
@@ -60,6 +60,10 @@ class BridgeOptions:
     default_token: str | None = None
     """Token used when a request carries none (stdio clients)."""
     max_body_bytes: int = 4 * 1024 * 1024
+    express: bool = True
+    """Serve plain stateless `tools/call` POSTs in the express lane (`express.py`); False: all via the SDK."""
+    keepalive_s: float = KEEPALIVE_S
+    """An express call silent this long commits to SSE and is kept alive by comments."""
     tool_input_schema: Callable[[str], Mapping[str, Any] | None] | None = None
     """A tool's input schema by name, when the bridge runs beside the hub's registry.
 
@@ -77,10 +81,6 @@ def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> s
             # A malformed header is forwarded as is so the hub answers UNAUTHENTICATED precisely.
             return token.strip() if scheme.lower() == "bearer" else header
     return default
-
-
-APPROVAL_META_KEY = "dev.mcphub/approvalId"
-"""`_meta` key of a tools/call that spends an approval granted earlier for exactly this call."""
 
 
 def _approval_id(params: CallToolRequestParams) -> str:
@@ -206,9 +206,15 @@ async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def build_asgi_app(server: Server[Any], policy: OriginPolicy, options: BridgeOptions) -> ASGIApp:
-    """`/mcp` (Streamable HTTP) and `/healthz`, behind the Host/Origin guard."""
-    app: Starlette = server.streamable_http_app(
+def build_asgi_app(
+    server: Server[Any], policy: OriginPolicy, options: BridgeOptions, hub: ToolHubClient | None = None
+) -> ASGIApp:
+    """`/mcp` (Streamable HTTP) and `/healthz`, behind the Host/Origin guard.
+
+    With `hub` (the one `server` forwards to) and `options.express`, plain stateless
+    `tools/call` POSTs take the express lane; everything else is the SDK's.
+    """
+    app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
         # The guard below checks Host/Origin for every route and bind address; the
         # SDK's own check would repeat the same work on /mcp only.
@@ -216,4 +222,15 @@ def build_asgi_app(server: Server[Any], policy: OriginPolicy, options: BridgeOpt
         max_request_body_size=options.max_body_bytes,
         custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
     )
+    if hub is not None and options.express:
+        app = ExpressLane(
+            app,
+            server,
+            hub,
+            path="/mcp",
+            max_body_bytes=options.max_body_bytes,
+            default_token=options.default_token,
+            tool_input_schema=options.tool_input_schema,
+            keepalive_s=options.keepalive_s,
+        )
     return HostOriginGuard(app, policy)

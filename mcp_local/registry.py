@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from proto.mcphub.v1 import toolhub_pb2 as pb
 
@@ -48,6 +49,18 @@ class ToolRegistry:
 
     def get(self, name: str) -> RegisteredTool | None:
         return self._tools.get(name)
+
+    def header_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The input schema a bridge checks a call's `Mcp-Param-*` headers against.
+
+        From here, so a call costs no tools/list. Only schemas that declare such headers
+        (`x-mcp-header`) are given: for any other the check compares nothing, so None
+        changes no outcome and tells the caller nothing about the tool.
+        """
+        registered = self._tools.get(name)
+        if registered is None or b"x-mcp-header" not in registered.proto.input_schema_json:
+            return None
+        return registered.tool.input_schema
 
     def __len__(self) -> int:
         return len(self._tools)

@@ -176,9 +176,14 @@ class Sidecar:
         from .localhub import LocalHub
 
         self._bridge_hub = LocalHub(self._service)
-        options = BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
+        options = BridgeOptions(
+            name="mcphub-sidecar", instructions=_INSTRUCTIONS, tool_input_schema=self.registry.header_schema
+        )
         app = build_asgi_app(
-            build_mcp_server(self._bridge_hub, options), default_policy(host, [], []), options
+            build_mcp_server(self._bridge_hub, options),
+            default_policy(host, [], []),
+            options,
+            self._bridge_hub,
         )
         self._http = HttpServer(app, host, port)
         bound = await self._http.start()

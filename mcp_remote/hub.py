@@ -10,7 +10,6 @@ import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -240,28 +239,17 @@ class Hub:
         # same errors, without a loopback gRPC round trip (`mcphub bridge --stdio` still uses gRPC).
         self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(
-            max_body_bytes=config.max_request_bytes, tool_input_schema=self._header_schema
+            max_body_bytes=config.max_request_bytes, tool_input_schema=self.registry.header_schema
         )
         app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options),
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
             options,
+            self._bridge_hub,
         )
         self._http = HttpServer(app, address.host, address.port)
         port = self._http.bind()
         return f"http://{_dial_address(address, port)}/mcp"
-
-    def _header_schema(self, name: str) -> Mapping[str, Any] | None:
-        """The input schema the bridge checks a call's `Mcp-Param-*` headers against.
-
-        From the registry, so a call costs no ListTools round trip. Only schemas that
-        declare such headers (`x-mcp-header`) are given: for any other the check compares
-        nothing, so None changes no outcome and tells the caller nothing about the tool.
-        """
-        registered = self.registry.get(name)
-        if registered is None or b"x-mcp-header" not in registered.proto.input_schema_json:
-            return None
-        return registered.tool.input_schema
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, then stop the packs."""
