@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 from mcp_local.tools import ToolCall
 from mcp_remote.audit import log as audit_log
+from mcp_remote.audit import sqlite as audit_sqlite
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.records import AuditRecord, ChainHead, PendingRecord
 from mcp_remote.audit.sqlite import JournalError, SQLiteStore
@@ -259,3 +261,41 @@ async def test_an_edited_journal_is_caught_by_verify_and_refused_by_the_next_hub
     assert [r.call_id for r in records] == ["c0", ""] and "record 2" in (report.problem or ""), report.problem
     with pytest.raises(JournalError, match="line 2: not an audit record"):
         await SQLiteStore(db).open()
+
+
+async def test_the_write_ahead_log_is_checkpointed_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own checkpoint would run inside a fold's COMMIT, on the loop, for milliseconds.
+    The store turns it off and checkpoints from a thread every WAL_CHECKPOINT_EVERY records."""
+    monkeypatch.setattr(audit_sqlite, "WAL_CHECKPOINT_EVERY", 200)
+    db = tmp_path / "audit.db"
+    store = SQLiteStore(db)
+    await store.open()
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    checkpoint = store._checkpoint_wal
+
+    def checkpoint_and_note_the_thread() -> None:
+        threads.append(threading.get_ident())
+        checkpoint()
+
+    monkeypatch.setattr(store, "_checkpoint_wal", checkpoint_and_note_the_thread)
+    body = b'{"output": "' + b"x" * 2000 + b'"}'
+    for batch in range(3):
+        store.append_now(
+            [PendingRecord(0, f"c{batch}-{i}", "finished", "agent", "echo", body) for i in range(50)]
+        )
+        store.fold()
+    assert threads == [] and db.stat().st_size < 64 * 1024, "150 records: in the log, not yet in the database"
+    store.append_now([PendingRecord(0, f"c3-{i}", "finished", "agent", "echo", body) for i in range(50)])
+    store.fold()
+    pending = store._wal_checkpoint
+    assert pending is not None
+    await pending
+    assert threads and loop_thread not in threads, "checkpointed in a thread"
+    assert db.stat().st_size > 200 * 2000, "the log's pages were copied into the database"
+    await store.close()
+    records, report = await read_back(db)
+    assert len(records) == 200 and report.ok
