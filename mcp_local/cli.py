@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -129,7 +128,9 @@ async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
         "pid": os.getpid(),
     }
     _announce(ready, args, stdio=settings.stdio)
-    _settle_memory()
+    from .memory import settle_memory
+
+    settle_memory()
     if settings.stdio:
         stdio = asyncio.create_task(sidecar.serve_stdio())
         waiter = asyncio.create_task(stop.wait())
@@ -159,17 +160,6 @@ def _announce(ready: dict[str, Any], args: argparse.Namespace, *, stdio: bool) -
         )
     # In stdio mode stdout is the MCP channel: the ready line goes to stderr.
     print(line, file=sys.stderr if stdio else sys.stdout, flush=True)
-
-
-def _settle_memory() -> None:
-    """After start-up: free what loading left behind and keep it out of the collector's way."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -70,6 +70,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     import json
 
     from mcp_local.errors import ConfigError
+    from mcp_local.memory import settle_memory
 
     from .audit.sqlite import AuditStoreRefused
     from .hub import Hub
@@ -106,6 +107,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
             f"  mcp {addresses.mcp_url}" if addresses.mcp_url else ""
         )
     print(line, flush=True)
+    settle_memory()
     await stop.wait()
     logging.getLogger("mcphub").info("shutting down")
     await hub.stop()

@@ -83,6 +83,9 @@ SYSTEMS: tuple[System, ...] = (
 """The rows, in report order. `sdk-fastest` is the reference every ratio is taken against."""
 
 OPTIONAL_SYSTEMS: tuple[System, ...] = (
+    System(
+        "bridge-ungated", "mcphub bridge without gate and audit (bench-only build)", "ungated:full", "mcp"
+    ),
     System("grpc-bare-stream", "bare grpc.aio echo (StreamCallTool)", "grpc-bare", "grpc-stream"),
 )
 """Rows run only when named with --systems."""
