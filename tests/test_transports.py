@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from tests.conftest import TOKENS
 from tests.support.clients import TRANSPORTS, ProtocolFailure, ToolClient, connect
 from tests.support.hub import RunningHub
+from tests.support.waiting import file_appears
 
 pytestmark = pytest.mark.anyio
 
@@ -88,15 +88,6 @@ async def test_progress_is_relayed_in_order(client: ToolClient) -> None:
     assert all(total == 0.4 for _, total, _ in seen)
 
 
-async def _wait_for(path: Path, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        await anyio.sleep(0.02)
-    return False
-
-
 async def test_cancelling_the_call_stops_the_tool(client: ToolClient, open_hub: RunningHub) -> None:
     marker = f"cancel-{client.transport}-{time.monotonic_ns() % 10**9}"
     markers = open_hub.state_dir / "markers"
@@ -117,7 +108,7 @@ async def test_cancelling_the_call_stops_the_tool(client: ToolClient, open_hub: 
         cancelled_at = time.monotonic()
         tg.cancel_scope.cancel()
     assert (markers / f"{marker}.started").exists()
-    assert await _wait_for(markers / marker, 10), "the tool was not cancelled on the hub"
+    assert await file_appears(markers / marker, 10), "the tool was not cancelled on the hub"
     assert time.monotonic() - cancelled_at < 10
 
 

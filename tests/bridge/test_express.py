@@ -26,6 +26,7 @@ from bridge.hubclient import HubClient
 from bridge.security import HostOriginGuard
 from tests.conftest import TOKENS
 from tests.support.hub import RunningHub
+from tests.support.waiting import file_appears
 
 pytestmark = pytest.mark.anyio
 
@@ -230,15 +231,6 @@ async def test_the_lane_stamps_the_result_as_the_sdk_does(bridges: Bridges) -> N
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcphub"
 
 
-async def _wait_for(path: Path, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        await anyio.sleep(0.02)
-    return False
-
-
 async def test_a_client_that_goes_away_cancels_the_call(
     bridges: Bridges, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -259,10 +251,10 @@ async def test_a_client_that_goes_away_cancels_the_call(
                 response_task.append(await http.send(request))
 
             tg.start_soon(send)
-            assert await _wait_for(bridges.markers / f"{marker}.started", 20)
+            assert await file_appears(bridges.markers / f"{marker}.started", 20)
             tg.cancel_scope.cancel()  # the client gives up: its connection closes
     assert bridges.lane.served == before + 1
-    assert await _wait_for(bridges.markers / marker, 10), "the tool was not cancelled on the hub"
+    assert await file_appears(bridges.markers / marker, 10), "the tool was not cancelled on the hub"
     assert not response_task
     assert "Exception in ASGI application" not in caplog.text
 
