@@ -55,6 +55,7 @@ from proto.mcphub.v1 import toolhub_pb2 as pb
 
 from .errors import mcp_error_from_grpc
 from .hubclient import ToolHubClient
+from .security import bearer_token
 from .translate import result_to_mcp
 
 __all__ = ["ExpressLane"]
@@ -176,7 +177,7 @@ class ExpressLane:
         return _Call(
             request_id=request_id,
             version=route.protocol_version,
-            token=self._token(headers.get("authorization")),
+            token=bearer_token(headers.get("authorization"), self._default_token),
             request=pb.CallToolRequest(
                 name=name,
                 arguments_json=orjson.dumps(arguments) if arguments else b"",
@@ -185,13 +186,6 @@ class ExpressLane:
                 approval_id=approval_id if isinstance(approval_id, str) else "",
             ),
         )
-
-    def _token(self, header: str | None) -> str | None:
-        if not header:
-            return self._default_token
-        scheme, _, token = header.partition(" ")
-        # A malformed header is forwarded as is so the hub answers UNAUTHENTICATED precisely.
-        return token.strip() if scheme.lower() == "bearer" else header
 
     async def _answer(self, call: _Call, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()

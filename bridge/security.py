@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["HostOriginGuard", "OriginPolicy", "default_policy"]
+__all__ = ["HostOriginGuard", "OriginPolicy", "bearer_token", "default_policy"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _OWS = (b" ", b"\t")
@@ -108,3 +108,15 @@ class HostOriginGuard:
                 scope = dict(scope)
                 scope["headers"] = [(k, v.strip(b" \t")) for k, v in scope["headers"]]
         await self.app(scope, receive, send)
+
+
+def bearer_token(header: str | None, default: str | None) -> str | None:
+    """The caller's token from its `Authorization` header; `default` (stdio clients) when there is none.
+
+    A header that is not `Bearer <token>` is forwarded as is, so the hub answers
+    UNAUTHENTICATED precisely rather than the bridge guessing.
+    """
+    if not header:
+        return default
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else header

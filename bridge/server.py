@@ -35,7 +35,7 @@ from .changes import ToolChanges
 from .errors import mcp_error_from_grpc
 from .express import APPROVAL_META_KEY, KEEPALIVE_S, ExpressLane
 from .hubclient import ToolHubClient
-from .security import HostOriginGuard, OriginPolicy
+from .security import HostOriginGuard, OriginPolicy, bearer_token
 from .translate import result_to_mcp, tool_to_mcp
 
 __all__ = ["BridgeOptions", "build_asgi_app", "build_mcp_server"]
@@ -74,13 +74,8 @@ class BridgeOptions:
 
 def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> str | None:
     request = ctx.request
-    if isinstance(request, Request):
-        header = request.headers.get("authorization")
-        if header:
-            scheme, _, token = header.partition(" ")
-            # A malformed header is forwarded as is so the hub answers UNAUTHENTICATED precisely.
-            return token.strip() if scheme.lower() == "bearer" else header
-    return default
+    header = request.headers.get("authorization") if isinstance(request, Request) else None
+    return bearer_token(header, default)
 
 
 def _approval_id(params: CallToolRequestParams) -> str:
