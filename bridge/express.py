@@ -105,9 +105,9 @@ class ExpressLane:
         self._max_body = max_body_bytes
         self._default_token = default_token
         self._schema = tool_input_schema
-        self._keepalive_s = keepalive_s
         """`name -> input schema or None` from the hub's registry, or None: then calls whose
         `Mcp-Param-*` headers need checking go to the SDK, which lists the tools to check them."""
+        self._keepalive_s = keepalive_s
         self.served = 0
         """Calls this lane answered (the tests read it to know which path ran)."""
 
@@ -122,7 +122,9 @@ class ExpressLane:
         body, message = await _read_body(receive)
         try:
             call = self._accept(scope, headers, body)
-        except _Declined:
+        except Exception as exc:
+            if not isinstance(exc, _Declined):  # a bug here must not cost the caller an answer
+                logger.exception("the express lane failed to read a request; the SDK answers it")
             await self.sdk_app(scope, _replay(body, message, receive), send)
             return
         self.served += 1
@@ -195,13 +197,18 @@ class ExpressLane:
         try:
             status, payload = await self._run(call)
         except asyncio.CancelledError:
+            watch.cancel()
             if watcher.disconnected and task.uncancel() == 0:
                 return  # the client went away: the call is cancelled, nobody is left to answer
             raise
-        finally:
-            watch.cancel()
+        # Not awaited: from here on the watcher can only be inside a send whose bytes are
+        # already written (uvicorn writes before it waits), so this task's sends follow its.
+        watch.cancel()
+        if watcher.disconnected:  # it went away as the answer came: nobody is left to answer
             with contextlib.suppress(asyncio.CancelledError):
-                await watch
+                await asyncio.sleep(0)  # the cancel the watcher sent lands here, and is taken back
+            task.uncancel()
+            return
         if watcher.streaming:
             event = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
             await send({"type": "http.response.body", "body": event, "more_body": False})

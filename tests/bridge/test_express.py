@@ -41,7 +41,9 @@ class Bridges:
     express: str
     sdk: str
     slow_keepalive: str
+    broken_schema: str
     lane: ExpressLane
+    broken_lane: ExpressLane
     markers: Path
 
 
@@ -75,8 +77,16 @@ async def bridges(secured_hub: RunningHub) -> AsyncIterator[Bridges]:
         slow, _ = await _serve(
             hub, BridgeOptions(tool_input_schema=schema, max_body_bytes=MAX_BODY, keepalive_s=0.2), servers
         )
+
+        def schema_lookup_fails(name: str) -> Any:
+            raise RuntimeError("the registry is gone")
+
+        broken, broken_app = await _serve(
+            hub, BridgeOptions(tool_input_schema=schema_lookup_fails, max_body_bytes=MAX_BODY), servers
+        )
         assert isinstance(app, HostOriginGuard) and isinstance(app.app, ExpressLane)
-        yield Bridges(express, sdk, slow, app.app, secured_hub.state_dir / "markers")
+        assert isinstance(broken_app, HostOriginGuard) and isinstance(broken_app.app, ExpressLane)
+        yield Bridges(express, sdk, slow, broken, app.app, broken_app.app, secured_hub.state_dir / "markers")
     finally:
         for server in servers:
             await server.stop()
@@ -284,3 +294,15 @@ async def test_a_quick_call_is_plain_json_even_with_a_short_keepalive(bridges: B
         )
     assert response.headers["content-type"] == "application/json"
     assert response.json()["result"]["content"] == [{"type": "text", "text": "x"}]
+
+
+async def test_a_failure_inside_the_lane_leaves_the_request_to_the_sdk(
+    bridges: Bridges, caplog: pytest.LogCaptureFixture
+) -> None:
+    case = next(c for c in CASES if c.id == "param header")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(bridges.broken_schema, content=_content(case.body), headers=case.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["content"] == [{"type": "text", "text": "eu"}]
+    assert bridges.broken_lane.served == 0
+    assert "the express lane failed to read a request; the SDK answers it" in caplog.text
