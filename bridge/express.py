@@ -95,7 +95,7 @@ class ExpressLane:
         path: str,
         max_body_bytes: int,
         default_token: str | None,
-        tool_input_schema: Callable[[str], Mapping[str, Any] | None] | None,
+        tool_input_schema: Callable[[str, str | None], Mapping[str, Any] | None] | None,
         keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         self.sdk_app = sdk_app
@@ -105,7 +105,7 @@ class ExpressLane:
         self._max_body = max_body_bytes
         self._default_token = default_token
         self._schema = tool_input_schema
-        """`name -> input schema or None` from the hub's registry, or None: then calls whose
+        """`(name, caller's token) -> input schema or None` from the hub's registry, or None: then calls whose
         `Mcp-Param-*` headers need checking go to the SDK, which lists the tools to check them."""
         self._keepalive_s = keepalive_s
         self.served = 0
@@ -163,10 +163,11 @@ class ExpressLane:
         route = classify_inbound_request(decoded, headers=headers)
         if not isinstance(route, InboundModernRoute):
             raise _Declined
+        token = bearer_token(headers.get("authorization"), self._default_token)
         if arguments or any(key.startswith(_PARAM_HEADER_PREFIX) for key in headers):
             if self._schema is None:
                 raise _Declined
-            schema = self._schema(name)
+            schema = self._schema(name, token)
             if schema is not None and validate_mcp_param_headers(schema, arguments or {}, headers):
                 raise _Declined
         try:
@@ -179,7 +180,7 @@ class ExpressLane:
         return _Call(
             request_id=request_id,
             version=route.protocol_version,
-            token=bearer_token(headers.get("authorization"), self._default_token),
+            token=token,
             request=pb.CallToolRequest(
                 name=name,
                 arguments_json=orjson.dumps(arguments) if arguments else b"",

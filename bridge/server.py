@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,7 +28,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proto.mcphub.v1 import toolhub_pb2 as pb
 
@@ -64,12 +65,48 @@ class BridgeOptions:
     """Serve plain stateless `tools/call` POSTs in the express lane (`express.py`); False: all via the SDK."""
     keepalive_s: float = KEEPALIVE_S
     """An express call silent this long commits to SSE and is kept alive by comments."""
-    tool_input_schema: Callable[[str], Mapping[str, Any] | None] | None = None
-    """A tool's input schema by name, when the bridge runs beside the hub's registry.
+    tool_input_schema: Callable[[str, str | None], Mapping[str, Any] | None] | None = None
+    """A tool's input schema by (name, caller's bearer token), when the bridge runs beside
+    the hub's registry (`ToolRegistry.header_schema_lookup`).
 
     On the 2026-07-28 wire the SDK checks a `tools/call`'s `Mcp-Param-*` headers against
     the tool's input schema. Without this lookup it finds the schema by listing the
-    tools through the hub (a ListTools round trip on every call with arguments)."""
+    tools through the hub (a ListTools round trip on every call with arguments). The
+    token is there so a tool the caller may not see is not checked (None): the hub's
+    refusal answers, not a header mismatch that would reveal the tool."""
+
+
+_SCHEMA_CALLER: ContextVar[str | None] = ContextVar("mcphub_bridge_schema_caller")
+"""The bearer token of the request the SDK is serving, for the schema lookup it calls with a
+tool's name alone (set by `_SchemaCaller`; unset on stdio, where the default token applies)."""
+
+
+class _SchemaCaller:
+    """Holds the caller's token in `_SCHEMA_CALLER` while the SDK serves a request."""
+
+    def __init__(self, app: ASGIApp, default_token: str | None) -> None:
+        self.app = app
+        self._default_token = default_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The first header, as Starlette's `Headers.get` (and so the SDK) reads it.
+        raw = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        held = _SCHEMA_CALLER.set(bearer_token(raw.decode("latin-1") if raw else None, self._default_token))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _SCHEMA_CALLER.reset(held)
+
+
+def _schema_by_name(
+    lookup: Callable[[str, str | None], Mapping[str, Any] | None] | None, default_token: str | None
+) -> Callable[[str], Mapping[str, Any] | None] | None:
+    if lookup is None:
+        return None
+    return lambda name: lookup(name, _SCHEMA_CALLER.get(default_token))
 
 
 def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> str | None:
@@ -159,7 +196,7 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         # The runtime accepts wire dicts (HandlerResult); pydantic models per call would only cost time.
         on_list_tools=list_tools,  # type: ignore[arg-type]
         on_call_tool=call_tool,  # type: ignore[arg-type]
-        get_tool_input_schema=options.tool_input_schema,
+        get_tool_input_schema=_schema_by_name(options.tool_input_schema, default_token),
         on_subscriptions_listen=changes.on_listen,
     )
     server.add_notification_handler("notifications/initialized", NotificationParams, changes.on_initialized)
@@ -217,6 +254,8 @@ def build_asgi_app(
         max_request_body_size=options.max_body_bytes,
         custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
     )
+    if options.tool_input_schema is not None:
+        app = _SchemaCaller(app, options.default_token)
     if hub is not None and options.express:
         app = ExpressLane(
             app,

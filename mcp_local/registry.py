@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proto.mcphub.v1 import toolhub_pb2 as pb
 
-from .errors import ConfigError, InvalidArgument
-from .principals import Principal
+from .errors import ConfigError, HubError, InvalidArgument
+from .principals import Authenticator, Principal
 from .tools import Tool
 from .validation import ArgumentValidator
 from .wire import tool_to_proto
 
-__all__ = ["RegisteredTool", "ToolRegistry"]
+__all__ = ["HeaderSchemaLookup", "RegisteredTool", "ToolRegistry"]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+
+HeaderSchemaLookup = Callable[[str, str | None], Mapping[str, Any] | None]
+"""A tool's input schema by (tool name, caller's bearer token); None: no header check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +53,28 @@ class ToolRegistry:
     def get(self, name: str) -> RegisteredTool | None:
         return self._tools.get(name)
 
-    def header_schema(self, name: str) -> Mapping[str, Any] | None:
-        """The input schema a bridge checks a call's `Mcp-Param-*` headers against.
+    def header_schema_lookup(self, authenticator: Authenticator) -> HeaderSchemaLookup:
+        """`(tool name, caller's bearer token) -> input schema or None`, for a bridge beside
+        this registry to check a call's `Mcp-Param-*` headers against (no tools/list per call).
 
-        From here, so a call costs no tools/list. Only schemas that declare such headers
-        (`x-mcp-header`) are given: for any other the check compares nothing, so None
-        changes no outcome and tells the caller nothing about the tool.
+        Only schemas that declare such headers (`x-mcp-header`) are given, and only to a
+        caller the tool is visible to: for any other call the check compares nothing, so
+        None changes no outcome, and the caller learns nothing from it. (A header check
+        that ran for a tool the caller may not see would answer "header mismatch" where
+        the hub answers "may not call": it would tell the caller the tool exists.)
         """
-        registered = self._tools.get(name)
-        if registered is None or b"x-mcp-header" not in registered.proto.input_schema_json:
-            return None
-        return registered.tool.input_schema
+
+        def lookup(name: str, token: str | None) -> Mapping[str, Any] | None:
+            registered = self._tools.get(name)
+            if registered is None or b"x-mcp-header" not in registered.proto.input_schema_json:
+                return None
+            try:
+                principal = authenticator.authenticate(token)
+            except HubError:  # the call itself is refused, with the hub's own words
+                return None
+            return registered.tool.input_schema if principal.may_use(registered.tool) else None
+
+        return lookup
 
     def __len__(self) -> int:
         return len(self._tools)

@@ -177,7 +177,9 @@ class Sidecar:
 
         self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(
-            name="mcphub-sidecar", instructions=_INSTRUCTIONS, tool_input_schema=self.registry.header_schema
+            name="mcphub-sidecar",
+            instructions=_INSTRUCTIONS,
+            tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
         )
         app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options),

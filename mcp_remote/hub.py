@@ -239,7 +239,8 @@ class Hub:
         # same errors, without a loopback gRPC round trip (`mcphub bridge --stdio` still uses gRPC).
         self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(
-            max_body_bytes=config.max_request_bytes, tool_input_schema=self.registry.header_schema
+            max_body_bytes=config.max_request_bytes,
+            tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
         )
         app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options),

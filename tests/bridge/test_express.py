@@ -64,7 +64,7 @@ async def bridges(secured_hub: RunningHub) -> AsyncIterator[Bridges]:
     }
     assert "routed" in schemas
 
-    def schema(name: str) -> Any:
+    def schema(name: str, token: str | None) -> Any:
         return schemas.get(name)
 
     servers: list[HttpServer] = []
@@ -78,7 +78,7 @@ async def bridges(secured_hub: RunningHub) -> AsyncIterator[Bridges]:
             hub, BridgeOptions(tool_input_schema=schema, max_body_bytes=MAX_BODY, keepalive_s=0.2), servers
         )
 
-        def schema_lookup_fails(name: str) -> Any:
+        def schema_lookup_fails(name: str, token: str | None) -> Any:
             raise RuntimeError("the registry is gone")
 
         broken, broken_app = await _serve(
