@@ -191,6 +191,10 @@ class HubConfig(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)
     """Extra browser `Origin` values the bridge accepts (e.g. `https://inspector.example.com`)."""
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    bridge_express: bool = True
+    """The bridge answers a plain 2026-07-28 `tools/call` POST itself, with the SDK's checks
+    (`bridge/express.py`, about half the CPU per call); false sends every request through the
+    SDK's own machinery: the switch to throw if a client ever trips over the lane."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     policy: PolicyConfig | None = None
     """The gate's rules; absent means the shipped default policy (`mcphub policy check` validates one)."""
@@ -240,6 +244,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "MCPHUB_PACKS": "packs",
     "MCPHUB_ALLOWED_HOSTS": "allowed_hosts",
     "MCPHUB_ALLOWED_ORIGINS": "allowed_origins",
+    "MCPHUB_BRIDGE_EXPRESS": "bridge_express",
 }
 _LIST_KEYS = {"packs", "allowed_hosts", "allowed_origins"}
 

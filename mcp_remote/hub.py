@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from starlette.types import ASGIApp
 
 from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_policy
 from bridge.http import HttpServer
@@ -113,6 +114,8 @@ class Hub:
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
+        self.bridge_app: ASGIApp | None = None
+        """The bridge's ASGI app once bound (None without `http`)."""
 
     def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
         operator = operator_token(config.state_dir)
@@ -240,9 +243,10 @@ class Hub:
         self._bridge_hub = LocalHub(self._service)
         options = BridgeOptions(
             max_body_bytes=config.max_request_bytes,
+            express=config.bridge_express,
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
         )
-        app = build_asgi_app(
+        app = self.bridge_app = build_asgi_app(
             build_mcp_server(self._bridge_hub, options),
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
             options,
