@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import selectors
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -100,7 +102,10 @@ def start_hub(
     http: bool = True,
     timeout: float = 30.0,
     module: str = "mcp_remote.cli",
+    user: str | None = None,
 ) -> RunningHub:
+    """`user`: run the hub as that (non-root) user, which must be able to reach `workdir`;
+    the test process must be root."""
     workdir.mkdir(parents=True, exist_ok=True)
     state_dir = workdir / "state"
     args = ["serve", "--json", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0" if http else "off"]
@@ -116,13 +121,26 @@ def start_hub(
     if config is None or "packs" not in config:
         # The embedded default also starts the shell and the browser; most tests need neither.
         full_env["MCPHUB_PACKS"] = "diagnostics"
+    command = hub_command(*args, module=module)
+    if user is not None:
+        account = pwd.getpwnam(user)
+        for path in (workdir, *workdir.iterdir()):  # the config file among them
+            os.chown(path, account.pw_uid, account.pw_gid)
+        as_user = [
+            "setpriv",
+            f"--reuid={account.pw_uid}",
+            f"--regid={account.pw_gid}",
+            "--clear-groups",
+            "--",
+        ]
+        interpreter, extra = _interpreter_for(as_user)
+        command = [*as_user, interpreter, *command[1:]]
+        full_env.update(HOME=str(workdir), USER=user, LOGNAME=user, PYTHONDONTWRITEBYTECODE="1", **extra)
     full_env.update(env or {})
     log_path = workdir / "hub.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            hub_command(*args, module=module), stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO
-        )
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO)
     assert process.stdout is not None
     line = _read_line(process, timeout)
     if not line:
@@ -136,6 +154,19 @@ def start_hub(
     return RunningHub(
         process, ready["grpc"], ready["mcp"], state_dir, log_path, time.monotonic() - started, full_env
     )
+
+
+def _interpreter_for(as_user: list[str]) -> tuple[str, dict[str, str]]:
+    """A Python the user can run with this environment's packages: this one, or, when it lives
+    where the user cannot reach (a root-only pyenv), the system's Python of the same version
+    with this environment's site-packages on its path (extension modules share the ABI)."""
+    reachable = subprocess.run([*as_user, "/bin/sh", "-c", 'test -x "$1"', "-", sys.executable], check=False)
+    if reachable.returncode == 0:
+        return sys.executable, {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(system, os.X_OK):
+        raise RuntimeError(f"neither {sys.executable} nor {system} can be run by the hub's user")
+    return system, {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
 
 
 def _read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:

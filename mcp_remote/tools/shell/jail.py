@@ -14,6 +14,9 @@ pass the hub's private state directory, so the spawner lives in a mount namespac
 own in which the workspaces directory is also bound at `/mnt`.
 
 A hub that is not root runs bwrap as itself: the same namespaces, one uid for all principals.
+Its process-count limit is set inside each sandbox's user namespace (`prlimit`, where the
+kernel counts processes per user namespace), so it bounds each command's processes without
+counting the hub's own.
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from .rootfs import build_etc, host_system_args
 from .sandbox import ExecSpec, SandboxUnavailable, sandbox_cwd
 from .workspace import workspace_dir_name
 
-__all__ = ["JAIL_MOUNT", "JailHost", "LocalJail", "UnjailedTarget", "jail_argv", "rlimit_values"]
+__all__ = [
+    "JAIL_MOUNT",
+    "JailHost",
+    "LocalJail",
+    "UnjailedTarget",
+    "counts_processes_per_user_namespace",
+    "jail_argv",
+    "rlimit_values",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +96,12 @@ def jail_argv(
     cwd: str,
     env: dict[str, str],
     command: str,
+    prlimit: str | None = None,
 ) -> list[str]:
-    """bwrap's argv for one command. Pure: every value is its own argv element."""
+    """bwrap's argv for one command. Pure: every value is its own argv element.
+
+    `prlimit`: its path, to set the process-count limit inside the sandbox's user namespace
+    (a hub that is not root cannot set it per uid outside)."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
     if network:
         args.append("--share-net")
@@ -101,8 +116,24 @@ def jail_argv(
     args += ["--bind", workspace, JAIL_MOUNT, "--chdir", cwd, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
-    args += ["--", "/bin/sh", "-c", command]
+    args.append("--")
+    if prlimit is not None:
+        args += [prlimit, f"--nproc={limits.processes}", "--"]
+    args += ["/bin/sh", "-c", command]
     return args
+
+
+def counts_processes_per_user_namespace(release: str | None = None) -> bool:
+    """Does this kernel count RLIMIT_NPROC per user namespace (Linux 5.14 and later)?
+
+    Then a limit set inside a sandbox's own user namespace bounds that sandbox's processes
+    alone. Before, it counted every process of the host uid, the hub's threads included."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        major, minor = int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (5, 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +158,8 @@ class JailHost:
         self.spawner = Spawner()
         self.problem: str | None = None
         """Why nothing can run here at all (a system tool missing), or None."""
+        self.prlimit: str | None = None
+        """A hub that is not root: `prlimit`, to limit the processes inside each sandbox, or None."""
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -139,6 +172,15 @@ class JailHost:
         )
         if self.cgroups.mode == "none":
             logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
+        if not self.is_root:
+            self.prlimit = _which("prlimit") if counts_processes_per_user_namespace() else None
+            if self.prlimit is None:
+                logger.warning(
+                    "shell: no limit on the number of processes of a command: the hub is not root, and %s",
+                    "prlimit (util-linux) is missing"
+                    if counts_processes_per_user_namespace()
+                    else "this kernel (before 5.14) counts them per host uid, the hub's own included",
+                )
         await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID, JAIL_MOUNT)
         prefix: list[str] = []
         if self.is_root and (
@@ -330,6 +372,7 @@ class LocalJail:
             cwd=sandbox_cwd(spec.cwd, JAIL_MOUNT),
             env=env,
             command=spec.command,
+            prlimit=host.prlimit,
         )
         return await host.spawn(
             argv,
@@ -354,6 +397,11 @@ class LocalJail:
             "network": self.options.network,
             "workspace": JAIL_MOUNT,
             "separate_uid": self.host.is_root,
+            "process_limit": (
+                "per principal (its own uid)"
+                if self.host.is_root
+                else ("per command (its own user namespace)" if self.host.prlimit else "none")
+            ),
             "limits": self.options.limits.model_dump(),
             "cgroup_limits": list(group.enforced) if group else [],
             **self.host.cgroups.describe(),
