@@ -3,7 +3,8 @@
     hub --request--> spawner (spawner.py; root, in the hub's private mount namespace)
       fork: join the principal's cgroups, set rlimits, new session, drop to the principal's uid
       -> bwrap: new user, pid, net, ipc, uts, cgroup and mount namespaces; read-only system
-         directories, tmpfs /tmp, the principal's workspace at /workspace; dies with the hub
+         directories, tmpfs /tmp, the principal's workspace at /workspace; a system-call
+         filter (seccomp.py); dies with the hub
       -> /bin/sh -c COMMAND                         (the only shell that sees the command)
 
 Every argument is a separate argv element; the command string only ever reaches `/bin/sh -c`
@@ -39,6 +40,7 @@ from .localproc import LocalProcess
 from .options import JailTargetOptions, Limits, ShellOptions, UnjailedTargetOptions
 from .rootfs import build_etc, host_system_args
 from .sandbox import ExecSpec, SandboxUnavailable, sandbox_cwd
+from .seccomp import Filter, compile_filter
 from .workspace import workspace_dir_name
 
 __all__ = [
@@ -97,11 +99,13 @@ def jail_argv(
     env: dict[str, str],
     command: str,
     prlimit: str | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """bwrap's argv for one command. Pure: every value is its own argv element.
 
     `prlimit`: its path, to set the process-count limit inside the sandbox's user namespace
-    (a hub that is not root cannot set it per uid outside)."""
+    (a hub that is not root cannot set it per uid outside). `seccomp_fd`: where bwrap reads the
+    system-call filter it installs before the command starts."""
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
     if network:
         args.append("--share-net")
@@ -116,6 +120,8 @@ def jail_argv(
     args += ["--bind", workspace, JAIL_MOUNT, "--chdir", cwd, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     args.append("--")
     if prlimit is not None:
         args += [prlimit, f"--nproc={limits.processes}", "--"]
@@ -160,6 +166,7 @@ class JailHost:
         """Why nothing can run here at all (a system tool missing), or None."""
         self.prlimit: str | None = None
         """A hub that is not root: `prlimit`, to limit the processes inside each sandbox, or None."""
+        self.seccomp = Filter(None, problem="not compiled yet")
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -182,6 +189,11 @@ class JailHost:
                     else "this kernel (before 5.14) counts them per host uid, the hub's own included",
                 )
         await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID, JAIL_MOUNT)
+        self.seccomp = await asyncio.to_thread(compile_filter)
+        if self.seccomp.program is None:
+            logger.warning(
+                "shell: jailed commands run without a system-call filter: %s", self.seccomp.problem
+            )
         prefix: list[str] = []
         if self.is_root and (
             self.root.resolve() == Path(_HOLDER_MOUNT) or Path(_HOLDER_MOUNT) in self.root.resolve().parents
@@ -281,8 +293,10 @@ class JailHost:
         limits: Limits,
         group: PrincipalCgroup | None,
         stdin: bytes | None,
+        fd3: bytes | None = None,
     ) -> LocalProcess:
-        """Start argv as the principal's uid (when the hub is root), in its cgroups, with its rlimits."""
+        """Start argv as the principal's uid (when the hub is root), in its cgroups, with its rlimits;
+        `fd3`: what it reads from fd 3."""
         if self.problem or self.spawner.problem:
             raise SandboxUnavailable(str(self.problem or self.spawner.problem))
         cgroup_memory = group is not None and "memory" in group.enforced
@@ -296,6 +310,7 @@ class JailHost:
                 rlimits=rlimit_values(limits, cgroup_memory=cgroup_memory, nproc=principal is not None),
                 cgroups=group.procs_files if group is not None else (),
                 stdin=stdin,
+                fd3=fd3,
             )
         except SpawnError as exc:
             logger.warning("shell: a sandbox could not be started: %s", exc)
@@ -345,6 +360,7 @@ class LocalJail:
         host = self.host
         p = await host.principal(principal)
         limits = self.options.limits
+        seccomp = host.seccomp.program if self.options.seccomp else None
         if host.is_root:
             workspace = f"{_HOLDER_MOUNT}/{p.dir_name}"
             jail_etc = f"{_HOLDER_MOUNT}/{_JAIL_ETC}"
@@ -373,6 +389,7 @@ class LocalJail:
             env=env,
             command=spec.command,
             prlimit=host.prlimit,
+            seccomp_fd=3 if seccomp is not None else None,
         )
         return await host.spawn(
             argv,
@@ -382,6 +399,7 @@ class LocalJail:
             limits=limits,
             group=host.cgroup(principal, limits),
             stdin=spec.stdin,
+            fd3=seccomp,
         )
 
     async def workspace(self, principal: str) -> LocalWorkspace:
@@ -397,6 +415,9 @@ class LocalJail:
             "network": self.options.network,
             "workspace": JAIL_MOUNT,
             "separate_uid": self.host.is_root,
+            "syscall_filter": self.host.seccomp.describe()
+            if self.options.seccomp
+            else "off (seccomp: false)",
             "process_limit": (
                 "per principal (its own uid)"
                 if self.host.is_root

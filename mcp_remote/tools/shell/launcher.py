@@ -165,7 +165,9 @@ class Spawner:
         rlimits: Sequence[tuple[str, int]],
         cgroups: Sequence[str],
         stdin: bytes | None,
+        fd3: bytes | None = None,
     ) -> LocalProcess:
+        """`fd3`: what the program reads from its fd 3 (bwrap's `--seccomp 3` filter), or nothing."""
         if self._sock is None or self.problem:
             raise SpawnError(self.problem or "the spawner is not running")
         loop = asyncio.get_running_loop()
@@ -188,6 +190,7 @@ class Spawner:
             "gid": gid,
             "rlimits": [list(r) for r in rlimits],
             "cgroups": list(cgroups),
+            "fd3": fd3.hex() if fd3 is not None else None,
         }
         try:
             try:

@@ -89,6 +89,9 @@ class JailTargetOptions(BaseModel):
     """More host paths bound read-only at the same place in the jail (e.g. /opt/toolchain)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment every command starts with (after PATH, HOME, LANG)."""
+    seccomp: bool = True
+    """Refuse the system calls a command has no use for (`seccomp.py`: io_uring, BPF, kernel
+    keyrings, mounts, ...). False only for tools that need one of them."""
 
     @field_validator("ro_paths")
     @classmethod

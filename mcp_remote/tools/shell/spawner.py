@@ -12,8 +12,9 @@ and answers with the child's pid and a pidfd; when a child exits it sends its ex
 with the hub (PR_SET_PDEATHSIG), and bwrap dies with it (--die-with-parent).
 
 Messages are JSON, one per SOCK_SEQPACKET datagram, file descriptors as SCM_RIGHTS:
-    hub -> spawner: {"id", "argv", "env", "cwd", "uid", "gid", "rlimits": [[name, value]], "cgroups": [path]}
-                    + fds [stdin, stdout, stderr]
+    hub -> spawner: {"id", "argv", "env", "cwd", "uid", "gid", "rlimits": [[name, value]], "cgroups": [path],
+                     "fd3": hex or null}  + fds [stdin, stdout, stderr]
+                    (`fd3`: bytes the program reads from fd 3, such as bwrap's `--seccomp 3` filter)
     spawner -> hub: {"ready": pid} once, then per request {"id", "pid"} + [pidfd]   or   {"id", "error"}
                     {"exit": pid, "code": exit code or -signal}
 """
@@ -55,7 +56,17 @@ def _child(request: dict[str, Any], fds: list[int]) -> NoReturn:
             os.setuid(request["uid"])
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        keep = 3
+        if request.get("fd3") is not None:
+            data = bytes.fromhex(request["fd3"])
+            memfd = os.memfd_create("mcphub-fd3", 0)
+            os.write(memfd, data)
+            os.lseek(memfd, 0, os.SEEK_SET)
+            if memfd != 3:
+                os.dup2(memfd, 3)
+            os.set_inheritable(3, True)
+            keep = 4
+        os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
         if request["cwd"]:
             os.chdir(request["cwd"])
         # Python ignores SIGPIPE and SIGXFSZ; an exec'd program must get the defaults back.

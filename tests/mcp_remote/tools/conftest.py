@@ -140,5 +140,29 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
+SYSCALL_PROBE = """python3 -c '
+import ctypes, platform
+numbers = {"x86_64": (250, 425), "aarch64": (219, 425)}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(256)
+calls = {
+    "keyctl": (numbers[0], 0, ctypes.c_int(-3), 1),
+    "io_uring_setup": (numbers[1], 4, params),
+}
+for name, args in calls.items():
+    ok = libc.syscall(*args) >= 0
+    print(name, "ok" if ok else ctypes.get_errno())
+status = open("/proc/self/status").read().splitlines()
+print("seccomp", next(line.split()[1] for line in status if line.startswith("Seccomp:")))
+'"""
+"""Two calls a command may make without privilege (a kernel keyring's id, an io_uring) and its
+seccomp mode: `keyctl ok|ERRNO`, `io_uring_setup ok|ERRNO`, `seccomp 0|2`."""
+
+
+def syscall_probe(outcome: Outcome) -> dict[str, str]:
+    assert outcome.structured["exit_code"] == 0, outcome.structured
+    return dict(line.split() for line in outcome.structured["stdout"].splitlines())
+
+
 def workspace_dir(hub: RunningHub, principal: str) -> Path:
     return hub.state_dir / "workspaces" / principal

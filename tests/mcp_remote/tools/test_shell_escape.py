@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import signal
@@ -16,10 +17,12 @@ from bridge.hubclient import HubClient
 from tests.conftest import TOKENS
 from tests.mcp_remote.tools.conftest import (
     LIMITS,
+    SYSCALL_PROBE,
     ShellClient,
     processes_of_uid,
     processes_running,
     shell_hub_config,
+    syscall_probe,
     wait_until,
     workspace_dir,
 )
@@ -157,6 +160,17 @@ async def test_files_are_limited_in_size(agent_a: ShellClient) -> None:
     s = outcome.structured
     assert "File size limit exceeded" in s["stderr"] or "File too large" in s["stderr"], s
     assert int(s["stdout"]) <= LIMITS["file_size_mb"] * 1024 * 1024
+
+
+async def test_system_calls_a_command_has_no_use_for_are_refused(agent_a: ShellClient) -> None:
+    # Both succeed in a jail without the filter (test_shell_options turns it off).
+    assert syscall_probe(await agent_a.exec(SYSCALL_PROBE)) == {
+        "keyctl": str(errno.EPERM),
+        "io_uring_setup": str(errno.EPERM),
+        "seccomp": "2",
+    }
+    status = (await agent_a.call("shell_status", {})).structured["sandbox"]
+    assert status["syscall_filter"].endswith("system calls refused (EPERM)"), status
 
 
 async def test_nested_user_namespaces_are_refused(agent_a: ShellClient) -> None:

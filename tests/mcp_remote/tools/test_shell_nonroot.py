@@ -33,6 +33,7 @@ from tests.mcp_remote.tools.test_shell_escape import (  # noqa: F401 - collected
     test_files_are_limited_in_size,
     test_host_secrets_are_not_in_the_jail,
     test_nested_user_namespaces_are_refused,
+    test_system_calls_a_command_has_no_use_for_are_refused,
     test_the_hub_state_directory_is_not_in_the_jail,
     test_the_hubs_own_ports_are_unreachable,
     while_hub_answers,

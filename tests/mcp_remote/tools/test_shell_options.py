@@ -12,7 +12,7 @@ from bridge.hubclient import HubClient
 from mcp_local.errors import ConfigError
 from mcp_remote.tools.shell.options import parse_options
 from tests.conftest import TOKENS
-from tests.mcp_remote.tools.conftest import ShellClient, shell_hub_config
+from tests.mcp_remote.tools.conftest import SYSCALL_PROBE, ShellClient, shell_hub_config, syscall_probe
 from tests.support.hub import serve_refused, start_hub
 
 pytestmark = pytest.mark.anyio
@@ -98,6 +98,26 @@ async def test_the_unjailed_target_is_explicit_and_named(tmp_path: Path) -> None
         assert status["target"] == "unjailed" and "without a jail" in status["warning"]
         jailed = ShellClient(client, TOKENS["agent-a"])
         assert (await jailed.exec("id -un")).structured["stdout"] == "sandbox\n"
+    finally:
+        await client.close()
+        hub.stop()
+
+
+async def test_the_system_call_filter_can_be_turned_off_for_a_target(tmp_path: Path) -> None:
+    options = {"targets": {"agent-b": {"kind": "jail", "seccomp": False}}}
+    hub = start_hub(tmp_path / "hub", config=shell_hub_config(options), http=False)
+    client = HubClient(hub.grpc)
+    try:
+        unfiltered = ShellClient(client, TOKENS["agent-b"])
+        assert syscall_probe(await unfiltered.exec(SYSCALL_PROBE)) == {
+            "keyctl": "ok",
+            "io_uring_setup": "ok",
+            "seccomp": "0",
+        }
+        status = (await unfiltered.call("shell_status", {})).structured["sandbox"]
+        assert status["syscall_filter"] == "off (seccomp: false)"
+        filtered = ShellClient(client, TOKENS["agent-a"])
+        assert syscall_probe(await filtered.exec(SYSCALL_PROBE))["seccomp"] == "2"
     finally:
         await client.close()
         hub.stop()
