@@ -25,7 +25,7 @@ import grpc
 import orjson
 from mcp.shared.exceptions import MCPError
 
-from proto.metadata import ERROR_DATA
+from mcphub_proto.metadata import ERROR_DATA
 
 __all__ = ["STATUS_TO_JSONRPC", "mcp_error_from_grpc"]
 

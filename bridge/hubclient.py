@@ -13,9 +13,9 @@ from typing import Protocol
 
 import grpc
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
-from proto.metadata import AUTHORIZATION
+from mcphub_proto.metadata import AUTHORIZATION
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
 __all__ = ["HubClient", "ToolHubClient"]
 

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .changes import ToolChanges
 from .errors import mcp_error_from_grpc

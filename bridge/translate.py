@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 __all__ = ["result_to_mcp", "tool_to_mcp"]
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from proto.mcphub.v1 import sidecar_pb2 as spb
-from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.metadata import AUTHORIZATION
+from mcphub_proto.metadata import AUTHORIZATION
+from mcphub_proto.v1 import sidecar_pb2 as spb
+from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
 from .pipeline import Pipeline, ResolveTool, ValidateArguments

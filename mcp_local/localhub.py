@@ -16,8 +16,8 @@ from typing import TypeVar
 import grpc
 import orjson
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.metadata import ERROR_DATA
+from mcphub_proto.metadata import ERROR_DATA
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
 from .service import ToolService

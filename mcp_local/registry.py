@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import ConfigError, HubError, InvalidArgument
 from .principals import Authenticator, Principal

@@ -16,9 +16,9 @@ import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
-from proto.metadata import AUTHORIZATION, ERROR_DATA
+from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
 from .errors import HubError
 from .principals import bearer_token

@@ -11,8 +11,8 @@ import grpc
 from mcp_local.errors import InvalidArgument, PermissionDenied
 from mcp_local.principals import Authenticator, Principal
 from mcp_local.servicer import abort_with, caller_token
-from proto.mcphub.v1 import approvals_pb2 as apb
-from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
+from mcphub_proto.v1 import approvals_pb2 as apb
+from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook, ApprovalState
 

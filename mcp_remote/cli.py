@@ -235,7 +235,7 @@ async def _call(
 
     from bridge.hubclient import HubClient
     from bridge.translate import result_to_mcp
-    from proto.mcphub.v1 import toolhub_pb2 as pb
+    from mcphub_proto.v1 import toolhub_pb2 as pb
 
     hub = HubClient(target)
     line = _ProgressLine()

@@ -172,8 +172,8 @@ def _approval_json(a: Any) -> dict[str, Any]:
 async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import grpc
 
-    from proto.mcphub.v1 import approvals_pb2 as apb
-    from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
+    from mcphub_proto.v1 import approvals_pb2 as apb
+    from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
     from .cli import hub_target
 

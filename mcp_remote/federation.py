@@ -49,10 +49,10 @@ from mcp_local.registry import ToolRegistry
 from mcp_local.tools import TOOL_NAME, Tool, ToolCall
 from mcp_local.validation import ArgumentValidator
 from mcp_local.wire import annotations_from_proto, result_from_proto
-from proto.mcphub.v1 import sidecar_pb2 as spb
-from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.metadata import AUTHORIZATION
+from mcphub_proto.metadata import AUTHORIZATION
+from mcphub_proto.v1 import sidecar_pb2 as spb
+from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .pins import ToolPins, definition_hash
 

@@ -25,7 +25,7 @@ from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
 from mcp_local.servicer import ToolHubServicer, create_grpc_server
-from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
+from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
 from .approvals_service import ApprovalsServicer

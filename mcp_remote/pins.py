@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from mcp_local.errors import ConfigError
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 __all__ = ["PINS_FILE", "ToolPins", "definition_hash"]
 

@@ -28,8 +28,8 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from proto.mcphub.v1 import sidecar_pb2 as spb
-    from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+    from mcphub_proto.v1 import sidecar_pb2 as spb
+    from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
 
@@ -61,8 +61,8 @@ def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:
     import grpc
 
-    from proto.mcphub.v1 import sidecar_pb2 as spb
-    from proto.mcphub.v1 import sidecar_pb2_grpc as spb_grpc
+    from mcphub_proto.v1 import sidecar_pb2 as spb
+    from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
 
@@ -82,7 +82,7 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    from proto.metadata import AUTHORIZATION
+    from mcphub_proto.metadata import AUTHORIZATION
 
     return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
 

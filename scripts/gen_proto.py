@@ -1,10 +1,10 @@
 """Regenerate the checked-in Python code for proto/ (the one way it is made).
 
-    python scripts/gen_proto.py          # rewrite proto/mcphub/v1/*_pb2*.py[i]
+    python scripts/gen_proto.py          # rewrite mcphub_proto/v1/*_pb2*.py[i]
     python scripts/gen_proto.py --check  # exit 1 if the checked-in code is stale
 
 protoc emits absolute imports (`from mcphub.v1 import x_pb2`); the files live in
-the `proto` package, so those lines are rewritten to relative imports.
+the `mcphub_proto.v1` package, so those lines are rewritten to relative imports.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PACKAGE_DIR = PROTO_ROOT / "mcphub" / "v1"
+SOURCES_DIR = PROTO_ROOT / "mcphub" / "v1"
+PACKAGE_DIR = ROOT / "mcphub_proto" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 _ABSOLUTE_IMPORT = re.compile(r"^from mcphub\.v1 import (\w+)", re.MULTILINE)
 
@@ -27,7 +28,7 @@ _ABSOLUTE_IMPORT = re.compile(r"^from mcphub\.v1 import (\w+)", re.MULTILINE)
 def generate(out_dir: Path) -> list[Path]:
     from grpc_tools import protoc  # dev dependency, pinned in pyproject.toml
 
-    sources = sorted(PACKAGE_DIR.glob("*.proto"))
+    sources = sorted(SOURCES_DIR.glob("*.proto"))
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",

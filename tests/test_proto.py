@@ -9,10 +9,12 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import tomllib
 from pathlib import Path
 
 import grpc
 import pytest
+import setuptools
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -35,13 +37,21 @@ def test_generated_code_is_not_stale() -> None:
 
 def test_the_staleness_check_notices_an_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gen = _gen_proto_module()
-    copy = tmp_path / "proto"
-    shutil.copytree(REPO / "proto", copy)
-    pb2 = copy / "mcphub" / "v1" / "toolhub_pb2.py"
+    copy = tmp_path / "v1"
+    shutil.copytree(REPO / "mcphub_proto" / "v1", copy)
+    pb2 = copy / "toolhub_pb2.py"
     pb2.write_text(pb2.read_text() + "\n# hand edit\n")
-    monkeypatch.setattr(gen, "PROTO_ROOT", copy)
-    monkeypatch.setattr(gen, "PACKAGE_DIR", copy / "mcphub" / "v1")
+    monkeypatch.setattr(gen, "PACKAGE_DIR", copy)
     assert gen.main(["--check"]) == 1
+
+
+def test_the_python_package_does_not_take_the_name_proto() -> None:
+    # `proto` is proto-plus's package (every google-cloud client library needs it): a wheel that
+    # also shipped proto/__init__.py would overwrite theirs, or they ours, in site-packages.
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = setuptools.find_namespace_packages(where=str(REPO), include=include["include"])
+    assert "mcphub_proto.v1" in shipped
+    assert not [p for p in shipped if p.split(".")[0] == "proto"], shipped
 
 
 CLIENT = textwrap.dedent(

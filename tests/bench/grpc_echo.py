@@ -23,8 +23,8 @@ import orjson
 import uvloop
 
 from mcp_local.servicer import MAX_MESSAGE_BYTES
-from proto.mcphub.v1 import toolhub_pb2 as pb
-from proto.mcphub.v1 import toolhub_pb2_grpc as pb_grpc
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
 __all__ = ["EchoServicer", "main"]
 

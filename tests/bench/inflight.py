@@ -19,7 +19,7 @@ import grpc
 import orjson
 
 from bridge.hubclient import HubClient
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 __all__ = ["main", "run"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from bridge.hubclient import HubClient
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.hub import start_hub
 
 

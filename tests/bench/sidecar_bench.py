@@ -139,7 +139,7 @@ def idle(
 
 async def _latency(target: str, calls: int) -> dict[str, Any]:
     from bridge.hubclient import HubClient
-    from proto.mcphub.v1 import toolhub_pb2 as pb
+    from mcphub_proto.v1 import toolhub_pb2 as pb
 
     client = HubClient(target)
     request = pb.CallToolRequest(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 __all__ = [
     "CALL_TOOL_PATH",

@@ -20,7 +20,7 @@ import pytest
 
 from bridge.hubclient import HubClient
 from mcp_remote.audit.sqlite import SQLiteStore
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.hub import REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres

@@ -17,7 +17,7 @@ import pytest
 
 from bridge.hubclient import HubClient
 from mcp_remote.audit.sqlite import SQLiteStore
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub

@@ -8,7 +8,7 @@ import pytest
 
 from mcp_local.errors import ConfigError
 from mcp_remote.pins import ToolPins, definition_hash
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 
 def _tool(**changes: object) -> pb.Tool:

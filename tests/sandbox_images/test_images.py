@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_dockerfile_runs_the_sidecar_as_a_non_root_user(variant: str) -> None:
     for copy in copies:  # the build context is the repository root: every source must exist there
         for source in [c for c in copy[:-1] if not c.startswith("--")]:
             assert (REPO / source).exists(), f"{dockerfile}: COPY source {source} is not in the repository"
+
+
+def test_the_base_image_copies_every_package_it_installs() -> None:
+    # `pip install /src/mcphub` builds what pyproject's package list finds there: a package the
+    # image does not copy would be missing from the sidecar, and only a real build would notice.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    instructions = parse_dockerfile(IMAGES / "base" / "Dockerfile")
+    copied = {i.args.split()[0] for i in instructions if i.keyword == "COPY"}
+    assert packages <= copied, f"the base image does not copy {sorted(packages - copied)}"
 
 
 def test_the_base_image_installs_only_the_sidecar_extra() -> None:

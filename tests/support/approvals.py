@@ -10,9 +10,9 @@ import orjson
 
 from bridge.hubclient import HubClient
 from bridge.translate import result_to_mcp
-from proto.mcphub.v1 import approvals_pb2 as apb
-from proto.mcphub.v1 import approvals_pb2_grpc as apb_grpc
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import approvals_pb2 as apb
+from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 
 @dataclass

@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from bridge.errors import STATUS_TO_JSONRPC
 from bridge.hubclient import HubClient
 from bridge.translate import result_to_mcp, tool_to_mcp
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 

@@ -12,7 +12,7 @@ import pytest
 
 from bridge.hubclient import HubClient
 from bridge.translate import result_to_mcp
-from proto.mcphub.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.conftest import TOKENS
 from tests.support.approvals import decide
 from tests.support.clients import Outcome
