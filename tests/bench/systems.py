@@ -53,7 +53,7 @@ HUB_CONFIGS: dict[str, Callable[[str], dict[str, Any]]] = {
     "full": full_pipeline_config,
 }
 
-Kind = Literal["mcp", "grpc-call", "grpc-stream"]
+Kind = Literal["mcp", "mcp-session", "grpc-call", "grpc-stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,15 @@ OPTIONAL_SYSTEMS: tuple[System, ...] = (
         "bridge-ungated", "mcphub bridge without gate and audit (bench-only build)", "ungated:full", "mcp"
     ),
     System("grpc-bare-stream", "bare grpc.aio echo (StreamCallTool)", "grpc-bare", "grpc-stream"),
+    System(
+        "sdk-default-session",
+        "SDK MCPServer, default mode, in a 2025-11-25 session",
+        "sdk-default",
+        "mcp-session",
+    ),
+    System(
+        "bridge-session", "mcphub bridge -> hub -> echo, in a 2025-11-25 session", "hub:full", "mcp-session"
+    ),
 )
 """Rows run only when named with --systems."""
 
@@ -178,5 +187,7 @@ def make_call(system: System, server: Server, token: str) -> wire.HttpCall | wir
     and the bare echo ignore it), so the requests differ only in where they go."""
     if system.kind == "mcp":
         return wire.mcp_call(server.ready.get("mcp") or server.ready["url"], token)
+    if system.kind == "mcp-session":
+        return wire.mcp_session_call(server.ready.get("mcp") or server.ready["url"], token)
     path = wire.CALL_TOOL_PATH if system.kind == "grpc-call" else wire.STREAM_CALL_TOOL_PATH
     return wire.grpc_call(server.ready["grpc"], path, token)

@@ -61,3 +61,26 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
     for system in SYSTEMS:
         assert system.title in text
     assert "## Goals" in text
+
+
+@pytest.mark.timeout(200)
+def test_the_optional_session_rows_run(tmp_path: Path) -> None:
+    """The handshake-era rows (a 2025-11-25 session, what today's clients speak) are not in the
+    default run; they must still open their sessions and answer correctly."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "tests.bench", "--smoke", "--out-dir", str(tmp_path)),
+            *("--systems", "sdk-default-session,bridge-session", "--inflight", "0"),
+            *("--startup-runs", "0", "--pipeline-calls", "0"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    [json_path] = tmp_path.glob("*-smoke.json")
+    rows = json.loads(json_path.read_text())["rows"]
+    assert {r["system"] for r in rows} == {"sdk-default-session", "bridge-session"}
+    assert all(r["errors"] == 0 and r["calls_per_s"] > 0 for r in rows), rows

@@ -6,6 +6,10 @@ One call is the same everywhere: `echo` with `{"text": ECHO_TEXT}`.
   response, the same body and headers for both, so neither gets a protocol the other
   does not. The validation pass records the exact response body; the load generator
   then counts every response that differs from it as an error.
+- MCP in a handshake-era session (optional rows): what Claude Code, opencode and the
+  Inspector speak today. `initialize` and `notifications/initialized` once, then the
+  same 2025-11-25 `tools/call` POST with the session's `Mcp-Session-Id`, from every
+  caller; the answer may be an SSE stream, compared byte for byte as well.
 - gRPC (`CallTool`, `StreamCallTool`, the bare echo): the request as one gRPC frame
   (flag byte, 4-byte big-endian length, serialized `CallToolRequest`). A gRPC failure
   also arrives as HTTP 200, but without a message, so the validation pass records how
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,12 +38,14 @@ __all__ = [
     "WrongAnswer",
     "grpc_call",
     "mcp_call",
+    "mcp_session_call",
     "validate_grpc",
     "validate_http",
 ]
 
 ECHO_TEXT = "hello, mcphub"
 PROTOCOL_VERSION = "2026-07-28"
+SESSION_PROTOCOL_VERSION = "2025-11-25"
 CALL_TOOL_PATH = "/mcphub.v1.ToolHub/CallTool"
 STREAM_CALL_TOOL_PATH = "/mcphub.v1.ToolHub/StreamCallTool"
 
@@ -97,6 +104,63 @@ def mcp_call(url: str, token: str | None) -> HttpCall:
     return HttpCall(url, json.dumps(body, separators=(",", ":")).encode(), tuple(headers))
 
 
+def mcp_session_call(url: str, token: str | None) -> HttpCall:
+    """Open a 2025-11-25 session on `url`; the call is a `tools/call` inside it."""
+    base = [("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream")]
+    if token:
+        base.append(("Authorization", f"Bearer {token}"))
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": SESSION_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcphub-bench", "version": "1"},
+        },
+    }
+    request = urllib.request.Request(
+        url, data=json.dumps(initialize).encode(), method="POST", headers=dict(base)
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        session = response.headers.get("mcp-session-id")
+        answer = _message(response.read())
+    if not session or answer.get("result", {}).get("protocolVersion") != SESSION_PROTOCOL_VERSION:
+        raise WrongAnswer(
+            f"{url}: no {SESSION_PROTOCOL_VERSION} session (session id {session!r}): {answer!r}"
+        )
+    headers = [*base, ("MCP-Protocol-Version", SESSION_PROTOCOL_VERSION), ("Mcp-Session-Id", session)]
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    request = urllib.request.Request(
+        url, data=json.dumps(initialized).encode(), method="POST", headers=dict(headers)
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if response.status != 202:
+            raise WrongAnswer(f"{url}: notifications/initialized answered HTTP {response.status}")
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": ECHO_TEXT}},
+    }
+    return HttpCall(url, json.dumps(body, separators=(",", ":")).encode(), tuple(headers))
+
+
+def _message(body: bytes) -> dict[str, Any]:
+    """A JSON-RPC answer sent as JSON or as an SSE stream (its last `data:` line)."""
+    text = body.decode(errors="replace")
+    if not text.lstrip().startswith("{"):
+        data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+        text = data[-1] if data else text
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise WrongAnswer(f"the answer is neither JSON nor SSE ({exc}): {body[:300]!r}") from None
+    if not isinstance(message, dict):
+        raise WrongAnswer(f"the answer is not a JSON-RPC message: {body[:300]!r}")
+    return message
+
+
 def grpc_call(address: str, path: str, token: str | None) -> GrpcCall:
     message = pb.CallToolRequest(name="echo", arguments_json=json.dumps({"text": ECHO_TEXT}).encode())
     payload = message.SerializeToString()
@@ -118,11 +182,8 @@ def validate_http(call: HttpCall) -> HttpCall:
     status, body = _post(call)
     if status != 200:
         raise WrongAnswer(f"{call.url}: HTTP {status}, expected 200: {body[:300]!r}")
-    try:
-        message = json.loads(body)
-    except ValueError as exc:
-        raise WrongAnswer(f"{call.url}: the answer is not JSON ({exc}): {body[:300]!r}") from None
-    result = message.get("result") if isinstance(message, dict) else None
+    message = _message(body)
+    result = message.get("result")
     if not isinstance(result, dict) or message.get("id") != 1:
         raise WrongAnswer(f"{call.url}: expected a JSON-RPC result for id 1, got {body[:300]!r}")
     if result.get("isError") or result.get("content") != [{"type": "text", "text": ECHO_TEXT}]:
