@@ -16,17 +16,16 @@ from tests.support.hub import REPO
 pytestmark = pytest.mark.slow
 
 
+def _smoke(out_dir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tests.bench", "--smoke", "--out-dir", str(out_dir), *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done
+
+
 @pytest.mark.timeout(300)
 def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--smoke", "--out-dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    done = _smoke(tmp_path, timeout=280)
     [json_path] = tmp_path.glob("*-smoke.json")
     [md_path] = tmp_path.glob("*-smoke.md")
     out = json.loads(json_path.read_text())
@@ -67,19 +66,12 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
 def test_the_optional_session_rows_run(tmp_path: Path) -> None:
     """The handshake-era rows (a 2025-11-25 session, what today's clients speak) are not in the
     default run; they must still open their sessions and answer correctly."""
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "tests.bench", "--smoke", "--out-dir", str(tmp_path)),
-            *("--systems", "sdk-default-session,bridge-session", "--inflight", "0"),
-            *("--startup-runs", "0", "--pipeline-calls", "0"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    _smoke(
+        tmp_path,
+        *("--systems", "sdk-default-session,bridge-session", "--inflight", "0"),
+        *("--startup-runs", "0", "--pipeline-calls", "0"),
         timeout=180,
-        check=False,
     )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     [json_path] = tmp_path.glob("*-smoke.json")
     rows = json.loads(json_path.read_text())["rows"]
     assert {r["system"] for r in rows} == {"sdk-default-session", "bridge-session"}

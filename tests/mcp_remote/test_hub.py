@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-import orjson
 import pytest
 
 from bridge.express import ExpressLane
 from mcp_remote.config import load_config
 from mcp_remote.hub import Hub
+from tests.bench.wire import ECHO_TEXT, mcp_call
 
 pytestmark = pytest.mark.anyio
 
@@ -44,30 +44,11 @@ async def test_bridge_express_switch(tmp_path: Path, yaml: str, env: dict[str, s
     addresses = await hub.start()
     try:
         assert (ExpressLane in _layers(hub.bridge_app)) is lane
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {
-                "name": "echo",
-                "arguments": {"text": "either way"},
-                "_meta": {
-                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                },
-            },
-        }
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json, text/event-stream",
-            "mcp-protocol-version": "2026-07-28",
-            "mcp-method": "tools/call",
-            "mcp-name": "echo",
-        }
         assert addresses.mcp_url is not None
+        call = mcp_call(addresses.mcp_url, None)  # the benchmark's 2026-07-28 echo call
         async with httpx2.AsyncClient(timeout=30) as http:
-            response = await http.post(addresses.mcp_url, content=orjson.dumps(body), headers=headers)
+            response = await http.post(call.url, content=call.body, headers=dict(call.headers))
         assert response.status_code == 200, response.text
-        assert response.json()["result"]["content"] == [{"type": "text", "text": "either way"}]
+        assert response.json()["result"]["content"] == [{"type": "text", "text": ECHO_TEXT}]
     finally:
         await hub.stop()
