@@ -109,8 +109,12 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     print(line, flush=True)
     settle_memory()
     await stop.wait()
-    logging.getLogger("mcphub").info("shutting down")
-    await hub.stop()
+    grace = hub.config.shutdown_grace_s
+    running = hub.trail.running
+    logging.getLogger("mcphub").info(
+        "shutting down" + (f": waiting up to {grace:g}s for {running} running call(s)" if running else "")
+    )
+    await hub.stop(grace)
     return EXIT_OK
 
 

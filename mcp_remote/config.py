@@ -191,6 +191,9 @@ class HubConfig(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)
     """Extra browser `Origin` values the bridge accepts (e.g. `https://inspector.example.com`)."""
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    """On SIGTERM/SIGINT, how long running calls may finish; the rest are stopped, and their
+    callers get an error saying the hub is shutting down (match your orchestrator's grace period)."""
     bridge_express: bool = True
     """The bridge answers a plain 2026-07-28 `tools/call` POST itself, with the SDK's checks
     (`bridge/express.py`, about half the CPU per call); false sends every request through the

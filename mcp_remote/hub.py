@@ -104,6 +104,7 @@ class Hub:
         )
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
+        self.trail = AuditTrail(self.audit)
         self.pipeline = Pipeline(self.stages())
         self._service = ToolService(self.registry, self.pipeline, self.authenticator)
         self.federation = Federation(
@@ -137,7 +138,7 @@ class Hub:
     def stages(self) -> list[Stage]:
         """The dispatch path, in order (execute follows the last)."""
         return [
-            AuditTrail(self.audit),
+            self.trail,
             Authenticate(self.authenticator),
             ResolveTool(self.registry),
             Authorize(),
@@ -257,7 +258,13 @@ class Hub:
         return f"http://{_dial_address(address, port)}/mcp"
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, give running ones `grace` seconds, then stop the packs."""
+        """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
+        told why), then stop the servers and the packs."""
+        stopped = await self.trail.drain(grace, "the hub is shutting down")
+        if stopped:
+            logger.info(
+                "stopped %d call(s) still running after %gs; their callers were told why", stopped, grace
+            )
         if self._http is not None:
             await self._http.stop()
             self._http = None

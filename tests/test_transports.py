@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from tests.conftest import TOKENS
-from tests.support.clients import TRANSPORTS, ProtocolFailure, ToolClient, connect
-from tests.support.hub import RunningHub
+from tests.mcp_remote.test_audit import all_records
+from tests.support.clients import TRANSPORTS, Outcome, ProtocolFailure, ToolClient, connect
+from tests.support.hub import PROBE_PACK, RunningHub, start_hub
 from tests.support.waiting import file_appears
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +150,37 @@ async def test_a_principal_sees_and_calls_only_its_allowed_tools(
             await c.call("sleep", {"seconds": 0})
         assert info.value.code == -32031
         assert "'agent-b' may not call tool 'sleep'" in info.value.message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_stopping_hub_tells_running_calls_why(transport: str, tmp_path: Path) -> None:
+    """SIGTERM with a call running: the call is given the grace period, then stopped, and its
+    caller gets an error saying why (not a dropped connection); the hub exits cleanly and
+    the audit log has the call's end."""
+    hub = start_hub(tmp_path, packs=[PROBE_PACK], config={"shutdown_grace_s": 0.3})
+    marker = f"stop-{transport}"
+    markers = hub.state_dir / "markers"
+    outcome: list[Outcome] = []
+    try:
+        async with connect(transport, hub.grpc, hub.mcp_url, None) as client, anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                outcome.append(await client.call("wait_for_cancel", {"marker": marker}))
+
+            tg.start_soon(run)
+            assert await file_appears(markers / f"{marker}.started", 20)
+            hub.process.send_signal(signal.SIGTERM)
+        assert hub.process.wait(30) == 0
+    finally:
+        hub.stop()
+    [answer] = outcome
+    assert answer.is_error and "the hub is shutting down" in answer.text, answer.text
+    assert (markers / marker).read_text() == "cancelled", "the tool itself was stopped"
+    log = hub.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert "waiting up to 0.3s for 1 running call(s)" in log
+    finished = [
+        r for r in await all_records(hub.state_dir) if r.kind == "finished" and r.tool == "wait_for_cancel"
+    ]
+    [body] = [orjson.loads(r.body) for r in finished]
+    assert body["status"] == "cancelled" and "the hub is shutting down" in body["error"]
