@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from mcp_remote.config import DEFAULT_PACKS
-from tests.support.hub import REPO, hub_command, start_hub
+from tests.support.hub import REPO, start_hub
 
 from .machine import rss_kib, rss_mb
 
@@ -126,49 +126,31 @@ def startup(runs: int, idle_s: float, workdir: Path) -> dict[str, Any]:
     }
 
 
-def sidecar_rss(hub_grpc: str, token: str, idle_s: float, workdir: Path) -> dict[str, Any]:
-    """Idle RSS of `mcphub local serve`, the in-sandbox sidecar, when this build has it.
+def sidecar_rss(idle_s: float, workdir: Path) -> dict[str, Any]:
+    """Idle memory of `mcphub local serve`, the in-sandbox sidecar, as a sandbox runs it: the
+    packs of a sandbox image (files, git, process, sql on a SQLite file) and registered with
+    a hub, which this probe starts with a sandbox principal. The same measurement as
+    `python -m tests.bench.sidecar_bench` (its "registered_with_hub"), which also reports
+    the sidecar serving gRPC only and with the MCP bridge."""
+    from . import sidecar_bench
 
-    The sidecar lands with issue 6/7; until then this reports "not available". The
-    options passed are the ones its `--help` lists among --grpc/--listen (port 0),
-    --state-dir, --hub and --token, so the probe needs no change when it lands.
-    """
-    help_run = subprocess.run(
-        hub_command("local", "serve", "--help"), capture_output=True, text=True, check=False, cwd=REPO
-    )
-    if help_run.returncode != 0:
-        return {"available": False, "reason": "`mcphub local serve` is not in this build"}
-    text = help_run.stdout
-    args = ["local", "serve"]
-    for flag in ("--grpc", "--listen"):
-        if flag in text:
-            args += [flag, "127.0.0.1:0"]
-            break
-    if "--state-dir" in text:
-        args += ["--state-dir", str(workdir / "sidecar-state")]
-    if "--hub" in text:
-        args += ["--hub", hub_grpc]
-    if "--token" in text:
-        args += ["--token", token]
     workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "sidecar.log"
-    env = _clean_env()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            hub_command(*args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
-        )
+    manifest = sidecar_bench._workspace(workdir)
+    principal = {"name": "sbx-bench", "token": sidecar_bench.TOKEN, "roles": ["sandbox"]}
+    hub = start_hub(workdir / "hub", config={"principals": [principal]}, http=False)
     try:
-        time.sleep(max(idle_s, 3.0))
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-800:]
-            return {"available": False, "reason": f"the sidecar exited ({process.returncode}): {tail}"}
-        flags = [a for a in args[2:] if a.startswith("--")]
-        return {"available": True, "idle_rss_mb": rss_mb(rss_kib(process.pid)), "flags": flags}
+        memory = sidecar_bench.idle(
+            manifest, workdir, max(idle_s, 3.0), ["--hub", hub.grpc], {"MCPHUB_TOKEN": sidecar_bench.TOKEN}
+        )
+    except RuntimeError as exc:
+        return {"available": False, "reason": str(exc)[-800:]}
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        hub.stop()
+    log = (workdir / "sidecar.log").read_text(errors="replace")
+    return {
+        "available": True,
+        "registered": "registered with the hub at" in log,
+        "idle_rss_mb": memory["rss_mb"],
+        "idle_pss_mb": memory["pss_mb"],
+        "idle_private_mb": memory["private_mb"],
+    }

@@ -176,6 +176,17 @@ def goals(out: dict[str, Any], table: list[dict[str, Any]]) -> list[dict[str, An
     if "idle_rss_mb_median" in startup:
         rss = startup["idle_rss_mb_median"]
         checks.append(_goal("idle hub RSS (embedded defaults)", f"{rss:.1f} MB", "<= 80 MB", rss <= 80))
+    sidecar = out.get("sidecar") or {}
+    if sidecar.get("available") and sidecar.get("registered"):
+        rss = sidecar["idle_rss_mb"]
+        checks.append(
+            _goal(
+                "idle sidecar RSS (sandbox-image packs, registered with a hub; issue 6/7)",
+                f"{rss:.1f} MB (PSS {sidecar['idle_pss_mb']:.1f} MB)",
+                "< 40 MB",
+                rss < 40,
+            )
+        )
     return checks
 
 
@@ -260,12 +271,16 @@ def markdown(out: dict[str, Any]) -> str:
         )
     sidecar = out.get("sidecar") or {}
     if sidecar:
-        value = (
-            f"{sidecar['idle_rss_mb']:.1f} MB"
-            if sidecar.get("available")
-            else f"not available ({sidecar['reason']})"
+        if not sidecar.get("available"):
+            value = f"not available ({sidecar['reason']})"
+        else:
+            value = f"{sidecar['idle_rss_mb']:.1f} MB (PSS {sidecar['idle_pss_mb']:.1f} MB)"
+            if not sidecar.get("registered"):
+                value += ", but it did not register with the hub"
+        lines.append(
+            "| sidecar (`mcphub local serve`, sandbox-image packs, registered with a hub) idle RSS "
+            f"| {value} |"
         )
-        lines.append(f"| sidecar (`mcphub local serve`) idle RSS | {value} |")
     lines += ["", "## Goals", "", "| goal | figure | target | status |", "| --- | --- | --- | --- |"]
     for g in out["goals"]:
         status = "n/a" if g["met"] is None else ("met" if g["met"] else "**missed**")

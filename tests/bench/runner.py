@@ -158,9 +158,7 @@ def run(settings: BenchSettings, log: Log = _stderr) -> dict[str, Any]:
                     out["inflight"].append(result)
                     log(f"in-flight {method}: {result}")
             out["hub_rss_after_load_mb"] = rss_mb(rss_kib(hub.pid))
-            out["sidecar"] = probes.sidecar_rss(
-                hub.ready["grpc"], token, settings.idle_s, workdir / "sidecar"
-            )
+            out["sidecar"] = probes.sidecar_rss(settings.idle_s, workdir / "sidecar")
             log(f"sidecar: {out['sidecar']}")
         finally:
             for server in servers.values():
