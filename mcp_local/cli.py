@@ -102,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .redaction import RedactingFilter
-    from .sidecar import Sidecar
+    from .sidecar import STOP_GRACE_S, Sidecar
     from .version import VERSION
 
     sidecar = Sidecar(settings, version=VERSION)
@@ -131,16 +131,22 @@ async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
     from .memory import settle_memory
 
     settle_memory()
+    stdio: asyncio.Task[None] | None = None
     if settings.stdio:
         stdio = asyncio.create_task(sidecar.serve_stdio())
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait((stdio, waiter), return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
-        stdio.cancel()
     else:
         await stop.wait()
-    logging.getLogger("mcphub.sidecar").info("shutting down")
-    await sidecar.stop()
+    running = sidecar.calls.running
+    logging.getLogger("mcphub.sidecar").info(
+        "shutting down"
+        + (f": waiting up to {STOP_GRACE_S:g}s for {running} running call(s)" if running else "")
+    )
+    await sidecar.stop()  # answers the calls still running, the stdio client's included
+    if stdio is not None:
+        stdio.cancel()
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ start-up; per call it costs one coroutine frame per stage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -19,7 +20,15 @@ from typing import Protocol
 import orjson
 
 from .content import ToolResult
-from .errors import DeadlineExceeded, HubError, InvalidArgument, PermissionDenied, ToolError, ToolNotFound
+from .errors import (
+    DeadlineExceeded,
+    HubError,
+    InvalidArgument,
+    PermissionDenied,
+    ToolError,
+    ToolNotFound,
+    Unavailable,
+)
 from .principals import Authenticator, bearer_token
 from .registry import ToolRegistry
 from .tools import ToolCall
@@ -27,6 +36,7 @@ from .tools import ToolCall
 __all__ = [
     "Authenticate",
     "Authorize",
+    "InFlight",
     "Next",
     "Pipeline",
     "ResolveTool",
@@ -46,6 +56,83 @@ class Stage(Protocol):
     name: str
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult: ...
+
+
+class InFlight:
+    """The calls in flight, so that a server that stops can answer them rather than drop them.
+
+    As a stage (outermost; the sidecar's) it tracks every call. `drain` refuses new calls
+    (UNAVAILABLE), gives the running ones `grace` seconds, then cancels the rest; a call
+    cancelled that way answers its caller with an error naming the reason instead of losing
+    its connection when the servers close. The hub's audit trail does the same through
+    `enter`, `leave` and `stopped`, so that it can also record the call's end.
+    """
+
+    name = "in-flight"
+
+    def __init__(self) -> None:
+        self._running: dict[int, asyncio.Task[object]] = {}
+        self._stopped: set[asyncio.Task[object]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closing: str | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def enter(self, key: int) -> asyncio.Task[object] | None:
+        """Track the current task under `key`; raises `Unavailable` once draining."""
+        if self.closing is not None:
+            raise Unavailable(
+                f"{self.closing}; call again later (another replica, or this one once it is back)"
+            )
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[key] = task
+            self._idle.clear()
+        return task
+
+    def leave(self, key: int) -> None:
+        if self._running.pop(key, None) is not None and not self._running:
+            self._idle.set()
+
+    def stopped(self, task: asyncio.Task[object] | None) -> str | None:
+        """For a task that caught CancelledError: the message for its caller when `drain`
+        stopped it (its cancellation is then taken back), else None (re-raise)."""
+        if task is None or task not in self._stopped:
+            return None
+        self._stopped.discard(task)
+        task.uncancel()
+        return f"{self.closing}: the call was stopped before it finished"
+
+    async def drain(self, grace: float, reason: str) -> int:
+        """See the class; returns how many calls were stopped."""
+        self.closing = reason
+        if self._running and grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        stopped = [task for task in self._running.values() if not task.done()]
+        for task in stopped:
+            self._stopped.add(task)
+            task.cancel()
+        if stopped:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 5.0)
+        return len(stopped)
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        key = id(call)
+        task = self.enter(key)
+        try:
+            return await call_next(call)
+        except asyncio.CancelledError:
+            message = self.stopped(task)
+            if message is None:
+                raise
+            return ToolResult.error(message)
+        finally:
+            self.leave(key)
 
 
 class Pipeline:

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .hublink import Backoff, HubLink
 from .manifest import Manifest
 from .packs import PackEnv, ToolPack, start_packs, stop_packs
-from .pipeline import Authenticate, Authorize, Pipeline, ResolveTool, ValidateArguments
+from .pipeline import Authenticate, Authorize, InFlight, Pipeline, ResolveTool, ValidateArguments
 from .principals import OpenAccess, Principal
 from .redaction import Redactor
 from .registry import ToolRegistry
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["BUILTIN_PACKS", "Sidecar", "SidecarAddresses", "SidecarSettings", "split_address"]
 
 logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 3.0
+"""On SIGTERM, how long running calls may finish before they are stopped (and told why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,10 @@ class Sidecar:
         self.registry = ToolRegistry()
         self.redactor = Redactor()
         self.authenticator = OpenAccess(AGENT)
+        self.calls = InFlight()
         self.pipeline = Pipeline(
             [
+                self.calls,
                 Authenticate(self.authenticator),
                 ResolveTool(self.registry),
                 Authorize(),
@@ -201,7 +206,14 @@ class Sidecar:
             LocalHub(self._service), BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
         )
 
-    async def stop(self, grace: float = 3.0) -> None:
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
+        told why), then stop the link, the servers and the packs."""
+        stopped = await self.calls.drain(grace, "the sandbox's sidecar is shutting down")
+        if stopped:
+            logger.info(
+                "stopped %d call(s) still running after %gs; their callers were told why", stopped, grace
+            )
         if self.link is not None:
             await self.link.stop()
         if self._http is not None:

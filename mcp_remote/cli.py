@@ -110,7 +110,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     settle_memory()
     await stop.wait()
     grace = hub.config.shutdown_grace_s
-    running = hub.trail.running
+    running = hub.trail.calls.running
     logging.getLogger("mcphub").info(
         "shutting down" + (f": waiting up to {grace:g}s for {running} running call(s)" if running else "")
     )

@@ -14,7 +14,6 @@ never holds a result the log could lose.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import secrets
@@ -22,7 +21,7 @@ import time
 
 from mcp_local.content import ToolResult
 from mcp_local.errors import HubError, Unavailable
-from mcp_local.pipeline import Next
+from mcp_local.pipeline import InFlight, Next
 from mcp_local.tools import ToolCall
 
 from .approvals import ApprovalBook, arguments_digest
@@ -40,7 +39,8 @@ def approval_hint(approval_id: str) -> str:
 
 
 class AuditTrail:
-    """The outermost stage: every call's records, and the calls in flight, which `drain` ends."""
+    """The outermost stage: every call's records, and the calls in flight (`calls`), which
+    `drain` ends with an answer to each caller."""
 
     name = "audit"
 
@@ -48,54 +48,25 @@ class AuditTrail:
         self._log = log
         self._prefix = "c" + secrets.token_hex(3)
         self._counter = itertools.count(1)
-        self._running: dict[str, asyncio.Task[object]] = {}
-        self._closing: str | None = None
-        self._stopped: set[asyncio.Task[object]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @property
-    def running(self) -> int:
-        """Calls in flight."""
-        return len(self._running)
+        self.calls = InFlight()
 
     async def drain(self, grace: float, reason: str) -> int:
-        """Refuse new calls (UNAVAILABLE, `reason`), give the running ones `grace` seconds, then
-        stop the rest. A stopped call answers its caller with an error naming `reason` (and is
-        on the record as cancelled) instead of losing its connection when the servers close.
-        Returns how many calls were stopped."""
-        self._closing = reason
-        if self._running and grace > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
-        stopped = [task for task in self._running.values() if not task.done()]
-        for task in stopped:
-            self._stopped.add(task)
-            task.cancel()
-        if stopped:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 5.0)
-        return len(stopped)
+        return await self.calls.drain(grace, reason)
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         log = self._log
         if not log.healthy:
             raise Unavailable("the audit log cannot be written; calls are refused until it recovers")
-        call.call_id = call_id = f"{self._prefix}{next(self._counter):x}"
+        call.call_id = f"{self._prefix}{next(self._counter):x}"
         started = time.perf_counter()
         log.active += 1
         status = "ok"
         error: str | None = None
         result: ToolResult | None = None
-        task = asyncio.current_task()
+        key = id(call)
+        task: asyncio.Task[object] | None = None
         try:
-            if self._closing is not None:
-                raise Unavailable(
-                    f"{self._closing}; call again later (another replica, or this hub once it is back)"
-                )
-            if task is not None:
-                self._running[call_id] = task
-                self._idle.clear()
+            task = self.calls.enter(key)
             result = await call_next(call)
             if result.is_error:
                 status = "tool_error"
@@ -103,22 +74,18 @@ class AuditTrail:
             status, error = exc.status.name.lower(), exc.message
             raise
         except asyncio.CancelledError:
-            if task is None or task not in self._stopped:
+            stopped = self.calls.stopped(task)
+            if stopped is None:
                 status, error = "cancelled", "the caller went away"
                 raise
-            # Stopped by `drain`: the caller is still there and is told why.
-            self._stopped.discard(task)
-            task.uncancel()
-            status = "cancelled"
-            error = f"{self._closing}: the call was stopped before it finished"
-            result = ToolResult.error(error)
+            status, error = "cancelled", stopped  # by `drain`: the caller is still there, and told why
+            result = ToolResult.error(stopped)
         except BaseException as exc:
             status, error = "internal", type(exc).__name__
             raise
         finally:
             log.active -= 1
-            if self._running.pop(call_id, None) is not None and not self._running:
-                self._idle.set()
+            self.calls.leave(key)
             principal = call.principal.name if call.principal else "-"
             if not call.logged:
                 log.record(

@@ -4,6 +4,7 @@ bad manifests and non-loopback binds with clear errors."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,12 +12,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.support.clients import ToolClient, connect
+from tests.support.clients import Outcome, ToolClient, connect
+from tests.support.hub import PROBE_PACK
 from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar, write_manifest
+from tests.support.waiting import file_appears
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +220,34 @@ def test_without_any_manifest_the_sidecar_serves_the_current_directory(tmp_path:
     assert "default manifest" in out.stderr
     missing = _run(["check", "--manifest", str(tmp_path / "nope.yaml")], tmp_path)
     assert missing.returncode == 2 and "cannot read the manifest" in missing.stderr
+
+
+@pytest.mark.parametrize("transport", SIDECAR_TRANSPORTS)
+async def test_a_stopping_sidecar_tells_running_calls_why(transport: str, tmp_path: Path) -> None:
+    """SIGTERM with a call running: after the grace period the call is stopped and its caller
+    gets an error saying why, not a dropped connection; the sidecar exits cleanly."""
+    manifest = {"workspace": str(tmp_path / "ws"), "packs": [PROBE_PACK]}
+    (tmp_path / "ws").mkdir()
+    state = tmp_path / "state"
+    running = start_sidecar(tmp_path, manifest, http=True)
+    outcome: list[Outcome] = []
+    try:
+        async with (
+            connect(transport, running.grpc, running.mcp_url, None) as client,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def call() -> None:
+                outcome.append(await client.call("wait_for_cancel", {"marker": "stop"}))
+
+            tg.start_soon(call)
+            assert await file_appears(state / "markers" / "stop.started", 20)
+            running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(30) == 0
+    finally:
+        running.stop()
+    [answer] = outcome
+    assert answer.is_error and "the sandbox's sidecar is shutting down" in answer.text, answer.text
+    assert (state / "markers" / "stop").read_text() == "cancelled", "the tool itself was stopped"
+    log = running.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
