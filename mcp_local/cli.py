@@ -102,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .redaction import RedactingFilter
-    from .sidecar import STOP_GRACE_S, Sidecar
+    from .sidecar import Sidecar
     from .version import VERSION
 
     sidecar = Sidecar(settings, version=VERSION)
@@ -139,11 +139,7 @@ async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
         waiter.cancel()
     else:
         await stop.wait()
-    running = sidecar.calls.running
-    logging.getLogger("mcphub.sidecar").info(
-        "shutting down"
-        + (f": waiting up to {STOP_GRACE_S:g}s for {running} running call(s)" if running else "")
-    )
+    logging.getLogger("mcphub.sidecar").info("shutting down")
     await sidecar.stop()  # answers the calls still running, the stdio client's included
     if stdio is not None:
         stdio.cancel()

@@ -77,10 +77,6 @@ class InFlight:
         self._idle.set()
         self.closing: str | None = None
 
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
     def enter(self, key: int) -> asyncio.Task[object] | None:
         """Track the current task under `key`; raises `Unavailable` once draining."""
         if self.closing is not None:
@@ -107,9 +103,11 @@ class InFlight:
         return f"{self.closing}: the call was stopped before it finished"
 
     async def drain(self, grace: float, reason: str) -> int:
-        """See the class; returns how many calls were stopped."""
+        """See the class (and the log says what it waits for and stops); returns how many calls
+        were stopped."""
         self.closing = reason
         if self._running and grace > 0:
+            logger.info("waiting up to %gs for %d running call(s)", grace, len(self._running))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         stopped = [task for task in self._running.values() if not task.done()]
@@ -117,6 +115,9 @@ class InFlight:
             self._stopped.add(task)
             task.cancel()
         if stopped:
+            logger.info(
+                "stopped %d call(s) still running after %gs; their callers are told why", len(stopped), grace
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 5.0)
         return len(stopped)

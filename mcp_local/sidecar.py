@@ -209,11 +209,7 @@ class Sidecar:
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
         told why), then stop the link, the servers and the packs."""
-        stopped = await self.calls.drain(grace, "the sandbox's sidecar is shutting down")
-        if stopped:
-            logger.info(
-                "stopped %d call(s) still running after %gs; their callers were told why", stopped, grace
-            )
+        await self.calls.drain(grace, "the sandbox's sidecar is shutting down")
         if self.link is not None:
             await self.link.stop()
         if self._http is not None:

@@ -109,12 +109,8 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     print(line, flush=True)
     settle_memory()
     await stop.wait()
-    grace = hub.config.shutdown_grace_s
-    running = hub.trail.calls.running
-    logging.getLogger("mcphub").info(
-        "shutting down" + (f": waiting up to {grace:g}s for {running} running call(s)" if running else "")
-    )
-    await hub.stop(grace)
+    logging.getLogger("mcphub").info("shutting down")
+    await hub.stop(hub.config.shutdown_grace_s)
     return EXIT_OK
 
 

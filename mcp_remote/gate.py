@@ -39,8 +39,8 @@ def approval_hint(approval_id: str) -> str:
 
 
 class AuditTrail:
-    """The outermost stage: every call's records, and the calls in flight (`calls`), which
-    `drain` ends with an answer to each caller."""
+    """The outermost stage: every call's records, and the calls in flight (`calls`), whose
+    `drain` ends them with an answer to each caller."""
 
     name = "audit"
 
@@ -49,9 +49,6 @@ class AuditTrail:
         self._prefix = "c" + secrets.token_hex(3)
         self._counter = itertools.count(1)
         self.calls = InFlight()
-
-    async def drain(self, grace: float, reason: str) -> int:
-        return await self.calls.drain(grace, reason)
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         log = self._log

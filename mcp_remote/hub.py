@@ -260,11 +260,7 @@ class Hub:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
         told why), then stop the servers and the packs."""
-        stopped = await self.trail.drain(grace, "the hub is shutting down")
-        if stopped:
-            logger.info(
-                "stopped %d call(s) still running after %gs; their callers were told why", stopped, grace
-            )
+        await self.trail.calls.drain(grace, "the hub is shutting down")
         if self._http is not None:
             await self._http.stop()
             self._http = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from tests.conftest import TOKENS
 from tests.mcp_remote.test_audit import all_records
-from tests.support.clients import TRANSPORTS, Outcome, ProtocolFailure, ToolClient, connect
+from tests.support.clients import TRANSPORTS, ProtocolFailure, ToolClient, answer_while_stopping, connect
 from tests.support.hub import PROBE_PACK, RunningHub, start_hub
 from tests.support.waiting import file_appears
 
@@ -160,20 +159,14 @@ async def test_a_stopping_hub_tells_running_calls_why(transport: str, tmp_path: 
     hub = start_hub(tmp_path, packs=[PROBE_PACK], config={"shutdown_grace_s": 0.3})
     marker = f"stop-{transport}"
     markers = hub.state_dir / "markers"
-    outcome: list[Outcome] = []
     try:
-        async with connect(transport, hub.grpc, hub.mcp_url, None) as client, anyio.create_task_group() as tg:
-
-            async def run() -> None:
-                outcome.append(await client.call("wait_for_cancel", {"marker": marker}))
-
-            tg.start_soon(run)
-            assert await file_appears(markers / f"{marker}.started", 20)
-            hub.process.send_signal(signal.SIGTERM)
+        async with connect(transport, hub.grpc, hub.mcp_url, None) as client:
+            answer = await answer_while_stopping(
+                client, hub.process, markers / f"{marker}.started", "wait_for_cancel", {"marker": marker}
+            )
         assert hub.process.wait(30) == 0
     finally:
         hub.stop()
-    [answer] = outcome
     assert answer.is_error and "the hub is shutting down" in answer.text, answer.text
     assert (markers / marker).read_text() == "cancelled", "the tool itself was stopped"
     log = hub.log()

@@ -4,7 +4,6 @@ bad manifests and non-loopback binds with clear errors."""
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,15 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.support.clients import Outcome, ToolClient, connect
+from tests.support.clients import ToolClient, answer_while_stopping, connect
 from tests.support.hub import PROBE_PACK
 from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar, write_manifest
-from tests.support.waiting import file_appears
 
 pytestmark = pytest.mark.anyio
 
@@ -230,23 +227,18 @@ async def test_a_stopping_sidecar_tells_running_calls_why(transport: str, tmp_pa
     (tmp_path / "ws").mkdir()
     state = tmp_path / "state"
     running = start_sidecar(tmp_path, manifest, http=True)
-    outcome: list[Outcome] = []
     try:
-        async with (
-            connect(transport, running.grpc, running.mcp_url, None) as client,
-            anyio.create_task_group() as tg,
-        ):
-
-            async def call() -> None:
-                outcome.append(await client.call("wait_for_cancel", {"marker": "stop"}))
-
-            tg.start_soon(call)
-            assert await file_appears(state / "markers" / "stop.started", 20)
-            running.process.send_signal(signal.SIGTERM)
+        async with connect(transport, running.grpc, running.mcp_url, None) as client:
+            answer = await answer_while_stopping(
+                client,
+                running.process,
+                state / "markers" / "stop.started",
+                "wait_for_cancel",
+                {"marker": "stop"},
+            )
         assert running.process.wait(30) == 0
     finally:
         running.stop()
-    [answer] = outcome
     assert answer.is_error and "the sandbox's sidecar is shutting down" in answer.text, answer.text
     assert (state / "markers" / "stop").read_text() == "cancelled", "the tool itself was stopped"
     log = running.log()

@@ -7,11 +7,15 @@ code comes from the bridge's own status table, so both transports are held to it
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import grpc
 import httpx2
 import orjson
@@ -24,6 +28,7 @@ from bridge.errors import STATUS_TO_JSONRPC
 from bridge.hubclient import HubClient
 from bridge.translate import result_to_mcp, tool_to_mcp
 from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.support.waiting import file_appears
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -177,3 +182,26 @@ async def _connect(
         if transport == "mcp-2026":
             assert client.protocol_version == "2026-07-28", client.protocol_version
         yield McpToolClient(client, transport)
+
+
+async def answer_while_stopping(
+    client: ToolClient,
+    server: subprocess.Popen[bytes],
+    started: Path,
+    tool: str,
+    arguments: dict[str, Any],
+) -> Outcome:
+    """Call `tool` and, once its `started` marker file appears, SIGTERM `server`: the call's
+    answer. Wait for the server's exit after closing the client: a handshake-era client's
+    open GET stream would hold the server's HTTP shutdown until it times out."""
+    outcome: list[Outcome] = []
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            outcome.append(await client.call(tool, arguments))
+
+        tg.start_soon(call)
+        assert await file_appears(started, 20)
+        server.send_signal(signal.SIGTERM)
+    [answer] = outcome
+    return answer

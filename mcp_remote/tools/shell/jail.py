@@ -180,12 +180,13 @@ class JailHost:
         if self.cgroups.mode == "none":
             logger.info("shell: no cgroup limits (%s); rlimits only", self.cgroups.reason)
         if not self.is_root:
-            self.prlimit = _which("prlimit") if counts_processes_per_user_namespace() else None
+            per_namespace = counts_processes_per_user_namespace()
+            self.prlimit = _which("prlimit") if per_namespace else None
             if self.prlimit is None:
                 logger.warning(
                     "shell: no limit on the number of processes of a command: the hub is not root, and %s",
                     "prlimit (util-linux) is missing"
-                    if counts_processes_per_user_namespace()
+                    if per_namespace
                     else "this kernel (before 5.14) counts them per host uid, the hub's own included",
                 )
         await asyncio.to_thread(build_etc, self.root / _JAIL_ETC, SANDBOX_UID, JAIL_MOUNT)
