@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING
 from mcp_local.lazy import names_on_first_use
 
 if TYPE_CHECKING:
+    from .app import BridgeApp as BridgeApp
+    from .app import bridge_app as bridge_app
     from .errors import STATUS_TO_JSONRPC as STATUS_TO_JSONRPC
     from .errors import mcp_error_from_grpc as mcp_error_from_grpc
     from .hubclient import HubClient as HubClient
+    from .options import BridgeOptions as BridgeOptions
     from .security import (
         HostOriginGuard as HostOriginGuard,
     )
@@ -24,9 +27,6 @@ if TYPE_CHECKING:
         default_policy as default_policy,
     )
     from .server import (
-        BridgeOptions as BridgeOptions,
-    )
-    from .server import (
         build_asgi_app as build_asgi_app,
     )
     from .server import (
@@ -35,13 +35,15 @@ if TYPE_CHECKING:
     from .stdio import serve_stdio as serve_stdio
 
 _HOMES = {
+    "BridgeApp": "app",
+    "bridge_app": "app",
     "STATUS_TO_JSONRPC": "errors",
     "mcp_error_from_grpc": "errors",
     "HubClient": "hubclient",
     "HostOriginGuard": "security",
     "OriginPolicy": "security",
     "default_policy": "security",
-    "BridgeOptions": "server",
+    "BridgeOptions": "options",
     "build_asgi_app": "server",
     "build_mcp_server": "server",
     "serve_stdio": "stdio",

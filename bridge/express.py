@@ -55,6 +55,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import mcp_error_from_grpc
 from .hubclient import ToolHubClient
+from .options import KEEPALIVE_S
 from .security import bearer_token
 from .translate import result_to_mcp
 
@@ -64,9 +65,6 @@ logger = logging.getLogger(__name__)
 
 APPROVAL_META_KEY = "dev.mcphub/approvalId"
 """`_meta` key of a tools/call that spends an approval granted earlier for exactly this call."""
-
-KEEPALIVE_S: Final = 15.0
-"""A call silent this long commits to SSE and is kept alive by comments (the SDK's interval)."""
 
 _ENVELOPE_KEYS: Final = frozenset({"jsonrpc", "id", "method", "params"})
 _PARAMS_KEYS: Final = frozenset({"name", "arguments", "_meta"})

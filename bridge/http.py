@@ -63,9 +63,14 @@ class HttpServer:
         return self.port
 
     async def stop(self) -> None:
+        """Stop accepting, let the app end what it holds open (`BridgeApp.aclose`: the MCP sessions
+        and their GET streams), then wait up to 2 s for the connections left and stop."""
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True
         await self._task
+        aclose = getattr(self._app, "aclose", None)
+        if aclose is not None:
+            await aclose()
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
         self._server = None

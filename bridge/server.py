@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -26,20 +25,20 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolRequestParams, NotificationParams, PaginatedRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
+from .app import BridgeApp
 from .changes import ToolChanges
 from .errors import mcp_error_from_grpc
-from .express import APPROVAL_META_KEY, KEEPALIVE_S, ExpressLane
+from .express import APPROVAL_META_KEY, ExpressLane
 from .hubclient import ToolHubClient
-from .security import HostOriginGuard, OriginPolicy, bearer_token
+from .options import BridgeOptions
+from .security import OriginPolicy, bearer_token
 from .translate import result_to_mcp, tool_to_mcp
 
-__all__ = ["BridgeOptions", "build_asgi_app", "build_mcp_server"]
+__all__ = ["BridgeOptions", "build_asgi_app", "build_mcp_server", "mcp_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,31 +48,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     _VERSION = "0.0.0"
 
 _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeOptions:
-    name: str = "mcphub"
-    instructions: str = (
-        "mcphub: shared tools (shell, browser, cloud APIs, sandbox tools) behind an operator's policy. "
-        "Some calls wait for a human approval; progress notifications say so."
-    )
-    default_token: str | None = None
-    """Token used when a request carries none (stdio clients)."""
-    max_body_bytes: int = 4 * 1024 * 1024
-    express: bool = True
-    """Serve plain stateless `tools/call` POSTs in the express lane (`express.py`); False: all via the SDK."""
-    keepalive_s: float = KEEPALIVE_S
-    """An express call silent this long commits to SSE and is kept alive by comments."""
-    tool_input_schema: Callable[[str, str | None], Mapping[str, Any] | None] | None = None
-    """A tool's input schema by (name, caller's bearer token), when the bridge runs beside
-    the hub's registry (`ToolRegistry.header_schema_lookup`).
-
-    On the 2026-07-28 wire the SDK checks a `tools/call`'s `Mcp-Param-*` headers against
-    the tool's input schema. Without this lookup it finds the schema by listing the
-    tools through the hub (a ListTools round trip on every call with arguments). The
-    token is there so a tool the caller may not see is not checked (None): the hub's
-    refusal answers, not a header mismatch that would reveal the tool."""
 
 
 _SCHEMA_CALLER: ContextVar[str | None] = ContextVar("mcphub_bridge_schema_caller")
@@ -234,25 +208,18 @@ async def _relay_stream(
     )
 
 
-async def _healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
-
-
-def build_asgi_app(
-    server: Server[Any], policy: OriginPolicy, options: BridgeOptions, hub: ToolHubClient | None = None
-) -> ASGIApp:
-    """`/mcp` (Streamable HTTP) and `/healthz`, behind the Host/Origin guard.
+def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | None = None) -> ASGIApp:
+    """The SDK's Streamable HTTP app at `/mcp`, with the caller's token held for schema lookups.
 
     With `hub` (the one `server` forwards to) and `options.express`, plain stateless
     `tools/call` POSTs take the express lane; everything else is the SDK's.
     """
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
-        # The guard below checks Host/Origin for every route and bind address; the
+        # `BridgeApp` checks Host/Origin for every route and bind address; the
         # SDK's own check would repeat the same work on /mcp only.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=options.max_body_bytes,
-        custom_starlette_routes=[Route("/healthz", _healthz, methods=["GET"])],
     )
     if options.tool_input_schema is not None:
         app = _SchemaCaller(app, options.default_token)
@@ -267,4 +234,12 @@ def build_asgi_app(
             tool_input_schema=options.tool_input_schema,
             keepalive_s=options.keepalive_s,
         )
-    return HostOriginGuard(app, policy)
+    return app
+
+
+def build_asgi_app(
+    server: Server[Any], policy: OriginPolicy, options: BridgeOptions, hub: ToolHubClient | None = None
+) -> BridgeApp:
+    """`/mcp` (see `mcp_app`) and `/healthz`, behind the Host/Origin guard, for a server built
+    already (`bridge.app.bridge_app` builds it on the first request instead)."""
+    return BridgeApp(lambda: mcp_app(server, options, hub), policy)

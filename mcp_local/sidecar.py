@@ -175,8 +175,10 @@ class Sidecar:
         return self.addresses
 
     async def _start_http(self, grpc_dial: str, host: str, port: int) -> str:
-        from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_policy
+        from bridge.app import bridge_app
         from bridge.http import HttpServer
+        from bridge.options import BridgeOptions
+        from bridge.security import default_policy
 
         from .localhub import LocalHub
 
@@ -186,12 +188,8 @@ class Sidecar:
             instructions=_INSTRUCTIONS,
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
         )
-        app = build_asgi_app(
-            build_mcp_server(self._bridge_hub, options),
-            default_policy(host, [], []),
-            options,
-            self._bridge_hub,
-        )
+        # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
+        app = bridge_app(self._bridge_hub, options, default_policy(host, [], []))
         self._http = HttpServer(app, host, port)
         bound = await self._http.start()
         return f"http://{_join(host, bound)}/mcp"

@@ -10,12 +10,10 @@ import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from starlette.types import ASGIApp
 
-from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_policy
-from bridge.http import HttpServer
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
@@ -36,6 +34,10 @@ from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import resolve_policy
 from .statedir import remove_hub_file, write_hub_file
+
+if TYPE_CHECKING:
+    from bridge.app import BridgeApp
+    from bridge.http import HttpServer
 
 __all__ = ["Hub", "HubAddresses"]
 
@@ -115,8 +117,9 @@ class Hub:
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
-        self.bridge_app: ASGIApp | None = None
-        """The bridge's ASGI app once bound (None without `http`)."""
+        self.bridge_app: BridgeApp | None = None
+        """The bridge's ASGI app once bound (None without `http`); its MCP app is built on the
+        first MCP request (`bridge_app.app`, or `await bridge_app.load()`)."""
 
     def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
         operator = operator_token(config.state_dir)
@@ -238,6 +241,11 @@ class Hub:
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     def _bind_bridge(self, address: Address, grpc_dial: str) -> str:
+        from bridge.app import bridge_app
+        from bridge.http import HttpServer
+        from bridge.options import BridgeOptions
+        from bridge.security import default_policy
+
         config = self.config
         # In the same process the bridge calls the hub's service directly: the same pipeline, the
         # same errors, without a loopback gRPC round trip (`mcphub bridge --stdio` still uses gRPC).
@@ -247,11 +255,11 @@ class Hub:
             express=config.bridge_express,
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
         )
-        app = self.bridge_app = build_asgi_app(
-            build_mcp_server(self._bridge_hub, options),
-            default_policy(address.host, config.allowed_hosts, config.allowed_origins),
-            options,
+        # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
+        app = self.bridge_app = bridge_app(
             self._bridge_hub,
+            options,
+            default_policy(address.host, config.allowed_hosts, config.allowed_origins),
         )
         self._http = HttpServer(app, address.host, address.port)
         port = self._http.bind()

@@ -23,7 +23,6 @@ from bridge import BridgeOptions, build_asgi_app, build_mcp_server, default_poli
 from bridge.express import ExpressLane
 from bridge.http import HttpServer
 from bridge.hubclient import HubClient
-from bridge.security import HostOriginGuard
 from tests.conftest import TOKENS
 from tests.support.hub import RunningHub
 from tests.support.waiting import file_appears
@@ -84,9 +83,9 @@ async def bridges(secured_hub: RunningHub) -> AsyncIterator[Bridges]:
         broken, broken_app = await _serve(
             hub, BridgeOptions(tool_input_schema=schema_lookup_fails, max_body_bytes=MAX_BODY), servers
         )
-        assert isinstance(app, HostOriginGuard) and isinstance(app.app, ExpressLane)
-        assert isinstance(broken_app, HostOriginGuard) and isinstance(broken_app.app, ExpressLane)
-        yield Bridges(express, sdk, slow, broken, app.app, broken_app.app, secured_hub.state_dir / "markers")
+        lane, broken_lane = await app.load(), await broken_app.load()
+        assert isinstance(lane, ExpressLane) and isinstance(broken_lane, ExpressLane)
+        yield Bridges(express, sdk, slow, broken, lane, broken_lane, secured_hub.state_dir / "markers")
     finally:
         for server in servers:
             await server.stop()

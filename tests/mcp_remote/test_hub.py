@@ -43,12 +43,13 @@ async def test_bridge_express_switch(tmp_path: Path, yaml: str, env: dict[str, s
     hub = Hub(config, {})
     addresses = await hub.start()
     try:
-        assert (ExpressLane in _layers(hub.bridge_app)) is lane
+        assert hub.bridge_app is not None and hub.bridge_app.app is None  # built on the first MCP request
         assert addresses.mcp_url is not None
         call = mcp_call(addresses.mcp_url, None)  # the benchmark's 2026-07-28 echo call
         async with httpx2.AsyncClient(timeout=30) as http:
             response = await http.post(call.url, content=call.body, headers=dict(call.headers))
         assert response.status_code == 200, response.text
         assert response.json()["result"]["content"] == [{"type": "text", "text": ECHO_TEXT}]
+        assert (ExpressLane in _layers(hub.bridge_app.app)) is lane
     finally:
         await hub.stop()

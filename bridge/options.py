@@ -1,0 +1,37 @@
+"""The bridge's settings, in a module of their own so that building them imports no MCP SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["KEEPALIVE_S", "BridgeOptions"]
+
+KEEPALIVE_S: Final = 15.0
+"""A call silent this long commits to SSE and is kept alive by comments (the SDK's interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    name: str = "mcphub"
+    instructions: str = (
+        "mcphub: shared tools (shell, browser, cloud APIs, sandbox tools) behind an operator's policy. "
+        "Some calls wait for a human approval; progress notifications say so."
+    )
+    default_token: str | None = None
+    """Token used when a request carries none (stdio clients)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    express: bool = True
+    """Serve plain stateless `tools/call` POSTs in the express lane (`express.py`); False: all via the SDK."""
+    keepalive_s: float = KEEPALIVE_S
+    """An express call silent this long commits to SSE and is kept alive by comments."""
+    tool_input_schema: Callable[[str, str | None], Mapping[str, Any] | None] | None = None
+    """A tool's input schema by (name, caller's bearer token), when the bridge runs beside
+    the hub's registry (`ToolRegistry.header_schema_lookup`).
+
+    On the 2026-07-28 wire the SDK checks a `tools/call`'s `Mcp-Param-*` headers against
+    the tool's input schema. Without this lookup it finds the schema by listing the
+    tools through the hub (a ListTools round trip on every call with arguments). The
+    token is there so a tool the caller may not see is not checked (None): the hub's
+    refusal answers, not a header mismatch that would reveal the tool."""
