@@ -4,8 +4,14 @@
        |  \\--deny-----> denied
        \\----timeout----> expired          (a timeout is a denial; so is a hub restart)
 
-An approval is bound to principal + tool + SHA-256 of the canonical arguments, is used at
-most once, expires, and cannot be granted by the principal that asked. The book stores
+An approval is bound to principal + tool + a digest of the canonical arguments, is used at
+most once, expires, and cannot be granted by the principal that asked.
+
+The digest is HMAC-SHA256 under a random key of the approval's own, kept only in the
+approval's stored row and wiped once the approval can no longer be used. A plain SHA-256
+would let anyone holding the audit log or an approvals listing confirm a guess of an
+argument the redactor hid (a password in a command, say): every other argument is there in
+the redacted copy. The key travels with the row, so any replica sharing the store checks it. The book stores
 approvals in the hub's store (so any replica sharing it can decide or use them) and wakes
 the call waiting on this replica directly.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -35,9 +42,18 @@ ApprovalState = Literal["pending", "approved", "denied", "expired", "used"]
 POLL_INTERVAL_S = 0.5
 
 
-def arguments_digest(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no whitespace) of the arguments."""
-    return hashlib.sha256(orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)).hexdigest()
+def arguments_digest(arguments: Mapping[str, Any], key: str) -> str:
+    """HMAC-SHA256 under `key` (hex) of the canonical JSON (sorted keys, no whitespace) of the arguments."""
+    canonical = orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)
+    return hmac.new(bytes.fromhex(key), canonical, hashlib.sha256).hexdigest()
+
+
+def _matches(approval: Approval, arguments: Mapping[str, Any]) -> bool:
+    if approval.args_key:
+        return hmac.compare_digest(arguments_digest(arguments, approval.args_key), approval.args_sha256)
+    # An approval stored before digests were keyed: its plain SHA-256.
+    canonical = orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)
+    return hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), approval.args_sha256)
 
 
 def _now_ms() -> int:
@@ -51,6 +67,7 @@ class Approval:
     principal: str
     tool: str
     args_sha256: str
+    """HMAC-SHA256 of the canonical arguments under `args_key` (see the module's docstring)."""
     arguments_json: str
     """The call's arguments, redacted, for the approver to read."""
     reason: str
@@ -64,6 +81,8 @@ class Approval:
     decided_ms: int = 0
     decision_reason: str = ""
     used_ms: int = 0
+    args_key: str = ""
+    """The digest's key (hex), in the stored row only; wiped once the approval cannot be used."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +134,7 @@ class ApprovalBook:
         call_id: str,
         principal: str,
         tool: str,
-        args_sha256: str,
+        arguments: Mapping[str, Any],
         arguments_json: str,
         reason: str,
         rule: str,
@@ -123,12 +142,14 @@ class ApprovalBook:
         timeout_s: float,
     ) -> Approval:
         now = _now_ms()
+        key = secrets.token_hex(32)
         approval = Approval(
             id="apr_" + secrets.token_urlsafe(9),
             call_id=call_id,
             principal=principal,
             tool=tool,
-            args_sha256=args_sha256,
+            args_sha256=arguments_digest(arguments, key),
+            args_key=key,
             arguments_json=arguments_json,
             reason=reason,
             rule=rule,
@@ -162,7 +183,7 @@ class ApprovalBook:
             raise ToolNotFound(f"no approval {approval_id}")
         if current.state != "pending":
             return current
-        expired = replace(current, state="expired", decided_ms=_now_ms(), decision_reason=why)
+        expired = replace(current, state="expired", decided_ms=_now_ms(), decision_reason=why, args_key="")
         if await self._store.swap_approval("pending", expired):
             self._on_event("expired", expired)
             self._publish(expired)
@@ -194,6 +215,7 @@ class ApprovalBook:
             decided_by=approver.name,
             decided_ms=_now_ms(),
             decision_reason=reason,
+            args_key=current.args_key if approve else "",
         )
         if not await self._store.swap_approval("pending", decided):
             latest = await self._store.get_approval(approval_id)
@@ -206,7 +228,7 @@ class ApprovalBook:
         return decided
 
     async def use(
-        self, approval_id: str, principal: str, tool: str, args_sha256: str
+        self, approval_id: str, principal: str, tool: str, arguments: Mapping[str, Any]
     ) -> tuple[Approval | None, str]:
         """Spend an approved approval on a call; returns it, or None and why it cannot be used."""
         current = await self._store.get_approval(approval_id)
@@ -214,13 +236,13 @@ class ApprovalBook:
             return None, "there is no such approval"
         if (current.principal, current.tool) != (principal, tool):
             return None, "it was granted for another principal or tool"
-        if current.args_sha256 != args_sha256:
+        if current.state == "approved" and not _matches(current, arguments):
             return None, "the arguments changed since it was granted (changed arguments need a new approval)"
         if current.state == "used":
             return None, "it was already used (an approval is good for one call)"
         if current.state != "approved":
             return None, f"it is {current.state}, not approved"
-        used = replace(current, state="used", used_ms=_now_ms())
+        used = replace(current, state="used", used_ms=_now_ms(), args_key="")
         if not await self._store.swap_approval("approved", used):
             return None, "it was already used (an approval is good for one call)"
         self._on_event("used", used)

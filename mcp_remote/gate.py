@@ -24,7 +24,7 @@ from mcp_local.errors import HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
 from mcp_local.tools import ToolCall
 
-from .approvals import ApprovalBook, arguments_digest
+from .approvals import ApprovalBook
 from .audit import AuditLog
 from .policy import Decision, Policy
 
@@ -186,16 +186,15 @@ class Gate:
         """None once an approval lets the call proceed; otherwise the result telling the caller why not."""
         assert call.principal is not None
         principal, tool = call.principal.name, call.name
-        digest = arguments_digest(call.arguments)
         if call.approval_id:
-            used, why = await self._book.use(call.approval_id, principal, tool, digest)
+            used, why = await self._book.use(call.approval_id, principal, tool, call.arguments)
             if used is None:
                 self._log.record(
                     "approval",
                     call.call_id,
                     principal,
                     tool,
-                    {"approval_id": call.approval_id, "state": "refused", "why": why, "args_sha256": digest},
+                    {"approval_id": call.approval_id, "state": "refused", "why": why},
                 )
                 return ToolResult.error(f"approval {call.approval_id} cannot be used for this call: {why}")
             await self._log.flush()  # the `used` record (written by the book) is durable before the tool runs
@@ -204,7 +203,7 @@ class Gate:
             call_id=call.call_id,
             principal=principal,
             tool=tool,
-            args_sha256=digest,
+            arguments=call.arguments,
             arguments_json=_redacted_arguments(self._log, call),
             reason=decision.reason,
             rule=decision.rule,
@@ -222,7 +221,7 @@ class Gate:
             "",
         )
         if outcome.state == "approved":
-            used, why = await self._book.use(approval.id, principal, tool, digest)
+            used, why = await self._book.use(approval.id, principal, tool, call.arguments)
             if used is None:
                 return ToolResult.error(f"approval {approval.id} could not be used: {why}")
             await self._log.flush()

@@ -4,6 +4,7 @@ self-approval, approver groups, restart with a call pending, and the bridge's vi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import subprocess
@@ -265,3 +266,73 @@ async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
         assert ("approval", "expired") in [(k, b.get("state")) for k, b in records]
     finally:
         again.stop()
+
+
+def _stored_approval(hub: RunningHub, approval_id: str) -> dict[str, Any]:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{hub.state_dir / 'audit' / 'audit.db'}?mode=ro", uri=True)
+    try:
+        (data,) = db.execute("SELECT data FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+    finally:
+        db.close()
+    stored: dict[str, Any] = json.loads(data)
+    return stored
+
+
+async def test_the_argument_digest_lets_no_reader_confirm_a_guess(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    """What the audit log and the approvals API show is keyed per approval: a reader who can
+    guess the arguments (all but a redacted one are in the record) cannot check the guess."""
+    arguments = {"name": "cache-7"}
+    plain = hashlib.sha256(json.dumps(arguments, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+    calls = [start_call(hub_client, TOKENS["agent-a"], "delete_thing", arguments) for _ in range(2)]
+    ids = [await c.approval_id() for c in calls]
+    shown = {a.id: a for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id in ids}
+    digests = [shown[i].arguments_sha256 for i in ids]
+    assert plain not in digests and digests[0] != digests[1], "the same arguments, two keys"
+    key = _stored_approval(gated_hub, ids[0])["args_key"]
+    assert len(key) == 64
+    await decide(gated_hub.grpc, TOKENS["alice"], ids[0], True)
+    await decide(gated_hub.grpc, TOKENS["alice"], ids[1], False, "not this one")
+    assert text_of(await calls[0].result()) == "deleted cache-7"
+    assert (await calls[1].result())["isError"] is True
+    for approval_id, call_id in ((i, shown[i].call_id) for i in ids):
+        assert _stored_approval(gated_hub, approval_id)["args_key"] == "", "wiped once it cannot be used"
+        records = json.dumps(await records_of(gated_hub, call_id))
+        assert shown[approval_id].arguments_sha256 in records and key not in records and plain not in records
+
+
+async def test_an_approval_stored_before_digests_were_keyed_still_binds_its_arguments(tmp_path: Path) -> None:
+    from mcp_local.principals import Principal
+    from mcp_remote.approvals import Approval, ApprovalBook
+
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    try:
+        book = ApprovalBook(store, "test")
+        canonical = json.dumps({"name": "x"}, separators=(",", ":")).encode()
+        legacy = Approval(
+            id="apr_legacy",
+            call_id="c1",
+            principal="agent-a",
+            tool="delete_thing",
+            args_sha256=hashlib.sha256(canonical).hexdigest(),
+            arguments_json='{"name":"x"}',
+            reason="",
+            rule="r",
+            approvers=(),
+            state="pending",
+            created_ms=0,
+            expires_ms=2**62,
+            instance="old",
+        )
+        await store.put_approval(legacy)
+        await book.decide("apr_legacy", Principal("alice", roles=frozenset({"approver"})), True, "")
+        changed, why = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "y"})
+        assert changed is None and "the arguments changed" in why
+        used, _ = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "x"})
+        assert used is not None and used.state == "used"
+    finally:
+        await store.close()
