@@ -133,14 +133,15 @@ def start_hub(
             "--clear-groups",
             "--",
         ]
-        interpreter, extra = _interpreter_for(as_user)
+        interpreter, extra = _interpreter_for(as_user, workdir)
         command = [*as_user, interpreter, *command[1:]]
         full_env.update(HOME=str(workdir), USER=user, LOGNAME=user, PYTHONDONTWRITEBYTECODE="1", **extra)
     full_env.update(env or {})
     log_path = workdir / "hub.log"
     started = time.monotonic()
+    cwd = workdir if user is not None else REPO
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=REPO)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=full_env, cwd=cwd)
     assert process.stdout is not None
     line = _read_line(process, timeout)
     if not line:
@@ -156,17 +157,47 @@ def start_hub(
     )
 
 
-def _interpreter_for(as_user: list[str]) -> tuple[str, dict[str, str]]:
+PROJECT_PACKAGES = ("bridge", "mcp_local", "mcp_remote", "mcphub_proto")
+
+
+def _interpreter_for(as_user: list[str], workdir: Path) -> tuple[str, dict[str, str]]:
     """A Python the user can run with this environment's packages: this one, or, when it lives
     where the user cannot reach (a root-only pyenv), the system's Python of the same version
-    with this environment's site-packages on its path (extension modules share the ABI)."""
-    reachable = subprocess.run([*as_user, "/bin/sh", "-c", 'test -x "$1"', "-", sys.executable], check=False)
-    if reachable.returncode == 0:
+    with this environment's site-packages on its path (extension modules share the ABI).
+
+    When the checkout or the environment itself lies where the user cannot reach (a clone under
+    /root, or in a private temporary directory), the user gets a view of them in `workdir`:
+    hard links to the same files (a copy across file systems), the project's packages first."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+
+    def reaches(path: Path, test: str = "-r") -> bool:
+        probe = [*as_user, "/bin/sh", "-c", f'test {test} "$1"', "-", str(path)]
+        return subprocess.run(probe, check=False).returncode == 0
+
+    if reaches(Path(sys.executable), "-x") and reaches(REPO / "mcp_remote" / "cli.py"):
         return sys.executable, {}
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not os.access(system, os.X_OK):
         raise RuntimeError(f"neither {sys.executable} nor {system} can be run by the hub's user")
-    return system, {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    if reaches(REPO / "mcp_remote" / "cli.py") and reaches(purelib / "grpc" / "__init__.py"):
+        return system, {
+            "PYTHONPATH": f"{REPO}:{purelib}"
+        }  # .pth files (the editable install) count only in site
+    view = workdir / "python"
+    view.mkdir()
+    for name in PROJECT_PACKAGES:
+        _link_tree(REPO / name, view / "src" / name)
+    _link_tree(purelib, view / "site-packages")
+    return system, {"PYTHONPATH": f"{view / 'src'}:{view / 'site-packages'}"}
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """`target` as a tree of hard links to `source`'s files (copies when they cannot be linked)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    linked = subprocess.run(["cp", "-al", str(source), str(target)], capture_output=True, check=False)
+    if linked.returncode != 0:
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        subprocess.run(["cp", "-a", str(source), str(target)], check=True)
 
 
 def _read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
