@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import httpx2
-import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp
 
 from bridge.app import BridgeApp
 from bridge.security import default_policy
-from tests.bench.wire import ECHO_TEXT, mcp_call
+from tests.bench.wire import ECHO_TEXT, mcp_call, mcp_session_call
 from tests.support.clients import connect
 from tests.support.hub import RunningHub, start_hub
 from tests.support.sidecar import RunningSidecar, start_sidecar
@@ -197,29 +196,10 @@ async def test_stopping_with_a_handshake_era_session_open_ends_it_without_waitin
     traceback in the log, before this was fixed)."""
     server = SERVERS[kind](tmp_path, {})
     assert server.mcp_url is not None
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     try:
+        opened = await asyncio.to_thread(mcp_session_call, server.mcp_url, None)  # initialize, initialized
+        session = {k: v for k, v in opened.headers if k.lower() in ("mcp-session-id", "mcp-protocol-version")}
         async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=60)) as http:
-            opened = await http.post(server.mcp_url, content=orjson.dumps(initialize), headers=headers)
-            assert opened.status_code == 200, opened.text
-            session = {
-                "mcp-session-id": opened.headers["mcp-session-id"],
-                "mcp-protocol-version": "2025-11-25",
-            }
-            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            assert (
-                await http.post(server.mcp_url, content=orjson.dumps(done), headers=headers | session)
-            ).is_success
             get = {"accept": "text/event-stream"} | session
             async with http.stream("GET", server.mcp_url, headers=get) as stream:
                 assert stream.status_code == 200
