@@ -156,11 +156,19 @@ class AuditConfig(BaseModel):
     """Sign a checkpoint after this many records..."""
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
     """...or after this many seconds with new records, whichever comes first."""
+    sync: bool = False
+    """SQLite store: true puts each durable record on the disk before the call goes on
+    (O_DSYNC journal writes, SQLite `synchronous=FULL`), so it survives a power loss, at the
+    disk's write latency per commit. False: it survives the hub process dying (SIGKILL
+    included), as SQLite's `synchronous=NORMAL` in WAL mode does. PostgreSQL commits are
+    durable by its own `fsync` setting."""
 
     @model_validator(mode="after")
     def _dsn(self) -> AuditConfig:
         if self.store == "postgres" and (self.dsn_env is None) == (self.dsn_file is None):
             raise ValueError("store: postgres needs exactly one of dsn_env, dsn_file")
+        if self.store == "postgres" and self.sync:
+            raise ValueError("sync applies to the sqlite store; PostgreSQL's own fsync setting decides")
         return self
 
     def resolve_dsn(self, environ: Mapping[str, str]) -> str:

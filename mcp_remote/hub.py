@@ -83,7 +83,7 @@ def _open_store(config: HubConfig, environ: Mapping[str, str]) -> AuditStore:
         return PostgresStore(config.audit.resolve_dsn(environ))
     from .audit.sqlite import SQLiteStore
 
-    return SQLiteStore(config.state_dir / "audit" / "audit.db")
+    return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
 
 
 class Hub:

@@ -11,6 +11,9 @@ SQLite's BEGIN + INSERT + COMMIT for one call's records cost ~80 us; the journal
 a few. The guarantee is the one SQLite gave with `synchronous=NORMAL` in WAL mode: a record
 whose write returned survives the hub process dying (SIGKILL included), because it is in the
 kernel's page cache; only a power loss could lose the last records (neither fsyncs per call).
+With `sync` (config `audit.sync: true`) the journal is written with O_DSYNC and SQLite runs
+`synchronous=FULL`: a record whose write returned is on the disk, and so is every fold
+before the journal is emptied.
 
 Fold order keeps a crash harmless: the records are committed to SQLite first and the journal
 emptied after, so a journal may repeat records SQLite already has (they are skipped by
@@ -133,10 +136,11 @@ def _approval_data(approval: Approval) -> bytes:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, sync: bool = False) -> None:
         self.path = path
         self.journal_path = path.with_suffix(".journal")
         self.read_only = read_only
+        self.sync = sync
         self._db: sqlite3.Connection | None = None
         self._head = ChainHead(0, GENESIS)
         self._journal = -1
@@ -162,7 +166,7 @@ class SQLiteStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.path.chmod(0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=FULL" if self.sync else "PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # see WAL_CHECKPOINT_EVERY
             self._db.executescript(SCHEMA)
             self._recover_journal()
@@ -173,7 +177,14 @@ class SQLiteStore:
         """Take the journal (one writer per log: a second hub folding and emptying it could
         drop the first one's records), fold in what a hub that died left in it, and keep it
         open for appending."""
-        journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | (os.O_DSYNC if self.sync else 0)
+        journal = os.open(self.journal_path, flags, 0o600)
+        if self.sync:  # the journal's directory entry is on the disk too
+            directory = os.open(self.journal_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         try:
             fcntl.flock(journal, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

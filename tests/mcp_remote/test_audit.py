@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -328,3 +329,37 @@ async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_pos
             env=env,
         )
         assert broken.returncode == 1 and "BROKEN at record 7" in broken.stderr
+
+
+def _journal_flags(pid: int) -> int:
+    """The open flags of the hub's audit journal, from /proc."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("audit.journal"):
+                fields = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split()
+                return int(fields[fields.index("flags:") + 1], 8)
+    raise AssertionError("the hub has no audit journal open")
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "default"])
+async def test_audit_sync_writes_the_journal_through_to_the_disk(tmp_path: Path, sync: bool) -> None:
+    settings = config()
+    if sync:
+        settings["audit"] = {"sync": True}
+    hub = start_hub(tmp_path, config=settings, http=False)
+    client = HubClient(hub.grpc)
+    try:
+        assert not (await call_echo(client, "synced")).is_error
+        assert bool(_journal_flags(hub.process.pid) & os.O_DSYNC) is sync
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    out = cli("audit", "verify", "--state-dir", str(hub.state_dir))
+    assert out.returncode == 0, out.stderr
+    assert [r.kind for r in await all_records(hub.state_dir) if r.tool == "echo"][-1] == "finished"
+    store = SQLiteStore(tmp_path / "check" / "audit.db", sync=sync)
+    await store.open()
+    try:
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == (2 if sync else 1)  # FULL / NORMAL
+    finally:
+        await store.close()

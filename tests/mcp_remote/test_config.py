@@ -48,6 +48,10 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
             "  - {name: a, token: yyyyyyyyyyyyyyyyyyyyyy}\n",
             "the name 'a' appears more than once",
         ),
+        (
+            "audit: {store: postgres, dsn_env: PG, sync: true}\n",
+            "sync applies to the sqlite store; PostgreSQL's own fsync setting decides",
+        ),
     ],
 )
 def test_errors_name_the_key_and_what_was_expected(tmp_path: Path, text: str, message: str) -> None:
