@@ -73,6 +73,9 @@ class _Journaled(Protocol):
     @property
     def unfolded(self) -> int: ...
 
+    sync: bool
+    """Appends reach the disk: they wait for it, so they run off the event loop."""
+
     def fold(self) -> None: ...
 
 
@@ -131,7 +134,11 @@ class AuditLog:
         self._kick_scheduled = False
         self._head = ChainHead(0, "")
         self._checkpointed_seq = 0
-        self._append_now = getattr(store, "append_now", None)
+        # A store writing through to the disk (`audit.sync`) appends in a thread, from the
+        # writer task only: a call's commit never waits for the disk on the event loop, and
+        # calls that commit while one write is on its way share the next.
+        self._off_loop = bool(getattr(store, "sync", False))
+        self._append_now = None if self._off_loop else getattr(store, "append_now", None)
         self._writing = False
         self.active = 0
         """Calls inside the audit trail (kept by `AuditTrail`): while others run, commit together."""
@@ -237,6 +244,8 @@ class AuditLog:
             self._fold_timer = None
         assert self._journaled is not None
         try:
+            # On the loop even with `audit.sync` (its commit then waits for the disk): the
+            # approvals share the store's SQLite connection, and a fold is one transaction.
             self._journaled.fold()
         except Exception as exc:
             logger.error("could not fold the audit journal into the store, will retry: %s", exc)

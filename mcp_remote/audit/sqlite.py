@@ -13,7 +13,8 @@ whose write returned survives the hub process dying (SIGKILL included), because 
 kernel's page cache; only a power loss could lose the last records (neither fsyncs per call).
 With `sync` (config `audit.sync: true`) the journal is written with O_DSYNC and SQLite runs
 `synchronous=FULL`: a record whose write returned is on the disk, and so is every fold
-before the journal is emptied.
+before the journal is emptied. The journal write then runs in a thread (`append`), from the
+audit writer task only, so the event loop does not wait for the disk.
 
 Fold order keeps a crash harmless: the records are committed to SQLite first and the journal
 emptied after, so a journal may repeat records SQLite already has (they are skipped by
@@ -225,6 +226,8 @@ class SQLiteStore:
             self._db = None
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
+        if self.sync:  # the write waits for the disk: not on the event loop (see `AuditLog`)
+            return await asyncio.to_thread(self.append_now, pending)
         return self.append_now(pending)
 
     def append_now(self, pending: Sequence[PendingRecord]) -> ChainHead:

@@ -221,8 +221,11 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
     assert {"name": "x", "password": "[REDACTED]"} in [b.get("arguments") for b in bodies]
 
 
-async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path, config=config(), http=False)
+@pytest.mark.parametrize("sync", [False, True], ids=["default", "sync"])
+async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path, sync: bool) -> None:
+    """With `audit.sync` the journal is written from a thread, calls committing meanwhile sharing
+    the next write: still no call is answered before its records are written."""
+    hub = start_hub(tmp_path, config=config(audit={"checkpoint_every": 10, "sync": sync}), http=False)
     answered: list[str] = []
     client = HubClient(hub.grpc)
 
@@ -343,10 +346,7 @@ def _journal_flags(pid: int) -> int:
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "default"])
 async def test_audit_sync_writes_the_journal_through_to_the_disk(tmp_path: Path, sync: bool) -> None:
-    settings = config()
-    if sync:
-        settings["audit"] = {"sync": True}
-    hub = start_hub(tmp_path, config=settings, http=False)
+    hub = start_hub(tmp_path, config=config(audit={"checkpoint_every": 10, "sync": sync}), http=False)
     client = HubClient(hub.grpc)
     try:
         assert not (await call_echo(client, "synced")).is_error
