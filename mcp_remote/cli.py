@@ -361,12 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the hub (gRPC) and the MCP bridge (Streamable HTTP) in one process",
         description=(
             "Run the hub and its MCP bridge. With no options: gRPC on 127.0.0.1:7070, MCP on\n"
-            "http://127.0.0.1:7071/mcp, the diagnostics pack, state in ~/.local/state/mcphub.\n"
-            "Prints one ready line naming both addresses; stops cleanly on SIGINT/SIGTERM.\n\n"
-            "config file keys: grpc, http, state_dir, principals (name, token | token_env | token_file,\n"
-            "tools, roles), packs (name, options), allowed_hosts, allowed_origins, max_request_bytes,\n"
-            "log_level. Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL,\n"
-            "MCPHUB_PACKS, MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists).\n"
+            "http://127.0.0.1:7071/mcp, the diagnostics, shell and browser packs, state in\n"
+            "~/.local/state/mcphub. Prints one ready line naming both addresses; stops cleanly on\n"
+            "SIGINT/SIGTERM (running calls get shutdown_grace_s, then are told the hub is stopping).\n\n"
+            "config file keys (README, Configure): grpc, http, state_dir, principals (name, token |\n"
+            "token_env | token_file, tools, roles, groups), packs (name, options), policy, audit\n"
+            "(store, dsn_env | dsn_file, checkpoint_every, checkpoint_interval_s, sync), allowed_hosts,\n"
+            "allowed_origins, max_request_bytes, shutdown_grace_s, bridge_express, instance, log_level.\n"
+            "Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL, MCPHUB_PACKS,\n"
+            "MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists), MCPHUB_BRIDGE_EXPRESS.\n"
             "Binding a non-loopback address needs at least one principal."
         ),
     )

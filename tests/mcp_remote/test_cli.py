@@ -213,3 +213,24 @@ def test_sys_executable_is_the_venv() -> None:
     # The suite runs `python -m mcp_remote.cli`; make sure the console script exists too.
     script = Path(sys.executable).with_name("mcphub")
     assert script.exists()
+
+
+def test_serve_help_names_every_config_key_and_environment_variable() -> None:
+    from mcp_remote.config import (
+        DEFAULT_PACKS,
+        ENV_OVERRIDES,
+        AuditConfig,
+        HubConfig,
+        PackConfig,
+        PrincipalConfig,
+    )
+
+    out = subprocess.run(hub_command("serve", "--help"), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse may wrap anywhere
+    words = set(re.findall(r"[A-Za-z_]+", text))
+    for model in (HubConfig, AuditConfig, PrincipalConfig, PackConfig):
+        missing = set(model.model_fields) - words
+        assert not missing, f"{model.__name__}: {sorted(missing)} not in `mcphub serve --help`"
+    assert not set(ENV_OVERRIDES) - words
+    assert all(name in words for name in DEFAULT_PACKS)
