@@ -260,6 +260,11 @@ def markdown(out: dict[str, Any]) -> str:
             f"| {startup['idle_rss_mb_median']:.1f} MB ({startup['idle_rss_anon_mb_median']:.1f} MB of it "
             "private, the rest mapped files such as shared libraries) |"
         )
+        if "first_mcp_request_s_median" in startup:
+            lines.append(
+                "| the first MCP request to those hubs, answered (it loads the MCP SDK; median) "
+                f"| {startup['first_mcp_request_s_median']:.2f} s |"
+            )
         if "after_first_mcp_rss_mb_median" in startup:
             lines.append(
                 f"| the same hubs {startup['idle_s']:g} s after a first MCP request "

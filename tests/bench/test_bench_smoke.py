@@ -50,6 +50,7 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
     assert out["startup"]["idle_rss_mb_median"] > out["startup"]["idle_rss_anon_mb_median"] > 0
     assert out["startup"]["packs"] == ["diagnostics", "shell", "browser"]
     assert out["startup"]["after_first_mcp_rss_mb_median"] > 0
+    assert out["startup"]["first_mcp_request_s_median"] > 0
     assert out["hub_rss_after_load_mb"] > 0
     assert out["sidecar"]["available"] and out["sidecar"]["registered"], out["sidecar"]
     assert out["sidecar"]["idle_rss_mb"] > out["sidecar"]["idle_pss_mb"] > 0
