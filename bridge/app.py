@@ -142,10 +142,7 @@ class BridgeApp:
         app = self.app
         if app is None:
             try:
-                app = await self.load()
-            except _Stopping:
-                await _respond(send, 503, _rpc_error(SERVER_STOPPING, "the server is shutting down"))
-                return
+                app = await self.load()  # not stopping (checked above, nothing awaited between)
             except Exception:
                 logger.exception("could not load the MCP bridge")
                 await _respond(

@@ -42,18 +42,22 @@ ApprovalState = Literal["pending", "approved", "denied", "expired", "used"]
 POLL_INTERVAL_S = 0.5
 
 
+def _canonical(arguments: Mapping[str, Any]) -> bytes:
+    """The arguments as canonical JSON: sorted keys, no whitespace."""
+    return orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)
+
+
 def arguments_digest(arguments: Mapping[str, Any], key: str) -> str:
-    """HMAC-SHA256 under `key` (hex) of the canonical JSON (sorted keys, no whitespace) of the arguments."""
-    canonical = orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)
-    return hmac.new(bytes.fromhex(key), canonical, hashlib.sha256).hexdigest()
+    """HMAC-SHA256 under `key` (hex) of the arguments' canonical JSON."""
+    return hmac.new(bytes.fromhex(key), _canonical(arguments), hashlib.sha256).hexdigest()
 
 
 def _matches(approval: Approval, arguments: Mapping[str, Any]) -> bool:
     if approval.args_key:
-        return hmac.compare_digest(arguments_digest(arguments, approval.args_key), approval.args_sha256)
-    # An approval stored before digests were keyed: its plain SHA-256.
-    canonical = orjson.dumps(dict(arguments), option=orjson.OPT_SORT_KEYS)
-    return hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), approval.args_sha256)
+        expected = arguments_digest(arguments, approval.args_key)
+    else:  # an approval stored before digests were keyed: its plain SHA-256
+        expected = hashlib.sha256(_canonical(arguments)).hexdigest()
+    return hmac.compare_digest(expected, approval.args_sha256)
 
 
 def _now_ms() -> int:
