@@ -12,9 +12,9 @@
           databases:
             app: {sqlite: data/app.db}
 
-It is checked against a JSON Schema (with the `jsonschema` library the tool
-runtime already loads for arguments, which keeps the sidecar's memory small)
-and every problem names its key.
+It is checked against a JSON Schema, and every problem names its key. A valid
+manifest is recognised by the same compiled checks as tool arguments (`fastschema`);
+`jsonschema` is imported only to describe what is wrong with an invalid one.
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .fastschema import Check, compile_schema
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["Manifest", "PackSpec", "load_manifest", "parse_manifest"]
 
@@ -61,6 +64,16 @@ _SCHEMA: dict[str, Any] = {
     "required": ["packs"],
 }
 _KEYS = "sandbox, workspace, log_level, packs"
+
+
+def _compiled(schema: dict[str, Any]) -> Check:
+    check = compile_schema(schema)
+    if check is None:  # pragma: no cover - a development error, caught by any test run
+        raise RuntimeError("the manifest schema must stay within fastschema's subset")
+    return check
+
+
+_VALID = _compiled(_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +112,24 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return str(error.message)
 
 
+def _refuse(data: Any, source: str) -> None:
+    import jsonschema
+
+    errors = sorted(
+        jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data), key=lambda e: list(e.absolute_path)
+    )
+    if not errors:  # pragma: no cover - the compiled check and jsonschema agree (test_fastschema)
+        return
+    lines = [f"{source}: invalid manifest"] + [f"  {_where(e)}: {_describe(e)}" for e in errors]
+    raise ConfigError("\n".join(lines))
+
+
 def parse_manifest(data: Any, *, source: str = "manifest", base: Path | None = None) -> Manifest:
     """A validated manifest from parsed YAML; raises ConfigError naming the bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with the keys {_KEYS}, got {type(data).__name__}")
-    errors = sorted(
-        jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data), key=lambda e: list(e.absolute_path)
-    )
-    if errors:
-        lines = [f"{source}: invalid manifest"] + [f"  {_where(e)}: {_describe(e)}" for e in errors]
-        raise ConfigError("\n".join(lines))
+    if not _VALID(data):
+        _refuse(data, source)
     packs = tuple(
         PackSpec(p) if isinstance(p, str) else PackSpec(p["name"], dict(p.get("options") or {}))
         for p in data["packs"]

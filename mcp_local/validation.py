@@ -1,38 +1,78 @@
-"""Argument validation against a tool's input schema, compiled once per tool."""
+"""Argument validation against a tool's input schema, compiled once per tool.
+
+Most schemas compile to plain-Python checks (`fastschema`), and a valid call never
+touches `jsonschema`. A call those checks reject, and every schema outside their
+subset, goes to `jsonschema`, imported then: it writes the message the model sees and
+has the last word, so the answers are `jsonschema`'s either way.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import best_match
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .fastschema import Check, compile_schema
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 __all__ = ["ArgumentValidator"]
 
+logger = logging.getLogger(__name__)
 
-class ArgumentValidator:
-    """Checks an arguments object; `problem()` returns None or a sentence the model can act on."""
 
-    __slots__ = ("_validator",)
+def _full_validator(tool_name: str, schema: Mapping[str, Any], *, check: bool) -> Validator:
+    import jsonschema
 
-    def __init__(self, tool_name: str, schema: Mapping[str, Any]) -> None:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if check:
         try:
             cls.check_schema(schema)
         except jsonschema.SchemaError as exc:
             raise ConfigError(
                 f"tool {tool_name!r}: input_schema is not a valid JSON Schema: {exc.message}"
             ) from exc
-        self._validator = cls(schema)
+    return cls(schema)
+
+
+class ArgumentValidator:
+    """Checks an arguments object; `problem()` returns None or a sentence the model can act on."""
+
+    __slots__ = ("_fast", "_full", "_schema", "_tool")
+
+    def __init__(self, tool_name: str, schema: Mapping[str, Any]) -> None:
+        self._tool = tool_name
+        self._schema = schema
+        self._fast: Check | None = compile_schema(schema)
+        # A compiled schema passed the meta-schema's rules on the way; any other is checked here.
+        self._full: Validator | None = (
+            None if self._fast is not None else _full_validator(tool_name, schema, check=True)
+        )
+
+    @property
+    def compiled(self) -> bool:
+        """True when valid calls are decided without `jsonschema`."""
+        return self._fast is not None
 
     def problem(self, arguments: Any) -> str | None:
-        if self._validator.is_valid(arguments):
+        if self._fast is not None and self._fast(arguments):
             return None
-        error = best_match(self._validator.iter_errors(arguments))
-        if error is None:  # pragma: no cover - is_valid said otherwise
-            return "arguments do not match the input schema"
+        full = self._full
+        if full is None:
+            full = self._full = _full_validator(self._tool, self._schema, check=False)
+        from jsonschema.exceptions import best_match
+
+        error = best_match(full.iter_errors(arguments))
+        if error is None:
+            if self._fast is not None:
+                logger.warning(
+                    "tool %r: the fast schema check rejected arguments jsonschema accepts; "
+                    "jsonschema decides this tool's calls from now on (please report this)",
+                    self._tool,
+                )
+                self._fast = None
+            return None
         where = "/".join(str(p) for p in error.absolute_path)
         return f"invalid arguments: {error.message}" + (f" (at {where})" if where else "")
