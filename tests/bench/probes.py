@@ -136,7 +136,8 @@ def sidecar_rss(idle_s: float, workdir: Path) -> dict[str, Any]:
     packs of a sandbox image (files, git, process, sql on a SQLite file) and registered with
     a hub, which this probe starts with a sandbox principal. The same measurement as
     `python -m tests.bench.sidecar_bench` (its "registered_with_hub"), which also reports
-    the sidecar serving gRPC only and with the MCP bridge."""
+    the sidecar serving gRPC only and with the MCP bridge. `floor_rss_mb` is grpc.aio serving
+    the same services with nothing behind them (`grpc_floor`), for scale."""
     from . import sidecar_bench
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +148,7 @@ def sidecar_rss(idle_s: float, workdir: Path) -> dict[str, Any]:
         memory = sidecar_bench.idle(
             manifest, workdir, max(idle_s, 3.0), ["--hub", hub.grpc], {"MCPHUB_TOKEN": sidecar_bench.TOKEN}
         )
+        floor = sidecar_bench.floor(workdir, max(idle_s, 3.0))
     except RuntimeError as exc:
         return {"available": False, "reason": str(exc)[-800:]}
     finally:
@@ -158,4 +160,6 @@ def sidecar_rss(idle_s: float, workdir: Path) -> dict[str, Any]:
         "idle_rss_mb": memory["rss_mb"],
         "idle_pss_mb": memory["pss_mb"],
         "idle_private_mb": memory["private_mb"],
+        # grpc.aio serving the same services with no sidecar behind them (tests/bench/grpc_floor.py)
+        "floor_rss_mb": floor["rss_mb"],
     }

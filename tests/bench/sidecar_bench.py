@@ -6,7 +6,9 @@ Prints one JSON object. Start-up is wall time from spawning the process to its r
 (packs loaded, gRPC bound), median of `--runs`, for both entry points. Memory is read from
 /proc after `--idle` seconds with nothing to do: RSS (the goal: under 40 MB), and PSS and
 private memory (RSS counts shared libraries in full, so it overstates what one more sidecar
-costs a machine). Configurations: gRPC only; registered with a hub; with the MCP bridge.
+costs a machine). Configurations: gRPC only; registered with a hub; with the MCP bridge;
+and, for scale, `grpc_floor` (grpc.aio serving the same gRPC services with nothing
+behind them: what grpcio, protobuf and asyncio cost before any sidecar code).
 A short serial call loop gives the sidecar's own call latency over gRPC.
 """
 
@@ -74,6 +76,20 @@ def _workspace(root: Path) -> Path:
         )
     )
     return manifest
+
+
+def floor(root: Path, idle_s: float) -> dict[str, Any]:
+    """The same memory figures for `grpc_floor`: grpc.aio serving the sidecar's services, no sidecar."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env["PYTHONPATH"] = str(REPO)
+    process, _ready, _ = _start([sys.executable, "-m", "tests.bench.grpc_floor"], root, env)
+    try:
+        time.sleep(idle_s)
+        if process.poll() is not None:
+            raise RuntimeError(f"grpc_floor exited: {(root / 'sidecar.log').read_text()[-2000:]}")
+        return _memory(process.pid)
+    finally:
+        _stop(process)
 
 
 def _command(module: bool, *args: str) -> list[str]:
@@ -212,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         manifest, root, opts.idle, ["--hub", hub.grpc], {"MCPHUB_TOKEN": TOKEN}
                     ),
                     "with_mcp_bridge": idle(manifest, root, opts.idle, ["--http", "127.0.0.1:0"], {}),
+                    # Not a sidecar: grpc.aio serving the same services with nothing behind them.
+                    "floor_bare_grpc_aio": floor(root, opts.idle),
                 },
                 "goal_idle_rss_mb": 40,
             }

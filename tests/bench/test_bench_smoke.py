@@ -54,6 +54,7 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
     assert out["hub_rss_after_load_mb"] > 0
     assert out["sidecar"]["available"] and out["sidecar"]["registered"], out["sidecar"]
     assert out["sidecar"]["idle_rss_mb"] > out["sidecar"]["idle_pss_mb"] > 0
+    assert out["sidecar"]["idle_rss_mb"] > out["sidecar"]["floor_rss_mb"] > 0
     assert out["machine"]["cores"] >= 1 and len(out["machine"]["load_before"]) == 3
     assert {g["met"] for g in out["goals"]} <= {True, False}
 
