@@ -7,17 +7,28 @@ Options:
     max_write_bytes: 8388608
     writable: true            # false leaves files_write out
     exclude: [.git, node_modules, __pycache__]   # directory names files_list/files_search skip
+    timeout_s: 60             # bound on one call of any files tool
+    regex_timeout_s: 20       # bound on the matching of one files_search with regex=true
 
 Every path is relative to the root and resolved safely (see `mcp_local.workspace`).
+Only regular files are read or written: a FIFO, socket or device in the workspace
+is refused rather than opened (opening a FIFO would block until a writer came).
+files_write refuses paths inside a `.git` directory (or a `.git` file): git's
+configuration can name programs for the git tools to run, and its objects are
+git's to write. A regular-expression search runs in a child process that is killed
+at `regex_timeout_s`: Python's `re` can take exponential time on patterns like
+`(a+)+$` and cannot be interrupted, and in-process it would stall every other call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
 import re
 import stat
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,20 +46,114 @@ from .options import PackOptions
 __all__ = ["create_pack"]
 
 DEFAULT_EXCLUDE = (".git", "node_modules", "__pycache__", ".venv")
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_REGEX_TIMEOUT_S = 20.0
 MAX_LIST_ENTRIES = 2000
 MAX_SEARCH_FILE_BYTES = 4 * 1024 * 1024
+MAX_OFFSET = 2**53  # JSON's exact integers; no file here is larger
+
+_SEARCH_WORKER = """
+import json, re, sys
+job = json.load(sys.stdin)
+regex = re.compile(job["pattern"], job["flags"])
+limit = job["limit"]
+matches = []
+for path, rel in job["files"]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        continue
+    if b"\\x00" in data[:8192]:
+        continue
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if regex.search(line):
+            matches.append({"path": rel, "line": number, "text": line[:400]})
+            if len(matches) >= limit:
+                break
+    if len(matches) >= limit:
+        break
+json.dump(matches, sys.stdout)
+"""
+"""Matches lines in a child process (stdlib only, isolated): see the module docstring."""
+
+
+_Candidates = list[tuple[str, str]]  # (path, as shown); aliases: _Files has a method named `list`
+_Matches = list[dict[str, Any]]
 
 
 def _is_binary(sample: bytes) -> bool:
     return b"\x00" in sample[:8192]
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "other"  # a FIFO, socket or device
+
+
+def _what(mode: int) -> str:
+    """What a non-regular file is, for a message."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _open_regular(path: Path, flags: int, shown: str, verb: str) -> int:
+    """An fd for `path` only if it is a regular file; never blocks on a FIFO."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ToolError(f"cannot {verb} {shown}: it is {_what(mode)}, not a regular file")
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ToolError(f"cannot {verb} {shown}: {exc.strerror}") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ToolError(f"cannot {verb} {shown}: it is {_what(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _makedirs(directory: Path) -> None:
+    """`mkdir -p` without recursion (pathlib's and os.makedirs recurse once per level)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+
+
 class _Files:
-    def __init__(self, workspace: Workspace, max_read: int, max_write: int, exclude: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        max_read: int,
+        max_write: int,
+        exclude: tuple[str, ...],
+        regex_timeout: float,
+    ) -> None:
         self.ws = workspace
         self.max_read = max_read
         self.max_write = max_write
         self.exclude = exclude
+        self.regex_timeout = regex_timeout
 
     # --- read ------------------------------------------------------------------------------
 
@@ -61,8 +166,9 @@ class _Files:
     def _read(self, path: Path, offset: int, limit: int) -> str:
         if path.is_dir():
             raise ToolError(f"{self.ws.relative(path)} is a directory; use files_list")
+        fd = _open_regular(path, os.O_RDONLY, self.ws.relative(path), "read")
         try:
-            with path.open("rb") as f:
+            with os.fdopen(fd, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
                 data = f.read(limit)
@@ -91,18 +197,26 @@ class _Files:
         if len(data) > self.max_write:
             raise ToolError(f"content is {len(data)} bytes; files_write takes at most {self.max_write}")
         path = self.ws.resolve(rel, must_exist=False)
+        if ".git" in Path(rel).parts or ".git" in path.relative_to(self.ws.root).parts:
+            raise ToolError(
+                f"path {rel!r} is inside .git: files_write does not change git's own files "
+                "(its configuration can name programs for git to run); use the git tools"
+            )
         return await asyncio.to_thread(self._write, path, data, append)
 
     def _write(self, path: Path, data: bytes, append: bool) -> str:
         if path == self.ws.root or path.is_dir():
             raise ToolError(f"{self.ws.relative(path)} is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        flags |= os.O_APPEND if append else os.O_TRUNC
         try:
-            fd = os.open(path, flags, 0o644)
+            _makedirs(path.parent)
         except OSError as exc:
-            raise ToolError(f"cannot write {self.ws.relative(path)}: {exc.strerror}") from exc
+            where = self.ws.relative(path)
+            raise ToolError(f"cannot create the directories of {where}: {exc.strerror}") from exc
+        # Truncation waits until the fd is known to be a regular file.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
+        fd = _open_regular(path, flags, self.ws.relative(path), "write")
+        if not append:
+            os.ftruncate(fd, 0)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         verb = "appended" if append else "wrote"
@@ -128,7 +242,7 @@ class _Files:
             if len(entries) >= MAX_LIST_ENTRIES:
                 truncated = True
                 break
-            kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
+            kind = _kind(st.st_mode)
             entry: dict[str, Any] = {"path": name, "type": kind}
             if kind == "file":
                 entry["size"] = st.st_size
@@ -136,11 +250,13 @@ class _Files:
         return {"entries": entries, "truncated": truncated}
 
     def _walk(self, top: Path, recursive: bool) -> Iterator[tuple[Path, os.stat_result]]:
-        try:
-            children = sorted(os.scandir(top), key=lambda e: e.name)
-        except OSError as exc:
-            raise ToolError(f"cannot list {self.ws.relative(top)}: {exc.strerror}") from exc
-        for entry in children:
+        """Entries under `top`, depth first in name order; a stack, so any depth is fine."""
+        stack: list[Iterator[os.DirEntry[str]]] = [self._children(top, top)]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
@@ -148,15 +264,25 @@ class _Files:
             path = Path(entry.path)
             yield path, st
             if recursive and stat.S_ISDIR(st.st_mode) and entry.name not in self.exclude:
-                yield from self._walk(path, recursive)
+                stack.append(self._children(path, top))
+
+    def _children(self, directory: Path, top: Path) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(directory) as it:
+                return iter(sorted(it, key=lambda e: e.name))
+        except OSError as exc:
+            if directory == top:
+                raise ToolError(f"cannot list {self.ws.relative(top)}: {exc.strerror}") from exc
+            return iter(())
 
     # --- search ----------------------------------------------------------------------------
 
     async def search(self, call: ToolCall) -> dict[str, Any]:
         raw: str = call.arguments["pattern"]
         flags = 0 if call.arguments.get("case_sensitive", True) else re.IGNORECASE
+        is_regex = bool(call.arguments.get("regex", False))
         try:
-            regex = re.compile(raw if call.arguments.get("regex", False) else re.escape(raw), flags)
+            regex = re.compile(raw if is_regex else re.escape(raw), flags)
         except re.error as exc:
             raise ToolError(f"pattern is not a valid regular expression: {exc}") from exc
         top = self.ws.resolve(call.arguments.get("path", "."))
@@ -164,9 +290,58 @@ class _Files:
         limit = int(call.arguments.get("max_results", 200))
         stop = threading.Event()
         try:
+            if is_regex:
+                files = await asyncio.to_thread(self._candidates, top, pattern, stop)
+                matches = await self._match_in_child(regex, files, limit)
+                return {"matches": matches, "truncated": len(matches) >= limit}
             return await asyncio.to_thread(self._search, top, regex, pattern, limit, stop)
         finally:
             stop.set()  # a cancelled call leaves the thread to notice and stop
+
+    def _candidates(self, top: Path, pattern: str | None, stop: threading.Event) -> _Candidates:
+        """The files a search reads: regular, not too large, matching the glob; (path, shown)."""
+        found: _Candidates = []
+        files = [(top, top.stat())] if top.is_file() else self._walk(top, True)
+        for path, st in files:
+            if stop.is_set():
+                break
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SEARCH_FILE_BYTES:
+                continue
+            if pattern and not fnmatch.fnmatch(path.name, pattern):
+                continue
+            found.append((str(path), self.ws.relative(path)))
+        return found
+
+    async def _match_in_child(self, regex: re.Pattern[str], files: _Candidates, limit: int) -> _Matches:
+        job = orjson.dumps({"pattern": regex.pattern, "flags": regex.flags, "files": files, "limit": limit})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _SEARCH_WORKER,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(self.regex_timeout):
+                out, err = await proc.communicate(job)
+        except TimeoutError:
+            raise ToolError(
+                f"the regular expression was still matching after {self.regex_timeout:g} s and was "
+                "stopped; patterns with nested repetition such as (a+)+ can take exponential time. "
+                "Simplify it, or narrow the search with path or glob"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            raise ToolError(f"the search failed: {err.decode(errors='replace').strip()[-400:]}")
+        found: _Matches = orjson.loads(out)
+        return found
 
     def _search(
         self, top: Path, regex: re.Pattern[str], pattern: str | None, limit: int, stop: threading.Event
@@ -226,7 +401,7 @@ _ENTRIES_SCHEMA = {
                 "type": "object",
                 "properties": {
                     "path": {"type": "string"},
-                    "type": {"enum": ["file", "dir", "link"]},
+                    "type": {"enum": ["file", "dir", "link", "other"]},
                     "size": {"type": "integer"},
                 },
             },
@@ -255,8 +430,10 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     max_write = opts.integer("max_write_bytes", default=8 * 1024 * 1024, minimum=1, maximum=64 * 1024 * 1024)
     writable = opts.boolean("writable", default=True)
     exclude = tuple(opts.string_list("exclude", default=list(DEFAULT_EXCLUDE)))
+    timeout = opts.number("timeout_s", default=DEFAULT_TIMEOUT_S, minimum=1, maximum=3600)
+    regex_timeout = opts.number("regex_timeout_s", default=DEFAULT_REGEX_TIMEOUT_S, minimum=0.1, maximum=3600)
     opts.done()
-    files = _Files(workspace, max_read, max_write, exclude)
+    files = _Files(workspace, max_read, max_write, exclude, regex_timeout)
     ro = ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False)
     tools = [
         Tool(
@@ -270,13 +447,24 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 "type": "object",
                 "properties": {
                     "path": _path_prop("File path relative to the workspace."),
-                    "offset": {"type": "integer", "minimum": 0, "description": "Byte offset to start at."},
-                    "length": {"type": "integer", "minimum": 1, "description": "Most bytes to return."},
+                    "offset": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_OFFSET,
+                        "description": "Byte offset to start at.",
+                    },
+                    "length": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_OFFSET,
+                        "description": "Most bytes to return.",
+                    },
                 },
                 "required": ["path"],
                 "additionalProperties": False,
             },
             handler=files.read,
+            timeout_s=timeout,
             annotations=ro,
         ),
         Tool(
@@ -297,6 +485,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             },
             output_schema=_ENTRIES_SCHEMA,
             handler=_structured(files.list),
+            timeout_s=timeout,
             annotations=ro,
         ),
         Tool(
@@ -321,6 +510,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             },
             output_schema=_MATCHES_SCHEMA,
             handler=_structured(files.search),
+            timeout_s=timeout,
             annotations=ro,
         ),
     ]
@@ -344,6 +534,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                     "additionalProperties": False,
                 },
                 handler=files.write,
+                timeout_s=timeout,
                 annotations=ToolAnnotations(
                     read_only=False, destructive=True, idempotent=False, open_world=False
                 ),

@@ -5,11 +5,21 @@ Options:
     root: /workspace                  # default: the manifest's `workspace`
     author: {name: Agent, email: agent@sandbox.invalid}   # used when the repository sets none
     allow_commit: true                # false leaves git_commit out
+    timeout_s: 60                     # bound on each git command (the call fails, git is killed)
 
 git runs from an argv (never a shell), with `--end-of-options`/`--` before
 anything the caller gave; refs that look like options are refused, and paths
-must lie inside the workspace. Hooks, pagers, external diff drivers and
-fsmonitor are switched off for every command.
+must lie inside the workspace and are taken literally (no `:/` or `:(top)`
+pathspec magic). The repository is the one whose root is the workspace: git is
+given `--git-dir` and `--work-tree`, so it never finds a repository above the
+workspace and ignores a `core.worktree` pointing elsewhere. Hooks, pagers,
+external diff drivers, textconv, commit signing, automatic gc and fsmonitor are
+switched off for every command, and the system git config is not read.
+
+What git configuration can still run is a filter driver (`filter.<name>.clean`)
+that `.gitattributes` selects: defining one takes writing `.git/config`, which
+the `files` pack refuses, so only a process in the sandbox can. Every command
+runs under `timeout_s` (default 60).
 """
 
 from __future__ import annotations
@@ -31,19 +41,23 @@ from .options import PackOptions
 __all__ = ["create_pack"]
 
 MAX_OUTPUT = 512 * 1024
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/@{}~^:+-]{0,254}$")
+DEFAULT_TIMEOUT_S = 60.0
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/@{}~^:+-]{0,254}")
 _HARDENING = (
     "-c", "core.fsmonitor=false",
     "-c", "core.pager=cat",
     "-c", "core.hooksPath=/dev/null",
     "-c", "diff.external=",
     "-c", "color.ui=false",
+    "-c", "commit.gpgSign=false",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
 )  # fmt: skip
 
 
 def check_ref(ref: str) -> str:
     """A revision the caller named; option-looking or odd values are refused before git sees them."""
-    if ref.startswith("-") or not _REF.match(ref):
+    if ref.startswith("-") or not _REF.fullmatch(ref):
         raise ToolError(f"ref {ref[:80]!r} is not a revision name (e.g. HEAD, main, HEAD~2, v1.0, abc123)")
     return ref
 
@@ -55,11 +69,19 @@ class _Git:
         self.git = git
 
     async def run(self, *args: str, ok_codes: Sequence[int] = (0,)) -> str:
+        if not os.path.lexists(self.ws.root / ".git"):  # noqa: ASYNC240 - one lstat
+            # Checked here: without a repository `git diff` falls back to comparing files (--no-index).
+            raise ToolError(
+                f"the workspace {self.ws.root} is not a git repository (no .git at its root); "
+                "the git tools work on the repository whose root is the workspace"
+            )
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.ws.root)),
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_OPTIONAL_LOCKS": "0",
+            "GIT_LITERAL_PATHSPECS": "1",
+            "GIT_CONFIG_NOSYSTEM": "1",
             "LC_ALL": "C.UTF-8",
         }
         if self.author is not None:
@@ -73,6 +95,8 @@ class _Git:
             self.git,
             "-C",
             str(self.ws.root),
+            f"--git-dir={self.ws.root / '.git'}",
+            f"--work-tree={self.ws.root}",
             "--no-pager",
             *_HARDENING,
             *args,
@@ -106,7 +130,7 @@ class _Git:
         return out or "nothing to report"
 
     async def diff(self, call: ToolCall) -> str:
-        args = ["diff", "--no-ext-diff", "--no-color"]
+        args = ["diff", "--no-ext-diff", "--no-textconv", "--no-color"]
         if call.arguments.get("staged", False):
             args.append("--cached")
         if call.arguments.get("stat", False):
@@ -134,6 +158,8 @@ class _Git:
 
     async def commit(self, call: ToolCall) -> str:
         message: str = call.arguments["message"]
+        if "\x00" in message:
+            raise ToolError("message contains a NUL byte, which git cannot store")
         paths = self.paths(call)
         if call.arguments.get("all", False):
             await self.run("add", "--all", "--", *(paths or ["."]))
@@ -161,6 +187,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             raise ConfigError(f"{opts.where('author')}: expected {{name: ..., email: ...}}")
         author = (author_raw["name"], author_raw["email"])
     allow_commit = opts.boolean("allow_commit", default=True)
+    timeout = opts.number("timeout_s", default=DEFAULT_TIMEOUT_S, minimum=1, maximum=3600)
     opts.done()
     git = shutil.which("git")
     if git is None:
@@ -187,6 +214,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             ),
             input_schema={"type": "object", "properties": {}, "additionalProperties": False},
             handler=g.status,
+            timeout_s=timeout,
             annotations=ro,
         ),
         Tool(
@@ -207,6 +235,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 "additionalProperties": False,
             },
             handler=g.diff,
+            timeout_s=timeout,
             annotations=ro,
         ),
         Tool(
@@ -223,6 +252,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 "additionalProperties": False,
             },
             handler=g.log,
+            timeout_s=timeout,
             annotations=ro,
         ),
     ]
@@ -247,6 +277,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                     "additionalProperties": False,
                 },
                 handler=g.commit,
+                timeout_s=timeout,
                 annotations=ToolAnnotations(
                     read_only=False, destructive=False, idempotent=False, open_world=False
                 ),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.support.packs import PackUnderTest, make_pack, text
@@ -106,3 +109,76 @@ def test_bad_options_name_the_key(workspace: Path) -> None:
         make_pack("files", {"max_read": 10}, workspace)
     with pytest.raises(ConfigError, match=r"packs\[files\]\.options\.root: .* is not a directory"):
         make_pack("files", {"root": str(workspace / "nope")}, workspace)
+
+
+async def test_a_fifo_is_refused_not_opened(files: PackUnderTest, workspace: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: a read or write of one used to hang its thread."""
+    os.mkfifo(workspace / "pipe")
+    with anyio.fail_after(10):
+        read = await files.call("files_read", path="pipe")
+        written = await files.call("files_write", path="pipe", content="x")
+    assert read.is_error and "cannot read pipe: it is a FIFO, not a regular file" in text(read)
+    assert written.is_error and "cannot write pipe: it is a FIFO, not a regular file" in text(written)
+    listing = await files.call("files_list")
+    assert listing.structured is not None
+    assert {"path": "pipe", "type": "other"} in listing.structured["entries"]
+
+
+@pytest.mark.parametrize(
+    "path", [".git/config", ".git/hooks/pre-commit", "sub/.git/config", ".git", "gitlink/x"]
+)
+async def test_writes_inside_git_are_refused(files: PackUnderTest, workspace: Path, path: str) -> None:
+    """git's configuration can name programs (filters, textconv) that the git tools would run."""
+    (workspace / ".git").mkdir()
+    (workspace / "gitlink").symlink_to(workspace / ".git")
+    result = await files.call("files_write", path=path, content="[core]\n")
+    assert result.is_error and "inside .git" in text(result)
+    assert not (workspace / ".git" / "config").exists()
+    assert not (workspace / ".git" / "x").exists()
+
+
+async def test_paths_of_any_depth_are_written_listed_and_searched(
+    files: PackUnderTest, workspace: Path
+) -> None:
+    """Creating directories and walking them used to recurse once per level (RecursionError)."""
+    deep = "d/" * 1500 + "deep.txt"
+    try:
+        written = await files.call("files_write", path=deep, content="needle\n")
+        assert not written.is_error, text(written)
+        listing = await files.call("files_list", recursive=True, glob="deep.txt")
+        assert listing.structured is not None
+        assert [e["path"] for e in listing.structured["entries"]] == [deep]
+        for regex in (False, True):
+            found = await files.call("files_search", pattern="needle", regex=regex)
+            assert found.structured is not None, text(found)
+            assert [m["path"] for m in found.structured["matches"]] == [deep]
+    finally:  # shutil.rmtree, which pytest cleans up with, recurses once per level too
+        await asyncio.to_thread(subprocess.run, ["rm", "-rf", str(workspace / "d")], check=True)
+
+
+async def test_regex_search_matches_in_a_child_process(files: PackUnderTest) -> None:
+    found = await files.call("files_search", pattern=r"^print\('h.+'\)$", regex=True, glob="*.py")
+    assert found.structured == {
+        "matches": [{"path": "src/app.py", "line": 2, "text": "print('hello')"}],
+        "truncated": False,
+    }
+    bad = await files.call("files_search", pattern="(", regex=True)
+    assert bad.is_error and "not a valid regular expression" in text(bad)
+
+
+async def test_a_catastrophic_regex_is_stopped_and_other_calls_go_on(workspace: Path) -> None:
+    """`(a+)+$` on 40 a's and a '!' runs for ages inside `re`, which holds the GIL: in-process it
+    stalled every call of the sidecar, and SIGTERM could not stop it."""
+    (workspace / "redos.txt").write_text("a" * 40 + "!\n")
+    files = make_pack("files", {"regex_timeout_s": 2}, workspace)
+    search = asyncio.ensure_future(files.call("files_search", pattern="^(a+)+$", regex=True))
+    read = asyncio.ensure_future(files.call("files_read", path="README.md"))
+    done, _ = await asyncio.wait({search, read}, return_when=asyncio.FIRST_COMPLETED)
+    assert read in done and text(read.result()).startswith("# Project")
+    result = await search
+    assert result.is_error and "still matching after 2 s and was stopped" in text(result)
+
+
+async def test_an_offset_beyond_any_file_is_an_argument_error(files: PackUnderTest) -> None:
+    result = await files.call("files_read", path="README.md", offset=1e30)
+    assert result.is_error and "is greater than the maximum" in text(result)

@@ -79,3 +79,80 @@ async def test_git_errors_are_tool_errors(tmp_path: Path) -> None:
     git = make_pack("git", {}, plain)
     result = await git.call("git_status")
     assert result.is_error and "not a git repository" in text(result)
+
+
+def _init(path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+
+
+def _git_config(repo: Path, *lines: str) -> None:
+    with (repo / ".git" / "config").open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+async def test_config_named_programs_do_not_run(git: PackUnderTest, repo: Path, tmp_path: Path) -> None:
+    """textconv, external diff, signing: programs a repository's config names for git to run."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "prog.sh"
+    script.write_text(f'#!/bin/sh\necho $0 >> {marker}\ncat "$1" 2>/dev/null\n')
+    script.chmod(0o755)
+    await git.call("git_commit", message="first", all=True)
+    _git_config(
+        repo,
+        '[diff "conv"]',
+        f"    textconv = {script}",
+        f"    command = {script}",
+        "[commit]",
+        "    gpgSign = true",
+        "[gpg]",
+        f"    program = {script}",
+        "[gc]",
+        "    auto = 1",
+    )
+    (repo / ".gitattributes").write_text("*.py diff=conv\n")
+    (repo / "app.py").write_text("print('v2')\n")
+    assert "+print('v2')" in text(await git.call("git_diff"))
+    assert "+print('v2')" in text(await git.call("git_diff", ref="HEAD"))
+    committed = await git.call("git_commit", message="second", all=True)
+    assert not committed.is_error, text(committed)
+    assert not marker.exists()
+
+
+async def test_pathspec_magic_is_not_magic(git: PackUnderTest, repo: Path) -> None:
+    """`:/` and `:(top)` would name paths from the repository's top, wherever the workspace is."""
+    (repo / "secret.txt").write_text("top secret\n")
+    await git.call("git_commit", message="first", all=True)
+    (repo / "secret.txt").write_text("changed\n")
+    for path in (":/secret.txt", ":(top)secret.txt", "*.txt"):
+        assert text(await git.call("git_diff", paths=[path])) == "no differences"
+    assert "+changed" in text(await git.call("git_diff", paths=["secret.txt"]))
+
+
+async def test_only_the_workspace_repository_is_used(tmp_path: Path) -> None:
+    """A workspace inside a larger repository does not reach it, nor does a core.worktree outside."""
+    outer = tmp_path / "outer"
+    (outer / "app").mkdir(parents=True)
+    _init(outer)
+    (outer / "secret.txt").write_text("outside the workspace\n")
+    inner = make_pack("git", {"author": AUTHOR}, outer / "app")
+    for tool, args in (("git_status", {}), ("git_diff", {"paths": [":/secret.txt"]})):
+        result = await inner.call(tool, **args)
+        assert result.is_error and "is not a git repository (no .git at its root)" in text(result)
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _init(ws)
+    (ws / "mine.txt").write_text("in the workspace\n")
+    _git_config(ws, "[core]", f"    worktree = {outer}")
+    status = text(await make_pack("git", {"author": AUTHOR}, ws).call("git_status"))
+    assert "mine.txt" in status and "secret.txt" not in status
+
+
+async def test_a_commit_message_with_nul_is_refused_clearly(git: PackUnderTest) -> None:
+    result = await git.call("git_commit", message="a\x00b", all=True)
+    assert result.is_error and text(result) == "message contains a NUL byte, which git cannot store"
+
+
+async def test_a_ref_with_a_trailing_newline_is_refused(git: PackUnderTest) -> None:
+    result = await git.call("git_log", ref="HEAD\n")
+    assert result.is_error and "is not a revision name" in text(result)
