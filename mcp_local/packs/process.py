@@ -32,6 +32,7 @@ from .options import PackOptions
 __all__ = ["ProcessInfo", "create_pack", "read_process"]
 
 PROC = Path("/proc")
+PID_MAX_LIMIT = 4_194_304  # Linux's ceiling for pid_max (2**22): no pid is larger
 _SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "KILL": signal.SIGKILL, "HUP": signal.SIGHUP}
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -124,6 +125,11 @@ class _Processes:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             raise ToolError(f"no process {pid}") from None
+        except OSError as exc:  # EINVAL or ENOENT: a thread's id, not a process's
+            raise ToolError(
+                f"no process {pid} to stop ({exc.strerror}); a thread's id is not a process id: "
+                "take the pid from process_list"
+            ) from None
         try:
             info = read_process(pid)
             if info is None:
@@ -212,9 +218,9 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 input_schema={
                     "type": "object",
                     "properties": {
-                        "pid": {"type": "integer", "minimum": 2},
+                        "pid": {"type": "integer", "minimum": 2, "maximum": PID_MAX_LIMIT},
                         "signal": {"enum": sorted(_SIGNALS), "default": "TERM"},
-                        "start": {"type": "integer", "minimum": 0},
+                        "start": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                         "wait_s": {"type": "number", "minimum": 0, "maximum": 60, "default": 5},
                     },
                     "required": ["pid"],

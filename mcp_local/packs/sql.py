@@ -7,6 +7,7 @@ Options:
       main:    {postgres_env: DATABASE_URL}           # a DSN from the environment (or `postgres: DSN`)
       scratch: {sqlite: /tmp/scratch.db, writable: true}
     row_limit: 200        # most rows a result carries (the result says when it was cut)
+    max_result_bytes: 1048576   # most bytes of row values a result carries (likewise)
     timeout_s: 30         # a statement running longer is cancelled
 
 Tools: `sql_query` (read-only, every database), `sql_schema` (tables and columns),
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["Database", "create_pack", "jsonable"]
 
 MAX_ROW_LIMIT = 10_000
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+MAX_RESULT_BYTES = 4 * 1024 * 1024  # a result travels twice (text and structured) in 16 MB messages
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INT64 = 2**63
 
@@ -70,6 +73,7 @@ class Rows:
     rows: list[list[Any]]
     truncated: bool
     affected: int = -1
+    cut_at_bytes: int = 0  # > 0: rows stopped there, not at the row limit
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -104,6 +108,49 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _size(value: Any) -> int:
+    """About how many bytes `value` takes as JSON, computed without building it."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, bytes | bytearray | memoryview):
+        return 2 * len(value) + 4
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value) + 2
+    if isinstance(value, dict):
+        return sum(len(str(k)) + _size(v) + 4 for k, v in value.items()) + 2
+    return 24
+
+
+class _Collector:
+    """Rows as JSON values, until `limit` rows or `max_bytes` of values: a row is sized before it
+    is converted, so one huge value (a 20 MB blob) costs the driver's copy and nothing more."""
+
+    def __init__(self, limit: int, max_bytes: int) -> None:
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self.rows: list[list[Any]] = []
+        self.size = 0
+        self.truncated = False
+        self.cut_at_bytes = 0
+
+    def add(self, row: Sequence[Any]) -> bool:
+        """Keep `row`; False (and nothing kept) once the result is full."""
+        if len(self.rows) >= self.limit:
+            self.truncated = True
+            return False
+        size = sum(_size(v) for v in row) + 2
+        if self.size + size > self.max_bytes:
+            self.truncated = True
+            self.cut_at_bytes = self.max_bytes
+            return False
+        self.size += size
+        self.rows.append([jsonable(v) for v in row])
+        return True
+
+    def result(self, columns: list[str], affected: int = -1) -> Rows:
+        return Rows(columns, self.rows, self.truncated, affected, self.cut_at_bytes)
+
+
 # --- SQLite ------------------------------------------------------------------------------------
 
 
@@ -134,11 +181,14 @@ def _sqlite_connect(db: Database, writable: bool) -> sqlite3.Connection:
     return conn
 
 
-def _sqlite_rows(cursor: sqlite3.Cursor, limit: int) -> Rows:
+def _sqlite_rows(cursor: sqlite3.Cursor, limit: int, max_bytes: int) -> Rows:
     columns = [d[0] for d in cursor.description or ()]
-    fetched = cursor.fetchmany(limit + 1) if cursor.description else []
-    rows = [[jsonable(v) for v in row] for row in fetched[:limit]]
-    return Rows(columns, rows, len(fetched) > limit)
+    collector = _Collector(limit, max_bytes)
+    if cursor.description:
+        for row in cursor:  # one row at a time: the limits apply before rows pile up
+            if not collector.add(row):
+                break
+    return collector.result(columns)
 
 
 async def _in_thread(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], Rows]) -> Rows:
@@ -158,7 +208,9 @@ async def _in_thread(conn: sqlite3.Connection, work: Callable[[sqlite3.Connectio
             task.add_done_callback(lambda _: conn.close())
 
 
-async def _sqlite(db: Database, sql: str, params: Sequence[Any], limit: int, write: bool) -> Rows:
+async def _sqlite(
+    db: Database, sql: str, params: Sequence[Any], limit: int, max_bytes: int, write: bool
+) -> Rows:
     conn = _sqlite_connect(db, write)
 
     def work(c: sqlite3.Connection) -> Rows:
@@ -166,12 +218,12 @@ async def _sqlite(db: Database, sql: str, params: Sequence[Any], limit: int, wri
 
         try:
             if not write:
-                return _sqlite_rows(c.execute(sql, params), limit)
+                return _sqlite_rows(c.execute(sql, params), limit, max_bytes)
             c.execute("BEGIN")
             cursor = c.execute(sql, params)
-            result = _sqlite_rows(cursor, limit)
+            result = _sqlite_rows(cursor, limit, max_bytes)
             c.execute("COMMIT")
-            return Rows(result.columns, result.rows, result.truncated, cursor.rowcount)
+            return Rows(result.columns, result.rows, result.truncated, cursor.rowcount, result.cut_at_bytes)
         except sqlite3.Error as exc:
             if c.in_transaction:
                 c.execute("ROLLBACK")
@@ -191,7 +243,7 @@ async def _sqlite_schema(db: Database, limit: int) -> Rows:
         "FROM sqlite_schema AS m JOIN pragma_table_info(m.name) AS p "
         "WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, p.cid"
     )
-    rows = await _sqlite(db, sql, (), limit, write=False)
+    rows = await _sqlite(db, sql, (), limit, MAX_RESULT_BYTES, write=False)
     return Rows(["table", "kind", "column", "type", "not_null", "primary_key"], rows.rows, rows.truncated)
 
 
@@ -199,7 +251,13 @@ async def _sqlite_schema(db: Database, limit: int) -> Rows:
 
 
 async def _postgres(
-    db: Database, sql: str, params: Sequence[Any], limit: int, write: bool, timeout_s: float
+    db: Database,
+    sql: str,
+    params: Sequence[Any],
+    limit: int,
+    max_bytes: int,
+    write: bool,
+    timeout_s: float,
 ) -> Rows:
     try:
         import psycopg  # in the `local` extra; imported on first use to keep an idle sidecar small
@@ -217,31 +275,35 @@ async def _postgres(
             await cur.execute(
                 "SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}",)
             )
+            # No parameters: None, so a literal % in the statement is not read as a placeholder.
+            bound = list(params) or None
+            collector = _Collector(limit, max_bytes)
             if write:
-                await cur.execute(sql, list(params) or None)
-                result = Rows([], [], False)
+                await cur.execute(sql, bound)
+                columns = [d.name for d in cur.description or ()]
                 if cur.description:
-                    fetched = await cur.fetchmany(limit + 1)
-                    result = Rows(
-                        [d.name for d in cur.description],
-                        [[jsonable(v) for v in r] for r in fetched[:limit]],
-                        len(fetched) > limit,
-                    )
+                    async for row in cur:
+                        if not collector.add(row):
+                            break
                 affected = cur.rowcount
                 await conn.commit()
-                return Rows(result.columns, result.rows, result.truncated, affected)
-            rows: list[list[Any]] = []
-            truncated = False
+                return collector.result(columns, affected)
             # stream() always uses the extended protocol: exactly one statement per call.
-            async for row in cur.stream(sql, list(params)):
-                if len(rows) == limit:
-                    truncated = True
-                    break
-                rows.append([jsonable(v) for v in row])
-            columns = [d.name for d in cur.description or ()]
-            if truncated:
+            try:
+                async for row in cur.stream(sql, bound):
+                    if not collector.add(row):
+                        break
+            except psycopg.ProgrammingError as exc:
+                # psycopg's words for a statement without rows (SET, COPY, COMMIT, ...)
+                if exc.sqlstate is None and "didn't produce a result" in str(exc):
+                    raise ToolError(
+                        f"database {db.name!r}: sql_query runs statements that return rows "
+                        "(SELECT, WITH, VALUES, SHOW, EXPLAIN); this one returns none"
+                    ) from None
+                raise
+            if collector.truncated:
                 await conn.cancel_safe()
-            return Rows(columns, rows, truncated)
+            return collector.result([d.name for d in cur.description or ()])
     except psycopg.Error as exc:
         raise ToolError(f"database {db.name!r}: {_pg_message(exc)}") from None
     except asyncio.CancelledError:
@@ -275,9 +337,12 @@ _PG_SCHEMA = (
 
 
 class _Sql:
-    def __init__(self, databases: dict[str, Database], row_limit: int, timeout_s: float) -> None:
+    def __init__(
+        self, databases: dict[str, Database], row_limit: int, max_bytes: int, timeout_s: float
+    ) -> None:
         self.databases = databases
         self.row_limit = row_limit
+        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
 
     def _database(self, call: ToolCall, *, write: bool) -> Database:
@@ -297,8 +362,8 @@ class _Sql:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if db.kind == "sqlite":
-                    return await _sqlite(db, sql, params, limit, write)
-                return await _postgres(db, sql, params, limit, write, self.timeout_s)
+                    return await _sqlite(db, sql, params, limit, self.max_bytes, write)
+                return await _postgres(db, sql, params, limit, self.max_bytes, write, self.timeout_s)
         except TimeoutError:
             raise ToolError(
                 f"database {db.name!r}: the statement ran longer than {self.timeout_s:g}s and was cancelled"
@@ -323,7 +388,7 @@ class _Sql:
         if db.kind == "sqlite":
             rows = await _sqlite_schema(db, limit)
         else:
-            rows = await _postgres(db, _PG_SCHEMA, (), limit, False, self.timeout_s)
+            rows = await _postgres(db, _PG_SCHEMA, (), limit, MAX_RESULT_BYTES, False, self.timeout_s)
             rows = Rows(
                 ["table", "kind", "column", "type", "not_null", "primary_key"], rows.rows, rows.truncated
             )
@@ -333,7 +398,13 @@ class _Sql:
 def _result(rows: Rows, limit: int) -> ToolResult:
     data = rows.as_dict()
     text = orjson.dumps(data).decode()
-    if rows.truncated:
+    if rows.cut_at_bytes:
+        text += (
+            f"\n[only the first {len(rows.rows)} rows are shown: a result carries at most "
+            f"{rows.cut_at_bytes} bytes of values; select fewer or shorter columns "
+            "(e.g. length(x) or substr(x, 1, 200)) or fewer rows]"
+        )
+    elif rows.truncated:
         text += (
             f"\n[only the first {limit} rows are shown; add LIMIT/OFFSET or a narrower WHERE to see others]"
         )
@@ -415,9 +486,12 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     opts = PackOptions("sql", options)
     databases = _databases(opts, env)
     row_limit = opts.integer("row_limit", default=200, minimum=1, maximum=MAX_ROW_LIMIT)
+    max_bytes = opts.integer(
+        "max_result_bytes", default=DEFAULT_MAX_RESULT_BYTES, minimum=1024, maximum=MAX_RESULT_BYTES
+    )
     timeout_s = opts.number("timeout_s", default=30.0, minimum=0.1, maximum=3600.0)
     opts.done()
-    sql = _Sql(databases, row_limit, timeout_s)
+    sql = _Sql(databases, row_limit, max_bytes, timeout_s)
     names = sorted(databases)
     described = "; ".join(
         f"{n} ({databases[n].kind}{', writable' if databases[n].writable else ''})" for n in names

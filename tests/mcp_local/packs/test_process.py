@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mcp_local.packs.process import read_process
+from mcp_local.packs.process import PID_MAX_LIMIT, read_process
 from tests.support.packs import PackUnderTest, make_pack, text
 
 pytestmark = pytest.mark.anyio
@@ -52,6 +54,20 @@ async def test_a_reused_pid_is_not_hit(proc: PackUnderTest, sleeper: subprocess.
 async def test_the_sidecar_and_init_are_not_stopped(proc: PackUnderTest) -> None:
     own = await proc.call("process_stop", pid=os.getpid())
     assert own.is_error and "the sidecar itself" in text(own)
-    gone = await proc.call("process_stop", pid=2**22 + 12345)
+    gone = await proc.call("process_stop", pid=PID_MAX_LIMIT)  # pids stay below pid_max <= 2**22
     assert gone.is_error and "no process" in text(gone)
     assert proc.tools["process_stop"].annotations.destructive is True
+
+
+async def test_a_thread_id_or_an_impossible_pid_gets_a_clear_error(proc: PackUnderTest) -> None:
+    worker = threading.Thread(target=time.sleep, args=(2,))
+    worker.start()
+    try:
+        assert worker.native_id is not None and worker.native_id != os.getpid()
+        result = await proc.call("process_stop", pid=worker.native_id)
+        assert result.is_error and "a thread's id is not a process id" in text(result)
+    finally:
+        worker.join()
+    for pid in (99999999999, 1e20):
+        huge = await proc.call("process_stop", pid=pid)
+        assert huge.is_error and "is greater than the maximum of 4194304" in text(huge)

@@ -106,6 +106,31 @@ async def test_sqlite_rows_are_limited(sqlite_file: Path) -> None:
     assert smaller.structured is not None and smaller.structured["row_count"] == 3
 
 
+async def test_sqlite_results_are_limited_in_bytes_too(sqlite_file: Path) -> None:
+    """A 20 MB blob used to come back hex-encoded twice (text and structured): 80 MB that the
+    transport refused; 200 such rows could take the sidecar's memory."""
+    sql = make_pack("sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}}, sqlite_file.parent)
+    huge = await sql.call("sql_query", sql="SELECT zeroblob(20000000) UNION ALL SELECT x'00'")
+    assert not huge.is_error, text(huge)
+    assert huge.structured is not None
+    assert huge.structured["rows"] == [] and huge.structured["truncated"] is True
+    assert "at most 1048576 bytes of values" in text(huge) and "length(x)" in text(huge)
+    small = make_pack(
+        "sql",
+        {"databases": {"app": {"sqlite": str(sqlite_file)}}, "max_result_bytes": 2048},
+        sqlite_file.parent,
+    )
+    rows = await small.call("sql_query", sql="SELECT printf('%.100c', 'x') FROM generate_series(1, 100)")
+    if rows.is_error:  # generate_series is an extension in some SQLite builds
+        rows = await small.call(
+            "sql_query",
+            sql="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+            "SELECT printf('%.100c', 'x') FROM n",
+        )
+    assert rows.structured is not None, text(rows)
+    assert 10 <= rows.structured["row_count"] < 20 and rows.structured["truncated"] is True
+
+
 async def test_sqlite_schema_lists_tables_and_columns(sqlite_file: Path) -> None:
     sql = make_pack("sql", {"databases": {"app": {"sqlite": str(sqlite_file)}}}, sqlite_file.parent)
     result = await sql.call("sql_schema")
@@ -232,6 +257,30 @@ async def test_postgres_writes_only_where_allowed(postgres: RunningPostgres, tmp
     assert _items(postgres) == 32
     await sql.call("sql_execute", database="shop", sql="DELETE FROM items WHERE id = %s", params=[1000])
     assert _items(postgres) == 31
+
+
+async def test_postgres_literal_percent_signs_need_no_escaping(pg: PackUnderTest) -> None:
+    """Without parameters a `%` is just a character (it used to be read as a placeholder)."""
+    result = await pg.call("sql_query", sql="SELECT count(*) FROM items WHERE name LIKE 'item1%'")
+    assert not result.is_error, text(result)
+    assert result.structured is not None and result.structured["rows"] == [[11]]
+    modulo = await pg.call("sql_query", sql="SELECT 100 % 7, 'a%b'")
+    assert modulo.structured is not None and modulo.structured["rows"] == [[2, "a%b"]]
+    bound = await pg.call("sql_query", sql="SELECT %s || '%%'", params=["50"])
+    assert bound.structured is not None and bound.structured["rows"] == [["50%"]]
+
+
+async def test_postgres_results_are_limited_in_bytes(pg: PackUnderTest) -> None:
+    result = await pg.call("sql_query", sql="SELECT repeat('x', 5000000), g FROM generate_series(1, 4) g")
+    assert not result.is_error, text(result)
+    assert result.structured is not None
+    assert result.structured["rows"] == [] and result.structured["truncated"] is True
+    assert "at most 1048576 bytes of values" in text(result)
+
+
+async def test_postgres_statements_without_rows_are_explained(pg: PackUnderTest) -> None:
+    result = await pg.call("sql_query", sql="SET search_path = public")
+    assert result.is_error and "sql_query runs statements that return rows" in text(result)
 
 
 async def test_postgres_schema_and_a_bad_query(pg: PackUnderTest) -> None:
