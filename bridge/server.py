@@ -10,6 +10,7 @@ the bridge was started with.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
@@ -22,7 +23,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import CallToolRequestParams, NotificationParams, PaginatedRequestParams
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolRequestParams, NotificationParams, PaginatedRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -89,6 +91,17 @@ def _caller_token(ctx: ServerRequestContext[Any, Any], default: str | None) -> s
     return bearer_token(header, default)
 
 
+def _all_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a parsed JSON value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
 def _approval_id(params: CallToolRequestParams) -> str:
     meta = params.meta
     value = meta.get(APPROVAL_META_KEY) if meta else None
@@ -142,13 +155,26 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         return _complete(ctx, out)
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> dict[str, Any]:
-        request = pb.CallToolRequest(
-            name=params.name,
-            arguments_json=orjson.dumps(params.arguments) if params.arguments else b"",
-            client_capabilities_json=_capabilities_json(ctx),
-            request_id=str(ctx.request_id) if ctx.request_id is not None else "",
-            approval_id=_approval_id(params),
-        )
+        if params.arguments and not _all_finite(params.arguments):
+            # The SDK's parser reads NaN and Infinity (not JSON) and 1e999 (as inf); orjson would send null.
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message="invalid params: a number is NaN, Infinity or beyond a double's range (1e999)",
+            )
+        try:
+            request = pb.CallToolRequest(
+                name=params.name,
+                arguments_json=orjson.dumps(params.arguments) if params.arguments else b"",
+                client_capabilities_json=_capabilities_json(ctx),
+                request_id=str(ctx.request_id) if ctx.request_id is not None else "",
+                approval_id=_approval_id(params),
+            )
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            # The SDK's JSON parser accepts what JSON text on the wire cannot carry on: a lone
+            # surrogate ("\ud800") has no UTF-8 form, an integer beyond 64 bits no exact one here.
+            raise MCPError(
+                code=INVALID_PARAMS, message=f"invalid params: cannot pass the arguments on as JSON: {exc}"
+            ) from None
         token = _caller_token(ctx, default_token)
         meta = ctx.meta
         wants_progress = bool(meta) and meta.get("progress_token") is not None  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
+import orjson
 import pytest
 
 from tests.support.hub import RunningHub
@@ -107,6 +108,28 @@ def test_a_wrongly_typed_argument_is_a_tool_error(http: httpx2.Client) -> None:
     result = response.json()["result"]
     assert result["isError"] is True
     assert "['x'] is not of type 'string'" in result["content"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (b'{"text": "\\ud800"}', "surrogates not allowed"),
+        (b'{"text": "x", "n": NaN}', "NaN, Infinity"),
+        (b'{"text": 1e999}', "NaN, Infinity"),
+    ],
+)
+def test_arguments_json_cannot_carry_on_are_invalid_params(
+    http: httpx2.Client, arguments: bytes, message: str
+) -> None:
+    """Python's JSON parser, which the SDK uses, reads a lone surrogate, NaN and 1e999 (as inf).
+    Sending them on failed with an internal error and a traceback (the surrogate), or turned
+    them into null (NaN, inf)."""
+    body = orjson.dumps(call_body("echo", None)).replace(b'"arguments":null', b'"arguments":' + arguments)
+    response = http.post("/mcp", content=body, headers=modern_headers("tools/call", "echo"))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == -32602 and message in error["message"], error
+    echo_still_works(http)
 
 
 def test_unknown_tool_is_invalid_params(http: httpx2.Client) -> None:
