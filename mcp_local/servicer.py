@@ -21,6 +21,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
 from .errors import HubError
+from .grpcservices import add_service
 from .principals import bearer_token
 from .service import ToolService
 
@@ -129,10 +130,10 @@ def create_grpc_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    pb_grpc.add_ToolHubServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_service(pb_grpc.add_ToolHubServicer_to_server, servicer, server)
     names = [pb.DESCRIPTOR.services_by_name["ToolHub"].full_name]
     for add, impl, name in extra_services:
-        add(impl, server)
+        add_service(add, impl, server)
         names.append(name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
