@@ -29,6 +29,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_local.pipeline import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .app import BridgeApp
@@ -155,6 +156,11 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         return _complete(ctx, out)
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> dict[str, Any]:
+        if params.arguments and nested_deeper_than(params.arguments):
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"invalid params: arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep",
+            )
         if params.arguments and not _all_finite(params.arguments):
             # The SDK's parser reads NaN and Infinity (not JSON) and 1e999 (as inf); orjson would send null.
             raise MCPError(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -202,6 +202,29 @@ class Authorize:
         return await call_next(call)
 
 
+MAX_ARGUMENT_DEPTH = 64
+"""Deepest nesting of arrays and objects an arguments object may have. Tool schemas need a
+few levels; records and encoders need bounds (orjson writes at most 254 levels, and a
+record wraps the arguments)."""
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
+    """Whether `value` nests arrays/objects more than `limit` levels; iterative, any depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 class ValidateArguments:
     """JSON bytes -> arguments object, checked against the tool's input schema.
 
@@ -222,6 +245,8 @@ class ValidateArguments:
             raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from exc
         if not isinstance(arguments, dict):
             raise InvalidArgument(f"arguments must be a JSON object, not {type(arguments).__name__}")
+        if nested_deeper_than(arguments):
+            raise InvalidArgument(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep")
         registered = self._get(call.name)
         if registered is None:  # removed while the call was on its way
             raise ToolNotFound(f"unknown tool {call.name[:80]!r}")

@@ -324,6 +324,28 @@ class AuditLog:
         await self._maybe_checkpoint(force=False)
 
     def _body(self, fields: Mapping[str, Any]) -> bytes:
+        """The record's JSON; values it cannot encode are dropped and said so, never raised.
+
+        An exception here would look like a failing store to the writer, which keeps the
+        record and retries: one call with arguments nested too deeply for the encoder
+        (orjson writes at most 254 levels) used to stop every call and shutdown for good.
+        """
+        try:
+            return self._encode(fields)
+        except (TypeError, ValueError, RecursionError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:120]}"
+            logger.warning(
+                "an audit record's arguments cannot be encoded (%s); recorded without them", reason
+            )
+            raw = fields.get("arguments_json") or b""
+            kept = {k: v for k, v in fields.items() if k != "arguments_json"}
+            kept["arguments_unrecorded"] = f"{len(raw)} bytes of arguments that cannot be encoded ({reason})"
+            try:
+                return self._encode(kept)
+            except (TypeError, ValueError, RecursionError):  # pragma: no cover - only arguments nest
+                return canonical({"unrecordable": reason})
+
+    def _encode(self, fields: Mapping[str, Any]) -> bytes:
         redactor = self._redactor
         out: dict[str, Any] = {}
         for key, value in fields.items():

@@ -363,3 +363,32 @@ async def test_audit_sync_writes_the_journal_through_to_the_disk(tmp_path: Path,
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == (2 if sync else 1)  # FULL / NORMAL
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("depth", [253, 300, 1000])
+async def test_arguments_too_deep_to_record_are_refused_and_recorded_without_them(
+    tmp_path: Path, depth: int
+) -> None:
+    """An unauthenticated call with arguments nested ~254+ levels made the record unencodable;
+    the writer took that for a failing store, retried it for ever, refused every later call
+    and could not shut down."""
+    hub = start_hub(tmp_path, config=config(), http=False)
+    client = HubClient(hub.grpc)
+    try:
+        deep = b'{"text":"x","d":' + b"[" * depth + b"]" * depth + b"}"
+        for token in ("wrong-token-0123456789", TOKEN):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.call_tool(token, pb.CallToolRequest(name="echo", arguments_json=deep))
+            expected = grpc.StatusCode.UNAUTHENTICATED if token != TOKEN else grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.code() == expected, refused.value
+        assert "nested more than 64 levels" in (refused.value.details() or "")
+        assert (await call_echo(client, "still serving")).content[0].text.text == "still serving"
+    finally:
+        await client.close()
+        assert hub.stop() == 0  # it used to hang here
+    records = await all_records(hub.state_dir)
+    requested = [r.body_json() for r in records if r.kind == "requested"]
+    assert len(requested) == 3
+    for body in requested[:2]:  # both refused calls are on record, without their arguments
+        assert "arguments" not in body and "cannot be encoded" in body["arguments_unrecorded"]
+    assert cli("audit", "verify", "--state-dir", str(hub.state_dir)).returncode == 0
