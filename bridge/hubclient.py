@@ -13,6 +13,7 @@ from typing import Protocol
 
 import grpc
 
+from mcp_local.principals import authorization_value
 from mcphub_proto.metadata import AUTHORIZATION
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
@@ -23,7 +24,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return ((AUTHORIZATION, f"Bearer {token}"),) if token else ()
+    return ((AUTHORIZATION, authorization_value(token)),) if token else ()
 
 
 class ToolHubClient(Protocol):

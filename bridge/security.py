@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_local.principals import RawAuthorization
+
 __all__ = ["HostOriginGuard", "OriginPolicy", "bearer_token", "default_policy"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -113,10 +115,10 @@ class HostOriginGuard:
 def bearer_token(header: str | None, default: str | None) -> str | None:
     """The caller's token from its `Authorization` header; `default` (stdio clients) when there is none.
 
-    A header that is not `Bearer <token>` is forwarded as is, so the hub answers
-    UNAUTHENTICATED precisely rather than the bridge guessing.
+    A header that is not `Bearer <token>` comes back as a `RawAuthorization`, forwarded
+    as is, so the hub answers UNAUTHENTICATED precisely rather than the bridge guessing.
     """
     if not header:
         return default
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else header
+    return token.strip() if scheme.lower() == "bearer" else RawAuthorization(header)

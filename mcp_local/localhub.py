@@ -20,6 +20,7 @@ from mcphub_proto.metadata import ERROR_DATA
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
+from .principals import authorization_value
 from .service import ToolService
 
 __all__ = ["LocalHub"]
@@ -54,7 +55,7 @@ async def _relayed(stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
 
 
 def _authorization(token: str | None) -> str | None:
-    return f"Bearer {token}" if token else None
+    return authorization_value(token) if token else None
 
 
 class LocalHub:

@@ -12,7 +12,16 @@ from .errors import Unauthenticated
 if TYPE_CHECKING:
     from .tools import Tool
 
-__all__ = ["LOCAL", "OPERATOR", "Authenticator", "OpenAccess", "Principal", "bearer_token"]
+__all__ = [
+    "LOCAL",
+    "OPERATOR",
+    "Authenticator",
+    "OpenAccess",
+    "Principal",
+    "RawAuthorization",
+    "authorization_value",
+    "bearer_token",
+]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -71,6 +80,19 @@ class OpenAccess:
             if found is not None:
                 return found
         return self.principal
+
+
+class RawAuthorization(str):
+    """An `Authorization` value that is not `Bearer <token>`: sent to the hub unchanged (never
+    with `Bearer ` put in front, which turned `Authorization: <token>` into a valid one), so
+    the hub refuses it with its own words."""
+
+    __slots__ = ()
+
+
+def authorization_value(token: str) -> str:
+    """The `authorization` metadata value the hub expects for `token`."""
+    return token if isinstance(token, RawAuthorization) else f"Bearer {token}"
 
 
 def bearer_token(authorization: str | None) -> str | None:

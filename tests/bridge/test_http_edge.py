@@ -9,6 +9,7 @@ import httpx2
 import orjson
 import pytest
 
+from tests.conftest import TOKENS
 from tests.support.hub import RunningHub
 
 MODERN = "2026-07-28"
@@ -116,7 +117,11 @@ def test_a_wrongly_typed_argument_is_a_tool_error(http: httpx2.Client) -> None:
         (b'{"text": "\\ud800"}', "surrogates not allowed"),
         (b'{"text": "x", "n": NaN}', "NaN, Infinity"),
         (b'{"text": 1e999}', "NaN, Infinity"),
+        (b'{"text": "x", "d": ' + b"[" * 70 + b"]" * 70 + b"}", "nested more than 64 levels"),
+        (b'{"text": "x", "d": ' + b"[" * 300 + b"]" * 300 + b"}", "nested more than 64 levels"),
+        (b'{"text": "x", "d": ' + b"[" * 900 + b"]" * 900 + b"}", "nested more than 64 levels"),
     ],
+    ids=["surrogate", "nan", "inf", "depth-70", "depth-300", "depth-900"],
 )
 def test_arguments_json_cannot_carry_on_are_invalid_params(
     http: httpx2.Client, arguments: bytes, message: str
@@ -212,3 +217,15 @@ def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, op
     log = open_hub.log()
     for crash in ("Exception in ASGI application", "internal error in", "ERROR mcp.server", "ERROR uvicorn"):
         assert crash not in log
+
+
+@pytest.mark.parametrize("scheme", ["", "Basic ", "Token "])
+def test_an_authorization_that_is_not_bearer_is_refused(secured_hub: RunningHub, scheme: str) -> None:
+    """`Authorization: <token>` without the scheme used to be accepted: the bridge passed it on
+    and `Bearer ` was put in front of it. gRPC refused the same value."""
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as client:
+        headers = modern_headers("tools/call", "whoami") | {"authorization": scheme + TOKENS["agent-a"]}
+        response = client.post("/mcp", json=call_body("whoami", {}), headers=headers)
+    assert response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["code"] == -32030 and "must be 'Bearer <token>'" in error["message"], error
