@@ -151,7 +151,15 @@ class BridgeApp:
                 return
         if self._state:  # what the MCP app's lifespan put in its state, as a server passes it on
             scope = {**scope, "state": {**self._state, **scope.get("state", {})}}
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            from starlette.requests import ClientDisconnect  # loaded with the MCP app by now
+
+            if not isinstance(exc, ClientDisconnect):
+                raise
+            # The client hung up mid-request: nobody to answer, and nothing wrong on this side.
+            logger.debug("a client disconnected before its request was read: %s", scope["path"])
 
     async def load(self) -> ASGIApp:
         """The MCP app, built (and its lifespan started) now if it is not yet."""

@@ -119,6 +119,8 @@ class ExpressLane:
             await self.sdk_app(scope, receive, send)
             return
         body, message = await _read_body(receive)
+        if message["type"] == "http.disconnect":
+            return  # the client hung up before its body was complete: nobody to answer
         try:
             call = self._accept(scope, headers, body)
         except Exception as exc:

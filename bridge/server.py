@@ -240,12 +240,30 @@ async def _relay_stream(
     )
 
 
+class _DisconnectsAreNotErrors(logging.Filter):
+    """The SDK logs a client that hangs up mid-body (handshake era) as an ERROR with a traceback;
+    a client leaving is not a server fault, so such records go out at DEBUG, without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and type(record.exc_info[1]).__name__ == "ClientDisconnect":
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_DISCONNECT_FILTER = _DisconnectsAreNotErrors()
+
+
 def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | None = None) -> ASGIApp:
     """The SDK's Streamable HTTP app at `/mcp`, with the caller's token held for schema lookups.
 
     With `hub` (the one `server` forwards to) and `options.express`, plain stateless
     `tools/call` POSTs take the express lane; everything else is the SDK's.
     """
+    sdk_logger = logging.getLogger("mcp.server.streamable_http")
+    if _DISCONNECT_FILTER not in sdk_logger.filters:
+        sdk_logger.addFilter(_DISCONNECT_FILTER)
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
         # `BridgeApp` checks Host/Origin for every route and bind address; the

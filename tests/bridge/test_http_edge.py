@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import orjson
@@ -209,6 +212,31 @@ def test_legacy_session_with_garbage_and_unknown_session(http: httpx2.Client) ->
 
 def test_health_endpoint(http: httpx2.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("era", ["modern", "modern-chunked", "handshake"])
+def test_a_client_hanging_up_mid_body_is_not_an_error(open_hub: RunningHub, era: str) -> None:
+    """A body shorter than its Content-Length (or an unfinished chunked one), then a close: the
+    lane replayed the disconnect to the SDK, which raised ClientDisconnect (an ERROR and a
+    traceback from uvicorn, or from the SDK's handshake-era transport)."""
+    url = urlsplit(open_hub.http_base)
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+        "Accept: application/json, text/event-stream\r\n"
+    )
+    if era != "handshake":
+        head += f"MCP-Protocol-Version: {MODERN}\r\nMcp-Method: tools/call\r\nMcp-Name: echo\r\n"
+    if era == "modern-chunked":
+        head += 'Transfer-Encoding: chunked\r\n\r\n5\r\n{"jso\r\n'
+    else:
+        head += 'Content-Length: 100\r\n\r\n{"jsonrpc"'
+    before = open_hub.log().count("\n")
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.3)
+    time.sleep(0.5)
+    after = "\n".join(open_hub.log().splitlines()[before:])
+    assert "ERROR" not in after and "Traceback" not in after, after
 
 
 def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, open_hub: RunningHub) -> None:
