@@ -86,16 +86,20 @@ class HostOriginGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             host = origin = None
-            padded = False
+            padded = repeated = False
             for key, value in scope["headers"]:
                 if value[:1] in _OWS or value[-1:] in _OWS:
                     padded = True
                 if key == b"host":
+                    repeated = repeated or host is not None
                     host = value.decode("latin-1").strip()
                 elif key == b"origin":
+                    repeated = repeated or origin is not None
                     origin = value.decode("latin-1").strip()
             problem = None
-            if not self.policy.host_allowed(host):
+            if repeated:  # the check and the app could read different copies (RFC 9112 3.2: 400)
+                problem = (400, "more than one Host or Origin header")
+            elif not self.policy.host_allowed(host):
                 problem = (421, f"Host header {host!r} is not allowed; add it to allowed_hosts in the config")
             elif not self.policy.origin_allowed(origin):
                 problem = (403, f"Origin {origin!r} is not allowed; add it to allowed_origins in the config")

@@ -239,6 +239,32 @@ def test_a_client_hanging_up_mid_body_is_not_an_error(open_hub: RunningHub, era:
     assert "ERROR" not in after and "Traceback" not in after, after
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "Host: evil.example\r\nHost: {netloc}\r\n",
+        "Host: {netloc}\r\nHost: evil.example\r\n",
+        "Host: {netloc}\r\nOrigin: https://evil.example\r\nOrigin: http://{netloc}\r\n",
+    ],
+)
+def test_a_repeated_host_or_origin_is_refused(open_hub: RunningHub, extra: str) -> None:
+    """The guard kept the last copy and the SDK reads the first: a foreign value could pass."""
+    url = urlsplit(open_hub.http_base)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    head = (
+        "POST /mcp HTTP/1.1\r\n"
+        + extra.format(netloc=url.netloc)
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"more than one Host or Origin header" in answer
+
+
 def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, open_hub: RunningHub) -> None:
     echo_still_works(http)
     assert open_hub.alive()
