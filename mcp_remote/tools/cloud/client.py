@@ -62,6 +62,10 @@ _TRANSPORT_ERRORS = (
 )
 
 
+REDACTION_SLACK = 64 * 1024
+"""Bytes read past `max_response_bytes` so that secrets crossing the cap are redacted whole."""
+
+
 @dataclass(frozen=True, slots=True)
 class CloudResponse:
     status: int
@@ -179,6 +183,10 @@ class ServiceClient:
     ) -> CloudResponse:
         target = httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
         cap = self.settings.max_response_bytes
+        # Read past the cap by more than any secret's length: the result is redacted first and
+        # cut to `cap` after, so a cut never lands inside a secret (which would leave all but
+        # its tail unredacted; a caller could pad its request to move the cut there).
+        limit = cap + REDACTION_SLACK
         try:
             async with self._pool.stream(
                 method, target, headers=headers, content=body, extensions={"timeout": self._timeouts}
@@ -187,12 +195,13 @@ class ServiceClient:
                 size = 0
                 truncated = False
                 async for chunk in response.aiter_stream():
-                    if size + len(chunk) > cap:
-                        chunks.append(chunk[: cap - size])
+                    if size + len(chunk) > limit:
+                        chunks.append(chunk[: limit - size])
                         truncated = True
                         break
                     chunks.append(chunk)
                     size += len(chunk)
+                truncated = truncated or size > cap
                 decoded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers)
                 return CloudResponse(response.status, decoded, b"".join(chunks), truncated, str(url))
         except AddressRefused:

@@ -418,8 +418,10 @@ class CloudPack:
         except ToolError as exc:
             self.usage.finished(principal, service.name, None, 0)
             raise ToolError(self._redactor.text(str(exc))) from None
-        self.usage.finished(principal, service.name, response.status, len(response.body))
         settings = service.settings
+        self.usage.finished(
+            principal, service.name, response.status, min(len(response.body), settings.max_response_bytes)
+        )
         view = ResponseView(
             principal, service.name, method, path, settings.inline_bytes, settings.max_response_bytes
         )

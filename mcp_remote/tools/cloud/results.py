@@ -48,7 +48,8 @@ def response_result(
     outputs: OutputStore,
 ) -> ToolResult:
     redact = redactor.text
-    body = redact_bytes(redactor, response.body)
+    # Redact, then cut: the client read past the cap so that no secret is split by the cut.
+    body = redact_bytes(redactor, response.body)[: view.max_response_bytes]
     content_type = response.header("content-type") or ""
     headers = {k.lower(): redact(v) for k, v in response.headers if k.lower() not in HIDDEN_RESPONSE_HEADERS}
     is_text = not content_type or any(t in content_type.lower() for t in _TEXT_TYPES)

@@ -305,6 +305,36 @@ async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHu
     cloud.assert_no_canary()
 
 
+async def test_a_key_cut_by_the_response_cap_is_still_redacted(cloud: CloudHub) -> None:
+    """The cap used to cut the raw body before redaction: a key crossing it lost its tail and so
+    escaped the redactor, and a caller could pad its request to move the cut into the key."""
+    cap, key = 300_000, cloud.canaries["bearer"]
+    await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/big", "headers": {"X-Pad": "p"}}
+    )
+    headers = dict(cloud.standin.wait_for("/api/big").headers)
+
+    def straddles(pad: int) -> bool:  # /big repeats the request's headers as JSON lines
+        line = json.dumps({**headers, "X-Pad": "p" * pad}) + "\n"
+        start = line.index(key)
+        return start + len(key) - 3 <= cap % len(line) < start + len(key)  # all but 1-3 characters
+
+    pad = next(p for p in range(1, 5000) if straddles(p))
+    arguments = {"query": {"n": 400_000}, "headers": {"X-Pad": "p" * pad}}
+    cut = await cloud.call("http_request", {"service": "stand", "method": "GET", "path": "/big", **arguments})
+    assert cut.structured["truncated"] is True and cut.structured["body_bytes"] <= cap
+    tail = await cloud.call(
+        "output_read",
+        {
+            "output_id": cut.structured["output_id"],
+            "offset": cut.structured["body_bytes"] - 3000,
+            "limit": 3000,
+        },
+    )
+    assert "[REDACTED]" in tail.text and key[:12] not in tail.text
+    cloud.assert_no_canary()
+
+
 async def test_no_process_the_hub_starts_inherits_a_secret(cloud: CloudHub) -> None:
     child = await cloud.call("spawn_env", {})
     own = await cloud.call("hub_environ", {})
