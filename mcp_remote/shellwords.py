@@ -76,6 +76,9 @@ class CommandLine:
         return self.compound_reason is not None
 
 
+_EXPANDED = frozenset("$*?[")
+
+
 def _is_assignment(word: str) -> bool:
     return "=" in word and not word.startswith("-") and word.split("=", 1)[0].isidentifier()
 
@@ -97,6 +100,12 @@ def _candidates(argv: tuple[str, ...]) -> tuple[list[tuple[str, ...]], str | Non
     for candidate in found:
         if candidate[0] in _SHELLS:
             nested = f"runs a nested shell ({candidate[0]})"
+        elif any(c in candidate[0] for c in _EXPANDED):
+            # /bin/sh expands `$R` (the call's own env can set R=rm) and `r[m]`, so the name a
+            # rule would match is not the program that runs. Quoting is gone by now; guess wide.
+            nested = f"the command name {candidate[0][:40]!r} is expanded by the shell"
+        elif candidate[0] == "xargs":
+            nested = "runs commands built from its input (xargs)"
     return found, nested
 
 

@@ -100,6 +100,11 @@ def test_arguments_principals_approvers_and_timeouts() -> None:
         "echo 'unterminated",
         "ls &",
         "FOO=1 sh -c id",
+        # The shell expands the name the rules would match (an adversarial pass ran these unasked):
+        "$R -rf important",
+        "/usr/bin/r[m] -rf important",
+        "r? -rf important",
+        "xargs rm",
     ],
 )
 def test_compound_commands_are_at_least_ask(command: str) -> None:
