@@ -130,6 +130,10 @@ class AddressPolicy:
         for candidate in {ip, inner}:
             if candidate in METADATA_ADDRESSES:
                 return "a cloud metadata endpoint"
+        if inner.is_unspecified or ip.is_unspecified:
+            # Connecting to 0.0.0.0 or :: reaches this host: refused even with
+            # allow_private_network, like the hub's own addresses (it reaches those too).
+            return "an unspecified address (0.0.0.0 or ::), which connects to this host"
         if port is not None:
             for own_ip, own_port in self.own_addresses():
                 if own_port == port and (own_ip == inner or own_ip.is_unspecified):

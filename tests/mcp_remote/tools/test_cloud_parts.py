@@ -95,6 +95,13 @@ def test_the_guard_refuses_the_hubs_own_listening_address() -> None:
     )
     assert "hub's own" in (policy.problem(ipaddress.ip_address("127.0.0.1"), 7070) or "")
     assert policy.problem(ipaddress.ip_address("127.0.0.1"), 7071) is None
+    # 0.0.0.0 and :: connect to this host: they reached the hub's port with allow_private_network.
+    for unspecified in ("0.0.0.0", "::", "::ffff:0.0.0.0"):
+        for port in (7070, 7071, None):
+            assert "unspecified" in (policy.problem(ipaddress.ip_address(unspecified), port) or "")
+    assert "unspecified" in (
+        AddressPolicy.from_setting(["0.0.0.0/0"]).problem(ipaddress.ip_address("0.0.0.0")) or ""
+    )
 
 
 @pytest.mark.anyio
