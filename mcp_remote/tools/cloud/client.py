@@ -90,6 +90,10 @@ def _same_scope(url: httpx2.URL, base: httpx2.URL) -> bool:
     """Whether `url` is under the service's base URL (same scheme, host, port and base path)."""
     if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
         return False
+    # `path` is percent-decoded: a redirect's `%2e%2e` (or `..%2f`, or `..\\`) climbs out of the
+    # base path on most servers even though the prefix matches, so any dot segment is out.
+    if any(part in (".", "..") for part in url.path.replace("\\", "/").split("/")):
+        return False
     base_path = base.path.rstrip("/")
     return url.path == base_path or url.path.startswith(base_path + "/") or not base_path
 

@@ -7,6 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from mcp_local.errors import ConfigError, ToolError
@@ -315,3 +316,24 @@ def test_a_missing_secret_is_reported_as_missing(tmp_path: Path) -> None:
     auth = AuthSettings.model_validate({"type": "bearer", "secret": {"env": "SHORT"}})
     with pytest.raises(ConfigError, match="at least 8"):
         CredentialSource("services.x.auth", auth, {"SHORT": "abc"}, Redactor().add)
+
+
+@pytest.mark.parametrize(
+    ("target", "in_scope"),
+    [
+        ("https://api.example/v1/items", True),
+        ("https://api.example/v1", True),
+        ("https://api.example/v1/a/..b", True),
+        ("https://api.example/v2/items", False),
+        ("https://api.example/v1/../admin", False),  # httpx2 already resolves this one
+        ("https://api.example/v1/%2e%2e/admin", False),  # it used to keep the credential
+        ("https://api.example/v1/%2E%2e%2Fadmin", False),
+        ("https://api.example/v1/..%5cadmin", False),
+        ("https://api.example/v1/%2e/items", False),
+        ("https://other.example/v1/items", False),
+    ],
+)
+def test_a_redirect_keeps_the_credential_only_inside_the_base_path(target: str, in_scope: bool) -> None:
+    from mcp_remote.tools.cloud.client import _same_scope
+
+    assert _same_scope(httpx2.URL(target), httpx2.URL("https://api.example/v1")) is in_scope
