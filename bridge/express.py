@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_local.pipeline import nested_deeper_than
+from mcp_local.pipeline import LONG_DIGITS, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import mcp_error_from_grpc
@@ -155,8 +155,10 @@ class ExpressLane:
         meta = params.get("_meta")
         if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
             raise _Declined
-        if arguments and nested_deeper_than(arguments):
-            raise _Declined  # the SDK path refuses it with -32602
+        if arguments and (nested_deeper_than(arguments) or LONG_DIGITS.search(body)):
+            # The SDK path refuses deep arguments and integers beyond 64 bits (orjson read
+            # those as floats here) with -32602.
+            raise _Declined
         if not isinstance(meta, dict) or meta.get("progressToken") is not None:
             raise _Declined  # progress streams as SSE: the SDK's path
         request = Request(scope)

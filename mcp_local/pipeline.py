@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -225,6 +227,26 @@ def nested_deeper_than(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
     return False
 
 
+LONG_DIGITS = re.compile(rb"\d{19,}")
+"""A run of digits that may be an integer orjson reads as a float (beyond 64 bits)."""
+
+
+def has_wide_integer(raw: bytes) -> bool:
+    """Whether JSON `raw` holds an integer outside what orjson keeps exact (int64 and uint64)."""
+    if not LONG_DIGITS.search(raw):
+        return False
+    stack: list[Any] = [json.loads(raw)]  # the standard parser keeps integers exact
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
+            return True
+    return False
+
+
 class ValidateArguments:
     """JSON bytes -> arguments object, checked against the tool's input schema.
 
@@ -247,6 +269,11 @@ class ValidateArguments:
             raise InvalidArgument(f"arguments must be a JSON object, not {type(arguments).__name__}")
         if nested_deeper_than(arguments):
             raise InvalidArgument(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep")
+        if has_wide_integer(raw):  # orjson read it as a float: the tool would get another number
+            raise InvalidArgument(
+                "arguments hold an integer beyond 64 bits, which cannot be passed on exactly; "
+                "send it as a string"
+            )
         registered = self._get(call.name)
         if registered is None:  # removed while the call was on its way
             raise ToolNotFound(f"unknown tool {call.name[:80]!r}")

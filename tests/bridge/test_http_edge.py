@@ -123,8 +123,10 @@ def test_a_wrongly_typed_argument_is_a_tool_error(http: httpx2.Client) -> None:
         (b'{"text": "x", "d": ' + b"[" * 70 + b"]" * 70 + b"}", "nested more than 64 levels"),
         (b'{"text": "x", "d": ' + b"[" * 300 + b"]" * 300 + b"}", "nested more than 64 levels"),
         (b'{"text": "x", "d": ' + b"[" * 900 + b"]" * 900 + b"}", "nested more than 64 levels"),
+        (b'{"text": "x", "n": 18446744073709551616}', "64-bit range"),
+        (b'{"text": "x", "n": [-123456789012345678901234567890]}', "64-bit range"),
     ],
-    ids=["surrogate", "nan", "inf", "depth-70", "depth-300", "depth-900"],
+    ids=["surrogate", "nan", "inf", "depth-70", "depth-300", "depth-900", "2**64", "big-negative"],
 )
 def test_arguments_json_cannot_carry_on_are_invalid_params(
     http: httpx2.Client, arguments: bytes, message: str

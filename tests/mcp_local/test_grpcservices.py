@@ -62,3 +62,16 @@ async def test_an_undecodable_request_is_invalid_argument(
         )(good, timeout=10)
         assert answer.content[0].text.text == "still here"
     assert "DecodeError" not in open_hub.log()
+
+
+async def test_an_integer_beyond_64_bits_is_invalid_argument_not_a_float(open_hub: RunningHub) -> None:
+    """orjson reads 2**64 as 1.8446744073709552e+19: the tool would have run with another number."""
+    async with grpc.aio.insecure_channel(open_hub.grpc) as channel:
+        call = channel.unary_unary(
+            "/mcphub.v1.ToolHub/CallTool", pb.CallToolRequest.SerializeToString, pb.CallToolResult.FromString
+        )
+        request = pb.CallToolRequest(name="echo", arguments_json=b'{"text": "x", "n": 18446744073709551616}')
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "integer beyond 64 bits" in (caught.value.details() or "")

@@ -161,3 +161,20 @@ async def test_a_stage_can_wrap_the_rest() -> None:
     assert pipeline.stage_names[3] == "record"
     await pipeline(ToolCall("double", b'{"n": "x"}'))
     assert seen == ["before double", "after error=True"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "wide"),
+    [
+        (b'{"n": 18446744073709551615}', False),  # uint64: orjson keeps it exact
+        (b'{"n": -9223372036854775808}', False),
+        (b'{"n": 18446744073709551616}', True),  # orjson would read 1.8446744073709552e+19
+        (b'{"n": [{"m": -9223372036854775809}]}', True),
+        (b'{"s": "123456789012345678901234567890"}', False),  # digits in a string are text
+        (b'{"f": 1234567890123456789012.5}', False),
+    ],
+)
+def test_integers_beyond_64_bits_are_found(raw: bytes, wide: bool) -> None:
+    from mcp_local.pipeline import has_wide_integer
+
+    assert has_wide_integer(raw) is wide
