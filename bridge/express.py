@@ -155,9 +155,9 @@ class ExpressLane:
         meta = params.get("_meta")
         if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
             raise _Declined
-        if arguments and (nested_deeper_than(arguments) or LONG_DIGITS.search(body)):
-            # The SDK path refuses deep arguments and integers beyond 64 bits (orjson read
-            # those as floats here) with -32602.
+        if nested_deeper_than(decoded) or (arguments and LONG_DIGITS.search(body)):
+            # The SDK path answers deep requests (its parser's limit is lower than orjson's) and
+            # integers beyond 64 bits (orjson read those as floats here): one answer per request.
             raise _Declined
         if not isinstance(meta, dict) or meta.get("progressToken") is not None:
             raise _Declined  # progress streams as SSE: the SDK's path

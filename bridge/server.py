@@ -167,20 +167,31 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
                 code=INVALID_PARAMS,
                 message="invalid params: a number is NaN, Infinity or beyond a double's range (1e999)",
             )
-        try:
-            request = pb.CallToolRequest(
-                name=params.name,
-                arguments_json=orjson.dumps(params.arguments) if params.arguments else b"",
-                client_capabilities_json=_capabilities_json(ctx),
-                request_id=str(ctx.request_id) if ctx.request_id is not None else "",
-                approval_id=_approval_id(params),
-            )
-        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-            # The SDK's JSON parser accepts what JSON text on the wire cannot carry on: a lone
-            # surrogate ("\ud800") has no UTF-8 form, an integer beyond 64 bits no exact one here.
-            raise MCPError(
-                code=INVALID_PARAMS, message=f"invalid params: cannot pass the arguments on as JSON: {exc}"
-            ) from None
+        # The SDK's JSON parser accepts what cannot be passed on: a lone surrogate ("\ud800") has
+        # no UTF-8 form, an integer beyond 64 bits no exact JSON one here. Each part is built
+        # on its own so the error names the part at fault.
+        parts: dict[str, bytes] = {}
+        builders: tuple[tuple[str, Callable[[], bytes]], ...] = (
+            ("arguments", lambda: orjson.dumps(params.arguments) if params.arguments else b""),
+            ("name", lambda: params.name.encode()),
+            ("client capabilities", lambda: _capabilities_json(ctx)),
+            ("request id", lambda: str(ctx.request_id).encode() if ctx.request_id is not None else b""),
+            ("approval id", lambda: _approval_id(params).encode()),
+        )
+        for part, build in builders:
+            try:
+                parts[part] = build()
+            except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+                raise MCPError(
+                    code=INVALID_PARAMS, message=f"invalid params: cannot pass the {part} on as JSON: {exc}"
+                ) from None
+        request = pb.CallToolRequest(
+            name=params.name,
+            arguments_json=parts["arguments"],
+            client_capabilities_json=parts["client capabilities"],
+            request_id=str(ctx.request_id) if ctx.request_id is not None else "",
+            approval_id=_approval_id(params),
+        )
         token = _caller_token(ctx, default_token)
         meta = ctx.meta
         wants_progress = bool(meta) and meta.get("progress_token") is not None  # type: ignore[union-attr]

@@ -142,6 +142,36 @@ def test_arguments_json_cannot_carry_on_are_invalid_params(
     echo_still_works(http)
 
 
+@pytest.mark.parametrize(
+    ("meta", "names"),
+    [
+        (b'"dev.mcphub/approvalId": "\\ud800"', "approval id"),
+        (
+            b'"io.modelcontextprotocol/clientInfo": {"name": "c", "version": "1"}, "x": '
+            + b"[" * 980
+            + b"]" * 980,
+            None,
+        ),
+    ],
+    ids=["surrogate-in-approval-id", "deep-meta"],
+)
+def test_the_same_answer_on_both_paths_and_the_field_at_fault_named(
+    http: httpx2.Client, meta: bytes, names: str | None
+) -> None:
+    """Deep `_meta` got a result through the express lane and -32700 from the SDK; a surrogate
+    outside the arguments was blamed on the arguments."""
+    body = orjson.dumps(call_body("echo", {"text": "x"}))
+    body = body.replace(b'"_meta":{', b'"_meta":{' + meta + b",", 1)
+    answers = []
+    for chunked in (False, True):
+        content = iter([body]) if chunked else body
+        response = http.post("/mcp", content=content, headers=modern_headers("tools/call", "echo"))
+        answers.append((response.status_code, response.json().get("error", {}).get("code")))
+        if names is not None:
+            assert f"cannot pass the {names} on" in response.json()["error"]["message"], response.text
+    assert answers[0] == answers[1], answers
+
+
 def test_unknown_tool_is_invalid_params(http: httpx2.Client) -> None:
     response = http.post("/mcp", json=call_body("nope", {}), headers=modern_headers("tools/call", "nope"))
     assert response.json()["error"] == {
