@@ -165,6 +165,8 @@ class AuditLog:
         """Queue a record; the returned future is done when the record is durable."""
         if self._batch is None or self._closing:
             raise Unavailable("the audit log is not running")
+        # The tool name is the caller's text: a secret sent as a name is redacted like the rest.
+        tool = self._redactor.text(tool)
         self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
         if not self._kick_scheduled:
             # Wake the writer after this step, not now: a call that commits inline before

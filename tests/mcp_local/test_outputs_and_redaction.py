@@ -57,6 +57,12 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
     }
     with pytest.raises(ValueError, match="too short"):
         redactor.add("abc")
+    # A secret sent as an object key (the audit log's arguments, an approver's view) went through.
+    keyed = Redactor(["canary-abcdef-0123"])
+    assert keyed.value({"canary-abcdef-0123": 1, "x": {"a canary-abcdef-0123": [1]}}) == {
+        "[REDACTED]": 1,
+        "x": {"a [REDACTED]": [1]},
+    }
 
 
 def test_the_logging_filter_redacts_messages(caplog: pytest.LogCaptureFixture) -> None:

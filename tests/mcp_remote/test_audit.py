@@ -206,6 +206,13 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
         await call.result()
         with pytest.raises(grpc.aio.AioRpcError):
             await call_echo(client, "x", token=CANARY)
+        # A secret as a tool name or an argument key went into the record as it was.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.call_tool(TOKEN, pb.CallToolRequest(name=CANARY, arguments_json=b"{}"))
+        keyed = await client.call_tool(
+            TOKEN, pb.CallToolRequest(name="echo", arguments_json=orjson.dumps({"text": "k", CANARY: 1}))
+        )
+        assert keyed.is_error
         # While it runs, too: the journal may hold records not yet folded into SQLite.
         live = b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
     finally:

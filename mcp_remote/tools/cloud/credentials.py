@@ -58,6 +58,7 @@ def _wire_forms(secret: str, auth: AuthSettings) -> list[str]:
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote_plus(secret),
         json.dumps(secret)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # PHP's json_encode escapes slashes
     }
     if auth.type == "basic":
         forms.add(base64.b64encode(f"{auth.username}:{secret}".encode()).decode())

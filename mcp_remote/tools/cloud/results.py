@@ -74,9 +74,14 @@ def response_result(
         preview = body[:inline].decode("utf-8", errors="replace")
         if output_id is None and "json" in content_type.lower():
             try:
-                structured["json"] = orjson.loads(body)
+                # Redacted again once parsed: escapes (`\/`, `\u0063`) hide a key from the byte-level
+                # pass and parsing brings it back. The text shown is then made from the result.
+                parsed = redactor.value(orjson.loads(body), redact_keys=True)
             except orjson.JSONDecodeError:
                 structured["text"] = preview
+            else:
+                structured["json"] = parsed
+                preview = orjson.dumps(parsed).decode("utf-8")[:inline]
         else:
             structured["text"] = preview
         shown = preview

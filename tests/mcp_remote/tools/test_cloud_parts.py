@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import httpx2
+import orjson
 import pytest
 
 from mcp_local.errors import ConfigError, ToolError
@@ -337,3 +338,25 @@ def test_a_redirect_keeps_the_credential_only_inside_the_base_path(target: str, 
     from mcp_remote.tools.cloud.client import _same_scope
 
     assert _same_scope(httpx2.URL(target), httpx2.URL("https://api.example/v1")) is in_scope
+
+
+def test_a_key_escaped_in_a_json_response_is_redacted_once_parsed(tmp_path: Path) -> None:
+    """PHP writes `\\/`, others `\\u0063`: the byte-level pass missed those forms and parsing
+    the JSON for the structured result brought the raw key back."""
+    from mcp_local.outputs import OutputStore
+    from mcp_local.redaction import Redactor
+    from mcp_remote.tools.cloud.client import CloudResponse
+    from mcp_remote.tools.cloud.results import ResponseView, response_result
+
+    key = "canary/slash+0123456789abcdef"
+    redactor = Redactor([key])
+    view = ResponseView("agent-a", "svc", "GET", "/php", 4096, 1 << 20)
+    for escaped in (key.replace("/", "\\/"), "".join(f"\\u{ord(c):04x}" for c in key)):
+        body = b'{"key": "' + escaped.encode() + b'", "' + escaped.encode() + b'": 1}'
+        response = CloudResponse(200, (("content-type", "application/json"),), body, False, "https://svc/php")
+        result = response_result(view, response, [], redactor, OutputStore())
+        shown = orjson.dumps(result.structured).decode() + "".join(
+            getattr(c, "text", "") for c in result.content
+        )
+        assert key not in shown and escaped not in shown, shown
+        assert result.structured is not None and result.structured["json"]["key"] == "[REDACTED]"
