@@ -70,22 +70,22 @@ class Redactor:
             value = pattern.sub(REDACTED, value)
         return _SHAPES.sub(REDACTED, value)
 
-    def value(self, value: Any, *, key: str = "", redact_keys: bool = True) -> Any:
+    def value(self, value: Any, *, key: str = "", redact_keys: bool = True, by_key_name: bool = True) -> Any:
         """A JSON-like value with secrets replaced, in object keys too; any value under a
         secret-named key is replaced whole."""
-        if key and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
+        if by_key_name and key and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
             return REDACTED
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
             return {
                 (self.text(k) if redact_keys and isinstance(k, str) else k): self.value(
-                    v, key=str(k), redact_keys=redact_keys
+                    v, key=str(k), redact_keys=redact_keys, by_key_name=by_key_name
                 )
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [self.value(v, redact_keys=redact_keys) for v in value]
+            return [self.value(v, redact_keys=redact_keys, by_key_name=by_key_name) for v in value]
         return value
 
 

@@ -76,7 +76,7 @@ def response_result(
             try:
                 # Redacted again once parsed: escapes (`\/`, `\u0063`) hide a key from the byte-level
                 # pass and parsing brings it back. The text shown is then made from the result.
-                parsed = redactor.value(orjson.loads(body), redact_keys=True)
+                parsed = redactor.value(orjson.loads(body), by_key_name=False)  # secrets only, as before
             except orjson.JSONDecodeError:
                 structured["text"] = preview
             else:
