@@ -30,11 +30,11 @@ import datetime
 import re
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -288,11 +288,15 @@ async def _postgres(
                 affected = cur.rowcount
                 await conn.commit()
                 return collector.result(columns, affected)
-            # stream() always uses the extended protocol: exactly one statement per call.
+            # stream() always uses the extended protocol: exactly one statement per call. The
+            # generator is closed here, before the connection: left to the garbage collector it
+            # would run its clean-up on a closed connection, which corrupts libpq's memory.
             try:
-                async for row in cur.stream(sql, bound):
-                    if not collector.add(row):
-                        break
+                stream = cast("AsyncGenerator[Any, None]", cur.stream(sql, bound))
+                async with contextlib.aclosing(stream) as rows:
+                    async for row in rows:
+                        if not collector.add(row):
+                            break
             except psycopg.ProgrammingError as exc:
                 # psycopg's words for a statement without rows (SET, COPY, COMMIT, ...)
                 if exc.sqlstate is None and "didn't produce a result" in str(exc):
@@ -301,8 +305,6 @@ async def _postgres(
                         "(SELECT, WITH, VALUES, SHOW, EXPLAIN); this one returns none"
                     ) from None
                 raise
-            if collector.truncated:
-                await conn.cancel_safe()
             return collector.result([d.name for d in cur.description or ()])
     except psycopg.Error as exc:
         raise ToolError(f"database {db.name!r}: {_pg_message(exc)}") from None

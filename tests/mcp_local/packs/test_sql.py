@@ -4,8 +4,10 @@ parameters, a row limit, writes only where the manifest allows them."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -276,6 +278,31 @@ async def test_postgres_results_are_limited_in_bytes(pg: PackUnderTest) -> None:
     assert result.structured is not None
     assert result.structured["rows"] == [] and result.structured["truncated"] is True
     assert "at most 1048576 bytes of values" in text(result)
+
+
+async def test_a_cut_short_postgres_stream_is_closed_before_its_connection(pg: PackUnderTest) -> None:
+    """psycopg's row stream, abandoned at the byte cap, used to be finalized later by the garbage
+    collector, on a connection already closed: libpq's memory was corrupted and the sidecar
+    crashed (`realloc(): invalid pointer`) or refused the next connection."""
+    opened: list[Any] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def firstiter(agen: Any) -> None:
+        opened.append(agen)
+        if hooks.firstiter is not None:
+            hooks.firstiter(agen)
+
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=hooks.finalizer)
+    try:
+        result = await pg.call("sql_query", sql="SELECT repeat('x', 5000000), g FROM generate_series(1, 4) g")
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert result.structured is not None and result.structured["truncated"] is True
+    streams = [agen for agen in opened if agen.ag_code.co_name == "stream"]
+    assert streams, [agen.ag_code.co_name for agen in opened]
+    assert all(agen.ag_frame is None for agen in streams), "a row stream was left open"
+    after = await pg.call("sql_query", sql="SELECT count(*) FROM items")
+    assert after.structured is not None and after.structured["rows"] == [[31]], text(after)
 
 
 async def test_postgres_statements_without_rows_are_explained(pg: PackUnderTest) -> None:
