@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-__all__ = ["KEEPALIVE_S", "BridgeOptions"]
+if TYPE_CHECKING:
+    from mcp_local.principals import Principal
+
+__all__ = ["KEEPALIVE_S", "MAX_SESSIONS_PER_PRINCIPAL", "BridgeOptions"]
+
+MAX_SESSIONS_PER_PRINCIPAL: Final = 100
+"""Handshake-era MCP sessions one principal may hold open (`bridge/door.py`)."""
 
 KEEPALIVE_S: Final = 15.0
 """A call silent this long commits to SSE and is kept alive by comments (the SDK's interval)."""
@@ -35,3 +41,10 @@ class BridgeOptions:
     tools through the hub (a ListTools round trip on every call with arguments). The
     token is there so a tool the caller may not see is not checked (None): the hub's
     refusal answers, not a header mismatch that would reveal the tool."""
+    authenticate: Callable[[str | None], Principal] | None = None
+    """The hub's (or sidecar's) authenticator, when the bridge runs beside it: a handshake-era
+    request must then name a principal before the SDK opens or serves a session for it, and
+    sessions are bound to their principal (`bridge/door.py`). None: the SDK's defaults."""
+    max_sessions_per_principal: int = MAX_SESSIONS_PER_PRINCIPAL
+    """With `authenticate`: sessions one principal may hold; one more ends its least recently
+    used idle session (or is refused, 429, when all are in use)."""

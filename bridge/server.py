@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
@@ -34,6 +35,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .app import BridgeApp
 from .changes import ToolChanges
+from .door import SessionDoor
 from .errors import mcp_error_from_grpc
 from .express import APPROVAL_META_KEY, ExpressLane
 from .hubclient import ToolHubClient
@@ -266,6 +268,26 @@ class _DisconnectsAreNotErrors(logging.Filter):
 _DISCONNECT_FILTER = _DisconnectsAreNotErrors()
 
 
+class _SessionChatter(logging.Filter):
+    """The SDK logs every session it opens, ends or does not know at INFO, with its ID: one line
+    per session (a client that reconnects often fills the log), and the ID is what a 2025 client
+    presents to use the session. Such records go out at DEBUG; no record shows an ID in full."""
+
+    _ID = re.compile(r"[0-9a-fA-F]{32}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        message = record.getMessage()
+        if self._ID.search(message):
+            record.msg, record.args = self._ID.sub(lambda m: m.group()[:4] + "...", message), None
+        return logging.getLogger(record.name).isEnabledFor(record.levelno)
+
+
+_SESSION_FILTER = _SessionChatter()
+_SESSION_LOGGERS = ("mcp.server.streamable_http_manager", "mcp.server.streamable_http")
+
+
 def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | None = None) -> ASGIApp:
     """The SDK's Streamable HTTP app at `/mcp`, with the caller's token held for schema lookups.
 
@@ -275,6 +297,9 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
     sdk_logger = logging.getLogger("mcp.server.streamable_http")
     if _DISCONNECT_FILTER not in sdk_logger.filters:
         sdk_logger.addFilter(_DISCONNECT_FILTER)
+    for name in _SESSION_LOGGERS:
+        if _SESSION_FILTER not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_SESSION_FILTER)
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
         # `BridgeApp` checks Host/Origin for every route and bind address; the
@@ -284,6 +309,17 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
     )
     if options.tool_input_schema is not None:
         app = _SchemaCaller(app, options.default_token)
+    if options.authenticate is not None:
+        manager = server.session_manager
+        app = SessionDoor(
+            app,
+            options.authenticate,
+            # The SDK's live sessions by ID; it has no public view of them (pinned: mcp 2.3).
+            lambda: manager._server_instances,
+            path="/mcp",
+            default_token=options.default_token,
+            max_sessions=options.max_sessions_per_principal,
+        )
     if hub is not None and options.express:
         app = ExpressLane(
             app,

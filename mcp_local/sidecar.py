@@ -187,6 +187,7 @@ class Sidecar:
             name="mcphub-sidecar",
             instructions=_INSTRUCTIONS,
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
+            authenticate=self.authenticator.authenticate,
         )
         # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
         app = bridge_app(self._bridge_hub, options, default_policy(host, [], []))

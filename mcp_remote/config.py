@@ -206,6 +206,9 @@ class HubConfig(BaseModel):
     """The bridge answers a plain 2026-07-28 `tools/call` POST itself, with the SDK's checks
     (`bridge/express.py`, about half the CPU per call); false sends every request through the
     SDK's own machinery: the switch to throw if a client ever trips over the lane."""
+    max_sessions_per_principal: int = Field(default=100, ge=1, le=10_000)
+    """Handshake-era (2025) MCP sessions one principal may hold open on the bridge; one more ends
+    its least recently used idle session, or gets 429 when every one is in use."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     policy: PolicyConfig | None = None
     """The gate's rules; absent means the shipped default policy (`mcphub policy check` validates one)."""

@@ -254,6 +254,8 @@ class Hub:
             max_body_bytes=config.max_request_bytes,
             express=config.bridge_express,
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
+            authenticate=self.authenticator.authenticate,
+            max_sessions_per_principal=config.max_sessions_per_principal,
         )
         # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
         app = self.bridge_app = bridge_app(

