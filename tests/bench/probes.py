@@ -49,7 +49,7 @@ def inflight(
     grpc_target: str, token: str, calls: int, seconds: float, method: str, cpus: tuple[int, ...] | None
 ) -> dict[str, Any]:
     """`calls` concurrent `sleep` calls from a separate client process."""
-    command = [sys.executable, "-m", "tests.bench.inflight", "--grpc", grpc_target, "--token", token]
+    command = [sys.executable, "-m", "tests.bench.inflight", "--grpc", grpc_target, f"--token={token}"]
     command += ["--calls", str(calls), "--seconds", str(seconds), "--method", method]
     return _run_json(_pinned(command, cpus), timeout=seconds + 120)
 
@@ -62,7 +62,7 @@ def pipeline_cost(
     path = workdir / "hub.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "tests.bench.pipeline_cost", "--config", str(path)]
-    command += ["--state-dir", str(workdir / "state"), "--token", token, "--calls", str(calls)]
+    command += ["--state-dir", str(workdir / "state"), f"--token={token}", "--calls", str(calls)]
     return _run_json(_pinned(command, cpus), timeout=600)
 
 

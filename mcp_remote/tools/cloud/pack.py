@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -49,6 +50,8 @@ logger = logging.getLogger("mcphub.cloud")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_NAMES = ("render", "sentry", "github")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP field name: a token (RFC 9110 5.1)."""
 
 
 def _query_items(query: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -365,8 +368,13 @@ class CloudPack:
                 dropped.append(name)
             elif "\r" in value or "\n" in value or "\0" in value:
                 raise ToolError(f"header {name!r}: the value has a line break")
-            elif not name or any(c in name for c in " :\t\r\n"):
-                raise ToolError(f"{name!r} is not a valid header name")
+            elif not _HEADER_NAME.fullmatch(name):
+                raise ToolError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+            elif not value.isascii():
+                raise ToolError(
+                    f"header {name!r}: the value must be ASCII (HTTP sends header values as bytes); "
+                    "percent-encode or base64 anything else"
+                )
             else:
                 kept.append((name, value))
         return kept, dropped

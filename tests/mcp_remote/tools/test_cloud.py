@@ -284,6 +284,25 @@ async def test_header_query_and_basic_credentials_are_injected_and_redacted(clou
     cloud.assert_no_canary()
 
 
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({"X-Name": "caf\u00e9"}, "header 'X-Name': the value must be ASCII"),
+        ({"X-Mark": "\u2713"}, "header 'X-Mark': the value must be ASCII"),
+        ({"X-\u00c9": "v"}, "'X-\u00c9' is not a valid header name"),
+        ({"X(a)": "v"}, "'X(a)' is not a valid header name"),
+        ({"X-Line": "a\r\nX-Evil: 1"}, "header 'X-Line': the value has a line break"),
+    ],
+)
+async def test_header_values_http_cannot_carry_are_refused_precisely(
+    cloud: CloudHub, headers: dict[str, str], says: str
+) -> None:
+    """A non-ASCII value used to come back as an encoder's TypeError."""
+    arguments = {"service": "stand", "method": "GET", "path": "/h", "headers": headers}
+    out = await cloud.call("http_request", arguments)
+    assert out.is_error and says in out.text, out.text
+
+
 async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHub) -> None:
     failed = await cloud.call("http_request", {"service": "stand", "method": "POST", "path": "/status/403"})
     assert failed.is_error and "HTTP 403" in failed.text and "[REDACTED]" in failed.text
