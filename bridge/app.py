@@ -125,6 +125,10 @@ class BridgeApp:
         self._lifespan: _Lifespan | None = None
         self._state: dict[str, Any] = {}
         self._stopping = False
+        self._reading: set[asyncio.Task[Any]] = set()
+        """Requests waiting for more of their body."""
+        self._cut: set[asyncio.Task[Any]] = set()
+        """Requests `aclose` cancelled while they waited for their body."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -149,10 +153,40 @@ class BridgeApp:
                     send, 500, _rpc_error(-32603, "the MCP bridge could not be loaded; see the server log")
                 )
                 return
+            if self._stopping:  # it stopped while the MCP app loaded
+                await _respond(send, 503, _rpc_error(SERVER_STOPPING, "the server is shutting down"))
+                return
         if self._state:  # what the MCP app's lifespan put in its state, as a server passes it on
             scope = {**scope, "state": {**self._state, **scope.get("state", {})}}
+        task = asyncio.current_task()
+        assert task is not None
+
+        body_done = False
+
+        async def tracked() -> Message:
+            # While the body is still coming, a stopping server may cut the request short (`aclose`);
+            # once it is in, later receives (the SDK's disconnect watches) are left alone.
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            self._reading.add(task)
+            try:
+                message = await receive()
+            finally:
+                self._reading.discard(task)
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
         try:
-            await app(scope, receive, send)
+            await app(scope, tracked, send)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            # Stopping while the client was still sending its body: it gets a precise 503 now,
+            # rather than the 500 and the ERROR traceback of a task uvicorn cancels 2 s later.
+            self._cut.discard(task)
+            task.uncancel()
+            await _respond(send, 503, _rpc_error(SERVER_STOPPING, "the server is shutting down"))
         except Exception as exc:
             from starlette.requests import ClientDisconnect  # loaded with the MCP app by now
 
@@ -191,6 +225,9 @@ class BridgeApp:
     async def aclose(self) -> None:
         """End the MCP app's lifespan (its sessions and their streams); later requests get 503."""
         self._stopping = True
+        for task in list(self._reading):
+            self._cut.add(task)
+            task.cancel("the server is shutting down")
         if self._loading is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._loading)

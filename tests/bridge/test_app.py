@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -213,3 +216,44 @@ async def test_stopping_with_a_handshake_era_session_open_ends_it_without_waitin
     log = server.log()
     # Had the session been left open, uvicorn would have waited out its 2 s grace and said so.
     assert "timeout graceful shutdown exceeded" not in log and " ERROR " not in log, log
+
+
+@pytest.mark.parametrize("era", ["2026-07-28", "2025-11-25"])
+@pytest.mark.parametrize("kind", SERVERS)
+def test_stopping_while_a_body_is_still_coming_answers_503_at_once(
+    kind: str, era: str, tmp_path: Path
+) -> None:
+    """A client that has sent half its body when the server stops used to get a 500 two seconds
+    later, when uvicorn cancelled the request, and the log an ERROR with a traceback."""
+    server = SERVERS[kind](tmp_path, {})
+    assert server.mcp_url is not None
+    url = urlsplit(server.mcp_url)
+    modern = "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: echo\r\n"
+    head = (
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{url.port}\r\ncontent-type: application/json\r\n"
+        f"accept: application/json, text/event-stream\r\n{modern if era.startswith('2026') else ''}"
+        "content-length: 1000\r\n\r\n"
+    )
+    try:
+        call = mcp_call(server.mcp_url, None)  # loads the MCP app: the request below reaches it
+        assert (
+            httpx2.post(call.url, content=call.body, headers=dict(call.headers), timeout=30).status_code
+            == 200
+        )
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(head.encode() + b'{"jsonrpc": "2.0", ')
+            time.sleep(0.3)  # the request is in, waiting for the rest of its body
+            stopped_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert server.process.wait(30) == 0
+        waited = time.monotonic() - stopped_at
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert b'"the server is shutting down"' in answer
+    assert waited < 1.5, waited  # not uvicorn's 2 s grace
+    log = server.log()
+    assert " ERROR " not in log and "Traceback" not in log, log
