@@ -19,7 +19,9 @@ Read-only is enforced by the database, not by parsing SQL: SQLite files are
 opened with `mode=ro` and `PRAGMA query_only`; PostgreSQL statements run in a
 `READ ONLY` transaction over the extended query protocol (one statement per
 call, so `COMMIT; ...` cannot leave it). For PostgreSQL a DSN of a role with
-only SELECT rights is the stronger guarantee; see docs/sidecar.md.
+only SELECT rights is the stronger guarantee; a superuser, or a role that may run
+programs or read or write the server's files, is refused unless the database says
+`allow_superuser: true`; see docs/sidecar.md.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Database:
     kind: str  # "sqlite" | "postgres"
     target: str = ""  # the SQLite file's absolute path, or the PostgreSQL DSN
     writable: bool = False
+    allow_superuser: bool = False
+    """PostgreSQL: run even when the role has server powers (see `_SERVER_POWERS`)."""
 
     def __repr__(self) -> str:  # never show a DSN (it may hold a password)
         return f"Database({self.name!r}, {self.kind!r}, writable={self.writable})"
@@ -270,11 +274,16 @@ async def _postgres(
     try:
         await conn.set_read_only(not write)
         async with conn.cursor() as cur:
-            # set_config is a query: it opens the transaction and takes its snapshot, after which
-            # `SET TRANSACTION READ WRITE` is refused.
-            await cur.execute(
-                "SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout_s * 1000)}",)
-            )
+            await cur.execute(_PG_OPENING, (f"{int(timeout_s * 1000)}",))
+            opened = await cur.fetchone()
+            if opened is not None and opened[1] and not db.allow_superuser:
+                raise ToolError(
+                    f"database {db.name!r}: the DSN's role {opened[2]!r} is a superuser or may run "
+                    "programs or read or write files on the database server (COPY ... TO PROGRAM, "
+                    "pg_read_file), which no read-only transaction stops. The sql pack refuses such "
+                    "a role: connect as one with only the rights the agent needs, or set "
+                    f"allow_superuser: true for {db.name!r} in the image's manifest"
+                )
             # No parameters: None, so a literal % in the statement is not read as a placeholder.
             bound = list(params) or None
             collector = _Collector(limit, max_bytes)
@@ -315,6 +324,17 @@ async def _postgres(
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+_SERVER_POWERS = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+_PG_OPENING = (
+    # set_config is a query: it opens the transaction and takes its snapshot, after which
+    # `SET TRANSACTION READ WRITE` is refused. The same round trip asks what the role may do
+    # outside the database: a superuser has every role's powers, so pg_has_role covers it too.
+    "SELECT set_config('statement_timeout', %s, true), "
+    + " OR ".join(f"pg_has_role(current_user, '{role}', 'USAGE')" for role in _SERVER_POWERS)
+    + ", current_user"
+)
 
 
 def _pg_message(exc: Exception) -> str:
@@ -451,10 +471,11 @@ def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
             raise ConfigError(f"{where}: a database name is 1-64 characters of [a-zA-Z0-9_-]")
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}: expected a mapping such as {{sqlite: data/app.db}}")
-        unknown = sorted(set(spec) - {"sqlite", "postgres", "postgres_env", "writable"})
+        unknown = sorted(set(spec) - {"sqlite", "postgres", "postgres_env", "writable", "allow_superuser"})
         if unknown:
             raise ConfigError(
-                f"{where}.{unknown[0]}: unknown key (expected sqlite, postgres, postgres_env, writable)"
+                f"{where}.{unknown[0]}: unknown key "
+                "(expected sqlite, postgres, postgres_env, writable, allow_superuser)"
             )
         sources = [k for k in ("sqlite", "postgres", "postgres_env") if k in spec]
         if len(sources) != 1:
@@ -464,6 +485,11 @@ def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
         writable = spec.get("writable", False)
         if not isinstance(writable, bool):
             raise ConfigError(f"{where}.writable: expected true or false, got {writable!r}")
+        allow_superuser = spec.get("allow_superuser", False)
+        if not isinstance(allow_superuser, bool):
+            raise ConfigError(f"{where}.allow_superuser: expected true or false, got {allow_superuser!r}")
+        if allow_superuser and sources[0] == "sqlite":
+            raise ConfigError(f"{where}.allow_superuser: only for PostgreSQL databases")
         value = spec[sources[0]]
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}.{sources[0]}: expected a non-empty string")
@@ -480,7 +506,7 @@ def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
         for secret in (dsn, _password_of(dsn)):
             if secret and len(secret) >= 6:  # the redactor refuses shorter values (they would hit words)
                 env.redactor.add(secret)
-        found[name] = Database(name, "postgres", dsn, writable)
+        found[name] = Database(name, "postgres", dsn, writable, allow_superuser)
     return found
 
 
@@ -505,6 +531,12 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
         "maxItems": 1000,
         "description": "Values bound to the statement's placeholders (? for SQLite, %s for PostgreSQL).",
     }
+    # A role with server powers can run programs from a "read-only" query: the tools then say
+    # they are not read-only, so a gate that lets read-only tools through asks about them.
+    powers = any(db.allow_superuser for db in databases.values())
+    reading = ToolAnnotations(
+        read_only=not powers, destructive=powers, idempotent=not powers, open_world=False
+    )
     tools = [
         _tool(
             "sql_query",
@@ -519,7 +551,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 "max_rows": {"type": "integer", "minimum": 1, "maximum": row_limit},
             },
             sql.query,
-            ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False),
+            reading,
             timeout_s,
         ),
         _tool(
@@ -528,7 +560,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             "List the tables (and views) of a database of this sandbox with their columns and types.",
             {"database": database_prop},
             sql.schema,
-            ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False),
+            reading,
             timeout_s,
         ),
     ]

@@ -3,8 +3,10 @@ parameters, a row limit, writes only where the manifest allows them."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,6 +318,57 @@ async def test_postgres_schema_and_a_bad_query(pg: PackUnderTest) -> None:
     assert ["public.items", "BASE TABLE", "id", "bigint", True, False] in schema.structured["rows"]
     bad = await pg.call("sql_query", sql="SELECT * FROM nowhere")
     assert bad.is_error and 'relation "nowhere" does not exist' in text(bad)
+
+
+@pytest.fixture(scope="module")
+def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
+    """DSNs of a superuser and of a role that may only read server files."""
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE boss LOGIN SUPERUSER PASSWORD 'boss-secret-password-123'")
+        conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-secret-password-123'")
+        conn.execute("GRANT pg_read_server_files TO reader")
+    return {
+        "boss": postgres.dsn(dbname="shop", user="boss", password="boss-secret-password-123"),
+        "reader": postgres.dsn(dbname="shop", user="reader", password="reader-secret-password-123"),
+    }
+
+
+@pytest.mark.parametrize("role", ["boss", "reader"])
+async def test_a_role_with_server_powers_is_refused(
+    powerful_roles: dict[str, str], tmp_path: Path, role: str
+) -> None:
+    """Inside a read-only transaction a superuser still ran a shell command on the database
+    server (`COPY ... TO PROGRAM`) and read its files (`pg_read_file`) through sql_query."""
+    marker = Path(tempfile.gettempdir()) / f"mcphub-copy-{role}-{os.getpid()}"
+    sql = make_pack("sql", {"databases": {"shop": {"postgres": powerful_roles[role]}}}, tmp_path)
+    for statement in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'", "SELECT pg_read_file('/etc/hostname')"):
+        result = await sql.call("sql_query", sql=statement)
+        assert result.is_error, text(result)
+        assert f"the DSN's role '{role}' is a superuser or may run programs" in text(result)
+        assert "allow_superuser: true" in text(result)
+    assert (await sql.call("sql_schema")).is_error
+    assert not marker.exists()
+    assert sql.tools["sql_query"].annotations.read_only is True
+
+
+async def test_server_powers_allowed_make_the_tools_not_read_only(
+    powerful_roles: dict[str, str], tmp_path: Path
+) -> None:
+    spec = {"postgres": powerful_roles["reader"], "allow_superuser": True}
+    sql = make_pack("sql", {"databases": {"shop": spec}}, tmp_path)
+    result = await sql.call("sql_query", sql="SELECT current_user")
+    assert not result.is_error and result.structured is not None, text(result)
+    assert result.structured["rows"] == [["reader"]]
+    for name in ("sql_query", "sql_schema"):
+        annotations = sql.tools[name].annotations
+        assert annotations.read_only is False and annotations.destructive is True, name
+
+
+def test_allow_superuser_is_for_postgres_and_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"databases\.a\.allow_superuser: only for PostgreSQL"):
+        make_pack("sql", {"databases": {"a": {"sqlite": "a.db", "allow_superuser": True}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"databases\.a\.allow_superuser: expected true or false"):
+        make_pack("sql", {"databases": {"a": {"postgres": "host=x", "allow_superuser": "yes"}}}, tmp_path)
 
 
 async def test_postgres_password_is_registered_for_redaction(
