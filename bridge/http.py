@@ -1,21 +1,129 @@
-"""Serving an ASGI app (the bridge) with uvicorn on a socket we bind ourselves, so port 0 works."""
+"""Serving an ASGI app (the bridge) with uvicorn on a socket we bind ourselves, so port 0 works,
+with deadlines for slow clients that uvicorn does not have."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from asyncio import TimerHandle
+from typing import Any, ClassVar
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["HttpServer"]
+
+logger = logging.getLogger(__name__)
+
+HEADER_TIMEOUT_S = 10.0
+"""A request's line and headers must arrive within this long of its first byte."""
+BODY_GRACE_S = 30.0
+MIN_BODY_RATE = 64 * 1024
+"""A body must arrive within BODY_GRACE_S plus its length at this many bytes per second."""
+_TIMEOUT_BODY = b"the request's headers did not arrive in time"
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class _DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with deadlines on the client's side of a request.
+
+    uvicorn closes a connection idle between requests, but not one that never sends a request,
+    nor one that sends its headers or its body a byte at a time (slowloris): each such
+    connection held a file descriptor, and a task once its headers were in, for ever. Now a
+    connection that sends nothing is closed after uvicorn's keep-alive timeout; headers get
+    `header_timeout_s` from the request's first byte (then 408); a body gets `body_grace_s`
+    plus its length at `MIN_BODY_RATE` from the end of the headers (then the connection is
+    closed, which the app sees as a client that left).
+    """
+
+    header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
+    body_grace_s: ClassVar[float] = BODY_GRACE_S
+    max_body_bytes: ClassVar[int] = 4 * 1024 * 1024
+
+    _deadline: TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self.header_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        length = next((v for k, v in self.headers if k == b"content-length"), None)
+        chunked = any(k == b"transfer-encoding" for k, _ in self.headers)
+        if length is not None and length.strip().isdigit() and not chunked:
+            size = int(length)
+        elif chunked:
+            size = self.max_body_bytes
+        else:
+            size = 0
+        if size:
+            self._arm(self.body_grace_s + size / MIN_BODY_RATE)
+        else:
+            self._disarm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        in_headers = self.cycle is None or self.cycle.scope is not self.scope
+        logger.debug(  # one line per connection: a slowloris flood must not become a log flood
+            "closed a connection from %s: its request's %s did not arrive in time",
+            f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+            "headers" if in_headers else "body",
+        )
+        if in_headers:  # no task has the request yet: answering is ours
+            self.transport.write(_TIMEOUT_408)
+        self.transport.close()
 
 
 class HttpServer:
     """One uvicorn server on `host:port` (port 0: any free port), started and stopped by the caller."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        body_grace_s: float = BODY_GRACE_S,
+    ) -> None:
         self._app = app
+        limits: dict[str, Any] = {
+            "max_body_bytes": max_body_bytes,
+            "header_timeout_s": header_timeout_s,
+            "body_grace_s": body_grace_s,
+        }
+        self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -48,6 +156,7 @@ class HttpServer:
         config = uvicorn.Config(
             self._app,
             lifespan="on",
+            http=self._protocol,
             log_config=None,
             access_log=False,
             ws="none",

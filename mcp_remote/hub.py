@@ -263,7 +263,7 @@ class Hub:
             options,
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
         )
-        self._http = HttpServer(app, address.host, address.port)
+        self._http = HttpServer(app, address.host, address.port, max_body_bytes=config.max_request_bytes)
         port = self._http.bind()
         return f"http://{_dial_address(address, port)}/mcp"
 

@@ -1,0 +1,108 @@
+"""Slow clients get deadlines: a connection that never sends a request, headers sent a byte at a
+time, a body that stops coming. uvicorn held each of them open for ever (a file descriptor, and
+once the headers were in a task), so a few thousand such connections could starve a hub."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bridge.http import HttpServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def _echo_length(request: Request) -> JSONResponse:
+    return JSONResponse({"received": len(await request.body())})
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    app = Starlette(routes=[Route("/mcp", _echo_length, methods=["POST"])])
+    server = HttpServer(app, "127.0.0.1", 0, header_timeout_s=1.0, body_grace_s=1.0)
+    yield await server.start()
+    await server.stop()
+
+
+def _post(length: int) -> bytes:
+    return f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n".encode()
+
+
+async def _until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, float]:
+    started = time.monotonic()
+    answer = await asyncio.wait_for(reader.read(), limit)
+    return answer, time.monotonic() - started
+
+
+async def test_a_connection_that_sends_nothing_is_closed(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer, waited = await _until_closed(reader, 20)
+    assert answer == b"" and 3 < waited < 10, waited  # uvicorn's keep-alive timeout, 5 s
+    writer.close()
+
+
+async def test_headers_dribbled_a_byte_at_a_time_get_408(port: int) -> None:
+    answer, waited = await asyncio.to_thread(_dribble, port)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert waited < 4, waited
+
+
+def _dribble(port: int) -> tuple[bytes, float]:
+    """Send a request's head a byte every 0.1 s (6 s in all) until the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        for byte in _post(0):
+            if select.select([sock], [], [], 0.1)[0]:
+                break  # the server has answered (and closed)
+            sock.sendall(bytes([byte]))
+        answer = sock.recv(4096)
+        return answer, time.monotonic() - started
+
+
+async def test_a_body_that_stops_coming_is_cut_off(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post(100) + b"{")
+    await writer.drain()
+    answer, waited = await _until_closed(reader, 20)
+    assert answer == b"" and waited < 5, waited  # 1 s grace + 100 bytes at 64 KiB/s
+    writer.close()
+
+
+async def test_clients_that_keep_up_are_served_and_kept_alive(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(2):  # the same connection twice
+        writer.write(_post(10) + b"01234")
+        await writer.drain()
+        await asyncio.sleep(0.5)  # half the body now, the rest within the deadline
+        writer.write(b"56789")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))[15:]
+        )
+        assert await reader.readexactly(length) == b'{"received":10}'
+    writer.close()
+
+
+def test_a_hub_applies_the_deadlines(open_hub: object) -> None:
+    """The hub's bridge serves through the same protocol (a connection that sends a partial
+    request line is answered 408 within the default 10 s)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(open_hub.mcp_url)  # type: ignore[attr-defined]
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 8 < time.monotonic() - started < 20
