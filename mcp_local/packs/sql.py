@@ -30,11 +30,11 @@ import asyncio
 import contextlib
 import datetime
 import re
+import sys
 import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -91,6 +91,13 @@ class Rows:
         return out
 
 
+def _is_decimal(value: Any) -> bool:
+    # A Decimal exists only once its module is loaded (psycopg loads it for NUMERIC); SQLite
+    # never returns one, so a sidecar with only SQLite databases need not carry `decimal`.
+    decimal = sys.modules.get("decimal")
+    return decimal is not None and isinstance(value, decimal.Decimal)
+
+
 def jsonable(value: Any) -> Any:
     """A database value as JSON: bytes as `\\x<hex>`, exact decimals and big integers as strings."""
     if value is None or isinstance(value, bool | str | float):
@@ -99,7 +106,7 @@ def jsonable(value: Any) -> Any:
         return value if -_INT64 <= value < _INT64 else str(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
-    if isinstance(value, Decimal | uuid.UUID):
+    if isinstance(value, uuid.UUID) or _is_decimal(value):
         return str(value)
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
