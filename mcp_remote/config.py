@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from mcp_local.errors import ConfigError
+from mcp_local.principals import OPERATOR
 
 from .policy import PolicyConfig
 from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
@@ -247,6 +248,13 @@ class HubConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"principals: the name {dupes[0]!r} appears more than once")
+        if OPERATOR.name in names:
+            # Audit records, approvals (no approving one's own call) and MCP sessions know a
+            # caller by name: a second "operator" would pass for the host's operator in all three.
+            raise ValueError(
+                f"principals: the name {OPERATOR.name!r} is reserved for the hub host's operator "
+                "(its token is `operator.token` in the state directory); choose another name"
+            )
         return self
 
 

@@ -49,6 +49,10 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
             "the name 'a' appears more than once",
         ),
         (
+            "principals:\n  - {name: operator, token: xxxxxxxxxxxxxxxxxxxxxx, tools: [echo]}\n",
+            "the name 'operator' is reserved for the hub host's operator",
+        ),
+        (
             "audit: {store: postgres, dsn_env: PG, sync: true}\n",
             "sync applies to the sqlite store; PostgreSQL's own fsync setting decides",
         ),
