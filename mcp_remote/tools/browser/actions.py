@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mimetypes
 import re
 import socket
 import time
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import orjson
 from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import Locator, Page
+from playwright.async_api import FilePayload, Locator, Page
 
 from mcp_local.content import ImageContent, TextContent, ToolResult
 from mcp_local.errors import ToolError
@@ -32,7 +33,7 @@ from .proxy import PolicyProxy, system_resolver
 from .render import PageState, compose, limit_text, parse_ref
 from .sessions import BrowserSession, SharedBrowser, first_line
 from .tools import DEFAULT_SESSION, MODAL_TOOLS
-from .workspace import resolve_in_workspace, workspace_dir
+from .workspace import read_for_upload, workspace_dir
 
 __all__ = ["BrowserRuntime", "Reply"]
 
@@ -564,11 +565,19 @@ async def handle_dialog(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
     return Reply(done, snapshot=True)
 
 
+def _media_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
 async def file_upload(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     workspace = workspace_dir(rt.workspace_root, s.principal)
-    files = [resolve_in_workspace(workspace, p) for p in args.get("paths", [])]
-    names = ", ".join(f.name for f in files) or "no files"
+    # By content, not by path: see read_for_upload.
+    contents = await asyncio.to_thread(read_for_upload, workspace, args.get("paths", []))
+    files: list[FilePayload] = [
+        {"name": name, "mimeType": _media_type(name), "buffer": data} for name, data in contents
+    ]
+    names = ", ".join(name for name, _ in contents) or "no files"
     timeout = rt.budget_ms(call, rt.options.action_timeout_s)
     if args.get("target"):
         page = await s.ensure_page()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from mcp_local.errors import ToolError
 
-__all__ = ["resolve_in_workspace", "safe_file_name", "workspace_dir"]
+__all__ = ["UPLOAD_LIMIT", "read_for_upload", "resolve_in_workspace", "safe_file_name", "workspace_dir"]
+
+UPLOAD_LIMIT = 50 * 1024 * 1024
+"""Bytes one upload may carry in all: Playwright's own limit for files given by content."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -47,3 +54,47 @@ def safe_file_name(suggested: str, fallback: str = "download") -> str:
     """A file name without directories or unusual characters, derived from a page's suggestion."""
     name = _UNSAFE.sub("_", PurePosixPath(suggested.replace("\\", "/")).name).strip(" .")
     return (name or fallback)[:128]
+
+
+def read_for_upload(
+    workspace: Path, paths: Sequence[str], limit: int = UPLOAD_LIMIT
+) -> list[tuple[str, bytes]]:
+    """(name, contents) of files inside `workspace`, each read from a descriptor checked to be in it.
+
+    A checked path handed to Chromium is read when the page reads the file, which the page
+    decides: by then the agent, who owns its workspace, may have swapped a directory on that
+    path for a link to a file of the hub's. Read now, from a descriptor whose own path is
+    checked, the upload is what was checked.
+    """
+    base = workspace.resolve()
+    files: list[tuple[str, bytes]] = []
+    left = limit
+    for path in paths:
+        resolved = resolve_in_workspace(workspace, path)
+        data = _read_checked(base, resolved, path, left, limit)
+        left -= len(data)
+        files.append((resolved.name, data))
+    return files
+
+
+def _read_checked(base: Path, resolved: Path, path: str, budget: int, limit: int) -> bytes:
+    too_big = f"{path!r}: the files of one upload may hold {limit / (1024 * 1024):g} MB in all"
+    try:
+        # O_NONBLOCK: a FIFO swapped in after the check must not hang the call.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ToolError(f"{path!r} became a symbolic link after it was checked") from None
+        raise ToolError(f"{path!r}: cannot open it: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(base):
+            raise ToolError(f"{path!r} is outside your workspace ({base}); only its files can be uploaded")
+        if not stat.S_ISREG(info.st_mode):
+            raise ToolError(f"{path!r} is not a regular file")
+        if info.st_size > budget:
+            raise ToolError(too_big)
+        data = f.read(budget + 1)
+    if len(data) > budget:
+        raise ToolError(too_big)
+    return data

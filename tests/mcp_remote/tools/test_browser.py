@@ -359,6 +359,8 @@ async def test_file_upload_takes_only_files_inside_the_workspace(
     (workspace / "report.txt").write_text("twelve bytes")
     (workspace / "escape").unlink(missing_ok=True)
     (workspace / "escape").symlink_to("/etc/hostname")
+    with (workspace / "huge.bin").open("wb") as f:
+        f.truncate(50 * 1024 * 1024 + 1)  # sparse: refused by its size, before any byte is read
 
     page = await call(agent, "browser_navigate", url=site.url("/upload"), session="upload")
     chooser = await call(
@@ -371,6 +373,7 @@ async def test_file_upload_takes_only_files_inside_the_workspace(
         ("/etc/passwd", "outside your workspace"),
         ("escape", "outside your workspace"),
         ("missing.txt", "no such file"),
+        ("huge.bin", "the files of one upload may hold 50 MB in all"),
     ):
         refused = await agent.call("browser_file_upload", {"paths": [bad], "session": "upload"})
         assert refused.is_error and why in refused.text, (bad, refused.text)
@@ -382,6 +385,39 @@ async def test_file_upload_takes_only_files_inside_the_workspace(
     )
     assert "Chosen: report.txt" in direct.text
     await call(agent, "browser_close", session="upload")
+
+
+async def test_an_upload_sends_what_was_checked_not_what_a_swapped_path_names_later(
+    agent: ToolClient, hub: RunningHub, site: Site, tmp_path: Path
+) -> None:
+    # The agent owns its workspace (the shell pack writes there too): after the check, it can
+    # swap a directory on the checked path for a symbolic link to anywhere the hub can read.
+    outside = tmp_path / "hub-secrets"
+    outside.mkdir()
+    (outside / "token.txt").write_text("the-hub-secret-never-to-upload")
+    workspace = hub.state_dir / "workspaces" / "agent-a"
+    (workspace / "d").mkdir(parents=True, exist_ok=True)
+    (workspace / "d" / "token.txt").write_text("harmless")
+
+    await call(agent, "browser_navigate", url=site.url("/upload"), session="swap")
+    chosen = await call(agent, "browser_file_upload", paths=["d/token.txt"], target="#file", session="swap")
+    assert "Chosen: token.txt" in chosen.text
+    (workspace / "d").rename(workspace / "d-before")
+    (workspace / "d").symlink_to(outside)
+    try:
+        read = await call(
+            agent,
+            "browser_evaluate",
+            function="async () => { try { return await document.querySelector('#file').files[0].text(); }"
+            " catch (e) { return 'unreadable: ' + e.name; } }",
+            session="swap",
+        )
+        assert "the-hub-secret" not in read.text
+        assert "harmless" in read.text
+    finally:
+        (workspace / "d").unlink()
+        (workspace / "d-before").rename(workspace / "d")
+        await call(agent, "browser_close", session="swap")
 
 
 async def test_downloads_land_in_the_callers_workspace(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,11 +12,17 @@ import pytest
 
 from mcp_local.errors import ConfigError, ToolError
 from mcp_remote.tools.browser import UrlPolicy, parse_rule
+from mcp_remote.tools.browser import workspace as browser_workspace
 from mcp_remote.tools.browser.options import parse_options
 from mcp_remote.tools.browser.policy import IPAddress
 from mcp_remote.tools.browser.proxy import PolicyProxy
 from mcp_remote.tools.browser.render import parse_ref
-from mcp_remote.tools.browser.workspace import resolve_in_workspace, safe_file_name, workspace_dir
+from mcp_remote.tools.browser.workspace import (
+    read_for_upload,
+    resolve_in_workspace,
+    safe_file_name,
+    workspace_dir,
+)
 from tests.mcp_remote.tools.browser_site import serve_site
 
 
@@ -120,6 +127,45 @@ def test_workspace_paths_cannot_escape(tmp_path: Path) -> None:
     assert safe_file_name("../../etc/passwd") == "passwd"
     assert safe_file_name("rep ort;rm -rf.pdf") == "rep ort_rm -rf.pdf"
     assert safe_file_name("...") == "download"
+
+
+def test_an_upload_is_read_from_what_was_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = tmp_path / "workspaces" / "agent"
+    (workspace / "d").mkdir(parents=True)
+    (workspace / "d" / "token.txt").write_text("harmless")
+    secrets = tmp_path / "hub"
+    secrets.mkdir()
+    (secrets / "token.txt").write_text("hub secret")
+    assert read_for_upload(workspace, ["d/token.txt"]) == [("token.txt", b"harmless")]
+
+    # The agent swaps `d` for a link between the check and the read: the read refuses.
+    checked = browser_workspace.resolve_in_workspace
+
+    def check_then_swap(ws: Path, path: str) -> Path:
+        resolved = checked(ws, path)
+        (workspace / "d").rename(workspace / "d0")
+        (workspace / "d").symlink_to(secrets)
+        return resolved
+
+    monkeypatch.setattr(browser_workspace, "resolve_in_workspace", check_then_swap)
+    with pytest.raises(ToolError, match="outside your workspace"):
+        read_for_upload(workspace, ["d/token.txt"])
+    monkeypatch.undo()
+    (workspace / "d").unlink()
+    (workspace / "d0").rename(workspace / "d")
+
+    # A FIFO put in the file's place is refused at once, not waited on.
+    os.mkfifo(workspace / "fifo")
+    monkeypatch.setattr(browser_workspace, "resolve_in_workspace", lambda ws, path: ws / "fifo")
+    with pytest.raises(ToolError, match="not a regular file"):
+        read_for_upload(workspace, ["d/token.txt"])
+    monkeypatch.undo()
+
+    # The limit is for all the files of one upload together.
+    (workspace / "b.bin").write_bytes(b"x" * 6)
+    assert len(read_for_upload(workspace, ["b.bin"], limit=12)) == 1
+    with pytest.raises(ToolError, match="may hold"):
+        read_for_upload(workspace, ["b.bin", "b.bin", "b.bin"], limit=12)
 
 
 # --- the proxy on real sockets -------------------------------------------------------------------
