@@ -41,7 +41,7 @@ from playwright.async_api import Error as PlaywrightError
 from mcp_local.errors import ToolError
 
 from .options import CHROMIUM_ARGS, BrowserOptions
-from .workspace import safe_file_name, workspace_dir
+from .workspace import safe_file_name, save_download, workspace_dir
 
 __all__ = ["BrowserSession", "NetworkEntry", "SessionKey", "SharedBrowser"]
 
@@ -307,21 +307,23 @@ class BrowserSession:
         self._spawn(self._save_download(download))
 
     async def _save_download(self, download: Download) -> None:
-        folder = workspace_dir(self.owner.workspace_root, self.principal) / "downloads"
+        workspace = workspace_dir(self.owner.workspace_root, self.principal)
         name = safe_file_name(download.suggested_filename)
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            target = folder / name
-            stem, dot, ext = name.rpartition(".")
-            n = 1
-            while target.exists():
-                target = folder / (f"{stem}-{n}.{ext}" if dot else f"{name}-{n}")
-                n += 1
-            await download.save_as(target)
-        except (OSError, PlaywrightError) as exc:
+            # Playwright's own copy, in its private artifacts folder; never saved by path into the
+            # workspace, where a planted link would redirect it (save_download).
+            source = await download.path()
+            saved = await asyncio.to_thread(save_download, workspace, source, name)
+        except OSError as exc:  # its reason, not a path of the hub's host
+            self.events.append(f"the download {name!r} failed: {exc.strerror or type(exc).__name__}")
+            return
+        except (PlaywrightError, ToolError) as exc:
             self.events.append(f"the download {name!r} failed: {first_line(exc)}")
             return
-        self.events.append(f"downloaded {name!r} to downloads/{target.name} in your workspace")
+        finally:
+            with contextlib.suppress(PlaywrightError):
+                await download.delete()
+        self.events.append(f"downloaded {name!r} to downloads/{saved} in your workspace")
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         async def run() -> None:

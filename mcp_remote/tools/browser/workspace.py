@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -11,7 +12,14 @@ from pathlib import Path, PurePosixPath
 
 from mcp_local.errors import ToolError
 
-__all__ = ["UPLOAD_LIMIT", "read_for_upload", "resolve_in_workspace", "safe_file_name", "workspace_dir"]
+__all__ = [
+    "UPLOAD_LIMIT",
+    "read_for_upload",
+    "resolve_in_workspace",
+    "safe_file_name",
+    "save_download",
+    "workspace_dir",
+]
 
 UPLOAD_LIMIT = 50 * 1024 * 1024
 """Bytes one upload may carry in all: Playwright's own limit for files given by content."""
@@ -98,3 +106,48 @@ def _read_checked(base: Path, resolved: Path, path: str, budget: int, limit: int
     if len(data) > budget:
         raise ToolError(too_big)
     return data
+
+
+def save_download(workspace: Path, source: Path, name: str) -> str:
+    """Copy `source` (Playwright's copy of a download) to `downloads/` in `workspace` as `name`,
+    or `name-1`, `name-2`... if taken; returns the name used.
+
+    The agent owns its workspace, so `downloads` or a file name in it may be a link it planted
+    to anywhere on the hub's host (/etc/cron.d, say): the folder is opened without following
+    links, and the file is created O_EXCL|O_NOFOLLOW in it, so a link is never written through.
+    """
+    workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+    top = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("downloads", 0o700, dir_fd=top)
+        try:
+            folder = os.open(
+                "downloads", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ToolError("downloads in your workspace is not a directory (a symbolic link?)") from None
+            raise
+    finally:
+        os.close(top)
+    try:
+        stem, dot, ext = name.rpartition(".")
+        for n in range(1000):
+            candidate = name if n == 0 else (f"{stem}-{n}.{ext}" if dot else f"{name}-{n}")
+            try:
+                fd = os.open(
+                    candidate,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=folder,
+                )
+            except FileExistsError:  # a file, or a link (O_EXCL never follows one)
+                continue
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            return candidate
+        raise ToolError(f"downloads in your workspace already holds {name} and 999 numbered copies")
+    finally:
+        os.close(folder)

@@ -420,24 +420,64 @@ async def test_an_upload_sends_what_was_checked_not_what_a_swapped_path_names_la
         await call(agent, "browser_close", session="swap")
 
 
+async def _download(agent: ToolClient, site: Site, session: str) -> list[str]:
+    """Click the site's download link, then wait for the session's word on 'report.csv'."""
+    page = await call(agent, "browser_navigate", url=site.url("/downloads"), session=session)
+    link = ref(page.text, "link", "Get the report")
+    texts = [(await call(agent, "browser_click", target=link, session=session)).text]
+    deadline = time.monotonic() + 20
+    while not any("'report.csv'" in t for t in texts) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+        texts.append((await call(agent, "browser_tabs", action="list", session=session)).text)
+    return texts
+
+
 async def test_downloads_land_in_the_callers_workspace(
     agent: ToolClient, hub: RunningHub, site: Site
 ) -> None:
     saved = hub.state_dir / "workspaces" / "agent-a" / "downloads" / "report.csv"
     saved.unlink(missing_ok=True)
-    page = await call(agent, "browser_navigate", url=site.url("/downloads"), session="dl")
-    texts = [
-        (
-            await call(agent, "browser_click", target=ref(page.text, "link", "Get the report"), session="dl")
-        ).text
-    ]
-    deadline = time.monotonic() + 20
-    while not any("downloaded 'report.csv'" in t for t in texts) and time.monotonic() < deadline:
-        await anyio.sleep(0.05)
-        texts.append((await call(agent, "browser_tabs", action="list", session="dl")).text)
+    texts = await _download(agent, site, "dl")
     assert any("downloaded 'report.csv' to downloads/report.csv in your workspace" in t for t in texts)
     assert saved.read_text() == "a,b\n1,2\n"
     await call(agent, "browser_close", session="dl")
+
+
+@pytest.mark.parametrize("link", ["downloads", "report.csv"])
+async def test_a_download_is_not_written_through_a_link_the_agent_planted(
+    agent: ToolClient, hub: RunningHub, site: Site, tmp_path: Path, link: str
+) -> None:
+    # The agent owns its workspace: a link there must not let a website's file land elsewhere
+    # on the hub's host (say /etc/cron.d), whether it is the downloads folder or the file's name.
+    elsewhere = tmp_path / "hub-host-dir"
+    elsewhere.mkdir()
+    folder = hub.state_dir / "workspaces" / "agent-a" / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    if link == "downloads":
+        folder.rename(folder.with_name("downloads-real"))
+        folder.symlink_to(elsewhere)
+    else:
+        (folder / "report.csv").unlink(missing_ok=True)
+        (folder / "report.csv").symlink_to(elsewhere / "report.csv")  # dangling: "does not exist"
+    try:
+        texts = await _download(agent, site, f"planted-{link}")
+        assert list(elsewhere.iterdir()) == []
+        if link == "downloads":
+            assert any(
+                "the download 'report.csv' failed: downloads in your workspace is not a directory" in t
+                for t in texts
+            ), texts[-1]
+        else:  # the name is taken (by the link), so the file gets the next free one
+            assert any("downloaded 'report.csv' to downloads/report-1.csv" in t for t in texts), texts[-1]
+            assert (folder / "report-1.csv").read_text() == "a,b\n1,2\n"
+            (folder / "report-1.csv").unlink()
+    finally:
+        if link == "downloads":
+            folder.unlink()
+            folder.with_name("downloads-real").rename(folder)
+        else:
+            (folder / "report.csv").unlink()
+        await call(agent, "browser_close", session=f"planted-{link}")
 
 
 # --- the URL policy ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from mcp_remote.tools.browser.workspace import (
     read_for_upload,
     resolve_in_workspace,
     safe_file_name,
+    save_download,
     workspace_dir,
 )
 from tests.mcp_remote.tools.browser_site import serve_site
@@ -166,6 +167,24 @@ def test_an_upload_is_read_from_what_was_checked(tmp_path: Path, monkeypatch: py
     assert len(read_for_upload(workspace, ["b.bin"], limit=12)) == 1
     with pytest.raises(ToolError, match="may hold"):
         read_for_upload(workspace, ["b.bin", "b.bin", "b.bin"], limit=12)
+
+
+def test_a_download_never_goes_through_a_link(tmp_path: Path) -> None:
+    source = tmp_path / "artifact"
+    source.write_bytes(b"from a website")
+    workspace = tmp_path / "workspaces" / "agent"
+    assert save_download(workspace, source, "r.txt") == "r.txt"
+    assert save_download(workspace, source, "r.txt") == "r-1.txt"
+    elsewhere = tmp_path / "etc-cron.d"
+    elsewhere.mkdir()
+    (workspace / "downloads" / "job").symlink_to(elsewhere / "job")  # dangling
+    assert save_download(workspace, source, "job") == "job-1"
+    (workspace / "downloads").rename(workspace / "kept")
+    (workspace / "downloads").symlink_to(elsewhere)
+    with pytest.raises(ToolError, match="not a directory"):
+        save_download(workspace, source, "job")
+    assert list(elsewhere.iterdir()) == []
+    assert (workspace / "kept" / "r-1.txt").read_bytes() == b"from a website"
 
 
 # --- the proxy on real sockets -------------------------------------------------------------------
