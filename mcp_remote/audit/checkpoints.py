@@ -12,12 +12,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
+from .ed25519 import load_private_key, new_private_key
 from .records import canonical
+
+if TYPE_CHECKING:  # verification is the CLI's: the hub itself never imports `cryptography`
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["Checkpoint", "CheckpointSigner", "load_public_keys", "verify_checkpoint"]
 
@@ -43,8 +44,9 @@ class Checkpoint:
         }
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    return hashlib.sha256(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+def key_id(public: bytes) -> str:
+    """The id a checkpoint names its key by: the first 16 hex digits of SHA-256 of the raw public key."""
+    return hashlib.sha256(public).hexdigest()[:16]
 
 
 class CheckpointSigner:
@@ -52,15 +54,15 @@ class CheckpointSigner:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path = key_dir / "signing.key"
         if key_path.exists():
-            self._key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(key_path.read_text()))
+            raw = base64.b64decode(key_path.read_text())
         else:
-            self._key = Ed25519PrivateKey.generate()
-            raw = self._key.private_bytes_raw()
+            raw = new_private_key()
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(raw).decode())
-        public = self._key.public_key()
-        (key_dir / "signing.pub").write_text(base64.b64encode(public.public_bytes_raw()).decode() + "\n")
+        self._key = load_private_key(raw)
+        public = self._key.public_bytes()
+        (key_dir / "signing.pub").write_text(base64.b64encode(public).decode() + "\n")
         self.key_id = key_id(public)
 
     def sign(self, seq: int, hash_: str, ts_ms: int) -> Checkpoint:
@@ -70,14 +72,18 @@ class CheckpointSigner:
 
 
 def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(path.read_text().strip()))
-        keys[key_id(public)] = public
+        raw = base64.b64decode(path.read_text().strip())
+        keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
     return keys
 
 
 def verify_checkpoint(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey]) -> str | None:
+    from cryptography.exceptions import InvalidSignature
+
     public = keys.get(checkpoint.key_id)
     if public is None:
         return f"checkpoint at record {checkpoint.seq} is signed by an unknown key {checkpoint.key_id}"

@@ -73,7 +73,7 @@ async def stopped_log(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
     Async, like every test here that touches gRPC: grpc.aio serves one event loop per process."""
     workdir = tmp_path_factory.mktemp("audited")
-    hub = start_hub(workdir, config=config(), http=False)
+    hub = start_hub(workdir, config=config(), http=False, env={"PYTHONPROFILEIMPORTTIME": "1"})
     client = HubClient(hub.grpc)
     for i in range(25):
         await call_echo(client, f"hello {i}")
@@ -108,6 +108,15 @@ def test_verify_passes_on_an_untouched_log(stopped_log: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] and report["records"] > 100 and report["checkpoints"] >= 5
+    # The hub signed those checkpoints through the OpenSSL its runtime had loaded; `verify`
+    # checked them with `cryptography`, which the hub never imported (about 7.5 MB).
+    imported = {
+        line.split("|")[-1].strip()
+        for line in (stopped_log.parent / "hub.log").read_text().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "mcp_remote.audit.ed25519" in imported
+    assert not {m for m in imported if m.split(".")[0] == "cryptography"}
 
 
 def tampered_copy(source: Path, target: Path, *statements: str) -> Path:
