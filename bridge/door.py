@@ -15,7 +15,9 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
 - One principal holds at most `max_sessions` sessions. Opening one more ends that principal's
   least recently used session that has no request in flight (clients that hold a GET stream,
   the live ones, always do); if all are busy, HTTP 429. A principal that floods only pushes
-  out its own abandoned sessions.
+  out its own abandoned sessions. An initialize holds its place from the moment it is
+  admitted (the SDK names its session only when it answers), so initializes sent together
+  cannot pass the cap; a POST without a session ID that is not an initialize ends nothing.
 
 2026-07-28 requests keep no session: they go straight on, and the hub authenticates (and audits)
 each call, so a refused call is on record there.
@@ -82,10 +84,13 @@ def _challenge(presented: bool, message: str) -> bytes:
 class _Sessions:
     """One principal's open sessions, least recently used first, with their requests in flight."""
 
-    __slots__ = ("ended", "in_flight", "reported_at")
+    __slots__ = ("ended", "in_flight", "opening", "reported_at")
 
     def __init__(self) -> None:
         self.in_flight: OrderedDict[str, int] = OrderedDict()
+        self.opening = 0
+        """Initializes admitted and not yet answered: each holds a place under the cap, since
+        the session it opens is known here only when the SDK's answer starts."""
         self.ended = 0
         """Sessions ended to make room since the last log line about it."""
         self.reported_at = -math.inf
@@ -180,51 +185,104 @@ class SessionDoor:
                 held.in_flight[session_id] -= 1
 
     async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
-        held = self._held.setdefault(principal, _Sessions())
-        if not await self._make_room(principal, held):
-            start, body = _refusal(
-                429,
-                TOO_MANY_SESSIONS,
-                f"principal {principal.name!r} has {self._max_sessions} MCP sessions open, all in use; "
-                "end one (DELETE with its Mcp-Session-Id) before opening another",
-                ((b"retry-after", b"5"),),
-            )
-            await send(start)
-            await send(body)
+        # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
+        # and must not cost the principal a session. The body is read here to tell (the SDK
+        # reads all of it anyway) and handed on unchanged.
+        body, receive = await _read_body(receive)
+        if body is None:
+            return  # the client went away
+        if not _is_initialize(body):
+            await self.app(scope, receive, send)
             return
+        held = self._held.setdefault(principal, _Sessions())
+        held.opening += 1  # before any await, so concurrent initializes see each other
+        reserved = True
+        try:
+            if not await self._make_room(principal, held):
+                start, answer = _refusal(
+                    429,
+                    TOO_MANY_SESSIONS,
+                    f"principal {principal.name!r} has {self._max_sessions} MCP sessions open or "
+                    "opening, all in use; end one (DELETE with its Mcp-Session-Id) before opening another",
+                    ((b"retry-after", b"5"),),
+                )
+                await send(start)
+                await send(answer)
+                return
 
-        async def note_session(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] < 400:
-                for key, value in message.get("headers", ()):
-                    if key.lower() == _SESSION_HEADER:
-                        held.in_flight[value.decode("latin-1")] = 0
-                        break
-            await send(message)
+            async def note_session(message: Message) -> None:
+                nonlocal reserved
+                if message["type"] == "http.response.start" and message["status"] < 400:
+                    for key, value in message.get("headers", ()):
+                        if key.lower() == _SESSION_HEADER and reserved:
+                            held.in_flight[value.decode("latin-1")] = 0  # the place passes to it
+                            held.opening -= 1
+                            reserved = False
+                            break
+                await send(message)
 
-        await self.app(scope, receive, note_session)
+            await self.app(scope, receive, note_session)
+        finally:
+            if reserved:
+                held.opening -= 1
 
     async def _make_room(self, principal: Principal, held: _Sessions) -> bool:
-        """Forget the principal's ended sessions; at the cap, end its least recently used idle
-        one. False when every one of them has a request in flight."""
+        """Forget the principal's ended sessions; past the cap (open ones plus initializes
+        admitted), end its least recently used idle ones. False when every one of them has a
+        request in flight."""
         live = self._open_sessions()
         for ended in [sid for sid in held.in_flight if sid not in live or live[sid].is_terminated]:
             del held.in_flight[ended]
-        if len(held.in_flight) < self._max_sessions:
-            return True
-        idle = next((sid for sid, n in held.in_flight.items() if n == 0), None)
-        if idle is None:
-            return False
-        del held.in_flight[idle]
-        held.ended += 1
-        now = time.monotonic()
-        if now - held.reported_at >= _REPORT_EVERY_S:  # a flood makes one line a minute, not one a session
-            logger.info(
-                "principal %r is past its %d MCP sessions: its least recently used idle one was ended "
-                "(%d so far since the last such line)",
-                principal.name,
-                self._max_sessions,
-                held.ended,
-            )
-            held.ended, held.reported_at = 0, now
-        await live[idle].terminate()
+        # `opening` counts this initialize too.
+        while len(held.in_flight) + held.opening > self._max_sessions:
+            idle = next((sid for sid, n in held.in_flight.items() if n == 0), None)
+            if idle is None:
+                return False
+            del held.in_flight[idle]
+            held.ended += 1
+            now = time.monotonic()
+            if now - held.reported_at >= _REPORT_EVERY_S:  # a flood: one line a minute, not one a session
+                logger.info(
+                    "principal %r is past its %d MCP sessions: its least recently used idle one was ended "
+                    "(%d so far since the last such line)",
+                    principal.name,
+                    self._max_sessions,
+                    held.ended,
+                )
+                held.ended, held.reported_at = 0, now
+            session = self._open_sessions().get(idle)
+            if session is not None:
+                await session.terminate()
         return True
+
+
+async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
+    """The whole request body, and a `receive` that gives it again then carries on; None for
+    the body if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, receive
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _is_initialize(body: bytes) -> bool:
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize"

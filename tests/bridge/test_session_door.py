@@ -6,6 +6,7 @@ Before the door, any `initialize` opened a session in the SDK, token or not: 10,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -183,7 +184,7 @@ def test_sessions_in_use_are_not_ended_a_new_one_is_refused(capped_hub: RunningH
             error = refused.json()["error"]
             assert (
                 error["code"] == -32032
-                and "'agent-a' has 3 MCP sessions open, all in use" in error["message"]
+                and "'agent-a' has 3 MCP sessions open or opening, all in use" in error["message"]
             )
             assert all(works(http, a, s) for s in sessions)
         # Streams closed: once the server has noticed, the sessions are idle again and the oldest
@@ -194,3 +195,55 @@ def test_sessions_in_use_are_not_ended_a_new_one_is_refused(capped_hub: RunningH
             time.sleep(0.1)
         assert again.status_code == 200 and again.headers["mcp-session-id"], again.text
         assert sorted(works(http, a, s) for s in sessions) == [False, True, True]  # one made room
+
+
+def test_initializes_sent_together_cannot_pass_the_cap(capped_hub: RunningHub) -> None:
+    """Twenty initializes whose bodies all arrive at once: the SDK names a session only when it
+    answers, so each initialize holds its place under the cap from the moment it is admitted.
+    (Before, all twenty were admitted and opened: one token could fill the SDK.)"""
+    a = TOKENS["agent-a"]
+    host, port = capped_hub.http_base.removeprefix("http://").rsplit(":", 1)
+    body = orjson.dumps(INITIALIZE)
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nAuthorization: Bearer {a}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    async def together() -> list[bytes]:
+        conns = [await asyncio.open_connection(host, int(port)) for _ in range(20)]
+        for _, writer in conns:
+            writer.write(head)
+        await asyncio.sleep(0.5)  # every request is in and waiting for its body
+        for _, writer in conns:
+            writer.write(body)
+        answers = [await asyncio.wait_for(reader.read(), 30) for reader, _ in conns]
+        for _, writer in conns:
+            writer.close()
+        return answers
+
+    answers = asyncio.run(together())
+    statuses = sorted({a.split(b" ", 2)[1].decode() for a in answers})
+    assert set(statuses) <= {"200", "429"}, statuses
+    opened = [
+        line.split(b":", 1)[1].strip().decode()
+        for answer in answers
+        for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        if line.lower().startswith(b"mcp-session-id:")
+    ]
+    assert opened
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=30) as http:
+        alive = [s for s in opened if list_in(http, a, s).status_code != 404]
+    assert len(alive) <= 3, (len(opened), len(alive))
+
+
+def test_a_post_that_opens_no_session_ends_none(capped_hub: RunningHub) -> None:
+    a = TOKENS["agent-a"]
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=30) as http:
+        sessions = [open_session(http, a) for _ in range(3)]
+        for stray in (LIST, {"jsonrpc": "2.0", "id": 3, "method": "initialise"}, [INITIALIZE]):
+            refused = http.post("/mcp", json=stray, headers=ACCEPT | _auth(a))
+            assert refused.status_code == 400, refused.text
+        broken = http.post("/mcp", content=b"{not json", headers=ACCEPT | _auth(a))
+        assert broken.status_code == 400, broken.text
+        assert all(works(http, a, s) for s in sessions)
