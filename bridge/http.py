@@ -36,9 +36,10 @@ class _DeadlineProtocol(HttpToolsProtocol):
     nor one that sends its headers or its body a byte at a time (slowloris): each such
     connection held a file descriptor, and a task once its headers were in, for ever. Now a
     connection that sends nothing is closed after uvicorn's keep-alive timeout; headers get
-    `header_timeout_s` from the request's first byte (then 408); a body gets `body_grace_s`
-    plus its length at `MIN_BODY_RATE` from the end of the headers (then the connection is
-    closed, which the app sees as a client that left).
+    `header_timeout_s` from the first byte after the last request (then 408); a body gets
+    `body_grace_s` plus its length, counted up to `max_body_bytes`, at `MIN_BODY_RATE` from
+    the end of its headers, or for a pipelined request from the start of its turn (then the
+    connection is closed, which the app sees as a client that left).
     """
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
@@ -46,6 +47,10 @@ class _DeadlineProtocol(HttpToolsProtocol):
     max_body_bytes: ClassVar[int] = 4 * 1024 * 1024
 
     _deadline: TimerHandle | None = None
+    _awaiting = "headers"
+    """What the armed deadline waits for: "headers" or "body"."""
+    _queued_body_s: dict[int, float] | None = None
+    """Body deadlines of pipelined requests waiting their turn (by id of their cycle)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,31 +62,59 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # Bytes between requests (httptools skips a bare CRLF without starting a message)
+        # stop uvicorn's keep-alive timer: the header deadline takes over, or a connection
+        # fed "\r\n" once would be held for ever.
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm(self.header_timeout_s, "headers")
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm(self.header_timeout_s)
+        self._arm(self.header_timeout_s, "headers")
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        seconds = self._body_deadline_s()
+        if any(cycle is self.cycle for cycle, _ in self.pipeline):
+            # Queued behind a request still being answered, with reading paused: its body
+            # cannot come until its turn, so its deadline starts then (_start_asgi_task).
+            self._disarm()
+            if seconds:
+                self._queued_body_s = self._queued_body_s or {}
+                self._queued_body_s[id(self.cycle)] = seconds
+        elif seconds:
+            self._arm(seconds, "body")
+        else:
+            self._disarm()
+
+    def _body_deadline_s(self) -> float:
+        """`body_grace_s` plus the body's length at MIN_BODY_RATE; the length counts up to
+        `max_body_bytes` only (a longer body is refused, and a claimed one must not buy time)."""
         length = next((v for k, v in self.headers if k == b"content-length"), None)
         chunked = any(k == b"transfer-encoding" for k, _ in self.headers)
         if length is not None and length.strip().isdigit() and not chunked:
-            size = int(length)
+            size = min(int(length), self.max_body_bytes)
         elif chunked:
             size = self.max_body_bytes
         else:
             size = 0
-        if size:
-            self._arm(self.body_grace_s + size / MIN_BODY_RATE)
-        else:
-            self._disarm()
+        return self.body_grace_s + size / MIN_BODY_RATE if size else 0.0
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        seconds = self._queued_body_s.pop(id(cycle), None) if self._queued_body_s else None
+        if seconds is not None and cycle.more_body:
+            self._arm(seconds, "body")
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float, awaiting: str) -> None:
         self._disarm()
+        self._awaiting = awaiting
         self._deadline = self.loop.call_later(seconds, self._too_slow)
 
     def _disarm(self) -> None:
@@ -93,13 +126,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        in_headers = self.cycle is None or self.cycle.scope is not self.scope
         logger.debug(  # one line per connection: a slowloris flood must not become a log flood
             "closed a connection from %s: its request's %s did not arrive in time",
             f"{self.client[0]}:{self.client[1]}" if self.client else "?",
-            "headers" if in_headers else "body",
+            self._awaiting,
         )
-        if in_headers:  # no task has the request yet: answering is ours
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self._awaiting == "headers" and not answering:  # no task has the request: answering is ours
             self.transport.write(_TIMEOUT_408)
         self.transport.close()
 

@@ -5,6 +5,7 @@ once the headers were in a task), so a few thousand such connections could starv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import time
@@ -25,10 +26,18 @@ async def _echo_length(request: Request) -> JSONResponse:
     return JSONResponse({"received": len(await request.body())})
 
 
+async def _slow(request: Request) -> JSONResponse:
+    await asyncio.sleep(3)  # longer than the body deadline below: a tool call taking its time
+    return JSONResponse({"slept": 3})
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    app = Starlette(routes=[Route("/mcp", _echo_length, methods=["POST"])])
-    server = HttpServer(app, "127.0.0.1", 0, header_timeout_s=1.0, body_grace_s=1.0)
+    app = Starlette(
+        routes=[Route("/mcp", _echo_length, methods=["POST"]), Route("/slow", _slow, methods=["POST"])]
+    )
+    # 64 KiB: a body's deadline is at most 1 s + 64 KiB at 64 KiB/s.
+    server = HttpServer(app, "127.0.0.1", 0, header_timeout_s=1.0, body_grace_s=1.0, max_body_bytes=64 * 1024)
     yield await server.start()
     await server.stop()
 
@@ -74,6 +83,52 @@ async def test_a_body_that_stops_coming_is_cut_off(port: int) -> None:
     await writer.drain()
     answer, waited = await _until_closed(reader, 20)
     assert answer == b"" and waited < 5, waited  # 1 s grace + 100 bytes at 64 KiB/s
+    writer.close()
+
+
+async def test_a_bare_crlf_does_not_stop_the_clock(port: int) -> None:
+    # httptools skips a CRLF before a request without starting one; uvicorn's keep-alive timer
+    # stopped at the first byte, so this connection was held for ever.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\r\n")
+    await writer.drain()
+    answer, waited = await _until_closed(reader, 8)
+    assert answer.startswith(b"HTTP/1.1 408 ") and waited < 4, (answer, waited)
+    writer.close()
+
+
+async def test_a_claimed_length_buys_no_more_time_than_the_largest_body(port: int) -> None:
+    # 10^12 bytes at 64 KiB/s was a deadline of six months; the largest body allowed sets it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post(10**12))
+    started = time.monotonic()
+    while not reader.at_eof() and time.monotonic() - started < 8:
+        writer.write(b"x")  # a byte now and then, never the whole
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.read(), 0.5)
+    assert reader.at_eof() and time.monotonic() - started < 5, time.monotonic() - started
+    writer.close()
+
+
+async def test_a_pipelined_request_waits_its_turn_without_cutting_the_first(port: int) -> None:
+    # The second request's body cannot come while the first is answered (reading is paused):
+    # its deadline starts with its turn, not with its headers.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n" + _post(10) + b"01234"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(b"56789")
+    await writer.drain()
+    answers = b""
+    with contextlib.suppress(asyncio.TimeoutError):
+        while answers.count(b"HTTP/1.1 200 ") < 2:
+            chunk = await asyncio.wait_for(reader.read(4096), 10)
+            if not chunk:
+                break
+            answers += chunk
+    assert b'{"slept":3}' in answers and b'{"received":10}' in answers, answers
     writer.close()
 
 
