@@ -65,7 +65,7 @@ class Database:
     target: str = ""  # the SQLite file's absolute path, or the PostgreSQL DSN
     writable: bool = False
     allow_superuser: bool = False
-    """PostgreSQL: run even when the role has server powers (see `_SERVER_POWERS`)."""
+    """PostgreSQL: run even when the role has server powers (see `_PG_OPENING`)."""
 
     def __repr__(self) -> str:  # never show a DSN (it may hold a password)
         return f"Database({self.name!r}, {self.kind!r}, writable={self.writable})"
@@ -287,7 +287,8 @@ async def _postgres(
                 raise ToolError(
                     f"database {db.name!r}: the DSN's role {opened[2]!r} is a superuser or may run "
                     "programs or read or write files on the database server (COPY ... TO PROGRAM, "
-                    "pg_read_file), which no read-only transaction stops. The sql pack refuses such "
+                    "pg_read_file), or may make itself one (SET ROLE to such a role, CREATEROLE before "
+                    "PostgreSQL 16), which no read-only transaction stops. The sql pack refuses such "
                     "a role: connect as one with only the rights the agent needs, or set "
                     f"allow_superuser: true for {db.name!r} in the image's manifest"
                 )
@@ -295,7 +296,10 @@ async def _postgres(
             bound = list(params) or None
             collector = _Collector(limit, max_bytes)
             if write:
-                await cur.execute(sql, bound)
+                # prepare=True: the extended protocol, one statement per call, as stream() gives
+                # reads. Without parameters psycopg would send the simple protocol, which runs
+                # several (`SET ROLE ...; COPY ... TO PROGRAM ...` after the check above).
+                await cur.execute(sql, bound, prepare=True)
                 columns = [d.name for d in cur.description or ()]
                 if cur.description:
                     async for row in cur:
@@ -333,14 +337,16 @@ async def _postgres(
             await conn.close()
 
 
-_SERVER_POWERS = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
 _PG_OPENING = (
     # set_config is a query: it opens the transaction and takes its snapshot, after which
     # `SET TRANSACTION READ WRITE` is refused. The same round trip asks what the role may do
-    # outside the database: a superuser has every role's powers, so pg_has_role covers it too.
-    "SELECT set_config('statement_timeout', %s, true), "
-    + " OR ".join(f"pg_has_role(current_user, '{role}', 'USAGE')" for role in _SERVER_POWERS)
-    + ", current_user"
+    # outside the database: whether it is, or may become (SET ROLE, NOINHERIT memberships
+    # included), a superuser or a member of a role with server powers, or a role that may
+    # grant itself those (CREATEROLE, before PostgreSQL 16 gave it limits).
+    "SELECT set_config('statement_timeout', %s, true), EXISTS (SELECT 1 FROM pg_roles r WHERE ("
+    "r.rolsuper OR (r.rolcreaterole AND current_setting('server_version_num')::int < 160000) OR "
+    "r.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')"
+    ") AND pg_has_role(current_user, r.oid, 'MEMBER')), current_user"
 )
 
 

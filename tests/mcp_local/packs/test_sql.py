@@ -327,18 +327,35 @@ def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
         conn.execute("CREATE ROLE boss LOGIN SUPERUSER PASSWORD 'boss-secret-password-123'")
         conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-secret-password-123'")
         conn.execute("GRANT pg_read_server_files TO reader")
+        # May become one: a NOINHERIT member (SET ROLE), a member of a superuser role, and a role
+        # that may grant itself any (CREATEROLE, before PostgreSQL 16).
+        conn.execute("CREATE ROLE noinh LOGIN NOINHERIT PASSWORD 'noinh-secret-password-123'")
+        conn.execute("GRANT pg_execute_server_program TO noinh")
+        conn.execute("CREATE ROLE chief SUPERUSER NOLOGIN")
+        conn.execute("CREATE ROLE deputy LOGIN NOINHERIT PASSWORD 'deputy-secret-password-123'")
+        conn.execute("GRANT chief TO deputy")
+        version = conn.execute("SHOW server_version_num").fetchone()
+        assert version is not None
+        roles = ["boss", "reader", "noinh", "deputy"]
+        if int(version[0]) < 160000:
+            conn.execute("CREATE ROLE admin LOGIN CREATEROLE PASSWORD 'admin-secret-password-123'")
+            roles.append("admin")
     return {
-        "boss": postgres.dsn(dbname="shop", user="boss", password="boss-secret-password-123"),
-        "reader": postgres.dsn(dbname="shop", user="reader", password="reader-secret-password-123"),
+        role: postgres.dsn(dbname="shop", user=role, password=f"{role}-secret-password-123") for role in roles
     }
 
 
-@pytest.mark.parametrize("role", ["boss", "reader"])
+POWERFUL = ["boss", "reader", "noinh", "deputy", "admin"]
+
+
+@pytest.mark.parametrize("role", POWERFUL)
 async def test_a_role_with_server_powers_is_refused(
     powerful_roles: dict[str, str], tmp_path: Path, role: str
 ) -> None:
     """Inside a read-only transaction a superuser still ran a shell command on the database
     server (`COPY ... TO PROGRAM`) and read its files (`pg_read_file`) through sql_query."""
+    if role not in powerful_roles:
+        pytest.skip("CREATEROLE grants no server powers from PostgreSQL 16 on")
     marker = Path(tempfile.gettempdir()) / f"mcphub-copy-{role}-{os.getpid()}"
     sql = make_pack("sql", {"databases": {"shop": {"postgres": powerful_roles[role]}}}, tmp_path)
     for statement in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'", "SELECT pg_read_file('/etc/hostname')"):
@@ -349,6 +366,42 @@ async def test_a_role_with_server_powers_is_refused(
     assert (await sql.call("sql_schema")).is_error
     assert not marker.exists()
     assert sql.tools["sql_query"].annotations.read_only is True
+
+
+@pytest.mark.parametrize(
+    ("role", "gain"),
+    [
+        ("noinh", "SET ROLE pg_execute_server_program"),
+        ("deputy", "SET ROLE chief"),
+        ("admin", "GRANT pg_execute_server_program TO admin"),
+    ],
+)
+async def test_a_writable_database_cannot_gain_server_powers_in_the_call(
+    powerful_roles: dict[str, str], tmp_path: Path, role: str, gain: str
+) -> None:
+    """Found in review: on a writable database, `sql_execute` sent a statement without
+    parameters over the simple protocol, so `<gain>; COPY ... TO PROGRAM` ran both (as nobody,
+    on the server) after the opening check; and that check missed roles that can SET ROLE."""
+    if role not in powerful_roles:
+        pytest.skip("CREATEROLE grants no server powers from PostgreSQL 16 on")
+    marker = Path(tempfile.gettempdir()) / f"mcphub-gain-{role}-{os.getpid()}"
+    spec = {"postgres": powerful_roles[role], "writable": True}
+    sql = make_pack("sql", {"databases": {"shop": spec}}, tmp_path)
+    result = await sql.call("sql_execute", sql=f"{gain}; COPY (SELECT 1) TO PROGRAM 'touch {marker}'")
+    assert result.is_error and "may make itself one" in text(result), text(result)
+    assert not marker.exists()
+
+
+async def test_a_write_is_one_statement(postgres: RunningPostgres, tmp_path: Path) -> None:
+    dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+    sql = make_pack("sql", {"databases": {"shop": {"postgres": dsn, "writable": True}}}, tmp_path)
+    two = "INSERT INTO items (id, name) VALUES (900, 'a'); INSERT INTO items (id, name) VALUES (901, 'b')"
+    result = await sql.call("sql_execute", sql=two)
+    assert result.is_error and "cannot insert multiple commands" in text(result), text(result)
+    assert _items(postgres) == 31
+    one = await sql.call("sql_execute", sql="UPDATE items SET name = name || '%' WHERE id = 1")
+    assert not one.is_error and one.structured is not None and one.structured["affected_rows"] == 1, text(one)
+    assert (await sql.call("sql_execute", sql="UPDATE items SET name = 'item1' WHERE id = 1")).structured
 
 
 async def test_server_powers_allowed_make_the_tools_not_read_only(
