@@ -51,6 +51,7 @@ logger = logging.getLogger("mcphub.cloud")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_NAMES = ("render", "sentry", "github")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """An HTTP field name: a token (RFC 9110 5.1)."""
 
 
@@ -362,12 +363,18 @@ class CloudPack:
         fixed = {k.lower() for k in service.settings.headers}
         kept: list[tuple[str, str]] = [(k, v) for k, v in service.settings.headers.items()]
         dropped: list[str] = []
-        for name, value in given.items():
+        for name, raw in given.items():
             lowered = name.lower()
+            value = raw.strip(" \t")  # optional whitespace around a value is not part of it (RFC 9110 5.5)
             if lowered in banned or lowered.startswith("proxy-") or lowered in fixed:
                 dropped.append(name)
             elif "\r" in value or "\n" in value or "\0" in value:
                 raise ToolError(f"header {name!r}: the value has a line break")
+            elif _CONTROL.search(value):
+                raise ToolError(
+                    f"header {name!r}: the value has a control character (only tabs between other "
+                    "characters may be in a header value)"
+                )
             elif not _HEADER_NAME.fullmatch(name):
                 raise ToolError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
             elif not value.isascii():

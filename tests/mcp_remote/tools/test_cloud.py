@@ -292,6 +292,8 @@ async def test_header_query_and_basic_credentials_are_injected_and_redacted(clou
         ({"X-\u00c9": "v"}, "'X-\u00c9' is not a valid header name"),
         ({"X(a)": "v"}, "'X(a)' is not a valid header name"),
         ({"X-Line": "a\r\nX-Evil: 1"}, "header 'X-Line': the value has a line break"),
+        ({"X-Vt": "a\x0bb"}, "header 'X-Vt': the value has a control character"),
+        ({"X-Del": "a\x7f"}, "header 'X-Del': the value has a control character"),
     ],
 )
 async def test_header_values_http_cannot_carry_are_refused_precisely(
@@ -301,6 +303,17 @@ async def test_header_values_http_cannot_carry_are_refused_precisely(
     arguments = {"service": "stand", "method": "GET", "path": "/h", "headers": headers}
     out = await cloud.call("http_request", arguments)
     assert out.is_error and says in out.text, out.text
+
+
+async def test_whitespace_around_a_header_value_is_not_part_of_it(cloud: CloudHub) -> None:
+    """It used to fail in the HTTP client, reported like a network error."""
+    headers = {"X-Lead": " lead", "X-Trail": "trail \t", "X-Inner": "a\tb c", "X-Blank": "\t"}
+    out = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/ws", "headers": headers}
+    )
+    assert not out.is_error, out.text
+    got = cloud.standin.wait_for("/api/ws").headers
+    assert (got["X-Lead"], got["X-Trail"], got["X-Inner"], got["X-Blank"]) == ("lead", "trail", "a\tb c", "")
 
 
 async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHub) -> None:
