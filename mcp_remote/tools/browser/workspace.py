@@ -117,18 +117,24 @@ def save_download(workspace: Path, source: Path, name: str) -> str:
     links, and the file is created O_EXCL|O_NOFOLLOW in it, so a link is never written through.
     """
     workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
-    top = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    top = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        # A hub running as root gives what it creates to the workspace's owner (the shell pack's
+        # sandbox uid), or the sandbox could not open its own downloads.
+        owner = os.fstat(top)
+        give = os.geteuid() == 0 and owner.st_uid != 0
         with contextlib.suppress(FileExistsError):
             os.mkdir("downloads", 0o700, dir_fd=top)
         try:
             folder = os.open(
-                "downloads", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top
+                "downloads", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top
             )
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise ToolError("downloads in your workspace is not a directory (a symbolic link?)") from None
             raise
+        if give and os.fstat(folder).st_uid == 0:
+            os.fchown(folder, owner.st_uid, owner.st_gid)
     finally:
         os.close(top)
     try:
@@ -144,6 +150,8 @@ def save_download(workspace: Path, source: Path, name: str) -> str:
                 )
             except FileExistsError:  # a file, or a link (O_EXCL never follows one)
                 continue
+            if give:
+                os.fchown(fd, owner.st_uid, owner.st_gid)
             with os.fdopen(fd, "wb") as out, source.open("rb") as src:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)

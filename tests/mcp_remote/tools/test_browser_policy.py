@@ -187,6 +187,19 @@ def test_a_download_never_goes_through_a_link(tmp_path: Path) -> None:
     assert (workspace / "kept" / "r-1.txt").read_bytes() == b"from a website"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away takes root")
+def test_a_download_belongs_to_the_workspace_owner(tmp_path: Path) -> None:
+    # The shell pack runs a sandbox's commands as the uid that owns its workspace.
+    source = tmp_path / "artifact"
+    source.write_bytes(b"data")
+    workspace = tmp_path / "workspaces" / "agent"
+    workspace.mkdir(parents=True, mode=0o700)
+    os.chown(workspace, 100_123, 100_000)
+    saved = save_download(workspace, source, "r.txt")
+    for path in (workspace / "downloads", workspace / "downloads" / saved):
+        assert (path.stat().st_uid, path.stat().st_gid) == (100_123, 100_000), path
+
+
 # --- the proxy on real sockets -------------------------------------------------------------------
 
 
