@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -96,6 +97,27 @@ class _Sessions:
         self.reported_at = -math.inf
 
 
+class _NoteSession:
+    """`send` for a POST without a session ID: counts the session the SDK's answer names (its
+    place passes from the reservation, if the request held one, to the session)."""
+
+    __slots__ = ("held", "reserved", "send")
+
+    def __init__(self, held: _Sessions, send: Send, reserved: bool) -> None:
+        self.held, self.send, self.reserved = held, send, reserved
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] < 400:
+            for key, value in message.get("headers", ()):
+                if key.lower() == _SESSION_HEADER:
+                    self.held.in_flight[value.decode("latin-1")] = 0
+                    if self.reserved:
+                        self.held.opening -= 1
+                        self.reserved = False
+                    break
+        await self.send(message)
+
+
 class SessionDoor:
     """ASGI wrapper in front of the SDK's Streamable HTTP app (see the module docstring).
 
@@ -114,6 +136,7 @@ class SessionDoor:
         path: str = "/mcp",
         default_token: str | None = None,
         max_sessions: int = MAX_SESSIONS_PER_PRINCIPAL,
+        max_body_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -123,6 +146,7 @@ class SessionDoor:
         self._path = path
         self._default_token = default_token
         self._max_sessions = max_sessions
+        self._max_body = max_body_bytes
         self._users: dict[str, AuthenticatedUser] = {}
         self._held: dict[Principal, _Sessions] = {}
 
@@ -185,18 +209,20 @@ class SessionDoor:
                 held.in_flight[session_id] -= 1
 
     async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
-        # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
-        # and must not cost the principal a session. The body is read here to tell (the SDK
-        # reads all of it anyway) and handed on unchanged.
-        body, receive = await _read_body(receive)
-        if body is None:
-            return  # the client went away
-        if not _is_initialize(body):
-            await self.app(scope, receive, send)
-            return
         held = self._held.setdefault(principal, _Sessions())
+        # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
+        # and must not cost the principal a session. The body is read here to tell (up to the
+        # bridge's body limit: past it, the rest is left to the SDK, which answers 413), parsed
+        # as the SDK parses it, and handed on unchanged.
+        body, gone, receive = await _read_body(scope, receive, self._max_body)
+        if gone:
+            return  # the client went away
+        if body is None or not _is_initialize(body):
+            # Whatever the door concluded, a session the SDK opens is counted.
+            await self.app(scope, receive, _NoteSession(held, send, reserved=False))
+            return
         held.opening += 1  # before any await, so concurrent initializes see each other
-        reserved = True
+        noting = _NoteSession(held, send, reserved=True)
         try:
             if not await self._make_room(principal, held):
                 start, answer = _refusal(
@@ -209,21 +235,9 @@ class SessionDoor:
                 await send(start)
                 await send(answer)
                 return
-
-            async def note_session(message: Message) -> None:
-                nonlocal reserved
-                if message["type"] == "http.response.start" and message["status"] < 400:
-                    for key, value in message.get("headers", ()):
-                        if key.lower() == _SESSION_HEADER and reserved:
-                            held.in_flight[value.decode("latin-1")] = 0  # the place passes to it
-                            held.opening -= 1
-                            reserved = False
-                            break
-                await send(message)
-
-            await self.app(scope, receive, note_session)
+            await self.app(scope, receive, noting)
         finally:
-            if reserved:
+            if noting.reserved:
                 held.opening -= 1
 
     async def _make_room(self, principal: Principal, held: _Sessions) -> bool:
@@ -256,33 +270,36 @@ class SessionDoor:
         return True
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
-    """The whole request body, and a `receive` that gives it again then carries on; None for
-    the body if the client disconnected first."""
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, bool, Receive]:
+    """(the whole body, the client went away, a `receive` that gives again what was read and
+    then carries on). The body is None when it is longer than `limit`: reading stops there, and
+    what was read is given again with the rest still to come."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.strip().isdigit() and int(value) > limit:
+            return None, False, receive  # the SDK refuses it before reading any of it
     chunks: list[bytes] = []
-    while True:
+    size = 0
+    more = True
+    while more and size <= limit:
         message = await receive()
         if message["type"] != "http.request":
-            return None, receive
+            return None, True, receive
         chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    given = False
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    read: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
 
     async def replay() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return read.pop() if read else await receive()
 
-    return body, replay
+    return (None if more or size > limit else read[0]["body"]), False, replay
 
 
 def _is_initialize(body: bytes) -> bool:
+    # The SDK's own parser: orjson refuses NaN and Infinity, which the SDK takes, and a
+    # message the door could not read was an initialize the cap never counted.
     try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        message = pydantic_core.from_json(body)
+    except ValueError:
         return False
     return isinstance(message, dict) and message.get("method") == "initialize"

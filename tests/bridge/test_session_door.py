@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +249,44 @@ def test_a_post_that_opens_no_session_ends_none(capped_hub: RunningHub) -> None:
         broken = http.post("/mcp", content=b"{not json", headers=ACCEPT | _auth(a))
         assert broken.status_code == 400, broken.text
         assert all(works(http, a, s) for s in sessions)
+
+
+def test_an_initialize_the_sdk_reads_with_nan_is_counted_too(capped_hub: RunningHub) -> None:
+    """Found in review: orjson refuses NaN, Infinity and 1e999, which the SDK's parser takes, so
+    such initializes opened sessions the cap never counted (10 of 10 alive at a cap of 3)."""
+    a = TOKENS["agent-a"]
+    body = orjson.dumps(INITIALIZE).replace(b'"capabilities":{}', b'"capabilities":{},"x":NaN,"y":1e999')
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=30) as http:
+        opened = []
+        for _ in range(6):
+            answer = http.post("/mcp", content=body, headers=ACCEPT | _auth(a))
+            assert answer.status_code == 200, answer.text
+            opened.append(answer.headers["mcp-session-id"])
+        alive = [s for s in opened if list_in(http, a, s).status_code != 404]
+    assert len(alive) <= 3, len(alive)
+
+
+def test_the_door_reads_no_more_than_the_body_limit(capped_hub: RunningHub) -> None:
+    """Found in review: to tell an initialize, the door read a whole body of any size before
+    the SDK's limit applied (200 MB sent took the hub from 89 to 283 MB). A declared length
+    past the limit gets the SDK's 413 at once; an undeclared (chunked) one once past it."""
+    a = TOKENS["agent-a"]
+    host, port = capped_hub.http_base.removeprefix("http://").rsplit(":", 1)
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nAuthorization: Bearer {a}\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"{head}Content-Length: {200 * 1024 * 1024}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 "), "no answer before the body"
+    chunk = b"x" * (1024 * 1024)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        answer = b""
+        for _ in range(40):  # 40 MiB offered, 4 MiB allowed
+            with contextlib.suppress(OSError):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if select.select([sock], [], [], 0)[0]:
+                answer = sock.recv(4096)
+                break
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
