@@ -48,6 +48,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
+    _headers_pending = False
+    """A request has begun and its headers are not all in."""
     """What the armed deadline waits for: "headers" or "body"."""
     _queued_body_s: dict[int, float] | None = None
     """Body deadlines of pipelined requests waiting their turn (by id of their cycle)."""
@@ -72,9 +74,17 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm(self.header_timeout_s, "headers")
+        self._headers_pending = True
+        if self.pipeline:
+            # A request is queued, so reading is paused: the rest of these headers cannot come
+            # until it has its turn, and their deadline starts then (_start_asgi_task). Armed
+            # now, it would close the connection under the response in progress.
+            self._disarm()
+        else:
+            self._arm(self.header_timeout_s, "headers")
 
     def on_headers_complete(self) -> None:
+        self._headers_pending = False
         super().on_headers_complete()
         seconds = self._body_deadline_s()
         if any(cycle is self.cycle for cycle, _ in self.pipeline):
@@ -106,11 +116,19 @@ class _DeadlineProtocol(HttpToolsProtocol):
         seconds = self._queued_body_s.pop(id(cycle), None) if self._queued_body_s else None
         if seconds is not None and cycle.more_body:
             self._arm(seconds, "body")
+        elif self._headers_pending:
+            self._arm(self.header_timeout_s, "headers")  # a later request's, deferred above
         super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._disarm()
+        if self.cycle.response_complete and not self.pipeline and self.timeout_keep_alive_task is None:
+            # Answered before its body came (401, 405, 413): the body's bytes stopped uvicorn's
+            # keep-alive timer, and nothing else would close the idle connection.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _arm(self, seconds: float, awaiting: str) -> None:
         self._disarm()

@@ -132,6 +132,42 @@ async def test_a_pipelined_request_waits_its_turn_without_cutting_the_first(port
     writer.close()
 
 
+async def test_a_connection_answered_before_its_body_still_times_out(port: int) -> None:
+    """Found in review: answered early (here 405), then sent its body, the connection had no
+    timer left (the body's bytes stopped the keep-alive one) and stayed open for good."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /nowhere HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 404 ") or head.startswith(b"HTTP/1.1 405 "), head
+    writer.write(b"{}")
+    await writer.drain()
+    _, waited = await _until_closed(reader, 15)
+    assert waited < 10, waited  # uvicorn's keep-alive, 5 s
+    writer.close()
+
+
+async def test_a_request_begun_behind_a_queued_one_does_not_cut_the_first(port: int) -> None:
+    """Found in review: with B queued (reading paused), the first bytes of C armed its header
+    deadline, which could not be met until A and B were answered: A's response was cut."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    slow = b"POST /slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n"
+    writer.write(slow + _post(2) + b"{}" + b"POST /mcp")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}")
+    await writer.drain()
+    answers = b""
+    with contextlib.suppress(asyncio.TimeoutError):
+        while answers.count(b"HTTP/1.1 200 ") < 3:
+            chunk = await asyncio.wait_for(reader.read(4096), 10)
+            if not chunk:
+                break
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 ") == 3 and b'{"slept":3}' in answers, answers
+    writer.close()
+
+
 async def test_clients_that_keep_up_are_served_and_kept_alive(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for _ in range(2):  # the same connection twice
