@@ -285,7 +285,7 @@ async def _postgres(
             opened = await cur.fetchone()
             if opened is not None and opened[1] and not db.allow_superuser:
                 raise ToolError(
-                    f"database {db.name!r}: the DSN's role {opened[2]!r} is a superuser or may run "
+                    f"database {db.name!r}: the DSN's login role {opened[2]!r} is a superuser or may run "
                     "programs or read or write files on the database server (COPY ... TO PROGRAM, "
                     "pg_read_file), or may make itself one (SET ROLE to such a role, CREATEROLE before "
                     "PostgreSQL 16), which no read-only transaction stops. The sql pack refuses such "
@@ -342,11 +342,14 @@ _PG_OPENING = (
     # `SET TRANSACTION READ WRITE` is refused. The same round trip asks what the role may do
     # outside the database: whether it is, or may become (SET ROLE, NOINHERIT memberships
     # included), a superuser or a member of a role with server powers, or a role that may
-    # grant itself those (CREATEROLE, before PostgreSQL 16 gave it limits).
+    # grant itself those (CREATEROLE, before PostgreSQL 16 gave it limits). Both the login
+    # (session_user) and the role it runs as: a login may start as a harmless role (`ALTER
+    # ROLE ... SET role`, `options=-c role=...`) and go back with `SET ROLE NONE`.
     "SELECT set_config('statement_timeout', %s, true), EXISTS (SELECT 1 FROM pg_roles r WHERE ("
     "r.rolsuper OR (r.rolcreaterole AND current_setting('server_version_num')::int < 160000) OR "
     "r.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')"
-    ") AND pg_has_role(current_user, r.oid, 'MEMBER')), current_user"
+    ") AND (pg_has_role(session_user, r.oid, 'MEMBER') OR pg_has_role(current_user, r.oid, 'MEMBER'))), "
+    "session_user"
 )
 
 

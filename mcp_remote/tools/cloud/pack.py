@@ -51,8 +51,9 @@ logger = logging.getLogger("mcphub.cloud")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_NAMES = ("render", "sentry", "github")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """An HTTP field name: a token (RFC 9110 5.1)."""
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a field value may not hold (RFC 9110 5.5): controls other than the tab."""
 
 
 def _query_items(query: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -334,9 +334,13 @@ def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
         conn.execute("CREATE ROLE chief SUPERUSER NOLOGIN")
         conn.execute("CREATE ROLE deputy LOGIN NOINHERIT PASSWORD 'deputy-secret-password-123'")
         conn.execute("GRANT chief TO deputy")
+        # A superuser login that starts its sessions as a harmless role (found in review:
+        # `SET ROLE NONE` inside the call took it back, then pg_read_file and COPY TO PROGRAM).
+        conn.execute("CREATE ROLE masked LOGIN SUPERUSER PASSWORD 'masked-secret-password-123'")
+        conn.execute("ALTER ROLE masked SET role = 'app'")
         version = conn.execute("SHOW server_version_num").fetchone()
         assert version is not None
-        roles = ["boss", "reader", "noinh", "deputy"]
+        roles = ["boss", "reader", "noinh", "deputy", "masked"]
         if int(version[0]) < 160000:
             conn.execute("CREATE ROLE admin LOGIN CREATEROLE PASSWORD 'admin-secret-password-123'")
             roles.append("admin")
@@ -345,7 +349,7 @@ def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
     }
 
 
-POWERFUL = ["boss", "reader", "noinh", "deputy", "admin"]
+POWERFUL = ["boss", "reader", "noinh", "deputy", "masked", "admin"]
 
 
 @pytest.mark.parametrize("role", POWERFUL)
@@ -361,7 +365,7 @@ async def test_a_role_with_server_powers_is_refused(
     for statement in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'", "SELECT pg_read_file('/etc/hostname')"):
         result = await sql.call("sql_query", sql=statement)
         assert result.is_error, text(result)
-        assert f"the DSN's role '{role}' is a superuser or may run programs" in text(result)
+        assert f"the DSN's login role '{role}' is a superuser or may run programs" in text(result)
         assert "allow_superuser: true" in text(result)
     assert (await sql.call("sql_schema")).is_error
     assert not marker.exists()
@@ -373,6 +377,7 @@ async def test_a_role_with_server_powers_is_refused(
     [
         ("noinh", "SET ROLE pg_execute_server_program"),
         ("deputy", "SET ROLE chief"),
+        ("masked", "SET ROLE NONE"),
         ("admin", "GRANT pg_execute_server_program TO admin"),
     ],
 )
