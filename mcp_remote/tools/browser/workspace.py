@@ -12,6 +12,8 @@ from pathlib import Path, PurePosixPath
 
 from mcp_local.errors import ToolError
 
+from ..workspaces import workspace_dir_name
+
 __all__ = [
     "UPLOAD_LIMIT",
     "read_for_upload",
@@ -28,10 +30,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
 def workspace_dir(root: Path, principal: str) -> Path:
-    """The principal's workspace directory (not created)."""
+    """The principal's workspace directory (not created): the shell pack's, by the same rule."""
     if principal in ("", ".", "..") or "/" in principal or "\x00" in principal:
         raise ToolError(f"the principal name {principal!r} cannot name a workspace")
-    return root / principal
+    return root / workspace_dir_name(principal)
 
 
 def resolve_in_workspace(workspace: Path, path: str) -> Path:

@@ -11,12 +11,13 @@ of the workspace fails there, with no window between a check and the use (see lo
 from __future__ import annotations
 
 import posixpath
-import re
 import stat
 from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_local.errors import ToolError
+
+from ..workspaces import workspace_dir_name
 
 __all__ = [
     "FileChunk",
@@ -28,19 +29,6 @@ __all__ = [
     "relative_path",
     "workspace_dir_name",
 ]
-
-_PLAIN_NAME = re.compile(r"^[a-zA-Z0-9_@-][a-zA-Z0-9_.@-]{0,63}$")
-
-
-def workspace_dir_name(principal: str) -> str:
-    """A directory name for a principal: the name itself when harmless, else `~` + hex.
-
-    Principal names may be `.` or `..` or start with a dot; `~` cannot appear in a name, so the two
-    forms never collide.
-    """
-    if _PLAIN_NAME.match(principal):
-        return principal
-    return "~" + principal.encode().hex()
 
 
 def outside(path: str, mount: str) -> ToolError:

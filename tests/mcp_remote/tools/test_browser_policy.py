@@ -24,6 +24,7 @@ from mcp_remote.tools.browser.workspace import (
     save_download,
     workspace_dir,
 )
+from mcp_remote.tools.shell.workspace import workspace_dir_name
 from tests.mcp_remote.tools.browser_site import serve_site
 
 
@@ -125,6 +126,9 @@ def test_workspace_paths_cannot_escape(tmp_path: Path) -> None:
             resolve_in_workspace(workspace, bad)
     with pytest.raises(ToolError):
         workspace_dir(tmp_path, "..")
+    # The shell pack's directory for the same principal (found in review: ".agent" had two).
+    assert workspace_dir(tmp_path, ".agent") == tmp_path / workspace_dir_name(".agent") != tmp_path / ".agent"
+    assert workspace_dir(tmp_path, "agent-a") == tmp_path / "agent-a"
     assert safe_file_name("../../etc/passwd") == "passwd"
     assert safe_file_name("rep ort;rm -rf.pdf") == "rep ort_rm -rf.pdf"
     assert safe_file_name("...") == "download"
