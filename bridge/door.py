@@ -18,6 +18,8 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
   out its own abandoned sessions. An initialize holds its place from the moment it is
   admitted (the SDK names its session only when it answers), so initializes sent together
   cannot pass the cap; a POST without a session ID that is not an initialize ends nothing.
+  To tell, the door reads the body (no further than the bridge's body limit, past which the
+  SDK answers 413) and parses it as the SDK does; a session the SDK opens is counted anyway.
 
 2026-07-28 requests keep no session: they go straight on, and the hub authenticates (and audits)
 each call, so a refused call is on record there.
