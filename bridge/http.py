@@ -48,9 +48,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
+    """What the armed deadline waits for: "headers" or "body"."""
     _headers_pending = False
     """A request has begun and its headers are not all in."""
-    """What the armed deadline waits for: "headers" or "body"."""
     _queued_body_s: dict[int, float] | None = None
     """Body deadlines of pipelined requests waiting their turn (by id of their cycle)."""
 
