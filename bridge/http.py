@@ -74,6 +74,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A keep-alive timer left from the request before (restarted in on_message_complete) must
+        # not fire under this one: its own deadlines take over.
+        self._unset_keepalive_if_required()
         self._headers_pending = True
         if self.pipeline:
             # A request is queued, so reading is paused: the rest of these headers cannot come

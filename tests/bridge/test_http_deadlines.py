@@ -27,8 +27,10 @@ async def _echo_length(request: Request) -> JSONResponse:
 
 
 async def _slow(request: Request) -> JSONResponse:
-    await asyncio.sleep(3)  # longer than the body deadline below: a tool call taking its time
-    return JSONResponse({"slept": 3})
+    # Longer than the body deadline below (3 s unless ?s= says): a tool call taking its time.
+    seconds = int(request.query_params.get("s", "3"))
+    await asyncio.sleep(seconds)
+    return JSONResponse({"slept": seconds})
 
 
 @pytest.fixture
@@ -144,6 +146,28 @@ async def test_a_connection_answered_before_its_body_still_times_out(port: int) 
     await writer.drain()
     _, waited = await _until_closed(reader, 15)
     assert waited < 10, waited  # uvicorn's keep-alive, 5 s
+    writer.close()
+
+
+async def test_the_request_after_an_early_answer_is_not_cut_by_its_timer(port: int) -> None:
+    """Found in review: the keep-alive timer restarted after an early answer kept running under
+    the next request on the connection, and closed it at 5 s in the middle of its call."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /nowhere HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 10\r\n\r\n01234")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith((b"HTTP/1.1 404 ", b"HTTP/1.1 405 ")), head
+    # The rest of the body, and a 6 s call: it ends after uvicorn's 5 s keep-alive would have.
+    writer.write(b"56789" + b"POST /slow?s=6 HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n")
+    await writer.drain()
+    answers = b""
+    with contextlib.suppress(asyncio.TimeoutError):
+        while b'{"slept":6}' not in answers:
+            chunk = await asyncio.wait_for(reader.read(4096), 15)
+            if not chunk:
+                break
+            answers += chunk
+    assert b'{"slept":6}' in answers, answers
     writer.close()
 
 
