@@ -287,8 +287,9 @@ async def _postgres(
                 raise ToolError(
                     f"database {db.name!r}: the DSN's login role {opened[2]!r} is a superuser or may run "
                     "programs or read or write files on the database server (COPY ... TO PROGRAM, "
-                    "pg_read_file), or may make itself one (SET ROLE to such a role, CREATEROLE before "
-                    "PostgreSQL 16), which no read-only transaction stops. The sql pack refuses such "
+                    "pg_read_file, lo_export), or may make itself one (SET ROLE to such a role, "
+                    "CREATEROLE before PostgreSQL 16), which no read-only transaction stops. The sql "
+                    "pack refuses such "
                     "a role: connect as one with only the rights the agent needs, or set "
                     f"allow_superuser: true for {db.name!r} in the image's manifest"
                 )
@@ -345,11 +346,17 @@ _PG_OPENING = (
     # grant itself those (CREATEROLE, before PostgreSQL 16 gave it limits). Both the login
     # (session_user) and the role it runs as: a login may start as a harmless role (`ALTER
     # ROLE ... SET role`, `options=-c role=...`) and go back with `SET ROLE NONE`.
+    # A DBA may also grant EXECUTE on the functions that read or write server files
+    # (superuser-only by default): the server-side large-object import/export, and the
+    # generic file access functions.
     "SELECT set_config('statement_timeout', %s, true), EXISTS (SELECT 1 FROM pg_roles r WHERE ("
     "r.rolsuper OR (r.rolcreaterole AND current_setting('server_version_num')::int < 160000) OR "
     "r.rolname IN ('pg_execute_server_program', 'pg_read_server_files', 'pg_write_server_files')"
-    ") AND (pg_has_role(session_user, r.oid, 'MEMBER') OR pg_has_role(current_user, r.oid, 'MEMBER'))), "
-    "session_user"
+    ") AND (pg_has_role(session_user, r.oid, 'MEMBER') OR pg_has_role(current_user, r.oid, 'MEMBER'))"
+    ") OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace AND "
+    "p.proname IN ('lo_import', 'lo_export', 'pg_read_file', 'pg_read_binary_file', 'pg_ls_dir', "
+    "'pg_stat_file') AND (has_function_privilege(session_user, p.oid, 'EXECUTE') OR "
+    "has_function_privilege(current_user, p.oid, 'EXECUTE'))), session_user"
 )
 
 

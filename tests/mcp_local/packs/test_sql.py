@@ -322,7 +322,7 @@ async def test_postgres_schema_and_a_bad_query(pg: PackUnderTest) -> None:
 
 @pytest.fixture(scope="module")
 def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
-    """DSNs of a superuser and of a role that may only read server files."""
+    """DSNs of roles that have, or may take, powers over the database server's files and programs."""
     with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
         conn.execute("CREATE ROLE boss LOGIN SUPERUSER PASSWORD 'boss-secret-password-123'")
         conn.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-secret-password-123'")
@@ -338,9 +338,15 @@ def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
         # `SET ROLE NONE` inside the call took it back, then pg_read_file and COPY TO PROGRAM).
         conn.execute("CREATE ROLE masked LOGIN SUPERUSER PASSWORD 'masked-secret-password-123'")
         conn.execute("ALTER ROLE masked SET role = 'app'")
+        # No powerful role, but EXECUTE on a function that writes server files (found in
+        # review: lo_from_bytea then lo_export wrote a file anywhere the server user may).
+        conn.execute("CREATE ROLE exporter LOGIN PASSWORD 'exporter-secret-password-123'")
+    with psycopg.connect(postgres.admin_dsn("shop"), autocommit=True) as conn:
+        conn.execute("GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO exporter")
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
         version = conn.execute("SHOW server_version_num").fetchone()
         assert version is not None
-        roles = ["boss", "reader", "noinh", "deputy", "masked"]
+        roles = ["boss", "reader", "noinh", "deputy", "masked", "exporter"]
         if int(version[0]) < 160000:
             conn.execute("CREATE ROLE admin LOGIN CREATEROLE PASSWORD 'admin-secret-password-123'")
             roles.append("admin")
@@ -349,7 +355,7 @@ def powerful_roles(postgres: RunningPostgres) -> dict[str, str]:
     }
 
 
-POWERFUL = ["boss", "reader", "noinh", "deputy", "masked", "admin"]
+POWERFUL = ["boss", "reader", "noinh", "deputy", "masked", "exporter", "admin"]
 
 
 @pytest.mark.parametrize("role", POWERFUL)
