@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["HttpServer"]
@@ -22,11 +23,32 @@ HEADER_TIMEOUT_S = 10.0
 BODY_GRACE_S = 30.0
 MIN_BODY_RATE = 64 * 1024
 """A body must arrive within BODY_GRACE_S plus its length at this many bytes per second."""
+WRITE_STALL_S = 30.0
+"""A client that reads nothing of what it is sent for this long (the server's send buffer
+full) is cut off: an answer it never reads must not hold the connection and its memory."""
+MAX_PIPELINED = 64
+"""Requests one connection may have queued behind the one being answered."""
+CLOSE_GRACE_S = 5.0
+"""After a close, how long a client that does not read gets before the connection is dropped."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
+
+
+class _PipelineFlow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while a request is queued:
+    uvicorn resumes it whenever an answer completes or the app asks for its body, so a client
+    that pipelines without reading its answers had every byte it sent parsed and queued."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _DeadlineProtocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if not self._protocol.pipeline:
+            super().resume_reading()
 
 
 class _DeadlineProtocol(HttpToolsProtocol):
@@ -39,12 +61,18 @@ class _DeadlineProtocol(HttpToolsProtocol):
     `header_timeout_s` from the first byte after the last request (then 408); a body gets
     `body_grace_s` plus its length, counted up to `max_body_bytes`, at `MIN_BODY_RATE` from
     the end of its headers, or for a pipelined request from the start of its turn (then the
-    connection is closed, which the app sees as a client that left).
+    connection is closed, which the app sees as a client that left). The clocks stop counting
+    while the server itself has stopped reading. On the other side, a client that reads none
+    of what it is sent for `write_stall_s` is dropped, a close waits at most `close_grace_s`
+    for the client to take what is left, and a connection may queue `MAX_PIPELINED` requests
+    behind the one being answered (reading stays paused while any is queued).
     """
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
     body_grace_s: ClassVar[float] = BODY_GRACE_S
     max_body_bytes: ClassVar[int] = 4 * 1024 * 1024
+    write_stall_s: ClassVar[float] = WRITE_STALL_S
+    close_grace_s: ClassVar[float] = CLOSE_GRACE_S
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
@@ -54,15 +82,55 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _queued_body_s: dict[int, float] | None = None
     """Body deadlines of pipelined requests waiting their turn (by id of their cycle)."""
 
+    _write_stall: TimerHandle | None = None
+    _dropped = False
+    """Aborted for queueing too many requests: what is left of the read is not served."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _PipelineFlow(transport, self)
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_stall is None:
+            self._write_stall = self.loop.call_later(self.write_stall_s, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+
+    def _not_reading(self) -> None:
+        self._write_stall = None
+        logger.debug(
+            "dropped a connection from %s: it read nothing for %g s", self._peer(), self.write_stall_s
+        )
+        self.transport.abort()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self._close()
+
+    def _close(self) -> None:
+        """Close; a client that does not read what is still to be sent gets `close_grace_s`,
+        since asyncio would otherwise wait for it for ever."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self.loop.call_later(self.close_grace_s, self.transport.abort)
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
 
     def data_received(self, data: bytes) -> None:
         # Bytes between requests (httptools skips a bare CRLF without starting a message)
@@ -73,6 +141,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_message_begin(self) -> None:
+        if self._dropped:
+            return
+        if len(self.pipeline) >= MAX_PIPELINED:
+            logger.debug("dropped a connection from %s: over %d requests queued", self._peer(), MAX_PIPELINED)
+            self._dropped = True  # the rest of what was read is parsed, and ignored
+            self.transport.abort()
+            return
         super().on_message_begin()
         # A keep-alive timer left from the request before (restarted in on_message_complete) must
         # not fire under this one: its own deadlines take over.
@@ -87,6 +162,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s, "headers")
 
     def on_headers_complete(self) -> None:
+        if self._dropped:
+            return
         self._headers_pending = False
         super().on_headers_complete()
         seconds = self._body_deadline_s()
@@ -123,7 +200,20 @@ class _DeadlineProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s, "headers")  # a later request's, deferred above
         super()._start_asgi_task(cycle, app)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # uvicorn resumes reading before it takes the next queued request; _PipelineFlow holds
+        # that while one is queued, so reading resumes here once none is.
+        if not self.pipeline and not self.transport.is_closing():
+            self.flow.resume_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._dropped:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._dropped:
+            return
         super().on_message_complete()
         self._disarm()
         if self.cycle.response_complete and not self.pipeline and self.timeout_keep_alive_task is None:
@@ -147,15 +237,22 @@ class _DeadlineProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        if self.flow.read_paused:
+            # The server stopped reading (the app has not asked for the body yet, or a request
+            # is queued): what did not come could not. The clock starts again.
+            self._arm(
+                self.header_timeout_s if self._awaiting == "headers" else self.body_grace_s, self._awaiting
+            )
+            return
         logger.debug(  # one line per connection: a slowloris flood must not become a log flood
             "closed a connection from %s: its request's %s did not arrive in time",
-            f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+            self._peer(),
             self._awaiting,
         )
         answering = self.cycle is not None and not self.cycle.response_complete
         if self._awaiting == "headers" and not answering:  # no task has the request: answering is ours
             self.transport.write(_TIMEOUT_408)
-        self.transport.close()
+        self._close()
 
 
 class HttpServer:
@@ -170,12 +267,16 @@ class HttpServer:
         max_body_bytes: int = 4 * 1024 * 1024,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_grace_s: float = BODY_GRACE_S,
+        write_stall_s: float = WRITE_STALL_S,
+        close_grace_s: float = CLOSE_GRACE_S,
     ) -> None:
         self._app = app
         limits: dict[str, Any] = {
             "max_body_bytes": max_body_bytes,
             "header_timeout_s": header_timeout_s,
             "body_grace_s": body_grace_s,
+            "write_stall_s": write_stall_s,
+            "close_grace_s": close_grace_s,
         }
         self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.http import HttpServer
@@ -33,13 +33,30 @@ async def _slow(request: Request) -> JSONResponse:
     return JSONResponse({"slept": seconds})
 
 
+async def _big(request: Request) -> Response:
+    return Response(b"x" * int(request.query_params["n"]), media_type="application/octet-stream")
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     app = Starlette(
-        routes=[Route("/mcp", _echo_length, methods=["POST"]), Route("/slow", _slow, methods=["POST"])]
+        routes=[
+            Route("/mcp", _echo_length, methods=["POST"]),
+            Route("/slow", _slow, methods=["POST"]),
+            Route("/big", _big, methods=["GET"]),
+        ]
     )
     # 64 KiB: a body's deadline is at most 1 s + 64 KiB at 64 KiB/s.
-    server = HttpServer(app, "127.0.0.1", 0, header_timeout_s=1.0, body_grace_s=1.0, max_body_bytes=64 * 1024)
+    server = HttpServer(
+        app,
+        "127.0.0.1",
+        0,
+        header_timeout_s=1.0,
+        body_grace_s=1.0,
+        max_body_bytes=64 * 1024,
+        write_stall_s=1.0,
+        close_grace_s=1.0,
+    )
     yield await server.start()
     await server.stop()
 
@@ -189,6 +206,64 @@ async def test_a_request_begun_behind_a_queued_one_does_not_cut_the_first(port: 
                 break
             answers += chunk
     assert answers.count(b"HTTP/1.1 200 ") == 3 and b'{"slept":3}' in answers, answers
+    writer.close()
+
+
+def _not_reading(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _drain(sock: socket.socket, limit_s: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes (True) or `limit_s` passes (False)."""
+    got = bytearray()
+    deadline = time.monotonic() + limit_s
+    sock.settimeout(1)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return bytes(got), True
+        if not chunk:
+            return bytes(got), True
+        got += chunk
+    return bytes(got), False
+
+
+async def test_a_client_that_pipelines_without_reading_is_dropped(port: int) -> None:
+    """Found in review: 300,000 pipelined requests from a client reading nothing were all
+    parsed and queued (10 MB sent, 680 MB held) with no timer on the connection."""
+    with _not_reading(port) as sock:
+        sock.sendall(_post(0) * 200)
+        answers, closed = await asyncio.to_thread(_drain, sock, 10)
+    assert closed and answers.count(b"HTTP/1.1 200 ") <= 65, answers.count(b"HTTP/1.1 200 ")
+
+
+async def test_a_client_that_reads_nothing_of_its_answer_is_dropped(port: int) -> None:
+    """Found in review: an answer the client never read held the connection (and the 20 MB
+    waiting to be sent) for good; the close at keep-alive waited for it for ever."""
+    with _not_reading(port) as sock:
+        sock.sendall(b"GET /big?n=20000000 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        await asyncio.sleep(3)  # reading nothing, longer than write_stall_s
+        answer, closed = await asyncio.to_thread(_drain, sock, 15)
+    assert closed and len(answer) < 20_000_000, len(answer)
+
+
+async def test_a_body_the_app_has_not_asked_for_yet_does_not_run_out_of_time(port: int) -> None:
+    """Found in review: past 64 KiB uvicorn stops reading until the app asks for the body, but
+    the body deadline kept counting, and closed the connection under the call."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"x" * 200_000
+    writer.write(
+        f"POST /slow HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
     writer.close()
 
 
