@@ -23,13 +23,9 @@ HEADER_TIMEOUT_S = 10.0
 BODY_GRACE_S = 30.0
 MIN_BODY_RATE = 64 * 1024
 """A body must arrive within BODY_GRACE_S plus its length at this many bytes per second."""
-WRITE_STALL_S = 30.0
-"""A client that reads nothing of what it is sent for this long (the server's send buffer
-full) is cut off: an answer it never reads must not hold the connection and its memory."""
 MAX_PIPELINED = 64
-"""Requests one connection may have queued behind the one being answered."""
-CLOSE_GRACE_S = 5.0
-"""After a close, how long a client that does not read gets before the connection is dropped."""
+"""Requests one connection may have queued behind the one being answered; the last of them is
+answered with `connection: close`, and what the client sent after it is not served."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -62,17 +58,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
     `body_grace_s` plus its length, counted up to `max_body_bytes`, at `MIN_BODY_RATE` from
     the end of its headers, or for a pipelined request from the start of its turn (then the
     connection is closed, which the app sees as a client that left). The clocks stop counting
-    while the server itself has stopped reading. On the other side, a client that reads none
-    of what it is sent for `write_stall_s` is dropped, a close waits at most `close_grace_s`
-    for the client to take what is left, and a connection may queue `MAX_PIPELINED` requests
-    behind the one being answered (reading stays paused while any is queued).
+    while the server itself has stopped reading. A connection may queue `MAX_PIPELINED`
+    requests behind the one being answered (reading stays paused while any is queued).
     """
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
     body_grace_s: ClassVar[float] = BODY_GRACE_S
     max_body_bytes: ClassVar[int] = 4 * 1024 * 1024
-    write_stall_s: ClassVar[float] = WRITE_STALL_S
-    close_grace_s: ClassVar[float] = CLOSE_GRACE_S
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
@@ -82,9 +74,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _queued_body_s: dict[int, float] | None = None
     """Body deadlines of pipelined requests waiting their turn (by id of their cycle)."""
 
-    _write_stall: TimerHandle | None = None
     _dropped = False
-    """Aborted for queueing too many requests: what is left of the read is not served."""
+    """MAX_PIPELINED requests are queued: what the client sent after them is not served."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -95,39 +86,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._write_stall is not None:
-            self._write_stall.cancel()
-            self._write_stall = None
         super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._write_stall is None:
-            self._write_stall = self.loop.call_later(self.write_stall_s, self._not_reading)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._write_stall is not None:
-            self._write_stall.cancel()
-            self._write_stall = None
-
-    def _not_reading(self) -> None:
-        self._write_stall = None
-        logger.debug(
-            "dropped a connection from %s: it read nothing for %g s", self._peer(), self.write_stall_s
-        )
-        self.transport.abort()
-
-    def timeout_keep_alive_handler(self) -> None:
-        if not self.transport.is_closing():
-            self._close()
-
-    def _close(self) -> None:
-        """Close; a client that does not read what is still to be sent gets `close_grace_s`,
-        since asyncio would otherwise wait for it for ever."""
-        self.transport.close()
-        if self.transport.get_write_buffer_size():
-            self.loop.call_later(self.close_grace_s, self.transport.abort)
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
@@ -144,9 +103,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._dropped:
             return
         if len(self.pipeline) >= MAX_PIPELINED:
-            logger.debug("dropped a connection from %s: over %d requests queued", self._peer(), MAX_PIPELINED)
-            self._dropped = True  # the rest of what was read is parsed, and ignored
-            self.transport.abort()
+            # The last one queued is answered with `connection: close`; the client may send the
+            # rest again on a new connection. Reading stays paused until then (_PipelineFlow).
+            logger.debug(
+                "connection from %s: over %d requests queued; closing after them", self._peer(), MAX_PIPELINED
+            )
+            self.pipeline[0][0].keep_alive = False
+            self._dropped = True
             return
         super().on_message_begin()
         # A keep-alive timer left from the request before (restarted in on_message_complete) must
@@ -252,7 +215,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
         answering = self.cycle is not None and not self.cycle.response_complete
         if self._awaiting == "headers" and not answering:  # no task has the request: answering is ours
             self.transport.write(_TIMEOUT_408)
-        self._close()
+        self.transport.close()
 
 
 class HttpServer:
@@ -267,16 +230,12 @@ class HttpServer:
         max_body_bytes: int = 4 * 1024 * 1024,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_grace_s: float = BODY_GRACE_S,
-        write_stall_s: float = WRITE_STALL_S,
-        close_grace_s: float = CLOSE_GRACE_S,
     ) -> None:
         self._app = app
         limits: dict[str, Any] = {
             "max_body_bytes": max_body_bytes,
             "header_timeout_s": header_timeout_s,
             "body_grace_s": body_grace_s,
-            "write_stall_s": write_stall_s,
-            "close_grace_s": close_grace_s,
         }
         self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge.http import HttpServer
@@ -33,17 +33,12 @@ async def _slow(request: Request) -> JSONResponse:
     return JSONResponse({"slept": seconds})
 
 
-async def _big(request: Request) -> Response:
-    return Response(b"x" * int(request.query_params["n"]), media_type="application/octet-stream")
-
-
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     app = Starlette(
         routes=[
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
-            Route("/big", _big, methods=["GET"]),
         ]
     )
     # 64 KiB: a body's deadline is at most 1 s + 64 KiB at 64 KiB/s.
@@ -54,8 +49,6 @@ async def port() -> AsyncIterator[int]:
         header_timeout_s=1.0,
         body_grace_s=1.0,
         max_body_bytes=64 * 1024,
-        write_stall_s=1.0,
-        close_grace_s=1.0,
     )
     yield await server.start()
     await server.stop()
@@ -234,23 +227,15 @@ def _drain(sock: socket.socket, limit_s: float) -> tuple[bytes, bool]:
     return bytes(got), False
 
 
-async def test_a_client_that_pipelines_without_reading_is_dropped(port: int) -> None:
+async def test_pipelining_is_bounded(port: int) -> None:
     """Found in review: 300,000 pipelined requests from a client reading nothing were all
-    parsed and queued (10 MB sent, 680 MB held) with no timer on the connection."""
+    parsed and queued (10 MB sent, 680 MB held). Now 64 may wait behind the one answered; the
+    last of them is answered with `connection: close`, and the rest are not served."""
     with _not_reading(port) as sock:
         sock.sendall(_post(0) * 200)
         answers, closed = await asyncio.to_thread(_drain, sock, 10)
-    assert closed and answers.count(b"HTTP/1.1 200 ") <= 65, answers.count(b"HTTP/1.1 200 ")
-
-
-async def test_a_client_that_reads_nothing_of_its_answer_is_dropped(port: int) -> None:
-    """Found in review: an answer the client never read held the connection (and the 20 MB
-    waiting to be sent) for good; the close at keep-alive waited for it for ever."""
-    with _not_reading(port) as sock:
-        sock.sendall(b"GET /big?n=20000000 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        await asyncio.sleep(3)  # reading nothing, longer than write_stall_s
-        answer, closed = await asyncio.to_thread(_drain, sock, 15)
-    assert closed and len(answer) < 20_000_000, len(answer)
+    assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
+    assert answers.count(b"connection: close") == 1
 
 
 async def test_a_body_the_app_has_not_asked_for_yet_does_not_run_out_of_time(port: int) -> None:
