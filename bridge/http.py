@@ -92,12 +92,22 @@ class _DeadlineProtocol(HttpToolsProtocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped:
+            return  # past MAX_PIPELINED: nothing more is parsed on this connection
         # Bytes between requests (httptools skips a bare CRLF without starting a message)
         # stop uvicorn's keep-alive timer: the header deadline takes over, or a connection
         # fed "\r\n" once would be held for ever.
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
             self._arm(self.header_timeout_s, "headers")
         super().data_received(data)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._dropped:  # or the URL would be added to the last request still served
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._dropped:  # or the headers would be added to the last request still served
+            super().on_header(name, value)
 
     def on_message_begin(self) -> None:
         if self._dropped:
@@ -167,7 +177,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
         super().on_response_complete()
         # uvicorn resumes reading before it takes the next queued request; _PipelineFlow holds
         # that while one is queued, so reading resumes here once none is.
-        if not self.pipeline and not self.transport.is_closing():
+        if not self.pipeline and not self._dropped and not self.transport.is_closing():
             self.flow.resume_reading()
 
     def on_body(self, body: bytes) -> None:

@@ -33,12 +33,17 @@ async def _slow(request: Request) -> JSONResponse:
     return JSONResponse({"slept": seconds})
 
 
+async def _headers(request: Request) -> JSONResponse:
+    return JSONResponse({"n": len(request.headers), "evil": request.headers.getlist("x-evil")})
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     app = Starlette(
         routes=[
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
+            Route("/h", _headers, methods=["GET"]),
         ]
     )
     # 64 KiB: a body's deadline is at most 1 s + 64 KiB at 64 KiB/s.
@@ -236,6 +241,19 @@ async def test_pipelining_is_bounded(port: int) -> None:
         answers, closed = await asyncio.to_thread(_drain, sock, 10)
     assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
     assert answers.count(b"connection: close") == 1
+
+
+async def test_what_comes_after_the_pipelining_cap_reaches_no_request(port: int) -> None:
+    """Found in review: past the cap, the ignored requests' URL and header bytes were still
+    parsed into the last request served (its scope gained their headers), and read without
+    end (3.6 GB from a client streaming header lines)."""
+    evil = b"GET /h HTTP/1.1\r\nhost: 127.0.0.1\r\nx-evil: 1\r\n\r\n"
+    with _not_reading(port) as sock:
+        sock.sendall(b"GET /h HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n" * 65 + evil * 5)
+        answers, closed = await asyncio.to_thread(_drain, sock, 10)
+    assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
+    assert b"x-evil" not in answers.lower() and b'"evil":["1"]' not in answers
+    assert answers.count(b'{"n":1,"evil":[]}') == 65, answers[-300:]
 
 
 async def test_a_body_the_app_has_not_asked_for_yet_does_not_run_out_of_time(port: int) -> None:
