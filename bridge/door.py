@@ -44,7 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_local.errors import Unauthenticated
 from mcp_local.principals import Principal, bearer_token
 
-from .options import MAX_SESSIONS_PER_PRINCIPAL
+from .asgibody import read_body, replay
+from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
 __all__ = ["SessionDoor"]
 
@@ -138,7 +139,7 @@ class SessionDoor:
         path: str = "/mcp",
         default_token: str | None = None,
         max_sessions: int = MAX_SESSIONS_PER_PRINCIPAL,
-        max_body_bytes: int = 4 * 1024 * 1024,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -216,10 +217,16 @@ class SessionDoor:
         # and must not cost the principal a session. The body is read here to tell (up to the
         # bridge's body limit: past it, the rest is left to the SDK, which answers 413), parsed
         # as the SDK parses it, and handed on unchanged.
-        body, gone, receive = await _read_body(scope, receive, self._max_body)
-        if gone:
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.strip().isdigit() and int(declared) > self._max_body:
+            await self.app(scope, receive, send)  # the SDK refuses it before reading any of it
+            return
+        body, last = await read_body(receive, self._max_body)
+        if last["type"] != "http.request":
             return  # the client went away
-        if body is None or not _is_initialize(body):
+        complete = not last.get("more_body", False) and len(body) <= self._max_body
+        receive = replay(body, last, receive)
+        if not complete or not _is_initialize(body):
             # Whatever the door concluded, a session the SDK opens is counted.
             await self.app(scope, receive, _NoteSession(held, send, reserved=False))
             return
@@ -270,31 +277,6 @@ class SessionDoor:
             if session is not None:
                 await session.terminate()
         return True
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, bool, Receive]:
-    """(the whole body, the client went away, a `receive` that gives again what was read and
-    then carries on). The body is None when it is longer than `limit`: reading stops there, and
-    what was read is given again with the rest still to come."""
-    for key, value in scope["headers"]:
-        if key == b"content-length" and value.strip().isdigit() and int(value) > limit:
-            return None, False, receive  # the SDK refuses it before reading any of it
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more and size <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None, True, receive
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        more = message.get("more_body", False)
-    read: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": more}]
-
-    async def replay() -> Message:
-        return read.pop() if read else await receive()
-
-    return (None if more or size > limit else read[0]["body"]), False, replay
 
 
 def _is_initialize(body: bytes) -> bool:

@@ -49,11 +49,12 @@ from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_local.pipeline import LONG_DIGITS, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
+from .asgibody import read_body, replay
 from .errors import mcp_error_from_grpc
 from .hubclient import ToolHubClient
 from .options import KEEPALIVE_S
@@ -118,7 +119,7 @@ class ExpressLane:
         if headers is None:
             await self.sdk_app(scope, receive, send)
             return
-        body, message = await _read_body(receive)
+        body, message = await read_body(receive, self._max_body)
         if message["type"] == "http.disconnect":
             return  # the client hung up before its body was complete: nobody to answer
         try:
@@ -126,7 +127,7 @@ class ExpressLane:
         except Exception as exc:
             if not isinstance(exc, _Declined):  # a bug here must not cost the caller an answer
                 logger.exception("the express lane failed to read a request; the SDK answers it")
-            await self.sdk_app(scope, _replay(body, message, receive), send)
+            await self.sdk_app(scope, replay(body, message, receive), send)
             return
         self.served += 1
         await self._answer(call, receive, send)
@@ -310,28 +311,3 @@ def _headers_if_plain(raw: list[tuple[bytes, bytes]], max_body: int) -> dict[str
     if not length.isdigit() or int(length) > max_body or "transfer-encoding" in headers:
         return None
     return headers
-
-
-async def _read_body(receive: Receive) -> tuple[bytes, Message]:
-    """The whole body (its length is declared and within the limit), and the last message read."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), message
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks), message
-
-
-def _replay(body: bytes, last: Message, receive: Receive) -> Receive:
-    """`receive` for the SDK: the body already read, then whatever the connection says next."""
-    first: Message = {"type": "http.request", "body": body, "more_body": False}
-    pending = [first if last["type"] == "http.request" else last]
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
-
-    return replayed

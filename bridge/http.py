@@ -14,6 +14,8 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .options import MAX_BODY_BYTES
+
 __all__ = ["HttpServer"]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
     body_grace_s: ClassVar[float] = BODY_GRACE_S
-    max_body_bytes: ClassVar[int] = 4 * 1024 * 1024
+    max_body_bytes: ClassVar[int] = MAX_BODY_BYTES
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
@@ -237,7 +239,7 @@ class HttpServer:
         host: str,
         port: int,
         *,
-        max_body_bytes: int = 4 * 1024 * 1024,
+        max_body_bytes: int = MAX_BODY_BYTES,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_grace_s: float = BODY_GRACE_S,
     ) -> None:

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from mcp_local.principals import Principal
 
-__all__ = ["KEEPALIVE_S", "MAX_SESSIONS_PER_PRINCIPAL", "BridgeOptions"]
+__all__ = ["KEEPALIVE_S", "MAX_BODY_BYTES", "MAX_SESSIONS_PER_PRINCIPAL", "BridgeOptions"]
+
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+"""The largest request body the bridge reads."""
 
 MAX_SESSIONS_PER_PRINCIPAL: Final = 100
 """Handshake-era MCP sessions one principal may hold open (`bridge/door.py`)."""
@@ -27,7 +30,7 @@ class BridgeOptions:
     )
     default_token: str | None = None
     """Token used when a request carries none (stdio clients)."""
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     express: bool = True
     """Serve plain stateless `tools/call` POSTs in the express lane (`express.py`); False: all via the SDK."""
     keepalive_s: float = KEEPALIVE_S

@@ -9,7 +9,7 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from starlette.applications import Starlette
@@ -67,6 +67,18 @@ async def _until_closed(reader: asyncio.StreamReader, limit: float) -> tuple[byt
     started = time.monotonic()
     answer = await asyncio.wait_for(reader.read(), limit)
     return answer, time.monotonic() - started
+
+
+async def _read_until(reader: asyncio.StreamReader, done: Callable[[bytes], bool], limit: float) -> bytes:
+    """What the server sends until `done` holds for it, the server closes, or a read waits `limit` s."""
+    got = b""
+    with contextlib.suppress(asyncio.TimeoutError):
+        while not done(got):
+            chunk = await asyncio.wait_for(reader.read(4096), limit)
+            if not chunk:
+                break
+            got += chunk
+    return got
 
 
 async def test_a_connection_that_sends_nothing_is_closed(port: int) -> None:
@@ -138,13 +150,7 @@ async def test_a_pipelined_request_waits_its_turn_without_cutting_the_first(port
     await asyncio.sleep(0.3)
     writer.write(b"56789")
     await writer.drain()
-    answers = b""
-    with contextlib.suppress(asyncio.TimeoutError):
-        while answers.count(b"HTTP/1.1 200 ") < 2:
-            chunk = await asyncio.wait_for(reader.read(4096), 10)
-            if not chunk:
-                break
-            answers += chunk
+    answers = await _read_until(reader, lambda got: got.count(b"HTTP/1.1 200 ") >= 2, 10)
     assert b'{"slept":3}' in answers and b'{"received":10}' in answers, answers
     writer.close()
 
@@ -175,13 +181,7 @@ async def test_the_request_after_an_early_answer_is_not_cut_by_its_timer(port: i
     # The rest of the body, and a 6 s call: it ends after uvicorn's 5 s keep-alive would have.
     writer.write(b"56789" + b"POST /slow?s=6 HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n")
     await writer.drain()
-    answers = b""
-    with contextlib.suppress(asyncio.TimeoutError):
-        while b'{"slept":6}' not in answers:
-            chunk = await asyncio.wait_for(reader.read(4096), 15)
-            if not chunk:
-                break
-            answers += chunk
+    answers = await _read_until(reader, lambda got: b'{"slept":6}' in got, 15)
     assert b'{"slept":6}' in answers, answers
     writer.close()
 
@@ -196,13 +196,7 @@ async def test_a_request_begun_behind_a_queued_one_does_not_cut_the_first(port: 
     await asyncio.sleep(0.2)
     writer.write(b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}")
     await writer.drain()
-    answers = b""
-    with contextlib.suppress(asyncio.TimeoutError):
-        while answers.count(b"HTTP/1.1 200 ") < 3:
-            chunk = await asyncio.wait_for(reader.read(4096), 10)
-            if not chunk:
-                break
-            answers += chunk
+    answers = await _read_until(reader, lambda got: got.count(b"HTTP/1.1 200 ") >= 3, 10)
     assert answers.count(b"HTTP/1.1 200 ") == 3 and b'{"slept":3}' in answers, answers
     writer.close()
 
