@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -172,6 +171,19 @@ class _Git:
         return await self.run("log", "--max-count=1", "--format=committed %H%n    %s")
 
 
+def _find_program(name: str, search_path: str) -> str | None:
+    """The first executable `name` in the absolute directories of `search_path`.
+
+    Relative entries (`.`, an empty one) are skipped: they would find a `git` planted in the
+    workspace. Not `shutil.which`: shutil brings bz2 and lzma, which a sidecar otherwise never loads.
+    """
+    for directory in search_path.split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.path.isabs(directory) and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     opts = PackOptions("git", options)
     root = opts.string("root", default=str(env.extra.get("workspace", ".")))
@@ -189,7 +201,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     allow_commit = opts.boolean("allow_commit", default=True)
     timeout = opts.number("timeout_s", default=DEFAULT_TIMEOUT_S, minimum=1, maximum=3600)
     opts.done()
-    git = shutil.which("git")
+    git = _find_program("git", os.environ.get("PATH", "/usr/bin:/bin"))
     if git is None:
         raise ConfigError("packs[git]: the git program is not installed in this image")
     g = _Git(workspace, author, git)

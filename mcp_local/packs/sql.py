@@ -32,7 +32,6 @@ import datetime
 import re
 import sys
 import urllib.parse
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +90,11 @@ class Rows:
         return out
 
 
-def _is_decimal(value: Any) -> bool:
-    # A Decimal exists only once its module is loaded (psycopg loads it for NUMERIC); SQLite
-    # never returns one, so a sidecar with only SQLite databases need not carry `decimal`.
-    decimal = sys.modules.get("decimal")
-    return decimal is not None and isinstance(value, decimal.Decimal)
+def _loaded_instance(value: Any, module: str, name: str) -> bool:
+    # A Decimal or UUID exists only once its module is loaded (psycopg loads both), and SQLite
+    # never returns either: a sidecar with only SQLite databases need not carry those modules.
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(value, getattr(loaded, name))
 
 
 def jsonable(value: Any) -> Any:
@@ -106,7 +105,7 @@ def jsonable(value: Any) -> Any:
         return value if -_INT64 <= value < _INT64 else str(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
-    if isinstance(value, uuid.UUID) or _is_decimal(value):
+    if _loaded_instance(value, "uuid", "UUID") or _loaded_instance(value, "decimal", "Decimal"):
         return str(value)
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -156,3 +157,18 @@ async def test_a_commit_message_with_nul_is_refused_clearly(git: PackUnderTest) 
 async def test_a_ref_with_a_trailing_newline_is_refused(git: PackUnderTest) -> None:
     result = await git.call("git_log", ref="HEAD\n")
     assert result.is_error and "is not a revision name" in text(result)
+
+
+def test_git_is_found_only_in_absolute_path_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_local.packs.git import _find_program
+
+    planted = tmp_path / "git"
+    planted.write_text("#!/bin/sh\necho planted\n")
+    planted.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    # An empty entry and `.` mean the current directory (perhaps the workspace): never searched.
+    assert _find_program("git", os.pathsep.join(["", ".", "/usr/bin"])) == "/usr/bin/git"
+    assert _find_program("git", os.pathsep.join([".", "bin"])) is None
+    assert _find_program("git", str(tmp_path)) == str(planted)
