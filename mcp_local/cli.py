@@ -14,11 +14,7 @@ Exit codes: 0 success; 1 unhealthy; 2 bad usage, manifest or configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .manifest import Manifest
-    from .sidecar import Sidecar, SidecarSettings
+    from .settings import SidecarSettings
+    from .sidecar import Sidecar
 
 __all__ = ["DEFAULT_GRPC", "add_local_commands", "main"]
 
@@ -56,8 +53,7 @@ def _manifest(args: argparse.Namespace, environ: Mapping[str, str]) -> Manifest:
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSettings:
-    from .hublink import Backoff
-    from .sidecar import SidecarSettings
+    from .settings import Backoff, SidecarSettings
 
     manifest = _manifest(args, environ)
     grpc = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or (None if args.stdio else DEFAULT_GRPC)
@@ -85,97 +81,36 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
 
 
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .errors import ConfigError
+    from .plainerrors import ConfigError
 
     try:
         settings = _settings(args, environ)
     except ConfigError as exc:
         return _fail(str(exc))
-    logging.basicConfig(
-        level=settings.manifest.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(_serve(settings, args))
+    if getattr(args, "owns_process", False):
+        from .handover import exec_server
 
+        # Returns only if this process cannot be replaced by one that serves without the parsers.
+        exec_server(settings, ready_file=args.ready_file, json_line=args.json)
+    from .serving import serve
 
-async def _serve(settings: SidecarSettings, args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .redaction import RedactingFilter
-    from .sidecar import Sidecar
-    from .version import VERSION
-
-    sidecar = Sidecar(settings, version=VERSION)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter(sidecar.redactor))
-    if settings.token:
-        sidecar.redactor.add(settings.token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        addresses = await sidecar.start()
-    except (ConfigError, OSError) as exc:
-        await sidecar.stop(0)
-        return _fail(str(exc))
-    ready = {
-        "event": "ready",
-        "grpc": addresses.grpc,
-        "mcp": addresses.mcp_url,
-        "hub": settings.hub,
-        "tools": len(sidecar.registry),
-        "pid": os.getpid(),
-    }
-    _announce(ready, args, stdio=settings.stdio)
-    from .memory import settle_memory
-
-    settle_memory()
-    stdio: asyncio.Task[None] | None = None
-    if settings.stdio:
-        stdio = asyncio.create_task(sidecar.serve_stdio())
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait((stdio, waiter), return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-    else:
-        await stop.wait()
-    logging.getLogger("mcphub.sidecar").info("shutting down")
-    await sidecar.stop()  # answers the calls still running, the stdio client's included
-    if stdio is not None:
-        stdio.cancel()
-    return EXIT_OK
-
-
-def _announce(ready: dict[str, Any], args: argparse.Namespace, *, stdio: bool) -> None:
-    if args.ready_file:
-        path = Path(args.ready_file)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(ready) + "\n")
-        tmp.replace(path)
-    if args.json:
-        line = json.dumps(ready)
-    else:
-        line = (
-            f"mcphub sidecar ready: grpc {ready['grpc']}, {ready['tools']} tools"
-            + (f"  mcp {ready['mcp']}" if ready["mcp"] else "")
-            + (f"  registering with {ready['hub']}" if ready["hub"] else "")
-        )
-    # In stdio mode stdout is the MCP channel: the ready line goes to stderr.
-    print(line, file=sys.stderr if stdio else sys.stdout, flush=True)
+    return serve(settings, ready_file=args.ready_file, json_line=args.json)
 
 
 def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .errors import ConfigError
+    from .plainerrors import ConfigError
 
     try:
         settings = _settings(args, environ)
     except ConfigError as exc:
         return _fail(str(exc))
+    import asyncio
+
     return asyncio.run(_check(settings))
 
 
 async def _check(settings: SidecarSettings) -> int:
-    from .errors import ConfigError
+    from .plainerrors import ConfigError
     from .sidecar import Sidecar
 
     sidecar: Sidecar = Sidecar(settings)
@@ -204,6 +139,8 @@ async def _check(settings: SidecarSettings) -> int:
 
 def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     target = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC
+    import asyncio
+
     return asyncio.run(_health(target, args.timeout))
 
 
@@ -334,6 +271,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if not arguments or arguments[0] != "local":
         arguments.insert(0, "local")
     args = parser.parse_args(arguments)
+    args.owns_process = argv is None  # a caller passing argv keeps its process (no exec)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.func
     try:
         return func(args, os.environ if environ is None else environ)

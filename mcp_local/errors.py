@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import grpc
 
+from .plainerrors import ConfigError, ToolError, ToolHubError
+
 __all__ = [
     "ConfigError",
     "Conflict",
@@ -41,10 +43,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
 ]
-
-
-class ToolHubError(Exception):
-    """Base of every error raised by mcphub code."""
 
 
 class HubError(ToolHubError):
@@ -99,11 +97,3 @@ class ResourceExhausted(HubError):
 
 class Unavailable(HubError):
     status = grpc.StatusCode.UNAVAILABLE
-
-
-class ToolError(ToolHubError):
-    """Raised by a tool handler for an expected failure; its message is shown to the model."""
-
-
-class ConfigError(ToolHubError):
-    """Invalid configuration: the message names the key and the value expected."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from .errors import HubError
 from .pipeline import Pipeline, ResolveTool, ValidateArguments
 from .principals import Principal
 from .registry import ToolRegistry
+from .settings import Backoff
 from .tools import ToolCall
 from .wire import result_to_proto
 
@@ -37,18 +37,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _EVERYONE = Principal("hub", ("*",))
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with full jitter between `first_s` and `max_s`."""
-
-    first_s: float = 0.5
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.max_s, self.first_s * (1 << min(attempt, 30)))
-        floor = min(self.first_s, ceiling) / 2
-        # A uniform draw from os.urandom: `random` would cost every sidecar its module for this.
-        return floor + (ceiling - floor) * (int.from_bytes(os.urandom(7), "big") / (1 << 56))
+_DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +85,7 @@ class HubLink:
         registry: ToolRegistry,
         *,
         version: str = "",
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = _DEFAULT_BACKOFF,
         on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
         self.target = target

@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from .errors import ConfigError
 from .fastschema import Check, compile_schema
+from .plainerrors import ConfigError
 
 if TYPE_CHECKING:
     import jsonschema
@@ -156,6 +154,8 @@ def load_manifest(path: Path, *, base: Path | None = None) -> Manifest:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
+    import yaml  # on use: only the command that reads a manifest needs a YAML parser
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

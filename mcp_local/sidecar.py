@@ -15,15 +15,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from .errors import ConfigError
-from .hublink import Backoff, HubLink
-from .manifest import Manifest
+from .hublink import HubLink
 from .packs import PackEnv, ToolPack, start_packs, stop_packs
 from .pipeline import Authenticate, Authorize, InFlight, Pipeline, ResolveTool, ValidateArguments
 from .principals import OpenAccess, Principal
@@ -31,6 +29,7 @@ from .redaction import Redactor
 from .registry import ToolRegistry
 from .service import ToolService
 from .servicer import ToolHubServicer, start_grpc_server
+from .settings import SidecarSettings
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -86,22 +85,6 @@ def split_address(value: str, *, key: str) -> tuple[str, int]:
 
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass(frozen=True, slots=True)
-class SidecarSettings:
-    manifest: Manifest
-    grpc: str | None = "127.0.0.1:7072"
-    """Where ToolHub listens; None serves it only internally (for --http/--stdio) on a free port."""
-    http: str | None = None
-    """Where the MCP bridge listens (Streamable HTTP at /mcp), or None."""
-    stdio: bool = False
-    hub: str | None = None
-    token: str | None = None
-    sandbox: str | None = None
-    backoff: Backoff = field(default_factory=Backoff)
-    environ: Mapping[str, str] = field(default_factory=dict)
-    state_dir: Path = Path("/tmp/mcphub-sidecar")  # noqa: S108 - only a default for pack scratch space
 
 
 @dataclass(frozen=True, slots=True)

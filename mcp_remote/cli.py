@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -67,6 +66,7 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> int:
+    import asyncio  # here: `mcphub local serve` hands over before it would need asyncio
     import json
 
     from mcp_local.errors import ConfigError
@@ -442,6 +442,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.owns_process = argv is None  # `mcphub local serve` may exec its server (mcp_local.serving)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

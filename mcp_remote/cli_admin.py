@@ -8,7 +8,6 @@ or could not be reached.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -300,6 +299,8 @@ def _show_record(r: Any) -> str:
 
 
 async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import asyncio  # on use: every `mcphub` command builds this module's parsers
+
     from .audit import RecordQuery
 
     try:

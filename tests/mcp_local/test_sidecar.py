@@ -3,6 +3,7 @@ bad manifests and non-loopback binds with clear errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -159,48 +160,70 @@ def test_only_loopback_is_served(tmp_path: Path) -> None:
     assert "--grpc: 0.0.0.0:0 is not a loopback address" in out.stderr and "--hub" in out.stderr
 
 
-def _imported(log: str) -> set[str]:
-    return {line.split("|")[-1].strip() for line in log.splitlines() if line.startswith("import time:")}
+MODULES_AT_EXIT = Path(__file__).parents[1] / "support" / "modules_at_exit"
 
 
 @pytest.mark.parametrize("module", [True, False], ids=["python-m-mcp_local", "mcphub-local"])
-def test_the_sidecar_does_not_load_the_hub(tmp_path: Path, module: bool) -> None:
+def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Path, module: bool) -> None:
     manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
     args = ["serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"]
     # The real entry points: `python -m mcp_local`, and the installed `mcphub` console script.
     command = sidecar_command(*args, module=True) if module else [str(MCPHUB), "local", *args]
+    listing = tmp_path / "modules.txt"
+    path = os.pathsep.join(p for p in (str(MODULES_AT_EXIT), os.environ.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        env={**os.environ, "PYTHONPATH": path, "MCPHUB_TEST_MODULES_FILE": str(listing)},
     )
     assert process.stdout is not None
     ready = process.stdout.readline()
-    process.terminate()
-    _, stderr = process.communicate(timeout=30)
-    assert '"event": "ready"' in ready, stderr[-2000:]
-    modules = _imported(stderr)
-    assert "mcp_local.sidecar" in modules
+    try:
+        assert '"event": "ready"' in ready
+        # The command handed over to a fresh interpreter: same PID, the original command line
+        # still at the end (for ps and pgrep), and the memfd that carried the settings closed.
+        assert json.loads(ready)["pid"] == process.pid
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        assert "-P" in cmdline and cmdline[-len(args) :] == args
+        fds = [os.readlink(f) for f in Path(f"/proc/{process.pid}/fd").iterdir() if f.is_symlink()]
+        assert not [f for f in fds if "mcphub-sidecar-settings" in f], fds
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    modules = set(listing.read_text().split())
+    assert "mcp_local.sidecar" in modules and "mcp_local.packs.sql" in modules
     hub_side = {
         m
         for m in modules
         if m.split(".")[0] in ("mcp_remote", "bridge", "mcp", "uvicorn", "starlette", "pydantic")
     }
-    # Through `mcphub`, only the package's lazy __init__ and the CLI modules; never the hub itself.
-    allowed = (
-        set()
-        if module
-        else {"mcp_remote", "mcp_remote.cli", "mcp_remote.cli_admin", "mcp_remote.sandboxes_cli"}
-    )
-    assert hub_side == allowed
-    # Loaded on first use, not by an idle sidecar: sqlite3 (first SQLite query); hashlib (and
-    # with it more of OpenSSL's libcrypto), decimal (only psycopg makes Decimals) and random
-    # (the hub link's backoff draws from os.urandom) not at all.
-    assert not modules & {"sqlite3", "hashlib", "decimal", "random"}
-    assert process.returncode == 0
+    assert hub_side == set()
+    # Only the command needs its parsers: argparse, PyYAML and jsonschema (the manifest's error
+    # wording) never reach the serving process. Loaded on first use, not by an idle sidecar:
+    # sqlite3 (first SQLite query); hashlib (and with it more of OpenSSL's libcrypto), decimal
+    # (only psycopg makes Decimals), random (the hub link's backoff draws from os.urandom),
+    # shutil (with bz2 and lzma) not at all.
+    assert not modules & {"argparse", "yaml", "jsonschema", "mcp_local.cli"}
+    assert not modules & {"sqlite3", "hashlib", "decimal", "random", "shutil", "bz2", "lzma"}
+
+
+def test_a_caller_that_keeps_its_process_is_served_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a memfd (or an interpreter to exec) the hand-over returns and the command serves
+    # in its own process; nothing was exec'd, or this test would not be running.
+    from mcp_local.handover import exec_server
+    from mcp_local.manifest import parse_manifest
+    from mcp_local.settings import SidecarSettings
+
+    settings = SidecarSettings(manifest=parse_manifest({"packs": ["files"]}))
+    monkeypatch.delattr(os, "memfd_create")
+    assert exec_server(settings, ready_file=None, json_line=True) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "executable", "")
+    assert exec_server(settings, ready_file=None, json_line=True) is None
 
 
 def test_the_version_constant_matches_the_installed_distribution() -> None:

@@ -1,0 +1,46 @@
+"""What `mcphub local serve` decided before serving: the manifest and the addresses.
+
+Standard library only (and the manifest's dataclasses), so that the command can build them
+without loading gRPC, and hand them to the process that serves (see `mcp_local.serving`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .manifest import Manifest
+
+__all__ = ["Backoff", "SidecarSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter between `first_s` and `max_s`."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_s, self.first_s * (1 << min(attempt, 30)))
+        floor = min(self.first_s, ceiling) / 2
+        # A uniform draw from os.urandom: `random` would cost every sidecar its module for this.
+        return floor + (ceiling - floor) * (int.from_bytes(os.urandom(7), "big") / (1 << 56))
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    manifest: Manifest
+    grpc: str | None = "127.0.0.1:7072"
+    """Where ToolHub listens; None serves it only internally (for --http/--stdio) on a free port."""
+    http: str | None = None
+    """Where the MCP bridge listens (Streamable HTTP at /mcp), or None."""
+    stdio: bool = False
+    hub: str | None = None
+    token: str | None = None
+    sandbox: str | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    environ: Mapping[str, str] = field(default_factory=dict)
+    state_dir: Path = Path("/tmp/mcphub-sidecar")  # noqa: S108 - only a default for pack scratch space
