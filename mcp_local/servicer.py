@@ -14,7 +14,6 @@ from typing import Any, NoReturn
 import grpc
 import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA
 from mcphub_proto.v1 import toolhub_pb2 as pb
@@ -23,6 +22,7 @@ from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 from .errors import HubError
 from .grpcservices import add_service
 from .principals import bearer_token
+from .reflection import add_reflection
 from .service import ToolService
 
 __all__ = [
@@ -137,7 +137,7 @@ def create_grpc_server(
         names.append(name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    add_reflection(server, [*names, health.SERVICE_NAME])
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 import setuptools
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from tests.support.hub import REPO, RunningHub
 
@@ -110,6 +110,11 @@ def test_a_client_generated_from_proto_alone_calls_echo(tmp_path: Path, open_hub
 
 
 async def test_health_checking_and_reflection_are_on(open_hub: RunningHub) -> None:
+    from google.protobuf import descriptor_pb2
+
+    from mcp_local.reflection import SERVICE_NAME
+
+    assert SERVICE_NAME == reflection.SERVICE_NAME
     async with grpc.aio.insecure_channel(open_hub.grpc) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "mcphub.v1.ToolHub"):
@@ -119,8 +124,39 @@ async def test_health_checking_and_reflection_are_on(open_hub: RunningHub) -> No
 
         async def requests():  # type: ignore[no-untyped-def]
             yield reflection_pb2.ServerReflectionRequest(list_services="")
+            yield reflection_pb2.ServerReflectionRequest(file_containing_symbol="mcphub.v1.ToolHub")
+            yield reflection_pb2.ServerReflectionRequest(file_containing_symbol="no.such.Symbol")
 
-        async for response in stub.ServerReflectionInfo(requests()):
-            names = {s.name for s in response.list_services_response.service}
-            assert {"mcphub.v1.ToolHub", "grpc.health.v1.Health"} <= names
-            break
+        answers = [r async for r in stub.ServerReflectionInfo(requests())]
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert names == {
+            "mcphub.v1.ToolHub",
+            "mcphub.v1.SandboxRegistry",
+            "mcphub.v1.Approvals",
+            "grpc.health.v1.Health",
+            SERVICE_NAME,
+        }
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in answers[1].file_descriptor_response.file_descriptor_proto
+        ]
+        assert "ToolHub" in {s.name for f in files for s in f.service}
+        assert answers[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_reflection_refuses_a_request_that_is_not_protobuf(open_hub: RunningHub) -> None:
+    async with grpc.aio.insecure_channel(open_hub.grpc) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+
+        async def garbage():  # type: ignore[no-untyped-def]
+            yield b"\xff\xff\xff"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call(garbage()):
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid protobuf message" in (caught.value.details() or "")

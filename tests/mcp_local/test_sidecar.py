@@ -209,6 +209,8 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
     # shutil (with bz2 and lzma) not at all.
     assert not modules & {"argparse", "yaml", "jsonschema", "mcp_local.cli"}
     assert not modules & {"sqlite3", "hashlib", "decimal", "random", "shutil", "bz2", "lzma"}
+    # gRPC reflection (and protobuf's descriptor_pb2 with it) loads on its first call.
+    assert not modules & {"grpc_reflection.v1alpha", "google.protobuf.descriptor_pb2"}
 
 
 def test_a_caller_that_keeps_its_process_is_served_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
