@@ -78,6 +78,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     _dropped = False
     """MAX_PIPELINED requests are queued: what the client sent after them is not served."""
+    _running: Any = None
+    """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -88,6 +90,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        # uvicorn tells only the last request parsed that the client left. With one queued that
+        # is not the request being answered, which ran on for nobody (a tool call not cancelled)
+        # and then wrote to the closed transport (an ERROR with a traceback, on uvloop).
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and cycle is not self.cycle and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
 
     def _peer(self) -> str:
@@ -116,7 +125,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
             return
         if len(self.pipeline) >= MAX_PIPELINED:
             # The last one queued is answered with `connection: close`; the client may send the
-            # rest again on a new connection. Reading stays paused until then (_PipelineFlow).
+            # rest again on a new connection. Until then, what arrives is read (so that a client
+            # that leaves is noticed) and dropped unparsed (data_received); only what came in
+            # the same read as this request is parsed, and at most refused (400).
             logger.debug(
                 "connection from %s: over %d requests queued; closing after them", self._peer(), MAX_PIPELINED
             )
@@ -173,6 +184,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
             self._arm(seconds, "body")
         elif self._headers_pending:
             self._arm(self.header_timeout_s, "headers")  # a later request's, deferred above
+        self._running = cycle
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.options import MAX_BODY_BYTES  # standard library only
 from mcp_local.errors import ConfigError
 from mcp_local.principals import OPERATOR
 
@@ -199,7 +200,8 @@ class HubConfig(BaseModel):
     """Extra `Host` values the bridge accepts (`name:*` for any port); loopback names always are."""
     allowed_origins: list[str] = Field(default_factory=list)
     """Extra browser `Origin` values the bridge accepts (e.g. `https://inspector.example.com`)."""
-    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
+    """The largest HTTP request body the bridge takes (then 413)."""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     """On SIGTERM/SIGINT, how long running calls may finish; the rest are stopped, and their
     callers get an error saying the hub is shutting down (match your orchestrator's grace period)."""

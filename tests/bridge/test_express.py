@@ -268,6 +268,27 @@ async def test_a_client_that_goes_away_cancels_the_call(
     assert "Exception in ASGI application" not in caplog.text
 
 
+async def test_a_client_that_goes_away_with_a_request_queued_cancels_the_call(
+    bridges: Bridges, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: with a second request pipelined behind it, the call was not cancelled
+    (it ran its full minute for nobody) and its answer hit the closed transport: an ERROR."""
+    marker = f"express-queued-{time.monotonic_ns() % 10**9}"
+    host, port = bridges.slow_keepalive.removeprefix("http://").removesuffix("/mcp").split(":")
+
+    def request(name: str, arguments: Any) -> bytes:
+        body = _content(_call(name, arguments))
+        head = "".join(f"{k}: {v}\r\n" for k, v in _headers(name).items())
+        head += f"host: {host}\r\ncontent-length: {len(body)}\r\n"
+        return f"POST /mcp HTTP/1.1\r\n{head}\r\n".encode() + body
+
+    async with await anyio.connect_tcp(host, int(port)) as connection:
+        await connection.send(request("wait_for_cancel", {"marker": marker}) + request("echo", {"text": "x"}))
+        assert await file_appears(bridges.markers / f"{marker}.started", 20)
+    assert await file_appears(bridges.markers / marker, 10), "the tool was not cancelled on the hub"
+    assert "Exception in ASGI application" not in caplog.text
+
+
 async def test_a_long_silent_call_is_kept_alive_with_sse(bridges: Bridges) -> None:
     async with httpx2.AsyncClient(timeout=30) as http:
         response = await http.post(

@@ -15,7 +15,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from bridge.http import HttpServer
 
@@ -37,10 +38,40 @@ async def _headers(request: Request) -> JSONResponse:
     return JSONResponse({"n": len(request.headers), "evil": request.headers.getlist("x-evil")})
 
 
+STREAM_OUTCOMES: list[str] = []
+STREAM_DONE: list[asyncio.Event] = []
+
+
+async def _stream(scope: Scope, receive: Receive, send: Send) -> None:
+    """Writes a chunk every 0.1 s for 10 s, watching (as the bridge's express lane does) for the
+    client to leave; appends what happened to STREAM_OUTCOMES."""
+    await receive()  # the (empty) body
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        if (await receive())["type"] == "http.disconnect":
+            gone.set()
+
+    watcher = asyncio.create_task(watch())
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(100):
+        if gone.is_set():
+            STREAM_OUTCOMES.append("saw the client leave")
+            STREAM_DONE[0].set()
+            return
+        await send({"type": "http.response.body", "body": b".", "more_body": True})
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+    STREAM_OUTCOMES.append("ran to the end")
+    STREAM_DONE[0].set()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     app = Starlette(
         routes=[
+            Mount("/stream", app=_stream),
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
             Route("/h", _headers, methods=["GET"]),
@@ -248,6 +279,25 @@ async def test_what_comes_after_the_pipelining_cap_reaches_no_request(port: int)
     assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
     assert b"x-evil" not in answers.lower() and b'"evil":["1"]' not in answers
     assert answers.count(b'{"n":1,"evil":[]}') == 65, answers[-300:]
+
+
+async def test_the_request_being_answered_learns_that_the_client_left_with_one_queued(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: with a request queued behind it, the one being answered never heard
+    that the client had gone (uvicorn tells the last request parsed), so a tool call ran on for
+    nobody and then wrote to the closed transport (an ERROR and a traceback on uvloop)."""
+    STREAM_OUTCOMES.clear()
+    STREAM_DONE[:] = [asyncio.Event()]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /stream/ HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n" + _post(0))
+    assert b"200" in await reader.read(100)
+    writer.transport.abort()  # reading is paused behind the queued request: the writes find out
+    started = time.monotonic()
+    await asyncio.wait_for(STREAM_DONE[0].wait(), 15)
+    assert STREAM_OUTCOMES == ["saw the client leave"]
+    assert time.monotonic() - started < 5
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 async def test_a_body_the_app_has_not_asked_for_yet_does_not_run_out_of_time(port: int) -> None:
