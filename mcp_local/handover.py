@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import sys
 
 from .settings import SidecarSettings
@@ -41,13 +42,11 @@ def exec_server(settings: SidecarSettings, *, ready_file: str | None, json_line:
     try:
         with io.FileIO(fd, "wb", closefd=False) as out:
             pickle.dump(list(sys.path), out, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.dump((settings, ready_file, json_line), out, protocol=pickle.HIGHEST_PROTOCOL)
+            handed = (settings, ready_file, json_line, _process_name())
+            pickle.dump(handed, out, protocol=pickle.HIGHEST_PROTOCOL)
         os.lseek(fd, 0, os.SEEK_SET)
         os.set_inheritable(fd, True)
-        # The interpreter's own options (-X, -W, -O, -E, -s, -I ...), as multiprocessing passes them.
-        import subprocess
-
-        flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        flags = _interpreter_options()
         sys.stdout.flush()
         sys.stderr.flush()
         # -P: nothing is imported from the current directory (the agent's workspace) before
@@ -55,3 +54,35 @@ def exec_server(settings: SidecarSettings, *, ready_file: str | None, json_line:
         os.execv(sys.executable, [sys.executable, *flags, "-P", "-c", _RESUME.format(fd=fd), *sys.argv])  # noqa: S606 - argv, never a shell line
     except (OSError, pickle.PicklingError, TypeError, AttributeError):  # serve in place
         os.close(fd)
+
+
+def _interpreter_options() -> list[str]:
+    """The options this interpreter was started with (`-u`, `-X ...`, `-W ...`, `-I` ...).
+
+    Taken from `sys.orig_argv`: what comes between the interpreter and the script or `-m
+    MODULE`, whose arguments are `sys.argv[1:]`. If the two do not line up (a program changed
+    sys.argv), those that `sys.flags` records, as multiprocessing passes them on.
+    """
+    original, tail = sys.orig_argv, sys.argv[1:]
+    if len(original) > len(tail) and original[len(original) - len(tail) :] == tail:
+        head = original[1 : len(original) - len(tail)]  # options, then the script or -m MODULE
+        if len(head) >= 2 and head[-2] == "-m":
+            return head[:-2]
+        if head and head[-1].startswith("-m"):  # -mMODULE
+            return head[:-1]
+        if len(head) >= 2 and re.fullmatch(r"-[bBdEiIOPqsSuv]+m", head[-2]):  # -um MODULE
+            return [*head[:-2], head[-2][:-1]]
+        if head and not head[-1].startswith("-"):  # a script: the console script `mcphub`
+            return head[:-1]
+    import subprocess
+
+    return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+
+
+def _process_name() -> str | None:
+    """What `ps -C`, `pgrep` and `killall` know this process by (`mcphub` for the console script)."""
+    try:
+        with open("/proc/self/comm") as comm:
+            return comm.read().strip() or None
+    except OSError:
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,11 @@ def resume(handed_over: IO[bytes]) -> int:
     """The new interpreter's side of `exec_server`: read the settings, close the memfd, serve."""
     with handed_over:
         # Our own command's objects, through a memfd only this process holds.
-        settings, ready_file, json_line = pickle.load(handed_over)  # noqa: S301
+        settings, ready_file, json_line, name = pickle.load(handed_over)  # noqa: S301
+    if name:
+        # exec named the process after the interpreter; `pgrep mcphub` should still find it.
+        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+            comm.write(name)
     return serve(settings, ready_file=ready_file, json_line=json_line)
 
 

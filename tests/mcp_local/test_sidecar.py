@@ -168,7 +168,11 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
     manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
     args = ["serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"]
     # The real entry points: `python -m mcp_local`, and the installed `mcphub` console script.
-    command = sidecar_command(*args, module=True) if module else [str(MCPHUB), "local", *args]
+    # Through -m, with interpreter options that the new interpreter must be given too.
+    options = ["-X", "int_max_str_digits=0", "-u"]
+    command = (
+        [sys.executable, *options, "-m", "mcp_local", *args] if module else [str(MCPHUB), "local", *args]
+    )
     listing = tmp_path / "modules.txt"
     path = os.pathsep.join(p for p in (str(MODULES_AT_EXIT), os.environ.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
@@ -188,6 +192,11 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
         assert json.loads(ready)["pid"] == process.pid
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
         assert "-P" in cmdline and cmdline[-len(args) :] == args
+        if module:
+            assert cmdline[1 : 1 + len(options)] == options
+        # ... and its name: `pgrep mcphub`, `ps -C mcphub` and `killall mcphub` still find it.
+        name = "mcphub" if not module else Path(sys.executable).name[:15]
+        assert Path(f"/proc/{process.pid}/comm").read_text().strip() == name
         fds = [os.readlink(f) for f in Path(f"/proc/{process.pid}/fd").iterdir() if f.is_symlink()]
         assert not [f for f in fds if "mcphub-sidecar-settings" in f], fds
     finally:
