@@ -85,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             before = cpu_ns(server.pid)
             load.start()
             command = [py_spy, "record", "-p", str(server.pid), "-d", str(args.seconds), "-r", "200"]
-            command += ["--nonblocking"] + (["--native"] if args.native else [])
-            subprocess.run([*command, "-f", "raw", "-o", f"{base}.txt"], check=True, capture_output=True)
+            # py-spy unwinds C frames only with the process paused: --native drops --nonblocking.
+            command += ["--native"] if args.native else ["--nonblocking"]
+            command += ["-f", "raw", "-o", f"{base}.txt"]
+            recorded = subprocess.run(command, capture_output=True, text=True)
+            if recorded.returncode != 0:
+                raise SystemExit(f"profile: py-spy failed: {recorded.stderr.strip()[-500:]}")
             load.join()
             used = cpu_ns(server.pid) - before
         finally:
