@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-__all__ = ["add_service"]
+__all__ = ["add_service", "guard"]
 
 
 class _Undecodable:
@@ -42,7 +42,8 @@ def _safe_deserializer(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]
     return deserialize
 
 
-def _guard(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def guard(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` for `method`, answering a request its deserializer cannot decode with INVALID_ARGUMENT."""
     if handler.request_deserializer is None:  # pragma: no cover - generated handlers always have one
         return handler
     deserializer = _safe_deserializer(handler.request_deserializer)
@@ -115,6 +116,6 @@ def add_service(add_to_server: Callable[[Any, Any], None], servicer: Any, server
     if not capture.services:  # pragma: no cover - generated code from an older grpcio-tools
         raise RuntimeError(f"{add_to_server.__name__} registered no method handlers")
     for service, handlers in capture.services.items():
-        guarded = {name: _guard(f"/{service}/{name}", h) for name, h in handlers.items()}
+        guarded = {name: guard(f"/{service}/{name}", h) for name, h in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
         server.add_registered_method_handlers(service, guarded)

@@ -222,7 +222,9 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
     assert not modules & {"grpc_reflection.v1alpha", "google.protobuf.descriptor_pb2"}
 
 
-def test_a_caller_that_keeps_its_process_is_served_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_memfd_or_an_interpreter_the_command_serves_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Without a memfd (or an interpreter to exec) the hand-over returns and the command serves
     # in its own process; nothing was exec'd, or this test would not be running.
     from mcp_local.handover import exec_server
