@@ -255,6 +255,12 @@ def markdown(out: dict[str, Any]) -> str:
             f"without gate and audit {pipeline['ungated_p50_us']:.1f} us, "
             f"execute alone {pipeline['execute_p50_us']:.1f} us) |"
         )
+    if "gate_audit_cpu_us" in pipeline:
+        lines.append(
+            "| gate + audit per allowed call, in-process, mean CPU with the audit writer's folds "
+            f"| {pipeline['gate_audit_cpu_us']:.1f} us (pipeline {pipeline['pipeline_cpu_us']:.1f} us, "
+            f"without gate and audit {pipeline['ungated_cpu_us']:.1f} us) |"
+        )
     startup = out.get("startup") or {}
     if startup:
         lines.append(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.settings import SMOKE
-from tests.bench.systems import SYSTEMS
+from tests.bench.systems import SYSTEMS, full_pipeline_config
 from tests.support.hub import REPO
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,8 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
         assert probe["errors"] == 0 and probe["calls"] == SMOKE.inflight_calls, probe
     assert out["pipeline"]["overhead_p50_us"] > 0
     assert out["pipeline"]["stages"][-1] == "execute"
+    assert out["pipeline"]["pipeline_cpu_us"] > 0 and out["pipeline"]["ungated_cpu_us"] > 0
+    assert out["pipeline"]["sweep_kb"] == 0
     assert out["startup"]["ready_s_median"] > 0
     assert out["startup"]["idle_rss_mb_median"] > out["startup"]["idle_rss_anon_mb_median"] > 0
     assert out["startup"]["packs"] == ["diagnostics", "shell", "browser"]
@@ -63,6 +65,24 @@ def test_smoke_run_reports_every_row_with_numbers_and_no_errors(tmp_path: Path) 
     for system in SYSTEMS:
         assert system.title in text
     assert "## Goals" in text
+    assert "mean CPU with the audit writer's folds" in text
+
+
+@pytest.mark.timeout(120)
+def test_the_in_process_probe_can_start_each_call_with_cold_caches(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text(json.dumps(full_pipeline_config("bench-token-0123456789abcdef")))  # JSON is YAML
+    command = [sys.executable, "-m", "tests.bench.pipeline_cost", "--config", str(config)]
+    command += ["--state-dir", str(tmp_path / "state"), "--token=bench-token-0123456789abcdef"]
+    run = {"cwd": REPO, "capture_output": True, "text": True, "timeout": 100}
+    done = subprocess.run([*command, "--calls", "50", "--sweep-kb", "256"], **run)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["calls"] == 50 and out["sweep_kb"] == 256
+    assert out["pipeline_cpu_us"] > 0 and out["ungated_cpu_us"] > 0 and out["pipeline_p50_us"] > 0
+
+    refused = subprocess.run([*command, "--sweep-kb", "-1"], **run)
+    assert refused.returncode == 2 and "--sweep-kb at least 0" in refused.stderr
 
 
 @pytest.mark.timeout(200)
