@@ -19,13 +19,36 @@ from dataclasses import dataclass
 from .errors import ToolError
 from .tools import Tool, ToolAnnotations, ToolCall
 
-__all__ = ["OutputStore", "StoredOutput", "output_read_tool"]
+__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool"]
 
 
 def _token_urlsafe(nbytes: int) -> str:
     """`secrets.token_urlsafe`, written out: `secrets` imports `hashlib`, which maps OpenSSL's
     libcrypto (~0.7 MB of the sidecar's idle RSS) for nothing it needs."""
     return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")
+
+
+def decode_page(chunk: bytes, *, more: bool) -> tuple[str, str, int]:
+    """A page of bytes as (content, "utf-8" or "base64", bytes it covers).
+
+    UTF-8 text is decoded exactly; a character the page's limit cut in two (`more`: bytes
+    follow the page) is left for the next page, which starts with it, so no page shows a
+    U+FFFD that is not in the data. Bytes that are not UTF-8 text are given whole as base64.
+    """
+    try:
+        return chunk.decode("utf-8"), "utf-8", len(chunk)
+    except UnicodeDecodeError as exc:
+        # "unexpected end of data": the last character is incomplete, nothing else is wrong.
+        if more and exc.reason == "unexpected end of data" and exc.start > 0:
+            return chunk[: exc.start].decode("utf-8"), "utf-8", exc.start
+        return base64.b64encode(chunk).decode("ascii"), "base64", len(chunk)
+
+
+def _character_length(data: bytes, offset: int) -> int:
+    """Bytes in the UTF-8 character starting at `offset` (1 for anything else): a page shows at
+    least one whole character, however small its limit."""
+    lead = data[offset] if offset < len(data) else 0
+    return 4 if lead >> 3 == 0b11110 else 3 if lead >> 4 == 0b1110 else 2 if lead >> 5 == 0b110 else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,20 +118,24 @@ def output_read_tool(store: OutputStore) -> Tool:
     async def read(call: ToolCall) -> str:
         assert call.principal is not None
         item = store.get(call.principal.name, call.arguments["output_id"])
+        data = item.data
         offset = int(call.arguments.get("offset", 0))
         limit = int(call.arguments.get("limit", 65536))
-        chunk = item.data[offset : offset + limit]
-        end = offset + len(chunk)
-        more = f"; continue with offset {end}" if end < len(item.data) else "; end of output"
-        header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(item.data)}{more}]\n"
-        return header + chunk.decode("utf-8", errors="replace")
+        end = min(len(data), offset + max(limit, _character_length(data, offset)))
+        content, encoding, used = decode_page(data[offset:end], more=end < len(data))
+        end = offset + used
+        more = f"; continue with offset {end}" if end < len(data) else "; end of output"
+        shown = "; not UTF-8 text, shown as base64" if encoding == "base64" else ""
+        header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(data)}{shown}{more}]"
+        return f"{header}\n{content}"
 
     return Tool(
         name="output_read",
         title="Read a stored output",
         description=(
             "Read part of a large output that an earlier call stored instead of returning whole "
-            "(its result names the output_id). Page with offset and limit (bytes)."
+            "(its result names the output_id). Page with offset and limit (bytes); each page's "
+            "header gives the offset to continue with. Text that is not UTF-8 is shown as base64."
         ),
         input_schema={
             "type": "object",

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import base64
 import logging
 
 import pytest
 
 from mcp_local import OutputStore, Principal, RedactingFilter, Redactor, ToolCall, ToolError, output_read_tool
+from mcp_local.outputs import decode_page
 
 pytestmark = pytest.mark.anyio
 
@@ -72,3 +74,45 @@ def test_the_logging_filter_redacts_messages(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.INFO, logger="test.redaction"):
         logger.info("calling with %s", "canary-secret-value")
     assert "canary-secret-value" not in caplog.text and "[REDACTED]" in caplog.text
+
+
+async def _read_all(store: OutputStore, output_id: str, limit: int, offset: int = 0) -> list[tuple[str, str]]:
+    """Every page (header, content) from `offset`, following the offset each header gives."""
+    tool = output_read_tool(store)
+    pages = []
+    while True:
+        call = ToolCall("output_read", b"")
+        call.principal = Principal("alice")
+        call.arguments = {"output_id": output_id, "offset": offset, "limit": limit}
+        header, _, content = (await tool.handler(call)).partition("\n")
+        pages.append((header, content))
+        if "end of output" in header:
+            return pages
+        offset = int(header.rsplit("continue with offset ", 1)[1].rstrip("]"))
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 5, 7])
+async def test_output_read_never_cuts_a_character_in_two(limit: int) -> None:
+    text = "héllo wörld ✓ 𝄞 ok"  # characters of 1, 2, 3 and 4 bytes
+    store = OutputStore()
+    output_id = store.put("alice", text.encode(), label="out")
+    pages = await _read_all(store, output_id, limit)
+    assert "".join(content for _, content in pages) == text
+    assert all(content and "\ufffd" not in content for _, content in pages)
+
+
+async def test_output_read_shows_bytes_that_are_not_text_as_base64() -> None:
+    blob = bytes(range(128, 256)) * 3  # no page of it is UTF-8
+    store = OutputStore()
+    output_id = store.put("alice", blob, label="bin")
+    pages = await _read_all(store, output_id, 100)
+    assert all("not UTF-8 text, shown as base64" in header for header, _ in pages)
+    assert b"".join(base64.b64decode(content) for _, content in pages) == blob
+
+
+def test_decode_page_keeps_a_cut_character_for_the_next_page_only_when_one_follows() -> None:
+    assert decode_page("é".encode() + b"\xc3", more=True) == ("é", "utf-8", 2)
+    # The data itself ends inside a character: that is not text, nothing will complete it.
+    assert decode_page(b"ok\xc3", more=False) == (base64.b64encode(b"ok\xc3").decode(), "base64", 3)
+    assert decode_page(b"\xff\xfe", more=True)[1] == "base64"
+    assert decode_page(b"\xa9ok", more=True)[1] == "base64"  # starts inside a character

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore
+from mcp_local.outputs import OutputStore, decode_page
 from mcp_local.redaction import Redactor
 
 from .client import CloudResponse
@@ -70,8 +70,12 @@ def response_result(
         "body_bytes": len(body),
     }
     notes: list[str] = []
+    shown_bytes = 0
     if is_text:
-        preview = body[:inline].decode("utf-8", errors="replace")
+        # A character the preview would cut in two is left out of it (output_read has it).
+        preview, encoding, shown_bytes = decode_page(body[:inline], more=len(body) > inline)
+        if encoding != "utf-8":
+            preview, shown_bytes = body[:inline].decode("utf-8", errors="replace"), min(inline, len(body))
         if output_id is None and "json" in content_type.lower():
             try:
                 # Redacted again once parsed: escapes (`\/`, `\u0063`) hide a key from the byte-level
@@ -89,7 +93,6 @@ def response_result(
         shown = f"<{len(body)} bytes of {content_type or 'binary data'}>"
     if output_id is not None:
         structured["output_id"] = output_id
-        shown_bytes = min(inline, len(body)) if is_text else 0
         notes.append(
             f"the body is {len(body)} bytes; this shows the first {shown_bytes}. "
             f"Read all of it with output_read (output_id {output_id})"

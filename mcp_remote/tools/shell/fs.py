@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_local.content import TextContent, ToolResult
 from mcp_local.errors import ToolError
+from mcp_local.outputs import decode_page
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
 from .sandbox import ExecSpec, check_text
@@ -84,15 +85,9 @@ def fs_tools(pack: ShellPack, max_file_bytes: int) -> list[Tool]:
         a = call.arguments
         ws = await workspace(call)
         chunk = await ws.read(a["path"], int(a.get("offset", 0)), int(a.get("limit", max_file_bytes)))
-        end = chunk.offset + len(chunk.data)
-        try:
-            text, encoding = chunk.data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError as exc:
-            if exc.start >= len(chunk.data) - 3 and b"\0" not in chunk.data:  # a character cut by the limit
-                text, encoding = chunk.data[: exc.start].decode("utf-8"), "utf-8"
-                end = chunk.offset + exc.start
-            else:
-                text, encoding = base64.b64encode(chunk.data).decode(), "base64"
+        more = chunk.offset + len(chunk.data) < chunk.size
+        text, encoding, used = decode_page(chunk.data, more=more)
+        end = chunk.offset + used
         structured = {
             "path": chunk.path,
             "size": chunk.size,

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore
+from mcp_local.outputs import OutputStore, decode_page
 from mcp_local.tools import ToolCall
 
 from .capture import OutputCapture
@@ -115,13 +115,18 @@ def _stream(
     if total <= preview_bytes:
         return kept.decode("utf-8", errors="replace"), total, None, None
     output_id = outputs.put(principal, kept, label=name)
+    head = kept[:preview_bytes]
+    # A character the preview cuts in two is left out of it; reading on starts with it.
+    text, encoding, shown = decode_page(head, more=True)
+    if encoding != "utf-8":  # not text: the preview is a glimpse, output_read gives it exactly
+        text, shown = head.decode("utf-8", errors="replace"), len(head)
     note = (
-        f"{name} has {total} bytes; shown: the first {preview_bytes}. Read on with output_read "
-        + orjson.dumps({"output_id": output_id, "offset": preview_bytes}).decode()
+        f"{name} has {total} bytes; shown: the first {shown}. Read on with output_read "
+        + orjson.dumps({"output_id": output_id, "offset": shown}).decode()
     )
     if total > len(kept):
         note += f" (only the first {len(kept)} bytes were kept; the rest was counted, not stored)"
-    return kept[:preview_bytes].decode("utf-8", errors="replace"), total, output_id, note
+    return text, total, output_id, note
 
 
 def _result(

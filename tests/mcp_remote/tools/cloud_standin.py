@@ -108,6 +108,8 @@ def start_standin() -> StandIn:
                 n = int(params.get("n", "100000"))
                 line = (json.dumps(record.headers) + "\n").encode()
                 self._reply(200, (line * (n // len(line) + 1))[:n], "text/plain; charset=utf-8")
+            elif "/text" in url.path:  # `s` repeated `n` times
+                self._reply(200, (params["s"] * int(params["n"])).encode(), "text/plain; charset=utf-8")
             elif "/binary" in url.path:
                 self._reply(200, bytes(range(256)) * 8, "application/octet-stream")
             else:

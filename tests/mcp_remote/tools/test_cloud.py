@@ -337,6 +337,22 @@ async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHu
     cloud.assert_no_canary()
 
 
+async def test_a_character_cut_by_the_preview_is_left_for_output_read(cloud: CloudHub) -> None:
+    # 400 checkmarks of 3 bytes: the 1,024-byte preview would end inside the 342nd.
+    out = await cloud.call(
+        "http_request", {"service": "stand", "method": "GET", "path": "/text", "query": {"s": "✓", "n": 400}}
+    )
+    assert not out.is_error and out.structured["text"] == "✓" * 341
+    assert "this shows the first 1023" in out.text
+    page = await cloud.call("output_read", {"output_id": out.structured["output_id"], "offset": 1023})
+    header, _, rest = page.text.partition("\n")
+    assert rest == "✓" * 59 and header.endswith("; end of output]")
+    binary = await cloud.call("http_request", {"service": "stand", "method": "GET", "path": "/binary"})
+    whole = await cloud.call("output_read", {"output_id": binary.structured["output_id"]})
+    header, _, rest = whole.text.partition("\n")
+    assert "shown as base64" in header and base64.b64decode(rest) == bytes(range(256)) * 8
+
+
 async def test_a_key_cut_by_the_response_cap_is_still_redacted(cloud: CloudHub) -> None:
     """The cap used to cut the raw body before redaction: a key crossing it lost its tail and so
     escaped the redactor, and a caller could pad its request to move the cut into the key."""

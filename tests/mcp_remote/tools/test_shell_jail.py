@@ -138,6 +138,19 @@ async def test_large_output_is_kept_whole_and_readable_by_id(agent_a: ShellClien
     assert whole.decode().splitlines() == [str(i) for i in range(1, 20001)]
 
 
+async def test_a_character_cut_by_the_preview_is_read_whole_with_the_rest(agent_a: ShellClient) -> None:
+    # 4,095 bytes of "a", then "é" (2 bytes) across the 4,096-byte preview's end.
+    outcome = await agent_a.exec("head -c 4095 /dev/zero | tr '\\0' a; printf '\\303\\251'; seq 1 2000")
+    s = outcome.structured
+    assert s["stdout"] == "a" * 4095 and s["truncated"] is True
+    note = orjson.loads(outcome.text.rsplit("Read on with output_read ", 1)[1].split("]", 1)[0])
+    assert note == {"output_id": s["stdout_output_id"], "offset": 4095}
+    page = await agent_a.call("output_read", {**note, "limit": 65536})
+    header, _, body = page.text.partition("\n")
+    assert header.endswith("; end of output]") and "\ufffd" not in body
+    assert body == "é" + "".join(f"{i}\n" for i in range(1, 2001))
+
+
 async def test_output_ids_belong_to_their_principal(agent_a: ShellClient, agent_b: ShellClient) -> None:
     s = (await agent_a.exec("seq 1 5000")).structured
     stolen = await agent_b.call("output_read", {"output_id": s["stdout_output_id"]})
