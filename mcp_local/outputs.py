@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .errors import ToolError
 from .tools import Tool, ToolAnnotations, ToolCall
 
-__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool"]
+__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool", "utf8_boundary"]
 
 
 def _token_urlsafe(nbytes: int) -> str:
@@ -29,25 +29,35 @@ def _token_urlsafe(nbytes: int) -> str:
 
 
 def decode_page(chunk: bytes, *, more: bool) -> tuple[str, str, int]:
-    """A page of bytes as (content, "utf-8" or "base64", bytes it covers).
+    """A page of bytes as (content, "utf-8" or "base64", bytes of `chunk` it covers).
 
-    UTF-8 text is decoded exactly; a character the page's limit cut in two (`more`: bytes
-    follow the page) is left for the next page, which starts with it, so no page shows a
-    U+FFFD that is not in the data. Bytes that are not UTF-8 text are given whole as base64.
+    A page that is UTF-8 text is decoded exactly; any other page is base64, whole. Neither
+    ends inside a character when bytes follow (`more`): a character the limit cuts is left
+    for the next page, which starts with it, so text after binary reads as text again. A
+    character that is incomplete because the data ends (a capture the hub cut) becomes a
+    small base64 page of its own after the text.
     """
     try:
         return chunk.decode("utf-8"), "utf-8", len(chunk)
     except UnicodeDecodeError as exc:
-        # "unexpected end of data": the last character is incomplete, nothing else is wrong.
-        if more and exc.reason == "unexpected end of data" and exc.start > 0:
+        if exc.reason == "unexpected end of data" and exc.start > 0:  # only the last character is cut
             return chunk[: exc.start].decode("utf-8"), "utf-8", exc.start
-        return base64.b64encode(chunk).decode("ascii"), "base64", len(chunk)
+    end = (utf8_boundary(chunk, len(chunk)) if more else len(chunk)) or len(chunk)
+    return base64.b64encode(chunk[:end]).decode("ascii"), "base64", end
 
 
-def _character_length(data: bytes, offset: int) -> int:
-    """Bytes in the UTF-8 character starting at `offset` (1 for anything else): a page shows at
-    least one whole character, however small its limit."""
-    lead = data[offset] if offset < len(data) else 0
+def utf8_boundary(data: bytes, end: int) -> int:
+    """`end`, or the first byte of the UTF-8 character that ending there would cut in two."""
+    start = end
+    while start > 0 and end - start < 3 and data[start - 1] & 0xC0 == 0x80:
+        start -= 1
+    if start > 0 and data[start - 1] >= 0xC0 and start - 1 + _character_length(data[start - 1]) > end:
+        return start - 1
+    return end
+
+
+def _character_length(lead: int) -> int:
+    """Bytes in the UTF-8 character that starts with the byte `lead` (1 for anything else)."""
     return 4 if lead >> 3 == 0b11110 else 3 if lead >> 4 == 0b1110 else 2 if lead >> 5 == 0b110 else 1
 
 
@@ -121,7 +131,11 @@ def output_read_tool(store: OutputStore) -> Tool:
         data = item.data
         offset = int(call.arguments.get("offset", 0))
         limit = int(call.arguments.get("limit", 65536))
-        end = min(len(data), offset + max(limit, _character_length(data, offset)))
+        if offset > len(data):
+            raise ToolError(f"offset {offset} is past the end of {item.output_id} ({len(data)} bytes)")
+        # At least one whole character, however small the limit.
+        first = _character_length(data[offset]) if offset < len(data) else 1
+        end = min(len(data), offset + max(limit, first))
         content, encoding, used = decode_page(data[offset:end], more=end < len(data))
         end = offset + used
         more = f"; continue with offset {end}" if end < len(data) else "; end of output"

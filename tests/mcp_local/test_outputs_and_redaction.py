@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 
 import pytest
 
@@ -110,9 +111,44 @@ async def test_output_read_shows_bytes_that_are_not_text_as_base64() -> None:
     assert b"".join(base64.b64decode(content) for _, content in pages) == blob
 
 
-def test_decode_page_keeps_a_cut_character_for_the_next_page_only_when_one_follows() -> None:
+def test_a_page_is_text_or_base64_and_never_ends_inside_a_character() -> None:
     assert decode_page("é".encode() + b"\xc3", more=True) == ("é", "utf-8", 2)
-    # The data itself ends inside a character: that is not text, nothing will complete it.
-    assert decode_page(b"ok\xc3", more=False) == (base64.b64encode(b"ok\xc3").decode(), "base64", 3)
-    assert decode_page(b"\xff\xfe", more=True)[1] == "base64"
+    assert decode_page(b"ok\xc3", more=False) == ("ok", "utf-8", 2)  # the fragment is a page of its own
+    assert decode_page(b"\xc3", more=False) == ("ww==", "base64", 1)
+    assert decode_page(b"ab\xffcd", more=True) == ("YWL/Y2Q=", "base64", 5)  # not text: base64, whole
+    assert decode_page(b"\xff\xfe", more=True) == ("//4=", "base64", 2)
+    assert decode_page(b"\xffab\xe2\x9c", more=True) == (base64.b64encode(b"\xffab").decode(), "base64", 3)
     assert decode_page(b"\xa9ok", more=True)[1] == "base64"  # starts inside a character
+
+
+async def test_an_offset_past_the_end_is_refused() -> None:
+    store = OutputStore()
+    output_id = store.put("alice", b"abc")
+    end = await _read_all(store, output_id, 10, offset=3)
+    assert end == [(f"[{output_id}: bytes 3-3 of 3; end of output]", "")]
+    with pytest.raises(ToolError, match=r"offset 4 is past the end of out_\S+ \(3 bytes\)"):
+        await _read_all(store, output_id, 10, offset=4)
+
+
+async def test_text_after_binary_reads_as_text() -> None:
+    """A base64 page ends before a character it would cut, so the page after it starts on one."""
+    store = OutputStore()
+    output_id = store.put("alice", b"\xff" + "é".encode() * 300, label="out")
+    pages = await _read_all(store, output_id, 100)
+    assert ["base64" in header for header, _ in pages] == [True] + [False] * (len(pages) - 1)
+    assert base64.b64decode(pages[0][1]) == b"\xff" + "é".encode() * 49
+    assert "".join(content for _, content in pages[1:]) == "é" * 251
+
+
+async def test_paging_any_bytes_by_the_headers_gives_them_back_exactly() -> None:
+    rng = random.Random(7)
+    parts = [b"a", b"\n", "é".encode(), "✓".encode(), "𝄞".encode(), b"\xff", b"\xc3", b"\x80", b"\x00"]
+    for _ in range(200):
+        data = b"".join(rng.choice(parts) for _ in range(rng.randrange(0, 40)))
+        store = OutputStore()
+        output_id = store.put("alice", data, label="out")
+        pages = await _read_all(store, output_id, rng.randrange(1, 10))
+        whole = b""
+        for header, content in pages:
+            whole += base64.b64decode(content) if "base64" in header else content.encode()
+        assert whole == data, (data, pages)

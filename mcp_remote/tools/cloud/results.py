@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore, decode_page
+from mcp_local.outputs import OutputStore, utf8_boundary
 from mcp_local.redaction import Redactor
 
 from .client import CloudResponse
@@ -73,9 +73,8 @@ def response_result(
     shown_bytes = 0
     if is_text:
         # A character the preview would cut in two is left out of it (output_read has it).
-        preview, encoding, shown_bytes = decode_page(body[:inline], more=len(body) > inline)
-        if encoding != "utf-8":
-            preview, shown_bytes = body[:inline].decode("utf-8", errors="replace"), min(inline, len(body))
+        shown_bytes = (utf8_boundary(body, inline) or inline) if len(body) > inline else len(body)
+        preview = body[:shown_bytes].decode("utf-8", errors="replace")
         if output_id is None and "json" in content_type.lower():
             try:
                 # Redacted again once parsed: escapes (`\/`, `\u0063`) hide a key from the byte-level

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore, decode_page
+from mcp_local.outputs import OutputStore, utf8_boundary
 from mcp_local.tools import ToolCall
 
 from .capture import OutputCapture
@@ -115,11 +115,10 @@ def _stream(
     if total <= preview_bytes:
         return kept.decode("utf-8", errors="replace"), total, None, None
     output_id = outputs.put(principal, kept, label=name)
-    head = kept[:preview_bytes]
-    # A character the preview cuts in two is left out of it; reading on starts with it.
-    text, encoding, shown = decode_page(head, more=True)
-    if encoding != "utf-8":  # not text: the preview is a glimpse, output_read gives it exactly
-        text, shown = head.decode("utf-8", errors="replace"), len(head)
+    # A character the preview would cut in two is left out of it; reading on starts with it.
+    # The preview is a glimpse (bytes that are not UTF-8 show as U+FFFD); output_read is exact.
+    shown = (utf8_boundary(kept, preview_bytes) or preview_bytes) if len(kept) > preview_bytes else len(kept)
+    text = kept[:shown].decode("utf-8", errors="replace")
     note = (
         f"{name} has {total} bytes; shown: the first {shown}. Read on with output_read "
         + orjson.dumps({"output_id": output_id, "offset": shown}).decode()
