@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .errors import ToolError
 from .tools import Tool, ToolAnnotations, ToolCall
 
-__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool", "utf8_boundary"]
+__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool", "preview_length"]
 
 
 def _token_urlsafe(nbytes: int) -> str:
@@ -42,18 +42,25 @@ def decode_page(chunk: bytes, *, more: bool) -> tuple[str, str, int]:
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data" and exc.start > 0:  # only the last character is cut
             return chunk[: exc.start].decode("utf-8"), "utf-8", exc.start
-    end = (utf8_boundary(chunk, len(chunk)) if more else len(chunk)) or len(chunk)
+    end = _utf8_boundary(chunk, len(chunk)) if more else len(chunk)
     return base64.b64encode(chunk[:end]).decode("ascii"), "base64", end
 
 
-def utf8_boundary(data: bytes, end: int) -> int:
-    """`end`, or the first byte of the UTF-8 character that ending there would cut in two."""
+def _utf8_boundary(data: bytes, end: int) -> int:
+    """`end`, or the first byte of the UTF-8 character that ending there would cut in two
+    (never 0: a piece that is one cut character keeps it)."""
     start = end
     while start > 0 and end - start < 3 and data[start - 1] & 0xC0 == 0x80:
         start -= 1
-    if start > 0 and data[start - 1] >= 0xC0 and start - 1 + _character_length(data[start - 1]) > end:
+    if start > 1 and data[start - 1] >= 0xC0 and start - 1 + _character_length(data[start - 1]) > end:
         return start - 1
     return end
+
+
+def preview_length(data: bytes, limit: int) -> int:
+    """How much of `data` a preview of at most `limit` bytes shows: all of it when it fits,
+    else up to `limit` without cutting a character (reading on from there starts with it)."""
+    return _utf8_boundary(data, limit) if len(data) > limit else len(data)
 
 
 def _character_length(lead: int) -> int:

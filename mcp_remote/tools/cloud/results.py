@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore, utf8_boundary
+from mcp_local.outputs import OutputStore, preview_length
 from mcp_local.redaction import Redactor
 
 from .client import CloudResponse
@@ -72,8 +72,7 @@ def response_result(
     notes: list[str] = []
     shown_bytes = 0
     if is_text:
-        # A character the preview would cut in two is left out of it (output_read has it).
-        shown_bytes = (utf8_boundary(body, inline) or inline) if len(body) > inline else len(body)
+        shown_bytes = preview_length(body, inline)
         preview = body[:shown_bytes].decode("utf-8", errors="replace")
         if output_id is None and "json" in content_type.lower():
             try:

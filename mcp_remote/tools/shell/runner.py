@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import OutputStore, utf8_boundary
+from mcp_local.outputs import OutputStore, preview_length
 from mcp_local.tools import ToolCall
 
 from .capture import OutputCapture
@@ -115,9 +115,8 @@ def _stream(
     if total <= preview_bytes:
         return kept.decode("utf-8", errors="replace"), total, None, None
     output_id = outputs.put(principal, kept, label=name)
-    # A character the preview would cut in two is left out of it; reading on starts with it.
     # The preview is a glimpse (bytes that are not UTF-8 show as U+FFFD); output_read is exact.
-    shown = (utf8_boundary(kept, preview_bytes) or preview_bytes) if len(kept) > preview_bytes else len(kept)
+    shown = preview_length(kept, preview_bytes)
     text = kept[:shown].decode("utf-8", errors="replace")
     note = (
         f"{name} has {total} bytes; shown: the first {shown}. Read on with output_read "
