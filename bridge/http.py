@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from asyncio import TimerHandle
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import uvicorn
@@ -25,6 +26,9 @@ HEADER_TIMEOUT_S = 10.0
 BODY_GRACE_S = 30.0
 MIN_BODY_RATE = 64 * 1024
 """A body must arrive within BODY_GRACE_S plus its length at this many bytes per second."""
+WRITE_STALL_S = 30.0
+"""Writing may stand still this long (the client reads nothing while our buffer is full, or the
+connection is closing with bytes it has not read); then the connection is dropped."""
 MAX_PIPELINED = 64
 """Requests one connection may have queued behind the one being answered; the last of them is
 answered with `connection: close`, and what the client sent after it is not served."""
@@ -45,8 +49,28 @@ class _PipelineFlow(FlowControl):
         self._protocol = protocol
 
     def resume_reading(self) -> None:
+        self._protocol._asked_for_body()  # uvicorn resumes reading when the app asks for the body
         if not self._protocol.pipeline:
             super().resume_reading()
+
+
+class _CloseWatch:
+    """The connection's transport as uvicorn sees it, telling the protocol when it is closed:
+    asyncio's `close` waits for the write buffer to empty, and a client that reads nothing never
+    lets it, so a closed connection could hold its socket for ever."""
+
+    def __init__(self, transport: asyncio.Transport, closed: Callable[[], None]) -> None:
+        self._transport = transport
+        self._closed = closed
+        self.write = transport.write  # the hot ones without __getattr__
+        self.is_closing = transport.is_closing
+
+    def close(self) -> None:
+        self._transport.close()
+        self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _DeadlineProtocol(HttpToolsProtocol):
@@ -58,14 +82,22 @@ class _DeadlineProtocol(HttpToolsProtocol):
     connection that sends nothing is closed after uvicorn's keep-alive timeout; headers get
     `header_timeout_s` from the first byte after the last request (then 408); a body gets
     `body_grace_s` plus its length, counted up to `max_body_bytes`, at `MIN_BODY_RATE` from
-    the end of its headers, or for a pipelined request from the start of its turn (then the
-    connection is closed, which the app sees as a client that left). The clocks stop counting
-    while the server itself has stopped reading. A connection may queue `MAX_PIPELINED`
+    the end of its headers (after `Expect: 100-continue`, from our `100 Continue`), or for a
+    pipelined request from the start of its turn (then the connection is closed, which the app
+    sees as a client that left). The clocks stop counting while the server itself has stopped
+    reading. A connection may queue `MAX_PIPELINED`
     requests behind the one being answered (reading stays paused while any is queued).
+
+    On the way out, a client that stops reading its answers stops the app at its next write, and
+    the connection (a task, a socket, our buffer) would wait for it for ever; one closed with
+    bytes it has not read keeps its socket. When writing stands still for `write_stall_s`
+    (paused at the buffer's high-water mark, or closing with bytes left), the connection is
+    aborted: the app sees a client that left.
     """
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
     body_grace_s: ClassVar[float] = BODY_GRACE_S
+    write_stall_s: ClassVar[float] = WRITE_STALL_S
     max_body_bytes: ClassVar[int] = MAX_BODY_BYTES
 
     _deadline: TimerHandle | None = None
@@ -80,9 +112,16 @@ class _DeadlineProtocol(HttpToolsProtocol):
     """MAX_PIPELINED requests are queued: what the client sent after them is not served."""
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
+    _after_continue: tuple[Any, float] | None = None
+    """A body deadline that starts when its request's `100 Continue` is sent (_arm_body)."""
+    _stall: TimerHandle | None = None
+    """Armed while writing stands still (see the class's docstring)."""
+    _raw: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._raw = transport
+        self.transport = _CloseWatch(transport, self._closed)  # type: ignore[assignment]
         self.flow = _PipelineFlow(transport, self)
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -98,6 +137,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.message_event.set()
         super().connection_lost(exc)
+        if self._stall is not None:  # after uvicorn's own close of the transport, which calls _closed
+            self._stall.cancel()
+            self._stall = None
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
@@ -161,9 +203,27 @@ class _DeadlineProtocol(HttpToolsProtocol):
                 self._queued_body_s = self._queued_body_s or {}
                 self._queued_body_s[id(self.cycle)] = seconds
         elif seconds:
-            self._arm(seconds, "body")
+            self._arm_body(self.cycle, seconds)
         else:
             self._disarm()
+
+    def _arm_body(self, cycle: Any, seconds: float) -> None:
+        if cycle.waiting_for_100_continue:
+            # The client waits for our `100 Continue`, which uvicorn sends when the app first
+            # asks for the body: the body's clock starts then (_asked_for_body), or an app that
+            # took its time before reading would find the connection closed under it.
+            self._disarm()
+            self._after_continue = (cycle, seconds)
+        else:
+            self._arm(seconds, "body")
+
+    def _asked_for_body(self) -> None:
+        if self._after_continue is not None:
+            cycle, seconds = self._after_continue
+            if not cycle.waiting_for_100_continue:  # sent (or answered without asking)
+                self._after_continue = None
+                if cycle is self._running and cycle.more_body and not cycle.response_complete:
+                    self._arm(seconds, "body")
 
     def _body_deadline_s(self) -> float:
         """`body_grace_s` plus the body's length at MIN_BODY_RATE; the length counts up to
@@ -181,7 +241,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         seconds = self._queued_body_s.pop(id(cycle), None) if self._queued_body_s else None
         if seconds is not None and cycle.more_body:
-            self._arm(seconds, "body")
+            self._arm_body(cycle, seconds)
         elif self._headers_pending:
             self._arm(self.header_timeout_s, "headers")  # a later request's, deferred above
         self._running = cycle
@@ -209,6 +269,34 @@ class _DeadlineProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None and not self.transport.is_closing():
+            self._stall.cancel()
+            self._stall = None
+
+    def _closed(self) -> None:
+        if self._raw is not None and self._raw.get_write_buffer_size():
+            self._watch_writes()
+
+    def _watch_writes(self) -> None:
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.write_stall_s, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        assert self._raw is not None
+        logger.debug(  # one line per connection, as for slow requests
+            "dropped a connection from %s: it read nothing of its answers for %.0f s",
+            self._peer(),
+            self.write_stall_s,
+        )
+        self._raw.abort()
 
     def _arm(self, seconds: float, awaiting: str) -> None:
         self._disarm()
@@ -254,12 +342,14 @@ class HttpServer:
         max_body_bytes: int = MAX_BODY_BYTES,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_grace_s: float = BODY_GRACE_S,
+        write_stall_s: float = WRITE_STALL_S,
     ) -> None:
         self._app = app
         limits: dict[str, Any] = {
             "max_body_bytes": max_body_bytes,
             "header_timeout_s": header_timeout_s,
             "body_grace_s": body_grace_s,
+            "write_stall_s": write_stall_s,
         }
         self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host

@@ -34,6 +34,12 @@ async def _slow(request: Request) -> JSONResponse:
     return JSONResponse({"slept": seconds})
 
 
+async def _late(request: Request) -> JSONResponse:
+    """Asks for its body only after 2 s, longer than the body deadline below."""
+    await asyncio.sleep(2)
+    return JSONResponse({"received": len(await request.body())})
+
+
 async def _headers(request: Request) -> JSONResponse:
     return JSONResponse({"n": len(request.headers), "evil": request.headers.getlist("x-evil")})
 
@@ -67,16 +73,33 @@ async def _stream(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-@pytest.fixture
-async def port() -> AsyncIterator[int]:
-    app = Starlette(
+async def _big(scope: Scope, receive: Receive, send: Send) -> None:
+    """`?kb=N`: N KiB of answer, in writes of at most 64 KiB."""
+    await receive()
+    left = int(scope["query_string"].decode().partition("kb=")[2] or "1") << 10
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % left)]})
+    while left:
+        chunk = min(left, 64 << 10)
+        left -= chunk
+        await send({"type": "http.response.body", "body": b"x" * chunk, "more_body": bool(left)})
+
+
+def _app() -> Starlette:
+    return Starlette(
         routes=[
             Mount("/stream", app=_stream),
+            Mount("/big", app=_big),
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
+            Route("/late", _late, methods=["POST"]),
             Route("/h", _headers, methods=["GET"]),
         ]
     )
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    app = _app()
     # 64 KiB: a body's deadline is at most 1 s + 64 KiB at 64 KiB/s.
     server = HttpServer(
         app,
@@ -84,6 +107,7 @@ async def port() -> AsyncIterator[int]:
         0,
         header_timeout_s=1.0,
         body_grace_s=1.0,
+        write_stall_s=1.0,
         max_body_bytes=64 * 1024,
     )
     yield await server.start()
@@ -329,6 +353,85 @@ async def test_clients_that_keep_up_are_served_and_kept_alive(port: int) -> None
         )
         assert await reader.readexactly(length) == b'{"received":10}'
     writer.close()
+
+
+async def test_a_body_sent_after_100_continue_has_its_time_from_then(port: int) -> None:
+    """The client waits for `100 Continue`, sent when the app asks for the body. The body's
+    deadline (1 s here) counted from the headers, so an app that asked after 2 s found the
+    connection closed; now it counts from the `100 Continue`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /late HTTP/1.1\r\nhost: 127.0.0.1\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+    writer.write(b"0123456789")
+    await writer.drain()
+    answer = await _read_until(reader, lambda got: got.endswith(b"}"), 10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"received":10}'), answer
+    writer.close()
+
+
+async def test_a_body_that_stops_coming_after_100_continue_is_still_cut_off(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /late HTTP/1.1\r\nhost: 127.0.0.1\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n"
+    )
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"01234")
+    await writer.drain()
+    answer, waited = await _until_closed(reader, 20)
+    assert answer == b"" and waited < 5, (answer, waited)  # 1 s grace + 10 bytes at 64 KiB/s
+    writer.close()
+
+
+async def test_a_client_that_reads_none_of_its_answer_is_dropped(port: int) -> None:
+    """Found in review: a client that stopped reading held its connection, the app's task and
+    our write buffer for ever (the app waits to drain, and asyncio's close waits for the buffer
+    to empty). Now writing that stands still for `write_stall_s` (1 s here) drops it."""
+    with _not_reading(port) as sock:
+        sock.sendall(b"GET /big/?kb=65536 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        await asyncio.sleep(4)  # the kernel's buffers fill within milliseconds; then 1 s of stall
+        answer, closed = await asyncio.to_thread(_drain, sock, 10)
+    # Before, reading now let the server go on: all 64 MiB came, and the connection stayed open.
+    assert closed and len(answer) < 64 << 20, (closed, len(answer))
+
+
+async def test_a_client_that_pauses_reading_for_less_than_the_limit_gets_everything() -> None:
+    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=5.0)
+    port = await server.start()
+    try:
+        with _not_reading(port) as sock:
+            sock.sendall(b"GET /big/?kb=16384 HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            await asyncio.sleep(0.5)
+            answer, closed = await asyncio.to_thread(_drain, sock, 30)
+    finally:
+        await server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert closed and head.startswith(b"HTTP/1.1 200 ") and len(body) == 16 << 20, (head, len(body))
+
+
+async def test_a_connection_closed_with_bytes_its_client_never_reads_is_dropped() -> None:
+    """asyncio's `close` waits for the write buffer to empty: an answer that ends with
+    `connection: close` and sits, under the high-water mark, behind a full socket buffer held
+    the socket for as long as the client read nothing."""
+    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=1.0)
+    server.bind()
+    assert server._socket is not None
+    server._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted sockets inherit it
+    port = await server.start()
+    try:
+        with _not_reading(port) as sock:
+            # 48 KiB: a few KiB fit the two sockets' buffers, the rest waits in ours (under 64 KiB).
+            sock.sendall(b"GET /big/?kb=48 HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            await asyncio.sleep(4)
+            answer, closed = await asyncio.to_thread(_drain, sock, 10)
+    finally:
+        await server.stop()
+    # Before, reading now let the close finish: all 48 KiB came.
+    assert closed and len(answer) < 48 << 10, (closed, len(answer))
 
 
 def test_a_hub_applies_the_deadlines(open_hub: object) -> None:
