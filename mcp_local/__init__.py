@@ -6,9 +6,37 @@ commands build their parser with `mcp_local.cli` and should not load gRPC and js
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import sys
 
-from .lazy import names_on_first_use
+
+def _leave_the_current_directory() -> None:
+    """`python -m mcp_local` from the agent's workspace puts that directory first on sys.path:
+    a `typing.py` or `pickle.py` planted there would run in the sidecar on import. While runpy
+    locates the package (sys.argv[0] is "-m", before anything else of ours is imported), the
+    directory leaves sys.path, unless the package itself was found there (a source checkout).
+    `-P` (Python 3.11) does this for the whole start."""
+    if sys.argv[:1] != ["-m"] or sys.flags.safe_path or not sys.path:
+        return
+    argv = sys.orig_argv
+    for i, arg in enumerate(argv[1:], 1):  # the interpreter's options, up to `-m MODULE`
+        flags, m, rest = arg[1:].partition("m")
+        if arg.startswith("-") and not arg.startswith("--") and m and set(flags) <= set("bBdEiIOPqsSuv"):
+            module = rest or (argv[i + 1] if i + 1 < len(argv) else "")
+            break
+    else:
+        return
+    here = os.getcwd()
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if module.partition(".")[0] == __name__ and sys.path[0] in ("", here) and package_root != here:
+        del sys.path[0]
+
+
+_leave_the_current_directory()
+
+from typing import TYPE_CHECKING  # noqa: E402 - after the current directory has left sys.path
+
+from .lazy import names_on_first_use  # noqa: E402
 
 if TYPE_CHECKING:
     from .content import AudioContent as AudioContent

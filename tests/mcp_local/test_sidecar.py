@@ -222,6 +222,39 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
     assert not modules & {"grpc_reflection.v1alpha", "google.protobuf.descriptor_pb2"}
 
 
+PLANTED = ["typing", "argparse", "json", "pickle", "asyncio", "yaml", "grpc", "socket"]
+
+
+def test_python_m_mcp_local_runs_nothing_planted_in_the_current_directory(tmp_path: Path) -> None:
+    """Run from the agent's workspace, `python -m mcp_local` had that directory first on sys.path:
+    a planted `typing.py` ran on import, a `pickle.py` at the hand-over to a fresh interpreter."""
+    manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
+    workspace, marks = tmp_path / "agent", tmp_path / "marks"
+    workspace.mkdir()
+    marks.mkdir()
+    for name in PLANTED:
+        (workspace / f"{name}.py").write_text(f"open({str(marks / name)!r}, 'w').close()\n")
+    checked = subprocess.run(
+        [sys.executable, "-m", "mcp_local", "check", "--manifest", str(manifest)],
+        capture_output=True,
+        text=True,
+        cwd=workspace,
+        timeout=60,
+    )
+    assert checked.returncode == 0 and ": ok," in checked.stderr, checked.stderr
+    args = ["serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "mcp_local", *args], stdout=subprocess.PIPE, text=True, cwd=workspace
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert '"event": "ready"' in process.stdout.readline()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert sorted(p.name for p in marks.iterdir()) == []
+
+
 def test_without_a_memfd_or_an_interpreter_the_command_serves_in_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
