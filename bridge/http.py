@@ -32,6 +32,9 @@ connection is closing with bytes it has not read); then the connection is droppe
 MAX_PIPELINED = 64
 """Requests one connection may have queued behind the one being answered; the last of them is
 answered with `connection: close`, and what the client sent after it is not served."""
+MAX_DROPPED_BYTES = 1 << 20
+"""What is read and dropped after MAX_PIPELINED (so that a client that leaves is noticed) before
+reading stops for good."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -50,7 +53,7 @@ class _PipelineFlow(FlowControl):
 
     def resume_reading(self) -> None:
         self._protocol._asked_for_body()  # uvicorn resumes reading when the app asks for the body
-        if not self._protocol.pipeline:
+        if not self._protocol.pipeline and self._protocol._dropped_bytes <= MAX_DROPPED_BYTES:
             super().resume_reading()
 
 
@@ -110,6 +113,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     _dropped = False
     """MAX_PIPELINED requests are queued: what the client sent after them is not served."""
+    _dropped_bytes = 0
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
     _after_continue: tuple[Any, float] | None = None
@@ -145,8 +149,13 @@ class _DeadlineProtocol(HttpToolsProtocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
 
     def data_received(self, data: bytes) -> None:
-        if self._dropped:
-            return  # past MAX_PIPELINED: nothing more is parsed on this connection
+        if self._dropped:  # past MAX_PIPELINED: nothing more is parsed on this connection
+            self._dropped_bytes += len(data)
+            if self._dropped_bytes > MAX_DROPPED_BYTES:
+                # The last request queued may take an hour: the client must not stream into
+                # it for as long. A client that leaves now goes unnoticed until it is answered.
+                self.flow.pause_reading()
+            return
         # Bytes between requests (httptools skips a bare CRLF without starting a message)
         # stop uvicorn's keep-alive timer: the header deadline takes over, or a connection
         # fed "\r\n" once would be held for ever.

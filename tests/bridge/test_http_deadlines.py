@@ -40,6 +40,13 @@ async def _late(request: Request) -> JSONResponse:
     return JSONResponse({"received": len(await request.body())})
 
 
+async def _read_then_sleep(request: Request) -> JSONResponse:
+    """As the bridge does a tool call: the body first, then the call's time (5 s)."""
+    received = len(await request.body())
+    await asyncio.sleep(5)
+    return JSONResponse({"received": received})
+
+
 async def _headers(request: Request) -> JSONResponse:
     return JSONResponse({"n": len(request.headers), "evil": request.headers.getlist("x-evil")})
 
@@ -92,6 +99,7 @@ def _app() -> Starlette:
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
             Route("/late", _late, methods=["POST"]),
+            Route("/call", _read_then_sleep, methods=["POST"]),
             Route("/h", _headers, methods=["GET"]),
         ]
     )
@@ -303,6 +311,33 @@ async def test_what_comes_after_the_pipelining_cap_reaches_no_request(port: int)
     assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
     assert b"x-evil" not in answers.lower() and b'"evil":["1"]' not in answers
     assert answers.count(b'{"n":1,"evil":[]}') == 65, answers[-300:]
+
+
+async def test_what_comes_after_the_pipelining_cap_is_read_only_so_far(port: int) -> None:
+    """Found in review: past the cap, everything the client sent was read and dropped while the
+    last request queued ran (a tool call may run an hour), at whatever rate the client sent it."""
+    slow_last = b"POST /call HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n"
+    with _not_reading(port) as sock:
+        sock.sendall(_post(0) * 64 + slow_last + _post(0))
+        await asyncio.sleep(0.5)  # or the first bytes after would be parsed with the last request (400)
+        sent = await asyncio.to_thread(_send_for, sock, 2.5)
+    # Before: 6.7 GB in 2.5 s on the test VM. Now 1 MiB, plus what the sockets' buffers hold.
+    assert sent < 32 << 20, sent
+
+
+def _send_for(sock: socket.socket, seconds: float) -> int:
+    """Bytes the peer accepts from us in `seconds`."""
+    junk, sent = b"x" * (1 << 20), 0
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(junk)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            break
+    return sent
 
 
 async def test_the_request_being_answered_learns_that_the_client_left_with_one_queued(
