@@ -42,7 +42,7 @@ EXEC_OUTPUT_SCHEMA: dict[str, Any] = {
         "stderr_bytes": {"type": "integer"},
         "stdout_output_id": {
             "type": ["string", "null"],
-            "description": "read all of stdout with output_read",
+            "description": "read all of stdout with output_read (when longer than shown, or not UTF-8)",
         },
         "stderr_output_id": {"type": ["string", "null"]},
     },
@@ -113,7 +113,17 @@ def _stream(
     kept = capture.kept(name)
     total = capture.total(name)
     if total <= preview_bytes:
-        return kept.decode("utf-8", errors="replace"), total, None, None
+        try:
+            return kept.decode("utf-8"), total, None, None
+        except UnicodeDecodeError:
+            # Shown whole, but not as it is: kept so that output_read gives its bytes (base64).
+            output_id = outputs.put(principal, kept, label=name)
+            note = (
+                f"{name} is not UTF-8 text ({total} bytes; U+FFFD marks what is not); its exact bytes: "
+                + "output_read "
+                + orjson.dumps({"output_id": output_id, "offset": 0}).decode()
+            )
+            return kept.decode("utf-8", errors="replace"), total, output_id, note
     output_id = outputs.put(principal, kept, label=name)
     # The preview is a glimpse (bytes that are not UTF-8 show as U+FFFD); output_read is exact.
     shown = preview_length(kept, preview_bytes)
@@ -158,7 +168,7 @@ def _result(
         "duration_ms": duration_ms,
         "stdout": stdout,
         "stderr": stderr,
-        "truncated": out_id is not None or err_id is not None,
+        "truncated": out_bytes > preview_bytes or err_bytes > preview_bytes,
         "stdout_bytes": out_bytes,
         "stderr_bytes": err_bytes,
         "stdout_output_id": out_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 
 import grpc
@@ -149,6 +150,21 @@ async def test_a_character_cut_by_the_preview_is_read_whole_with_the_rest(agent_
     header, _, body = page.text.partition("\n")
     assert header.endswith("; end of output]") and "\ufffd" not in body
     assert body == "é" + "".join(f"{i}\n" for i in range(1, 2001))
+
+
+async def test_a_short_output_that_is_not_utf8_is_kept_exactly(agent_a: ShellClient) -> None:
+    """Under the preview size, bytes that are not UTF-8 came back as U+FFFD and were lost."""
+    outcome = await agent_a.exec("printf 'ok \\377\\000\\201 end'")
+    s = outcome.structured
+    assert s["stdout"] == "ok \ufffd\x00\ufffd end" and s["truncated"] is False and s["stdout_bytes"] == 10
+    note = orjson.loads(outcome.text.rsplit("its exact bytes: output_read ", 1)[1].split("]", 1)[0])
+    assert note == {"output_id": s["stdout_output_id"], "offset": 0}
+    page = await agent_a.call("output_read", note)
+    header, _, body = page.text.partition("\n")
+    assert "not UTF-8 text, shown as base64" in header, header
+    assert base64.b64decode(body) == b"ok \377\000\201 end"
+    plain = (await agent_a.exec("printf 'caf\\303\\251'")).structured  # UTF-8: nothing kept
+    assert plain["stdout"] == "café" and plain["stdout_output_id"] is None
 
 
 async def test_output_ids_belong_to_their_principal(agent_a: ShellClient, agent_b: ShellClient) -> None:
