@@ -63,6 +63,14 @@ def preview_length(data: bytes, limit: int) -> int:
     return _utf8_boundary(data, limit) if len(data) > limit else len(data)
 
 
+def text_page(data: bytes, limit: int, *, more: bool) -> int:
+    """How many bytes of `data` (read from a character's start, up to 3 bytes past `limit`) a
+    page of text shows: at most `limit`, or the first character when it is longer; never ending
+    inside a character when bytes follow (`more`, or what `data` has past the page)."""
+    end = min(len(data), max(limit, _character_length(data[0]) if data else 0))
+    return _utf8_boundary(data, end) if end < len(data) or more else end
+
+
 def _character_length(lead: int) -> int:
     """Bytes in the UTF-8 character that starts with the byte `lead` (1 for anything else)."""
     return 4 if lead >> 3 == 0b11110 else 3 if lead >> 4 == 0b1110 else 2 if lead >> 5 == 0b110 else 1

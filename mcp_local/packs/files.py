@@ -38,6 +38,7 @@ import orjson
 
 from ..content import TextContent, ToolResult
 from ..errors import ConfigError, ToolError
+from ..outputs import text_page
 from ..tools import Tool, ToolAnnotations, ToolCall, ToolHandler
 from ..workspace import Workspace
 from . import PackEnv, StaticPack
@@ -171,9 +172,11 @@ class _Files:
             with os.fdopen(fd, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
-                data = f.read(limit)
+                data = f.read(limit + 3)  # up to 3 bytes more: the rest of a character
         except OSError as exc:
             raise ToolError(f"cannot read {self.ws.relative(path)}: {exc.strerror}") from exc
+        # The page ends on a character, so that one the limit cuts is read whole with the next.
+        data = data[: text_page(data, limit, more=offset + len(data) < size)]
         if _is_binary(data):
             raise ToolError(
                 f"{self.ws.relative(path)} is a binary file ({size} bytes); files_read shows text"

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mcp_local import OutputStore, Principal, RedactingFilter, Redactor, ToolCall, ToolError, output_read_tool
-from mcp_local.outputs import decode_page
+from mcp_local.outputs import decode_page, text_page
 
 pytestmark = pytest.mark.anyio
 
@@ -152,3 +152,21 @@ async def test_paging_any_bytes_by_the_headers_gives_them_back_exactly() -> None
         for header, content in pages:
             whole += base64.b64decode(content) if "base64" in header else content.encode()
         assert whole == data, (data, pages)
+
+
+@pytest.mark.parametrize("limit", range(1, 8))
+def test_text_pages_never_cut_a_character(limit: int) -> None:
+    data = "aé€😀b\n".encode() * 3
+    pages, offset = [], 0
+    while offset < len(data):
+        chunk = data[offset : offset + limit + 3]  # as the readers do: up to 3 bytes past the limit
+        used = text_page(chunk, limit, more=offset + len(chunk) < len(data))
+        assert 0 < used <= max(limit, 4)
+        pages.append(chunk[:used].decode())  # strict: a cut character would raise
+        offset += used
+    assert "".join(pages) == data.decode()
+
+
+def test_a_text_page_holds_back_a_character_still_being_written() -> None:
+    assert text_page("ab€".encode()[:4], 64, more=True) == 2  # "ab" and the first 2 bytes of "€"
+    assert text_page("ab€".encode()[:4], 64, more=False) == 4  # the end: shown as it is

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcp_local.content import TextContent, ToolResult
 from mcp_local.errors import ToolError
-from mcp_local.outputs import decode_page
+from mcp_local.outputs import decode_page, preview_length
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
 from .sandbox import ExecSpec, check_text
@@ -70,7 +70,11 @@ def parse_grep(data: bytes, mount: str) -> list[dict[str, Any]]:
             name = name[len(prefix) :]
         if number.isdigit():
             hits.append(
-                {"path": name, "line": int(number), "text": text[:500].decode("utf-8", errors="replace")}
+                {
+                    "path": name,
+                    "line": int(number),
+                    "text": text[: preview_length(text, 500)].decode("utf-8", errors="replace"),
+                }
             )
     return hits
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
+from mcp_local.outputs import text_page
 from mcp_local.packs import PackEnv
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
@@ -202,13 +203,21 @@ class ShellPack:
         bp = self.processes.get(call.principal.name, a["process_id"])
         offset = int(a.get("offset", 0))
         await bp.log.wait_beyond(offset, float(a.get("wait_s", 0)))
-        piece = bp.log.read(offset, int(a.get("max_bytes", _READ_DEFAULT)))
-        next_offset = piece.offset + len(piece.data)
-        notes = []
-        if piece.offset > offset:
-            notes.append(f"bytes {offset}-{piece.offset} are no longer kept (the log keeps the latest)")
-        more = next_offset < piece.end
+        limit = int(a.get("max_bytes", _READ_DEFAULT))
         state = bp.state
+        piece = bp.log.read(offset, limit + 3)  # up to 3 bytes more: the rest of a character
+        data, start = piece.data, piece.offset
+        if start > offset:  # the log dropped its head, maybe inside a character: start after it
+            cut = next((i for i, byte in enumerate(data[:3]) if byte & 0xC0 != 0x80), min(len(data), 3))
+            data, start = data[cut:], start + cut
+        # A page ends on a character: one that is cut (the page's limit, or a process still
+        # writing it) is read whole with the next page.
+        data = data[: text_page(data, limit, more=start + len(data) < piece.end or state == "running")]
+        next_offset = start + len(data)
+        notes = []
+        if start > offset:
+            notes.append(f"bytes {offset}-{start} are no longer kept (the log keeps the latest)")
+        more = next_offset < piece.end
         if more:
             notes.append(f"more output: continue with offset {next_offset}")
         elif state == "running":
@@ -219,12 +228,12 @@ class ShellPack:
                 f"end of output; the process {state}"
                 + (f" with exit code {code}" if code is not None else "")
             )
-        text = piece.data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
         structured = {
             "process_id": bp.process_id,
             "state": state,
             "exit_code": bp.status.exit_code if bp.status else None,
-            "offset": piece.offset,
+            "offset": start,
             "next_offset": next_offset,
             "end": piece.end,
             "output": text,

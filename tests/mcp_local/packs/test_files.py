@@ -55,6 +55,22 @@ async def test_a_large_file_is_read_in_pieces(workspace: Path) -> None:
     assert last == "x" * 20
 
 
+async def test_pieces_never_cut_a_character(workspace: Path) -> None:
+    content = "é€😀 and ascii\n" * 20
+    (workspace / "utf8.txt").write_text(content)
+    files = make_pack("files", {"max_read_bytes": 6}, workspace)  # 6: the first page cuts 😀
+    got, offset = "", 0
+    while True:
+        piece = text(await files.call("files_read", path="utf8.txt", offset=offset))
+        body, _, note = piece.partition("\n[... ")
+        assert "\ufffd" not in body, (offset, body)
+        got += body
+        if not note:
+            break
+        offset = int(note.split("offset=", 1)[1].split(" ", 1)[0])
+    assert got == content
+
+
 async def test_writes_create_directories_and_append(files: PackUnderTest, workspace: Path) -> None:
     result = await files.call("files_write", path="out/notes.txt", content="one\n")
     assert not result.is_error, text(result)

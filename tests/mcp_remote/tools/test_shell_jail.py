@@ -252,6 +252,47 @@ async def test_background_process_lifecycle(agent_a: ShellClient, agent_b: Shell
     assert again.structured["end"] == end, "no output after the kill"
 
 
+async def test_background_output_is_read_in_pages_that_never_cut_a_character(agent_a: ShellClient) -> None:
+    line = "é€😀 and ascii"
+    started = await agent_a.call("shell_start", {"command": f"for i in 1 2 3 4 5; do echo '{line}'; done"})
+    pid = started.structured["process_id"]
+    text, offset = "", 0
+
+    async def all_read() -> bool:
+        nonlocal text, offset
+        read = await agent_a.call(
+            "shell_read", {"process_id": pid, "offset": offset, "max_bytes": 6, "wait_s": 1}
+        )
+        s = read.structured
+        assert "\ufffd" not in s["output"], s
+        assert s["offset"] == offset, s
+        assert s["next_offset"] > offset or s["next_offset"] == s["end"], s  # progress, or all read
+        text += s["output"]
+        offset = s["next_offset"]
+        return s["state"] == "exited" and offset == s["end"]
+
+    await wait_until(all_read, what="the whole output, 6 bytes at a time")
+    assert text == f"{line}\n" * 5
+
+
+async def test_a_log_that_dropped_its_head_inside_a_character_is_read_from_the_next(
+    agent_a: ShellClient,
+) -> None:
+    # 1,200,000 lines of "😀\n" (5 bytes): the log keeps the last 4 MiB, which begin 1 byte into
+    # a 😀, at 6,000,000 - 4,194,304 = 1,805,696 = 5 * 361,139 + 1.
+    started = await agent_a.call("shell_start", {"command": "yes 😀 | head -c 6000000"})
+    pid = started.structured["process_id"]
+
+    async def exited() -> bool:
+        return (await agent_a.call("shell_status", {"process_id": pid})).structured["state"] == "exited"
+
+    await wait_until(exited, what="the output written")
+    read = (await agent_a.call("shell_read", {"process_id": pid, "offset": 0, "max_bytes": 11})).structured
+    assert read["end"] == 6_000_000
+    # The 3 bytes left of the cut 😀 are skipped, not shown as U+FFFD.
+    assert read["offset"] == 1_805_699 and read["output"] == "\n😀\n😀\n", read
+
+
 async def test_background_process_exit_code_and_time_limit(agent_a: ShellClient) -> None:
     pid = (await agent_a.call("shell_start", {"command": "echo done; exit 4"})).structured["process_id"]
 
