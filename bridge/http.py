@@ -4,8 +4,12 @@ with deadlines for slow clients that uvicorn does not have."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from asyncio import TimerHandle
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -27,8 +31,8 @@ BODY_GRACE_S = 30.0
 MIN_BODY_RATE = 64 * 1024
 """A body must arrive within BODY_GRACE_S plus its length at this many bytes per second."""
 WRITE_STALL_S = 30.0
-"""Writing may stand still this long (the client reads nothing while our buffer is full, or the
-connection is closing with bytes it has not read); then the connection is dropped."""
+"""Writing may stand still this long (the client takes none of the bytes waiting for it while
+our buffer is full, or while the connection closes with bytes left); then it is dropped."""
 MAX_PIPELINED = 64
 """Requests one connection may have queued behind the one being answered; the last of them is
 answered with `connection: close`, and what the client sent after it is not served."""
@@ -93,9 +97,11 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     On the way out, a client that stops reading its answers stops the app at its next write, and
     the connection (a task, a socket, our buffer) would wait for it for ever; one closed with
-    bytes it has not read keeps its socket. When writing stands still for `write_stall_s`
-    (paused at the buffer's high-water mark, or closing with bytes left), the connection is
-    aborted: the app sees a client that left.
+    bytes it has not read keeps its socket. While writing waits on the client (paused at the
+    buffer's high-water mark, or closing with bytes left), the bytes not yet taken (our buffer
+    and the kernel's send queue) are counted every `write_stall_s`: when they have not gone
+    down, the connection is aborted and the app sees a client that left. A client that reads,
+    however slowly, keeps its connection (as nginx's `send_timeout`).
     """
 
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
@@ -119,6 +125,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _after_continue: tuple[Any, float] | None = None
     """A body deadline that starts when its request's `100 Continue` is sent (_arm_body)."""
     _stall: TimerHandle | None = None
+    _untaken = 0
+    """Bytes the client had not taken when `_stall` was armed."""
     """Armed while writing stands still (see the class's docstring)."""
     _raw: asyncio.Transport | None = None
 
@@ -295,16 +303,33 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def _watch_writes(self) -> None:
         if self._stall is None:
+            self._untaken = self._bytes_not_taken()
             self._stall = self.loop.call_later(self.write_stall_s, self._stalled)
+
+    def _bytes_not_taken(self) -> int:
+        """Our buffer, plus the kernel's send queue (sent and not acknowledged, or not sent)."""
+        assert self._raw is not None
+        queued = 0
+        sock = self._raw.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return self._raw.get_write_buffer_size() + queued
 
     def _stalled(self) -> None:
         self._stall = None
-        assert self._raw is not None
+        left = self._bytes_not_taken()
+        if left == 0:
+            return  # all taken (a closing transport is about to report it lost)
+        if left < self._untaken:  # the client took some: it is reading, however slowly
+            self._watch_writes()
+            return
         logger.debug(  # one line per connection, as for slow requests
-            "dropped a connection from %s: it read nothing of its answers for %.0f s",
+            "dropped a connection from %s: it took none of its answer for %.0f s",
             self._peer(),
             self.write_stall_s,
         )
+        assert self._raw is not None
         self._raw.abort()
 
     def _arm(self, seconds: float, awaiting: str) -> None:

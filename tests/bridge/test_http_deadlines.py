@@ -81,12 +81,13 @@ async def _stream(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _big(scope: Scope, receive: Receive, send: Send) -> None:
-    """`?kb=N`: N KiB of answer, in writes of at most 64 KiB."""
+    """`?kb=N`: N KiB of answer, in writes of at most 64 KiB (`&whole`: in one, as JSONResponse)."""
     await receive()
-    left = int(scope["query_string"].decode().partition("kb=")[2] or "1") << 10
+    query = scope["query_string"].decode()
+    left = int(query.partition("kb=")[2].partition("&")[0] or "1") << 10
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % left)]})
     while left:
-        chunk = min(left, 64 << 10)
+        chunk = left if "whole" in query else min(left, 64 << 10)
         left -= chunk
         await send({"type": "http.response.body", "body": b"x" * chunk, "more_body": bool(left)})
 
@@ -432,6 +433,41 @@ async def test_a_client_that_reads_none_of_its_answer_is_dropped(port: int) -> N
         answer, closed = await asyncio.to_thread(_drain, sock, 10)
     # Before, reading now let the server go on: all 64 MiB came, and the connection stayed open.
     assert closed and len(answer) < 64 << 20, (closed, len(answer))
+
+
+async def test_a_client_that_reads_slowly_but_steadily_gets_everything() -> None:
+    """Found in review: the stall clock ran from the pause until our buffer was nearly empty, so
+    an answer written at once (JSONResponse, up to 16 MiB) that took the client longer than the
+    limit to read was cut, however steadily it read. Now only a client taking nothing is."""
+    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=1.0)
+    server.bind()
+    assert server._socket is not None
+    server._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the answer waits in our buffer
+    port = await server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /big/?kb=2048&whole HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            answer, closed = await asyncio.to_thread(_read_slowly, sock, 16 << 10, 0.025)
+    finally:
+        await server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert closed and head.startswith(b"HTTP/1.1 200 ") and len(body) == 2 << 20, (head, len(body))
+
+
+def _read_slowly(sock: socket.socket, size: int, pause_s: float) -> tuple[bytes, bool]:
+    """Reads of at most `size` bytes, `pause_s` apart (16 KiB every 25 ms: 3.2 s for 2 MiB),
+    until the server closes (True) or resets (False)."""
+    got = bytearray()
+    sock.settimeout(10)
+    while True:
+        time.sleep(pause_s)
+        try:
+            chunk = sock.recv(size)
+        except ConnectionResetError:
+            return bytes(got), False
+        if not chunk:
+            return bytes(got), True
+        got += chunk
 
 
 async def test_a_client_that_pauses_reading_for_less_than_the_limit_gets_everything() -> None:
