@@ -4,10 +4,13 @@ The names below are imported on first use (PEP 562): `mcphub --help` and the oth
 commands build their parser with `mcp_local.cli` and should not load gRPC and jsonschema for it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it imports the module `__future__`, which a
+# workspace could plant (see _leave_the_current_directory); `os` is frozen, `sys` built in.
 import os
 import sys
+
+_NO_VALUE_OPTIONS = "bBdEiIOPqRsSuvx"
+"""The interpreter's one-letter options that take no value, which may come before `m` (`-um`)."""
 
 
 def _leave_the_current_directory() -> None:
@@ -21,7 +24,7 @@ def _leave_the_current_directory() -> None:
     argv = sys.orig_argv
     for i, arg in enumerate(argv[1:], 1):  # the interpreter's options, up to `-m MODULE`
         flags, m, rest = arg[1:].partition("m")
-        if arg.startswith("-") and not arg.startswith("--") and m and set(flags) <= set("bBdEiIOPqsSuv"):
+        if arg.startswith("-") and not arg.startswith("--") and m and set(flags) <= set(_NO_VALUE_OPTIONS):
             module = rest or (argv[i + 1] if i + 1 < len(argv) else "")
             break
     else:

@@ -70,7 +70,7 @@ def _interpreter_options() -> list[str]:
             return head[:-2]
         if head and head[-1].startswith("-m"):  # -mMODULE
             return head[:-1]
-        if len(head) >= 2 and re.fullmatch(r"-[bBdEiIOPqsSuv]+m", head[-2]):  # -um MODULE
+        if len(head) >= 2 and re.fullmatch(r"-[bBdEiIOPqRsSuvx]+m", head[-2]):  # -um MODULE
             return [*head[:-2], head[-2][:-1]]
         if head and not head[-1].startswith("-"):  # a script: the console script `mcphub`
             return head[:-1]

@@ -222,7 +222,7 @@ def test_the_serving_process_loads_neither_the_hub_nor_the_parsers(tmp_path: Pat
     assert not modules & {"grpc_reflection.v1alpha", "google.protobuf.descriptor_pb2"}
 
 
-PLANTED = ["typing", "argparse", "json", "pickle", "asyncio", "yaml", "grpc", "socket"]
+PLANTED = ["__future__", "typing", "argparse", "json", "pickle", "asyncio", "yaml", "grpc", "socket"]
 
 
 def test_python_m_mcp_local_runs_nothing_planted_in_the_current_directory(tmp_path: Path) -> None:
@@ -253,6 +253,21 @@ def test_python_m_mcp_local_runs_nothing_planted_in_the_current_directory(tmp_pa
             process.terminate()
             process.wait(timeout=30)
     assert sorted(p.name for p in marks.iterdir()) == []
+    # Found in review: an editable install's finder imports `__future__` at start-up, which hid
+    # that the package's own `from __future__ import` loaded a planted one. Without site (as with
+    # a plain install, where nothing else loads it), and with options before `m` (-Rm).
+    source = str(Path(__file__).parents[2])
+    for options in (["-S", "-m"], ["-S", "-Rm"], ["-S", "-xm"]):
+        helped = subprocess.run(
+            [sys.executable, *options, "mcp_local", "--help"],
+            capture_output=True,
+            text=True,
+            cwd=workspace,
+            env={**os.environ, "PYTHONPATH": source},
+            timeout=60,
+        )
+        assert helped.returncode == 0 and "usage: mcphub local" in helped.stdout, (options, helped.stderr)
+        assert sorted(p.name for p in marks.iterdir()) == [], options
 
 
 def test_without_a_memfd_or_an_interpreter_the_command_serves_in_place(
