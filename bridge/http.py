@@ -125,9 +125,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _after_continue: tuple[Any, float] | None = None
     """A body deadline that starts when its request's `100 Continue` is sent (_arm_body)."""
     _stall: TimerHandle | None = None
+    """Armed while writing waits on the client (see the class's docstring)."""
     _untaken = 0
     """Bytes the client had not taken when `_stall` was armed."""
-    """Armed while writing stands still (see the class's docstring)."""
     _raw: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

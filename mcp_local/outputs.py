@@ -49,12 +49,22 @@ def decode_page(chunk: bytes, *, more: bool) -> tuple[str, str, int]:
 def _utf8_boundary(data: bytes, end: int) -> int:
     """`end`, or the first byte of the UTF-8 character that ending there would cut in two
     (never 0: a piece that is one cut character keeps it)."""
+    return _cut_start(data, end) or end
+
+
+def _cut_start(data: bytes, end: int) -> int:
+    """The first byte of the UTF-8 character that ending at `end` would cut in two, or `end`."""
     start = end
     while start > 0 and end - start < 3 and data[start - 1] & 0xC0 == 0x80:
         start -= 1
-    if start > 1 and data[start - 1] >= 0xC0 and start - 1 + _character_length(data[start - 1]) > end:
+    if start > 0 and data[start - 1] >= 0xC0 and start - 1 + _character_length(data[start - 1]) > end:
         return start - 1
     return end
+
+
+def only_a_cut_character(data: bytes) -> bool:
+    """Is `data` the first bytes of one UTF-8 character, and nothing else?"""
+    return bool(data) and _cut_start(data, len(data)) == 0
 
 
 def preview_length(data: bytes, limit: int) -> int:
@@ -86,6 +96,11 @@ class StoredOutput:
     expires_at: float
 
 
+ENTRY_OVERHEAD = 512
+"""Bytes an output counts for beyond its data (its id, label and record), so that many small
+outputs are bounded by `max_bytes` too."""
+
+
 class OutputStore:
     def __init__(
         self,
@@ -105,10 +120,10 @@ class OutputStore:
         output_id = "out_" + _token_urlsafe(12)
         item = StoredOutput(output_id, principal, data, media_type, label, self._clock() + self.ttl_s)
         self._items[output_id] = item
-        self._bytes += len(data)
+        self._bytes += len(data) + ENTRY_OVERHEAD
         while self._bytes > self.max_bytes and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
-            self._bytes -= len(old.data)
+            self._bytes -= len(old.data) + ENTRY_OVERHEAD
         return output_id
 
     def get(self, principal: str, output_id: str) -> StoredOutput:
@@ -128,7 +143,7 @@ class OutputStore:
             if first.expires_at > now:
                 break
             self._items.popitem(last=False)
-            self._bytes -= len(first.data)
+            self._bytes -= len(first.data) + ENTRY_OVERHEAD
 
     def preview(
         self, principal: str, data: bytes, limit: int, *, media_type: str = "text/plain", label: str = ""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 
@@ -170,3 +171,17 @@ def test_text_pages_never_cut_a_character(limit: int) -> None:
 def test_a_text_page_holds_back_a_character_still_being_written() -> None:
     assert text_page("ab€".encode()[:4], 64, more=True) == 2  # "ab" and the first 2 bytes of "€"
     assert text_page("ab€".encode()[:4], 64, more=False) == 4  # the end: shown as it is
+
+
+def test_many_small_outputs_are_bounded_by_the_store_size() -> None:
+    """Found in review: the store counted only the data, so a million one-byte outputs (small
+    binary shell outputs are kept now) held hundreds of MB beyond max_bytes."""
+    from mcp_local.outputs import ENTRY_OVERHEAD
+
+    store = OutputStore(max_bytes=10 * (ENTRY_OVERHEAD + 1))
+    ids = [store.put("p", b"x") for _ in range(100)]
+    kept = []
+    for output_id in ids:
+        with contextlib.suppress(ToolError):
+            kept.append(store.get("p", output_id).output_id)
+    assert kept == ids[-10:]

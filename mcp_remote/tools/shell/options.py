@@ -195,6 +195,12 @@ class ShellOptions(BaseModel):
                 f"default_timeout_s ({self.default_timeout_s:g}) must not exceed "
                 f"max_timeout_s ({self.max_timeout_s:g})"
             )
+        if self.preview_bytes > self.max_output_bytes:
+            # Output between the two would be cut to max_output_bytes and shown as if whole.
+            raise ValueError(
+                f"preview_bytes ({self.preview_bytes}) must not exceed "
+                f"max_output_bytes ({self.max_output_bytes})"
+            )
         return self
 
     def target_for(self, principal: str) -> JailTargetOptions | UnjailedTargetOptions | SshTargetOptions:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from mcp_local.content import TextContent, ToolResult
-from mcp_local.outputs import text_page
+from mcp_local.outputs import only_a_cut_character, text_page
 from mcp_local.packs import PackEnv
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
@@ -202,22 +202,46 @@ class ShellPack:
         a = call.arguments
         bp = self.processes.get(call.principal.name, a["process_id"])
         offset = int(a.get("offset", 0))
-        await bp.log.wait_beyond(offset, float(a.get("wait_s", 0)))
+        wait_s = float(a.get("wait_s", 0))
+        deadline = asyncio.get_running_loop().time() + wait_s
+        await bp.log.wait_beyond(offset, wait_s)
         limit = int(a.get("max_bytes", _READ_DEFAULT))
-        state = bp.state
-        piece = bp.log.read(offset, limit + 3)  # up to 3 bytes more: the rest of a character
-        data, start = piece.data, piece.offset
-        if start > offset:  # the log dropped its head, maybe inside a character: start after it
-            cut = next((i for i, byte in enumerate(data[:3]) if byte & 0xC0 != 0x80), min(len(data), 3))
-            data, start = data[cut:], start + cut
-        # A page ends on a character: one that is cut (the page's limit, or a process still
-        # writing it) is read whole with the next page.
-        data = data[: text_page(data, limit, more=start + len(data) < piece.end or state == "running")]
+        while True:
+            state = bp.state
+            piece = bp.log.read(offset, limit + 3)  # up to 3 bytes more: the rest of a character
+            data, start, skipped = piece.data, piece.offset, 0
+            if start > offset:  # the log dropped its head, maybe inside a character: start after it
+                skipped = next((i for i, b in enumerate(data[:3]) if b & 0xC0 != 0x80), min(len(data), 3))
+                data, start = data[skipped:], start + skipped
+            # A page ends on a character: one that is cut (the page's limit, or a process still
+            # writing it) is read whole with the next page.
+            writing = state == "running" and start + len(data) == piece.end and only_a_cut_character(data)
+            if not writing:
+                data = data[
+                    : text_page(data, limit, more=start + len(data) < piece.end or state == "running")
+                ]
+                break
+            # All there is is the start of a character the process is still writing: wait for
+            # the rest (within wait_s) rather than show it cut.
+            left = deadline - asyncio.get_running_loop().time()
+            if left > 0:
+                await bp.log.wait_beyond(piece.end, left)
+                if bp.log.end > piece.end or bp.state != state:
+                    continue
+            data = b""
+            break
         next_offset = start + len(data)
         notes = []
         if start > offset:
-            notes.append(f"bytes {offset}-{start} are no longer kept (the log keeps the latest)")
-        more = next_offset < piece.end
+            notes.append(
+                f"bytes {offset}-{start - skipped} are no longer kept (the log keeps the latest)"
+                + (
+                    f"; bytes {start - skipped}-{start}, the rest of a character cut there, are skipped"
+                    if skipped
+                    else ""
+                )
+            )
+        more = next_offset < piece.end and not writing
         if more:
             notes.append(f"more output: continue with offset {next_offset}")
         elif state == "running":

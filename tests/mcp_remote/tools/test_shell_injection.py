@@ -173,3 +173,10 @@ def test_the_grep_command_line_keeps_every_part_as_data(tmp_path: Path, payload:
     hits = parse_grep(result.stdout, str(tmp_path / "dir"))
     assert hits == [{"path": "hit.txt", "line": 1, "text": payload}], result.stderr
     assert not list(tmp_path.rglob(CANARY))
+
+
+@pytest.mark.parametrize("before", [497, 498, 499, 500])
+def test_a_long_grep_hit_is_cut_on_a_character(before: int) -> None:
+    text = "a" * before + "€" * 10
+    hits = parse_grep(f"/ws/f.txt\x007:{text}\n".encode(), "/ws")
+    assert hits == [{"path": "f.txt", "line": 7, "text": "a" * before + "€" * ((500 - before) // 3)}]

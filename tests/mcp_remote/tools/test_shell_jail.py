@@ -275,6 +275,25 @@ async def test_background_output_is_read_in_pages_that_never_cut_a_character(age
     assert text == f"{line}\n" * 5
 
 
+async def test_a_character_the_process_is_still_writing_is_read_whole(agent_a: ShellClient) -> None:
+    """Found in review: held back at the end of one page, the first two bytes of "€" came back
+    alone (as U+FFFD) from the next read, while the process had not written the third yet."""
+    started = await agent_a.call(
+        "shell_start", {"command": "printf 'ab\\342\\202'; sleep 1; printf '\\254z'"}
+    )
+    pid = started.structured["process_id"]
+    text, offset, reads = "", 0, []
+    while True:
+        s = (await agent_a.call("shell_read", {"process_id": pid, "offset": offset, "wait_s": 5})).structured
+        reads.append(s)
+        assert "\ufffd" not in s["output"], reads
+        text, offset = text + s["output"], s["next_offset"]
+        if s["state"] != "running" and offset == s["end"]:
+            break
+        assert len(reads) < 20, reads
+    assert text == "ab€z", reads
+
+
 async def test_a_log_that_dropped_its_head_inside_a_character_is_read_from_the_next(
     agent_a: ShellClient,
 ) -> None:
@@ -287,10 +306,13 @@ async def test_a_log_that_dropped_its_head_inside_a_character_is_read_from_the_n
         return (await agent_a.call("shell_status", {"process_id": pid})).structured["state"] == "exited"
 
     await wait_until(exited, what="the output written")
-    read = (await agent_a.call("shell_read", {"process_id": pid, "offset": 0, "max_bytes": 11})).structured
+    result = await agent_a.call("shell_read", {"process_id": pid, "offset": 0, "max_bytes": 11})
+    read = result.structured
     assert read["end"] == 6_000_000
-    # The 3 bytes left of the cut 😀 are skipped, not shown as U+FFFD.
+    # The 3 bytes left of the cut 😀 are skipped, not shown as U+FFFD, and the note says so.
     assert read["offset"] == 1_805_699 and read["output"] == "\n😀\n😀\n", read
+    assert "bytes 0-1805696 are no longer kept" in result.text, result.text
+    assert "bytes 1805696-1805699, the rest of a character cut there, are skipped" in result.text
 
 
 async def test_background_process_exit_code_and_time_limit(agent_a: ShellClient) -> None:

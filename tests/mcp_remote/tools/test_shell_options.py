@@ -34,6 +34,10 @@ pytestmark = pytest.mark.anyio
         ),
         ({"targets": {"agent-b": {"kind": "ssh", "host": "h", "user": "u"}}}, "targets.agent-b.ssh.key_file"),
         ({"default_timeout_s": 100, "max_timeout_s": 10}, "must not exceed"),
+        (
+            {"preview_bytes": 4096, "max_output_bytes": 1024},
+            "preview_bytes (4096) must not exceed max_output_bytes",
+        ),
         ({"default_target": {"ro_paths": ["relative/path"]}}, "expected an absolute host path"),
     ],
 )
