@@ -38,7 +38,13 @@ MAX_PIPELINED = 64
 answered with `connection: close`, and what the client sent after it is not served."""
 MAX_DROPPED_BYTES = 1 << 20
 """What is read and dropped after MAX_PIPELINED (so that a client that leaves is noticed) before
-reading stops for good."""
+reading stops until the answers are out."""
+LINGER_S = 5.0
+LINGER_BYTES = 16 << 20
+"""Closing a connection with input left unread makes the kernel reset it, which throws away
+answers the client has not read yet. Past MAX_PIPELINED the answers end with a half-close, and
+the connection is closed when the client closes its side, after LINGER_S, or once LINGER_BYTES
+more have been read and dropped."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -66,15 +72,18 @@ class _CloseWatch:
     asyncio's `close` waits for the write buffer to empty, and a client that reads nothing never
     lets it, so a closed connection could hold its socket for ever."""
 
-    def __init__(self, transport: asyncio.Transport, closed: Callable[[], None]) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: _DeadlineProtocol) -> None:
         self._transport = transport
-        self._closed = closed
+        self._protocol = protocol
         self.write = transport.write  # the hot ones without __getattr__
-        self.is_closing = transport.is_closing
+        self.is_closing: Callable[[], bool] = transport.is_closing
 
     def close(self) -> None:
+        if self._protocol._linger():
+            self.is_closing = lambda: True  # to uvicorn, as good as closed
+            return
         self._transport.close()
-        self._closed()
+        self._protocol._closed()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -120,6 +129,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _dropped = False
     """MAX_PIPELINED requests are queued: what the client sent after them is not served."""
     _dropped_bytes = 0
+    _lingering = False
+    _linger_timer: TimerHandle | None = None
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
     _after_continue: tuple[Any, float] | None = None
@@ -133,7 +144,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._raw = transport
-        self.transport = _CloseWatch(transport, self._closed)  # type: ignore[assignment]
+        self.transport = _CloseWatch(transport, self)  # type: ignore[assignment]
         self.flow = _PipelineFlow(transport, self)
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -149,6 +160,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.message_event.set()
         super().connection_lost(exc)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         if self._stall is not None:  # after uvicorn's own close of the transport, which calls _closed
             self._stall.cancel()
             self._stall = None
@@ -159,7 +173,10 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._dropped:  # past MAX_PIPELINED: nothing more is parsed on this connection
             self._dropped_bytes += len(data)
-            if self._dropped_bytes > MAX_DROPPED_BYTES:
+            if self._lingering:
+                if self._dropped_bytes > MAX_DROPPED_BYTES + LINGER_BYTES and self._raw is not None:
+                    self._raw.abort()
+            elif self._dropped_bytes > MAX_DROPPED_BYTES:
                 # The last request queued may take an hour: the client must not stream into
                 # it for as long. A client that leaves now goes unnoticed until it is answered.
                 self.flow.pause_reading()
@@ -296,6 +313,21 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._stall is not None and not self.transport.is_closing():
             self._stall.cancel()
             self._stall = None
+
+    def _linger(self) -> bool:
+        """Instead of closing, half-close and drain (see LINGER_S), if input may be left unread."""
+        raw = self._raw
+        if not self._dropped or self._lingering or raw is None or raw.is_closing() or not raw.can_write_eof():
+            return False
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return False  # not the end of the last answer (a 400 for what followed it): answers may follow
+        self._lingering = True
+        raw.write_eof()  # once what is buffered is sent
+        self.flow.read_paused = False
+        raw.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, raw.close)
+        self._closed()
+        return True
 
     def _closed(self) -> None:
         if self._raw is not None and self._raw.get_write_buffer_size():

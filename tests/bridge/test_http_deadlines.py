@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import select
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -312,6 +313,25 @@ async def test_what_comes_after_the_pipelining_cap_reaches_no_request(port: int)
     assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
     assert b"x-evil" not in answers.lower() and b'"evil":["1"]' not in answers
     assert answers.count(b'{"n":1,"evil":[]}') == 65, answers[-300:]
+
+
+async def test_a_client_over_the_cap_that_reads_late_still_gets_its_answers(port: int) -> None:
+    """Found in review: with more than the 1 MiB read past the cap left unread, closing made the
+    kernel reset the connection, which threw away the answers the client had not read yet (it
+    got 9 of 65). Now the answers end with a half-close, and the rest is drained."""
+    with _not_reading(port) as sock:
+        sender = threading.Thread(target=_send_quietly, args=(sock, _post(0) * 20_000))  # 1.16 MB
+        sender.start()
+        await asyncio.sleep(0.5)
+        answers, closed = await asyncio.to_thread(_drain, sock, 10)
+        sender.join(10)
+    assert closed and answers.count(b"HTTP/1.1 200 ") == 65, answers.count(b"HTTP/1.1 200 ")
+    assert answers.count(b"connection: close") == 1
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
 
 
 async def test_what_comes_after_the_pipelining_cap_is_read_only_so_far(port: int) -> None:
