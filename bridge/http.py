@@ -43,8 +43,8 @@ LINGER_S = 5.0
 LINGER_BYTES = 16 << 20
 """Closing a connection with input left unread makes the kernel reset it, which throws away
 answers the client has not read yet. Past MAX_PIPELINED the answers end with a half-close, and
-the connection is closed when the client closes its side, after LINGER_S, or once LINGER_BYTES
-more have been read and dropped."""
+the connection is closed when the client closes its side, LINGER_S after it last took some of
+our bytes, once LINGER_BYTES more have been read and dropped, or when the server stops."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -116,6 +116,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
     body_grace_s: ClassVar[float] = BODY_GRACE_S
     write_stall_s: ClassVar[float] = WRITE_STALL_S
+    linger_s: ClassVar[float] = LINGER_S
     max_body_bytes: ClassVar[int] = MAX_BODY_BYTES
 
     _deadline: TimerHandle | None = None
@@ -131,6 +132,10 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _dropped_bytes = 0
     _lingering = False
     _linger_timer: TimerHandle | None = None
+    _linger_from = 0
+    """`_dropped_bytes` when the linger began."""
+    _linger_untaken = 0
+    _stopping = False
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
     _after_continue: tuple[Any, float] | None = None
@@ -174,7 +179,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._dropped:  # past MAX_PIPELINED: nothing more is parsed on this connection
             self._dropped_bytes += len(data)
             if self._lingering:
-                if self._dropped_bytes > MAX_DROPPED_BYTES + LINGER_BYTES and self._raw is not None:
+                if self._dropped_bytes - self._linger_from > LINGER_BYTES and self._raw is not None:
                     self._raw.abort()
             elif self._dropped_bytes > MAX_DROPPED_BYTES:
                 # The last request queued may take an hour: the client must not stream into
@@ -317,17 +322,36 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def _linger(self) -> bool:
         """Instead of closing, half-close and drain (see LINGER_S), if input may be left unread."""
         raw = self._raw
-        if not self._dropped or self._lingering or raw is None or raw.is_closing() or not raw.can_write_eof():
+        if not self._dropped or self._lingering or self._stopping or raw is None or raw.is_closing():
+            return False
+        if not raw.can_write_eof():
             return False
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             return False  # not the end of the last answer (a 400 for what followed it): answers may follow
         self._lingering = True
+        self._linger_from = self._dropped_bytes
         raw.write_eof()  # once what is buffered is sent
         self.flow.read_paused = False
         raw.resume_reading()
-        self._linger_timer = self.loop.call_later(LINGER_S, raw.close)
+        self._linger_untaken = self._bytes_not_taken()
+        self._linger_timer = self.loop.call_later(self.linger_s, self._linger_over)
         self._closed()
         return True
+
+    def _linger_over(self) -> None:
+        """`linger_s` since the half-close, or since the client last took some of our bytes."""
+        self._linger_timer = None
+        untaken = self._bytes_not_taken()
+        if 0 < untaken < self._linger_untaken:  # still reading its answers: they are not done
+            self._linger_untaken = untaken
+            self._linger_timer = self.loop.call_later(self.linger_s, self._linger_over)
+            return
+        assert self._raw is not None
+        self._raw.close()
+
+    def shutdown(self) -> None:
+        self._stopping = True  # the server is stopping: no lingering from now on
+        super().shutdown()
 
     def _closed(self) -> None:
         if self._raw is not None and self._raw.get_write_buffer_size():
@@ -409,6 +433,7 @@ class HttpServer:
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_grace_s: float = BODY_GRACE_S,
         write_stall_s: float = WRITE_STALL_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         self._app = app
         limits: dict[str, Any] = {
@@ -416,6 +441,7 @@ class HttpServer:
             "header_timeout_s": header_timeout_s,
             "body_grace_s": body_grace_s,
             "write_stall_s": write_stall_s,
+            "linger_s": linger_s,
         }
         self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host

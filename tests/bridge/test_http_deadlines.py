@@ -329,6 +329,57 @@ async def test_a_client_over_the_cap_that_reads_late_still_gets_its_answers(port
     assert answers.count(b"connection: close") == 1
 
 
+async def test_the_linger_lasts_while_the_client_reads_its_answers() -> None:
+    """Found in review: the linger counted from the half-close, so a client still reading its
+    answers (and still sending) when it ran out was reset, which threw away what the kernel
+    still held for it."""
+    server = HttpServer(_app(), "127.0.0.1", 0, linger_s=0.5)
+    port = await server.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # the rest waits on our side
+            sock.connect(("127.0.0.1", port))
+            small = b"GET /big/?kb=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+            last = b"GET /big/?kb=4096&whole HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+            # 65 answered, the last (4 MiB, written at once) with connection: close.
+            sock.sendall(small * 64 + last + small)
+            sender = threading.Thread(target=_keep_sending, args=(sock, 2.5))
+            sender.start()
+            answer, closed = await asyncio.to_thread(_read_slowly, sock, 32 << 10, 0.01)  # about 1.5 s
+            sender.join(10)
+    finally:
+        await server.stop()
+    assert answer.count(b"HTTP/1.1 200 ") == 65, answer.count(b"HTTP/1.1 200 ")
+    last_body = answer.rpartition(b"HTTP/1.1 200 ")[2].partition(b"\r\n\r\n")[2]
+    assert closed and len(last_body) == 4 << 20, (closed, len(last_body))
+
+
+def _keep_sending(sock: socket.socket, seconds: float) -> None:
+    """Requests (past the cap: read and dropped), one every 10 ms."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(OSError):
+        while time.monotonic() < deadline:
+            sock.sendall(_post(0))
+            time.sleep(0.01)
+
+
+async def test_a_stopping_server_does_not_linger(caplog: pytest.LogCaptureFixture) -> None:
+    """Found in review: a server stopped while the last answer over the cap was running began
+    the 5 s linger when that answer was done, and uvicorn's 2 s graceful stop timed out (an
+    ERROR, and the connection outlived `stop`)."""
+    server = HttpServer(_app(), "127.0.0.1", 0)
+    port = await server.start()
+    slow = b"POST /slow?s=1 HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post(0) * 64 + slow + _post(0) * 10)
+        await asyncio.sleep(0.3)
+        assert server._server is not None
+        state = server._server.server_state
+        await server.stop()
+        assert not state.connections
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(data)
