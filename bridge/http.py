@@ -43,8 +43,9 @@ LINGER_S = 5.0
 LINGER_BYTES = 16 << 20
 """Closing a connection with input left unread makes the kernel reset it, which throws away
 answers the client has not read yet. Past MAX_PIPELINED the answers end with a half-close, and
-the connection is closed when the client closes its side, LINGER_S after it last took some of
-our bytes, once LINGER_BYTES more have been read and dropped, or when the server stops."""
+the connection is closed when the client closes its side, once it has taken all of them and
+LINGER_S have passed since the half-close, once LINGER_BYTES more have been read and dropped, or
+when the server stops; a client that stops taking its answers is dropped after WRITE_STALL_S."""
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -134,7 +135,6 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _linger_timer: TimerHandle | None = None
     _linger_from = 0
     """`_dropped_bytes` when the linger began."""
-    _linger_untaken = 0
     _stopping = False
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
@@ -330,20 +330,23 @@ class _DeadlineProtocol(HttpToolsProtocol):
             return False  # not the end of the last answer (a 400 for what followed it): answers may follow
         self._lingering = True
         self._linger_from = self._dropped_bytes
-        raw.write_eof()  # once what is buffered is sent
+        try:
+            raw.write_eof()  # once what is buffered is sent
+        except OSError:  # the client reset the connection while nothing was reading
+            raw.abort()
+            return True
         self.flow.read_paused = False
         raw.resume_reading()
-        self._linger_untaken = self._bytes_not_taken()
         self._linger_timer = self.loop.call_later(self.linger_s, self._linger_over)
-        self._closed()
+        if self._bytes_not_taken():
+            self._watch_writes()  # a client that stops taking its answers is dropped as ever
         return True
 
     def _linger_over(self) -> None:
-        """`linger_s` since the half-close, or since the client last took some of our bytes."""
+        """`linger_s` since the half-close: the end, once the client has taken every byte (until
+        then it may read as slowly as `write_stall_s` allows)."""
         self._linger_timer = None
-        untaken = self._bytes_not_taken()
-        if 0 < untaken < self._linger_untaken:  # still reading its answers: they are not done
-            self._linger_untaken = untaken
+        if self._bytes_not_taken():
             self._linger_timer = self.loop.call_later(self.linger_s, self._linger_over)
             return
         assert self._raw is not None

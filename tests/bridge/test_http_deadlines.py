@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +47,15 @@ async def _read_then_sleep(request: Request) -> JSONResponse:
     received = len(await request.body())
     await asyncio.sleep(5)
     return JSONResponse({"received": received})
+
+
+async def _hello_later(scope: Scope, receive: Receive, send: Send) -> None:
+    """A streamed answer whose last write, 1 s after the rest, is empty."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+    await asyncio.sleep(1)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _headers(request: Request) -> JSONResponse:
@@ -98,6 +108,7 @@ def _app() -> Starlette:
         routes=[
             Mount("/stream", app=_stream),
             Mount("/big", app=_big),
+            Mount("/hello-later", app=_hello_later),
             Route("/mcp", _echo_length, methods=["POST"]),
             Route("/slow", _slow, methods=["POST"]),
             Route("/late", _late, methods=["POST"]),
@@ -329,11 +340,13 @@ async def test_a_client_over_the_cap_that_reads_late_still_gets_its_answers(port
     assert answers.count(b"connection: close") == 1
 
 
-async def test_the_linger_lasts_while_the_client_reads_its_answers() -> None:
+@pytest.mark.parametrize("break_s", [0.0, 1.5], ids=["steady", "with-a-break"])
+async def test_the_linger_lasts_while_the_client_reads_its_answers(break_s: float) -> None:
     """Found in review: the linger counted from the half-close, so a client still reading its
     answers (and still sending) when it ran out was reset, which threw away what the kernel
-    still held for it."""
-    server = HttpServer(_app(), "127.0.0.1", 0, linger_s=0.5)
+    still held for it; then, counted from its last progress, a break in reading longer than the
+    linger (shorter than the write-stall limit) did the same."""
+    server = HttpServer(_app(), "127.0.0.1", 0, linger_s=0.5, write_stall_s=5.0)
     port = await server.start()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -345,7 +358,9 @@ async def test_the_linger_lasts_while_the_client_reads_its_answers() -> None:
             sock.sendall(small * 64 + last + small)
             sender = threading.Thread(target=_keep_sending, args=(sock, 2.5))
             sender.start()
-            answer, closed = await asyncio.to_thread(_read_slowly, sock, 32 << 10, 0.01)  # about 1.5 s
+            answer, closed = await asyncio.to_thread(
+                _read_slowly, sock, 32 << 10, 0.01, break_at=1 << 20, break_s=break_s
+            )  # about 1.5 s, and the break
             sender.join(10)
     finally:
         await server.stop()
@@ -361,6 +376,23 @@ def _keep_sending(sock: socket.socket, seconds: float) -> None:
         while time.monotonic() < deadline:
             sock.sendall(_post(0))
             time.sleep(0.01)
+
+
+async def test_a_client_that_resets_before_the_half_close_is_no_error(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: reading was paused (past the cap), so nothing noticed the reset, and
+    the half-close after an answer whose last write is empty raised into the app (an ERROR)."""
+    hello = b"GET /hello-later/ HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", port))
+    sender = threading.Thread(target=_send_quietly, args=(sock, _post(0) * 64 + hello + _post(0) * 35_000))
+    sender.start()
+    await asyncio.sleep(0.3)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset
+    sender.join(10)
+    await asyncio.sleep(1.5)  # the answer's last write, then the half-close
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
 async def test_a_stopping_server_does_not_linger(caplog: pytest.LogCaptureFixture) -> None:
@@ -525,13 +557,19 @@ async def test_a_client_that_reads_slowly_but_steadily_gets_everything() -> None
     assert closed and head.startswith(b"HTTP/1.1 200 ") and len(body) == 2 << 20, (head, len(body))
 
 
-def _read_slowly(sock: socket.socket, size: int, pause_s: float) -> tuple[bytes, bool]:
+def _read_slowly(
+    sock: socket.socket, size: int, pause_s: float, *, break_at: int = 0, break_s: float = 0.0
+) -> tuple[bytes, bool]:
     """Reads of at most `size` bytes, `pause_s` apart (16 KiB every 25 ms: 3.2 s for 2 MiB),
-    until the server closes (True) or resets (False)."""
+    with one break of `break_s` once `break_at` bytes are in, until the server closes (True)
+    or resets (False)."""
     got = bytearray()
     sock.settimeout(10)
     while True:
         time.sleep(pause_s)
+        if break_at and len(got) >= break_at:
+            time.sleep(break_s)
+            break_at = 0
         try:
             chunk = sock.recv(size)
         except ConnectionResetError:
