@@ -33,6 +33,9 @@ MIN_BODY_RATE = 64 * 1024
 WRITE_STALL_S = 30.0
 """Writing may stand still this long (the client takes none of the bytes waiting for it while
 our buffer is full, or while the connection closes with bytes left); then it is dropped."""
+STOP_GRACE_S = 1.5
+"""When the server stops, a connection whose client has not taken all of its answer by then is
+dropped (uvicorn gives its connections 2 s)."""
 MAX_PIPELINED = 64
 """Requests one connection may have queued behind the one being answered; the last of them is
 answered with `connection: close`, and what the client sent after it is not served."""
@@ -136,6 +139,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _linger_from = 0
     """`_dropped_bytes` when the linger began."""
     _stopping = False
+    _lost = False
     _running: Any = None
     """The request whose app task was started last (uvicorn's `cycle` is the last one parsed)."""
     _after_continue: tuple[Any, float] | None = None
@@ -165,6 +169,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.message_event.set()
         super().connection_lost(exc)
+        self._lost = True
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -347,6 +352,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
         then it may read as slowly as `write_stall_s` allows)."""
         self._linger_timer = None
         if self._bytes_not_taken():
+            # Armed at the half-close only if bytes were waiting then; uvloop sends the FIN
+            # later, and a FIN held back by a closed window counts too.
+            self._watch_writes()
             self._linger_timer = self.loop.call_later(self.linger_s, self._linger_over)
             return
         assert self._raw is not None
@@ -355,6 +363,14 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self._stopping = True  # the server is stopping: no lingering from now on
         super().shutdown()
+        # uvicorn waits 2 s for its connections, then logs an ERROR and leaves them open: one
+        # whose client is not taking its answer would hold the stop for up to `write_stall_s`.
+        self.loop.call_later(STOP_GRACE_S, self._stop_now)
+
+    def _stop_now(self) -> None:
+        if self._raw is not None and not self._lost and self._bytes_not_taken():
+            logger.debug("dropped a connection from %s: the server is stopping", self._peer())
+            self._raw.abort()
 
     def _closed(self) -> None:
         if self._raw is not None and self._raw.get_write_buffer_size():

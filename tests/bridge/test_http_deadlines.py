@@ -412,6 +412,24 @@ async def test_a_stopping_server_does_not_linger(caplog: pytest.LogCaptureFixtur
     assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
+async def test_a_stopping_server_drops_a_client_that_is_not_taking_its_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found in review: the stop waited for the client to take the rest of its answer, and
+    uvicorn gave up after 2 s with an ERROR, leaving the connection open until the write-stall
+    limit (30 s) dropped it."""
+    server = HttpServer(_app(), "127.0.0.1", 0)
+    port = await server.start()
+    with _not_reading(port) as sock:
+        sock.sendall(b"GET /big/?kb=8192&whole HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        await asyncio.sleep(0.3)
+        assert server._server is not None
+        state = server._server.server_state
+        await server.stop()
+        assert not state.connections
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):
         sock.sendall(data)
