@@ -105,8 +105,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
     the end of its headers (after `Expect: 100-continue`, from our `100 Continue`), or for a
     pipelined request from the start of its turn (then the connection is closed, which the app
     sees as a client that left). The clocks stop counting while the server itself has stopped
-    reading. A connection may queue `MAX_PIPELINED`
-    requests behind the one being answered (reading stays paused while any is queued).
+    reading. A connection may queue `MAX_PIPELINED` requests behind the one being answered
+    (reading stays paused while any is queued).
 
     On the way out, a client that stops reading its answers stops the app at its next write, and
     the connection (a task, a socket, our buffer) would wait for it for ever; one closed with

@@ -135,6 +135,22 @@ async def port() -> AsyncIterator[int]:
     await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def _own_server(*, sndbuf: int = 0, **limits: float) -> AsyncIterator[int]:
+    """A server of its own with these limits; `sndbuf`: the send buffer of its accepted sockets
+    (they inherit the listening socket's), so that an answer waits in our buffer."""
+    server = HttpServer(_app(), "127.0.0.1", 0, **limits)  # type: ignore[arg-type]
+    server.bind()
+    if sndbuf:
+        assert server._socket is not None
+        server._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    port = await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop()
+
+
 def _post(length: int) -> bytes:
     return f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n".encode()
 
@@ -346,9 +362,7 @@ async def test_the_linger_lasts_while_the_client_reads_its_answers(break_s: floa
     answers (and still sending) when it ran out was reset, which threw away what the kernel
     still held for it; then, counted from its last progress, a break in reading longer than the
     linger (shorter than the write-stall limit) did the same."""
-    server = HttpServer(_app(), "127.0.0.1", 0, linger_s=0.5, write_stall_s=5.0)
-    port = await server.start()
-    try:
+    async with _own_server(linger_s=0.5, write_stall_s=5.0) as port:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # the rest waits on our side
             sock.connect(("127.0.0.1", port))
@@ -362,8 +376,6 @@ async def test_the_linger_lasts_while_the_client_reads_its_answers(break_s: floa
                 _read_slowly, sock, 32 << 10, 0.01, break_at=1 << 20, break_s=break_s
             )  # about 1.5 s, and the break
             sender.join(10)
-    finally:
-        await server.stop()
     assert answer.count(b"HTTP/1.1 200 ") == 65, answer.count(b"HTTP/1.1 200 ")
     last_body = answer.rpartition(b"HTTP/1.1 200 ")[2].partition(b"\r\n\r\n")[2]
     assert closed and len(last_body) == 4 << 20, (closed, len(last_body))
@@ -560,17 +572,10 @@ async def test_a_client_that_reads_slowly_but_steadily_gets_everything() -> None
     """Found in review: the stall clock ran from the pause until our buffer was nearly empty, so
     an answer written at once (JSONResponse, up to 16 MiB) that took the client longer than the
     limit to read was cut, however steadily it read. Now only a client taking nothing is."""
-    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=1.0)
-    server.bind()
-    assert server._socket is not None
-    server._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the answer waits in our buffer
-    port = await server.start()
-    try:
+    async with _own_server(write_stall_s=1.0, sndbuf=4096) as port:
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET /big/?kb=2048&whole HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
             answer, closed = await asyncio.to_thread(_read_slowly, sock, 16 << 10, 0.025)
-    finally:
-        await server.stop()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert closed and head.startswith(b"HTTP/1.1 200 ") and len(body) == 2 << 20, (head, len(body))
 
@@ -598,15 +603,11 @@ def _read_slowly(
 
 
 async def test_a_client_that_pauses_reading_for_less_than_the_limit_gets_everything() -> None:
-    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=5.0)
-    port = await server.start()
-    try:
+    async with _own_server(write_stall_s=5.0) as port:
         with _not_reading(port) as sock:
             sock.sendall(b"GET /big/?kb=16384 HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
             await asyncio.sleep(0.5)
             answer, closed = await asyncio.to_thread(_drain, sock, 30)
-    finally:
-        await server.stop()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert closed and head.startswith(b"HTTP/1.1 200 ") and len(body) == 16 << 20, (head, len(body))
 
@@ -615,19 +616,12 @@ async def test_a_connection_closed_with_bytes_its_client_never_reads_is_dropped(
     """asyncio's `close` waits for the write buffer to empty: an answer that ends with
     `connection: close` and sits, under the high-water mark, behind a full socket buffer held
     the socket for as long as the client read nothing."""
-    server = HttpServer(_app(), "127.0.0.1", 0, write_stall_s=1.0)
-    server.bind()
-    assert server._socket is not None
-    server._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted sockets inherit it
-    port = await server.start()
-    try:
+    async with _own_server(write_stall_s=1.0, sndbuf=4096) as port:
         with _not_reading(port) as sock:
             # 48 KiB: a few KiB fit the two sockets' buffers, the rest waits in ours (under 64 KiB).
             sock.sendall(b"GET /big/?kb=48 HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
             await asyncio.sleep(4)
             answer, closed = await asyncio.to_thread(_drain, sock, 10)
-    finally:
-        await server.stop()
     # Before, reading now let the close finish: all 48 KiB came.
     assert closed and len(answer) < 48 << 10, (closed, len(answer))
 

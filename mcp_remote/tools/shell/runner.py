@@ -120,21 +120,22 @@ def _stream(
             output_id = outputs.put(principal, kept, label=name)
             note = (
                 f"{name} is not UTF-8 text ({total} bytes; U+FFFD marks what is not); its exact bytes: "
-                + "output_read "
-                + orjson.dumps({"output_id": output_id, "offset": 0}).decode()
+                + _read_on(output_id, 0)
             )
             return kept.decode("utf-8", errors="replace"), total, output_id, note
     output_id = outputs.put(principal, kept, label=name)
     # The preview is a glimpse (bytes that are not UTF-8 show as U+FFFD); output_read is exact.
     shown = preview_length(kept, preview_bytes)
     text = kept[:shown].decode("utf-8", errors="replace")
-    note = (
-        f"{name} has {total} bytes; shown: the first {shown}. Read on with output_read "
-        + orjson.dumps({"output_id": output_id, "offset": shown}).decode()
-    )
+    note = f"{name} has {total} bytes; shown: the first {shown}. Read on with " + _read_on(output_id, shown)
     if total > len(kept):
         note += f" (only the first {len(kept)} bytes were kept; the rest was counted, not stored)"
     return text, total, output_id, note
+
+
+def _read_on(output_id: str, offset: int) -> str:
+    """The output_read call that reads a stored output from `offset`."""
+    return "output_read " + orjson.dumps({"output_id": output_id, "offset": offset}).decode()
 
 
 def _result(
