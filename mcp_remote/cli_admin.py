@@ -237,23 +237,47 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     return SQLiteStore(state_dir / "audit" / "audit.db", read_only=True), state_dir
 
 
+async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
+    """verify's report, also for a log that cannot be read: that is a broken log, not a crash."""
+    import sqlite3
+
+    from .audit import VerifyReport, read_checkpoint_file, verify_log
+
+    try:
+        extra = read_checkpoint_file(checkpoint_file)
+    except ValueError as exc:
+        return VerifyReport(problem=str(exc))
+    try:
+        await store.open()
+    except FileNotFoundError:
+        if not extra:
+            raise
+        last = max(c.seq for c in extra)
+        return VerifyReport(
+            first_bad=1,
+            problem=f"the audit database is gone ({store.path}), but {checkpoint_file} holds signed "
+            f"checkpoints up to record {last}",
+        )
+    except sqlite3.DatabaseError as exc:
+        return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
+    try:
+        return await verify_log(store, keys, extra)
+    except sqlite3.DatabaseError as exc:
+        return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
+    finally:
+        await store.close()
+
+
 async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .audit import load_public_keys, read_checkpoint_file, verify_log
+    from .audit import load_public_keys
 
     store, state_dir = _open_store(args, environ)
     keys_paths = list(args.public_key) or [state_dir / "audit" / "signing.pub"]
     missing = [p for p in keys_paths if not p.exists()]
     if missing:
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
-    await store.open()
-    try:
-        report = await verify_log(
-            store,
-            load_public_keys(keys_paths),
-            read_checkpoint_file(state_dir / "audit" / "checkpoints.jsonl"),
-        )
-    finally:
-        await store.close()
+    checkpoint_file = state_dir / "audit" / "checkpoints.jsonl"
+    report = await _verify_report(store, load_public_keys(keys_paths), checkpoint_file)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif report.ok:
@@ -264,7 +288,8 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for note in report.notes:
             print(f"  note: {note}")
     else:
-        print(f"audit log BROKEN at record {report.first_bad}: {report.problem}", file=sys.stderr)
+        where = f" at record {report.first_bad}" if report.first_bad is not None else ""
+        print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -339,6 +364,8 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import sqlite3
+
     from mcp_local.errors import ConfigError
 
     try:
@@ -349,6 +376,9 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except FileNotFoundError as exc:
         return _fail(f"{exc}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE)
+    except sqlite3.DatabaseError as exc:  # tail / query; verify reports it as a broken log
+        why = f"the audit database cannot be read: {exc} (`mcphub audit verify` checks it)"
+        return _fail(why, EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
 

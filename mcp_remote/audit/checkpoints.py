@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+
 from .ed25519 import load_private_key, new_private_key
 from .records import canonical
 
 if TYPE_CHECKING:  # verification is the CLI's: the hub itself never imports `cryptography`
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["Checkpoint", "CheckpointSigner", "load_public_keys", "verify_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointSigner", "load_public_keys", "read_checkpoint_file", "verify_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,29 @@ class Checkpoint:
             "key_id": self.key_id,
             "signature": self.signature,
         }
+
+
+def read_checkpoint_file(path: Path) -> list[Checkpoint]:
+    """The checkpoints a hub appended to `path` (none if it does not exist); a line that is
+    not a checkpoint is a ValueError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    found = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = orjson.loads(line)
+            checkpoint = Checkpoint(raw["seq"], raw["hash"], raw["ts_ms"], raw["key_id"], raw["signature"])
+            if not isinstance(checkpoint.seq, int) or not isinstance(checkpoint.hash, str):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            why = f"{path}, line {number}: not a signed checkpoint (was the file edited?)"
+            raise ValueError(why) from None
+        found.append(checkpoint)
+    return found
 
 
 def key_id(public: bytes) -> str:

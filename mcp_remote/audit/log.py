@@ -44,9 +44,9 @@ from mcp_local.content import (
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 
-from .checkpoints import CheckpointSigner
+from .checkpoints import CheckpointSigner, read_checkpoint_file
 from .records import ChainHead, PendingRecord, canonical
-from .store import AuditStore
+from .store import AuditStore, AuditStoreRefused
 
 __all__ = ["AuditLog"]
 
@@ -154,7 +154,24 @@ class AuditLog:
         await self.store.open()
         self._head = await self.store.head()
         existing = await self.store.checkpoints()
-        self._checkpointed_seq = existing[-1].seq if existing else 0
+        self._checkpointed_seq = max((c.seq for c in existing), default=0)
+        signed, where = self._checkpointed_seq, "the store"
+        if self._checkpoint_file is not None:
+            try:
+                in_file = max((c.seq for c in read_checkpoint_file(self._checkpoint_file)), default=0)
+            except ValueError as exc:
+                await self.store.close()
+                raise AuditStoreRefused(f"{exc}; the hub will not sign checkpoints after it") from None
+            if in_file > signed:
+                signed, where = in_file, str(self._checkpoint_file)
+        if signed > self._head.seq:
+            # A hub writing on would chain new records onto the cut and sign over it.
+            await self.store.close()
+            raise AuditStoreRefused(
+                f"the audit log ends at record {self._head.seq}, but {where} holds a signed checkpoint "
+                f"of record {signed}: records were deleted (`mcphub audit verify` reports it). To start "
+                "a new log on purpose, move the old one and its checkpoints.jsonl aside"
+            )
         self._loop = asyncio.get_running_loop()
         self._batch = self._loop.create_future()
         self._task = self._loop.create_task(self._run(), name="mcphub-audit-writer")

@@ -37,8 +37,8 @@ import orjson
 
 from ..approvals import Approval, ApprovalState
 from .checkpoints import Checkpoint
-from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain
-from .store import RecordQuery
+from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain, verify_record
+from .store import AuditStoreRefused, RecordQuery
 
 __all__ = ["AuditStoreRefused", "JournalError", "SQLiteStore", "StoreInUse"]
 
@@ -76,10 +76,6 @@ def _record(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord(
         seq, ts_ms, str(call_id), str(kind), str(principal), str(tool), data, str(prev), str(hash_)
     )
-
-
-class AuditStoreRefused(RuntimeError):
-    """The store will not be written: the hub must not start (its message says why)."""
 
 
 class JournalError(AuditStoreRefused):
@@ -202,12 +198,41 @@ class SQLiteStore:
                 f"{self.journal_path}, line {bad}: not an audit record (was the file edited?). "
                 "`mcphub audit verify` shows the first bad record; the hub will not write after it."
             )
+        records = [r for r in found if isinstance(r, AuditRecord)]
+        problem = self._journal_problem(records)
+        if problem is not None:
+            os.close(journal)
+            raise JournalError(
+                f"{self.journal_path}: {problem} (was the file edited?). "
+                "`mcphub audit verify` shows the first bad record; the hub will not write after it."
+            )
         row = self.db.execute("SELECT max(seq) FROM records").fetchone()
         stored = row[0] or 0
-        self._unfolded = [r for r in found if isinstance(r, AuditRecord) and r.seq > stored]
+        self._unfolded = [r for r in records if r.seq > stored]
         self._journal = journal
         self._journal_size = os.fstat(journal).st_size
         self.fold()
+
+    def _journal_problem(self, records: Sequence[AuditRecord]) -> str | None:
+        """Why the journal's records are not the stored chain's continuation, or None.
+
+        A journal may repeat records SQLite has (a hub died between a fold's commit and
+        emptying the journal): those must be the stored ones, field for field. The rest must
+        continue the chain from the stored head, each hash recomputed, or folding them in
+        would bury an edit under records chained and checkpointed after it."""
+        row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
+        for number, record in enumerate(records, start=1):
+            if record.seq <= head.seq:
+                stored = self.db.execute("SELECT * FROM records WHERE seq = ?", (record.seq,)).fetchone()
+                if stored is None or _record(stored) != record:
+                    return f"record {record.seq} (line {number}) differs from the stored one"
+                continue
+            why = verify_record(record, head.seq + 1, head.hash)
+            if why is not None:
+                return f"record {record.seq} (line {number}): {why}"
+            head = ChainHead(record.seq, record.hash)
+        return None
 
     async def close(self) -> None:
         if self._journal >= 0:

@@ -16,7 +16,11 @@ from ..approvals import ApprovalStore
 from .checkpoints import Checkpoint
 from .records import AuditRecord, ChainHead, PendingRecord
 
-__all__ = ["AuditStore", "RecordQuery"]
+__all__ = ["AuditStore", "AuditStoreRefused", "RecordQuery"]
+
+
+class AuditStoreRefused(RuntimeError):
+    """The audit log will not be written: the hub must not start (its message says why)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from .checkpoints import Checkpoint, verify_checkpoint
+from .checkpoints import Checkpoint, read_checkpoint_file, verify_checkpoint
 from .records import GENESIS, verify_record
 from .store import AuditStore
 
@@ -41,17 +38,6 @@ class VerifyReport:
             "head_hash": self.head_hash,
             "notes": self.notes,
         }
-
-
-def read_checkpoint_file(path: Path) -> list[Checkpoint]:
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_bytes().splitlines():
-        if line.strip():
-            raw = orjson.loads(line)
-            found.append(Checkpoint(raw["seq"], raw["hash"], raw["ts_ms"], raw["key_id"], raw["signature"]))
-    return found
 
 
 async def verify_log(

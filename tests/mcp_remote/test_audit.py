@@ -278,6 +278,54 @@ def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
     assert "audit.journal, line 1: not an audit record" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("cut-file", lambda db: os.truncate(db, 8192)),
+        ("dropped-table", lambda db: sqlite3.connect(db).execute("DROP TABLE records")),
+    ],
+)
+def test_an_unreadable_database_is_a_broken_log_not_a_crash(
+    stopped_log: Path, tmp_path: Path, name: str, damage: Any
+) -> None:
+    state = tmp_path / name
+    shutil.copytree(stopped_log, state)
+    damage(state / "audit" / "audit.db")
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "audit log BROKEN: the audit database cannot be read" in out.stderr
+    out = cli("audit", "verify", "--state-dir", str(state), "--json")
+    assert out.returncode == 1 and json.loads(out.stdout)["ok"] is False
+    for command in (["tail"], ["query", "--tool", "echo"]):
+        out = cli("audit", *command, "--state-dir", str(state))
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "the audit database cannot be read" in out.stderr
+
+
+def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: Path, tmp_path: Path) -> None:
+    """Signed checkpoints outlive the records: verify reports the loss, and a hub refuses to
+    start, since it would chain new records onto the cut and sign over it."""
+    gone = tmp_path / "gone" / "state"
+    shutil.copytree(stopped_log, gone)
+    (gone / "audit" / "audit.db").unlink()
+    out = cli("audit", "verify", "--state-dir", str(gone))
+    assert out.returncode == 1 and "the audit database is gone" in out.stderr, out.stderr
+    out = serve_refused(gone.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    assert "the audit log ends at record 0" in out.stderr and "records were deleted" in out.stderr
+
+    cut = tampered_copy(stopped_log, tmp_path / "cut" / "state", "DELETE FROM records WHERE seq > 60")
+    (cut / "audit" / "checkpoints.jsonl").unlink()  # the store's own checkpoints still say so
+    out = serve_refused(cut.parent, config())
+    assert out.returncode == 3 and "the audit log ends at record 60, but the store holds" in out.stderr
+
+    (gone / "audit" / "checkpoints.jsonl").write_bytes(b"{not json\n")
+    out = cli("audit", "verify", "--state-dir", str(gone))
+    assert out.returncode == 1 and "checkpoints.jsonl, line 1: not a signed checkpoint" in out.stderr
+    out = serve_refused(gone.parent, config())
+    assert out.returncode == 3 and "line 1: not a signed checkpoint" in out.stderr, out.stderr
+
+
 def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, config=config(), http=False)
     try:

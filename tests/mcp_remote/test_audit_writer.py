@@ -254,12 +254,52 @@ async def test_an_edited_journal_is_caught_by_verify_and_refused_by_the_next_hub
     assert journal.read_bytes() != original
     _, report = await read_back(db)
     assert not report.ok and report.first_bad == 1 and "was edited" in (report.problem or "")
+    with pytest.raises(JournalError, match="record 1 \\(line 1\\): its contents do not match its hash"):
+        await SQLiteStore(db).open()
+    assert rows_in_sqlite(db) == 0, "nothing folded in"
 
     lines = original.split(b"\n")
     journal.write_bytes(b"\n".join([lines[0], b"not a record", *lines[1:]]))
     records, report = await read_back(db)
     assert [r.call_id for r in records] == ["c0", ""] and "record 2" in (report.problem or ""), report.problem
     with pytest.raises(JournalError, match="line 2: not an audit record"):
+        await SQLiteStore(db).open()
+
+
+async def test_a_journal_that_does_not_continue_the_stored_chain_is_refused(tmp_path: Path) -> None:
+    """Folding an edited journal in would chain and sign new records on top of the edit; the
+    next hub refuses instead. A journal repeating records SQLite has (a hub killed between a
+    fold's commit and emptying the journal) is fine while they are the stored ones."""
+    db = tmp_path / "audit.db"
+    crash_after(db, 3)
+    journal = db.with_suffix(".journal")
+    lines = journal.read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 6
+
+    journal.write_bytes(b"\n".join([lines[0], *lines[2:]]) + b"\n")
+    with pytest.raises(JournalError, match="record 3 \\(line 2\\): expected record 2 next"):
+        await SQLiteStore(db).open()
+    journal.write_bytes(b"\n".join([lines[1], lines[0], *lines[2:]]) + b"\n")
+    with pytest.raises(JournalError, match="record 2 \\(line 1\\): expected record 1 next"):
+        await SQLiteStore(db).open()
+    assert rows_in_sqlite(db) == 0
+
+    journal.write_bytes(b"\n".join(lines[:4]) + b"\n")  # folded, as if the hub died before emptying it
+    store = SQLiteStore(db)
+    await store.open()
+    await store.close()
+    assert rows_in_sqlite(db) == 4 and journal.stat().st_size == 0
+    journal.write_bytes(b"\n".join(lines) + b"\n")
+    store = SQLiteStore(db)
+    await store.open()  # records 1-4 again, as SQLite has them, then 5 and 6
+    await store.close()
+    records, report = await read_back(db)
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5, 6] and report.ok, report.problem
+
+    edited = lines[1].replace(b"finished", b"requested")
+    assert edited != lines[1]
+    journal.write_bytes(edited + b"\n")
+    with pytest.raises(JournalError, match="record 2 \\(line 1\\) differs from the stored one"):
         await SQLiteStore(db).open()
 
 
