@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from mcp_local.errors import Unauthenticated
+from mcp_local.errors import ConfigError, Unauthenticated
 from mcp_local.principals import Principal
 
 __all__ = ["TokenAuthenticator"]
@@ -25,8 +25,9 @@ class TokenAuthenticator:
         for token, principal in entries:
             digest = _digest(token)
             if digest in self._by_digest:
-                raise ValueError(
-                    f"principals {self._by_digest[digest].name!r} and {principal.name!r} share a token"
+                raise ConfigError(
+                    f"principals {self._by_digest[digest].name!r} and {principal.name!r} share a token "
+                    "(each principal needs its own: the token is what names it)"
                 )
             self._by_digest[digest] = principal
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from mcp_local.errors import ConfigError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
@@ -89,7 +90,11 @@ def _open_store(config: HubConfig, environ: Mapping[str, str]) -> AuditStore:
 class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            operator_token(config.state_dir)
+        except OSError as exc:
+            raise ConfigError(f"state directory {config.state_dir}: {exc.strerror or exc}") from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()

@@ -198,6 +198,19 @@ def test_short_tokens_are_refused(tmp_path: Path) -> None:
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
 
 
+def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_path: Path) -> None:
+    token = "shared-token-0123456789abcdef"
+    twins = {"principals": [{"name": "a", "token": token}, {"name": "b", "token": token}]}
+    out = serve_refused(tmp_path / "twins", twins)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "principals 'a' and 'b' share a token" in out.stderr and token not in out.stderr
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(a_file))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"state directory {a_file}: File exists" in out.stderr
+
+
 def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
     out = serve_refused(tmp_path, None, "--pack", "nosuchpack")
     assert out.returncode == 2
