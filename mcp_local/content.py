@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "REFUSED_META",
     "AudioContent",
     "Content",
     "ContentAnnotations",
@@ -78,6 +79,9 @@ class EmbeddedResource:
 
 Content = TextContent | ImageContent | AudioContent | ResourceLink | EmbeddedResource
 
+REFUSED_META = "dev.mcphub/refused"
+"""The result `_meta` key marking a call the hub refused or stopped (see `ToolResult.refused`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
@@ -95,3 +99,16 @@ class ToolResult:
     @classmethod
     def error(cls, message: str) -> ToolResult:
         return cls(content=(TextContent(message),), is_error=True)
+
+    @classmethod
+    def refused(cls, message: str, why: str) -> ToolResult:
+        """An error result for a call the hub would not run, or stopped: the model reads the
+        message; `_meta` says which (`why`: policy, denied, timeout, approval, stopped), so
+        that a program can tell it from a tool's own failure."""
+        return cls(content=(TextContent(message),), is_error=True, meta={REFUSED_META: why})
+
+    @property
+    def refusal(self) -> str | None:
+        """`why` of a `refused` result, else None."""
+        why = self.meta.get(REFUSED_META) if self.is_error and self.meta else None
+        return why if isinstance(why, str) else None

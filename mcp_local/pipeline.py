@@ -133,7 +133,7 @@ class InFlight:
             message = self.stopped(task)
             if message is None:
                 raise
-            return ToolResult.error(message)
+            return ToolResult.refused(message, "stopped")
         finally:
             self.leave(key)
 
@@ -298,14 +298,18 @@ async def execute(call: ToolCall) -> ToolResult:
     if tool.timeout_s is not None:
         own = asyncio.get_running_loop().time() + tool.timeout_s
         deadline = own if deadline is None else min(deadline, own)
+    timer = None
     try:
         if deadline is None:
             outcome = await tool.handler(call)
         else:
-            async with asyncio.timeout_at(deadline):
+            # Asked of the timer, not the clock: uvloop's timers are in milliseconds and may
+            # fire a fraction of one before `loop.time()` reaches the deadline.
+            timer = asyncio.timeout_at(deadline)
+            async with timer:
                 outcome = await tool.handler(call)
     except TimeoutError as exc:
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        if timer is not None and timer.expired():
             raise DeadlineExceeded(f"tool {tool.name!r} did not finish before the deadline") from exc
         return ToolResult.error(f"{tool.name} failed: timed out")
     except ToolError as exc:

@@ -1,7 +1,8 @@
 """The `mcphub` command.
 
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
-2 bad usage or configuration; 3 the hub refused the call or could not be reached.
+2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
+an approver, an approval's timeout, a deadline, a shutdown) or could not be reached.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +201,16 @@ def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         arguments = arguments_option(args.args)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    return _run(
-        _call(hub_target(args, environ), _token(args, environ), args.tool, arguments, args.json, args.timeout)
-    )
+    request = _CallRequest(args.tool, arguments, args.approval or "", args.timeout)
+    return _run(_call(hub_target(args, environ), _token(args, environ), request, args.json))
+
+
+@dataclass(frozen=True)
+class _CallRequest:
+    tool: str
+    arguments: dict[str, Any]
+    approval_id: str
+    timeout: float | None
 
 
 class _ProgressLine:
@@ -225,9 +234,7 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
-async def _call(
-    target: str, token: str | None, tool: str, arguments: dict[str, Any], as_json: bool, timeout: float | None
-) -> int:
+async def _call(target: str, token: str | None, call: _CallRequest, as_json: bool) -> int:
     import json
 
     import grpc
@@ -235,14 +242,17 @@ async def _call(
 
     from bridge.hubclient import HubClient
     from bridge.translate import result_to_mcp
+    from mcp_local.content import REFUSED_META
     from mcphub_proto.v1 import toolhub_pb2 as pb
 
     hub = HubClient(target)
     line = _ProgressLine()
-    request = pb.CallToolRequest(name=tool, arguments_json=orjson.dumps(arguments))
+    request = pb.CallToolRequest(
+        name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
+    )
     result = None
     try:
-        async for event in hub.stream_call_tool(token, request, timeout=timeout):
+        async for event in hub.stream_call_tool(token, request, timeout=call.timeout):
             kind = event.WhichOneof("event")
             if kind == "progress":
                 p = event.progress
@@ -253,10 +263,11 @@ async def _call(
                 )
                 line.show(f"[{pct}] {p.message}".rstrip())
             elif kind == "output":
+                # Live output is progress, so stderr: stdout carries the result alone, which
+                # repeats (a preview of) it, and `> file` must not get it twice.
                 line.done()
-                stream = sys.stderr if event.output.stream == "stderr" or as_json else sys.stdout
-                stream.buffer.write(event.output.data)
-                stream.flush()
+                sys.stderr.buffer.write(event.output.data)
+                sys.stderr.flush()
             elif kind == "approval":
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
@@ -292,7 +303,10 @@ async def _call(
                 )
         if result.structured_content_json and not result.content:
             print(result.structured_content_json.decode())
-    return EXIT_TOOL_ERROR if result.is_error else EXIT_OK
+    if not result.is_error:
+        return EXIT_OK
+    refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)
+    return EXIT_HUB if refused else EXIT_TOOL_ERROR
 
 
 def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -327,6 +341,16 @@ def _address(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds above 0")
+    return seconds
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hub",
@@ -350,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
             '  mcphub call echo --args \'{"text": "hi"}\'  call a tool, with live progress\n'
             "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
             "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
-            "            3 the hub refused the call or could not be reached"
+            "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
+            "              deadline, shutdown) or could not be reached"
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -406,11 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
         "call",
         formatter_class=_Formatter,
         help="call a tool, showing progress as it runs",
-        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout.",
+        description="Call a tool over gRPC. Progress and the tool's live output go to stderr, "
+        "the result to stdout.",
     )
     call.add_argument("tool", help="tool name, e.g. echo")
     call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")
-    call.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    call.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="give up after this long (the tool is stopped)"
+    )
+    call.add_argument(
+        "--approval",
+        metavar="ID",
+        help="use an approval granted earlier for exactly this call (same tool and arguments) "
+        "instead of waiting for a new one",
+    )
     call.add_argument("--json", action="store_true", help="print the MCP result object as JSON")
     _client_options(call)
     call.set_defaults(func=_cmd_call)

@@ -18,8 +18,9 @@ import itertools
 import os
 import secrets
 import time
+from dataclasses import replace
 
-from mcp_local.content import ToolResult
+from mcp_local.content import REFUSED_META, ToolResult
 from mcp_local.errors import HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
 from mcp_local.tools import ToolCall
@@ -66,7 +67,7 @@ class AuditTrail:
             task = self.calls.enter(key)
             result = await call_next(call)
             if result.is_error:
-                status = "tool_error"
+                status = "refused" if result.refusal not in (None, "stopped") else "tool_error"
         except HubError as exc:
             status, error = exc.status.name.lower(), exc.message
             raise
@@ -76,7 +77,7 @@ class AuditTrail:
                 status, error = "cancelled", "the caller went away"
                 raise
             status, error = "cancelled", stopped  # by `drain`: the caller is still there, and told why
-            result = ToolResult.error(stopped)
+            result = ToolResult.refused(stopped, "stopped")
         except BaseException as exc:
             status, error = "internal", type(exc).__name__
             raise
@@ -170,8 +171,8 @@ class Gate:
             {"decision": decision.verdict, "rule": decision.rule, "reason": decision.reason or None},
         )
         if decision.verdict == "deny":
-            return ToolResult.error(
-                f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}"
+            return ToolResult.refused(
+                f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}", "policy"
             )
         if must_be_durable and durable is not None:
             await asyncio.shield(durable)
@@ -180,7 +181,13 @@ class Gate:
             if refusal is not None:
                 return refusal
         log.record("started", call.call_id, principal.name, call.name, {})
-        return await call_next(call)
+        result = await call_next(call)
+        if result.meta and REFUSED_META in result.meta:
+            # Only the hub says it refused a call: a tool (a sandbox's, say) that claims so
+            # would make the audit log and the CLI call a call that ran one that did not.
+            meta = {k: v for k, v in result.meta.items() if k != REFUSED_META}
+            result = replace(result, meta=meta or None)
+        return result
 
     async def _ask(self, call: ToolCall, decision: Decision) -> ToolResult | None:
         """None once an approval lets the call proceed; otherwise the result telling the caller why not."""
@@ -196,7 +203,8 @@ class Gate:
                     tool,
                     {"approval_id": call.approval_id, "state": "refused", "why": why},
                 )
-                return ToolResult.error(f"approval {call.approval_id} cannot be used for this call: {why}")
+                message = f"approval {call.approval_id} cannot be used for this call: {why}"
+                return ToolResult.refused(message, "approval")
             await self._log.flush()  # the `used` record (written by the book) is durable before the tool runs
             return None
         approval = await self._book.create(
@@ -223,16 +231,17 @@ class Gate:
         if outcome.state == "approved":
             used, why = await self._book.use(approval.id, principal, tool, call.arguments)
             if used is None:
-                return ToolResult.error(f"approval {approval.id} could not be used: {why}")
+                return ToolResult.refused(f"approval {approval.id} could not be used: {why}", "approval")
             await self._log.flush()
             return None
         if outcome.state == "denied":
             reason = f": {outcome.decision_reason}" if outcome.decision_reason else ""
-            return ToolResult.error(f"{outcome.decided_by} denied this call (approval {approval.id}){reason}")
-        return ToolResult.error(
-            f"no approver decided within {decision.timeout_s:g}s (approval {approval.id}); "
-            f"a timeout is a denial. Once an approver runs `{hint}`, call again with the same "
-            "arguments and this approval id."
+            message = f"{outcome.decided_by} denied this call (approval {approval.id}){reason}"
+            return ToolResult.refused(message, "denied")
+        return ToolResult.refused(
+            f"no approver decided within {decision.timeout_s:g}s (approval {approval.id}, now expired); "
+            "a timeout is a denial. Calling again asks for a new approval.",
+            "timeout",
         )
 
 

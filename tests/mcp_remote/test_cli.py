@@ -92,6 +92,16 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
             timeout=60,
         )
         assert json.loads(jailed.stdout)["structuredContent"]["stdout"] == "sandbox\n", jailed.stderr
+        shown = subprocess.run(
+            hub_command("call", "shell_exec", "--args", '{"command": "echo out-line"}'),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        # Live output on stderr as it comes; stdout is the result alone, each line once.
+        assert shown.stdout.count("out-line") == 1 and shown.stdout.startswith("[exit code 0;"), shown.stdout
+        assert "out-line" in shown.stderr
         # Chromium starts in the background after the ready line; stop the hub once it has.
         deadline = time.monotonic() + 60
         while not re.search(r"Chromium \S+ started", log_path.read_text()) and time.monotonic() < deadline:

@@ -208,6 +208,51 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(hub_command(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
+async def newest_finished(hub: RunningHub, tool: str) -> dict[str, Any]:
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        found = await store.query(RecordQuery(tool=tool, principal="agent-a", limit=20))
+    finally:
+        await store.close()
+    return next(r.body_json() for r in found if r.kind == "finished")
+
+
+async def test_call_cli_exits_3_when_the_hub_refuses_and_uses_an_approval_given_earlier(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    """`mcphub call` tells a refusal (exit 3) from a tool's failure (exit 1) by the result's
+    `_meta`, which only the hub may set; the audit log's `finished` says `refused`."""
+    common = ["--hub", gated_hub.grpc, "--token", TOKENS["agent-a"]]
+    everything = ["call", "delete_thing", "--args", '{"name": "everything"}', *common]
+    denied = await asyncio.to_thread(cli, *everything)
+    assert denied.returncode == 3 and "refused by policy rule 'never everything'" in denied.stdout, denied
+    assert (await newest_finished(gated_hub, "delete_thing"))["status"] == "refused"
+    as_json = await asyncio.to_thread(cli, *everything, "--json")
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["_meta"] == {"dev.mcphub/refused": "policy"}
+
+    timed_out = await asyncio.to_thread(cli, "call", "plain_thing", "--args", '{"name": "quick-c"}', *common)
+    assert timed_out.returncode == 3 and "Calling again asks for a new approval" in timed_out.stdout
+
+    claim = await asyncio.to_thread(cli, "call", "claims_refusal", "--json", *common)
+    assert claim.returncode == 1 and json.loads(claim.stdout)["_meta"] == {"x": 1}, claim
+    assert (await newest_finished(gated_hub, "claims_refusal"))["status"] == "tool_error"
+
+    first = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "later"})
+    approval_id = await first.approval_id()
+    call_id = next(a.call_id for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id == approval_id)
+    first.task.cancel()  # the agent gave up waiting; the approval stays pending
+    async with asyncio.timeout(20):
+        while "finished" not in [kind for kind, _ in await records_of(gated_hub, call_id)]:  # noqa: ASYNC110 - polling the log
+            await asyncio.sleep(0.05)
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+    args = ["call", "delete_thing", "--args", '{"name": "later"}', "--approval", approval_id, *common]
+    used = await asyncio.to_thread(cli, *args)
+    assert (used.returncode, used.stdout) == (0, "deleted later\n"), used.stderr
+    again = await asyncio.to_thread(cli, *args)
+    assert again.returncode == 3 and "already used" in again.stdout
+
+
 async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -> None:
     call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "via-cli"})
     approval_id = await call.approval_id()

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from mcp_local import StaticPack, TextContent, Tool, ToolAnnotations, ToolCall, ToolResult
+from mcp_local.content import REFUSED_META
 from mcp_local.packs import PackEnv
 
 RO = ToolAnnotations(read_only=True, destructive=False)
@@ -41,6 +42,11 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     async def boom(call: ToolCall) -> str:
         raise RuntimeError("the probe tool failed on purpose")
 
+    async def claims_refusal(call: ToolCall) -> ToolResult:
+        """A tool that ran and says the hub refused it: only the hub may say that."""
+        meta = {REFUSED_META: "policy", "x": 1}
+        return ToolResult(content=(TextContent("I ran"),), is_error=True, meta=meta)
+
     async def routed(call: ToolCall) -> str:
         region: str = call.arguments["region"]
         return region
@@ -70,6 +76,13 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 output_schema={"type": "object", "properties": {"value": {}}, "required": ["value"]},
             ),
             Tool("boom", "Always raises.", {"type": "object"}, boom, annotations=RO),
+            Tool(
+                "claims_refusal",
+                "Fails, claiming the hub refused it.",
+                {"type": "object"},
+                claims_refusal,
+                annotations=RO,
+            ),
             Tool(
                 "routed",
                 "Return the region, which 2026-07-28 clients also send as the Mcp-Param-Region header.",
