@@ -113,11 +113,16 @@ def jail_argv(
     args += ["--die-with-parent", "--new-session", "--as-pid-1"]
     args += system_args
     args += ["--ro-bind", jail_etc, "/etc"]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    # /tmp is the sandbox's own tmpfs, not the host's.
-    args += ["--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp", "--dir", "/var"]  # noqa: S108
+    # /tmp and /dev/shm are the sandbox's own tmpfs mounts of tmp_mb each, not the host's.
+    tmp_bytes = str(limits.tmp_mb * 1024 * 1024)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", tmp_bytes, "--tmpfs", "/dev/shm"]  # noqa: S108
+    args += ["--size", tmp_bytes, "--tmpfs", "/tmp", "--dir", "/var"]  # noqa: S108
     args += ["--symlink", "../tmp", "/var/tmp"]  # noqa: S108
-    args += ["--bind", workspace, JAIL_MOUNT, "--chdir", cwd, "--clearenv"]
+    args += ["--bind", workspace, JAIL_MOUNT]
+    # bwrap builds / and /dev as tmpfs mounts the sandbox's user owns, bounded only by half the
+    # host's memory: read-only once built, so the workspace and the two above are all it writes.
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    args += ["--chdir", cwd, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
     if seccomp_fd is not None:

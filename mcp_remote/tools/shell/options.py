@@ -60,7 +60,7 @@ class Limits(BaseModel):
     )
     open_files: int = Field(default=1024, ge=16, description="open files per process (RLIMIT_NOFILE)")
     cpus: float = Field(default=1.0, gt=0, le=1024, description="CPU bandwidth of the principal (cgroup)")
-    tmp_mb: int = Field(default=256, ge=1, description="size of the private /tmp (tmpfs)")
+    tmp_mb: int = Field(default=256, ge=1, description="size of the private /tmp and of /dev/shm (tmpfs)")
 
 
 class SshLimits(BaseModel):

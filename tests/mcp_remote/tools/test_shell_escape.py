@@ -162,6 +162,24 @@ async def test_files_are_limited_in_size(agent_a: ShellClient) -> None:
     assert int(s["stdout"]) <= LIMITS["file_size_mb"] * 1024 * 1024
 
 
+async def test_only_the_workspace_and_two_bounded_tmpfs_mounts_are_writable(agent_a: ShellClient) -> None:
+    """/ and /dev are tmpfs mounts bwrap builds, as large as half the host's memory: a command
+    that could write there would not be bounded by tmp_mb."""
+    outcome = await agent_a.exec(
+        "for d in / /dev /var /usr; do if touch $d/probe 2>/dev/null; then echo $d writable; "
+        "else echo $d read-only; fi; done; for d in /tmp /dev/shm /var/tmp; do "
+        "head -c 40M /dev/zero > $d/fill 2>/dev/null; echo $d $(wc -c < $d/fill); rm -f $d/fill; done"
+    )
+    lines = outcome.structured["stdout"].splitlines()
+    assert lines[:4] == ["/ read-only", "/dev read-only", "/var read-only", "/usr read-only"], lines
+    tmp_bytes = LIMITS["tmp_mb"] * 1024 * 1024
+    filled = {line.split()[0]: int(line.split()[1]) for line in lines[4:]}
+    assert set(filled) == {"/tmp", "/dev/shm", "/var/tmp"}, lines
+    assert all(tmp_bytes - 1024 * 1024 < size <= tmp_bytes for size in filled.values()), filled
+    again = await agent_a.exec("echo kept > /workspace/kept && cat kept && rm kept && echo x > /dev/null")
+    assert again.structured["stdout"] == "kept\n", again.structured
+
+
 async def test_system_calls_a_command_has_no_use_for_are_refused(agent_a: ShellClient) -> None:
     # Both succeed in a jail without the filter (test_shell_options turns it off).
     assert syscall_probe(await agent_a.exec(SYSCALL_PROBE)) == {
