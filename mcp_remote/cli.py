@@ -485,6 +485,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return func(args, os.environ if environ is None else environ)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`mcphub audit query | head`): what it wanted was written. Python
+        # would report the pipe again when it flushes stdout at exit, so point stdout away.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command that a pipe stopped
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -155,6 +156,20 @@ def test_verify_names_the_first_bad_record(
     out = cli("audit", "verify", "--state-dir", str(state))
     assert out.returncode == 1, out.stdout
     assert f"audit log BROKEN at record {bad}" in out.stderr and words in out.stderr
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(stopped_log: Path) -> None:
+    """`mcphub audit query | head -2`: exit 141 (as SIGPIPE), no traceback."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the records it prints
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    command = hub_command("audit", "query", "--state-dir", str(stopped_log), "--json", "--limit", "1000")
+    with subprocess.Popen(command, stdout=write_end, stderr=subprocess.PIPE, cwd=REPO, env=env) as proc:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            assert reader.readline().startswith(b'{"seq"')
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and b"Traceback" not in stderr, stderr
 
 
 def test_a_forged_checkpoint_is_detected(stopped_log: Path, tmp_path: Path) -> None:
