@@ -54,23 +54,50 @@ def _iso(ms: int) -> str:
 def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from mcp_local.errors import ConfigError
 
-    from .policy import load_policy_file, resolve_policy
+    from .policy import load_policy_file, resolve_policy, unapprovable
 
     try:
-        policy = resolve_policy(load_policy_file(args.file))
+        config = load_policy_file(args.file)
+        policy = resolve_policy(config)
+        principals = _principals_in(args.file)
     except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
         return _fail(str(exc), EXIT_USAGE)
+    # In a hub config, the principals say who can approve what the rules ask.
+    approvers = [(p.name, frozenset(p.groups)) for p in principals if "approver" in p.roles]
+    warnings = unapprovable(config, approvers) if principals else []
     if args.json:
-        print(json.dumps({"ok": True, "rules": policy.rule_names}))
+        print(json.dumps({"ok": True, "rules": policy.rule_names, "warnings": warnings}))
     else:
         print(f"{args.file}: valid policy with {len(policy.rule_names)} rules")
         for name in policy.rule_names:
             print(f"  - {name}")
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
-def _tool_annotations(config: Any, tool: str) -> tuple[Any, str] | None:
-    """The annotations and source of `tool` among the configured packs (loaded, not started)."""
+def _principals_in(path: Path) -> list[Any]:
+    """The principals of a hub config file (none for a policy document)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mcp_local.errors import ConfigError
+
+    from .config import PrincipalConfig, format_validation_error
+
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("principals"), list):
+        return []
+    try:
+        return [PrincipalConfig.model_validate(p) for p in data["principals"]]
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{path}: principals")) from None
+
+
+def _find_tool(config: Any, tool: str) -> tuple[Any, str] | None:
+    """`tool` and its source among the configured packs (loaded, not started)."""
     from mcp_local.errors import ConfigError
     from mcp_local.packs import PackEnv, load_pack
 
@@ -82,7 +109,32 @@ def _tool_annotations(config: Any, tool: str) -> tuple[Any, str] | None:
             continue
         for t in pack.tools():
             if t.name == tool:
-                return t.annotations, f"pack:{pack.name}"
+                return t, f"pack:{pack.name}"
+    return None
+
+
+def _unauthorized(config: Any, principal: str, tool: Any, name: str) -> tuple[str, str] | None:
+    """The gRPC status and the reason with which the hub refuses `principal` the tool before
+    any policy rule is asked, or None. Without principals in the config, nobody is refused."""
+    from mcp_local.principals import Principal
+
+    if not config.principals:
+        return None
+    entry = next((p for p in config.principals if p.name == principal), None)
+    if entry is None:
+        names = ", ".join(p.name for p in config.principals)
+        return "UNAUTHENTICATED", f"no principal {principal!r} in the config (its principals: {names})"
+    who = Principal(entry.name, tuple(entry.tools), frozenset(entry.roles), frozenset(entry.groups))
+    if not who.may_call(name):
+        return (
+            "PERMISSION_DENIED",
+            f"principal {principal!r} may not call {name!r} (its tools: {', '.join(who.tools)})",
+        )
+    if tool is not None and not who.may_use(tool):
+        return (
+            "PERMISSION_DENIED",
+            f"tool {name!r} is for principals with the role {' or '.join(sorted(tool.roles))}",
+        )
     return None
 
 
@@ -103,8 +155,21 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         policy = resolve_policy(load_policy_file(args.policy) if args.policy else config.policy)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    found = _tool_annotations(config, args.tool)
-    annotations, source = found if found else (ToolAnnotations(), "unknown")
+    found = _find_tool(config, args.tool)
+    tool, source = found if found else (None, "unknown")
+    annotations = tool.annotations if tool is not None else ToolAnnotations()
+    refused = _unauthorized(config, args.principal, tool, args.tool)
+    if refused is not None:
+        status, why = refused
+        if args.json:
+            out = {"tool": args.tool, "principal": args.principal, "tool_found": found is not None}
+            out |= {"decision": "deny", "authorized": False, "status": status, "rules": [], "reason": why}
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"DENY: {args.tool} for {args.principal}")
+            print(f"  rule:   none: refused before the policy is asked ({status})")
+            print(f"  reason: {why}")
+        return EXIT_OK
     trusted = not source.startswith("sandbox:") and not args.tool.count("__")
     decision = policy.evaluate(args.principal, args.tool, arguments, annotations, trusted=trusted)
     out = {
@@ -112,6 +177,7 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         "principal": args.principal,
         "tool_found": found is not None,
         "decision": decision.verdict,
+        "authorized": True,
         "rules": list(decision.rules),
         "reason": decision.reason,
         "approver_groups": list(decision.approvers),
@@ -135,7 +201,9 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
-def _approver_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+def operator_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """--token, else $MCPHUB_TOKEN, else the hub host operator's (its state directory's
+    operator.token): operators' commands work on the hub's host without a token to copy."""
     if args.token:
         return str(args.token)
     if environ.get("MCPHUB_TOKEN"):
@@ -177,7 +245,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     from .cli import hub_target
 
     target = hub_target(args, environ)
-    token = _approver_token(args, environ)
+    token = operator_token(args, environ)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]

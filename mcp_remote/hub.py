@@ -33,7 +33,7 @@ from .auth import TokenAuthenticator
 from .config import Address, HubConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
-from .policy import resolve_policy
+from .policy import resolve_policy, unapprovable
 from .statedir import remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
@@ -111,6 +111,10 @@ class Hub:
         )
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
+        if config.policy is not None:
+            approvers = [(p.name, frozenset(p.groups)) for p in config.principals if "approver" in p.roles]
+            for problem in unapprovable(config.policy, approvers):
+                logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit)
         self.pipeline = Pipeline(self.stages())
         self._service = ToolService(self.registry, self.pipeline, self.authenticator)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_local.errors import ConfigError
 from mcp_local.tools import ToolAnnotations
@@ -35,6 +35,7 @@ __all__ = [
     "Verdict",
     "default_policy_config",
     "load_policy_file",
+    "unapprovable",
 ]
 
 Verdict = Literal["allow", "ask", "deny"]
@@ -67,7 +68,8 @@ class RuleConfig(BaseModel):
     args: dict[str, str | list[str]] | None = None
     """Argument name -> glob(s) its value (as text) must match."""
     argv: list[list[str]] | None = None
-    """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]]."""
+    """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]].
+    Words after the program are globs (`+*` is any word that starts with `+`)."""
     approvers: list[str] = Field(default_factory=list)
     """Approver groups that may decide an `ask` (default: any approver)."""
     timeout_s: float | None = Field(default=None, gt=0)
@@ -94,6 +96,33 @@ class PolicyConfig(BaseModel):
     )
     """Tool name -> the argument holding its shell command line."""
     rules: list[RuleConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> PolicyConfig:
+        first: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.name in first:
+                raise ValueError(
+                    f"rules.{index}.name: {rule.name!r} is also the name of rules.{first[rule.name]}; "
+                    "decisions and the audit log name rules, so each needs its own"
+                )
+            first[rule.name] = index
+        return self
+
+
+def unapprovable(policy: PolicyConfig, approvers: Iterable[tuple[str, frozenset[str]]]) -> list[str]:
+    """The rules whose `ask` no principal could approve: they require approver groups that no
+    principal with the approver role is in (`approvers`: name and groups of each such
+    principal), so every call they match waits out its timeout and is denied."""
+    members = set().union(*(groups for _, groups in approvers))
+    problems = []
+    for rule in policy.rules:
+        if rule.decision == "ask" and rule.approvers and not members & set(rule.approvers):
+            problems.append(
+                f"rule {rule.name!r} asks an approver in {', '.join(rule.approvers)}, and no principal "
+                "with the role `approver` is in that group: its calls can only time out"
+            )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +177,7 @@ class _ArgvPattern:
         # The words must appear in order but not necessarily adjacent: `git -C dir push` still
         # reads as `git push` although `dir` (the value of -C) looks like a word too.
         remaining = iter(positional)
-        if not all(word in remaining for word in self.words):
+        if not all(any(fnmatch.fnmatchcase(found, word) for found in remaining) for word in self.words):
             return False
         return all(alternatives & options for alternatives in self.options)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.hub import REPO, RunningHub, hub_command, serve_refused, start_hub
 
@@ -219,6 +220,55 @@ def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_pa
     out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(a_file))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"state directory {a_file}: File exists" in out.stderr
+
+
+POLICY_HUB = """
+principals:
+  - {name: limited, token: limited-token-0123456789, tools: ["echo"]}
+  - {name: alice, token: alice-token-0123456789ab, roles: [approver]}
+policy:
+  extends: default
+  rules:
+    - {name: prod, tools: [echo], args: {text: "prod*"}, decision: ask, approvers: [oncall]}
+"""
+
+
+def test_policy_explain_asks_the_principals_tools_before_the_policy(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text(POLICY_HUB)
+    common = ["--config", str(config), "--state-dir", str(tmp_path / "s")]
+    refused = run("policy", "explain", "sleep", "--principal", "limited", *common, "--json")
+    assert refused.returncode == 0, refused.stderr
+    out = json.loads(refused.stdout)
+    assert (out["decision"], out["authorized"], out["status"]) == ("deny", False, "PERMISSION_DENIED")
+    assert out["reason"] == "principal 'limited' may not call 'sleep' (its tools: echo)"
+    allowed = run("policy", "explain", "echo", "--principal", "limited", "--args", '{"text": "x"}', *common)
+    assert allowed.stdout.startswith("ALLOW: echo for limited"), allowed.stdout
+    stranger = run("policy", "explain", "echo", "--principal", "nobody", *common)
+    assert "no principal 'nobody' in the config (its principals: limited, alice)" in stranger.stdout
+    assert "(UNAUTHENTICATED)" in stranger.stdout
+
+
+def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("rules:\n  - {name: a, decision: allow}\n  - {name: a, decision: deny}\n")
+    out = run("policy", "check", str(twice))
+    assert out.returncode == 2 and "rules.1.name: 'a' is also the name of rules.0" in out.stderr, out.stderr
+    out = run("policy", "check", str(twice), "--json")
+    assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(POLICY_HUB)
+    out = run("policy", "check", str(hub), "--json")
+    assert out.returncode == 0, out.stderr
+    (warning,) = json.loads(out.stdout)["warnings"]
+    assert warning.startswith("rule 'prod' asks an approver in oncall, and no principal with the role")
+    oncall = POLICY_HUB.replace("roles: [approver]}", "roles: [approver], groups: [oncall]}")
+    hub.write_text(oncall)
+    assert json.loads(run("policy", "check", str(hub), "--json").stdout)["warnings"] == []
+    started = start_hub(tmp_path / "hub", config=yaml.safe_load(POLICY_HUB), http=False)
+    assert started.stop() == 0
+    log = (tmp_path / "hub" / "hub.log").read_text()
+    assert "WARNING mcp_remote.hub: policy: rule 'prod' asks an approver in oncall" in log, log
 
 
 def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
