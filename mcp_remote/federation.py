@@ -542,10 +542,12 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
     ) -> spb.ListSandboxesResponse:
         try:
             principal = self._principal(context)
+            if not principal.has_role(ROLE_OPERATOR):
+                raise PermissionDenied(
+                    f"principal {principal.name!r} may not list sandboxes: it needs the role `operator`"
+                )
         except HubError as exc:
             await context.abort(exc.status, exc.message)
-        if not principal.has_role(ROLE_OPERATOR):
-            return spb.ListSandboxesResponse()
         conns = sorted(self._f.connections.values(), key=lambda c: c.sandbox)
         return spb.ListSandboxesResponse(sandboxes=[c.info() for c in conns])
 

@@ -17,9 +17,10 @@ __all__ = ["add_sandbox_commands"]
 
 
 def _cmd_list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import _run, _token, hub_target
+    from .cli import _run, hub_target
+    from .cli_admin import operator_token
 
-    return _run(_list(hub_target(args, environ), _token(args, environ), as_json=args.json))
+    return _run(_list(hub_target(args, environ), operator_token(args, environ), as_json=args.json))
 
 
 async def _list(target: str, token: str | None, *, as_json: bool) -> int:
@@ -53,9 +54,10 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
 
 
 def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .cli import _run, _token, hub_target
+    from .cli import _run, hub_target
+    from .cli_admin import operator_token
 
-    return _run(_accept(hub_target(args, environ), _token(args, environ), args.sandbox, args.tools))
+    return _run(_accept(hub_target(args, environ), operator_token(args, environ), args.sandbox, args.tools))
 
 
 async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:

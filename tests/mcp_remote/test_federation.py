@@ -5,6 +5,7 @@ the sidecar goes and come back when it reconnects; a changed definition is block
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -259,16 +260,21 @@ async def test_sandboxes_list_for_operators_only(hub: RunningHub, registered: An
     names = {s["name"]: s for s in orjson.loads(listed.stdout)}
     assert {"sbx-42", "sbx-43"} <= set(names) and names["sbx-42"]["principal"] == "sbx-42"
     hidden = _cli(hub, "sandboxes", "list", "--json", token=TOKENS["agent-42"])
-    assert orjson.loads(hidden.stdout) == []
+    assert hidden.returncode == 3 and hidden.stdout == "", hidden.stdout
+    assert "permission_denied: principal 'agent-42' may not list sandboxes" in hidden.stderr
+    # On the hub's host, the operator's token is found in the state directory.
+    host = _cli(hub, "sandboxes", "list", "--json", "--state-dir", str(hub.state_dir), token=None)
+    assert host.returncode == 0 and {"sbx-42", "sbx-43"} <= {s["name"] for s in orjson.loads(host.stdout)}
 
 
-def _cli(hub: RunningHub, *args: str, token: str) -> subprocess.CompletedProcess[str]:
+def _cli(hub: RunningHub, *args: str, token: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*hub_command(*args), "--hub", hub.grpc, "--token", token],
+        [*hub_command(*args), "--hub", hub.grpc, *(["--token", token] if token else [])],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")},
     )
 
 
