@@ -22,7 +22,10 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
   SDK answers 413) and parses it as the SDK does; a session the SDK opens is counted anyway.
 
 2026-07-28 requests keep no session: they go straight on, and the hub authenticates (and audits)
-each call, so a refused call is on record there.
+each call, so a refused call is on record there. One without a principal still gets HTTP 401
+and the challenge, as MCP's authorization asks (it is what makes a client send credentials): a
+`tools/call` goes on to the hub, which audits and refuses it, and its answer's status becomes 401;
+anything else is refused here, since the hub would not record it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from mcp_local.principals import Principal, bearer_token
 from .asgibody import read_body, replay
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
-__all__ = ["SessionDoor"]
+__all__ = ["UNAUTHENTICATED", "SessionDoor", "challenge_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,22 @@ def _refusal(
     return start, {"type": "http.response.body", "body": body}
 
 
-def _challenge(presented: bool, message: str) -> bytes:
+def _method(scope: Scope) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key == b"mcp-method"), None)
+
+
+def _as_unauthorized(send: Send, challenge: tuple[bytes, bytes]) -> Send:
+    """`send`, with the answer's status 401 and the challenge among its headers."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "status": 401, "headers": [*message.get("headers", ()), challenge]}
+        await send(message)
+
+    return sending
+
+
+def challenge_header(presented: bool, message: str) -> bytes:
     """RFC 6750 3: no error code when no credentials came; `invalid_token` when bad ones did."""
     if not presented:
         return b'Bearer realm="mcphub"'
@@ -166,19 +184,22 @@ class SessionDoor:
                 version = value
             elif key == _SESSION_HEADER and session_id is None:
                 session_id = value
-        if version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
-            await self.app(scope, receive, send)  # stateless: the hub authenticates each call
-            return
+        stateless = version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
         try:
             token = bearer_token(authorization.decode("latin-1")) if authorization else self._default_token
             principal = self._authenticate(token)
         except Unauthenticated as exc:
             presented = authorization is not None or self._default_token is not None
-            start, body = _refusal(
-                401, UNAUTHENTICATED, str(exc), ((b"www-authenticate", _challenge(presented, str(exc))),)
-            )
+            challenge = (b"www-authenticate", challenge_header(presented, str(exc)))
+            if stateless and _method(scope) == b"tools/call":
+                await self.app(scope, receive, _as_unauthorized(send, challenge))  # the hub audits it
+                return
+            start, body = _refusal(401, UNAUTHENTICATED, str(exc), (challenge,))
             await send(start)
             await send(body)
+            return
+        if stateless:
+            await self.app(scope, receive, send)  # the hub authenticates each call again
             return
         scope = {**scope, "user": self._user(principal)}
         if session_id is not None:

@@ -55,6 +55,7 @@ from mcp_local.pipeline import LONG_DIGITS, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .asgibody import read_body, replay
+from .door import UNAUTHENTICATED, challenge_header
 from .errors import mcp_error_from_grpc
 from .hubclient import ToolHubClient
 from .options import KEEPALIVE_S
@@ -97,6 +98,7 @@ class ExpressLane:
         default_token: str | None,
         tool_input_schema: Callable[[str, str | None], Mapping[str, Any] | None] | None,
         keepalive_s: float = KEEPALIVE_S,
+        challenge: bool = False,
     ) -> None:
         self.sdk_app = sdk_app
         self._server = server
@@ -108,6 +110,9 @@ class ExpressLane:
         """`(name, caller's token) -> input schema or None` from the hub's registry, or None: then calls whose
         `Mcp-Param-*` headers need checking go to the SDK, which lists the tools to check them."""
         self._keepalive_s = keepalive_s
+        self._challenge = challenge
+        """Answer UNAUTHENTICATED with 401 and a challenge, as `SessionDoor` makes the SDK's
+        path do (the bridge has one when it can authenticate callers itself)."""
         self.served = 0
         """Calls this lane answered (the tests read it to know which path ran)."""
 
@@ -202,7 +207,7 @@ class ExpressLane:
         watcher = _Watcher(task, receive, send, self._keepalive_s)
         watch = asyncio.create_task(watcher.run(), name="mcphub-express-watch")
         try:
-            status, payload = await self._run(call)
+            status, payload, extra = await self._run(call)
         except asyncio.CancelledError:
             watch.cancel()
             if watcher.disconnected and task.uncancel() == 0:
@@ -220,12 +225,13 @@ class ExpressLane:
             event = b"event: message\r\ndata: " + payload + b"\r\n\r\n"
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload)), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    async def _run(self, call: _Call) -> tuple[int, bytes]:
-        """The JSON-RPC reply to the call, as the SDK's runner would shape it, and its HTTP status."""
+    async def _run(self, call: _Call) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+        """The JSON-RPC reply to the call, as the SDK's runner would shape it, its HTTP status,
+        and headers beyond the content's."""
         try:
             try:
                 answer = await self._hub.call_tool(call.token, call.request)
@@ -243,14 +249,17 @@ class ExpressLane:
             error = modern_error_data(exc)
             wire = error.model_dump(mode="json", exclude_none=True)
             body = {"jsonrpc": "2.0", "id": call.request_id, "error": wire}
-            return ERROR_CODE_HTTP_STATUS.get(error.code, 200), orjson.dumps(body)
+            if error.code == UNAUTHENTICATED and self._challenge:
+                challenge = challenge_header(call.token is not None, error.message)
+                return 401, orjson.dumps(body), ((b"www-authenticate", challenge),)
+            return ERROR_CODE_HTTP_STATUS.get(error.code, 200), orjson.dumps(body), ()
         meta = result.get("_meta")
         stamp = self._server.server_info_stamp
         if meta is None:
             result["_meta"] = {SERVER_INFO_META_KEY: stamp}
         elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
             result["_meta"] = {**meta, SERVER_INFO_META_KEY: stamp}
-        return 200, orjson.dumps({"jsonrpc": "2.0", "id": call.request_id, "result": result})
+        return 200, orjson.dumps({"jsonrpc": "2.0", "id": call.request_id, "result": result}), ()
 
 
 @dataclass(frozen=True, slots=True)

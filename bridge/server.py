@@ -331,6 +331,7 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
             default_token=options.default_token,
             tool_input_schema=options.tool_input_schema,
             keepalive_s=options.keepalive_s,
+            challenge=options.authenticate is not None,
         )
     return app
 

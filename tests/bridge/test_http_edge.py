@@ -305,6 +305,56 @@ def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, op
         assert crash not in log
 
 
+@pytest.mark.parametrize(
+    ("token", "progress", "presented"),
+    [(None, False, False), ("not-a-known-token-0123", False, True), ("not-a-known-token-0123", True, True)],
+)
+def test_a_stateless_call_without_a_principal_is_401_and_audited(
+    secured_hub: RunningHub, token: str | None, progress: bool, presented: bool
+) -> None:
+    """MCP's authorization asks for 401 and a challenge (it is what makes a client send its
+    credentials); the hub still records the refused call. With a progress token the call takes
+    the SDK's path, without one the express lane: both answer alike."""
+    body = call_body("whoami", {}, rpc_id=7)
+    if progress:
+        body["params"]["_meta"] = {**META, "progressToken": "p1"}
+    headers = modern_headers("tools/call", "whoami") | ({"authorization": f"Bearer {token}"} if token else {})
+    refused_before = refused_calls(secured_hub)
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as client:
+        response = client.post("/mcp", json=body, headers=headers)
+        listing = client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 8, "method": "tools/list", "params": {"_meta": META}},
+            headers=modern_headers("tools/list"),
+        )
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="mcphub"')
+    assert ('error="invalid_token"' in challenge) is presented
+    message = (
+        response.json()
+        if "json" in response.headers["content-type"]
+        else orjson.loads(response.text.split("data: ", 1)[1])
+    )
+    assert message["id"] == 7 and message["error"]["code"] == -32030, message
+    assert listing.status_code == 401 and listing.headers["www-authenticate"] == 'Bearer realm="mcphub"'
+    assert refused_calls(secured_hub) == refused_before + 1, "the refused call is on the audit record"
+
+
+def refused_calls(hub: RunningHub) -> int:
+    """Calls of whoami the hub refused as unauthenticated, by its audit log."""
+    import subprocess
+
+    from tests.support.hub import hub_command
+
+    query = ("audit", "query", "--json", "--tool", "whoami", "--principal", "-", "--limit", "100000")
+    out = subprocess.run(
+        hub_command(*query, "--state-dir", str(hub.state_dir)), capture_output=True, text=True, timeout=60
+    )
+    records = [orjson.loads(line) for line in out.stdout.splitlines()]
+    return sum(r["kind"] == "finished" and r["body"]["status"] == "unauthenticated" for r in records)
+
+
 @pytest.mark.parametrize("scheme", ["", "Basic ", "Token "])
 def test_an_authorization_that_is_not_bearer_is_refused(secured_hub: RunningHub, scheme: str) -> None:
     """`Authorization: <token>` without the scheme used to be accepted: the bridge passed it on
