@@ -1,23 +1,40 @@
-"""The bridge over stdio, for clients that can only start a command."""
+"""The bridge over stdio, for clients that can only start a command.
+
+The SDK's server (`Server.run`) serves the session; the transport is ours. The SDK's stdio
+transport reads stdin a whole line at a time in a worker thread, so a line had no size limit
+(a 60 MB line was held, parsed, and only then refused by gRPC), and its read could not be
+given up: when the session ended with stdin still open, the reader waited for the next line
+for ever and the process with it. Here stdin is read in chunks when it is readable, without a
+thread, and cut into lines of at most the HTTP bridge's body limit (`lines.py`); reading stops
+when the session ends. As in the SDK, fds 0 and 1 point at the null device and stderr while
+serving, so that nothing else in the process (a pack, a child process) reads or writes the wire.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.server.stdio import stdio_server
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from .hubclient import HubClient, ToolHubClient
+from .lines import LineFramer, TooLong, leading_id
 from .server import BridgeOptions, build_mcp_server
 
 __all__ = ["serve_stdio"]
 
 logger = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
 
 
 def _error_for(exc: Exception) -> types.JSONRPCError | None:
@@ -25,7 +42,7 @@ def _error_for(exc: Exception) -> types.JSONRPCError | None:
     errors = exc.errors() if isinstance(exc, ValidationError) else []
     first = errors[0] if errors else None
     if first is not None and first["type"] == "json_invalid":
-        if isinstance(first.get("input"), str) and not first["input"].strip():
+        if isinstance(first.get("input"), str | bytes) and not first["input"].strip():
             return None
         code, message = types.PARSE_ERROR, f"Parse error: the line is not JSON ({first['msg']})"
     else:
@@ -35,34 +52,133 @@ def _error_for(exc: Exception) -> types.JSONRPCError | None:
     return types.JSONRPCError(jsonrpc="2.0", id=None, error=types.ErrorData(code=code, message=message))
 
 
-async def _answer_bad_lines(source: Any, sink: Any, replies: Any) -> None:
-    """Pass messages from `source` to `sink`; answer each line the SDK could not read (which it
-    would drop without a word) with a parse or invalid-request error on `replies`."""
-    async with sink:
-        async for item in source:
-            if not isinstance(item, Exception):
-                await sink.send(item)
-                continue
-            error = _error_for(item)
-            if error is None:
-                continue
-            logger.warning("answered a line on stdin that is not a JSON-RPC message: %s", error.error.message)
+def _too_long(line: TooLong, limit: int) -> types.JSONRPCError:
+    message = (
+        f"Invalid Request: the line is longer than the bridge's limit of {limit} bytes "
+        "(the HTTP bridge's body limit); it was skipped unread"
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=leading_id(line.head),
+        error=types.ErrorData(code=types.INVALID_REQUEST, message=message),
+    )
+
+
+def _message_or_error(line: bytes) -> SessionMessage | types.JSONRPCError | None:
+    """The message on `line`, or the error that answers it (None: a blank line, no answer)."""
+    try:
+        message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError as exc:
+        return _error_for(exc)
+    return SessionMessage(message)
+
+
+async def _chunks(fd: int) -> AsyncIterator[bytes]:
+    """What `fd` delivers, as it comes, until its end. A pipe, socket or terminal is waited on
+    (no thread, so giving up is always possible); a regular file never blocks."""
+    waits = not stat.S_ISREG(os.fstat(fd).st_mode)
+    while True:
+        if waits:
+            await anyio.wait_readable(fd)
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:  # readable, then taken by someone else sharing the pipe
+            continue
+        if not data:
+            return
+        yield data
+
+
+async def _read_lines(fd: int, limit: int | None, messages: Any, replies: Any) -> None:
+    """Pass the messages on `fd` to `messages`; answer each line that is not one (the SDK
+    would drop it without a word) on `replies`."""
+    framer = LineFramer(limit)
+    async with messages, replies:
+        try:
+            async for data in _chunks(fd):
+                for line in framer.feed(data):
+                    await _take(line, limit, messages, replies)
+            last = framer.end()
+            if last is not None:
+                await _take(last, limit, messages, replies)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return  # the session ended
+
+
+async def _take(line: bytes | TooLong, limit: int | None, messages: Any, replies: Any) -> None:
+    if isinstance(line, TooLong):
+        assert limit is not None
+        answer: SessionMessage | types.JSONRPCError | None = _too_long(line, limit)
+    else:
+        answer = _message_or_error(line)
+    if isinstance(answer, SessionMessage):
+        await messages.send(answer)
+    elif answer is not None:
+        logger.warning("answered a line on stdin that is not a JSON-RPC message: %s", answer.error.message)
+        await replies.send(SessionMessage(answer))
+
+
+async def _write_lines(fd: int, messages: Any) -> None:
+    """Write each message to `fd` as one line (as the SDK's stdio transport does)."""
+    async with messages:
+        async for message in messages:
+            line = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
             try:
-                await replies.send(SessionMessage(error))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await anyio.to_thread.run_sync(_write_all, fd, line)
+            except BrokenPipeError:
+                logger.info("stdout was closed: the client has gone")
                 return
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@contextlib.contextmanager
+def _wire(fd: int, open_stand_in: Callable[[], int]) -> Iterator[int]:
+    """A private duplicate of standard descriptor `fd` for the wire, with `fd` itself pointed
+    at a stand-in meanwhile."""
+    private = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    stand_in = open_stand_in()
+    try:
+        os.dup2(stand_in, fd)
+    finally:
+        os.close(stand_in)
+    try:
+        yield private
+    finally:
+        os.dup2(private, fd)
+        os.close(private)
+
+
+def _null_input() -> int:
+    return os.open(os.devnull, os.O_RDONLY)
+
+
+def _stderr() -> int:
+    return os.dup(2)
+
+
 async def serve_stdio(hub: str | ToolHubClient, options: BridgeOptions) -> None:
-    """MCP on stdin/stdout for the hub at `hub` (a gRPC address, or a client to use)."""
+    """MCP on stdin/stdout for the hub at `hub` (a gRPC address, or a client to use), until
+    stdin ends or the session does."""
     if isinstance(hub, str):
         hub = HubClient(hub)
     server = build_mcp_server(hub, options)
     try:
-        async with stdio_server() as (read_stream, write_stream), anyio.create_task_group() as tg:
-            sink, checked = create_context_streams[SessionMessage | Exception](0)
-            tg.start_soon(_answer_bad_lines, read_stream, sink, write_stream)
-            await server.run(checked, write_stream, server.create_initialization_options())
-            tg.cancel_scope.cancel()
+        with _wire(0, _null_input) as wire_in, _wire(1, _stderr) as wire_out:
+            to_server, from_client = create_context_streams[SessionMessage | Exception](0)
+            to_client, from_server = create_context_streams[SessionMessage](0)
+            async with anyio.create_task_group() as writing:
+                writing.start_soon(_write_lines, wire_out, from_server)
+                async with anyio.create_task_group() as reading:
+                    reading.start_soon(
+                        _read_lines, wire_in, options.max_body_bytes, to_server, to_client.clone()
+                    )
+                    await server.run(from_client, to_client, server.create_initialization_options())
+                    # Ended before stdin did: reading on would wait for a line nobody serves.
+                    reading.cancel_scope.cancel()
     finally:
         await hub.close()

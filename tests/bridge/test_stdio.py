@@ -1,15 +1,21 @@
-"""The stdio bridge answers a line that is not a JSON-RPC message, as the HTTP bridge does; the
-SDK's stdio transport dropped such lines without a word, so a client waited for ever."""
+"""The stdio bridge as a client's child process: every line it is sent gets its answer (the SDK's
+stdio transport dropped lines that are not messages without a word, so a client waited for ever),
+no line is held whole past the bridge's body limit, and the bridge ends when stdin does."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import subprocess
 import sys
-from typing import IO
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
+from bridge.options import MAX_BODY_BYTES
 from tests.support.hub import REPO, RunningHub
 
 INITIALIZE = {
@@ -29,6 +35,32 @@ def _line(pipe: IO[bytes], timeout: float = 20) -> bytes:
     ready, _, _ = select.select([pipe], [], [], timeout)
     assert ready, "no answer: the bridge dropped a line"
     return pipe.readline()
+
+
+@contextlib.contextmanager
+def _bridge(hub: RunningHub) -> Iterator[subprocess.Popen[bytes]]:
+    """`mcphub bridge --stdio` for `hub`, initialized (its answer read); killed if still running."""
+    command = [sys.executable, "-m", "mcp_remote.cli", "bridge", "--stdio", "--hub", hub.grpc]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(command, cwd=REPO, bufsize=0, **pipes) as bridge:  # type: ignore[call-overload]
+        try:
+            _send(bridge, INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            assert orjson.loads(_line(bridge.stdout))["id"] == 1
+            yield bridge
+        finally:
+            if bridge.poll() is None:
+                bridge.kill()
+
+
+def _send(bridge: subprocess.Popen[bytes], *messages: dict[str, Any]) -> None:
+    bridge.stdin.write(b"".join(orjson.dumps(m) + b"\n" for m in messages))  # type: ignore[union-attr]
+
+
+def _peak_memory(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(kib) * 1024
 
 
 def test_lines_that_are_not_messages_get_an_error_and_the_session_goes_on(open_hub: RunningHub) -> None:
@@ -63,3 +95,51 @@ def test_lines_that_are_not_messages_get_an_error_and_the_session_goes_on(open_h
     assert answers[3]["error"]["code"] == -32600 and "should be an object" in answers[3]["error"]["message"]
     assert answers[4]["id"] == 2 and any(t["name"] == "echo" for t in answers[4]["result"]["tools"])
     assert stderr.count("not a JSON-RPC message") == 3, stderr
+
+
+def test_the_bridge_ends_with_stdin_after_a_cancelled_call(open_hub: RunningHub) -> None:
+    """A cancelled plain `tools/call` (a unary gRPC call) once ended the SDK's session while the
+    SDK's stdin reader waited to hand on the next line to nobody: the bridge answered nothing
+    more and outlived its stdin."""
+    marker = f"stdio-exit-{time.monotonic_ns() % 10**9}"
+    with _bridge(open_hub) as bridge:
+        call = {"name": "wait_for_cancel", "arguments": {"marker": marker}}
+        _send(bridge, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        started = open_hub.state_dir / "markers" / f"{marker}.started"
+        deadline = time.monotonic() + 20
+        while not started.exists():
+            assert time.monotonic() < deadline, "the tool did not start"
+            time.sleep(0.02)
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
+        _send(bridge, cancel, {"jsonrpc": "2.0", "id": 3, "method": "ping"})
+        bridge.stdin.close()
+        assert bridge.wait(20) is not None
+
+
+def test_a_line_over_the_body_limit_is_refused_unread_and_the_session_goes_on(open_hub: RunningHub) -> None:
+    """The whole of a 40 MB line was read, parsed, turned into protobuf and sent on, to be refused
+    in gRPC's words; now the bridge keeps its first bytes only and says what the limit is."""
+    text = "x" * (40 * 1024 * 1024)
+    id_first = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {}},
+    }
+    id_first["params"]["arguments"]["text"] = text  # type: ignore[index]
+    id_last = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo"}, "id": 8}
+    id_last["params"]["arguments"] = {"text": text[:MAX_BODY_BYTES]}  # type: ignore[index]
+    with _bridge(open_hub) as bridge:
+        before = _peak_memory(bridge.pid)
+        _send(bridge, id_first, id_last, {"jsonrpc": "2.0", "id": 9, "method": "ping"})
+        answers = [orjson.loads(_line(bridge.stdout)) for _ in range(3)]
+        grown = _peak_memory(bridge.pid) - before
+        bridge.stdin.close()
+        assert bridge.wait(20) == 0
+    limit = f"longer than the bridge's limit of {MAX_BODY_BYTES} bytes"
+    assert answers[0]["id"] == 7 and answers[0]["error"]["code"] == -32600
+    assert limit in answers[0]["error"]["message"]
+    # Its id comes after a value that does not fit in what is kept: no id, not a guessed one.
+    assert answers[1]["id"] is None and limit in answers[1]["error"]["message"]
+    assert answers[2] == {"jsonrpc": "2.0", "id": 9, "result": {}}
+    assert grown < 2 * MAX_BODY_BYTES, f"the bridge grew by {grown} bytes"
