@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -22,9 +22,32 @@ __all__ = ["HubClient", "ToolHubClient"]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+_Response = TypeVar("_Response")
+
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, authorization_value(token)),) if token else ()
+
+
+async def _unary(call: grpc.aio.UnaryUnaryCall[Any, _Response]) -> _Response:
+    """The response of a unary call; cancelling the awaiting task cancels the call.
+
+    Awaiting a grpc.aio unary call directly does not let a cancellation through: the cancel
+    lands in grpc's own invocation task, which swallows it, and the awaiting task then gets
+    a new, bare `CancelledError`. anyio does not know that exception as its cancel scope's
+    (its message is gone), so it escapes the scope as if the task had been cancelled from
+    outside, and a task group holding the task cancels all its other tasks. In the MCP SDK's
+    dispatcher that is every request of the connection: one cancelled `tools/call` ended the
+    whole stdio session. Behind a shield the cancel stays in the awaiting task, as raised.
+    """
+    response = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(response)
+    except asyncio.CancelledError:
+        call.cancel()
+        # Its outcome is now nobody's; taking it keeps asyncio from logging it as lost.
+        response.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
 
 
 class ToolHubClient(Protocol):
@@ -64,10 +87,11 @@ class HubClient:
     async def list_tools(
         self, token: str | None, cursor: str = "", page_size: int = 0
     ) -> pb.ListToolsResponse:
-        response: pb.ListToolsResponse = await self._stub.ListTools(
-            pb.ListToolsRequest(cursor=cursor, page_size=page_size), metadata=_metadata(token)
+        return await _unary(
+            self._stub.ListTools(
+                pb.ListToolsRequest(cursor=cursor, page_size=page_size), metadata=_metadata(token)
+            )
         )
-        return response
 
     async def all_tools(self, token: str | None) -> list[pb.Tool]:
         tools: list[pb.Tool] = []
@@ -82,10 +106,7 @@ class HubClient:
     async def call_tool(
         self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
     ) -> pb.CallToolResult:
-        result: pb.CallToolResult = await self._stub.CallTool(
-            request, metadata=_metadata(token), timeout=timeout
-        )
-        return result
+        return await _unary(self._stub.CallTool(request, metadata=_metadata(token), timeout=timeout))
 
     def stream_call_tool(
         self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None

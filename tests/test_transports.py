@@ -115,6 +115,29 @@ async def test_cancelling_the_call_stops_the_tool(client: ToolClient, open_hub: 
     assert time.monotonic() - cancelled_at < 10
 
 
+async def test_a_cancelled_plain_call_stops_the_tool_and_the_client_goes_on(
+    client: ToolClient, open_hub: RunningHub
+) -> None:
+    """Without a progress token the bridge makes a unary gRPC call; cancelling it once ended
+    the whole stdio session (and a gRPC caller's cancel scope did not catch its own cancel)."""
+    marker = f"plain-cancel-{client.transport}-{time.monotonic_ns() % 10**9}"
+    markers = open_hub.state_dir / "markers"
+    with anyio.move_on_after(20) as waited:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await client.call("wait_for_cancel", {"marker": marker})
+
+            tg.start_soon(run)
+            assert await file_appears(markers / f"{marker}.started", 20)
+            tg.cancel_scope.cancel()
+    assert not waited.cancelled_caught
+    assert await file_appears(markers / marker, 10), "the tool was not cancelled on the hub"
+    with anyio.fail_after(20):
+        assert (await client.call("echo", {"text": "still here"})).text == "still here"
+        assert "echo" in {t["name"] for t in await client.list_tools()}
+
+
 async def test_bad_token_is_refused_precisely(transport: str, secured_hub: RunningHub) -> None:
     with pytest.raises(ProtocolFailure) as info:
         async with connect(transport, secured_hub.grpc, secured_hub.mcp_url, "not-a-known-token") as c:
