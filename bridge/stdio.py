@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+import pydantic_core
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -70,7 +71,20 @@ def _message_or_error(line: bytes) -> SessionMessage | types.JSONRPCError | None
         message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError as exc:
         return _error_for(exc)
+    if isinstance(message, types.JSONRPCNotification) and b'"id"' in line and _has_id(line):
+        # The SDK's parser takes a request whose id is no id (null, an object) for a
+        # notification and drops the id: the client would wait for ever for its answer.
+        error = types.ErrorData(
+            code=types.INVALID_REQUEST,
+            message='Invalid Request: "id" must be a string or an integer (a notification has no "id")',
+        )
+        return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
     return SessionMessage(message)
+
+
+def _has_id(line: bytes) -> bool:
+    parsed = pydantic_core.from_json(line)  # parsed by the SDK already: it is JSON
+    return isinstance(parsed, dict) and "id" in parsed
 
 
 async def _chunks(fd: int) -> AsyncIterator[bytes]:

@@ -143,3 +143,29 @@ def test_a_line_over_the_body_limit_is_refused_unread_and_the_session_goes_on(op
     assert answers[1]["id"] is None and limit in answers[1]["error"]["message"]
     assert answers[2] == {"jsonrpc": "2.0", "id": 9, "result": {}}
     assert grown < 2 * MAX_BODY_BYTES, f"the bridge grew by {grown} bytes"
+
+
+def test_a_request_whose_id_is_no_id_is_refused(open_hub: RunningHub) -> None:
+    """The SDK reads a request with `"id": null` or an object for an id as a notification and
+    drops the id, so it was never answered; the 2026-07-28 HTTP wire answers -32600."""
+    with _bridge(open_hub) as bridge:
+        _send(
+            bridge,
+            {"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"},
+            {"jsonrpc": "2.0", "id": None, "method": "tools/list"},
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {"progressToken": "id", "progress": 1},
+            },
+            {"jsonrpc": "2.0", "id": 9, "method": "ping"},
+        )
+        answers = [orjson.loads(_line(bridge.stdout)) for _ in range(3)]
+        bridge.stdin.close()
+        assert bridge.wait(20) == 0
+    for answer in answers[:2]:
+        assert answer["id"] is None and answer["error"]["code"] == -32600
+        assert answer["error"]["message"] == (
+            'Invalid Request: "id" must be a string or an integer (a notification has no "id")'
+        )
+    assert answers[2] == {"jsonrpc": "2.0", "id": 9, "result": {}}
