@@ -99,6 +99,8 @@ class HostOriginGuard:
             problem = None
             if repeated:  # the check and the app could read different copies (RFC 9112 3.2: 400)
                 problem = (400, "more than one Host or Origin header")
+            elif host is None:  # RFC 9112 3.2: 400; and without one nothing says which site is asked
+                problem = (400, "the request has no Host header")
             elif not self.policy.host_allowed(host):
                 problem = (421, f"Host header {host!r} is not allowed; add it to allowed_hosts in the config")
             elif not self.policy.origin_allowed(origin):

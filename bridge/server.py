@@ -25,10 +25,16 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolRequestParams, NotificationParams, PaginatedRequestParams
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    CallToolRequestParams,
+    NotificationParams,
+    PaginatedRequestParams,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.pipeline import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
@@ -58,6 +64,38 @@ _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
 _SCHEMA_CALLER: ContextVar[str | None] = ContextVar("mcphub_bridge_schema_caller")
 """The bearer token of the request the SDK is serving, for the schema lookup it calls with a
 tool's name alone (set by `_SchemaCaller`; unset on stdio, where the default token applies)."""
+
+
+class _JsonTooLarge:
+    """The SDK answers a body over the limit with 413 and the plain text "Request body too
+    large"; a JSON-RPC client gets a JSON-RPC error naming the limit instead."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        message = f"Invalid Request: the body is larger than the bridge's limit of {limit} bytes"
+        error = {"code": INVALID_REQUEST, "message": message}
+        self._body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def sending(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(self._body)),
+                ]
+                await send({"type": "http.response.start", "status": 413, "headers": headers})
+                await send({"type": "http.response.body", "body": self._body})
+            elif not replaced:  # the SDK's own text is dropped
+                await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class _SchemaCaller:
@@ -307,6 +345,7 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=options.max_body_bytes,
     )
+    app = _JsonTooLarge(app, options.max_body_bytes)
     if options.tool_input_schema is not None:
         app = _SchemaCaller(app, options.default_token)
     if options.authenticate is not None:

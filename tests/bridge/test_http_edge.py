@@ -185,6 +185,9 @@ def test_oversized_bodies_are_refused_before_parsing(http: httpx2.Client) -> Non
     big = {"text": "x" * (5 * 1024 * 1024)}
     response = http.post("/mcp", json=call_body("echo", big), headers=modern_headers("tools/call", "echo"))
     assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == -32600 and "larger than the bridge's limit of" in error["message"], error
     echo_still_works(http)
 
 
@@ -295,6 +298,24 @@ def test_a_repeated_host_or_origin_is_refused(open_hub: RunningHub, extra: str) 
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b"more than one Host or Origin header" in answer
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_a_request_without_a_host_is_a_bad_request(open_hub: RunningHub, version: str) -> None:
+    """RFC 9112 3.2 answers 400; it used to be 421 naming the host `None`."""
+    url = urlsplit(open_hub.http_base)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    head = (
+        f"POST /mcp HTTP/{version}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"the request has no Host header" in answer and b"None" not in answer
 
 
 def test_no_bad_input_made_the_hub_log_an_internal_error(http: httpx2.Client, open_hub: RunningHub) -> None:
