@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 UNAUTHENTICATED = -32030
 """The JSON-RPC code the bridge gives gRPC's UNAUTHENTICATED (`bridge/errors.py`)."""
+INVALID_REQUEST = -32600
 TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
 
@@ -202,12 +203,38 @@ class SessionDoor:
             await self.app(scope, receive, send)  # the hub authenticates each call again
             return
         scope = {**scope, "user": self._user(principal)}
+        if scope["method"] == "POST":
+            screened = await self._screen(receive, send, scope)
+            if screened is None:
+                return
+            receive = screened
         if session_id is not None:
             await self._in_session(principal, session_id.decode("latin-1"), scope, receive, send)
         elif scope["method"] == "POST":
             await self._opening(principal, scope, receive, send)
         else:
             await self.app(scope, receive, send)  # the SDK answers a GET or DELETE without an ID
+
+    async def _screen(self, receive: Receive, send: Send, scope: Scope) -> Receive | None:
+        """`receive` with the body read and put back, or None when the body is a batch or a
+        request with an id MCP does not allow: answered here with -32600. The SDK took a batch
+        for a message that failed validation (-32602 and pydantic's dump of the batch) and a
+        request with a null or object id for a notification (202 and no answer, ever)."""
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.strip().isdigit() and int(declared) > self._max_body:
+            return receive  # the SDK refuses it before reading any of it
+        body, last = await read_body(receive, self._max_body)
+        if last["type"] != "http.request":
+            return None  # the client went away
+        if last.get("more_body", False) or len(body) > self._max_body:
+            return replay(body, last, receive)
+        problem = _shape_problem(body)
+        if problem is None:
+            return replay(body, last, receive)
+        start, answer = _refusal(400, INVALID_REQUEST, problem)
+        await send(start)
+        await send(answer)
+        return None
 
     def _user(self, principal: Principal) -> AuthenticatedUser:
         """What the SDK binds a session to: the principal's name (names are unique in a hub)."""
@@ -298,6 +325,25 @@ class SessionDoor:
             if session is not None:
                 await session.terminate()
         return True
+
+
+def _shape_problem(body: bytes) -> str | None:
+    """What makes `body` no MCP message of the handshake era although it is JSON, or None
+    (a body that is not JSON is the SDK's to answer, with its parse error)."""
+    try:
+        message = pydantic_core.from_json(body)
+    except ValueError:
+        return None
+    if isinstance(message, list):
+        return (
+            "Invalid Request: JSON-RPC batches are not part of MCP since 2025-06-18; "
+            "send one message per request"
+        )
+    if isinstance(message, dict) and "method" in message and "id" in message:
+        request_id = message["id"]
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            return "Invalid Request: a request's id must be a string or an integer (a notification has none)"
+    return None
 
 
 def _is_initialize(body: bytes) -> bool:

@@ -109,6 +109,34 @@ def test_a_session_needs_a_principal(secured_hub: RunningHub, authorization: str
     assert "Exception" not in secured_hub.log()
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ([INITIALIZE], "batches are not part of MCP"),
+        ([LIST, LIST], "batches are not part of MCP"),
+        ({**LIST, "id": None}, "id must be a string or an integer"),
+        ({**LIST, "id": {"a": 1}}, "id must be a string or an integer"),
+        ({**LIST, "id": True}, "id must be a string or an integer"),
+    ],
+)
+def test_a_batch_or_a_request_with_a_bad_id_is_an_invalid_request(
+    secured_hub: RunningHub, body: Any, says: str
+) -> None:
+    """The SDK answered a batch with -32602 and pydantic's dump of it, and took a request with a
+    null or object id for a notification: 202, and the client waited for ever."""
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        session = open_session(http, TOKENS["agent-a"])
+        for extra in ({}, {"mcp-session-id": session}):
+            headers = ACCEPT | _auth(TOKENS["agent-a"]) | {"mcp-protocol-version": HANDSHAKE} | extra
+            response = http.post("/mcp", json=body, headers=headers)
+            assert response.status_code == 400, response.text
+            assert "mcp-session-id" not in response.headers, "no session opened for it"
+            error = response.json()["error"]
+            assert error["code"] == -32600 and says in error["message"], error
+            assert "pydantic" not in error["message"]
+        assert works(http, TOKENS["agent-a"], session)
+
+
 def test_a_session_belongs_to_its_principal(secured_hub: RunningHub) -> None:
     with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
         session = open_session(http, TOKENS["agent-a"])
