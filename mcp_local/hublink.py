@@ -38,6 +38,11 @@ _EVERYONE = Principal("hub", ("*",))
 
 
 _DEFAULT_BACKOFF = Backoff()
+_DISPUTED_BACKOFF = Backoff(first_s=1.0, max_s=60.0, min_share=0.5)
+"""After the hub handed this sandbox to another connection: 1 s doubling to 60 s, whatever
+`--reconnect-max` says. Each redial takes the sandbox back from the other sidecar (the newest
+connection wins), so a short delay would only make the two take turns faster; at least half
+the step each time (not full jitter), so the fight stays slow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +126,37 @@ class HubLink:
         attempt = 0
         while True:
             welcomed = False
+            backoff = self._backoff
             try:
                 welcomed = await self._session()
             except grpc.aio.AioRpcError as exc:
-                level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
-                logger.log(level, "hub %s: %s: %s", self.target, exc.code().name, exc.details())
+                if exc.code() == _REPLACED:
+                    # Another connection of this sandbox took over the stream. This sidecar's own
+                    # earlier stream is never live when it dials again, so the other one is a
+                    # second sidecar with the same token. Redialling at once would take the
+                    # sandbox back and start a loop in which neither keeps it.
+                    backoff = _DISPUTED_BACKOFF
+                    logger.error(
+                        "hub %s: this sidecar lost the sandbox's registration to another connection "
+                        "(ABORTED: %s); only one sidecar per sandbox can be registered: trying again "
+                        "after a growing delay (up to %.0fs)",
+                        self.target,
+                        exc.details(),
+                        backoff.max_s,
+                    )
+                else:
+                    level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
+                    logger.log(level, "hub %s: %s: %s", self.target, exc.code().name, exc.details())
             except _StreamStalled as exc:
                 logger.warning("hub %s: %s", self.target, exc)
             finally:
                 self._cancel_calls()
                 if self.state.connected:
                     self._set_state(LinkState(connected=False))
-            attempt = 0 if welcomed else attempt + 1
-            delay = self._backoff.delay(attempt)
+            # A welcome resets the backoff only when the stream then ended for some other reason
+            # than losing the sandbox: a sidecar replaced right after its welcome keeps backing off.
+            attempt = 0 if welcomed and backoff is self._backoff else attempt + 1
+            delay = backoff.delay(attempt)
             logger.info("reconnecting to the hub at %s in %.1fs", self.target, delay)
             await asyncio.sleep(delay)
 
@@ -282,6 +305,9 @@ class HubLink:
 class _StreamStalled(Exception):
     pass
 
+
+_REPLACED = grpc.StatusCode.ABORTED
+"""How the hub ends a stream taken over by a new connection of the same sandbox."""
 
 _FATALISH = {
     grpc.StatusCode.UNAUTHENTICATED,

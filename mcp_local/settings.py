@@ -18,14 +18,19 @@ __all__ = ["Backoff", "SidecarSettings"]
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff with full jitter between `first_s` and `max_s`."""
+    """Exponential backoff with jitter: `first_s` doubling up to `max_s`.
+
+    Full jitter by default (a delay anywhere from half of `first_s` up to the step); with
+    `min_share`, never less than that share of the step.
+    """
 
     first_s: float = 0.5
     max_s: float = 30.0
+    min_share: float = 0.0
 
     def delay(self, attempt: int) -> float:
         ceiling = min(self.max_s, self.first_s * (1 << min(attempt, 30)))
-        floor = min(self.first_s, ceiling) / 2
+        floor = max(min(self.first_s, ceiling) / 2, ceiling * self.min_share)
         # A uniform draw from os.urandom: `random` would cost every sidecar its module for this.
         return floor + (ceiling - floor) * (int.from_bytes(os.urandom(7), "big") / (1 << 56))
 

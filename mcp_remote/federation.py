@@ -75,6 +75,8 @@ SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,48}$")
 SANDBOX_META_KEY = "mcphub/sandbox"
 MAX_TOOLS = 1000
 _CANCELLED = grpc.StatusCode.CANCELLED
+REPLACED = grpc.StatusCode.ABORTED
+"""The status that ends a stream taken over by a new connection of the same sandbox."""
 
 
 def exposed_name(sandbox: str, tool: str) -> str:
@@ -85,7 +87,10 @@ def exposed_name(sandbox: str, tool: str) -> str:
 class SandboxEvent:
     """Something an operator (and the audit log) should know about a sandbox.
 
-    kind: connected | disconnected | rejected | tool_pinned | tool_blocked | tool_accepted
+    kind: connected | disconnected | replaced | rejected | tool_pinned | tool_blocked | tool_accepted
+
+    `replaced`: a new connection of the same sandbox took over this one's stream (the sidecar
+    reconnecting after its old stream broke, or a second sidecar holding the sandbox's token).
     """
 
     kind: str
@@ -128,16 +133,20 @@ class SandboxConnection:
         self.blocked: dict[str, spb.BlockedTool] = {}
         self.last_heard = asyncio.get_running_loop().time()
         self.closed: str | None = None
+        self.close_code: grpc.StatusCode | None = None
+        """The status the stream ends with when the hub ended it for a reason the sidecar must act on."""
 
     def send(self, message: spb.HubMessage) -> None:
         if self.closed is None:
             self.outbound.put_nowait(message)
 
-    def close(self, reason: str) -> None:
-        """End the stream (the Connect handler stops) and fail every call in flight."""
+    def close(self, reason: str, code: grpc.StatusCode | None = None) -> None:
+        """End the stream (the Connect handler stops, with `code` and `reason` when a code is
+        given) and fail every call in flight."""
         if self.closed is not None:
             return
         self.closed = reason
+        self.close_code = code
         self.outbound.put_nowait(None)
         for inbox in self.pending.values():
             inbox.put_nowait(_Gone(reason))
@@ -243,7 +252,7 @@ class Federation:
     # --- events ----------------------------------------------------------------------------
 
     def _event(self, event: SandboxEvent) -> None:
-        level = logging.WARNING if event.kind in ("tool_blocked", "rejected") else logging.INFO
+        level = logging.WARNING if event.kind in ("tool_blocked", "rejected", "replaced") else logging.INFO
         text = f"sandbox {event.sandbox}: {event.kind}"
         if event.tool:
             text += f" {event.tool}"
@@ -284,7 +293,17 @@ class Federation:
     def connect(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:
         old = self.connections.get(conn.sandbox)
         if old is not None:
-            old.close("replaced by a new connection of the same sandbox")
+            # The newest connection wins: a sidecar whose stream broke (and the hub has not
+            # noticed yet) must be able to take its place. The old stream ends with ABORTED and
+            # says why, so a second sidecar with the same token knows it lost, backs off and
+            # says so, instead of both taking over from each other in a loop without a trace.
+            reason = (
+                f"replaced by a new connection of the same sandbox (principal {conn.principal}, "
+                f"version {conn.version or '?'}); if this sidecar did not reconnect, another one "
+                "is using this sandbox's token"
+            )
+            old.close(reason, REPLACED)
+            self._event(SandboxEvent("replaced", old.sandbox, old.principal, detail=reason))
         self.connections[conn.sandbox] = conn
         self._event(
             SandboxEvent("connected", conn.sandbox, conn.principal, detail=f"version {conn.version or '?'}")
@@ -512,6 +531,8 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             f.disconnect(conn, reason)
+        if conn.close_code is not None:
+            await context.abort(conn.close_code, reason)
 
     async def _read(self, conn: SandboxConnection, messages: AsyncIterator[spb.SidecarMessage]) -> None:
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ the sidecar goes and come back when it reconnects; a changed definition is block
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import time
@@ -429,3 +430,51 @@ async def test_sandbox_calls_pass_the_gate_and_leave_audit_records(tmp_path: Pat
 
 async def _has(hub: RunningHub, name: str) -> bool:
     return name in await tool_names(hub, TOKENS["ops"])
+
+
+async def test_a_second_sidecar_with_the_same_token_is_told_backs_off_and_is_audited(tmp_path: Path) -> None:
+    # Newest connection wins, but the sidecar that lost says why at ERROR and does not redial
+    # at once: two sidecars sharing a token take turns slowly instead of every half second.
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    first = start_sidecar(
+        tmp_path / "a", sandbox_manifest(tmp_path / "a"), hub=hub.grpc, token=TOKENS["sbx-42"]
+    )
+    second: RunningSidecar | None = None
+    try:
+        await wait_for(lambda: _has(hub, "sbx-42__files_read"), what="the first sidecar to register")
+        second = start_sidecar(
+            tmp_path / "b", sandbox_manifest(tmp_path / "b"), hub=hub.grpc, token=TOKENS["sbx-42"]
+        )
+
+        async def first_lost() -> bool:
+            return "lost the sandbox's registration" in first.log()
+
+        await wait_for(first_lost, what="the first sidecar to be told it was replaced")
+        await asyncio.sleep(4)
+        lost = [line for line in first.log().splitlines() if "lost the sandbox's registration" in line]
+        assert " ERROR " in lost[0]
+        assert "replaced by a new connection of the same sandbox" in lost[0]
+        assert "another one is using this sandbox's token" in lost[0]
+        for log in (first.log(), second.log()):
+            # --reconnect-max is 0.5 s here; losing the sandbox waits at least a second anyway.
+            lines = log.splitlines()
+            delays = [
+                float(after.rsplit(" in ", 1)[1].rstrip("s"))
+                for line, after in itertools.pairwise(lines)
+                if "lost the sandbox's registration" in line and "reconnecting to the hub" in after
+            ]
+            assert all(d >= 1.0 for d in delays), delays
+        assert hub.log().count("sbx-42: connected") <= 5
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        hub.stop()
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        events = [r.body_json() for r in [r async for r in store.scan()] if r.kind == "sandbox"]
+    finally:
+        await store.close()
+    replaced = [e for e in events if e["event"] == "replaced"]
+    assert replaced and "replaced by a new connection of the same sandbox" in replaced[0]["detail"]
