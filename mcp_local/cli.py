@@ -3,7 +3,8 @@
     mcphub local serve --manifest FILE [--grpc HOST:PORT] [--http HOST:PORT] [--stdio]
                        [--hub HOST:PORT] [--sandbox NAME] [--ready-file PATH] [--json]
     mcphub local check --manifest FILE      validate the manifest, load the packs, list the tools
-    mcphub local health [--grpc HOST:PORT]  exit 0 when the sidecar answers gRPC health checks
+    mcphub local health [--grpc HOST:PORT]  exit 0 when the sidecar serves and the hub (if any)
+                                            does not refuse it
 
 Only the standard library is imported at the top: `mcphub local` must start
 quickly and never load the hub (`mcp_remote`).
@@ -158,13 +159,49 @@ async def _health(target: str, timeout: float) -> int:
             return _fail(
                 f"sidecar at {target} is not healthy: {exc.code().name}: {exc.details()}", EXIT_UNHEALTHY
             )
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        return _fail(
-            f"sidecar at {target} is {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}",
-            EXIT_UNHEALTHY,
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return _fail(f"sidecar at {target} is {status}", EXIT_UNHEALTHY)
+        link = await _hub_link(stub, timeout)
+    if link is None:
+        print(f"sidecar at {target} is serving")
+        return EXIT_OK
+    status, hub, detail = link.get("status", "?"), link.get("hub", "?"), link.get("detail", "")
+    if status == "registered":
+        print(f"sidecar at {target} is serving; registered with the hub at {hub} as {link.get('sandbox')}")
+        return EXIT_OK
+    if status == "connecting":
+        # The hub may be down or unreachable for a while; the sidecar still serves its agent.
+        print(
+            f"sidecar at {target} is serving; connecting to the hub at {hub}"
+            + (f" ({detail})" if detail else "")
         )
-    print(f"sidecar at {target} is serving")
-    return EXIT_OK
+        return EXIT_OK
+    what = "refuses it" if status == "refused" else f"gave its sandbox to another connection ({status})"
+    return _fail(f"sidecar at {target} is serving, but the hub at {hub} {what}: {detail}", EXIT_UNHEALTHY)
+
+
+async def _hub_link(stub: Any, timeout: float) -> dict[str, str] | None:
+    """The hub link's state (see `mcp_local.linkhealth`), or None when the sidecar has no `--hub`."""
+    import json
+
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from .linkhealth import LINK_SERVICE, LINK_STATE_KEY
+
+    call = stub.Check(health_pb2.HealthCheckRequest(service=LINK_SERVICE), timeout=timeout)
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        return {"status": "unknown", "hub": "?", "detail": f"{exc.code().name}: {exc.details()}"}
+    for key, value in await call.trailing_metadata() or ():
+        if key == LINK_STATE_KEY:
+            state: dict[str, str] = json.loads(value)
+            return state
+    return None
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -250,8 +287,12 @@ def add_local_commands(
     health = lsub.add_parser(
         "health",
         formatter_class=formatter,
-        help="exit 0 when the sidecar answers (for HEALTHCHECK)",
-        description="Ask the sidecar's gRPC health service; exit 0 when it is serving, 1 otherwise.",
+        help="exit 0 when the sidecar serves and its hub does not refuse it (for HEALTHCHECK)",
+        description=(
+            "Ask the sidecar's gRPC health service. Exit 0 when it is serving and, with --hub, is\n"
+            "registered or still connecting; 1 when it is not serving, or the hub refuses it (its\n"
+            "token, or the sandbox it names) or gave its sandbox to another connection."
+        ),
     )
     health.add_argument(
         "--grpc",

@@ -29,7 +29,7 @@ from .settings import Backoff
 from .tools import ToolCall
 from .wire import result_to_proto
 
-__all__ = ["Backoff", "HubLink", "LinkState"]
+__all__ = ["CONNECTING", "REFUSED", "REGISTERED", "REPLACED", "Backoff", "HubLink", "LinkState"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +38,35 @@ _EVERYONE = Principal("hub", ("*",))
 
 
 _DEFAULT_BACKOFF = Backoff()
-_DISPUTED_BACKOFF = Backoff(first_s=1.0, max_s=60.0, min_share=0.5)
-"""After the hub handed this sandbox to another connection: 1 s doubling to 60 s, whatever
-`--reconnect-max` says. Each redial takes the sandbox back from the other sidecar (the newest
-connection wins), so a short delay would only make the two take turns faster; at least half
-the step each time (not full jitter), so the fight stays slow."""
+_SLOW_BACKOFF = Backoff(first_s=1.0, max_s=60.0, min_share=0.5)
+"""After the hub refused this sidecar or handed its sandbox to another connection: 1 s doubling
+to 60 s, whatever `--reconnect-max` says, and at least half the step each time (not full
+jitter). A refusal does not go away by redialling (an operator must change the hub's config);
+and each redial after losing the sandbox takes it back from the other sidecar (the newest
+connection wins), so a short delay would only make the two take turns faster."""
+
+CONNECTING, REGISTERED, REFUSED, REPLACED = "connecting", "registered", "refused", "replaced"
 
 
 @dataclass(frozen=True, slots=True)
 class LinkState:
-    """What the last welcome said (for logs, the ready line and tests)."""
+    """Where the link stands (for `mcphub local health`, logs and tests).
 
-    connected: bool
+    status: connecting (no welcome yet, or the stream ended) | registered (welcomed) |
+    refused (the hub refuses this sidecar: its token, or the sandbox it names) | replaced
+    (another connection of this sandbox took it over). `detail` is the hub's reason or the
+    last error; `sandbox`, `exposed` and `blocked` are what the last welcome said.
+    """
+
+    status: str = CONNECTING
+    detail: str = ""
     sandbox: str = ""
     exposed: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()
+
+    @property
+    def connected(self) -> bool:
+        return self.status == REGISTERED
 
 
 class _UpstreamSink:
@@ -104,7 +118,7 @@ class HubLink:
         self._pipeline = Pipeline([ResolveTool(registry), ValidateArguments(registry)])
         self._task: asyncio.Task[None] | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
-        self.state = LinkState(connected=False)
+        self.state = LinkState(CONNECTING)
         self.connections = 0
 
     def start(self) -> None:
@@ -127,32 +141,46 @@ class HubLink:
         while True:
             welcomed = False
             backoff = self._backoff
+            state = LinkState(CONNECTING)
             try:
                 welcomed = await self._session()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == _REPLACED:
+                code, details = exc.code(), exc.details() or ""
+                state = LinkState(CONNECTING, f"{code.name}: {details}")
+                if code == _LOST_TO_ANOTHER:
                     # Another connection of this sandbox took over the stream. This sidecar's own
                     # earlier stream is never live when it dials again, so the other one is a
                     # second sidecar with the same token. Redialling at once would take the
                     # sandbox back and start a loop in which neither keeps it.
-                    backoff = _DISPUTED_BACKOFF
+                    backoff, state = _SLOW_BACKOFF, LinkState(REPLACED, state.detail)
                     logger.error(
                         "hub %s: this sidecar lost the sandbox's registration to another connection "
-                        "(ABORTED: %s); only one sidecar per sandbox can be registered: trying again "
-                        "after a growing delay (up to %.0fs)",
+                        "(%s); only one sidecar per sandbox can be registered: trying again after a "
+                        "growing delay (up to %.0fs)",
                         self.target,
-                        exc.details(),
+                        state.detail,
+                        backoff.max_s,
+                    )
+                elif code in _REFUSALS:
+                    # Redialling cannot help until an operator changes the hub's configuration
+                    # (a reload is enough), so keep trying, slowly, and let `health` report it.
+                    backoff, state = _SLOW_BACKOFF, LinkState(REFUSED, state.detail)
+                    logger.error(
+                        "hub %s refuses this sidecar (%s); trying again after a growing delay "
+                        "(up to %.0fs), in case its configuration changes",
+                        self.target,
+                        state.detail,
                         backoff.max_s,
                     )
                 else:
-                    level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
-                    logger.log(level, "hub %s: %s: %s", self.target, exc.code().name, exc.details())
+                    logger.warning("hub %s: %s", self.target, state.detail)
             except _StreamStalled as exc:
+                state = LinkState(CONNECTING, str(exc))
                 logger.warning("hub %s: %s", self.target, exc)
             finally:
                 self._cancel_calls()
-                if self.state.connected:
-                    self._set_state(LinkState(connected=False))
+            # Until the next answer: a refused sidecar stays `refused` while it redials.
+            self._set_state(state)
             # A welcome resets the backoff only when the stream then ended for some other reason
             # than losing the sandbox: a sidecar replaced right after its welcome keeps backing off.
             attempt = 0 if welcomed and backoff is self._backoff else attempt + 1
@@ -237,7 +265,7 @@ class HubLink:
         )
         for b in w.blocked:
             logger.warning("tool %s is blocked at the hub: %s", b.name, b.reason)
-        self._set_state(LinkState(True, w.sandbox, tuple(w.exposed), blocked))
+        self._set_state(LinkState(REGISTERED, "", w.sandbox, tuple(w.exposed), blocked))
 
     async def _watch_tools(self, outbound: asyncio.Queue[spb.SidecarMessage | None]) -> None:
         watch = self._registry.watch()
@@ -306,10 +334,10 @@ class _StreamStalled(Exception):
     pass
 
 
-_REPLACED = grpc.StatusCode.ABORTED
+_LOST_TO_ANOTHER = grpc.StatusCode.ABORTED
 """How the hub ends a stream taken over by a new connection of the same sandbox."""
 
-_FATALISH = {
+_REFUSALS = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,

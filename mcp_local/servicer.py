@@ -116,11 +116,13 @@ def create_grpc_server(
     servicer: ToolHubServicer,
     *,
     extra_services: Sequence[tuple[Any, Any, str]] = (),
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> tuple[grpc.aio.Server, int, Callable[[], Awaitable[None]]]:
     """ToolHub (plus health checking and reflection) bound to `address` but not yet serving.
 
     Returns the server, the bound port, and the coroutine function that starts it (health
-    statuses are set then). `extra_services` are `(add_to_server_fn, servicer, full_service_name)`.
+    statuses are set then). `extra_services` are `(add_to_server_fn, servicer, full_service_name)`;
+    `health_servicer` replaces the standard one (the sidecar's also reports its hub link).
     Binding first lets a busy port fail before anything slow has started.
     """
     server = grpc.aio.server(
@@ -135,7 +137,7 @@ def create_grpc_server(
     for add, impl, name in extra_services:
         add_service(add, impl, server)
         names.append(name)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, [*names, health.SERVICE_NAME])
     try:
@@ -156,8 +158,11 @@ async def start_grpc_server(
     servicer: ToolHubServicer,
     *,
     extra_services: Sequence[tuple[Any, Any, str]] = (),
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """`create_grpc_server`, started: serving on return."""
-    server, port, start = create_grpc_server(address, servicer, extra_services=extra_services)
+    server, port, start = create_grpc_server(
+        address, servicer, extra_services=extra_services, health_servicer=health_servicer
+    )
     await start()
     return server, port

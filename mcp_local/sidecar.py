@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from .errors import ConfigError
-from .hublink import HubLink
+from .hublink import HubLink, LinkState
+from .linkhealth import LinkHealth
 from .packs import PackEnv, ToolPack, start_packs, stop_packs
 from .pipeline import Authenticate, Authorize, InFlight, Pipeline, ResolveTool, ValidateArguments
 from .principals import OpenAccess, Principal
@@ -139,7 +140,9 @@ class Sidecar:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.load_packs()
         servicer = ToolHubServicer(self._service)
-        self._grpc, port = await start_grpc_server(_join(grpc_host, grpc_port), servicer)
+        self._grpc, port = await start_grpc_server(
+            _join(grpc_host, grpc_port), servicer, health_servicer=LinkHealth(self._link_state)
+        )
         grpc_dial = _join(grpc_host, port)
         mcp_url = None
         if http_addr is not None:
@@ -156,6 +159,9 @@ class Sidecar:
             self.link.start()
         self.addresses = SidecarAddresses(grpc_dial, mcp_url)
         return self.addresses
+
+    def _link_state(self) -> tuple[str, LinkState] | None:
+        return (self.link.target, self.link.state) if self.link is not None else None
 
     async def _start_http(self, grpc_dial: str, host: str, port: int) -> str:
         from bridge.app import bridge_app

@@ -23,7 +23,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
-from tests.support.sidecar import RunningSidecar, start_sidecar
+from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -478,3 +478,67 @@ async def test_a_second_sidecar_with_the_same_token_is_told_backs_off_and_is_aud
         await store.close()
     replaced = [e for e in events if e["event"] == "replaced"]
     assert replaced and "replaced by a new connection of the same sandbox" in replaced[0]["detail"]
+
+
+def _health(sidecar: RunningSidecar) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        sidecar_command("health", "--grpc", sidecar.grpc), capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_health_fails_while_the_hub_refuses_the_sidecar_and_recovers_when_it_accepts(
+    tmp_path: Path,
+) -> None:
+    # A sidecar the hub refuses still serves its agent, but `health` must not call it healthy;
+    # it keeps redialling, slowly, so that a hub whose operator adds the principal takes it.
+    late = "sandbox-late-token-0123456789"
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    port = hub.grpc.rsplit(":", 1)[1]
+    unknown = start_sidecar(tmp_path / "late", sandbox_manifest(tmp_path / "late"), hub=hub.grpc, token=late)
+    other = start_sidecar(
+        tmp_path / "other",
+        sandbox_manifest(tmp_path / "other"),
+        hub=hub.grpc,
+        token=TOKENS["sbx-42"],
+        env={"MCPHUB_SANDBOX": "sbx-43"},
+    )
+    try:
+
+        async def both_refused() -> bool:
+            return all("refuses this sidecar" in s.log() for s in (unknown, other))
+
+        await wait_for(both_refused, what="the hub to refuse both sidecars")
+        refused = _health(unknown)
+        assert refused.returncode == 1, refused
+        assert "refuses it: UNAUTHENTICATED: the bearer token is not one this hub knows" in refused.stderr
+        denied = _health(other)
+        assert denied.returncode == 1, denied
+        assert "refuses it: PERMISSION_DENIED: principal 'sbx-42' may register the sandbox 'sbx-42'" in (
+            denied.stderr
+        )
+        await asyncio.sleep(3)
+        # --reconnect-max is 0.5 s here; a refusal waits at least a second anyway.
+        lines = unknown.log().splitlines()
+        delays = [
+            float(after.rsplit(" in ", 1)[1].rstrip("s"))
+            for line, after in itertools.pairwise(lines)
+            if "refuses this sidecar" in line and "reconnecting to the hub" in after
+        ]
+        assert delays and all(d >= 1.0 for d in delays), delays
+        assert " ERROR " in next(li for li in unknown.log().splitlines() if "refuses this sidecar" in li)
+
+        # The operator adds the sandbox; the refused sidecar registers without a restart.
+        hub.stop()
+        config = hub_config()
+        config["principals"].append({"name": "sbx-late", "token": late, "roles": ["sandbox"]})
+        hub = start_hub(
+            tmp_path / "hub", config=config, http=False, extra_args=["--grpc", f"127.0.0.1:{port}"]
+        )
+        await wait_for(lambda: _has(hub, "sbx-late__files_read"), what="the sidecar to register", timeout=90)
+        healthy = _health(unknown)
+        assert healthy.returncode == 0, healthy
+        assert f"registered with the hub at 127.0.0.1:{port} as sbx-late" in healthy.stdout
+    finally:
+        unknown.stop()
+        other.stop()
+        hub.stop()
