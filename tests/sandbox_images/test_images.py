@@ -178,6 +178,10 @@ def jail_command(workspace: Path, manifest: Path, env: dict[str, str], command: 
         "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind", str(base), str(base),
         "--ro-bind", str(REPO), str(REPO),
+        # The venv may live outside the checkout (a git worktree shares the main one's venv,
+        # whose editable install points at the main checkout): bind it, and put this checkout
+        # first on the path (PYTHONPATH below) so that the jail runs the code under test.
+        "--ro-bind", sys.prefix, sys.prefix,
         "--ro-bind", str(manifest), "/etc/mcphub/manifest.yaml",
         "--ro-bind", str(ENTRYPOINT), "/opt/mcphub/entrypoint",
         "--bind", str(workspace), "/workspace",
@@ -188,6 +192,7 @@ def jail_command(workspace: Path, manifest: Path, env: dict[str, str], command: 
         "--setenv", "PATH", f"{venv_bin}:/usr/bin:/bin",
         "--setenv", "HOME", "/workspace",
         "--setenv", "LC_ALL", "C.UTF-8",
+        "--setenv", "PYTHONPATH", str(REPO),
     ]  # fmt: skip
     for key, value in env.items():
         args += ["--setenv", key, value]
@@ -295,3 +300,4 @@ def test_a_sidecar_that_cannot_start_stops_the_container(jail_workspace: Path, t
     assert "the sidecar exited (status 2) before it was ready" in result.stderr
     assert "/no/such/dir is not a directory" in result.stderr
     assert "agent ran" not in result.stdout
+
