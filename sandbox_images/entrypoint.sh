@@ -13,7 +13,7 @@
 #                          it is NOT passed on to the agent command
 #   MCPHUB_AGENT_TOKEN     passed on to the agent command as MCPHUB_TOKEN, if set
 #   MCPHUB_SANDBOX         the sandbox's name (default: the token's principal)
-#   MCPHUB_READY_TIMEOUT   seconds to wait for the sidecar (default 30)
+#   MCPHUB_READY_TIMEOUT   whole seconds to wait for the sidecar (default 30)
 #
 # The agent command replaces this shell (exec), so it receives the container's signals; with
 # `tini -g` they reach the whole process group, the sidecar included. Signals that arrive while
@@ -24,6 +24,14 @@ manifest=${MCPHUB_MANIFEST:-/etc/mcphub/manifest.yaml}
 grpc=${MCPHUB_LOCAL_GRPC:-127.0.0.1:7072}
 http=${MCPHUB_LOCAL_HTTP:-127.0.0.1:7073}
 timeout=${MCPHUB_READY_TIMEOUT:-30}
+# Checked before anything starts: the wait loop's arithmetic would otherwise stop the shell
+# with "Illegal number" (not naming the variable) and leave the sidecar running.
+case $timeout in
+  '' | *[!0-9]*)
+    echo "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds, not '$timeout'" >&2
+    exit 2
+    ;;
+esac
 run_dir=${MCPHUB_RUN_DIR:-${TMPDIR:-/tmp}/mcphub-$(id -u)}
 ready="$run_dir/sidecar.ready"
 

@@ -301,3 +301,26 @@ def test_a_sidecar_that_cannot_start_stops_the_container(jail_workspace: Path, t
     assert "/no/such/dir is not a directory" in result.stderr
     assert "agent ran" not in result.stdout
 
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.parametrize("value", ["abc", "1.5", "", "-3"])
+def test_a_bad_ready_timeout_is_named_and_starts_nothing(
+    value: str, jail_workspace: Path, tmp_path: Path
+) -> None:
+    manifest = IMAGES / "base" / "manifest.yaml"
+    env = {"MCPHUB_LOCAL_HTTP": "off", "MCPHUB_READY_TIMEOUT": value}
+    result = subprocess.run(
+        jail_command(jail_workspace, manifest, env, ["echo", "agent ran"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if value == "":  # empty means the default, as unset does
+        assert result.returncode == 0 and "agent ran" in result.stdout, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    # One line naming the variable, and nothing from a sidecar: none was started.
+    assert result.stderr.strip() == (
+        f"mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds, not '{value}'"
+    )
+    assert "agent ran" not in result.stdout
