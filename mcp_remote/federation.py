@@ -508,16 +508,25 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
         try:
             yield spb.HubMessage(welcome=welcome)
             nonce = 0
+            interval = f.ping_interval_s
+            next_ping = loop.time() + interval
             while True:
+                # Two clocks, each checked when it is due (not only when a ping is): a ping every
+                # interval, however busy the stream is, and silence for three intervals ends it.
+                now = loop.time()
+                silent_until = conn.last_heard + 3 * interval
+                if now >= silent_until:
+                    reason = f"nothing heard for {now - conn.last_heard:.0f}s"
+                    break
+                if now >= next_ping:
+                    nonce += 1
+                    next_ping = now + interval
+                    yield spb.HubMessage(ping=spb.Ping(nonce=nonce))
+                    continue
                 try:
-                    async with asyncio.timeout(f.ping_interval_s):
+                    async with asyncio.timeout(min(next_ping, silent_until) - now):
                         message = await conn.outbound.get()
                 except TimeoutError:
-                    if loop.time() - conn.last_heard > 3 * f.ping_interval_s:
-                        reason = f"nothing heard for {loop.time() - conn.last_heard:.0f}s"
-                        break
-                    nonce += 1
-                    yield spb.HubMessage(ping=spb.Ping(nonce=nonce))
                     continue
                 if message is None:
                     reason = conn.closed or reason

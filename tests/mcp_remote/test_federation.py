@@ -9,7 +9,7 @@ import itertools
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,12 @@ import orjson
 import pytest
 
 from bridge.hubclient import HubClient
+from mcp_local.principals import OpenAccess, Principal
+from mcp_local.registry import ToolRegistry
 from mcp_remote.audit.sqlite import SQLiteStore
+from mcp_remote.federation import Federation
+from mcphub_proto.v1 import sidecar_pb2 as spb
+from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
@@ -542,3 +547,45 @@ async def test_health_fails_while_the_hub_refuses_the_sidecar_and_recovers_when_
         unknown.stop()
         other.stop()
         hub.stop()
+
+
+async def test_a_silent_sidecar_is_dropped_three_ping_intervals_after_its_last_word(tmp_path: Path) -> None:
+    # A frozen sidecar (SIGSTOP) answers nothing. The hub must drop it three ping intervals
+    # after it last heard from it, as documented, not up to a fourth interval later (the hub
+    # used to look only when a ping was due, so a pong heard just after a ping counted from the
+    # ping before). A real hub pings every 15 s; here a Federation with a 1 s interval is
+    # served on a real gRPC server, and the "sidecar" is a stream that says hello, answers the
+    # first ping, and then nothing more.
+    interval = 1.0
+    operator = OpenAccess(Principal("ops", roles=frozenset({"operator"})))
+    federation = Federation(ToolRegistry(), operator, tmp_path / "state", ping_interval_s=interval)
+    server = grpc.aio.server()
+    add, servicer, _ = federation.service()
+    add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    upstream: asyncio.Queue[spb.SidecarMessage | None] = asyncio.Queue()
+    upstream.put_nowait(spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-frozen")))
+
+    async def requests() -> AsyncIterator[spb.SidecarMessage]:
+        while (message := await upstream.get()) is not None:
+            yield message
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+            stream = stub.Connect(requests())
+            assert (await stream.read()).WhichOneof("message") == "welcome"
+            last_word = 0.0
+            async with asyncio.timeout(10 * interval):
+                while (message := await stream.read()) is not grpc.aio.EOF:
+                    if message.WhichOneof("message") == "ping" and not last_word:
+                        await asyncio.sleep(0.3)  # a pong that comes a little after the ping
+                        upstream.put_nowait(spb.SidecarMessage(pong=spb.Pong(nonce=message.ping.nonce)))
+                        last_word = time.monotonic()
+            silent_for = time.monotonic() - last_word
+            upstream.put_nowait(None)
+    finally:
+        await server.stop(0)
+    assert 3 * interval - 0.2 <= silent_for < 3 * interval + 0.4, silent_for
+    assert "sbx-frozen" not in federation.connections
