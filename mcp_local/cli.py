@@ -83,6 +83,9 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
 
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .plainerrors import ConfigError
+    from .undumpable import make_undumpable
+
+    make_undumpable()  # the environment holds the hub token (see mcp_local/undumpable.py)
 
     try:
         settings = _settings(args, environ)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .settings import SidecarSettings
+from .undumpable import make_undumpable
 
 __all__ = ["resume", "serve"]
 
@@ -22,6 +23,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 def serve(settings: SidecarSettings, *, ready_file: str | None, json_line: bool) -> int:
     """Serve until SIGTERM or SIGINT (or, with stdio, the end of standard input)."""
+    make_undumpable()  # again: exec reset it (a no-op when it is still set)
     logging.basicConfig(
         level=settings.manifest.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -35,6 +37,7 @@ def serve(settings: SidecarSettings, *, ready_file: str | None, json_line: bool)
 
 def resume(handed_over: IO[bytes]) -> int:
     """The new interpreter's side of `exec_server`: read the settings, close the memfd, serve."""
+    make_undumpable()  # before reading the memfd: it holds the hub token, and exec reset the flag
     with handed_over:
         # Our own command's objects, through a memfd only this process holds.
         settings, ready_file, json_line, name = pickle.load(handed_over)  # noqa: S301

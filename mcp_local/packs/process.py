@@ -66,7 +66,9 @@ def read_process(pid: int) -> ProcessInfo | None:
     base = PROC / str(pid)
     try:
         stat = (base / "stat").read_text()
-        uid = os.stat(base).st_uid
+        # The real uid from `status`, not the owner of /proc/PID: a non-dumpable process's
+        # /proc entries belong to root (the sidecar's own among them, see mcp_local/undumpable.py).
+        uid = _real_uid((base / "status").read_text())
         cmdline = (base / "cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
@@ -83,6 +85,13 @@ def read_process(pid: int) -> ProcessInfo | None:
         name=name,
         cmdline=cmdline.replace(b"\x00", b" ").decode(errors="replace").strip()[:1000],
     )
+
+
+def _real_uid(status: str) -> int:
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise PermissionError("no Uid line in /proc/PID/status")
 
 
 class _Processes:

@@ -324,3 +324,44 @@ def test_a_bad_ready_timeout_is_named_and_starts_nothing(
         f"mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds, not '{value}'"
     )
     assert "agent ran" not in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+async def test_the_agent_cannot_read_the_sidecars_token_from_proc(
+    hub: RunningHub, jail_workspace: Path, tmp_path: Path
+) -> None:
+    # The agent runs as the sidecar's user; without PR_SET_DUMPABLE=0 it could read the token
+    # from /proc/<sidecar>/environ (or the memfd the settings travel in, through /proc/PID/fd).
+    manifest = IMAGES / "base" / "manifest.yaml"
+    out_path = tmp_path / "jail.out"
+    scan = (
+        "for p in /proc/[0-9]*; do tr '\\0' '\\n' <$p/environ 2>/dev/null | grep TOKEN; "
+        "for f in $p/fd/*; do grep -a -l " + TOKEN + " $f 2>/dev/null; done; done; "
+        "echo scanned $(ls -d /proc/[0-9]* | wc -l) processes; exec sleep 300"
+    )
+    env = {"MCPHUB_HUB": hub.grpc, "MCPHUB_TOKEN": TOKEN, "MCPHUB_LOCAL_HTTP": "127.0.0.1:0"}
+    env["MCPHUB_LOCAL_GRPC"] = "127.0.0.1:0"
+    jail = _start_jail(jail_command(jail_workspace, manifest, env, ["sh", "-c", scan]), out_path)
+    try:
+
+        async def scanned() -> bool:
+            assert jail.poll() is None, out_path.read_text()
+            return "scanned" in out_path.read_text()
+
+        await _wait(scanned, "the agent's scan of /proc")
+        out = out_path.read_text()
+        assert TOKEN not in out and "MCPHUB_TOKEN" not in out, out
+
+        # Still a working sidecar: registered, and its own process listed by its process pack.
+        async def registered() -> bool:
+            return "sbx-jail__files_read" in await _tools(hub, AGENT)
+
+        await _wait(registered, "the jailed sidecar to register")
+        async with connect("grpc", hub.grpc, hub.mcp_url, AGENT) as client:
+            assert (await client.call("sbx-jail__files_read", {"path": "hello.txt"})).text.startswith("hello")
+            procs = await client.call("sbx-jail__process_list", {})
+            commands = [p["cmdline"] for p in procs.structured["processes"]]
+            assert any("mcphub local serve" in c for c in commands), commands
+    finally:
+        jail.send_signal(signal.SIGKILL)
+        jail.wait(30)
