@@ -138,6 +138,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _linger_timer: TimerHandle | None = None
     _linger_from = 0
     """`_dropped_bytes` when the linger began."""
+    _bad_request: str | None = None
+    """Unparsable bytes came after requests still to be answered: the 400 that follows them."""
     _stopping = False
     _lost = False
     _running: Any = None
@@ -297,6 +299,22 @@ class _DeadlineProtocol(HttpToolsProtocol):
         # that while one is queued, so reading resumes here once none is.
         if not self.pipeline and not self._dropped and not self.transport.is_closing():
             self.flow.resume_reading()
+        answered = not self.pipeline and (self._running is None or self._running.response_complete)
+        if self._bad_request is not None and answered and not self.transport.is_closing():
+            message, self._bad_request = self._bad_request, None
+            super().send_400_response(message)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers bytes it cannot parse with 400 and closes at once. When they follow
+        requests read in full and not yet answered (pipelined), closing would cancel those and
+        lose their answers: they are answered first, in order, and the 400 after them."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or cycle.more_body:
+            super().send_400_response(msg)  # nothing waits, or the bad bytes are its own body's
+            return
+        self._dropped = True  # nothing after the bad bytes is parsed (see data_received)
+        self._bad_request = msg
+        self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         if not self._dropped:

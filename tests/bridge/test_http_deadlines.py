@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import select
 import socket
 import struct
@@ -244,6 +245,35 @@ async def test_a_pipelined_request_waits_its_turn_without_cutting_the_first(port
     await writer.drain()
     answers = await _read_until(reader, lambda got: got.count(b"HTTP/1.1 200 ") >= 2, 10)
     assert b'{"slept":3}' in answers and b'{"received":10}' in answers, answers
+    writer.close()
+
+
+@pytest.mark.parametrize("later", [0.0, 0.3])
+async def test_bad_bytes_after_pipelined_requests_get_400_after_their_answers(
+    port: int, later: float
+) -> None:
+    """uvicorn answered unparsable bytes with 400 at once and closed: requests read in full
+    before them and not yet answered were cancelled, their answers lost."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    first = b"POST /slow?s=1 HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n" + _post(2) + b"ok"
+    writer.write(first if later else first + b"GARBAGE\r\n\r\n")
+    await writer.drain()
+    if later:  # while the first is being answered
+        await asyncio.sleep(later)
+        writer.write(b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n")
+        await writer.drain()
+    answers, _ = await _until_closed(reader, 10)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"200", b"400"], answers
+    assert answers.index(b'{"slept":1}') < answers.index(b'{"received":2}') < answers.index(b"Invalid HTTP")
+    writer.close()
+
+
+async def test_bad_bytes_in_a_requests_own_body_still_end_it_at_once(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nZZ\r\nbad\r\n")
+    await writer.drain()
+    answers, took = await _until_closed(reader, 10)
+    assert answers.startswith(b"HTTP/1.1 400 ") and took < 1, answers
     writer.close()
 
 
