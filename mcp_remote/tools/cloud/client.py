@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,41 @@ DROPPED_HEADERS = frozenset(
 )
 """Request headers a caller may not set: credentials and cookies belong to the hub, framing to the
 client, and a method override would slip past the service's method rules."""
+_ENCODING_HEADERS = frozenset({"content-encoding", "content-length"})
+_INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflater(headers: Sequence[tuple[str, str]], service: str) -> Callable[[bytes, int], bytes] | None:
+    """How to decode a body the service compressed although asked for `identity` (None: it is
+    not). The hub must see the body as it is to redact the credential from it: a compressed
+    echo of the key would reach the caller unredacted. An encoding the standard library cannot
+    decode is refused rather than passed on unread."""
+    codings = [
+        c.strip().lower()
+        for k, v in headers
+        if k.lower() == "content-encoding"
+        for c in v.split(",")
+        if c.strip().lower() not in ("", "identity")
+    ]
+    if not codings:
+        return None
+    if len(codings) > 1 or codings[0] not in _INFLATE_WBITS:
+        raise ToolError(
+            f"{service}: the service answered in the encoding {', '.join(codings)!r} although asked for "
+            "identity; the hub decodes only gzip and deflate, and does not pass on a body it cannot "
+            "check for secrets"
+        )
+    inflater = zlib.decompressobj(_INFLATE_WBITS[codings[0]])
+
+    def inflate(data: bytes, room: int) -> bytes:
+        try:
+            return inflater.decompress(data, max(room, 1))
+        except zlib.error as exc:
+            raise ToolError(f"{service}: the service's {codings[0]} body is corrupt ({exc})") from None
+
+    return inflate
+
+
 _TRANSPORT_ERRORS = (
     httpcore2.TimeoutException,
     httpcore2.NetworkError,
@@ -195,10 +231,15 @@ class ServiceClient:
             async with self._pool.stream(
                 method, target, headers=headers, content=body, extensions={"timeout": self._timeouts}
             ) as response:
+                decoded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers)
+                inflate = _inflater(decoded, self.name)
                 chunks: list[bytes] = []
                 size = 0
                 truncated = False
-                async for chunk in response.aiter_stream():
+                async for raw in response.aiter_stream():
+                    # Decoded as it comes and never past the limit, so a small compressed
+                    # body cannot expand into gigabytes here.
+                    chunk = inflate(raw, limit - size + 1) if inflate is not None else raw
                     if size + len(chunk) > limit:
                         chunks.append(chunk[: limit - size])
                         truncated = True
@@ -206,7 +247,8 @@ class ServiceClient:
                     chunks.append(chunk)
                     size += len(chunk)
                 truncated = truncated or size > cap
-                decoded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers)
+                if inflate is not None:  # the body is now what the headers describe without it
+                    decoded = tuple((k, v) for k, v in decoded if k.lower() not in _ENCODING_HEADERS)
                 return CloudResponse(response.status, decoded, b"".join(chunks), truncated, str(url))
         except AddressRefused:
             raise

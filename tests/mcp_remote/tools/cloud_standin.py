@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -110,6 +112,15 @@ def start_standin() -> StandIn:
                 self._reply(200, (line * (n // len(line) + 1))[:n], "text/plain; charset=utf-8")
             elif "/text" in url.path:  # `s` repeated `n` times
                 self._reply(200, (params["s"] * int(params["n"])).encode(), "text/plain; charset=utf-8")
+            elif "/encoded" in url.path:  # the echo in `?as=` encoding, whatever was asked for
+                encoding = params.get("as", "gzip")
+                n = int(params.get("n", "1"))
+                packed = {
+                    "gzip": lambda data: gzip.compress(data),
+                    "deflate": lambda data: zlib.compress(data),
+                    "br": lambda data: b"not really brotli",
+                }[encoding](echo * n)
+                self._reply(200, packed, "application/json", {"Content-Encoding": encoding})
             elif "/binary" in url.path:
                 self._reply(200, bytes(range(256)) * 8, "application/octet-stream")
             else:

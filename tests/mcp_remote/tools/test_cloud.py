@@ -337,6 +337,40 @@ async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHu
     cloud.assert_no_canary()
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_echo_of_the_key_is_decoded_and_redacted(cloud: CloudHub, encoding: str) -> None:
+    """The hub asks for `identity`; a service that compresses anyway must not get the key past
+    the redaction inside a body the hub passed on unread."""
+    # As `ops`: agent-a's calls to this service are near its rate limit by here.
+    echoed = cloud.record(
+        await cloud.call(
+            "http_request",
+            {"service": "stand", "method": "GET", "path": "/encoded", "query": {"as": encoding}},
+            principal="ops",
+        )
+    )
+    assert _echo(echoed)["headers"]["Authorization"] == "Bearer [REDACTED]"
+    assert "content-encoding" not in echoed.structured["headers"]
+    # A small compressed body of 20 MB is read no further than the response cap (300 KB).
+    bomb = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "GET", "path": "/encoded", "query": {"as": encoding, "n": 20_000}},
+        principal="ops",
+    )
+    assert bomb.structured["truncated"] is True and bomb.structured["body_bytes"] <= 300_000
+    cloud.assert_no_canary()
+
+
+async def test_a_body_in_an_encoding_the_hub_cannot_read_is_not_passed_on(cloud: CloudHub) -> None:
+    refused = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "GET", "path": "/encoded", "query": {"as": "br"}},
+        principal="ops",
+    )
+    assert refused.is_error and "the service answered in the encoding 'br'" in refused.text
+    assert "not really brotli" not in refused.text
+
+
 async def test_a_character_cut_by_the_preview_is_left_for_output_read(cloud: CloudHub) -> None:
     # 400 checkmarks of 3 bytes: the 1,024-byte preview would end inside the 342nd.
     out = await cloud.call(
