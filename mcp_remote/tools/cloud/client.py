@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import ssl
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,38 +56,84 @@ DROPPED_HEADERS = frozenset(
 """Request headers a caller may not set: credentials and cookies belong to the hub, framing to the
 client, and a method override would slip past the service's method rules."""
 _ENCODING_HEADERS = frozenset({"content-encoding", "content-length"})
-_INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 
 
-def _inflater(headers: Sequence[tuple[str, str]], service: str) -> Callable[[bytes, int], bytes] | None:
-    """How to decode a body the service compressed although asked for `identity` (None: it is
-    not). The hub must see the body as it is to redact the credential from it: a compressed
-    echo of the key would reach the caller unredacted. An encoding the standard library cannot
-    decode is refused rather than passed on unread."""
-    codings = [
+def _content_codings(headers: Sequence[tuple[str, str]]) -> list[str]:
+    return [
         c.strip().lower()
         for k, v in headers
         if k.lower() == "content-encoding"
         for c in v.split(",")
         if c.strip().lower() not in ("", "identity")
     ]
-    if not codings:
-        return None
-    if len(codings) > 1 or codings[0] not in _INFLATE_WBITS:
-        raise ToolError(
-            f"{service}: the service answered in the encoding {', '.join(codings)!r} although asked for "
-            "identity; the hub decodes only gzip and deflate, and does not pass on a body it cannot "
-            "check for secrets"
-        )
-    inflater = zlib.decompressobj(_INFLATE_WBITS[codings[0]])
 
-    def inflate(data: bytes, room: int) -> bytes:
+
+class _Inflater:
+    """Decodes a body the service compressed although asked for `identity`. The hub must see
+    the body as it is to redact the credential from it: a compressed echo of the key would
+    reach the caller unredacted. An encoding the standard library cannot decode is refused
+    (`for_codings`) rather than passed on unread.
+
+    Bounded both ways: output never past the room the caller gives, input never past `limit`
+    compressed bytes (bytes after a stream's end would otherwise pile up undecoded)."""
+
+    def __init__(self, coding: str, service: str, limit: int) -> None:
+        self.coding = coding
+        self._service = service
+        self._limit = limit
+        self._taken = 0
+        self._stream: Any = None
+        self._ended = False
+
+    @classmethod
+    def for_codings(cls, codings: list[str], service: str, limit: int) -> _Inflater:
+        if len(codings) > 1 or codings[0] not in _DECODABLE:
+            raise ToolError(
+                f"{service}: the service answered in the encoding {', '.join(codings)!r} although asked "
+                "for identity; the hub decodes only gzip and deflate, and does not pass on a body it "
+                "cannot check for secrets"
+            )
+        return cls(codings[0], service, limit)
+
+    def _fail(self, why: str) -> ToolError:
+        return ToolError(f"{self._service}: the service's {self.coding} body {why}")
+
+    def _start(self, data: bytes) -> Any:
+        if self.coding != "deflate":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        # "deflate" is a zlib stream by the RFC; many servers send raw deflate instead.
+        wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+        return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """Decoded bytes of `data`, at most `room` of them (room + 1 tells the caller it overflowed)."""
+        self._taken += len(data)
+        if self._taken > self._limit:  # compressed, a body is shorter: this is no body we want
+            raise self._fail(f"is longer than {self._limit} bytes before it is even decoded")
+        out = b""
         try:
-            return inflater.decompress(data, max(room, 1))
+            while data and len(out) <= room:
+                if self._stream is None or self._ended:
+                    if self._ended and (self.coding == "deflate" or data.strip(b"\0") == b""):
+                        if data.strip(b"\0"):
+                            raise self._fail("goes on after its end")
+                        return out  # padding after the last member
+                    self._stream, self._ended = self._start(data), False
+                out += self._stream.decompress(data, room + 1 - len(out))
+                if self._stream.eof:  # a gzip body may be several members, one after another
+                    self._ended = True
+                    data = self._stream.unused_data
+                else:
+                    data = self._stream.unconsumed_tail
         except zlib.error as exc:
-            raise ToolError(f"{service}: the service's {codings[0]} body is corrupt ({exc})") from None
+            raise self._fail(f"is corrupt ({exc})") from None
+        return out
 
-    return inflate
+    def check_complete(self) -> None:
+        """At the end of a body read whole: it must not stop inside a stream."""
+        if self._stream is not None and not self._ended:
+            raise self._fail("ends before its compressed stream does")
 
 
 _TRANSPORT_ERRORS = (
@@ -232,23 +278,30 @@ class ServiceClient:
                 method, target, headers=headers, content=body, extensions={"timeout": self._timeouts}
             ) as response:
                 decoded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers)
-                inflate = _inflater(decoded, self.name)
+                codings = _content_codings(decoded)
+                inflater: _Inflater | None = None
                 chunks: list[bytes] = []
                 size = 0
                 truncated = False
                 async for raw in response.aiter_stream():
+                    if codings and inflater is None and raw:
+                        # Only a body is decoded: a HEAD, 204 or 304 answer has none to check.
+                        inflater = _Inflater.for_codings(codings, self.name, limit)
                     # Decoded as it comes and never past the limit, so a small compressed
                     # body cannot expand into gigabytes here.
-                    chunk = inflate(raw, limit - size + 1) if inflate is not None else raw
+                    chunk = inflater.feed(raw, limit - size) if inflater is not None else raw
                     if size + len(chunk) > limit:
                         chunks.append(chunk[: limit - size])
                         truncated = True
                         break
                     chunks.append(chunk)
                     size += len(chunk)
-                truncated = truncated or size > cap
-                if inflate is not None:  # the body is now what the headers describe without it
+                if inflater is not None:
+                    if not truncated:
+                        inflater.check_complete()
+                    # The body is now what the headers describe without the encoding.
                     decoded = tuple((k, v) for k, v in decoded if k.lower() not in _ENCODING_HEADERS)
+                truncated = truncated or size > cap
                 return CloudResponse(response.status, decoded, b"".join(chunks), truncated, str(url))
         except AddressRefused:
             raise

@@ -115,12 +115,20 @@ def start_standin() -> StandIn:
             elif "/encoded" in url.path:  # the echo in `?as=` encoding, whatever was asked for
                 encoding = params.get("as", "gzip")
                 n = int(params.get("n", "1"))
+                raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
                 packed = {
                     "gzip": lambda data: gzip.compress(data),
                     "deflate": lambda data: zlib.compress(data),
+                    "raw-deflate": lambda data: raw_deflate.compress(data) + raw_deflate.flush(),
                     "br": lambda data: b"not really brotli",
                 }[encoding](echo * n)
-                self._reply(200, packed, "application/json", {"Content-Encoding": encoding})
+                packed *= int(params.get("members", "1"))  # gzip members, one after another
+                packed += {"zeros": b"\0", "junk": b"\x99"}.get(params.get("tail", ""), b"") * int(
+                    params.get("tail_bytes", "0")
+                )
+                packed = packed[: len(packed) - int(params.get("cut", "0"))]
+                label = "deflate" if encoding == "raw-deflate" else encoding
+                self._reply(200, packed, "application/json", {"Content-Encoding": label})
             elif "/binary" in url.path:
                 self._reply(200, bytes(range(256)) * 8, "application/octet-stream")
             else:

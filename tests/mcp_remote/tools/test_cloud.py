@@ -361,6 +361,34 @@ async def test_a_compressed_echo_of_the_key_is_decoded_and_redacted(cloud: Cloud
     cloud.assert_no_canary()
 
 
+async def test_compressed_bodies_are_decoded_whole_or_refused(cloud: CloudHub) -> None:
+    async def get(**query: Any) -> Outcome:
+        return await cloud.call(
+            "http_request",
+            {"service": "stand", "method": "GET", "path": "/encoded", "query": query},
+            principal="ops",
+        )
+
+    raw = await get(**{"as": "raw-deflate"})  # many servers send raw deflate as "deflate"
+    assert _echo(raw)["headers"]["Authorization"] == "Bearer [REDACTED]"
+    members = await get(**{"as": "gzip", "members": 2})  # gzip allows several members
+    assert members.text.count('"method"') == 2, members.text
+    cut = await get(**{"as": "gzip", "cut": 8})
+    assert cut.is_error and "ends before its compressed stream does" in cut.text
+    junk = await get(**{"as": "gzip", "tail": "junk", "tail_bytes": 100})
+    assert junk.is_error and "is corrupt" in junk.text
+    # Bytes after the end that decode to nothing must not pile up unread: 3 MB of zeros.
+    padded = await get(**{"as": "gzip", "tail": "zeros", "tail_bytes": 3_000_000})
+    assert padded.is_error and "before it is even decoded" in padded.text
+    head = await cloud.call(
+        "http_request",
+        {"service": "stand", "method": "HEAD", "path": "/encoded", "query": {"as": "br"}},
+        principal="ops",
+    )
+    assert not head.is_error, head.text  # no body: nothing to decode or refuse
+    cloud.assert_no_canary()
+
+
 async def test_a_body_in_an_encoding_the_hub_cannot_read_is_not_passed_on(cloud: CloudHub) -> None:
     refused = await cloud.call(
         "http_request",
