@@ -201,16 +201,23 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
-def operator_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target: str) -> str | None:
     """--token, else $MCPHUB_TOKEN, else the hub host operator's (its state directory's
-    operator.token): operators' commands work on the hub's host without a token to copy."""
+    operator.token): operators' commands work on the hub's host without a token to copy.
+    That token goes only to the hub running from that state directory: sent to `--hub`
+    anywhere else, it would let whoever listens there decide the local hub's approvals."""
+    from .statedir import read_hub_file
+
     if args.token:
         return str(args.token)
     if environ.get("MCPHUB_TOKEN"):
         return environ["MCPHUB_TOKEN"]
-    path = _state_dir(args, environ) / "operator.token"
+    state_dir = _state_dir(args, environ)
+    running = read_hub_file(state_dir)
+    if not running or running.get("grpc") != target:
+        return None
     try:
-        return path.read_text().strip()
+        return (state_dir / "operator.token").read_text().strip()
     except OSError:
         return None
 
@@ -245,7 +252,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     from .cli import hub_target
 
     target = hub_target(args, environ)
-    token = operator_token(args, environ)
+    token = operator_token(args, environ, target)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]

@@ -20,7 +20,8 @@ def _cmd_list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .cli import _run, hub_target
     from .cli_admin import operator_token
 
-    return _run(_list(hub_target(args, environ), operator_token(args, environ), as_json=args.json))
+    target = hub_target(args, environ)
+    return _run(_list(target, operator_token(args, environ, target), as_json=args.json))
 
 
 async def _list(target: str, token: str | None, *, as_json: bool) -> int:
@@ -57,7 +58,8 @@ def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .cli import _run, hub_target
     from .cli_admin import operator_token
 
-    return _run(_accept(hub_target(args, environ), operator_token(args, environ), args.sandbox, args.tools))
+    target = hub_target(args, environ)
+    return _run(_accept(target, operator_token(args, environ, target), args.sandbox, args.tools))
 
 
 async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:

@@ -273,6 +273,38 @@ async def test_sandboxes_list_for_operators_only(hub: RunningHub, registered: An
     assert host.returncode == 0 and {"sbx-42", "sbx-43"} <= {s["name"] for s in orjson.loads(host.stdout)}
 
 
+async def test_the_operators_token_goes_only_to_the_hub_of_its_state_directory(hub: RunningHub) -> None:
+    """Sent to any `--hub`, the local operator's token would let whoever listens there decide
+    the local hub's approvals."""
+    seen: list[tuple[tuple[str, Any], ...]] = []
+
+    class Listener(grpc.GenericRpcHandler):
+        def service(self, handler_call_details: Any) -> None:
+            seen.append(tuple(handler_call_details.invocation_metadata))
+            return None  # UNIMPLEMENTED
+
+    elsewhere = grpc.aio.server()
+    elsewhere.add_generic_rpc_handlers((Listener(),))
+    port = elsewhere.add_insecure_port("127.0.0.1:0")
+    await elsewhere.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    try:
+        for command in (["sandboxes", "list"], ["approvals", "list"]):
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [*hub_command(*command), "--hub", f"127.0.0.1:{port}", "--state-dir", str(hub.state_dir)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+                env=env,
+            )
+            assert out.returncode == 3, out.stderr
+    finally:
+        await elsewhere.stop(0)
+    assert len(seen) == 2 and not [key for metadata in seen for key, _ in metadata if key == "authorization"]
+
+
 def _cli(hub: RunningHub, *args: str, token: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*hub_command(*args), "--hub", hub.grpc, *(["--token", token] if token else [])],
