@@ -351,7 +351,7 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     missing = [p for p in keys_paths if not p.exists()]
     if missing:
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
-    checkpoint_file = state_dir / "audit" / "checkpoints.jsonl"
+    checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
     report = await _verify_report(store, load_public_keys(keys_paths), checkpoint_file)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

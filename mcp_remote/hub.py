@@ -101,13 +101,14 @@ class Hub:
         self.redactor = Redactor()
         self.authenticator = self._authenticator(config, environ)
         audit_dir = config.state_dir / "audit"
+        store = _open_store(config, environ)
         self.audit = AuditLog(
-            _open_store(config, environ),
+            store,
             self.redactor,
             CheckpointSigner(audit_dir),
             checkpoint_every=config.audit.checkpoint_every,
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
-            checkpoint_file=audit_dir / "checkpoints.jsonl",
+            checkpoint_file=audit_dir / store.checkpoint_file_name,
         )
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)

@@ -47,14 +47,16 @@ class Checkpoint:
 
 
 def read_checkpoint_file(path: Path) -> list[Checkpoint]:
-    """The checkpoints a hub appended to `path` (none if it does not exist); a line that is
-    not a checkpoint is a ValueError naming it."""
+    """The checkpoints a hub appended to `path` (none if it does not exist); a whole line that
+    is not a checkpoint is a ValueError naming it."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
     found = []
-    for number, line in enumerate(data.splitlines(), start=1):
+    # A last line without its newline is an append the hub died in (or a full disk cut): no
+    # checkpoint was completed there, as no journal record is by a line cut short.
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
         if not line.strip():
             continue
         try:

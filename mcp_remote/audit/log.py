@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,6 +108,13 @@ def _result_digest(result: ToolResult) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _append_durably(path: Path, line: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class AuditLog:
     def __init__(
         self,
@@ -169,8 +177,9 @@ class AuditLog:
             await self.store.close()
             raise AuditStoreRefused(
                 f"the audit log ends at record {self._head.seq}, but {where} holds a signed checkpoint "
-                f"of record {signed}: records were deleted (`mcphub audit verify` reports it). To start "
-                "a new log on purpose, move the old one and its checkpoints.jsonl aside"
+                f"of record {signed}: records were deleted, or this is not the log those checkpoints "
+                "were signed for (`mcphub audit verify` reports it). To start a new log on purpose, "
+                "move the old one and that checkpoint file aside"
             )
         self._loop = asyncio.get_running_loop()
         self._batch = self._loop.create_future()
@@ -400,15 +409,22 @@ class AuditLog:
             return
         if not force and head.seq - self._checkpointed_seq < self._every:
             return
-        checkpoint = self._signer.sign(head.seq, head.hash, int(time.time() * 1000))
+        sync_to_disk = getattr(self.store, "sync_to_disk", None)
         try:
+            if sync_to_disk is not None:
+                await sync_to_disk()  # a checkpoint vouches only for records on the disk
+            checkpoint = self._signer.sign(head.seq, head.hash, int(time.time() * 1000))
             await self.store.add_checkpoint(checkpoint)
         except Exception as exc:  # a missed checkpoint is retried at the next one
             logger.error("could not store an audit checkpoint: %s", exc)
             return
         if self._checkpoint_file is not None:
-            with self._checkpoint_file.open("ab") as f:
-                f.write(orjson.dumps(checkpoint.as_dict()) + b"\n")
+            line = orjson.dumps(checkpoint.as_dict()) + b"\n"
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, _append_durably, self._checkpoint_file, line)
+            except OSError as exc:  # the store has it; verify reads both
+                logger.error("could not add the audit checkpoint to %s: %s", self._checkpoint_file, exc)
         self._checkpointed_seq = head.seq
 
     async def flush(self) -> None:

@@ -54,6 +54,22 @@ class PostgresStore:
         self._reader: Any = None
         self._lock = asyncio.Lock()
 
+    @property
+    def checkpoint_file_name(self) -> str:
+        """The state directory's copy of this log's signed checkpoints (`audit/<name>`): one per
+        database, named by its host, port and name (not the password), so that a hub moved to
+        another log does not hold the old log's checkpoints against it."""
+        import hashlib
+
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            info = conninfo_to_dict(self._dsn)
+        except Exception:  # an unparsable DSN fails at open(), with psycopg's own message
+            info = {"dsn": self._dsn}
+        where = "|".join(str(info.get(k, "")) for k in ("host", "port", "dbname", "dsn"))
+        return f"checkpoints-postgres-{hashlib.sha256(where.encode()).hexdigest()[:12]}.jsonl"
+
     async def open(self) -> None:
         import psycopg
 

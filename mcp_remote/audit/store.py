@@ -63,6 +63,11 @@ class RecordQuery:
 
 
 class AuditStore(ApprovalStore, Protocol):
+    @property
+    def checkpoint_file_name(self) -> str:
+        """The name of this log's copy of its signed checkpoints in the state directory."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -334,6 +334,15 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     out = serve_refused(cut.parent, config())
     assert out.returncode == 3 and "the audit log ends at record 60, but the store holds" in out.stderr
 
+    # A last line cut short (the disk filled, the power went) is an append that never finished.
+    shutil.copy(stopped_log / "audit" / "checkpoints.jsonl", cut / "audit" / "checkpoints.jsonl")
+    with (cut / "audit" / "checkpoints.jsonl").open("ab") as f:
+        f.write(b'{"seq": 99999, "hash": "ab')
+    (cut / "audit" / "audit.db").unlink()
+    shutil.copy(stopped_log / "audit" / "audit.db", cut / "audit" / "audit.db")
+    out = cli("audit", "verify", "--state-dir", str(cut))
+    assert out.returncode == 0, out.stderr
+
     (gone / "audit" / "checkpoints.jsonl").write_bytes(b"{not json\n")
     out = cli("audit", "verify", "--state-dir", str(gone))
     assert out.returncode == 1 and "checkpoints.jsonl, line 1: not a signed checkpoint" in out.stderr
@@ -411,6 +420,15 @@ async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_pos
             env=env,
         )
         assert broken.returncode == 1 and "BROKEN at record 7" in broken.stderr
+
+        # Each log's checkpoints are kept apart in the state directory: a hub moved to another
+        # log (SQLite, or a fresh database) starts, and one moved back checks its own.
+        assert list((a.state_dir / "audit").glob("checkpoints-postgres-*.jsonl"))
+        on_sqlite = start_hub(a.state_dir.parent, config=config(), http=False)
+        assert on_sqlite.stop() == 0
+        env["AUDIT_DSN"] = pg.create_database("mcphub_audit_2")
+        fresh = start_hub(a.state_dir.parent, config=shared, env=env, http=False)
+        assert fresh.stop() == 0
 
 
 def _journal_flags(pid: int) -> int:
