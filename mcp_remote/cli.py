@@ -251,6 +251,7 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
     )
     result = None
+    streamed = False
     try:
         async for event in hub.stream_call_tool(token, request, timeout=call.timeout):
             kind = event.WhichOneof("event")
@@ -263,11 +264,14 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
                 )
                 line.show(f"[{pct}] {p.message}".rstrip())
             elif kind == "output":
-                # Live output is progress, so stderr: stdout carries the result alone, which
-                # repeats (a preview of) it, and `> file` must not get it twice.
+                # A command's own streams, as they come: `> file` gets its whole stdout. The
+                # result, which repeats a preview of it, then goes to stderr (below).
                 line.done()
-                sys.stderr.buffer.write(event.output.data)
-                sys.stderr.flush()
+                to_stdout = event.output.stream == "stdout" and not as_json
+                streamed = streamed or to_stdout
+                stream = sys.stdout if to_stdout else sys.stderr
+                stream.buffer.write(event.output.data)
+                stream.flush()
             elif kind == "approval":
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
@@ -285,28 +289,31 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
     if as_json:
         print(json.dumps(result_to_mcp(result), indent=2))
     else:
-        for block in result.content:
-            kind = block.WhichOneof("block")
-            if kind == "text":
-                print(block.text.text)
-            elif kind in ("image", "audio"):
-                media = getattr(block, kind)
-                print(f"<{kind} {media.mime_type}, {len(media.data)} bytes; use --json to get it>")
-            elif kind == "resource_link":
-                print(f"<resource {block.resource_link.uri}>")
-            elif kind == "resource":
-                r = block.resource
-                print(
-                    r.text
-                    if r.WhichOneof("contents") == "text"
-                    else f"<resource {r.uri}, {len(r.blob)} bytes>"
-                )
-        if result.structured_content_json and not result.content:
-            print(result.structured_content_json.decode())
+        _print_result(result, sys.stderr if streamed else sys.stdout)
     if not result.is_error:
         return EXIT_OK
     refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)
     return EXIT_HUB if refused else EXIT_TOOL_ERROR
+
+
+def _print_result(result: Any, out: Any) -> None:
+    for block in result.content:
+        kind = block.WhichOneof("block")
+        if kind == "text":
+            print(block.text.text, file=out)
+        elif kind in ("image", "audio"):
+            media = getattr(block, kind)
+            print(f"<{kind} {media.mime_type}, {len(media.data)} bytes; use --json to get it>", file=out)
+        elif kind == "resource_link":
+            print(f"<resource {block.resource_link.uri}>", file=out)
+        elif kind == "resource":
+            r = block.resource
+            text = (
+                r.text if r.WhichOneof("contents") == "text" else f"<resource {r.uri}, {len(r.blob)} bytes>"
+            )
+            print(text, file=out)
+    if result.structured_content_json and not result.content:
+        print(result.structured_content_json.decode(), file=out)
 
 
 def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -431,8 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         "call",
         formatter_class=_Formatter,
         help="call a tool, showing progress as it runs",
-        description="Call a tool over gRPC. Progress and the tool's live output go to stderr, "
-        "the result to stdout.",
+        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout; a tool "
+        "that streams output (a shell command) writes its stdout and stderr live to ours, and its "
+        "result then goes to stderr, so that `> file` holds exactly what the command printed.",
     )
     call.add_argument("tool", help="tool name, e.g. echo")
     call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")
