@@ -87,14 +87,20 @@ def _open_store(config: HubConfig, environ: Mapping[str, str]) -> AuditStore:
     return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
 
 
+def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(state_dir) else ""
+    return f"state directory {state_dir}{where}: {exc.strerror or exc}"
+
+
 class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             operator_token(config.state_dir)
+            signer = CheckpointSigner(config.state_dir / "audit")
         except OSError as exc:
-            raise ConfigError(f"state directory {config.state_dir}: {exc.strerror or exc}") from None
+            raise ConfigError(_state_dir_problem(config.state_dir, exc)) from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
@@ -105,7 +111,7 @@ class Hub:
         self.audit = AuditLog(
             store,
             self.redactor,
-            CheckpointSigner(audit_dir),
+            signer,
             checkpoint_every=config.audit.checkpoint_every,
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             checkpoint_file=audit_dir / store.checkpoint_file_name,

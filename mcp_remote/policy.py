@@ -349,6 +349,14 @@ def resolve_policy(config: PolicyConfig | None) -> Policy:
         return Policy(default_policy_config())
     if config.extends == "default":
         base = default_policy_config()
+        taken = {rule.name for rule in base.rules}
+        for index, rule in enumerate(config.rules):
+            if rule.name in taken:
+                raise ConfigError(
+                    f"policy.rules.{index}.name: {rule.name!r} is the name of a rule of the default "
+                    "policy, which this one extends; decisions and the audit log name rules, so give "
+                    "it another"
+                )
         merged = base.model_copy(
             update={
                 "rules": [*base.rules, *config.rules],

@@ -221,6 +221,12 @@ def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_pa
     out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(a_file))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"state directory {a_file}: File exists" in out.stderr
+    used = tmp_path / "used"
+    (used / "audit").mkdir(parents=True)
+    (used / "audit" / "signing.key").mkdir()  # a directory where a file must be
+    out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(used))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"state directory {used} ({used / 'audit' / 'signing.key'}): Is a directory" in out.stderr
 
 
 POLICY_HUB = """
@@ -248,6 +254,8 @@ def test_policy_explain_asks_the_principals_tools_before_the_policy(tmp_path: Pa
     stranger = run("policy", "explain", "echo", "--principal", "nobody", *common)
     assert "no principal 'nobody' in the config (its principals: limited, alice)" in stranger.stdout
     assert "(UNAUTHENTICATED)" in stranger.stdout
+    host = run("policy", "explain", "sleep", "--principal", "operator", *common)  # the host's own
+    assert host.stdout.startswith("ALLOW: sleep for operator"), host.stdout
 
 
 def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_path: Path) -> None:

@@ -179,6 +179,13 @@ def test_extending_the_default_can_only_be_stricter() -> None:
     assert "read-only tools" in extended.rule_names
 
 
+def test_a_rule_extending_the_default_cannot_take_a_default_rules_name() -> None:
+    with pytest.raises(ConfigError, match="'browsing' is the name of a rule of the default policy"):
+        resolve_policy(
+            PolicyConfig(extends="default", rules=[RuleConfig(name="browsing", tools=["x"], decision="deny")])
+        )
+
+
 def test_policy_files_are_validated_with_named_keys(tmp_path: Path) -> None:
     good = tmp_path / "p.yaml"
     good.write_text("rules:\n  - {name: all, decision: allow}\n")
