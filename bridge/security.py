@@ -127,4 +127,8 @@ def bearer_token(header: str | None, default: str | None) -> str | None:
     if not header:
         return default
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else RawAuthorization(header)
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    # `Bearer` with no token too: read as no token at all, an open hub would serve a call the
+    # session door (which reads it as the hub's gRPC side does) had refused.
+    return RawAuthorization(header)

@@ -376,6 +376,20 @@ def refused_calls(hub: RunningHub) -> int:
     return sum(r["kind"] == "finished" and r["body"]["status"] == "unauthenticated" for r in records)
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_bearer_without_a_token_is_refused_on_both_paths(open_hub: RunningHub, progress: bool) -> None:
+    """The door read `Bearer` with no token as the hub's gRPC side does (refused), the SDK's path
+    as no token at all (which an open hub serves): the call ran and was answered 401."""
+    body = call_body("echo", {"text": "ran"})
+    if progress:
+        body["params"]["_meta"] = {**META, "progressToken": "p1"}
+    with httpx2.Client(base_url=open_hub.http_base, timeout=30) as client:
+        headers = modern_headers("tools/call", "echo") | {"authorization": "Bearer"}
+        response = client.post("/mcp", json=body, headers=headers)
+    assert response.status_code == 401, response.text
+    assert "ran" not in response.text and "-32030" in response.text, response.text
+
+
 @pytest.mark.parametrize("scheme", ["", "Basic ", "Token "])
 def test_an_authorization_that_is_not_bearer_is_refused(secured_hub: RunningHub, scheme: str) -> None:
     """`Authorization: <token>` without the scheme used to be accepted: the bridge passed it on
