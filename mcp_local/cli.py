@@ -76,9 +76,12 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
         token=args.token or environ.get("MCPHUB_TOKEN") or None,
         sandbox=args.sandbox or environ.get("MCPHUB_SANDBOX") or None,
         backoff=Backoff(first_s=min(0.5, args.reconnect_max), max_s=args.reconnect_max),
-        environ=dict(environ),
+        environ={k: v for k, v in environ.items() if k != TOKEN_VARIABLE},
         state_dir=state_dir,
     )
+
+
+TOKEN_VARIABLE = "MCPHUB_TOKEN"  # noqa: S105 - the name of the variable, not a token
 
 
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -91,6 +94,11 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = _settings(args, environ)
     except ConfigError as exc:
         return _fail(str(exc))
+    if environ is os.environ:
+        # The token is in the settings now. Out of the environment, it reaches no process the
+        # sidecar starts (a helper process is readable by the agent's uid), nor the serving
+        # interpreter `exec_server` starts, whose environment is this one.
+        os.environ.pop(TOKEN_VARIABLE, None)
     if getattr(args, "owns_process", False):
         from .handover import exec_server
 

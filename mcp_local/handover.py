@@ -45,6 +45,10 @@ def exec_server(settings: SidecarSettings, *, ready_file: str | None, json_line:
             handed = (settings, ready_file, json_line, _process_name())
             pickle.dump(handed, out, protocol=pickle.HIGHEST_PROTOCOL)
         os.lseek(fd, 0, os.SEEK_SET)
+        # Mode 0: the new interpreter reads it through the descriptor it inherits; nobody
+        # (the agent's uid included, in the moment before that interpreter is non-dumpable)
+        # can open it again through /proc/PID/fd.
+        os.fchmod(fd, 0)
         os.set_inheritable(fd, True)
         flags = _interpreter_options()
         sys.stdout.flush()

@@ -99,6 +99,19 @@ async def test_progress_is_relayed(client: ToolClient) -> None:
     assert seen and seen == sorted(seen)
 
 
+def test_the_hub_token_leaves_the_environment(tmp_path: Path) -> None:
+    """In its environment, the token would reach every process the sidecar starts (a helper
+    process is readable by the agent's uid) and the serving interpreter it execs."""
+    token = "sidecar-env-token-0123456789abcdef"
+    sidecar = start_sidecar(tmp_path, sandbox_manifest(tmp_path), token=token)
+    try:
+        environ = Path(f"/proc/{sidecar.process.pid}/environ").read_bytes()
+        assert b"MCPHUB_TOKEN" not in environ and token.encode() not in environ
+        assert b"PATH=" in environ, "the rest of the environment is kept"
+    finally:
+        sidecar.stop()
+
+
 async def test_stdio_mode_serves_mcp_on_stdin_and_stdout(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, sandbox_manifest(tmp_path))
     params = StdioServerParameters(
