@@ -89,13 +89,21 @@ def _has_id(line: bytes) -> bool:
 
 async def _chunks(fd: int) -> AsyncIterator[bytes]:
     """What `fd` delivers, as it comes, until its end. A pipe, socket or terminal is waited on
-    (no thread, so giving up is always possible); a regular file never blocks."""
+    (no thread, so giving up is always possible); a regular file never blocks; a device the
+    event loop cannot watch (`/dev/null`: epoll refuses it) is read in a thread."""
     waits = not stat.S_ISREG(os.fstat(fd).st_mode)
+    threaded = False
     while True:
         if waits:
-            await anyio.wait_readable(fd)
+            try:
+                await anyio.wait_readable(fd)
+            except PermissionError:
+                waits, threaded = False, True
         try:
-            data = os.read(fd, _CHUNK)
+            if threaded:
+                data = await anyio.to_thread.run_sync(os.read, fd, _CHUNK, abandon_on_cancel=True)
+            else:
+                data = os.read(fd, _CHUNK)
         except BlockingIOError:  # readable, then taken by someone else sharing the pipe
             continue
         if not data:

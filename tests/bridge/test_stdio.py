@@ -169,3 +169,13 @@ def test_a_request_whose_id_is_no_id_is_refused(open_hub: RunningHub) -> None:
             'Invalid Request: "id" must be a string or an integer (a notification has no "id")'
         )
     assert answers[2] == {"jsonrpc": "2.0", "id": 9, "result": {}}
+
+
+def test_stdin_that_cannot_be_polled_ends_the_session_cleanly(open_hub: RunningHub) -> None:
+    """epoll refuses /dev/null (EPERM), which crashed the bridge with a traceback: such a
+    descriptor is read in a thread."""
+    command = [sys.executable, "-m", "mcp_remote.cli", "bridge", "--stdio", "--hub", open_hub.grpc]
+    with Path("/dev/null").open("rb") as nothing:
+        done = subprocess.run(command, cwd=REPO, stdin=nothing, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, b""), done.stderr
+    assert b"Traceback" not in done.stderr, done.stderr
