@@ -79,6 +79,11 @@ REPLACED = grpc.StatusCode.ABORTED
 """The status that ends a stream taken over by a new connection of the same sandbox."""
 
 
+def _check_count(tools: Sequence[pb.Tool]) -> None:
+    if len(tools) > MAX_TOOLS:
+        raise InvalidArgument(f"a sandbox may announce at most {MAX_TOOLS} tools, not {len(tools)}")
+
+
 def exposed_name(sandbox: str, tool: str) -> str:
     return f"{sandbox}{SEPARATOR}{tool}"
 
@@ -291,6 +296,9 @@ class Federation:
         return name
 
     def connect(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:
+        # Refused before it replaces anything: a hello the hub will not take must not knock
+        # the registered sidecar off (over and over, with a minute's backoff each time).
+        _check_count(tools)
         old = self.connections.get(conn.sandbox)
         if old is not None:
             # The newest connection wins: a sidecar whose stream broke (and the hub has not
@@ -312,8 +320,7 @@ class Federation:
 
     def announce(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:
         """Take `tools` as the sandbox's whole tool set: pin new ones, block changed ones, expose the rest."""
-        if len(tools) > MAX_TOOLS:
-            raise InvalidArgument(f"a sandbox may announce at most {MAX_TOOLS} tools, not {len(tools)}")
+        _check_count(tools)
         announced: dict[str, pb.Tool] = {}
         hashes: dict[str, str] = {}
         exposed: dict[str, Tool] = {}

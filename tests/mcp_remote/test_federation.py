@@ -621,3 +621,27 @@ async def test_a_silent_sidecar_is_dropped_three_ping_intervals_after_its_last_w
         await server.stop(0)
     assert 3 * interval - 0.2 <= silent_for < 3 * interval + 0.4, silent_for
     assert "sbx-frozen" not in federation.connections
+
+
+async def test_a_hello_the_hub_refuses_does_not_knock_the_registered_sidecar_off(
+    hub: RunningHub, registered: Any
+) -> None:
+    """The hub replaced the registered connection first and refused the newcomer after: one
+    refused hello a minute kept the rightful sidecar off its sandbox."""
+    too_many = [pb.Tool(name=f"t{i}", input_schema_json=b'{"type": "object"}') for i in range(1001)]
+
+    async def one_hello() -> AsyncIterator[spb.SidecarMessage]:
+        yield spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-42", tools=too_many))
+        await asyncio.sleep(5)
+
+    async with grpc.aio.insecure_channel(hub.grpc) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {TOKENS['sbx-42']}"),)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.Connect(one_hello(), metadata=metadata):
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 tools" in (refused.value.details() or "")
+    await asyncio.sleep(0.5)  # a sidecar knocked off would have been told by now
+    assert "sbx-42__files_read" in await tool_names(hub, TOKENS["ops"])
+    assert "replaced by a new connection" not in registered["sbx-42"].log_path.read_text()
