@@ -26,9 +26,11 @@ http=${MCPHUB_LOCAL_HTTP:-127.0.0.1:7073}
 timeout=${MCPHUB_READY_TIMEOUT:-30}
 # Checked before anything starts: the wait loop's arithmetic would otherwise stop the shell
 # with "Illegal number" (not naming the variable) and leave the sidecar running.
+# No leading zero (the shell reads 010 as octal, 08 as an error), at most 6 digits (past that
+# its integers overflow).
 case $timeout in
-  '' | *[!0-9]*)
-    echo "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds, not '$timeout'" >&2
+  '' | *[!0-9]* | 0?* | ???????*)
+    echo "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds (0 to 999999, no leading zero), not '$timeout'" >&2
     exit 2
     ;;
 esac
