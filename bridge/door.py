@@ -203,7 +203,7 @@ class SessionDoor:
             await self.app(scope, receive, send)  # the hub authenticates each call again
             return
         scope = {**scope, "user": self._user(principal)}
-        if scope["method"] == "POST":
+        if session_id is None and scope["method"] == "POST":
             screened = await self._screen(receive, send, scope)
             if screened is None:
                 return
@@ -254,6 +254,12 @@ class SessionDoor:
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
         try:
+            if scope["method"] == "POST":
+                # Screened once counted: a session whose request is still uploading is in use.
+                screened = await self._screen(receive, send, scope)
+                if screened is None:
+                    return
+                receive = screened
             await self.app(scope, receive, send)
         finally:
             if session_id in held.in_flight:
