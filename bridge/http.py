@@ -314,6 +314,7 @@ class _DeadlineProtocol(HttpToolsProtocol):
             return
         self._dropped = True  # nothing after the bad bytes is parsed (see data_received)
         self._bad_request = msg
+        self._headers_pending = False  # or the next queued request's turn would re-arm it
         # The bad bytes began a request whose headers' deadline is running: that request is
         # answered (400) already, and the deadline must not close the connection under the
         # ones still being answered.
