@@ -109,7 +109,21 @@ def _result_digest(result: ToolResult) -> tuple[int, str]:
 
 
 def _append_durably(path: Path, line: bytes) -> None:
-    with path.open("ab") as f:
+    with path.open("a+b") as f:
+        # A line an earlier append left without its newline (the hub died in it) is skipped
+        # by readers; appended to, or ended, it would become a line that is no checkpoint and
+        # no hub would start again. It was never a checkpoint: it goes.
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                whole = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 4096 else None)
+                if whole is None:  # one line of over 4 KiB: no checkpoint is that long
+                    f.seek(0)
+                    whole = f.read().rfind(b"\n") + 1
+                f.truncate(whole)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())

@@ -342,6 +342,15 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     shutil.copy(stopped_log / "audit" / "audit.db", cut / "audit" / "audit.db")
     out = cli("audit", "verify", "--state-dir", str(cut))
     assert out.returncode == 0, out.stderr
+    # The next checkpoint starts a line of its own (appended to the fragment, it would make
+    # a line that is no checkpoint, and no hub would start again).
+    hub = start_hub(cut.parent, config=config(), http=False)
+    called = cli("call", "echo", "--args", '{"text": "after the cut"}', "--hub", hub.grpc, "--token", TOKEN)
+    assert called.returncode == 0, called.stderr
+    assert hub.stop() == 0
+    again = start_hub(cut.parent, config=config(), http=False)
+    assert again.stop() == 0
+    assert cli("audit", "verify", "--state-dir", str(cut)).returncode == 0
 
     (gone / "audit" / "checkpoints.jsonl").write_bytes(b"{not json\n")
     out = cli("audit", "verify", "--state-dir", str(gone))
