@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
 import os
+import zlib
 from pathlib import Path
 
 import httpx2
@@ -360,3 +362,25 @@ def test_a_key_escaped_in_a_json_response_is_redacted_once_parsed(tmp_path: Path
         )
         assert key not in shown and escaped not in shown, shown
         assert result.structured is not None and result.structured["json"]["key"] == "[REDACTED]"
+
+
+def test_a_zlib_deflate_body_arriving_a_byte_at_a_time_is_decoded() -> None:
+    """Its first two bytes tell a zlib stream from raw deflate: one byte alone told it wrong."""
+    from mcp_remote.tools.cloud.client import _Inflater
+
+    data = zlib.compress(b"hello world" * 10)
+    inflater = _Inflater("deflate", "svc", 100_000)
+    out = b"".join(inflater.feed(data[i : i + 1], 100_000) for i in range(len(data)))
+    inflater.check_complete()
+    assert out == b"hello world" * 10
+
+
+def test_a_body_that_does_not_compress_is_cut_at_the_cap_not_refused() -> None:
+    """gzip makes such a body a little longer: the compressed bytes' bound allows for it."""
+    from mcp_remote.tools.cloud.client import _Inflater
+
+    body = os.urandom(100_000)
+    packed = gzip.compress(body)
+    assert len(packed) > len(body)
+    inflater = _Inflater("gzip", "svc", 100_000)
+    assert inflater.feed(packed, 100_000) == body
