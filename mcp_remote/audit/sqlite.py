@@ -177,6 +177,18 @@ class SQLiteStore:
         return self._db
 
     async def open(self) -> None:
+        if self.read_only:  # verify, tail and query: they report what SQLite says themselves
+            self._open()
+            return
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            raise AuditStoreRefused(f"{self.path}: the audit database cannot be used: {exc}") from None
+
+    def _open(self) -> None:
         if self.read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"no audit log at {self.path}")

@@ -359,6 +359,19 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     assert out.returncode == 3 and "line 1: not a signed checkpoint" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("damage", ["garbage", "directory"])
+def test_a_hub_refuses_an_audit_database_it_cannot_use_naming_it(tmp_path: Path, damage: str) -> None:
+    db = tmp_path / "state" / "audit" / "audit.db"
+    db.parent.mkdir(parents=True)
+    if damage == "garbage":
+        db.write_bytes(b"this is not an SQLite database" * 200)
+    else:
+        db.mkdir()
+    out = serve_refused(tmp_path, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    assert f"{db}: the audit database cannot be used" in out.stderr
+
+
 def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, config=config(), http=False)
     try:
