@@ -215,6 +215,12 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     state_dir = _state_dir(args, environ)
     running = read_hub_file(state_dir)
     if not running or running.get("grpc") != target:
+        if running and (state_dir / "operator.token").exists():
+            print(
+                f"mcphub: not sending {state_dir}'s operator token to {target}: the hub running from "
+                f"that state directory listens on {running.get('grpc')} (or pass --token)",
+                file=sys.stderr,
+            )
         return None
     try:
         return (state_dir / "operator.token").read_text().strip()

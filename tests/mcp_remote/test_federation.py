@@ -300,6 +300,7 @@ async def test_the_operators_token_goes_only_to_the_hub_of_its_state_directory(h
                 env=env,
             )
             assert out.returncode == 3, out.stderr
+            assert f"not sending {hub.state_dir}'s operator token to 127.0.0.1:{port}" in out.stderr
     finally:
         await elsewhere.stop(0)
     assert len(seen) == 2 and not [key for metadata in seen for key, _ in metadata if key == "authorization"]
