@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -201,6 +202,18 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target: str) -> str | None:
     """--token, else $MCPHUB_TOKEN, else the hub host operator's (its state directory's
     operator.token): operators' commands work on the hub's host without a token to copy.
@@ -214,6 +227,8 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
         return environ["MCPHUB_TOKEN"]
     state_dir = _state_dir(args, environ)
     running = read_hub_file(state_dir)
+    if running and not _alive(running.get("pid")):
+        running = None  # a hub killed without removing its file: its port may be anyone's now
     if not running or running.get("grpc") != target:
         if running and (state_dir / "operator.token").exists():
             print(

@@ -316,3 +316,19 @@ def test_serve_help_names_every_config_key_and_environment_variable() -> None:
         assert not missing, f"{model.__name__}: {sorted(missing)} not in `mcphub serve --help`"
     assert not set(ENV_OVERRIDES) - words
     assert all(name in words for name in DEFAULT_PACKS)
+
+
+def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path: Path) -> None:
+    """A hub killed with -9 leaves its hub.json: whatever listens on its port now is not it."""
+    import argparse
+
+    from mcp_remote.cli_admin import operator_token
+
+    (tmp_path / "operator.token").write_text("op_local-operator-token\n")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    args = argparse.Namespace(token=None, state_dir=tmp_path)
+    for pid, expected in ((int(gone.stdout), None), (os.getpid(), "op_local-operator-token")):
+        (tmp_path / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:7070", "pid": pid}))
+        assert operator_token(args, {}, "127.0.0.1:7070") == expected
