@@ -66,8 +66,7 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
             print(json.dumps({"ok": False, "error": str(exc)}))
         return _fail(str(exc), EXIT_USAGE)
     # In a hub config, the principals say who can approve what the rules ask.
-    approvers = [(p.name, frozenset(p.groups)) for p in principals if "approver" in p.roles]
-    warnings = unapprovable(config, approvers) if principals else []
+    warnings = unapprovable(config, [p.principal() for p in principals]) if principals else []
     if args.json:
         print(json.dumps({"ok": True, "rules": policy.rule_names, "warnings": warnings}))
     else:
@@ -117,7 +116,7 @@ def _find_tool(config: Any, tool: str) -> tuple[Any, str] | None:
 def _unauthorized(config: Any, principal: str, tool: Any, name: str) -> tuple[str, str] | None:
     """The gRPC status and the reason with which the hub refuses `principal` the tool before
     any policy rule is asked, or None. Without principals in the config, nobody is refused."""
-    from mcp_local.principals import OPERATOR, Principal
+    from mcp_local.principals import OPERATOR
 
     if not config.principals or principal == OPERATOR.name:  # the host's operator may call anything
         return None
@@ -125,7 +124,7 @@ def _unauthorized(config: Any, principal: str, tool: Any, name: str) -> tuple[st
     if entry is None:
         names = ", ".join(p.name for p in config.principals)
         return "UNAUTHENTICATED", f"no principal {principal!r} in the config (its principals: {names})"
-    who = Principal(entry.name, tuple(entry.tools), frozenset(entry.roles), frozenset(entry.groups))
+    who = entry.principal()
     if not who.may_call(name):
         return (
             "PERMISSION_DENIED",

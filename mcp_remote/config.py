@@ -26,7 +26,7 @@ from pydantic import (
 
 from bridge.options import MAX_BODY_BYTES  # standard library only
 from mcp_local.errors import ConfigError
-from mcp_local.principals import OPERATOR
+from mcp_local.principals import OPERATOR, Principal
 
 from .policy import PolicyConfig
 from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
@@ -111,6 +111,10 @@ class PrincipalConfig(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one of token, token_env, token_file (got {given or 'none'})")
         return self
+
+    def principal(self) -> Principal:
+        """Who this entry names, as the hub authorizes it."""
+        return Principal(self.name, tuple(self.tools), frozenset(self.roles), frozenset(self.groups))
 
     def resolve_token(self, environ: Mapping[str, str]) -> str:
         if self.token is not None:

@@ -19,7 +19,7 @@ from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
-from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
+from mcp_local.principals import OPERATOR, Authenticator, OpenAccess
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
@@ -119,8 +119,7 @@ class Hub:
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
         if config.policy is not None:
-            approvers = [(p.name, frozenset(p.groups)) for p in config.principals if "approver" in p.roles]
-            for problem in unapprovable(config.policy, approvers):
+            for problem in unapprovable(config.policy, [p.principal() for p in config.principals]):
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit)
         self.pipeline = Pipeline(self.stages())
@@ -149,9 +148,7 @@ class Hub:
             if p.token_env is not None and isinstance(environ, MutableMapping):
                 # Read once; no process the hub starts (spawner, browser driver) may inherit it.
                 environ.pop(p.token_env, None)
-            entries.append(
-                (token, Principal(p.name, tuple(p.tools), frozenset(p.roles), frozenset(p.groups)))
-            )
+            entries.append((token, p.principal()))
         return TokenAuthenticator(entries)
 
     def stages(self) -> list[Stage]:

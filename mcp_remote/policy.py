@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_local.errors import ConfigError
+from mcp_local.principals import Principal
 from mcp_local.tools import ToolAnnotations
 
 from .shellwords import parse_command_line
@@ -110,11 +111,11 @@ class PolicyConfig(BaseModel):
         return self
 
 
-def unapprovable(policy: PolicyConfig, approvers: Iterable[tuple[str, frozenset[str]]]) -> list[str]:
+def unapprovable(policy: PolicyConfig, principals: Iterable[Principal]) -> list[str]:
     """The rules whose `ask` no principal could approve: they require approver groups that no
-    principal with the approver role is in (`approvers`: name and groups of each such
-    principal), so every call they match waits out its timeout and is denied."""
-    members = set().union(*(groups for _, groups in approvers))
+    principal with the approver role is in, so every call they match waits out its timeout
+    and is denied."""
+    members = set().union(*(p.groups for p in principals if p.has_role("approver")))
     problems = []
     for rule in policy.rules:
         if rule.decision == "ask" and rule.approvers and not members & set(rule.approvers):

@@ -274,6 +274,17 @@ def test_a_client_hanging_up_mid_body_is_not_an_error(open_hub: RunningHub, era:
     assert "ERROR" not in after and "Traceback" not in after, after
 
 
+def _exchange(hub: RunningHub, request: bytes) -> bytes:
+    """Send raw bytes to the bridge and read its answer until it closes the connection."""
+    url = urlsplit(hub.http_base)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -291,11 +302,7 @@ def test_a_repeated_host_or_origin_is_refused(open_hub: RunningHub, extra: str) 
         + extra.format(netloc=url.netloc)
         + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(head.encode() + body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = _exchange(open_hub, head.encode() + body)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b"more than one Host or Origin header" in answer
 
@@ -303,17 +310,12 @@ def test_a_repeated_host_or_origin_is_refused(open_hub: RunningHub, extra: str) 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_a_request_without_a_host_is_a_bad_request(open_hub: RunningHub, version: str) -> None:
     """RFC 9112 3.2 answers 400; it used to be 421 naming the host `None`."""
-    url = urlsplit(open_hub.http_base)
     body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
     head = (
         f"POST /mcp HTTP/{version}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(head.encode() + body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = _exchange(open_hub, head.encode() + body)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b"the request has no Host header" in answer and b"None" not in answer
 

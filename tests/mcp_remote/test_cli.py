@@ -74,32 +74,18 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         assert line.strip() == "mcphub ready: grpc 127.0.0.1:7070  mcp http://127.0.0.1:7071/mcp", line
         assert (tmp_path / ".local" / "state" / "mcphub" / "hub.json").exists()
-        out = subprocess.run(
-            hub_command("call", "echo", "--args", '{"text": "defaults"}'),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+
+        def mcphub(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(hub_command(*args), capture_output=True, text=True, env=env, timeout=60)
+
+        out = mcphub("call", "echo", "--args", '{"text": "defaults"}')
         assert out.stdout.strip() == "defaults", out.stderr
-        tools = subprocess.run(hub_command("tools"), capture_output=True, text=True, env=env, timeout=30)
+        tools = mcphub("tools")
         names = {line.split()[0] for line in tools.stdout.splitlines()}
         assert {"echo", "shell_exec", "fs_read", "browser_navigate", "output_read"} <= names, tools.stdout
-        jailed = subprocess.run(
-            hub_command("call", "shell_exec", "--args", '{"command": "id -un"}', "--json"),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        jailed = mcphub("call", "shell_exec", "--args", '{"command": "id -un"}', "--json")
         assert json.loads(jailed.stdout)["structuredContent"]["stdout"] == "sandbox\n", jailed.stderr
-        shown = subprocess.run(
-            hub_command("call", "shell_exec", "--args", '{"command": "echo out-line"}'),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        shown = mcphub("call", "shell_exec", "--args", '{"command": "echo out-line"}')
         # The command's stdout on ours, live and alone (`> file` holds what it printed, once);
         # the result, which repeats it, on stderr.
         assert shown.stdout == "out-line\n", shown.stdout
