@@ -115,15 +115,10 @@ def _append_durably(path: Path, line: bytes) -> None:
         # no hub would start again. It was never a checkpoint: it goes.
         size = f.seek(0, os.SEEK_END)
         if size:
-            f.seek(max(0, size - 4096))
-            tail = f.read()
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n")
-                whole = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= 4096 else None)
-                if whole is None:  # one line of over 4 KiB: no checkpoint is that long
-                    f.seek(0)
-                    whole = f.read().rfind(b"\n") + 1
-                f.truncate(whole)
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # only after a crash in an append: read it whole, then
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
