@@ -163,7 +163,7 @@ class HubLink:
                     )
                 elif code in _REFUSALS:
                     # Redialling cannot help until an operator changes the hub's configuration
-                    # (a reload is enough), so keep trying, slowly, and let `health` report it.
+                    # (and restarts it), so keep trying, slowly, and let `health` report it.
                     backoff, state = _SLOW_BACKOFF, LinkState(REFUSED, state.detail)
                     logger.error(
                         "hub %s refuses this sidecar (%s); trying again after a growing delay "
