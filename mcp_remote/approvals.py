@@ -34,6 +34,8 @@ import orjson
 from mcp_local.errors import Conflict, PermissionDenied, ToolNotFound
 from mcp_local.principals import Principal
 
+from .policy import describe_approver_groups, missing_approver_groups
+
 __all__ = ["Approval", "ApprovalBook", "ApprovalState", "ApprovalStore", "arguments_digest"]
 
 logger = logging.getLogger(__name__)
@@ -204,9 +206,10 @@ class ApprovalBook:
             raise PermissionDenied(
                 "an approval cannot be granted or denied by the principal that asked for it"
             )
-        if current.approvers and not (set(current.approvers) & approver.groups):
+        missing = missing_approver_groups(current.approvers, approver.groups)
+        if missing:
             raise PermissionDenied(
-                f"approval {approval_id} needs an approver in {', '.join(current.approvers)}; "
+                f"approval {approval_id} needs an approver in {describe_approver_groups(current.approvers)}; "
                 f"{approver.name!r} is in {', '.join(sorted(approver.groups)) or 'no group'}"
             )
         if current.state == "pending" and current.expires_ms <= _now_ms():

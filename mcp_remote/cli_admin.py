@@ -144,7 +144,7 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 
     from .cli import arguments_option
     from .config import load_config
-    from .policy import load_policy_file, resolve_policy
+    from .policy import describe_approver_groups, load_policy_file, resolve_policy
 
     try:
         arguments = arguments_option(args.args)
@@ -191,7 +191,7 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         if decision.reason:
             print(f"  reason: {decision.reason}")
         if decision.verdict == "ask":
-            who = ", ".join(decision.approvers) or "any approver"
+            who = describe_approver_groups(decision.approvers) if decision.approvers else "any approver"
             print(f"  waits up to {decision.timeout_s:g}s for {who}")
         if found is None:
             print(f"  (no configured pack offers {args.tool!r}; evaluated without annotations)")

@@ -35,7 +35,9 @@ __all__ = [
     "RuleConfig",
     "Verdict",
     "default_policy_config",
+    "describe_approver_groups",
     "load_policy_file",
+    "missing_approver_groups",
     "unapprovable",
 ]
 
@@ -43,6 +45,8 @@ Verdict = Literal["allow", "ask", "deny"]
 _SEVERITY: dict[str, int] = {"allow": 0, "ask": 1, "deny": 2}
 NO_RULE = "(no rule names this tool)"
 COMPOUND = "(compound shell command)"
+GROUP_ALTERNATIVES = "|"
+"""Joins the groups of one rule's `approvers` in a decision's requirement (`oncall|security`)."""
 
 
 class AnnotationMatch(BaseModel):
@@ -72,11 +76,22 @@ class RuleConfig(BaseModel):
     """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]].
     Words after the program are globs (`+*` is any word that starts with `+`)."""
     approvers: list[str] = Field(default_factory=list)
-    """Approver groups that may decide an `ask` (default: any approver)."""
+    """Approver groups that may decide an `ask` (default: any approver): the approver must be in
+    one of them. When several `ask` rules match a call, the approver must meet every one's."""
     timeout_s: float | None = Field(default=None, gt=0)
     """How long an `ask` waits for a person; a timeout is a denial."""
     reason: str = ""
     """Shown to the approver and the caller."""
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not group or GROUP_ALTERNATIVES in group:
+                raise ValueError(
+                    f"approver group {group!r}: must be a non-empty name without {GROUP_ALTERNATIVES!r}"
+                )
+        return value
 
     @field_validator("argv")
     @classmethod
@@ -126,6 +141,17 @@ def unapprovable(policy: PolicyConfig, principals: Iterable[Principal]) -> list[
     return problems
 
 
+def missing_approver_groups(required: Iterable[str], groups: frozenset[str]) -> list[str]:
+    """The entries of a decision's `approvers` that an approver in `groups` does not meet."""
+    return [entry for entry in required if not groups & set(entry.split(GROUP_ALTERNATIVES))]
+
+
+def describe_approver_groups(required: Sequence[str]) -> str:
+    """`oncall` / `oncall or security` / `oncall, and security or admins`, for people."""
+    words = [" or ".join(entry.split(GROUP_ALTERNATIVES)) for entry in required]
+    return ", and ".join(words) if len(words) > 1 and any(" or " in w for w in words) else " and ".join(words)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
@@ -133,6 +159,8 @@ class Decision:
     """The rules that made the decision (the matching rules of the strictest kind)."""
     reason: str
     approvers: tuple[str, ...] = ()
+    """What the approver must meet: one entry per deciding rule that names groups, each the
+    rule's groups joined by `|`; the approver must be in a group of every entry."""
     timeout_s: float = 300.0
 
     @property
@@ -334,7 +362,15 @@ class Policy:
         elif compound is not None and verdict == "ask":
             names = (*names, COMPOUND)
             reasons.append(f"the command {compound}")
-        approvers = tuple(sorted({g for r in deciding for g in r.config.approvers}))
+        approvers = tuple(
+            sorted(
+                {
+                    GROUP_ALTERNATIVES.join(sorted(set(r.config.approvers)))
+                    for r in deciding
+                    if r.config.approvers
+                }
+            )
+        )
         timeouts = [r.config.timeout_s for r in deciding if r.config.timeout_s is not None]
         return Decision(verdict, names, "; ".join(reasons), approvers, min(timeouts) if timeouts else timeout)
 

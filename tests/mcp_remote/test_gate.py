@@ -31,6 +31,8 @@ TOKENS = {
     "alice": "gate-token-alice-approver-0123",
     "bob": "gate-token-bob-oncall-approver",
     "selfish": "gate-token-selfish-approver-01",
+    "carol": "gate-token-carol-security-0123",
+    "dave": "gate-token-dave-oncall-security",
 }
 CONFIG: dict[str, Any] = {
     "principals": [
@@ -39,6 +41,8 @@ CONFIG: dict[str, Any] = {
         {"name": "alice", "token": TOKENS["alice"], "roles": ["approver"]},
         {"name": "bob", "token": TOKENS["bob"], "roles": ["approver"], "groups": ["oncall"]},
         {"name": "selfish", "token": TOKENS["selfish"], "roles": ["approver"]},
+        {"name": "carol", "token": TOKENS["carol"], "roles": ["approver"], "groups": ["security"]},
+        {"name": "dave", "token": TOKENS["dave"], "roles": ["approver"], "groups": ["oncall", "security"]},
     ],
     "policy": {
         "extends": "default",
@@ -50,6 +54,13 @@ CONFIG: dict[str, Any] = {
                 "decision": "ask",
                 "approvers": ["oncall"],
                 "reason": "touches production",
+            },
+            {
+                "name": "secrets need security",
+                "tools": ["plain_thing"],
+                "args": {"name": "*-secrets"},
+                "decision": "ask",
+                "approvers": ["security", "admins"],
             },
             {
                 "name": "quick",
@@ -196,6 +207,24 @@ async def test_approver_groups_and_roles_are_enforced(gated_hub: RunningHub, hub
         assert expected in (info.value.details() or "")
     await decide(gated_hub.grpc, TOKENS["bob"], approval_id, True)
     assert text_of(await call.result()) == "did prod-db"
+
+
+async def test_every_matching_rule_s_approver_groups_must_be_met(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    # Two ask rules: oncall for production, security (or admins) for secrets. A second rule
+    # must not widen who may approve what the first one guards.
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "prod-secrets"})
+    approval_id = await call.approval_id()
+    mine = next(a for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id == approval_id)
+    assert list(mine.approver_groups) == ["admins|security", "oncall"]
+    for token in (TOKENS["bob"], TOKENS["carol"]):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await decide(gated_hub.grpc, token, approval_id, True)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "needs an approver in admins or security, and oncall" in (info.value.details() or "")
+    await decide(gated_hub.grpc, TOKENS["dave"], approval_id, True)
+    assert text_of(await call.result()) == "did prod-secrets"
 
 
 async def test_a_policy_deny_never_reaches_a_person(gated_hub: RunningHub, hub_client: HubClient) -> None:

@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mcp_local import ConfigError, ToolAnnotations
-from mcp_remote.policy import Policy, PolicyConfig, RuleConfig, load_policy_file, resolve_policy
+from mcp_remote.policy import (
+    Policy,
+    PolicyConfig,
+    RuleConfig,
+    describe_approver_groups,
+    load_policy_file,
+    missing_approver_groups,
+    resolve_policy,
+)
 from mcp_remote.shellwords import parse_command_line
 
 RO = ToolAnnotations(read_only=True, destructive=False)
@@ -81,6 +90,33 @@ def test_arguments_principals_approvers_and_timeouts() -> None:
     assert p.evaluate("svc", "http_request", {"method": "GET", "path": "/dev/x"}, NONE).verdict == "allow"
     both = p.evaluate("agent-1", "http_request", {"method": "POST", "path": "/prod/db"}, NONE)
     assert both.verdict == "ask" and both.approvers == ("leads", "oncall") and both.timeout_s == 30
+    # Each rule's groups are one requirement: the approver meets every rule, through any of its groups.
+    assert missing_approver_groups(both.approvers, frozenset({"oncall"})) == ["leads"]
+    assert missing_approver_groups(both.approvers, frozenset({"oncall", "leads"})) == []
+
+
+def test_a_rule_s_approver_groups_are_alternatives_and_rules_add_up() -> None:
+    p = policy(
+        {
+            "name": "secrets",
+            "tools": ["t"],
+            "args": {"x": "*secret*"},
+            "decision": "ask",
+            "approvers": ["security", "admins"],
+        },
+        {"name": "prod", "tools": ["t"], "args": {"x": "*prod*"}, "decision": "ask", "approvers": ["oncall"]},
+        {"name": "any", "tools": ["t"], "args": {"x": "*any*"}, "decision": "ask"},
+    )
+    one = p.evaluate("a", "t", {"x": "secret"}, NONE)
+    assert one.approvers == ("admins|security",)
+    assert missing_approver_groups(one.approvers, frozenset({"admins"})) == []
+    both = p.evaluate("a", "t", {"x": "prod secret any"}, NONE)
+    assert both.approvers == ("admins|security", "oncall")
+    assert missing_approver_groups(both.approvers, frozenset({"security"})) == ["oncall"]
+    assert describe_approver_groups(both.approvers) == "admins or security, and oncall"
+    assert describe_approver_groups(("a", "b")) == "a and b"
+    with pytest.raises(ValidationError, match="without '\\|'"):
+        RuleConfig(name="x", decision="ask", approvers=["a|b"])
 
 
 @pytest.mark.parametrize(
