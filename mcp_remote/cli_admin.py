@@ -65,8 +65,9 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
         return _fail(str(exc), EXIT_USAGE)
-    # In a hub config, the principals say who can approve what the rules ask.
-    warnings = unapprovable(config, [p.principal() for p in principals]) if principals else []
+    # In a hub config, the principals (none too, as the hub sees it) say who can approve what
+    # the rules ask; a policy document alone names nobody to judge by.
+    warnings = unapprovable(config, [p.principal() for p in principals]) if principals is not None else []
     if args.json:
         print(json.dumps({"ok": True, "rules": policy.rule_names, "warnings": warnings}))
     else:
@@ -78,8 +79,8 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return EXIT_OK
 
 
-def _principals_in(path: Path) -> list[Any]:
-    """The principals of a hub config file (none for a policy document)."""
+def _principals_in(path: Path) -> list[Any] | None:
+    """The principals of a hub config file (None for a policy document)."""
     import yaml
     from pydantic import ValidationError
 
@@ -88,7 +89,9 @@ def _principals_in(path: Path) -> list[Any]:
     from .config import PrincipalConfig, format_validation_error
 
     data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("principals"), list):
+    if not isinstance(data, dict) or "policy" not in data:
+        return None
+    if not isinstance(data.get("principals"), list):
         return []
     try:
         return [PrincipalConfig.model_validate(p) for p in data["principals"]]

@@ -260,6 +260,11 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     oncall = POLICY_HUB.replace("roles: [approver]}", "roles: [approver], groups: [oncall]}")
     hub.write_text(oncall)
     assert json.loads(run("policy", "check", str(hub), "--json").stdout)["warnings"] == []
+    # A hub config with no principals at all: nobody can approve, as the hub says at start.
+    nobody = tmp_path / "nobody.yaml"
+    nobody.write_text("policy:" + POLICY_HUB.split("policy:", 1)[1])
+    (warning,) = json.loads(run("policy", "check", str(nobody), "--json").stdout)["warnings"]
+    assert warning.startswith("rule 'prod' asks an approver in oncall"), warning
     started = start_hub(tmp_path / "hub", config=yaml.safe_load(POLICY_HUB), http=False)
     assert started.stop() == 0
     log = (tmp_path / "hub" / "hub.log").read_text()
