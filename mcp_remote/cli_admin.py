@@ -55,7 +55,7 @@ def _iso(ms: int) -> str:
 def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from mcp_local.errors import ConfigError
 
-    from .policy import load_policy_file, resolve_policy, unapprovable
+    from .policy import broad_allows, load_policy_file, resolve_policy, unapprovable
 
     try:
         config = load_policy_file(args.file)
@@ -68,6 +68,7 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     # In a hub config, the principals (none too, as the hub sees it) say who can approve what
     # the rules ask; a policy document alone names nobody to judge by.
     warnings = unapprovable(config, [p.principal() for p in principals]) if principals is not None else []
+    warnings += broad_allows(config)
     if args.json:
         print(json.dumps({"ok": True, "rules": policy.rule_names, "warnings": warnings}))
     else:

@@ -33,7 +33,7 @@ from .auth import TokenAuthenticator
 from .config import Address, HubConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
-from .policy import resolve_policy, unapprovable
+from .policy import broad_allows, resolve_policy, unapprovable
 from .statedir import remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ class Hub:
         self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
         self.policy = resolve_policy(config.policy)
         if config.policy is not None:
-            for problem in unapprovable(config.policy, [p.principal() for p in config.principals]):
+            principals = [p.principal() for p in config.principals]
+            for problem in unapprovable(config.policy, principals) + broad_allows(config.policy):
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit)
         self.pipeline = Pipeline(self.stages())

@@ -34,6 +34,7 @@ __all__ = [
     "PolicyConfig",
     "RuleConfig",
     "Verdict",
+    "broad_allows",
     "default_policy_config",
     "describe_approver_groups",
     "load_policy_file",
@@ -105,7 +106,8 @@ class RuleConfig(BaseModel):
 class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     extends: Literal["default"] | None = None
-    """`default`: add these rules to the shipped default policy (they can only make it stricter)."""
+    """`default`: add these rules to the shipped default policy (they cannot lift its asks and
+    denies; an added allow decides only tools no shipped rule names)."""
     approval_timeout_s: float = Field(default=300.0, gt=0)
     shell_tools: dict[str, str] = Field(
         default_factory=lambda: {"shell_exec": "command", "shell_start": "command"}
@@ -150,6 +152,25 @@ def describe_approver_groups(required: Sequence[str]) -> str:
     """`oncall` / `oncall or security` / `oncall, and security or admins`, for people."""
     words = [" or ".join(entry.split(GROUP_ALTERNATIVES)) for entry in required]
     return ", and ".join(words) if len(words) > 1 and any(" or " in w for w in words) else " and ".join(words)
+
+
+def broad_allows(policy: PolicyConfig) -> list[str]:
+    """Rules of a policy extending the default that allow any tool whatever its name: under
+    `extends: default` an added allow cannot lift the default's asks or denies, but it does
+    decide every tool no shipped rule names, including tools added later (a new pack, a
+    sandbox's tools), which would then run without a person asked."""
+    if policy.extends != "default":
+        return []
+    unnamed = "mcphub-a-tool-nobody-named"
+    return [
+        f"rule {rule.name!r} allows every tool no rule of the default policy names, including tools "
+        "added later (a new pack, a sandbox's tools): they run without asking anybody"
+        for rule in policy.rules
+        if rule.decision == "allow"
+        and not (rule.args or rule.argv or rule.annotations)
+        and any(fnmatch.fnmatchcase(unnamed, glob) for glob in rule.tools)
+        and not any(fnmatch.fnmatchcase(unnamed, glob) for glob in rule.exclude_tools)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

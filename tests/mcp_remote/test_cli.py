@@ -265,6 +265,10 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     nobody.write_text("policy:" + POLICY_HUB.split("policy:", 1)[1])
     (warning,) = json.loads(run("policy", "check", str(nobody), "--json").stdout)["warnings"]
     assert warning.startswith("rule 'prod' asks an approver in oncall"), warning
+    broad = tmp_path / "broad.yaml"
+    broad.write_text("extends: default\nrules:\n  - {name: all, tools: ['*'], decision: allow}\n")
+    out = run("policy", "check", str(broad))
+    assert "warning: rule 'all' allows every tool no rule of the default policy names" in out.stderr
     started = start_hub(tmp_path / "hub", config=yaml.safe_load(POLICY_HUB), http=False)
     assert started.stop() == 0
     log = (tmp_path / "hub" / "hub.log").read_text()

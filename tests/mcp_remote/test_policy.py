@@ -12,6 +12,7 @@ from mcp_remote.policy import (
     Policy,
     PolicyConfig,
     RuleConfig,
+    broad_allows,
     describe_approver_groups,
     load_policy_file,
     missing_approver_groups,
@@ -213,6 +214,21 @@ def test_extending_the_default_can_only_be_stricter() -> None:
     )
     assert extended.evaluate("a", "echo", {}, RO).verdict == "deny"
     assert "read-only tools" in extended.rule_names
+
+
+def test_an_added_allow_of_every_tool_is_warned_of() -> None:
+    # It cannot lift the default's asks, but it decides every tool the default does not name.
+    rules = [
+        RuleConfig(name="trust everything", tools=["*"], decision="allow"),
+        RuleConfig(name="trusted sandbox", tools=["sbx-42__*"], decision="allow"),
+        RuleConfig(name="reads", tools=["*"], args={"method": "GET"}, decision="allow"),
+    ]
+    extended = PolicyConfig(extends="default", rules=rules)
+    assert resolve_policy(extended).evaluate("a", "made_up_tool", {}, NONE).verdict == "allow"
+    assert resolve_policy(extended).evaluate("a", "delete_thing", {}, DESTRUCTIVE).verdict == "ask"
+    (warning,) = broad_allows(extended)
+    assert warning.startswith("rule 'trust everything' allows every tool no rule of the default policy names")
+    assert broad_allows(PolicyConfig(rules=rules)) == []  # a policy of its own is the operator's whole word
 
 
 def test_a_rule_extending_the_default_cannot_take_a_default_rules_name() -> None:
