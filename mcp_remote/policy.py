@@ -75,7 +75,9 @@ class RuleConfig(BaseModel):
     """Argument name -> glob(s) its value (as text) must match."""
     argv: list[list[str]] | None = None
     """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]].
-    Words after the program are globs (`+*` is any word that starts with `+`)."""
+    Words after the program are globs (`+*` is any word that starts with `+`). An option matches
+    however the command spells it: `-rf` also as `-fr` or `-r -f`, and in ask and deny rules a long
+    option also by a prefix (`--recursiv`), as GNU tools and git accept one."""
     approvers: list[str] = Field(default_factory=list)
     """Approver groups that may decide an `ask` (default: any approver): the approver must be in
     one of them. When several `ask` rules match a call, the approver must meet every one's."""
@@ -208,19 +210,35 @@ def _options(argv: Sequence[str]) -> tuple[list[str], set[str]]:
     return positional, options
 
 
+def _given(option: str, options: set[str], longs: Sequence[str]) -> bool:
+    """Whether a pattern's `option` is among a command's `options`, however the command spells it."""
+    if option in options:
+        return True
+    if option.startswith("--"):
+        # GNU getopt and git take any unambiguous prefix of a long option: `--recursiv`.
+        return any(option.startswith(given) for given in longs)
+    # `-rf` in a pattern is -r and -f, as the command's own words are read: `-fr`, `-r -f`.
+    letters = [f"-{ch}" for ch in option[1:] if ch.isalpha()]
+    return len(option) > 2 and bool(letters) and all(letter in options for letter in letters)
+
+
 @dataclass(frozen=True, slots=True)
 class _ArgvPattern:
     program: str
     words: tuple[str, ...]
-    options: tuple[frozenset[str], ...]
+    options: tuple[tuple[str, ...], ...]
+    """Each: options of which the command must give one."""
 
     @classmethod
     def parse(cls, pattern: Sequence[str]) -> _ArgvPattern:
         words = [w for w in pattern[1:] if not w.startswith("-")]
-        options = [frozenset(w.split("|")) for w in pattern[1:] if w.startswith("-")]
+        options = [tuple(w.split("|")) for w in pattern[1:] if w.startswith("-")]
         return cls(pattern[0], tuple(words), tuple(options))
 
-    def matches(self, argv: Sequence[str]) -> bool:
+    def matches(self, argv: Sequence[str], *, abbreviations: bool = False) -> bool:
+        """`abbreviations`: a prefix of a long option counts as the option. Rules that ask or
+        deny take them (a prefix the program would refuse as ambiguous only asks needlessly);
+        an allow must not, as `--force` is a prefix of `--force-if-includes`."""
         if not argv or argv[0] != self.program:
             return False
         positional, options = _options(argv[1:])
@@ -229,7 +247,8 @@ class _ArgvPattern:
         remaining = iter(positional)
         if not all(any(fnmatch.fnmatchcase(found, word) for found in remaining) for word in self.words):
             return False
-        return all(alternatives & options for alternatives in self.options)
+        longs = [o for o in options if o.startswith("--") and len(o) > 2] if abbreviations else []
+        return all(any(_given(o, options, longs) for o in alternatives) for alternatives in self.options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +297,8 @@ class _Rule:
         if self.argv:
             if argvs is None:
                 return False
-            return any(p.matches(argv) for p in self.argv for argv in argvs)
+            abbreviations = self.config.decision != "allow"
+            return any(p.matches(argv, abbreviations=abbreviations) for p in self.argv for argv in argvs)
         return True
 
 

@@ -175,12 +175,62 @@ def test_compound_commands_are_at_least_ask(command: str) -> None:
         ("kubectl delete pod x", "ask"),
         ("kubectl get pods", "allow"),
         ("echo rm -rf", "allow"),
+        # Long options abbreviated, as GNU getopt and git accept them.
+        ("rm --recursiv x", "ask"),
+        ("rm --r x", "ask"),
+        ("rm --forc x", "ask"),
+        ("git reset --har", "ask"),
+        ("git push --delet origin x", "ask"),
+        ("git push --mirro", "ask"),
+        ("git push --force-w origin main", "ask"),
+        ("git clean --forc", "ask"),
+        ("chmod --recurs 777 /", "ask"),
+        ("git branch --delete --force x", "ask"),
+        ("git branch -df x", "ask"),
+        ("git branch -d x", "allow"),
+        ("rm -- x", "allow"),
+        ("ls --all", "allow"),
     ],
 )
 def test_obviously_dangerous_commands_ask_by_default(command: str, verdict: str) -> None:
     assert (
         resolve_policy(None).evaluate("a", "shell_exec", {"command": command}, DESTRUCTIVE).verdict == verdict
     )
+
+
+def test_an_option_pattern_matches_however_the_command_spells_it() -> None:
+    p = policy(
+        {"name": "shell", "tools": ["shell_exec"], "decision": "allow"},
+        {"name": "no rf", "tools": ["shell_exec"], "argv": [["rm", "-rf"]], "decision": "deny"},
+        {"name": "long listing", "tools": ["shell_exec"], "argv": [["ls", "-la"]], "decision": "ask"},
+        {"name": "find deletes", "tools": ["shell_exec"], "argv": [["find", "-delete"]], "decision": "deny"},
+    )
+    for command, verdict in [
+        ("rm -rf /", "deny"),
+        ("rm -fr /", "deny"),
+        ("rm -r -f /", "deny"),
+        ("rm -r /", "allow"),
+        ("ls -al", "ask"),
+        ("ls -l -a", "ask"),
+        ("ls -l", "allow"),
+        ("find . -delete", "deny"),
+        ("find . -name x", "allow"),
+    ]:
+        assert p.evaluate("a", "shell_exec", {"command": command}, NONE).verdict == verdict, command
+
+
+def test_an_allow_rule_takes_no_abbreviation() -> None:
+    # `--force` is a prefix of `--force-if-includes`: as an allow, that would let `--force` through.
+    p = policy(
+        {
+            "name": "careful force",
+            "tools": ["shell_exec"],
+            "argv": [["git", "push", "--force-if-includes"]],
+            "decision": "allow",
+        },
+    )
+    assert p.evaluate("a", "shell_exec", {"command": "git push --force-if-includes"}, NONE).verdict == "allow"
+    assert p.evaluate("a", "shell_exec", {"command": "git push --force"}, NONE).verdict == "ask"
 
 
 def test_a_deny_in_any_segment_of_a_compound_command_wins() -> None:
