@@ -76,11 +76,15 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
 
     from .audit.sqlite import AuditStoreRefused
     from .hub import Hub
+    from .reload import on_reload
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP reloads what subscribes to it (the cloud pack's credentials). Without this, a hub
+    # with no such pack would die of it, its calls cut off and its audit trail left unfinished.
+    on_reload(_what_does_not_reload)
     try:
         hub = Hub(config, environ)
     except ConfigError as exc:
@@ -114,6 +118,13 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     logging.getLogger("mcphub").info("shutting down")
     await hub.stop(hub.config.shutdown_grace_s)
     return EXIT_OK
+
+
+def _what_does_not_reload() -> None:
+    logging.getLogger("mcphub.reload").info(
+        "SIGHUP: the config file (principals, policy, packs) is read at start only: restart the hub "
+        "to change it"
+    )
 
 
 # --- client commands ---------------------------------------------------------------------------
