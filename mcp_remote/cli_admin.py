@@ -80,6 +80,16 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return EXIT_OK
 
 
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 or more")
+    return number
+
+
 def _principals_in(path: Path) -> list[Any] | None:
     """The principals of a hub config file (None for a policy document)."""
     import yaml
@@ -555,14 +565,14 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
-    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-n", "--lines", type=_count, default=20, help="how many (default: 20)")
     tail.add_argument("-f", "--follow", action="store_true")
     query = audit_sub.add_parser("query", help="records by tool, principal, time or call")
     query.add_argument("--tool")
     query.add_argument("--principal")
     query.add_argument("--since", help="10m, 2h, 1d or an ISO time")
     query.add_argument("--call", help="a call id")
-    query.add_argument("--limit", type=int, default=200)
+    query.add_argument("--limit", type=_count, default=200, help="at most this many records (default: 200)")
     for p in (verify, tail, query):
         p.add_argument("--state-dir", type=Path)
         p.add_argument("--config", type=Path, help="hub config (for a PostgreSQL store)")

@@ -217,6 +217,9 @@ def test_tail_and_query(stopped_log: Path) -> None:
     assert human.returncode == 0 and "finished" in human.stdout and "agent" in human.stdout
     bad = cli("audit", "query", "--since", "yesterday", "--state-dir", str(stopped_log))
     assert bad.returncode == 2 and "expected e.g. 10m" in bad.stderr
+    for args in (["query", "--limit", "-1"], ["query", "--limit", "0"], ["tail", "-n", "-1"]):
+        bad = cli("audit", *args, "--state-dir", str(stopped_log))  # -1 was SQL's "no limit", less one
+        assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
 
 
 async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) -> None:
