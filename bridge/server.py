@@ -264,14 +264,14 @@ async def _relay_stream(
     ctx: ServerRequestContext[Any, Any], hub: ToolHubClient, token: str | None, request: pb.CallToolRequest
 ) -> dict[str, Any]:
     """Stream the call, turning progress and approval events into `notifications/progress`."""
-    last = 0.0
+    last: float | None = None
     async for event in hub.stream_call_tool(token, request):
         kind = event.WhichOneof("event")
         if kind == "result":
             return result_to_mcp(event.result)
         if kind == "progress":
             p = event.progress
-            last = max(last, p.progress)
+            last = _increasing(p.progress, last)
             total = p.total if p.HasField("total") else None
             await ctx.session.report_progress(last, total, p.message or None)
         elif kind == "approval":
@@ -282,6 +282,7 @@ async def _relay_stream(
                 text += f": {a.reason}"
             if a.state == pb.ApprovalState.PENDING and a.how_to_approve:
                 text += f" (an approver runs: {a.how_to_approve})"
+            last = _increasing(0.0, last)
             await ctx.session.report_progress(last, None, text)
     raise grpc.aio.AioRpcError(
         grpc.StatusCode.INTERNAL,
@@ -289,6 +290,15 @@ async def _relay_stream(
         grpc.aio.Metadata(),
         details="the hub ended the stream without a result",
     )
+
+
+def _increasing(value: float, sent: float | None) -> float:
+    """The value to send after `sent`: MCP requires each progress notification's value to be
+    greater than the last. An approval event (which has none) or a tool repeating itself gets a
+    step too small to show past the last value sent."""
+    if sent is None or value > sent:
+        return value
+    return sent + max(abs(sent), 1.0) * 1e-6
 
 
 class _DisconnectsAreNotErrors(logging.Filter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import signal
 import subprocess
@@ -302,10 +303,12 @@ async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -
 @pytest.mark.parametrize("transport", ["mcp-2026", "mcp-2025"])
 async def test_through_the_bridge_progress_names_the_approval(transport: str, gated_hub: RunningHub) -> None:
     seen: list[str] = []
+    values: list[float] = []
     decided = asyncio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append(message or "")
+        values.append(progress)
         if message and message.startswith("approval apr_") and "pending" in message and not decided.is_set():
             decided.set()
             await decide(gated_hub.grpc, TOKENS["alice"], message.split()[1], True)
@@ -314,6 +317,9 @@ async def test_through_the_bridge_progress_names_the_approval(transport: str, ga
         outcome = await client.call("delete_thing", {"name": f"bridged-{transport}"}, progress=on_progress)
     assert outcome.text == f"deleted bridged-{transport}"
     assert "mcphub approvals approve apr_" in seen[0]
+    assert len(values) >= 2 and "approved" in seen[1], seen
+    # MCP: "The progress value MUST increase with each notification, even if the total is unknown."
+    assert all(a < b for a, b in itertools.pairwise(values)), values
 
 
 async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
