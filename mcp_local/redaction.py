@@ -35,6 +35,20 @@ _SECRET_KEYS = re.compile(
     r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|authorization|cookie|credential)"
 )
 _MIN_SECRET_LENGTH = 6
+_SECRET_WORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"  # noqa: S105
+# A secret given in a command line or a config text: `--password=x`, `PGPASSWORD=x`, `"token": "x"`,
+# `api_key: x`, `--password x`, `Authorization: Bearer x`. The name stays, the value goes.
+_ASSIGNMENTS = re.compile(
+    r"(?i)(?:"
+    rf"((?<![\w])[\w.-]*{_SECRET_WORDS}[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',;&|)}}]+"
+    rf"|((?<![\w-])--[\w-]*{_SECRET_WORDS}\s+[\"']?)(?![-\s\[])[^\s\"',;&|)}}]+"
+    r"|(\b(?:bearer|basic)\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=-]{8,}"
+    r")"
+)
+
+
+def _keep_name(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2) or match.group(3)) + REDACTED
 
 
 class Redactor:
@@ -64,28 +78,43 @@ class Redactor:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
 
-    def text(self, value: str) -> str:
+    def text(self, value: str, *, assignments: bool = False) -> str:
+        """`assignments`: also values given to secret-named options and variables in the text
+        (`--password=x`, `TOKEN=x`): for what callers write (arguments, reasons), not for what
+        services answer (a page of code full of `token = ...` would be mangled)."""
         pattern = self._pattern
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
-        return _SHAPES.sub(REDACTED, value)
+        value = _SHAPES.sub(REDACTED, value)
+        return _ASSIGNMENTS.sub(_keep_name, value) if assignments else value
 
-    def value(self, value: Any, *, key: str = "", redact_keys: bool = True, by_key_name: bool = True) -> Any:
+    def value(
+        self,
+        value: Any,
+        *,
+        key: str = "",
+        redact_keys: bool = True,
+        by_key_name: bool = True,
+        assignments: bool = False,
+    ) -> Any:
         """A JSON-like value with secrets replaced, in object keys too; any value under a
-        secret-named key is replaced whole."""
+        secret-named key is replaced whole. `assignments`: as for `text`."""
         if by_key_name and key and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
             return REDACTED
         if isinstance(value, str):
-            return self.text(value)
+            return self.text(value, assignments=assignments)
         if isinstance(value, dict):
             return {
                 (self.text(k) if redact_keys and isinstance(k, str) else k): self.value(
-                    v, key=str(k), redact_keys=redact_keys, by_key_name=by_key_name
+                    v, key=str(k), redact_keys=redact_keys, by_key_name=by_key_name, assignments=assignments
                 )
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [self.value(v, redact_keys=redact_keys, by_key_name=by_key_name) for v in value]
+            return [
+                self.value(v, redact_keys=redact_keys, by_key_name=by_key_name, assignments=assignments)
+                for v in value
+            ]
         return value
 
 

@@ -392,14 +392,16 @@ class AuditLog:
                 try:
                     arguments = orjson.loads(value) if value else {}
                 except orjson.JSONDecodeError:
-                    out["arguments_unparsed"] = redactor.text(bytes(value).decode(errors="replace"))
+                    out["arguments_unparsed"] = redactor.text(
+                        bytes(value).decode(errors="replace"), assignments=True
+                    )
                     continue
-                out["arguments"] = redactor.value(arguments)
+                out["arguments"] = redactor.value(arguments, assignments=True)
             elif key == "result":
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
             elif key in _FREE_TEXT:
-                out[key] = redactor.value(value)
+                out[key] = redactor.value(value, assignments=True)
             else:
                 out[key] = value
         return canonical(out)
@@ -409,8 +411,8 @@ class AuditLog:
         try:
             arguments = orjson.loads(arguments_json) if arguments_json else {}
         except orjson.JSONDecodeError:
-            return self._redactor.text(arguments_json.decode(errors="replace"))
-        return orjson.dumps(self._redactor.value(arguments)).decode()
+            return self._redactor.text(arguments_json.decode(errors="replace"), assignments=True)
+        return orjson.dumps(self._redactor.value(arguments, assignments=True)).decode()
 
     async def _maybe_checkpoint(self, *, force: bool) -> None:
         head = self._head

@@ -69,6 +69,32 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("written", "recorded"),
+    [
+        ("mysql --password=S3cret-pw -u root", "mysql --password=[REDACTED] -u root"),
+        ("mysql --password S3cret-pw -u root", "mysql --password [REDACTED] -u root"),
+        ("PGPASSWORD=S3cret-pw psql", "PGPASSWORD=[REDACTED] psql"),
+        ("export API_KEY='abc123def'", "export API_KEY='[REDACTED]'"),
+        (
+            """curl -d '{"token": "abc123def", "user": "x"}'""",
+            """curl -d '{"token": "[REDACTED]", "user": "x"}'""",
+        ),
+        ("aws_secret_access_key = AbC/123+xyz", "aws_secret_access_key = [REDACTED]"),
+        ("curl -H 'Authorization: Bearer abcdefgh1234'", "curl -H 'Authorization: Bearer [REDACTED]'"),
+        # Names alone, paths and words that only contain a name stay.
+        ("cat --token-file=/run/secrets/t", "cat --token-file=/run/secrets/t"),
+        ("git push --force; x --token --other", "git push --force; x --token --other"),
+        ("bypass=1 compass=north echo token=", "bypass=1 compass=north echo token="),
+    ],
+)
+def test_secrets_written_into_a_command_line_are_redacted_by_name(written: str, recorded: str) -> None:
+    assert Redactor().text(written, assignments=True) == recorded
+    assert Redactor().value({"command": [written]}, assignments=True) == {"command": [recorded]}
+    # Only where asked: a service's answer (code full of `token = ...`) is left as it is.
+    assert Redactor().text(written) == written
+
+
 def test_the_logging_filter_redacts_messages(caplog: pytest.LogCaptureFixture) -> None:
     redactor = Redactor(["canary-secret-value"])
     logger = logging.getLogger("test.redaction")

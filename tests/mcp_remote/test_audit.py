@@ -228,6 +228,11 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
     try:
         result = await call_echo(client, f"the key is {CANARY}")
         assert result.content[0].text.text == f"the key is {CANARY}", "a tool result is the caller's own data"
+        # Secrets a caller writes into a command line, unregistered and of no known shape.
+        inline = (
+            "mysql --password=S3cretPassw0rd; PGPASSWORD=S3cretPassw0rd2 psql; curl -u x --token tk-998877"
+        )
+        await call_echo(client, inline)
         call = start_call(client, TOKEN, "delete_thing", {"name": "x", "password": "hunter2-pw"})
         await decide(hub.grpc, APPROVER, await call.approval_id(), True)
         await call.result()
@@ -246,13 +251,16 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
         await client.close()
         hub.stop()
     raw = live + b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
-    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER):
+    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER, "S3cretPassw0rd", "tk-998877"):
         assert secret.encode() not in raw, secret
         assert secret not in hub.log(), secret
     records = await all_records(hub.state_dir)
     bodies = [r.body_json() for r in records if r.kind == "requested" and r.tool in ("echo", "delete_thing")]
     assert {"text": "the key is [REDACTED]"} in [b.get("arguments") for b in bodies]
     assert {"name": "x", "password": "[REDACTED]"} in [b.get("arguments") for b in bodies]
+    assert {
+        "text": "mysql --password=[REDACTED]; PGPASSWORD=[REDACTED] psql; curl -u x --token [REDACTED]"
+    } in [b.get("arguments") for b in bodies]
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["default", "sync"])
