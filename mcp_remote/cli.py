@@ -169,7 +169,10 @@ def _rpc_failure(exc: Any, target: str) -> int:
         return _fail(
             f"cannot reach a hub at {target} ({exc.details()}); start one with `mcphub serve`", EXIT_HUB
         )
-    return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
+    details = exc.details()
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
+    return _fail(f"{exc.code().name.lower()}: {details}", EXIT_HUB)
 
 
 def _cmd_tools(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

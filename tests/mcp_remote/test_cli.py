@@ -284,6 +284,9 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     out = run("policy", "check", str(broad))
     assert "warning: rule 'all' allows every tool no rule of the default policy names" in out.stderr
     started = start_hub(tmp_path / "hub", config=yaml.safe_load(POLICY_HUB), http=False)
+    tokenless = run("call", "echo", "--hub", started.grpc, "--args", '{"text": "x"}')
+    assert tokenless.returncode == 3, tokenless.stderr
+    assert "(give mcphub a token with --token or $MCPHUB_TOKEN)" in tokenless.stderr
     assert started.stop() == 0
     log = (tmp_path / "hub" / "hub.log").read_text()
     assert "WARNING mcp_remote.hub: policy: rule 'prod' asks an approver in oncall" in log, log
