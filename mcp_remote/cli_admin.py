@@ -333,6 +333,8 @@ def _cmd_approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    from mcp_local.errors import ConfigError
+
     from .config import load_config
 
     config = load_config(args.config, environ, {"state_dir": args.state_dir}) if args.config else None
@@ -343,7 +345,13 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from .audit.sqlite import SQLiteStore
 
     state_dir = config.state_dir if config is not None else _state_dir(args, environ)
-    return SQLiteStore(state_dir / "audit" / "audit.db", read_only=True), state_dir
+    database = state_dir / "audit" / "audit.db"
+    if not database.exists() and any((state_dir / "audit").glob("checkpoints-postgres-*.jsonl")):
+        raise ConfigError(
+            f"no audit log at {database}: the hub of {state_dir} keeps its audit log in PostgreSQL; "
+            "give its config with --config (and the DSN's environment variable or file)"
+        )
+    return SQLiteStore(database, read_only=True), state_dir
 
 
 async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:

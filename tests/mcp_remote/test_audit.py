@@ -453,6 +453,9 @@ async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_pos
             env=env,
         )
         assert broken.returncode == 1 and "BROKEN at record 7" in broken.stderr
+        lost = cli("audit", "verify", "--state-dir", str(a.state_dir))  # no --config
+        assert lost.returncode == 2, lost.stderr
+        assert "keeps its audit log in PostgreSQL; give its config with --config" in lost.stderr
 
         # Each log's checkpoints are kept apart in the state directory: a hub moved to another
         # log (SQLite, or a fresh database) starts, and one moved back checks its own.
