@@ -45,7 +45,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.errors import Unauthenticated
-from mcp_local.principals import Principal, bearer_token
+from mcp_local.principals import AMBIGUOUS_AUTHORIZATION, Principal, bearer_token
 
 from .asgibody import read_body, replay
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
@@ -177,14 +177,22 @@ class SessionDoor:
             await self.app(scope, receive, send)
             return
         authorization = version = session_id = None
+        credentials = 0
         for key, value in scope["headers"]:
             # The first of each, as Starlette's `Headers.get` (and so the SDK) reads it.
-            if key == b"authorization" and authorization is None:
-                authorization = value
+            if key == b"authorization":
+                credentials += 1
+                authorization = authorization or value
             elif key == _VERSION_HEADER and version is None:
                 version = value
             elif key == _SESSION_HEADER and session_id is None:
                 session_id = value
+        if credentials > 1:
+            # Which one named the caller would depend on their order. Everything behind the door
+            # (the express lane, the SDK, the hub, which audits a call) reads this one instead.
+            authorization = AMBIGUOUS_AUTHORIZATION.encode()
+            kept = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+            scope = {**scope, "headers": [*kept, (b"authorization", authorization)]}
         stateless = version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
         try:
             token = bearer_token(authorization.decode("latin-1")) if authorization else self._default_token

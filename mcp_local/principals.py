@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from .tools import Tool
 
 __all__ = [
+    "AMBIGUOUS_AUTHORIZATION",
     "LOCAL",
     "OPERATOR",
     "Authenticator",
@@ -21,6 +23,7 @@ __all__ = [
     "RawAuthorization",
     "authorization_value",
     "bearer_token",
+    "first_authorization",
 ]
 
 
@@ -95,10 +98,28 @@ def authorization_value(token: str) -> str:
     return token if isinstance(token, RawAuthorization) else f"Bearer {token}"
 
 
+AMBIGUOUS_AUTHORIZATION = "Ambiguous more-than-one-authorization-value"
+"""Stands for a request that carried more than one `authorization` value: which one names the
+caller would depend on their order, which a proxy that adds its own can change, so the call is
+refused as unauthenticated. A valid header value, so a bridge can forward it to a hub over gRPC."""
+
+
+def first_authorization(values: Iterable[str | bytes]) -> str | None:
+    """The one `authorization` value of a request, AMBIGUOUS_AUTHORIZATION for several, or None."""
+    found: str | None = None
+    for value in values:
+        if found is not None:
+            return AMBIGUOUS_AUTHORIZATION
+        found = value if isinstance(value, str) else value.decode("latin-1")
+    return found
+
+
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an `authorization: Bearer <token>` value; None when absent."""
     if not authorization:
         return None
+    if authorization == AMBIGUOUS_AUTHORIZATION:
+        raise Unauthenticated("more than one authorization value was sent; send one 'Bearer <token>'")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("authorization metadata must be 'Bearer <token>'")

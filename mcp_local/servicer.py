@@ -21,7 +21,7 @@ from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
 from .errors import HubError
 from .grpcservices import add_service
-from .principals import bearer_token
+from .principals import bearer_token, first_authorization
 from .reflection import add_reflection
 from .service import ToolService
 
@@ -39,10 +39,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == AUTHORIZATION:
-            return value if isinstance(value, str) else value.decode()
-    return None
+    return first_authorization(v for k, v in context.invocation_metadata() or () if k == AUTHORIZATION)
 
 
 def caller_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:

@@ -44,7 +44,7 @@ from mcp_local.errors import (
     ToolNotFound,
     Unauthenticated,
 )
-from mcp_local.principals import Authenticator, Principal, bearer_token
+from mcp_local.principals import Authenticator, Principal, bearer_token, first_authorization
 from mcp_local.registry import ToolRegistry
 from mcp_local.tools import TOOL_NAME, Tool, ToolCall
 from mcp_local.validation import ArgumentValidator
@@ -470,10 +470,9 @@ class Federation:
 
 
 def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == AUTHORIZATION:
-            return bearer_token(value if isinstance(value, str) else value.decode())
-    return None
+    return bearer_token(
+        first_authorization(v for k, v in context.invocation_metadata() or () if k == AUTHORIZATION)
+    )
 
 
 class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):

@@ -7,9 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import grpc
+import httpx2
 import orjson
 import pytest
 
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 from tests.conftest import TOKENS
 from tests.mcp_remote.test_audit import all_records
 from tests.support.clients import TRANSPORTS, ProtocolFailure, ToolClient, answer_while_stopping, connect
@@ -200,3 +204,54 @@ async def test_a_stopping_hub_tells_running_calls_why(transport: str, tmp_path: 
     ]
     [body] = [orjson.loads(r.body) for r in finished]
     assert body["status"] == "cancelled" and "the hub is shutting down" in body["error"]
+
+
+async def test_two_credentials_in_one_request_are_refused_and_audited(secured_hub: RunningHub) -> None:
+    """Which of two tokens named the caller depended on their order (the first won), which a
+    proxy that adds its own header can change."""
+
+    both = [
+        ("authorization", f"Bearer {TOKENS['agent-b']}"),
+        ("authorization", f"Bearer {TOKENS['agent-a']}"),
+    ]
+    async with grpc.aio.insecure_channel(secured_hub.grpc) as channel:
+        hub = pb_grpc.ToolHubStub(channel)
+        request = pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 0}')
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await hub.CallTool(request, metadata=both)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.details() == "more than one authorization value was sent; send one 'Bearer <token>'"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await hub.ListTools(pb.ListToolsRequest(), metadata=both)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "sleep", "arguments": {"seconds": 0}, "_meta": meta},
+    }
+    headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "sleep"),
+        *both,
+    ]
+    async with httpx2.AsyncClient(base_url=secured_hub.http_base, timeout=30) as http:
+        opening = {"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {}}
+        for body, sent in ((call, headers), (opening, [*headers[:2], *both])):
+            answer = await http.post("/mcp", json=body, headers=sent)
+            assert answer.status_code == 401, answer.text
+            assert "more than one authorization value" in answer.json()["error"]["message"]
+    records = await all_records(secured_hub.state_dir)
+    refusals = [
+        r.body_json()["error"]
+        for r in records
+        if r.kind == "finished" and "more than one authorization value" in r.body_json().get("error", "")
+    ]
+    assert len(refusals) >= 2  # the gRPC call and the bridge's call, each audited
