@@ -51,10 +51,17 @@ DROPPED_HEADERS = frozenset(
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-forwarded-uri",
+        "x-forwarded-prefix",
+        "x-forwarded-path",
     }
 )
 """Request headers a caller may not set: credentials and cookies belong to the hub, framing to the
-client, and a method override would slip past the service's method rules."""
+client, and a method or path override (honoured by some servers and proxies in front of them)
+would slip past the service's method and path rules."""
 _ENCODING_HEADERS = frozenset({"content-encoding", "content-length"})
 _DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 

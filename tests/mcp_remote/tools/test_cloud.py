@@ -241,6 +241,8 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
                         "X-Custom": "kept",
                         "Cookie": "c=1",
                         "X-HTTP-Method-Override": "DELETE",
+                        "X-Original-URL": "/admin",
+                        "X-Rewrite-URL": "/admin",
                     },
                     "json": {"hello": "cloud"},
                 },
@@ -251,6 +253,7 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
     assert received.headers["Authorization"] == f"Bearer {cloud.canaries['bearer']}"
     assert received.headers["X-Custom"] == "kept" and received.headers["X-Fixed"] == "fixed-header"
     assert "Cookie" not in received.headers and "X-HTTP-Method-Override" not in received.headers
+    assert "X-Original-URL" not in received.headers and "X-Rewrite-URL" not in received.headers
     assert json.loads(received.body) == {"hello": "cloud"}
     assert received.path == f"{marker}?q=x+y&n=3&flag=true&many=a&many=b"
     wire = cloud.standin.everything_received()
@@ -260,7 +263,13 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
     # The service echoed the key back; the caller sees it redacted.
     echoed = _echo(outcome)
     assert echoed["headers"]["Authorization"] == "Bearer [REDACTED]"
-    assert outcome.structured["dropped_headers"] == ["Authorization", "Cookie", "X-HTTP-Method-Override"]
+    assert outcome.structured["dropped_headers"] == [
+        "Authorization",
+        "Cookie",
+        "X-HTTP-Method-Override",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+    ]
     assert "set-cookie" not in outcome.structured["headers"]
     cloud.assert_no_canary()
 
