@@ -114,17 +114,42 @@ class OutputStore:
         self._clock = clock
         self._items: OrderedDict[str, StoredOutput] = OrderedDict()
         self._bytes = 0
+        self._held: dict[str, int] = {}
+        """Bytes each principal's outputs count for."""
 
     def put(self, principal: str, data: bytes, *, media_type: str = "text/plain", label: str = "") -> str:
+        """Store `data` for `principal`. When the store is full, the oldest output of whoever holds
+        the most goes first: one principal's flood of outputs evicts its own, not others'."""
         self._expire()
         output_id = "out_" + _token_urlsafe(12)
         item = StoredOutput(output_id, principal, data, media_type, label, self._clock() + self.ttl_s)
         self._items[output_id] = item
-        self._bytes += len(data) + ENTRY_OVERHEAD
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old.data) + ENTRY_OVERHEAD
+        self._count(item, +1)
+        while self._bytes > self.max_bytes:
+            victim = self._oldest_of_the_heaviest(keep=output_id)
+            if victim is None:
+                break
+            del self._items[victim.output_id]
+            self._count(victim, -1)
         return output_id
+
+    def _count(self, item: StoredOutput, sign: int) -> None:
+        size = sign * (len(item.data) + ENTRY_OVERHEAD)
+        self._bytes += size
+        held = self._held.get(item.principal, 0) + size
+        if held > 0:
+            self._held[item.principal] = held
+        else:
+            self._held.pop(item.principal, None)
+
+    def _oldest_of_the_heaviest(self, keep: str) -> StoredOutput | None:
+        for owner in sorted(self._held, key=self._held.__getitem__, reverse=True):
+            found = next(
+                (i for i in self._items.values() if i.principal == owner and i.output_id != keep), None
+            )
+            if found is not None:
+                return found
+        return None
 
     def get(self, principal: str, output_id: str) -> StoredOutput:
         self._expire()
@@ -143,7 +168,7 @@ class OutputStore:
             if first.expires_at > now:
                 break
             self._items.popitem(last=False)
-            self._bytes -= len(first.data) + ENTRY_OVERHEAD
+            self._count(first, -1)
 
     def preview(
         self, principal: str, data: bytes, limit: int, *, media_type: str = "text/plain", label: str = ""

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mcp_local import OutputStore, Principal, RedactingFilter, Redactor, ToolCall, ToolError, output_read_tool
-from mcp_local.outputs import decode_page, text_page
+from mcp_local.outputs import ENTRY_OVERHEAD, decode_page, text_page
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +37,21 @@ def test_the_store_evicts_oldest_beyond_its_budget() -> None:
     with pytest.raises(ToolError):
         store.get("a", first)
     assert store.get("a", second).data == b"2" * 60
+
+
+def test_a_full_store_evicts_from_whoever_holds_the_most() -> None:
+    store = OutputStore(max_bytes=10 * (1000 + ENTRY_OVERHEAD))
+    kept = store.put("b", b"b" * 1000)
+    flood = [store.put("a", b"a" * 1000) for _ in range(30)]
+    assert store.get("b", kept).data == b"b" * 1000  # a's flood evicted a's own oldest
+    with pytest.raises(ToolError):
+        store.get("a", flood[0])
+    assert store.get("a", flood[-1]).data == b"a" * 1000
+    # b, now under its share, stores more and evicts a's, never its own.
+    more = [store.put("b", b"c" * 1000) for _ in range(4)]
+    assert all(store.get("b", i) for i in [kept, *more])
+    one_big = store.put("c", b"x" * (20 * 1000))  # larger than the store: kept alone
+    assert store.get("c", one_big).data == b"x" * 20000
 
 
 async def test_output_read_pages_through() -> None:
