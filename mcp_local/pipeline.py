@@ -266,7 +266,7 @@ class ValidateArguments:
         except orjson.JSONDecodeError as exc:
             raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from exc
         if not isinstance(arguments, dict):
-            raise InvalidArgument(f"arguments must be a JSON object, not {type(arguments).__name__}")
+            raise InvalidArgument(f"arguments must be a JSON object, not {_json_type(arguments)}")
         if nested_deeper_than(arguments):
             raise InvalidArgument(f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep")
         if has_wide_integer(raw):  # orjson read it as a float: the tool would get another number
@@ -322,3 +322,16 @@ async def execute(call: ToolCall) -> ToolResult:
     if isinstance(outcome, str):
         return ToolResult.text(outcome)
     return outcome
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type: callers write JSON, in any language."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .errors import ConfigError
 from .fastschema import Check, compile_schema
 
@@ -75,4 +77,25 @@ class ArgumentValidator:
                 self._fast = None
             return None
         where = "/".join(str(p) for p in error.absolute_path)
-        return f"invalid arguments: {error.message}" + (f" (at {where})" if where else "")
+        return f"invalid arguments: {_in_json_terms(error)}" + (f" (at {where})" if where else "")
+
+
+def _json_text(value: Any, limit: int = 200) -> str:
+    try:
+        text = orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _in_json_terms(error: Any) -> str:
+    """jsonschema's message with the values it quotes as JSON (`null`, `true`, `["a"]`), not as
+    Python (`None`, `True`, `['a']`): callers write JSON, in any language."""
+    message: str = error.message
+    python = repr(error.instance)
+    if message.startswith(python):
+        message = _json_text(error.instance) + message[len(python) :]
+    expected = error.validator_value
+    if isinstance(expected, list | dict | bool) or expected is None:
+        message = message.replace(repr(expected), _json_text(expected))
+    return message

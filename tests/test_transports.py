@@ -55,6 +55,14 @@ async def test_wrong_argument_type_is_a_readable_tool_error(client: ToolClient) 
     assert "42 is not of type 'string'" in outcome.text and "text" in outcome.text
 
 
+async def test_argument_errors_quote_values_as_json(client: ToolClient) -> None:
+    """Callers write JSON, in any language: jsonschema's Python reprs (None, True) said otherwise."""
+    outcome = await client.call("echo", {"text": None})
+    assert outcome.is_error and "null is not of type 'string' (at text)" in outcome.text, outcome.text
+    outcome = await client.call("echo", {"text": {"a": [1, None, False]}})
+    assert '{"a":[1,null,false]} is not of type' in outcome.text, outcome.text
+
+
 async def test_missing_argument_is_a_readable_tool_error(client: ToolClient) -> None:
     outcome = await client.call("echo", {})
     assert outcome.is_error
@@ -255,3 +263,18 @@ async def test_two_credentials_in_one_request_are_refused_and_audited(secured_hu
         if r.kind == "finished" and "more than one authorization value" in r.body_json().get("error", "")
     ]
     assert len(refusals) >= 2  # the gRPC call and the bridge's call, each audited
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"), [(b"[1]", "an array"), (b"null", "null"), (b'"hi"', "a string")]
+)
+async def test_arguments_that_are_not_an_object_are_named_in_json_terms(
+    open_hub: RunningHub, arguments: bytes, named: str
+) -> None:
+    async with grpc.aio.insecure_channel(open_hub.grpc) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.ToolHubStub(channel).CallTool(
+                pb.CallToolRequest(name="echo", arguments_json=arguments)
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == f"arguments must be a JSON object, not {named}"
