@@ -266,6 +266,7 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
     )
     result = None
     streamed = False
+    pending = ""  # the approval the call is waiting for, if any
     try:
         async for event in hub.stream_call_tool(token, request, timeout=call.timeout):
             kind = event.WhichOneof("event")
@@ -289,11 +290,19 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
             elif kind == "approval":
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
+                pending = a.approval_id if a.state == pb.ApprovalState.PENDING else ""
                 line.show(f"approval {a.approval_id}: {state} {a.reason} {a.how_to_approve}".rstrip())
             elif kind == "result":
                 result = event.result
     except grpc.aio.AioRpcError as exc:
         line.done()
+        if pending and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            waited = f" after {call.timeout:g}s" if call.timeout else ""
+            return _fail(
+                f"deadline_exceeded: gave up{waited} waiting for approval {pending}, which stays pending "
+                f"until it expires; once it is approved, run the same call with --approval {pending}",
+                EXIT_HUB,
+            )
         return _rpc_failure(exc, target)
     finally:
         await hub.close()

@@ -256,16 +256,42 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
         return None
 
 
+# Characters that change what a terminal shows without showing themselves: controls, format
+# characters (bidi overrides and isolates, zero-width joiners), line and paragraph separators,
+# unassigned and private code points, spaces other than the plain one, and letters that are blank.
+_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _shown(text: str) -> str:
+    """A caller's text for the approver's terminal: what would hide or reorder, as an escape."""
+    import unicodedata
+
+    def escaped(ch: str) -> str:
+        if ch == " " or (unicodedata.category(ch) not in _UNSEEN_CATEGORIES and ch not in _BLANK_LETTERS):
+            return ch
+        code = ord(ch)
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    return "".join(escaped(ch) for ch in text)
+
+
 def _show_approval(a: Any) -> str:
+    from .policy import describe_approver_groups
+
     left = max(0, (a.expires_at_unix_ms - int(time.time() * 1000)) // 1000)
     when = (
         f"expires in {left}s" if a.state == "pending" else (f"by {a.decided_by}" if a.decided_by else a.state)
     )
-    return (
-        f"{a.id}  {a.state:<8}  {a.principal} -> {a.tool}  {when}\n"
-        f"    arguments: {a.arguments_json[:300]}\n"
-        f"    why:       {a.reason or a.rule}"
+    needs = describe_approver_groups(list(a.approver_groups)) if a.approver_groups else "any approver"
+    return _shown(f"{a.id}  {a.state:<8}  {a.principal} -> {a.tool}  {when}") + (
+        f"\n    arguments: {_shown(a.arguments_json[:300])}"
+        f"\n    why:       {_shown(a.reason or a.rule)}"
+        f"\n    approvers: {_shown(needs)}"
     )
+
+
+_TIMES = ("created_at_unix_ms", "expires_at_unix_ms", "decided_at_unix_ms", "used_at_unix_ms")
 
 
 def _approval_json(a: Any) -> dict[str, Any]:
@@ -274,6 +300,9 @@ def _approval_json(a: Any) -> dict[str, Any]:
     result: dict[str, Any] = MessageToDict(
         a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    # Protobuf's JSON writes 64-bit integers as strings; `audit --json` prints times as numbers.
+    for name in _TIMES:
+        result[name] = int(result[name])
     return result
 
 
@@ -312,7 +341,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 if args.json:
                     print(json.dumps(_approval_json(decided), indent=2))
                 else:
-                    print(f"{decided.id} {decided.state} by {decided.decided_by}")
+                    print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 return _fail(f"cannot reach a hub at {target}: {exc.details()}", EXIT_HUB)
