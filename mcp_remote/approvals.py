@@ -1,8 +1,13 @@
 """Human approvals: the state machine of one approval, and the book of them a hub keeps.
 
     pending --approve--> approved --use--> used
-       |  \\--deny-----> denied
-       \\----timeout----> expired          (a timeout is a denial; so is a hub restart)
+       |  \\--deny-----> denied        |
+       \\----timeout----> expired <------/  (not used in time)
+
+A timeout is a denial; so is a hub restart while the call waits. `expires_ms` is the deadline
+of both steps: a decision must come before it, and so must the call that uses an approval
+(the waiting call itself, or a retry with the approval's id once the caller gave up). The hub
+that created an approval expires it when that time passes, whether a call still waits or not.
 
 An approval is bound to principal + tool + a digest of the canonical arguments, is used at
 most once, expires, and cannot be granted by the principal that asked.
@@ -12,8 +17,9 @@ approval's stored row and wiped once the approval can no longer be used. A plain
 would let anyone holding the audit log or an approvals listing confirm a guess of an
 argument the redactor hid (a password in a command, say): every other argument is there in
 the redacted copy. The key travels with the row, so any replica sharing the store checks it. The book stores
-approvals in the hub's store (so any replica sharing it can decide or use them) and wakes
-the call waiting on this replica directly.
+approvals in the hub's store (so any replica sharing it can decide or use them), wakes
+the call waiting on this replica directly, and, with a store the replicas share, shows a
+watcher on any of them every replica's changes.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
@@ -36,7 +43,15 @@ from mcp_local.principals import Principal
 
 from .policy import describe_approver_groups, missing_approver_groups
 
-__all__ = ["Approval", "ApprovalBook", "ApprovalState", "ApprovalStore", "arguments_digest"]
+__all__ = [
+    "Approval",
+    "ApprovalBook",
+    "ApprovalChanges",
+    "ApprovalState",
+    "ApprovalStore",
+    "SharedApprovalStore",
+    "arguments_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +104,9 @@ class Approval:
     used_ms: int = 0
     args_key: str = ""
     """The digest's key (hex), in the stored row only; wiped once the approval cannot be used."""
+    waiting: bool = True
+    """A call still waits for the decision; False once that call ended (the caller gave up, its
+    deadline passed): a restart then has no call to fail, and a retry may still use it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,16 +141,50 @@ class ApprovalStore(Protocol):
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]: ...
 
 
-class ApprovalBook:
-    """Creates, decides, waits for and uses approvals; emits the audit events through `on_event`."""
+class ApprovalChanges(Protocol):
+    """Approvals as any hub sharing the store changes them, in the order they change."""
 
-    def __init__(self, store: ApprovalStore, instance: str, on_event: Any = None) -> None:
+    def __aiter__(self) -> AsyncIterator[Approval]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedApprovalStore(Protocol):
+    """A store several hubs share (PostgreSQL): it tells each of them about every change."""
+
+    async def listen_approvals(self) -> ApprovalChanges:
+        """Changes from now on (the returned object listens already)."""
+        ...
+
+
+class ApprovalBook:
+    """Creates, decides, waits for, uses and expires approvals; emits the audit events through
+    `on_event(kind, approval, **fields)` (`call_id=` files the record under another call)."""
+
+    def __init__(
+        self,
+        store: ApprovalStore,
+        instance: str,
+        on_event: Any = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self._store = store
         self._instance = instance
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._on_event = on_event or (lambda kind, approval, **extra: None)
+        self._redact = redact or (lambda text: text)
         self._watchers: set[asyncio.Queue[Approval]] = set()
+        self._shared = store if isinstance(store, SharedApprovalStore) else None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[None] | None = None
+        self._published: dict[str, ApprovalState] = {}
+        self._expiries: list[tuple[int, str]] = []
+        """A heap of (expires_ms, id) of this instance's approvals that may still expire."""
+        self._expiry_changed = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
 
     async def create(
         self,
@@ -168,10 +220,12 @@ class ApprovalBook:
         await self._store.put_approval(approval)
         self._on_event("pending", approval)
         self._publish(approval)
+        self._schedule(approval)
         return approval
 
     async def wait(self, approval: Approval) -> Approval:
-        """Until approved, denied or expired (a timeout expires it); a cancelled wait leaves it pending."""
+        """Until approved, denied or expired (a timeout expires it). A cancelled wait (the caller
+        gave up) leaves it pending, for a retry, until it expires."""
         future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
         self._waiters[approval.id] = future
         self._ensure_poller()
@@ -179,41 +233,58 @@ class ApprovalBook:
         try:
             return await asyncio.wait_for(asyncio.shield(future), remaining)
         except TimeoutError:
-            return await self.expire(approval.id, "no decision before the approval timed out")
+            return await self.expire(approval.id, NO_DECISION)
+        except asyncio.CancelledError:
+            self._chore(self._caller_gone(approval.id))
+            raise
         finally:
             self._waiters.pop(approval.id, None)
 
+    async def _caller_gone(self, approval_id: str) -> None:
+        current = await self._store.get_approval(approval_id)
+        if current is not None and current.state == "pending" and current.waiting:
+            await self._store.swap_approval("pending", replace(current, waiting=False))
+
     async def expire(self, approval_id: str, why: str) -> Approval:
+        """Expire a pending or approved approval (one in another state is returned as it is)."""
         current = await self._store.get_approval(approval_id)
         if current is None:
             raise ToolNotFound(f"no approval {approval_id}")
-        if current.state != "pending":
+        if current.state not in ("pending", "approved"):
             return current
-        expired = replace(current, state="expired", decided_ms=_now_ms(), decision_reason=why, args_key="")
-        if await self._store.swap_approval("pending", expired):
-            self._on_event("expired", expired)
+        expired = replace(current, state="expired", args_key="")
+        if current.state == "pending":
+            expired = replace(expired, decided_ms=_now_ms(), decision_reason=why)
+        if await self._store.swap_approval(current.state, expired):
+            # An approved one keeps who approved it; the record says why it expired.
+            self._on_event("expired", expired, reason=why, at_ms=_now_ms())
             self._publish(expired)
             return expired
         return await self._store.get_approval(approval_id) or expired
 
     async def decide(self, approval_id: str, approver: Principal, approve: bool, reason: str) -> Approval:
         current = await self._store.get_approval(approval_id)
-        if current is None:
-            raise ToolNotFound(f"no approval {approval_id!r}")
         if not approver.has_role("approver"):
-            raise PermissionDenied(f"principal {approver.name!r} is not an approver")
-        if approver.name == current.principal:
-            raise PermissionDenied(
-                "an approval cannot be granted or denied by the principal that asked for it"
-            )
-        missing = missing_approver_groups(current.approvers, approver.groups)
-        if missing:
-            raise PermissionDenied(
+            refusal = f"principal {approver.name!r} does not have the approver role"
+        elif current is None:
+            raise ToolNotFound(f"no approval {approval_id!r}")
+        elif approver.name == current.principal:
+            refusal = "an approval cannot be granted or denied by the principal that asked for it"
+        else:
+            missing = missing_approver_groups(current.approvers, approver.groups)
+            refusal = (
                 f"approval {approval_id} needs an approver in {describe_approver_groups(current.approvers)}; "
                 f"{approver.name!r} is in {', '.join(sorted(approver.groups)) or 'no group'}"
+                if missing
+                else ""
             )
+        if refusal:
+            if current is not None:  # one record per refused attempt, filed with the call it was about
+                self._on_event("refused", current, by=approver.name, approve=approve, why=refusal)
+            raise PermissionDenied(refusal)
+        assert current is not None
         if current.state == "pending" and current.expires_ms <= _now_ms():
-            current = await self.expire(approval_id, "no decision before the approval timed out")
+            current = await self.expire(approval_id, NO_DECISION)
         if current.state != "pending":
             raise Conflict(f"approval {approval_id} is already {current.state}")
         decided = replace(
@@ -221,7 +292,8 @@ class ApprovalBook:
             state="approved" if approve else "denied",
             decided_by=approver.name,
             decided_ms=_now_ms(),
-            decision_reason=reason,
+            # The caller, the store, watchers and the log all get it: an approver may paste a secret.
+            decision_reason=self._redact(reason),
             args_key=current.args_key if approve else "",
         )
         if not await self._store.swap_approval("pending", decided):
@@ -235,14 +307,25 @@ class ApprovalBook:
         return decided
 
     async def use(
-        self, approval_id: str, principal: str, tool: str, arguments: Mapping[str, Any]
+        self, approval_id: str, principal: str, tool: str, arguments: Mapping[str, Any], call_id: str
     ) -> tuple[Approval | None, str]:
-        """Spend an approved approval on a call; returns it, or None and why it cannot be used."""
+        """Spend an approved approval on call `call_id`; returns it, or None and why it cannot be used.
+
+        The call that waited for it may use it however late the decision came; a retry (another
+        call) only before it expires."""
         current = await self._store.get_approval(approval_id)
         if current is None:
             return None, "there is no such approval"
         if (current.principal, current.tool) != (principal, tool):
             return None, "it was granted for another principal or tool"
+        retry = call_id != current.call_id
+        if retry and current.state == "approved" and current.expires_ms <= _now_ms():
+            current = await self.expire(approval_id, NOT_USED)
+        if current.state == "expired":
+            return None, (
+                f"it expired at {_utc(current.expires_ms)} (an approval must be used before it expires); "
+                "calling again without it asks for a new approval"
+            )
         if current.state == "approved" and not _matches(current, arguments):
             return None, "the arguments changed since it was granted (changed arguments need a new approval)"
         if current.state == "used":
@@ -252,33 +335,117 @@ class ApprovalBook:
         used = replace(current, state="used", used_ms=_now_ms(), args_key="")
         if not await self._store.swap_approval("approved", used):
             return None, "it was already used (an approval is good for one call)"
-        self._on_event("used", used)
+        self._on_event("used", used, call_id=call_id)
         self._publish(used)
         return used, ""
 
     async def fail_pending_on_restart(self) -> list[Approval]:
-        """Pending approvals of this instance's previous run can wake no call any more: expire them."""
-        expired = []
-        for approval in await self._store.list_approvals(("pending",)):
-            if approval.instance == self._instance:
-                expired.append(await self.expire(approval.id, "the hub restarted while the call was waiting"))
-        return expired
+        """This instance's approvals from its previous run. Those a call was still waiting for
+        can wake no call any more: they are expired now, and returned. The others (their caller
+        had given up, or they were approved) keep their time for a retry, and expire when it passes."""
+        failed = []
+        for approval in await self._store.list_approvals(("pending", "approved")):
+            if approval.instance != self._instance:
+                continue
+            if approval.state == "pending" and approval.waiting:
+                failed.append(await self.expire(approval.id, RESTARTED))
+            else:
+                self._schedule(approval)
+        return failed
 
     async def listing(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
         return await self._store.list_approvals(states)
 
-    def watch(self) -> asyncio.Queue[Approval]:
+    async def watch(self) -> asyncio.Queue[Approval]:
+        """A queue of every change from now on; with a shared store, changes made by other hubs too."""
         queue: asyncio.Queue[Approval] = asyncio.Queue(1024)
         self._watchers.add(queue)
+        if self._shared is not None:
+            if self._listener is None or self._listener.done():
+                self._listening = asyncio.get_running_loop().create_future()
+                self._listener = asyncio.get_running_loop().create_task(
+                    self._listen(self._shared, self._listening), name="mcphub-approval-listener"
+                )
+            assert self._listening is not None
+            try:
+                await asyncio.shield(self._listening)
+            except BaseException:
+                self.unwatch(queue)
+                raise
         return queue
 
     def unwatch(self, queue: asyncio.Queue[Approval]) -> None:
         self._watchers.discard(queue)
+        if not self._watchers and self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
 
     def _publish(self, approval: Approval) -> None:
+        if self._shared is None:  # with a shared store, every hub's changes come through `_listen`
+            self._deliver(approval)
+
+    def _deliver(self, approval: Approval) -> None:
         for queue in list(self._watchers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(approval)
+
+    async def _listen(self, store: SharedApprovalStore, ready: asyncio.Future[None]) -> None:
+        try:
+            changes = await store.listen_approvals()
+        except Exception as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            async for approval in changes:
+                # A change that keeps the state (the caller gave up waiting) is no news to a watcher.
+                if self._published.get(approval.id) == approval.state:
+                    continue
+                self._published[approval.id] = approval.state
+                while len(self._published) > 4096:
+                    del self._published[next(iter(self._published))]
+                self._deliver(approval)
+        finally:
+            await changes.aclose()
+
+    def _schedule(self, approval: Approval) -> None:
+        """Expire this instance's approval when its time passes (`_sweep`)."""
+        if approval.instance != self._instance:
+            return
+        heapq.heappush(self._expiries, (approval.expires_ms, approval.id))
+        if self._expiries[0][1] == approval.id:
+            self._expiry_changed.set()
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(), name="mcphub-approval-expiry"
+            )
+
+    async def _sweep(self) -> None:
+        """Sleeps until the next of this instance's approvals expires, and expires it: one timer
+        for all of them, and a store read only for an approval whose time has come."""
+        while True:
+            now = _now_ms()
+            while self._expiries and self._expiries[0][0] <= now:
+                _, approval_id = heapq.heappop(self._expiries)
+                try:
+                    current = await self._store.get_approval(approval_id)
+                    if current is not None and current.state in ("pending", "approved"):
+                        await self.expire(
+                            approval_id, NO_DECISION if current.state == "pending" else NOT_USED
+                        )
+                except Exception:
+                    logger.exception("could not expire approval %s; trying again in a minute", approval_id)
+                    heapq.heappush(self._expiries, (now + 60_000, approval_id))
+                    break
+            self._expiry_changed.clear()
+            wait_s = (self._expiries[0][0] - _now_ms()) / 1000 if self._expiries else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._expiry_changed.wait(), wait_s)
+
+    def _chore(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
@@ -296,7 +463,19 @@ class ApprovalBook:
                     waiter.set_result(current)
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=5)
+        for task in (self._poller, self._sweeper, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+NO_DECISION = "no decision before the approval timed out"
+NOT_USED = "approved, but not used before the approval timed out"
+RESTARTED = "the hub restarted while the call was waiting"
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))

@@ -194,7 +194,7 @@ class Gate:
         assert call.principal is not None
         principal, tool = call.principal.name, call.name
         if call.approval_id:
-            used, why = await self._book.use(call.approval_id, principal, tool, call.arguments)
+            used, why = await self._book.use(call.approval_id, principal, tool, call.arguments, call.call_id)
             if used is None:
                 self._log.record(
                     "approval",
@@ -205,7 +205,9 @@ class Gate:
                 )
                 message = f"approval {call.approval_id} cannot be used for this call: {why}"
                 return ToolResult.refused(message, "approval")
-            await self._log.flush()  # the `used` record (written by the book) is durable before the tool runs
+            # The `used` record (written by the book under this call: which approval, who approved
+            # it, when) is durable before the tool runs.
+            await self._log.flush()
             return None
         approval = await self._book.create(
             call_id=call.call_id,
@@ -229,7 +231,7 @@ class Gate:
             "",
         )
         if outcome.state == "approved":
-            used, why = await self._book.use(approval.id, principal, tool, call.arguments)
+            used, why = await self._book.use(approval.id, principal, tool, call.arguments, call.call_id)
             if used is None:
                 return ToolResult.refused(f"approval {approval.id} could not be used: {why}", "approval")
             await self._log.flush()

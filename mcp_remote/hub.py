@@ -116,7 +116,9 @@ class Hub:
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             checkpoint_file=audit_dir / store.checkpoint_file_name,
         )
-        self.approvals = ApprovalBook(self.audit.store, self.instance, on_event=self._approval_event)
+        self.approvals = ApprovalBook(
+            self.audit.store, self.instance, on_event=self._approval_event, redact=self.redactor.text
+        )
         self.policy = resolve_policy(config.policy)
         if config.policy is not None:
             principals = [p.principal() for p in config.principals]
@@ -163,7 +165,9 @@ class Hub:
             Gate(self.policy, self.approvals, self.audit),
         ]
 
-    def _approval_event(self, event: str, approval: Approval) -> None:
+    def _approval_event(self, event: str, approval: Approval, call_id: str = "", **extra: object) -> None:
+        """An approval's record, filed with the call it is about: the call that asked, or
+        (`call_id`) the retry that used it."""
         fields: dict[str, object] = {
             "approval_id": approval.id,
             "state": event,
@@ -179,8 +183,27 @@ class Hub:
                 reason=approval.decision_reason or None,
             )
         elif event == "used":
-            fields.update(approved_by=approval.decided_by, at_ms=approval.used_ms)
-        self.audit.record("approval", approval.call_id, approval.principal, approval.tool, fields)
+            fields.update(
+                approved_by=approval.decided_by, approved_at_ms=approval.decided_ms, at_ms=approval.used_ms
+            )
+        fields.update(extra)
+        used_by = call_id if call_id and call_id != approval.call_id else ""
+        if used_by:
+            fields["approval_call_id"] = approval.call_id  # the call that asked for it
+        self.audit.record("approval", used_by or approval.call_id, approval.principal, approval.tool, fields)
+        if used_by:  # the call that asked learns where its approval went
+            self.audit.record(
+                "approval",
+                approval.call_id,
+                approval.principal,
+                approval.tool,
+                {
+                    "approval_id": approval.id,
+                    "state": event,
+                    "used_by_call": used_by,
+                    "at_ms": approval.used_ms,
+                },
+            )
 
     def _sandbox_event(self, event: SandboxEvent) -> None:
         """Sandboxes connecting, leaving, and tool definitions pinned, changed or accepted."""
@@ -225,7 +248,8 @@ class Hub:
         failed = await self.approvals.fail_pending_on_restart()
         if failed:
             logger.warning(
-                "%d calls were waiting for approval when the hub stopped; they are denied", len(failed)
+                "%d calls were waiting for approval when the hub stopped; their approvals are expired",
+                len(failed),
             )
         await self._load_packs()
         await serve_grpc()

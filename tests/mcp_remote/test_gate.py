@@ -71,6 +71,13 @@ CONFIG: dict[str, Any] = {
                 "timeout_s": 1,
             },
             {
+                "name": "brief",
+                "tools": ["plain_thing"],
+                "args": {"name": "brief-*"},
+                "decision": "ask",
+                "timeout_s": 3,
+            },
+            {
                 "name": "never everything",
                 "tools": ["delete_thing"],
                 "args": {"name": "everything"},
@@ -184,6 +191,122 @@ async def test_an_approval_is_bound_to_its_arguments_and_good_for_one_call(
     assert replay["isError"] is True and "already used" in text_of(replay)
 
 
+async def gave_up(hub: RunningHub, call: Any) -> tuple[str, str]:
+    """The approval id and call id of a call whose caller gives up waiting, once the hub saw it go."""
+    approval_id = await call.approval_id()
+    call_id = next(a.call_id for a in await listing(hub.grpc, TOKENS["alice"]) if a.id == approval_id)
+    call.task.cancel()
+    async with asyncio.timeout(20):
+        while "finished" not in [kind for kind, _ in await records_of(hub, call_id)]:  # noqa: ASYNC110 - polling the log
+            await asyncio.sleep(0.05)
+    return approval_id, call_id
+
+
+async def call_ids_of(hub: RunningHub, tool: str, name: str) -> list[str]:
+    """The ids of the calls of `tool` with argument `name`, oldest first."""
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        found = await store.query(RecordQuery(tool=tool, limit=10_000, newest_first=False))
+    finally:
+        await store.close()
+    requested = [r for r in found if r.kind == "requested"]
+    return [r.call_id for r in requested if r.body_json().get("arguments", {}).get("name") == name]
+
+
+async def state_of(hub: RunningHub, approval_id: str) -> str:
+    found = await listing(hub.grpc, TOKENS["alice"], "pending", "approved", "denied", "expired", "used")
+    return next(a.state for a in found if a.id == approval_id)
+
+
+async def test_an_approved_approval_is_no_good_after_it_expires(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    """Once approved, an approval's expiry is the time by which a retry must use it."""
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "brief-late"})
+    approval_id, call_id = await gave_up(gated_hub, call)
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+    async with asyncio.timeout(20):  # the hub that asked expires it when its time passes
+        while await state_of(gated_hub, approval_id) != "expired":  # noqa: ASYNC110 - polling the hub
+            await asyncio.sleep(0.1)
+    late = await start_call(
+        hub_client, TOKENS["agent-a"], "plain_thing", {"name": "brief-late"}, approval_id
+    ).result()
+    assert late["isError"] is True and late["_meta"] == {"dev.mcphub/refused": "approval"}
+    assert f"approval {approval_id} cannot be used for this call: it expired at " in text_of(late)
+    expired = [b for k, b in await records_of(gated_hub, call_id) if b.get("state") == "expired"]
+    assert expired and expired[0]["by"] == "alice" and "not used" in expired[0]["reason"]
+
+
+async def test_an_approval_whose_caller_gave_up_expires_when_its_time_passes(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "brief-gone"})
+    approval_id, call_id = await gave_up(gated_hub, call)
+    assert await state_of(gated_hub, approval_id) == "pending", "a retry may still use it once approved"
+    async with asyncio.timeout(20):
+        while await state_of(gated_hub, approval_id) != "expired":  # noqa: ASYNC110 - polling the hub
+            await asyncio.sleep(0.1)
+    records = await records_of(gated_hub, call_id)
+    assert ("approval", "expired") in [(k, b.get("state")) for k, b in records]
+
+
+async def test_a_retry_s_records_say_which_approval_it_used_and_who_approved_it(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "retried"})
+    approval_id, first_call = await gave_up(gated_hub, call)
+    decided = await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
+    retry = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "retried"}, approval_id)
+    assert text_of(await retry.result()) == "deleted retried"
+    retry_call = (await call_ids_of(gated_hub, "delete_thing", "retried"))[-1]
+    assert retry_call != first_call
+    records = await records_of(gated_hub, retry_call)
+    assert [k for k, _ in records] == ["requested", "decided", "approval", "started", "finished"]
+    used = records[2][1]
+    assert used["state"] == "used" and used["approval_id"] == approval_id
+    assert (used["approved_by"], used["approved_at_ms"]) == ("alice", decided.decided_at_unix_ms)
+    assert used["approval_call_id"] == first_call
+    told = [b for k, b in await records_of(gated_hub, first_call) if b.get("state") == "used"]
+    assert told and told[0]["used_by_call"] == retry_call
+
+
+async def test_a_deny_reason_is_redacted_before_anyone_sees_it(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    key = "ghp_" + "A1b2C3d4E5" * 4
+    reason = f"no: your token {TOKENS['agent-b']} and {key} are in the logs"
+    call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "leaky"})
+    approval_id = await call.approval_id()
+    await decide(gated_hub.grpc, TOKENS["alice"], approval_id, False, reason)
+    told = text_of(await call.result())
+    shown = next(a for a in await listing(gated_hub.grpc, TOKENS["alice"], "denied") if a.id == approval_id)
+    stored = _stored_approval(gated_hub, approval_id)["decision_reason"]
+    for text in (told, shown.decision_reason, stored):
+        assert "[REDACTED]" in text and TOKENS["agent-b"] not in text and key not in text, text
+
+
+async def test_a_refused_attempt_to_decide_is_recorded(gated_hub: RunningHub, hub_client: HubClient) -> None:
+    call = start_call(hub_client, TOKENS["selfish"], "plain_thing", {"name": "prod-refusals"})
+    approval_id = await call.approval_id()
+    call_id = next(a.call_id for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id == approval_id)
+    for who in ("selfish", "alice", "agent-b"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await decide(gated_hub.grpc, TOKENS[who], approval_id, True)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await decide(gated_hub.grpc, TOKENS["bob"], approval_id, True)
+    assert text_of(await call.result()) == "did prod-refusals"
+    refused = [b for k, b in await records_of(gated_hub, call_id) if b.get("state") == "refused"]
+    assert [(b["by"], b["approval_id"]) for b in refused] == [
+        ("selfish", approval_id),
+        ("alice", approval_id),
+        ("agent-b", approval_id),
+    ]
+    assert "principal that asked" in refused[0]["why"]
+    assert "needs an approver in oncall" in refused[1]["why"]
+    assert "not have the approver role" in refused[2]["why"]
+
+
 async def test_nobody_approves_their_own_call(gated_hub: RunningHub, hub_client: HubClient) -> None:
     call = start_call(hub_client, TOKENS["selfish"], "delete_thing", {"name": "mine"})
     approval_id = await call.approval_id()
@@ -291,6 +414,8 @@ async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -
     assert listed.returncode == 0, listed.stderr
     row = next(a for a in json.loads(listed.stdout) if a["id"] == approval_id)
     assert json.loads(row["arguments_json"]) == {"name": "via-cli"}
+    assert isinstance(row["created_at_unix_ms"], int) and isinstance(row["expires_at_unix_ms"], int), row
+    assert row["decided_at_unix_ms"] == 0
     no_reason = await asyncio.to_thread(cli, "approvals", "deny", approval_id, *common)
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
     approved = await asyncio.to_thread(cli, "approvals", "approve", approval_id, *common)
@@ -298,6 +423,47 @@ async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -
     assert text_of(await call.result()) == "deleted via-cli"
     again = await asyncio.to_thread(cli, "approvals", "approve", approval_id, *common)
     assert again.returncode == 3 and "already" in again.stderr
+
+
+async def test_the_approvals_cli_shows_who_may_approve_and_escapes_what_would_hide(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    sneaky = "prod-\u202eexe.txt\u2066\u200b\u3164"
+    calls = [
+        start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": sneaky}),
+        start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "prod-2-secrets"}),
+        start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "anyone"}),
+    ]
+    ids = [await c.approval_id() for c in calls]
+    listed = await asyncio.to_thread(
+        cli, "approvals", "list", "--hub", gated_hub.grpc, "--token", TOKENS["alice"]
+    )
+    assert listed.returncode == 0, listed.stderr
+    shown = {i: listed.stdout.split(i, 1)[1].split("\napr_", 1)[0] for i in ids}
+    assert "approvers: oncall\n" in shown[ids[0]] + "\n"
+    assert "approvers: admins or security, and oncall" in shown[ids[1]]
+    assert "approvers: any approver" in shown[ids[2]]
+    assert "prod-\\u202eexe.txt\\u2066\\u200b\\u3164" in shown[ids[0]]
+    for ch in "\u202e\u2066\u200b\u3164":
+        assert ch not in listed.stdout
+    await decide(gated_hub.grpc, TOKENS["dave"], ids[0], False, "no")
+    await decide(gated_hub.grpc, TOKENS["dave"], ids[1], False, "no")
+    await decide(gated_hub.grpc, TOKENS["alice"], ids[2], False, "no")
+    for c in calls:
+        await c.result()
+
+
+async def test_call_cli_names_the_approval_when_its_deadline_passes(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    args = ["call", "delete_thing", "--args", '{"name": "impatient"}', "--timeout", "1"]
+    out = await asyncio.to_thread(cli, *args, "--hub", gated_hub.grpc, "--token", TOKENS["agent-a"])
+    pending = [a for a in await listing(gated_hub.grpc, TOKENS["alice"]) if "impatient" in a.arguments_json]
+    assert len(pending) == 1, "the approval stays pending for a retry"
+    assert out.returncode == 3
+    assert f"waiting for approval {pending[0].id}" in out.stderr
+    assert f"--approval {pending[0].id}" in out.stderr
+    await decide(gated_hub.grpc, TOKENS["alice"], pending[0].id, False, "no")
 
 
 @pytest.mark.parametrize("transport", ["mcp-2026", "mcp-2025"])
@@ -323,9 +489,16 @@ async def test_through_the_bridge_progress_names_the_approval(transport: str, ga
 
 
 async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
+    """Only calls still waiting when the hub died are failed; an approval whose caller had gone
+    keeps its time, for a retry."""
     hub = start_hub(tmp_path, config=CONFIG, packs=[PROBE_PACK, RISKY_PACK])
     client = HubClient(hub.grpc)
     try:
+        gone = start_call(client, TOKENS["agent-a"], "delete_thing", {"name": "gave-up"})
+        gone_id, _ = await gave_up(hub, gone)
+        async with asyncio.timeout(20):
+            while _stored_approval(hub, gone_id).get("waiting") is not False:  # noqa: ASYNC110 - polling the store
+                await asyncio.sleep(0.05)
         call = start_call(client, TOKENS["agent-a"], "delete_thing", {"name": "during-restart"})
         approval_id = await call.approval_id()
         hub.process.send_signal(signal.SIGKILL)
@@ -344,6 +517,17 @@ async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         records = await records_of(again, mine.call_id)
         assert ("approval", "expired") in [(k, b.get("state")) for k, b in records]
+        assert "1 calls were waiting for approval when the hub stopped" in again.log()
+        assert gone_id in [a.id for a in await listing(again.grpc, TOKENS["alice"], "pending")]
+        await decide(again.grpc, TOKENS["alice"], gone_id, True)
+        retry_client = HubClient(again.grpc)
+        try:
+            retried = start_call(
+                retry_client, TOKENS["agent-a"], "delete_thing", {"name": "gave-up"}, gone_id
+            )
+            assert text_of(await retried.result()) == "deleted gave-up"
+        finally:
+            await retry_client.close()
     finally:
         again.stop()
 
@@ -410,9 +594,9 @@ async def test_an_approval_stored_before_digests_were_keyed_still_binds_its_argu
         )
         await store.put_approval(legacy)
         await book.decide("apr_legacy", Principal("alice", roles=frozenset({"approver"})), True, "")
-        changed, why = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "y"})
+        changed, why = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "y"}, "c1")
         assert changed is None and "the arguments changed" in why
-        used, _ = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "x"})
+        used, _ = await book.use("apr_legacy", "agent-a", "delete_thing", {"name": "x"}, "c1")
         assert used is not None and used.state == "used"
     finally:
         await store.close()
