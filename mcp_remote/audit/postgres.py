@@ -2,14 +2,15 @@
 
 Each batch of records is one transaction that locks the chain head row, so hubs take
 turns extending the one hash chain. Commits are durable (PostgreSQL's default
-`synchronous_commit`). Approvals live here too, so any hub can decide or use them.
+`synchronous_commit`). Approvals live here too, so any hub can decide or use them; each change
+to one is announced (NOTIFY, in the statement that makes it) to every hub watching approvals.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
@@ -41,10 +42,42 @@ CREATE TABLE IF NOT EXISTS mcphub_approvals (id TEXT PRIMARY KEY, state TEXT NOT
 _SCHEMA_LOCK = 0x6D6370687562  # "mcphub": hubs starting together create the schema one at a time
 
 
+_APPROVALS_CHANNEL = "mcphub_approvals"
+_NOTICE_MAX = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
+
+
 def _approval_from(data: bytes) -> Approval:
     raw = orjson.loads(data)
     raw["approvers"] = tuple(raw["approvers"])
     return Approval(**raw)
+
+
+def _notice(approval: Approval) -> str:
+    """The approval as it is now, without its key; only its id when too long for a notice (the
+    listener then reads the row, which may have changed again by then)."""
+    data = orjson.dumps(asdict(replace(approval, args_key="")))
+    return data.decode() if len(data) <= _NOTICE_MAX else approval.id
+
+
+class _ApprovalNotices:
+    """The changes to approvals other sessions announce, on a connection of its own."""
+
+    def __init__(self, conn: Any, store: PostgresStore) -> None:
+        self._conn = conn
+        self._store = store
+
+    async def __aiter__(self) -> AsyncIterator[Approval]:
+        async for notice in self._conn.notifies():
+            payload: str = notice.payload
+            if payload.startswith("{"):
+                yield _approval_from(payload.encode())
+            else:
+                approval = await self._store.get_approval(payload)
+                if approval is not None:
+                    yield replace(approval, args_key="")
+
+    async def aclose(self) -> None:
+        await self._conn.close()
 
 
 class PostgresStore:
@@ -156,8 +189,15 @@ class PostgresStore:
 
     async def put_approval(self, approval: Approval) -> None:
         await self._exec(
-            "INSERT INTO mcphub_approvals VALUES (%s, %s, %s)",
-            (approval.id, approval.state, orjson.dumps(asdict(approval))),
+            "WITH a AS (INSERT INTO mcphub_approvals VALUES (%s, %s, %s) RETURNING id) "
+            "SELECT pg_notify(%s, %s) FROM a",
+            (
+                approval.id,
+                approval.state,
+                orjson.dumps(asdict(approval)),
+                _APPROVALS_CHANNEL,
+                _notice(approval),
+            ),
         )
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -165,11 +205,27 @@ class PostgresStore:
         return _approval_from(bytes(rows[0][0])) if rows else None
 
     async def swap_approval(self, expected: ApprovalState, approval: Approval) -> bool:
+        # The notice goes out only if the row changed, when the statement commits.
         count = await self._exec(
-            "UPDATE mcphub_approvals SET state = %s, data = %s WHERE id = %s AND state = %s",
-            (approval.state, orjson.dumps(asdict(approval)), approval.id, expected),
+            "WITH a AS (UPDATE mcphub_approvals SET state = %s, data = %s WHERE id = %s AND state = %s "
+            "RETURNING id) SELECT pg_notify(%s, %s) FROM a",
+            (
+                approval.state,
+                orjson.dumps(asdict(approval)),
+                approval.id,
+                expected,
+                _APPROVALS_CHANNEL,
+                _notice(approval),
+            ),
         )
         return count == 1
+
+    async def listen_approvals(self) -> _ApprovalNotices:
+        import psycopg
+
+        conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        await conn.execute(f"LISTEN {_APPROVALS_CHANNEL}")
+        return _ApprovalNotices(conn, self)
 
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
         rows = await self._fetch("SELECT data FROM mcphub_approvals WHERE state = ANY(%s)", (list(states),))

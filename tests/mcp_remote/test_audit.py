@@ -22,6 +22,8 @@ import pytest
 
 from bridge.hubclient import HubClient
 from mcp_remote.audit.sqlite import SQLiteStore
+from mcphub_proto.v1 import approvals_pb2 as apb
+from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.hub import REPO, hub_command, serve_refused, start_hub
@@ -465,6 +467,48 @@ async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_pos
         env["AUDIT_DSN"] = pg.create_database("mcphub_audit_2")
         fresh = start_hub(a.state_dir.parent, config=shared, env=env, http=False)
         assert fresh.stop() == 0
+
+
+async def _watch(target: str, seen: list[tuple[str, str]]) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {APPROVER}"),)
+        async for a in stub.WatchApprovals(apb.WatchApprovalsRequest(), metadata=metadata):
+            seen.append((a.id, a.state))
+
+
+async def test_a_watcher_on_either_hub_sees_every_hub_s_approvals_through_postgres(tmp_path: Path) -> None:
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_watch")}
+        shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}, instance="replica-a")
+        a = start_hub(tmp_path / "a", config=shared, env=env, http=False)
+        b = start_hub(tmp_path / "b", config=shared | {"instance": "replica-b"}, env=env, http=False)
+        seen: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+        watchers = [asyncio.ensure_future(_watch(h.grpc, seen[n])) for n, h in (("a", a), ("b", b))]
+        client = HubClient(a.grpc)
+        try:
+            # Both watchers are connected once each has seen a first approval (listed or new).
+            marker = start_call(client, TOKEN, "delete_thing", {"name": "marker"})
+            marker_id = await marker.approval_id()
+            async with asyncio.timeout(20):
+                while any((marker_id, "pending") not in seen[n] for n in seen):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await decide(a.grpc, APPROVER, marker_id, False, "only a marker")
+            await marker.result()
+            call = start_call(client, TOKEN, "delete_thing", {"name": "watched"})
+            approval_id = await call.approval_id()
+            await decide(b.grpc, APPROVER, approval_id, True, "decided on the other replica")
+            assert text_of(await call.result()) == "deleted watched"
+            expected = [(approval_id, s) for s in ("pending", "approved", "used")]
+            async with asyncio.timeout(20):
+                while any([x for x in seen[n] if x[0] == approval_id] != expected for n in seen):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            for w in watchers:
+                w.cancel()
+            await client.close()
+            a.stop()
+            b.stop()
 
 
 def _journal_flags(pid: int) -> int:
