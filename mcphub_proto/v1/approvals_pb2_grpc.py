@@ -62,7 +62,8 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchApprovals(self, request, context):
-        """Every pending approval now, then each change (new, decided, used, expired) as it happens.
+        """Every pending approval now, then each change (new, decided, used, expired) as it happens,
+        made through any hub sharing this hub's store (PostgreSQL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
