@@ -111,7 +111,7 @@ def test_a_wrongly_typed_argument_is_a_tool_error(http: httpx2.Client) -> None:
     assert response.status_code == 200
     result = response.json()["result"]
     assert result["isError"] is True
-    assert "['x'] is not of type 'string'" in result["content"][0]["text"]
+    assert "[\"x\"] is not of type 'string'" in result["content"][0]["text"]
 
 
 @pytest.mark.parametrize(

@@ -483,7 +483,7 @@ async def test_services_are_listed_and_callable_per_principal(cloud: CloudHub) -
         )
     assert refused.value.code == -32031 and "may not call service 'stand'" in refused.value.message
     off = await cloud.call("http_request", {"service": "missing", "method": "GET", "path": "/"})
-    assert off.is_error and "'missing' is not one of" in off.text  # a service that is off is not offered
+    assert off.is_error and '"missing" is not one of' in off.text  # a service that is off is not offered
     assert "services.missing.auth: environment variable CLOUD_TEST_NEVER_SET is not set" in cloud.hub.log()
     assert "service render is off" in cloud.hub.log()
 
