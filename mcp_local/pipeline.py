@@ -319,9 +319,32 @@ async def execute(call: ToolCall) -> ToolResult:
     except Exception as exc:  # the boundary to tool code, see docstring
         logger.exception("tool %s raised", tool.name)
         return ToolResult.error(f"{tool.name} failed: {type(exc).__name__}: {exc}")
-    if isinstance(outcome, str):
-        return ToolResult.text(outcome)
-    return outcome
+    result = ToolResult.text(outcome) if isinstance(outcome, str) else outcome
+    if call.result_limit is not None:
+        size = _content_bytes(result, call.result_limit)
+        if size > call.result_limit:
+            # Said here, where the audit trail records it, not by gRPC failing to send a result
+            # the log calls delivered.
+            return ToolResult.error(
+                f"{tool.name} returned {size:,} bytes, more than the {call.result_limit:,} one gRPC message "
+                "carries back: ask for less (or page it with output_read where the tool offers it)"
+            )
+    return result
+
+
+def _content_bytes(result: ToolResult, limit: int) -> int:
+    """The bytes `result` carries: a bound (4 bytes a character) when that is within `limit`,
+    else the exact count."""
+    texts = [t for t in (getattr(b, "text", None) for b in result.content) if isinstance(t, str)]
+    binary = sum(
+        len(d) for d in (getattr(b, "data", None) or getattr(b, "blob", None) for b in result.content) if d
+    )
+    size = binary + 4 * sum(map(len, texts))
+    if size > limit:
+        size = binary + sum(len(t.encode(errors="replace")) for t in texts)
+    if result.structured is not None and size <= limit:
+        size += len(orjson.dumps(dict(result.structured)))
+    return size
 
 
 def _json_type(value: object) -> str:

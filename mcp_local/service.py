@@ -73,7 +73,11 @@ class _StreamSink:
 
 
 def _call(
-    request: pb.CallToolRequest, authorization: str | None, deadline: float | None, sink: EventSink
+    request: pb.CallToolRequest,
+    authorization: str | None,
+    deadline: float | None,
+    sink: EventSink,
+    result_limit: int | None,
 ) -> ToolCall:
     return ToolCall(
         request.name,
@@ -84,6 +88,7 @@ def _call(
         client_capabilities_json=request.client_capabilities_json,
         request_id=request.request_id,
         approval_id=request.approval_id,
+        result_limit=result_limit,
     )
 
 
@@ -103,17 +108,29 @@ class ToolService:
         )
 
     async def call_tool(
-        self, request: pb.CallToolRequest, authorization: str | None, deadline: float | None
+        self,
+        request: pb.CallToolRequest,
+        authorization: str | None,
+        deadline: float | None,
+        result_limit: int | None = None,
     ) -> pb.CallToolResult:
-        return result_to_proto(await self.pipeline(_call(request, authorization, deadline, NULL_SINK)))
+        """`result_limit`: what the caller's transport can carry back (see `ToolCall.result_limit`)."""
+        call = _call(request, authorization, deadline, NULL_SINK, result_limit)
+        return result_to_proto(await self.pipeline(call))
 
     async def stream_call_tool(
-        self, request: pb.CallToolRequest, authorization: str | None, deadline: float | None
+        self,
+        request: pb.CallToolRequest,
+        authorization: str | None,
+        deadline: float | None,
+        result_limit: int | None = None,
     ) -> AsyncGenerator[pb.CallToolEvent, None]:
         """The call's events as it runs, then its result; closing the iterator cancels the call."""
         queue: asyncio.Queue[pb.CallToolEvent | object] = asyncio.Queue()
         sink = _StreamSink(queue)
-        task = asyncio.ensure_future(self.pipeline(_call(request, authorization, deadline, sink)))
+        task = asyncio.ensure_future(
+            self.pipeline(_call(request, authorization, deadline, sink, result_limit))
+        )
         # Behind the tool's last event: events come out in order, then the end.
         task.add_done_callback(lambda _: queue.put_nowait(_END))
         try:

@@ -36,6 +36,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+"""A result's content that still fits in one message with its framing and `_meta`."""
 
 
 def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -82,14 +84,18 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CallToolResult:
         try:
-            return await self.service.call_tool(request, _authorization(context), _deadline(context))
+            return await self.service.call_tool(
+                request, _authorization(context), _deadline(context), MAX_RESULT_BYTES
+            )
         except Exception as exc:
             await abort_with(context, exc)
 
     async def StreamCallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CallToolEvent]:
-        events = self.service.stream_call_tool(request, _authorization(context), _deadline(context))
+        events = self.service.stream_call_tool(
+            request, _authorization(context), _deadline(context), MAX_RESULT_BYTES
+        )
         try:
             async for event in events:
                 yield event

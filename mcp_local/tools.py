@@ -128,6 +128,7 @@ class ToolCall:
         "name",
         "principal",
         "request_id",
+        "result_limit",
         "sink",
         "source",
         "tool",
@@ -144,6 +145,7 @@ class ToolCall:
         client_capabilities_json: bytes = b"",
         request_id: str = "",
         approval_id: str = "",
+        result_limit: int | None = None,
     ) -> None:
         self.name = name
         self.arguments_json = arguments_json
@@ -156,6 +158,8 @@ class ToolCall:
         self.request_id = request_id
         self.approval_id = approval_id
         """An approval granted earlier for exactly this call, to spend instead of asking again."""
+        self.result_limit = result_limit
+        """Bytes of content the transport can carry back (one gRPC message), or None."""
         self.principal: Principal | None = None
         self.tool: Tool | None = None
         self.source = ""

@@ -278,3 +278,25 @@ async def test_arguments_that_are_not_an_object_are_named_in_json_terms(
             )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == f"arguments must be a JSON object, not {named}"
+
+
+@pytest.mark.parametrize(
+    "transport", ["grpc", "stdio", "mcp-2026"]
+)  # the SDK's 2025 client reads 1 MiB SSE events
+async def test_a_result_larger_than_a_grpc_message_is_a_tool_error_the_log_records(
+    transport: str, open_hub: RunningHub
+) -> None:
+    """gRPC failed to send it after the tool ran (RESOURCE_EXHAUSTED from the server's send),
+    while the audit log called it delivered; the in-process bridge has no such limit."""
+    async with connect(transport, open_hub.grpc, open_hub.mcp_url, None) as client:
+        outcome = await client.call("emit_bytes", {"n": 17_000_000})
+    if transport.startswith("mcp-"):
+        assert not outcome.is_error and len(outcome.text) == 17_000_000
+        return
+    assert outcome.is_error
+    assert outcome.text.startswith("emit_bytes returned 17,000,000 bytes, more than the 16,711,680 one gRPC")
+    records = await all_records(open_hub.state_dir)
+    assert any(
+        r.kind == "finished" and r.body_json().get("error", "").startswith("emit_bytes returned 17,000,000")
+        for r in records
+    )

@@ -47,6 +47,9 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
         meta = {REFUSED_META: "policy", "x": 1}
         return ToolResult(content=(TextContent("I ran"),), is_error=True, meta=meta)
 
+    async def emit_bytes(call: ToolCall) -> str:
+        return "x" * int(call.arguments["n"])
+
     async def routed(call: ToolCall) -> str:
         region: str = call.arguments["region"]
         return region
@@ -76,6 +79,13 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 output_schema={"type": "object", "properties": {"value": {}}, "required": ["value"]},
             ),
             Tool("boom", "Always raises.", {"type": "object"}, boom, annotations=RO),
+            Tool(
+                "emit_bytes",
+                "Return n bytes of text.",
+                {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "required": ["n"]},
+                emit_bytes,
+                annotations=RO,
+            ),
             Tool(
                 "claims_refusal",
                 "Fails, claiming the hub refused it.",
