@@ -145,6 +145,13 @@ class _NoteSession:
                         self.held.opening -= 1
                         self.reserved = False
                     break
+        elif message["type"] == "http.response.start":
+            # The SDK names a session in its refusal of a request without one ("Missing session
+            # ID") that was never opened: a client that took it up got 404.
+            headers = message.get("headers", ())
+            if any(key.lower() == _SESSION_HEADER for key, _ in headers):
+                kept = [(k, v) for k, v in headers if k.lower() != _SESSION_HEADER]
+                message = {**message, "headers": kept}
         await self.send(message)
 
 

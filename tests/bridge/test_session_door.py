@@ -336,3 +336,14 @@ def test_an_unknown_protocol_version_header_is_refused_as_such(
             "unsupported MCP-Protocol-Version '1999-01-01'; this server speaks"
         )
         assert error["data"]["requested"] == "1999-01-01" and "2026-07-28" in error["data"]["supported"]
+
+
+def test_a_refused_request_without_a_session_names_none(secured_hub: RunningHub) -> None:
+    """The SDK's 400 for a request without a session ID carried a fresh Mcp-Session-Id that was
+    never a session (a client that took it up got 404)."""
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        refused = http.post("/mcp", json=LIST, headers=ACCEPT | _auth(TOKENS["agent-a"]))
+        assert refused.status_code == 400, refused.text
+        assert "mcp-session-id" not in refused.headers
+        session = open_session(http, TOKENS["agent-a"])  # an initialize still opens one
+        assert works(http, TOKENS["agent-a"], session)
