@@ -41,8 +41,7 @@ import orjson
 import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.types import UNSUPPORTED_PROTOCOL_VERSION
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.errors import Unauthenticated
@@ -67,16 +66,9 @@ _VERSION_HEADER = b"mcp-protocol-version"
 
 
 def _refusal(
-    status: int,
-    code: int,
-    message: str,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-    data: Mapping[str, Any] | None = None,
+    status: int, code: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()
 ) -> tuple[Message, Message]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
     start: Message = {
         "type": "http.response.start",
         "status": status,
@@ -208,19 +200,6 @@ class SessionDoor:
             authorization = AMBIGUOUS_AUTHORIZATION.encode()
             kept = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
             scope = {**scope, "headers": [*kept, (b"authorization", authorization)]}
-        if version is not None and version.decode("latin-1") not in SUPPORTED_PROTOCOL_VERSIONS:
-            # Read as the stateless era, it drew a complaint about `_meta` instead (MCP: 400).
-            requested = version.decode("latin-1")
-            start, body = _refusal(
-                400,
-                UNSUPPORTED_PROTOCOL_VERSION,
-                f"unsupported MCP-Protocol-Version {requested!r}; this server speaks "
-                + ", ".join(SUPPORTED_PROTOCOL_VERSIONS),
-                data={"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": requested},
-            )
-            await send(start)
-            await send(body)
-            return
         stateless = version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
         try:
             token = bearer_token(authorization.decode("latin-1")) if authorization else self._default_token

@@ -320,24 +320,6 @@ def test_the_door_reads_no_more_than_the_body_limit(capped_hub: RunningHub) -> N
         assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
-@pytest.mark.parametrize("session", [False, True])
-def test_an_unknown_protocol_version_header_is_refused_as_such(
-    secured_hub: RunningHub, session: bool
-) -> None:
-    """It was read as the stateless era and drew a complaint about `_meta` instead."""
-    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
-        extra = {"mcp-session-id": open_session(http, TOKENS["agent-a"])} if session else {}
-        headers = ACCEPT | _auth(TOKENS["agent-a"]) | {"mcp-protocol-version": "1999-01-01"} | extra
-        refused = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
-        assert refused.status_code == 400, refused.text
-        error = refused.json()["error"]
-        assert error["code"] == -32022
-        assert error["message"].startswith(
-            "unsupported MCP-Protocol-Version '1999-01-01'; this server speaks"
-        )
-        assert error["data"]["requested"] == "1999-01-01" and "2026-07-28" in error["data"]["supported"]
-
-
 def test_a_refused_request_without_a_session_names_none(secured_hub: RunningHub) -> None:
     """The SDK's 400 for a request without a session ID carried a fresh Mcp-Session-Id that was
     never a session (a client that took it up got 404)."""
