@@ -100,6 +100,10 @@ class Tool:
     roles: frozenset[str] = frozenset()
     """When set, only principals with one of these roles see the tool in listings or may call it
     (on top of their tool globs)."""
+    precheck: Callable[[ToolCall], str | None] | None = field(default=None, repr=False, compare=False)
+    """A pure, cheap check of a call the handler would refuse before doing anything: the reason,
+    or None. The gate asks nobody to approve a call its tool refuses anyway (a check can only
+    refuse, never let a call past the gate)."""
 
     def __post_init__(self) -> None:
         if not TOOL_NAME.match(self.name):

@@ -163,13 +163,22 @@ class Gate:
         # A call that needs approval, or is destructive, is on the record before anything else
         # happens; the others are committed with their `finished` record.
         must_be_durable = decision.verdict == "ask" or tool.annotations.destructive
+        pointless = tool.precheck(call) if decision.verdict == "ask" and tool.precheck is not None else None
         durable = (log.commit if must_be_durable else log.record)(
             "decided",
             call.call_id,
             principal.name,
             call.name,
-            {"decision": decision.verdict, "rule": decision.rule, "reason": decision.reason or None},
+            {
+                "decision": decision.verdict,
+                "rule": decision.rule,
+                "reason": decision.reason or None,
+                "tool_refuses": pointless,
+            },
         )
+        if pointless is not None:
+            # Nobody is asked (or kept waiting) to approve a call its tool would refuse anyway.
+            return ToolResult.error(pointless)
         if decision.verdict == "deny":
             return ToolResult.refused(
                 f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}", "policy"

@@ -19,6 +19,7 @@ import pytest
 from bridge.hubclient import HubClient
 from mcp_remote.audit import RecordQuery
 from mcp_remote.audit.sqlite import SQLiteStore
+from tests.mcp_remote.tools.cloud_standin import start_standin
 from tests.support.approvals import decide, listing, start_call, text_of
 from tests.support.clients import connect
 from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
@@ -600,3 +601,57 @@ async def test_an_approval_stored_before_digests_were_keyed_still_binds_its_argu
         assert used is not None and used.state == "used"
     finally:
         await store.close()
+
+
+async def test_nobody_is_asked_about_a_call_its_tool_refuses_anyway(tmp_path: Path) -> None:
+    """A cloud call the pack refuses before sending anything (a method or path the service does
+    not allow) waited for a person, up to the approval timeout, to be refused after approval."""
+    standin = start_standin()
+    service = {
+        "base_url": f"{standin.base}/api",
+        "auth": {"type": "none"},
+        "allow_private_network": ["127.0.0.1/32"],
+        "allow": [{"methods": ["GET"], "paths": ["/**"]}, {"methods": ["POST"], "paths": ["/items"]}],
+    }
+    config = {
+        "principals": CONFIG["principals"],
+        "packs": [{"name": "cloud", "options": {"services": {"plain": service}}}],
+    }
+    hub = start_hub(tmp_path, config=config, http=False)
+    client = HubClient(hub.grpc)
+    try:
+        for method, path, says in (
+            ("DELETE", "/items", "DELETE /items is not allowed for service 'plain'"),
+            ("POST", "/items/../admin", "'..'"),
+        ):
+            arguments = {"service": "plain", "method": method, "path": path}
+            call = start_call(client, TOKENS["agent-a"], "http_request", arguments)
+            result = await asyncio.wait_for(call.result(), 20)  # the approval would wait 300 s
+            assert result["isError"] is True and says in text_of(result), text_of(result)
+            assert not await listing(hub.grpc, TOKENS["alice"])
+        # A call the service allows still asks (the default policy asks about writes).
+        call = start_call(
+            client,
+            TOKENS["agent-a"],
+            "http_request",
+            {"service": "plain", "method": "POST", "path": "/items"},
+        )
+        approval_id = await call.approval_id()
+        await decide(hub.grpc, TOKENS["alice"], approval_id, False, "not now")
+        assert "not now" in text_of(await call.result())
+    finally:
+        await client.close()
+        hub.stop()
+        standin.stop()
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        decided = [
+            r.body_json()
+            for r in await store.query(RecordQuery(tool="http_request", limit=100))
+            if r.kind == "decided"
+        ]
+    finally:
+        await store.close()
+    refused = [d for d in decided if "tool_refuses" in d]
+    assert len(refused) == 2 and all(d["decision"] == "ask" for d in refused)

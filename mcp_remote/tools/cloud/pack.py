@@ -212,6 +212,7 @@ class CloudPack:
                     "additionalProperties": False,
                 },
                 handler=self._http_request,
+                precheck=self._precheck,
                 annotations=ToolAnnotations(
                     title="Call a cloud API",
                     read_only=False,
@@ -306,6 +307,23 @@ class CloudPack:
         if not service.allows(call.principal.name):
             raise PermissionDenied(f"principal {call.principal.name!r} may not call service {name!r}")
         return service
+
+    def _precheck(self, call: ToolCall) -> str | None:
+        """What `_http_request` refuses before it sends anything (for the gate: nobody is asked
+        to approve such a call). A principal refused the service is left to the handler, which
+        answers PERMISSION_DENIED."""
+        args = call.arguments
+        try:
+            service = self._service(call, str(args.get("service")))
+            path = clean_path(str(args.get("path", "")))
+        except ToolError as exc:
+            return str(exc)
+        except PermissionDenied:
+            return None
+        method = str(args.get("method", "")).upper()
+        if service.routes.match(method, path) is None:
+            return service.routes.refusal(method, path, service.name)
+        return None
 
     async def _http_request(self, call: ToolCall) -> ToolResult:
         args = call.arguments
