@@ -45,6 +45,7 @@ __all__ = [
 Verdict = Literal["allow", "ask", "deny"]
 _SEVERITY: dict[str, int] = {"allow": 0, "ask": 1, "deny": 2}
 NO_RULE = "(no rule names this tool)"
+NO_MATCH = "(no rule matches these arguments)"
 COMPOUND = "(compound shell command)"
 GROUP_ALTERNATIVES = "|"
 """Joins the groups of one rule's `approvers` in a decision's requirement (`oncall|security`)."""
@@ -372,7 +373,7 @@ class Policy:
                 argvs = parsed.commands
                 compound = parsed.compound_reason
         matched.extend(r for r in plan.dynamic if r.dynamic_match(arguments, argvs))
-        return self._decide(matched, compound)
+        return self._decide(matched, compound, plan.dynamic)
 
     def _plan(self, principal: str, tool: str, annotations: ToolAnnotations) -> _Plan:
         static: list[_Rule] = []
@@ -385,13 +386,25 @@ class Policy:
             fixed = self._decide(static, None)
         return _Plan(tuple(static), tuple(dynamic), fixed)
 
-    def _decide(self, matched: Sequence[_Rule], compound: str | None) -> Decision:
+    def _decide(
+        self, matched: Sequence[_Rule], compound: str | None, unmet: Sequence[_Rule] = ()
+    ) -> Decision:
+        """`unmet`: rules naming the tool whose conditions on arguments were checked (a call that
+        matches none of them asks "no rule matches these arguments", naming them)."""
         timeout = self.config.approval_timeout_s
-        if not matched:
+        if not matched and unmet:
             verdict: Verdict = "ask"
-            names: tuple[str, ...] = (NO_RULE,)
-            reasons = ["no policy rule names this tool"]
+            names: tuple[str, ...] = (NO_MATCH,)
+            others = ", ".join(repr(r.config.name) for r in unmet[:3]) + (", ..." if len(unmet) > 3 else "")
+            reasons = [
+                f"no policy rule matches these arguments (rules for this tool with other arguments: {others})"
+            ]
             deciding: list[_Rule] = []
+        elif not matched:
+            verdict = "ask"
+            names = (NO_RULE,)
+            reasons = ["no policy rule names this tool"]
+            deciding = []
         else:
             top = max(_SEVERITY[r.config.decision] for r in matched)
             deciding = [r for r in matched if _SEVERITY[r.config.decision] == top]

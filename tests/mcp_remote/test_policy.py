@@ -258,6 +258,16 @@ def test_the_shipped_default_is_safe_and_useful() -> None:
     assert p.evaluate("a", "http_request", {"method": "DELETE"}, NONE).verdict == "ask"
 
 
+def test_a_call_only_argument_rules_name_says_so() -> None:
+    # "no rule names this tool" was said of http_request, which a rule names for GET and HEAD.
+    write = resolve_policy(None).evaluate("a", "http_request", {"method": "POST", "path": "/x"}, NONE)
+    assert (write.verdict, write.rules) == ("ask", ("(no rule matches these arguments)",))
+    assert write.reason == (
+        "no policy rule matches these arguments (rules for this tool with other arguments: "
+        "'reading cloud APIs')"
+    )
+
+
 def test_extending_the_default_can_only_be_stricter() -> None:
     extended = resolve_policy(
         PolicyConfig(extends="default", rules=[RuleConfig(name="no echo", tools=["echo"], decision="deny")])
