@@ -528,15 +528,16 @@ async def network_requests(rt: BrowserRuntime, s: BrowserSession, call: ToolCall
             raise ToolError(f"filter is not a valid regular expression: {exc}") from None
     lines: list[str] = []
     for entry in s.network:
-        if entry.page_id != id(page):
+        if entry.tab() is not page:
             continue
+        request = entry.request
         ok = entry.failure is None and entry.status is not None and entry.status < 400
-        if ok and entry.resource_type in STATIC_TYPES and not args.get("static"):
+        if ok and request.resource_type in STATIC_TYPES and not args.get("static"):
             continue
-        if pattern is not None and not pattern.search(entry.url):
+        if pattern is not None and not pattern.search(request.url):
             continue
         outcome = f"[{entry.status}]" if entry.failure is None else f"failed: {entry.failure}"
-        lines.append(f"{len(lines) + 1}. [{entry.method}] {entry.url} => {outcome}")
+        lines.append(f"{len(lines) + 1}. [{request.method}] {request.url} => {outcome}")
     text = "\n".join(lines) if lines else "no network requests"
     return Reply(rt.limit(s, text, "network requests"), page_state=False)
 

@@ -82,13 +82,18 @@ SPARE_DELAY_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class NetworkEntry:
-    page_id: int
-    """`id()` of the tab's Page, so entries follow their tab when other tabs close."""
-    method: str
-    url: str
-    resource_type: str
+    request: Request
+    """Its tab is looked up when listed (`tab`): a popup's first response arrives before
+    Playwright has made the popup's Page, when the request cannot name it yet."""
     status: int | None
     failure: str | None
+
+    def tab(self) -> Page | None:
+        """The tab that made the request, or None (a worker's request, or a tab never made)."""
+        try:
+            return self.request.frame.page
+        except PlaywrightError:
+            return None
 
 
 class BrowserSession:
@@ -271,33 +276,10 @@ class BrowserSession:
             self.navigations += 1
 
     def _on_response(self, response: Response) -> None:
-        request = response.request
-        self.network.append(
-            NetworkEntry(
-                id(response.frame.page),
-                request.method,
-                request.url,
-                request.resource_type,
-                response.status,
-                None,
-            )
-        )
+        self.network.append(NetworkEntry(response.request, response.status, None))
 
     def _on_request_failed(self, request: Request) -> None:
-        try:
-            page_id = id(request.frame.page)
-        except PlaywrightError:
-            page_id = -1
-        self.network.append(
-            NetworkEntry(
-                page_id,
-                request.method,
-                request.url,
-                request.resource_type,
-                None,
-                request.failure or "failed",
-            )
-        )
+        self.network.append(NetworkEntry(request, None, request.failure or "failed"))
 
     def _on_download(self, download: Download) -> None:
         if not self.owner.options.downloads:

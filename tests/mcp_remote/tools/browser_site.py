@@ -178,6 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/image":
             src = html.escape(query.get("src", ""), quote=True)
             self._send(_page("Image", f"<p>image page</p><img src='{src}' alt=''>"))
+        elif path == "/popups":
+            n = int(query.get("n", "5"))
+            script = f"for (let i = 0; i < {n}; i++) window.open('/echo?n=popup-' + i);"
+            self._send(_page("Popups", f"<p>popups page</p><script>{script}</script>"))
         elif path == "/metadata-image":
             self._send(
                 _page("Image", "<p>image page</p><img src='http://169.254.169.254/latest/x.png' alt=''>")

@@ -351,6 +351,33 @@ async def test_tabs(agent: ToolClient, site: Site) -> None:
     await call(agent, "browser_close", session="tabs")
 
 
+async def test_popups_responses_are_logged_on_their_tabs(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    # A popup's first response can arrive before Playwright knows its tab: it must still be listed
+    # (on that tab), not lost with a traceback in the hub's log.
+    await call(agent, "browser_navigate", url=site.url("/popups?n=5"), session="popups")
+    listing = await _until_listed(agent, "popups", site.url("/echo?n=popup-4"))
+    index = re.search(rf"- (\d+):[^\n]* {re.escape(site.url('/echo?n=popup-4'))}$", listing, re.M)
+    assert index, listing
+    selected = await call(agent, "browser_tabs", action="select", index=int(index.group(1)), session="popups")
+    assert 'heading "Echo popup-4"' in selected.text
+    requests = await call(agent, "browser_network_requests", session="popups")
+    assert f"[GET] {site.url('/echo?n=popup-4')} => [200]" in requests.text
+    assert "Frame for this navigation request is not available" not in hub.log()
+    await call(agent, "browser_close", session="popups")
+
+
+async def _until_listed(agent: ToolClient, session: str, url: str, seconds: float = 20) -> str:
+    """The session's tab list once `url` is in it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        listing = (await call(agent, "browser_tabs", action="list", session=session)).text
+        if url in listing or time.monotonic() > deadline:
+            return listing
+        await anyio.sleep(0.05)
+
+
 async def test_file_upload_takes_only_files_inside_the_workspace(
     agent: ToolClient, hub: RunningHub, site: Site
 ) -> None:
