@@ -548,14 +548,22 @@ async def handle_dialog(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
     if dialog is None:
         raise ToolError("no dialog is open in this session")
     kind = dialog.type
-    if args["accept"]:
-        if "promptText" in args:
-            await dialog.accept(args["promptText"])
+    try:
+        if args["accept"]:
+            if "promptText" in args:
+                await dialog.accept(args["promptText"])
+            else:
+                await dialog.accept()
         else:
-            await dialog.accept()
-    else:
-        await dialog.dismiss()
-    s.clear_modal()
+            await dialog.dismiss()
+    except PlaywrightError as exc:
+        # It cannot be answered (its tab or the browser is gone): waiting on it would hold the session.
+        if s.dialog is dialog:
+            s.drop_modal()
+        raise ToolError(
+            f"the {kind} dialog could not be answered ({first_line(exc)}); the session no longer waits for it"
+        ) from exc
+    s.clear_modal(dialog)
     problem = await s.finish_pending(rt.options.action_timeout_s)
     done = f"{'accepted' if args['accept'] else 'dismissed'} the {kind} dialog"
     if problem:
@@ -588,8 +596,16 @@ async def file_upload(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> 
     chooser = s.file_chooser
     if chooser is None:
         raise ToolError("no file chooser is open: click the file input first, or give target (the input)")
-    await chooser.set_files(files, timeout=timeout)
-    s.clear_modal()
+    try:
+        await chooser.set_files(files, timeout=timeout)
+    except PlaywrightError as exc:
+        if s.file_chooser is chooser and chooser.page.is_closed():
+            s.drop_modal()
+            raise ToolError(
+                f"the file chooser's tab is gone ({first_line(exc)}); the session no longer waits for it"
+            ) from exc
+        raise
+    s.clear_modal(chooser)
     problem = await s.finish_pending(rt.options.action_timeout_s)
     return Reply(f"chose {names}" + (f"; then: {problem}" if problem else ""), snapshot=True)
 

@@ -188,6 +188,10 @@ class BrowserSession:
         self.pages.pop(index)
         if self.current >= index and self.current > 0:
             self.current -= 1
+        if self._modal_page() is page:
+            # Nobody can answer it now; the session must not go on waiting for an answer.
+            self.events.append(f"the {self._modal_name()} closed with its tab")
+            self.drop_modal()
 
     def _on_crash(self, page: Page) -> None:
         self.events.append(f"tab {self.tab_index(page)} crashed ({page.url}); it was closed")
@@ -198,7 +202,8 @@ class BrowserSession:
     def _on_dialog(self, dialog: Dialog) -> None:
         self.dialog = dialog
         self.events.append(
-            f"a {dialog.type} dialog is open: {dialog.message!r}; answer it with browser_handle_dialog"
+            f"{_article(dialog.type)} {dialog.type} dialog is open: {dialog.message!r}; "
+            "answer it with browser_handle_dialog"
         )
         self._modal.set()
 
@@ -210,16 +215,41 @@ class BrowserSession:
         self._modal.set()
 
     def modal_state(self) -> str | None:
+        """What waits for an answer, as in "an alert dialog ('Sure?')", or None."""
+        name = self._modal_name()
+        return f"{_article(name)} {name}" if name else None
+
+    def _modal_name(self) -> str | None:
         if self.dialog is not None:
-            return f"a {self.dialog.type} dialog ({self.dialog.message!r})"
+            return f"{self.dialog.type} dialog ({self.dialog.message!r})"
         if self.file_chooser is not None:
-            return "a file chooser"
+            return "file chooser"
         return None
 
-    def clear_modal(self) -> None:
+    def _modal_page(self) -> Page | None:
+        if self.dialog is not None:
+            return self.dialog.page
+        if self.file_chooser is not None:
+            return self.file_chooser.page
+        return None
+
+    def clear_modal(self, answered: Dialog | FileChooser) -> None:
+        """Forget the dialog or chooser just answered; one the page opened since stays."""
+        if self.dialog is answered:
+            self.dialog = None
+        if self.file_chooser is answered:
+            self.file_chooser = None
+        if self.modal_state() is None:
+            self._modal.clear()
+
+    def drop_modal(self) -> None:
+        """Forget a dialog or chooser that can no longer be answered, and the action waiting on it."""
         self.dialog = None
         self.file_chooser = None
         self._modal.clear()
+        task, self.pending = self.pending, None
+        if task is not None:
+            task.cancel()
 
     async def act(self, action: Awaitable[T]) -> tuple[bool, T | None]:
         """Run an action; when it opens a dialog or file chooser first, leave it pending and say so.
@@ -254,6 +284,9 @@ class BrowserSession:
         """Let the action that was waiting on the modal state finish; what went wrong, if anything."""
         task, self.pending = self.pending, None
         if task is None:
+            return None
+        if self.modal_state() is not None and not task.done():
+            self.pending = task  # the page opened the next one while the last was being answered
             return None
         if not await self._wait_or_modal(task, timeout_s):
             if self.modal_state() is not None:
@@ -330,6 +363,10 @@ class BrowserSession:
             task.cancel()
         with contextlib.suppress(PlaywrightError):
             await self.context.close()
+
+
+def _article(word: str | None) -> str:
+    return "an" if word and word[0] in "aeiou" else "a"
 
 
 def _observe(task: asyncio.Future[Any]) -> None:

@@ -178,6 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/image":
             src = html.escape(query.get("src", ""), quote=True)
             self._send(_page("Image", f"<p>image page</p><img src='{src}' alt=''>"))
+        elif path == "/nag":
+            body = "<p>nag page</p><button onclick=\"while (true) alert('again')\">Nag</button>"
+            self._send(_page("Nag", body))
         elif path == "/popups":
             n = int(query.get("n", "5"))
             script = f"for (let i = 0; i < {n}; i++) window.open('/echo?n=popup-' + i);"

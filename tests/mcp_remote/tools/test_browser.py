@@ -275,6 +275,37 @@ async def test_dialogs_wait_for_an_answer(agent: ToolClient, site: Site) -> None
     await call(agent, "browser_close", session="dialogs")
 
 
+async def test_a_dialog_whose_tab_closed_no_longer_holds_the_session(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="gone")
+    opened = await call(agent, "browser_click", target=ref(page.text, "button", "Show alert"), session="gone")
+    assert "alert dialog" in opened.text and "Careful now" in opened.text
+    await call(agent, "browser_tabs", action="new", session="gone")
+    closed = await call(agent, "browser_tabs", action="close", index=0, session="gone")
+    assert "the alert dialog ('Careful now') closed with its tab" in closed.text, closed.text
+    assert "Waiting for you" not in closed.text
+    moved = await call(agent, "browser_navigate", url=site.url("/echo?n=free"), session="gone")
+    assert 'heading "Echo free"' in moved.text
+    none_open = await agent.call("browser_handle_dialog", {"accept": True, "session": "gone"})
+    assert none_open.is_error and "no dialog is open" in none_open.text
+    await call(agent, "browser_close", session="gone")
+
+
+async def test_a_page_that_keeps_alerting_can_be_answered_and_closed(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/nag"), session="nag")
+    opened = await call(agent, "browser_click", target=ref(page.text, "button", "Nag"), session="nag")
+    assert "alert dialog ('again')" in opened.text
+    for _ in range(3):  # each answer is followed by the next alert, which the result reports
+        answered = await call(agent, "browser_handle_dialog", accept=True, session="nag")
+        assert "accepted the alert dialog" in answered.text
+        assert "alert dialog ('again') is open" in answered.text, answered.text
+    await call(agent, "browser_tabs", action="new", session="nag")
+    closed = await call(agent, "browser_tabs", action="close", index=0, session="nag")
+    assert "closed with its tab" in closed.text and "Waiting for you" not in closed.text
+    listing = await call(agent, "browser_tabs", action="list", session="nag")
+    assert listing.text.count("\n- ") == 1 and "(current) about:blank" in listing.text
+    await call(agent, "browser_close", session="nag")
+
+
 async def test_slow_and_late_pages(agent: ToolClient, site: Site) -> None:
     slow = await call(agent, "browser_navigate", url=site.url("/slow?ms=1200"), session="slow")
     assert "Slow page loaded" in slow.text
