@@ -132,6 +132,8 @@ class Hub:
         )
         self.packs: list[ToolPack] = []
         self.addresses: HubAddresses | None = None
+        self._pack_sockets: list[str] = []
+        """Sockets the packs listen on (`PackEnv.add_listen_address`)."""
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
@@ -259,13 +261,17 @@ class Hub:
         return self.addresses
 
     def listen_addresses(self) -> tuple[str, ...]:
-        """The hub's own addresses once bound (packs use them to refuse calls back into the hub)."""
-        if self.addresses is None:
-            return ()
-        found = [self.addresses.grpc]
-        if self.addresses.mcp_url:
-            found.append(self.addresses.mcp_url.removeprefix("http://").removesuffix("/mcp"))
-        return tuple(found)
+        """Every socket the hub listens on, once bound: gRPC, MCP and the packs' own (the browser's
+        proxy). Packs use them to refuse calls back into the hub."""
+        found = []
+        if self.addresses is not None:
+            found.append(self.addresses.grpc)
+            if self.addresses.mcp_url:
+                found.append(self.addresses.mcp_url.removeprefix("http://").removesuffix("/mcp"))
+        return (*found, *self._pack_sockets)
+
+    def _add_pack_socket(self, address: str) -> None:
+        self._pack_sockets.append(address)
 
     async def _load_packs(self) -> None:
         self.registry.set_source("hub:outputs", [output_read_tool(self.outputs)])
@@ -274,6 +280,7 @@ class Hub:
             outputs=self.outputs,
             redactor=self.redactor,
             listen_addresses=self.listen_addresses,
+            add_listen_address=self._add_pack_socket,
         )
         self.packs = await start_packs(self.config.packs, env, self.registry)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
@@ -320,6 +327,7 @@ class Hub:
             self._grpc = None
         await stop_packs(self.packs)
         self.packs.clear()
+        self._pack_sockets.clear()
         await self.approvals.close()
         with contextlib.suppress(Exception):
             self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})

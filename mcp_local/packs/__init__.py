@@ -50,6 +50,10 @@ def _ignore(pack: ToolPack) -> None:
     return None
 
 
+def _ignore_address(address: str) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PackEnv:
     """What a pack may know about, and use of, the server that loads it."""
@@ -60,7 +64,11 @@ class PackEnv:
     redactor: Redactor = field(default_factory=Redactor)
     """Register every secret value the pack holds: results, audit records and logs are redacted with it."""
     listen_addresses: Callable[[], tuple[str, ...]] = _no_addresses
-    """The server's own listening addresses (`host:port`), known once it has bound them."""
+    """The server's own listening addresses (`host:port`), known once it has bound them, with
+    those its packs listen on (`add_listen_address`)."""
+    add_listen_address: Callable[[str], None] = _ignore_address
+    """Call with `host:port` of every socket the pack listens on: packs that connect somewhere
+    on a caller's behalf refuse all of the server's own sockets, these included."""
     tools_changed: Callable[[ToolPack], None] = _ignore
     """Call with the pack when its `tools()` changed: the server re-reads them and tells clients."""
     extra: Mapping[str, Any] = field(default_factory=dict)

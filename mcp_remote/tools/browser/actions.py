@@ -71,6 +71,7 @@ class BrowserRuntime:
 
     def __init__(self, options: BrowserOptions, env: PackEnv) -> None:
         self.options = options
+        self.env = env
         self.outputs = env.outputs
         self.workspace_root = options.workspace_root or env.state_dir / "workspaces"
         self.policy = UrlPolicy.build(
@@ -84,7 +85,9 @@ class BrowserRuntime:
         self.browser = SharedBrowser(options, lambda: self.proxy.port, self.workspace_root)
 
     async def start(self) -> None:
-        await self.proxy.start()
+        port = await self.proxy.start()
+        # One of the hub's own sockets: neither the browser nor any other pack may connect to it.
+        self.env.add_listen_address(f"127.0.0.1:{port}")
         await self.browser.start()
 
     async def stop(self) -> None:

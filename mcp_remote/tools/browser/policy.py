@@ -8,7 +8,8 @@ passes through the policy proxy (`proxy.py`), which resolves the host itself and
 The order of a decision, first match wins:
 
 1. a scheme other than http, https (and `about:blank`) is refused (`file:`, `chrome:`, `view-source:`);
-2. the hub's own listening ports, on any address of this machine, are refused (no exception);
+2. the hub's own listening ports (gRPC, MCP, this proxy), on any address of this machine, are
+   refused (no exception);
 3. a rule of the `block` option refused;
 4. a rule of the `allow` option allowed;
 5. what is blocked by default (cloud metadata names and addresses, loopback, link-local,

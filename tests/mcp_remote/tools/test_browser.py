@@ -555,6 +555,8 @@ async def test_url_policy_refuses_local_files_browser_pages_metadata_and_the_hub
         "http://[fd00:ec2::254]/latest/": "cloud metadata",
         f"http://127.0.0.1:{grpc_port}/": "this hub's own address",
         f"http://localhost:{http_port}/mcp": "this hub's own address",
+        # The browser's own proxy is one of the hub's sockets too (the hub allows 127.0.0.1).
+        f"http://127.0.0.1:{await _proxy_port(hub)}/": "this hub's own address",
     }
     for url, why in refused.items():
         outcome = await agent.call("browser_navigate", {"url": url, "session": "policy"})
@@ -706,6 +708,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+async def _proxy_port(hub: RunningHub) -> int:
+    """The port of the hub's policy proxy, as its Chromium (started in the background) was told."""
+    assert await _until(lambda: _has_chromium(hub), 30), "Chromium did not start"
+    cmdline = Path(f"/proc/{_chromium_of(hub)}/cmdline").read_bytes().decode().split("\0")
+    for arg in cmdline:
+        if arg.startswith("--proxy-server="):
+            return int(arg.rsplit(":", 1)[1].rstrip("/"))
+    raise AssertionError(f"no --proxy-server in {cmdline}")
+
+
 def _chromium_of(hub: RunningHub) -> int:
     """The Chromium browser process the hub's Playwright driver started."""
     for driver in _children(hub.process.pid):
@@ -757,3 +769,47 @@ async def test_without_chromium_the_pack_says_so_and_the_hub_works(
             assert (await client.call("echo", {"text": "still fine"})).text == "still fine"
     finally:
         running.stop()
+
+
+async def test_the_cloud_pack_cannot_reach_the_browsers_proxy(
+    tmp_path_factory: pytest.TempPathFactory, site: Site
+) -> None:
+    # A service the operator let reach 127.0.0.1 redirects into the hub's own sockets: each is refused.
+    service = {
+        "base_url": site.base,
+        "allow_private_network": ["127.0.0.1/32"],
+        "auth": {"type": "none"},
+        "allow": [{"methods": ["GET"], "paths": ["/**"]}],
+    }
+    config = {
+        "principals": PRINCIPALS,
+        "packs": [
+            {"name": "browser", "options": {"allow": ["127.0.0.1"]}},
+            {"name": "cloud", "options": {"services": {"site": service}}},
+        ],
+        **OPEN_GATE,
+    }
+    running = start_hub(tmp_path_factory.mktemp("browser-cloud-hub"), config=config)
+    try:
+        async with connect("grpc", running.grpc, running.mcp_url, TOKENS["agent-a"]) as client:
+            for to in (f"http://127.0.0.1:{await _proxy_port(running)}/", f"http://{running.grpc}/"):
+                out = await client.call(
+                    "http_request",
+                    {"service": "site", "method": "GET", "path": "/redirect", "query": {"to": to}},
+                )
+                assert out.is_error and "the hub's own listening address" in out.text, (to, out.text)
+            fine = await client.call(
+                "http_request",
+                {"service": "site", "method": "GET", "path": "/redirect", "query": {"to": "/second"}},
+            )
+            assert not fine.is_error and "The second page" in fine.text, fine.text
+    finally:
+        running.stop()
+
+
+def _has_chromium(hub: RunningHub) -> bool:
+    try:
+        _chromium_of(hub)
+    except AssertionError:
+        return False
+    return True
