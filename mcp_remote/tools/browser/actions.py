@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import ipaddress
 import mimetypes
 import re
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -56,14 +59,30 @@ class Reply:
 Handler = Callable[["BrowserRuntime", BrowserSession, ToolCall], Awaitable[Reply]]
 
 
+_SIOCGIFADDR = 0x8915
+
+
 def _local_addresses() -> list[IPAddress]:
+    """This machine's addresses: its host name's, and each interface's (Linux).
+
+    Some may be missed (an IPv4 alias, an address added later); the proxy also refuses a
+    connection that turns out to reach this machine (`PolicyProxy`).
+    """
     found: list[IPAddress] = []
     with contextlib.suppress(OSError):
         for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
             ip = literal_ip(str(sockaddr[0]).split("%", 1)[0])
             if ip is not None:
                 found.append(ip)
-    return found
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                request = struct.pack("256s", name.encode()[:15])
+                found.append(ipaddress.IPv4Address(fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]))
+    with contextlib.suppress(OSError, ValueError), open("/proc/net/if_inet6") as lines:
+        for line in lines:
+            found.append(ipaddress.IPv6Address(bytes.fromhex(line.split()[0])))
+    return list(dict.fromkeys(found))
 
 
 class BrowserRuntime:

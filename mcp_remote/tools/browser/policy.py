@@ -12,8 +12,8 @@ The order of a decision, first match wins:
    refused (no exception);
 3. a rule of the `block` option refused;
 4. a rule of the `allow` option allowed;
-5. what is blocked by default (cloud metadata names and addresses, loopback, link-local,
-   unspecified and multicast addresses) refused;
+5. what is blocked by default (cloud metadata names and addresses, loopback and this machine's
+   other addresses, link-local, unspecified and multicast addresses) refused;
 6. everything else follows the `default` option (`allow` or `block`).
 
 A rule is a host name (`example.com`), a wildcard (`*.example.com`, which also
@@ -113,9 +113,15 @@ def literal_ip(host: str) -> IPAddress | None:
         return None
 
 
-def _blocked_by_default(ip: IPAddress) -> str | None:
+def _unmapped(ip: IPAddress) -> IPAddress:
+    """The IPv4 address inside `::ffff:a.b.c.d`, which connects to it."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def _blocked_by_default(ip: IPAddress) -> str | None:
+    ip = _unmapped(ip)
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if ip.is_loopback:
@@ -146,7 +152,7 @@ class UrlPolicy:
     hub_addresses: Callable[[], Sequence[str]] = field(default=lambda: ())
     """The hub's listening `host:port` list (known once it has bound)."""
     local_addresses: frozenset[IPAddress] = frozenset()
-    """This machine's own addresses: the hub's ports are refused on each of them."""
+    """This machine's own addresses: blocked by default like loopback, the hub's ports always."""
 
     @classmethod
     def build(
@@ -184,13 +190,20 @@ class UrlPolicy:
             return f"{url!r} has no host"
         return self.check_target(host, port or _DEFAULT_PORTS[scheme], addresses)
 
-    def check_target(self, host: str, port: int, addresses: Iterable[IPAddress] = ()) -> str | None:
-        """Why the browser may not connect to `host:port` (resolved to `addresses`), or None."""
+    def check_target(
+        self, host: str, port: int, addresses: Iterable[IPAddress] = (), *, local: Iterable[IPAddress] = ()
+    ) -> str | None:
+        """Why the browser may not connect to `host:port` (resolved to `addresses`), or None.
+
+        `local`: addresses found to be this machine's besides `local_addresses` (the proxy sees
+        that from a connection whose two ends have one address).
+        """
         host = host.lower().rstrip(".").strip("[]")
         literal = literal_ip(host)
         ips = [literal] if literal is not None else list(addresses)
         where = f"{host}:{port}"
-        if self._is_hub(host, port, ips):
+        mine = self.local_addresses.union(local)
+        if self._is_hub(host, port, ips, mine):
             return f"{where} is this hub's own address"
         for rule in self.block:
             if rule.matches(host, port, ips):
@@ -202,6 +215,8 @@ class UrlPolicy:
             return f"{where} is a cloud metadata service, blocked by default"
         for ip in ips:
             reason = _blocked_by_default(ip)
+            if reason is None and _unmapped(ip) in mine:
+                reason = "an address of this machine"
             if reason is not None:
                 resolved = "" if literal is not None else f" (resolves to {ip})"
                 return (
@@ -212,7 +227,7 @@ class UrlPolicy:
             return f"{where} is not in the browser option allow (default: block)"
         return None
 
-    def _is_hub(self, host: str, port: int, ips: Sequence[IPAddress]) -> bool:
+    def _is_hub(self, host: str, port: int, ips: Sequence[IPAddress], mine: frozenset[IPAddress]) -> bool:
         for address in self.hub_addresses():
             parsed = _host_port(address)
             if parsed is None or parsed[1] != port:
@@ -221,6 +236,6 @@ class UrlPolicy:
             if host == parsed[0] or host == "localhost":
                 return True
             for ip in ips:
-                if ip == hub_ip or ip.is_loopback or ip.is_unspecified or ip in self.local_addresses:
+                if ip == hub_ip or ip.is_loopback or ip.is_unspecified or _unmapped(ip) in mine:
                     return True
         return False

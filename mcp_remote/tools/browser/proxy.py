@@ -204,10 +204,34 @@ class PolicyProxy:
         last: Exception | None = None
         for ip in addresses:
             try:
-                return await asyncio.wait_for(asyncio.open_connection(str(ip), port), self._connect_timeout_s)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(str(ip), port), self._connect_timeout_s
+                )
             except (OSError, TimeoutError) as exc:
                 last = exc
+                continue
+            self._check_not_this_machine(host, port, ip, writer)
+            return reader, writer
         raise _Refused(502, f"cannot connect to {host}:{port}: {last or 'no address'}")
+
+    def _check_not_this_machine(
+        self, host: str, port: int, ip: IPAddress, writer: asyncio.StreamWriter
+    ) -> None:
+        """Refuse a connection that reached this machine at an address the policy was not told of.
+
+        The machine's addresses are read once, at start; one added since (or an alias) is seen
+        here: a connection to this machine leaves from the address it goes to. Nothing has been
+        sent on it yet.
+        """
+        ends = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+        if not all(ends) or literal_ip(str(ends[0][0]).split("%", 1)[0]) != ip:
+            return
+        reason = self.policy.check_target(host, port, [ip], local=[ip])
+        if reason is not None:
+            writer.close()
+            self._remember(host, port, reason)
+            logger.info("browser request refused: %s", reason)
+            raise _Refused(403, f"blocked by the URL policy: {reason}")
 
     async def _pipe(
         self,

@@ -6,6 +6,8 @@ Served by the standard library's threaded HTTP server on 127.0.0.1 port 0.
 from __future__ import annotations
 
 import html
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Site", "serve_site"]
+__all__ = ["Site", "own_address", "serve_site"]
 
 INDEX = """<!doctype html>
 <html><head><title>Test shop</title></head>
@@ -194,8 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_site() -> Iterator[Site]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def serve_site(host: str = "127.0.0.1") -> Iterator[Site]:
+    """The site on `host` (`0.0.0.0`: every address of this machine); `Site.base` names 127.0.0.1."""
+    server = ThreadingHTTPServer((host, 0), _Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="browser-site", daemon=True)
     thread.start()
@@ -207,3 +210,14 @@ def serve_site() -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def own_address() -> str | None:
+    """An address of this machine other than loopback (the one its default route leaves by), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP "connect" only picks the source address: nothing is sent
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address

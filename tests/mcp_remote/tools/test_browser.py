@@ -21,7 +21,7 @@ import pytest
 
 from mcp_remote.config import HubConfig
 from mcp_remote.tools.browser import TOOL_SPECS
-from tests.mcp_remote.tools.browser_site import Site, serve_site
+from tests.mcp_remote.tools.browser_site import Site, own_address, serve_site
 from tests.support.clients import Outcome, ToolClient, connect
 from tests.support.hub import RunningHub, start_hub
 
@@ -582,6 +582,22 @@ async def test_url_policy_covers_redirects_and_subresources(
     requests = await call(agent, "browser_network_requests", static=True, session="policy")
     assert f"[GET] {hub_url} => [403]" in requests.text
     await call(agent, "browser_close", session="policy")
+
+
+async def test_this_machines_other_addresses_are_blocked_like_loopback(agent: ToolClient, site: Site) -> None:
+    own = own_address()
+    if own is None:
+        pytest.skip("this machine has no address but loopback")
+    with serve_site("0.0.0.0") as everywhere:
+        own_url = f"http://{own}:{everywhere.port}/echo?n=own"
+        refused = await agent.call("browser_navigate", {"url": own_url, "session": "own"})
+        assert refused.is_error and "an address of this machine" in refused.text, refused.text
+        await call(agent, "browser_navigate", url=site.url(f"/image?src={own_url}"), session="own")
+        requests = await call(agent, "browser_network_requests", static=True, session="own")
+        assert f"[GET] {own_url} => [403]" in requests.text, requests.text
+        allowed = await call(agent, "browser_navigate", url=everywhere.url("/echo?n=loopback"), session="own")
+        assert 'heading "Echo loopback"' in allowed.text  # the hub's allow names 127.0.0.1 only
+    await call(agent, "browser_close", session="own")
 
 
 # --- isolation and concurrency -------------------------------------------------------------------

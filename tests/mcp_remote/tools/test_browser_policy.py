@@ -25,7 +25,7 @@ from mcp_remote.tools.browser.workspace import (
     workspace_dir,
 )
 from mcp_remote.tools.shell.workspace import workspace_dir_name
-from tests.mcp_remote.tools.browser_site import serve_site
+from tests.mcp_remote.tools.browser_site import own_address, serve_site
 
 
 def ip(text: str) -> IPAddress:
@@ -250,3 +250,38 @@ async def test_proxy_forwards_allowed_requests_and_refuses_the_rest() -> None:
             assert tunnel.startswith(b"HTTP/1.1 403") and b"loopback" in tunnel
         finally:
             await proxy.stop()
+
+
+@pytest.mark.anyio
+async def test_proxy_knows_this_machine_by_the_connection_and_an_allow_rule_opens_it() -> None:
+    # Not told the machine's addresses, the proxy still sees it connected to itself
+    # (the connection's two ends are one address) and refuses, unless a rule allows it.
+    own = own_address()
+    if own is None:
+        pytest.skip("this machine has no address but loopback")
+    request = f"GET http://{own}:{{port}}/echo?n=own HTTP/1.1\r\nHost: {own}\r\n\r\n"
+    with serve_site("0.0.0.0") as site:
+        for allow, expected in (([], b"HTTP/1.1 403"), ([own], b"HTTP/1.")):
+            proxy = PolicyProxy(UrlPolicy.build(allow=allow))
+            port = await proxy.start()
+            try:
+                answer = await _exchange(port, request.format(port=site.port).encode())
+            finally:
+                await proxy.stop()
+            assert answer.startswith(expected), (allow, answer[:200])
+            if allow:
+                assert b"Echo own" in answer
+            else:
+                assert b"an address of this machine" in answer
+
+
+def test_this_machines_addresses_are_blocked_by_default_and_can_be_allowed() -> None:
+    mine = [ip("192.0.2.10"), ip("2001:db8::10")]
+    policy = UrlPolicy.build(local_addresses=mine)
+    for url in ("http://192.0.2.10:8080/", "http://[2001:db8::10]/"):
+        assert "an address of this machine" in (policy.check_url(url) or ""), url
+    assert "resolves to 192.0.2.10" in (policy.check_target("me.example", 80, [ip("192.0.2.10")]) or "")
+    assert policy.check_url("http://192.0.2.11/") is None
+    allowed = UrlPolicy.build(allow=["192.0.2.10:8080"], local_addresses=mine)
+    assert allowed.check_url("http://192.0.2.10:8080/") is None
+    assert allowed.check_url("http://192.0.2.10:8081/") is not None
