@@ -40,6 +40,8 @@ from .workspace import read_for_upload, workspace_dir
 
 __all__ = ["BrowserRuntime", "Reply"]
 
+CAUSED_WAIT_S = 3.0
+"""The longest an input action waits for the requests, tabs and downloads it caused."""
 STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "manifest"})
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
@@ -162,19 +164,22 @@ class BrowserRuntime:
         state = None
         snapshot = None
         if reply.page_state and session.pages and not session.closed:
-            page = session.page
             wanted = reply.asked or (
                 (None, None) if reply.snapshot and self.options.snapshot_after_actions else None
             )
-            title = ""
-            if modal is None and wanted is not None:
-                # Both are round trips to the page: ask for them together.
-                title, snapshot = await asyncio.gather(
-                    _title(page), self._snapshot_text(session, page, call, *wanted)
-                )
-            elif modal is None:
-                title = await _title(page)
-            state = PageState(page.url, title, session.current, len(session.pages))
+            for _ in range(3):  # the page can open (or close) a tab meanwhile: describe the one named
+                page = session.page
+                title = ""
+                if modal is None and wanted is not None:
+                    # Both are round trips to the page: ask for them together.
+                    title, snapshot = await asyncio.gather(
+                        _title(page), self._snapshot_text(session, page, call, *wanted)
+                    )
+                elif modal is None:
+                    title = await _title(page)
+                if not session.pages or session.page is page:
+                    break
+            state = PageState(page.url, title, max(session.tab_index(page), 0), len(session.pages))
         text = compose(reply.text, page=state, events=session.take_events(), modal=modal, snapshot=snapshot)
         content: tuple[TextContent | ImageContent, ...] = (TextContent(text),)
         if reply.image is not None:
@@ -278,10 +283,12 @@ class BrowserRuntime:
     ) -> Reply:
         page = await session.ensure_page()
         before = session.navigations
+        session.watch()
         finished, _ = await session.act(action(page))
         if not finished:
             return Reply(f"{done}; the page opened {session.modal_state()} and waits for an answer")
         await self.settle(session, page, before, call)
+        await session.caused(self.budget_ms(call, CAUSED_WAIT_S) / 1000)
         if session.pages and session.page is not page:  # the action opened a tab, now current
             with contextlib.suppress(PlaywrightError):
                 await session.page.wait_for_load_state(

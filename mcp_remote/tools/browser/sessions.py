@@ -78,6 +78,8 @@ def _driver_in_its_own_session() -> Any:
 
 NETWORK_LOG = 500
 SPARE_DELAY_S = 0.05
+STIR_S = 0.1
+"""How long after an action its first effects (a request, a new tab) may take to reach us."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,16 @@ class BrowserSession:
         """Tabs being opened by a tool: they are not the page's doing, so not announced."""
         self._modal = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._saving: set[asyncio.Task[None]] = set()
+        """Downloads being saved: their outcome is an event of the action that started them."""
+        self._watching: set[Request] | None = None
+        """Requests started since `watch()`, until they end; None when no action is watched."""
+        self._stirred = asyncio.Event()
+        """Set when a watched request starts or ends, a tab opens or a download starts or ends."""
         context.on("page", self._adopt)
+        context.on("request", self._on_any_request)
         context.on("response", self._on_response)
+        context.on("requestfinished", self._on_request_finished)
         context.on("requestfailed", self._on_request_failed)
         for page in context.pages:
             self._adopt(page, announce=False)
@@ -164,6 +174,15 @@ class BrowserSession:
     def _adopt(self, page: Page, *, announce: bool = True) -> None:
         if page in self.pages:
             return
+        self._stirred.set()
+        if len(self.pages) >= self.owner.options.max_tabs_per_session:
+            # Closed before it is a tab of the session: never current, never named by a result.
+            self._spawn(page.close())
+            self.events.append(
+                f"a new tab ({page.url}) was closed: this session may have at most "
+                f"{self.owner.options.max_tabs_per_session} tabs"
+            )
+            return
         self.pages.append(page)
         page.on("dialog", self._on_dialog)
         page.on("filechooser", self._on_file_chooser)
@@ -174,12 +193,6 @@ class BrowserSession:
         if announce and self._opening == 0:
             self.current = len(self.pages) - 1
             self.events.append(f"the page opened a new tab (index {self.current}); it is now the current tab")
-        if len(self.pages) > self.owner.options.max_tabs_per_session:
-            self._spawn(page.close())
-            self.events.append(
-                f"a new tab was closed: this session may have at most "
-                f"{self.owner.options.max_tabs_per_session} tabs"
-            )
 
     def _on_close(self, page: Page) -> None:
         index = self.tab_index(page)
@@ -313,13 +326,59 @@ class BrowserSession:
 
     def _on_request_failed(self, request: Request) -> None:
         self.network.append(NetworkEntry(request, None, request.failure or "failed"))
+        self._on_request_finished(request)
+
+    def _on_any_request(self, request: Request) -> None:
+        if self._watching is not None:
+            self._watching.add(request)
+            self._stirred.set()
+
+    def _on_request_finished(self, request: Request) -> None:
+        if self._watching is not None and request in self._watching:
+            self._watching.discard(request)
+            self._stirred.set()
+
+    def watch(self) -> None:
+        """Start noting what the action about to run causes (see `caused`)."""
+        self._watching = set()
+        self._stirred.clear()
+
+    async def caused(self, budget_s: float) -> None:
+        """Wait, at most `budget_s`, for what the watched action started: the requests it made,
+        tabs it opened, downloads it saved, so that they are reported with it, not one call late.
+
+        Effects arrive from the browser a little after the action returns: the wait ends once
+        none has come for STIR_S and none is still under way (a long poll holds it to the end).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        try:
+            while (left := deadline - loop.time()) > 0:
+                self._stirred.clear()
+                busy = bool(self._watching or self._saving)
+                stir = asyncio.ensure_future(self._stirred.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {stir, *self._saving},
+                        timeout=left if busy else min(left, STIR_S),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    stir.cancel()
+                if not done and not busy:
+                    return
+        finally:
+            self._watching = None
 
     def _on_download(self, download: Download) -> None:
         if not self.owner.options.downloads:
             self.events.append(f"a download ({download.suggested_filename}) was refused: downloads are off")
             self._spawn(download.cancel())
             return
-        self._spawn(self._save_download(download))
+        self._stirred.set()
+        saving = self._spawn(self._save_download(download))
+        self._saving.add(saving)
+        saving.add_done_callback(self._saving.discard)
 
     async def _save_download(self, download: Download) -> None:
         workspace = workspace_dir(self.owner.workspace_root, self.principal)
@@ -340,7 +399,7 @@ class BrowserSession:
                 await download.delete()
         self.events.append(f"downloaded {name!r} to downloads/{saved} in your workspace")
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[None]:
         async def run() -> None:
             with contextlib.suppress(PlaywrightError, OSError):
                 await coro
@@ -348,6 +407,7 @@ class BrowserSession:
         task = asyncio.ensure_future(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def take_events(self) -> list[str]:
         events, self.events = self.events, []

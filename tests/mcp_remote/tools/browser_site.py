@@ -170,12 +170,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/upload":
             self._send(UPLOAD.encode())
         elif path == "/downloads":
-            self._send(_page("Downloads", "<a href='/download'>Get the report</a>"))
+            name = html.escape(query.get("name", "report.csv"), quote=True)
+            self._send(_page("Downloads", f"<a href='/download?name={name}'>Get the report</a>"))
         elif path == "/download":
+            name = query.get("name", "report.csv").replace('"', "")
             self._send(
                 b"a,b\n1,2\n",
                 ctype="text/csv",
-                Content_Disposition='attachment; filename="report.csv"',
+                Content_Disposition=f'attachment; filename="{name}"',
             )
         elif path == "/image":
             src = html.escape(query.get("src", ""), quote=True)

@@ -65,7 +65,10 @@ def _browser_hub(workdir: Path, **options: Any) -> RunningHub:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     running = _browser_hub(
-        tmp_path_factory.mktemp("browser-hub"), snapshot_max_chars=5000, max_sessions_per_principal=12
+        tmp_path_factory.mktemp("browser-hub"),
+        snapshot_max_chars=5000,
+        max_sessions_per_principal=12,
+        max_tabs_per_session=12,
     )
     yield running
     running.stop()
@@ -407,6 +410,53 @@ async def _until_listed(agent: ToolClient, session: str, url: str, seconds: floa
         if url in listing or time.monotonic() > deadline:
             return listing
         await anyio.sleep(0.05)
+
+
+async def test_a_click_reports_the_tab_it_opened_in_its_own_result(agent: ToolClient, site: Site) -> None:
+    page = await call(agent, "browser_navigate", url=site.url("/"), session="own-tab")
+    for _ in range(3):
+        opened = await call(
+            agent, "browser_click", target=ref(page.text, "link", "Open a new tab"), session="own-tab"
+        )
+        assert "the page opened a new tab (index 1)" in opened.text, opened.text
+        assert f"- URL: {site.url('/echo?n=popup')}" in opened.text and "- Tab: 1 of 2" in opened.text
+        assert 'heading "Echo popup"' in opened.text and "Welcome" not in opened.text, opened.text
+        await call(agent, "browser_tabs", action="close", index=1, session="own-tab")
+        page = await call(agent, "browser_snapshot", session="own-tab")
+    await call(agent, "browser_close", session="own-tab")
+
+
+async def test_a_click_reports_its_own_download(agent: ToolClient, hub: RunningHub, site: Site) -> None:
+    folder = hub.state_dir / "workspaces" / "agent-a" / "downloads"
+    for saved in folder.glob("own-click*.csv"):
+        saved.unlink()
+    page = await call(
+        agent, "browser_navigate", url=site.url("/downloads?name=own-click.csv"), session="own-dl"
+    )
+    link = ref(page.text, "link", "Get the report")
+    first = await call(agent, "browser_click", target=link, session="own-dl")
+    assert "downloaded 'own-click.csv' to downloads/own-click.csv" in first.text, first.text
+    second = await call(agent, "browser_click", target=link, session="own-dl")
+    assert "downloaded 'own-click.csv' to downloads/own-click-1.csv" in second.text, second.text
+    assert second.text.count("downloaded") == 1
+    await call(agent, "browser_close", session="own-dl")
+
+
+async def test_the_page_a_result_names_is_a_tab_that_is_open(agent: ToolClient, site: Site) -> None:
+    # More popups than the session may hold: those over the limit are closed, never made current.
+    page = await call(agent, "browser_navigate", url=site.url("/popups?n=20"), session="many")
+    await _until_listed(agent, "many", "never-listed", seconds=3)  # let every popup open (or close)
+    shown = await call(agent, "browser_snapshot", session="many")
+    listing = (await call(agent, "browser_tabs", action="list", session="many")).text
+    assert listing.count("\n- ") == 12, listing  # the hub's max_tabs_per_session
+    for text in (page.text, shown.text):  # each snapshot is of the tab its result names
+        url = re.search(r"^- URL: (\S+)$", text, re.M)
+        assert url, text
+        name = url.group(1).rsplit("=", 1)[-1]
+        assert ("popups page" if name == "20" else f'heading "Echo {name}"') in text, text
+    tab = re.search(r"^- Tab: (\d+) of 12", shown.text, re.M)
+    assert tab and f"- {tab.group(1)}: (current) {url.group(1)}" in listing, (shown.text, listing)
+    await call(agent, "browser_close", session="many")
 
 
 async def test_file_upload_takes_only_files_inside_the_workspace(
