@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .fastschema import Check, compile_schema
-from .plainerrors import ConfigError
+from .plainerrors import ConfigError, yaml_problem
 
 if TYPE_CHECKING:
     import jsonschema
@@ -159,5 +159,5 @@ def load_manifest(path: Path, *, base: Path | None = None) -> Manifest:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     return parse_manifest(data, source=str(path), base=base or Path.cwd())

@@ -6,7 +6,7 @@ does that, see `mcp_local.serving`), so the errors of configuration live here.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ToolError", "ToolHubError"]
+__all__ = ["ConfigError", "ToolError", "ToolHubError", "yaml_problem"]
 
 
 class ToolHubError(Exception):
@@ -19,3 +19,24 @@ class ToolError(ToolHubError):
 
 class ConfigError(ToolHubError):
     """Invalid configuration: the message names the key and the value expected."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """What is wrong with a YAML text, and where, without quoting it: PyYAML's own message shows
+    the offending line, which may hold a token or a password."""
+    problem = getattr(exc, "problem", None)
+    if not isinstance(problem, str):
+        return type(exc).__name__
+    text = f"{_at(getattr(exc, 'problem_mark', None))}{problem}"
+    context = getattr(exc, "context", None)
+    if isinstance(context, str):
+        started = getattr(exc, "context_mark", None)
+        text += f" ({context}{' from ' + _at(started)[:-2] if started is not None else ''})"
+    return text
+
+
+def _at(mark: object) -> str:
+    line, column = getattr(mark, "line", None), getattr(mark, "column", None)
+    return (
+        f"line {line + 1}, column {column + 1}: " if isinstance(line, int) and isinstance(column, int) else ""
+    )

@@ -26,6 +26,7 @@ from pydantic import (
 
 from bridge.options import MAX_BODY_BYTES  # standard library only
 from mcp_local.errors import ConfigError
+from mcp_local.plainerrors import yaml_problem
 from mcp_local.principals import OPERATOR, Principal
 
 from .policy import PolicyConfig
@@ -302,7 +303,7 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_local.errors import ConfigError
+from mcp_local.plainerrors import yaml_problem
 from mcp_local.principals import Principal
 from mcp_local.tools import ToolAnnotations
 
@@ -468,7 +469,7 @@ def load_policy_file(path: Path) -> PolicyConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if isinstance(data, dict) and "policy" in data:
         data = data["policy"]
     if not isinstance(data, dict):

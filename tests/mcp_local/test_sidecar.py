@@ -341,3 +341,16 @@ async def test_a_stopping_sidecar_tells_running_calls_why(transport: str, tmp_pa
     assert (state / "markers" / "stop").read_text() == "cancelled", "the tool itself was stopped"
     log = running.log()
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_a_yaml_syntax_error_in_the_manifest_names_the_line_but_never_prints_it(tmp_path: Path) -> None:
+    # PyYAML's own message quotes the offending line: here, a password in a DSN.
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "packs:\n  - name: sql\n    options: {databases: {db: {postgres: 'postgresql://u:Pw_Secret_9@h/db}}}\n"
+    )
+    for args in (["serve", "--grpc", "127.0.0.1:0"], ["check"]):
+        out = _run([*args, "--manifest", str(path)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "not valid YAML: line 4, column 1: found unexpected end of stream" in out.stderr
+        assert "Pw_Secret_9" not in out.stderr + out.stdout

@@ -344,3 +344,15 @@ def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path
     for pid, expected in ((int(gone.stdout), None), (os.getpid(), "op_local-operator-token")):
         (tmp_path / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:7070", "pid": pid}))
         assert operator_token(args, {}, "127.0.0.1:7070") == expected
+
+
+def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) -> None:
+    # PyYAML's own message quotes the offending line: here, a principal's token.
+    config = tmp_path / "bad.yaml"
+    config.write_text('principals:\n  - {name: a, token: "InlineTok_AAAA1111bbbb}\n')
+    for command in (["serve", "--config", str(config)], ["policy", "check", str(config)]):
+        out = run(*command, env={"HOME": str(tmp_path)})
+        assert out.returncode == 2, out.stderr
+        assert "not valid YAML: line 3, column 1: found unexpected end of stream" in out.stderr
+        assert "from line 2, column 22" in out.stderr
+        assert "InlineTok" not in out.stderr + out.stdout

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mcp_local.errors import ConfigError
+from mcp_local.plainerrors import yaml_problem
 
 from .settings import HTTP_METHODS, Risk
 
@@ -64,8 +65,10 @@ def load_document(path: Path) -> dict[str, Any]:
         raise ConfigError(f"openapi.document: cannot read {path}: {exc.strerror}") from exc
     try:
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"openapi.document: {path} is not valid JSON/YAML: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"openapi.document: {path} is not valid YAML: {yaml_problem(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"openapi.document: {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not str(doc.get("openapi", "")).startswith("3."):
         raise ConfigError(f"openapi.document: {path} is not an OpenAPI 3 document (no `openapi: 3.x`)")
     if not isinstance(doc.get("paths"), dict):

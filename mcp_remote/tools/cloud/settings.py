@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_local.errors import ConfigError
+from mcp_local.plainerrors import yaml_problem
 
 __all__ = [
     "HTTP_METHODS",
@@ -271,8 +272,10 @@ def load_service_file(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot load service definition: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: cannot load service definition: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
     openapi = data.get("openapi")
