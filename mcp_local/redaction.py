@@ -7,13 +7,14 @@ foreign text run everything through it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["REDACTED", "RedactingFilter", "Redactor"]
+__all__ = ["REDACTED", "RedactingFilter", "Redactor", "dsn_password", "without_dsn"]
 
 REDACTED = "[REDACTED]"
 
@@ -72,6 +73,12 @@ class Redactor:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
+    def add_dsn(self, dsn: str) -> None:
+        """Register a database connection string and the password it holds (when long enough)."""
+        for secret in (dsn, dsn_password(dsn)):
+            if secret and len(secret) >= _MIN_SECRET_LENGTH:
+                self.add(secret)
+
     def remove(self, secret: str) -> None:
         with self._lock:
             self._values.discard(secret)
@@ -116,6 +123,45 @@ class Redactor:
                 for v in value
             ]
         return value
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password a PostgreSQL connection string (URI or `key=value` form) holds, if any."""
+    if "://" in dsn:
+        import urllib.parse  # on use: a sidecar without PostgreSQL databases need not load it
+
+        with contextlib.suppress(ValueError):
+            return urllib.parse.urlsplit(dsn).password
+        # urlsplit refuses some malformed URIs (an unclosed `[`) that still hold a password
+        found = re.match(r"[^:/]+://[^:@/]*:([^@]*)@", dsn)
+        return found.group(1) if found else None
+    found = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    return found.group(1).strip("'") if found else None
+
+
+_QUOTED = re.compile(r'"([^"\n]*)"')
+
+
+def without_dsn(text: str, dsn: str) -> str:
+    """`text` (a driver's error message) without the connection string `dsn` or its password.
+
+    libpq quotes the part of a DSN it cannot parse: the whole DSN, or a piece that may hold
+    part of the password; such a piece goes too. The password goes whatever its length (the
+    `Redactor` refuses short values, which would hit words: in one message that is the lesser harm)."""
+    text = text.replace(dsn, REDACTED)
+    password = dsn_password(dsn)
+    if not password:
+        return text
+    start = dsn.find(password)
+    end = start + len(password)
+
+    def quoted(match: re.Match[str]) -> str:
+        piece = match.group(1)
+        at = dsn.find(piece) if piece else -1
+        overlaps = at >= 0 and start >= 0 and at < end and at + len(piece) > start
+        return f'"{REDACTED}"' if overlaps else match.group(0)
+
+    return _QUOTED.sub(quoted, text).replace(password, REDACTED)
 
 
 class RedactingFilter(logging.Filter):

@@ -75,6 +75,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     from mcp_local.memory import settle_memory
 
     from .audit.sqlite import AuditStoreRefused
+    from .audit.store import AuditStoreUnreachable
     from .hub import Hub
     from .reload import on_reload
 
@@ -99,6 +100,9 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
+        await hub.stop(0)
+        return _fail(str(exc), EXIT_USAGE)
+    except AuditStoreUnreachable as exc:  # a wrong DSN, or a database that refuses or is down
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)
     except AuditStoreRefused as exc:  # an edited audit journal, or another hub writing the log

@@ -514,11 +514,13 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     from mcp_local.errors import ConfigError
 
+    from .audit.store import AuditStoreUnreachable
+
     try:
         if args.action == "verify":
             return _run(_verify(args, environ))
         return _run(_read(args, environ))
-    except ConfigError as exc:
+    except (ConfigError, AuditStoreUnreachable) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except FileNotFoundError as exc:
         return _fail(f"{exc}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE)

@@ -77,11 +77,13 @@ def operator_token(state_dir: Path) -> str:
         return token
 
 
-def _open_store(config: HubConfig, environ: Mapping[str, str]) -> AuditStore:
+def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redactor) -> AuditStore:
     if config.audit.store == "postgres":
         from .audit.postgres import PostgresStore
 
-        return PostgresStore(config.audit.resolve_dsn(environ))
+        dsn = config.audit.resolve_dsn(environ)
+        redactor.add_dsn(dsn)
+        return PostgresStore(dsn)
     from .audit.sqlite import SQLiteStore
 
     return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
@@ -107,7 +109,7 @@ class Hub:
         self.redactor = Redactor()
         self.authenticator = self._authenticator(config, environ)
         audit_dir = config.state_dir / "audit"
-        store = _open_store(config, environ)
+        store = _open_store(config, environ, self.redactor)
         self.audit = AuditLog(
             store,
             self.redactor,

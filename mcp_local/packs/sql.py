@@ -31,7 +31,6 @@ import contextlib
 import datetime
 import re
 import sys
-import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,15 +467,6 @@ _ROWS_SCHEMA = {
 }
 
 
-def _password_of(dsn: str) -> str | None:
-    if "://" in dsn:
-        with contextlib.suppress(ValueError):
-            return urllib.parse.urlsplit(dsn).password
-        return None
-    found = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    return found.group(1).strip("'") if found else None
-
-
 def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
     raw = opts.raw("databases")
     if not isinstance(raw, Mapping) or not raw:
@@ -525,9 +515,7 @@ def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
             if value not in environ:
                 raise ConfigError(f"{where}.postgres_env: environment variable {value} is not set")
             dsn = environ[value]
-        for secret in (dsn, _password_of(dsn)):
-            if secret and len(secret) >= 6:  # the redactor refuses shorter values (they would hit words)
-                env.redactor.add(secret)
+        env.redactor.add_dsn(dsn)
         found[name] = Database(name, "postgres", dsn, writable, allow_superuser)
     return found
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import orjson
 
+from mcp_local.redaction import without_dsn
+
 from ..approvals import Approval, ApprovalState
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain
-from .store import RecordQuery
+from .store import AuditStoreUnreachable, RecordQuery
 
 __all__ = ["PostgresStore"]
 
@@ -104,22 +106,45 @@ class PostgresStore:
         return f"checkpoints-postgres-{hashlib.sha256(where.encode()).hexdigest()[:12]}.jsonl"
 
     async def open(self) -> None:
+        """Connect and create the tables; raises `AuditStoreUnreachable` saying why it cannot."""
         import psycopg
 
-        self._writer = await psycopg.AsyncConnection.connect(self._dsn)
-        self._reader = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        async with self._writer.transaction():
-            await self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await self._writer.execute(SCHEMA)
-            await self._writer.execute(
-                "INSERT INTO mcphub_chain_head VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,)
-            )
+        try:
+            self._writer = await psycopg.AsyncConnection.connect(self._dsn)
+            self._reader = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            async with self._writer.transaction():
+                await self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await self._writer.execute(SCHEMA)
+                await self._writer.execute(
+                    "INSERT INTO mcphub_chain_head VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,)
+                )
+        except psycopg.Error as exc:
+            await self.close()
+            # psycopg's message may quote the DSN, password included (a DSN it cannot parse).
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            why = without_dsn("; ".join(lines) or type(exc).__name__, self._dsn)
+            raise AuditStoreUnreachable(
+                f"the PostgreSQL audit store ({self._where()}) cannot be used: {why}"
+            ) from None
+
+    def _where(self) -> str:
+        """Host, port and database of the DSN, for messages; never its password."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            info = conninfo_to_dict(self._dsn)
+        except Exception:  # psycopg's own parse error, which may quote the DSN: not shown
+            return "a connection string that cannot be parsed"
+        host = str(info.get("host") or info.get("hostaddr") or "local socket")
+        port = f":{info['port']}" if info.get("port") else ""
+        database = info.get("dbname")
+        return f"{host}{port}/{database}" if database else f"{host}{port}"
 
     async def close(self) -> None:
-        for conn in (self._writer, self._reader):
+        writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
+        for conn in (writer, reader):
             if conn is not None:
                 await conn.close()
-        self._writer = self._reader = None
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
         conn = self._writer

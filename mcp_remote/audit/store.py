@@ -16,11 +16,16 @@ from ..approvals import ApprovalStore
 from .checkpoints import Checkpoint
 from .records import AuditRecord, ChainHead, PendingRecord
 
-__all__ = ["AuditStore", "AuditStoreRefused", "RecordQuery"]
+__all__ = ["AuditStore", "AuditStoreRefused", "AuditStoreUnreachable", "RecordQuery"]
 
 
 class AuditStoreRefused(RuntimeError):
     """The audit log will not be written: the hub must not start (its message says why)."""
+
+
+class AuditStoreUnreachable(AuditStoreRefused):
+    """The store cannot be opened: its connection string is wrong, or its server refuses or cannot
+    be reached. A problem of configuration (exit code 2); the message never holds a password."""
 
 
 @dataclass(frozen=True, slots=True)

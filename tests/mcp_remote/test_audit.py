@@ -569,3 +569,59 @@ async def test_arguments_too_deep_to_record_are_refused_and_recorded_without_the
     for body in requested[:2]:  # both refused calls are on record, without their arguments
         assert "arguments" not in body and "cannot be encoded" in body["arguments_unrecorded"]
     assert cli("audit", "verify", "--state-dir", str(hub.state_dir)).returncode == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_an_audit_database_that_cannot_be_used_is_one_line_without_its_password(tmp_path: Path) -> None:
+    password = "AuditPwSecret_7f3k9"
+    shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"})
+    (tmp_path / "hub.yaml").write_text(json.dumps(shared))
+    with running_postgres() as pg:
+        dsns = {
+            # psycopg quotes a DSN it cannot parse, password and all
+            f"postgresql://audituser:{password}@[127.0.0.1:{pg.port}/audit": "cannot be parsed",
+            f"postgresql://postgres:{password}@127.0.0.1:{_free_port()}/audit": "Connection refused",
+            f"postgresql://postgres:{password}@127.0.0.1:{pg.port}/missing": '"missing" does not exist',
+            f"postgresql://postgres:{password}@127.0.0.1:{pg.port}/postgres?sslmode=bogus": "sslmode",
+        }
+        for dsn, why in dsns.items():
+            env = {"AUDIT_DSN": dsn}
+            out = serve_refused(tmp_path / "serve", shared, env=env)
+            verify = cli("audit", "verify", "--config", str(tmp_path / "hub.yaml"), env=env)
+            query = cli("audit", "query", "--config", str(tmp_path / "hub.yaml"), env=env)
+            for run in (out, verify, query):
+                assert run.returncode == 2, (dsn, run.stderr)
+                lines = run.stderr.strip().splitlines()
+                assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+                assert lines[0].startswith("mcphub: the PostgreSQL audit store") and why in lines[0]
+                assert password not in run.stderr + run.stdout
+
+
+async def test_the_audit_dsn_password_is_redacted_like_any_other_secret(tmp_path: Path) -> None:
+    password = "AuditPwSecret_7f3k9"
+    with running_postgres() as pg:
+        pg.create_database("mcphub_audit")
+        # trust authentication: the server never asks for the password, the hub holds it all the same
+        env = {"AUDIT_DSN": f"postgresql://postgres:{password}@127.0.0.1:{pg.port}/mcphub_audit"}
+        shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"})
+        hub = start_hub(tmp_path, config=shared, env=env, http=False)
+        try:
+            client = HubClient(hub.grpc)
+            result = await call_echo(client, f"the password is {password}")
+            await client.close()
+        finally:
+            assert hub.stop() == 0
+        assert not result.is_error
+        out = cli("audit", "query", "--config", str(tmp_path / "hub.yaml"), "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        echoed = [json.loads(line) for line in out.stdout.splitlines() if '"echo"' in line]
+        assert any("the password is [REDACTED]" in json.dumps(r) for r in echoed), echoed
+        assert password not in out.stdout

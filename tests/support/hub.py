@@ -75,20 +75,21 @@ def hub_command(*args: str, module: str = "mcp_remote.cli") -> list[str]:
 
 
 def serve_refused(
-    workdir: Path, config: Mapping[str, Any] | None = None, *args: str
+    workdir: Path, config: Mapping[str, Any] | None = None, *args: str, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`mcphub serve` for a hub that must refuse to start: the same ports (0, gRPC only), state
     directory (`workdir/state`) and config file (`workdir/hub.yaml`) as `start_hub`, and `args`
-    after them. Returns its exit status and output; a hub that starts instead times out."""
+    after them; `env` is added to the environment. Returns its exit status and output; a hub
+    that starts instead times out."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = ["serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(workdir / "state")]
     if config is not None:
         path = workdir / "hub.yaml"
         path.write_text(yaml.safe_dump(dict(config)))
         command += ["--config", str(path)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")} | dict(env or {})
     return subprocess.run(
-        hub_command(*command, *args), capture_output=True, text=True, timeout=60, env=env, cwd=REPO
+        hub_command(*command, *args), capture_output=True, text=True, timeout=60, env=full_env, cwd=REPO
     )
 
 
