@@ -22,8 +22,9 @@ from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
-from .pipeline import Pipeline, ResolveTool, ValidateArguments
+from .pipeline import Pipeline, RedactErrors, ResolveTool, Stage, ValidateArguments
 from .principals import Principal
+from .redaction import Redactor
 from .registry import ToolRegistry
 from .settings import Backoff
 from .tools import ToolCall
@@ -106,6 +107,7 @@ class HubLink:
         version: str = "",
         backoff: Backoff = _DEFAULT_BACKOFF,
         on_state: Callable[[LinkState], None] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.target = target
         self._token = token
@@ -114,8 +116,12 @@ class HubLink:
         self._version = version
         self._backoff = backoff
         self._on_state = on_state
-        # The hub has authenticated and authorized the caller; the sidecar resolves and validates again.
-        self._pipeline = Pipeline([ResolveTool(registry), ValidateArguments(registry)])
+        # The hub has authenticated and authorized the caller; the sidecar resolves and validates
+        # again, and hides its packs' secrets from the hub's callers and audit log.
+        stages: list[Stage] = [ResolveTool(registry), ValidateArguments(registry)]
+        if redactor is not None:
+            stages.insert(0, RedactErrors(redactor))
+        self._pipeline = Pipeline(stages)
         self._task: asyncio.Task[None] | None = None
         self._calls: dict[str, asyncio.Task[None]] = {}
         self.state = LinkState(CONNECTING)

@@ -16,12 +16,13 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
 import orjson
 
-from .content import ToolResult
+from .content import TextContent, ToolResult
 from .errors import (
     DeadlineExceeded,
     HubError,
@@ -32,6 +33,7 @@ from .errors import (
     Unavailable,
 )
 from .principals import Authenticator, bearer_token
+from .redaction import Redactor
 from .registry import ToolRegistry
 from .tools import ToolCall
 
@@ -41,6 +43,7 @@ __all__ = [
     "InFlight",
     "Next",
     "Pipeline",
+    "RedactErrors",
     "ResolveTool",
     "Stage",
     "ValidateArguments",
@@ -154,6 +157,35 @@ class Pipeline:
 
     def __call__(self, call: ToolCall) -> Awaitable[ToolResult]:
         return self._chain(call)
+
+
+class RedactErrors:
+    """Error results and refusals through `redactor` (the sidecar's, holding its packs' secrets).
+
+    A pack's exception text, which `execute` passes on, may quote a secret the pack holds (a
+    DSN, a key); the hub passes a sandbox's errors on to its callers and into its audit log as
+    they are. Results that are not errors are the caller's data: each pack redacts its own.
+    """
+
+    name = "redact-errors"
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._text = redactor.text
+
+    async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
+        try:
+            result = await call_next(call)
+        except HubError as exc:
+            text = self._text(exc.message)
+            if text != exc.message:
+                exc.message, exc.args = text, (text,)
+            raise
+        if not result.is_error:
+            return result
+        content = tuple(
+            replace(c, text=self._text(c.text)) if isinstance(c, TextContent) else c for c in result.content
+        )
+        return replace(result, content=content)
 
 
 class Authenticate:

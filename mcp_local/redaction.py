@@ -85,14 +85,16 @@ class Redactor:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
 
-    def text(self, value: str, *, assignments: bool = False) -> str:
+    def text(self, value: str, *, assignments: bool = False, shapes: bool = True) -> str:
         """`assignments`: also values given to secret-named options and variables in the text
         (`--password=x`, `TOKEN=x`): for what callers write (arguments, reasons), not for what
-        services answer (a page of code full of `token = ...` would be mangled)."""
+        services answer (a page of code full of `token = ...` would be mangled). `shapes=False`:
+        the registered values only, for data the caller asked for (a table of API keys stays one)."""
         pattern = self._pattern
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
-        value = _SHAPES.sub(REDACTED, value)
+        if shapes:
+            value = _SHAPES.sub(REDACTED, value)
         return _ASSIGNMENTS.sub(_keep_name, value) if assignments else value
 
     def value(
@@ -103,23 +105,35 @@ class Redactor:
         redact_keys: bool = True,
         by_key_name: bool = True,
         assignments: bool = False,
+        shapes: bool = True,
     ) -> Any:
         """A JSON-like value with secrets replaced, in object keys too; any value under a
-        secret-named key is replaced whole. `assignments`: as for `text`."""
+        secret-named key is replaced whole. `assignments`, `shapes`: as for `text`."""
         if by_key_name and key and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
             return REDACTED
         if isinstance(value, str):
-            return self.text(value, assignments=assignments)
+            return self.text(value, assignments=assignments, shapes=shapes)
         if isinstance(value, dict):
             return {
-                (self.text(k) if redact_keys and isinstance(k, str) else k): self.value(
-                    v, key=str(k), redact_keys=redact_keys, by_key_name=by_key_name, assignments=assignments
+                (self.text(k, shapes=shapes) if redact_keys and isinstance(k, str) else k): self.value(
+                    v,
+                    key=str(k),
+                    redact_keys=redact_keys,
+                    by_key_name=by_key_name,
+                    assignments=assignments,
+                    shapes=shapes,
                 )
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
             return [
-                self.value(v, redact_keys=redact_keys, by_key_name=by_key_name, assignments=assignments)
+                self.value(
+                    v,
+                    redact_keys=redact_keys,
+                    by_key_name=by_key_name,
+                    assignments=assignments,
+                    shapes=shapes,
+                )
                 for v in value
             ]
         return value

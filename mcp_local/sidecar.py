@@ -24,7 +24,15 @@ from .errors import ConfigError
 from .hublink import HubLink, LinkState
 from .linkhealth import LinkHealth
 from .packs import PackEnv, ToolPack, start_packs, stop_packs
-from .pipeline import Authenticate, Authorize, InFlight, Pipeline, ResolveTool, ValidateArguments
+from .pipeline import (
+    Authenticate,
+    Authorize,
+    InFlight,
+    Pipeline,
+    RedactErrors,
+    ResolveTool,
+    ValidateArguments,
+)
 from .principals import OpenAccess, Principal
 from .redaction import Redactor
 from .registry import ToolRegistry
@@ -104,6 +112,7 @@ class Sidecar:
         self.pipeline = Pipeline(
             [
                 self.calls,
+                RedactErrors(self.redactor),
                 Authenticate(self.authenticator),
                 ResolveTool(self.registry),
                 Authorize(),
@@ -155,6 +164,7 @@ class Sidecar:
                 self.registry,
                 version=self._version,
                 backoff=s.backoff,
+                redactor=self.redactor,
             )
             self.link.start()
         self.addresses = SidecarAddresses(grpc_dial, mcp_url)

@@ -40,6 +40,7 @@ import orjson
 
 from ..content import TextContent, ToolResult
 from ..errors import ConfigError, ToolError
+from ..redaction import Redactor, without_dsn
 from ..tools import Tool, ToolAnnotations, ToolCall
 from . import PackEnv, StaticPack
 from .options import PackOptions
@@ -275,7 +276,9 @@ async def _postgres(
     try:
         conn = await psycopg.AsyncConnection.connect(db.target, connect_timeout=10, autocommit=False)
     except psycopg.Error as exc:
-        raise ToolError(f"database {db.name!r}: cannot connect: {_pg_message(exc)}") from None
+        # libpq quotes a DSN it cannot parse, password and all
+        why = without_dsn(_pg_message(exc), db.target)
+        raise ToolError(f"database {db.name!r}: cannot connect: {why}") from None
     try:
         await conn.set_read_only(not write)
         async with conn.cursor() as cur:
@@ -380,13 +383,49 @@ _PG_SCHEMA = (
 
 
 class _Sql:
+    """The tools' handlers. Every error and result goes through `redactor`, which holds the DSNs
+    and their passwords: the hub passes a sidecar's results on as they are (they are the caller's
+    own data), so only this pack knows what in them is a secret."""
+
     def __init__(
-        self, databases: dict[str, Database], row_limit: int, max_bytes: int, timeout_s: float
+        self,
+        databases: dict[str, Database],
+        row_limit: int,
+        max_bytes: int,
+        timeout_s: float,
+        redactor: Redactor,
     ) -> None:
         self.databases = databases
         self.row_limit = row_limit
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.redactor = redactor
+
+    def redacting(
+        self, handler: Callable[[ToolCall], Awaitable[ToolResult]]
+    ) -> Callable[[ToolCall], Awaitable[ToolResult]]:
+        async def run(call: ToolCall) -> ToolResult:
+            try:
+                return await handler(call)
+            except ToolError as exc:
+                text = str(exc)
+                for db in self.databases.values():
+                    if db.kind == "postgres":
+                        text = without_dsn(text, db.target)
+                raise ToolError(self.redactor.text(text)) from None
+
+        return run
+
+    def _result(self, rows: Rows, limit: int) -> ToolResult:
+        # The registered secrets only: a table of API keys the caller asked for stays readable.
+        redacted = Rows(
+            [self.redactor.text(c, shapes=False) for c in rows.columns],
+            self.redactor.value(rows.rows, shapes=False),
+            rows.truncated,
+            rows.affected,
+            rows.cut_at_bytes,
+        )
+        return _result(redacted, limit)
 
     def _database(self, call: ToolCall, *, write: bool) -> Database:
         name = call.arguments.get("database")
@@ -416,14 +455,14 @@ class _Sql:
         db = self._database(call, write=False)
         limit = min(int(call.arguments.get("max_rows", self.row_limit)), self.row_limit)
         rows = await self._run(db, call.arguments["sql"], call.arguments.get("params", []), limit, False)
-        return _result(rows, limit)
+        return self._result(rows, limit)
 
     async def execute(self, call: ToolCall) -> ToolResult:
         db = self._database(call, write=True)
         rows = await self._run(
             db, call.arguments["sql"], call.arguments.get("params", []), self.row_limit, True
         )
-        return _result(rows, self.row_limit)
+        return self._result(rows, self.row_limit)
 
     async def schema(self, call: ToolCall) -> ToolResult:
         db = self._database(call, write=False)
@@ -435,7 +474,7 @@ class _Sql:
             rows = Rows(
                 ["table", "kind", "column", "type", "not_null", "primary_key"], rows.rows, rows.truncated
             )
-        return _result(rows, limit)
+        return self._result(rows, limit)
 
 
 def _result(rows: Rows, limit: int) -> ToolResult:
@@ -529,7 +568,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     )
     timeout_s = opts.number("timeout_s", default=30.0, minimum=0.1, maximum=3600.0)
     opts.done()
-    sql = _Sql(databases, row_limit, max_bytes, timeout_s)
+    sql = _Sql(databases, row_limit, max_bytes, timeout_s, env.redactor)
     names = sorted(databases)
     described = "; ".join(
         f"{n} ({databases[n].kind}{', writable' if databases[n].writable else ''})" for n in names
@@ -560,7 +599,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                 "params": params_prop,
                 "max_rows": {"type": "integer", "minimum": 1, "maximum": row_limit},
             },
-            sql.query,
+            sql.redacting(sql.query),
             reading,
             timeout_s,
         ),
@@ -569,7 +608,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
             "List tables and columns",
             "List the tables (and views) of a database of this sandbox with their columns and types.",
             {"database": database_prop},
-            sql.schema,
+            sql.redacting(sql.schema),
             reading,
             timeout_s,
         ),
@@ -587,7 +626,7 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
                     "sql": {"type": "string", "minLength": 1, "maxLength": 100_000},
                     "params": params_prop,
                 },
-                sql.execute,
+                sql.redacting(sql.execute),
                 ToolAnnotations(read_only=False, destructive=True, idempotent=False, open_world=False),
                 timeout_s,
             )

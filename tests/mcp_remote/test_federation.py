@@ -646,3 +646,78 @@ async def test_a_hello_the_hub_refuses_does_not_knock_the_registered_sidecar_off
     await asyncio.sleep(0.5)  # a sidecar knocked off would have been told by now
     assert "sbx-42__files_read" in await tool_names(hub, TOKENS["ops"])
     assert "replaced by a new connection" not in registered["sbx-42"].log_path.read_text()
+
+
+LEAKY_PACK = """
+from mcp_local import StaticPack, Tool
+
+
+def create_pack(options, env):
+    secret = options["secret"]
+    env.redactor.add(secret)
+
+    async def fail(call):
+        raise RuntimeError(f"the upstream refused key {secret}")
+
+    return StaticPack("leaky", [Tool("leaky_fail", "Fails.", {"type": "object"}, fail)])
+"""
+
+
+async def test_a_sandbox_never_passes_its_secrets_to_hub_callers_or_the_audit_log(tmp_path: Path) -> None:
+    from tests.support.postgres import running_postgres
+
+    password = "SqlPw_Secret_44zz"
+    pack_secret = "LeakyKey_Secret_91qq"
+    (tmp_path / "leaky.py").write_text(LEAKY_PACK)
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    with running_postgres() as pg:
+        psql = ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres"]
+        create_role = [*psql, "-c", "CREATE ROLE reader LOGIN"]
+        subprocess.run(create_role, check=True, capture_output=True, timeout=30)  # noqa: ASYNC221 - set-up, nothing else runs yet
+        env = {
+            # a DSN psycopg cannot parse: its error quotes it, password and all
+            "DB_BAD": f"postgresql://u:{password}@[127.0.0.1:{pg.port}/audit",
+            # trust authentication: the server never asks for the password, the sidecar holds it
+            "DB_GOOD": f"postgresql://reader:{password}@127.0.0.1:{pg.port}/postgres",
+        }
+        databases = {
+            "bad": {"postgres_env": "DB_BAD"},
+            "good": {"postgres_env": "DB_GOOD"},
+        }
+        manifest = {
+            "packs": [
+                {"name": "sql", "options": {"databases": databases}},
+                {"name": str(tmp_path / "leaky.py"), "options": {"secret": pack_secret}},
+            ]
+        }
+        root = tmp_path / "sbx-42"
+        sidecar = start_sidecar(root, manifest, hub=hub.grpc, token=TOKENS["sbx-42"], env=env)
+        client = HubClient(hub.grpc)
+        try:
+            await wait_for(lambda: _has(hub, "sbx-42__leaky_fail"), what="the sandbox to register")
+
+            async def call(name: str, arguments: dict[str, Any]) -> pb.CallToolResult:
+                request = pb.CallToolRequest(name=name, arguments_json=orjson.dumps(arguments))
+                return await asyncio.wait_for(client.call_tool(TOKENS["agent-42"], request), 30)
+
+            bad = await call("sbx-42__sql_query", {"database": "bad", "sql": "select 1"})
+            good = await call("sbx-42__sql_query", {"database": "good", "sql": f"select '{password}' as x"})
+            failed = await call("sbx-42__leaky_fail", {})
+        finally:
+            await client.close()
+            sidecar.stop()
+            hub.stop()
+    assert bad.is_error and "cannot connect: end of string reached" in bad.content[0].text.text
+    assert not good.is_error and '"rows":[["[REDACTED]"]]' in good.content[0].text.text
+    assert failed.is_error and "the upstream refused key [REDACTED]" in failed.content[0].text.text
+    for result in (bad, good, failed):
+        assert password not in str(result) and pack_secret not in str(result)
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        records = [r async for r in store.scan()]
+    finally:
+        await store.close()
+    finished = [r.body_json() for r in records if r.kind == "finished" and r.tool.startswith("sbx-42__")]
+    assert len(finished) == 3 and any("end of string reached" in str(b) for b in finished)
+    assert all(password not in str(b) and pack_secret not in str(b) for b in finished)
