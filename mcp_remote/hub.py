@@ -83,6 +83,9 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
 
         dsn = config.audit.resolve_dsn(environ)
         redactor.add_dsn(dsn)
+        if config.audit.dsn_env is not None and isinstance(environ, MutableMapping):
+            # Read once; no process the hub starts (spawner, browser driver) may inherit it.
+            environ.pop(config.audit.dsn_env, None)
         return PostgresStore(dsn)
     from .audit.sqlite import SQLiteStore
 

@@ -625,3 +625,21 @@ async def test_the_audit_dsn_password_is_redacted_like_any_other_secret(tmp_path
         echoed = [json.loads(line) for line in out.stdout.splitlines() if '"echo"' in line]
         assert any("the password is [REDACTED]" in json.dumps(r) for r in echoed), echoed
         assert password not in out.stdout
+
+
+def test_no_process_the_hub_starts_inherits_the_audit_dsn(tmp_path: Path) -> None:
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_audit")}
+        shared = {"audit": {"store": "postgres", "dsn_env": "AUDIT_DSN"}, "packs": ["shell", "browser"]}
+        hub = start_hub(tmp_path, config=shared, env=env, http=False)
+        try:
+            children = subprocess.run(
+                ["pgrep", "-P", str(hub.process.pid)], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            commands = {c: Path(f"/proc/{c}/cmdline").read_bytes() for c in children}
+            assert any(b"spawner" in c for c in commands.values()), commands  # the shell's
+            assert any(b"playwright" in c for c in commands.values()), commands  # the browser's driver
+            for child in children:
+                assert b"AUDIT_DSN=" not in Path(f"/proc/{child}/environ").read_bytes(), commands[child]
+        finally:
+            assert hub.stop() == 0
