@@ -17,7 +17,7 @@ import grpc
 from mcp_local.errors import ConfigError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
-from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
+from mcp_local.packs import PackEnv, ToolPack, secret_variables, start_packs, stop_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess
 from mcp_local.redaction import Redactor
@@ -100,6 +100,7 @@ def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
 class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
+        self.environ = environ
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             operator_token(config.state_dir)
@@ -280,12 +281,20 @@ class Hub:
 
     async def _load_packs(self) -> None:
         self.registry.set_source("hub:outputs", [output_read_tool(self.outputs)])
+        # Variables packs read secrets from leave the hub's environment before any pack starts
+        # a process (the shell's spawner, the browser's driver and Chromium inherit it); the
+        # packs read them from a copy kept for them.
+        secrets_env = dict(self.environ)
+        if isinstance(self.environ, MutableMapping):
+            for name in secret_variables(self.config.packs):
+                self.environ.pop(name, None)
         env = PackEnv(
             state_dir=self.config.state_dir,
             outputs=self.outputs,
             redactor=self.redactor,
             listen_addresses=self.listen_addresses,
             add_listen_address=self._add_pack_socket,
+            extra={"environ": secrets_env},
         )
         self.packs = await start_packs(self.config.packs, env, self.registry)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))

@@ -160,6 +160,24 @@ def _resolve(ref: str) -> Any:
         raise ConfigError(f"pack {ref!r}: module {module_name!r} has no {attr!r}") from exc
 
 
+def secret_variables(specs: Sequence[Any]) -> list[str]:
+    """The environment variables the packs `specs` name read secrets from: a pack's module may
+    define `secret_variables(options) -> list[str]`. Asked before any pack is created, so the
+    caller can take them out of the environment before a pack starts a process (which would
+    inherit them), whatever the packs' order."""
+    found: list[str] = []
+    for spec in specs:
+        target = _resolve(getattr(spec, "ref", None) or spec.name)
+        hook = getattr(sys.modules.get(getattr(target, "__module__", ""), None), "secret_variables", None)
+        if callable(hook):
+            try:
+                found.extend(str(name) for name in hook(dict(spec.options)))
+            except ConfigError as exc:
+                message, prefix = str(exc), f"packs[{spec.name}]"
+                raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+    return found
+
+
 def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv) -> ToolPack:
     target = _resolve(ref)
     pack = target(dict(options), env) if callable(target) else target

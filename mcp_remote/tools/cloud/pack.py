@@ -514,6 +514,20 @@ def _gather_settings(options: CloudOptions) -> dict[str, ServiceSettings]:
     return found
 
 
+def secret_variables(options: Mapping[str, Any]) -> list[str]:
+    """The variables this pack's services read their secrets from (see `mcp_local.packs`): the
+    hub takes them out of its environment before any pack starts a process, and hands them to
+    this pack alone (`env.extra["environ"]`). None with `keep_secret_env`."""
+    parsed = parse_options(options)
+    if parsed.keep_secret_env:
+        return []
+    return [
+        ref.env
+        for settings in _gather_settings(parsed).values()
+        if (ref := settings.auth.secret) is not None and ref.env is not None
+    ]
+
+
 def create_pack(
     options: Mapping[str, Any], env: PackEnv, environ: MutableMapping[str, str] | None = None
 ) -> CloudPack:

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -667,3 +668,32 @@ async def test_sighup_reloads_secrets_without_a_restart(cloud: CloudHub) -> None
     usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured
     assert usage["reloads"] == 1
     cloud.assert_no_canary()
+
+
+def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_order(tmp_path: Path) -> None:
+    """The shell's spawner and the browser's driver started before the cloud pack took its
+    variables out of the environment, and inherited them."""
+    standin = start_standin()
+    key = "cloud-env-secret-" + secrets.token_hex(12)
+    service = {
+        "base_url": f"{standin.base}/api",
+        "auth": {"type": "bearer", "secret": {"env": "CLOUD_ORDER_KEY"}},
+        "allow_private_network": ["127.0.0.1/32"],
+    }
+    config = {"packs": ["shell", "browser", {"name": "cloud", "options": {"services": {"svc": service}}}]}
+    hub = start_hub(tmp_path, config=config, env={"CLOUD_ORDER_KEY": key}, http=False)
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(hub.process.pid)], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        commands = {c: Path(f"/proc/{c}/cmdline").read_bytes() for c in children}
+        assert any(b"spawner" in c for c in commands.values()), commands
+        assert any(b"playwright" in c for c in commands.values()), commands
+        for child in children:
+            environ = Path(f"/proc/{child}/environ").read_bytes()
+            assert b"CLOUD_ORDER_KEY" not in environ and key.encode() not in environ, commands[child]
+        # The pack still has the key: the service is on.
+        assert "1 services on (svc)" in hub.log(), hub.log()[-2000:]
+    finally:
+        assert hub.stop() == 0
+        standin.stop()
