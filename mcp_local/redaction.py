@@ -36,20 +36,53 @@ _SECRET_KEYS = re.compile(
     r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|authorization|cookie|credential)"
 )
 _MIN_SECRET_LENGTH = 6
-_SECRET_WORDS = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"  # noqa: S105
-# A secret given in a command line or a config text: `--password=x`, `PGPASSWORD=x`, `"token": "x"`,
-# `api_key: x`, `--password x`, `Authorization: Bearer x`. The name stays, the value goes.
+# Secrets given in a command line or a config text. Each form: what stays (the name, the option,
+# the scheme), then the value, which goes. A value is a quoted string (its quotes stay) or a run
+# of characters up to a space or shell punctuation (a backslash escapes one).
+_NAME = (
+    r"[\w.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|(?<![a-z])pass|(?<![a-z])pwd)"
+)
+_VALUE = r"(?:\"(?:\\.|[^\"\\])*\"|'[^']*'|(?:\\.|[^\s\"',;&|)}\\])+)"
+_FORMS: tuple[tuple[str, str], ...] = (
+    # PGPASSWORD=x, --password=x, db.password=x (nothing between the = and the value)
+    (rf"(?<![\w-])(?!--no-){_NAME}=", _VALUE),
+    # aws_secret_access_key = x (spaces on both sides, as in INI files)
+    (rf"(?<![\w-]){_NAME}\s+=\s+", _VALUE),
+    # "token": "x", 'password':'x' (a quoted name, as in JSON)
+    (rf"[\"']{_NAME}[\"']\s*:\s*", _VALUE),
+    # --password x (a long option whose value follows it)
+    (rf"(?<![\w-])--(?!no-){_NAME}\s+(?=[^-\s])", _VALUE),
+    # Authorization: Token x
+    (r"\bauthorization\s*:\s*[a-z]+\s+", _VALUE),
+    # scheme://user:x@host
+    (r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?=[^\s/@'\"]+@)", r"[^\s/@'\"]+"),
+    # curl -u user:x, --user user:x
+    (r"(?<![\w-])(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
+    # mysql -px (attached), sshpass -p x, docker login -p x
+    (r"\b(?:mysql|mariadb|mysqldump|mysqladmin|mysqlimport)\b[^;&|\n]*?\s-p(?=\S)", _VALUE),
+    (r"\bsshpass\s+-p\s*", _VALUE),
+    (r"\b(?:docker|podman|buildah|skopeo|helm|oras)\b[^;&|\n]*?\blogin\b[^;&|\n]*?\s-p\s+", _VALUE),
+)
 _ASSIGNMENTS = re.compile(
-    r"(?i)(?:"
-    rf"((?<![\w])[\w.-]*{_SECRET_WORDS}[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',;&|)}}]+"
-    rf"|((?<![\w-])--[\w-]*{_SECRET_WORDS}\s+[\"']?)(?![-\s\[])[^\s\"',;&|)}}]+"
-    r"|(\b(?:bearer|basic)\s+)(?!\[REDACTED\])[A-Za-z0-9._~+/=-]{8,}"
-    r")"
+    "(?i)"
+    + "|".join(f"(?P<k{i}>{keep})(?P<v{i}>{value})" for i, (keep, value) in enumerate(_FORMS))
+    # Bearer x, Basic x: only a value that looks like a credential (it has a digit or a symbol)
+    + r"|(?P<kb>\b(?:bearer|basic)\s+)(?P<vb>(?=[\w.~+/=-]*[0-9+/=._~-])[\w.~+/=-]{8,})"
 )
 
 
 def _keep_name(match: re.Match[str]) -> str:
-    return (match.group(1) or match.group(2) or match.group(3)) + REDACTED
+    for name, value in match.groupdict().items():
+        if value is None or not name.startswith("v"):
+            continue
+        keep = match.group("k" + name[1:])
+        if REDACTED in value:
+            return match.group(0)
+        if value[0] in "\"'" and len(value) > 1 and value[-1] == value[0]:
+            return f"{keep}{value[0]}{REDACTED}{value[0]}"
+        return keep + REDACTED
+    return match.group(0)  # pragma: no cover - every alternative has a value group
 
 
 class Redactor:

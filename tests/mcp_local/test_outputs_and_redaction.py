@@ -97,10 +97,25 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
         ),
         ("aws_secret_access_key = AbC/123+xyz", "aws_secret_access_key = [REDACTED]"),
         ("curl -H 'Authorization: Bearer abcdefgh1234'", "curl -H 'Authorization: Bearer [REDACTED]'"),
-        # Names alone, paths and words that only contain a name stay.
+        ("mysql -u root -pS3cretPw db", "mysql -u root -p[REDACTED] db"),
+        ("curl -u admin:S3cretPw2 https://x", "curl -u admin:[REDACTED] https://x"),
+        ("psql postgresql://app:S3cretPw3@db/app", "psql postgresql://app:[REDACTED]@db/app"),
+        ("MYSQL_PWD=S3cret4 mysql; DB_PASS=S3cret5 x", "MYSQL_PWD=[REDACTED] mysql; DB_PASS=[REDACTED] x"),
+        ("mysql --password='ab;S3cretPw5'", "mysql --password='[REDACTED]'"),
+        ('x --password="my S3cret pw"', 'x --password="[REDACTED]"'),
+        ("PGPASSWORD=S3c\\&retPw psql", "PGPASSWORD=[REDACTED] psql"),
+        ("sshpass -p S3cret7 ssh h", "sshpass -p [REDACTED] ssh h"),
+        ("docker login -u me -p S3cret8 reg", "docker login -u me -p [REDACTED] reg"),
+        ("curl -H 'Authorization: Token S3cret9'", "curl -H 'Authorization: Token [REDACTED]'"),
+        # Names alone, paths, words that only contain a name, and prose stay.
         ("cat --token-file=/run/secrets/t", "cat --token-file=/run/secrets/t"),
         ("git push --force; x --token --other", "git push --force; x --token --other"),
         ("bypass=1 compass=north echo token=", "bypass=1 compass=north echo token="),
+        ("psql --no-password mydb; grep -rn token= src/", "psql --no-password mydb; grep -rn token= src/"),
+        ("git commit -m 'rotate token: see ticket'", "git commit -m 'rotate token: see ticket'"),
+        ("grep password: config.yml", "grep password: config.yml"),
+        ("echo basic authentication works", "echo basic authentication works"),
+        ("ssh -p 22 h; mkdir -p dir; psql -p 5432", "ssh -p 22 h; mkdir -p dir; psql -p 5432"),
     ],
 )
 def test_secrets_written_into_a_command_line_are_redacted_by_name(written: str, recorded: str) -> None:
