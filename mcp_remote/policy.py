@@ -77,9 +77,10 @@ class RuleConfig(BaseModel):
     """Argument name -> glob(s) its value (as text) must match."""
     argv: list[list[str]] | None = None
     """For shell tools: argv patterns, e.g. [["rm", "-r|-R|--recursive"], ["git", "push", "--force|-f"]].
-    Words after the program are globs (`+*` is any word that starts with `+`). An option matches
-    however the command spells it: `-rf` also as `-fr` or `-r -f`, and in ask and deny rules a long
-    option also by a prefix (`--recursiv`), as GNU tools and git accept one."""
+    Words after the program are globs (`+*` is any word that starts with `+`). A cluster of two or
+    three short options matches in any order or split (`-rf` as `-fr` or `-r -f`), and in ask and
+    deny rules a long option also by a prefix (`--recursiv`), as GNU tools and git accept one. Short
+    and long spellings are not linked: list both (`-r|-R|--recursive`)."""
     approvers: list[str] = Field(default_factory=list)
     """Approver groups that may decide an `ask` (default: any approver): the approver must be in
     one of them. When several `ask` rules match a call, the approver must meet every one's."""
@@ -219,9 +220,11 @@ def _given(option: str, options: set[str], longs: Sequence[str]) -> bool:
     if option.startswith("--"):
         # GNU getopt and git take any unambiguous prefix of a long option: `--recursiv`.
         return any(option.startswith(given) for given in longs)
-    # `-rf` in a pattern is -r and -f, as the command's own words are read: `-fr`, `-r -f`.
+    # `-rf` in a pattern is -r and -f, as the command's own words are read: `-fr`, `-r -f`. Only
+    # two or three letters: a longer word is a single-dash long option (`find -delete`), whose
+    # letters any `find -maxdepth 1 -type f -ls` also holds.
     letters = [f"-{ch}" for ch in option[1:] if ch.isalpha()]
-    return len(option) > 2 and bool(letters) and all(letter in options for letter in letters)
+    return 3 <= len(option) <= 4 and len(letters) == len(option) - 1 and all(o in options for o in letters)
 
 
 @dataclass(frozen=True, slots=True)

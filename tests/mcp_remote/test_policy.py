@@ -204,6 +204,12 @@ def test_an_option_pattern_matches_however_the_command_spells_it() -> None:
         {"name": "no rf", "tools": ["shell_exec"], "argv": [["rm", "-rf"]], "decision": "deny"},
         {"name": "long listing", "tools": ["shell_exec"], "argv": [["ls", "-la"]], "decision": "ask"},
         {"name": "find deletes", "tools": ["shell_exec"], "argv": [["find", "-delete"]], "decision": "deny"},
+        {
+            "name": "find runs",
+            "tools": ["shell_exec"],
+            "argv": [["find", "-exec|-execdir"]],
+            "decision": "deny",
+        },
     )
     for command, verdict in [
         ("rm -rf /", "deny"),
@@ -215,6 +221,10 @@ def test_an_option_pattern_matches_however_the_command_spells_it() -> None:
         ("ls -l", "allow"),
         ("find . -delete", "deny"),
         ("find . -name x", "allow"),
+        # A single-dash long option is one word, not letters: these hold d, e, l and t.
+        ("find . -maxdepth 1 -type f -ls", "allow"),
+        ("find / -xdev -ctime -1", "allow"),
+        ("find . -exec rm {} +", "deny"),
     ]:
         assert p.evaluate("a", "shell_exec", {"command": command}, NONE).verdict == verdict, command
 
