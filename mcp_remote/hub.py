@@ -123,7 +123,7 @@ class Hub:
             checkpoint_file=audit_dir / store.checkpoint_file_name,
         )
         self.approvals = ApprovalBook(
-            self.audit.store, self.instance, on_event=self._approval_event, redact=self.redactor.text
+            self.audit.store, self.instance, on_event=self._approval_event, redact=self._redact_reason
         )
         self.policy = resolve_policy(config.policy)
         if config.policy is not None:
@@ -146,6 +146,11 @@ class Hub:
         self.bridge_app: BridgeApp | None = None
         """The bridge's ASGI app once bound (None without `http`); its MCP app is built on the
         first MCP request (`bridge_app.app`, or `await bridge_app.load()`)."""
+
+    def _redact_reason(self, text: str) -> str:
+        """An approver's words, redacted as the audit log redacts them: a secret pasted into a
+        deny reason reaches the caller, the approvals store and every watcher otherwise."""
+        return self.redactor.text(text, assignments=True)
 
     def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
         operator = operator_token(config.state_dir)

@@ -276,7 +276,7 @@ async def test_a_deny_reason_is_redacted_before_anyone_sees_it(
     gated_hub: RunningHub, hub_client: HubClient
 ) -> None:
     key = "ghp_" + "A1b2C3d4E5" * 4
-    reason = f"no: your token {TOKENS['agent-b']} and {key} are in the logs"
+    reason = f"no: your token {TOKENS['agent-b']} and {key} are in the logs, and PGPASSWORD=Hunter2Secret"
     call = start_call(hub_client, TOKENS["agent-a"], "delete_thing", {"name": "leaky"})
     approval_id = await call.approval_id()
     await decide(gated_hub.grpc, TOKENS["alice"], approval_id, False, reason)
@@ -285,6 +285,7 @@ async def test_a_deny_reason_is_redacted_before_anyone_sees_it(
     stored = _stored_approval(gated_hub, approval_id)["decision_reason"]
     for text in (told, shown.decision_reason, stored):
         assert "[REDACTED]" in text and TOKENS["agent-b"] not in text and key not in text, text
+        assert "Hunter2Secret" not in text, text
 
 
 async def test_a_refused_attempt_to_decide_is_recorded(gated_hub: RunningHub, hub_client: HubClient) -> None:
