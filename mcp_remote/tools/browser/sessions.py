@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,6 +124,8 @@ class BrowserSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._saving: set[asyncio.Task[None]] = set()
         """Downloads being saved: their outcome is an event of the action that started them."""
+        self._collect_until = math.inf
+        """Requests starting later than this (loop time) are not the watched action's."""
         self._watching: set[Request] | None = None
         """Requests started since `watch()`, until they end; None when no action is watched."""
         self._stirred = asyncio.Event()
@@ -329,7 +332,9 @@ class BrowserSession:
         self._on_request_finished(request)
 
     def _on_any_request(self, request: Request) -> None:
-        if self._watching is not None:
+        # Only what starts during the action or just after it counts as its doing: a page that
+        # polls every 50 ms would otherwise keep every click waiting out its whole budget.
+        if self._watching is not None and asyncio.get_running_loop().time() <= self._collect_until:
             self._watching.add(request)
             self._stirred.set()
 
@@ -341,6 +346,7 @@ class BrowserSession:
     def watch(self) -> None:
         """Start noting what the action about to run causes (see `caused`)."""
         self._watching = set()
+        self._collect_until = math.inf
         self._stirred.clear()
 
     async def caused(self, budget_s: float) -> None:
@@ -352,6 +358,7 @@ class BrowserSession:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
+        self._collect_until = loop.time() + STIR_S
         try:
             while (left := deadline - loop.time()) > 0:
                 self._stirred.clear()

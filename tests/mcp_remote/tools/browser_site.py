@@ -189,6 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(query.get("n", "5"))
             script = f"for (let i = 0; i < {n}; i++) window.open('/echo?n=popup-' + i);"
             self._send(_page("Popups", f"<p>popups page</p><script>{script}</script>"))
+        elif path == "/polling":
+            script = "setInterval(() => fetch('/echo?n=poll'), 50);"
+            body = "<p>polling page</p><button onclick=\"this.textContent='Clicked'\">Press</button>"
+            self._send(_page("Polling", f"{body}<script>{script}</script>"))
         elif path == "/metadata-image":
             self._send(
                 _page("Image", "<p>image page</p><img src='http://169.254.169.254/latest/x.png' alt=''>")

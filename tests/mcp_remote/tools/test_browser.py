@@ -442,6 +442,20 @@ async def test_a_click_reports_its_own_download(agent: ToolClient, hub: RunningH
     await call(agent, "browser_close", session="own-dl")
 
 
+async def test_a_page_that_polls_does_not_hold_every_action_to_its_budget(
+    agent: ToolClient, site: Site
+) -> None:
+    """Every request starting while an action's effects were awaited counted as its doing: on a
+    page fetching every 50 ms, each click took the whole 3 s budget."""
+    page = await call(agent, "browser_navigate", url=site.url("/polling"), session="polls")
+    button = ref(page.text, "button", "Press")
+    started = time.monotonic()
+    clicked = await call(agent, "browser_click", target=button, session="polls")
+    assert 'button "Clicked"' in clicked.text, clicked.text
+    assert time.monotonic() - started < 2.5  # the budget is 3 s; a quiet page's click takes ~0.4 s
+    await call(agent, "browser_close", session="polls")
+
+
 async def test_the_page_a_result_names_is_a_tab_that_is_open(agent: ToolClient, site: Site) -> None:
     # More popups than the session may hold: those over the limit are closed, never made current.
     page = await call(agent, "browser_navigate", url=site.url("/popups?n=20"), session="many")
