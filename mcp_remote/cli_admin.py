@@ -85,8 +85,8 @@ def _count(value: str) -> int:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 or more")
+    if not 1 <= number <= 1_000_000_000:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 or more, at most 1000000000")
     return number
 
 

@@ -219,7 +219,8 @@ def test_tail_and_query(stopped_log: Path) -> None:
     assert human.returncode == 0 and "finished" in human.stdout and "agent" in human.stdout
     bad = cli("audit", "query", "--since", "yesterday", "--state-dir", str(stopped_log))
     assert bad.returncode == 2 and "expected e.g. 10m" in bad.stderr
-    for args in (["query", "--limit", "-1"], ["query", "--limit", "0"], ["tail", "-n", "-1"]):
+    huge = ["query", "--limit", "99999999999999999999"]  # past SQLite's integers: a traceback
+    for args in (["query", "--limit", "-1"], ["query", "--limit", "0"], ["tail", "-n", "-1"], huge):
         bad = cli("audit", *args, "--state-dir", str(stopped_log))  # -1 was SQL's "no limit", less one
         assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
 

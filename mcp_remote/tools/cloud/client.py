@@ -57,6 +57,7 @@ DROPPED_HEADERS = frozenset(
         "x-forwarded-uri",
         "x-forwarded-prefix",
         "x-forwarded-path",
+        "x-envoy-original-path",
     }
 )
 """Request headers a caller may not set: credentials and cookies belong to the hub, framing to the

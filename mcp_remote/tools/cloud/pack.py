@@ -378,12 +378,13 @@ class CloudPack:
         auth = service.settings.auth
         banned = set(DROPPED_HEADERS)
         if auth.type == "header" and auth.name:
-            banned.add(auth.name.lower())
-        fixed = {k.lower() for k in service.settings.headers}
+            banned.add(auth.name.lower().replace("_", "-"))
+        fixed = {k.lower().replace("_", "-") for k in service.settings.headers}
         kept: list[tuple[str, str]] = [(k, v) for k, v in service.settings.headers.items()]
         dropped: list[str] = []
         for name, raw in given.items():
-            lowered = name.lower()
+            # Compared as CGI, WSGI and Rack see them: `X_Original_URL` is `X-Original-URL` there.
+            lowered = name.lower().replace("_", "-")
             value = raw.strip(" \t")  # optional whitespace around a value is not part of it (RFC 9110 5.5)
             if lowered in banned or lowered.startswith("proxy-") or lowered in fixed:
                 dropped.append(name)

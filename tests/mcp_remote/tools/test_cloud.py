@@ -244,6 +244,9 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
                         "X-HTTP-Method-Override": "DELETE",
                         "X-Original-URL": "/admin",
                         "X-Rewrite-URL": "/admin",
+                        "X_Original_URL": "/admin",
+                        "X_HTTP_Method_Override": "DELETE",
+                        "X-Envoy-Original-Path": "/admin",
                     },
                     "json": {"hello": "cloud"},
                 },
@@ -270,6 +273,9 @@ async def test_the_key_arrives_at_the_service_and_never_comes_back(cloud: CloudH
         "X-HTTP-Method-Override",
         "X-Original-URL",
         "X-Rewrite-URL",
+        "X_Original_URL",
+        "X_HTTP_Method_Override",
+        "X-Envoy-Original-Path",
     ]
     assert "set-cookie" not in outcome.structured["headers"]
     cloud.assert_no_canary()
