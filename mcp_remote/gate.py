@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
 from mcp_local.errors import HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
+from mcp_local.principals import Principal
 from mcp_local.tools import ToolCall
 
 from .approvals import ApprovalBook
 from .audit import AuditLog
-from .policy import Decision, Policy
+from .policy import Decision, Policy, describe_approver_groups, missing_approver_groups
 
 __all__ = ["AuditTrail", "Gate", "approval_hint"]
+
+logger = logging.getLogger(__name__)
 
 _PENDING, _APPROVED, _DENIED, _EXPIRED = 1, 2, 3, 4
 _STATE_CODES = {"approved": _APPROVED, "used": _APPROVED, "denied": _DENIED, "expired": _EXPIRED}
@@ -134,10 +139,15 @@ class Gate:
 
     name = "gate"
 
-    def __init__(self, policy: Policy, book: ApprovalBook, log: AuditLog) -> None:
+    def __init__(
+        self, policy: Policy, book: ApprovalBook, log: AuditLog, approvers: Sequence[Principal] = ()
+    ) -> None:
+        """`approvers`: the principals of this hub that may decide approvals (to warn of an
+        approval none of them can decide)."""
         self.policy = policy
         self._book = book
         self._log = log
+        self._approvers = tuple(approvers)
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         principal = call.principal
@@ -229,6 +239,17 @@ class Gate:
             approvers=decision.approvers,
             timeout_s=decision.timeout_s,
         )
+        if decision.approvers and not any(
+            not missing_approver_groups(decision.approvers, p.groups) for p in self._approvers
+        ):
+            # Each rule's groups can be met, but no one of this hub is in all of them at once.
+            logger.warning(
+                "approval %s needs an approver in %s, and no principal of this hub is (rules %s); "
+                "only an approver of a hub sharing the store can decide it, else it times out",
+                approval.id,
+                describe_approver_groups(decision.approvers),
+                decision.rule,
+            )
         hint = approval_hint(approval.id)
         await call.sink.approval(approval.id, _PENDING, decision.reason, approval.expires_ms, hint)
         outcome = await self._book.wait(approval)

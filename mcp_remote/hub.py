@@ -175,7 +175,12 @@ class Hub:
             ResolveTool(self.registry),
             Authorize(),
             ValidateArguments(self.registry),
-            Gate(self.policy, self.approvals, self.audit),
+            Gate(
+                self.policy,
+                self.approvals,
+                self.audit,
+                [p.principal() for p in self.config.principals if "approver" in p.roles],
+            ),
         ]
 
     def _approval_event(self, event: str, approval: Approval, call_id: str = "", **extra: object) -> None:

@@ -35,6 +35,7 @@ TOKENS = {
     "selfish": "gate-token-selfish-approver-01",
     "carol": "gate-token-carol-security-0123",
     "dave": "gate-token-dave-oncall-security",
+    "erin": "gate-token-erin-auditor-012345",
 }
 CONFIG: dict[str, Any] = {
     "principals": [
@@ -45,6 +46,7 @@ CONFIG: dict[str, Any] = {
         {"name": "selfish", "token": TOKENS["selfish"], "roles": ["approver"]},
         {"name": "carol", "token": TOKENS["carol"], "roles": ["approver"], "groups": ["security"]},
         {"name": "dave", "token": TOKENS["dave"], "roles": ["approver"], "groups": ["oncall", "security"]},
+        {"name": "erin", "token": TOKENS["erin"], "roles": ["approver"], "groups": ["auditors"]},
     ],
     "policy": {
         "extends": "default",
@@ -63,6 +65,14 @@ CONFIG: dict[str, Any] = {
                 "args": {"name": "*-secrets"},
                 "decision": "ask",
                 "approvers": ["security", "admins"],
+            },
+            {
+                "name": "audits need auditors",
+                "tools": ["plain_thing"],
+                "args": {"name": "*-audit"},
+                "decision": "ask",
+                "approvers": ["auditors"],
+                "timeout_s": 1,
             },
             {
                 "name": "quick",
@@ -351,6 +361,22 @@ async def test_every_matching_rule_s_approver_groups_must_be_met(
         assert "needs an approver in admins or security, and oncall" in (info.value.details() or "")
     await decide(gated_hub.grpc, TOKENS["dave"], approval_id, True)
     assert text_of(await call.result()) == "did prod-secrets"
+
+
+async def test_an_approval_nobody_of_this_hub_can_decide_is_warned_of(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    # Production needs oncall and audits need auditors: bob, dave and erin each meet one rule.
+    call = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "prod-audit"})
+    approval_id = await call.approval_id()
+    assert "a timeout is a denial" in text_of(await call.result())
+    line = next(x for x in gated_hub.log().splitlines() if approval_id in x and "WARNING" in x)
+    assert f"approval {approval_id} needs an approver in auditors and oncall, and no principal" in line
+    lone = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "lone-audit"})
+    lone_id = await lone.approval_id()
+    await decide(gated_hub.grpc, TOKENS["erin"], lone_id, True)
+    assert text_of(await lone.result()) == "did lone-audit"
+    assert not any(lone_id in x and "WARNING" in x for x in gated_hub.log().splitlines())
 
 
 async def test_a_policy_deny_never_reaches_a_person(gated_hub: RunningHub, hub_client: HubClient) -> None:
