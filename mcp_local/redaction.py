@@ -72,6 +72,16 @@ _ASSIGNMENTS = re.compile(
 )
 
 
+def _maybe_assigned(text: str) -> bool:
+    """Whether `text` holds what every form of `_ASSIGNMENTS` needs (`=`, `:`, an option, or a
+    scheme's name). Every call's arguments are redacted: most have none of it, and these few
+    substring tests cost a fraction of trying every form at every position."""
+    if "=" in text or ":" in text or " -" in text:
+        return True
+    lowered = text.lower()
+    return "bearer" in lowered or "basic" in lowered
+
+
 def _keep_name(match: re.Match[str]) -> str:
     for name, value in match.groupdict().items():
         if value is None or not name.startswith("v"):
@@ -128,7 +138,9 @@ class Redactor:
             value = pattern.sub(REDACTED, value)
         if shapes:
             value = _SHAPES.sub(REDACTED, value)
-        return _ASSIGNMENTS.sub(_keep_name, value) if assignments else value
+        if assignments and _maybe_assigned(value):
+            return _ASSIGNMENTS.sub(_keep_name, value)
+        return value
 
     def value(
         self,

@@ -401,7 +401,7 @@ class AuditLog:
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
             elif key in _FREE_TEXT:
-                out[key] = redactor.value(value, assignments=True)
+                out[key] = redactor.value(value)  # an approver's reason comes redacted by the book
             else:
                 out[key] = value
         return canonical(out)
