@@ -233,7 +233,9 @@ class ApprovalBook:
         try:
             return await asyncio.wait_for(asyncio.shield(future), remaining)
         except TimeoutError:
-            return await self.expire(approval.id, NO_DECISION)
+            # A decision made on another replica just before the deadline may not have woken
+            # this wait yet: an approval that is no longer pending is not expired here.
+            return await self.expire(approval.id, NO_DECISION, pending_only=True)
         except asyncio.CancelledError:
             self._chore(self._caller_gone(approval.id))
             raise
@@ -245,12 +247,13 @@ class ApprovalBook:
         if current is not None and current.state == "pending" and current.waiting:
             await self._store.swap_approval("pending", replace(current, waiting=False))
 
-    async def expire(self, approval_id: str, why: str) -> Approval:
-        """Expire a pending or approved approval (one in another state is returned as it is)."""
+    async def expire(self, approval_id: str, why: str, *, pending_only: bool = False) -> Approval:
+        """Expire a pending or (unless `pending_only`) approved approval; one in another state
+        is returned as it is."""
         current = await self._store.get_approval(approval_id)
         if current is None:
             raise ToolNotFound(f"no approval {approval_id}")
-        if current.state not in ("pending", "approved"):
+        if current.state not in (("pending",) if pending_only else ("pending", "approved")):
             return current
         expired = replace(current, state="expired", args_key="")
         if current.state == "pending":
@@ -427,6 +430,11 @@ class ApprovalBook:
             now = _now_ms()
             while self._expiries and self._expiries[0][0] <= now:
                 _, approval_id = heapq.heappop(self._expiries)
+                if approval_id in self._waiters:
+                    # Its call waits here and settles it (a decision that came in time is used
+                    # however late the call gets to it); looked at again later in case it ends.
+                    heapq.heappush(self._expiries, (now + 1000, approval_id))
+                    break
                 try:
                     current = await self._store.get_approval(approval_id)
                     if current is not None and current.state in ("pending", "approved"):

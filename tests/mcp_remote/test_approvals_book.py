@@ -1,0 +1,53 @@
+"""The approval book in process, on the hub's SQLite store: what a decision that lands just
+before the deadline leaves, whichever replica made it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mcp_remote.approvals import ApprovalBook
+from mcp_remote.audit.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_decision_another_replica_made_just_in_time_is_not_expired_by_the_wait(
+    tmp_path: Path,
+) -> None:
+    """The wait timed out before it saw an approval another hub had just decided, expired it
+    ('no decision') and refused the call the approver had been told was approved."""
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    events: list[tuple[str, str]] = []
+    book = ApprovalBook(
+        store, "hub-a", on_event=lambda kind, approval, **_: events.append((kind, approval.state))
+    )
+    try:
+        approval = await book.create(
+            call_id="c1",
+            principal="agent",
+            tool="echo",
+            arguments={"text": "x"},
+            arguments_json='{"text": "x"}',
+            reason="asks",
+            rule="r",
+            approvers=(),
+            timeout_s=0.3,
+        )
+        waiting = asyncio.ensure_future(book.wait(approval))
+        await asyncio.sleep(0.05)
+        # Decided elsewhere: in the shared store, without this replica's waiter being woken.
+        decided = replace(approval, state="approved", decided_by="alice", decided_ms=approval.created_ms + 1)
+        assert await store.swap_approval("pending", decided)
+        outcome = await waiting
+        assert outcome.state == "approved" and outcome.decided_by == "alice"
+        used, why = await book.use(approval.id, "agent", "echo", {"text": "x"}, "c1")
+        assert used is not None, why
+        assert ("expired", "expired") not in events
+    finally:
+        await book.close()
+        await store.close()
