@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -137,7 +138,9 @@ class Sidecar:
             extra={"workspace": str(workspace.root), "environ": self.settings.environ},
         )
         specs = [_Spec(s.name, s.options, BUILTIN_PACKS.get(s.name, s.name)) for s in manifest.packs]
-        self.packs = await start_packs(specs, env, self.registry)
+        # A database's DSN variable leaves this process's environment: the helpers packs start
+        # (files_search's regex worker) run as the agent's uid, and would hold it.
+        self.packs = await start_packs(specs, env, self.registry, os.environ)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     async def start(self) -> SidecarAddresses:

@@ -17,7 +17,7 @@ import grpc
 from mcp_local.errors import ConfigError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
-from mcp_local.packs import PackEnv, ToolPack, secret_variables, start_packs, stop_packs
+from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess
 from mcp_local.redaction import Redactor
@@ -291,22 +291,18 @@ class Hub:
 
     async def _load_packs(self) -> None:
         self.registry.set_source("hub:outputs", [output_read_tool(self.outputs)])
-        # Variables packs read secrets from leave the hub's environment before any pack starts
-        # a process (the shell's spawner, the browser's driver and Chromium inherit it); the
-        # packs read them from a copy kept for them.
-        secrets_env = dict(self.environ)
-        if isinstance(self.environ, MutableMapping):
-            for name in secret_variables(self.config.packs):
-                self.environ.pop(name, None)
         env = PackEnv(
             state_dir=self.config.state_dir,
             outputs=self.outputs,
             redactor=self.redactor,
             listen_addresses=self.listen_addresses,
             add_listen_address=self._add_pack_socket,
-            extra={"environ": secrets_env},
+            extra={"environ": dict(self.environ)},
         )
-        self.packs = await start_packs(self.config.packs, env, self.registry)
+        # Variables packs read secrets from leave the hub's environment before any pack starts
+        # a process (the shell's spawner, the browser's driver and Chromium inherit it).
+        scrub = self.environ if isinstance(self.environ, MutableMapping) else None
+        self.packs = await start_packs(self.config.packs, env, self.registry, scrub)
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     def _bind_bridge(self, address: Address, grpc_dial: str) -> str:

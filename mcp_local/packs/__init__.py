@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -119,6 +119,8 @@ def _import_file(ref: str, path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"pack {ref!r}: no such file {path}")
     name = f"mcphub_pack_{path.stem}_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:  # one module per file: its import side effects run once
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"pack {ref!r}: {path} is not a Python module")
@@ -160,26 +162,22 @@ def _resolve(ref: str) -> Any:
         raise ConfigError(f"pack {ref!r}: module {module_name!r} has no {attr!r}") from exc
 
 
-def secret_variables(specs: Sequence[Any]) -> list[str]:
-    """The environment variables the packs `specs` name read secrets from: a pack's module may
-    define `secret_variables(options) -> list[str]`. Asked before any pack is created, so the
-    caller can take them out of the environment before a pack starts a process (which would
-    inherit them), whatever the packs' order."""
-    found: list[str] = []
-    for spec in specs:
-        target = _resolve(getattr(spec, "ref", None) or spec.name)
-        hook = getattr(sys.modules.get(getattr(target, "__module__", ""), None), "secret_variables", None)
-        if callable(hook):
-            try:
-                found.extend(str(name) for name in hook(dict(spec.options)))
-            except ConfigError as exc:
-                message, prefix = str(exc), f"packs[{spec.name}]"
-                raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
-    return found
+def _secret_variables(spec: Any, target: Any) -> list[str]:
+    """The environment variables the pack `spec` reads secrets from: its module may define
+    `secret_variables(options) -> list[str]`."""
+    hook = getattr(sys.modules.get(getattr(target, "__module__", ""), None), "secret_variables", None)
+    if not callable(hook):
+        return []
+    try:
+        return [str(name) for name in hook(dict(spec.options))]
+    except ConfigError as exc:
+        message, prefix = str(exc), f"packs[{spec.name}]"
+        raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
 
 
-def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv) -> ToolPack:
-    target = _resolve(ref)
+def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv, target: Any = None) -> ToolPack:
+    """`target`: what `ref` names, when already resolved (a pack file is imported once)."""
+    target = _resolve(ref) if target is None else target
     pack = target(dict(options), env) if callable(target) else target
     if not isinstance(pack, ToolPack):
         raise ConfigError(
@@ -188,7 +186,12 @@ def load_pack(ref: str, options: Mapping[str, Any], env: PackEnv) -> ToolPack:
     return pack
 
 
-async def start_packs(specs: Sequence[Any], env: PackEnv, registry: ToolRegistry) -> list[ToolPack]:
+async def start_packs(
+    specs: Sequence[Any],
+    env: PackEnv,
+    registry: ToolRegistry,
+    scrub: MutableMapping[str, str] | None = None,
+) -> list[ToolPack]:
     """Load and start the packs `specs` name, and register their tools.
 
     A spec has `.name` (how errors name it), `.options`, and optionally `.ref` (what to
@@ -196,17 +199,39 @@ async def start_packs(specs: Sequence[Any], env: PackEnv, registry: ToolRegistry
 
     Each pack's tools become the registry source `pack:<name>`, refreshed whenever the pack
     calls `env.tools_changed(pack)`. Errors name the pack they come from.
+
+    The variables packs read secrets from (see `_secret_variables`) leave `scrub` (the process
+    environment) before any pack is created, so no process a pack starts inherits them,
+    whatever the packs' order. Each pack finds in `env.extra["environ"]` (or in `scrub` as it
+    was) the other variables and its own secret ones, not other packs'.
     """
 
     def refresh(pack: ToolPack) -> None:
         registry.set_source(f"pack:{pack.name}", pack.tools())
 
     env = replace(env, tools_changed=refresh)
-    started: list[ToolPack] = []
+    resolved: list[tuple[Any, Any, list[str]]] = []
     for spec in specs:
-        prefix = f"packs[{spec.name}]"
         try:
-            pack = load_pack(getattr(spec, "ref", None) or spec.name, spec.options, env)
+            target = _resolve(getattr(spec, "ref", None) or spec.name)
+        except ConfigError as exc:
+            message, prefix = str(exc), f"packs[{spec.name}]"
+            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+        resolved.append((spec, target, _secret_variables(spec, target)))
+    given = env.extra.get("environ")
+    source = dict(given if isinstance(given, Mapping) else (scrub or {}))
+    secret = {name for _, _, names in resolved for name in names}
+    if scrub is not None:
+        for name in secret:
+            scrub.pop(name, None)
+    shared = {k: v for k, v in source.items() if k not in secret}
+    started: list[ToolPack] = []
+    for spec, target, names in resolved:
+        prefix = f"packs[{spec.name}]"
+        own = {**shared, **{n: source[n] for n in names if n in source}}
+        pack_env = replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
+        try:
+            pack = load_pack(getattr(spec, "ref", None) or spec.name, spec.options, pack_env, target)
             await pack.start()
             started.append(pack)
             registry.set_source(f"pack:{pack.name}", pack.tools())

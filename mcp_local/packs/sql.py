@@ -506,6 +506,19 @@ _ROWS_SCHEMA = {
 }
 
 
+def secret_variables(options: Mapping[str, Any]) -> list[str]:
+    """The variables databases' DSNs come from (`postgres_env`): taken out of the environment
+    before any pack starts a process (see `mcp_local.packs.start_packs`)."""
+    databases = options.get("databases")
+    if not isinstance(databases, Mapping):
+        return []
+    return [
+        spec["postgres_env"]
+        for spec in databases.values()
+        if isinstance(spec, Mapping) and isinstance(spec.get("postgres_env"), str)
+    ]
+
+
 def _databases(opts: PackOptions, env: PackEnv) -> dict[str, Database]:
     raw = opts.raw("databases")
     if not isinstance(raw, Mapping) or not raw:

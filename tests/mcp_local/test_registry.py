@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mcp_local import ConfigError, InvalidArgument, Principal, Tool, ToolCall, ToolRegistry
+from mcp_local import ConfigError, InvalidArgument, Principal, Redactor, Tool, ToolCall, ToolRegistry
+from mcp_local.packs import PackEnv, start_packs
 
 pytestmark = pytest.mark.anyio
 
@@ -85,3 +89,42 @@ async def test_watch_yields_now_and_after_each_change() -> None:
     registry.set_source("a", [])
     await asyncio.wait_for(task, 5)
     assert seen == sorted(seen) and len(set(seen)) == 3
+
+
+async def test_packs_are_imported_once_and_their_secret_variables_leave_the_environment(
+    tmp_path: Path,
+) -> None:
+    """Asking a pack file for its secret variables imported it a second time (its import side
+    effects ran twice); each pack sees its own secret variables and no other pack's."""
+    imports = tmp_path / "imports.log"
+    pack_file = tmp_path / "mine.py"
+    pack_file.write_text(
+        f"""
+from pathlib import Path
+from mcp_local import StaticPack
+with Path({str(imports)!r}).open("a") as log:
+    log.write("imported\\n")
+SEEN = {{}}
+
+def secret_variables(options):
+    return [options["key_env"]]
+
+def create_pack(options, env):
+    SEEN[options["key_env"]] = dict(env.extra["environ"])
+    return StaticPack("mine-" + options["key_env"].lower(), [])
+"""
+    )
+
+    class Spec:
+        def __init__(self, name: str, ref: str, options: dict[str, Any]) -> None:
+            self.name, self.ref, self.options = name, ref, options
+
+    environ = {"PATH": "/bin", "KEY_A": "secret-a", "KEY_B": "secret-b"}
+    specs = [Spec("a", str(pack_file), {"key_env": "KEY_A"}), Spec("b", str(pack_file), {"key_env": "KEY_B"})]
+    env = PackEnv(state_dir=tmp_path, redactor=Redactor())
+    await start_packs(specs, env, ToolRegistry(), environ)
+    assert imports.read_text() == "imported\n"
+    assert environ == {"PATH": "/bin"}
+    seen = sys.modules[next(m for m in sys.modules if m.startswith("mcphub_pack_mine_"))].SEEN
+    assert seen["KEY_A"] == {"PATH": "/bin", "KEY_A": "secret-a"}
+    assert seen["KEY_B"] == {"PATH": "/bin", "KEY_B": "secret-b"}

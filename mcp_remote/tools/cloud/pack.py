@@ -518,7 +518,7 @@ def _gather_settings(options: CloudOptions) -> dict[str, ServiceSettings]:
 def secret_variables(options: Mapping[str, Any]) -> list[str]:
     """The variables this pack's services read their secrets from (see `mcp_local.packs`): the
     hub takes them out of its environment before any pack starts a process, and hands them to
-    this pack alone (`env.extra["environ"]`). None with `keep_secret_env`."""
+    this pack alone (in `env.extra["environ"]`). None with `keep_secret_env`."""
     parsed = parse_options(options)
     if parsed.keep_secret_env:
         return []

@@ -686,8 +686,12 @@ def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_ord
         "auth": {"type": "bearer", "secret": {"env": "CLOUD_ORDER_KEY"}},
         "allow_private_network": ["127.0.0.1/32"],
     }
-    config = {"packs": ["shell", "browser", {"name": "cloud", "options": {"services": {"svc": service}}}]}
-    hub = start_hub(tmp_path, config=config, env={"CLOUD_ORDER_KEY": key}, http=False)
+    dsn = f"postgresql://app:{key}-db@127.0.0.1:1/app"
+    sql = {"name": "sql", "options": {"databases": {"main": {"postgres_env": "DB_ORDER_DSN"}}}}
+    config = {
+        "packs": ["shell", "browser", {"name": "cloud", "options": {"services": {"svc": service}}}, sql]
+    }
+    hub = start_hub(tmp_path, config=config, env={"CLOUD_ORDER_KEY": key, "DB_ORDER_DSN": dsn}, http=False)
     try:
         children = subprocess.run(
             ["pgrep", "-P", str(hub.process.pid)], capture_output=True, text=True, timeout=10
@@ -698,6 +702,7 @@ def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_ord
         for child in children:
             environ = Path(f"/proc/{child}/environ").read_bytes()
             assert b"CLOUD_ORDER_KEY" not in environ and key.encode() not in environ, commands[child]
+            assert b"DB_ORDER_DSN" not in environ, commands[child]
         # The pack still has the key: the service is on.
         assert "1 services on (svc)" in hub.log(), hub.log()[-2000:]
     finally:
