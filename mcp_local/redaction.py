@@ -118,7 +118,13 @@ class Redactor:
 
     def add_dsn(self, dsn: str) -> None:
         """Register a database connection string and the password it holds (when long enough)."""
-        for secret in (dsn, dsn_password(dsn)):
+        password = dsn_password(dsn)
+        decoded = None
+        if password and "%" in password:
+            import urllib.parse
+
+            decoded = urllib.parse.unquote(password)  # as it is typed, and as the server sees it
+        for secret in (dsn, password, decoded):
             if secret and len(secret) >= _MIN_SECRET_LENGTH:
                 self.add(secret)
 

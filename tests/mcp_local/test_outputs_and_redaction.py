@@ -241,3 +241,12 @@ def test_many_small_outputs_are_bounded_by_the_store_size() -> None:
         with contextlib.suppress(ToolError):
             kept.append(store.get("p", output_id).output_id)
     assert kept == ids[-10:]
+
+
+def test_a_dsn_password_is_redacted_as_typed_and_as_percent_encoded() -> None:
+    redactor = Redactor()
+    redactor.add_dsn("postgresql://app:AuPw%40Secret_77x@127.0.0.1:5432/audit")
+    assert (
+        redactor.text("decoded AuPw@Secret_77x encoded AuPw%40Secret_77x")
+        == "decoded [REDACTED] encoded [REDACTED]"
+    )

@@ -125,7 +125,8 @@ class BrowserSession:
         self._saving: set[asyncio.Task[None]] = set()
         """Downloads being saved: their outcome is an event of the action that started them."""
         self._collect_until = math.inf
-        """Requests starting later than this (loop time) are not the watched action's."""
+        """Requests and downloads starting later than this (loop time) are not the watched action's."""
+        self._watched_saves: set[asyncio.Task[None]] = set()
         self._watching: set[Request] | None = None
         """Requests started since `watch()`, until they end; None when no action is watched."""
         self._stirred = asyncio.Event()
@@ -346,6 +347,7 @@ class BrowserSession:
     def watch(self) -> None:
         """Start noting what the action about to run causes (see `caused`)."""
         self._watching = set()
+        self._watched_saves = set()
         self._collect_until = math.inf
         self._stirred.clear()
 
@@ -362,11 +364,11 @@ class BrowserSession:
         try:
             while (left := deadline - loop.time()) > 0:
                 self._stirred.clear()
-                busy = bool(self._watching or self._saving)
+                busy = bool(self._watching or self._saving & self._watched_saves)
                 stir = asyncio.ensure_future(self._stirred.wait())
                 try:
                     done, _ = await asyncio.wait(
-                        {stir, *self._saving},
+                        {stir, *(self._saving & self._watched_saves)},
                         timeout=left if busy else min(left, STIR_S),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
@@ -386,6 +388,10 @@ class BrowserSession:
         saving = self._spawn(self._save_download(download))
         self._saving.add(saving)
         saving.add_done_callback(self._saving.discard)
+        if self._watching is not None and asyncio.get_running_loop().time() <= self._collect_until:
+            # The watched action's own: its end is awaited. An older download still running
+            # (one that never finishes) holds no later action.
+            self._watched_saves.add(saving)
 
     async def _save_download(self, download: Download) -> None:
         workspace = workspace_dir(self.owner.workspace_root, self.principal)

@@ -189,6 +189,23 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(query.get("n", "5"))
             script = f"for (let i = 0; i < {n}; i++) window.open('/echo?n=popup-' + i);"
             self._send(_page("Popups", f"<p>popups page</p><script>{script}</script>"))
+        elif path == "/trickle-page":
+            button = "<button onclick=\"this.textContent='Clicked'\">Press</button>"
+            body = f"<a href='/trickle'>Get the big file</a>{button}"
+            self._send(_page("Trickle", body))
+        elif path == "/trickle":  # a download that takes minutes: 10 bytes every 0.1 s of 10 MB
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Disposition", 'attachment; filename="big.bin"')
+            self.send_header("Content-Length", str(10_000_000))
+            self.end_headers()
+            try:
+                for _ in range(600):
+                    self.wfile.write(b"0123456789")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the browser gave up on it
         elif path == "/polling":
             script = "setInterval(() => fetch('/echo?n=poll'), 50);"
             body = "<p>polling page</p><button onclick=\"this.textContent='Clicked'\">Press</button>"

@@ -456,6 +456,18 @@ async def test_a_page_that_polls_does_not_hold_every_action_to_its_budget(
     await call(agent, "browser_close", session="polls")
 
 
+async def test_a_download_that_never_ends_holds_only_its_own_action(agent: ToolClient, site: Site) -> None:
+    """Every download still being saved counted as the current action's: one that trickled on
+    held every later click, type and key press to the whole 3 s budget."""
+    page = await call(agent, "browser_navigate", url=site.url("/trickle-page"), session="trickle")
+    await call(agent, "browser_click", target=ref(page.text, "link", "Get the big file"), session="trickle")
+    started = time.monotonic()
+    clicked = await call(agent, "browser_click", target=ref(page.text, "button", "Press"), session="trickle")
+    assert 'button "Clicked"' in clicked.text, clicked.text
+    assert time.monotonic() - started < 2.5  # the budget is 3 s; a quiet page's click takes ~0.4 s
+    await call(agent, "browser_close", session="trickle")
+
+
 async def test_the_page_a_result_names_is_a_tab_that_is_open(agent: ToolClient, site: Site) -> None:
     # More popups than the session may hold: those over the limit are closed, never made current.
     page = await call(agent, "browser_navigate", url=site.url("/popups?n=20"), session="many")
