@@ -46,6 +46,12 @@ def _fail(message: str, code: int) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mcp_local.undumpable import make_undumpable
+
+    # The hub takes its secrets' variables out of its environment once read, but the kernel's copy
+    # (`/proc/PID/environ`) keeps them, as its memory keeps every secret: a process of the hub's
+    # uid (an unjailed command, Chromium) must not read them (see mcp_local/undumpable.py).
+    make_undumpable()
     from mcp_local.errors import ConfigError
 
     from .config import PackConfig, load_config

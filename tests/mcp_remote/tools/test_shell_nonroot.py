@@ -10,6 +10,7 @@ from __future__ import annotations
 import pwd
 import secrets
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,13 @@ async def test_a_fork_bomb_is_contained(agent_a: ShellClient, jail_hub: RunningH
 )
 def test_which_kernels_count_processes_per_user_namespace(release: str, expected: bool) -> None:
     assert counts_processes_per_user_namespace(release) is expected
+
+
+def test_no_process_of_the_hubs_user_reads_its_environment(jail_hub: RunningHub) -> None:
+    """The variables the hub read secrets from leave its environment, but the kernel's copy in
+    /proc/PID/environ kept them, readable by every process of the hub's uid."""
+    pid = jail_hub.process.pid
+    out = subprocess.run(
+        ["runuser", "-u", USER, "--", "cat", f"/proc/{pid}/environ"], capture_output=True, timeout=20
+    )
+    assert out.returncode != 0 and b"Permission denied" in out.stderr, out
