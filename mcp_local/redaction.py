@@ -43,7 +43,9 @@ _NAME = (
     r"[\w.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key"
     r"|(?<![a-z])pass|(?<![a-z])pwd)"
 )
-_VALUE = r"(?:\"(?:\\.|[^\"\\])*\"|'[^']*'|(?:\\.|[^\s\"',;&|)}\\])+)"
+_VALUE = (  # a shell word: quoted and unquoted pieces side by side ('a'"b"c, $'..')
+    r"(?:\"(?:\\.|[^\"\\])*\"|\$?'(?:\\.|[^'\\])*'|(?:\\.|[^\s\"',;&|)}\\])+)+"
+)
 _FORMS: tuple[tuple[str, str], ...] = (
     # PGPASSWORD=x, --password=x, db.password=x (nothing between the = and the value)
     (rf"(?<![\w-])(?!--no-){_NAME}=", _VALUE),
@@ -57,6 +59,11 @@ _FORMS: tuple[tuple[str, str], ...] = (
     (r"\bauthorization\s*:\s*[a-z]+\s+", _VALUE),
     # scheme://user:x@host
     (r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?=[^\s/@'\"]+@)", r"[^\s/@'\"]+"),
+    # curl -H 'X-Api-Key: x' (a header named for a secret; Authorization has its own form)
+    (
+        r"(?<![\w-])(?:-H|--header)\s+['\"]?(?!authorization)[\w-]*(?:key|token|secret|password)[\w-]*\s*:\s*",
+        _VALUE,
+    ),
     # curl -u user:x, --user user:x
     (r"(?<![\w-])(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
     # mysql -px (attached), sshpass -p x, docker login -p x
@@ -87,7 +94,7 @@ def _keep_name(match: re.Match[str]) -> str:
         if value is None or not name.startswith("v"):
             continue
         keep = match.group("k" + name[1:])
-        if REDACTED in value:
+        if value.strip("'\"") == REDACTED:
             return match.group(0)
         if value[0] in "\"'" and len(value) > 1 and value[-1] == value[0]:
             return f"{keep}{value[0]}{REDACTED}{value[0]}"

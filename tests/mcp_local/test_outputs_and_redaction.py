@@ -107,6 +107,10 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
         ("sshpass -p S3cret7 ssh h", "sshpass -p [REDACTED] ssh h"),
         ("docker login -u me -p S3cret8 reg", "docker login -u me -p [REDACTED] reg"),
         ("curl -H 'Authorization: Token S3cret9'", "curl -H 'Authorization: Token [REDACTED]'"),
+        ("TOKEN='Hunter2Secret' ./run", "TOKEN='[REDACTED]' ./run"),
+        ("PGPASSWORD='Hunt'\"Secret\" psql", "PGPASSWORD=[REDACTED] psql"),
+        ('curl -H "X-Api-Key: Hunter2Secret" u', 'curl -H "X-Api-Key: [REDACTED]" u'),
+        ("curl -H 'Authorization: Bearer abc123456789' u", "curl -H 'Authorization: Bearer [REDACTED]' u"),
         # Names alone, paths, words that only contain a name, and prose stay.
         ("cat --token-file=/run/secrets/t", "cat --token-file=/run/secrets/t"),
         ("git push --force; x --token --other", "git push --force; x --token --other"),
