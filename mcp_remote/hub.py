@@ -351,6 +351,6 @@ class Hub:
         await self.approvals.close()
         with contextlib.suppress(Exception):
             self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
-        await self.audit.stop()
+        await self.audit.stop(grace)
         with contextlib.suppress(OSError):
             remove_hub_file(self.config.state_dir)

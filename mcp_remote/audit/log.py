@@ -54,6 +54,10 @@ __all__ = ["AuditLog"]
 logger = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 0.5
+RETRY_DELAY_MAX_S = 5.0
+"""A store that keeps failing is tried again after RETRY_DELAY_S, doubling up to this."""
+HUNG_WRITE_S = 10.0
+"""The least a hub told to stop waits for a write that neither succeeds nor fails."""
 PROBE_EVERY = 64
 """While committing inline, every PROBE_EVERY-th commit goes to the writer to see whether
 other commits would join its batch."""
@@ -157,6 +161,7 @@ class AuditLog:
         self._off_loop = bool(getattr(store, "sync", False))
         self._append_now = None if self._off_loop else getattr(store, "append_now", None)
         self._writing = False
+        self._write_started = 0.0
         self.active = 0
         """Calls inside the audit trail (kept by `AuditTrail`): while others run, commit together."""
         self._deferred = 0
@@ -166,6 +171,8 @@ class AuditLog:
         self._journaled = cast(_Journaled, store) if hasattr(store, "fold") else None
         self._fold_due = False
         self._fold_timer: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_DELAY_S
+        self._failures = 0
 
     async def start(self) -> None:
         await self.store.open()
@@ -337,24 +344,39 @@ class AuditLog:
         batch, self._batch = self._batch, self._loop.create_future()
         assert batch is not None
         self._writing = True
+        self._write_started = self._loop.time()
         if self._deferred:
             self._per_batch = (self._per_batch + self._deferred) / 2
             self._deferred = 0
         try:
             self._head = await self.store.append(self._records(queued))
         except (
-            Exception
+            BaseException
         ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
-            self.healthy = False
-            logger.error("audit store write failed, refusing calls until it recovers: %s", exc)
             self._pending[:0] = queued
             batch.set_exception(Unavailable("the audit log cannot be written; the call was refused"))
             batch.add_done_callback(lambda f: f.exception())
-            await asyncio.sleep(RETRY_DELAY_S)
+            if not isinstance(exc, Exception):  # cancelled by `stop`: the records stay queued, to be counted
+                raise
+            self.healthy = False
+            self._failures += 1
+            logger.error(
+                "audit store write failed, refusing calls until it recovers (trying again in %.1f s): %s",
+                self._retry_delay,
+                exc,
+            )
+            await asyncio.sleep(self._retry_delay)
+            self._retry_delay = min(self._retry_delay * 2, RETRY_DELAY_MAX_S)
             self._wake.set()
             return
         finally:
             self._writing = False
+        if self._failures:
+            logger.warning(
+                "audit store written again after %d failed attempts; calls are taken", self._failures
+            )
+            self._failures = 0
+        self._retry_delay = RETRY_DELAY_S
         self.healthy = True
         batch.set_result(None)
         self._schedule_fold()
@@ -443,17 +465,39 @@ class AuditLog:
         if self._pending and self._batch is not None and not self._commit_now():
             await asyncio.shield(self._batch)
 
-    async def stop(self) -> None:
-        """Write what is queued, sign a last checkpoint and close the store."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Write what is queued, sign a last checkpoint and close the store. A store that cannot be
+        written gets `grace` seconds to come back (a write that hangs, at least HUNG_WRITE_S);
+        what is still queued then is reported as not written, and the hub stops all the same."""
         if self._task is None:
             return
         self._closing = True
         self._wake.set()
-        with contextlib.suppress(Exception):
-            await self._task
+        task, loop = self._task, self._loop
+        deadline = loop.time() + grace
+        while not task.done():
+            await asyncio.wait({task}, timeout=max(0.1, deadline - loop.time()))
+            if task.done() or loop.time() < deadline:
+                continue
+            hung = self._writing and loop.time() - self._write_started > max(grace, HUNG_WRITE_S)
+            if not self.healthy or hung:
+                task.cancel()
+                await asyncio.wait({task})
+        with contextlib.suppress(BaseException):
+            task.result()
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
-        await self._maybe_checkpoint(force=True)
-        await self.store.close()
+        if self._pending:
+            # Not claimed written: a batch cut off in its commit may be in the log, or not.
+            logger.error(
+                "the audit store could not be written before the hub stopped: %d audit records are "
+                "not in the log (or not confirmed in it)",
+                len(self._pending),
+            )
+            self._pending.clear()
+        if self.healthy:
+            await self._maybe_checkpoint(force=True)
+        with contextlib.suppress(Exception):
+            await self.store.close()
         self._task = None

@@ -4,17 +4,25 @@ Each batch of records is one transaction that locks the chain head row, so hubs 
 turns extending the one hash chain. Commits are durable (PostgreSQL's default
 `synchronous_commit`). Approvals live here too, so any hub can decide or use them; each change
 to one is announced (NOTIFY, in the statement that makes it) to every hub watching approvals.
+
+A lost connection (the server restarted, a proxy cut it) is dropped and made again by the next
+use: the writer's next batch, the next approval read. A batch whose commit was under way when
+its connection was lost may or may not be in the log; before the next batch, the rows it would
+have taken are read back, so a record is appended once whichever way that commit went. A write
+to an approval whose outcome is unknown is not repeated: the caller gets UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
 
+from mcp_local.errors import Unavailable
 from mcp_local.redaction import without_dsn
 
 from ..approvals import Approval, ApprovalState
@@ -82,12 +90,22 @@ class _ApprovalNotices:
         await self._conn.close()
 
 
+def _why(exc: BaseException, dsn: str) -> str:
+    """psycopg's message on one line, without the DSN (it may quote it, password included)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return without_dsn("; ".join(lines) or type(exc).__name__, dsn)
+
+
 class PostgresStore:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._writer: Any = None
         self._reader: Any = None
         self._lock = asyncio.Lock()
+        self._unsure: tuple[int, list[PendingRecord]] | None = None
+        """The last batch sent, after the head it read (seq), until its commit is known to be done."""
+        self._written: list[PendingRecord] = []
+        """Records found in the log after a lost commit, that the writer, not knowing, sends again."""
 
     @property
     def checkpoint_file_name(self) -> str:
@@ -110,8 +128,8 @@ class PostgresStore:
         import psycopg
 
         try:
-            self._writer = await psycopg.AsyncConnection.connect(self._dsn)
-            self._reader = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            self._writer = await self._connect(autocommit=False)
+            self._reader = await self._connect(autocommit=True)
             async with self._writer.transaction():
                 await self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 await self._writer.execute(SCHEMA)
@@ -120,12 +138,26 @@ class PostgresStore:
                 )
         except psycopg.Error as exc:
             await self.close()
-            # psycopg's message may quote the DSN, password included (a DSN it cannot parse).
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            why = without_dsn("; ".join(lines) or type(exc).__name__, self._dsn)
             raise AuditStoreUnreachable(
-                f"the PostgreSQL audit store ({self._where()}) cannot be used: {why}"
+                f"the PostgreSQL audit store ({self._where()}) cannot be used: {_why(exc, self._dsn)}"
             ) from None
+
+    async def _connect(self, *, autocommit: bool) -> Any:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        # Without a connect timeout, a server that stopped answering (not refusing) would hold
+        # the writer, and a hub told to stop, for as long as TCP gives up: minutes.
+        extra: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # an unparsable DSN fails in connect, with its message
+            if "connect_timeout" not in conninfo_to_dict(self._dsn):
+                extra["connect_timeout"] = 10
+        return await psycopg.AsyncConnection.connect(self._dsn, autocommit=autocommit, **extra)
+
+    def _lost(self, exc: BaseException) -> Unavailable:
+        return Unavailable(
+            f"the PostgreSQL store ({self._where()}) cannot be reached: {_why(exc, self._dsn)}"
+        )
 
     def _where(self) -> str:
         """Host, port and database of the DSN, for messages; never its password."""
@@ -147,10 +179,31 @@ class PostgresStore:
                 await conn.close()
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
-        conn = self._writer
+        import psycopg
+
+        try:
+            if self._writer is None or self._writer.closed:
+                self._writer = await self._connect(autocommit=False)
+            head = await self._append(self._writer, pending)
+        except psycopg.OperationalError as exc:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
+            raise self._lost(exc) from exc
+        self._unsure, self._written = None, []
+        return head
+
+    async def _append(self, conn: Any, pending: Sequence[PendingRecord]) -> ChainHead:
         async with conn.transaction():
             cursor = await conn.execute("SELECT seq, hash FROM mcphub_chain_head WHERE id = 1 FOR UPDATE")
             seq, hash_ = await cursor.fetchone()
+            if self._unsure is not None:
+                await self._settle(conn, *self._unsure)
+            written = len(self._written)
+            if list(pending[:written]) != self._written:  # pragma: no cover - the writer resends in order
+                raise RuntimeError("the audit writer did not send again the batch whose commit was lost")
+            pending = pending[written:]
+            self._unsure = (seq, list(pending))
             records = chain(ChainHead(seq, hash_), pending)
             async with conn.cursor() as cur:
                 await cur.executemany(
@@ -166,15 +219,58 @@ class PostgresStore:
             )
         return head
 
+    async def _settle(self, conn: Any, after: int, sent: list[PendingRecord]) -> None:
+        """Was the batch whose commit was lost committed? Its rows would follow record `after`,
+        as sent: no other batch holds the same call ids, times and bodies."""
+        cursor = await conn.execute(
+            "SELECT ts_ms, call_id, kind, principal, tool, body FROM mcphub_records "
+            "WHERE seq > %s AND seq <= %s ORDER BY seq",
+            (after, after + len(sent)),
+        )
+        rows = [PendingRecord(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in await cursor.fetchall()]
+        if sent and rows == sent:
+            self._written += sent
+        self._unsure = None
+
+    async def _reading(self) -> Any:
+        if self._reader is None or self._reader.closed:
+            self._reader = await self._connect(autocommit=True)
+        return self._reader
+
+    async def _drop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read; a read cut off by a lost connection is tried once more on a new one."""
+        import psycopg
+
         async with self._lock:
-            cursor = await self._reader.execute(sql, params)
-            rows: list[Any] = await cursor.fetchall()
-            return rows
+            for attempt in (1, 2):
+                try:
+                    cursor = await (await self._reading()).execute(sql, params)
+                    rows: list[Any] = await cursor.fetchall()
+                    return rows
+                except psycopg.OperationalError as exc:
+                    await self._drop_reader()
+                    if attempt == 2:
+                        raise self._lost(exc) from exc
+            raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exec(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """A write, sent once: one whose connection was lost may have been done, so its caller is
+        told the store is unavailable. The connection is tried first (a round trip, at the pace
+        of approvals), so one the server dropped while idle (a restart) is made again instead."""
+        import psycopg
+
+        await self._fetch("SELECT 1")
         async with self._lock:
-            cursor = await self._reader.execute(sql, params)
+            try:
+                cursor = await (await self._reading()).execute(sql, params)
+            except psycopg.OperationalError as exc:
+                await self._drop_reader()
+                raise self._lost(exc) from exc
             count: int = cursor.rowcount
             return count
 
@@ -246,10 +342,12 @@ class PostgresStore:
         return count == 1
 
     async def listen_approvals(self) -> _ApprovalNotices:
-        import psycopg
-
-        conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        await conn.execute(f"LISTEN {_APPROVALS_CHANNEL}")
+        conn = await self._connect(autocommit=True)
+        try:
+            await conn.execute(f"LISTEN {_APPROVALS_CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
         return _ApprovalNotices(conn, self)
 
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:

@@ -57,6 +57,48 @@ class Postgres:
         )
         return self.dsn(name)
 
+    def pg_ctl(self, *args: str) -> None:
+        """`pg_ctl -D data -m fast -w <args>`: `restart`, `stop`, `start`, as an operator would."""
+        log = self.data.parent / "server.log"
+        subprocess.run(
+            _as_postgres(
+                str(_bindir() / "pg_ctl"),
+                *("-D", str(self.data), "-l", str(log), "-m", "fast", "-w", "-t", "60"),
+                *(
+                    "-o",
+                    f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+                    f"-c unix_socket_directories={self.data}",
+                ),
+                *args,
+            ),
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
+
+    def terminate(self, query_like: str) -> int:
+        """Cut off the sessions whose current query is like `query_like`; how many were."""
+        out = subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-At",
+                "-c",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE query LIKE '{query_like}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return int(out.stdout.strip())
+
 
 def _as_postgres(*argv: str) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
