@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 ApprovalState = Literal["pending", "approved", "denied", "expired", "used"]
 POLL_INTERVAL_S = 0.5
+LISTEN_RETRY_S = 0.5
+LISTEN_RETRY_MAX_S = 10.0
+"""A lost listening connection is made again after LISTEN_RETRY_S, doubling up to this."""
+_ALL_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
 
 
 def _canonical(arguments: Mapping[str, Any]) -> bytes:
@@ -393,23 +397,68 @@ class ApprovalBook:
                 queue.put_nowait(approval)
 
     async def _listen(self, store: SharedApprovalStore, ready: asyncio.Future[None]) -> None:
+        """Every hub's changes, to this hub's watchers. A lost connection (the server restarted, the
+        session was cut off) is made again, after a delay doubling up to LISTEN_RETRY_MAX_S; the
+        changes announced meanwhile were missed, so they are read from the store and delivered."""
         try:
             changes = await store.listen_approvals()
         except Exception as exc:
             ready.set_exception(exc)
             return
         ready.set_result(None)
-        try:
-            async for approval in changes:
-                # A change that keeps the state (the caller gave up waiting) is no news to a watcher.
-                if self._published.get(approval.id) == approval.state:
+        delay = LISTEN_RETRY_S
+        while True:
+            lost_ms = _now_ms()
+            try:
+                try:
+                    async for approval in changes:
+                        delay = LISTEN_RETRY_S
+                        self._deliver_change(approval)
+                finally:
+                    await changes.aclose()
+                why = "the connection ended"
+            except Exception as exc:  # any failure of the connection: the watchers must not go silent
+                why = str(exc) or type(exc).__name__
+            logger.warning("approval watch: lost the store's notices (%s); listening again", why)
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX_S)
+                try:
+                    changes = await store.listen_approvals()
+                    missed = await self._missed_since(lost_ms)
+                except Exception as exc:
+                    logger.warning(
+                        "approval watch: cannot listen to the store (%s); trying again in %.1f s", exc, delay
+                    )
+                    with contextlib.suppress(Exception):
+                        await changes.aclose()
                     continue
-                self._published[approval.id] = approval.state
-                while len(self._published) > 4096:
-                    del self._published[next(iter(self._published))]
-                self._deliver(approval)
-        finally:
-            await changes.aclose()
+                break
+            logger.info("approval watch: listening again; %d changes caught up", len(missed))
+            for approval in missed:
+                self._deliver_change(approval)
+
+    def _deliver_change(self, approval: Approval) -> None:
+        # A change that keeps the state (the caller gave up waiting) is no news to a watcher.
+        if self._published.get(approval.id) == approval.state:
+            return
+        self._published[approval.id] = approval.state
+        while len(self._published) > 4096:
+            del self._published[next(iter(self._published))]
+        self._deliver(approval)
+
+    async def _missed_since(self, lost_ms: int) -> list[Approval]:
+        """The approvals that may have changed while notices were not heard: those created,
+        decided or used since (with a second of slack for clocks), and those last delivered
+        pending or approved, which may have been decided, used or expired since."""
+        since = lost_ms - 1000
+        open_ids = {i for i, state in self._published.items() if state in ("pending", "approved")}
+        missed = [
+            replace(a, args_key="")
+            for a in await self._store.list_approvals(_ALL_STATES)
+            if a.id in open_ids or max(a.created_ms, a.decided_ms, a.used_ms) >= since
+        ]
+        return [a for a in missed if self._published.get(a.id) != a.state]
 
     def _schedule(self, approval: Approval) -> None:
         """Expire this instance's approval when its time passes (`_sweep`)."""

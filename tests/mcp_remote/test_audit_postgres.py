@@ -1,6 +1,6 @@
 """The PostgreSQL store when its connections are lost: a restarted server is connected to again
-and calls recover, a commit whose answer was lost is neither lost nor appended twice, and a hub told
-to stop while the database is down stops."""
+and calls recover, a commit whose answer was lost is neither lost nor appended twice, a hub told
+to stop while the database is down stops, and approval watchers keep getting every change."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
-from mcp_remote.approvals import ApprovalBook
+from mcp_remote import approvals as approvals_module
+from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.postgres import PostgresStore
@@ -180,3 +181,54 @@ async def test_a_log_told_to_stop_while_the_database_is_down_stops_and_says_what
         assert "2 audit records are not in the log" in caplog.text
     finally:
         await asyncio.to_thread(pg.pg_ctl, "start")
+
+
+async def test_an_approval_watch_outlives_its_lost_connection_and_misses_no_change(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        approvals_module, "LISTEN_RETRY_S", 0.05, raising=False
+    )  # absent before it reconnected
+    dsn = pg.create_database("watched")
+    watching, deciding = PostgresStore(dsn), PostgresStore(dsn)
+    await watching.open()
+    await deciding.open()
+    here, there = ApprovalBook(watching, "replica-a"), ApprovalBook(deciding, "replica-b")
+
+    async def create(name: str) -> Approval:
+        return await there.create(
+            call_id=name,
+            principal="agent",
+            tool="delete_thing",
+            arguments={"name": name},
+            arguments_json="{}",
+            reason="risky",
+            rule="r",
+            approvers=(),
+            timeout_s=60,
+        )
+
+    async def until_seen(queue: asyncio.Queue[Approval], *expected: tuple[str, str]) -> None:
+        missing = set(expected)
+        async with asyncio.timeout(20):
+            while missing:
+                seen = await queue.get()
+                missing.discard((seen.id, seen.state))
+
+    queue = await here.watch()
+    try:
+        first = await create("first")
+        await until_seen(queue, (first.id, "pending"))
+        assert await asyncio.to_thread(pg.terminate, "LISTEN%") == 1
+        # Changed while nobody listens, or just after: the watcher sees both.
+        second = await create("second")
+        await there.expire(first.id, "test")
+        await until_seen(queue, (second.id, "pending"), (first.id, "expired"))
+        third = await create("third")
+        await until_seen(queue, (third.id, "pending"))
+    finally:
+        here.unwatch(queue)
+        await here.close()
+        await there.close()
+        await watching.close()
+        await deciding.close()
