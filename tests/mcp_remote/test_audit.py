@@ -644,3 +644,33 @@ def test_no_process_the_hub_starts_inherits_the_audit_dsn(tmp_path: Path) -> Non
                 assert b"AUDIT_DSN=" not in Path(f"/proc/{child}/environ").read_bytes(), commands[child]
         finally:
             assert hub.stop() == 0
+
+
+async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_while_it_is_down(
+    tmp_path: Path,
+) -> None:
+    """A restart of the database left the hub refusing every call for good, and deaf to SIGTERM."""
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_restart")}
+        hub = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        client = HubClient(hub.grpc)
+        try:
+            assert not (await call_echo(client, "before")).is_error
+            await asyncio.to_thread(pg.pg_ctl, "restart")
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        if not (await call_echo(client, "after")).is_error:
+                            break
+                    await asyncio.sleep(0.1)
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call_echo(client, "while down")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await client.close()
+            code = await asyncio.to_thread(hub.stop, 20.0)  # the 5 s grace and the writer's last wait
+        assert code == 0
+        assert "audit records are not in the log" in hub.log_path.read_text()
