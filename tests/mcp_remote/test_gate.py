@@ -302,7 +302,7 @@ async def test_a_refused_attempt_to_decide_is_recorded(gated_hub: RunningHub, hu
     call = start_call(hub_client, TOKENS["selfish"], "plain_thing", {"name": "prod-refusals"})
     approval_id = await call.approval_id()
     call_id = next(a.call_id for a in await listing(gated_hub.grpc, TOKENS["alice"]) if a.id == approval_id)
-    for who in ("selfish", "alice", "agent-b"):
+    for who in ("selfish", "alice", "agent-b", "agent-b", "agent-b"):  # a repeat is recorded once
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await decide(gated_hub.grpc, TOKENS[who], approval_id, True)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
