@@ -446,6 +446,9 @@ class ApprovalBook:
                 self._deliver_change(approval)
 
     def _deliver_change(self, approval: Approval) -> None:
+        waiter = self._waiters.get(approval.id)
+        if waiter is not None and not waiter.done() and approval.state in ("approved", "denied", "expired"):
+            waiter.set_result(approval)  # a decision on another replica wakes its call at once
         # A change that keeps the state (the caller gave up waiting) is no news to a watcher.
         if self._published.get(approval.id) == approval.state:
             return
@@ -522,8 +525,18 @@ class ApprovalBook:
             for approval_id, waiter in list(self._waiters.items()):
                 if waiter.done():
                     continue
-                current = await self._store.get_approval(approval_id)
-                if current is not None and current.state in ("approved", "denied", "expired"):
+                try:
+                    current = await self._store.get_approval(approval_id)
+                except Exception as exc:  # the store is down: the calls wait on; try again next tick
+                    logger.warning(
+                        "cannot read approval %s from the store, trying again: %s", approval_id, exc
+                    )
+                    break
+                if (
+                    current is not None
+                    and current.state in ("approved", "denied", "expired")
+                    and not waiter.done()
+                ):
                     waiter.set_result(current)
 
     async def close(self) -> None:

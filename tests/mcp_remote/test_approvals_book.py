@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mcp_local.errors import Unavailable
 from mcp_remote.approvals import ApprovalBook
 from mcp_remote.audit.sqlite import SQLiteStore
 
@@ -51,3 +53,51 @@ async def test_a_decision_another_replica_made_just_in_time_is_not_expired_by_th
     finally:
         await book.close()
         await store.close()
+
+
+class _DownFor:
+    """The SQLite store, whose approvals cannot be read while `down` (a database restart)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def get_approval(self, approval_id: str) -> Any:
+        if self.down:
+            raise Unavailable("the store cannot be reached")
+        return await self._store.get_approval(approval_id)
+
+
+async def test_a_waiting_call_sees_a_decision_made_elsewhere_after_the_store_was_down(tmp_path: Path) -> None:
+    """The poll that brings other replicas' decisions to waiting calls ended, silently, at the
+    first read that failed: after a database restart a call waited out its whole timeout."""
+    sqlite = SQLiteStore(tmp_path / "audit.db")
+    await sqlite.open()
+    store = _DownFor(sqlite)
+    book = ApprovalBook(store, "hub-a")  # type: ignore[arg-type]
+    try:
+        approval = await book.create(
+            call_id="c1",
+            principal="agent",
+            tool="echo",
+            arguments={"text": "x"},
+            arguments_json='{"text": "x"}',
+            reason="asks",
+            rule="r",
+            approvers=(),
+            timeout_s=20,
+        )
+        waiting = asyncio.ensure_future(book.wait(approval))
+        store.down = True
+        await asyncio.sleep(1.2)  # two polls fail
+        store.down = False
+        decided = replace(approval, state="approved", decided_by="alice", decided_ms=approval.created_ms + 1)
+        assert await sqlite.swap_approval("pending", decided)
+        outcome = await asyncio.wait_for(waiting, 5)  # not the 20 s timeout
+        assert outcome.state == "approved"
+    finally:
+        await book.close()
+        await sqlite.close()
