@@ -77,7 +77,7 @@ async def test_a_waiting_call_sees_a_decision_made_elsewhere_after_the_store_was
     sqlite = SQLiteStore(tmp_path / "audit.db")
     await sqlite.open()
     store = _DownFor(sqlite)
-    book = ApprovalBook(store, "hub-a")  # type: ignore[arg-type]
+    book = ApprovalBook(store, "hub-a")
     try:
         approval = await book.create(
             call_id="c1",
