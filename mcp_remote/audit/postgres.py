@@ -181,15 +181,23 @@ class PostgresStore:
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
         import psycopg
 
-        try:
-            if self._writer is None or self._writer.closed:
-                self._writer = await self._connect(autocommit=False)
-            head = await self._append(self._writer, pending)
-        except psycopg.OperationalError as exc:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                await writer.close()
-            raise self._lost(exc) from exc
+        while True:
+            fresh = self._writer is None or self._writer.closed
+            sent = self._unsure
+            try:
+                if fresh:
+                    self._writer = await self._connect(autocommit=False)
+                head = await self._append(self._writer, pending)
+                break
+            except psycopg.OperationalError as exc:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await writer.close()
+                if fresh or self._unsure is not sent:
+                    raise self._lost(exc) from exc
+                # Lost before this batch was sent: an idle connection the server dropped (a
+                # restart, idle_session_timeout), found dead only by using it. Once more on a new
+                # one, before any call is refused.
         self._unsure, self._written = None, []
         return head
 
