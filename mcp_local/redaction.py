@@ -41,7 +41,7 @@ _MIN_SECRET_LENGTH = 6
 # of characters up to a space or shell punctuation (a backslash escapes one).
 _NAME = (
     r"[\w.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key"
-    r"|(?<![a-z])pass|(?<![a-z])pwd)"
+    r"|(?<![a-z-])pass|_pwd)"
 )
 _VALUE = (  # a shell word: quoted and unquoted pieces side by side ('a'"b"c, $'..')
     r"(?:\"(?:\\.|[^\"\\])*\"|\$?'(?:\\.|[^'\\])*'|(?:\\.|[^\s\"',;&|)}\\])+)+"
@@ -54,20 +54,22 @@ _FORMS: tuple[tuple[str, str], ...] = (
     # "token": "x", 'password':'x' (a quoted name, as in JSON)
     (rf"[\"']{_NAME}[\"']\s*:\s*", _VALUE),
     # --password x (a long option whose value follows it)
-    (rf"(?<![\w-])--(?!no-){_NAME}\s+(?=[^-\s])", _VALUE),
+    (rf"(?<![\w-])--(?!no-){_NAME}\s+(?=[^-\s<>|&;])", _VALUE),
     # Authorization: Token x
-    (r"\bauthorization\s*:\s*[a-z]+\s+", _VALUE),
+    (r"\bauthorization\s*:\s*[a-z]+\s+(?=\S*[0-9+/=._~-])", _VALUE),
     # scheme://user:x@host
-    (r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?=[^\s/@'\"]+@)", r"[^\s/@'\"]+"),
+    (r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"?#]+:(?=[^\s/@'\"?#]+@)", r"[^\s/@'\"?#]+"),
     # curl -H 'X-Api-Key: x' (a header named for a secret; Authorization has its own form)
     (
         r"(?<![\w-])(?:-H|--header)\s+['\"]?(?!authorization)[\w-]*(?:key|token|secret|password)[\w-]*\s*:\s*",
         _VALUE,
     ),
-    # curl -u user:x, --user user:x
-    (r"(?<![\w-])(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
+    # curl -u user:x, --user user:x (curl's: docker's -u is user:group)
+    (r"\b(?:curl|wget|http|https)\b[^;&|\n]*?\s(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
+    # openssl -pass pass:x, -passin pass:x
+    (r"(?<![\w-])pass:", _VALUE),
     # mysql -px (attached), sshpass -p x, docker login -p x
-    (r"\b(?:mysql|mariadb|mysqldump|mysqladmin|mysqlimport)\b[^;&|\n]*?\s-p(?=\S)", _VALUE),
+    (r"\b(?:mysql|mariadb|mysqldump|mysqladmin|mysqlimport)\b[^;&|\n]*?\s(?-i:-p)(?=\S)", _VALUE),
     (r"\bsshpass\s+-p\s*", _VALUE),
     (r"\b(?:docker|podman|buildah|skopeo|helm|oras)\b[^;&|\n]*?\blogin\b[^;&|\n]*?\s-p\s+", _VALUE),
 )
@@ -77,6 +79,13 @@ _ASSIGNMENTS = re.compile(
     # Bearer x, Basic x: only a value that looks like a credential (it has a digit or a symbol)
     + r"|(?P<kb>\b(?:bearer|basic)\s+)(?P<vb>(?=[\w.~+/=-]*[0-9+/=._~-])[\w.~+/=-]{8,})"
 )
+
+
+_MIN_ASSIGNED = 4
+"""Values shorter than this are left: a count or a flag, not a secret."""
+_ASSIGNMENTS_MAX = 16 * 1024
+"""Longer text (a file's content sent as an argument) gets the registered secrets and the key
+shapes only: the forms cost about 0.6 ms a KB, on the event loop."""
 
 
 def _maybe_assigned(text: str) -> bool:
@@ -94,7 +103,8 @@ def _keep_name(match: re.Match[str]) -> str:
         if value is None or not name.startswith("v"):
             continue
         keep = match.group("k" + name[1:])
-        if value.strip("'\"") == REDACTED:
+        bare = value.strip("'\"")
+        if bare == REDACTED or len(bare) < _MIN_ASSIGNED:  # `--pass 1`, `FIRST_PASS=1`: no secret
             return match.group(0)
         if value[0] in "\"'" and len(value) > 1 and value[-1] == value[0]:
             return f"{keep}{value[0]}{REDACTED}{value[0]}"
@@ -151,7 +161,7 @@ class Redactor:
             value = pattern.sub(REDACTED, value)
         if shapes:
             value = _SHAPES.sub(REDACTED, value)
-        if assignments and _maybe_assigned(value):
+        if assignments and len(value) <= _ASSIGNMENTS_MAX and _maybe_assigned(value):
             return _ASSIGNMENTS.sub(_keep_name, value)
         return value
 

@@ -120,6 +120,20 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
         ("grep password: config.yml", "grep password: config.yml"),
         ("echo basic authentication works", "echo basic authentication works"),
         ("ssh -p 22 h; mkdir -p dir; psql -p 5432", "ssh -p 22 h; mkdir -p dir; psql -p 5432"),
+        ("openssl enc -pass pass:hunter22 x", "openssl enc -pass pass:[REDACTED] x"),
+        # Review of e7913e8: ordinary arguments that were mangled.
+        ("docker run -u 1000:1000 --user 0:0 x", "docker run -u 1000:1000 --user 0:0 x"),
+        ("mysql -h db -P3306 -u root db", "mysql -h db -P3306 -u root db"),
+        (
+            "env PWD=/app make FIRST_PASS=1; x264 --pass 1 f",
+            "env PWD=/app make FIRST_PASS=1; x264 --pass 1 f",
+        ),
+        ("authorization: see the docs", "authorization: see the docs"),
+        ("gh auth login --with-token < token.txt", "gh auth login --with-token < token.txt"),
+        (
+            "curl http://localhost:8080?to=alice@example.com",
+            "curl http://localhost:8080?to=alice@example.com",
+        ),
     ],
 )
 def test_secrets_written_into_a_command_line_are_redacted_by_name(written: str, recorded: str) -> None:
@@ -254,3 +268,11 @@ def test_a_dsn_password_is_redacted_as_typed_and_as_percent_encoded() -> None:
         redactor.text("decoded AuPw@Secret_77x encoded AuPw%40Secret_77x")
         == "decoded [REDACTED] encoded [REDACTED]"
     )
+
+
+def test_long_text_gets_the_registered_secrets_and_shapes_only() -> None:
+    """The command-line forms cost about 0.6 ms a KB on the event loop (a 1 MB argument: 0.66 s)."""
+    redactor = Redactor(["registered-secret-1234"])
+    long = "PGPASSWORD=abcdef1234 " + "x" * 20_000 + " registered-secret-1234"
+    redacted = redactor.text(long, assignments=True)
+    assert redacted.startswith("PGPASSWORD=abcdef1234 ") and redacted.endswith(" [REDACTED]")
