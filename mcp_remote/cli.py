@@ -172,13 +172,34 @@ def arguments_option(text: str) -> dict[str, Any]:
     return arguments
 
 
+_TRANSPORT_TROUBLE = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "dns resolution",
+    "socket closed",
+    "stream removed",
+    "connection reset",
+    "broken pipe",
+)
+
+
+def unreachable(exc: Any) -> bool:
+    """Whether an UNAVAILABLE came from the connection (no hub there, or it went away), not from
+    a hub that answered it is unavailable (its audit store down, shutting down)."""
+    details = (exc.details() or "").lower()
+    return any(words in details for words in _TRANSPORT_TROUBLE)
+
+
 def _rpc_failure(exc: Any, target: str) -> int:
     import grpc
 
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable(exc):
         return _fail(
             f"cannot reach a hub at {target} ({exc.details()}); start one with `mcphub serve`", EXIT_HUB
         )
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return _fail(f"the hub at {target} is unavailable: {exc.details()}", EXIT_HUB)
     details = exc.details()
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"

@@ -344,7 +344,10 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                return _fail(f"cannot reach a hub at {target}: {exc.details()}", EXIT_HUB)
+                from .cli import unreachable
+
+                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
+                return _fail(f"{where} {target}: {exc.details()}", EXIT_HUB)
             return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
     return EXIT_OK
 

@@ -669,6 +669,12 @@ async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_whi
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call_echo(client, "while down")
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The CLI tells a hub that answers "unavailable" from one it cannot reach.
+            said = await asyncio.to_thread(cli, "call", "echo", "--hub", hub.grpc, "--args", '{"text": "x"}')
+            assert said.returncode == 3 and f"the hub at {hub.grpc} is unavailable: " in said.stderr, (
+                said.stderr
+            )
+            assert "start one with" not in said.stderr
         finally:
             await client.close()
             code = await asyncio.to_thread(hub.stop, 20.0)  # the 5 s grace and the writer's last wait
