@@ -11,10 +11,25 @@ from typing import Any
 import pytest
 
 from mcp_local.errors import Unavailable
-from mcp_remote.approvals import ApprovalBook
+from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
+
+
+async def _ask(book: ApprovalBook, *, timeout_s: float) -> Approval:
+    """An approval for agent's call c1 of echo, as the gate creates one."""
+    return await book.create(
+        call_id="c1",
+        principal="agent",
+        tool="echo",
+        arguments={"text": "x"},
+        arguments_json='{"text": "x"}',
+        reason="asks",
+        rule="r",
+        approvers=(),
+        timeout_s=timeout_s,
+    )
 
 
 async def test_a_decision_another_replica_made_just_in_time_is_not_expired_by_the_wait(
@@ -29,17 +44,7 @@ async def test_a_decision_another_replica_made_just_in_time_is_not_expired_by_th
         store, "hub-a", on_event=lambda kind, approval, **_: events.append((kind, approval.state))
     )
     try:
-        approval = await book.create(
-            call_id="c1",
-            principal="agent",
-            tool="echo",
-            arguments={"text": "x"},
-            arguments_json='{"text": "x"}',
-            reason="asks",
-            rule="r",
-            approvers=(),
-            timeout_s=0.3,
-        )
+        approval = await _ask(book, timeout_s=0.3)
         waiting = asyncio.ensure_future(book.wait(approval))
         await asyncio.sleep(0.05)
         # Decided elsewhere: in the shared store, without this replica's waiter being woken.
@@ -79,17 +84,7 @@ async def test_a_waiting_call_sees_a_decision_made_elsewhere_after_the_store_was
     store = _DownFor(sqlite)
     book = ApprovalBook(store, "hub-a")
     try:
-        approval = await book.create(
-            call_id="c1",
-            principal="agent",
-            tool="echo",
-            arguments={"text": "x"},
-            arguments_json='{"text": "x"}',
-            reason="asks",
-            rule="r",
-            approvers=(),
-            timeout_s=20,
-        )
+        approval = await _ask(book, timeout_s=20)
         waiting = asyncio.ensure_future(book.wait(approval))
         store.down = True
         await asyncio.sleep(1.2)  # two polls fail

@@ -38,23 +38,19 @@ class Postgres:
     def dsn(self, database: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={database} connect_timeout=10"
 
-    def create_database(self, name: str) -> str:
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-c",
-                f"CREATE DATABASE {name}",
-            ],
+    def psql(self, *args: str) -> str:
+        """`psql` as the superuser, over TCP; its standard output."""
+        out = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", *args],
             check=True,
             capture_output=True,
+            text=True,
             timeout=30,
         )
+        return out.stdout
+
+    def create_database(self, name: str) -> str:
+        self.psql("-c", f"CREATE DATABASE {name}")
         return self.dsn(name)
 
     def pg_ctl(self, *args: str) -> None:
@@ -78,26 +74,10 @@ class Postgres:
 
     def terminate(self, query_like: str) -> int:
         """Cut off the sessions whose current query is like `query_like`; how many were."""
-        out = subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-At",
-                "-c",
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                f"WHERE query LIKE '{query_like}'",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
+        query = (
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '{query_like}'"
         )
-        return int(out.stdout.strip())
+        return int(self.psql("-At", "-c", query).strip())
 
 
 def _as_postgres(*argv: str) -> list[str]:
