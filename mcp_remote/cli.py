@@ -57,23 +57,31 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .config import PackConfig, load_config
 
     overrides: dict[str, Any] = {"grpc": args.grpc, "http": args.http, "state_dir": args.state_dir}
-    try:
+
+    def read_config() -> Any:
         config = load_config(args.config, environ, overrides)
+        if args.pack:
+            config = config.model_copy(
+                update={"packs": [*config.packs, *(PackConfig(name=r) for r in args.pack)]}
+            )
+        return config
+
+    try:
+        config = read_config()
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    if args.pack:
-        config = config.model_copy(
-            update={"packs": [*config.packs, *(PackConfig(name=r) for r in args.pack)]}
-        )
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return _run(_serve(config, environ, as_json=args.json))
+    return _run(_serve(config, environ, as_json=args.json, reread=read_config if args.config else None))
 
 
-async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> int:
+async def _serve(
+    config: Any, environ: Mapping[str, str], *, as_json: bool, reread: Callable[[], Any] | None = None
+) -> int:
+    """Serve until SIGINT or SIGTERM. `reread` reads the config file again for SIGHUP."""
     import asyncio  # here: `mcphub local serve` hands over before it would need asyncio
     import json
 
@@ -89,9 +97,10 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP reloads what subscribes to it (the cloud pack's credentials). Without this, a hub
-    # with no such pack would die of it, its calls cut off and its audit trail left unfinished.
-    on_reload(_what_does_not_reload)
+    # SIGHUP reloads the config file's principals and policy, and whatever else subscribes (the
+    # cloud pack's credentials). Subscribed before anything starts: unhandled, it kills the hub.
+    running: list[Hub] = []
+    on_reload(lambda: _reload(running, reread))
     try:
         hub = Hub(config, environ)
     except ConfigError as exc:
@@ -123,6 +132,7 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
             f"  mcp {addresses.mcp_url}" if addresses.mcp_url else ""
         )
     print(line, flush=True)
+    running.append(hub)
     settle_memory()
     await stop.wait()
     logging.getLogger("mcphub").info("shutting down")
@@ -130,11 +140,30 @@ async def _serve(config: Any, environ: Mapping[str, str], *, as_json: bool) -> i
     return EXIT_OK
 
 
-def _what_does_not_reload() -> None:
-    logging.getLogger("mcphub.reload").info(
-        "SIGHUP: the config file (principals, policy, packs) is read at start only: restart the hub "
-        "to change it"
-    )
+def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
+    """SIGHUP: read the config file again and apply its principals, policy and log level."""
+    from mcp_local.errors import ConfigError
+
+    log = logging.getLogger("mcphub.reload")
+    if not running:
+        log.warning("SIGHUP while the hub is starting: nothing reloaded; send it again once it is ready")
+        return
+    if reread is None:
+        log.info("SIGHUP: the hub was started without --config, so it has no config file to reload")
+        return
+    try:
+        report = running[0].reload(reread())
+    except ConfigError as exc:
+        # One log line: a config error lists its problems one per line.
+        problems = "; ".join(line.strip() for line in str(exc).splitlines())
+        log.error("reload refused, the hub goes on with its current config: %s", problems)
+        return
+    log.info("config reloaded: %s", report.summary())
+    if report.needs_restart:
+        log.warning(
+            "changed in the config file but applied only when the hub restarts: %s",
+            ", ".join(report.needs_restart),
+        )
 
 
 # --- client commands ---------------------------------------------------------------------------
@@ -449,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the hub and its MCP bridge. With no options: gRPC on 127.0.0.1:7070, MCP on\n"
             "http://127.0.0.1:7071/mcp, the diagnostics, shell and browser packs, state in\n"
             "~/.local/state/mcphub. Prints one ready line naming both addresses; stops cleanly on\n"
-            "SIGINT/SIGTERM (running calls get shutdown_grace_s, then are told the hub is stopping).\n\n"
+            "SIGINT/SIGTERM (running calls get shutdown_grace_s, then are told the hub is stopping).\n"
+            "SIGHUP reads --config again and applies principals, policy and log_level without a\n"
+            "restart (a file with an error is refused whole; the other keys wait for a restart).\n\n"
             "config file keys (README, Configure): grpc, http, state_dir, principals (name, token |\n"
             "token_env | token_file, tools, roles, groups), packs (name, options), policy, audit\n"
             "(store, dsn_env | dsn_file, checkpoint_every, checkpoint_interval_s, sync), allowed_hosts,\n"

@@ -147,7 +147,7 @@ class Gate:
         self.policy = policy
         self._book = book
         self._log = log
-        self._approvers = tuple(approvers)
+        self.approvers = tuple(approvers)
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         principal = call.principal
@@ -240,7 +240,7 @@ class Gate:
             timeout_s=decision.timeout_s,
         )
         if decision.approvers and not any(
-            not missing_approver_groups(decision.approvers, p.groups) for p in self._approvers
+            not missing_approver_groups(decision.approvers, p.groups) for p in self.approvers
         ):
             # Each rule's groups can be met, but no one of this hub is in all of them at once.
             logger.warning(

@@ -19,7 +19,7 @@ from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
 from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
-from mcp_local.principals import OPERATOR, Authenticator, OpenAccess
+from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
@@ -29,8 +29,8 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from .approvals import Approval, ApprovalBook
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
-from .auth import TokenAuthenticator
-from .config import Address, HubConfig
+from .auth import TokenAuthenticator, token_digest
+from .config import Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import broad_allows, resolve_policy, unapprovable
@@ -97,6 +97,49 @@ def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
     return f"state directory {state_dir}{where}: {exc.strerror or exc}"
 
 
+RELOADABLE = frozenset({"principals", "policy", "log_level"})
+"""What a running hub takes from its config file again on SIGHUP; the rest needs a restart."""
+
+
+def _grants(principal: Principal) -> tuple[object, ...]:
+    return principal.tools, principal.roles, principal.groups
+
+
+def _approvers(config: HubConfig) -> list[Principal]:
+    return [p.principal() for p in config.principals if "approver" in p.roles]
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """What a reload changed, by principal name."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    new_token: tuple[str, ...]
+    new_grants: tuple[str, ...]
+    """Tools, roles or groups changed."""
+    policy_changed: bool
+    needs_restart: tuple[str, ...]
+    """Keys of the file that changed but apply only at the next start."""
+    sandboxes_disconnected: tuple[str, ...]
+
+    def summary(self) -> str:
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (
+                ("principals added:", self.added),
+                ("removed:", self.removed),
+                ("new token:", self.new_token),
+                ("new tools, roles or groups:", self.new_grants),
+                ("sandboxes disconnected:", self.sandboxes_disconnected),
+            )
+            if names
+        ]
+        if self.policy_changed:
+            parts.append("policy changed")
+        return "; ".join(parts) or "nothing changed"
+
+
 class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
@@ -111,6 +154,9 @@ class Hub:
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
         self.redactor = Redactor()
+        self._env_tokens: dict[str, tuple[str, bytes]] = {}
+        """Principals whose token came from a variable (read once, then taken out of the
+        environment): name -> (variable, token digest), for a reload to keep their token."""
         self.authenticator = self._authenticator(config, environ)
         audit_dir = config.state_dir / "audit"
         store = _open_store(config, environ, self.redactor)
@@ -131,6 +177,7 @@ class Hub:
             for problem in unapprovable(config.policy, principals) + broad_allows(config.policy):
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit)
+        self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
         self.pipeline = Pipeline(self.stages())
         self._service = ToolService(self.registry, self.pipeline, self.authenticator)
         self.federation = Federation(
@@ -157,15 +204,32 @@ class Hub:
         self.redactor.add(operator)
         if not config.principals:
             return OpenAccess(known={operator: OPERATOR})
-        entries = [(operator, OPERATOR)]
+        return TokenAuthenticator.of_digests(
+            [(token_digest(operator), OPERATOR), *self._principal_digests(config, environ)]
+        )
+
+    def _principal_digests(
+        self, config: HubConfig, environ: Mapping[str, str]
+    ) -> list[tuple[bytes, Principal]]:
+        """Each principal's token digest, the token read from where the config says (and added to
+        the redactor). A variable is read once and taken out of the environment (no process the
+        hub starts may inherit it), so a reload keeps the token the variable gave at start."""
+        found: list[tuple[PrincipalConfig, bytes, str]] = []
         for p in config.principals:
-            token = p.resolve_token(environ)
-            self.redactor.add(token)
-            if p.token_env is not None and isinstance(environ, MutableMapping):
-                # Read once; no process the hub starts (spawner, browser driver) may inherit it.
-                environ.pop(p.token_env, None)
-            entries.append((token, p.principal()))
-        return TokenAuthenticator(entries)
+            kept = self._env_tokens.get(p.name)
+            if p.token_env is not None and p.token_env not in environ and kept and kept[0] == p.token_env:
+                found.append((p, kept[1], ""))
+                continue
+            token = p.resolve_token(environ)  # raises ConfigError before anything is changed
+            found.append((p, token_digest(token), token))
+        for p, digest, token in found:
+            if token:
+                self.redactor.add(token)
+            if p.token_env is not None:
+                self._env_tokens[p.name] = (p.token_env, digest)
+                if isinstance(environ, MutableMapping):
+                    environ.pop(p.token_env, None)
+        return [(digest, p.principal()) for p, digest, _ in found]
 
     def stages(self) -> list[Stage]:
         """The dispatch path, in order (execute follows the last)."""
@@ -175,12 +239,7 @@ class Hub:
             ResolveTool(self.registry),
             Authorize(),
             ValidateArguments(self.registry),
-            Gate(
-                self.policy,
-                self.approvals,
-                self.audit,
-                [p.principal() for p in self.config.principals if "approver" in p.roles],
-            ),
+            self.gate,
         ]
 
     def _approval_event(self, event: str, approval: Approval, call_id: str = "", **extra: object) -> None:
@@ -239,6 +298,81 @@ class Hub:
                 "announced_sha256": event.announced_sha256 or None,
             },
         )
+
+    def reload(self, new: HubConfig, environ: Mapping[str, str] | None = None) -> Reloaded:
+        """Apply a config file's principals, policy and log level to the running hub (SIGHUP).
+
+        Everything is checked before anything changes: a file that cannot be applied raises
+        ConfigError and the hub goes on as it was. Calls already past the gate keep the
+        decision they got; every call after this one is authenticated and decided on the new
+        config. A sandbox whose principal was removed or changed is disconnected (its sidecar
+        reconnects, and is authenticated afresh). The change is in the audit log."""
+        old = self.config
+        if bool(new.principals) != bool(old.principals):
+            raise ConfigError(
+                "a reload cannot turn an open hub into one with principals, or back: restart the hub"
+            )
+        policy = resolve_policy(new.policy)
+        before: Mapping[str, tuple[bytes, Principal]] = {}
+        if isinstance(self.authenticator, TokenAuthenticator):
+            before = self.authenticator.by_name()
+            digests = self._principal_digests(new, self.environ if environ is None else environ)
+            self.authenticator.replace([before[OPERATOR.name], *digests])
+        after = self.authenticator.by_name() if isinstance(self.authenticator, TokenAuthenticator) else {}
+        # Nothing below raises: the hub now runs on the new config.
+        self.gate.policy = self.policy = policy
+        self.gate.approvers = tuple(_approvers(new))
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        self.config = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})
+        if new.policy is not None:
+            for problem in unapprovable(new.policy, [p.principal() for p in new.principals]) + broad_allows(
+                new.policy
+            ):
+                logger.warning("policy: %s", problem)
+        added = sorted(after.keys() - before.keys())
+        removed = sorted(before.keys() - after.keys())
+        kept = sorted(after.keys() & before.keys())
+        new_token = [n for n in kept if after[n][0] != before[n][0]]
+        new_grants = [n for n in kept if _grants(after[n][1]) != _grants(before[n][1])]
+        gone = (
+            set(removed) | set(new_token) | {n for n in new_grants if after[n][1].roles != before[n][1].roles}
+        )
+        disconnected = []
+        for conn in list(self.federation.connections.values()):
+            if conn.principal in gone:
+                self.federation.disconnect(conn, "the hub's principals were reloaded: reconnect")
+                disconnected.append(conn.sandbox)
+        report = Reloaded(
+            added=tuple(added),
+            removed=tuple(removed),
+            new_token=tuple(new_token),
+            new_grants=tuple(new_grants),
+            policy_changed=new.policy != old.policy,
+            needs_restart=tuple(
+                key
+                for key in type(old).model_fields
+                if key not in RELOADABLE and getattr(new, key) != getattr(old, key)
+            ),
+            sandboxes_disconnected=tuple(sorted(disconnected)),
+        )
+        with contextlib.suppress(Exception):  # a stopped log refuses; the reload has happened
+            self.audit.record(
+                "hub",
+                "-",
+                "-",
+                "-",
+                {
+                    "event": "reloaded",
+                    "instance": self.instance,
+                    "principals_added": list(report.added) or None,
+                    "principals_removed": list(report.removed) or None,
+                    "new_token": list(report.new_token) or None,
+                    "new_grants": list(report.new_grants) or None,
+                    "policy_changed": report.policy_changed,
+                },
+            )
+        return report
 
     async def start(self) -> HubAddresses:
         """Bind both ports first (a busy one fails before anything slow starts), then the audit

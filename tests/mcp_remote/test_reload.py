@@ -1,0 +1,233 @@
+"""SIGHUP applies the config file's principals, policy and log level to a running hub: a leaked
+token is revoked, a principal added or a rule changed without cutting every caller off; a file
+with a mistake is refused whole and the hub goes on as it was; the change is in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.hubclient import HubClient
+from tests.support.clients import ProtocolFailure, connect
+from tests.support.hub import PROBE_PACK, RunningHub, hub_command, start_hub
+from tests.support.sidecar import start_sidecar
+
+pytestmark = pytest.mark.anyio
+
+TOKENS = {
+    "alice": "alice-token-0123456789abcdef",
+    "alice-rotated": "alice-token-rotated-0123456789",
+    "bob": "bob-token-0123456789abcdefgh",
+    "carol": "carol-token-0123456789abcdef",
+    "sbx-1": "sandbox-1-token-0123456789ab",
+    "ops": "operator-token-0123456789abc",
+}
+NO_ECHO_FOR_ALICE = {
+    "name": "no echo for alice",
+    "tools": ["echo"],
+    "principals": ["alice"],
+    "decision": "deny",
+}
+
+
+def first_config() -> dict[str, Any]:
+    return {
+        "packs": ["diagnostics", PROBE_PACK],
+        "principals": [
+            {"name": "alice", "token": TOKENS["alice"], "tools": ["echo", "whoami"]},
+            {"name": "bob", "token": TOKENS["bob"], "tools": ["echo", "whoami"]},
+            {"name": "ops", "token": TOKENS["ops"], "roles": ["operator"]},
+        ],
+        "policy": {"extends": "default", "rules": [NO_ECHO_FOR_ALICE]},
+    }
+
+
+def reload(hub: RunningHub, config: dict[str, Any] | str) -> str:
+    """Write the hub's config file, send SIGHUP and return the log line that answers it."""
+    path = hub.state_dir.parent / "hub.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    log = hub.state_dir.parent / "hub.log"
+    seen = log.read_text().count("mcphub.reload")
+    hub.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if "mcphub.reload" in line]
+        answers = [line for line in lines[seen:] if "reloaded:" in line or "refused" in line]
+        if answers:
+            time.sleep(0.1)  # a warning about keys that wait for a restart follows the answer
+            return answers[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no answer to SIGHUP in the log:\n{log.read_text()}")
+
+
+async def whoami(transport: str, hub: RunningHub, token: str) -> str:
+    async with connect(transport, hub.grpc, hub.mcp_url, token) as client:
+        return (await client.call("whoami", {})).text
+
+
+async def refused(transport: str, hub: RunningHub, token: str, tool: str = "whoami") -> ProtocolFailure:
+    with pytest.raises(ProtocolFailure) as info:
+        async with connect(transport, hub.grpc, hub.mcp_url, token) as client:
+            await client.call(tool, {"text": "x"} if tool == "echo" else {})
+    return info.value
+
+
+@pytest.mark.parametrize("transport", ["grpc", "mcp-2026", "mcp-2025"])
+async def test_principals_and_policy_change_without_a_restart(transport: str, tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, config=first_config())
+    try:
+        assert await whoami(transport, hub, TOKENS["alice"]) == "alice"
+        assert await whoami(transport, hub, TOKENS["bob"]) == "bob"
+        async with connect(transport, hub.grpc, hub.mcp_url, TOKENS["alice"]) as client:
+            denied = await client.call("echo", {"text": "x"})
+        assert denied.is_error and "refused by policy rule 'no echo for alice'" in denied.text, denied
+        pid = hub.process.pid
+
+        # Alice's token leaked: she gets a new one (from a file), Bob leaves, Carol joins, and
+        # the rule that kept Alice from `echo` goes.
+        token_file = tmp_path / "alice.token"
+        token_file.write_text(TOKENS["alice-rotated"] + "\n")
+        second = first_config()
+        second["principals"] = [
+            {"name": "alice", "token_file": str(token_file), "tools": ["echo", "whoami"]},
+            {"name": "carol", "token": TOKENS["carol"], "tools": ["whoami"]},
+            {"name": "ops", "token": TOKENS["ops"], "roles": ["operator"]},
+        ]
+        second["policy"] = {"extends": "default", "rules": []}
+        answer = reload(hub, second)
+        assert "principals added: carol" in answer and "removed: bob" in answer, answer
+        assert "new token: alice" in answer and "policy changed" in answer, answer
+        assert hub.process.pid == pid and hub.process.poll() is None
+
+        assert "not one this hub knows" in (await refused(transport, hub, TOKENS["alice"])).message
+        assert "not one this hub knows" in (await refused(transport, hub, TOKENS["bob"])).message
+        assert await whoami(transport, hub, TOKENS["alice-rotated"]) == "alice"
+        assert await whoami(transport, hub, TOKENS["carol"]) == "carol"
+        async with connect(transport, hub.grpc, hub.mcp_url, TOKENS["alice-rotated"]) as client:
+            assert (await client.call("echo", {"text": "allowed now"})).text == "allowed now"
+        # Carol's grants are hers: `echo` is not among them.
+        assert "may not call tool 'echo'" in (await refused(transport, hub, TOKENS["carol"], "echo")).message
+
+        # A file with a mistake changes nothing.
+        broken = dict(second, principals=[*second["principals"], {"name": "dave", "tokn": "x" * 30}])
+        answer = reload(hub, broken)
+        assert "reload refused" in answer and "principals.3" in answer, answer
+        token_file.write_text("short\n")  # a rotated token file that is no token
+        answer = reload(hub, second)
+        assert "reload refused" in answer and "at least" in answer, answer
+        assert await whoami(transport, hub, TOKENS["alice-rotated"]) == "alice"
+        assert await whoami(transport, hub, TOKENS["carol"]) == "carol"
+    finally:
+        assert hub.stop() == 0
+
+    records = audit_records(hub, "hub")
+    reloaded = [r["body"] for r in records if r["body"].get("event") == "reloaded"]
+    assert reloaded == [
+        {
+            "event": "reloaded",
+            "instance": reloaded[0]["instance"],
+            "principals_added": ["carol"],
+            "principals_removed": ["bob"],
+            "new_token": ["alice"],
+            "policy_changed": True,
+        }
+    ]
+    assert TOKENS["alice-rotated"] not in (hub.state_dir.parent / "hub.log").read_text()
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        hub_command("audit", "verify", "--state-dir", str(hub.state_dir)),
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def audit_records(hub: RunningHub, principal_or_kind: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        hub_command("audit", "tail", "--state-dir", str(hub.state_dir), "-n", "1000", "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return [r for r in records if principal_or_kind in (r["kind"], r["principal"])]
+
+
+async def test_keys_that_need_a_restart_are_named_and_a_token_from_a_variable_is_kept(tmp_path: Path) -> None:
+    config = first_config()
+    config["principals"][0] = {"name": "alice", "token_env": "ALICE_TOKEN", "tools": ["whoami"]}
+    hub = start_hub(tmp_path, config=config, http=False, env={"ALICE_TOKEN": TOKENS["alice"]})
+    try:
+        # The hub took the variable out of its environment once read; reloading the same entry
+        # keeps the token it gave, and a file that now wants a different variable is refused.
+        config["max_request_bytes"] = 12345
+        config["log_level"] = "debug"
+        answer = reload(hub, config)
+        assert "nothing changed" in answer, answer
+        log = (tmp_path / "hub.log").read_text()
+        assert "applied only when the hub restarts: max_request_bytes" in log
+        assert "log_level" not in log.split("applied only when the hub restarts")[1].splitlines()[0]
+        assert await whoami("grpc", hub, TOKENS["alice"]) == "alice"
+        config["principals"][0] = {"name": "alice", "token_env": "ALICE_NEW_TOKEN", "tools": ["whoami"]}
+        answer = reload(hub, config)
+        assert "reload refused" in answer and "ALICE_NEW_TOKEN is not set" in answer, answer
+        assert await whoami("grpc", hub, TOKENS["alice"]) == "alice"
+        # An open hub cannot become a guarded one by a reload, nor the other way round.
+        answer = reload(hub, {k: v for k, v in config.items() if k != "principals"})
+        assert "reload refused" in answer and "restart the hub" in answer, answer
+    finally:
+        assert hub.stop() == 0
+
+
+async def test_a_sandbox_whose_principal_is_removed_is_disconnected(tmp_path: Path) -> None:
+    config = first_config()
+    config["principals"].append({"name": "sbx-1", "token": TOKENS["sbx-1"], "roles": ["sandbox"]})
+    hub = start_hub(tmp_path / "hub", config=config, http=False)
+    root = tmp_path / "sbx"
+    (root / "workspace").mkdir(parents=True)
+    sidecar = start_sidecar(
+        root,
+        {"workspace": str(root / "workspace"), "packs": ["diagnostics"]},
+        hub=hub.grpc,
+        token=TOKENS["sbx-1"],
+    )
+    client = HubClient(hub.grpc)
+
+    async def sandbox_tools() -> set[str]:
+        return {t.name for t in await client.all_tools(TOKENS["ops"]) if t.name.startswith("sbx-1__")}
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not await predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    try:
+
+        async def registered() -> bool:
+            return bool(await sandbox_tools())
+
+        async def gone() -> bool:
+            return not await sandbox_tools()
+
+        await until(registered, "the sandbox to register")
+        config["principals"] = [p for p in config["principals"] if p["name"] != "sbx-1"]
+        answer = reload(hub, config)
+        assert "removed: sbx-1" in answer and "sandboxes disconnected: sbx-1" in answer, answer
+        await until(gone, "the sandbox's tools to go")
+        await asyncio.sleep(1.5)  # the sidecar redials (backoff at most 0.5 s) and is refused
+        assert not await sandbox_tools()
+        assert sidecar.alive()
+        assert "not one this hub knows" in sidecar.log()
+    finally:
+        await client.close()
+        sidecar.stop()
+        hub.stop()
