@@ -143,6 +143,9 @@ class ToolService:
                 task.cancel()  # the caller went away: stop the tool
 
     async def watch_tools(self, authorization: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
-        self._authenticate(bearer_token(authorization))
+        token = bearer_token(authorization)
+        self._authenticate(token)
         async for revision in self.registry.watch():
+            # Asked again at every change: a token revoked by a reload ends the watch.
+            self._authenticate(token)
             yield pb.ToolsChanged(revision=revision)

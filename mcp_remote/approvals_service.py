@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import grpc
 
-from mcp_local.errors import InvalidArgument, PermissionDenied
+from mcp_local.errors import HubError, InvalidArgument, PermissionDenied
 from mcp_local.principals import Authenticator, Principal
 from mcp_local.servicer import abort_with, caller_token
 from mcphub_proto.v1 import approvals_pb2 as apb
@@ -82,9 +82,15 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             for approval in await self._book.listing(("pending",)):
                 yield approval_to_proto(approval)
             while True:
-                yield approval_to_proto(await queue.get())
+                approval = await queue.get()
+                # Asked again at every approval: an approver removed (or whose token was
+                # revoked) by a reload stops seeing calls' arguments.
+                self._approver(context)
+                yield approval_to_proto(approval)
         except asyncio.CancelledError:
             raise
+        except HubError as exc:
+            await abort_with(context, exc)
         finally:
             self._book.unwatch(queue)
 

@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
 from bridge.hubclient import HubClient
+from mcphub_proto.v1 import approvals_pb2 as apb
+from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
+from tests.support.approvals import start_call
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, RunningHub, hub_command, start_hub
 from tests.support.sidecar import start_sidecar
@@ -230,4 +234,78 @@ async def test_a_sandbox_whose_principal_is_removed_is_disconnected(tmp_path: Pa
     finally:
         await client.close()
         sidecar.stop()
+        hub.stop()
+
+
+async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) -> None:
+    """A watch authenticated before the reload is asked again at its next message: a removed
+    approver stops seeing calls' arguments, a removed agent stops hearing of tool changes."""
+    config = first_config()
+    config["principals"] += [
+        {"name": "judge", "token": "judge-token-0123456789abcdef", "roles": ["approver"]},
+        {"name": "sbx-1", "token": TOKENS["sbx-1"], "roles": ["sandbox"]},
+    ]
+    config["policy"] = {
+        "extends": "default",
+        "rules": [{"name": "ask for sleep", "tools": ["sleep"], "decision": "ask"}],
+    }
+    config["principals"][0]["tools"] = ["echo", "whoami", "sleep"]
+    hub = start_hub(tmp_path / "hub", config=config, http=False)
+    client = HubClient(hub.grpc)
+    approvals: list[str] = []
+    watch_errors: dict[str, grpc.StatusCode] = {}
+
+    async def watch_approvals() -> None:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            stub = apb_grpc.ApprovalsStub(channel)
+            metadata = (("authorization", "Bearer judge-token-0123456789abcdef"),)
+            try:
+                async for approval in stub.WatchApprovals(apb.WatchApprovalsRequest(), metadata=metadata):
+                    approvals.append(approval.tool)
+            except grpc.aio.AioRpcError as exc:
+                watch_errors["approvals"] = exc.code()
+
+    async def watch_tools() -> None:
+        try:
+            async for _ in client.watch_tools(TOKENS["bob"]):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            watch_errors["tools"] = exc.code()
+
+    watchers = [asyncio.create_task(watch_approvals()), asyncio.create_task(watch_tools())]
+    root = tmp_path / "sbx"
+    (root / "workspace").mkdir(parents=True)
+    sidecar = None
+    try:
+        first = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+        await first.approval_id()
+        deadline = time.monotonic() + 10
+        while approvals != ["sleep"]:
+            assert time.monotonic() < deadline, approvals
+            await asyncio.sleep(0.05)
+
+        config["principals"] = [p for p in config["principals"] if p["name"] not in ("judge", "bob")]
+        answer = reload(hub, config)
+        assert "removed: bob, judge" in answer, answer
+        # The next approval and the next tool change reach the watches, which now end instead.
+        second = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+        await second.approval_id()
+        sidecar = start_sidecar(
+            root,
+            {"workspace": str(root / "workspace"), "packs": ["diagnostics"]},
+            hub=hub.grpc,
+            token=TOKENS["sbx-1"],
+        )
+        await asyncio.wait_for(asyncio.gather(*watchers), 20)
+        assert watch_errors == {
+            "approvals": grpc.StatusCode.UNAUTHENTICATED,
+            "tools": grpc.StatusCode.UNAUTHENTICATED,
+        }
+        assert approvals == ["sleep"]
+    finally:
+        for task in watchers:
+            task.cancel()
+        await client.close()
+        if sidecar is not None:
+            sidecar.stop()
         hub.stop()
