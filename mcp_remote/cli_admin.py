@@ -463,13 +463,27 @@ def _since_ms(text: str | None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+SHOWN_DETAILS = 400
+"""Characters of a record's details a text line shows (`--json` shows them all)."""
+
+
+def _word(value: Any) -> str:
+    """A value for a line of `audit tail`: as it is when it is one plain word, else quoted as JSON,
+    and escaped where a terminal would hide it, so a caller's text (a tool name, a request id,
+    an error) can neither start a line of its own nor pass for another field."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return _shown(value)
+    return _shown(json.dumps(value, ensure_ascii=False))
+
+
 def _show_record(r: Any) -> str:
     body = r.body_json()
-    details = " ".join(
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(body.items())
-    )
-    head = f"{_iso(r.ts_ms)}  #{r.seq:<6} {r.kind:<9} {r.principal:<12} {r.tool:<16} {r.call_id}"
-    return f"{head}  {details[:400]}"
+    details = " ".join(f"{_shown(k)}={_word(v)}" for k, v in sorted(body.items()))
+    if len(details) > SHOWN_DETAILS:
+        more = len(details) - SHOWN_DETAILS
+        details = f"{details[:SHOWN_DETAILS]}... ({more} more characters: --json shows all)"
+    who, tool = _word(r.principal), _word(r.tool)
+    return f"{_iso(r.ts_ms)}  #{r.seq:<6} {r.kind:<9} {who:<12} {tool:<16} {_word(r.call_id)}  {details}"
 
 
 async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -248,13 +248,34 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
             TOKEN, pb.CallToolRequest(name="echo", arguments_json=orjson.dumps({"text": "k", CANARY: 1}))
         )
         assert keyed.is_error
+        # Errors quote what the caller wrote: a schema error, a tool raising with its input.
+        with_secret = await client.call_tool(
+            TOKEN,
+            pb.CallToolRequest(
+                name="echo", arguments_json=orjson.dumps({"text": ["PGPASSWORD=SchemaLeak123"]})
+            ),
+        )
+        assert with_secret.is_error
+        raised = await client.call_tool(
+            TOKEN,
+            pb.CallToolRequest(
+                name="quote_and_fail", arguments_json=orjson.dumps({"name": "--password=RaisedLeak321"})
+            ),
+        )
+        assert raised.is_error
+        await call_echo(client, "x", request_id="req --password=ReqIdLeak456")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.call_tool(
+                TOKEN, pb.CallToolRequest(name="password=ToolNameLeak789", arguments_json=b"{}")
+            )
         # While it runs, too: the journal may hold records not yet folded into SQLite.
         live = b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
     finally:
         await client.close()
         hub.stop()
     raw = live + b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
-    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER, "S3cretPassw0rd", "tk-998877"):
+    leaks = ("SchemaLeak123", "RaisedLeak321", "ReqIdLeak456", "ToolNameLeak789")
+    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER, "S3cretPassw0rd", "tk-998877", *leaks):
         assert secret.encode() not in raw, secret
         assert secret not in hub.log(), secret
     records = await all_records(hub.state_dir)
@@ -680,3 +701,30 @@ async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_whi
             code = await asyncio.to_thread(hub.stop, 20.0)  # the 5 s grace and the writer's last wait
         assert code == 0
         assert "audit records are not in the log" in hub.log_path.read_text()
+
+
+async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:
+    """Tool names, request ids and errors are the caller's text, sent even without a token: in
+    `audit tail` they are quoted and escaped, so none starts a line of its own, passes for another
+    field or sends a terminal escape; details cut for length say so."""
+    hub = start_hub(tmp_path, config=config())
+    client = HubClient(hub.grpc)
+    forged = "echo\n2026-12-05T14:18:00.000Z  #240    finished  approver     delete_thing     c1  status=ok"
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.call_tool(None, pb.CallToolRequest(name=forged, arguments_json=b"{}"))
+        await call_echo(client, "x", request_id="a\x1b[31mRED\x1b[0m status=ok")
+        await call_echo(client, "y" * 2000)
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    records = await all_records(hub.state_dir)
+    out = cli("audit", "tail", "-n", str(len(records)), "--state-dir", str(hub.state_dir))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(records), out.stdout
+    assert not any(line.startswith("2026-12-05T14:18:00.000Z") for line in lines)
+    assert '"echo\\n2026-12-05T14:18:00.000Z' in out.stdout
+    assert "\x1b" not in out.stdout and 'request_id="a\\u001b[31mRED\\u001b[0m status=ok"' in out.stdout
+    cut = [line for line in lines if "more characters: --json shows all)" in line]
+    assert len(cut) == 1 and "yyyy" in cut[0], lines
