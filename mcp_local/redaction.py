@@ -254,12 +254,13 @@ class RedactingFilter(logging.Filter):
         self._redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Assignments too: a tool's error quoting the caller's `--password=x` is logged.
         message = record.getMessage()
-        redacted = self._redactor.text(message)
+        redacted = self._redactor.text(message, assignments=True)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and record.exc_info[1] is not None:
-            text = self._redactor.text(str(record.exc_info[1]))
+            text = self._redactor.text(str(record.exc_info[1]), assignments=True)
             if text != str(record.exc_info[1]):
                 record.exc_info = None
                 record.msg = f"{record.msg} ({text})"

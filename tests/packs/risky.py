@@ -1,4 +1,5 @@
-"""Tools the gate must hold back: one destructive, one with no annotations, one that knows a secret."""
+"""Tools the gate must hold back: one destructive, one with no annotations, one that knows a secret;
+and one that fails quoting what it was given."""
 
 from __future__ import annotations
 
@@ -26,9 +27,19 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     async def plain_thing(call: ToolCall) -> str:
         return f"did {call.arguments['name']}"
 
+    async def quote_and_fail(call: ToolCall) -> str:
+        raise RuntimeError(f"cannot use {call.arguments['name']}")
+
     return StaticPack(
         "risky",
         [
+            Tool(
+                "quote_and_fail",
+                "Fails, quoting its argument.",
+                THING,
+                quote_and_fail,
+                annotations=ToolAnnotations(read_only=True),
+            ),
             Tool(
                 "delete_thing",
                 "Deletes a thing.",
