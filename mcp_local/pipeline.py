@@ -160,10 +160,11 @@ class Pipeline:
 
 
 class RedactErrors:
-    """Error results and refusals through `redactor` (the sidecar's, holding its packs' secrets).
+    """Error results and refusals through `redactor` (the hub's or the sidecar's, holding its
+    packs' secrets).
 
     A pack's exception text, which `execute` passes on, may quote a secret the pack holds (a
-    DSN, a key); the hub passes a sandbox's errors on to its callers and into its audit log as
+    DSN, a key); a hub passes a sandbox's errors on to its callers and into its audit log as
     they are. Results that are not errors are the caller's data: each pack redacts its own.
     """
 

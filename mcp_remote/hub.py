@@ -18,7 +18,15 @@ from mcp_local.errors import ConfigError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
-from mcp_local.pipeline import Authenticate, Authorize, Pipeline, ResolveTool, Stage, ValidateArguments
+from mcp_local.pipeline import (
+    Authenticate,
+    Authorize,
+    Pipeline,
+    RedactErrors,
+    ResolveTool,
+    Stage,
+    ValidateArguments,
+)
 from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
@@ -235,6 +243,8 @@ class Hub:
         """The dispatch path, in order (execute follows the last)."""
         return [
             self.trail,
+            # A pack's exception text may quote a secret it registered: its callers must not read it.
+            RedactErrors(self.redactor),
             Authenticate(self.authenticator),
             ResolveTool(self.registry),
             Authorize(),

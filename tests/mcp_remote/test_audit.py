@@ -26,6 +26,7 @@ from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
+from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
@@ -728,3 +729,22 @@ async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path:
     assert "\x1b" not in out.stdout and 'request_id="a\\u001b[31mRED\\u001b[0m status=ok"' in out.stdout
     cut = [line for line in lines if "more characters: --json shows all)" in line]
     assert len(cut) == 1 and "yyyy" in cut[0], lines
+
+
+@pytest.mark.parametrize("transport", ["grpc", "mcp-2026"])
+async def test_a_hub_packs_errors_never_show_callers_the_secrets_it_registered(
+    transport: str, tmp_path: Path
+) -> None:
+    """A pack registers its secret with the hub's redactor; its exception quoting the secret
+    reaches the caller redacted, as a sidecar pack's does."""
+    hub = start_hub(tmp_path, config=config())
+    try:
+        async with connect(transport, hub.grpc, hub.mcp_url, TOKEN) as client:
+            raised = await client.call("fail_with_secret", {"name": "raise"})
+            assert raised.is_error and "upstream refused key [REDACTED]" in raised.text, raised
+            with pytest.raises(ProtocolFailure) as refused:
+                await client.call("fail_with_secret", {"name": "refuse"})
+            assert refused.value.message == "key [REDACTED] lacks the scope"
+    finally:
+        assert hub.stop() == 0
+    assert CANARY not in hub.log()

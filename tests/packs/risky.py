@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_local import StaticPack, Tool, ToolAnnotations, ToolCall
+from mcp_local.errors import PermissionDenied
 from mcp_local.packs import PackEnv
 
 THING = {
@@ -27,12 +28,24 @@ def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
     async def plain_thing(call: ToolCall) -> str:
         return f"did {call.arguments['name']}"
 
+    async def fail_with_secret(call: ToolCall) -> str:
+        if call.arguments["name"] == "refuse":
+            raise PermissionDenied(f"key {secret} lacks the scope")
+        raise RuntimeError(f"upstream refused key {secret}")
+
     async def quote_and_fail(call: ToolCall) -> str:
         raise RuntimeError(f"cannot use {call.arguments['name']}")
 
     return StaticPack(
         "risky",
         [
+            Tool(
+                "fail_with_secret",
+                "Fails, quoting the secret the pack holds.",
+                THING,
+                fail_with_secret,
+                annotations=ToolAnnotations(read_only=True),
+            ),
             Tool(
                 "quote_and_fail",
                 "Fails, quoting its argument.",
