@@ -35,6 +35,10 @@ __all__ = ["CONNECTING", "REFUSED", "REGISTERED", "REPLACED", "Backoff", "HubLin
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+"""The largest result a call from the hub may return: a bigger one is a tool error (as a call
+over the sidecar's own gRPC gets), not a message gRPC cannot send, which ends the whole link and
+every call of the sandbox on it."""
 _EVERYONE = Principal("hub", ("*",))
 
 
@@ -293,6 +297,7 @@ class HubLink:
             sink=_UpstreamSink(call_id, send),
             client_capabilities_json=request.request.client_capabilities_json,
             request_id=request.request.request_id,
+            result_limit=MAX_RESULT_BYTES,
         )
         call.principal = Principal(f"hub:{request.principal or 'unknown'}", ("*",))
 

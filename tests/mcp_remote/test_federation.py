@@ -162,6 +162,18 @@ async def test_calls_travel_through_the_hub_and_its_bridge(
         assert slept.text == "slept 0.3s" and seen
 
 
+async def test_a_result_too_big_for_the_link_is_a_tool_error_and_the_link_stays(
+    hub: RunningHub, registered: Any
+) -> None:
+    """A sandbox's tool answering more than one gRPC message carries used to end the sandbox's
+    link, and every call of the sandbox on it."""
+    async with connect("grpc", hub.grpc, None, TOKENS["agent-42"]) as client:
+        big = await client.call("sbx-42__emit_bytes", {"n": 17_000_000})
+        assert big.is_error and big.text.startswith("emit_bytes returned 17,000,000 bytes, more than"), big
+        assert (await client.call("sbx-42__files_read", {"path": "hello.txt"})).text.startswith("hello from")
+    assert "went away" not in registered["sbx-42"].log() and "reconnecting" not in registered["sbx-42"].log()
+
+
 async def test_two_sandboxes_cannot_reach_each_others_tools(
     hub: RunningHub, registered: Any, tmp_path: Path
 ) -> None:
