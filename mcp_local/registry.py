@@ -14,7 +14,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 from .errors import ConfigError, HubError, InvalidArgument
 from .principals import Authenticator, Principal
 from .tools import Tool
-from .validation import ArgumentValidator
+from .validation import ArgumentValidator, check_output_schema
 from .wire import tool_to_proto
 
 __all__ = ["HeaderSchemaLookup", "RegisteredTool", "ToolRegistry"]
@@ -81,6 +81,10 @@ class ToolRegistry:
 
     def set_source(self, source: str, tools: Iterable[Tool]) -> None:
         """Make `tools` the whole contribution of `source` (an empty list removes it)."""
+        tools = list(tools)
+        for t in tools:
+            if t.output_schema is not None:
+                check_output_schema(t.name, t.output_schema)
         new = [
             RegisteredTool(t, source, ArgumentValidator(t.name, t.input_schema), tool_to_proto(t))
             for t in tools

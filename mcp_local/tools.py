@@ -110,6 +110,15 @@ class Tool:
             raise ConfigError(f"tool name {self.name!r}: expected 1-64 characters of [a-zA-Z0-9_-]")
         if self.input_schema.get("type") != "object":
             raise ConfigError(f'tool {self.name!r}: input_schema must have "type": "object"')
+        if self.output_schema is not None and (
+            not isinstance(self.output_schema, Mapping) or self.output_schema.get("type") != "object"
+        ):
+            # MCP's structured content is an object: a listing carrying any other output schema is
+            # one no MCP client or SDK accepts, and it takes every other tool of the list with it.
+            raise ConfigError(
+                f'tool {self.name!r}: output_schema must have "type": "object" (MCP structured content '
+                "is a JSON object; wrap a list or a value in one)"
+            )
 
 
 class ToolCall:

@@ -20,12 +20,14 @@ from .fastschema import Check, compile_schema
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-__all__ = ["ArgumentValidator"]
+__all__ = ["ArgumentValidator", "check_output_schema"]
 
 logger = logging.getLogger(__name__)
 
 
-def _full_validator(tool_name: str, schema: Mapping[str, Any], *, check: bool) -> Validator:
+def _full_validator(
+    tool_name: str, schema: Mapping[str, Any], *, check: bool, which: str = "input_schema"
+) -> Validator:
     import jsonschema
 
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -33,10 +35,16 @@ def _full_validator(tool_name: str, schema: Mapping[str, Any], *, check: bool) -
         try:
             cls.check_schema(schema)
         except jsonschema.SchemaError as exc:
-            raise ConfigError(
-                f"tool {tool_name!r}: input_schema is not a valid JSON Schema: {exc.message}"
-            ) from exc
+            problem = f"tool {tool_name!r}: {which} is not a valid JSON Schema: {exc.message}"
+            raise ConfigError(problem) from exc
     return cls(schema)
+
+
+def check_output_schema(tool_name: str, schema: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless `schema` is a valid JSON Schema (a listing carrying an invalid
+    one fails in MCP clients). Schemas of the compiled subset pass without `jsonschema`."""
+    if compile_schema(schema) is None:
+        _full_validator(tool_name, schema, check=True, which="output_schema")
 
 
 class ArgumentValidator:

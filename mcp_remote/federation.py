@@ -47,7 +47,7 @@ from mcp_local.errors import (
 from mcp_local.principals import Authenticator, Principal, bearer_token, first_authorization
 from mcp_local.registry import ToolRegistry
 from mcp_local.tools import TOOL_NAME, Tool, ToolCall
-from mcp_local.validation import ArgumentValidator
+from mcp_local.validation import ArgumentValidator, check_output_schema
 from mcp_local.wire import annotations_from_proto, result_from_proto
 from mcphub_proto.metadata import AUTHORIZATION
 from mcphub_proto.v1 import sidecar_pb2 as spb
@@ -406,6 +406,8 @@ class Federation:
         if not isinstance(schema, dict) or not isinstance(meta, dict):
             raise ConfigError(f"tool {definition.name!r}: input_schema and _meta must be JSON objects")
         ArgumentValidator(definition.name, schema)  # raises ConfigError for an invalid schema
+        if isinstance(output_schema, dict):  # anything else is refused by Tool itself
+            check_output_schema(definition.name, output_schema)
         return Tool(
             name=name,
             title=definition.title,

@@ -27,7 +27,7 @@ from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
-from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
+from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
 from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar
 
 pytestmark = pytest.mark.anyio
@@ -658,6 +658,59 @@ async def test_a_hello_the_hub_refuses_does_not_knock_the_registered_sidecar_off
     await asyncio.sleep(0.5)  # a sidecar knocked off would have been told by now
     assert "sbx-42__files_read" in await tool_names(hub, TOKENS["ops"])
     assert "replaced by a new connection" not in registered["sbx-42"].log_path.read_text()
+
+
+async def test_a_sandbox_tool_with_an_output_schema_mcp_refuses_is_blocked(tmp_path: Path) -> None:
+    """An output schema that is not an object schema (or no JSON Schema at all) made every MCP
+    client's `tools/list` fail, for all the tools the client could see."""
+    hub = start_hub(tmp_path, config=hub_config())
+    obj = b'{"type": "object"}'
+    tools = [
+        pb.Tool(name="good", input_schema_json=obj, output_schema_json=b'{"type": "object"}'),
+        pb.Tool(name="rows", input_schema_json=obj, output_schema_json=b'{"type": "array"}'),
+        pb.Tool(name="odd", input_schema_json=obj, output_schema_json=b'"object"'),
+        pb.Tool(name="bad", input_schema_json=obj, output_schema_json=b'{"type": "object", "required": 3}'),
+    ]
+    welcomed = asyncio.Event()
+
+    async def hello() -> AsyncIterator[spb.SidecarMessage]:
+        yield spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-42", tools=tools))
+        await welcomed.wait()
+
+    try:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+            metadata = (("authorization", f"Bearer {TOKENS['sbx-42']}"),)
+            stream = stub.Connect(hello(), metadata=metadata)
+            first = await stream.read()
+            welcome = first.welcome
+            reasons = {b.name: b.reason for b in welcome.blocked}
+            assert list(welcome.exposed) == ["sbx-42__good"], welcome
+            assert 'output_schema must have "type": "object"' in reasons["rows"]
+            assert 'output_schema must have "type": "object"' in reasons["odd"]
+            assert "output_schema is not a valid JSON Schema" in reasons["bad"]
+            for transport in ("mcp-2025", "mcp-2026"):
+                async with connect(transport, hub.grpc, hub.mcp_url, TOKENS["agent-42"]) as client:
+                    assert "sbx-42__good" in {t["name"] for t in await client.list_tools()}
+            welcomed.set()
+            stream.cancel()
+    finally:
+        hub.stop()
+
+
+def test_a_hub_pack_tool_with_a_bad_output_schema_is_refused_at_start(tmp_path: Path) -> None:
+    pack = tmp_path / "rows.py"
+    pack.write_text(
+        "from mcp_local import StaticPack, Tool\n"
+        "async def rows(call):\n    return 'x'\n"
+        "def create_pack(options, env):\n"
+        "    return StaticPack('rows', [Tool('rows', 'Rows.', {'type': 'object'}, rows,"
+        " output_schema={'type': 'array'})])\n"
+    )
+    out = serve_refused(tmp_path / "serve", {"packs": ["diagnostics", str(pack)]})
+    assert out.returncode == 2 and 'tool \'rows\': output_schema must have "type": "object"' in out.stderr, (
+        out
+    )
 
 
 LEAKY_PACK = """
