@@ -177,7 +177,9 @@ class SessionDoor:
         self._max_sessions = max_sessions
         self._max_body = max_body_bytes
         self._users: dict[str, AuthenticatedUser] = {}
-        self._held: dict[Principal, _Sessions] = {}
+        self._held: dict[str, _Sessions] = {}
+        """By principal name, as the SDK binds sessions: a reload of the hub's principals makes new
+        `Principal` objects, and the sessions opened before it are still theirs."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self._path:
@@ -262,7 +264,7 @@ class SessionDoor:
     async def _in_session(
         self, principal: Principal, session_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        held = self._held.get(principal)
+        held = self._held.get(principal.name)
         if held is None or session_id not in held.in_flight:
             await self.app(scope, receive, send)  # not this principal's: the SDK says 404
             return
@@ -281,7 +283,7 @@ class SessionDoor:
                 held.in_flight[session_id] -= 1
 
     async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
-        held = self._held.setdefault(principal, _Sessions())
+        held = self._held.setdefault(principal.name, _Sessions())
         # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
         # and must not cost the principal a session. The body is read here to tell (up to the
         # bridge's body limit: past it, the rest is left to the SDK, which answers 413), parsed

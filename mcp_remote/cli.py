@@ -153,7 +153,10 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
         return
     try:
         report = running[0].reload(reread())
-    except ConfigError as exc:
+    except Exception as exc:  # whatever it is, the hub goes on as it was, and says why
+        if not isinstance(exc, ConfigError):
+            log.exception("reload failed, the hub goes on with its current config")
+            return
         # One log line: a config error lists its problems one per line.
         problems = "; ".join(line.strip() for line in str(exc).splitlines())
         log.error("reload refused, the hub goes on with its current config: %s", problems)

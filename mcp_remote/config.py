@@ -134,6 +134,11 @@ class PrincipalConfig(BaseModel):
                 raise ConfigError(
                     f"principals[{self.name}].token_file: cannot read {self.token_file}: {exc.strerror}"
                 ) from exc
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"principals[{self.name}].token_file: {self.token_file} is not text (UTF-8); a token "
+                    "is a line of printable characters"
+                ) from None
         if len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(
                 f"principals[{self.name}]: the token must be at least {MIN_TOKEN_LENGTH} characters"

@@ -500,6 +500,8 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             if first.WhichOneof("message") != "hello":
                 raise InvalidArgument("expected a hello as the first message")
             hello = first.hello
+            # Asked again: a reload may have revoked the token while the hub waited for the hello.
+            principal = self._principal(context)
             name = f.sandbox_name(principal, hello.sandbox)
             conn = SandboxConnection(name, principal.name, hello.version)
             welcome = f.connect(conn, hello.tools)

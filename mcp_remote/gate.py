@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
@@ -148,6 +148,58 @@ class Gate:
         self._book = book
         self._log = log
         self.approvers = tuple(approvers)
+        self.generation = 0
+        """Counts reloads (`reload`): a call that waited for a person across one is decided again."""
+        self._principal_named: Callable[[str], Principal | None] = lambda name: None
+
+    def reload(
+        self,
+        policy: Policy,
+        approvers: Sequence[Principal],
+        principal_named: Callable[[str], Principal | None],
+    ) -> None:
+        """The hub's config was reloaded: decide every call from now on with `policy`; calls
+        waiting for approval are checked again when their approval comes (`_still_allowed`)."""
+        self.policy = policy
+        self.approvers = tuple(approvers)
+        self._principal_named = principal_named
+        self.generation += 1
+
+    def _still_allowed(self, call: ToolCall) -> ToolResult | None:
+        """A call approved after a reload runs only if the reloaded config would still let it be
+        asked for: its principal still there with the tool among its grants, and the policy not
+        denying it now. None when it may run."""
+        assert call.principal is not None and call.tool is not None
+        name = call.principal.name
+        now = self._principal_named(name)
+        if now is None or not now.may_use(call.tool):
+            why = "removed" if now is None else "no longer granted this tool"
+            return ToolResult.refused(
+                f"principal {name!r} was {why} by a reload of the hub's config while the call waited "
+                "for approval",
+                "policy",
+            )
+        decision = self.policy.evaluate(
+            name,
+            call.name,
+            call.arguments,
+            call.tool.annotations,
+            trusted=not call.source.startswith("sandbox:"),
+        )
+        if decision.verdict != "deny":
+            return None
+        self._log.record(
+            "decided",
+            call.call_id,
+            name,
+            call.name,
+            {"decision": "deny", "rule": decision.rule, "reason": decision.reason, "after": "reload"},
+        )
+        return ToolResult.refused(
+            f"refused by policy rule {decision.rule!r} (the hub's config was reloaded while the call "
+            f"waited for approval): {decision.reason or 'denied'}",
+            "policy",
+        )
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         principal = call.principal
@@ -196,7 +248,10 @@ class Gate:
         if must_be_durable and durable is not None:
             await asyncio.shield(durable)
         if decision.verdict == "ask":
+            generation = self.generation
             refusal = await self._ask(call, decision)
+            if refusal is None and generation != self.generation:
+                refusal = self._still_allowed(call)
             if refusal is not None:
                 return refusal
         log.record("started", call.call_id, principal.name, call.name, {})

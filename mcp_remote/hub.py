@@ -4,6 +4,7 @@ the MCP bridge, in one process."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -27,7 +28,7 @@ from mcp_local.pipeline import (
     Stage,
     ValidateArguments,
 )
-from mcp_local.principals import OPERATOR, Authenticator, OpenAccess, Principal
+from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Principal
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
@@ -37,11 +38,12 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from .approvals import Approval, ApprovalBook
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
+from .audit.records import canonical
 from .auth import TokenAuthenticator, token_digest
 from .config import Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
-from .policy import broad_allows, resolve_policy, unapprovable
+from .policy import Policy, broad_allows, resolve_policy, unapprovable
 from .statedir import remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
@@ -109,6 +111,11 @@ RELOADABLE = frozenset({"principals", "policy", "log_level"})
 """What a running hub takes from its config file again on SIGHUP; the rest needs a restart."""
 
 
+def policy_digest(policy: Policy) -> str:
+    """Which policy a hub enforces, for the audit log: the SHA-256 of its rules as canonical JSON."""
+    return hashlib.sha256(canonical(policy.config.model_dump(mode="json"))).hexdigest()
+
+
 def _grants(principal: Principal) -> tuple[object, ...]:
     return principal.tools, principal.roles, principal.groups
 
@@ -127,6 +134,10 @@ class Reloaded:
     new_grants: tuple[str, ...]
     """Tools, roles or groups changed."""
     policy_changed: bool
+    policy_sha256: str
+    """The digest of the policy the hub now enforces (as in the `hub started` record)."""
+    log_level: str | None
+    """The new log level, when it changed."""
     needs_restart: tuple[str, ...]
     """Keys of the file that changed but apply only at the next start."""
     sandboxes_disconnected: tuple[str, ...]
@@ -144,7 +155,9 @@ class Reloaded:
             if names
         ]
         if self.policy_changed:
-            parts.append("policy changed")
+            parts.append(f"policy changed (sha256 {self.policy_sha256[:12]})")
+        if self.log_level:
+            parts.append(f"log level {self.log_level}")
         return "; ".join(parts) or "nothing changed"
 
 
@@ -212,32 +225,45 @@ class Hub:
         self.redactor.add(operator)
         if not config.principals:
             return OpenAccess(known={operator: OPERATOR})
-        return TokenAuthenticator.of_digests(
-            [(token_digest(operator), OPERATOR), *self._principal_digests(config, environ)]
-        )
+        digests, self._env_tokens = self._principal_digests(config, environ)
+        return TokenAuthenticator.of_digests([(token_digest(operator), OPERATOR), *digests])
 
     def _principal_digests(
-        self, config: HubConfig, environ: Mapping[str, str]
-    ) -> list[tuple[bytes, Principal]]:
+        self, config: HubConfig, environ: Mapping[str, str], *, reloading: bool = False
+    ) -> tuple[list[tuple[bytes, Principal]], dict[str, tuple[str, bytes]]]:
         """Each principal's token digest, the token read from where the config says (and added to
-        the redactor). A variable is read once and taken out of the environment (no process the
-        hub starts may inherit it), so a reload keeps the token the variable gave at start."""
+        the redactor), and the variables' tokens to keep (`_env_tokens`, set by the caller once
+        the table is in use); raises ConfigError when a token cannot be read.
+
+        A variable is read at start only, then taken out of the environment, so that no process
+        the hub starts inherits it. A reload keeps the token a principal's variable gave at
+        start for as long as its entry names that variable; it reads no variable (the hub's
+        children have inherited those nobody named at start), and one revoked stays revoked."""
         found: list[tuple[PrincipalConfig, bytes, str]] = []
         for p in config.principals:
             kept = self._env_tokens.get(p.name)
-            if p.token_env is not None and p.token_env not in environ and kept and kept[0] == p.token_env:
+            if reloading and p.token_env is not None:
+                if kept is None or kept[0] != p.token_env:
+                    raise ConfigError(
+                        f"principals[{p.name}].token_env: a running hub reads no environment variable "
+                        f"again (it read those of its principals once, at start); give {p.name} a "
+                        "token_file, or restart the hub"
+                    )
                 found.append((p, kept[1], ""))
                 continue
-            token = p.resolve_token(environ)  # raises ConfigError before anything is changed
+            token = p.resolve_token(environ)
             found.append((p, token_digest(token), token))
+        # Only entries that still name their variable keep its token: removed, or moved to
+        # another source, a principal's variable token is gone for good.
+        env_tokens = {}
         for p, digest, token in found:
             if token:
                 self.redactor.add(token)
             if p.token_env is not None:
-                self._env_tokens[p.name] = (p.token_env, digest)
+                env_tokens[p.name] = (p.token_env, digest)
                 if isinstance(environ, MutableMapping):
                     environ.pop(p.token_env, None)
-        return [(digest, p.principal()) for p, digest, _ in found]
+        return [(digest, p.principal()) for p, digest, _ in found], env_tokens
 
     def stages(self) -> list[Stage]:
         """The dispatch path, in order (execute follows the last)."""
@@ -326,12 +352,15 @@ class Hub:
         before: Mapping[str, tuple[bytes, Principal]] = {}
         if isinstance(self.authenticator, TokenAuthenticator):
             before = self.authenticator.by_name()
-            digests = self._principal_digests(new, self.environ if environ is None else environ)
+            digests, env_tokens = self._principal_digests(
+                new, self.environ if environ is None else environ, reloading=True
+            )
             self.authenticator.replace([before[OPERATOR.name], *digests])
+            self._env_tokens = env_tokens
         after = self.authenticator.by_name() if isinstance(self.authenticator, TokenAuthenticator) else {}
         # Nothing below raises: the hub now runs on the new config.
-        self.gate.policy = self.policy = policy
-        self.gate.approvers = tuple(_approvers(new))
+        self.policy = policy
+        self.gate.reload(policy, _approvers(new), self._principal_named)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.config = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})
@@ -359,6 +388,8 @@ class Hub:
             new_token=tuple(new_token),
             new_grants=tuple(new_grants),
             policy_changed=new.policy != old.policy,
+            policy_sha256=policy_digest(policy),
+            log_level=new.log_level if new.log_level != old.log_level else None,
             needs_restart=tuple(
                 key
                 for key in type(old).model_fields
@@ -380,9 +411,20 @@ class Hub:
                     "new_token": list(report.new_token) or None,
                     "new_grants": list(report.new_grants) or None,
                     "policy_changed": report.policy_changed,
+                    "policy_sha256": report.policy_sha256,
+                    "log_level": report.log_level,
+                    "sandboxes_disconnected": list(report.sandboxes_disconnected) or None,
+                    "needs_restart": list(report.needs_restart) or None,
                 },
             )
         return report
+
+    def _principal_named(self, name: str) -> Principal | None:
+        """The principal of this name as the hub now knows it (an open hub: anybody, as `local`)."""
+        if not isinstance(self.authenticator, TokenAuthenticator):
+            return LOCAL
+        entry = self.authenticator.by_name().get(name)
+        return entry[1] if entry is not None else None
 
     async def start(self) -> HubAddresses:
         """Bind both ports first (a busy one fails before anything slow starts), then the audit
@@ -405,7 +447,16 @@ class Hub:
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
         await self.audit.start()
         self.audit.record(
-            "hub", "-", "-", "-", {"event": "started", "instance": self.instance, "pid": os.getpid()}
+            "hub",
+            "-",
+            "-",
+            "-",
+            {
+                "event": "started",
+                "instance": self.instance,
+                "pid": os.getpid(),
+                "policy_sha256": policy_digest(self.policy),
+            },
         )
         failed = await self.approvals.fail_pending_on_restart()
         if failed:

@@ -9,17 +9,23 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2
 import pytest
 import yaml
 
 from bridge.hubclient import HubClient
 from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
-from tests.support.approvals import start_call
+from mcphub_proto.v1 import sidecar_pb2 as spb
+from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.bridge.test_session_door import open_session, works
+from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, RunningHub, hub_command, start_hub
 from tests.support.sidecar import start_sidecar
@@ -134,6 +140,7 @@ async def test_principals_and_policy_change_without_a_restart(transport: str, tm
 
     records = audit_records(hub, "hub")
     reloaded = [r["body"] for r in records if r["body"].get("event") == "reloaded"]
+    started = next(r["body"] for r in records if r["body"].get("event") == "started")
     assert reloaded == [
         {
             "event": "reloaded",
@@ -142,8 +149,10 @@ async def test_principals_and_policy_change_without_a_restart(transport: str, tm
             "principals_removed": ["bob"],
             "new_token": ["alice"],
             "policy_changed": True,
+            "policy_sha256": reloaded[0]["policy_sha256"],
         }
     ]
+    assert len(started["policy_sha256"]) == 64 and started["policy_sha256"] != reloaded[0]["policy_sha256"]
     assert TOKENS["alice-rotated"] not in (hub.state_dir.parent / "hub.log").read_text()
     verify = await asyncio.to_thread(
         subprocess.run,
@@ -175,15 +184,31 @@ async def test_keys_that_need_a_restart_are_named_and_a_token_from_a_variable_is
         config["max_request_bytes"] = 12345
         config["log_level"] = "debug"
         answer = reload(hub, config)
-        assert "nothing changed" in answer, answer
+        assert answer.endswith("config reloaded: log level debug"), answer
         log = (tmp_path / "hub.log").read_text()
         assert "applied only when the hub restarts: max_request_bytes" in log
         assert "log_level" not in log.split("applied only when the hub restarts")[1].splitlines()[0]
         assert await whoami("grpc", hub, TOKENS["alice"]) == "alice"
         config["principals"][0] = {"name": "alice", "token_env": "ALICE_NEW_TOKEN", "tools": ["whoami"]}
         answer = reload(hub, config)
-        assert "reload refused" in answer and "ALICE_NEW_TOKEN is not set" in answer, answer
+        assert "reload refused" in answer and "reads no environment variable again" in answer, answer
         assert await whoami("grpc", hub, TOKENS["alice"]) == "alice"
+        # A variable's token revoked (the entry moved to a file) does not come back with the entry.
+        token_file = tmp_path / "alice.token"
+        token_file.write_text(TOKENS["alice-rotated"])
+        config["principals"][0] = {"name": "alice", "token_file": str(token_file), "tools": ["whoami"]}
+        assert "new token: alice" in reload(hub, config)
+        config["principals"][0] = {"name": "alice", "token_env": "ALICE_TOKEN", "tools": ["whoami"]}
+        answer = reload(hub, config)
+        assert "reload refused" in answer and "reads no environment variable again" in answer, answer
+        assert "not one this hub knows" in (await refused("grpc", hub, TOKENS["alice"])).message
+        # A token file that is not text is refused in one line, without its content.
+        token_file.write_bytes(b"\xef\xbb\xff" + TOKENS["alice-rotated"].encode())
+        config["principals"][0] = {"name": "alice", "token_file": str(token_file), "tools": ["whoami"]}
+        answer = reload(hub, config)
+        assert "reload refused" in answer and "is not text (UTF-8)" in answer, answer
+        assert await whoami("grpc", hub, TOKENS["alice-rotated"]) == "alice"
+        assert "Traceback" not in (tmp_path / "hub.log").read_text()
         # An open hub cannot become a guarded one by a reload, nor the other way round.
         answer = reload(hub, {k: v for k, v in config.items() if k != "principals"})
         assert "reload refused" in answer and "restart the hub" in answer, answer
@@ -309,3 +334,91 @@ async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) 
         if sidecar is not None:
             sidecar.stop()
         hub.stop()
+
+
+def test_the_session_cap_holds_across_reloads(tmp_path: Path) -> None:
+    """Sessions were counted per `Principal` object, and a reload makes new ones: every SIGHUP
+    gave each principal a fresh allowance and forgot the sessions it held."""
+    config = first_config()
+    config["max_sessions_per_principal"] = 2
+    hub = start_hub(tmp_path, config=config)
+    try:
+        with httpx2.Client(base_url=hub.http_base, timeout=30) as http:
+            sessions = [open_session(http, TOKENS["bob"]) for _ in range(2)]
+            for _ in range(2):
+                assert "nothing changed" in reload(hub, config)
+                sessions += [open_session(http, TOKENS["bob"]) for _ in range(2)]
+            live = [s for s in sessions if works(http, TOKENS["bob"], s)]
+            assert live == sessions[-2:], (sessions, live)
+    finally:
+        assert hub.stop() == 0
+
+
+async def test_a_call_waiting_for_approval_is_decided_again_when_approved_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    """The reload happens while two calls wait for a person: Alice is removed, and the new policy
+    denies `sleep`. Approved afterwards, neither runs."""
+    config = first_config()
+    config["principals"][0]["tools"] = config["principals"][1]["tools"] = ["whoami", "sleep"]
+    config["principals"].append(
+        {"name": "judge", "token": "judge-token-0123456789abcdef", "roles": ["approver"]}
+    )
+    config["policy"] = {
+        "extends": "default",
+        "rules": [{"name": "ask for sleep", "tools": ["sleep"], "decision": "ask"}],
+    }
+    hub = start_hub(tmp_path, config=config, http=False)
+    client = HubClient(hub.grpc)
+    try:
+        alices = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+        bobs = start_call(client, TOKENS["bob"], "sleep", {"seconds": 0})
+        waiting = [await alices.approval_id(), await bobs.approval_id()]
+        config["principals"] = [p for p in config["principals"] if p["name"] != "alice"]
+        config["policy"]["rules"] = [{"name": "no sleep", "tools": ["sleep"], "decision": "deny"}]
+        assert "removed: alice" in reload(hub, config)
+        for approval_id in waiting:
+            await decide(hub.grpc, "judge-token-0123456789abcdef", approval_id, True)
+        alice_result, bob_result = text_of(await alices.result()), text_of(await bobs.result())
+        assert "principal 'alice' was removed by a reload" in alice_result, alice_result
+        assert "refused by policy rule 'no sleep' (the hub's config was reloaded" in bob_result, bob_result
+        assert "slept" not in alice_result + bob_result
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    started = [r for r in audit_records(hub, "started") if r["tool"] == "sleep"]
+    assert started == []
+
+
+async def test_a_registration_waiting_for_its_hello_is_refused_once_its_token_is_revoked(
+    tmp_path: Path,
+) -> None:
+    config = first_config()
+    config["principals"].append({"name": "sbx-1", "token": TOKENS["sbx-1"], "roles": ["sandbox"]})
+    hub = start_hub(tmp_path, config=config, http=False)
+    revoked = asyncio.Event()
+
+    async def late_hello() -> AsyncIterator[spb.SidecarMessage]:
+        await revoked.wait()
+        tool = pb.Tool(name="read_secrets", input_schema_json=b'{"type": "object"}')
+        yield spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-1", tools=[tool]))
+        await asyncio.sleep(5)
+
+    try:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+            stream = stub.Connect(late_hello(), metadata=(("authorization", f"Bearer {TOKENS['sbx-1']}"),))
+            await asyncio.sleep(0.5)  # the hub has authenticated the stream and waits for its hello
+            config["principals"] = [p for p in config["principals"] if p["name"] != "sbx-1"]
+            assert "removed: sbx-1" in await asyncio.to_thread(reload, hub, config)
+            revoked.set()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ops = HubClient(hub.grpc)
+        try:
+            assert not [t for t in await ops.all_tools(TOKENS["ops"]) if t.name.startswith("sbx-1__")]
+        finally:
+            await ops.close()
+    finally:
+        assert hub.stop() == 0
