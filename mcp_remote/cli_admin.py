@@ -55,11 +55,12 @@ def _iso(ms: int) -> str:
 def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from mcp_local.errors import ConfigError
 
-    from .policy import broad_allows, load_policy_file, resolve_policy, unapprovable
+    from .policy import broad_allows, default_policy_config, load_policy_file, resolve_policy, unapprovable
 
     try:
-        config = load_policy_file(args.file)
-        policy = resolve_policy(config)
+        given = load_policy_file(args.file)
+        config = given if given is not None else default_policy_config()
+        policy = resolve_policy(given)
         principals = _principals_in(args.file)
     except ConfigError as exc:
         if args.json:
@@ -72,7 +73,10 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     if args.json:
         print(json.dumps({"ok": True, "rules": policy.rule_names, "warnings": warnings}))
     else:
-        print(f"{args.file}: valid policy with {len(policy.rule_names)} rules")
+        what = (
+            "valid policy" if given is not None else "a hub config without `policy:`, so the shipped default"
+        )
+        print(f"{args.file}: {what} with {len(policy.rule_names)} rules")
         for name in policy.rule_names:
             print(f"  - {name}")
         for warning in warnings:

@@ -463,9 +463,10 @@ def resolve_policy(config: PolicyConfig | None) -> Policy:
     return Policy(config)
 
 
-def load_policy_file(path: Path) -> PolicyConfig:
-    """A policy document, or a hub config file holding one under `policy:`; raises ConfigError."""
-    from .config import format_validation_error
+def load_policy_file(path: Path) -> PolicyConfig | None:
+    """A policy document, or a hub config file holding one under `policy:`; None for a hub config
+    without one (its hub enforces the shipped default); raises ConfigError."""
+    from .config import HubConfig, format_validation_error
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -475,6 +476,14 @@ def load_policy_file(path: Path) -> PolicyConfig:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if isinstance(data, dict) and "policy" in data:
         data = data["policy"]
+        if data is None:
+            return None
+    elif (
+        isinstance(data, dict)
+        and data.keys() & HubConfig.model_fields.keys()
+        and not (data.keys() & PolicyConfig.model_fields.keys())
+    ):
+        return None  # a hub config that leaves the policy to the default
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a policy mapping (rules: [...]) or a hub config with `policy:`")
     try:

@@ -281,6 +281,12 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     nobody.write_text("policy:" + POLICY_HUB.split("policy:", 1)[1])
     (warning,) = json.loads(run("policy", "check", str(nobody), "--json").stdout)["warnings"]
     assert warning.startswith("rule 'prod' asks an approver in oncall"), warning
+    # A hub config that leaves the policy to the default checks as the default, not as a policy
+    # document full of unknown keys.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("grpc: 127.0.0.1:0\npacks: [diagnostics]\n")
+    out = run("policy", "check", str(plain))
+    assert out.returncode == 0 and "without `policy:`, so the shipped default" in out.stdout, out
     broad = tmp_path / "broad.yaml"
     broad.write_text("extends: default\nrules:\n  - {name: all, tools: ['*'], decision: allow}\n")
     out = run("policy", "check", str(broad))
