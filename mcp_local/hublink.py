@@ -119,6 +119,7 @@ class HubLink:
         self._registry = registry
         self._version = version
         self._backoff = backoff
+        self._unoffered: list[str] = []
         self._on_state = on_state
         # The hub has authenticated and authorized the caller; the sidecar resolves and validates
         # again, and hides its packs' secrets from the hub's callers and audit log.
@@ -199,7 +200,19 @@ class HubLink:
             await asyncio.sleep(delay)
 
     def _tools(self) -> list[pb.Tool]:
-        return [r.proto for r in self._registry.visible_to(_EVERYONE)]
+        offered = self._registry.visible_to(_EVERYONE)
+        if len(offered) != len(self._registry):
+            # Calls through the hub reach the sidecar as the hub's, with no role: a tool kept for
+            # some roles would be listed to nobody there and answer every call "unknown tool".
+            names = {r.tool.name for r in offered}
+            kept = sorted(n for n in self._registry.names() if n not in names)
+            if kept != self._unoffered:
+                self._unoffered = kept
+                logger.warning(
+                    "not offered to the hub (a tool with `roles` is for the sidecar's own callers only): %s",
+                    ", ".join(kept),
+                )
+        return [r.proto for r in offered]
 
     async def _session(self) -> bool:
         """One connection: hello, then serve calls until the stream ends. True if the hub welcomed us."""

@@ -76,6 +76,10 @@ class ToolRegistry:
 
         return lookup
 
+    def names(self) -> list[str]:
+        """Every registered tool's name, sorted."""
+        return [r.tool.name for r in self._sorted]
+
     def __len__(self) -> int:
         return len(self._tools)
 

@@ -786,3 +786,43 @@ async def test_a_sandbox_never_passes_its_secrets_to_hub_callers_or_the_audit_lo
     finished = [r.body_json() for r in records if r.kind == "finished" and r.tool.startswith("sbx-42__")]
     assert len(finished) == 3 and any("end of string reached" in str(b) for b in finished)
     assert all(password not in str(b) and pack_secret not in str(b) for b in finished)
+
+
+ROLES_PACK = """
+from mcp_local import StaticPack, Tool
+
+
+async def admin(call):
+    return "admin"
+
+
+def create_pack(options, env):
+    tool = Tool("team_admin", "Admin.", {"type": "object"}, admin, roles=frozenset({"operator"}))
+    return StaticPack("adminish", [tool])
+"""
+
+
+async def test_a_sandbox_tool_kept_for_some_roles_is_said_not_to_be_offered_to_the_hub(
+    tmp_path: Path,
+) -> None:
+    """Calls through the hub reach a sidecar with no role: such a tool was counted as loaded and
+    silently missing at the hub."""
+    (tmp_path / "adminish.py").write_text(ROLES_PACK)
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    manifest = sandbox_manifest(tmp_path / "sbx")
+    manifest["packs"] = ["diagnostics", str(tmp_path / "adminish.py")]
+    sidecar = start_sidecar(tmp_path / "sbx", manifest, hub=hub.grpc, token=TOKENS["sbx-42"])
+    try:
+
+        async def registered() -> bool:
+            return "sbx-42__echo" in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(registered, what="registration")
+        assert "sbx-42__team_admin" not in await tool_names(hub, TOKENS["ops"])
+        assert (
+            "not offered to the hub (a tool with `roles` is for the sidecar's own callers only): team_admin"
+            in (sidecar.log())
+        )
+    finally:
+        sidecar.stop()
+        hub.stop()
