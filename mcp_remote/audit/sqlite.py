@@ -146,6 +146,9 @@ class SQLiteStore:
         self._since_wal_checkpoint = 0
         self._wal_checkpoint: asyncio.Future[None] | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        self._sync_fds: dict[str, int] = {}
+        """Descriptors of the database and its write-ahead log for `fsync`, held until SQLite has
+        closed them (see `_fsync_files`)."""
 
     checkpoint_file_name = "checkpoints.jsonl"
     """The state directory's copy of this log's signed checkpoints (`audit/<name>`)."""
@@ -160,15 +163,20 @@ class SQLiteStore:
             await asyncio.get_running_loop().run_in_executor(None, self._fsync_files)
 
     def _fsync_files(self) -> None:
+        # The descriptors stay open until the store closes: closing any descriptor of a file
+        # drops every POSIX lock this process holds on it, SQLite's included. Another process
+        # then closing its connection to the log (a second hub refused, an `sqlite3` shell, a
+        # reader) takes itself for the last one, checkpoints and deletes the write-ahead log,
+        # and this hub goes on committing into a deleted file: records lost, and a log shorter
+        # than its signed checkpoints, on which no hub starts again.
         for path in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = self._sync_fds.get(path.name)
+            if fd is None:
+                try:
+                    fd = self._sync_fds[path.name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+            os.fsync(fd)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -284,6 +292,9 @@ class SQLiteStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        for fd in self._sync_fds.values():  # only now: SQLite holds no lock to lose
+            os.close(fd)
+        self._sync_fds.clear()
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
         if self.sync:  # the write waits for the disk: not on the event loop (see `AuditLog`)

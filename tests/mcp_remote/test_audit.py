@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -748,3 +749,35 @@ async def test_a_hub_packs_errors_never_show_callers_the_secrets_it_registered(
     finally:
         assert hub.stop() == 0
     assert CANARY not in hub.log()
+
+
+async def test_a_reader_of_the_database_never_takes_the_write_ahead_log_from_the_hub(tmp_path: Path) -> None:
+    """Syncing the files for a checkpoint opened and closed the database, which dropped the hub's
+    SQLite locks: the next process to close a connection to it (a reader, a refused second hub)
+    took itself for the last, checkpointed and deleted the write-ahead log, and the hub went on
+    committing into a deleted file. After a crash the log ended before its signed checkpoints."""
+    hub = start_hub(tmp_path, config=config(audit={"checkpoint_every": 10}))
+    client = HubClient(hub.grpc)
+    db = hub.state_dir / "audit" / "audit.db"
+    try:
+        for i in range(10):  # 40 records: a checkpoint, so the files were synced
+            await call_echo(client, f"before {i}")
+        reader = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select seq from records')"
+        reader += "; c.close()"  # a read takes a shared lock; the close is where the log was taken
+        await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", reader, str(db)], check=True, timeout=30
+        )
+        for i in range(30):
+            await call_echo(client, f"after {i}")
+        await asyncio.sleep(0.5)  # a fold and a checkpoint after the reader left
+        fds = [os.readlink(f) for f in (Path("/proc") / str(hub.process.pid) / "fd").iterdir()]
+        assert not [f for f in fds if f.endswith("(deleted)")], fds
+    finally:
+        await client.close()
+        hub.kill()  # a crash: what is durable must be in the log
+    restarted = start_hub(tmp_path, config=config(audit={"checkpoint_every": 10}))
+    assert restarted.stop() == 0
+    verify = cli("audit", "verify", "--state-dir", str(hub.state_dir))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    echoed = [r for r in await all_records(hub.state_dir) if r.kind == "finished" and r.tool == "echo"]
+    assert len(echoed) == 40
