@@ -50,9 +50,12 @@ async def _respond(
     await send({"type": "http.response.body", "body": data if body else b""})
 
 
-async def _health(scope: Scope, send: Send) -> None:
+async def _health(scope: Scope, send: Send, problem: str | None) -> None:
     method = scope["method"]
-    if method in ("GET", "HEAD"):
+    if method in ("GET", "HEAD") and problem is not None:
+        # A load balancer sends callers elsewhere: this server refuses every call for now.
+        await _respond(send, 503, {"status": "unavailable", "reason": problem}, body=method == "GET")
+    elif method in ("GET", "HEAD"):
         await _respond(send, 200, {"status": "ok"}, body=method == "GET")
     else:
         await _respond(
@@ -114,8 +117,12 @@ class BridgeApp:
         *,
         imports: Sequence[str] = (),
         loaded: Callable[[], None] | None = None,
+        health: Callable[[], str | None] | None = None,
     ) -> None:
+        """`health`: why the server behind the bridge refuses every call right now (its audit log
+        cannot be written, it is stopping), or None; `/healthz` answers 503 with it."""
         self.app: ASGIApp | None = None
+        self._health = health
         """The MCP app, once built."""
         self._build = build
         self._imports = tuple(imports)
@@ -138,7 +145,8 @@ class BridgeApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":
-            await _health(scope, send)
+            problem = "the server is shutting down" if self._stopping else None
+            await _health(scope, send, problem or (self._health() if self._health is not None else None))
             return
         if self._stopping:
             await _respond(send, 503, _rpc_error(SERVER_STOPPING, "the server is shutting down"))
@@ -250,7 +258,12 @@ class BridgeApp:
                 return
 
 
-def bridge_app(hub: ToolHubClient, options: BridgeOptions, policy: OriginPolicy) -> BridgeApp:
+def bridge_app(
+    hub: ToolHubClient,
+    options: BridgeOptions,
+    policy: OriginPolicy,
+    health: Callable[[], str | None] | None = None,
+) -> BridgeApp:
     """The bridge in front of `hub`: the MCP SDK is imported, and the MCP server built, on the
     first request that needs them."""
 
@@ -261,4 +274,4 @@ def bridge_app(hub: ToolHubClient, options: BridgeOptions, policy: OriginPolicy)
 
     # Settled as the server settles after start-up: what the SDK loaded is frozen out of the
     # collector's way, so full collections during calls do not walk it.
-    return BridgeApp(build, policy, imports=("bridge.server",), loaded=settle_memory)
+    return BridgeApp(build, policy, imports=("bridge.server",), loaded=settle_memory, health=health)

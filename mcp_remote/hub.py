@@ -3,6 +3,7 @@ the MCP bridge, in one process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from mcp_local.errors import ConfigError
 from mcp_local.localhub import LocalHub
@@ -106,6 +108,10 @@ def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(state_dir) else ""
     return f"state directory {state_dir}{where}: {exc.strerror or exc}"
 
+
+HEALTH_POLL_S = 1.0
+"""How often gRPC health checking is brought in step with whether the hub takes calls."""
+TOOLHUB_SERVICE = "mcphub.v1.ToolHub"
 
 RELOADABLE = frozenset({"principals", "policy", "log_level"})
 """What a running hub takes from its config file again on SIGHUP; the rest needs a restart."""
@@ -209,6 +215,9 @@ class Hub:
         self._pack_sockets: list[str] = []
         """Sockets the packs listen on (`PackEnv.add_listen_address`)."""
         self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_names: list[str] = []
+        self._health_task: asyncio.Task[None] | None = None
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
         self.bridge_app: BridgeApp | None = None
@@ -419,6 +428,31 @@ class Hub:
             )
         return report
 
+    def serving_problem(self) -> str | None:
+        """Why the hub refuses every call right now, or None: what health checks report, so a
+        load balancer sends callers to another replica."""
+        if self.trail.calls.closing is not None:
+            return self.trail.calls.closing
+        if not self.audit.healthy:
+            return "the audit log cannot be written; calls are refused until it recovers"
+        return None
+
+    async def _watch_health(self) -> None:
+        """Keep gRPC health checking (Check and Watch) in step with `serving_problem`."""
+        serving = True
+        while True:
+            now = self.serving_problem() is None
+            if now != serving:
+                serving = now
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in self._health_names:
+                    await self._health.set(name, status)
+            await asyncio.sleep(HEALTH_POLL_S)
+
     def _principal_named(self, name: str) -> Principal | None:
         """The principal of this name as the hub now knows it (an open hub: anybody, as `local`)."""
         if not isinstance(self.authenticator, TokenAuthenticator):
@@ -432,13 +466,13 @@ class Hub:
         config = self.config
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator)
+        extra = [
+            (apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals"),
+            self.federation.service(),
+        ]
+        self._health_names = ["", TOOLHUB_SERVICE, *(name for _, _, name in extra)]
         self._grpc, grpc_port, serve_grpc = create_grpc_server(
-            str(config.grpc),
-            servicer,
-            extra_services=[
-                (apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals"),
-                self.federation.service(),
-            ],
+            str(config.grpc), servicer, extra_services=extra, health_servicer=self._health
         )
         grpc_dial = _dial_address(config.grpc, grpc_port)
         mcp_url = None
@@ -466,6 +500,7 @@ class Hub:
             )
         await self._load_packs()
         await serve_grpc()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health(), name="mcphub-health")
         if self._http is not None:
             await self._http.start()
         write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
@@ -522,6 +557,7 @@ class Hub:
             self._bridge_hub,
             options,
             default_policy(address.host, config.allowed_hosts, config.allowed_origins),
+            health=self.serving_problem,
         )
         self._http = HttpServer(app, address.host, address.port, max_body_bytes=config.max_request_bytes)
         port = self._http.bind()
@@ -530,6 +566,9 @@ class Hub:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
         told why), then stop the servers and the packs."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await self._health.enter_graceful_shutdown()  # NOT_SERVING from now on, for load balancers
         await self.trail.calls.drain(grace, "the hub is shutting down")
         if self._http is not None:
             await self._http.stop()

@@ -93,7 +93,9 @@ async def test_after_close_requests_get_a_json_rpc_503_and_health_still_answers(
         late = await http.post("/mcp")
         assert late.status_code == 503
         assert late.json()["error"] == {"code": -32000, "message": "the server is shutting down"}
-        assert (await http.get("/healthz")).status_code == 200
+        health = await http.get("/healthz")  # answers, and tells a load balancer to look elsewhere
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "reason": "the server is shutting down"}
 
 
 async def test_closing_before_any_mcp_request_builds_nothing() -> None:

@@ -1,0 +1,119 @@
+"""Health checks say when the hub refuses every call: a load balancer polling `/healthz` or gRPC
+health checking sends callers to another replica while this hub's audit log cannot be written
+(a full disk) or while it drains for a shutdown, and back once it takes calls again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx2
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bridge.hubclient import HubClient
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.support.hub import RunningHub, start_hub
+
+pytestmark = pytest.mark.anyio
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    return filler
+
+
+async def states(hub: RunningHub) -> tuple[int, object, int]:
+    """`/healthz`'s status and body, and gRPC health checking's status for the whole server."""
+    async with httpx2.AsyncClient(base_url=hub.http_base, timeout=10) as http:
+        answer = await http.get("/healthz")
+    async with grpc.aio.insecure_channel(hub.grpc) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        checked = await stub.Check(health_pb2.HealthCheckRequest(service="mcphub.v1.ToolHub"))
+    return answer.status_code, answer.json(), checked.status
+
+
+async def until(hub: RunningHub, status: int, timeout: float = 20) -> tuple[int, object, int]:
+    """The states once `/healthz` answers `status` and gRPC agrees (it follows within a second)."""
+    deadline = time.monotonic() + timeout
+    agrees = SERVING if status == 200 else NOT_SERVING
+    while True:
+        seen = await states(hub)
+        if (seen[0], seen[2]) == (status, agrees) or time.monotonic() > deadline:
+            return seen
+        await asyncio.sleep(0.1)
+
+
+async def echo(client: HubClient, text: str) -> pb.CallToolResult:
+    return await client.call_tool(
+        None, pb.CallToolRequest(name="echo", arguments_json=orjson.dumps({"text": text}))
+    )
+
+
+async def test_health_follows_a_full_disk_and_its_recovery(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "state"):
+        hub = start_hub(tmp_path)
+        client = HubClient(hub.grpc)
+        try:
+            assert await states(hub) == (200, {"status": "ok"}, SERVING)
+            filler = fill(tmp_path / "state")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                for i in range(200):  # until the journal's page has no room left
+                    await echo(client, "x" * 2000 + str(i))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            code, body, checked = await until(hub, 503, timeout=5)
+            assert code == 503 and checked == NOT_SERVING, (code, body, checked)
+            assert body == {
+                "status": "unavailable",
+                "reason": "the audit log cannot be written; calls are refused until it recovers",
+            }
+            filler.unlink()
+            assert await until(hub, 200) == (200, {"status": "ok"}, SERVING)
+            assert (await echo(client, "back")).content[0].text.text == "back"
+        finally:
+            await client.close()
+            hub.stop()
+
+
+async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, config={"shutdown_grace_s": 5})
+    client = HubClient(hub.grpc)
+    try:
+        running = asyncio.ensure_future(
+            client.call_tool(None, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 2}'))
+        )
+        await asyncio.sleep(0.3)
+        hub.process.send_signal(signal.SIGTERM)
+        code, body, checked = await until(hub, 503, timeout=5)
+        assert (code, body, checked) == (
+            503,
+            {"status": "unavailable", "reason": "the hub is shutting down"},
+            NOT_SERVING,
+        )
+        assert (await running).content[0].text.text == "slept 2s"
+    finally:
+        await client.close()
+        assert hub.stop() == 0
