@@ -81,6 +81,8 @@ def parse_address(value: str) -> Address:
         host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {int(port)} of {value!r} is past 65535 (0 picks a free one)")
     return Address(host=host or "127.0.0.1", port=int(port))
 
 
@@ -223,6 +225,12 @@ class HubConfig(BaseModel):
     """Handshake-era (2025) MCP sessions one principal may hold open on the bridge; one more ends
     its least recently used idle session, or gets 429 when every one is in use."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # `DEBUG`, as logging spells it
+
     policy: PolicyConfig | None = None
     """The gate's rules; absent means the shipped default policy (`mcphub policy check` validates one)."""
     audit: AuditConfig = Field(default_factory=AuditConfig)

@@ -198,6 +198,13 @@ def test_env_overrides_and_bad_env_values_are_named(tmp_path: Path) -> None:
     out = run("serve", "--state-dir", str(tmp_path), env={"MCPHUB_GRPC": "nowhere"})
     assert out.returncode == 2
     assert "grpc" in out.stderr and "expected HOST:PORT" in out.stderr
+    out = run("serve", "--http", "127.0.0.1:99999", "--state-dir", str(tmp_path))
+    assert out.returncode == 2 and "port 99999 of '127.0.0.1:99999' is past 65535" in out.stderr, out.stderr
+    assert "pydantic" not in out.stderr
+    # Spelled as `logging` spells it, a level is taken.
+    hub = start_hub(tmp_path / "hub", http=False, env={"MCPHUB_LOG_LEVEL": "DEBUG"})
+    assert hub.stop() == 0
+    assert " DEBUG " in (tmp_path / "hub" / "hub.log").read_text()
 
 
 def test_busy_port_is_a_clear_error(tmp_path: Path, open_hub: RunningHub) -> None:
