@@ -144,6 +144,7 @@ class ToolCall:
         "result_limit",
         "sink",
         "source",
+        "started",
         "tool",
     )
 
@@ -182,6 +183,9 @@ class ToolCall:
         """The hub's id for this call in the audit log."""
         self.logged = False
         """Whether the `requested` record of this call is written (hub stages use it)."""
+        self.started = False
+        """Whether the hub's gate let the tool start: a call whose records cannot be written is
+        refused before that, and only its result is withheld after (hub stages use it)."""
 
     def client_capabilities(self) -> dict[str, Any]:
         """The MCP capabilities the client declared (empty when it declared none or is not an MCP client)."""

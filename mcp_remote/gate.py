@@ -5,10 +5,11 @@
 `AuditTrail` is outermost so that every call leaves records, refused ones included:
 `requested` (written by the gate, or at the end for a call refused before it), `decided`,
 `approval`, `started`, `finished`, and `undelivered` when the log could not be written in time
-and the caller was refused. A call that needs approval, or whose tool is destructive,
+and the caller never saw the result. A call that needs approval, or whose tool is destructive,
 waits until its `requested` and `decided` records are durable before the tool runs; every
 call waits until its `finished` record is durable before its result goes back, so a caller
-never holds a result the log could lose.
+never holds a result the log could lose. Either failing, the caller is told which: refused
+before its tool ran, or the tool ran and its result is withheld.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
@@ -59,7 +60,7 @@ class AuditTrail:
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         log = self._log
         if not log.healthy:
-            raise Unavailable("the audit log cannot be written; calls are refused until it recovers")
+            raise Unavailable(_REFUSED)
         call.call_id = f"{self._prefix}{next(self._counter):x}"
         started = time.perf_counter()
         log.active += 1
@@ -116,14 +117,39 @@ class AuditTrail:
                 try:
                     await asyncio.shield(durable)
                 except Unavailable:
-                    # The caller is refused and never sees the result its `finished` record
-                    # describes: the log says so, once the store takes the queue again.
-                    log.record("undelivered", call.call_id, principal, call.name, {"error": _UNDELIVERED})
-                    raise
+                    # The caller never sees the result its `finished` record describes: the
+                    # log says so, once the store takes the queue again. A caller told only
+                    # "refused" after its tool ran would think nothing happened.
+                    told = _UNDELIVERED_RAN if call.started else _UNDELIVERED_REFUSED
+                    log.record("undelivered", call.call_id, principal, call.name, {"error": told})
+                    raise Unavailable(_WITHHELD if call.started else _REFUSED) from None
         return result
 
 
-_UNDELIVERED = "the audit log could not be written, so the caller was refused and never saw the result"
+_REFUSED = (
+    "the audit log cannot be written, so the call was refused and its tool did not run; "
+    "calls are refused until the log recovers"
+)
+_WITHHELD = (
+    "the tool ran, but its result is withheld: its audit records could not be written "
+    "(calls are refused until the audit log recovers)"
+)
+_UNDELIVERED_RAN = (
+    "the audit log could not be written, so the caller never saw the result: "
+    "it was told that the tool ran and its result was withheld"
+)
+_UNDELIVERED_REFUSED = (
+    "the audit log could not be written, so the caller never saw the result: it was told the call was refused"
+)
+
+
+async def _refused_unless_durable(durable: Awaitable[None]) -> None:
+    """Wait for records that must be durable before the tool runs. When they cannot be written,
+    the call is refused, and says so truthfully: its tool has not run."""
+    try:
+        await durable
+    except Unavailable:
+        raise Unavailable(_REFUSED) from None
 
 
 def _error_text(result: ToolResult | None) -> str | None:
@@ -205,11 +231,11 @@ class Gate:
         principal = call.principal
         tool = call.tool
         assert principal is not None and tool is not None
+        log = self._log
         trusted = not call.source.startswith("sandbox:")
         decision = self.policy.evaluate(
             principal.name, call.name, call.arguments, tool.annotations, trusted=trusted
         )
-        log = self._log
         log.record(
             "requested",
             call.call_id,
@@ -246,7 +272,7 @@ class Gate:
                 f"refused by policy rule {decision.rule!r}: {decision.reason or 'denied'}", "policy"
             )
         if must_be_durable and durable is not None:
-            await asyncio.shield(durable)
+            await _refused_unless_durable(asyncio.shield(durable))
         if decision.verdict == "ask":
             generation = self.generation
             refusal = await self._ask(call, decision)
@@ -254,6 +280,7 @@ class Gate:
                 refusal = self._still_allowed(call)
             if refusal is not None:
                 return refusal
+        call.started = True
         log.record("started", call.call_id, principal.name, call.name, {})
         result = await call_next(call)
         if result.meta and REFUSED_META in result.meta:
@@ -281,7 +308,7 @@ class Gate:
                 return ToolResult.refused(message, "approval")
             # The `used` record (written by the book under this call: which approval, who approved
             # it, when) is durable before the tool runs.
-            await self._log.flush()
+            await _refused_unless_durable(self._log.flush())
             return None
         approval = await self._book.create(
             call_id=call.call_id,
@@ -319,7 +346,7 @@ class Gate:
             used, why = await self._book.use(approval.id, principal, tool, call.arguments, call.call_id)
             if used is None:
                 return ToolResult.refused(f"approval {approval.id} could not be used: {why}", "approval")
-            await self._log.flush()
+            await _refused_unless_durable(self._log.flush())
             return None
         if outcome.state == "denied":
             reason = f": {outcome.decision_reason}" if outcome.decision_reason else ""

@@ -358,7 +358,8 @@ class AuditLog:
             BaseException
         ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
             self._pending[:0] = queued
-            batch.set_exception(Unavailable("the audit log cannot be written; the call was refused"))
+            # The call waiting says what this means for it (`gate.py`): refused, or its result withheld.
+            batch.set_exception(Unavailable("the audit log cannot be written"))
             batch.add_done_callback(lambda f: f.exception())
             if not isinstance(exc, Exception):  # cancelled by `stop`: the records stay queued, to be counted
                 raise

@@ -16,21 +16,31 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import grpc
+import orjson
 import pytest
 
+from bridge.hubclient import HubClient
 from mcp_local.content import ToolResult
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 from mcp_local.tools import ToolCall
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit import sqlite as audit_sqlite
+from mcp_remote.audit.checkpoints import load_public_keys
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.records import AuditRecord, ChainHead, PendingRecord
 from mcp_remote.audit.sqlite import JournalError, SQLiteStore
 from mcp_remote.audit.verify import VerifyReport, verify_log
+from mcp_remote.config import load_config
 from mcp_remote.gate import AuditTrail
+from mcp_remote.hub import Hub
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.support.hub import REPO
 
 pytestmark = pytest.mark.anyio
+
+RISKY_PACK = str(REPO / "tests" / "packs" / "risky.py")
 
 
 class FillableStore(SQLiteStore):
@@ -52,12 +62,14 @@ def rows_in_sqlite(db: Path) -> int:
         connection.close()
 
 
-async def read_back(db: Path) -> tuple[list[AuditRecord], VerifyReport]:
+async def read_back(db: Path, *signing_keys: Path) -> tuple[list[AuditRecord], VerifyReport]:
     """Every record as `mcphub audit` reads it (SQLite, then the journal), and verify's report."""
     reread = SQLiteStore(db, read_only=True)
     await reread.open()
     try:
-        return [r async for r in reread.scan()], await verify_log(reread, {})
+        return [r async for r in reread.scan()], await verify_log(
+            reread, load_public_keys(list(signing_keys))
+        )
     finally:
         await reread.close()
 
@@ -137,6 +149,82 @@ async def test_a_call_refused_for_a_full_disk_is_recorded_as_undelivered(
     assert [r.kind for r in first] == ["requested", "finished", "undelivered"]
     assert first[1].body_json()["status"] == "ok", "the tool did run"
     assert "never saw the result" in first[2].body_json()["error"]
+
+
+async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real hub in this process, its store failing as a journal made immutable does (EPERM).
+
+    The call whose tool ran was told 'the call was refused'."""
+    monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
+    down = False
+    append_now = SQLiteStore.append_now
+
+    def failing_append_now(self: SQLiteStore, pending: Sequence[PendingRecord]) -> ChainHead:
+        if down:
+            raise PermissionError(1, "Operation not permitted", str(self.journal_path))
+        return append_now(self, pending)
+
+    monkeypatch.setattr(SQLiteStore, "append_now", failing_append_now)
+    token = "writer-test-token-0123456789"
+    (tmp_path / "hub.yaml").write_text(
+        f"principals: [{{name: agent, token: {token}}}]\npacks: [diagnostics, {RISKY_PACK}]\n"
+    )
+    overrides = {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0", "state_dir": tmp_path / "state"}
+    hub = Hub(load_config(tmp_path / "hub.yaml", {"HOME": str(tmp_path)}, overrides), {})
+    addresses = await hub.start()
+    client = HubClient(addresses.grpc)
+
+    async def echo(text: str, who: str = token) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.call_tool(
+                who, pb.CallToolRequest(name="echo", arguments_json=orjson.dumps({"text": text}))
+            )
+        return info.value
+
+    try:
+        down = True
+        ran = await echo("it ran")
+        assert ran.code() == grpc.StatusCode.UNAVAILABLE
+        assert (ran.details() or "").startswith("the tool ran, but its result is withheld"), ran.details()
+        refused = await echo("refused")
+        assert (refused.details() or "").startswith(
+            "the audit log cannot be written, so the call was refused"
+        )
+        assert "did not run" in (refused.details() or "")
+        down = False
+        async with asyncio.timeout(10):
+            while not hub.audit.healthy:  # noqa: ASYNC110 - polling the writer's retries
+                await asyncio.sleep(0.05)
+
+        # A destructive tool's records are durable before it runs: refused then, truthfully.
+        down = True
+        request = pb.CallToolRequest(name="delete_thing", arguments_json=b'{"name": "x"}')
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.call_tool(token, request)
+        assert (info.value.details() or "").startswith(
+            "the audit log cannot be written, so the call was refused"
+        )
+    finally:
+        down = False
+        await client.close()
+        await hub.stop()
+    audit_dir = tmp_path / "state" / "audit"
+    records, report = await read_back(audit_dir / "audit.db", audit_dir / "signing.pub")
+    assert report.ok, report.problem
+    calls: dict[str, list[AuditRecord]] = {}
+    for r in records:
+        calls.setdefault(r.call_id, []).append(r)
+    echoed = next(rs for rs in calls.values() if b"it ran" in rs[0].body)
+    assert [r.kind for r in echoed] == ["requested", "decided", "started", "finished", "undelivered"]
+    assert echoed[3].body_json()["status"] == "ok"
+    assert "told that the tool ran" in echoed[4].body_json()["error"]
+    deleted = next(rs for rs in calls.values() if rs[0].tool == "delete_thing")
+    assert [r.kind for r in deleted] == ["requested", "decided", "finished", "undelivered"], (
+        "it never started"
+    )
+    assert "told the call was refused" in deleted[3].body_json()["error"]
 
 
 async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_path: Path) -> None:
