@@ -10,11 +10,17 @@
 | UNAUTHENTICATED      | -32030        | missing or unknown bearer token                        |
 | PERMISSION_DENIED    | -32031        | the principal may not call this tool                   |
 | RESOURCE_EXHAUSTED   | -32032        | a rate or size limit was hit                           |
-| UNAVAILABLE          | -32033        | the hub cannot be reached or is shutting down          |
+| UNAVAILABLE          | -32033        | the hub cannot be reached, or says why it cannot serve |
 | CANCELLED            | -32034        | the call was cancelled                                 |
 | anything else        | -32603        | internal error (details stay in the hub's log)         |
 
 Tool failures are not errors here: they arrive as results with `isError`.
+
+Every status the hub sends itself carries `mcphub-error-from: hub` (so does one from the hub in
+this process, `LocalHub`): its message goes to the client as the hub wrote it. An UNAVAILABLE
+without it is gRPC's own, for a hub that cannot be reached, and gets the hint to start one: the
+hub's reasons (it is stopping; its audit log cannot be written, so the call was refused, or the
+tool ran and its result is withheld) must reach the agent, which acts on them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import grpc
 import orjson
 from mcp.shared.exceptions import MCPError
 
-from mcphub_proto.metadata import ERROR_DATA
+from mcphub_proto.metadata import ERROR_DATA, ERROR_FROM, FROM_HUB
 
 __all__ = ["STATUS_TO_JSONRPC", "mcp_error_from_grpc"]
 
@@ -54,10 +60,14 @@ def _error_data(error: grpc.aio.AioRpcError) -> Any:
     return None
 
 
+def _from_hub(error: grpc.aio.AioRpcError) -> bool:
+    return any(key == ERROR_FROM and value == FROM_HUB for key, value in error.trailing_metadata() or ())
+
+
 def mcp_error_from_grpc(error: grpc.aio.AioRpcError) -> MCPError:
     status = error.code()
     code = STATUS_TO_JSONRPC.get(status, INTERNAL_ERROR)
-    if status == grpc.StatusCode.UNAVAILABLE:
+    if status == grpc.StatusCode.UNAVAILABLE and not _from_hub(error):
         message = "the mcphub hub is unavailable; is `mcphub serve` running?"
     else:
         message = error.details() or status.name.lower()

@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 import orjson
 
-from mcphub_proto.metadata import ERROR_DATA
+from mcphub_proto.metadata import ERROR_DATA, ERROR_FROM, FROM_HUB
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
     if isinstance(exc, HubError):
-        trailing = grpc.aio.Metadata(*(((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()))
+        data = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
+        trailing = grpc.aio.Metadata((ERROR_FROM, FROM_HUB), *data)
         return grpc.aio.AioRpcError(exc.status, grpc.aio.Metadata(), trailing, details=exc.message)
     logger.error("internal error in the in-process hub client", exc_info=exc)
     return grpc.aio.AioRpcError(

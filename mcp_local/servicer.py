@@ -15,7 +15,7 @@ import grpc
 import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA
+from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA, ERROR_FROM, FROM_HUB
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
@@ -59,8 +59,8 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the RPC with the status of `exc` (INTERNAL, logged, for anything that is not a HubError)."""
     if isinstance(exc, HubError):
-        trailing = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
-        await context.abort(exc.status, exc.message, trailing)
+        data = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
+        await context.abort(exc.status, exc.message, ((ERROR_FROM, FROM_HUB), *data))
     logger.error("internal error in %s", context.__class__.__name__, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; the hub's log has the details")
     raise AssertionError("abort returned")  # pragma: no cover

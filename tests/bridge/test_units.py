@@ -1,13 +1,16 @@
-"""Pure parts of the bridge: the Host/Origin policy, the status table and proto -> MCP translation."""
+"""Pure parts of the bridge: the Host/Origin policy, the status table (and a hub that cannot be
+reached) and proto -> MCP translation."""
 
 from __future__ import annotations
 
 import base64
+import socket
 
 import grpc
 import pytest
 
-from bridge.errors import STATUS_TO_JSONRPC
+from bridge.errors import STATUS_TO_JSONRPC, mcp_error_from_grpc
+from bridge.hubclient import HubClient
 from bridge.security import default_policy
 from bridge.translate import result_to_mcp, tool_to_mcp
 from mcp_local import (
@@ -23,6 +26,8 @@ from mcp_local import (
     ToolResult,
 )
 from mcp_local.wire import result_from_proto, result_to_proto, tool_to_proto
+from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
+from mcphub_proto.v1 import toolhub_pb2 as pb
 
 
 def test_loopback_policy() -> None:
@@ -118,3 +123,38 @@ def test_content_blocks_translate_and_round_trip(block: object, expected: dict[s
     wire = result_to_proto(result)
     assert result_to_mcp(wire) == {"content": [expected], "structuredContent": {"big": 2**62 + 1}}
     assert result_from_proto(wire) == result
+
+
+@pytest.mark.anyio
+async def test_an_unavailable_hub_is_told_from_one_that_cannot_be_reached() -> None:
+    """Every UNAVAILABLE became 'is `mcphub serve` running?': a hub whose audit log could not be
+    written, which had run the tool and withheld its result, looked to the agent like no hub."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listening: refused
+    client = HubClient(nobody)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.call_tool(None, pb.CallToolRequest(name="echo"), timeout=10)
+    finally:
+        await client.close()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    unreachable = mcp_error_from_grpc(info.value)
+    assert (unreachable.code, unreachable.message) == (
+        -32033,
+        "the mcphub hub is unavailable; is `mcphub serve` running?",
+    )
+
+    said = "the tool ran, but its result is withheld: its audit records could not be written"
+    answered = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((ERROR_FROM, FROM_HUB)),
+        details=said,
+    )
+    assert (mcp_error_from_grpc(answered).code, mcp_error_from_grpc(answered).message) == (-32033, said)
+    # Words that reach the bridge without the hub's mark are not taken for the hub's.
+    unmarked = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=said
+    )
+    assert "is `mcphub serve` running?" in mcp_error_from_grpc(unmarked).message

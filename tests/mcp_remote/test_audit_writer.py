@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
+import httpx2
 import orjson
 import pytest
 
+from bridge.errors import mcp_error_from_grpc
 from bridge.hubclient import HubClient
 from mcp_local.content import ToolResult
 from mcp_local.errors import Unavailable
@@ -36,6 +38,7 @@ from mcp_remote.config import load_config
 from mcp_remote.gate import AuditTrail
 from mcp_remote.hub import Hub
 from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.bench.wire import mcp_call
 from tests.support.hub import REPO
 
 pytestmark = pytest.mark.anyio
@@ -156,7 +159,8 @@ async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
 ) -> None:
     """A real hub in this process, its store failing as a journal made immutable does (EPERM).
 
-    The call whose tool ran was told 'the call was refused'."""
+    The call whose tool ran was told 'the call was refused'; through the bridge every refusal
+    became 'is `mcphub serve` running?'."""
     monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
     down = False
     append_now = SQLiteStore.append_now
@@ -174,6 +178,7 @@ async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
     overrides = {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0", "state_dir": tmp_path / "state"}
     hub = Hub(load_config(tmp_path / "hub.yaml", {"HOME": str(tmp_path)}, overrides), {})
     addresses = await hub.start()
+    assert addresses.mcp_url is not None
     client = HubClient(addresses.grpc)
 
     async def echo(text: str, who: str = token) -> grpc.aio.AioRpcError:
@@ -193,6 +198,12 @@ async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
             "the audit log cannot be written, so the call was refused"
         )
         assert "did not run" in (refused.details() or "")
+        assert mcp_error_from_grpc(refused).message == refused.details(), "the hub's words, over gRPC too"
+        call = mcp_call(addresses.mcp_url, token)  # through the bridge in this process (LocalHub)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            answer = (await http.post(call.url, content=call.body, headers=dict(call.headers))).json()
+        assert answer["error"]["code"] == -32033
+        assert answer["error"]["message"] == refused.details(), answer
         down = False
         async with asyncio.timeout(10):
             while not hub.audit.healthy:  # noqa: ASYNC110 - polling the writer's retries
