@@ -10,6 +10,11 @@ waits until its `requested` and `decided` records are durable before the tool ru
 call waits until its `finished` record is durable before its result goes back, so a caller
 never holds a result the log could lose. Either failing, the caller is told which: refused
 before its tool ran, or the tool ran and its result is withheld.
+
+While the log cannot be written, the gate refuses every call before recording anything (so
+an outage cannot fill the hub's memory with queued records). The gate, not the trail, refuses
+them so that the caller is authenticated by then: the log, once it can be written again,
+gets one `unrecorded` record counting those calls, with their principals and tools.
 """
 
 from __future__ import annotations
@@ -59,8 +64,6 @@ class AuditTrail:
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         log = self._log
-        if not log.healthy:
-            raise Unavailable(_REFUSED)
         call.call_id = f"{self._prefix}{next(self._counter):x}"
         started = time.perf_counter()
         log.active += 1
@@ -91,38 +94,43 @@ class AuditTrail:
             log.active -= 1
             self.calls.leave(key)
             principal = call.principal.name if call.principal else "-"
-            if not call.logged:
-                log.record(
-                    "requested",
+            if not call.logged and not log.healthy:
+                # Refused before the gate recorded anything, while the log cannot be written: one
+                # record counts such calls once it can (see the module's docstring).
+                log.count_unrecorded(principal, call.name, status)
+            else:
+                if not call.logged:
+                    log.record(
+                        "requested",
+                        call.call_id,
+                        principal,
+                        call.name,
+                        {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
+                    )
+                delivered = result is not None  # a call stopped by `drain` still answers its caller
+                finish = log.commit if delivered or status != "cancelled" else log.record
+                durable = finish(
+                    "finished",
                     call.call_id,
                     principal,
                     call.name,
-                    {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
+                    {
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "result": result,
+                        "error": error if error is not None else _error_text(result),
+                    },
                 )
-            delivered = result is not None  # a call stopped by `drain` still answers its caller
-            finish = log.commit if delivered or status != "cancelled" else log.record
-            durable = finish(
-                "finished",
-                call.call_id,
-                principal,
-                call.name,
-                {
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "result": result,
-                    "error": error if error is not None else _error_text(result),
-                },
-            )
-            if durable is not None and (delivered or status != "cancelled"):
-                try:
-                    await asyncio.shield(durable)
-                except Unavailable:
-                    # The caller never sees the result its `finished` record describes: the
-                    # log says so, once the store takes the queue again. A caller told only
-                    # "refused" after its tool ran would think nothing happened.
-                    told = _UNDELIVERED_RAN if call.started else _UNDELIVERED_REFUSED
-                    log.record("undelivered", call.call_id, principal, call.name, {"error": told})
-                    raise Unavailable(_WITHHELD if call.started else _REFUSED) from None
+                if durable is not None and (delivered or status != "cancelled"):
+                    try:
+                        await asyncio.shield(durable)
+                    except Unavailable:
+                        # The caller never sees the result its `finished` record describes: the
+                        # log says so, once the store takes the queue again. A caller told only
+                        # "refused" after its tool ran would think nothing happened.
+                        told = _UNDELIVERED_RAN if call.started else _UNDELIVERED_REFUSED
+                        log.record("undelivered", call.call_id, principal, call.name, {"error": told})
+                        raise Unavailable(_WITHHELD if call.started else _REFUSED) from None
         return result
 
 
@@ -232,6 +240,10 @@ class Gate:
         tool = call.tool
         assert principal is not None and tool is not None
         log = self._log
+        if not log.healthy:
+            # Nothing recorded, nothing queued: the trail counts the call instead (see the
+            # module's docstring).
+            raise Unavailable(_REFUSED)
         trusted = not call.source.startswith("sandbox:")
         decision = self.policy.evaluate(
             principal.name, call.name, call.arguments, tool.annotations, trusted=trusted

@@ -18,6 +18,11 @@ that fails leaves its records queued for the writer, which reports the failure a
 A store that makes records durable in a journal first (SQLite, see `sqlite.py`) is folded by
 the writer task, off the calls' path: once FOLD_AT records wait, or FOLD_AFTER_S after the
 first of them.
+
+While the store cannot be written, the hub refuses calls before recording anything
+(`gate.py`) and counts them here instead (`count_unrecorded`), in memory that does not grow
+with their number; the first write that succeeds again queues one `unrecorded` record
+summing them up.
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ FOLD_BACKLOG = 16 * FOLD_AT
 """Journaled records from which a fold no longer waits for a moment with no batch queued."""
 FOLD_AFTER_S = 0.2
 """The latest a journaled record is folded when fewer than FOLD_AT wait."""
+UNRECORDED_NAMES = 20
+"""The principals and tools an `unrecorded` record names one by one; calls of any others are
+counted together (`other_principals`, `other_tools`)."""
+UNRECORDED_NAME_CHARS = 80
+"""A name in an `unrecorded` record is cut to this many characters (after redaction): tool names
+there are the callers' text, since calls of unknown tools are counted too."""
 
 
 class _Journaled(Protocol):
@@ -87,10 +98,6 @@ class _Journaled(Protocol):
 _FREE_TEXT = frozenset({"error", "detail", "reason", "why", "request_id"})
 """Record fields that may carry text from outside the hub (tool errors, callers' ids), so are
 redacted; the others are the hub's own words (status, decision, rule names, ids, numbers)."""
-_CALLERS_TEXT = frozenset({"error", "detail", "request_id"})
-"""Of those, the ones that can quote what a caller wrote (a schema error or a tool's error
-echoing an argument): secrets written as assignments (`--password=x`) are looked for there too.
-A reason is the policy's (the operator's words) or an approver's (redacted by the book)."""
 
 
 def _result_digest(result: ToolResult) -> tuple[int, str]:
@@ -114,6 +121,53 @@ def _result_digest(result: ToolResult) -> tuple[int, str]:
         size += len(data)
         digest.update(data)
     return size, digest.hexdigest()
+
+
+class _Unrecorded:
+    """Calls refused while the log could not be written, summed up for one record: how many,
+    when, by whom, of what, and how each ended, in bounded memory however many there are."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_ms = 0
+        self.last_ms = 0
+        self.principals: dict[str, int] = {}
+        self.tools: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.other_principals = 0
+        self.other_tools = 0
+
+    def add(self, principal: str, tool: str, status: str, now_ms: int) -> None:
+        self.calls += 1
+        self.first_ms = self.first_ms or now_ms
+        self.last_ms = now_ms
+        self.other_principals += not _count(self.principals, principal)
+        self.other_tools += not _count(self.tools, tool)
+        _count(self.statuses, status)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            "principals": self.principals,
+            "other_principals": self.other_principals or None,
+            "tools": self.tools,
+            "other_tools": self.other_tools or None,
+            "statuses": self.statuses,
+            "why": "the audit log could not be written, so these calls were refused and left no records",
+        }
+
+
+def _count(table: dict[str, int], name: str) -> bool:
+    """Count one for `name`; False when the table is full and does not name it already."""
+    if name in table:
+        table[name] += 1
+    elif len(table) < UNRECORDED_NAMES:
+        table[name] = 1
+    else:
+        return False
+    return True
 
 
 def _append_durably(path: Path, line: bytes) -> None:
@@ -177,6 +231,7 @@ class AuditLog:
         self._fold_timer: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_DELAY_S
         self._failures = 0
+        self._unrecorded = _Unrecorded()
 
     async def start(self) -> None:
         await self.store.open()
@@ -212,7 +267,7 @@ class AuditLog:
         if self._batch is None or self._closing:
             raise Unavailable("the audit log is not running")
         # The tool name is the caller's text: a secret sent as a name is redacted like the rest.
-        tool = self._redactor.text(tool, assignments=True)
+        tool = self._redactor.text(tool)
         self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
         if not self._kick_scheduled:
             # Wake the writer after this step, not now: a call that commits inline before
@@ -220,6 +275,26 @@ class AuditLog:
             self._kick_scheduled = True
             self._loop.call_soon(self._kick)
         return self._batch
+
+    def count_unrecorded(self, principal: str, tool: str, status: str) -> None:
+        """Count a call refused without records while the log cannot be written (`gate.py`); the
+        first successful write queues one `unrecorded` record of all of them."""
+        # Redacted before it is cut: a cut secret would no longer be recognised.
+        tool = self._redactor.text(tool)[:UNRECORDED_NAME_CHARS]
+        self._unrecorded.add(principal, tool, status, int(time.time() * 1000))
+
+    def _record_unrecorded(self) -> None:
+        unrecorded, self._unrecorded = self._unrecorded, _Unrecorded()
+        if not unrecorded.calls:
+            return
+        logger.warning(
+            "%d calls were refused while the audit store could not be written; "
+            "one `unrecorded` audit record sums them up",
+            unrecorded.calls,
+        )
+        # Queued directly, not through `record`: a hub stopping still writes it.
+        self._pending.append((int(time.time() * 1000), "-", "unrecorded", "-", "-", unrecorded.fields()))
+        self._wake.set()
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -384,6 +459,7 @@ class AuditLog:
         self._retry_delay = RETRY_DELAY_S
         self.healthy = True
         batch.set_result(None)
+        self._record_unrecorded()
         self._schedule_fold()
         await self._maybe_checkpoint(force=False)
 
@@ -428,7 +504,7 @@ class AuditLog:
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
             elif key in _FREE_TEXT:
-                out[key] = redactor.value(value, assignments=key in _CALLERS_TEXT)
+                out[key] = redactor.value(value)  # an approver's reason comes redacted by the book
             else:
                 out[key] = value
         return canonical(out)
@@ -501,6 +577,11 @@ class AuditLog:
                 len(self._pending),
             )
             self._pending.clear()
+        if self._unrecorded.calls:
+            logger.error(
+                "%d calls refused while the audit store could not be written are not counted in the log",
+                self._unrecorded.calls,
+            )
         if self.healthy:
             await self._maybe_checkpoint(force=True)
         with contextlib.suppress(Exception):

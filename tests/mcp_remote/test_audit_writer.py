@@ -154,13 +154,48 @@ async def test_a_call_refused_for_a_full_disk_is_recorded_as_undelivered(
     assert "never saw the result" in first[2].body_json()["error"]
 
 
-async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
+async def test_calls_refused_while_the_disk_is_full_are_counted_in_one_bounded_record(
+    tmp_path: Path, full_disk: tuple[FillableStore, AuditLog]
+) -> None:
+    """A call refused before anything was recorded (the gate's refusal while the log is down)
+    left no trace at all: the log could not say that calls were refused, or how many."""
+    store, log = full_disk
+    store.full = True
+    waiting = log.commit("finished", "c1", "agent", "echo", {"status": "ok"})
+    assert waiting is not None
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(asyncio.shield(waiting), 5)
+    key = "ghp_" + "A1b2C3d4E5" * 4  # across the cut: redacted before it, or a part of it would stay
+    log.count_unrecorded("agent-0", "t" * 60 + key, "not_found")
+    for i in range(30):
+        log.count_unrecorded(f"agent-{i}", f"tool_{i}", "unavailable")
+    store.full = False
+    later = log.commit("finished", "c2", "agent", "echo", {"status": "ok"})
+    assert later is not None
+    await asyncio.wait_for(asyncio.shield(later), 5)
+    await asyncio.wait_for(log.flush(), 5)
+    await log.stop()
+    records, report = await read_back(tmp_path / "audit.db")
+    assert report.ok, report.problem
+    assert [r.call_id for r in records if r.kind != "unrecorded"] == ["c1", "c2"]
+    (summary,) = [r.body_json() for r in records if r.kind == "unrecorded"]
+    assert summary["calls"] == 31 and summary["first_ms"] <= summary["last_ms"]
+    assert summary["statuses"] == {"unavailable": 30, "not_found": 1}
+    assert len(summary["principals"]) == audit_log.UNRECORDED_NAMES == 20
+    assert summary["principals"]["agent-0"] == 2 and summary["other_principals"] == 10
+    assert len(summary["tools"]) == 20 and summary["other_tools"] == 11, "named up to a bound, then counted"
+    (unknown,) = [name for name in summary["tools"] if name.startswith("t" * 60)]
+    assert "[REDACTED]" in unknown and len(unknown) <= audit_log.UNRECORDED_NAME_CHARS, unknown
+    assert all(key[:8] not in r.body.decode() for r in records)
+
+
+async def test_after_an_outage_the_caller_knows_whether_the_tool_ran_and_the_log_counts_the_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real hub in this process, its store failing as a journal made immutable does (EPERM).
 
     The call whose tool ran was told 'the call was refused'; through the bridge every refusal
-    became 'is `mcphub serve` running?'."""
+    became 'is `mcphub serve` running?'; the calls the gate refused meanwhile left no record."""
     monkeypatch.setattr(audit_log, "RETRY_DELAY_S", 0.05)
     down = False
     append_now = SQLiteStore.append_now
@@ -204,6 +239,7 @@ async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
             answer = (await http.post(call.url, content=call.body, headers=dict(call.headers))).json()
         assert answer["error"]["code"] == -32033
         assert answer["error"]["message"] == refused.details(), answer
+        assert (await echo("who?", "not-a-token")).code() == grpc.StatusCode.UNAUTHENTICATED
         down = False
         async with asyncio.timeout(10):
             while not hub.audit.healthy:  # noqa: ASYNC110 - polling the writer's retries
@@ -236,6 +272,11 @@ async def test_in_an_outage_the_caller_knows_whether_the_tool_ran(
         "it never started"
     )
     assert "told the call was refused" in deleted[3].body_json()["error"]
+    (summary,) = [r.body_json() for r in records if r.kind == "unrecorded"]
+    assert summary["calls"] == 3, summary  # refused over gRPC, through the bridge, and unauthenticated
+    assert summary["principals"] == {"agent": 2, "-": 1}
+    assert summary["tools"] == {"echo": 3}
+    assert summary["statuses"] == {"unavailable": 2, "unauthenticated": 1}
 
 
 async def test_commits_batch_while_calls_overlap_and_go_inline_when_alone(tmp_path: Path) -> None:
