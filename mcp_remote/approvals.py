@@ -60,6 +60,12 @@ POLL_INTERVAL_S = 0.5
 LISTEN_RETRY_S = 0.5
 LISTEN_RETRY_MAX_S = 10.0
 """A lost listening connection is made again after LISTEN_RETRY_S, doubling up to this."""
+REPEATS_RECORDED_AFTER_S = 60.0
+"""A refused attempt to decide that repeats one already recorded is counted, and the count
+recorded this long after the last record of it (see `ApprovalBook._refused`)."""
+REFUSALS_KEPT = 4096
+"""Refusals to decide the book remembers, to count their repeats; when full, the counts so far
+are recorded and it starts again."""
 _ALL_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
 
 
@@ -83,6 +89,17 @@ def _matches(approval: Approval, arguments: Mapping[str, Any]) -> bool:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Repeats:
+    """One refusal to decide (an approval, who, approve or deny, why) and its repeats not yet recorded."""
+
+    approval: Approval
+    recorded_at: float
+    """Event-loop time of the last record of it."""
+    unrecorded: int = 0
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +206,7 @@ class ApprovalBook:
         self._expiry_changed = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
-        self._refusals_recorded: set[tuple[str, str, bool, str]] = set()
+        self._refusals: dict[tuple[str, str, bool, str], _Repeats] = {}
 
     async def create(
         self,
@@ -287,20 +304,16 @@ class ApprovalBook:
                 else ""
             )
         if refusal:
-            # Recorded with the call it was about, once per (approval, who, what, why): a caller
-            # repeating a refused attempt would otherwise fill the log at no cost (500 in 0.8 s).
-            seen = (approval_id, approver.name, approve, refusal)
-            if current is not None and seen not in self._refusals_recorded:
-                if len(self._refusals_recorded) >= 4096:
-                    self._refusals_recorded.clear()
-                self._refusals_recorded.add(seen)
-                self._on_event("refused", current, by=approver.name, approve=approve, why=refusal)
+            if current is not None:
+                self._refused(current, approver.name, approve, refusal)
             raise PermissionDenied(refusal)
         assert current is not None
         if current.state == "pending" and current.expires_ms <= _now_ms():
             current = await self.expire(approval_id, NO_DECISION)
         if current.state != "pending":
-            raise Conflict(f"approval {approval_id} is already {current.state}")
+            conflict = f"approval {approval_id} is already {current.state}"
+            self._refused(current, approver.name, approve, conflict)
+            raise Conflict(conflict)
         decided = replace(
             current,
             state="approved" if approve else "denied",
@@ -312,13 +325,60 @@ class ApprovalBook:
         )
         if not await self._store.swap_approval("pending", decided):
             latest = await self._store.get_approval(approval_id)
-            raise Conflict(f"approval {approval_id} is already {latest.state if latest else 'gone'}")
+            conflict = f"approval {approval_id} is already {latest.state if latest else 'gone'}"
+            self._refused(latest or current, approver.name, approve, conflict)
+            raise Conflict(conflict)
         self._on_event("decided", decided)
         self._publish(decided)
         waiter = self._waiters.get(approval_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(decided)
         return decided
+
+    def _refused(self, approval: Approval, by: str, approve: bool, why: str) -> None:
+        """Record a refused attempt to decide, with the call it was about.
+
+        A caller repeating a refused attempt would fill the log at no cost (500 in 0.8 s), and
+        one record for all of them would hide how many there were. So the first is recorded at
+        once (`attempts: 1`), and its repeats are counted: REPEATS_RECORDED_AFTER_S after the
+        last record of it, one record carries how many came since (`attempts: N`). The log then
+        holds every attempt, in at most one record a minute per (approval, who, what, why)."""
+        key = (approval.id, by, approve, why)
+        repeats = self._refusals.get(key)
+        loop = asyncio.get_running_loop()
+        if repeats is None:
+            if len(self._refusals) >= REFUSALS_KEPT:
+                self._record_all_repeats()
+            self._refusals[key] = _Repeats(approval, loop.time())
+            self._on_event("refused", approval, by=by, approve=approve, why=why, attempts=1)
+            return
+        repeats.unrecorded += 1
+        if repeats.timer is None:
+            due = repeats.recorded_at + REPEATS_RECORDED_AFTER_S
+            repeats.timer = loop.call_at(due, self._record_repeats, key)
+
+    def _record_repeats(self, key: tuple[str, str, bool, str]) -> None:
+        repeats = self._refusals.get(key)
+        if repeats is None:
+            return
+        repeats.timer = None
+        if not repeats.unrecorded:
+            return
+        count, repeats.unrecorded = repeats.unrecorded, 0
+        repeats.recorded_at = asyncio.get_running_loop().time()
+        _, by, approve, why = key
+        try:
+            self._on_event("refused", repeats.approval, by=by, approve=approve, why=why, attempts=count)
+        except Exception as exc:  # the log is stopping: the hub's log says what it could not record
+            logger.warning("could not record %d refused attempts to decide %s: %s", count, key[0], exc)
+
+    def _record_all_repeats(self) -> None:
+        """Record every count not yet recorded, and forget the refusals."""
+        for key, repeats in list(self._refusals.items()):
+            if repeats.timer is not None:
+                repeats.timer.cancel()
+            self._record_repeats(key)
+        self._refusals.clear()
 
     async def use(
         self, approval_id: str, principal: str, tool: str, arguments: Mapping[str, Any], call_id: str
@@ -540,6 +600,7 @@ class ApprovalBook:
                     waiter.set_result(current)
 
     async def close(self) -> None:
+        self._record_all_repeats()
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=5)
         for task in (self._poller, self._sweeper, self._listener):

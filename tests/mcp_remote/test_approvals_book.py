@@ -1,5 +1,5 @@
 """The approval book in process, on the hub's SQLite store: what a decision that lands just
-before the deadline leaves, whichever replica made it."""
+before the deadline leaves, whichever replica made it, and the records of refused decisions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from mcp_local.errors import Unavailable
+from mcp_local.errors import Conflict, PermissionDenied, Unavailable
+from mcp_local.principals import Principal
+from mcp_remote import approvals
 from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit.sqlite import SQLiteStore
 
@@ -96,3 +98,53 @@ async def test_a_waiting_call_sees_a_decision_made_elsewhere_after_the_store_was
     finally:
         await book.close()
         await sqlite.close()
+
+
+APPROVER = Principal("alice", roles=frozenset({"approver"}))
+NOBODY = Principal("mallory")
+
+
+async def test_a_refused_decision_on_a_spent_approval_is_recorded_and_repeats_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deciding an approval already expired or used was refused unrecorded; and a refusal
+    repeated 500 times left one record, as if it had been tried once."""
+    monkeypatch.setattr(approvals, "REPEATS_RECORDED_AFTER_S", 0.3)
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    refused: list[dict[str, Any]] = []
+
+    def on_event(kind: str, approval: Approval, **extra: Any) -> None:
+        if kind == "refused":
+            refused.append({"id": approval.id, **extra})
+
+    book = ApprovalBook(store, "hub-a", on_event=on_event)
+    try:
+        expired = await _ask(book, timeout_s=0.05)
+        await asyncio.sleep(0.1)
+        with pytest.raises(Conflict, match="already expired"):
+            await book.decide(expired.id, APPROVER, True, "")
+        assert [(r["id"], r["by"], r["attempts"]) for r in refused] == [(expired.id, "alice", 1)]
+        assert refused[0]["why"] == f"approval {expired.id} is already expired"
+
+        used = await _ask(book, timeout_s=20)
+        await book.decide(used.id, APPROVER, True, "")
+        assert (await book.use(used.id, "agent", "echo", {"text": "x"}, "c1"))[0] is not None
+        with pytest.raises(Conflict, match="already used"):
+            await book.decide(used.id, APPROVER, False, "")
+        assert refused[-1]["id"] == used.id and "already used" in refused[-1]["why"]
+
+        refused.clear()
+        for _ in range(500):
+            with pytest.raises(PermissionDenied):
+                await book.decide(used.id, NOBODY, True, "")
+        assert [r["attempts"] for r in refused] == [1], "the first at once, its repeats counted"
+        await asyncio.sleep(0.5)
+        assert [r["attempts"] for r in refused] == [1, 499], "the repeats' count, recorded after a while"
+        with pytest.raises(PermissionDenied):
+            await book.decide(used.id, NOBODY, True, "")
+    finally:
+        await book.close()
+        await store.close()
+    assert [r["attempts"] for r in refused] == [1, 499, 1], "a count not yet recorded is when the book closes"
+    assert sum(r["attempts"] for r in refused) == 501

@@ -319,6 +319,34 @@ async def test_a_refused_attempt_to_decide_is_recorded(gated_hub: RunningHub, hu
     assert "not have the approver role" in refused[2]["why"]
 
 
+async def test_deciding_an_approval_already_expired_or_used_is_a_recorded_refusal(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    """README: "a refused attempt to decide is recorded"; one that came too late was not."""
+    late = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "quick-too-late"})
+    late_id = await late.approval_id()
+    assert (await late.result())["_meta"] == {"dev.mcphub/refused": "timeout"}
+    used = start_call(hub_client, TOKENS["agent-a"], "plain_thing", {"name": "quick-used"})
+    used_id = await used.approval_id()
+    await decide(gated_hub.grpc, TOKENS["alice"], used_id, True)
+    assert text_of(await used.result()) == "did quick-used"
+    for approval_id, state in ((late_id, "expired"), (used_id, "used")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await decide(gated_hub.grpc, TOKENS["bob"], approval_id, False, "too late")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        call_id = next(
+            a.call_id for a in await listing(gated_hub.grpc, TOKENS["alice"], state) if a.id == approval_id
+        )
+        async with asyncio.timeout(10):  # the record is queued as the refusal goes back
+            while not (  # noqa: ASYNC110 - polling the log
+                refused := [b for k, b in await records_of(gated_hub, call_id) if b.get("state") == "refused"]
+            ):
+                await asyncio.sleep(0.05)
+        assert [(b["by"], b["why"], b["attempts"]) for b in refused] == [
+            ("bob", f"approval {approval_id} is already {state}", 1)
+        ]
+
+
 async def test_nobody_approves_their_own_call(gated_hub: RunningHub, hub_client: HubClient) -> None:
     call = start_call(hub_client, TOKENS["selfish"], "delete_thing", {"name": "mine"})
     approval_id = await call.approval_id()
