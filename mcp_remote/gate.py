@@ -70,6 +70,7 @@ class AuditTrail:
         status = "ok"
         error: str | None = None
         result: ToolResult | None = None
+        gone = False
         key = id(call)
         task: asyncio.Task[object] | None = None
         try:
@@ -83,7 +84,8 @@ class AuditTrail:
         except asyncio.CancelledError:
             stopped = self.calls.stopped(task)
             if stopped is None:
-                status, error = "cancelled", "the caller went away"
+                gone = True
+                status, error = _why_gone(call)
                 raise
             status, error = "cancelled", stopped  # by `drain`: the caller is still there, and told why
             result = ToolResult.refused(stopped, "stopped")
@@ -108,7 +110,7 @@ class AuditTrail:
                         {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
                     )
                 delivered = result is not None  # a call stopped by `drain` still answers its caller
-                finish = log.commit if delivered or status != "cancelled" else log.record
+                finish = log.commit if delivered or not gone else log.record
                 durable = finish(
                     "finished",
                     call.call_id,
@@ -121,7 +123,7 @@ class AuditTrail:
                         "error": error if error is not None else _error_text(result),
                     },
                 )
-                if durable is not None and (delivered or status != "cancelled"):
+                if durable is not None and (delivered or not gone):
                     try:
                         await asyncio.shield(durable)
                     except Unavailable:
@@ -149,6 +151,20 @@ _UNDELIVERED_RAN = (
 _UNDELIVERED_REFUSED = (
     "the audit log could not be written, so the caller never saw the result: it was told the call was refused"
 )
+DEADLINE_SLACK_S = 0.05
+"""A call cancelled this close to its deadline was cancelled by it: gRPC cancels the handler at
+its own deadline, which the hub's (`time_remaining()` added to the loop's clock) only approximates."""
+
+
+def _why_gone(call: ToolCall) -> tuple[str, str]:
+    """The status and error of a call cancelled from outside. gRPC cancels a call whose deadline
+    passes wherever it is (waiting for an approval, say), as it does one whose caller went away;
+    the call's deadline tells the two apart."""
+    deadline = call.deadline
+    if deadline is not None and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK_S:
+        where = "" if call.started else " before its tool ran"
+        return "deadline_exceeded", f"the call's deadline passed{where}"
+    return "cancelled", "the caller went away"
 
 
 async def _refused_unless_durable(durable: Awaitable[None]) -> None:

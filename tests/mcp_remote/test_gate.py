@@ -19,6 +19,7 @@ import pytest
 from bridge.hubclient import HubClient
 from mcp_remote.audit import RecordQuery
 from mcp_remote.audit.sqlite import SQLiteStore
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.tools.cloud_standin import start_standin
 from tests.support.approvals import decide, listing, start_call, text_of
 from tests.support.clients import connect
@@ -507,6 +508,26 @@ async def test_the_approvals_cli_shows_who_may_approve_and_escapes_what_would_hi
     await decide(gated_hub.grpc, TOKENS["alice"], ids[2], False, "no")
     for c in calls:
         await c.result()
+
+
+async def test_a_deadline_that_passes_while_waiting_for_approval_is_recorded_as_one(
+    gated_hub: RunningHub, hub_client: HubClient
+) -> None:
+    """It was recorded as `cancelled`, "the caller went away", unlike a deadline passing in the tool."""
+    request = pb.CallToolRequest(name="plain_thing", arguments_json=b'{"name": "no-time-to-wait"}')
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await hub_client.call_tool(TOKENS["agent-a"], request, timeout=1)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    pending = [a for a in await listing(gated_hub.grpc, TOKENS["alice"]) if "no-time" in a.arguments_json]
+    assert len(pending) == 1
+    async with asyncio.timeout(20):
+        while not (  # noqa: ASYNC110 - polling the log
+            finished := [b for k, b in await records_of(gated_hub, pending[0].call_id) if k == "finished"]
+        ):
+            await asyncio.sleep(0.05)
+    assert finished[0]["status"] == "deadline_exceeded", finished
+    assert finished[0]["error"] == "the call's deadline passed before its tool ran"
+    await decide(gated_hub.grpc, TOKENS["alice"], pending[0].id, False, "no")
 
 
 async def test_call_cli_names_the_approval_when_its_deadline_passes(
