@@ -280,7 +280,7 @@ class AuditLog:
         """Count a call refused without records while the log cannot be written (`gate.py`); the
         first successful write queues one `unrecorded` record of all of them."""
         # Redacted before it is cut: a cut secret would no longer be recognised.
-        tool = self._redactor.text(tool)[:UNRECORDED_NAME_CHARS]
+        tool = self._redactor.text(tool, assignments=True)[:UNRECORDED_NAME_CHARS]
         self._unrecorded.add(principal, tool, status, int(time.time() * 1000))
 
     def _record_unrecorded(self) -> None:
