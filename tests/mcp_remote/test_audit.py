@@ -27,6 +27,7 @@ from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
+from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
