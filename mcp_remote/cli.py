@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
-an approver, an approval's timeout, a deadline, a shutdown) or could not be reached.
+an approver, an approval's timeout, a deadline, a shutdown) or could not be reached; for
+`serve`, 3 also when it stopped with audit records it could not write (its log says how many).
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ async def _serve(
     await stop.wait()
     logging.getLogger("mcphub").info("shutting down")
     await hub.stop(hub.config.shutdown_grace_s)
+    if hub.audit.lost:  # logged by the audit log; a supervisor should hear of it too
+        return EXIT_HUB
     return EXIT_OK
 
 
@@ -468,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
             "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
             "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
-            "              deadline, shutdown) or could not be reached"
+            "              deadline, shutdown) or could not be reached; for serve, also a stop\n"
+            "              with audit records that could not be written"
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -226,6 +226,8 @@ class AuditLog:
         self._per_batch = 1.0
         self._inline_count = 0
         self.healthy = True
+        self.lost = 0
+        """Records that were still not written when the log stopped (`mcphub serve` exits 3)."""
         self._journaled = cast(_Journaled, store) if hasattr(store, "fold") else None
         self._fold_due = False
         self._fold_timer: asyncio.TimerHandle | None = None
@@ -576,6 +578,7 @@ class AuditLog:
                 "not in the log (or not confirmed in it)",
                 len(self._pending),
             )
+            self.lost = len(self._pending)
             self._pending.clear()
         if self._unrecorded.calls:
             logger.error(
