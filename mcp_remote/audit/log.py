@@ -98,6 +98,10 @@ class _Journaled(Protocol):
 _FREE_TEXT = frozenset({"error", "detail", "reason", "why", "request_id"})
 """Record fields that may carry text from outside the hub (tool errors, callers' ids), so are
 redacted; the others are the hub's own words (status, decision, rule names, ids, numbers)."""
+_CALLERS_TEXT = frozenset({"error", "detail", "request_id"})
+"""Of those, the ones that can quote what a caller wrote (a schema error or a tool's error
+echoing an argument): secrets written as assignments (`--password=x`) are looked for there too.
+A reason is the policy's (the operator's words) or an approver's (redacted by the book)."""
 
 
 def _result_digest(result: ToolResult) -> tuple[int, str]:
@@ -269,7 +273,7 @@ class AuditLog:
         if self._batch is None or self._closing:
             raise Unavailable("the audit log is not running")
         # The tool name is the caller's text: a secret sent as a name is redacted like the rest.
-        tool = self._redactor.text(tool)
+        tool = self._redactor.text(tool, assignments=True)
         self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
         if not self._kick_scheduled:
             # Wake the writer after this step, not now: a call that commits inline before
@@ -506,7 +510,7 @@ class AuditLog:
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
             elif key in _FREE_TEXT:
-                out[key] = redactor.value(value)  # an approver's reason comes redacted by the book
+                out[key] = redactor.value(value, assignments=key in _CALLERS_TEXT)
             else:
                 out[key] = value
         return canonical(out)

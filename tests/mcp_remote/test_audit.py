@@ -250,13 +250,34 @@ async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) ->
             TOKEN, pb.CallToolRequest(name="echo", arguments_json=orjson.dumps({"text": "k", CANARY: 1}))
         )
         assert keyed.is_error
+        # Errors quote what the caller wrote: a schema error, a tool raising with its input.
+        with_secret = await client.call_tool(
+            TOKEN,
+            pb.CallToolRequest(
+                name="echo", arguments_json=orjson.dumps({"text": ["PGPASSWORD=SchemaLeak123"]})
+            ),
+        )
+        assert with_secret.is_error
+        raised = await client.call_tool(
+            TOKEN,
+            pb.CallToolRequest(
+                name="quote_and_fail", arguments_json=orjson.dumps({"name": "--password=RaisedLeak321"})
+            ),
+        )
+        assert raised.is_error
+        await call_echo(client, "x", request_id="req --password=ReqIdLeak456")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.call_tool(
+                TOKEN, pb.CallToolRequest(name="password=ToolNameLeak789", arguments_json=b"{}")
+            )
         # While it runs, too: the journal may hold records not yet folded into SQLite.
         live = b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
     finally:
         await client.close()
         hub.stop()
     raw = live + b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
-    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER, "S3cretPassw0rd", "tk-998877"):
+    leaks = ("SchemaLeak123", "RaisedLeak321", "ReqIdLeak456", "ToolNameLeak789")
+    for secret in (CANARY, "hunter2-pw", TOKEN, APPROVER, "S3cretPassw0rd", "tk-998877", *leaks):
         assert secret.encode() not in raw, secret
         assert secret not in hub.log(), secret
     records = await all_records(hub.state_dir)
