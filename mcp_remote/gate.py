@@ -36,6 +36,7 @@ from mcp_local.tools import ToolCall
 
 from .approvals import ApprovalBook
 from .audit import AuditLog
+from .audit.log import UNAUTHENTICATED_ARGUMENT_BYTES, omitted_arguments
 from .policy import Decision, Policy, describe_approver_groups, missing_approver_groups
 
 __all__ = ["AuditTrail", "Gate", "approval_hint"]
@@ -102,13 +103,14 @@ class AuditTrail:
                 log.count_unrecorded(principal, call.name, status)
             else:
                 if not call.logged:
-                    log.record(
-                        "requested",
-                        call.call_id,
-                        principal,
-                        call.name,
-                        {"arguments_json": call.arguments_json, "request_id": call.request_id or None},
-                    )
+                    arguments = call.arguments_json
+                    given: dict[str, object] = {"request_id": call.request_id or None}
+                    if call.principal is None and len(arguments) > UNAUTHENTICATED_ARGUMENT_BYTES:
+                        # Anyone who reaches the port: no megabytes of theirs on the hub's disk.
+                        given["arguments_omitted"] = omitted_arguments(arguments)
+                    else:
+                        given["arguments_json"] = arguments
+                    log.record("requested", call.call_id, principal, call.name, given)
                 delivered = result is not None  # a call stopped by `drain` still answers its caller
                 finish = log.commit if delivered or not gone else log.record
                 durable = finish(

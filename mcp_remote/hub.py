@@ -193,6 +193,7 @@ class Hub:
             signer,
             checkpoint_every=config.audit.checkpoint_every,
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
+            max_argument_bytes=config.audit.max_argument_bytes,
             checkpoint_file=audit_dir / store.checkpoint_file_name,
         )
         self.approvals = ApprovalBook(

@@ -104,6 +104,51 @@ echoing an argument): secrets written as assignments (`--password=x`) are looked
 A reason is the policy's (the operator's words) or an approver's (redacted by the book)."""
 
 
+MAX_ARGUMENT_BYTES = 64 * 1024
+"""Arguments longer than this (`audit.max_argument_bytes`) are recorded by size and SHA-256 only:
+a file written through `fs_write`, or a caller filling the hub's disk with its requests."""
+UNAUTHENTICATED_ARGUMENT_BYTES = 1024
+"""The same for a call whose caller named no principal: anyone who reaches the port."""
+MAX_NAME_CHARS = 256
+"""A tool name longer than this (no tool has one) is cut in its records."""
+MAX_TEXT_CHARS = 4096
+"""An error, a reason or a request id longer than this is cut in its record."""
+
+
+def omitted_arguments(arguments_json: bytes) -> dict[str, Any]:
+    """What a record keeps of arguments too long to keep: their size and their SHA-256, which
+    binds the record to them exactly."""
+    return {"bytes": len(arguments_json), "sha256": hashlib.sha256(arguments_json).hexdigest()}
+
+
+SMALL_VALUE_CHARS = 256
+
+
+def _small_values(arguments_json: bytes) -> dict[str, Any]:
+    """The short values at the top level of arguments too long to keep (`fs_write`'s path, not
+    its content), each name with a value of a few words, a number or a truth value."""
+    try:
+        parsed = orjson.loads(arguments_json)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    small = {}
+    for name, value in list(parsed.items())[:64]:
+        if len(name) <= 64 and (
+            isinstance(value, bool | int | float)
+            or (isinstance(value, str) and len(value) <= SMALL_VALUE_CHARS)
+        ):
+            small[name] = value
+    return small
+
+
+def _cut(text: str, limit: int, length: int | None = None) -> str:
+    """`text` (the start of one `length` long) cut to `limit`, saying how much was left out."""
+    length = len(text) if length is None else length
+    return text if length <= limit else f"{text[:limit]}... ({length - limit} more characters)"
+
+
 def _result_digest(result: ToolResult) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
@@ -200,8 +245,10 @@ class AuditLog:
         checkpoint_every: int = 1000,
         checkpoint_interval_s: float = 60.0,
         checkpoint_file: Path | None = None,
+        max_argument_bytes: int = MAX_ARGUMENT_BYTES,
     ) -> None:
         self.store = store
+        self._max_arguments = max_argument_bytes
         self._redactor = redactor
         self._signer = signer
         self._every = checkpoint_every
@@ -272,8 +319,14 @@ class AuditLog:
         """Queue a record; the returned future is done when the record is durable."""
         if self._batch is None or self._closing:
             raise Unavailable("the audit log is not running")
-        # The tool name is the caller's text: a secret sent as a name is redacted like the rest.
-        tool = self._redactor.text(tool, assignments=True)
+        # The tool name is the caller's text: a secret sent as a name is redacted like the rest,
+        # and a name as long as a request can carry is not kept whole (nor searched whole).
+        if len(tool) > MAX_NAME_CHARS:
+            tool = _cut(
+                self._redactor.text(tool[: 8 * MAX_NAME_CHARS], assignments=True), MAX_NAME_CHARS, len(tool)
+            )
+        else:
+            tool = self._redactor.text(tool, assignments=True)
         self._pending.append((int(time.time() * 1000), call_id, kind, principal, tool, fields))
         if not self._kick_scheduled:
             # Wake the writer after this step, not now: a call that commits inline before
@@ -498,6 +551,12 @@ class AuditLog:
             if value is None:
                 continue
             if key == "arguments_json":
+                if len(value) > self._max_arguments:
+                    out["arguments_omitted"] = omitted_arguments(value)
+                    small = _small_values(value)
+                    if small:
+                        out["arguments"] = redactor.value(small, assignments=True)
+                    continue
                 try:
                     arguments = orjson.loads(value) if value else {}
                 except orjson.JSONDecodeError:
@@ -510,6 +569,9 @@ class AuditLog:
                 assert isinstance(value, ToolResult)
                 out["output_bytes"], out["output_sha256"] = _result_digest(value)
             elif key in _FREE_TEXT:
+                if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+                    cut = redactor.text(value[: 4 * MAX_TEXT_CHARS], assignments=True)
+                    value = _cut(cut, MAX_TEXT_CHARS, len(value))
                 out[key] = redactor.value(value, assignments=key in _CALLERS_TEXT)
             else:
                 out[key] = value

@@ -45,12 +45,18 @@ __all__ = ["AuditStoreRefused", "JournalError", "SQLiteStore", "StoreInUse"]
 INSERT = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 WAL_CHECKPOINT_EVERY = 4096
-"""Records folded between two checkpoints of SQLite's write-ahead log (about 2 MB of it).
+"""Records folded between two checkpoints of SQLite's write-ahead log (about 2 MB of it), or
+WAL_CHECKPOINT_BYTES of their bodies, whichever comes first.
 
 SQLite would checkpoint by itself inside a COMMIT once the log reaches 1,000 pages: it
 copies the pages into the database and syncs it, which takes milliseconds, on the event
 loop. The store turns that off and checkpoints from a thread on its own connection
 instead (SQLite lets one checkpointer run beside the writer, and releases the GIL)."""
+
+WAL_CHECKPOINT_BYTES = 8 * 1024 * 1024
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""The write-ahead log is cut back to this once checkpointed: without it, it keeps the size of
+its largest burst (SQLite reuses the file from its start, never shrinking it)."""
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +150,7 @@ class SQLiteStore:
         self._journal_size = 0
         self._unfolded: list[AuditRecord] = []
         self._since_wal_checkpoint = 0
+        self._wal_bytes = 0
         self._wal_checkpoint: asyncio.Future[None] | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._sync_fds: dict[str, int] = {}
@@ -208,6 +215,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL" if self.sync else "PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # see WAL_CHECKPOINT_EVERY
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._db.executescript(SCHEMA)
             self._recover_journal()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
@@ -338,8 +346,9 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
                 raise
             self._since_wal_checkpoint += len(self._unfolded)
+            self._wal_bytes += sum(len(r.body) for r in self._unfolded)
             self._unfolded = []
-            if self._since_wal_checkpoint >= WAL_CHECKPOINT_EVERY:
+            if self._since_wal_checkpoint >= WAL_CHECKPOINT_EVERY or self._wal_bytes >= WAL_CHECKPOINT_BYTES:
                 self._start_wal_checkpoint()
         if self._journal_size:
             os.ftruncate(self._journal, 0)
@@ -352,7 +361,7 @@ class SQLiteStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a tool's synchronous use): SQLite's own checkpoint at close
             return
-        self._since_wal_checkpoint = 0
+        self._since_wal_checkpoint = self._wal_bytes = 0
         self._wal_checkpoint = loop.run_in_executor(None, self._checkpoint_wal)
 
     def _checkpoint_wal(self) -> None:
@@ -360,6 +369,7 @@ class SQLiteStore:
         try:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpointer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:  # the next fold tries again; the records are safe in the log
             logger.warning("could not checkpoint the audit database's write-ahead log: %s", exc)

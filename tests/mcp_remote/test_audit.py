@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -591,7 +592,14 @@ async def test_arguments_too_deep_to_record_are_refused_and_recorded_without_the
     requested = [r.body_json() for r in records if r.kind == "requested"]
     assert len(requested) == 3
     for body in requested[:2]:  # both refused calls are on record, without their arguments
-        assert "arguments" not in body and "cannot be encoded" in body["arguments_unrecorded"]
+        assert "arguments" not in body
+    # Past 1 KiB, an unauthenticated caller's arguments are not even parsed: size and digest.
+    unauthenticated, agents = requested[0], requested[1]
+    if len(deep) > 1024:
+        assert unauthenticated["arguments_omitted"]["bytes"] == len(deep)
+    else:
+        assert "cannot be encoded" in unauthenticated["arguments_unrecorded"]
+    assert "cannot be encoded" in agents["arguments_unrecorded"]
     assert cli("audit", "verify", "--state-dir", str(hub.state_dir)).returncode == 0
 
 
@@ -784,3 +792,38 @@ async def test_a_reader_of_the_database_never_takes_the_write_ahead_log_from_the
     assert verify.returncode == 0, verify.stdout + verify.stderr
     echoed = [r for r in await all_records(hub.state_dir) if r.kind == "finished" and r.tool == "echo"]
     assert len(echoed) == 40
+
+
+async def test_the_audit_log_keeps_no_megabytes_of_a_callers_request(tmp_path: Path) -> None:
+    """Anyone who could reach the port wrote their whole request (16 MB over gRPC) to the hub's
+    disk, token or not; an agent's arguments were kept whole however long. Arguments past
+    `audit.max_argument_bytes` (or 1 KiB from a caller naming no principal) are recorded as
+    their size and SHA-256, a tool name or an error past a few KiB is cut."""
+    hub = start_hub(tmp_path, config=config())
+    client = HubClient(hub.grpc)
+    big = orjson.dumps({"text": "z" * 2_000_000})
+    try:
+        for token in (None, "not-a-token-of-this-hub"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.call_tool(token, pb.CallToolRequest(name="echo", arguments_json=big))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.call_tool(None, pb.CallToolRequest(name="t" * 100_000, arguments_json=b"{}"))
+        assert (await call_echo(client, "k" * 100_000)).content[0].text.text == "k" * 100_000
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    records = await all_records(hub.state_dir)
+    assert max(len(r.body) for r in records) < 2048, "no record holds the caller's megabytes"
+    digest = hashlib.sha256(big).hexdigest()
+    refused = [
+        r.body_json() for r in records if r.kind == "requested" and r.principal == "-" and r.tool == "echo"
+    ]
+    assert refused == [{"arguments_omitted": {"bytes": len(big), "sha256": digest}}] * 2
+    long_name = next(r for r in records if r.tool.startswith("ttt"))
+    assert long_name.tool == "t" * 256 + "... (99744 more characters)"
+    agent = next(r.body_json() for r in records if r.kind == "requested" and r.principal == "agent")
+    kept = orjson.dumps({"text": "k" * 100_000})
+    assert agent["arguments_omitted"] == {"bytes": len(kept), "sha256": hashlib.sha256(kept).hexdigest()}
+    assert "arguments" not in agent
+    audit_dir = hub.state_dir / "audit"
+    assert sum(p.stat().st_size for p in audit_dir.iterdir() if p.is_file()) < 1_000_000
