@@ -8,21 +8,32 @@ log cut after it: the record it names must still be there with the same hash.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
+import errno
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
-from .ed25519 import load_private_key, new_private_key
+from .ed25519 import PRIVATE_KEY_BYTES, load_private_key, new_private_key
 from .records import canonical
 
 if TYPE_CHECKING:  # verification is the CLI's: the hub itself never imports `cryptography`
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["Checkpoint", "CheckpointSigner", "load_public_keys", "read_checkpoint_file", "verify_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointSigner",
+    "load_public_keys",
+    "read_checkpoint_file",
+    "verify_checkpoint",
+    "write_new_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +87,83 @@ def key_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:16]
 
 
+def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create `path` holding `data`, whole or not at all, and never over a file already there.
+
+    A secret the hub makes once (its signing key, the operator's token) is written to a
+    temporary file in the same directory, synced, and only then linked into place: a full
+    disk or a crash part way leaves no empty or half-written file that every later start
+    would take for the secret. Returns False, touching nothing, when `path` exists (another
+    process made it first)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # A file system without hard links: a rename cannot refuse to replace, so look first.
+            if path.exists():
+                return False
+            os.rename(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)  # the new name is on the disk too
+    finally:
+        os.close(directory)
+    return True
+
+
+def _read_key(path: Path, size: int, what: str, remedy: str) -> bytes | None:
+    """The `size` raw bytes of a key file holding them in base64: None if the file does not
+    exist, empty if it is empty (a start that failed on a full disk left it so: no key was
+    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`."""
+    from mcp_local.errors import ConfigError
+
+    try:
+        text = path.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return b""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != size:
+        raise ConfigError(f"{path}: not {what} ({size} bytes in base64); {remedy}")
+    return raw
+
+
+_RESTORE_KEY = "restore it from a backup"
+
+
 class CheckpointSigner:
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path = key_dir / "signing.key"
-        if key_path.exists():
-            raw = base64.b64decode(key_path.read_text())
-        else:
+        raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+        if not raw:
+            if raw is not None:  # empty: what an older hub left on a full disk
+                key_path.unlink(missing_ok=True)
             raw = new_private_key()
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(raw).decode())
+            if not write_new_file(key_path, base64.b64encode(raw)):  # another process made one
+                raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+                if not raw:
+                    raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
         self._key = load_private_key(raw)
         public = self._key.public_bytes()
         (key_dir / "signing.pub").write_text(base64.b64encode(public).decode() + "\n")
