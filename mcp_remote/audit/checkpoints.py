@@ -16,7 +16,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
@@ -149,14 +149,48 @@ def _read_key(path: Path, size: int, what: str, remedy: str) -> bytes | None:
 
 
 _RESTORE_KEY = "restore it from a backup"
+_PUBLIC_KEY_BYTES = 32
+
+
+def _refuse(why: str) -> NoReturn:
+    from .store import AuditStoreRefused  # it imports this module
+
+    raise AuditStoreRefused(why)
+
+
+def _new_key_help(key_dir: Path, old: bytes, restore: str) -> str:
+    """What an operator can do when the key that signed the log is not the one at hand."""
+    aside = key_dir / f"signing.pub.{key_id(old)}"
+    return (
+        f"{restore}, or move signing.pub aside (mv {key_dir / 'signing.pub'} {aside}) to sign with "
+        f"a new key from now on, then verify the whole log with both keys: mcphub audit verify "
+        f"--state-dir {key_dir.parent} --public-key {aside} --public-key {key_dir / 'signing.pub'}"
+    )
 
 
 class CheckpointSigner:
+    """The hub's signing key, made at its first start. `signing.pub` is never written over: it
+    is how an operator learns which key signed the log's checkpoints, and the copy verify trusts.
+    With it and without the key (lost, or a backup restored in part), the hub refuses to start
+    rather than sign on with a new key under which the whole history would fail to verify."""
+
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_path = key_dir / "signing.key"
+        key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
         raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+        signed_by = _read_key(
+            pub_path,
+            _PUBLIC_KEY_BYTES,
+            "an Ed25519 public key",
+            "restore it from a backup, or delete it and the hub writes it again from signing.key",
+        )
         if not raw:
+            if signed_by:
+                _refuse(
+                    f"{key_path} is {'empty' if raw is not None else 'missing'}, but {pub_path} says "
+                    f"this log's checkpoints are signed by key {key_id(signed_by)}: "
+                    + _new_key_help(key_dir, signed_by, "restore signing.key from a backup")
+                )
             if raw is not None:  # empty: what an older hub left on a full disk
                 key_path.unlink(missing_ok=True)
             raw = new_private_key()
@@ -166,8 +200,18 @@ class CheckpointSigner:
                     raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
         self._key = load_private_key(raw)
         public = self._key.public_bytes()
-        (key_dir / "signing.pub").write_text(base64.b64encode(public).decode() + "\n")
         self.key_id = key_id(public)
+        if signed_by and signed_by != public:
+            _refuse(
+                f"{key_path} is key {self.key_id}, but {pub_path} says this log's checkpoints are "
+                f"signed by key {key_id(signed_by)}: "
+                + _new_key_help(key_dir, signed_by, f"restore the signing.key of {key_id(signed_by)}")
+            )
+        if not signed_by:
+            if signed_by is not None:  # empty: what an older hub left on a full disk
+                pub_path.unlink(missing_ok=True)
+            if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
+                _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
 
     def sign(self, seq: int, hash_: str, ts_ms: int) -> Checkpoint:
         unsigned = Checkpoint(seq, hash_, ts_ms, self.key_id, "")

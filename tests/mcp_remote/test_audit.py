@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -394,6 +396,46 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     assert out.returncode == 1 and "checkpoints.jsonl, line 1: not a signed checkpoint" in out.stderr
     out = serve_refused(gone.parent, config())
     assert out.returncode == 3 and "line 1: not a signed checkpoint" in out.stderr, out.stderr
+
+
+def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """A new key would leave every earlier checkpoint "signed by an unknown key", and writing its
+    public half over signing.pub would lose the only copy of the old one."""
+    state = tmp_path / "lost" / "state"
+    shutil.copytree(stopped_log, state)
+    audit = state / "audit"
+    old_pub = (audit / "signing.pub").read_bytes()
+    old_id = hashlib.sha256(base64.b64decode(old_pub)).hexdigest()[:16]
+    (audit / "signing.key").unlink()
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert f"{audit / 'signing.key'} is missing, but {audit / 'signing.pub'} says" in line
+    assert f"signed by key {old_id}: restore signing.key from a backup, or move signing.pub aside" in line
+    assert (audit / "signing.pub").read_bytes() == old_pub and not (audit / "signing.key").exists()
+
+    # What the message says to do: a new key from now on, and verify with both.
+    aside = audit / f"signing.pub.{old_id}"
+    assert f"mv {audit / 'signing.pub'} {aside}" in line
+    (audit / "signing.pub").rename(aside)
+    hub = start_hub(state.parent, config=config(), http=False)
+    called = cli("call", "echo", "--args", '{"text": "new key"}', "--hub", hub.grpc, "--token", TOKEN)
+    assert called.returncode == 0, called.stderr
+    assert hub.stop() == 0
+    both = ["--public-key", str(aside), "--public-key", str(audit / "signing.pub")]
+    assert f"mcphub audit verify --state-dir {state} {' '.join(both)}" in line
+    out = cli("audit", "verify", "--state-dir", str(state), *both)
+    assert out.returncode == 0, out.stderr
+    assert "unknown key" in cli("audit", "verify", "--state-dir", str(state)).stderr
+
+    # A key that is not the one signing.pub names is refused too, and signing.pub kept.
+    (audit / "signing.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    new_pub = (audit / "signing.pub").read_bytes()
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "restore the signing.key of" in out.stderr, out.stderr
+    assert (audit / "signing.pub").read_bytes() == new_pub
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])

@@ -282,8 +282,9 @@ def test_an_empty_secret_file_an_older_hub_left_is_made_afresh(tmp_path: Path, n
         ("operator.token", b"\xff\xfe" * 20, "not an operator token"),
         ("audit/signing.key", b"garbage", "not an Ed25519 signing key (32 bytes in base64)"),
         ("audit/signing.key", b"YWJjZA==", "not an Ed25519 signing key (32 bytes in base64)"),
+        ("audit/signing.pub", b"notbase64!!\n", "not an Ed25519 public key (32 bytes in base64)"),
     ],
-    ids=["short-token", "binary-token", "garbage-key", "short-key"],
+    ids=["short-token", "binary-token", "garbage-key", "short-key", "garbage-public-key"],
 )
 def test_a_corrupt_secret_file_is_a_one_line_error_naming_it(
     tmp_path: Path, name: str, content: bytes, words: str
