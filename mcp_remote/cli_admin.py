@@ -381,6 +381,10 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from .audit.sqlite import SQLiteStore
 
     state_dir = config.state_dir if config is not None else _state_dir(args, environ)
+    if not state_dir.is_dir():
+        raise ConfigError(
+            f"no state directory at {state_dir}: has a hub run with it? (--state-dir DIR, $MCPHUB_STATE_DIR)"
+        )
     database = state_dir / "audit" / "audit.db"
     if not database.exists() and any((state_dir / "audit").glob("checkpoints-postgres-*.jsonl")):
         raise ConfigError(
@@ -427,6 +431,11 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store, state_dir = _open_store(args, environ)
     keys_paths = list(args.public_key) or [state_dir / "audit" / "signing.pub"]
     missing = [p for p in keys_paths if not p.exists()]
+    if missing and not args.public_key and not (state_dir / "audit").is_dir():
+        where = state_dir / "audit" / "audit.db"
+        return _fail(
+            f"no audit log at {where}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE
+        )
     if missing:
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
     checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
@@ -545,6 +554,12 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except FileNotFoundError as exc:
         return _fail(f"{exc}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE)
+    except PermissionError as exc:
+        where = exc.filename or _state_dir(args, environ)
+        why = f"cannot read {where}: {exc.strerror} (run this as the user the hub runs as)"
+        return _fail(why, EXIT_USAGE)
+    except IsADirectoryError as exc:
+        return _fail(f"{exc.filename}: a directory, not a file", EXIT_USAGE)
     except sqlite3.DatabaseError as exc:  # tail / query; verify reports it as a broken log
         why = f"the audit database cannot be read: {exc} (`mcphub audit verify` checks it)"
         return _fail(why, EXIT_FAILED)

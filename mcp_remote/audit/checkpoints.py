@@ -220,12 +220,23 @@ class CheckpointSigner:
 
 
 def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
+    """The keys in `paths` by id; a file that holds no public key is a ConfigError naming it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from mcp_local.errors import ConfigError
+
+    remedy = "give the signing.pub of the hub that signed the log (--public-key FILE)"
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        raw = base64.b64decode(path.read_text().strip())
-        keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
+        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy)
+        if raw is None:
+            raise ConfigError(f"no public key at {path} (pass --public-key FILE)")
+        try:
+            if not raw:
+                raise ValueError("empty")
+            keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ConfigError(f"{path}: not an Ed25519 public key (32 bytes in base64); {remedy}") from None
     return keys
 
 

@@ -198,8 +198,12 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no audit log at {self.path}")
+            # Opened first by itself: SQLite says "unable to open database file" for a file this
+            # user may not read as for a damaged one, and verify would call the log broken.
+            try:
+                os.close(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no audit log at {self.path}") from None
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -356,6 +356,69 @@ def test_an_unreadable_database_is_a_broken_log_not_a_crash(
         assert "the audit database cannot be read" in out.stderr
 
 
+def test_an_unreadable_state_directory_is_one_line_not_a_broken_log(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """A reader without the hub's permissions: exit 2 saying so, not a traceback, and not
+    verify's exit 1, which says the log is broken."""
+    state = tmp_path / "locked"
+    shutil.copytree(stopped_log, state)
+    root = os.geteuid() == 0
+    prefix: list[str] = []
+    if root:  # root reads anything: without these capabilities, what is not its own it reads as others do
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", "--"]
+        for path in (state, *state.rglob("*")):
+            os.chown(path, 65534, 65534)
+    (state / "audit").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    for locked, closed in ((state, 0o700), (state / "audit" / "audit.db", 0o600)):
+        locked.chmod(closed if root else 0)  # the directory, then the database only
+        for command in (["verify"], ["tail"], ["query", "--tool", "echo"]):
+            out = subprocess.run(
+                [*prefix, *hub_command("audit", *command, "--state-dir", str(state))],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+                env=env,
+            )
+            assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+            (line,) = out.stderr.splitlines()
+            assert line.startswith("mcphub: cannot read ") and "Permission denied" in line, line
+        locked.chmod(0o755)
+
+
+def test_a_public_key_that_is_no_key_and_a_missing_state_directory_are_one_line(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "keys"
+    shutil.copytree(stopped_log, state)
+    bad = tmp_path / "bad.pub"
+    for content in (b"abc\n", b"YWJjZA==\n", b""):
+        bad.write_bytes(content)
+        out = cli("audit", "verify", "--state-dir", str(state), "--public-key", str(bad))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr == f"mcphub: {bad}: not an Ed25519 public key (32 bytes in base64); give the " + (
+            "signing.pub of the hub that signed the log (--public-key FILE)\n"
+        )
+    out = cli("audit", "verify", "--state-dir", str(state), "--public-key", str(tmp_path))
+    assert out.returncode == 2 and out.stderr == f"mcphub: {tmp_path}: a directory, not a file\n"
+    (state / "audit" / "signing.pub").write_bytes(b"not base64!\n")
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 2 and "signing.pub: not an Ed25519 public key" in out.stderr, out.stderr
+
+    nowhere = tmp_path / "nowhere"
+    for command in (["verify"], ["tail"], ["query"]):
+        out = cli("audit", *command, "--state-dir", str(nowhere))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"mcphub: no state directory at {nowhere}: has a hub run with it?")
+    nowhere.mkdir()
+    out = cli("audit", "verify", "--state-dir", str(nowhere))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"mcphub: no audit log at {nowhere / 'audit' / 'audit.db'}; has a hub run")
+
+
 def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: Path, tmp_path: Path) -> None:
     """Signed checkpoints outlive the records: verify reports the loss, and a hub refuses to
     start, since it would chain new records onto the cut and sign over it."""
