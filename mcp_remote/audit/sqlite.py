@@ -120,6 +120,13 @@ def read_journal(path: Path) -> list[AuditRecord | int]:
     return out
 
 
+def _on_read_only_media(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _approval_from(data: bytes) -> Approval:
     raw = orjson.loads(data)
     raw["approvers"] = tuple(raw["approvers"])
@@ -204,7 +211,7 @@ class SQLiteStore:
                 os.close(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
             except FileNotFoundError:
                 raise FileNotFoundError(f"no audit log at {self.path}") from None
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            self._db = self._connect_read_only()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -216,6 +223,30 @@ class SQLiteStore:
             self._recover_journal()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A reader's connection. SQLite reads a database in WAL mode through its shared-memory
+        index (`audit.db-shm`), which it must create when a hub stopped cleanly took it away:
+        on read-only media (a snapshot, a backup mounted read-only) it cannot, and says "unable
+        to open database file". Nobody writes a log there, so it is read as immutable, unless a
+        write-ahead log holds records the database does not (SQLite would not read them)."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            db.execute("PRAGMA schema_version").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or not _on_read_only_media(self.path):
+                raise
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            from mcp_local.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.path}: its write-ahead log {wal.name} cannot be read on read-only media; "
+                "copy the state directory to writable storage and read the copy"
+            )
+        return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
     def _recover_journal(self) -> None:
         """Take the journal (one writer per log: a second hub folding and emptying it could

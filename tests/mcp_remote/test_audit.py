@@ -419,6 +419,54 @@ def test_a_public_key_that_is_no_key_and_a_missing_state_directory_are_one_line(
     assert out.stderr.startswith(f"mcphub: no audit log at {nowhere / 'audit' / 'audit.db'}; has a hub run")
 
 
+def _on_read_only_media(state: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """`mcphub audit COMMAND --state-dir STATE` with `state` mounted read-only (as a snapshot or a
+    backup is), in a mount namespace of the command's own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    mount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+    unshare = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, "-", str(state)]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    out = subprocess.run(
+        [*unshare, *hub_command("audit", *command, "--state-dir", str(state))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=full,
+    )
+    if out.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"cannot mount here: {out.stderr.strip()}")
+    return out
+
+
+def test_a_log_on_read_only_media_is_read(stopped_log: Path, tmp_path: Path) -> None:
+    """SQLite cannot make the shared-memory index of a database in WAL mode there: a log that
+    nobody can be writing is read as immutable."""
+    state = tmp_path / "snapshot"
+    shutil.copytree(stopped_log, state)
+    out = _on_read_only_media(state, "verify", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["records"] > 100
+    out = _on_read_only_media(state, "tail", "-n", "2")
+    assert out.returncode == 0 and "event=stopped" in out.stdout, out.stderr
+    out = _on_read_only_media(state, "query", "--tool", "echo", "--limit", "1")
+    assert out.returncode == 0 and " echo " in out.stdout, out.stderr
+
+    # A write-ahead log holding what the database does not: read as immutable, it would be left
+    # out, so the reader is told to read a writable copy instead.
+    killed = tmp_path / "killed"
+    db = sqlite3.connect(state / "audit" / "audit.db", isolation_level=None)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("INSERT INTO approvals VALUES ('apr_x', 'pending', '{}')")
+    shutil.copytree(state, killed, ignore=shutil.ignore_patterns("*-shm"))
+    db.close()
+    assert (killed / "audit" / "audit.db-wal").stat().st_size > 0
+    out = _on_read_only_media(killed, "verify")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "audit.db-wal cannot be read on read-only media; copy the state directory" in out.stderr
+
+
 def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: Path, tmp_path: Path) -> None:
     """Signed checkpoints outlive the records: verify reports the loss, and a hub refuses to
     start, since it would chain new records onto the cut and sign over it."""
