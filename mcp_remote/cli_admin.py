@@ -451,6 +451,8 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"  note: {note}")
     else:
         where = f" at record {report.first_bad}" if report.first_bad is not None else ""
+        if report.bad_range is not None:
+            where = f" in records {report.bad_range[0]}-{report.bad_range[1]}"
         print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -634,7 +636,9 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     )
     audit_sub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="exit 0 if the chain and checkpoints hold, 1 naming the first bad record"
+        "verify",
+        help="exit 0 if the chain and checkpoints hold, 1 naming the first bad record (or the "
+        "records it is among, when the hashes after it were recomputed)",
     )
     verify.add_argument(
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"

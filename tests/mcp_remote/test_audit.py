@@ -164,6 +164,40 @@ def test_verify_names_the_first_bad_record(
     assert f"audit log BROKEN at record {bad}" in out.stderr and words in out.stderr
 
 
+def test_an_edit_covered_by_recomputed_hashes_is_reported_as_the_records_it_is_among(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """The chain holds again after the edit: only a checkpoint notices, and the record it names
+    is not the one edited. Verify names the records since the last checkpoint that held."""
+    from mcp_remote.audit.records import record_hash
+
+    state = tmp_path / "recomputed"
+    shutil.copytree(stopped_log, state)
+    lines = (state / "audit" / "checkpoints.jsonl").read_text().splitlines()
+    signed = sorted({json.loads(line)["seq"] for line in lines})
+    edited = signed[1] + 3  # a record between two checkpoints
+    before, after = max(c for c in signed if c < edited), min(c for c in signed if c >= edited)
+    db = sqlite3.connect(state / "audit" / "audit.db")
+    prev = db.execute("SELECT hash FROM records WHERE seq = ?", (edited - 1,)).fetchone()[0]
+    rows = db.execute("SELECT * FROM records WHERE seq >= ? ORDER BY seq", (edited,)).fetchall()
+    for seq, ts_ms, call_id, kind, principal, tool, body, _, _ in rows:
+        body = bytes(body) + (b" " if seq == edited else b"")
+        digest = record_hash(prev, seq, ts_ms, call_id, kind, principal, tool, body)
+        db.execute("UPDATE records SET body = ?, prev = ?, hash = ? WHERE seq = ?", (body, prev, digest, seq))
+        prev = digest
+    db.commit()
+    db.close()
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.startswith(
+        f"audit log BROKEN in records {before + 1}-{after}: a record in {before + 1}-{after} was changed"
+    ), out.stderr
+    assert f"record {after} does not match its signed checkpoint" in out.stderr
+    report = json.loads(cli("audit", "verify", "--state-dir", str(state), "--json").stdout)
+    assert report["first_bad_record"] == before + 1
+    assert report["bad_range"] == {"first": before + 1, "last": after}
+
+
 def test_a_reader_that_leaves_early_stops_the_command_quietly(stopped_log: Path) -> None:
     """`mcphub audit query | head -2`: exit 141 (as SIGPIPE), no traceback."""
     read_end, write_end = os.pipe()
