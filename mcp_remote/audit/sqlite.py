@@ -105,6 +105,10 @@ def read_journal(path: Path) -> list[AuditRecord | int]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    return _journal_records(data)
+
+
+def _journal_records(data: bytes) -> list[AuditRecord | int]:
     lines = data.split(b"\n")
     out: list[AuditRecord | int] = []
     for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline
@@ -268,7 +272,8 @@ class SQLiteStore:
                 f"another hub is writing the audit log in {self.path.parent} "
                 "(each hub needs its own state directory, or a shared PostgreSQL audit store)"
             ) from None
-        found = read_journal(self.journal_path)
+        data = self.journal_path.read_bytes()
+        found = _journal_records(data)
         bad = next((item for item in found if isinstance(item, int)), None)
         if bad is not None:
             os.close(journal)
@@ -283,6 +288,14 @@ class SQLiteStore:
             raise JournalError(
                 f"{self.journal_path}: {problem} (was the file edited?). "
                 "`mcphub audit verify` shows the first bad record; the hub will not write after it."
+            )
+        torn = len(data) - (data.rfind(b"\n") + 1)
+        if torn:  # emptied with the journal at the fold below
+            logger.warning(
+                "%s: dropped %d bytes of an unfinished last record (a write the hub died in, never "
+                "acknowledged to its caller)",
+                self.journal_path,
+                torn,
             )
         row = self.db.execute("SELECT max(seq) FROM records").fetchone()
         stored = row[0] or 0

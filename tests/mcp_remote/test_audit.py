@@ -263,6 +263,18 @@ def test_tail_and_query(stopped_log: Path) -> None:
         assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
 
 
+def test_a_hub_says_what_it_dropped_of_a_record_it_died_writing(stopped_log: Path, tmp_path: Path) -> None:
+    state = tmp_path / "torn" / "state"
+    shutil.copytree(stopped_log, state)
+    with (state / "audit" / "audit.journal").open("ab") as journal:
+        journal.write(b'[99999, 1700000000000, "call')
+    hub = start_hub(state.parent, config=config(), http=False)
+    assert hub.stop() == 0
+    assert f"{state / 'audit' / 'audit.journal'}: dropped 28 bytes of an unfinished last record" in hub.log()
+    assert (state / "audit" / "audit.journal").read_bytes() == b""
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
+
+
 async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, config=config(), env={"MCPHUB_LOG_LEVEL": "debug"})
     client = HubClient(hub.grpc)
