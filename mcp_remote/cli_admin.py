@@ -521,10 +521,14 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 principal=args.principal,
                 since_ms=since,
                 call_id=args.call,
-                limit=args.limit,
+                limit=args.limit + 1,  # one more: whether the limit cut the answer
                 newest_first=True,
             )
-        records = list(reversed(await store.query(query)))
+        found = await store.query(query)
+        if args.action == "query" and len(found) > args.limit:
+            found = found[: args.limit]
+            print(f"{args.limit} records shown, more match: --limit N", file=sys.stderr)
+        records = list(reversed(found))
         for r in records:
             print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
         last = records[-1].seq if records else 0

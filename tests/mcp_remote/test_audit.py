@@ -263,6 +263,15 @@ def test_tail_and_query(stopped_log: Path) -> None:
         assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
 
 
+def test_query_says_when_its_limit_cut_the_answer(stopped_log: Path) -> None:
+    common = ["--tool", "echo", "--principal", "agent", "--state-dir", str(stopped_log)]
+    whole = cli("audit", "query", *common, "--limit", "100", "--json")  # exactly as many as match
+    assert whole.returncode == 0 and len(whole.stdout.splitlines()) == 100 and whole.stderr == ""
+    cut = cli("audit", "query", *common, "--limit", "99", "--json")
+    assert cut.returncode == 0 and cut.stdout.splitlines() == whole.stdout.splitlines()[1:]  # the newest
+    assert cut.stderr == "99 records shown, more match: --limit N\n"
+
+
 def test_a_hub_says_what_it_dropped_of_a_record_it_died_writing(stopped_log: Path, tmp_path: Path) -> None:
     state = tmp_path / "torn" / "state"
     shutil.copytree(stopped_log, state)
