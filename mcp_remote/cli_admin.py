@@ -649,7 +649,9 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
     tail.add_argument("-n", "--lines", type=_count, default=20, help="how many (default: 20)")
-    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="then print records as they are written, until Ctrl-C"
+    )
     query = audit_sub.add_parser("query", help="records by tool, principal, time or call")
     query.add_argument("--tool")
     query.add_argument("--principal")
@@ -657,7 +659,16 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     query.add_argument("--call", help="a call id")
     query.add_argument("--limit", type=_count, default=200, help="at most this many records (default: 200)")
     for p in (verify, tail, query):
-        p.add_argument("--state-dir", type=Path)
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="the hub's state directory, holding audit/ (default: $MCPHUB_STATE_DIR, else "
+            "$XDG_STATE_HOME/mcphub or ~/.local/state/mcphub)",
+        )
         p.add_argument("--config", type=Path, help="hub config (for a PostgreSQL store)")
-        p.add_argument("--json", action="store_true")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="the report as a JSON object" if p is verify else "each record as a line of JSON",
+        )
         p.set_defaults(func=_cmd_audit)

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -270,6 +271,17 @@ def test_query_says_when_its_limit_cut_the_answer(stopped_log: Path) -> None:
     cut = cli("audit", "query", *common, "--limit", "99", "--json")
     assert cut.returncode == 0 and cut.stdout.splitlines() == whole.stdout.splitlines()[1:]  # the newest
     assert cut.stderr == "99 records shown, more match: --limit N\n"
+
+
+@pytest.mark.parametrize("action", ["verify", "tail", "query"])
+def test_every_option_of_the_audit_commands_says_what_it_does(action: str) -> None:
+    out = cli("audit", action, "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "--state-dir STATE_DIR the hub's state directory" in text
+    assert re.search(r"--json (the report as a JSON object|each record as a line of JSON)", text), text
+    if action == "tail":
+        assert "-f, --follow then print records as they are written" in text
 
 
 def test_a_hub_says_what_it_dropped_of_a_record_it_died_writing(stopped_log: Path, tmp_path: Path) -> None:
