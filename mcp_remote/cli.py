@@ -106,6 +106,8 @@ async def _serve(
         hub = Hub(config, environ)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except AuditStoreRefused as exc:  # a signing key that is not the one that signed the log
+        return _fail(str(exc), EXIT_HUB)
     from mcp_local.redaction import RedactingFilter
 
     for handler in logging.getLogger().handlers:

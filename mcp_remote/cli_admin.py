@@ -381,6 +381,10 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from .audit.sqlite import SQLiteStore
 
     state_dir = config.state_dir if config is not None else _state_dir(args, environ)
+    if not state_dir.is_dir():
+        raise ConfigError(
+            f"no state directory at {state_dir}: has a hub run with it? (--state-dir DIR, $MCPHUB_STATE_DIR)"
+        )
     database = state_dir / "audit" / "audit.db"
     if not database.exists() and any((state_dir / "audit").glob("checkpoints-postgres-*.jsonl")):
         raise ConfigError(
@@ -427,6 +431,11 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store, state_dir = _open_store(args, environ)
     keys_paths = list(args.public_key) or [state_dir / "audit" / "signing.pub"]
     missing = [p for p in keys_paths if not p.exists()]
+    if missing and not args.public_key and not (state_dir / "audit").is_dir():
+        where = state_dir / "audit" / "audit.db"
+        return _fail(
+            f"no audit log at {where}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE
+        )
     if missing:
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
     checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
@@ -442,6 +451,8 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"  note: {note}")
     else:
         where = f" at record {report.first_bad}" if report.first_bad is not None else ""
+        if report.bad_range is not None:
+            where = f" in records {report.bad_range[0]}-{report.bad_range[1]}"
         print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -510,10 +521,14 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 principal=args.principal,
                 since_ms=since,
                 call_id=args.call,
-                limit=args.limit,
+                limit=args.limit + 1,  # one more: whether the limit cut the answer
                 newest_first=True,
             )
-        records = list(reversed(await store.query(query)))
+        found = await store.query(query)
+        if args.action == "query" and len(found) > args.limit:
+            found = found[: args.limit]
+            print(f"{args.limit} records shown, more match: --limit N", file=sys.stderr)
+        records = list(reversed(found))
         for r in records:
             print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
         last = records[-1].seq if records else 0
@@ -545,6 +560,12 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except FileNotFoundError as exc:
         return _fail(f"{exc}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE)
+    except PermissionError as exc:
+        where = exc.filename or _state_dir(args, environ)
+        why = f"cannot read {where}: {exc.strerror} (run this as the user the hub runs as)"
+        return _fail(why, EXIT_USAGE)
+    except IsADirectoryError as exc:
+        return _fail(f"{exc.filename}: a directory, not a file", EXIT_USAGE)
     except sqlite3.DatabaseError as exc:  # tail / query; verify reports it as a broken log
         why = f"the audit database cannot be read: {exc} (`mcphub audit verify` checks it)"
         return _fail(why, EXIT_FAILED)
@@ -619,14 +640,18 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     )
     audit_sub = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="exit 0 if the chain and checkpoints hold, 1 naming the first bad record"
+        "verify",
+        help="exit 0 if the chain and checkpoints hold, 1 naming the first bad record (or the "
+        "records it is among, when the hashes after it were recomputed)",
     )
     verify.add_argument(
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
     tail.add_argument("-n", "--lines", type=_count, default=20, help="how many (default: 20)")
-    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="then print records as they are written, until Ctrl-C"
+    )
     query = audit_sub.add_parser("query", help="records by tool, principal, time or call")
     query.add_argument("--tool")
     query.add_argument("--principal")
@@ -634,7 +659,16 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     query.add_argument("--call", help="a call id")
     query.add_argument("--limit", type=_count, default=200, help="at most this many records (default: 200)")
     for p in (verify, tail, query):
-        p.add_argument("--state-dir", type=Path)
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="the hub's state directory, holding audit/ (default: $MCPHUB_STATE_DIR, else "
+            "$XDG_STATE_HOME/mcphub or ~/.local/state/mcphub)",
+        )
         p.add_argument("--config", type=Path, help="hub config (for a PostgreSQL store)")
-        p.add_argument("--json", action="store_true")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="the report as a JSON object" if p is verify else "each record as a line of JSON",
+        )
         p.set_defaults(func=_cmd_audit)

@@ -40,9 +40,10 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from .approvals import Approval, ApprovalBook
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
+from .audit.checkpoints import write_new_file
 from .audit.records import canonical
 from .auth import TokenAuthenticator, token_digest
-from .config import Address, HubConfig, PrincipalConfig
+from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
@@ -77,16 +78,33 @@ OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name
 
 
 def operator_token(state_dir: Path) -> str:
-    """The token of the hub host's operator (created once, mode 0600): the approvals CLI uses it."""
+    """The token of the hub host's operator (created once, mode 0600): the approvals CLI uses it.
+
+    Written whole or not at all (`write_new_file`). An empty file is what an older hub left
+    when the disk filled as it wrote the token: no token was ever in it, so a new one is made.
+    A file holding something that is no token is a ConfigError naming it."""
     path = state_dir / OPERATOR_TOKEN_FILE
     try:
-        return path.read_text().strip()
+        data = path.read_bytes()
     except FileNotFoundError:
+        data = None
+    if data is None or not data.strip():
+        if data is not None:
+            path.unlink(missing_ok=True)
         token = "op_" + secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+        if write_new_file(path, (token + "\n").encode()):
+            return token
+        data = path.read_bytes()  # another process made it first
+    try:
+        token = data.decode().strip()
+    except UnicodeDecodeError:
+        token = ""
+    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"{path}: not an operator token (a line of at least {MIN_TOKEN_LENGTH} printable characters); "
+            "delete the file and the hub makes a new one"
+        )
+    return token
 
 
 def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redactor) -> AuditStore:

@@ -8,21 +8,32 @@ log cut after it: the record it names must still be there with the same hash.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
+import errno
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
-from .ed25519 import load_private_key, new_private_key
+from .ed25519 import PRIVATE_KEY_BYTES, load_private_key, new_private_key
 from .records import canonical
 
 if TYPE_CHECKING:  # verification is the CLI's: the hub itself never imports `cryptography`
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["Checkpoint", "CheckpointSigner", "load_public_keys", "read_checkpoint_file", "verify_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointSigner",
+    "load_public_keys",
+    "read_checkpoint_file",
+    "verify_checkpoint",
+    "write_new_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +87,131 @@ def key_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:16]
 
 
+def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create `path` holding `data`, whole or not at all, and never over a file already there.
+
+    A secret the hub makes once (its signing key, the operator's token) is written to a
+    temporary file in the same directory, synced, and only then linked into place: a full
+    disk or a crash part way leaves no empty or half-written file that every later start
+    would take for the secret. Returns False, touching nothing, when `path` exists (another
+    process made it first)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # A file system without hard links: a rename cannot refuse to replace, so look first.
+            if path.exists():
+                return False
+            os.rename(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)  # the new name is on the disk too
+    finally:
+        os.close(directory)
+    return True
+
+
+def _read_key(path: Path, size: int, what: str, remedy: str) -> bytes | None:
+    """The `size` raw bytes of a key file holding them in base64: None if the file does not
+    exist, empty if it is empty (a start that failed on a full disk left it so: no key was
+    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`."""
+    from mcp_local.errors import ConfigError
+
+    try:
+        text = path.read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return b""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != size:
+        raise ConfigError(f"{path}: not {what} ({size} bytes in base64); {remedy}")
+    return raw
+
+
+_RESTORE_KEY = "restore it from a backup"
+_PUBLIC_KEY_BYTES = 32
+
+
+def _refuse(why: str) -> NoReturn:
+    from .store import AuditStoreRefused  # it imports this module
+
+    raise AuditStoreRefused(why)
+
+
+def _new_key_help(key_dir: Path, old: bytes, restore: str) -> str:
+    """What an operator can do when the key that signed the log is not the one at hand."""
+    aside = key_dir / f"signing.pub.{key_id(old)}"
+    return (
+        f"{restore}, or move signing.pub aside (mv {key_dir / 'signing.pub'} {aside}) to sign with "
+        f"a new key from now on, then verify the whole log with both keys: mcphub audit verify "
+        f"--state-dir {key_dir.parent} --public-key {aside} --public-key {key_dir / 'signing.pub'}"
+    )
+
+
 class CheckpointSigner:
+    """The hub's signing key, made at its first start. `signing.pub` is never written over: it
+    is how an operator learns which key signed the log's checkpoints, and the copy verify trusts.
+    With it and without the key (lost, or a backup restored in part), the hub refuses to start
+    rather than sign on with a new key under which the whole history would fail to verify."""
+
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_path = key_dir / "signing.key"
-        if key_path.exists():
-            raw = base64.b64decode(key_path.read_text())
-        else:
+        key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
+        raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+        signed_by = _read_key(
+            pub_path,
+            _PUBLIC_KEY_BYTES,
+            "an Ed25519 public key",
+            "restore it from a backup, or delete it and the hub writes it again from signing.key",
+        )
+        if not raw:
+            if signed_by:
+                _refuse(
+                    f"{key_path} is {'empty' if raw is not None else 'missing'}, but {pub_path} says "
+                    f"this log's checkpoints are signed by key {key_id(signed_by)}: "
+                    + _new_key_help(key_dir, signed_by, "restore signing.key from a backup")
+                )
+            if raw is not None:  # empty: what an older hub left on a full disk
+                key_path.unlink(missing_ok=True)
             raw = new_private_key()
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(raw).decode())
+            if not write_new_file(key_path, base64.b64encode(raw)):  # another process made one
+                raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+                if not raw:
+                    raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
         self._key = load_private_key(raw)
         public = self._key.public_bytes()
-        (key_dir / "signing.pub").write_text(base64.b64encode(public).decode() + "\n")
         self.key_id = key_id(public)
+        if signed_by and signed_by != public:
+            _refuse(
+                f"{key_path} is key {self.key_id}, but {pub_path} says this log's checkpoints are "
+                f"signed by key {key_id(signed_by)}: "
+                + _new_key_help(key_dir, signed_by, f"restore the signing.key of {key_id(signed_by)}")
+            )
+        if not signed_by:
+            if signed_by is not None:  # empty: what an older hub left on a full disk
+                pub_path.unlink(missing_ok=True)
+            if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
+                _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
 
     def sign(self, seq: int, hash_: str, ts_ms: int) -> Checkpoint:
         unsigned = Checkpoint(seq, hash_, ts_ms, self.key_id, "")
@@ -99,12 +220,23 @@ class CheckpointSigner:
 
 
 def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
+    """The keys in `paths` by id; a file that holds no public key is a ConfigError naming it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from mcp_local.errors import ConfigError
+
+    remedy = "give the signing.pub of the hub that signed the log (--public-key FILE)"
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        raw = base64.b64decode(path.read_text().strip())
-        keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
+        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy)
+        if raw is None:
+            raise ConfigError(f"no public key at {path} (pass --public-key FILE)")
+        try:
+            if not raw:
+                raise ValueError("empty")
+            keys[key_id(raw)] = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ConfigError(f"{path}: not an Ed25519 public key (32 bytes in base64); {remedy}") from None
     return keys
 
 

@@ -111,6 +111,10 @@ def read_journal(path: Path) -> list[AuditRecord | int]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    return _journal_records(data)
+
+
+def _journal_records(data: bytes) -> list[AuditRecord | int]:
     lines = data.split(b"\n")
     out: list[AuditRecord | int] = []
     for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline
@@ -124,6 +128,13 @@ def read_journal(path: Path) -> list[AuditRecord | int]:
         except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
             out.append(number)
     return out
+
+
+def _on_read_only_media(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _approval_from(data: bytes) -> Approval:
@@ -205,9 +216,13 @@ class SQLiteStore:
 
     def _open(self) -> None:
         if self.read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no audit log at {self.path}")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            # Opened first by itself: SQLite says "unable to open database file" for a file this
+            # user may not read as for a damaged one, and verify would call the log broken.
+            try:
+                os.close(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no audit log at {self.path}") from None
+            self._db = self._connect_read_only()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -220,6 +235,30 @@ class SQLiteStore:
             self._recover_journal()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A reader's connection. SQLite reads a database in WAL mode through its shared-memory
+        index (`audit.db-shm`), which it must create when a hub stopped cleanly took it away:
+        on read-only media (a snapshot, a backup mounted read-only) it cannot, and says "unable
+        to open database file". Nobody writes a log there, so it is read as immutable, unless a
+        write-ahead log holds records the database does not (SQLite would not read them)."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            db.execute("PRAGMA schema_version").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or not _on_read_only_media(self.path):
+                raise
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            from mcp_local.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.path}: its write-ahead log {wal.name} cannot be read on read-only media; "
+                "copy the state directory to writable storage and read the copy"
+            )
+        return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
     def _recover_journal(self) -> None:
         """Take the journal (one writer per log: a second hub folding and emptying it could
@@ -241,7 +280,8 @@ class SQLiteStore:
                 f"another hub is writing the audit log in {self.path.parent} "
                 "(each hub needs its own state directory, or a shared PostgreSQL audit store)"
             ) from None
-        found = read_journal(self.journal_path)
+        data = self.journal_path.read_bytes()
+        found = _journal_records(data)
         bad = next((item for item in found if isinstance(item, int)), None)
         if bad is not None:
             os.close(journal)
@@ -256,6 +296,14 @@ class SQLiteStore:
             raise JournalError(
                 f"{self.journal_path}: {problem} (was the file edited?). "
                 "`mcphub audit verify` shows the first bad record; the hub will not write after it."
+            )
+        torn = len(data) - (data.rfind(b"\n") + 1)
+        if torn:  # emptied with the journal at the fold below
+            logger.warning(
+                "%s: dropped %d bytes of an unfinished last record (a write the hub died in, never "
+                "acknowledged to its caller)",
+                self.journal_path,
+                torn,
             )
         row = self.db.execute("SELECT max(seq) FROM records").fetchone()
         stored = row[0] or 0

@@ -20,6 +20,9 @@ class VerifyReport:
     records: int = 0
     checkpoints: int = 0
     first_bad: int | None = None
+    """The first record that is, or may be, bad."""
+    bad_range: tuple[int, int] | None = None
+    """When the bad record is not known exactly, the records it is among (first, last)."""
     problem: str | None = None
     head_hash: str = GENESIS
     notes: list[str] = field(default_factory=list)
@@ -34,6 +37,9 @@ class VerifyReport:
             "records": self.records,
             "checkpoints": self.checkpoints,
             "first_bad_record": self.first_bad,
+            "bad_range": (
+                {"first": self.bad_range[0], "last": self.bad_range[1]} if self.bad_range else None
+            ),
             "problem": self.problem,
             "head_hash": self.head_hash,
             "notes": self.notes,
@@ -72,6 +78,7 @@ async def verify_log(
         expected_seq, prev = record.seq + 1, record.hash
     report.head_hash = prev
     last = expected_seq - 1
+    vouched = 0  # the last record a checkpoint has vouched for
     for checkpoint in sorted(checkpoints, key=lambda c: c.seq):
         if checkpoint.seq > last:
             report.first_bad = last + 1
@@ -81,9 +88,20 @@ async def verify_log(
             )
             return report
         if hashes_at.get(checkpoint.seq) != checkpoint.hash:
-            report.first_bad = checkpoint.seq
+            # The chain holds, so whoever changed a record recomputed every hash after it: the
+            # change is somewhere after the last record a checkpoint vouches for, not
+            # necessarily in the record this checkpoint names.
+            first = vouched + 1
+            report.first_bad = first
             report.problem = f"record {checkpoint.seq} does not match its signed checkpoint"
+            if first < checkpoint.seq:
+                report.bad_range = (first, checkpoint.seq)
+                report.problem = (
+                    f"a record in {first}-{checkpoint.seq} was changed, removed or added and the "
+                    f"hashes after it recomputed: {report.problem}"
+                )
             return report
+        vouched = checkpoint.seq
     if not checkpoints:
         report.notes.append("no signed checkpoint yet: a cut at the end of the log could not be detected")
     elif max(c.seq for c in checkpoints) < last:

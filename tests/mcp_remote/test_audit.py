@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -163,6 +165,40 @@ def test_verify_names_the_first_bad_record(
     assert f"audit log BROKEN at record {bad}" in out.stderr and words in out.stderr
 
 
+def test_an_edit_covered_by_recomputed_hashes_is_reported_as_the_records_it_is_among(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """The chain holds again after the edit: only a checkpoint notices, and the record it names
+    is not the one edited. Verify names the records since the last checkpoint that held."""
+    from mcp_remote.audit.records import record_hash
+
+    state = tmp_path / "recomputed"
+    shutil.copytree(stopped_log, state)
+    lines = (state / "audit" / "checkpoints.jsonl").read_text().splitlines()
+    signed = sorted({json.loads(line)["seq"] for line in lines})
+    edited = signed[1] + 3  # a record between two checkpoints
+    before, after = max(c for c in signed if c < edited), min(c for c in signed if c >= edited)
+    db = sqlite3.connect(state / "audit" / "audit.db")
+    prev = db.execute("SELECT hash FROM records WHERE seq = ?", (edited - 1,)).fetchone()[0]
+    rows = db.execute("SELECT * FROM records WHERE seq >= ? ORDER BY seq", (edited,)).fetchall()
+    for seq, ts_ms, call_id, kind, principal, tool, body, _, _ in rows:
+        body = bytes(body) + (b" " if seq == edited else b"")
+        digest = record_hash(prev, seq, ts_ms, call_id, kind, principal, tool, body)
+        db.execute("UPDATE records SET body = ?, prev = ?, hash = ? WHERE seq = ?", (body, prev, digest, seq))
+        prev = digest
+    db.commit()
+    db.close()
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.startswith(
+        f"audit log BROKEN in records {before + 1}-{after}: a record in {before + 1}-{after} was changed"
+    ), out.stderr
+    assert f"record {after} does not match its signed checkpoint" in out.stderr
+    report = json.loads(cli("audit", "verify", "--state-dir", str(state), "--json").stdout)
+    assert report["first_bad_record"] == before + 1
+    assert report["bad_range"] == {"first": before + 1, "last": after}
+
+
 def test_a_reader_that_leaves_early_stops_the_command_quietly(stopped_log: Path) -> None:
     """`mcphub audit query | head -2`: exit 141 (as SIGPIPE), no traceback."""
     read_end, write_end = os.pipe()
@@ -226,6 +262,38 @@ def test_tail_and_query(stopped_log: Path) -> None:
     for args in (["query", "--limit", "-1"], ["query", "--limit", "0"], ["tail", "-n", "-1"], huge):
         bad = cli("audit", *args, "--state-dir", str(stopped_log))  # -1 was SQL's "no limit", less one
         assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
+
+
+def test_query_says_when_its_limit_cut_the_answer(stopped_log: Path) -> None:
+    common = ["--tool", "echo", "--principal", "agent", "--state-dir", str(stopped_log)]
+    whole = cli("audit", "query", *common, "--limit", "100", "--json")  # exactly as many as match
+    assert whole.returncode == 0 and len(whole.stdout.splitlines()) == 100 and whole.stderr == ""
+    cut = cli("audit", "query", *common, "--limit", "99", "--json")
+    assert cut.returncode == 0 and cut.stdout.splitlines() == whole.stdout.splitlines()[1:]  # the newest
+    assert cut.stderr == "99 records shown, more match: --limit N\n"
+
+
+@pytest.mark.parametrize("action", ["verify", "tail", "query"])
+def test_every_option_of_the_audit_commands_says_what_it_does(action: str) -> None:
+    out = cli("audit", action, "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "--state-dir STATE_DIR the hub's state directory" in text
+    assert re.search(r"--json (the report as a JSON object|each record as a line of JSON)", text), text
+    if action == "tail":
+        assert "-f, --follow then print records as they are written" in text
+
+
+def test_a_hub_says_what_it_dropped_of_a_record_it_died_writing(stopped_log: Path, tmp_path: Path) -> None:
+    state = tmp_path / "torn" / "state"
+    shutil.copytree(stopped_log, state)
+    with (state / "audit" / "audit.journal").open("ab") as journal:
+        journal.write(b'[99999, 1700000000000, "call')
+    hub = start_hub(state.parent, config=config(), http=False)
+    assert hub.stop() == 0
+    assert f"{state / 'audit' / 'audit.journal'}: dropped 28 bytes of an unfinished last record" in hub.log()
+    assert (state / "audit" / "audit.journal").read_bytes() == b""
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
 
 
 async def test_secrets_never_reach_the_audit_store_or_the_log(tmp_path: Path) -> None:
@@ -355,6 +423,117 @@ def test_an_unreadable_database_is_a_broken_log_not_a_crash(
         assert "the audit database cannot be read" in out.stderr
 
 
+def test_an_unreadable_state_directory_is_one_line_not_a_broken_log(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """A reader without the hub's permissions: exit 2 saying so, not a traceback, and not
+    verify's exit 1, which says the log is broken."""
+    state = tmp_path / "locked"
+    shutil.copytree(stopped_log, state)
+    root = os.geteuid() == 0
+    prefix: list[str] = []
+    if root:  # root reads anything: without these capabilities, what is not its own it reads as others do
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", "--"]
+        for path in (state, *state.rglob("*")):
+            os.chown(path, 65534, 65534)
+    (state / "audit").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    for locked, closed in ((state, 0o700), (state / "audit" / "audit.db", 0o600)):
+        locked.chmod(closed if root else 0)  # the directory, then the database only
+        for command in (["verify"], ["tail"], ["query", "--tool", "echo"]):
+            out = subprocess.run(
+                [*prefix, *hub_command("audit", *command, "--state-dir", str(state))],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+                env=env,
+            )
+            assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+            (line,) = out.stderr.splitlines()
+            assert line.startswith("mcphub: cannot read ") and "Permission denied" in line, line
+        locked.chmod(0o755)
+
+
+def test_a_public_key_that_is_no_key_and_a_missing_state_directory_are_one_line(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "keys"
+    shutil.copytree(stopped_log, state)
+    bad = tmp_path / "bad.pub"
+    for content in (b"abc\n", b"YWJjZA==\n", b""):
+        bad.write_bytes(content)
+        out = cli("audit", "verify", "--state-dir", str(state), "--public-key", str(bad))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr == f"mcphub: {bad}: not an Ed25519 public key (32 bytes in base64); give the " + (
+            "signing.pub of the hub that signed the log (--public-key FILE)\n"
+        )
+    out = cli("audit", "verify", "--state-dir", str(state), "--public-key", str(tmp_path))
+    assert out.returncode == 2 and out.stderr == f"mcphub: {tmp_path}: a directory, not a file\n"
+    (state / "audit" / "signing.pub").write_bytes(b"not base64!\n")
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 2 and "signing.pub: not an Ed25519 public key" in out.stderr, out.stderr
+
+    nowhere = tmp_path / "nowhere"
+    for command in (["verify"], ["tail"], ["query"]):
+        out = cli("audit", *command, "--state-dir", str(nowhere))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"mcphub: no state directory at {nowhere}: has a hub run with it?")
+    nowhere.mkdir()
+    out = cli("audit", "verify", "--state-dir", str(nowhere))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"mcphub: no audit log at {nowhere / 'audit' / 'audit.db'}; has a hub run")
+
+
+def _on_read_only_media(state: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """`mcphub audit COMMAND --state-dir STATE` with `state` mounted read-only (as a snapshot or a
+    backup is), in a mount namespace of the command's own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    mount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && shift && exec "$@"'
+    unshare = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, "-", str(state)]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    out = subprocess.run(
+        [*unshare, *hub_command("audit", *command, "--state-dir", str(state))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=full,
+    )
+    if out.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"cannot mount here: {out.stderr.strip()}")
+    return out
+
+
+def test_a_log_on_read_only_media_is_read(stopped_log: Path, tmp_path: Path) -> None:
+    """SQLite cannot make the shared-memory index of a database in WAL mode there: a log that
+    nobody can be writing is read as immutable."""
+    state = tmp_path / "snapshot"
+    shutil.copytree(stopped_log, state)
+    out = _on_read_only_media(state, "verify", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["records"] > 100
+    out = _on_read_only_media(state, "tail", "-n", "2")
+    assert out.returncode == 0 and "event=stopped" in out.stdout, out.stderr
+    out = _on_read_only_media(state, "query", "--tool", "echo", "--limit", "1")
+    assert out.returncode == 0 and " echo " in out.stdout, out.stderr
+
+    # A write-ahead log holding what the database does not: read as immutable, it would be left
+    # out, so the reader is told to read a writable copy instead.
+    killed = tmp_path / "killed"
+    db = sqlite3.connect(state / "audit" / "audit.db", isolation_level=None)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("INSERT INTO approvals VALUES ('apr_x', 'pending', '{}')")
+    shutil.copytree(state, killed, ignore=shutil.ignore_patterns("*-shm"))
+    db.close()
+    assert (killed / "audit" / "audit.db-wal").stat().st_size > 0
+    out = _on_read_only_media(killed, "verify")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "audit.db-wal cannot be read on read-only media; copy the state directory" in out.stderr
+
+
 def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: Path, tmp_path: Path) -> None:
     """Signed checkpoints outlive the records: verify reports the loss, and a hub refuses to
     start, since it would chain new records onto the cut and sign over it."""
@@ -395,6 +574,46 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     assert out.returncode == 1 and "checkpoints.jsonl, line 1: not a signed checkpoint" in out.stderr
     out = serve_refused(gone.parent, config())
     assert out.returncode == 3 and "line 1: not a signed checkpoint" in out.stderr, out.stderr
+
+
+def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """A new key would leave every earlier checkpoint "signed by an unknown key", and writing its
+    public half over signing.pub would lose the only copy of the old one."""
+    state = tmp_path / "lost" / "state"
+    shutil.copytree(stopped_log, state)
+    audit = state / "audit"
+    old_pub = (audit / "signing.pub").read_bytes()
+    old_id = hashlib.sha256(base64.b64decode(old_pub)).hexdigest()[:16]
+    (audit / "signing.key").unlink()
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert f"{audit / 'signing.key'} is missing, but {audit / 'signing.pub'} says" in line
+    assert f"signed by key {old_id}: restore signing.key from a backup, or move signing.pub aside" in line
+    assert (audit / "signing.pub").read_bytes() == old_pub and not (audit / "signing.key").exists()
+
+    # What the message says to do: a new key from now on, and verify with both.
+    aside = audit / f"signing.pub.{old_id}"
+    assert f"mv {audit / 'signing.pub'} {aside}" in line
+    (audit / "signing.pub").rename(aside)
+    hub = start_hub(state.parent, config=config(), http=False)
+    called = cli("call", "echo", "--args", '{"text": "new key"}', "--hub", hub.grpc, "--token", TOKEN)
+    assert called.returncode == 0, called.stderr
+    assert hub.stop() == 0
+    both = ["--public-key", str(aside), "--public-key", str(audit / "signing.pub")]
+    assert f"mcphub audit verify --state-dir {state} {' '.join(both)}" in line
+    out = cli("audit", "verify", "--state-dir", str(state), *both)
+    assert out.returncode == 0, out.stderr
+    assert "unknown key" in cli("audit", "verify", "--state-dir", str(state)).stderr
+
+    # A key that is not the one signing.pub names is refused too, and signing.pub kept.
+    (audit / "signing.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    new_pub = (audit / "signing.pub").read_bytes()
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "restore the signing.key of" in out.stderr, out.stderr
+    assert (audit / "signing.pub").read_bytes() == new_pub
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])

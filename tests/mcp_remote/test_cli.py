@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -236,6 +238,71 @@ def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_pa
     out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(used))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"state directory {used} ({used / 'audit' / 'signing.key'}): Is a directory" in out.stderr
+
+
+def _file_size_limit(size: int) -> Any:
+    """For subprocess: writes past `size` bytes of a file fail (EFBIG), as on a full disk."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+@pytest.mark.parametrize("name", ["operator.token", "audit/signing.key"])
+def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path: Path, name: str) -> None:
+    """A disk that fills as the hub writes its token or key: that start fails (exit 2), and the
+    next one, the disk freed, makes the file afresh instead of taking an empty one for it."""
+    state = tmp_path / "state"
+    if name != "operator.token":
+        state.mkdir()
+        (state / "operator.token").write_text("op_" + "t" * 43 + "\n")
+    command = hub_command("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(state))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env |= {"MCPHUB_PACKS": "diagnostics", "PYTHONDONTWRITEBYTECODE": "1"}
+    full = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=env, cwd=REPO, preexec_fn=_file_size_limit(8)
+    )
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert "File too large" in full.stderr
+    assert not (state / name).exists()
+    assert not [p.name for p in (state / name).parent.iterdir() if p.name.endswith(".tmp")]
+    hub = start_hub(tmp_path, http=False)
+    assert hub.stop() == 0
+    assert len((state / name).read_text().strip()) >= 43
+
+
+@pytest.mark.parametrize("name", ["operator.token", "audit/signing.key"])
+def test_an_empty_secret_file_an_older_hub_left_is_made_afresh(tmp_path: Path, name: str) -> None:
+    (tmp_path / "state" / "audit").mkdir(parents=True)
+    (tmp_path / "state" / name).write_bytes(b"")
+    hub = start_hub(tmp_path, http=False)
+    assert hub.stop() == 0
+    assert len((tmp_path / "state" / name).read_text().strip()) >= 43
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("operator.token", b"short\n", "not an operator token"),
+        ("operator.token", b"\xff\xfe" * 20, "not an operator token"),
+        ("audit/signing.key", b"garbage", "not an Ed25519 signing key (32 bytes in base64)"),
+        ("audit/signing.key", b"YWJjZA==", "not an Ed25519 signing key (32 bytes in base64)"),
+        ("audit/signing.pub", b"notbase64!!\n", "not an Ed25519 public key (32 bytes in base64)"),
+    ],
+    ids=["short-token", "binary-token", "garbage-key", "short-key", "garbage-public-key"],
+)
+def test_a_corrupt_secret_file_is_a_one_line_error_naming_it(
+    tmp_path: Path, name: str, content: bytes, words: str
+) -> None:
+    (tmp_path / "state" / "audit").mkdir(parents=True)
+    (tmp_path / "state" / name).write_bytes(content)
+    out = serve_refused(tmp_path, {"packs": ["diagnostics"]})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"mcphub: {tmp_path / 'state' / name}: {words}"), line
+    assert (tmp_path / "state" / name).read_bytes() == content  # left for the operator to look at
 
 
 POLICY_HUB = """
