@@ -115,7 +115,8 @@ def test_verify_passes_on_an_untouched_log(stopped_log: Path) -> None:
     out = cli("audit", "verify", "--state-dir", str(stopped_log), "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
-    assert report["ok"] and report["records"] > 100 and report["checkpoints"] >= 2  # how many depends on how calls batched
+    # How many checkpoints depends on how the calls' records were batched: at least one and the last.
+    assert report["ok"] and report["records"] > 100 and report["checkpoints"] >= 2
     # The hub signed those checkpoints through the OpenSSL its runtime had loaded; `verify`
     # checked them with `cryptography`, which the hub never imported (about 7.5 MB).
     imported = {
