@@ -12,6 +12,10 @@ that created an approval expires it when that time passes, whether a call still 
 An approval is bound to principal + tool + a digest of the canonical arguments, is used at
 most once, expires, and cannot be granted by the principal that asked.
 
+An approval keeps what an approver needs to read, bounded: the first ARGUMENTS_SHOWN_BYTES of
+the redacted arguments, and how many bytes were left out. The digest covers all of them, so an
+excerpt never lets a call with other arguments use the approval.
+
 The digest is HMAC-SHA256 under a random key of the approval's own, kept only in the
 approval's stored row and wiped once the approval can no longer be used. A plain SHA-256
 would let anyone holding the audit log or an approvals listing confirm a guess of an
@@ -50,7 +54,9 @@ __all__ = [
     "ApprovalState",
     "ApprovalStore",
     "SharedApprovalStore",
+    "approval_from_json",
     "arguments_digest",
+    "arguments_excerpt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +73,32 @@ REFUSALS_KEPT = 4096
 """Refusals to decide the book remembers, to count their repeats; when full, the counts so far
 are recorded and it starts again."""
 _ALL_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
+ARGUMENTS_SHOWN_BYTES = 64 * 1024
+"""An approval keeps this much of the call's redacted arguments (UTF-8) for approvers to read.
+Six abandoned calls with 3 MB arguments made every listing larger than gRPC carries."""
+
+
+def arguments_excerpt(text: str, limit: int = ARGUMENTS_SHOWN_BYTES) -> tuple[str, int]:
+    """`text` cut to at most `limit` bytes of UTF-8 on a character boundary, and how many bytes
+    were left out (0 when it is whole)."""
+    if len(text) <= limit // 4:  # no character takes more than 4 bytes: whole, without encoding it
+        return text, 0
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, 0
+    end = limit
+    while end > 0 and data[end] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        end -= 1
+    return data[:end].decode("utf-8", "surrogatepass"), len(data) - end
+
+
+def approval_from_json(data: bytes) -> Approval:
+    """An approval as a store keeps it (JSON of its fields). Keys this version does not know
+    (written by a newer hub sharing the store) are left out rather than refused."""
+    raw = orjson.loads(data)
+    raw["approvers"] = tuple(raw["approvers"])
+    known = Approval.__dataclass_fields__
+    return Approval(**{k: v for k, v in raw.items() if k in known})
 
 
 def _canonical(arguments: Mapping[str, Any]) -> bytes:
@@ -111,7 +143,8 @@ class Approval:
     args_sha256: str
     """HMAC-SHA256 of the canonical arguments under `args_key` (see the module's docstring)."""
     arguments_json: str
-    """The call's arguments, redacted, for the approver to read."""
+    """The call's arguments, redacted, for the approver to read: at most ARGUMENTS_SHOWN_BYTES of
+    them (`arguments_left_out` says how many bytes follow)."""
     reason: str
     rule: str
     approvers: tuple[str, ...]
@@ -128,6 +161,8 @@ class Approval:
     waiting: bool = True
     """A call still waits for the decision; False once that call ended (the caller gave up, its
     deadline passed): a restart then has no call to fail, and a retry may still use it."""
+    arguments_left_out: int = 0
+    """Bytes of the redacted arguments after the excerpt in `arguments_json`."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +172,7 @@ class Approval:
             "tool": self.tool,
             "args_sha256": self.args_sha256,
             "arguments": self.arguments_json,
+            "arguments_left_out": self.arguments_left_out,
             "reason": self.reason,
             "rule": self.rule,
             "approvers": list(self.approvers),
@@ -159,7 +195,15 @@ class ApprovalStore(Protocol):
         """Store `approval` if the stored one is still in state `expected` (compare-and-set)."""
         ...
 
-    async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]: ...
+    async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
+        """Every approval in `states`, oldest first."""
+        ...
+
+    async def page_approvals(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        """At most `limit` approvals in `states`, ordered by (created_ms, id), after that position."""
+        ...
 
 
 class ApprovalChanges(Protocol):
@@ -222,6 +266,7 @@ class ApprovalBook:
         timeout_s: float,
     ) -> Approval:
         now = _now_ms()
+        shown, left_out = arguments_excerpt(arguments_json)
         key = secrets.token_hex(32)
         approval = Approval(
             id="apr_" + secrets.token_urlsafe(9),
@@ -230,7 +275,8 @@ class ApprovalBook:
             tool=tool,
             args_sha256=arguments_digest(arguments, key),
             args_key=key,
-            arguments_json=arguments_json,
+            arguments_json=shown,
+            arguments_left_out=left_out,
             reason=reason,
             rule=rule,
             approvers=approvers,
@@ -429,6 +475,12 @@ class ApprovalBook:
 
     async def listing(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
         return await self._store.list_approvals(states)
+
+    async def page(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        """Oldest first, at most `limit`, after position (created_ms, id) `after`."""
+        return await self._store.page_approvals(states, after, limit)
 
     async def watch(self) -> asyncio.Queue[Approval]:
         """A queue of every change from now on; with a shared store, changes made by other hubs too."""
