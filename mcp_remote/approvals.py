@@ -14,7 +14,12 @@ most once, expires, and cannot be granted by the principal that asked.
 
 An approval keeps what an approver needs to read, bounded: the first ARGUMENTS_SHOWN_BYTES of
 the redacted arguments, and how many bytes were left out. The digest covers all of them, so an
-excerpt never lets a call with other arguments use the approval.
+excerpt never lets a call with other arguments use the approval. The store is working state,
+not the record: approvals that can no longer change are dropped `keep_s` after they expire
+(the audit log keeps their records), and one principal may have at most
+`max_pending_per_principal` approvals pending (a caller that gives up waiting leaves its
+approval pending until it expires; without a cap, one caller could fill the store and every
+approver's listing).
 
 The digest is HMAC-SHA256 under a random key of the approval's own, kept only in the
 approval's stored row and wiped once the approval can no longer be used. A plain SHA-256
@@ -42,7 +47,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
-from mcp_local.errors import Conflict, PermissionDenied, ToolNotFound
+from mcp_local.errors import Conflict, PermissionDenied, ResourceExhausted, ToolNotFound
 from mcp_local.principals import Principal
 
 from .policy import describe_approver_groups, missing_approver_groups
@@ -54,6 +59,7 @@ __all__ = [
     "ApprovalState",
     "ApprovalStore",
     "SharedApprovalStore",
+    "TooManyPending",
     "approval_from_json",
     "arguments_digest",
     "arguments_excerpt",
@@ -73,9 +79,21 @@ REFUSALS_KEPT = 4096
 """Refusals to decide the book remembers, to count their repeats; when full, the counts so far
 are recorded and it starts again."""
 _ALL_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
+SETTLED: tuple[ApprovalState, ...] = ("denied", "expired", "used")
+"""States an approval never leaves: such approvals are pruned `keep_s` after they expire."""
 ARGUMENTS_SHOWN_BYTES = 64 * 1024
 """An approval keeps this much of the call's redacted arguments (UTF-8) for approvers to read.
 Six abandoned calls with 3 MB arguments made every listing larger than gRPC carries."""
+MAX_PENDING_PER_PRINCIPAL = 20
+"""Default of config `approvals.max_pending_per_principal`."""
+KEEP_S = 7 * 86400.0
+"""Default of config `approvals.keep_days`, in seconds."""
+PRUNE_EVERY_S = 3600.0
+"""How often a hub drops settled approvals past their time (and once at start)."""
+
+
+class TooManyPending(ResourceExhausted):
+    """The principal already has as many approvals pending as it may."""
 
 
 def arguments_excerpt(text: str, limit: int = ARGUMENTS_SHOWN_BYTES) -> tuple[str, int]:
@@ -205,6 +223,14 @@ class ApprovalStore(Protocol):
         """At most `limit` approvals in `states`, ordered by (created_ms, id), after that position."""
         ...
 
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        """How many of `principal`'s approvals are pending and not yet past their expiry."""
+        ...
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        """Delete the approvals in `states` whose expiry is before that time; returns how many."""
+        ...
+
 
 class ApprovalChanges(Protocol):
     """Approvals as any hub sharing the store changes them, in the order they change."""
@@ -233,8 +259,16 @@ class ApprovalBook:
         instance: str,
         on_event: Any = None,
         redact: Callable[[str], str] | None = None,
+        *,
+        max_pending_per_principal: int = MAX_PENDING_PER_PRINCIPAL,
+        keep_s: float = KEEP_S,
     ) -> None:
         self._store = store
+        self._max_pending = max_pending_per_principal
+        self._keep_s = keep_s
+        self._creating = asyncio.Lock()
+        """Counting a principal's pending approvals and adding one are one step (see `create`)."""
+        self._pruner: asyncio.Task[None] | None = None
         self._instance = instance
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -265,27 +299,39 @@ class ApprovalBook:
         approvers: tuple[str, ...],
         timeout_s: float,
     ) -> Approval:
-        now = _now_ms()
+        """A pending approval for the call; raises TooManyPending when `principal` already has
+        `max_pending_per_principal` of them (nothing is stored then)."""
         shown, left_out = arguments_excerpt(arguments_json)
-        key = secrets.token_hex(32)
-        approval = Approval(
-            id="apr_" + secrets.token_urlsafe(9),
-            call_id=call_id,
-            principal=principal,
-            tool=tool,
-            args_sha256=arguments_digest(arguments, key),
-            args_key=key,
-            arguments_json=shown,
-            arguments_left_out=left_out,
-            reason=reason,
-            rule=rule,
-            approvers=approvers,
-            state="pending",
-            created_ms=now,
-            expires_ms=now + int(timeout_s * 1000),
-            instance=self._instance,
-        )
-        await self._store.put_approval(approval)
+        # Counted and added under one lock: calls of one principal arriving together would all
+        # count before any was added, and pass the cap together.
+        async with self._creating:
+            now = _now_ms()
+            pending = await self._store.count_pending(principal, now)
+            if pending >= self._max_pending:
+                raise TooManyPending(
+                    f"too many calls of yours await approval: principal {principal!r} has {pending} "
+                    f"pending, the most one principal may have (approvals.max_pending_per_principal); "
+                    "wait until approvers decide them or they expire, then call again"
+                )
+            key = secrets.token_hex(32)
+            approval = Approval(
+                id="apr_" + secrets.token_urlsafe(9),
+                call_id=call_id,
+                principal=principal,
+                tool=tool,
+                args_sha256=arguments_digest(arguments, key),
+                args_key=key,
+                arguments_json=shown,
+                arguments_left_out=left_out,
+                reason=reason,
+                rule=rule,
+                approvers=approvers,
+                state="pending",
+                created_ms=now,
+                expires_ms=now + int(timeout_s * 1000),
+                instance=self._instance,
+            )
+            await self._store.put_approval(approval)
         self._on_event("pending", approval)
         self._publish(approval)
         self._schedule(approval)
@@ -482,6 +528,37 @@ class ApprovalBook:
         """Oldest first, at most `limit`, after position (created_ms, id) `after`."""
         return await self._store.page_approvals(states, after, limit)
 
+    async def start_pruning(self) -> None:
+        """Drop settled approvals `keep_s` after they expired: now, before the hub serves, then
+        every PRUNE_EVERY_S."""
+        await self._prune_once()
+        if self._pruner is None or self._pruner.done():
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_hourly())
+
+    async def prune(self) -> int:
+        """Delete denied, expired and used approvals whose expiry is more than `keep_s` ago; the
+        audit log keeps their records. Returns how many."""
+        dropped = await self._store.prune_approvals(SETTLED, _now_ms() - int(self._keep_s * 1000))
+        if dropped:
+            logger.info(
+                "dropped %d settled approvals that expired more than %g days ago (the audit log keeps "
+                "their records)",
+                dropped,
+                self._keep_s / 86400,
+            )
+        return dropped
+
+    async def _prune_once(self) -> None:
+        try:
+            await self.prune()
+        except Exception as exc:  # the store is down: the next round tries again
+            logger.warning("could not drop old approvals (trying again in %g s): %s", PRUNE_EVERY_S, exc)
+
+    async def _prune_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            await self._prune_once()
+
     async def watch(self) -> asyncio.Queue[Approval]:
         """A queue of every change from now on; with a shared store, changes made by other hubs too."""
         queue: asyncio.Queue[Approval] = asyncio.Queue(1024)
@@ -655,7 +732,7 @@ class ApprovalBook:
         self._record_all_repeats()
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=5)
-        for task in (self._poller, self._sweeper, self._listener):
+        for task in (self._poller, self._sweeper, self._listener, self._pruner):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

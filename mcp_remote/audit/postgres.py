@@ -392,3 +392,17 @@ class PostgresStore:
             (list(states), created, approval_id, limit),
         )
         return [_approval_from(bytes(r[0])) for r in rows]
+
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) FROM mcphub_approvals WHERE principal = %s AND state = 'pending' "
+            "AND expires_ms > %s",
+            (principal, now_ms),
+        )
+        return int(rows[0][0])
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        return await self._exec(
+            "DELETE FROM mcphub_approvals WHERE state = ANY(%s) AND expires_ms < %s",
+            (list(states), expired_before_ms),
+        )

@@ -508,3 +508,18 @@ class SQLiteStore:
             (*states, created, created, approval_id, limit),
         ).fetchall()
         return [_approval_from(r[0]) for r in rows]
+
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM approvals WHERE principal = ? AND state = 'pending' AND expires_ms > ?",
+            (principal, now_ms),
+        ).fetchone()
+        return int(row[0])
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        marks = ",".join("?" * len(states))
+        cursor = self.db.execute(
+            f"DELETE FROM approvals WHERE state IN ({marks}) AND expires_ms < ?",  # noqa: S608 - placeholders only
+            (*states, expired_before_ms),
+        )
+        return cursor.rowcount

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,18 @@ import orjson
 import pytest
 
 from bridge.hubclient import HubClient
+from mcp_local.content import REFUSED_META
+from mcp_local.errors import ResourceExhausted
+from mcp_local.principals import Principal
+from mcp_remote.approvals import Approval, ApprovalBook
+from mcp_remote.audit import RecordQuery
+from mcp_remote.audit.postgres import PostgresStore
+from mcp_remote.audit.sqlite import SQLiteStore
 from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from tests.support.approvals import WatchedCall, decide, listing, start_call, text_of
 from tests.support.hub import RunningHub, hub_command, start_hub
+from tests.support.postgres import Postgres, running_postgres
 
 pytestmark = pytest.mark.anyio
 
@@ -188,6 +197,45 @@ async def test_a_listing_larger_than_a_grpc_message_comes_in_pages(
     assert f"{len(ids)} approvals" in shown.stderr and all(i in shown.stdout for i in ours)
 
 
+async def test_one_principal_may_have_20_approvals_pending_and_no_more(
+    hub: RunningHub, client: HubClient
+) -> None:
+    """500 abandoned `rm -rf buildN` calls made 500 pending approvals in seconds. Past the cap a
+    call is refused at once, and the refusal recorded; other principals are still asked."""
+    calls = [start_call(client, TOKENS["agent-f"], "echo", {"text": f"build{i}"}) for i in range(25)]
+    outcomes = await asyncio.gather(*(asked_or_refused(call) for call in calls))
+    asked = [value for kind, value in outcomes if kind == "pending"]
+    refused = [value for kind, value in outcomes if kind == "result"]
+    assert len(asked) == 20, "the cap holds for calls arriving together"
+    assert len(refused) == 5
+    for result in refused:
+        assert result["isError"] is True
+        assert result["_meta"][REFUSED_META] == "approval"
+        assert "too many calls of yours await approval" in text_of(result)
+
+    other = start_call(client, TOKENS["agent-g"], "echo", {"text": "mine"})
+    assert (await asked_or_refused(other))[0] == "pending"
+
+    # A decision frees a place.
+    await decide(hub.grpc, TOKENS["alice"], asked[0], False, "no")
+    again = start_call(client, TOKENS["agent-f"], "echo", {"text": "again"})
+    assert (await asked_or_refused(again))[0] == "pending"
+    for call in (*calls, other, again):
+        call.task.cancel()
+
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        found = await store.query(RecordQuery(principal="agent-f", newest_first=False, limit=10_000))
+    finally:
+        await store.close()
+    refusals = [
+        r.body_json() for r in found if r.kind == "approval" and r.body_json().get("state") == "refused"
+    ]
+    assert len(refusals) == 5
+    assert all("too many calls of yours await approval" in body["why"] for body in refusals)
+
+
 def _legacy_row(approval_id: str, state: str, text: str, expires_ms: int) -> bytes:
     """An approval as a hub stored it before approvals kept an excerpt of the arguments."""
     return orjson.dumps(
@@ -229,12 +277,14 @@ async def test_a_log_whose_old_approvals_hold_huge_arguments_can_be_listed_after
         for i in range(6):
             row = _legacy_row(f"apr_old{i}", "expired", "z" * (3 << 20), now - 3600_000)
             db.execute("INSERT INTO approvals VALUES (?, ?, ?)", (f"apr_old{i}", "expired", row))
+        long_ago = _legacy_row("apr_ancient", "used", "old", now - 30 * 86400_000)
+        db.execute("INSERT INTO approvals VALUES (?, ?, ?)", ("apr_ancient", "used", long_ago))
     hub = start_hub(tmp_path, config=CONFIG, http=False)
     try:
         shown = cli(hub, "list", "--all", "--json")
         assert shown.returncode == 0, shown.stderr
         listed = {a["id"]: a for a in json.loads(shown.stdout)}
-        assert set(listed) == {f"apr_old{i}" for i in range(6)}
+        assert set(listed) == {f"apr_old{i}" for i in range(6)}, "the one settled 30 days ago is dropped"
         for approval in listed.values():
             assert len(approval["arguments_json"].encode()) == SHOWN
             assert approval["arguments_bytes_left_out"] == len(orjson.dumps({"text": "z" * (3 << 20)})) - (
@@ -244,3 +294,99 @@ async def test_a_log_whose_old_approvals_hold_huge_arguments_can_be_listed_after
         hub.stop()
     with sqlite3.connect(db_path) as db:
         assert max(len(row[0]) for row in db.execute("SELECT data FROM approvals")) < 2 * SHOWN
+
+
+async def _ask(book: ApprovalBook, principal: str, timeout_s: float = 300) -> Approval:
+    return await book.create(
+        call_id="c-" + principal,
+        principal=principal,
+        tool="echo",
+        arguments={"text": "x"},
+        arguments_json='{"text": "x"}',
+        reason="asks",
+        rule="r",
+        approvers=(),
+        timeout_s=timeout_s,
+    )
+
+
+async def _cap_pages_and_pruning(store: Any) -> None:
+    """What a book on `store` counts, lists and drops (the same for SQLite and PostgreSQL)."""
+    alice = Principal("alice", roles=frozenset({"approver"}))
+    book = ApprovalBook(store, "hub-a", max_pending_per_principal=2, keep_s=0)
+    try:
+        first = await _ask(book, "p1")
+        await _ask(book, "p1")
+        with pytest.raises(ResourceExhausted, match="too many calls of yours await approval"):
+            await _ask(book, "p1")
+        denied = await book.decide(first.id, alice, False, "no")
+        await _ask(book, "p1")  # a decision frees a place
+        # A pending approval of a hub that is gone, past its expiry, holds no place.
+        now = int(time.time() * 1000)
+        stale = replace(
+            first, id="apr_stale", principal="p2", instance="gone", created_ms=now - 2, expires_ms=now - 1
+        )
+        await store.put_approval(stale)
+        assert await store.count_pending("p2", now) == 0
+        assert await store.count_pending("p1", now) == 2
+        expired = await book.expire((await _ask(book, "p3", timeout_s=0.001)).id, "test")
+        assert expired.state == "expired"
+
+        everything = await store.list_approvals(ALL_STATES)
+        paged: list[Approval] = []
+        while batch := await store.page_approvals(
+            ALL_STATES, (paged[-1].created_ms, paged[-1].id) if paged else None, 2
+        ):
+            paged += batch
+        assert [a.id for a in paged] == [a.id for a in everything]
+        assert [(a.created_ms, a.id) for a in paged] == sorted((a.created_ms, a.id) for a in paged)
+
+        await asyncio.sleep(0.01)
+        assert await book.prune() == 1, "only the expired one: `denied` expires in 300 s, `stale` is pending"
+        assert await store.get_approval(expired.id) is None
+        assert await store.get_approval(denied.id) is not None
+        assert await store.get_approval(stale.id) is not None
+    finally:
+        await book.close()
+
+
+async def test_the_sqlite_store_counts_pages_and_prunes_approvals(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    try:
+        await _cap_pages_and_pruning(store)
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+async def test_the_postgres_store_counts_pages_and_prunes_approvals_and_cuts_old_ones(pg: Postgres) -> None:
+    dsn = pg.create_database("limits")
+    now = int(time.time() * 1000)
+    old = _legacy_row("apr_old", "pending", "z" * (3 << 20), now + 300_000)
+    pg.psql(
+        "-d",
+        "limits",
+        "-c",
+        "CREATE TABLE mcphub_approvals (id TEXT PRIMARY KEY, state TEXT NOT NULL, data BYTEA NOT NULL)",
+    )
+    legacy = PostgresStore(dsn)
+    await legacy.open()  # made the columns after `data`; now a row as an older hub writes it
+    await legacy._exec("INSERT INTO mcphub_approvals VALUES (%s, %s, %s)", ("apr_old", "pending", old))
+    await legacy.close()
+
+    store = PostgresStore(dsn)
+    await store.open()
+    try:
+        cut = await store.get_approval("apr_old")
+        assert cut is not None and len(cut.arguments_json.encode()) == SHOWN
+        assert cut.arguments_left_out == len(orjson.dumps({"text": "z" * (3 << 20)})) - SHOWN
+        assert await store.count_pending("agent-a", now) == 1, "its columns were filled from its data"
+        await _cap_pages_and_pruning(store)
+    finally:
+        await store.close()
