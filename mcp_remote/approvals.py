@@ -12,6 +12,15 @@ that created an approval expires it when that time passes, whether a call still 
 An approval is bound to principal + tool + a digest of the canonical arguments, is used at
 most once, expires, and cannot be granted by the principal that asked.
 
+An approval keeps what an approver needs to read, bounded: the first ARGUMENTS_SHOWN_BYTES of
+the redacted arguments, and how many bytes were left out. The digest covers all of them, so an
+excerpt never lets a call with other arguments use the approval. The store is working state,
+not the record: approvals that can no longer change are dropped `keep_s` after they expire
+(the audit log keeps their records), and one principal may have at most
+`max_pending_per_principal` approvals pending (a caller that gives up waiting leaves its
+approval pending until it expires; without a cap, one caller could fill the store and every
+approver's listing).
+
 The digest is HMAC-SHA256 under a random key of the approval's own, kept only in the
 approval's stored row and wiped once the approval can no longer be used. A plain SHA-256
 would let anyone holding the audit log or an approvals listing confirm a guess of an
@@ -38,7 +47,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
-from mcp_local.errors import Conflict, PermissionDenied, ToolNotFound
+from mcp_local.errors import Conflict, PermissionDenied, ResourceExhausted, ToolNotFound
 from mcp_local.principals import Principal
 
 from .policy import describe_approver_groups, missing_approver_groups
@@ -50,7 +59,10 @@ __all__ = [
     "ApprovalState",
     "ApprovalStore",
     "SharedApprovalStore",
+    "TooManyPending",
+    "approval_from_json",
     "arguments_digest",
+    "arguments_excerpt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +79,44 @@ REFUSALS_KEPT = 4096
 """Refusals to decide the book remembers, to count their repeats; when full, the counts so far
 are recorded and it starts again."""
 _ALL_STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
+SETTLED: tuple[ApprovalState, ...] = ("denied", "expired", "used")
+"""States an approval never leaves: such approvals are pruned `keep_s` after they expire."""
+ARGUMENTS_SHOWN_BYTES = 64 * 1024
+"""An approval keeps this much of the call's redacted arguments (UTF-8) for approvers to read.
+Six abandoned calls with 3 MB arguments made every listing larger than gRPC carries."""
+MAX_PENDING_PER_PRINCIPAL = 20
+"""Default of config `approvals.max_pending_per_principal`."""
+KEEP_S = 7 * 86400.0
+"""Default of config `approvals.keep_days`, in seconds."""
+PRUNE_EVERY_S = 3600.0
+"""How often a hub drops settled approvals past their time (and once at start)."""
+
+
+class TooManyPending(ResourceExhausted):
+    """The principal already has as many approvals pending as it may."""
+
+
+def arguments_excerpt(text: str, limit: int = ARGUMENTS_SHOWN_BYTES) -> tuple[str, int]:
+    """`text` cut to at most `limit` bytes of UTF-8 on a character boundary, and how many bytes
+    were left out (0 when it is whole)."""
+    if len(text) <= limit // 4:  # no character takes more than 4 bytes: whole, without encoding it
+        return text, 0
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, 0
+    end = limit
+    while end > 0 and data[end] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        end -= 1
+    return data[:end].decode("utf-8", "surrogatepass"), len(data) - end
+
+
+def approval_from_json(data: bytes) -> Approval:
+    """An approval as a store keeps it (JSON of its fields). Keys this version does not know
+    (written by a newer hub sharing the store) are left out rather than refused."""
+    raw = orjson.loads(data)
+    raw["approvers"] = tuple(raw["approvers"])
+    known = Approval.__dataclass_fields__
+    return Approval(**{k: v for k, v in raw.items() if k in known})
 
 
 def _canonical(arguments: Mapping[str, Any]) -> bytes:
@@ -111,7 +161,8 @@ class Approval:
     args_sha256: str
     """HMAC-SHA256 of the canonical arguments under `args_key` (see the module's docstring)."""
     arguments_json: str
-    """The call's arguments, redacted, for the approver to read."""
+    """The call's arguments, redacted, for the approver to read: at most ARGUMENTS_SHOWN_BYTES of
+    them (`arguments_left_out` says how many bytes follow)."""
     reason: str
     rule: str
     approvers: tuple[str, ...]
@@ -128,6 +179,8 @@ class Approval:
     waiting: bool = True
     """A call still waits for the decision; False once that call ended (the caller gave up, its
     deadline passed): a restart then has no call to fail, and a retry may still use it."""
+    arguments_left_out: int = 0
+    """Bytes of the redacted arguments after the excerpt in `arguments_json`."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +190,7 @@ class Approval:
             "tool": self.tool,
             "args_sha256": self.args_sha256,
             "arguments": self.arguments_json,
+            "arguments_left_out": self.arguments_left_out,
             "reason": self.reason,
             "rule": self.rule,
             "approvers": list(self.approvers),
@@ -159,7 +213,23 @@ class ApprovalStore(Protocol):
         """Store `approval` if the stored one is still in state `expected` (compare-and-set)."""
         ...
 
-    async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]: ...
+    async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
+        """Every approval in `states`, oldest first."""
+        ...
+
+    async def page_approvals(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        """At most `limit` approvals in `states`, ordered by (created_ms, id), after that position."""
+        ...
+
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        """How many of `principal`'s approvals are pending and not yet past their expiry."""
+        ...
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        """Delete the approvals in `states` whose expiry is before that time; returns how many."""
+        ...
 
 
 class ApprovalChanges(Protocol):
@@ -189,8 +259,16 @@ class ApprovalBook:
         instance: str,
         on_event: Any = None,
         redact: Callable[[str], str] | None = None,
+        *,
+        max_pending_per_principal: int = MAX_PENDING_PER_PRINCIPAL,
+        keep_s: float = KEEP_S,
     ) -> None:
         self._store = store
+        self._max_pending = max_pending_per_principal
+        self._keep_s = keep_s
+        self._creating = asyncio.Lock()
+        """Counting a principal's pending approvals and adding one are one step (see `create`)."""
+        self._pruner: asyncio.Task[None] | None = None
         self._instance = instance
         self._waiters: dict[str, asyncio.Future[Approval]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -221,25 +299,39 @@ class ApprovalBook:
         approvers: tuple[str, ...],
         timeout_s: float,
     ) -> Approval:
-        now = _now_ms()
-        key = secrets.token_hex(32)
-        approval = Approval(
-            id="apr_" + secrets.token_urlsafe(9),
-            call_id=call_id,
-            principal=principal,
-            tool=tool,
-            args_sha256=arguments_digest(arguments, key),
-            args_key=key,
-            arguments_json=arguments_json,
-            reason=reason,
-            rule=rule,
-            approvers=approvers,
-            state="pending",
-            created_ms=now,
-            expires_ms=now + int(timeout_s * 1000),
-            instance=self._instance,
-        )
-        await self._store.put_approval(approval)
+        """A pending approval for the call; raises TooManyPending when `principal` already has
+        `max_pending_per_principal` of them (nothing is stored then)."""
+        shown, left_out = arguments_excerpt(arguments_json)
+        # Counted and added under one lock: calls of one principal arriving together would all
+        # count before any was added, and pass the cap together.
+        async with self._creating:
+            now = _now_ms()
+            pending = await self._store.count_pending(principal, now)
+            if pending >= self._max_pending:
+                raise TooManyPending(
+                    f"too many calls of yours await approval: principal {principal!r} has {pending} "
+                    f"pending, the most one principal may have (approvals.max_pending_per_principal); "
+                    "wait until approvers decide them or they expire, then call again"
+                )
+            key = secrets.token_hex(32)
+            approval = Approval(
+                id="apr_" + secrets.token_urlsafe(9),
+                call_id=call_id,
+                principal=principal,
+                tool=tool,
+                args_sha256=arguments_digest(arguments, key),
+                args_key=key,
+                arguments_json=shown,
+                arguments_left_out=left_out,
+                reason=reason,
+                rule=rule,
+                approvers=approvers,
+                state="pending",
+                created_ms=now,
+                expires_ms=now + int(timeout_s * 1000),
+                instance=self._instance,
+            )
+            await self._store.put_approval(approval)
         self._on_event("pending", approval)
         self._publish(approval)
         self._schedule(approval)
@@ -430,6 +522,43 @@ class ApprovalBook:
     async def listing(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
         return await self._store.list_approvals(states)
 
+    async def page(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        """Oldest first, at most `limit`, after position (created_ms, id) `after`."""
+        return await self._store.page_approvals(states, after, limit)
+
+    async def start_pruning(self) -> None:
+        """Drop settled approvals `keep_s` after they expired: now, before the hub serves, then
+        every PRUNE_EVERY_S."""
+        await self._prune_once()
+        if self._pruner is None or self._pruner.done():
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_hourly())
+
+    async def prune(self) -> int:
+        """Delete denied, expired and used approvals whose expiry is more than `keep_s` ago; the
+        audit log keeps their records. Returns how many."""
+        dropped = await self._store.prune_approvals(SETTLED, _now_ms() - int(self._keep_s * 1000))
+        if dropped:
+            logger.info(
+                "dropped %d settled approvals that expired more than %g days ago (the audit log keeps "
+                "their records)",
+                dropped,
+                self._keep_s / 86400,
+            )
+        return dropped
+
+    async def _prune_once(self) -> None:
+        try:
+            await self.prune()
+        except Exception as exc:  # the store is down: the next round tries again
+            logger.warning("could not drop old approvals (trying again in %g s): %s", PRUNE_EVERY_S, exc)
+
+    async def _prune_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            await self._prune_once()
+
     async def watch(self) -> asyncio.Queue[Approval]:
         """A queue of every change from now on; with a shared store, changes made by other hubs too."""
         queue: asyncio.Queue[Approval] = asyncio.Queue(1024)
@@ -603,7 +732,7 @@ class ApprovalBook:
         self._record_all_repeats()
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=5)
-        for task in (self._poller, self._sweeper, self._listener):
+        for task in (self._poller, self._sweeper, self._listener, self._pruner):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

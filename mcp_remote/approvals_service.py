@@ -14,20 +14,29 @@ from mcp_local.servicer import abort_with, caller_token
 from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
-from .approvals import Approval, ApprovalBook, ApprovalState
+from .approvals import Approval, ApprovalBook, ApprovalState, arguments_excerpt
 
 __all__ = ["ApprovalsServicer", "approval_to_proto"]
 
 _STATES: tuple[ApprovalState, ...] = ("pending", "approved", "denied", "expired", "used")
+PAGE_SIZE = 100
+MAX_PAGE_SIZE = 200
+PAGE_BYTES = 3 * 1024 * 1024
+"""A page of ListApprovals stops growing past this size: below the 4 MiB a gRPC client takes by
+default (one approval alone is about 64 KiB of arguments, and always fits)."""
 
 
 def approval_to_proto(a: Approval) -> apb.Approval:
+    # A hub cuts the arguments of old rows when it starts; a hub of an older version sharing the
+    # store may still write whole ones since: cut them here too.
+    shown, left_out = arguments_excerpt(a.arguments_json)
     return apb.Approval(
         id=a.id,
         call_id=a.call_id,
         principal=a.principal,
         tool=a.tool,
-        arguments_json=a.arguments_json,
+        arguments_json=shown,
+        arguments_bytes_left_out=a.arguments_left_out + left_out,
         arguments_sha256=a.args_sha256,
         reason=a.reason,
         rule=a.rule,
@@ -40,6 +49,21 @@ def approval_to_proto(a: Approval) -> apb.Approval:
         decision_reason=a.decision_reason,
         used_at_unix_ms=a.used_ms,
     )
+
+
+def _position(token: str) -> tuple[int, str] | None:
+    """The (created_ms, id) a page token names (`ListApprovals` made it); None for the first page."""
+    if not token:
+        return None
+    created, sep, approval_id = token.partition(":")
+    try:
+        if not sep or not approval_id:
+            raise ValueError(token)
+        return int(created), approval_id
+    except ValueError:
+        raise InvalidArgument(
+            f"page_token {token[:80]!r} is not one ListApprovals returned; send next_page_token as it came"
+        ) from None
 
 
 class ApprovalsServicer(apb_grpc.ApprovalsServicer):
@@ -62,10 +86,25 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             unknown = [s for s in states if s not in _STATES]
             if unknown:
                 raise InvalidArgument(f"unknown state {unknown[0]!r}; expected one of {', '.join(_STATES)}")
-            found = await self._book.listing(cast(tuple[ApprovalState, ...], states))
+            if request.page_size < 0:
+                raise InvalidArgument(f"page_size must be 0 (the default, {PAGE_SIZE}) or more")
+            limit = min(request.page_size or PAGE_SIZE, MAX_PAGE_SIZE)
+            after = _position(request.page_token)
+            found = await self._book.page(cast(tuple[ApprovalState, ...], states), after, limit + 1)
         except Exception as exc:
             await abort_with(context, exc)
-        return apb.ListApprovalsResponse(approvals=[approval_to_proto(a) for a in found])
+        page: list[apb.Approval] = []
+        size = 0
+        for approval in found[:limit]:
+            message = approval_to_proto(approval)
+            size += message.ByteSize() + 8  # its tag and length in the response
+            if page and size > PAGE_BYTES:
+                break
+            page.append(message)
+        more = len(page) < len(found)
+        last = found[len(page) - 1] if page else None
+        token = f"{last.created_ms}:{last.id}" if more and last is not None else ""
+        return apb.ListApprovalsResponse(approvals=page, next_page_token=token)
 
     async def WatchApprovals(
         self, request: apb.WatchApprovalsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -288,14 +288,23 @@ def _show_approval(a: Any) -> str:
         f"expires in {left}s" if a.state == "pending" else (f"by {a.decided_by}" if a.decided_by else a.state)
     )
     needs = describe_approver_groups(list(a.approver_groups)) if a.approver_groups else "any approver"
+    excerpt = a.arguments_json[:300]
+    arguments = _shown(excerpt)
+    rest = len(a.arguments_json.encode()) - len(excerpt.encode())  # in the listing, for --json
+    if a.arguments_bytes_left_out:  # not kept by the hub; the approval covers them all the same
+        arguments += f" ... ({rest + a.arguments_bytes_left_out} more bytes: --json shows {rest} more"
+        arguments += ", the hub keeps no more of them)"
+    elif rest:
+        arguments += f" ... ({rest} more bytes: --json shows them)"
     return _shown(f"{a.id}  {a.state:<8}  {a.principal} -> {a.tool}  {when}") + (
-        f"\n    arguments: {_shown(a.arguments_json[:300])}"
+        f"\n    arguments: {arguments}"
         f"\n    why:       {_shown(a.reason or a.rule)}"
         f"\n    approvers: {_shown(needs)}"
     )
 
 
 _TIMES = ("created_at_unix_ms", "expires_at_unix_ms", "decided_at_unix_ms", "used_at_unix_ms")
+_NUMBERS = (*_TIMES, "arguments_bytes_left_out")
 
 
 def _approval_json(a: Any) -> dict[str, Any]:
@@ -305,7 +314,7 @@ def _approval_json(a: Any) -> dict[str, Any]:
         a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     # Protobuf's JSON writes 64-bit integers as strings; `audit --json` prints times as numbers.
-    for name in _TIMES:
+    for name in _NUMBERS:
         result[name] = int(result[name])
     return result
 
@@ -326,15 +335,24 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
         try:
             if args.action == "list":
                 states = ["pending", "approved", "denied", "expired", "used"] if args.all else ["pending"]
-                response = await stub.ListApprovals(
-                    apb.ListApprovalsRequest(states=states), metadata=metadata
-                )
-                if args.json:
-                    print(json.dumps([_approval_json(a) for a in response.approvals], indent=2))
-                else:
+                listed: list[dict[str, Any]] = []
+                count = 0
+                request = apb.ListApprovalsRequest(states=states)
+                while True:  # the hub answers a page at a time (a few MiB at most)
+                    response = await stub.ListApprovals(request, metadata=metadata)
+                    count += len(response.approvals)
                     for a in response.approvals:
-                        print(_show_approval(a))
-                    print(f"{len(response.approvals)} approvals", file=sys.stderr)
+                        if args.json:
+                            listed.append(_approval_json(a))
+                        else:
+                            print(_show_approval(a), flush=True)
+                    if not response.next_page_token:
+                        break
+                    request = apb.ListApprovalsRequest(states=states, page_token=response.next_page_token)
+                if args.json:
+                    print(json.dumps(listed, indent=2))
+                else:
+                    print(f"{count} approvals", file=sys.stderr)
             elif args.action == "watch":
                 async for a in stub.WatchApprovals(apb.WatchApprovalsRequest(), metadata=metadata):
                     print(json.dumps(_approval_json(a)) if args.json else _show_approval(a), flush=True)

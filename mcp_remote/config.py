@@ -29,6 +29,7 @@ from mcp_local.errors import ConfigError
 from mcp_local.plainerrors import yaml_problem
 from mcp_local.principals import OPERATOR, Principal
 
+from .approvals import KEEP_S, MAX_PENDING_PER_PRINCIPAL
 from .policy import PolicyConfig
 from .statedir import DEFAULT_GRPC, DEFAULT_HTTP, default_state_dir
 
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_PACKS",
     "ENV_OVERRIDES",
     "Address",
+    "ApprovalsConfig",
     "AuditConfig",
     "HubConfig",
     "PackConfig",
@@ -200,6 +202,19 @@ class AuditConfig(BaseModel):
             raise ConfigError(f"audit.dsn_file: cannot read {self.dsn_file}: {exc.strerror}") from exc
 
 
+class ApprovalsConfig(BaseModel):
+    """Bounds on the approvals a hub keeps: its working state (the audit log is the record)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_pending_per_principal: int = Field(default=MAX_PENDING_PER_PRINCIPAL, ge=1, le=100_000)
+    """Approvals one principal may have pending at once (whoever asked through any hub sharing
+    the store); past it, a call that needs one is refused at once and the refusal recorded. A
+    caller that gives up waiting leaves its approval pending until it expires."""
+    keep_days: float = Field(default=KEEP_S / 86400, gt=0)
+    """Denied, expired and used approvals are deleted this long after they expired (checked
+    hourly); the audit log keeps their records."""
+
+
 class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -237,6 +252,7 @@ class HubConfig(BaseModel):
     policy: PolicyConfig | None = None
     """The gate's rules; absent means the shipped default policy (`mcphub policy check` validates one)."""
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     instance: str | None = None
     """This hub's name among replicas sharing a store (default: host name and state directory)."""
 

@@ -34,7 +34,7 @@ from mcp_local.pipeline import InFlight, Next
 from mcp_local.principals import Principal
 from mcp_local.tools import ToolCall
 
-from .approvals import ApprovalBook
+from .approvals import ApprovalBook, TooManyPending
 from .audit import AuditLog
 from .audit.log import UNAUTHENTICATED_ARGUMENT_BYTES, omitted_arguments
 from .policy import Decision, Policy, describe_approver_groups, missing_approver_groups
@@ -340,17 +340,25 @@ class Gate:
             # it, when) is durable before the tool runs.
             await _refused_unless_durable(self._log.flush())
             return None
-        approval = await self._book.create(
-            call_id=call.call_id,
-            principal=principal,
-            tool=tool,
-            arguments=call.arguments,
-            arguments_json=_redacted_arguments(self._log, call),
-            reason=decision.reason,
-            rule=decision.rule,
-            approvers=decision.approvers,
-            timeout_s=decision.timeout_s,
-        )
+        try:
+            approval = await self._book.create(
+                call_id=call.call_id,
+                principal=principal,
+                tool=tool,
+                arguments=call.arguments,
+                arguments_json=_redacted_arguments(self._log, call),
+                reason=decision.reason,
+                rule=decision.rule,
+                approvers=decision.approvers,
+                timeout_s=decision.timeout_s,
+            )
+        except TooManyPending as exc:
+            # Refused at once, nobody asked: callers that give up waiting leave their approvals
+            # pending, and one of them could otherwise fill every approver's listing.
+            self._log.record(
+                "approval", call.call_id, principal, tool, {"state": "refused", "why": exc.message}
+            )
+            return ToolResult.refused(exc.message, "approval")
         if decision.approvers and not any(
             not missing_approver_groups(decision.approvers, p.groups) for p in self.approvers
         ):

@@ -215,7 +215,12 @@ class Hub:
             checkpoint_file=audit_dir / store.checkpoint_file_name,
         )
         self.approvals = ApprovalBook(
-            self.audit.store, self.instance, on_event=self._approval_event, redact=self._redact_reason
+            self.audit.store,
+            self.instance,
+            on_event=self._approval_event,
+            redact=self._redact_reason,
+            max_pending_per_principal=config.approvals.max_pending_per_principal,
+            keep_s=config.approvals.keep_days * 86400,
         )
         self.policy = resolve_policy(config.policy)
         if config.policy is not None:
@@ -512,6 +517,7 @@ class Hub:
             },
         )
         failed = await self.approvals.fail_pending_on_restart()
+        await self.approvals.start_pruning()
         if failed:
             logger.warning(
                 "%d calls were waiting for approval when the hub stopped; their approvals are expired",

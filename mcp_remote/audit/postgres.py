@@ -25,7 +25,7 @@ import orjson
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import without_dsn
 
-from ..approvals import Approval, ApprovalState
+from ..approvals import ARGUMENTS_SHOWN_BYTES, Approval, ApprovalState, approval_from_json, arguments_excerpt
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain
 from .store import AuditStoreUnreachable, RecordQuery
@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS mcphub_checkpoints (
     key_id TEXT NOT NULL, signature TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mcphub_approvals (id TEXT PRIMARY KEY, state TEXT NOT NULL, data BYTEA NOT NULL);
+ALTER TABLE mcphub_approvals ADD COLUMN IF NOT EXISTS principal TEXT NOT NULL DEFAULT '',
+    ADD COLUMN IF NOT EXISTS created_ms BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS expires_ms BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS mcphub_approvals_listed ON mcphub_approvals (state, created_ms, id);
+CREATE INDEX IF NOT EXISTS mcphub_approvals_principal ON mcphub_approvals (principal, state);
 """
 _SCHEMA_LOCK = 0x6D6370687562  # "mcphub": hubs starting together create the schema one at a time
 
@@ -56,10 +61,16 @@ _APPROVALS_CHANNEL = "mcphub_approvals"
 _NOTICE_MAX = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
 
 
-def _approval_from(data: bytes) -> Approval:
-    raw = orjson.loads(data)
-    raw["approvers"] = tuple(raw["approvers"])
-    return Approval(**raw)
+_approval_from = approval_from_json
+_LEGACY_ROWS = "SELECT id FROM mcphub_approvals WHERE created_ms = 0 OR length(data) > %s"
+"""Rows stored before the columns after `data` existed, or before approvals kept an excerpt of
+the arguments (`_fill_approval_columns`)."""
+
+
+def _approval_row(approval: Approval) -> tuple[Any, ...]:
+    """The values of an approval's row after its id: state, data, principal, created_ms, expires_ms."""
+    data = orjson.dumps(asdict(approval))
+    return (approval.state, data, approval.principal, approval.created_ms, approval.expires_ms)
 
 
 def _notice(approval: Approval) -> str:
@@ -136,11 +147,31 @@ class PostgresStore:
                 await self._writer.execute(
                     "INSERT INTO mcphub_chain_head VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,)
                 )
+                await self._fill_approval_columns(self._writer)
         except psycopg.Error as exc:
             await self.close()
             raise AuditStoreUnreachable(
                 f"the PostgreSQL audit store ({self._where()}) cannot be used: {_why(exc, self._dsn)}"
             ) from None
+
+    async def _fill_approval_columns(self, conn: Any) -> None:
+        """Fill the columns after `data` of rows stored before them (from the row's data), and cut
+        the arguments of rows stored before approvals kept an excerpt (six such rows made every
+        listing larger than gRPC carries). Under the schema lock, in its transaction."""
+        cursor = await conn.execute(_LEGACY_ROWS, (ARGUMENTS_SHOWN_BYTES,))
+        for (approval_id,) in await cursor.fetchall():
+            cursor = await conn.execute("SELECT data FROM mcphub_approvals WHERE id = %s", (approval_id,))
+            approval = _approval_from(bytes((await cursor.fetchone())[0]))
+            shown, left_out = arguments_excerpt(approval.arguments_json)
+            if left_out:
+                approval = replace(
+                    approval, arguments_json=shown, arguments_left_out=approval.arguments_left_out + left_out
+                )
+            await conn.execute(
+                "UPDATE mcphub_approvals SET state = %s, data = %s, principal = %s, created_ms = %s, "
+                "expires_ms = %s WHERE id = %s",
+                (*_approval_row(approval), approval_id),
+            )
 
     async def _connect(self, *, autocommit: bool) -> Any:
         import psycopg
@@ -318,15 +349,9 @@ class PostgresStore:
 
     async def put_approval(self, approval: Approval) -> None:
         await self._exec(
-            "WITH a AS (INSERT INTO mcphub_approvals VALUES (%s, %s, %s) RETURNING id) "
-            "SELECT pg_notify(%s, %s) FROM a",
-            (
-                approval.id,
-                approval.state,
-                orjson.dumps(asdict(approval)),
-                _APPROVALS_CHANNEL,
-                _notice(approval),
-            ),
+            "WITH a AS (INSERT INTO mcphub_approvals (id, state, data, principal, created_ms, expires_ms) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id) SELECT pg_notify(%s, %s) FROM a",
+            (approval.id, *_approval_row(approval), _APPROVALS_CHANNEL, _notice(approval)),
         )
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -336,16 +361,9 @@ class PostgresStore:
     async def swap_approval(self, expected: ApprovalState, approval: Approval) -> bool:
         # The notice goes out only if the row changed, when the statement commits.
         count = await self._exec(
-            "WITH a AS (UPDATE mcphub_approvals SET state = %s, data = %s WHERE id = %s AND state = %s "
-            "RETURNING id) SELECT pg_notify(%s, %s) FROM a",
-            (
-                approval.state,
-                orjson.dumps(asdict(approval)),
-                approval.id,
-                expected,
-                _APPROVALS_CHANNEL,
-                _notice(approval),
-            ),
+            "WITH a AS (UPDATE mcphub_approvals SET state = %s, data = %s, principal = %s, created_ms = %s, "
+            "expires_ms = %s WHERE id = %s AND state = %s RETURNING id) SELECT pg_notify(%s, %s) FROM a",
+            (*_approval_row(approval), approval.id, expected, _APPROVALS_CHANNEL, _notice(approval)),
         )
         return count == 1
 
@@ -359,5 +377,32 @@ class PostgresStore:
         return _ApprovalNotices(conn, self)
 
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
-        rows = await self._fetch("SELECT data FROM mcphub_approvals WHERE state = ANY(%s)", (list(states),))
-        return sorted((_approval_from(bytes(r[0])) for r in rows), key=lambda a: a.created_ms)
+        rows = await self._fetch(
+            "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) ORDER BY created_ms, id", (list(states),)
+        )
+        return [_approval_from(bytes(r[0])) for r in rows]
+
+    async def page_approvals(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        created, approval_id = after if after is not None else (-(2**63), "")
+        rows = await self._fetch(
+            "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) AND (created_ms, id) > (%s, %s) "
+            "ORDER BY created_ms, id LIMIT %s",
+            (list(states), created, approval_id, limit),
+        )
+        return [_approval_from(bytes(r[0])) for r in rows]
+
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) FROM mcphub_approvals WHERE principal = %s AND state = 'pending' "
+            "AND expires_ms > %s",
+            (principal, now_ms),
+        )
+        return int(rows[0][0])
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        return await self._exec(
+            "DELETE FROM mcphub_approvals WHERE state = ANY(%s) AND expires_ms < %s",
+            (list(states), expired_before_ms),
+        )

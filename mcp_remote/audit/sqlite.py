@@ -30,12 +30,13 @@ import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..approvals import Approval, ApprovalState
+from ..approvals import Approval, ApprovalState, approval_from_json, arguments_excerpt
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain, verify_record
 from .store import AuditStoreRefused, RecordQuery
@@ -72,6 +73,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY, state TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
+"""
+APPROVAL_COLUMNS = (
+    ("principal", "TEXT NOT NULL DEFAULT ''"),
+    ("created_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("expires_ms", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Copies of fields of an approval's `data`, for listing by page, counting a principal's pending
+approvals and pruning without reading every row; added to a log made before them (`_approval_columns`)."""
+APPROVAL_INDEXES = """
+CREATE INDEX IF NOT EXISTS approvals_listed ON approvals (state, created_ms, id);
+CREATE INDEX IF NOT EXISTS approvals_principal ON approvals (principal, state);
 """
 
 
@@ -137,16 +149,27 @@ def _on_read_only_media(path: Path) -> bool:
         return False
 
 
-def _approval_from(data: bytes) -> Approval:
-    raw = orjson.loads(data)
-    raw["approvers"] = tuple(raw["approvers"])
-    return Approval(**raw)
+_approval_from = approval_from_json
 
 
 def _approval_data(approval: Approval) -> bytes:
     from dataclasses import asdict
 
     return orjson.dumps(asdict(approval))
+
+
+def _approval_row(approval: Approval) -> tuple[Any, ...]:
+    """The values of an approval's row after its id: state, data, principal, created_ms, expires_ms."""
+    data = _approval_data(approval)
+    return (approval.state, data, approval.principal, approval.created_ms, approval.expires_ms)
+
+
+def _trimmed(approval: Approval) -> Approval:
+    """An approval stored before approvals kept an excerpt of the arguments, with the excerpt."""
+    shown, left_out = arguments_excerpt(approval.arguments_json)
+    if not left_out:
+        return approval
+    return replace(approval, arguments_json=shown, arguments_left_out=approval.arguments_left_out + left_out)
 
 
 class SQLiteStore:
@@ -233,6 +256,7 @@ class SQLiteStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._db.executescript(SCHEMA)
             self._recover_journal()
+            self._approval_columns()  # once the journal's lock says no other hub writes here
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
 
@@ -259,6 +283,33 @@ class SQLiteStore:
                 "copy the state directory to writable storage and read the copy"
             )
         return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+    def _approval_columns(self) -> None:
+        """Give an approvals table made before APPROVAL_COLUMNS those columns, filled from each
+        row's data, and cut the arguments of rows stored before approvals kept an excerpt (six
+        such rows made every listing larger than gRPC carries)."""
+        db = self.db
+        have = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
+        missing = [(name, kind) for name, kind in APPROVAL_COLUMNS if name not in have]
+        if missing:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for name, kind in missing:
+                    db.execute(f"ALTER TABLE approvals ADD COLUMN {name} {kind}")
+                ids = [row[0] for row in db.execute("SELECT id FROM approvals")]
+                for approval_id in ids:
+                    row = db.execute("SELECT data FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+                    approval = _trimmed(_approval_from(row[0]))
+                    db.execute(
+                        "UPDATE approvals SET state = ?, data = ?, principal = ?, created_ms = ?, "
+                        "expires_ms = ? WHERE id = ?",
+                        (*_approval_row(approval), approval_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        db.executescript(APPROVAL_INDEXES)
 
     def _recover_journal(self) -> None:
         """Take the journal (one writer per log: a second hub folding and emptying it could
@@ -479,7 +530,9 @@ class SQLiteStore:
 
     async def put_approval(self, approval: Approval) -> None:
         self.db.execute(
-            "INSERT INTO approvals VALUES (?, ?, ?)", (approval.id, approval.state, _approval_data(approval))
+            "INSERT INTO approvals (id, state, data, principal, created_ms, expires_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (approval.id, *_approval_row(approval)),
         )
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -488,15 +541,43 @@ class SQLiteStore:
 
     async def swap_approval(self, expected: ApprovalState, approval: Approval) -> bool:
         cursor = self.db.execute(
-            "UPDATE approvals SET state = ?, data = ? WHERE id = ? AND state = ?",
-            (approval.state, _approval_data(approval), approval.id, expected),
+            "UPDATE approvals SET state = ?, data = ?, principal = ?, created_ms = ?, expires_ms = ? "
+            "WHERE id = ? AND state = ?",
+            (*_approval_row(approval), approval.id, expected),
         )
         return cursor.rowcount == 1
 
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
         marks = ",".join("?" * len(states))
         rows = self.db.execute(
-            f"SELECT data FROM approvals WHERE state IN ({marks})",  # noqa: S608 - placeholders only
+            f"SELECT data FROM approvals WHERE state IN ({marks}) ORDER BY created_ms, id",  # noqa: S608 - placeholders only
             states,
         ).fetchall()
-        return sorted((_approval_from(r[0]) for r in rows), key=lambda a: a.created_ms)
+        return [_approval_from(r[0]) for r in rows]
+
+    async def page_approvals(
+        self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
+    ) -> list[Approval]:
+        created, approval_id = after if after is not None else (-(2**63), "")
+        marks = ",".join("?" * len(states))
+        rows = self.db.execute(
+            f"SELECT data FROM approvals WHERE state IN ({marks}) "  # noqa: S608 - placeholders only
+            "AND (created_ms > ? OR (created_ms = ? AND id > ?)) ORDER BY created_ms, id LIMIT ?",
+            (*states, created, created, approval_id, limit),
+        ).fetchall()
+        return [_approval_from(r[0]) for r in rows]
+
+    async def count_pending(self, principal: str, now_ms: int) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM approvals WHERE principal = ? AND state = 'pending' AND expires_ms > ?",
+            (principal, now_ms),
+        ).fetchone()
+        return int(row[0])
+
+    async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
+        marks = ",".join("?" * len(states))
+        cursor = self.db.execute(
+            f"DELETE FROM approvals WHERE state IN ({marks}) AND expires_ms < ?",  # noqa: S608 - placeholders only
+            (*states, expired_before_ms),
+        )
+        return cursor.rowcount

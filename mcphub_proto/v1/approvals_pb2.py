@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mcphub/v1/approvals.proto\x12\tmcphub.v1\"\xda\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x05 \x01(\t\x12\x18\n\x10\x61rguments_sha256\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\x17\n\x0f\x61pprover_groups\x18\t \x03(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0b \x01(\x03\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x0c \x01(\x03\x12\x12\n\ndecided_by\x18\r \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0e \x01(\x03\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x0f \x01(\t\x12\x17\n\x0fused_at_unix_ms\x18\x10 \x01(\x03\"&\n\x14ListApprovalsRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\"?\n\x15ListApprovalsResponse\x12&\n\tapprovals\x18\x01 \x03(\x0b\x32\x13.mcphub.v1.Approval\"\x17\n\x15WatchApprovalsRequest\"D\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xf3\x01\n\tApprovals\x12R\n\rListApprovals\x12\x1f.mcphub.v1.ListApprovalsRequest\x1a .mcphub.v1.ListApprovalsResponse\x12I\n\x0eWatchApprovals\x12 .mcphub.v1.WatchApprovalsRequest\x1a\x13.mcphub.v1.Approval0\x01\x12G\n\x0e\x44\x65\x63ideApproval\x12 .mcphub.v1.DecideApprovalRequest\x1a\x13.mcphub.v1.ApprovalBE\n\rdev.mcphub.v1P\x01Z2github.com/mcphub/mcphub/gen/go/mcphub/v1;mcphubv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mcphub/v1/approvals.proto\x12\tmcphub.v1\"\xfc\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x05 \x01(\t\x12\x18\n\x10\x61rguments_sha256\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\x17\n\x0f\x61pprover_groups\x18\t \x03(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0b \x01(\x03\x12\x1a\n\x12\x65xpires_at_unix_ms\x18\x0c \x01(\x03\x12\x12\n\ndecided_by\x18\r \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0e \x01(\x03\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x0f \x01(\t\x12\x17\n\x0fused_at_unix_ms\x18\x10 \x01(\x03\x12 \n\x18\x61rguments_bytes_left_out\x18\x11 \x01(\x03\"M\n\x14ListApprovalsRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x15ListApprovalsResponse\x12&\n\tapprovals\x18\x01 \x03(\x0b\x32\x13.mcphub.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\x15WatchApprovalsRequest\"D\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xf3\x01\n\tApprovals\x12R\n\rListApprovals\x12\x1f.mcphub.v1.ListApprovalsRequest\x1a .mcphub.v1.ListApprovalsResponse\x12I\n\x0eWatchApprovals\x12 .mcphub.v1.WatchApprovalsRequest\x1a\x13.mcphub.v1.Approval0\x01\x12G\n\x0e\x44\x65\x63ideApproval\x12 .mcphub.v1.DecideApprovalRequest\x1a\x13.mcphub.v1.ApprovalBE\n\rdev.mcphub.v1P\x01Z2github.com/mcphub/mcphub/gen/go/mcphub/v1;mcphubv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.mcphub.v1P\001Z2github.com/mcphub/mcphub/gen/go/mcphub/v1;mcphubv1'
   _globals['_APPROVAL']._serialized_start=41
-  _globals['_APPROVAL']._serialized_end=387
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=389
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=427
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=429
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=492
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=494
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=517
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=519
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=587
-  _globals['_APPROVALS']._serialized_start=590
-  _globals['_APPROVALS']._serialized_end=833
+  _globals['_APPROVAL']._serialized_end=421
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=423
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=500
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=502
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=590
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=592
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=615
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=617
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=685
+  _globals['_APPROVALS']._serialized_start=688
+  _globals['_APPROVALS']._serialized_end=931
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Approval(_message.Message):
-    __slots__ = ("id", "call_id", "principal", "tool", "arguments_json", "arguments_sha256", "reason", "rule", "approver_groups", "state", "created_at_unix_ms", "expires_at_unix_ms", "decided_by", "decided_at_unix_ms", "decision_reason", "used_at_unix_ms")
+    __slots__ = ("id", "call_id", "principal", "tool", "arguments_json", "arguments_sha256", "reason", "rule", "approver_groups", "state", "created_at_unix_ms", "expires_at_unix_ms", "decided_by", "decided_at_unix_ms", "decision_reason", "used_at_unix_ms", "arguments_bytes_left_out")
     ID_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class Approval(_message.Message):
     DECIDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     USED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_BYTES_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     id: str
     call_id: str
     principal: str
@@ -40,19 +41,26 @@ class Approval(_message.Message):
     decided_at_unix_ms: int
     decision_reason: str
     used_at_unix_ms: int
-    def __init__(self, id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., arguments_sha256: _Optional[str] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., approver_groups: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_unix_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., used_at_unix_ms: _Optional[int] = ...) -> None: ...
+    arguments_bytes_left_out: int
+    def __init__(self, id: _Optional[str] = ..., call_id: _Optional[str] = ..., principal: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., arguments_sha256: _Optional[str] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., approver_groups: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., expires_at_unix_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_unix_ms: _Optional[int] = ..., decision_reason: _Optional[str] = ..., used_at_unix_ms: _Optional[int] = ..., arguments_bytes_left_out: _Optional[int] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
-    __slots__ = ("states",)
+    __slots__ = ("states", "page_size", "page_token")
     STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, states: _Optional[_Iterable[str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, states: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsResponse(_message.Message):
-    __slots__ = ("approvals",)
+    __slots__ = ("approvals", "next_page_token")
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     approvals: _containers.RepeatedCompositeFieldContainer[Approval]
-    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchApprovalsRequest(_message.Message):
     __slots__ = ()

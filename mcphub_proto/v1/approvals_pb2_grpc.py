@@ -55,7 +55,9 @@ class ApprovalsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListApprovals(self, request, context):
-        """Approvals in the given states (default: pending), oldest first.
+        """Approvals in the given states (default: pending), oldest first, one page at a time: a
+        response holds at most page_size approvals and about 3 MiB (below gRPC's default 4 MiB
+        limit of a received message); next_page_token, when set, asks for the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

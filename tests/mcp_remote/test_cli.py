@@ -395,6 +395,7 @@ def test_serve_help_names_every_config_key_and_environment_variable() -> None:
     from mcp_remote.config import (
         DEFAULT_PACKS,
         ENV_OVERRIDES,
+        ApprovalsConfig,
         AuditConfig,
         HubConfig,
         PackConfig,
@@ -405,7 +406,7 @@ def test_serve_help_names_every_config_key_and_environment_variable() -> None:
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # argparse may wrap anywhere
     words = set(re.findall(r"[A-Za-z_]+", text))
-    for model in (HubConfig, AuditConfig, PrincipalConfig, PackConfig):
+    for model in (HubConfig, AuditConfig, ApprovalsConfig, PrincipalConfig, PackConfig):
         missing = set(model.model_fields) - words
         assert not missing, f"{model.__name__}: {sorted(missing)} not in `mcphub serve --help`"
     assert not set(ENV_OVERRIDES) - words

@@ -62,12 +62,17 @@ async def decide(target: str, token: str, approval_id: str, approve: bool, reaso
 
 
 async def listing(target: str, token: str, *states: str) -> list[apb.Approval]:
+    """Every approval in `states` (default: pending), following the pages as the CLI does."""
+    found: list[apb.Approval] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = apb_grpc.ApprovalsStub(channel)
-        response = await stub.ListApprovals(
-            apb.ListApprovalsRequest(states=list(states)), metadata=(("authorization", f"Bearer {token}"),)
-        )
-        return list(response.approvals)
+        request = apb.ListApprovalsRequest(states=list(states))
+        while True:
+            response = await stub.ListApprovals(request, metadata=(("authorization", f"Bearer {token}"),))
+            found += response.approvals
+            if not response.next_page_token:
+                return found
+            request = apb.ListApprovalsRequest(states=list(states), page_token=response.next_page_token)
 
 
 def text_of(result: dict[str, object]) -> str:
