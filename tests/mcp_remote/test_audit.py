@@ -526,7 +526,7 @@ def test_a_log_on_read_only_media_is_read(stopped_log: Path, tmp_path: Path) -> 
     killed = tmp_path / "killed"
     db = sqlite3.connect(state / "audit" / "audit.db", isolation_level=None)
     db.execute("PRAGMA wal_autocheckpoint=0")
-    db.execute("INSERT INTO approvals VALUES ('apr_x', 'pending', '{}')")
+    db.execute("INSERT INTO approvals (id, state, data) VALUES ('apr_x', 'pending', '{}')")
     shutil.copytree(state, killed, ignore=shutil.ignore_patterns("*-shm"))
     db.close()
     assert (killed / "audit" / "audit.db-wal").stat().st_size > 0
