@@ -29,7 +29,7 @@ from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 from .fs import fs_tools
 from .jail import JailHost, LocalJail, UnjailedTarget
 from .options import JailTargetOptions, ShellOptions, SshTargetOptions, UnjailedTargetOptions, parse_options
-from .processes import PROCESS_ID_PATTERN, ProcessTable
+from .processes import FINISHED_LOGS, PROCESS_ID_PATTERN, BackgroundProcess, ProcessTable
 from .runner import EXEC_OUTPUT_SCHEMA, run_command
 from .sandbox import ExecSpec, SandboxTarget
 
@@ -92,7 +92,9 @@ class ShellPack:
         self._by_config: dict[str, SandboxTarget] = {}
         self._environ = dict(environ)
         self.processes = ProcessTable(
-            max_running=options.max_background, log_bytes=options.background_log_bytes
+            max_running=options.max_background,
+            log_bytes=options.background_log_bytes,
+            keep_finished_s=options.background_keep_s,
         )
         self._running: dict[str, asyncio.Semaphore] = {}
         for principal, target_options in [("", options.default_target), *options.targets.items()]:
@@ -201,6 +203,8 @@ class ShellPack:
         assert call.principal is not None
         a = call.arguments
         bp = self.processes.get(call.principal.name, a["process_id"])
+        if bp.log_dropped:
+            return self._dropped(bp)
         offset = int(a.get("offset", 0))
         wait_s = float(a.get("wait_s", 0))
         deadline = asyncio.get_running_loop().time() + wait_s
@@ -266,6 +270,28 @@ class ShellPack:
             "\n".join([text.rstrip("\n")] if text else []) + ("\n" if text else "") + f"[{'; '.join(notes)}]"
         )
         return ToolResult(content=(TextContent(body),), structured=structured)
+
+    def _dropped(self, bp: BackgroundProcess) -> ToolResult:
+        """shell_read of a finished process whose output is no longer kept: what became of it."""
+        code = bp.status.exit_code if bp.status else None
+        end = bp.log.end
+        text = (
+            f"[the process {bp.state}" + (f" with exit code {code}" if code is not None else "")
+            + f"; its {end} bytes of output are no longer kept: a finished process's output is "
+            f"dropped {self.options.background_keep_s:g} s after it ends, or sooner when your finished "
+            f"processes hold more than {FINISHED_LOGS} x background_log_bytes of it]"
+        )  # fmt: skip
+        structured = {
+            "process_id": bp.process_id,
+            "state": bp.state,
+            "exit_code": code,
+            "offset": end,
+            "next_offset": end,
+            "end": end,
+            "output": "",
+            "output_dropped": True,
+        }
+        return ToolResult(content=(TextContent(text),), structured=structured)
 
     async def _kill(self, call: ToolCall) -> ToolResult:
         assert call.principal is not None
