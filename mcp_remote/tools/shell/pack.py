@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,7 +28,7 @@ from mcp_local.packs import PackEnv
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
 from .fs import fs_tools
-from .jail import JailHost, LocalJail, UnjailedTarget
+from .jail import JailHost, LocalJail, UnjailedTarget, rlimit_values
 from .options import JailTargetOptions, ShellOptions, SshTargetOptions, UnjailedTargetOptions, parse_options
 from .processes import FINISHED_LOGS, PROCESS_ID_PATTERN, BackgroundProcess, ProcessTable
 from .runner import EXEC_OUTPUT_SCHEMA, run_command
@@ -37,6 +38,13 @@ __all__ = ["ShellPack", "create_pack"]
 
 logger = logging.getLogger(__name__)
 
+_LIMIT_KEYS = {
+    "RLIMIT_CPU": "cpu_s",
+    "RLIMIT_AS": "address_space_mb",
+    "RLIMIT_FSIZE": "file_size_mb",
+    "RLIMIT_NOFILE": "open_files",
+}
+_CAP_SYS_RESOURCE = 24
 _MAX_COMMAND = 100_000  # one argv string may not exceed 128 KiB (MAX_ARG_STRLEN)
 _READ_DEFAULT = 64 * 1024
 
@@ -130,6 +138,29 @@ class ShellPack:
             await target.start()
         kinds = sorted({t.kind for t in self._by_config.values()})
         logger.info("shell: targets %s, workspaces in %s", ", ".join(kinds), self.host.root)
+        self._check_hard_limits()
+
+    def _check_hard_limits(self) -> None:
+        """Warn of a local target whose rlimits exceed the hub's own hard limits: a hub without
+        CAP_SYS_RESOURCE (not root, or root in a container that dropped it) cannot raise them, so
+        every command of that target would fail (exit 125)."""
+        if _may_raise_hard_limits():
+            return
+        for target in self._by_config.values():
+            if not isinstance(target, LocalJail | UnjailedTarget):
+                continue
+            limits = target.options.limits
+            for name, value in rlimit_values(limits, cgroup_memory=False, nproc=False):
+                hard = resource.getrlimit(getattr(resource, name))[1]
+                if hard == resource.RLIM_INFINITY or hard >= value or name not in _LIMIT_KEYS:
+                    continue
+                logger.warning(
+                    "shell: every command of the %s target will fail: it sets %s to %d (limits.%s), above "
+                    "the hub's own hard limit, %d, which it cannot raise (no CAP_SYS_RESOURCE). Raise the "
+                    "hub's limit (systemd: LimitNOFILE= and the like in its unit; a shell: ulimit -H before "
+                    "`mcphub serve`) or lower limits.%s in the shell pack's options",
+                    target.kind, name, value, _LIMIT_KEYS[name], hard, _LIMIT_KEYS[name],
+                )  # fmt: skip
 
     async def stop(self) -> None:
         await self.processes.close()
@@ -397,6 +428,16 @@ class ShellPack:
             ),
             *fs_tools(self, o.max_file_bytes),
         ]
+
+
+def _may_raise_hard_limits() -> bool:
+    """Whether this process has CAP_SYS_RESOURCE (which the spawner, forked from it, inherits)."""
+    try:
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return os.geteuid() == 0
+    return bool(effective & (1 << _CAP_SYS_RESOURCE))
 
 
 def create_pack(options: Mapping[str, Any], env: PackEnv) -> ShellPack:

@@ -1,4 +1,5 @@
-"""What the shell pack holds on to is bounded: finished background processes' logs."""
+"""What the shell pack holds on to is bounded: finished background processes' logs, and a hub whose
+own limits are below the jail's says so rather than failing every command in silence."""
 
 from __future__ import annotations
 
@@ -69,3 +70,21 @@ async def test_a_finished_processs_output_is_dropped_after_a_while(tmp_path: Pat
         assert status["state"] == "exited" and status["output_dropped"] is True, status
         assert status["output_bytes"] == 4
 
+
+async def test_a_hub_whose_open_file_limit_is_below_the_jails_says_why(tmp_path: Path) -> None:
+    """Found by a tester: a hub (not root) whose hard RLIMIT_NOFILE was below the jail's
+    `open_files` (1024) failed every command with exit code 125 and no word anywhere: the
+    spawner wrote why to its own stderr, before the command's pipes were in place."""
+    hub = start_hub(
+        tmp_path, config=shell_hub_config(), http=False, module="tests.mcp_remote.tools.lowfiles_hub"
+    )
+    client = HubClient(hub.grpc)
+    try:
+        outcome = await ShellClient(client, TOKENS["agent-a"]).exec("true")
+        s = outcome.structured
+        assert s["exit_code"] == 125, s
+        assert "cannot set RLIMIT_NOFILE to 1024: the hub's own hard limit is 512" in s["stderr"], s
+        assert "above the hub's own hard limit, 512" in hub.log() and "limits.open_files" in hub.log()
+    finally:
+        await client.close()
+        hub.stop()
