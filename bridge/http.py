@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import resource
 import socket
 import struct
 import termios
@@ -49,11 +50,35 @@ answers the client has not read yet. Past MAX_PIPELINED the answers end with a h
 the connection is closed when the client closes its side, once it has taken all of them and
 LINGER_S have passed since the half-close, once LINGER_BYTES more have been read and dropped, or
 when the server stops; a client that stops taking its answers is dropped after WRITE_STALL_S."""
+MAX_CONNECTIONS = 1024
+"""Open connections at most, and at most a quarter of the process's open-file limit (see
+`default_max_connections`): past it a new connection gets 503 and is closed at once, so that
+clients that hold connections cannot take the file descriptors the hub needs (commands' pipes,
+gRPC, the audit log) nor the room for a load balancer's health check."""
+PEER_CHECK_S = 1.0
+"""While a client that half-closed waits for its answers, how often its connection is checked for
+a reset (the sign that it closed, not half-closed: see `eof_received`)."""
+_TCP_CLOSE = 7  # tcpi_state of a connection that was reset
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_BUSY_BODY = b"the server has too many open connections; try again later"
+_BUSY_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 _TIMEOUT_BODY = b"the request's headers did not arrive in time"
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
+
+
+def default_max_connections() -> int:
+    """MAX_CONNECTIONS, or a quarter of the open-file limit when that is lower: the rest is for
+    everything else the process opens."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft // 4))
 
 
 class _PipelineFlow(FlowControl):
@@ -122,6 +147,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
     write_stall_s: ClassVar[float] = WRITE_STALL_S
     linger_s: ClassVar[float] = LINGER_S
     max_body_bytes: ClassVar[int] = MAX_BODY_BYTES
+    max_connections: ClassVar[int] = MAX_CONNECTIONS
+    refused_logged_at: ClassVar[float] = -1e9
+    """When a refusal for too many connections was last logged (one line a minute at most)."""
 
     _deadline: TimerHandle | None = None
     _awaiting = "headers"
@@ -151,8 +179,16 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _untaken = 0
     """Bytes the client had not taken when `_stall` was armed."""
     _raw: asyncio.Transport | None = None
+    _refused = False
+    """Over `max_connections`: answered 503 and closed, never served."""
+    _eof = False
+    """The client half-closed: its requests read whole are answered, then the connection closes."""
+    _peer_check: TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self._refuse(transport)
+            return
         super().connection_made(transport)
         self._raw = transport
         self.transport = _CloseWatch(transport, self)  # type: ignore[assignment]
@@ -161,8 +197,28 @@ class _DeadlineProtocol(HttpToolsProtocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """503 and close, before anything is read: the answer fits the socket's empty send buffer,
+        so the descriptor is given back at once."""
+        self._refused = True
+        transport.write(_BUSY_503)
+        transport.close()
+        now = self.loop.time()
+        if now - self.refused_logged_at >= 60:
+            type(self).refused_logged_at = now
+            logger.warning(
+                "HTTP: %d connections are open, the most allowed; new ones get 503 until some close "
+                "(this is logged once a minute)",
+                len(self.connections),
+            )
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
         self._disarm()
+        if self._peer_check is not None:
+            self._peer_check.cancel()
+            self._peer_check = None
         # uvicorn tells only the last request parsed that the client left. With one queued that
         # is not the request being answered, which ran on for nobody (a tool call not cancelled)
         # and then wrote to the closed transport (an ERROR with a traceback, on uvloop).
@@ -183,6 +239,8 @@ class _DeadlineProtocol(HttpToolsProtocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._dropped:  # past MAX_PIPELINED: nothing more is parsed on this connection
             self._dropped_bytes += len(data)
             if self._lingering:
@@ -199,6 +257,50 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
             self._arm(self.header_timeout_s, "headers")
         super().data_received(data)
+
+    # True keeps the transport open for writing, as asyncio's protocols may (uvicorn's returns None).
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client sent all it will (a half-close, as `nc -N` does, or a close). Requests read
+        whole are still answered, in order, and then the connection closes; one cut short by the
+        EOF ends the connection as before (every request on it is told that the client left).
+
+        The EOF cannot tell a half-close from a close. A client that closed resets the connection
+        at the first bytes it is sent, so the request being answered gets a `100 Continue` (which
+        every HTTP/1.1 client must accept before a final answer) when its answer has not begun,
+        and the connection is checked for that reset every PEER_CHECK_S: a client that is gone
+        still has its calls cancelled."""
+        if self._refused or self._eof:
+            return True if self._eof else None
+        running = self._running
+        answering = running is not None and not running.response_complete
+        if not answering and not self.pipeline:
+            return None  # nothing to answer: close, as uvicorn does
+        if self._headers_pending or (self.cycle is not None and self.cycle.more_body) or self._dropped:
+            return None  # a request cut short: the client cannot wait for answers
+        self._eof = True
+        self._disarm()
+        self._unset_keepalive_if_required()
+        assert self._raw is not None
+        if answering and not running.response_started and running.scope["http_version"] == "1.1":
+            self._raw.write(_CONTINUE)
+        self._peer_check = self.loop.call_later(PEER_CHECK_S, self._check_peer)
+        return True
+
+    def _check_peer(self) -> None:
+        self._peer_check = None
+        raw = self._raw
+        if raw is None or self._lost or raw.is_closing():
+            return
+        state = _TCP_CLOSE
+        sock = raw.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        if state == _TCP_CLOSE:
+            logger.debug("connection from %s: the client closed it with requests in flight", self._peer())
+            raw.abort()
+            return
+        self._peer_check = self.loop.call_later(PEER_CHECK_S, self._check_peer)
 
     def on_url(self, url: bytes) -> None:
         if not self._dropped:  # or the URL would be added to the last request still served
@@ -295,6 +397,19 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.more_body
+            and cycle.response_complete
+            and not self.transport.is_closing()
+        ):
+            self._answered_early()
+        if self._eof and not self.pipeline and not self.transport.is_closing():
+            running = self._running
+            if running is None or running.response_complete:
+                self.transport.close()  # every request read before the half-close is answered
+                return
         # uvicorn resumes reading before it takes the next queued request; _PipelineFlow holds
         # that while one is queued, so reading resumes here once none is.
         if not self.pipeline and not self._dropped and not self.transport.is_closing():
@@ -303,6 +418,14 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._bad_request is not None and answered and not self.transport.is_closing():
             message, self._bad_request = self._bad_request, None
             super().send_400_response(message)
+
+    def _answered_early(self) -> None:
+        """Answered before its body came (401, 413, ...): the rest of the body gets `linger_s` at
+        most, or a client that claimed a large body and sends none of it would hold the connection
+        for as long as the body's own deadline."""
+        self._after_continue = None  # a client never sent `100 Continue` sends no body either
+        left = self._deadline.when() - self.loop.time() if self._deadline is not None else self.linger_s
+        self._arm(max(0.0, min(left, self.linger_s)), "body")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn answers bytes it cannot parse with 400 and closes at once. When they follow
@@ -476,7 +599,9 @@ class HttpServer:
         body_grace_s: float = BODY_GRACE_S,
         write_stall_s: float = WRITE_STALL_S,
         linger_s: float = LINGER_S,
+        max_connections: int | None = None,
     ) -> None:
+        """`max_connections`: open connections at most; default `default_max_connections()`."""
         self._app = app
         limits: dict[str, Any] = {
             "max_body_bytes": max_body_bytes,
@@ -484,6 +609,7 @@ class HttpServer:
             "body_grace_s": body_grace_s,
             "write_stall_s": write_stall_s,
             "linger_s": linger_s,
+            "max_connections": max_connections or default_max_connections(),
         }
         self._protocol = type("DeadlineProtocol", (_DeadlineProtocol,), limits)
         self._host = host

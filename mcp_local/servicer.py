@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -38,6 +39,21 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """A result's content that still fits in one message with its framing and `_meta`."""
+
+
+MAX_CONNECTIONS = 4096
+"""gRPC connections at most, and at most a quarter of the process's open-file limit (the HTTP
+server takes another quarter at most): each sandbox's sidecar holds one."""
+MAX_STREAMS = 1024
+"""Calls one gRPC connection carries at once."""
+
+
+def max_connections() -> int:
+    """MAX_CONNECTIONS, or a quarter of the open-file limit when that is lower."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft // 4))
 
 
 def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -133,6 +149,18 @@ def create_grpc_server(
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # What one client can hold (see MAX_CONNECTIONS): connections past the bound are closed
+            # as they are accepted; one that has not finished its HTTP/2 handshake in 10 s, or has
+            # had no call for 5 minutes, is closed (a client reconnects when it next calls); a
+            # connection carries at most MAX_STREAMS calls at once (more wait in the client); and
+            # a peer that vanished is found by pings within 80 s, even under a call that waits.
+            ("grpc.max_allowed_incoming_connections", max_connections()),
+            ("grpc.server_handshake_timeout_ms", 10_000),
+            ("grpc.max_connection_idle_ms", 300_000),
+            ("grpc.max_concurrent_streams", MAX_STREAMS),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
     )
     add_service(pb_grpc.add_ToolHubServicer_to_server, servicer, server)

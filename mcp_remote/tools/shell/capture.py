@@ -73,9 +73,23 @@ class OutputLog:
             self._start += excess
         self._wake()
 
+    @property
+    def kept_bytes(self) -> int:
+        return len(self._buf)
+
     def close(self) -> None:
         self._closed = True
+        excess = len(self._buf) - self.capacity
+        if excess > 0:  # a copy, so that the memory of the bytes trimmed is given back
+            self._start += excess
+            self._buf = self._buf[excess:]
         self._wake()
+
+    def discard(self) -> None:
+        """Give back the memory of every byte kept; reads find nothing before `end` from now on."""
+        self._start = self.end
+        self._buf = bytearray()
+        self.close()
 
     def _wake(self) -> None:
         self._changed.set()

@@ -171,6 +171,9 @@ class ShellOptions(BaseModel):
     """Background processes one principal may have running."""
     background_log_bytes: int = Field(default=4 * MIB, ge=1024)
     """Output kept per background process (the most recent bytes)."""
+    background_keep_s: float = Field(default=600.0, gt=0)
+    """How long a finished background process's output is kept after it ends; then it is dropped
+    (its state and exit code stay)."""
     max_concurrent: int = Field(default=64, ge=1)
     """Commands one principal may have running at once (shell_exec)."""
     max_file_bytes: int = Field(default=4 * MIB, ge=1024)

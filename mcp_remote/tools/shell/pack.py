@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,9 +28,9 @@ from mcp_local.packs import PackEnv
 from mcp_local.tools import Tool, ToolAnnotations, ToolCall
 
 from .fs import fs_tools
-from .jail import JailHost, LocalJail, UnjailedTarget
+from .jail import JailHost, LocalJail, UnjailedTarget, rlimit_values
 from .options import JailTargetOptions, ShellOptions, SshTargetOptions, UnjailedTargetOptions, parse_options
-from .processes import PROCESS_ID_PATTERN, ProcessTable
+from .processes import FINISHED_LOGS, PROCESS_ID_PATTERN, BackgroundProcess, ProcessTable
 from .runner import EXEC_OUTPUT_SCHEMA, run_command
 from .sandbox import ExecSpec, SandboxTarget
 
@@ -37,6 +38,13 @@ __all__ = ["ShellPack", "create_pack"]
 
 logger = logging.getLogger(__name__)
 
+_LIMIT_KEYS = {
+    "RLIMIT_CPU": "cpu_s",
+    "RLIMIT_AS": "address_space_mb",
+    "RLIMIT_FSIZE": "file_size_mb",
+    "RLIMIT_NOFILE": "open_files",
+}
+_CAP_SYS_RESOURCE = 24
 _MAX_COMMAND = 100_000  # one argv string may not exceed 128 KiB (MAX_ARG_STRLEN)
 _READ_DEFAULT = 64 * 1024
 
@@ -92,7 +100,9 @@ class ShellPack:
         self._by_config: dict[str, SandboxTarget] = {}
         self._environ = dict(environ)
         self.processes = ProcessTable(
-            max_running=options.max_background, log_bytes=options.background_log_bytes
+            max_running=options.max_background,
+            log_bytes=options.background_log_bytes,
+            keep_finished_s=options.background_keep_s,
         )
         self._running: dict[str, asyncio.Semaphore] = {}
         for principal, target_options in [("", options.default_target), *options.targets.items()]:
@@ -128,6 +138,29 @@ class ShellPack:
             await target.start()
         kinds = sorted({t.kind for t in self._by_config.values()})
         logger.info("shell: targets %s, workspaces in %s", ", ".join(kinds), self.host.root)
+        self._check_hard_limits()
+
+    def _check_hard_limits(self) -> None:
+        """Warn of a local target whose rlimits exceed the hub's own hard limits: a hub without
+        CAP_SYS_RESOURCE (not root, or root in a container that dropped it) cannot raise them, so
+        every command of that target would fail (exit 125)."""
+        if _may_raise_hard_limits():
+            return
+        for target in self._by_config.values():
+            if not isinstance(target, LocalJail | UnjailedTarget):
+                continue
+            limits = target.options.limits
+            for name, value in rlimit_values(limits, cgroup_memory=False, nproc=False):
+                hard = resource.getrlimit(getattr(resource, name))[1]
+                if hard == resource.RLIM_INFINITY or hard >= value or name not in _LIMIT_KEYS:
+                    continue
+                logger.warning(
+                    "shell: every command of the %s target will fail: it sets %s to %d (limits.%s), above "
+                    "the hub's own hard limit, %d, which it cannot raise (no CAP_SYS_RESOURCE). Raise the "
+                    "hub's limit (systemd: LimitNOFILE= and the like in its unit; a shell: ulimit -H before "
+                    "`mcphub serve`) or lower limits.%s in the shell pack's options",
+                    target.kind, name, value, _LIMIT_KEYS[name], hard, _LIMIT_KEYS[name],
+                )  # fmt: skip
 
     async def stop(self) -> None:
         await self.processes.close()
@@ -201,6 +234,8 @@ class ShellPack:
         assert call.principal is not None
         a = call.arguments
         bp = self.processes.get(call.principal.name, a["process_id"])
+        if bp.log_dropped:
+            return self._dropped(bp)
         offset = int(a.get("offset", 0))
         wait_s = float(a.get("wait_s", 0))
         deadline = asyncio.get_running_loop().time() + wait_s
@@ -266,6 +301,28 @@ class ShellPack:
             "\n".join([text.rstrip("\n")] if text else []) + ("\n" if text else "") + f"[{'; '.join(notes)}]"
         )
         return ToolResult(content=(TextContent(body),), structured=structured)
+
+    def _dropped(self, bp: BackgroundProcess) -> ToolResult:
+        """shell_read of a finished process whose output is no longer kept: what became of it."""
+        code = bp.status.exit_code if bp.status else None
+        end = bp.log.end
+        text = (
+            f"[the process {bp.state}" + (f" with exit code {code}" if code is not None else "")
+            + f"; its {end} bytes of output are no longer kept: a finished process's output is "
+            f"dropped {self.options.background_keep_s:g} s after it ends, or sooner when your finished "
+            f"processes hold more than {FINISHED_LOGS} x background_log_bytes of it]"
+        )  # fmt: skip
+        structured = {
+            "process_id": bp.process_id,
+            "state": bp.state,
+            "exit_code": code,
+            "offset": end,
+            "next_offset": end,
+            "end": end,
+            "output": "",
+            "output_dropped": True,
+        }
+        return ToolResult(content=(TextContent(text),), structured=structured)
 
     async def _kill(self, call: ToolCall) -> ToolResult:
         assert call.principal is not None
@@ -371,6 +428,16 @@ class ShellPack:
             ),
             *fs_tools(self, o.max_file_bytes),
         ]
+
+
+def _may_raise_hard_limits() -> bool:
+    """Whether this process has CAP_SYS_RESOURCE (which the spawner, forked from it, inherits)."""
+    try:
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return os.geteuid() == 0
+    return bool(effective & (1 << _CAP_SYS_RESOURCE))
 
 
 def create_pack(options: Mapping[str, Any], env: PackEnv) -> ShellPack:

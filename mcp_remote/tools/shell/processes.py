@@ -4,6 +4,12 @@ shell_kill, a time limit, or the hub stopping.
 Each principal sees only its own processes; ids are random (`proc_` + 128 bits), and an id of
 someone else's process gets the same answer as an id that never existed. Output (stdout and stderr
 interleaved as they arrive) is kept as a rolling log of the most recent bytes, read by offset.
+
+A finished process's log is memory nobody may ever read again: it is dropped `keep_finished_s`
+after the process ended, and sooner when the principal's finished processes hold more than
+FINISHED_LOGS logs' worth together (the oldest first). Its state and exit code stay, for the last
+_KEEP_FINISHED finished processes of each principal, so that shell_status and shell_read can say
+what became of it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 PROCESS_ID_PATTERN = "^proc_[A-Za-z0-9_-]{16,64}$"
 _KEEP_FINISHED = 32
+"""Finished processes whose state and exit code one principal keeps (the oldest are forgotten)."""
+FINISHED_LOGS = 4
+"""A principal's finished processes keep at most this many times `background_log_bytes` of output
+together; past it the oldest logs are dropped."""
 
 
 @dataclass(eq=False)
@@ -42,6 +52,17 @@ class BackgroundProcess:
     status: ExitStatus | None = None
     timed_out: bool = False
     task: asyncio.Task[None] | None = None
+    log_dropped: bool = False
+    """Its output is no longer kept (it ended over `keep_finished_s` ago, or newer ones took the room)."""
+    _drop_timer: asyncio.TimerHandle | None = None
+
+    def drop_log(self) -> None:
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
+        if not self.log_dropped:
+            self.log_dropped = True
+            self.log.discard()
 
     @property
     def state(self) -> str:
@@ -64,13 +85,15 @@ class BackgroundProcess:
             "started_at": round(self.started_at, 3),
             "duration_ms": round((end - self.started) * 1000),
             "output_bytes": self.log.end,
+            **({"output_dropped": True} if self.log_dropped else {}),
         }
 
 
 class ProcessTable:
-    def __init__(self, *, max_running: int, log_bytes: int) -> None:
+    def __init__(self, *, max_running: int, log_bytes: int, keep_finished_s: float) -> None:
         self.max_running = max_running
         self.log_bytes = log_bytes
+        self.keep_finished_s = keep_finished_s
         self._by_principal: dict[str, dict[str, BackgroundProcess]] = {}
 
     def _mine(self, principal: str) -> dict[str, BackgroundProcess]:
@@ -116,10 +139,26 @@ class ProcessTable:
         finally:
             bp.ended = time.monotonic()
             bp.log.close()
+            bp._drop_timer = asyncio.get_running_loop().call_later(self.keep_finished_s, bp.drop_log)
+            self._drop_over_room(self._mine(bp.principal))
+
+    def _drop_over_room(self, mine: dict[str, BackgroundProcess]) -> None:
+        """Drop the oldest finished logs until those left fit FINISHED_LOGS logs' worth."""
+        kept = sorted(
+            (p for p in mine.values() if p.status is not None and not p.log_dropped),
+            key=lambda p: p.ended or 0,
+            reverse=True,
+        )
+        room = FINISHED_LOGS * self.log_bytes
+        for p in kept:
+            room -= p.log.kept_bytes
+            if room < 0:
+                p.drop_log()
 
     def _forget_old(self, mine: dict[str, BackgroundProcess]) -> None:
         finished = sorted((p for p in mine.values() if p.status is not None), key=lambda p: p.ended or 0)
         for old in finished[: max(0, len(finished) - _KEEP_FINISHED)]:
+            old.drop_log()
             del mine[old.process_id]
 
     def get(self, principal: str, process_id: str) -> BackgroundProcess:
@@ -148,4 +187,7 @@ class ProcessTable:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for mine in self._by_principal.values():
+            for p in mine.values():
+                p.drop_log()
         self._by_principal.clear()

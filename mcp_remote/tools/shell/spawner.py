@@ -40,14 +40,26 @@ _MAX_MESSAGE = 4 * 1024 * 1024
 
 
 def _child(request: dict[str, Any], fds: list[int]) -> NoReturn:
-    """In the forked child: never returns."""
+    """In the forked child: never returns. Why it could not exec goes to the command's stderr (the
+    caller's), not to the spawner's own: a hub whose every command exits 125 must say why."""
+    stderr = fds[2] if len(fds) > 2 else 2
     try:
         pid = str(os.getpid())
         for path in request["cgroups"]:
             with open(path, "w") as f:
                 f.write(pid)
         for name, value in request["rlimits"]:
-            resource.setrlimit(getattr(resource, name), (value, value))
+            try:
+                resource.setrlimit(getattr(resource, name), (value, value))
+            except (OSError, ValueError) as exc:
+                hard = resource.getrlimit(getattr(resource, name))[1]
+                if hard == resource.RLIM_INFINITY or hard >= value:
+                    raise
+                raise OSError(
+                    f"cannot set {name} to {value}: the hub's own hard limit is {hard}. Raise the hub's "
+                    "limit (systemd: LimitNOFILE= and the like in its unit; a shell: ulimit -H before "
+                    "`mcphub serve`) or lower the shell pack's limit (docs/shell.md)"
+                ) from exc
         os.setsid()
         if request["gid"] is not None:
             os.setgroups([])
@@ -56,6 +68,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> NoReturn:
             os.setuid(request["uid"])
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
+        stderr = 2
         keep = 3
         if request.get("fd3") is not None:
             data = bytes.fromhex(request["fd3"])
@@ -76,7 +89,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> NoReturn:
         os.execve(request["argv"][0], request["argv"], request["env"])  # noqa: S606 - argv, never a shell line
     except BaseException as exc:
         try:
-            os.write(2, f"mcphub: the sandbox could not be started: {exc}\n".encode())
+            os.write(stderr, f"mcphub: the sandbox could not be started: {exc}\n".encode())
         finally:
             os._exit(125)
 
