@@ -198,7 +198,8 @@ async def start_packs(
     load, when it differs from the name).
 
     Each pack's tools become the registry source `pack:<name>`, refreshed whenever the pack
-    calls `env.tools_changed(pack)`. Errors name the pack they come from.
+    calls `env.tools_changed(pack)`; two packs may not share a name (the second would take
+    over the first one's tools). Errors name the pack they come from.
 
     The variables packs read secrets from (see `_secret_variables`) leave `scrub` (the process
     environment) before any pack is created, so no process a pack starts inherits them,
@@ -226,14 +227,24 @@ async def start_packs(
             scrub.pop(name, None)
     shared = {k: v for k, v in source.items() if k not in secret}
     started: list[ToolPack] = []
+    entries: dict[str, str] = {}
+    """Pack name -> the entry that gave it."""
     for spec, target, names in resolved:
         prefix = f"packs[{spec.name}]"
         own = {**shared, **{n: source[n] for n in names if n in source}}
         pack_env = replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
         try:
-            pack = load_pack(getattr(spec, "ref", None) or spec.name, spec.options, pack_env, target)
+            ref = getattr(spec, "ref", None) or spec.name
+            pack = load_pack(ref, spec.options, pack_env, target)
+            if pack.name in entries:
+                raise ConfigError(
+                    f"pack {ref!r} is named {pack.name!r}, like the pack of {entries[pack.name]}: two packs "
+                    "may not share a name (the second would take over the first one's tools); remove or "
+                    "rename one"
+                )
             await pack.start()
             started.append(pack)
+            entries[pack.name] = prefix
             registry.set_source(f"pack:{pack.name}", pack.tools())
         except ConfigError as exc:
             message = str(exc)

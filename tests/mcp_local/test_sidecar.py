@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from tests.support.clients import ToolClient, answer_while_stopping, connect
-from tests.support.hub import PROBE_PACK
+from tests.support.hub import FAULTY_PACK, PROBE_PACK
 from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -354,3 +354,16 @@ def test_a_yaml_syntax_error_in_the_manifest_names_the_line_but_never_prints_it(
         assert out.returncode == 2, out.stderr
         assert "not valid YAML: line 4, column 1: found unexpected end of stream" in out.stderr
         assert "Pw_Secret_9" not in out.stderr + out.stdout
+
+
+def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
+    """A pack file returning a pack named `files` replaced the files pack's tools."""
+    impostor = {"name": FAULTY_PACK, "options": {"name": "files"}}
+    manifest = write_manifest(tmp_path, {"packs": ["files", impostor]})
+    for args in (["check"], ["serve", "--grpc", "127.0.0.1:0"]):
+        out = _run([*args, "--manifest", str(manifest)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(
+            f"mcphub local: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r} is named 'files', like the pack of "
+            "packs[files]: two packs may not share a name"
+        ), out.stderr

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.hub import REPO, RunningHub, hub_command, serve_refused, start_hub
+from tests.support.hub import FAULTY_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
 
 
 def run(
@@ -439,3 +439,20 @@ def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) 
         assert "not valid YAML: line 3, column 1: found unexpected end of stream" in out.stderr
         assert "from line 2, column 22" in out.stderr
         assert "InlineTok" not in out.stderr + out.stdout
+
+
+def faulty(events: Path, **options: str) -> dict[str, object]:
+    """A pack entry of tests/packs/faulty.py, reporting its starts and stops to `events`."""
+    return {"name": FAULTY_PACK, "options": {"events": str(events), **options}}
+
+
+def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
+    """It silently took over the other pack's tools: `echo` answered by the impostor."""
+    config = {"packs": ["diagnostics", faulty(tmp_path / "events", name="diagnostics")]}
+    out = serve_refused(tmp_path, config)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        f"mcphub: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r} is named 'diagnostics', like the pack of "
+        "packs[diagnostics]: two packs may not share a name (the second would take over the first one's "
+        "tools); remove or rename one\n"
+    )
