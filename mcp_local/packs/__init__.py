@@ -149,7 +149,11 @@ def _resolve(ref: str) -> Any:
             raise ConfigError(
                 f"pack {ref!r}: no such pack (installed packs: {known}; or give an import path)"
             )
-        return found[0].load()
+        try:
+            return found[0].load()
+        except Exception as exc:  # the entry point's module is foreign code: report any failure
+            what = f"loading its entry point {found[0].value!r}"
+            raise ConfigError(f"pack {ref!r}: {what} failed: {type(exc).__name__}: {exc}") from exc
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -199,7 +203,9 @@ async def start_packs(
 
     Each pack's tools become the registry source `pack:<name>`, refreshed whenever the pack
     calls `env.tools_changed(pack)`; two packs may not share a name (the second would take
-    over the first one's tools). Errors name the pack they come from.
+    over the first one's tools). A pack is foreign code: whatever it raises while it loads or
+    starts becomes one `ConfigError` naming its entry, and the packs started before it are
+    stopped.
 
     The variables packs read secrets from (see `_secret_variables`) leave `scrub` (the process
     environment) before any pack is created, so no process a pack starts inherits them,
@@ -213,12 +219,15 @@ async def start_packs(
     env = replace(env, tools_changed=refresh)
     resolved: list[tuple[Any, Any, list[str]]] = []
     for spec in specs:
+        ref = _ref(spec)
         try:
-            target = _resolve(getattr(spec, "ref", None) or spec.name)
-        except ConfigError as exc:
-            message, prefix = str(exc), f"packs[{spec.name}]"
-            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
-        resolved.append((spec, target, _secret_variables(spec, target)))
+            target = _resolve(ref)
+        except Exception as exc:  # see the docstring
+            raise _failed(spec, ref, "importing it", exc) from exc
+        try:
+            resolved.append((spec, target, _secret_variables(spec, target)))
+        except Exception as exc:
+            raise _failed(spec, ref, "secret_variables(options)", exc) from exc
     given = env.extra.get("environ")
     source = dict(given if isinstance(given, Mapping) else (scrub or {}))
     secret = {name for _, _, names in resolved for name in names}
@@ -229,27 +238,64 @@ async def start_packs(
     started: list[ToolPack] = []
     entries: dict[str, str] = {}
     """Pack name -> the entry that gave it."""
-    for spec, target, names in resolved:
-        prefix = f"packs[{spec.name}]"
-        own = {**shared, **{n: source[n] for n in names if n in source}}
-        pack_env = replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
-        try:
-            ref = getattr(spec, "ref", None) or spec.name
-            pack = load_pack(ref, spec.options, pack_env, target)
-            if pack.name in entries:
-                raise ConfigError(
-                    f"pack {ref!r} is named {pack.name!r}, like the pack of {entries[pack.name]}: two packs "
-                    "may not share a name (the second would take over the first one's tools); remove or "
-                    "rename one"
-                )
-            await pack.start()
+    try:
+        for spec, target, names in resolved:
+            own = {**shared, **{n: source[n] for n in names if n in source}}
+            pack_env = (
+                replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
+            )
+            pack = await _start_one(spec, target, pack_env, entries)
             started.append(pack)
-            entries[pack.name] = prefix
-            registry.set_source(f"pack:{pack.name}", pack.tools())
-        except ConfigError as exc:
-            message = str(exc)
-            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+            try:
+                registry.set_source(f"pack:{pack.name}", pack.tools())
+            except Exception as exc:  # see the docstring
+                raise _failed(spec, _ref(spec), "registering its tools", exc) from exc
+    except BaseException:
+        for pack in started:
+            registry.set_source(f"pack:{pack.name}", [])
+        await stop_packs(started)
+        raise
     return started
+
+
+async def _start_one(spec: Any, target: Any, env: PackEnv, entries: dict[str, str]) -> ToolPack:
+    """Create the pack of `spec` and start it; its name joins `entries`."""
+    ref = _ref(spec)
+    try:
+        pack = load_pack(ref, spec.options, env, target)
+        name = pack.name
+    except Exception as exc:  # see start_packs
+        raise _failed(spec, ref, "creating it", exc) from exc
+    if name in entries:
+        raise _entry_error(
+            spec,
+            f"pack {ref!r} is named {name!r}, like the pack of {entries[name]}: two packs may not share "
+            "a name (the second would take over the first one's tools); remove or rename one",
+        )
+    try:
+        await pack.start()
+    except Exception as exc:  # see start_packs
+        raise _failed(spec, ref, "start()", exc) from exc
+    entries[name] = f"packs[{spec.name}]"
+    return pack
+
+
+def _ref(spec: Any) -> str:
+    """What a pack spec names to load."""
+    return str(getattr(spec, "ref", None) or spec.name)
+
+
+def _failed(spec: Any, ref: str, step: str, exc: Exception) -> ConfigError:
+    """`exc`, raised by the pack of `spec` during `step`, as a `ConfigError` naming its entry."""
+    if isinstance(exc, ConfigError):
+        return _entry_error(spec, str(exc))
+    return _entry_error(spec, f"pack {ref!r}: {step} failed: {type(exc).__name__}: {exc}")
+
+
+def _entry_error(spec: Any, message: str) -> ConfigError:
+    """`message` as a `ConfigError` naming the entry of `spec` (once)."""
+    prefix = f"packs[{spec.name}]"
+    return ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}")
 
 
 async def stop_packs(packs: Sequence[ToolPack]) -> None:

@@ -367,3 +367,18 @@ def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
             f"mcphub local: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r} is named 'files', like the pack of "
             "packs[files]: two packs may not share a name"
         ), out.stderr
+
+
+def test_a_pack_that_fails_to_start_is_named(tmp_path: Path) -> None:
+    """A RuntimeError in a pack's start() ended `local check` and `local serve` with a traceback."""
+    manifest = write_manifest(
+        tmp_path, {"packs": ["diagnostics", {"name": FAULTY_PACK, "options": {"fail": "start"}}]}
+    )
+    for args in (["check"], ["serve", "--grpc", "127.0.0.1:0"]):
+        out = _run([*args, "--manifest", str(manifest)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.endswith(
+            f"mcphub local: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r}: start() failed: RuntimeError: "
+            "the service it needs is down\n"
+        ), out.stderr
+        assert "Traceback" not in out.stderr

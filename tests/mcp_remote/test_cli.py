@@ -456,3 +456,17 @@ def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
         "packs[diagnostics]: two packs may not share a name (the second would take over the first one's "
         "tools); remove or rename one\n"
     )
+
+
+@pytest.mark.parametrize("fail", ["create", "start", "start-oserror"])
+def test_a_pack_that_fails_to_load_is_named_and_the_packs_before_it_stop(tmp_path: Path, fail: str) -> None:
+    """A RuntimeError ended `mcphub serve` with a traceback and exit 1; an OSError printed
+    "mcphub: svc down", naming no pack."""
+    events = tmp_path / "events"
+    out = serve_refused(tmp_path, {"packs": [faulty(events, name="first"), faulty(events, fail=fail)]})
+    assert out.returncode == 2, out.stderr
+    error = {"create": "creating it failed: RuntimeError", "start": "start() failed: RuntimeError"}
+    what = error.get(fail, "start() failed: OSError: svc down")
+    assert out.stderr.startswith(f"mcphub: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r}: {what}"), out.stderr
+    assert "Traceback" not in out.stderr
+    assert events.read_text().splitlines()[-1] == "stop first"

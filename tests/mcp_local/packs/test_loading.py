@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import mcp_local.packs as packs
 from mcp_local import ConfigError, ToolRegistry
 from mcp_local.packs import PackEnv, start_packs
 
@@ -50,3 +52,50 @@ async def test_two_packs_may_not_share_a_name(tmp_path: Path) -> None:
         "two packs may not share a name"
     )
     assert events(tmp_path / "events") == []  # refused before it started
+
+
+@pytest.mark.parametrize(
+    ("options", "step", "error"),
+    [
+        ({"fail": "create"}, "creating it", "RuntimeError: no config file"),
+        ({"fail": "start"}, "start()", "RuntimeError: the service it needs is down"),
+        ({"fail": "start-oserror"}, "start()", "OSError: svc down"),
+    ],
+    ids=["create", "start", "start-oserror"],
+)
+async def test_a_pack_that_fails_is_named_and_the_packs_before_it_stop(
+    tmp_path: Path, options: dict[str, str], step: str, error: str
+) -> None:
+    """Anything but a ConfigError from a pack's factory or start() ended the server with a
+    traceback (an OSError with "mcphub: svc down", naming no pack), and the packs started
+    before it were never stopped."""
+    log = tmp_path / "events"
+    registry = ToolRegistry()
+    with pytest.raises(ConfigError) as refused:
+        first = faulty(log, name="first", tools="precheck")
+        await start(tmp_path, first, faulty(log, name="second", **options), registry=registry)
+    assert str(refused.value) == f"packs[{FAULTY}]: pack {FAULTY!r}: {step} failed: {error}"
+    assert events(log)[-1] == "stop first"
+    assert registry.sources() == set()
+
+
+async def test_a_module_that_fails_to_import_or_a_broken_entry_point_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken_pack_module.py"
+    broken.write_text("raise RuntimeError('import-time failure')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as refused:
+        await start(tmp_path, Spec("broken_pack_module:create_pack"))
+    assert str(refused.value) == (
+        "packs[broken_pack_module:create_pack]: pack 'broken_pack_module:create_pack': importing it failed: "
+        "RuntimeError: import-time failure"
+    )
+    ghost = EntryPoint(name="ghost", value="no_such_module:create_pack", group=packs.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(packs, "_entry_points", lambda: [ghost])
+    with pytest.raises(ConfigError) as refused:
+        await start(tmp_path, Spec("ghost"))
+    assert str(refused.value) == (
+        "packs[ghost]: pack 'ghost': loading its entry point 'no_such_module:create_pack' failed: "
+        "ModuleNotFoundError: No module named 'no_such_module'"
+    )
