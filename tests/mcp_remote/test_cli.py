@@ -470,3 +470,22 @@ def test_a_pack_that_fails_to_load_is_named_and_the_packs_before_it_stop(tmp_pat
     assert out.stderr.startswith(f"mcphub: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r}: {what}"), out.stderr
     assert "Traceback" not in out.stderr
     assert events.read_text().splitlines()[-1] == "stop first"
+
+
+def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path: Path) -> None:
+    """A handler returning 42 ended the call with INTERNAL "internal error in the hub", naming
+    no tool, and the audit log recorded the call as ok."""
+    hub = start_hub(tmp_path, config={"packs": [faulty(tmp_path / "events", tools="wrong")]}, http=False)
+    try:
+        out = run("call", "wrong_int", "--hub", hub.grpc)
+        assert out.returncode == 1, out.stderr
+        assert (
+            out.stdout
+            == "wrong_int failed: it returned int 42, not a ToolResult or a str (a bug in the tool)\n"
+        )
+    finally:
+        assert hub.stop() == 0
+    audit = run("audit", "query", "--state-dir", str(hub.state_dir), "--json", "--tool", "wrong_int")
+    finished = [json.loads(line) for line in audit.stdout.splitlines() if '"finished"' in line]
+    assert [r["body"]["status"] for r in finished] == ["tool_error"], audit.stdout
+    assert "ERROR mcp_local.pipeline: tool wrong_int (pack:faulty) returned int 42" in hub.log()
