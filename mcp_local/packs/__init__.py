@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -214,7 +215,10 @@ async def start_packs(
     """
 
     def refresh(pack: ToolPack) -> None:
-        registry.set_source(f"pack:{pack.name}", pack.tools())
+        try:
+            registry.set_source(f"pack:{pack.name}", _checked_tools(pack))
+        except ConfigError as exc:
+            raise ConfigError(f"pack {pack.name!r}: {exc}") from exc
 
     env = replace(env, tools_changed=refresh)
     resolved: list[tuple[Any, Any, list[str]]] = []
@@ -247,7 +251,7 @@ async def start_packs(
             pack = await _start_one(spec, target, pack_env, entries)
             started.append(pack)
             try:
-                registry.set_source(f"pack:{pack.name}", pack.tools())
+                registry.set_source(f"pack:{pack.name}", _checked_tools(pack))
             except Exception as exc:  # see the docstring
                 raise _failed(spec, _ref(spec), "registering its tools", exc) from exc
     except BaseException:
@@ -296,6 +300,28 @@ def _entry_error(spec: Any, message: str) -> ConfigError:
     """`message` as a `ConfigError` naming the entry of `spec` (once)."""
     prefix = f"packs[{spec.name}]"
     return ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}")
+
+
+def _checked_tools(pack: ToolPack) -> list[Tool]:
+    """`pack.tools()`, each a `Tool` with an async handler."""
+    try:
+        tools = list(pack.tools())
+    except Exception as exc:  # see start_packs
+        raise ConfigError(f"tools() failed: {type(exc).__name__}: {exc}") from exc
+    checked = []
+    for tool in tools:
+        if not isinstance(tool, Tool):
+            raise ConfigError(f"tools() gave a {type(tool).__name__}, expected a mcp_local.tools.Tool")
+        handler = tool.handler
+        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)):
+            # Awaiting what it returns would fail each call; a blocking handler would stall them all.
+            raise ConfigError(
+                f"tool {tool.name!r}: its handler {getattr(handler, '__qualname__', handler)!r} is not a "
+                "coroutine function: make it `async def` (and run blocking work in it with "
+                "`await asyncio.to_thread(...)`)"
+            )
+        checked.append(tool)
+    return checked
 
 
 async def stop_packs(packs: Sequence[ToolPack]) -> None:

@@ -99,3 +99,15 @@ async def test_a_module_that_fails_to_import_or_a_broken_entry_point_is_named(
         "packs[ghost]: pack 'ghost': loading its entry point 'no_such_module:create_pack' failed: "
         "ModuleNotFoundError: No module named 'no_such_module'"
     )
+
+
+async def test_a_handler_that_is_not_async_is_refused_at_start(tmp_path: Path) -> None:
+    """A plain `def` handler was accepted, then failed each call with "object str can't be
+    used in 'await' expression"."""
+    log = tmp_path / "events"
+    with pytest.raises(ConfigError) as refused:
+        await start(tmp_path, faulty(log, tools="sync"))
+    message = str(refused.value)
+    assert message.startswith(f"packs[{FAULTY}]: tool 'blocking_tool': its handler '_sync' is not")
+    assert "make it `async def`" in message and "asyncio.to_thread" in message
+    assert events(log) == ["start faulty", "stop faulty"]
