@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ..errors import ConfigError
 from ..outputs import OutputStore
 from ..redaction import Redactor
-from ..tools import Tool
+from ..tools import Tool, ToolCall
 
 if TYPE_CHECKING:
     from ..registry import ToolRegistry
@@ -303,7 +303,7 @@ def _entry_error(spec: Any, message: str) -> ConfigError:
 
 
 def _checked_tools(pack: ToolPack) -> list[Tool]:
-    """`pack.tools()`, each a `Tool` with an async handler."""
+    """`pack.tools()`, each a `Tool` with an async handler, and a precheck that cannot break a call."""
     try:
         tools = list(pack.tools())
     except Exception as exc:  # see start_packs
@@ -320,8 +320,24 @@ def _checked_tools(pack: ToolPack) -> list[Tool]:
                 "coroutine function: make it `async def` (and run blocking work in it with "
                 "`await asyncio.to_thread(...)`)"
             )
-        checked.append(tool)
+        checked.append(tool if tool.precheck is None else replace(tool, precheck=_guarded(tool)))
     return checked
+
+
+def _guarded(tool: Tool) -> Callable[[ToolCall], str | None]:
+    """`tool.precheck`, which only spares an approver a call the tool refuses anyway: one that
+    raises gives no verdict (logged) rather than breaking the call it checks."""
+    precheck = tool.precheck
+    assert precheck is not None
+
+    def guarded(call: ToolCall) -> str | None:
+        try:
+            return precheck(call)
+        except Exception:  # foreign code: the call goes on as if the tool had no precheck
+            logger.exception("the precheck of tool %s raised; the call goes on without it", tool.name)
+            return None
+
+    return guarded
 
 
 async def stop_packs(packs: Sequence[ToolPack]) -> None:

@@ -472,6 +472,19 @@ def test_a_pack_that_fails_to_load_is_named_and_the_packs_before_it_stop(tmp_pat
     assert events.read_text().splitlines()[-1] == "stop first"
 
 
+def test_a_precheck_that_raises_leaves_the_call_to_the_gate(tmp_path: Path) -> None:
+    """The gate asks a tool's precheck before it asks a person: one that raised ended the call
+    with INTERNAL "internal error in the hub"."""
+    hub = start_hub(tmp_path, config={"packs": [faulty(tmp_path / "events", tools="precheck")]}, http=False)
+    try:
+        out = run("call", "checked_tool", "--timeout", "2", "--hub", hub.grpc)
+    finally:
+        assert hub.stop() == 0
+    assert out.returncode == 3, out.stderr
+    assert "waiting for approval" in out.stderr and "internal" not in out.stderr, out.stderr
+    assert "ERROR mcp_local.packs: the precheck of tool checked_tool raised" in hub.log()
+
+
 def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path: Path) -> None:
     """A handler returning 42 ended the call with INTERNAL "internal error in the hub", naming
     no tool, and the audit log recorded the call as ok."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 import mcp_local.packs as packs
-from mcp_local import ConfigError, ToolRegistry
+from mcp_local import ConfigError, Principal, ToolCall, ToolRegistry
 from mcp_local.packs import PackEnv, start_packs
 
 pytestmark = pytest.mark.anyio
@@ -111,3 +112,20 @@ async def test_a_handler_that_is_not_async_is_refused_at_start(tmp_path: Path) -
     assert message.startswith(f"packs[{FAULTY}]: tool 'blocking_tool': its handler '_sync' is not")
     assert "make it `async def`" in message and "asyncio.to_thread" in message
     assert events(log) == ["start faulty", "stop faulty"]
+
+
+async def test_a_precheck_that_raises_gives_no_verdict(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gate asks a tool's precheck before it asks a person: one that raised broke the call
+    (INTERNAL)."""
+    registry = ToolRegistry()
+    await start(tmp_path, faulty(tmp_path / "events", tools="precheck"), registry=registry)
+    registered = registry.get("checked_tool")
+    assert registered is not None and registered.tool.precheck is not None
+    call = ToolCall("checked_tool", b"{}")
+    call.principal = Principal("p", ("*",))
+    with caplog.at_level(logging.ERROR, logger="mcp_local.packs"):
+        assert registered.tool.precheck(call) is None
+    assert "the precheck of tool checked_tool raised; the call goes on without it" in caplog.text
+    assert "KeyError: 'path'" in caplog.text
