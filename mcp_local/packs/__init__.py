@@ -9,6 +9,7 @@ module's `create_pack`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -41,6 +42,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mcphub.packs"
+
+STOP_LIMIT_S = 5.0
+"""How long one pack's `stop()` may take; the others are stopped whether it returns or not."""
 
 
 def _no_addresses() -> tuple[str, ...]:
@@ -341,9 +345,30 @@ def _guarded(tool: Tool) -> Callable[[ToolCall], str | None]:
 
 
 async def stop_packs(packs: Sequence[ToolPack]) -> None:
-    """Stop `packs` in reverse order; one failing to stop does not keep the others running."""
+    """Stop `packs` in reverse order, each within `STOP_LIMIT_S`; one failing to stop, or not
+    stopping in time, does not keep the others running."""
+    limit = STOP_LIMIT_S
     for pack in reversed(packs):
         try:
-            await pack.stop()
+            # A task of its own: a stop that ignores its cancellation cannot hold the others up.
+            stopping = asyncio.ensure_future(pack.stop())
         except Exception:  # foreign code at shutdown: log it and go on with the rest
             logger.exception("pack %s did not stop cleanly", pack.name)
+            continue
+        try:
+            done, _ = await asyncio.wait((stopping,), timeout=limit)
+        except BaseException:
+            stopping.cancel()
+            raise
+        if not done:
+            stopping.cancel()
+            stopping.add_done_callback(_drop_outcome)
+            logger.error("pack %s did not stop within %gs; stopping the others without it", pack.name, limit)
+        elif not stopping.cancelled() and stopping.exception() is not None:
+            logger.error("pack %s did not stop cleanly", pack.name, exc_info=stopping.exception())
+
+
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    """Collect what a stop abandoned by `stop_packs` ended with: logged there already."""
+    if not task.cancelled():
+        task.exception()

@@ -485,6 +485,19 @@ def test_a_precheck_that_raises_leaves_the_call_to_the_gate(tmp_path: Path) -> N
     assert "ERROR mcp_local.packs: the precheck of tool checked_tool raised" in hub.log()
 
 
+def test_a_pack_that_never_stops_does_not_keep_the_hub_running(tmp_path: Path) -> None:
+    """A stop() that never returned kept the hub alive after SIGTERM, and the packs before it
+    were never stopped."""
+    events = tmp_path / "events"
+    packs = [faulty(events, name="first"), faulty(events, name="stuck", stop="hang")]
+    hub = start_hub(tmp_path, config={"packs": packs}, http=False)
+    began = time.monotonic()
+    assert hub.stop(timeout=30) == 0
+    assert time.monotonic() - began < 15
+    assert events.read_text().splitlines()[2:] == ["stop stuck", "stop first"]
+    assert "ERROR mcp_local.packs: pack stuck did not stop within 5s; stopping the others" in hub.log()
+
+
 def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path: Path) -> None:
     """A handler returning 42 ended the call with INTERNAL "internal error in the hub", naming
     no tool, and the audit log recorded the call as ok."""

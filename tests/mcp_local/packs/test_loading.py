@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import pytest
 
 import mcp_local.packs as packs
 from mcp_local import ConfigError, Principal, ToolCall, ToolRegistry
-from mcp_local.packs import PackEnv, start_packs
+from mcp_local.packs import PackEnv, start_packs, stop_packs
 
 pytestmark = pytest.mark.anyio
 
@@ -129,3 +130,18 @@ async def test_a_precheck_that_raises_gives_no_verdict(
         assert registered.tool.precheck(call) is None
     assert "the precheck of tool checked_tool raised; the call goes on without it" in caplog.text
     assert "KeyError: 'path'" in caplog.text
+
+
+async def test_a_stop_that_never_returns_is_given_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop() that never returned kept the hub alive after SIGTERM, and the packs before it
+    were never stopped."""
+    log = tmp_path / "events"
+    specs = (faulty(log, name="first"), faulty(log, name="stuck", stop="hang"), faulty(log, name="last"))
+    started = await start(tmp_path, *specs)
+    with caplog.at_level(logging.ERROR, logger="mcp_local.packs"):
+        monkeypatch.setattr(packs, "STOP_LIMIT_S", 0.2, raising=False)
+        await asyncio.wait_for(stop_packs(started), 5)
+    assert events(log)[3:] == ["stop last", "stop stuck", "stop first"]
+    assert "pack stuck did not stop within 0.2s; stopping the others without it" in caplog.text
