@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mcphub.packs"
 
+SLOW_START_S = 3.0
+"""A pack still starting after this long is named in the log (the browser's takes seconds)."""
+
 STOP_LIMIT_S = 5.0
 """How long one pack's `stop()` may take; the others are stopped whether it returns or not."""
 
@@ -210,7 +213,8 @@ async def start_packs(
     calls `env.tools_changed(pack)`; two packs may not share a name (the second would take
     over the first one's tools). A pack is foreign code: whatever it raises while it loads or
     starts becomes one `ConfigError` naming its entry, and the packs started before it are
-    stopped.
+    stopped. Cancelled (a SIGTERM while starting), it stops them too and logs which pack was
+    starting.
 
     The variables packs read secrets from (see `_secret_variables`) leave `scrub` (the process
     environment) before any pack is created, so no process a pack starts inherits them,
@@ -274,17 +278,33 @@ async def _start_one(spec: Any, target: Any, env: PackEnv, entries: dict[str, st
         name = pack.name
     except Exception as exc:  # see start_packs
         raise _failed(spec, ref, "creating it", exc) from exc
+    entry = f"packs[{spec.name}]"
     if name in entries:
         raise _entry_error(
             spec,
             f"pack {ref!r} is named {name!r}, like the pack of {entries[name]}: two packs may not share "
             "a name (the second would take over the first one's tools); remove or rename one",
         )
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    slow = loop.call_later(
+        SLOW_START_S, logger.info, "%s: pack %r is still starting after %gs", entry, name, SLOW_START_S
+    )
     try:
         await pack.start()
+    except asyncio.CancelledError:
+        logger.warning(
+            "%s: stopped while pack %r was starting (for %.1fs); the packs after it were not started",
+            entry,
+            name,
+            loop.time() - began,
+        )
+        raise
     except Exception as exc:  # see start_packs
         raise _failed(spec, ref, "start()", exc) from exc
-    entries[name] = f"packs[{spec.name}]"
+    finally:
+        slow.cancel()
+    entries[name] = entry
     return pack
 
 

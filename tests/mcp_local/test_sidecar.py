@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -382,3 +384,26 @@ def test_a_pack_that_fails_to_start_is_named(tmp_path: Path) -> None:
             "the service it needs is down\n"
         ), out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_signal_while_a_pack_starts_stops_the_sidecar(tmp_path: Path) -> None:
+    """A pack whose start() never returned left a sidecar that only SIGKILL ended."""
+    stuck = {"name": FAULTY_PACK, "options": {"name": "stuck", "start": "hang"}}
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics", stuck]})
+    log_path = tmp_path / "sidecar.log"
+    command = sidecar_command("serve", "--manifest", str(manifest), "--grpc", "127.0.0.1:0")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "starting for ever" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = log_path.read_text()
+    assert f"packs[{FAULTY_PACK}]: stopped while pack 'stuck' was starting" in stderr, stderr
+    assert stderr.endswith("mcphub local: SIGINT while starting: stopped before it was ready\n"), stderr

@@ -472,6 +472,37 @@ def test_a_pack_that_fails_to_load_is_named_and_the_packs_before_it_stop(tmp_pat
     assert events.read_text().splitlines()[-1] == "stop first"
 
 
+def test_a_signal_while_a_pack_starts_stops_the_hub(tmp_path: Path) -> None:
+    """A pack whose start() never returned left a hub that ignored SIGTERM and SIGINT, with no
+    line naming the pack: only SIGKILL ended it."""
+    events = tmp_path / "events"
+    config = tmp_path / "hub.yaml"
+    packs = [faulty(events, name="first"), faulty(events, name="stuck", start="hang")]
+    config.write_text(yaml.safe_dump({"packs": packs}))
+    command = hub_command("serve", "--config", str(config), "--grpc", "127.0.0.1:0", "--http", "off")
+    log_path = tmp_path / "hub.log"
+    with log_path.open("wb") as log:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+        env["MCPHUB_STATE_DIR"] = str(tmp_path / "state")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while "starting for ever" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    stderr = log_path.read_text()
+    assert f"packs[{FAULTY_PACK}]: stopped while pack 'stuck' was starting" in stderr, stderr
+    assert stderr.endswith("mcphub: SIGTERM while starting: stopped before the hub was ready\n"), stderr
+    assert events.read_text().splitlines() == ["start first", "start stuck", "stop first"]
+
+
 def test_a_precheck_that_raises_leaves_the_call_to_the_gate(tmp_path: Path) -> None:
     """The gate asks a tool's precheck before it asks a person: one that raised ended the call
     with INTERNAL "internal error in the hub"."""

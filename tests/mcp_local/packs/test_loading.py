@@ -132,6 +132,42 @@ async def test_a_precheck_that_raises_gives_no_verdict(
     assert "KeyError: 'path'" in caplog.text
 
 
+async def test_a_slow_start_is_named_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pack whose start() never returned left no ready line and no log naming it."""
+    monkeypatch.setattr(packs, "SLOW_START_S", 0.05, raising=False)
+    with caplog.at_level(logging.INFO, logger="mcp_local.packs"):
+        task = asyncio.ensure_future(start(tmp_path, faulty(tmp_path / "events", name="slow", start="hang")))
+        await asyncio.sleep(0.3)
+        assert f"packs[{FAULTY}]: pack 'slow' is still starting after 0.05s" in caplog.text
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_cancelled_start_stops_the_packs_started_and_names_the_one_starting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM during a start that never returns: the server cancels the start."""
+    log = tmp_path / "events"
+    registry = ToolRegistry()
+    first = faulty(log, name="first", tools="precheck")
+    specs = (first, faulty(log, name="stuck", start="hang"), faulty(log, name="never"))
+    task = asyncio.ensure_future(start(tmp_path, *specs, registry=registry))
+    for _ in range(500):  # until the stuck pack is starting
+        if events(log) == ["start first", "start stuck"]:
+            break
+        await asyncio.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="mcp_local.packs"):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert events(log) == ["start first", "start stuck", "stop first"]
+    assert f"packs[{FAULTY}]: stopped while pack 'stuck' was starting" in caplog.text
+    assert registry.sources() == set()
+
+
 async def test_a_stop_that_never_returns_is_given_up_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
