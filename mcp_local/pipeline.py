@@ -15,14 +15,15 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+import reprlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
 import orjson
 
-from .content import TextContent, ToolResult
+from .content import AudioContent, EmbeddedResource, ImageContent, ResourceLink, TextContent, ToolResult
 from .errors import (
     DeadlineExceeded,
     HubError,
@@ -352,32 +353,112 @@ async def execute(call: ToolCall) -> ToolResult:
     except Exception as exc:  # the boundary to tool code, see docstring
         logger.exception("tool %s raised", tool.name)
         return ToolResult.error(f"{tool.name} failed: {type(exc).__name__}: {exc}")
-    result = ToolResult.text(outcome) if isinstance(outcome, str) else outcome
-    if call.result_limit is not None:
+    # What no caller can receive is said here, where the audit trail records it as the tool's
+    # error, not by the transport failing to send it (INTERNAL, naming no tool).
+    if isinstance(outcome, str):
+        result = ToolResult.text(outcome)
+        if call.result_limit is None:
+            return result
+    elif isinstance(outcome, ToolResult):
+        result = outcome
+    else:
+        return _wrong_result(call, f"returned {_described(outcome)}, not a ToolResult or a str")
+    try:
         size = _content_bytes(result, call.result_limit)
-        if size > call.result_limit:
-            # Said here, where the audit trail records it, not by gRPC failing to send a result
-            # the log calls delivered.
-            return ToolResult.error(
-                f"{tool.name} returned {size:,} bytes, more than the {call.result_limit:,} one gRPC message "
-                "carries back: ask for less (or page it with output_read where the tool offers it)"
-            )
+    except _Unsendable as exc:
+        return _wrong_result(call, f"returned a ToolResult whose {exc}")
+    if call.result_limit is not None and size > call.result_limit:
+        # Said here for the same reason: gRPC would fail to send a result the log calls delivered.
+        return ToolResult.error(
+            f"{tool.name} returned {size:,} bytes, more than the {call.result_limit:,} one gRPC message "
+            "carries back: ask for less (or page it with output_read where the tool offers it)"
+        )
     return result
 
 
-def _content_bytes(result: ToolResult, limit: int) -> int:
+_BINARY = (ImageContent, AudioContent)
+
+
+class _Unsendable(Exception):
+    """What in a result no transport can carry (a bug of its tool)."""
+
+
+def _content_bytes(result: ToolResult, limit: int | None) -> int:
     """The bytes `result` carries: a bound (4 bytes a character) when that is within `limit`,
-    else the exact count."""
-    texts = [t for t in (getattr(b, "text", None) for b in result.content) if isinstance(t, str)]
-    binary = sum(
-        len(d) for d in (getattr(b, "data", None) or getattr(b, "blob", None) for b in result.content) if d
-    )
-    size = binary + 4 * sum(map(len, texts))
+    else the exact count (0 without a limit). Raises `_Unsendable` when a block is not one
+    the wire carries."""
+    binary = chars = 0
+    try:
+        for block in result.content:
+            if isinstance(block, TextContent) and isinstance(block.text, str):
+                chars += len(block.text)
+            elif isinstance(block, _BINARY) and isinstance(block.data, bytes):
+                binary += len(block.data)
+            elif isinstance(block, EmbeddedResource) and isinstance(block.text, str):
+                chars += len(block.text)
+            elif isinstance(block, EmbeddedResource) and isinstance(block.blob, bytes):
+                binary += len(block.blob)
+            elif not (isinstance(block, ResourceLink) and isinstance(block.uri, str)):
+                raise _Unsendable(_content_problem(result.content))
+    except TypeError as exc:  # content that is no sequence
+        raise _Unsendable(_content_problem(result.content)) from exc
+    structured = result.structured
+    if structured is not None and not isinstance(structured, Mapping):
+        raise _Unsendable(f"structured is {_described(structured)}, not a mapping")
+    if limit is None:
+        return 0
+    size = binary + 4 * chars
     if size > limit:
+        texts = [t for t in (getattr(b, "text", None) for b in result.content) if t is not None]
         size = binary + sum(len(t.encode(errors="replace")) for t in texts)
-    if result.structured is not None and size <= limit:
-        size += len(orjson.dumps(dict(result.structured)))
+    if structured is not None and size <= limit:
+        try:
+            size += len(orjson.dumps(dict(structured)))
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise _Unsendable(f"structured is not JSON: {exc}") from exc
     return size
+
+
+_PAYLOADS: dict[type, tuple[tuple[str, type], ...]] = {
+    TextContent: (("text", str),),
+    ImageContent: (("data", bytes),),
+    AudioContent: (("data", bytes),),
+    ResourceLink: (("uri", str),),
+    EmbeddedResource: (("text", str), ("blob", bytes)),
+}
+"""What each content block carries: (field, type); an embedded resource, one of the two."""
+
+
+def _content_problem(content: object) -> str:
+    """What is wrong with a result's `content` (the slow path of `_content_bytes`)."""
+    if isinstance(content, str | bytes) or not isinstance(content, Sequence):
+        return f"content is {_described(content)}, not a tuple of content blocks"
+    for index, block in enumerate(content):
+        payloads = _PAYLOADS.get(type(block))
+        if payloads is None:
+            kinds = ", ".join(kind.__name__ for kind in _PAYLOADS)
+            return f"content[{index}] is {_described(block)}, not a content block ({kinds})"
+        if not any(isinstance(getattr(block, name), kind) for name, kind in payloads):
+            name, kind = next(((n, k) for n, k in payloads if getattr(block, n) is not None), payloads[0])
+            value = getattr(block, name)
+            return (
+                f"content[{index}] is {type(block).__name__}({name}={_described(value)}): "
+                f"its {name} must be {kind.__name__}"
+            )
+    return f"content is {_described(content)}"
+
+
+def _described(value: object) -> str:
+    """A value's type and a short form of it, for its author (never a long repr)."""
+    return "None" if value is None else f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _wrong_result(call: ToolCall, problem: str) -> ToolResult:
+    """The error result of a tool whose handler returned what no caller can receive (`problem`),
+    and the log line its pack's author needs."""
+    name = call.tool.name if call.tool is not None else call.name
+    logger.error("tool %s (%s) %s: fix its handler", name, call.source or "?", problem)
+    return ToolResult.error(f"{name} failed: it {problem} (a bug in the tool)")
 
 
 def _json_type(value: object) -> str:

@@ -72,12 +72,16 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
-    """End the RPC with the status of `exc` (INTERNAL, logged, for anything that is not a HubError)."""
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, where: str = "a gRPC call"
+) -> NoReturn:
+    """End the RPC with the status of `exc` (INTERNAL, logged, for anything that is not a HubError).
+
+    `where` names the call in that log line: the method, and the tool it called if any."""
     if isinstance(exc, HubError):
         data = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
         await context.abort(exc.status, exc.message, ((ERROR_FROM, FROM_HUB), *data))
-    logger.error("internal error in %s", context.__class__.__name__, exc_info=exc)
+    logger.error("internal error in %s", where, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; the hub's log has the details")
     raise AssertionError("abort returned")  # pragma: no cover
 
@@ -94,7 +98,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         try:
             return self.service.list_tools(_authorization(context), request.cursor, request.page_size)
         except Exception as exc:
-            await abort_with(context, exc)
+            await abort_with(context, exc, "ListTools")
 
     async def CallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -104,7 +108,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
                 request, _authorization(context), _deadline(context), MAX_RESULT_BYTES
             )
         except Exception as exc:
-            await abort_with(context, exc)
+            await abort_with(context, exc, f"CallTool of tool {request.name[:80]!r}")
 
     async def StreamCallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -116,7 +120,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             async for event in events:
                 yield event
         except Exception as exc:
-            await abort_with(context, exc)
+            await abort_with(context, exc, f"StreamCallTool of tool {request.name[:80]!r}")
         finally:
             await events.aclose()
 
@@ -127,7 +131,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             async for changed in self.service.watch_tools(_authorization(context)):
                 yield changed
         except Exception as exc:
-            await abort_with(context, exc)
+            await abort_with(context, exc, "WatchTools")
 
 
 def create_grpc_server(

@@ -60,11 +60,32 @@ async def _serve(settings: SidecarSettings, *, ready_file: str | None, json_line
     if settings.token:
         sidecar.redactor.add(settings.token)
     stop = asyncio.Event()
+    signalled: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signalled.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
+    # A signal stops the start too: a pack whose start() never returns must not leave a sidecar
+    # that only SIGKILL ends (the pack that was starting is logged).
+    starting = asyncio.ensure_future(sidecar.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # stopped: only the signal counts
+            await starting
+        await sidecar.stop(0)
+        print(
+            f"mcphub local: {signalled[0].name} while starting: stopped before it was ready", file=sys.stderr
+        )
+        return 128 + signalled[0]
     try:
-        addresses = await sidecar.start()
+        addresses = starting.result()
     except (ConfigError, OSError) as exc:
         await sidecar.stop(0)
         print(f"mcphub local: {exc}", file=sys.stderr)

@@ -84,6 +84,7 @@ async def _serve(
 ) -> int:
     """Serve until SIGINT or SIGTERM. `reread` reads the config file again for SIGHUP."""
     import asyncio  # here: `mcphub local serve` hands over before it would need asyncio
+    import contextlib
     import json
 
     from mcp_local.errors import ConfigError
@@ -95,9 +96,15 @@ async def _serve(
     from .reload import on_reload
 
     stop = asyncio.Event()
+    signalled: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signalled.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     # SIGHUP reloads the config file's principals and policy, and whatever else subscribes (the
     # cloud pack's credentials). Subscribed before anything starts: unhandled, it kills the hub.
     running: list[Hub] = []
@@ -112,8 +119,22 @@ async def _serve(
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(hub.redactor))
+    # A signal stops the start too: a pack whose start() never returns must not leave a hub
+    # that only SIGKILL ends (the pack that was starting is logged).
+    starting = asyncio.ensure_future(hub.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # stopped: only the signal counts
+            await starting
+        await hub.stop(0)
+        return _fail(
+            f"{signalled[0].name} while starting: stopped before the hub was ready", 128 + signalled[0]
+        )
     try:
-        addresses = await hub.start()
+        addresses = starting.result()
     except ConfigError as exc:
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)

@@ -9,8 +9,10 @@ module's `create_pack`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ..errors import ConfigError
 from ..outputs import OutputStore
 from ..redaction import Redactor
-from ..tools import Tool
+from ..tools import Tool, ToolCall
 
 if TYPE_CHECKING:
     from ..registry import ToolRegistry
@@ -40,6 +42,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "mcphub.packs"
+
+SLOW_START_S = 3.0
+"""A pack still starting after this long is named in the log (the browser's takes seconds)."""
+
+STOP_LIMIT_S = 5.0
+"""How long one pack's `stop()` may take; the others are stopped whether it returns or not."""
 
 
 def _no_addresses() -> tuple[str, ...]:
@@ -149,7 +157,11 @@ def _resolve(ref: str) -> Any:
             raise ConfigError(
                 f"pack {ref!r}: no such pack (installed packs: {known}; or give an import path)"
             )
-        return found[0].load()
+        try:
+            return found[0].load()
+        except Exception as exc:  # the entry point's module is foreign code: report any failure
+            what = f"loading its entry point {found[0].value!r}"
+            raise ConfigError(f"pack {ref!r}: {what} failed: {type(exc).__name__}: {exc}") from exc
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -198,7 +210,11 @@ async def start_packs(
     load, when it differs from the name).
 
     Each pack's tools become the registry source `pack:<name>`, refreshed whenever the pack
-    calls `env.tools_changed(pack)`. Errors name the pack they come from.
+    calls `env.tools_changed(pack)`; two packs may not share a name (the second would take
+    over the first one's tools). A pack is foreign code: whatever it raises while it loads or
+    starts becomes one `ConfigError` naming its entry, and the packs started before it are
+    stopped. Cancelled (a SIGTERM while starting), it stops them too and logs which pack was
+    starting.
 
     The variables packs read secrets from (see `_secret_variables`) leave `scrub` (the process
     environment) before any pack is created, so no process a pack starts inherits them,
@@ -207,17 +223,23 @@ async def start_packs(
     """
 
     def refresh(pack: ToolPack) -> None:
-        registry.set_source(f"pack:{pack.name}", pack.tools())
+        try:
+            registry.set_source(f"pack:{pack.name}", _checked_tools(pack))
+        except ConfigError as exc:
+            raise ConfigError(f"pack {pack.name!r}: {exc}") from exc
 
     env = replace(env, tools_changed=refresh)
     resolved: list[tuple[Any, Any, list[str]]] = []
     for spec in specs:
+        ref = _ref(spec)
         try:
-            target = _resolve(getattr(spec, "ref", None) or spec.name)
-        except ConfigError as exc:
-            message, prefix = str(exc), f"packs[{spec.name}]"
-            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
-        resolved.append((spec, target, _secret_variables(spec, target)))
+            target = _resolve(ref)
+        except Exception as exc:  # see the docstring
+            raise _failed(spec, ref, "importing it", exc) from exc
+        try:
+            resolved.append((spec, target, _secret_variables(spec, target)))
+        except Exception as exc:
+            raise _failed(spec, ref, "secret_variables(options)", exc) from exc
     given = env.extra.get("environ")
     source = dict(given if isinstance(given, Mapping) else (scrub or {}))
     secret = {name for _, _, names in resolved for name in names}
@@ -226,25 +248,147 @@ async def start_packs(
             scrub.pop(name, None)
     shared = {k: v for k, v in source.items() if k not in secret}
     started: list[ToolPack] = []
-    for spec, target, names in resolved:
-        prefix = f"packs[{spec.name}]"
-        own = {**shared, **{n: source[n] for n in names if n in source}}
-        pack_env = replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
-        try:
-            pack = load_pack(getattr(spec, "ref", None) or spec.name, spec.options, pack_env, target)
-            await pack.start()
+    entries: dict[str, str] = {}
+    """Pack name -> the entry that gave it."""
+    try:
+        for spec, target, names in resolved:
+            own = {**shared, **{n: source[n] for n in names if n in source}}
+            pack_env = (
+                replace(env, extra={**env.extra, "environ": own}) if secret or given is not None else env
+            )
+            pack = await _start_one(spec, target, pack_env, entries)
             started.append(pack)
-            registry.set_source(f"pack:{pack.name}", pack.tools())
-        except ConfigError as exc:
-            message = str(exc)
-            raise ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}") from exc
+            try:
+                registry.set_source(f"pack:{pack.name}", _checked_tools(pack))
+            except Exception as exc:  # see the docstring
+                raise _failed(spec, _ref(spec), "registering its tools", exc) from exc
+    except BaseException:
+        for pack in started:
+            registry.set_source(f"pack:{pack.name}", [])
+        await stop_packs(started)
+        raise
     return started
 
 
+async def _start_one(spec: Any, target: Any, env: PackEnv, entries: dict[str, str]) -> ToolPack:
+    """Create the pack of `spec` and start it; its name joins `entries`."""
+    ref = _ref(spec)
+    try:
+        pack = load_pack(ref, spec.options, env, target)
+        name = pack.name
+    except Exception as exc:  # see start_packs
+        raise _failed(spec, ref, "creating it", exc) from exc
+    entry = f"packs[{spec.name}]"
+    if name in entries:
+        raise _entry_error(
+            spec,
+            f"pack {ref!r} is named {name!r}, like the pack of {entries[name]}: two packs may not share "
+            "a name (the second would take over the first one's tools); remove or rename one",
+        )
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    slow = loop.call_later(
+        SLOW_START_S, logger.info, "%s: pack %r is still starting after %gs", entry, name, SLOW_START_S
+    )
+    try:
+        await pack.start()
+    except asyncio.CancelledError:
+        logger.warning(
+            "%s: stopped while pack %r was starting (for %.1fs); the packs after it were not started",
+            entry,
+            name,
+            loop.time() - began,
+        )
+        raise
+    except Exception as exc:  # see start_packs
+        raise _failed(spec, ref, "start()", exc) from exc
+    finally:
+        slow.cancel()
+    entries[name] = entry
+    return pack
+
+
+def _ref(spec: Any) -> str:
+    """What a pack spec names to load."""
+    return str(getattr(spec, "ref", None) or spec.name)
+
+
+def _failed(spec: Any, ref: str, step: str, exc: Exception) -> ConfigError:
+    """`exc`, raised by the pack of `spec` during `step`, as a `ConfigError` naming its entry."""
+    if isinstance(exc, ConfigError):
+        return _entry_error(spec, str(exc))
+    return _entry_error(spec, f"pack {ref!r}: {step} failed: {type(exc).__name__}: {exc}")
+
+
+def _entry_error(spec: Any, message: str) -> ConfigError:
+    """`message` as a `ConfigError` naming the entry of `spec` (once)."""
+    prefix = f"packs[{spec.name}]"
+    return ConfigError(message if message.startswith(prefix) else f"{prefix}: {message}")
+
+
+def _checked_tools(pack: ToolPack) -> list[Tool]:
+    """`pack.tools()`, each a `Tool` with an async handler, and a precheck that cannot break a call."""
+    try:
+        tools = list(pack.tools())
+    except Exception as exc:  # see start_packs
+        raise ConfigError(f"tools() failed: {type(exc).__name__}: {exc}") from exc
+    checked = []
+    for tool in tools:
+        if not isinstance(tool, Tool):
+            raise ConfigError(f"tools() gave a {type(tool).__name__}, expected a mcp_local.tools.Tool")
+        handler = tool.handler
+        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)):
+            # Awaiting what it returns would fail each call; a blocking handler would stall them all.
+            raise ConfigError(
+                f"tool {tool.name!r}: its handler {getattr(handler, '__qualname__', handler)!r} is not a "
+                "coroutine function: make it `async def` (and run blocking work in it with "
+                "`await asyncio.to_thread(...)`)"
+            )
+        checked.append(tool if tool.precheck is None else replace(tool, precheck=_guarded(tool)))
+    return checked
+
+
+def _guarded(tool: Tool) -> Callable[[ToolCall], str | None]:
+    """`tool.precheck`, which only spares an approver a call the tool refuses anyway: one that
+    raises gives no verdict (logged) rather than breaking the call it checks."""
+    precheck = tool.precheck
+    assert precheck is not None
+
+    def guarded(call: ToolCall) -> str | None:
+        try:
+            return precheck(call)
+        except Exception:  # foreign code: the call goes on as if the tool had no precheck
+            logger.exception("the precheck of tool %s raised; the call goes on without it", tool.name)
+            return None
+
+    return guarded
+
+
 async def stop_packs(packs: Sequence[ToolPack]) -> None:
-    """Stop `packs` in reverse order; one failing to stop does not keep the others running."""
+    """Stop `packs` in reverse order, each within `STOP_LIMIT_S`; one failing to stop, or not
+    stopping in time, does not keep the others running."""
+    limit = STOP_LIMIT_S
     for pack in reversed(packs):
         try:
-            await pack.stop()
+            # A task of its own: a stop that ignores its cancellation cannot hold the others up.
+            stopping = asyncio.ensure_future(pack.stop())
         except Exception:  # foreign code at shutdown: log it and go on with the rest
             logger.exception("pack %s did not stop cleanly", pack.name)
+            continue
+        try:
+            done, _ = await asyncio.wait((stopping,), timeout=limit)
+        except BaseException:
+            stopping.cancel()
+            raise
+        if not done:
+            stopping.cancel()
+            stopping.add_done_callback(_drop_outcome)
+            logger.error("pack %s did not stop within %gs; stopping the others without it", pack.name, limit)
+        elif not stopping.cancelled() and stopping.exception() is not None:
+            logger.error("pack %s did not stop cleanly", pack.name, exc_info=stopping.exception())
+
+
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    """Collect what a stop abandoned by `stop_packs` ended with: logged there already."""
+    if not task.cancelled():
+        task.exception()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -27,6 +28,7 @@ from mcp_local import (
 )
 from mcp_local.pipeline import Next
 from mcp_remote.auth import TokenAuthenticator
+from tests.packs.faulty import WRONG
 
 pytestmark = pytest.mark.anyio
 
@@ -178,3 +180,33 @@ def test_integers_beyond_64_bits_are_found(raw: bytes, wide: bool) -> None:
     from mcp_local.pipeline import has_wide_integer
 
     assert has_wide_integer(raw) is wide
+
+
+WRONG_RESULTS = {
+    "wrong_int": "it returned int 42, not a ToolResult or a str",
+    "wrong_dict": "it returned dict {'a': 1}, not a ToolResult or a str",
+    "wrong_none": "it returned None, not a ToolResult or a str",
+    "wrong_bytes": "it returned bytes b'bytes', not a ToolResult or a str",
+    "wrong_plain": "it returned a ToolResult whose content[0] is str 'plain string', not a content block",
+    "wrong_image": (
+        "it returned a ToolResult whose content[0] is ImageContent(data=str 'aGk='): its data must be bytes"
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", [None, 1 << 20], ids=["in-process", "grpc"])
+@pytest.mark.parametrize("name", sorted(WRONG_RESULTS))
+async def test_a_result_no_caller_can_receive_is_the_tools_error(
+    name: str, limit: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler returning the wrong type ended the call with INTERNAL "internal error in the
+    hub", naming no tool, and its audit record said the call went well (or was unrecordable)."""
+    registry = ToolRegistry()
+    registry.set_source("pack:faulty", WRONG)
+    pipeline = Pipeline([Authenticate(OpenAccess()), ResolveTool(registry), ValidateArguments(registry)])
+    with caplog.at_level(logging.ERROR, logger="mcp_local.pipeline"):
+        call = ToolCall(name, b"{}", result_limit=limit)
+        result = await pipeline(call)
+    assert result.is_error
+    assert result.content[0].text.startswith(f"{name} failed: {WRONG_RESULTS[name]}")  # type: ignore[union-attr]
+    assert f"tool {name} (pack:faulty) {WRONG_RESULTS[name].removeprefix('it ')}" in caplog.text

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from tests.support.clients import ToolClient, answer_while_stopping, connect
-from tests.support.hub import PROBE_PACK
+from tests.support.hub import FAULTY_PACK, PROBE_PACK
 from tests.support.sidecar import RunningSidecar, sidecar_command, start_sidecar, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -354,3 +356,54 @@ def test_a_yaml_syntax_error_in_the_manifest_names_the_line_but_never_prints_it(
         assert out.returncode == 2, out.stderr
         assert "not valid YAML: line 4, column 1: found unexpected end of stream" in out.stderr
         assert "Pw_Secret_9" not in out.stderr + out.stdout
+
+
+def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
+    """A pack file returning a pack named `files` replaced the files pack's tools."""
+    impostor = {"name": FAULTY_PACK, "options": {"name": "files"}}
+    manifest = write_manifest(tmp_path, {"packs": ["files", impostor]})
+    for args in (["check"], ["serve", "--grpc", "127.0.0.1:0"]):
+        out = _run([*args, "--manifest", str(manifest)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(
+            f"mcphub local: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r} is named 'files', like the pack of "
+            "packs[files]: two packs may not share a name"
+        ), out.stderr
+
+
+def test_a_pack_that_fails_to_start_is_named(tmp_path: Path) -> None:
+    """A RuntimeError in a pack's start() ended `local check` and `local serve` with a traceback."""
+    manifest = write_manifest(
+        tmp_path, {"packs": ["diagnostics", {"name": FAULTY_PACK, "options": {"fail": "start"}}]}
+    )
+    for args in (["check"], ["serve", "--grpc", "127.0.0.1:0"]):
+        out = _run([*args, "--manifest", str(manifest)], tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.endswith(
+            f"mcphub local: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r}: start() failed: RuntimeError: "
+            "the service it needs is down\n"
+        ), out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_a_signal_while_a_pack_starts_stops_the_sidecar(tmp_path: Path) -> None:
+    """A pack whose start() never returned left a sidecar that only SIGKILL ended."""
+    stuck = {"name": FAULTY_PACK, "options": {"name": "stuck", "start": "hang"}}
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics", stuck]})
+    log_path = tmp_path / "sidecar.log"
+    command = sidecar_command("serve", "--manifest", str(manifest), "--grpc", "127.0.0.1:0")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "starting for ever" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = log_path.read_text()
+    assert f"packs[{FAULTY_PACK}]: stopped while pack 'stuck' was starting" in stderr, stderr
+    assert stderr.endswith("mcphub local: SIGINT while starting: stopped before it was ready\n"), stderr

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.hub import REPO, RunningHub, hub_command, serve_refused, start_hub
+from tests.support.hub import FAULTY_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
 
 
 def run(
@@ -439,3 +439,110 @@ def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) 
         assert "not valid YAML: line 3, column 1: found unexpected end of stream" in out.stderr
         assert "from line 2, column 22" in out.stderr
         assert "InlineTok" not in out.stderr + out.stdout
+
+
+def faulty(events: Path, **options: str) -> dict[str, object]:
+    """A pack entry of tests/packs/faulty.py, reporting its starts and stops to `events`."""
+    return {"name": FAULTY_PACK, "options": {"events": str(events), **options}}
+
+
+def test_a_pack_named_like_another_is_refused(tmp_path: Path) -> None:
+    """It silently took over the other pack's tools: `echo` answered by the impostor."""
+    config = {"packs": ["diagnostics", faulty(tmp_path / "events", name="diagnostics")]}
+    out = serve_refused(tmp_path, config)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        f"mcphub: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r} is named 'diagnostics', like the pack of "
+        "packs[diagnostics]: two packs may not share a name (the second would take over the first one's "
+        "tools); remove or rename one\n"
+    )
+
+
+@pytest.mark.parametrize("fail", ["create", "start", "start-oserror"])
+def test_a_pack_that_fails_to_load_is_named_and_the_packs_before_it_stop(tmp_path: Path, fail: str) -> None:
+    """A RuntimeError ended `mcphub serve` with a traceback and exit 1; an OSError printed
+    "mcphub: svc down", naming no pack."""
+    events = tmp_path / "events"
+    out = serve_refused(tmp_path, {"packs": [faulty(events, name="first"), faulty(events, fail=fail)]})
+    assert out.returncode == 2, out.stderr
+    error = {"create": "creating it failed: RuntimeError", "start": "start() failed: RuntimeError"}
+    what = error.get(fail, "start() failed: OSError: svc down")
+    assert out.stderr.startswith(f"mcphub: packs[{FAULTY_PACK}]: pack {FAULTY_PACK!r}: {what}"), out.stderr
+    assert "Traceback" not in out.stderr
+    assert events.read_text().splitlines()[-1] == "stop first"
+
+
+def test_a_signal_while_a_pack_starts_stops_the_hub(tmp_path: Path) -> None:
+    """A pack whose start() never returned left a hub that ignored SIGTERM and SIGINT, with no
+    line naming the pack: only SIGKILL ended it."""
+    events = tmp_path / "events"
+    config = tmp_path / "hub.yaml"
+    packs = [faulty(events, name="first"), faulty(events, name="stuck", start="hang")]
+    config.write_text(yaml.safe_dump({"packs": packs}))
+    command = hub_command("serve", "--config", str(config), "--grpc", "127.0.0.1:0", "--http", "off")
+    log_path = tmp_path / "hub.log"
+    with log_path.open("wb") as log:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+        env["MCPHUB_STATE_DIR"] = str(tmp_path / "state")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while "starting for ever" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    stderr = log_path.read_text()
+    assert f"packs[{FAULTY_PACK}]: stopped while pack 'stuck' was starting" in stderr, stderr
+    assert stderr.endswith("mcphub: SIGTERM while starting: stopped before the hub was ready\n"), stderr
+    assert events.read_text().splitlines() == ["start first", "start stuck", "stop first"]
+
+
+def test_a_precheck_that_raises_leaves_the_call_to_the_gate(tmp_path: Path) -> None:
+    """The gate asks a tool's precheck before it asks a person: one that raised ended the call
+    with INTERNAL "internal error in the hub"."""
+    hub = start_hub(tmp_path, config={"packs": [faulty(tmp_path / "events", tools="precheck")]}, http=False)
+    try:
+        out = run("call", "checked_tool", "--timeout", "2", "--hub", hub.grpc)
+    finally:
+        assert hub.stop() == 0
+    assert out.returncode == 3, out.stderr
+    assert "waiting for approval" in out.stderr and "internal" not in out.stderr, out.stderr
+    assert "ERROR mcp_local.packs: the precheck of tool checked_tool raised" in hub.log()
+
+
+def test_a_pack_that_never_stops_does_not_keep_the_hub_running(tmp_path: Path) -> None:
+    """A stop() that never returned kept the hub alive after SIGTERM, and the packs before it
+    were never stopped."""
+    events = tmp_path / "events"
+    packs = [faulty(events, name="first"), faulty(events, name="stuck", stop="hang")]
+    hub = start_hub(tmp_path, config={"packs": packs}, http=False)
+    began = time.monotonic()
+    assert hub.stop(timeout=30) == 0
+    assert time.monotonic() - began < 15
+    assert events.read_text().splitlines()[2:] == ["stop stuck", "stop first"]
+    assert "ERROR mcp_local.packs: pack stuck did not stop within 5s; stopping the others" in hub.log()
+
+
+def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path: Path) -> None:
+    """A handler returning 42 ended the call with INTERNAL "internal error in the hub", naming
+    no tool, and the audit log recorded the call as ok."""
+    hub = start_hub(tmp_path, config={"packs": [faulty(tmp_path / "events", tools="wrong")]}, http=False)
+    try:
+        out = run("call", "wrong_int", "--hub", hub.grpc)
+        assert out.returncode == 1, out.stderr
+        assert (
+            out.stdout
+            == "wrong_int failed: it returned int 42, not a ToolResult or a str (a bug in the tool)\n"
+        )
+    finally:
+        assert hub.stop() == 0
+    audit = run("audit", "query", "--state-dir", str(hub.state_dir), "--json", "--tool", "wrong_int")
+    finished = [json.loads(line) for line in audit.stdout.splitlines() if '"finished"' in line]
+    assert [r["body"]["status"] for r in finished] == ["tool_error"], audit.stdout
+    assert "ERROR mcp_local.pipeline: tool wrong_int (pack:faulty) returned int 42" in hub.log()

@@ -21,6 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PROBE_PACK = str(REPO / "tests" / "packs" / "probe.py")
 CONFORMANCE_PACK = str(REPO / "tests" / "conformance_pack.py")
+FAULTY_PACK = str(REPO / "tests" / "packs" / "faulty.py")
 
 
 class ServerProcess:
