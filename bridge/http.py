@@ -55,11 +55,6 @@ MAX_CONNECTIONS = 1024
 `default_max_connections`): past it a new connection gets 503 and is closed at once, so that
 clients that hold connections cannot take the file descriptors the hub needs (commands' pipes,
 gRPC, the audit log) nor the room for a load balancer's health check."""
-PEER_CHECK_S = 1.0
-"""While a client that half-closed waits for its answers, how often its connection is checked for
-a reset (the sign that it closed, not half-closed: see `eof_received`)."""
-_TCP_CLOSE = 7  # tcpi_state of a connection that was reset
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BUSY_BODY = b"the server has too many open connections; try again later"
 _BUSY_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -181,9 +176,6 @@ class _DeadlineProtocol(HttpToolsProtocol):
     _raw: asyncio.Transport | None = None
     _refused = False
     """Over `max_connections`: answered 503 and closed, never served."""
-    _eof = False
-    """The client half-closed: its requests read whole are answered, then the connection closes."""
-    _peer_check: TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -216,9 +208,6 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._disarm()
-        if self._peer_check is not None:
-            self._peer_check.cancel()
-            self._peer_check = None
         # uvicorn tells only the last request parsed that the client left. With one queued that
         # is not the request being answered, which ran on for nobody (a tool call not cancelled)
         # and then wrote to the closed transport (an ERROR with a traceback, on uvloop).
@@ -257,50 +246,6 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
             self._arm(self.header_timeout_s, "headers")
         super().data_received(data)
-
-    # True keeps the transport open for writing, as asyncio's protocols may (uvicorn's returns None).
-    def eof_received(self) -> bool | None:  # type: ignore[override]
-        """The client sent all it will (a half-close, as `nc -N` does, or a close). Requests read
-        whole are still answered, in order, and then the connection closes; one cut short by the
-        EOF ends the connection as before (every request on it is told that the client left).
-
-        The EOF cannot tell a half-close from a close. A client that closed resets the connection
-        at the first bytes it is sent, so the request being answered gets a `100 Continue` (which
-        every HTTP/1.1 client must accept before a final answer) when its answer has not begun,
-        and the connection is checked for that reset every PEER_CHECK_S: a client that is gone
-        still has its calls cancelled."""
-        if self._refused or self._eof:
-            return True if self._eof else None
-        running = self._running
-        answering = running is not None and not running.response_complete
-        if not answering and not self.pipeline:
-            return None  # nothing to answer: close, as uvicorn does
-        if self._headers_pending or (self.cycle is not None and self.cycle.more_body) or self._dropped:
-            return None  # a request cut short: the client cannot wait for answers
-        self._eof = True
-        self._disarm()
-        self._unset_keepalive_if_required()
-        assert self._raw is not None
-        if answering and not running.response_started and running.scope["http_version"] == "1.1":
-            self._raw.write(_CONTINUE)
-        self._peer_check = self.loop.call_later(PEER_CHECK_S, self._check_peer)
-        return True
-
-    def _check_peer(self) -> None:
-        self._peer_check = None
-        raw = self._raw
-        if raw is None or self._lost or raw.is_closing():
-            return
-        state = _TCP_CLOSE
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        if state == _TCP_CLOSE:
-            logger.debug("connection from %s: the client closed it with requests in flight", self._peer())
-            raw.abort()
-            return
-        self._peer_check = self.loop.call_later(PEER_CHECK_S, self._check_peer)
 
     def on_url(self, url: bytes) -> None:
         if not self._dropped:  # or the URL would be added to the last request still served
@@ -405,11 +350,6 @@ class _DeadlineProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             self._answered_early()
-        if self._eof and not self.pipeline and not self.transport.is_closing():
-            running = self._running
-            if running is None or running.response_complete:
-                self.transport.close()  # every request read before the half-close is answered
-                return
         # uvicorn resumes reading before it takes the next queued request; _PipelineFlow holds
         # that while one is queued, so reading resumes here once none is.
         if not self.pipeline and not self._dropped and not self.transport.is_closing():
