@@ -9,6 +9,7 @@ an approver, an approval's timeout, a deadline, a shutdown) or could not be reac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -38,6 +39,23 @@ def _run(coro: Any) -> int:
     return result
 
 
+OPEN_FILES = 65536
+"""The open-file limit `mcphub serve` raises its own to, within the hard limit: each sandbox's
+sidecar, each MCP client and each command's pipes take descriptors, and the servers admit
+connections up to a quarter of the limit each (1024 HTTP, 4096 gRPC at most); Debian's default
+soft limit of 1024 would admit 256."""
+
+
+def _more_open_files() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _fail(message: str, code: int) -> int:
     print(f"mcphub: {message}", file=sys.stderr)
     return code
@@ -53,6 +71,7 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # (`/proc/PID/environ`) keeps them, as its memory keeps every secret: a process of the hub's
     # uid (an unjailed command, Chromium) must not read them (see mcp_local/undumpable.py).
     make_undumpable()
+    _more_open_files()
     from mcp_local.errors import ConfigError
 
     from .config import PackConfig, load_config
@@ -242,6 +261,10 @@ _TRANSPORT_TROUBLE = (
 )
 
 
+_NOBODY_THERE = ("connection refused", "dns resolution", "no route to host", "name or service not known")
+"""Of those, the words that say nothing listens at the address."""
+
+
 def unreachable(exc: Any) -> bool:
     """Whether an UNAVAILABLE came from the connection (no hub there, or it went away), not from
     a hub that answered it is unavailable (its audit store down, shutting down)."""
@@ -253,9 +276,16 @@ def _rpc_failure(exc: Any, target: str) -> int:
     import grpc
 
     if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable(exc):
-        return _fail(
-            f"cannot reach a hub at {target} ({exc.details()}); start one with `mcphub serve`", EXIT_HUB
-        )
+        details = exc.details() or ""
+        if not any(words in details.lower() for words in _NOBODY_THERE):
+            # Something listens there and closed the connection: a hub at its connection limit
+            # (see README, "Open connections are bounded"), or one stopping.
+            return _fail(
+                f"the hub at {target} closed the connection before answering ({details}): it may be at "
+                "its connection limit or stopping",
+                EXIT_HUB,
+            )
+        return _fail(f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`", EXIT_HUB)
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         return _fail(f"the hub at {target} is unavailable: {exc.details()}", EXIT_HUB)
     details = exc.details()

@@ -11,6 +11,7 @@ import contextlib
 import re
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from bridge.http import HttpServer
 from tests.bridge.test_http_deadlines import _app, _own_server, _post
-from tests.support.hub import RunningHub, start_hub
+from tests.support.hub import RunningHub, hub_command, start_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -203,6 +204,17 @@ def test_a_hub_bounds_its_grpc_connections_below_its_file_limit(low_fd_hub: Runn
         readable = select.select(held, [], [], 0)[0]
         closed = [sock for sock in readable if sock.recv(4096) == b""]
         assert 8 <= len(closed) <= 140 - 120, len(closed)
+        # The CLI does not tell its user to start a hub that is running, only full.
+        said = subprocess.run(
+            hub_command(
+                "call", "echo", "--hub", low_fd_hub.grpc, "--args", '{"text": "x"}', "--timeout", "5"
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert said.returncode == 3, said.stderr
+        assert "closed the connection before answering" in said.stderr and "start one" not in said.stderr
     finally:
         for sock in held:
             sock.close()

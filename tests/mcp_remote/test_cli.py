@@ -49,6 +49,10 @@ def test_no_command_prints_help_and_fails() -> None:
 
 def test_serve_prints_one_ready_line_and_stops_cleanly(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, http=True)
+    # Room for sidecars and clients: the open-file limit raised as far as the hard limit lets.
+    limits = (Path("/proc") / str(hub.process.pid) / "limits").read_text()
+    soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert int(soft) == min(65536, int(hard)) or hard == "unlimited", (soft, hard)
     print(f"mcphub serve ready after {hub.ready_after_s:.2f}s")
     hub_file = hub.state_dir / "hub.json"
     assert json.loads(hub_file.read_text())["grpc"] == hub.grpc
