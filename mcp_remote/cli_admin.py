@@ -447,7 +447,11 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .audit import load_public_keys
 
     store, state_dir = _open_store(args, environ)
-    keys_paths = list(args.public_key) or [state_dir / "audit" / "signing.pub"]
+    # The hub's key, and the keys it signed with before it was given a new one (signing.pub.<id>).
+    keys_paths = list(args.public_key) or [
+        state_dir / "audit" / "signing.pub",
+        *sorted((state_dir / "audit").glob("signing.pub.*")),
+    ]
     missing = [p for p in keys_paths if not p.exists()]
     if missing and not args.public_key and not (state_dir / "audit").is_dir():
         where = state_dir / "audit" / "audit.db"

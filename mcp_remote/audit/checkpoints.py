@@ -163,8 +163,7 @@ def _new_key_help(key_dir: Path, old: bytes, restore: str) -> str:
     aside = key_dir / f"signing.pub.{key_id(old)}"
     return (
         f"{restore}, or move signing.pub aside (mv {key_dir / 'signing.pub'} {aside}) to sign with "
-        f"a new key from now on, then verify the whole log with both keys: mcphub audit verify "
-        f"--state-dir {key_dir.parent} --public-key {aside} --public-key {key_dir / 'signing.pub'}"
+        "a new key from now on (`mcphub audit verify` reads the old key there too, beside the new one)"
     )
 
 
@@ -245,7 +244,10 @@ def verify_checkpoint(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey])
 
     public = keys.get(checkpoint.key_id)
     if public is None:
-        return f"checkpoint at record {checkpoint.seq} is signed by an unknown key {checkpoint.key_id}"
+        return (
+            f"checkpoint at record {checkpoint.seq} is signed by an unknown key {checkpoint.key_id} "
+            "(if it is a key the log was signed with before, give its public key: --public-key FILE)"
+        )
     try:
         public.verify(base64.b64decode(checkpoint.signature), checkpoint.payload())
     except (InvalidSignature, ValueError):

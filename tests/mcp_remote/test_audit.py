@@ -595,7 +595,7 @@ def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
     assert f"signed by key {old_id}: restore signing.key from a backup, or move signing.pub aside" in line
     assert (audit / "signing.pub").read_bytes() == old_pub and not (audit / "signing.key").exists()
 
-    # What the message says to do: a new key from now on, and verify with both.
+    # What the message says to do: a new key from now on; verify reads both keys by itself.
     aside = audit / f"signing.pub.{old_id}"
     assert f"mv {audit / 'signing.pub'} {aside}" in line
     (audit / "signing.pub").rename(aside)
@@ -603,11 +603,14 @@ def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
     called = cli("call", "echo", "--args", '{"text": "new key"}', "--hub", hub.grpc, "--token", TOKEN)
     assert called.returncode == 0, called.stderr
     assert hub.stop() == 0
+    assert "`mcphub audit verify` reads the old key there too" in line
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 0, out.stdout + out.stderr
     both = ["--public-key", str(aside), "--public-key", str(audit / "signing.pub")]
-    assert f"mcphub audit verify --state-dir {state} {' '.join(both)}" in line
-    out = cli("audit", "verify", "--state-dir", str(state), *both)
-    assert out.returncode == 0, out.stderr
-    assert "unknown key" in cli("audit", "verify", "--state-dir", str(state)).stderr
+    assert cli("audit", "verify", "--state-dir", str(state), *both).returncode == 0
+    only_new = cli("audit", "verify", "--state-dir", str(state), "--public-key", str(audit / "signing.pub"))
+    assert only_new.returncode == 1 and "unknown key" in only_new.stdout + only_new.stderr
+    assert "give its public key: --public-key FILE" in only_new.stdout + only_new.stderr
 
     # A key that is not the one signing.pub names is refused too, and signing.pub kept.
     (audit / "signing.key").write_text(base64.b64encode(os.urandom(32)).decode())
