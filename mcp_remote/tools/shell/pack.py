@@ -308,7 +308,7 @@ class ShellPack:
         end = bp.log.end
         text = (
             f"[the process {bp.state}" + (f" with exit code {code}" if code is not None else "")
-            + f"; its {end} bytes of output are no longer kept: a finished process's output is "
+            + f"; it wrote {end} bytes of output, and what the log kept of them is gone: a finished process's output is "
             f"dropped {self.options.background_keep_s:g} s after it ends, or sooner when your finished "
             f"processes hold more than {FINISHED_LOGS} x background_log_bytes of it]"
         )  # fmt: skip
