@@ -308,9 +308,10 @@ class ShellPack:
         end = bp.log.end
         text = (
             f"[the process {bp.state}" + (f" with exit code {code}" if code is not None else "")
-            + f"; it wrote {end} bytes of output, and what the log kept of them is gone: a finished process's output is "
-            f"dropped {self.options.background_keep_s:g} s after it ends, or sooner when your finished "
-            f"processes hold more than {FINISHED_LOGS} x background_log_bytes of it]"
+            + f"; of the {end} bytes of output it wrote, none are kept any longer: a finished "
+            f"process's output is dropped {self.options.background_keep_s:g} s after it ends, or "
+            f"sooner when your finished processes hold more than {FINISHED_LOGS} x "
+            "background_log_bytes of it]"
         )  # fmt: skip
         structured = {
             "process_id": bp.process_id,

@@ -52,7 +52,7 @@ async def test_finished_processes_keep_a_bounded_amount_of_output(tmp_path: Path
         gone = await agent.call("shell_read", {"process_id": pids[0]})
         assert not gone.is_error and gone.structured["output"] == "", gone.text
         assert gone.structured["output_dropped"] is True and gone.structured["end"] == 1024
-        assert "exited with exit code 0" in gone.text and "no longer kept" in gone.text, gone.text
+        assert "exited with exit code 0" in gone.text and "none are kept any longer" in gone.text, gone.text
         kept = await agent.call("shell_read", {"process_id": pids[-1]})
         assert kept.structured["output"] == "0" * 1024, kept.text
 
