@@ -300,9 +300,10 @@ def add_local_commands(
         formatter_class=formatter,
         help="exit 0 when the sidecar serves and its hub does not refuse it (for HEALTHCHECK)",
         description=(
-            "Ask the sidecar's gRPC health service. Exit 0 when it is serving and, with --hub, is\n"
-            "registered or still connecting; 1 when it is not serving, or the hub refuses it (its\n"
-            "token, or the sandbox it names) or gave its sandbox to another connection."
+            "Ask the sidecar's gRPC health service. Exit 0 when it is serving and (when it was\n"
+            "started with --hub) registered or still connecting; 1 when it is not serving, or the\n"
+            "hub refuses it (its token, or the sandbox it names) or gave its sandbox to another\n"
+            "connection."
         ),
     )
     health.add_argument(

@@ -80,10 +80,11 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     def read_config() -> Any:
         config = load_config(args.config, environ, overrides)
-        if args.pack:
-            config = config.model_copy(
-                update={"packs": [*config.packs, *(PackConfig(name=r) for r in args.pack)]}
-            )
+        # `--pack browser` on the defaults (which have it) asks for the browser, not a second one.
+        present = {p.name for p in config.packs}
+        extra = [PackConfig(name=r) for r in dict.fromkeys(args.pack or ()) if r not in present]
+        if extra:
+            config = config.model_copy(update={"packs": [*config.packs, *extra]})
         return config
 
     try:
@@ -565,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="IMPORT_PATH",
         default=[],
-        help="load another tool pack (entry-point name or import path); repeatable",
+        help="load another tool pack (entry-point name or import path; not again if loaded); repeatable",
     )
     serve.add_argument("--json", action="store_true", help="print the ready line as JSON")
     serve.set_defaults(func=_cmd_serve)

@@ -645,13 +645,18 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         p = approvals_sub.add_parser(name, help=text)
         if name in ("approve", "deny"):
             p.add_argument("id", help="the approval id, e.g. apr_abc123")
-            p.add_argument("--reason", help="shown to the caller and recorded")
+            p.add_argument(
+                "--reason",
+                help="shown to the caller and recorded" + (" (required)" if name == "deny" else ""),
+            )
         if name == "list":
             p.add_argument("--all", action="store_true", help="include decided, used and expired approvals")
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--hub", metavar="HOST:PORT")
-        p.add_argument("--token")
-        p.add_argument("--state-dir", type=Path)
+        p.add_argument("--json", action="store_true", help="JSON: one object per approval or decision")
+        p.add_argument("--hub", metavar="HOST:PORT", help="the hub (default: the one of --state-dir)")
+        p.add_argument("--token", help="an approver's token (default: $MCPHUB_TOKEN, else operator.token)")
+        p.add_argument(
+            "--state-dir", type=Path, help="the local hub's state directory (its address and token)"
+        )
         p.set_defaults(func=_cmd_approvals)
 
     audit = sub.add_parser(

@@ -3,7 +3,8 @@
     mcphub sandboxes list                      connected sandboxes, exposed and blocked tools
     mcphub sandboxes accept SANDBOX [TOOL...]  accept the changed definitions of blocked tools
 
-Both need a principal with the `operator` role (on an open loopback hub, everyone is `local`, an operator).
+Both need a principal with the `operator` role; on a hub of this host, without --token, they use
+the host operator's token from the state directory (`operator.token`).
 """
 
 from __future__ import annotations

@@ -47,6 +47,14 @@ def test_no_command_prints_help_and_fails() -> None:
     assert "COMMAND" in out.stdout
 
 
+def test_pack_given_twice_or_already_loaded_is_loaded_once(tmp_path: Path) -> None:
+    """docs/browser.md and docs/shell.md say `mcphub serve --pack browser`: on the defaults, which
+    have it, that was a second browser (two Chromiums), then refused as a pack named twice."""
+    hub = start_hub(tmp_path, http=False, packs=["diagnostics", "diagnostics"])
+    assert hub.stop() == 0
+    assert "loaded 3 tools from 1 packs" in (tmp_path / "hub.log").read_text()
+
+
 def test_serve_prints_one_ready_line_and_stops_cleanly(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, http=True)
     # Room for sidecars and clients: the open-file limit raised as far as the hard limit lets.
