@@ -385,12 +385,14 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
     )
     result = None
-    streamed = False
+    outputs = False  # the tool streamed its output (a command's stdout and stderr) as it ran
     pending = ""  # the approval the call is waiting for, if any
     try:
         async for event in hub.stream_call_tool(token, request, timeout=call.timeout):
             kind = event.WhichOneof("event")
             if kind == "progress":
+                if outputs:  # a command's own output says where it is; progress lines would cut into it
+                    continue
                 p = event.progress
                 pct = (
                     f"{100 * p.progress / p.total:3.0f}%"
@@ -402,8 +404,8 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
                 # A command's own streams, as they come: `> file` gets its whole stdout. The
                 # result, which repeats a preview of it, then goes to stderr (below).
                 line.done()
+                outputs = True
                 to_stdout = event.output.stream == "stdout" and not as_json
-                streamed = streamed or to_stdout
                 stream = sys.stdout if to_stdout else sys.stderr
                 stream.buffer.write(event.output.data)
                 stream.flush()
@@ -432,7 +434,11 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
     if as_json:
         print(json.dumps(result_to_mcp(result), indent=2))
     else:
-        _print_result(result, sys.stderr if streamed else sys.stdout)
+        # A command's stdout went to ours as it came: its result (a summary, "[exit code 0; 31 ms]",
+        # repeating a preview of the output) goes to stderr, so that `> file` holds exactly what the
+        # command printed, nothing included.
+        command = outputs or b'"exit_code"' in result.structured_content_json
+        _print_result(result, sys.stderr if command else sys.stdout)
     if not result.is_error:
         return EXIT_OK
     refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)

@@ -120,6 +120,13 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
         # the result, which repeats it, on stderr.
         assert shown.stdout == "out-line\n", shown.stdout
         assert "[exit code 0;" in shown.stderr
+        # Also when it printed nothing there (nothing at all, or only on stderr), and with no
+        # progress line cutting into the command's own stderr.
+        for command, err in (("true", ""), ("ls /nosuch", "ls: cannot access '/nosuch'")):
+            quiet = mcphub("call", "shell_exec", "--args", json.dumps({"command": command}))
+            assert quiet.stdout == "", (command, quiet.stdout)
+            assert quiet.stderr.startswith(err) and "[exit code " in quiet.stderr, (command, quiet.stderr)
+            assert not re.search(r"^\[\d+\]", quiet.stderr, re.M), quiet.stderr
         # Chromium starts in the background after the ready line; stop the hub once it has.
         deadline = time.monotonic() + 60
         while not re.search(r"Chromium \S+ started", log_path.read_text()) and time.monotonic() < deadline:
