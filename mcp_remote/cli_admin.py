@@ -131,6 +131,24 @@ def _find_tool(config: Any, tool: str) -> tuple[Any, str] | None:
     return None
 
 
+def _tool_refuses(config: Any, principal: str, tool: Any, arguments: Any) -> str | None:
+    """What the tool's own precheck says of these arguments (why it would refuse the call), or None."""
+    from mcp_local.principals import LOCAL, OPERATOR
+    from mcp_local.tools import ToolCall
+
+    if tool is None or tool.precheck is None or not isinstance(arguments, dict):
+        return None
+    call = ToolCall(tool.name, json.dumps(arguments).encode())
+    call.tool, call.arguments = tool, arguments
+    entry = next((p for p in config.principals if p.name == principal), None)
+    call.principal = entry.principal() if entry else OPERATOR if principal == OPERATOR.name else LOCAL
+    try:
+        refusal: str | None = tool.precheck(call)
+    except Exception:  # a precheck that breaks is no verdict, as in the hub
+        return None
+    return refusal
+
+
 def _unauthorized(config: Any, principal: str, tool: Any, name: str) -> tuple[str, str] | None:
     """The gRPC status and the reason with which the hub refuses `principal` the tool before
     any policy rule is asked, or None. Without principals in the config, nobody is refused."""
@@ -190,6 +208,8 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         return EXIT_OK
     trusted = not source.startswith("sandbox:") and not args.tool.count("__")
     decision = policy.evaluate(args.principal, args.tool, arguments, annotations, trusted=trusted)
+    # As the gate does: nobody is asked about a call its tool refuses anyway (docs/cloud.md).
+    refuses = _tool_refuses(config, args.principal, tool, arguments) if decision.verdict == "ask" else None
     out = {
         "tool": args.tool,
         "principal": args.principal,
@@ -200,9 +220,14 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         "reason": decision.reason,
         "approver_groups": list(decision.approvers),
         "approval_timeout_s": decision.timeout_s,
+        "tool_refuses": refuses,
     }
     if args.json:
         print(json.dumps(out, indent=2))
+    elif refuses is not None:
+        print(f"REFUSED BY THE TOOL: {args.tool} for {args.principal}")
+        print(f"  reason: {refuses}")
+        print("  (the policy alone would ask; nobody is asked about a call its tool refuses)")
     else:
         print(f"{decision.verdict.upper()}: {args.tool} for {args.principal}")
         print(f"  rule:   {decision.rule}")

@@ -353,6 +353,25 @@ def test_policy_explain_asks_the_principals_tools_before_the_policy(tmp_path: Pa
     assert host.stdout.startswith("ALLOW: sleep for operator"), host.stdout
 
 
+def test_policy_explain_says_when_the_tool_refuses_what_the_policy_would_ask(tmp_path: Path) -> None:
+    """docs/cloud.md: a call its pack refuses before sending anything is refused at once, even
+    where the policy asks; `explain` said ASK."""
+    config = tmp_path / "hub.yaml"
+    config.write_text("packs:\n  - {name: cloud, options: {examples: [github]}}\n")
+    env = {"GITHUB_TOKEN": "ghp_" + "f" * 36}
+    args = '{"service": "github", "method": "POST", "path": "/nope"}'
+    out = run("policy", "explain", "http_request", "--config", str(config), "--args", args, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("REFUSED BY THE TOOL: http_request"), out
+    assert "POST /nope is not allowed for service 'github'" in out.stdout
+    as_json = run(
+        "policy", "explain", "http_request", "--config", str(config), "--args", args, "--json", env=env
+    )
+    assert json.loads(as_json.stdout)["tool_refuses"].startswith("POST /nope is not allowed")
+    allowed = '{"service": "github", "method": "GET", "path": "/user"}'
+    out = run("policy", "explain", "http_request", "--config", str(config), "--args", allowed, env=env)
+    assert out.stdout.startswith("ALLOW: http_request"), out.stdout
+
+
 def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_path: Path) -> None:
     twice = tmp_path / "twice.yaml"
     twice.write_text("rules:\n  - {name: a, decision: allow}\n  - {name: a, decision: deny}\n")
