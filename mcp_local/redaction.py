@@ -28,10 +28,32 @@ _SHAPES = re.compile(
     r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
     r"|rnd_[A-Za-z0-9]{20,}"  # Render
     r"|sntrys_[A-Za-z0-9_=+/-]{20,}"  # Sentry
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+    # JWTs; starting only where a token can start: "eyJeyJeyJ..." tried at every "eyJ" was
+    # quadratic (a second on 64 KB, on the event loop)
+    r"|(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
     r")"
 )
+# Private keys in PEM, found by `_pem` in one pass: as a pattern, each BEGIN without an END
+# after it scanned to the end of the text, quadratic in the number of BEGINs.
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
+
+
+def _pem(text: str) -> str:
+    if "-----BEGIN" not in text:
+        return text
+    out, pos = [], 0
+    for begin in _PEM_BEGIN.finditer(text):
+        if begin.start() < pos:
+            continue  # inside a key already redacted
+        end = _PEM_END.search(text, begin.end())
+        if end is None:
+            break  # no END after this BEGIN, so none after any later one either
+        out += [text[pos : begin.start()], REDACTED]
+        pos = end.end()
+    return "".join([*out, text[pos:]]) if out else text
+
+
 _SECRET_KEYS = re.compile(
     r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|authorization|cookie|credential)"
 )
@@ -64,14 +86,18 @@ _FORMS: tuple[tuple[str, str], ...] = (
         r"(?<![\w-])(?:-H|--header)\s+['\"]?(?!authorization)[\w-]*(?:key|token|secret|password)[\w-]*\s*:\s*",
         _VALUE,
     ),
-    # curl -u user:x, --user user:x (curl's: docker's -u is user:group)
-    (r"\b(?:curl|wget|http|https)\b[^;&|\n]*?\s(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
+    # curl -u user:x, --user user:x (curl's: docker's -u is user:group). The commands' words
+    # before the option are bounded: a lazy scan to the end from every "curl" was quadratic.
+    (r"\b(?:curl|wget|http|https)\b[^;&|\n]{0,200}?\s(?:-u|--user)\s+['\"]?[^\s:'\"]+:", _VALUE),
     # openssl -pass pass:x, -passin pass:x
     (r"(?<![\w-])pass:", _VALUE),
     # mysql -px (attached), sshpass -p x, docker login -p x
-    (r"\b(?:mysql|mariadb|mysqldump|mysqladmin|mysqlimport)\b[^;&|\n]*?\s(?-i:-p)(?=\S)", _VALUE),
+    (r"\b(?:mysql|mariadb|mysqldump|mysqladmin|mysqlimport)\b[^;&|\n]{0,200}?\s(?-i:-p)(?=\S)", _VALUE),
     (r"\bsshpass\s+-p\s*", _VALUE),
-    (r"\b(?:docker|podman|buildah|skopeo|helm|oras)\b[^;&|\n]*?\blogin\b[^;&|\n]*?\s-p\s+", _VALUE),
+    (
+        r"\b(?:docker|podman|buildah|skopeo|helm|oras)\b[^;&|\n]{0,200}?\blogin\b[^;&|\n]{0,200}?\s-p\s+",
+        _VALUE,
+    ),
 )
 _ASSIGNMENTS = re.compile(
     "(?i)"
@@ -160,7 +186,7 @@ class Redactor:
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
         if shapes:
-            value = _SHAPES.sub(REDACTED, value)
+            value = _pem(_SHAPES.sub(REDACTED, value))
         if assignments and len(value) <= _ASSIGNMENTS_MAX and _maybe_assigned(value):
             return _ASSIGNMENTS.sub(_keep_name, value)
         return value

@@ -109,6 +109,8 @@ MAX_ARGUMENT_BYTES = 64 * 1024
 a file written through `fs_write`, or a caller filling the hub's disk with its requests."""
 UNAUTHENTICATED_ARGUMENT_BYTES = 1024
 """The same for a call whose caller named no principal: anyone who reaches the port."""
+APPROVER_TEXT_BYTES = 128 * 1024
+"""Of arguments longer than this, an approver is shown the start, redacted as text."""
 MAX_NAME_CHARS = 256
 """A tool name longer than this (no tool has one) is cut in its records."""
 MAX_TEXT_CHARS = 4096
@@ -338,8 +340,9 @@ class AuditLog:
     def count_unrecorded(self, principal: str, tool: str, status: str) -> None:
         """Count a call refused without records while the log cannot be written (`gate.py`); the
         first successful write queues one `unrecorded` record of all of them."""
-        # Redacted before it is cut: a cut secret would no longer be recognised.
-        tool = self._redactor.text(tool, assignments=True)[:UNRECORDED_NAME_CHARS]
+        # Redacted before it is cut (a cut secret would no longer be recognised), from a start
+        # cut generously first: a name can be as long as a request.
+        tool = self._redactor.text(tool[: 8 * MAX_NAME_CHARS], assignments=True)[:UNRECORDED_NAME_CHARS]
         self._unrecorded.add(principal, tool, status, int(time.time() * 1000))
 
     def _record_unrecorded(self) -> None:
@@ -578,7 +581,12 @@ class AuditLog:
         return canonical(out)
 
     def redact_arguments(self, arguments_json: bytes) -> str:
-        """Arguments as JSON text with secrets redacted, for showing to an approver."""
+        """Arguments as JSON text with secrets redacted, for showing to an approver (who is shown
+        the first 64 KiB: longer arguments are redacted as text, their start only, so that a
+        caller's megabytes cost the event loop no more than that)."""
+        if len(arguments_json) > APPROVER_TEXT_BYTES:
+            start = arguments_json[:APPROVER_TEXT_BYTES].decode(errors="ignore")
+            return self._redactor.text(start, assignments=True)
         try:
             arguments = orjson.loads(arguments_json) if arguments_json else {}
         except orjson.JSONDecodeError:

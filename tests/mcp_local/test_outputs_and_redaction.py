@@ -4,11 +4,13 @@ import base64
 import contextlib
 import logging
 import random
+import time
 
 import pytest
 
 from mcp_local import OutputStore, Principal, RedactingFilter, Redactor, ToolCall, ToolError, output_read_tool
 from mcp_local.outputs import ENTRY_OVERHEAD, decode_page, text_page
+from mcp_local.redaction import REDACTED
 
 pytestmark = pytest.mark.anyio
 
@@ -276,3 +278,30 @@ def test_long_text_gets_the_registered_secrets_and_shapes_only() -> None:
     long = "PGPASSWORD=abcdef1234 " + "x" * 20_000 + " registered-secret-1234"
     redacted = redactor.text(long, assignments=True)
     assert redacted.startswith("PGPASSWORD=abcdef1234 ") and redacted.endswith(" [REDACTED]")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "eyJ" * 87_381,  # JWT-like runs
+        "-----BEGIN RSA PRIVATE KEY-----" * 8_456,  # BEGIN after BEGIN, no END
+        ("curl -u " * 32_768)[:262_144],  # a command's words scanned for its option
+    ],
+    ids=["jwt", "pem", "curl"],
+)
+def test_redaction_takes_time_in_proportion_to_the_text(text: str) -> None:
+    """Three of the patterns were tried from every start to the end of the text: 256 KB of such
+    text took about a quarter of a minute, on the hub's event loop, for every caller. Linear now
+    (about 10 ms); the bound is 200 times that."""
+    started = time.perf_counter()
+    Redactor(["registered-secret"]).text(text, assignments=True)
+    Redactor().value({"a": text[:16_000], "b": text[:16_000]}, assignments=True)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_private_keys_in_pem_are_redacted_whole_and_what_surrounds_them_kept() -> None:
+    key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\nAbc==\n-----END EC PRIVATE KEY-----"
+    text = f"before {key} middle {key.replace('EC ', '')} after -----BEGIN PRIVATE KEY----- cut"
+    assert Redactor().text(text) == (
+        f"before {REDACTED} middle {REDACTED} after -----BEGIN PRIVATE KEY----- cut"
+    )
