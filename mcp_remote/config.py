@@ -173,7 +173,7 @@ class AuditConfig(BaseModel):
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
     """...or after this many seconds with new records, whichever comes first."""
     max_argument_bytes: int = Field(default=64 * 1024, ge=1024)
-    """A call's arguments longer than this are recorded as their size and SHA-256, with their
+    """A call's arguments longer than this are recorded as their size, with their
     short top-level values (a path, a flag), not whole (a file's content written by fs_write)."""
     sync: bool = False
     """SQLite store: true puts each durable record on the disk before the call goes on

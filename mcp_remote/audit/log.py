@@ -105,8 +105,8 @@ A reason is the policy's (the operator's words) or an approver's (redacted by th
 
 
 MAX_ARGUMENT_BYTES = 64 * 1024
-"""Arguments longer than this (`audit.max_argument_bytes`) are recorded by size and SHA-256 only:
-a file written through `fs_write`, or a caller filling the hub's disk with its requests."""
+"""Arguments longer than this (`audit.max_argument_bytes`) are recorded by their size and short
+values only: a file written through `fs_write`, or a caller filling the hub's disk."""
 UNAUTHENTICATED_ARGUMENT_BYTES = 1024
 """The same for a call whose caller named no principal: anyone who reaches the port."""
 APPROVER_TEXT_BYTES = 128 * 1024
@@ -118,9 +118,10 @@ MAX_TEXT_CHARS = 4096
 
 
 def omitted_arguments(arguments_json: bytes) -> dict[str, Any]:
-    """What a record keeps of arguments too long to keep: their size and their SHA-256, which
-    binds the record to them exactly."""
-    return {"bytes": len(arguments_json), "sha256": hashlib.sha256(arguments_json).hexdigest()}
+    """What a record keeps of arguments too long to keep: their size. Not their digest: an
+    unkeyed SHA-256 of arguments whose redacted secret sits among guessable text (a password
+    beside a known file) lets whoever reads the log confirm guesses of the secret."""
+    return {"bytes": len(arguments_json)}
 
 
 SMALL_VALUE_CHARS = 256
