@@ -298,10 +298,14 @@ class ApprovalBook:
         rule: str,
         approvers: tuple[str, ...],
         timeout_s: float,
+        arguments_bytes: int = 0,
     ) -> Approval:
         """A pending approval for the call; raises TooManyPending when `principal` already has
-        `max_pending_per_principal` of them (nothing is stored then)."""
+        `max_pending_per_principal` of them (nothing is stored then). `arguments_bytes`: the size
+        of the call's arguments when `arguments_json` is only their start (redacted)."""
         shown, left_out = arguments_excerpt(arguments_json)
+        if arguments_bytes:
+            left_out = max(left_out, arguments_bytes - len(shown.encode("utf-8", "surrogatepass")))
         # Counted and added under one lock: calls of one principal arriving together would all
         # count before any was added, and pass the cap together.
         async with self._creating:

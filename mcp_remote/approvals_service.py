@@ -57,7 +57,7 @@ def _position(token: str) -> tuple[int, str] | None:
         return None
     created, sep, approval_id = token.partition(":")
     try:
-        if not sep or not approval_id:
+        if not sep or not approval_id or not 0 <= int(created) < 2**63:  # a time SQLite can hold
             raise ValueError(token)
         return int(created), approval_id
     except ValueError:

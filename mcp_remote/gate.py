@@ -36,7 +36,7 @@ from mcp_local.tools import ToolCall
 
 from .approvals import ApprovalBook, TooManyPending
 from .audit import AuditLog
-from .audit.log import UNAUTHENTICATED_ARGUMENT_BYTES, omitted_arguments
+from .audit.log import APPROVER_TEXT_BYTES, UNAUTHENTICATED_ARGUMENT_BYTES, omitted_arguments
 from .policy import Decision, Policy, describe_approver_groups, missing_approver_groups
 
 __all__ = ["AuditTrail", "Gate", "approval_hint"]
@@ -347,6 +347,10 @@ class Gate:
                 tool=tool,
                 arguments=call.arguments,
                 arguments_json=_redacted_arguments(self._log, call),
+                # Past this, the approver's text is the arguments' start only: the count says so.
+                arguments_bytes=len(call.arguments_json)
+                if len(call.arguments_json) > APPROVER_TEXT_BYTES
+                else 0,
                 reason=decision.reason,
                 rule=decision.rule,
                 approvers=decision.approvers,

@@ -186,11 +186,12 @@ async def test_a_listing_larger_than_a_grpc_message_comes_in_pages(
             break
     assert small == ids
 
-    with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await page(hub, "not-a-token")
-    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "next_page_token" in (
-        bad.value.details() or ""
-    )
+    for forged in ("not-a-token", "99999999999999999999999:apr_x", "-1:apr_x"):  # the second was INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await page(hub, forged)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "next_page_token" in (
+            bad.value.details() or ""
+        )
 
     shown = cli(hub, "list")
     assert shown.returncode == 0, shown.stderr
