@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import grpc
 
-from mcp_local.errors import HubError, InvalidArgument, PermissionDenied
+from mcp_local.errors import HubError, InvalidArgument, PermissionDenied, Unavailable
 from mcp_local.principals import Authenticator, Principal
 from mcp_local.servicer import abort_with, caller_token
 from mcphub_proto.v1 import approvals_pb2 as apb
@@ -24,6 +25,9 @@ MAX_PAGE_SIZE = 200
 PAGE_BYTES = 3 * 1024 * 1024
 """A page of ListApprovals stops growing past this size: below the 4 MiB a gRPC client takes by
 default (one approval alone is about 64 KiB of arguments, and always fits)."""
+
+
+logger = logging.getLogger(__name__)
 
 
 def approval_to_proto(a: Approval) -> apb.Approval:
@@ -143,7 +147,18 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
                 raise InvalidArgument("give the id of the approval to decide")
             if not request.approve and not request.reason.strip():
                 raise InvalidArgument("a denial needs a reason the caller can read")
-            decided = await self._book.decide(request.id, approver, request.approve, request.reason.strip())
+            try:
+                decided = await self._book.decide(
+                    request.id, approver, request.approve, request.reason.strip()
+                )
+            except HubError:
+                raise
+            except Exception:  # the store: a full disk, a database gone; the approver can try again
+                logger.exception("could not record the decision on approval %s", request.id)
+                raise Unavailable(
+                    f"the decision on approval {request.id} could not be stored (the approvals store "
+                    "cannot be written: the hub's log says why); it is still pending, try again"
+                ) from None
         except Exception as exc:
             await abort_with(context, exc)
         return approval_to_proto(decided)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.hubclient import HubClient
 from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.support.approvals import decide, start_call, text_of
 from tests.support.hub import RunningHub, start_hub
 
 pytestmark = pytest.mark.anyio
@@ -117,3 +118,32 @@ async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> N
     finally:
         await client.close()
         assert hub.stop() == 0
+
+
+async def test_a_decision_the_store_cannot_take_is_unavailable_and_can_be_made_again(tmp_path: Path) -> None:
+    """Deciding an approval on a full disk answered INTERNAL with a traceback in the log."""
+    ask = {
+        "policy": {
+            "extends": "default",
+            "rules": [{"name": "ask echo", "tools": ["echo"], "decision": "ask"}],
+        }
+    }
+    with small_disk(tmp_path / "state"):
+        hub = start_hub(tmp_path, config=ask)
+        client = HubClient(hub.grpc)
+        operator = (hub.state_dir / "operator.token").read_text().strip()
+        try:
+            call = start_call(client, "", "echo", {"text": "held"})
+            approval_id = await call.approval_id()
+            filler = fill(tmp_path / "state")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await decide(hub.grpc, operator, approval_id, True)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+            assert "could not be stored" in (refused.value.details() or "")
+            filler.unlink()
+            await until(hub, 200)
+            assert (await decide(hub.grpc, operator, approval_id, True)).state == "approved"
+            assert text_of(await call.result()) == "held"
+        finally:
+            await client.close()
+            hub.stop()
