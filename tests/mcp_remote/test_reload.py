@@ -28,6 +28,7 @@ from tests.bridge.test_session_door import open_session, works
 from tests.support.approvals import decide, listing, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, RunningHub, hub_command, start_hub
+from tests.support.postgres import running_postgres
 from tests.support.sidecar import start_sidecar
 
 pytestmark = pytest.mark.anyio
@@ -487,7 +488,9 @@ async def test_approvals_of_an_approver_a_reload_revoked_are_not_used(change: st
             bob["roles"] = []
         reload(hub, config)
         retry = await retried(client, approval_id)
-        assert f"approval {approval_id} cannot be used for this call: it was approved by 'bob'" in retry, retry
+        assert f"approval {approval_id} cannot be used for this call: it was approved by 'bob'" in retry, (
+            retry
+        )
         assert "whose approver token or role a reload of the hub's config revoked" in retry, retry
         if change == "new token":
             fresh = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
@@ -532,3 +535,37 @@ async def test_a_registration_waiting_for_its_hello_is_refused_once_its_token_is
             await ops.close()
     finally:
         assert hub.stop() == 0
+
+
+async def test_an_approver_of_another_hub_sharing_the_store_still_counts_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    """Hubs sharing a PostgreSQL store: Rita is an approver (oncall) of the other hub only. A
+    reload here asks for oncall; her approval, which this hub cannot judge, lets the call run."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("shared")
+        here_config = approvals_config()
+        there_config = approvals_config()
+        there_config["principals"] = [
+            {
+                "name": "rita",
+                "token": "rita-token-0123456789abcdefgh",
+                "roles": ["approver"],
+                "groups": ["oncall"],
+            }
+        ]
+        for config in (here_config, there_config):
+            config["audit"] = {"store": "postgres", "dsn_env": "AUDIT_DSN"}
+        here = start_hub(tmp_path / "here", config=here_config, http=False, env={"AUDIT_DSN": dsn})
+        there = start_hub(tmp_path / "there", config=there_config, http=False, env={"AUDIT_DSN": dsn})
+        client = HubClient(here.grpc)
+        try:
+            approval_id = await asked_and_left(client)
+            here_config["policy"]["rules"][0]["approvers"] = ["oncall"]
+            assert "policy changed" in reload(here, here_config)
+            await decide(there.grpc, "rita-token-0123456789abcdefgh", approval_id, True)
+            assert "slept" in await retried(client, approval_id)
+        finally:
+            await client.close()
+            assert here.stop() == 0
+            assert there.stop() == 0
