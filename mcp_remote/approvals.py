@@ -477,12 +477,21 @@ class ApprovalBook:
         self._refusals.clear()
 
     async def use(
-        self, approval_id: str, principal: str, tool: str, arguments: Mapping[str, Any], call_id: str
+        self,
+        approval_id: str,
+        principal: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        call_id: str,
+        *,
+        check: Callable[[Approval], str] | None = None,
     ) -> tuple[Approval | None, str]:
         """Spend an approved approval on call `call_id`; returns it, or None and why it cannot be used.
 
         The call that waited for it may use it however late the decision came; a retry (another
-        call) only before it expires."""
+        call) only before it expires. `check` says why the approval, otherwise usable, is not (""
+        when it is): the hub's own reasons (its approver revoked since, say), asked before the
+        approval is spent, so a refusal leaves it approved."""
         current = await self._store.get_approval(approval_id)
         if current is None:
             return None, "there is no such approval"
@@ -502,6 +511,9 @@ class ApprovalBook:
             return None, "it was already used (an approval is good for one call)"
         if current.state != "approved":
             return None, f"it is {current.state}, not approved"
+        refusal = check(current) if check is not None else ""
+        if refusal:
+            return None, refusal
         used = replace(current, state="used", used_ms=_now_ms(), args_key="")
         if not await self._store.swap_approval("approved", used):
             return None, "it was already used (an approval is good for one call)"

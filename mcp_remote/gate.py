@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
@@ -34,7 +34,7 @@ from mcp_local.pipeline import InFlight, Next
 from mcp_local.principals import Principal
 from mcp_local.tools import ToolCall
 
-from .approvals import ApprovalBook, TooManyPending
+from .approvals import Approval, ApprovalBook, TooManyPending
 from .audit import AuditLog
 from .audit.log import APPROVER_TEXT_BYTES, UNAUTHENTICATED_ARGUMENT_BYTES, omitted_arguments
 from .policy import Decision, Policy, describe_approver_groups, missing_approver_groups
@@ -200,27 +200,60 @@ class Gate:
         self._book = book
         self._log = log
         self.approvers = tuple(approvers)
+        self._approver_named = {p.name: p for p in self.approvers}
         self.generation = 0
         """Counts reloads (`reload`): a call that waited for a person across one is decided again."""
         self._principal_named: Callable[[str], Principal | None] = lambda name: None
+        self._revoked: dict[str, int] = {}
+        """Approvers a reload revoked (removed, given a new token, or no longer approvers), and
+        when (ms since the epoch): an approval one of them decided before then is not used."""
 
     def reload(
         self,
         policy: Policy,
         approvers: Sequence[Principal],
         principal_named: Callable[[str], Principal | None],
+        revoked: Iterable[str] = (),
     ) -> None:
         """The hub's config was reloaded: decide every call from now on with `policy`; calls
-        waiting for approval are checked again when their approval comes (`_still_allowed`)."""
+        waiting for approval are checked again when their approval comes (`_still_allowed`).
+        `revoked`: approvers whose approvals made before now no longer count (`_decider_refusal`)."""
         self.policy = policy
         self.approvers = tuple(approvers)
+        self._approver_named = {p.name: p for p in self.approvers}
         self._principal_named = principal_named
+        now_ms = int(time.time() * 1000)
+        for name in revoked:
+            self._revoked[name] = now_ms
         self.generation += 1
 
-    def _still_allowed(self, call: ToolCall) -> ToolResult | None:
+    def _decider_refusal(self, approval: Approval, groups: Sequence[str]) -> str:
+        """Why the approver who approved `approval` no longer lets a call use it, as this hub now
+        knows its approvers; "" when they do. `groups`: the approver groups the call's decision
+        needs now. An approver this hub does not know may be one of another hub sharing the
+        approvals store: only one this hub revoked, or knows to be outside `groups`, is refused."""
+        by = approval.decided_by
+        revoked_ms = self._revoked.get(by)
+        if revoked_ms is not None and approval.decided_ms <= revoked_ms:
+            return (
+                f"it was approved by {by!r}, whose approver token or role a reload of the hub's config "
+                "revoked after that; calling again without it asks for a new approval"
+            )
+        approver = self._approver_named.get(by)
+        if approver is not None and missing_approver_groups(groups, approver.groups):
+            return (
+                f"it was approved by {by!r}, and the hub's config now needs an approver in "
+                f"{describe_approver_groups(groups)} ({by!r} is in "
+                f"{', '.join(sorted(approver.groups)) or 'no group'}); calling again without it asks "
+                "for a new approval"
+            )
+        return ""
+
+    def _still_allowed(self, call: ToolCall) -> ToolResult | Decision:
         """A call approved after a reload runs only if the reloaded config would still let it be
         asked for: its principal still there with the tool among its grants, and the policy not
-        denying it now. None when it may run."""
+        denying it now. The policy's decision now when it may run (its approver groups are the
+        ones the approval's approver must meet), else the refusal."""
         assert call.principal is not None and call.tool is not None
         name = call.principal.name
         now = self._principal_named(name)
@@ -239,7 +272,7 @@ class Gate:
             trusted=not call.source.startswith("sandbox:"),
         )
         if decision.verdict != "deny":
-            return None
+            return decision
         self._log.record(
             "decided",
             call.call_id,
@@ -304,10 +337,7 @@ class Gate:
         if must_be_durable and durable is not None:
             await _refused_unless_durable(asyncio.shield(durable))
         if decision.verdict == "ask":
-            generation = self.generation
             refusal = await self._ask(call, decision)
-            if refusal is None and generation != self.generation:
-                refusal = self._still_allowed(call)
             if refusal is not None:
                 return refusal
         call.started = True
@@ -324,22 +354,11 @@ class Gate:
         """None once an approval lets the call proceed; otherwise the result telling the caller why not."""
         assert call.principal is not None
         principal, tool = call.principal.name, call.name
+        generation = self.generation
         if call.approval_id:
-            used, why = await self._book.use(call.approval_id, principal, tool, call.arguments, call.call_id)
-            if used is None:
-                self._log.record(
-                    "approval",
-                    call.call_id,
-                    principal,
-                    tool,
-                    {"approval_id": call.approval_id, "state": "refused", "why": why},
-                )
-                message = f"approval {call.approval_id} cannot be used for this call: {why}"
-                return ToolResult.refused(message, "approval")
-            # The `used` record (written by the book under this call: which approval, who approved
-            # it, when) is durable before the tool runs.
-            await _refused_unless_durable(self._log.flush())
-            return None
+            return await self._use(
+                call, call.approval_id, decision, generation, "cannot be used for this call"
+            )
         try:
             approval = await self._book.create(
                 call_id=call.call_id,
@@ -385,11 +404,7 @@ class Gate:
             "",
         )
         if outcome.state == "approved":
-            used, why = await self._book.use(approval.id, principal, tool, call.arguments, call.call_id)
-            if used is None:
-                return ToolResult.refused(f"approval {approval.id} could not be used: {why}", "approval")
-            await _refused_unless_durable(self._log.flush())
-            return None
+            return await self._use(call, approval.id, decision, generation, "could not be used")
         if outcome.state == "denied":
             reason = f": {outcome.decision_reason}" if outcome.decision_reason else ""
             message = f"{outcome.decided_by} denied this call (approval {approval.id}){reason}"
@@ -399,6 +414,45 @@ class Gate:
             "a timeout is a denial. Calling again asks for a new approval.",
             "timeout",
         )
+
+    async def _use(
+        self, call: ToolCall, approval_id: str, decision: Decision, generation: int, cannot: str
+    ) -> ToolResult | None:
+        """Spend an approval on the call: None when it may run, else the refusal, recorded.
+
+        Everything that can refuse is checked before the approval is spent, so a refused call
+        leaves it as it was: after a reload since `generation` (when `decision` was made), the
+        call is decided again (`_still_allowed`), and the approver must still count as the hub
+        now knows its approvers (`_decider_refusal`)."""
+        assert call.principal is not None
+        principal, tool = call.principal.name, call.name
+        groups = decision.approvers
+        if generation != self.generation:
+            now = self._still_allowed(call)
+            if isinstance(now, ToolResult):
+                return now
+            groups = now.approvers
+        used, why = await self._book.use(
+            approval_id,
+            principal,
+            tool,
+            call.arguments,
+            call.call_id,
+            check=lambda approval: self._decider_refusal(approval, groups),
+        )
+        if used is None:
+            self._log.record(
+                "approval",
+                call.call_id,
+                principal,
+                tool,
+                {"approval_id": approval_id, "state": "refused", "why": why},
+            )
+            return ToolResult.refused(f"approval {approval_id} {cannot}: {why}", "approval")
+        # The `used` record (written by the book under this call: which approval, who approved
+        # it, when) is durable before the tool runs.
+        await _refused_unless_durable(self._log.flush())
+        return None
 
 
 def _redacted_arguments(log: AuditLog, call: ToolCall) -> str:

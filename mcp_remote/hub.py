@@ -148,6 +148,19 @@ def _approvers(config: HubConfig) -> list[Principal]:
     return [p.principal() for p in config.principals if "approver" in p.roles]
 
 
+def _revoked_approvers(
+    before: Mapping[str, tuple[bytes, Principal]], after: Mapping[str, tuple[bytes, Principal]]
+) -> list[str]:
+    """Approvers a reload removed, gave a new token (the old one leaked, say) or took the role from:
+    their approvals made before it no longer let a call run."""
+    return [
+        name
+        for name, (digest, principal) in before.items()
+        if principal.has_role("approver")
+        and (name not in after or after[name][0] != digest or not after[name][1].has_role("approver"))
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Reloaded:
     """What a reload changed, by principal name."""
@@ -393,7 +406,7 @@ class Hub:
         after = self.authenticator.by_name() if isinstance(self.authenticator, TokenAuthenticator) else {}
         # Nothing below raises: the hub now runs on the new config.
         self.policy = policy
-        self.gate.reload(policy, _approvers(new), self._principal_named)
+        self.gate.reload(policy, _approvers(new), self._principal_named, _revoked_approvers(before, after))
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.config = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})

@@ -25,9 +25,10 @@ from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.bridge.test_session_door import open_session, works
-from tests.support.approvals import decide, start_call, text_of
+from tests.support.approvals import decide, listing, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, RunningHub, hub_command, start_hub
+from tests.support.postgres import running_postgres
 from tests.support.sidecar import start_sidecar
 
 pytestmark = pytest.mark.anyio
@@ -383,11 +384,123 @@ async def test_a_call_waiting_for_approval_is_decided_again_when_approved_after_
         assert "principal 'alice' was removed by a reload" in alice_result, alice_result
         assert "refused by policy rule 'no sleep' (the hub's config was reloaded" in bob_result, bob_result
         assert "slept" not in alice_result + bob_result
+        # Refused before it was spent: the approvals are approved still, not used.
+        approved = await listing(hub.grpc, "judge-token-0123456789abcdef", "approved", "used")
+        assert {(a.id, a.state) for a in approved} == {(i, "approved") for i in waiting}, approved
     finally:
         await client.close()
         assert hub.stop() == 0
     started = [r for r in audit_records(hub, "started") if r["tool"] == "sleep"]
     assert started == []
+    assert [r for r in audit_records(hub, "approval") if r["body"]["state"] == "used"] == []
+
+
+ONCALL = "oncall-token-0123456789abcdef"
+
+
+def approvals_config() -> dict[str, Any]:
+    """Alice asks to `sleep`; Bob (in no group) and Olga (oncall) may approve."""
+    config = first_config()
+    config["principals"] = [
+        {"name": "alice", "token": TOKENS["alice"], "tools": ["sleep"]},
+        {"name": "bob", "token": TOKENS["bob"], "roles": ["approver"]},
+        {"name": "olga", "token": ONCALL, "roles": ["approver"], "groups": ["oncall"]},
+        {"name": "ops", "token": TOKENS["ops"], "roles": ["operator"]},
+    ]
+    config["policy"] = {
+        "extends": "default",
+        "rules": [{"name": "ask for sleep", "tools": ["sleep"], "decision": "ask"}],
+    }
+    return config
+
+
+async def asked_and_left(client: HubClient) -> str:
+    """An approval whose caller gave up waiting: a retry with its id may use it."""
+    call = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+    approval_id = await call.approval_id()
+    call.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call.task
+    return approval_id
+
+
+async def retried(client: HubClient, approval_id: str) -> str:
+    return text_of(await start_call(client, TOKENS["alice"], "sleep", {"seconds": 0}, approval_id).result())
+
+
+def refused_approvals(hub: RunningHub) -> dict[str, str]:
+    return {
+        r["body"]["approval_id"]: r["body"]["why"]
+        for r in audit_records(hub, "approval")
+        if r["body"]["state"] == "refused"
+    }
+
+
+async def test_approvals_decided_after_a_reload_must_meet_its_approver_groups(tmp_path: Path) -> None:
+    """The reload makes `sleep` need an approver in oncall while one call waits and another's
+    caller gave up. Bob, in no group, approves both after it: neither runs, as a fresh approval
+    of his would not; Olga's approval still lets a call run."""
+    config = approvals_config()
+    hub = start_hub(tmp_path, config=config, http=False)
+    client = HubClient(hub.grpc)
+    try:
+        waiting = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+        waiting_id = await waiting.approval_id()
+        left_id = await asked_and_left(client)
+        config["policy"]["rules"][0]["approvers"] = ["oncall"]
+        assert "policy changed" in reload(hub, config)
+        for approval_id in (waiting_id, left_id):
+            await decide(hub.grpc, TOKENS["bob"], approval_id, True)
+        waited = text_of(await waiting.result())
+        assert f"approval {waiting_id} could not be used: it was approved by 'bob'" in waited, waited
+        assert "now needs an approver in oncall ('bob' is in no group)" in waited, waited
+        retry = await retried(client, left_id)
+        assert f"approval {left_id} cannot be used for this call: it was approved by 'bob'" in retry, retry
+        assert "slept" not in waited + retry
+        fresh = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+        await decide(hub.grpc, ONCALL, await fresh.approval_id(), True)
+        assert "slept" in text_of(await fresh.result())
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    refusals = refused_approvals(hub)
+    assert set(refusals) == {waiting_id, left_id}, refusals
+    assert all("needs an approver in oncall" in why for why in refusals.values()), refusals
+
+
+@pytest.mark.parametrize("change", ["removed", "new token", "no longer an approver"])
+async def test_approvals_of_an_approver_a_reload_revoked_are_not_used(change: str, tmp_path: Path) -> None:
+    """Bob approved a call whose caller had given up; then a reload revokes him. A retry with the
+    approval is refused; what Bob approves after the reload (with his new token) counts."""
+    config = approvals_config()
+    hub = start_hub(tmp_path, config=config, http=False)
+    client = HubClient(hub.grpc)
+    new_token = "bob-token-rotated-0123456789ab"
+    try:
+        approval_id = await asked_and_left(client)
+        await decide(hub.grpc, TOKENS["bob"], approval_id, True)
+        bob = config["principals"][1]
+        if change == "removed":
+            config["principals"].remove(bob)
+        elif change == "new token":
+            bob["token"] = new_token
+        else:
+            bob["roles"] = []
+        reload(hub, config)
+        retry = await retried(client, approval_id)
+        assert f"approval {approval_id} cannot be used for this call: it was approved by 'bob'" in retry, (
+            retry
+        )
+        assert "whose approver token or role a reload of the hub's config revoked" in retry, retry
+        if change == "new token":
+            fresh = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
+            await decide(hub.grpc, new_token, await fresh.approval_id(), True)
+            assert "slept" in text_of(await fresh.result())
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    refusals = refused_approvals(hub)
+    assert list(refusals) == [approval_id] and "revoked" in refusals[approval_id], refusals
 
 
 async def test_a_registration_waiting_for_its_hello_is_refused_once_its_token_is_revoked(
@@ -422,3 +535,37 @@ async def test_a_registration_waiting_for_its_hello_is_refused_once_its_token_is
             await ops.close()
     finally:
         assert hub.stop() == 0
+
+
+async def test_an_approver_of_another_hub_sharing_the_store_still_counts_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    """Hubs sharing a PostgreSQL store: Rita is an approver (oncall) of the other hub only. A
+    reload here asks for oncall; her approval, which this hub cannot judge, lets the call run."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("shared")
+        here_config = approvals_config()
+        there_config = approvals_config()
+        there_config["principals"] = [
+            {
+                "name": "rita",
+                "token": "rita-token-0123456789abcdefgh",
+                "roles": ["approver"],
+                "groups": ["oncall"],
+            }
+        ]
+        for config in (here_config, there_config):
+            config["audit"] = {"store": "postgres", "dsn_env": "AUDIT_DSN"}
+        here = start_hub(tmp_path / "here", config=here_config, http=False, env={"AUDIT_DSN": dsn})
+        there = start_hub(tmp_path / "there", config=there_config, http=False, env={"AUDIT_DSN": dsn})
+        client = HubClient(here.grpc)
+        try:
+            approval_id = await asked_and_left(client)
+            here_config["policy"]["rules"][0]["approvers"] = ["oncall"]
+            assert "policy changed" in reload(here, here_config)
+            await decide(there.grpc, "rita-token-0123456789abcdefgh", approval_id, True)
+            assert "slept" in await retried(client, approval_id)
+        finally:
+            await client.close()
+            assert here.stop() == 0
+            assert there.stop() == 0
