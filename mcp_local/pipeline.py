@@ -37,6 +37,7 @@ from .principals import Authenticator, bearer_token
 from .redaction import Redactor
 from .registry import ToolRegistry
 from .tools import ToolCall
+from .validation import ArgumentValidator
 
 __all__ = [
     "Authenticate",
@@ -373,7 +374,27 @@ async def execute(call: ToolCall) -> ToolResult:
             f"{tool.name} returned {size:,} bytes, more than the {call.result_limit:,} one gRPC message "
             "carries back: ask for less (or page it with output_read where the tool offers it)"
         )
+    if result.structured is not None and tool.output_schema is not None and not result.is_error:
+        # MCP: structured content conforms to the tool's output schema. An MCP client's SDK
+        # refuses one that does not, with an error naming neither the tool nor the field.
+        problem = _output_problem(tool, result.structured)
+        if problem is not None:
+            return _wrong_result(call, f"returned structured content its output schema refuses: {problem}")
     return result
+
+
+_OUTPUT_CHECKS: dict[int, tuple[Any, ArgumentValidator]] = {}
+"""Output schemas compiled, by tool (the tool kept beside it, so its id is not reused)."""
+
+
+def _output_problem(tool: Any, structured: Mapping[str, Any]) -> str | None:
+    entry = _OUTPUT_CHECKS.get(id(tool))
+    if entry is None or entry[0] is not tool:
+        if len(_OUTPUT_CHECKS) >= 4096:  # sandboxes re-registering make new tools: never unbounded
+            _OUTPUT_CHECKS.clear()
+        entry = _OUTPUT_CHECKS[id(tool)] = (tool, ArgumentValidator(tool.name, tool.output_schema))
+    problem = entry[1].problem(dict(structured))
+    return problem.removeprefix("invalid arguments: ") if problem is not None else None
 
 
 _BINARY = (ImageContent, AudioContent)

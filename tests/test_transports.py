@@ -300,3 +300,43 @@ async def test_a_result_larger_than_a_grpc_message_is_a_tool_error_the_log_recor
         r.kind == "finished" and r.body_json().get("error", "").startswith("emit_bytes returned 17,000,000")
         for r in records
     )
+
+
+SHAPED_PACK = """
+from mcp_local import StaticPack, Tool, ToolAnnotations, ToolResult
+from mcp_local.content import TextContent
+
+OUT = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+async def shaped(call):
+    n = call.arguments["n"]
+    return ToolResult(content=(TextContent(str(n)),), structured={"n": n})
+
+
+def create_pack(options, env):
+    schema = {"type": "object", "properties": {"n": {}}, "required": ["n"]}
+    return StaticPack("shaped", [Tool("shaped", "Shaped.", schema, shaped, output_schema=OUT,
+                                      annotations=ToolAnnotations(read_only=True))])
+"""
+
+
+@pytest.mark.parametrize("transport", ["grpc", "mcp-2026", "mcp-2025"])
+async def test_structured_content_its_output_schema_refuses_is_the_tools_error(
+    transport: str, tmp_path: Path
+) -> None:
+    """A tool's structured content that does not match its own output schema reached MCP
+    clients, whose SDK refuses it naming neither the tool nor the field."""
+    pack = tmp_path / "shaped.py"
+    pack.write_text(SHAPED_PACK)
+    hub = start_hub(tmp_path / "hub", packs=[str(pack)])
+    try:
+        async with connect(transport, hub.grpc, hub.mcp_url, None) as client:
+            good = await client.call("shaped", {"n": 3})
+            assert not good.is_error and good.structured == {"n": 3}
+            bad = await client.call("shaped", {"n": "three"})
+            assert bad.is_error, bad
+            assert "shaped failed: it returned structured content its output schema refuses" in bad.text
+            assert "(at n)" in bad.text
+    finally:
+        assert hub.stop() == 0
