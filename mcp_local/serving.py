@@ -8,12 +8,12 @@ import json
 import logging
 import os
 import pickle
-import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 from .settings import SidecarSettings
+from .stopping import StopSignals
 from .undumpable import make_undumpable
 
 __all__ = ["resume", "serve"]
@@ -59,31 +59,17 @@ async def _serve(settings: SidecarSettings, *, ready_file: str | None, json_line
         handler.addFilter(RedactingFilter(sidecar.redactor))
     if settings.token:
         sidecar.redactor.add(settings.token)
-    stop = asyncio.Event()
-    signalled: list[signal.Signals] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        signalled.append(sig)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    # A signal stops the start too: a pack whose start() never returns must not leave a sidecar
-    # that only SIGKILL ends (the pack that was starting is logged).
-    starting = asyncio.ensure_future(sidecar.start())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not starting.done():
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # stopped: only the signal counts
-            await starting
+    signals = StopSignals()
+    stop = signals.event
+    starting = await signals.unless_stopped(sidecar.start())  # the pack that was starting is logged
+    if starting is None:
+        assert signals.first is not None
         await sidecar.stop(0)
         print(
-            f"mcphub local: {signalled[0].name} while starting: stopped before it was ready", file=sys.stderr
+            f"mcphub local: {signals.first.name} while starting: stopped before it was ready",
+            file=sys.stderr,
         )
-        return 128 + signalled[0]
+        return 128 + signals.first
     try:
         addresses = starting.result()
     except (ConfigError, OSError) as exc:

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -103,28 +102,18 @@ async def _serve(
     config: Any, environ: Mapping[str, str], *, as_json: bool, reread: Callable[[], Any] | None = None
 ) -> int:
     """Serve until SIGINT or SIGTERM. `reread` reads the config file again for SIGHUP."""
-    import asyncio  # here: `mcphub local serve` hands over before it would need asyncio
-    import contextlib
     import json
 
     from mcp_local.errors import ConfigError
     from mcp_local.memory import settle_memory
+    from mcp_local.stopping import StopSignals
 
     from .audit.sqlite import AuditStoreRefused
     from .audit.store import AuditStoreUnreachable
     from .hub import Hub
     from .reload import on_reload
 
-    stop = asyncio.Event()
-    signalled: list[signal.Signals] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        signalled.append(sig)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    signals = StopSignals()
     # SIGHUP reloads the config file's principals and policy, and whatever else subscribes (the
     # cloud pack's credentials). Subscribed before anything starts: unhandled, it kills the hub.
     running: list[Hub] = []
@@ -139,19 +128,12 @@ async def _serve(
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(hub.redactor))
-    # A signal stops the start too: a pack whose start() never returns must not leave a hub
-    # that only SIGKILL ends (the pack that was starting is logged).
-    starting = asyncio.ensure_future(hub.start())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not starting.done():
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # stopped: only the signal counts
-            await starting
+    starting = await signals.unless_stopped(hub.start())  # the pack that was starting is logged
+    if starting is None:
+        assert signals.first is not None
         await hub.stop(0)
         return _fail(
-            f"{signalled[0].name} while starting: stopped before the hub was ready", 128 + signalled[0]
+            f"{signals.first.name} while starting: stopped before the hub was ready", 128 + signals.first
         )
     try:
         addresses = starting.result()
@@ -178,7 +160,7 @@ async def _serve(
     print(line, flush=True)
     running.append(hub)
     settle_memory()
-    await stop.wait()
+    await signals.event.wait()
     logging.getLogger("mcphub").info("shutting down")
     await hub.stop(hub.config.shutdown_grace_s)
     if hub.audit.lost:  # logged by the audit log; a supervisor should hear of it too
