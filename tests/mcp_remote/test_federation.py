@@ -20,11 +20,11 @@ import pytest
 from bridge.hubclient import HubClient
 from mcp_local.principals import OpenAccess, Principal
 from mcp_local.registry import ToolRegistry
-from mcp_remote.audit.sqlite import SQLiteStore
 from mcp_remote.federation import Federation
 from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.mcp_remote.test_audit import all_records
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
@@ -461,12 +461,7 @@ async def test_sandbox_calls_pass_the_gate_and_leave_audit_records(tmp_path: Pat
         await client.close()
         sidecar.stop()
         hub.stop()
-    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
-    await store.open()
-    try:
-        records = [r async for r in store.scan()]
-    finally:
-        await store.close()
+    records = await all_records(hub.state_dir)
     call_records = [
         (r.kind, r.body_json()) for r in records if r.tool == "sbx-42__files_read" and r.kind != "sandbox"
     ]
@@ -520,12 +515,7 @@ async def test_a_second_sidecar_with_the_same_token_is_told_backs_off_and_is_aud
         if second is not None:
             second.stop()
         hub.stop()
-    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
-    await store.open()
-    try:
-        events = [r.body_json() for r in [r async for r in store.scan()] if r.kind == "sandbox"]
-    finally:
-        await store.close()
+    events = [r.body_json() for r in await all_records(hub.state_dir) if r.kind == "sandbox"]
     replaced = [e for e in events if e["event"] == "replaced"]
     assert replaced and "replaced by a new connection of the same sandbox" in replaced[0]["detail"]
 
@@ -777,12 +767,7 @@ async def test_a_sandbox_never_passes_its_secrets_to_hub_callers_or_the_audit_lo
     assert failed.is_error and "the upstream refused key [REDACTED]" in failed.content[0].text.text
     for result in (bad, good, failed):
         assert password not in str(result) and pack_secret not in str(result)
-    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
-    await store.open()
-    try:
-        records = [r async for r in store.scan()]
-    finally:
-        await store.close()
+    records = await all_records(hub.state_dir)
     finished = [r.body_json() for r in records if r.kind == "finished" and r.tool.startswith("sbx-42__")]
     assert len(finished) == 3 and any("end of string reached" in str(b) for b in finished)
     assert all(password not in str(b) and pack_secret not in str(b) for b in finished)
