@@ -40,7 +40,7 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from .approvals import Approval, ApprovalBook
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
-from .audit.checkpoints import write_new_file
+from .audit.checkpoints import read_secret_file, write_new_file
 from .audit.records import canonical
 from .auth import TokenAuthenticator, token_digest
 from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
@@ -82,10 +82,11 @@ def operator_token(state_dir: Path) -> str:
 
     Written whole or not at all (`write_new_file`). An empty file is what an older hub left
     when the disk filled as it wrote the token: no token was ever in it, so a new one is made.
-    A file holding something that is no token is a ConfigError naming it."""
+    A file holding something that is no token, or one other users may read, is a ConfigError
+    naming it."""
     path = state_dir / OPERATOR_TOKEN_FILE
     try:
-        data = path.read_bytes()
+        data: bytes | None = read_secret_file(path)
     except FileNotFoundError:
         data = None
     if data is None or not data.strip():

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -127,14 +128,34 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
     return True
 
 
-def _read_key(path: Path, size: int, what: str, remedy: str) -> bytes | None:
+def read_secret_file(path: Path) -> bytes:
+    """The bytes of a secret the hub made (its signing key, the operator's token), refused as a
+    ConfigError when other users may read it: the hub writes them 0600, so a wider mode is a
+    restore from a backup or a `chmod` that gave the secret away, and using it would hide that.
+    An empty file holds no secret and is returned as it is. FileNotFoundError passes through."""
+    from mcp_local.errors import ConfigError
+
+    with open(path, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        data = file.read()
+        if mode & 0o077 and data.strip():
+            raise ConfigError(
+                f"{path}: readable or writable by other users (mode {stat.S_IMODE(mode):04o}); "
+                f"a secret must be the owner's only: chmod 600 {path}, and replace the secret if "
+                "someone else may have read it"
+            )
+        return data
+
+
+def _read_key(path: Path, size: int, what: str, remedy: str, *, secret: bool = False) -> bytes | None:
     """The `size` raw bytes of a key file holding them in base64: None if the file does not
     exist, empty if it is empty (a start that failed on a full disk left it so: no key was
-    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`."""
+    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`;
+    so is a `secret` one other users may read (`read_secret_file`)."""
     from mcp_local.errors import ConfigError
 
     try:
-        text = path.read_bytes().strip()
+        text = (read_secret_file(path) if secret else path.read_bytes()).strip()
     except FileNotFoundError:
         return None
     if not text:
@@ -176,7 +197,7 @@ class CheckpointSigner:
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
-        raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+        raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY, secret=True)
         signed_by = _read_key(
             pub_path,
             _PUBLIC_KEY_BYTES,
@@ -194,7 +215,9 @@ class CheckpointSigner:
                 key_path.unlink(missing_ok=True)
             raw = new_private_key()
             if not write_new_file(key_path, base64.b64encode(raw)):  # another process made one
-                raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY)
+                raw = _read_key(
+                    key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY, secret=True
+                )
                 if not raw:
                     raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
         self._key = load_private_key(raw)

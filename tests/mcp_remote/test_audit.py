@@ -614,10 +614,27 @@ def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
 
     # A key that is not the one signing.pub names is refused too, and signing.pub kept.
     (audit / "signing.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    (audit / "signing.key").chmod(0o600)
     new_pub = (audit / "signing.pub").read_bytes()
     out = serve_refused(state.parent, config())
     assert out.returncode == 3 and "restore the signing.key of" in out.stderr, out.stderr
     assert (audit / "signing.pub").read_bytes() == new_pub
+
+
+@pytest.mark.parametrize("name", ["audit/signing.key", "operator.token"])
+def test_a_hub_refuses_a_secret_other_users_may_read(stopped_log: Path, tmp_path: Path, name: str) -> None:
+    """A key or token restored from a backup as 0644 (or opened up by a chmod) may have been read
+    by anyone on the host: the hub says so and how to mend it instead of signing on with it."""
+    state = tmp_path / "open" / "state"
+    shutil.copytree(stopped_log, state)
+    (state / name).chmod(0o640)
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{state / name}: readable or writable by other users (mode 0640)" in out.stderr
+    assert f"chmod 600 {state / name}" in out.stderr
+    (state / name).chmod(0o600)
+    hub = start_hub(state.parent, config=config(), http=False)
+    assert hub.stop() == 0
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])

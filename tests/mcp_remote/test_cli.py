@@ -277,6 +277,7 @@ def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path
     if name != "operator.token":
         state.mkdir()
         (state / "operator.token").write_text("op_" + "t" * 43 + "\n")
+        (state / "operator.token").chmod(0o600)
     command = hub_command("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(state))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
     env |= {"MCPHUB_PACKS": "diagnostics", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -317,6 +318,7 @@ def test_a_corrupt_secret_file_is_a_one_line_error_naming_it(
 ) -> None:
     (tmp_path / "state" / "audit").mkdir(parents=True)
     (tmp_path / "state" / name).write_bytes(content)
+    (tmp_path / "state" / name).chmod(0o600)
     out = serve_refused(tmp_path, {"packs": ["diagnostics"]})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     (line,) = out.stderr.splitlines()
