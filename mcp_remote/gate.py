@@ -57,8 +57,12 @@ class AuditTrail:
 
     name = "audit"
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(
+        self, log: AuditLog, identify: Callable[[str | None], Principal | None] | None = None
+    ) -> None:
         self._log = log
+        # Who sent a call refused before authentication ran (the hub draining): for its record.
+        self._identify = identify
         self._prefix = "c" + secrets.token_hex(3)
         self._counter = itertools.count(1)
         self.calls = InFlight()
@@ -75,7 +79,13 @@ class AuditTrail:
         key = id(call)
         task: asyncio.Task[object] | None = None
         try:
-            task = self.calls.enter(key)
+            try:
+                task = self.calls.enter(key)
+            except Unavailable:
+                authorization, call.authorization = call.authorization, None
+                if self._identify is not None and call.principal is None:
+                    call.principal = self._identify(authorization)
+                raise
             result = await call_next(call)
             if result.is_error:
                 status = "refused" if result.refusal not in (None, "stopped") else "tool_error"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from mcp_local.errors import ConfigError
+from mcp_local.errors import ConfigError, HubError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
 from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
@@ -30,7 +30,7 @@ from mcp_local.pipeline import (
     Stage,
     ValidateArguments,
 )
-from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Principal
+from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Principal, bearer_token
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
@@ -241,7 +241,7 @@ class Hub:
             principals = [p.principal() for p in config.principals]
             for problem in unapprovable(config.policy, principals) + broad_allows(config.policy):
                 logger.warning("policy: %s", problem)
-        self.trail = AuditTrail(self.audit)
+        self.trail = AuditTrail(self.audit, self._identify)
         self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
         self.pipeline = Pipeline(self.stages())
         self._service = ToolService(self.registry, self.pipeline, self.authenticator)
@@ -490,6 +490,13 @@ class Hub:
                 for name in self._health_names:
                     await self._health.set(name, status)
             await asyncio.sleep(HEALTH_POLL_S)
+
+    def _identify(self, authorization: str | None) -> Principal | None:
+        """The principal a refused call's authorization names, or None: only for its record."""
+        try:
+            return self.authenticator.authenticate(bearer_token(authorization))
+        except HubError:
+            return None
 
     def _principal_named(self, name: str) -> Principal | None:
         """The principal of this name as the hub now knows it (an open hub: anybody, as `local`)."""

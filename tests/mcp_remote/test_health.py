@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.hubclient import HubClient
 from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.mcp_remote.test_audit import all_records
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.hub import RunningHub, start_hub
 
@@ -100,11 +101,15 @@ async def test_health_follows_a_full_disk_and_its_recovery(tmp_path: Path) -> No
 
 
 async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path, config={"shutdown_grace_s": 5})
+    """And a call refused meanwhile is recorded with who sent it (it was `-`: refused before
+    authentication ran)."""
+    token = "drain-agent-token-0123456789"
+    config = {"shutdown_grace_s": 5, "principals": [{"name": "agent-7", "token": token}]}
+    hub = start_hub(tmp_path, config=config)
     client = HubClient(hub.grpc)
     try:
         running = asyncio.ensure_future(
-            client.call_tool(None, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 2}'))
+            client.call_tool(token, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 2}'))
         )
         await asyncio.sleep(0.3)
         hub.process.send_signal(signal.SIGTERM)
@@ -114,10 +119,22 @@ async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> N
             {"status": "unavailable", "reason": "the hub is shutting down"},
             NOT_SERVING,
         )
+        for sender in (token, "not-a-token-of-this-hub-0123"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.call_tool(
+                    sender, pb.CallToolRequest(name="echo", arguments_json=b'{"text": "x"}')
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert (await running).content[0].text.text == "slept 2s"
     finally:
         await client.close()
         assert hub.stop() == 0
+    refusals = [
+        r.principal
+        for r in await all_records(hub.state_dir)
+        if r.kind == "finished" and r.tool == "echo" and r.body_json().get("status") == "unavailable"
+    ]
+    assert refusals == ["agent-7", "-"]
 
 
 async def test_a_decision_the_store_cannot_take_is_unavailable_and_can_be_made_again(tmp_path: Path) -> None:
