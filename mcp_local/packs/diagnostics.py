@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigError
 from ..tools import Tool, ToolAnnotations, ToolCall
 from . import PackEnv, StaticPack
 
@@ -77,4 +78,11 @@ SLEEP = Tool(
 
 
 def create_pack(options: Mapping[str, Any], env: PackEnv) -> StaticPack:
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"packs[diagnostics].options: expected a mapping, got {type(options).__name__}")
+    if options:
+        # An option given here is a typo or meant for another pack: say so rather than ignore it.
+        raise ConfigError(
+            f"packs[diagnostics].options.{next(iter(options))}: unknown option (this pack takes none)"
+        )
     return StaticPack("diagnostics", [ECHO, SLEEP])

@@ -155,6 +155,10 @@ def test_a_bad_manifest_is_refused_naming_the_key(tmp_path: Path) -> None:
     path.write_text("packs:\n  - name: sql\n    options: {databases: {app: {sqlite: a.db}}, rows: 5}\n")
     out = _run(["check", "--manifest", str(path)], tmp_path)
     assert out.returncode == 2 and "packs[sql].options.rows: unknown option" in out.stderr
+    path.write_text("packs:\n  - name: diagnostics\n    options: {echo_prefix: '> '}\n")
+    out = _run(["check", "--manifest", str(path)], tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "packs[diagnostics].options.echo_prefix: unknown option (this pack takes none)" in out.stderr
     path.write_text("packs: [no_such_pack]\n")
     out = _run(["check", "--manifest", str(path)], tmp_path)
     assert out.returncode == 2 and "packs[no_such_pack]" in out.stderr and "no such pack" in out.stderr
