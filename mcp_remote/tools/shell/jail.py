@@ -72,12 +72,17 @@ def _which(name: str) -> str | None:
     return shutil.which(name, path=_SYSTEM_PATH)
 
 
+def _address_space_mb(limits: Limits, *, cgroup_memory: bool) -> int:
+    """`address_space_mb`, or what stands in for it: `memory_mb` (four times that when a memory
+    cgroup holds the real bound, as address space counts mappings never touched)."""
+    return limits.address_space_mb or (limits.memory_mb * 4 if cgroup_memory else limits.memory_mb)
+
+
 def rlimit_values(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[tuple[str, int]]:
     """The rlimits of every process of the sandbox (set as soft = hard: it cannot raise them)."""
-    address_space = limits.address_space_mb or (limits.memory_mb * 4 if cgroup_memory else limits.memory_mb)
     values = [
         ("RLIMIT_CPU", limits.cpu_s),
-        ("RLIMIT_AS", address_space * 1024 * 1024),
+        ("RLIMIT_AS", _address_space_mb(limits, cgroup_memory=cgroup_memory) * 1024 * 1024),
         ("RLIMIT_FSIZE", limits.file_size_mb * 1024 * 1024),
         ("RLIMIT_NOFILE", limits.open_files),
         ("RLIMIT_CORE", 0),
@@ -85,6 +90,16 @@ def rlimit_values(limits: Limits, *, cgroup_memory: bool, nproc: bool) -> list[t
     if nproc:
         values.append(("RLIMIT_NPROC", limits.processes))
     return values
+
+
+def limits_in_force(limits: Limits, group: PrincipalCgroup | None) -> dict[str, Any]:
+    """The limits as shell_status shows them: `address_space_mb` as set on every process, not
+    the option's null when it is derived from `memory_mb`."""
+    shown = limits.model_dump()
+    shown["address_space_mb"] = _address_space_mb(
+        limits, cgroup_memory=group is not None and "memory" in group.enforced
+    )
+    return shown
 
 
 def jail_argv(
@@ -429,7 +444,7 @@ class LocalJail:
                 if self.host.is_root
                 else ("per command (its own user namespace)" if self.host.prlimit else "none")
             ),
-            "limits": self.options.limits.model_dump(),
+            "limits": limits_in_force(self.options.limits, group),
             "cgroup_limits": list(group.enforced) if group else [],
             **self.host.cgroups.describe(),
         }
@@ -477,6 +492,6 @@ class UnjailedTarget:
         return {
             "target": "unjailed",
             "warning": "commands run on the hub's machine as the hub's user, without a jail",
-            "limits": self.options.limits.model_dump(),
+            "limits": limits_in_force(self.options.limits, self.host.cgroup(principal, self.options.limits)),
             **self.host.cgroups.describe(),
         }

@@ -88,3 +88,14 @@ async def test_a_hub_whose_open_file_limit_is_below_the_jails_says_why(tmp_path:
     finally:
         await client.close()
         hub.stop()
+
+
+async def test_status_shows_the_address_space_limit_the_commands_run_under(tmp_path: Path) -> None:
+    """Found by a tester: `limits.address_space_mb` read null, as if unbounded, while every
+    command ran under one derived from `memory_mb`."""
+    async with _agent(tmp_path) as agent:
+        sandbox = (await agent.call("shell_status", {})).structured
+        shown = sandbox["sandbox"]["limits"]["address_space_mb"]
+        seen = await agent.call("shell_exec", {"command": "ulimit -v"})
+        assert not seen.is_error, seen.text
+        assert isinstance(shown, int) and int(seen.structured["stdout"]) == shown * 1024, (shown, seen.text)
