@@ -70,6 +70,10 @@ def _position(token: str) -> tuple[int, str] | None:
         ) from None
 
 
+MAX_REASON_CHARS = 4096
+"""The longest reason an approver may give with a decision."""
+
+
 class ApprovalsServicer(apb_grpc.ApprovalsServicer):
     def __init__(self, book: ApprovalBook, authenticator: Authenticator) -> None:
         self._book = book
@@ -147,6 +151,12 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
                 raise InvalidArgument("give the id of the approval to decide")
             if not request.approve and not request.reason.strip():
                 raise InvalidArgument("a denial needs a reason the caller can read")
+            if len(request.reason) > MAX_REASON_CHARS:
+                # It is stored, recorded, sent to the caller and to every watcher, and fills pages.
+                raise InvalidArgument(
+                    f"the reason is {len(request.reason)} characters; at most {MAX_REASON_CHARS} are taken: "
+                    "say it shorter (a link to more, say)"
+                )
             try:
                 decided = await self._book.decide(
                     request.id, approver, request.approve, request.reason.strip()

@@ -34,7 +34,7 @@ from tests.support.postgres import Postgres, running_postgres
 
 pytestmark = pytest.mark.anyio
 
-AGENTS = ("agent-a", "agent-b", "agent-c", "agent-d", "agent-e", "agent-f", "agent-g")
+AGENTS = ("agent-a", "agent-b", "agent-c", "agent-d", "agent-e", "agent-f", "agent-g", "agent-h")
 TOKENS = {name: f"limits-token-{name}-0123456789" for name in AGENTS} | {
     "alice": "limits-token-alice-approver-01"
 }
@@ -235,6 +235,26 @@ async def test_one_principal_may_have_20_approvals_pending_and_no_more(
     ]
     assert len(refusals) == 5
     assert all("too many calls of yours await approval" in body["why"] for body in refusals)
+
+
+async def test_a_decision_reason_is_bounded_and_a_longer_one_refused_leaving_the_approval_pending(
+    hub: RunningHub, client: HubClient
+) -> None:
+    """A megabyte of reason was stored, recorded, sent to the caller and every watcher."""
+    call = start_call(client, TOKENS["agent-h"], "echo", {"text": "why"})
+    kind, approval_id = await asked_or_refused(call)
+    assert kind == "pending", approval_id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await decide(hub.grpc, TOKENS["alice"], approval_id, False, "x" * 4097)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the reason is 4097 characters; at most 4096" in (refused.value.details() or "")
+    assert [a.id for a in await listing(hub.grpc, TOKENS["alice"]) if a.principal == "agent-h"] == [
+        approval_id
+    ]
+    decided = await decide(hub.grpc, TOKENS["alice"], approval_id, False, "y" * 4096)
+    assert decided.state == "denied" and decided.decision_reason == "y" * 4096
+    result = await call.task
+    assert result["isError"] is True and "y" * 100 in text_of(result)
 
 
 def _legacy_row(approval_id: str, state: str, text: str, expires_ms: int) -> bytes:
