@@ -131,19 +131,22 @@ async def _check(settings: SidecarSettings) -> int:
     except ConfigError as exc:
         await sidecar.stop(0)
         return _fail(str(exc))
-    from .principals import Principal
-
-    for registered in sidecar.registry.visible_to(Principal("check", ("*",))):
+    for name in sidecar.registry.names():
+        registered = sidecar.registry.get(name)
+        assert registered is not None
         tool = registered.tool
         flags = [
             f
             for f, on in (
                 ("read-only", tool.annotations.read_only),
                 ("destructive", tool.annotations.destructive),
+                # Every tool is listed; callers without one of these roles do not see this one.
+                (f"roles: {', '.join(sorted(tool.roles))}", bool(tool.roles)),
             )
             if on
         ]
-        print(f"{tool.name:<16} {tool.title or ''}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        title = tool.title or tool.description.strip().split("\n", 1)[0][:72]
+        print(f"{tool.name:<16} {title}" + (f"  [{', '.join(flags)}]" if flags else ""))
     await sidecar.stop(0)
     print(f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools", file=sys.stderr)
     return EXIT_OK

@@ -172,6 +172,38 @@ def test_check_lists_the_tools(tmp_path: Path) -> None:
     assert "ok, " in out.stderr
 
 
+ROLE_PACK = """
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _hi(call):
+    return "hi"
+
+
+def create_pack(options, env):
+    anything = {"type": "object"}
+    return StaticPack("ops", [
+        Tool(name="ops_restart", description="Restart the app.\\nMore words.", input_schema=anything,
+             handler=_hi, roles=frozenset({"operator"})),
+        Tool(name="ops_ping", description="Ping.", title="Ping", input_schema=anything, handler=_hi),
+    ])
+"""
+
+
+def test_check_lists_every_tool_with_the_roles_that_see_it(tmp_path: Path) -> None:
+    """It listed only tools without roles, while its count had them all; an untitled tool had
+    a blank where its title goes."""
+    (tmp_path / "ops_pack.py").write_text(ROLE_PACK)
+    manifest = write_manifest(tmp_path, {"packs": [str(tmp_path / "ops_pack.py")]})
+    out = _run(["check", "--manifest", str(manifest)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ops_ping", "ops_restart"], out.stdout
+    assert lines[1].split(None, 1)[1] == "Restart the app.  [roles: operator]", out.stdout
+    assert "ok, 2 tools" in out.stderr
+
+
 def test_only_loopback_is_served(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
     out = _run(["serve", "--manifest", str(manifest), "--grpc", "0.0.0.0:0"], tmp_path)
