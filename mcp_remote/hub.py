@@ -47,7 +47,7 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import remove_hub_file, write_hub_file
+from .statedir import read_hub_file, remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -121,6 +121,27 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
     from .audit.sqlite import SQLiteStore
 
     return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
+
+
+def _unclean_previous_stop(state_dir: Path) -> int | None:
+    """The pid of the hub that ran from `state_dir` before, when it left its `hub.json` behind
+    (removed by a stop whose records are all in the log) and is no longer running; else None.
+    Asked once this hub holds the audit log, so no other hub is writing it from here, and
+    before it writes its own file: one naming this process's pid is a previous one's (a
+    container's hub has the same pid at each start)."""
+    found = read_hub_file(state_dir)
+    pid = found.get("pid") if found is not None else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    if pid == os.getpid():
+        return pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        return None  # a process of another user holds that pid now: it may be anything
+    return None  # a process of that pid runs: a hub with another audit store, or a pid reused
 
 
 def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
@@ -525,6 +546,14 @@ class Hub:
             mcp_url = self._bind_bridge(config.http, grpc_dial)
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
         await self.audit.start()
+        unclean = _unclean_previous_stop(config.state_dir)
+        if unclean is not None:
+            logger.warning(
+                "the hub before this one (pid %d) did not stop cleanly: it was killed or crashed, or its "
+                "stop could not be recorded; calls it was running have no `finished` record "
+                "(this start's `hub started` record says so too)",
+                unclean,
+            )
         self.audit.record(
             "hub",
             "-",
@@ -535,6 +564,7 @@ class Hub:
                 "instance": self.instance,
                 "pid": os.getpid(),
                 "policy_sha256": policy_digest(self.policy),
+                "unclean_stop_of_pid": unclean,
             },
         )
         failed = await self.approvals.fail_pending_on_restart()
@@ -632,5 +662,8 @@ class Hub:
         with contextlib.suppress(Exception):
             self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
         await self.audit.stop(grace)
-        with contextlib.suppress(OSError):
-            remove_hub_file(self.config.state_dir)
+        if not self.audit.lost:
+            # Kept when the log lost records (the `stopped` one among them): the next start
+            # finds it, its process gone, and records that this stop was not recorded.
+            with contextlib.suppress(OSError):
+                remove_hub_file(self.config.state_dir)

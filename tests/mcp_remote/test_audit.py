@@ -392,6 +392,25 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path, sync: b
     assert out.returncode == 0, out.stderr
 
 
+
+async def test_a_start_after_a_kill_records_that_the_hub_before_it_did_not_stop(tmp_path: Path) -> None:
+    """A compliance reader could not tell a hub killed with -9 from one still running: the log
+    just went quiet. The next start now says so, in its `hub started` record and a log line."""
+    first = start_hub(tmp_path, config=config(), http=False)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(timeout=30)
+    first.stop()
+    second = start_hub(tmp_path, config=config(), http=False)
+    assert second.stop() == 0
+    warned = second.log_path.read_text()
+    assert f"the hub before this one (pid {first.process.pid}) did not stop cleanly" in warned
+    third = start_hub(tmp_path, config=config(), http=False)
+    assert third.stop() == 0
+    assert "did not stop cleanly" not in third.log_path.read_text()
+    started = [r.body_json() for r in await all_records(third.state_dir) if r.kind == "hub"]
+    unclean = [b.get("unclean_stop_of_pid") for b in started if b["event"] == "started"]
+    assert unclean == [None, first.process.pid, None], started
+
 def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
     (tmp_path / "state" / "audit").mkdir(parents=True)
     (tmp_path / "state" / "audit" / "audit.journal").write_bytes(b'[1, 2, "edited"]\n')
@@ -954,6 +973,14 @@ async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_whi
             code = await asyncio.to_thread(hub.stop, 20.0)  # the 5 s grace and the writer's last wait
         assert code == 3, "records lost: a supervisor hears of it"
         assert "audit records are not in the log" in hub.log_path.read_text()
+        # Its `stopped` record among them: the next start records that it did not stop cleanly.
+        await asyncio.to_thread(pg.pg_ctl, "start")
+        again = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        assert again.stop() == 0
+        said = again.log_path.read_text()
+        assert f"the hub before this one (pid {hub.process.pid}) did not stop cleanly" in said, said
 
 
 async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:
