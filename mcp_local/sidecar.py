@@ -40,6 +40,7 @@ from .registry import ToolRegistry
 from .service import ToolService
 from .servicer import ToolHubServicer, start_grpc_server
 from .settings import SidecarSettings
+from .stalls import StallWatch
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class Sidecar:
         self.addresses: SidecarAddresses | None = None
         self.link: HubLink | None = None
         self._version = version
+        self._stalls = StallWatch()
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._bridge_hub: Any = None
@@ -150,6 +152,7 @@ class Sidecar:
         grpc_host, grpc_port = split_address(s.grpc or "127.0.0.1:0", key="--grpc")
         http_addr = split_address(s.http, key="--http") if s.http else None
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._stalls.start()
         await self.load_packs()
         servicer = ToolHubServicer(self._service)
         self._grpc, port = await start_grpc_server(
@@ -224,6 +227,7 @@ class Sidecar:
             self._grpc = None
         await stop_packs(self.packs)
         self.packs.clear()
+        await self._stalls.stop()
 
 
 _INSTRUCTIONS = (

@@ -35,6 +35,7 @@ from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import ToolService
 from mcp_local.servicer import ToolHubServicer, create_grpc_server
+from mcp_local.stalls import StallWatch
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
@@ -277,6 +278,7 @@ class Hub:
         self._health = health.aio.HealthServicer()
         self._health_names: list[str] = []
         self._health_task: asyncio.Task[None] | None = None
+        self._stalls = StallWatch()
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
         self.bridge_app: BridgeApp | None = None
@@ -530,6 +532,7 @@ class Hub:
         """Bind both ports first (a busy one fails before anything slow starts), then the audit
         log, the packs, and only then serve."""
         config = self.config
+        self._stalls.start()
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator)
         extra = [
@@ -667,3 +670,4 @@ class Hub:
             # finds it, its process gone, and records that this stop was not recorded.
             with contextlib.suppress(OSError):
                 remove_hub_file(self.config.state_dir)
+        await self._stalls.stop()

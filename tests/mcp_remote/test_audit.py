@@ -392,7 +392,6 @@ async def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path, sync: b
     assert out.returncode == 0, out.stderr
 
 
-
 async def test_a_start_after_a_kill_records_that_the_hub_before_it_did_not_stop(tmp_path: Path) -> None:
     """A compliance reader could not tell a hub killed with -9 from one still running: the log
     just went quiet. The next start now says so, in its `hub started` record and a log line."""
@@ -410,6 +409,7 @@ async def test_a_start_after_a_kill_records_that_the_hub_before_it_did_not_stop(
     started = [r.body_json() for r in await all_records(third.state_dir) if r.kind == "hub"]
     unclean = [b.get("unclean_stop_of_pid") for b in started if b["event"] == "started"]
     assert unclean == [None, first.process.pid, None], started
+
 
 def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
     (tmp_path / "state" / "audit").mkdir(parents=True)

@@ -3,13 +3,15 @@
 Options: `name` (default "faulty"); `fail`: "create" or "start" (RuntimeError), "start-oserror";
 `start`/`stop`: "hang" (never return); `events`: a file each start and stop appends a line to;
 `tools`: "wrong" (handlers returning what no caller can receive), "sync" (a plain `def` handler),
-"precheck" (a precheck that raises).
+"precheck" (a precheck that raises), "blocks" (`blocks_loop`, whose handler sleeps without
+awaiting: the event loop stops for `seconds`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,11 @@ async def _fine(call: ToolCall) -> str:
     return "fine"
 
 
+async def _blocks_loop(call: ToolCall) -> str:
+    time.sleep(float(call.arguments["seconds"]))  # noqa: ASYNC251 - the defect this tool stands for
+    return "woke"
+
+
 def _raising_precheck(call: ToolCall) -> str | None:
     raise KeyError("path")
 
@@ -87,6 +94,13 @@ class FaultyPack:
             return WRONG
         if kind == "sync":
             return [Tool("blocking_tool", "A plain def handler.", NO_ARGS, _sync)]  # type: ignore[arg-type]
+        if kind == "blocks":
+            seconds = {
+                "type": "object",
+                "properties": {"seconds": {"type": "number"}},
+                "required": ["seconds"],
+            }
+            return [Tool("blocks_loop", "Sleeps on the event loop.", seconds, _blocks_loop, annotations=RO)]
         if kind == "precheck":
             return [Tool("checked_tool", "Its precheck raises.", NO_ARGS, _fine, precheck=_raising_precheck)]
         return []
