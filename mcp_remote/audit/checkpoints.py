@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import errno
 import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -221,6 +222,7 @@ class CheckpointSigner:
                 if not raw:
                     raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
         self._key = load_private_key(raw)
+        self._raw = raw
         public = self._key.public_bytes()
         self.key_id = key_id(public)
         if signed_by and signed_by != public:
@@ -234,6 +236,11 @@ class CheckpointSigner:
                 pub_path.unlink(missing_ok=True)
             if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
                 _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
+
+    def output_key(self) -> bytes:
+        """The key of the records' output digests (`output_hmac_sha256`): derived from the
+        signing key, so nothing more to keep or back up, and unknown to a reader of the log."""
+        return hmac.new(self._raw, b"mcphub audit output digest v1", hashlib.sha256).digest()
 
     def sign(self, seq: int, hash_: str, ts_ms: int) -> Checkpoint:
         unsigned = Checkpoint(seq, hash_, ts_ms, self.key_id, "")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import hmac
 import logging
 import os
 import time
@@ -152,8 +152,14 @@ def _cut(text: str, limit: int, length: int | None = None) -> str:
     return text if length <= limit else f"{text[:limit]}... ({length - limit} more characters)"
 
 
-def _result_digest(result: ToolResult) -> tuple[int, str]:
-    digest = hashlib.sha256()
+def _result_digest(result: ToolResult, keyed: hmac.HMAC | None) -> tuple[int, str | None]:
+    """The result's size, and its HMAC-SHA256 under the hub's output key (`keyed`, copied;
+    None without a signing key: the size alone).
+
+    Keyed: an unkeyed digest let any reader of the log confirm a guess of a whole output, and
+    with it of a short secret in a predictable one (`DB_PASSWORD=...`). Equal outputs of one
+    hub still have equal digests, and whoever holds the signing key can check a copy."""
+    digest = keyed.copy() if keyed is not None else None
     size = 0
     for block in result.content:
         if isinstance(block, TextContent):
@@ -167,12 +173,14 @@ def _result_digest(result: ToolResult) -> tuple[int, str]:
         else:  # pragma: no cover - every content type is listed above
             data = b""
         size += len(data)
-        digest.update(data)
+        if digest is not None:
+            digest.update(data)
     if result.structured is not None:
         data = canonical(dict(result.structured))
         size += len(data)
-        digest.update(data)
-    return size, digest.hexdigest()
+        if digest is not None:
+            digest.update(data)
+    return size, digest.hexdigest() if digest is not None else None
 
 
 class _Unrecorded:
@@ -254,6 +262,8 @@ class AuditLog:
         self._max_arguments = max_argument_bytes
         self._redactor = redactor
         self._signer = signer
+        self._output_hmac = hmac.new(signer.output_key(), digestmod="sha256") if signer is not None else None
+        self._output_key_id = signer.key_id if signer is not None else ""
         self._every = checkpoint_every
         self._interval = checkpoint_interval_s
         self._checkpoint_file = checkpoint_file
@@ -571,7 +581,9 @@ class AuditLog:
                 out["arguments"] = redactor.value(arguments, assignments=True)
             elif key == "result":
                 assert isinstance(value, ToolResult)
-                out["output_bytes"], out["output_sha256"] = _result_digest(value)
+                out["output_bytes"], digest = _result_digest(value, self._output_hmac)
+                if digest is not None:
+                    out["output_hmac_sha256"], out["output_key"] = digest, self._output_key_id
             elif key in _FREE_TEXT:
                 if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
                     cut = redactor.text(value[: 4 * MAX_TEXT_CHARS], assignments=True)

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -107,8 +108,16 @@ async def test_every_call_leaves_its_records_and_refusals_are_recorded(stopped_l
     assert refused.principal == "-" and "not one this hub knows" in refused.body_json()["error"]
     finished = next(r for r in records if r.kind == "finished" and r.body_json()["status"] == "ok")
     body = finished.body_json()
-    assert body["output_bytes"] == len(b"hello 0") or body["output_bytes"] > 0
-    assert len(body["output_sha256"]) == 64 and body["duration_ms"] >= 0
+    text = next(r for r in records if r.call_id == finished.call_id and r.kind == "requested")
+    echoed = text.body_json()["arguments"]["text"].encode()
+    assert body["output_bytes"] == len(echoed) and body["duration_ms"] >= 0
+    # Keyed (from the signing key): a reader of the log cannot confirm a guess of an output.
+    assert "output_sha256" not in body and body["output_hmac_sha256"] != hashlib.sha256(echoed).hexdigest()
+    signing = base64.b64decode((stopped_log / "audit" / "signing.key").read_bytes())
+    key = hmac.new(signing, b"mcphub audit output digest v1", hashlib.sha256).digest()
+    assert body["output_hmac_sha256"] == hmac.new(key, echoed, hashlib.sha256).hexdigest()
+    public = base64.b64decode((stopped_log / "audit" / "signing.pub").read_bytes())
+    assert body["output_key"] == hashlib.sha256(public).hexdigest()[:16]
 
 
 def test_verify_passes_on_an_untouched_log(stopped_log: Path) -> None:
