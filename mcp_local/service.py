@@ -13,13 +13,14 @@ from typing import cast
 
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
+from .errors import ResourceExhausted
 from .pipeline import Pipeline
-from .principals import Authenticator, bearer_token
+from .principals import Authenticator, Principal, bearer_token
 from .registry import ToolRegistry
 from .tools import NULL_SINK, EventSink, ToolCall
 from .wire import result_to_proto
 
-__all__ = ["STREAM_BUFFER", "ToolService"]
+__all__ = ["STREAM_BUFFER", "StreamLimit", "ToolService"]
 
 STREAM_BUFFER = 256
 """Events a streaming call may queue before the tool waits for the caller to read them."""
@@ -92,13 +93,57 @@ def _call(
     )
 
 
+class StreamLimit:
+    """How many watch streams (WatchTools, WatchApprovals) one principal may hold open at once.
+
+    Each costs the server memory for as long as it is open, and its token is all it takes: a
+    principal that opened thousands held tens of megabytes. Counted by principal name, so a
+    reload that gives a principal a new token does not give it a new allowance. None: no bound
+    (the sidecar, whose callers are its own sandbox's)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def enter(self, principal: Principal, what: str) -> None:
+        """Count one more stream of `principal`'s; ResourceExhausted past the limit."""
+        if self.limit is None:
+            return
+        held = self._open.get(principal.name, 0)
+        if held >= self.limit:
+            raise ResourceExhausted(
+                f"principal {principal.name!r} already holds {held} watch streams open, the most one "
+                f"principal may (max_streams_per_principal); close one before opening another {what}"
+            )
+        self._open[principal.name] = held + 1
+
+    def leave(self, principal: Principal) -> None:
+        if self.limit is None:
+            return
+        held = self._open.get(principal.name, 0) - 1
+        if held > 0:
+            self._open[principal.name] = held
+        else:
+            self._open.pop(principal.name, None)
+
+    def held(self, name: str) -> int:
+        return self._open.get(name, 0)
+
+
 class ToolService:
     """A registry and a dispatch pipeline, answering the four ToolHub methods."""
 
-    def __init__(self, registry: ToolRegistry, pipeline: Pipeline, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        pipeline: Pipeline,
+        authenticator: Authenticator,
+        streams: StreamLimit | None = None,
+    ) -> None:
         self.registry = registry
         self.pipeline = pipeline
         self._authenticate = authenticator.authenticate
+        self.streams = streams if streams is not None else StreamLimit(None)
 
     def list_tools(self, authorization: str | None, cursor: str, page_size: int) -> pb.ListToolsResponse:
         principal = self._authenticate(bearer_token(authorization))
@@ -144,8 +189,12 @@ class ToolService:
 
     async def watch_tools(self, authorization: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
         token = bearer_token(authorization)
-        self._authenticate(token)
-        async for revision in self.registry.watch():
-            # Asked again at every change: a token revoked by a reload ends the watch.
-            self._authenticate(token)
-            yield pb.ToolsChanged(revision=revision)
+        principal = self._authenticate(token)
+        self.streams.enter(principal, "WatchTools")
+        try:
+            async for revision in self.registry.watch():
+                # Asked again at every change: a token revoked by a reload ends the watch.
+                self._authenticate(token)
+                yield pb.ToolsChanged(revision=revision)
+        finally:
+            self.streams.leave(principal)

@@ -11,6 +11,7 @@ import grpc
 
 from mcp_local.errors import HubError, InvalidArgument, PermissionDenied, Unavailable
 from mcp_local.principals import Authenticator, Principal
+from mcp_local.service import StreamLimit
 from mcp_local.servicer import abort_with, caller_token
 from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
@@ -75,9 +76,12 @@ MAX_REASON_CHARS = 4096
 
 
 class ApprovalsServicer(apb_grpc.ApprovalsServicer):
-    def __init__(self, book: ApprovalBook, authenticator: Authenticator) -> None:
+    def __init__(
+        self, book: ApprovalBook, authenticator: Authenticator, streams: StreamLimit | None = None
+    ) -> None:
         self._book = book
         self._authenticate = authenticator.authenticate
+        self._streams = streams if streams is not None else StreamLimit(None)
 
     def _approver(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticate(caller_token(context))
@@ -118,12 +122,14 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
         self, request: apb.WatchApprovalsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[apb.Approval]:
         try:
-            self._approver(context)
+            approver = self._approver(context)
+            self._streams.enter(approver, "WatchApprovals")
         except Exception as exc:
             await abort_with(context, exc)
         try:
             queue = await self._book.watch()
         except Exception as exc:
+            self._streams.leave(approver)
             await abort_with(context, exc)
         try:
             for approval in await self._book.listing(("pending",)):
@@ -140,6 +146,7 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             await abort_with(context, exc)
         finally:
             self._book.unwatch(queue)
+            self._streams.leave(approver)
 
     async def DecideApproval(
         self, request: apb.DecideApprovalRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(store, dsn_env | dsn_file, checkpoint_every, checkpoint_interval_s, sync,\n"
             "max_argument_bytes), approvals (max_pending_per_principal, keep_days), allowed_hosts,\n"
             "allowed_origins, max_request_bytes, shutdown_grace_s, bridge_express,\n"
-            "max_sessions_per_principal, instance, log_level.\n"
+            "max_sessions_per_principal, max_streams_per_principal, instance, log_level.\n"
             "Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL, MCPHUB_PACKS,\n"
             "MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists), MCPHUB_BRIDGE_EXPRESS.\n"
             "Binding a non-loopback address needs at least one principal."

@@ -242,6 +242,10 @@ class HubConfig(BaseModel):
     max_sessions_per_principal: int = Field(default=100, ge=1, le=10_000)
     """Handshake-era (2025) MCP sessions one principal may hold open on the bridge; one more ends
     its least recently used idle session, or gets 429 when every one is in use."""
+    max_streams_per_principal: int = Field(default=256, ge=1, le=100_000)
+    """Watch streams (WatchTools, WatchApprovals) one principal may hold open at once; one more is
+    RESOURCE_EXHAUSTED. Each MCP session of the bridge holds one: keep it above
+    max_sessions_per_principal."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("log_level", mode="before")
@@ -293,6 +297,12 @@ class HubConfig(BaseModel):
             raise ValueError(
                 f"principals: the name {OPERATOR.name!r} is reserved for the hub host's operator "
                 "(its token is `operator.token` in the state directory); choose another name"
+            )
+        if self.max_streams_per_principal < self.max_sessions_per_principal:
+            raise ValueError(
+                f"max_streams_per_principal ({self.max_streams_per_principal}) is below "
+                f"max_sessions_per_principal ({self.max_sessions_per_principal}): each MCP session holds "
+                "a watch stream, so sessions past it would fail; raise it or lower the other"
             )
         return self
 

@@ -33,7 +33,7 @@ from mcp_local.pipeline import (
 from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Principal, bearer_token
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
-from mcp_local.service import ToolService
+from mcp_local.service import StreamLimit, ToolService
 from mcp_local.servicer import ToolHubServicer, create_grpc_server
 from mcp_local.stalls import StallWatch
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
@@ -266,7 +266,8 @@ class Hub:
         self.trail = AuditTrail(self.audit, self._identify)
         self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
         self.pipeline = Pipeline(self.stages())
-        self._service = ToolService(self.registry, self.pipeline, self.authenticator)
+        self.streams = StreamLimit(config.max_streams_per_principal)
+        self._service = ToolService(self.registry, self.pipeline, self.authenticator, self.streams)
         self.federation = Federation(
             self.registry, self.authenticator, config.state_dir, on_event=self._sandbox_event
         )
@@ -534,7 +535,7 @@ class Hub:
         config = self.config
         self._stalls.start()
         servicer = ToolHubServicer(self._service)
-        approvals = ApprovalsServicer(self.approvals, self.authenticator)
+        approvals = ApprovalsServicer(self.approvals, self.authenticator, self.streams)
         extra = [
             (apb_grpc.add_ApprovalsServicer_to_server, approvals, "mcphub.v1.Approvals"),
             self.federation.service(),

@@ -65,7 +65,8 @@ class ApprovalsServicer:
 
     def WatchApprovals(self, request, context):
         """Every pending approval now, then each change (new, decided, used, expired) as it happens,
-        made through any hub sharing this hub's store (PostgreSQL).
+        made through any hub sharing this hub's store (PostgreSQL). Counted with WatchTools
+        against the hub's max_streams_per_principal (RESOURCE_EXHAUSTED beyond).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,7 +84,9 @@ class ToolHubServicer:
 
     def WatchTools(self, request, context):
         """Sends one ToolsChanged at once (the current revision) and another each
-        time the set of tools the caller can see changes.
+        time the set of tools the caller can see changes. A principal holds at most
+        the hub's max_streams_per_principal (default 256) WatchTools and
+        WatchApprovals streams at once; one more is RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
