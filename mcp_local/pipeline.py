@@ -429,15 +429,23 @@ def _content_bytes(result: ToolResult, limit: int | None) -> int:
     if limit is None:
         return 0
     size = binary + 4 * chars
+    if structured is not None and size <= limit:
+        size += _json_bytes(structured)
     if size > limit:
+        # The bound is over: count exactly (a result of text and its structured copy, such as
+        # fs_read's, crossed it at a quarter of what it carries).
         texts = [t for t in (getattr(b, "text", None) for b in result.content) if t is not None]
         size = binary + sum(len(t.encode(errors="replace")) for t in texts)
-    if structured is not None and size <= limit:
-        try:
-            size += len(orjson.dumps(dict(structured)))
-        except TypeError as exc:  # orjson.JSONEncodeError
-            raise _Unsendable(f"structured is not JSON: {exc}") from exc
+        if structured is not None and size <= limit:
+            size += _json_bytes(structured)
     return size
+
+
+def _json_bytes(structured: Mapping[str, Any]) -> int:
+    try:
+        return len(orjson.dumps(dict(structured)))
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise _Unsendable(f"structured is not JSON: {exc}") from exc
 
 
 _PAYLOADS: dict[type, tuple[tuple[str, type], ...]] = {

@@ -153,3 +153,23 @@ async def test_file_size_is_bounded(agent_a: ShellClient) -> None:
     huge = "x" * (4 * 1024 * 1024 + 1)
     outcome = await agent_a.call("fs_write", {"path": "huge.txt", "content": huge})
     assert outcome.is_error and "at most" in outcome.text
+
+
+async def test_a_file_of_any_size_up_to_max_file_bytes_is_read_in_one_call(
+    agent_a: ShellClient, jail_hub: RunningHub
+) -> None:
+    """Found by a tester: text files of 3.3-4.18 MB (binary from 2.6 MB) were refused as "more
+    than one gRPC message carries back", while a 4.19 MB one was read: the size check bounded
+    the text at 4 bytes a character and added its structured copy without counting exactly."""
+    await agent_a.exec("true")  # the workspace exists from the first call on
+    folder = workspace_dir(jail_hub, "agent-a")
+    text = ("0123456789abcdef" * 64 + "\n") * (3_500_000 // 1025)
+    (folder / "f35.txt").write_text(text)
+    read = await agent_a.call("fs_read", {"path": "f35.txt"})
+    assert not read.is_error, read.text[:300]
+    assert read.structured["content"] == text
+    blob = secrets.token_bytes(3_000_000)
+    (folder / "b30.bin").write_bytes(blob)
+    read = await agent_a.call("fs_read", {"path": "b30.bin"})
+    assert not read.is_error, read.text[:300]
+    assert base64.b64decode(read.structured["content"]) == blob
