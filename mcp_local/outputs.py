@@ -94,6 +94,8 @@ class StoredOutput:
     media_type: str
     label: str
     expires_at: float
+    dropped: int = 0
+    """Bytes that followed `data` but were not kept (the producer's cap): the last page says so."""
 
 
 ENTRY_OVERHEAD = 512
@@ -117,12 +119,23 @@ class OutputStore:
         self._held: dict[str, int] = {}
         """Bytes each principal's outputs count for."""
 
-    def put(self, principal: str, data: bytes, *, media_type: str = "text/plain", label: str = "") -> str:
-        """Store `data` for `principal`. When the store is full, the oldest output of whoever holds
-        the most goes first: one principal's flood of outputs evicts its own, not others'."""
+    def put(
+        self,
+        principal: str,
+        data: bytes,
+        *,
+        media_type: str = "text/plain",
+        label: str = "",
+        dropped: int = 0,
+    ) -> str:
+        """Store `data` for `principal` (`dropped`: bytes that followed it and were not kept). When
+        the store is full, the oldest output of whoever holds the most goes first: one principal's
+        flood of outputs evicts its own, not others'."""
         self._expire()
         output_id = "out_" + _token_urlsafe(12)
-        item = StoredOutput(output_id, principal, data, media_type, label, self._clock() + self.ttl_s)
+        item = StoredOutput(
+            output_id, principal, data, media_type, label, self._clock() + self.ttl_s, dropped
+        )
         self._items[output_id] = item
         self._count(item, +1)
         while self._bytes > self.max_bytes:
@@ -193,7 +206,12 @@ def output_read_tool(store: OutputStore) -> Tool:
         end = min(len(data), offset + max(limit, first))
         content, encoding, used = decode_page(data[offset:end], more=end < len(data))
         end = offset + used
-        more = f"; continue with offset {end}" if end < len(data) else "; end of output"
+        if end < len(data):
+            more = f"; continue with offset {end}"
+        elif item.dropped:
+            more = f"; end of what was kept: the {item.dropped} bytes that followed were counted, not stored"
+        else:
+            more = "; end of output"
         shown = "; not UTF-8 text, shown as base64" if encoding == "base64" else ""
         header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(data)}{shown}{more}]"
         return f"{header}\n{content}"

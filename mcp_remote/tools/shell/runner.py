@@ -123,7 +123,7 @@ def _stream(
                 + _read_on(output_id, 0)
             )
             return kept.decode("utf-8", errors="replace"), total, output_id, note
-    output_id = outputs.put(principal, kept, label=name)
+    output_id = outputs.put(principal, kept, label=name, dropped=total - len(kept))
     # The preview is a glimpse (bytes that are not UTF-8 show as U+FFFD); output_read is exact.
     shown = preview_length(kept, preview_bytes)
     text = kept[:shown].decode("utf-8", errors="replace")

@@ -139,6 +139,20 @@ async def test_large_output_is_kept_whole_and_readable_by_id(agent_a: ShellClien
     assert whole.decode().splitlines() == [str(i) for i in range(1, 20001)]
 
 
+async def test_the_last_page_of_a_capped_output_says_what_was_not_kept(agent_a: ShellClient) -> None:
+    """Found by a tester: the last page of an output cut at max_output_bytes (1 MiB here) said
+    "end of output", so an agent paging through never learned that the rest was dropped."""
+    outcome = await agent_a.exec("seq 1 300000")  # 1,988,895 bytes
+    s = outcome.structured
+    assert s["stdout_bytes"] == 1988895 and "only the first 1048576 bytes were kept" in outcome.text
+    last = await agent_a.call(
+        "output_read", {"output_id": s["stdout_output_id"], "offset": 1048576 - 10, "limit": 65536}
+    )
+    header = last.text.partition("\n")[0]
+    assert "end of output" not in header, header
+    assert "end of what was kept: the 940319 bytes that followed were counted, not stored" in header
+
+
 async def test_a_character_cut_by_the_preview_is_read_whole_with_the_rest(agent_a: ShellClient) -> None:
     # 4,095 bytes of "a", then "é" (2 bytes) across the 4,096-byte preview's end.
     outcome = await agent_a.exec("head -c 4095 /dev/zero | tr '\\0' a; printf '\\303\\251'; seq 1 2000")
