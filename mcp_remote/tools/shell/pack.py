@@ -13,6 +13,7 @@ jail by default, `ssh` for a remote sandbox, `unjailed` only for trusted setups.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import resource
@@ -287,7 +288,12 @@ class ShellPack:
                 f"end of output; the process {state}"
                 + (f" with exit code {code}" if code is not None else "")
             )
-        text = data.decode("utf-8", errors="replace")
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            # Exact bytes, as output_read gives them: U+FFFD in their place could not be undone.
+            text, encoding = base64.b64encode(data).decode("ascii"), "base64"
+            notes.insert(0, "not UTF-8 text: the output is base64 (encoding: base64)")
         structured = {
             "process_id": bp.process_id,
             "state": state,
@@ -296,6 +302,7 @@ class ShellPack:
             "next_offset": next_offset,
             "end": piece.end,
             "output": text,
+            "encoding": encoding,
         }
         body = (
             "\n".join([text.rstrip("\n")] if text else []) + ("\n" if text else "") + f"[{'; '.join(notes)}]"

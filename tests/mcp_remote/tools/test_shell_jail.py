@@ -266,6 +266,28 @@ async def test_background_process_lifecycle(agent_a: ShellClient, agent_b: Shell
     assert again.structured["end"] == end, "no output after the kill"
 
 
+async def test_background_output_that_is_not_utf8_is_read_exactly_as_base64(agent_a: ShellClient) -> None:
+    """Found by a tester: shell_read gave U+FFFD for bytes that are not UTF-8, which cannot be
+    undone; output_read gives them as base64, and so does shell_read now."""
+    started = await agent_a.call("shell_start", {"command": "printf 'ab\\377\\376cd'"})
+    pid = started.structured["process_id"]
+    await wait_until(lambda: _state_is(agent_a, pid, "exited"), what="the process to exit")
+    read = await agent_a.call("shell_read", {"process_id": pid})
+    assert read.structured["encoding"] == "base64", read.text
+    assert base64.b64decode(read.structured["output"]) == b"ab\xff\xfecd"
+    assert "not UTF-8 text: the output is base64" in read.text
+    text = await agent_a.call("shell_start", {"command": "echo plain"})
+    await wait_until(
+        lambda: _state_is(agent_a, text.structured["process_id"], "exited"), what="the process to exit"
+    )
+    plain = await agent_a.call("shell_read", {"process_id": text.structured["process_id"]})
+    assert plain.structured["encoding"] == "utf-8" and plain.structured["output"] == "plain\n"
+
+
+async def _state_is(agent: ShellClient, pid: str, state: str) -> bool:
+    return bool((await agent.call("shell_status", {"process_id": pid})).structured["state"] == state)
+
+
 async def test_background_output_is_read_in_pages_that_never_cut_a_character(agent_a: ShellClient) -> None:
     line = "é€😀 and ascii"
     started = await agent_a.call("shell_start", {"command": f"for i in 1 2 3 4 5; do echo '{line}'; done"})
