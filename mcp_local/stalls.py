@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import sys
-import sysconfig
 import threading
 import time
 from types import FrameType
@@ -25,10 +24,9 @@ __all__ = ["StallWatch"]
 
 logger = logging.getLogger("mcphub.stalls")
 
-_STDLIB = tuple(
-    os.path.realpath(p) + os.sep
-    for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
-)
+# The standard library's directory (lib-dynload is inside it). Not from `sysconfig`: importing it
+# costs the sidecar 0.4 MB of idle memory.
+_STDLIB = (os.path.realpath(os.path.dirname(os.__file__)) + os.sep,)
 _SHOWN_FRAMES = 3
 
 
