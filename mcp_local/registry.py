@@ -34,6 +34,14 @@ class RegisteredTool:
     source: str
     validator: ArgumentValidator = field(repr=False)
     proto: pb.Tool = field(repr=False)
+    fingerprint: int = field(default=0, repr=False)
+    """Of the wire form: equal for the same definition within this process (`visible_fingerprint`)."""
+
+
+def _registered(tool: Tool, source: str) -> RegisteredTool:
+    proto = tool_to_proto(tool)
+    fingerprint = hash(proto.SerializeToString(deterministic=True))
+    return RegisteredTool(tool, source, ArgumentValidator(tool.name, tool.input_schema), proto, fingerprint)
 
 
 class ToolRegistry:
@@ -89,10 +97,7 @@ class ToolRegistry:
         for t in tools:
             if t.output_schema is not None:
                 check_output_schema(t.name, t.output_schema)
-        new = [
-            RegisteredTool(t, source, ArgumentValidator(t.name, t.input_schema), tool_to_proto(t))
-            for t in tools
-        ]
+        new = [_registered(t, source) for t in tools]
         names = [r.tool.name for r in new]
         if len(set(names)) != len(names):
             raise ConfigError(f"{source}: a tool name appears twice in {sorted(names)}")
@@ -119,6 +124,12 @@ class ToolRegistry:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def principals_changed(self) -> None:
+        """The principals (their tools or roles) were reloaded: what each may see is worked out
+        again, and watchers are woken (`ToolService.watch_tools` tells only those whose list
+        changed)."""
+        self._changed()
+
     def visible_to(self, principal: Principal) -> list[RegisteredTool]:
         """The tools `principal` may call, sorted by name (cached until the next change)."""
         cached = self._visible.get(principal.name)
@@ -126,6 +137,10 @@ class ToolRegistry:
             cached = [r for r in self._sorted if principal.may_use(r.tool)]
             self._visible[principal.name] = cached
         return cached
+
+    def visible_fingerprint(self, principal: Principal) -> int:
+        """Equal as long as `visible_to(principal)` lists the same definitions."""
+        return hash(tuple(r.fingerprint for r in self.visible_to(principal)))
 
     def page(self, principal: Principal, cursor: str, page_size: int) -> tuple[list[RegisteredTool], str]:
         """One page of `visible_to(principal)` after `cursor`, and the cursor of the next page."""

@@ -189,12 +189,18 @@ class ToolService:
 
     async def watch_tools(self, authorization: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
         token = bearer_token(authorization)
-        principal = self._authenticate(token)
-        self.streams.enter(principal, "WatchTools")
+        holder = self._authenticate(token)
+        self.streams.enter(holder, "WatchTools")
         try:
+            told: int | None = None
             async for revision in self.registry.watch():
-                # Asked again at every change: a token revoked by a reload ends the watch.
-                self._authenticate(token)
-                yield pb.ToolsChanged(revision=revision)
+                # Asked again at every change: a token revoked by a reload ends the watch, and
+                # one whose tools a reload changed is told by the list it may now see.
+                principal = self._authenticate(token)
+                seen = self.registry.visible_fingerprint(principal)
+                if seen != told:
+                    # Only when its own list changed: not every other sandbox's coming and going.
+                    told = seen
+                    yield pb.ToolsChanged(revision=revision)
         finally:
-            self.streams.leave(principal)
+            self.streams.leave(holder)

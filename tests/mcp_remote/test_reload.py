@@ -569,3 +569,50 @@ async def test_an_approver_of_another_hub_sharing_the_store_still_counts_after_a
             await client.close()
             assert here.stop() == 0
             assert there.stop() == 0
+
+
+async def test_a_reload_that_changes_a_principals_tools_changes_its_list_and_tells_it_alone(
+    tmp_path: Path,
+) -> None:
+    """Found by a tester: after a reload gave a principal other tools, tools/list still showed the
+    old ones (cached by name) and no list_changed came; and every watcher heard of every change,
+    its own list changed or not."""
+    hub = start_hub(tmp_path / "hub", config=first_config(), http=False)
+    client = HubClient(hub.grpc)
+    heard: dict[str, int] = {"alice": 0, "bob": 0}
+
+    async def watch(name: str) -> None:
+        async for _ in client.watch_tools(TOKENS[name]):
+            heard[name] += 1
+
+    async def until_heard(name: str, times: int) -> None:
+        async with asyncio.timeout(10):
+            while heard[name] < times:  # noqa: ASYNC110 - polling a count the watchers grow
+                await asyncio.sleep(0.02)
+
+    async def names(name: str) -> list[str]:
+        listed = await client.list_tools(TOKENS[name])
+        return sorted(t.name for t in listed.tools)
+
+    watchers = [asyncio.create_task(watch("alice")), asyncio.create_task(watch("bob"))]
+    try:
+        await until_heard("alice", 1)
+        await until_heard("bob", 1)
+        assert await names("bob") == ["echo", "whoami"]
+        config = first_config()
+        config["principals"][1]["tools"] = ["echo", "whoami", "sleep"]
+        assert "reloaded" in await asyncio.to_thread(reload, hub, config)
+        await until_heard("bob", 2)
+        assert await names("bob") == ["echo", "sleep", "whoami"]
+        config["principals"][0]["tools"] = ["echo"]
+        assert "reloaded" in await asyncio.to_thread(reload, hub, config)
+        await until_heard("alice", 2)
+        assert await names("alice") == ["echo"]
+        await asyncio.sleep(0.3)
+        # Each heard of its own change only: alice not of bob's, bob not of alice's.
+        assert heard == {"alice": 2, "bob": 2}
+    finally:
+        for task in watchers:
+            task.cancel()
+        await client.close()
+        hub.stop()
