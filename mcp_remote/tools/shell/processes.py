@@ -68,6 +68,8 @@ class BackgroundProcess:
     def state(self) -> str:
         if self.status is None:
             return "running"
+        if self.status.lost:
+            return "lost"
         if self.timed_out:
             return "timed_out"
         if self.status.killed:
@@ -85,6 +87,7 @@ class BackgroundProcess:
             "started_at": round(self.started_at, 3),
             "duration_ms": round((end - self.started) * 1000),
             "output_bytes": self.log.end,
+            **({"lost": self.status.lost} if self.status and self.status.lost else {}),
             **({"output_dropped": True} if self.log_dropped else {}),
         }
 

@@ -45,6 +45,10 @@ EXEC_OUTPUT_SCHEMA: dict[str, Any] = {
             "description": "read all of stdout with output_read (when longer than shown, or not UTF-8)",
         },
         "stderr_output_id": {"type": ["string", "null"]},
+        "lost": {
+            "type": ["string", "null"],
+            "description": "set when the connection to the sandbox was lost: the command's fate is unknown",
+        },
     },
     "required": ["exit_code", "timed_out", "duration_ms", "stdout", "stderr", "truncated"],
 }
@@ -150,8 +154,12 @@ def _result(
 ) -> ToolResult:
     stdout, out_bytes, out_id, out_note = _stream(principal, "stdout", capture, outputs, preview_bytes)
     stderr, err_bytes, err_id, err_note = _stream(principal, "stderr", capture, outputs, preview_bytes)
-    if timed_out:
+    if timed_out and status.lost:
+        head = f"timed out after {limit:g}s, and {status.lost}"
+    elif timed_out:
         head = f"timed out after {limit:g}s; the command and everything it started were killed"
+    elif status.lost:
+        head = status.lost
     elif status.exit_code is not None:
         head = f"exit code {status.exit_code}"
     else:
@@ -174,5 +182,10 @@ def _result(
         "stderr_bytes": err_bytes,
         "stdout_output_id": out_id,
         "stderr_output_id": err_id,
+        "lost": status.lost,
     }
-    return ToolResult(content=(TextContent("\n".join(lines)),), structured=structured, is_error=timed_out)
+    return ToolResult(
+        content=(TextContent("\n".join(lines)),),
+        structured=structured,
+        is_error=timed_out or bool(status.lost),
+    )

@@ -87,6 +87,8 @@ class ExitStatus:
     signal: int | None = None
     killed: bool = False
     """True when the hub killed it (timeout, cancellation, shell_kill)."""
+    lost: str | None = None
+    """Why the command's fate is unknown (the connection to its sandbox was lost), for the caller."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,18 @@ The remote login shell receives one command line built here from quoted parts on
 
     env K=V ... /bin/sh -c SCRIPT mcphub CWD TIMEOUT COMMAND
 
-SCRIPT prints its process group id on stderr (the hub strips that line), enters CWD, applies the
-rlimits with `ulimit`, and runs COMMAND with `/bin/sh -c` under `timeout -s KILL` when the remote
-has coreutils' timeout. Cancelling or timing out kills that process group through a second
-channel (`kill -KILL -- -PGID`), so a command that ignores its closed channel still stops.
+SCRIPT prints its process group id on stderr in a line naming a nonce of this call (the hub
+finds that line wherever it comes in stderr, after whatever a remote rc file or the loader printed
+first, and strips it), enters CWD, applies the rlimits with `ulimit`, and runs COMMAND with
+`/bin/sh -c` under `timeout -s KILL` when the remote has coreutils' timeout. Cancelling or timing
+out kills that process group through a second channel (`kill -KILL -- -PGID`), so a command that
+ignores its closed channel still stops. A COMMAND too long for one argument (the kernel takes at
+most 128 KiB) goes on stdin ahead of the caller's input instead, and SCRIPT reads it from there.
 The remote login shell must be POSIX-compatible (sh, bash, dash, zsh).
+
+The channel's exit status ends the command: what it left behind still holding its output gets
+_LEFTOVER_GRACE_S to finish writing, then its process group is killed. A connection that stops
+answering or drops leaves the command's fate unknown, and the result says so.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
+import secrets
 import shlex
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -35,18 +42,29 @@ __all__ = ["SshProcess", "SshTarget", "remote_command"]
 
 logger = logging.getLogger(__name__)
 
-_PGID_LINE = re.compile(rb"^mcphub-pgid:(\d+)\n")
 _SCRIPT = (
-    'printf "mcphub-pgid:%s\\n" "$$" >&2; '
+    'printf "mcphub-pgid-{nonce}:%s\\n" "$$" >&2; '
     'cd -- "$1" || exit 126; shift; '
     "{ulimits}"
-    't=$1; shift; if [ "$t" != 0 ] && command -v timeout >/dev/null 2>&1; then '
+    "t=$1; shift; "
+    'if [ "$t" != 0 ] && command -v timeout >/dev/null 2>&1; then '
     'exec timeout -s KILL "$t" /bin/sh -c "$1"; fi; exec /bin/sh -c "$1"'
 )
+_READ_COMMAND = 'eval "$(dd bs=1 count={size} 2>/dev/null)"'
+"""The command from stdin, in place of a command too long to pass as an argument: dd reads it a
+byte at a time, so not one byte of the input after it is taken."""
+MAX_COMMAND_ARG = 64 * 1024
+"""Longer commands (bytes, once quoted) go on stdin: one argument may not exceed 128 KiB (Linux's
+MAX_ARG_STRLEN), and the whole line is one argument of the remote login shell."""
+_LEFTOVER_GRACE_S = 0.5
+"""After the exit status: how long what the command left behind may hold its output open."""
+_KILL_GRACE_S = 3.0
+"""After a kill: how long the channel may take to close before the connection counts as gone."""
 
 
-def remote_command(spec: ExecSpec, cwd: str, limits: SshLimits) -> str:
-    """The one line the remote login shell parses: every variable part is `shlex.quote`d."""
+def remote_command(spec: ExecSpec, cwd: str, limits: SshLimits, nonce: str) -> tuple[str, bytes | None]:
+    """The one line the remote login shell parses (every variable part is `shlex.quote`d), and the
+    command's bytes to send on stdin ahead of the caller's input when it is too long for the line."""
     ulimits = ""
     for flag, value in (
         ("-t", limits.cpu_s),
@@ -56,60 +74,124 @@ def remote_command(spec: ExecSpec, cwd: str, limits: SshLimits) -> str:
     ):
         if value is not None:
             ulimits += f"ulimit {flag} {int(value)} || exit 125; "
-    script = _SCRIPT.format(ulimits=ulimits)
+    command = shlex.quote(spec.command)
+    on_stdin = None
+    if len(command) > MAX_COMMAND_ARG // 4 and len(command.encode()) > MAX_COMMAND_ARG:
+        on_stdin = spec.command.encode()
+        command = shlex.quote(_READ_COMMAND.format(size=len(on_stdin)))
+    script = _SCRIPT.format(nonce=nonce, ulimits=ulimits)
     timeout = 0 if spec.timeout_s is None else math.ceil(spec.timeout_s) + 2  # the hub's timer goes first
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in spec.env.items())
     parts = [
         *(["env", env] if env else []),
         "/bin/sh", "-c", shlex.quote(script), "mcphub",
-        shlex.quote(cwd), str(timeout), shlex.quote(spec.command),
+        shlex.quote(cwd), str(timeout), command,
     ]  # fmt: skip
-    return " ".join(parts)
+    return " ".join(parts), on_stdin
+
+
+class _Channel(asyncssh.SSHClientProcess[bytes]):
+    """An asyncssh process that says when its exit status arrives, which may be long before its
+    output ends (a background child still holds it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_exit: Any = None
+
+    def exit_status_received(self, status: int) -> None:
+        super().exit_status_received(status)
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        super().exit_signal_received(signal, core_dumped, msg, lang)
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 class SshProcess:
     """One remote command on a pooled connection."""
 
-    def __init__(self, pool: SshPool, conn: SshConnection, process: asyncssh.SSHClientProcess[bytes]) -> None:
+    def __init__(
+        self, pool: SshPool, conn: SshConnection, process: _Channel, describe: str, nonce: str
+    ) -> None:
         self._pool = pool
         self._conn = conn
         self._process = process
+        self._describe = describe
+        self._marker = f"mcphub-pgid-{nonce}:".encode()
         self._pgid: int | None = None
         self._killed = False
+        self._ended = False
         self._released = False
         self._killer: asyncio.Task[None] | None = None
+        self._leftovers: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(64)
         self._readers = [
             asyncio.create_task(self._read("stdout", process.stdout)),
             asyncio.create_task(self._read("stderr", process.stderr)),
         ]
+        process.on_exit = self._exited
 
     async def _read(self, stream: str, reader: asyncssh.SSHReader[bytes]) -> None:
-        head = b""
         try:
             if stream == "stderr":
-                # The first line is the process group id, ours and not the command's.
-                while len(head) < 64 and b"\n" not in head:
-                    chunk = await reader.read(64 - len(head))
-                    if not chunk:
-                        break
-                    head += chunk
-                found = _PGID_LINE.match(head)
-                if found:
-                    self._pgid = int(found.group(1))
-                    head = head[found.end() :]
-                if head:
-                    await self._queue.put(OutputChunk(stream, head))
+                await self._read_marker(reader)
             while chunk := await reader.read(65536):
                 await self._queue.put(OutputChunk(stream, chunk))
         except (asyncssh.Error, OSError):
             pass
-        if not self._killed:
+        if not self._ended:
             await self._queue.put(None)
+
+    async def _read_marker(self, reader: asyncssh.SSHReader[bytes]) -> None:
+        """Take the process group id from this call's marker line, wherever it comes in stderr:
+        what precedes it (a remote rc file, the loader complaining about LD_PRELOAD) is output."""
+        marker = self._marker
+        held = b""
+        while chunk := await reader.read(65536):
+            held += chunk
+            at = held.find(marker)
+            if at < 0:
+                # Keep only what may be the start of the marker, cut between two chunks.
+                cut = len(held) - len(marker) + 1
+                if cut > 0:
+                    await self._queue.put(OutputChunk("stderr", held[:cut]))
+                    held = held[cut:]
+                continue
+            end = held.find(b"\n", at)
+            if end < 0:
+                if at:
+                    await self._queue.put(OutputChunk("stderr", held[:at]))
+                    held = held[at:]
+                continue
+            digits = held[at + len(marker) : end]
+            if digits.isdigit():
+                self._pgid = int(digits)
+            held = held[:at] + held[end + 1 :]
+            break
+        if held:
+            await self._queue.put(OutputChunk("stderr", held))
+
+    def _exited(self) -> None:
+        """The exit status arrived: output still open after a moment belongs to what the command
+        left behind, which must not hold the call (see _finish_leftovers)."""
+        if not self._ended and self._leftovers is None:
+            loop = asyncio.get_running_loop()
+            self._leftovers = loop.call_later(_LEFTOVER_GRACE_S, self._finish_leftovers)
+
+    def _finish_leftovers(self) -> None:
+        if self._ended or all(task.done() for task in self._readers):
+            return
+        logger.info("ssh: the command exited; killing what it left behind holding its output")
+        self._kill_group()
+        self._end_streams(drop_queued=False)
 
     async def output(self) -> AsyncIterator[OutputChunk]:
         open_streams = 2
         while open_streams:
+            if self._ended and self._queue.empty():
+                return
             item = await self._queue.get()
             if item is None:
                 open_streams -= 1
@@ -118,39 +200,79 @@ class SshProcess:
 
     async def wait(self) -> ExitStatus:
         try:
-            await self._process.wait_closed()
+            if self._killed:
+                try:
+                    async with asyncio.timeout(_KILL_GRACE_S):
+                        await self._process.wait_closed()
+                except TimeoutError:
+                    return self._stopped_answering()
+            else:
+                await self._process.wait_closed()
             code = self._process.returncode
         finally:
+            if self._leftovers is not None:
+                self._leftovers.cancel()
             await self._release()
         if code is None:
-            return ExitStatus(None, None, killed=True)
+            if self._killed:
+                return ExitStatus(None, None, killed=True)
+            return ExitStatus(
+                None,
+                None,
+                lost=f"the connection to the SSH sandbox {self._describe} was lost while the command ran; "
+                "whether it finished, and how, is unknown (it may still be running there)",
+            )
         if code < 0:
             return ExitStatus(None, -code, killed=self._killed)
         return ExitStatus(code, None, killed=self._killed)
+
+    def _stopped_answering(self) -> ExitStatus:
+        """The channel did not close after a kill: the connection is dead to us. It is dropped (the
+        pool opens another), and the kill is sent once more, over a new connection."""
+        logger.warning("ssh: %s stopped answering; dropping the connection", self._describe)
+        self._conn.conn.abort()
+        if self._pgid is not None:
+            self._killer = asyncio.create_task(self._pool.run_quiet(_kill_line(self._pgid)))
+        return ExitStatus(
+            None,
+            None,
+            killed=True,
+            lost=f"the connection to the SSH sandbox {self._describe} stopped answering; the kill "
+            "was sent again over a new connection, but whether the command is gone is unknown",
+        )
 
     async def kill(self) -> None:
         if self._killed:
             return
         self._killed = True
+        self._kill_group()
+        self._end_streams(drop_queued=True)
+
+    def _kill_group(self) -> None:
         if self._pgid is not None:
-            pgid = self._pgid
             # A second channel: the remote kill reaches the whole group even if this channel hangs.
-            self._killer = asyncio.create_task(
-                self._pool.run_quiet(f"kill -KILL -- -{pgid} 2>/dev/null || kill -KILL {pgid}")
-            )
+            self._killer = asyncio.create_task(self._pool.run_quiet(_kill_line(self._pgid)))
         self._process.close()
+
+    def _end_streams(self, *, drop_queued: bool) -> None:
+        """Whoever reads output() stops: at once (a kill), or after what is already queued."""
+        self._ended = True
         for task in self._readers:
             task.cancel()
-        # Whoever reads output() stops now: drop what is queued and mark both streams closed.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
-        self._queue.put_nowait(None)
+        if drop_queued:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        if not self._queue.full():
+            self._queue.put_nowait(None)  # wakes a reader of output() waiting on an empty queue
 
     async def _release(self) -> None:
         if not self._released:
             self._released = True
             await self._pool.release(self._conn)
+
+
+def _kill_line(pgid: int) -> str:
+    return f"kill -KILL -- -{pgid} 2>/dev/null || kill -KILL {pgid}"
 
 
 class SshTarget:
@@ -161,6 +283,7 @@ class SshTarget:
         self.pool = SshPool(options, redactor, environ)
         self._workspace: SftpWorkspace | None = None
         self._prepared = False
+        self._describe = f"{options.user}@{options.host}:{options.port}"
 
     async def start(self) -> None:
         """Keys and the pinned host key are read now, so a wrong path fails the hub's start."""
@@ -183,20 +306,37 @@ class SshTarget:
     async def spawn(self, principal: str, spec: ExecSpec) -> SshProcess:
         await self._prepare()
         cwd = sandbox_cwd(spec.cwd, self.options.workspace)
-        line = remote_command(spec, cwd, self.options.limits)
+        nonce = secrets.token_hex(8)
+        line, command_on_stdin = remote_command(spec, cwd, self.options.limits, nonce)
+        o = self.options
+        # A connection that stopped answering would hold the call here until keepalives gave up.
+        opening_s = (
+            o.connect_timeout_s if spec.timeout_s is None else min(o.connect_timeout_s, spec.timeout_s)
+        )
         c = await self.pool.acquire()
         try:
-            process = await c.conn.create_process(line, encoding=None)
+            async with asyncio.timeout(opening_s):
+                _, session = await c.conn.create_session(_Channel, line, encoding=None)
+                process = cast(_Channel, session)
+        except TimeoutError:
+            await self.pool.release(c)
+            c.conn.abort()
+            raise SandboxUnavailable(
+                f"the SSH sandbox {self._describe} stopped answering: no session opened within "
+                f"{opening_s:g}s; the connection was dropped, so the next call opens a new one"
+            ) from None
         except (OSError, asyncssh.Error) as exc:
             await self.pool.release(c)
-            raise SandboxUnavailable(f"the SSH sandbox refused a session: {exc}") from None
+            raise SandboxUnavailable(f"the SSH sandbox {self._describe} refused a session: {exc}") from None
         except BaseException:
             await asyncio.shield(self.pool.release(c))
             raise
+        if command_on_stdin is not None:
+            process.stdin.write(command_on_stdin)
         if spec.stdin is not None:
             process.stdin.write(spec.stdin)
         process.stdin.write_eof()
-        return SshProcess(self.pool, c, process)
+        return SshProcess(self.pool, c, process, self._describe, nonce)
 
     async def workspace(self, principal: str) -> SftpWorkspace:
         if self._workspace is None:

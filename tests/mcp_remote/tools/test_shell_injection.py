@@ -142,17 +142,33 @@ def test_the_ssh_command_line_keeps_every_part_as_data(tmp_path: Path, payload: 
     cwd = tmp_path / payload.replace("/", "_")
     cwd.mkdir()
     spec = ExecSpec(command='printf "%s|%s" "$V" "$(pwd)"', env={"V": payload}, timeout_s=30)
-    line = remote_command(spec, str(cwd), SshLimits())
+    line, on_stdin = remote_command(spec, str(cwd), SshLimits(), "0123abcd")
+    assert on_stdin is None
     result = subprocess.run([shell, "-c", line], capture_output=True, cwd=tmp_path, timeout=30)
     assert result.stdout.decode() == f"{payload}|{cwd}", result.stderr
-    assert result.stderr.startswith(b"mcphub-pgid:")
+    assert result.stderr.startswith(b"mcphub-pgid-0123abcd:")
     assert not (tmp_path / CANARY).exists() and not (cwd / CANARY).exists()
+
+
+@pytest.mark.parametrize("shell", LOGIN_SHELLS)
+def test_a_long_ssh_command_goes_on_stdin_ahead_of_the_input(tmp_path: Path, shell: str) -> None:
+    body = "; ".join(f": {shlex.quote(p)}" for p in PAYLOADS)
+    command = f"{body}; " * (200_000 // len(body)) + "cat; printf '|%s' \"$#\""
+    spec = ExecSpec(command=command, stdin=b"the input", timeout_s=30)
+    line, on_stdin = remote_command(spec, str(tmp_path), SshLimits(), "0123abcd")
+    assert on_stdin == command.encode() and len(line) < 4096
+    feed = on_stdin + b"the input"
+    result = subprocess.run([shell, "-c", line], input=feed, capture_output=True, cwd=tmp_path, timeout=60)
+    assert result.stdout == b"the input|0", result.stderr[-500:]
+    assert not (tmp_path / CANARY).exists()
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_the_ssh_command_line_with_a_missing_directory_runs_nothing(tmp_path: Path, payload: str) -> None:
     spec = ExecSpec(command=f"touch {CANARY}", timeout_s=None)
-    line = remote_command(spec, str(tmp_path / "missing" / payload), SshLimits(cpu_s=None, open_files=None))
+    line, _ = remote_command(
+        spec, str(tmp_path / "missing" / payload), SshLimits(cpu_s=None, open_files=None), "0123abcd"
+    )
     result = subprocess.run(["/bin/sh", "-c", line], capture_output=True, cwd=tmp_path, timeout=30)
     assert result.returncode == 126
     assert not list(tmp_path.rglob(CANARY))

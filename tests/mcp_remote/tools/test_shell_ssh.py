@@ -228,3 +228,36 @@ async def test_injection_over_ssh_does_nothing(
     found = await remote.call("fs_search", {"pattern": payload.split("\n")[0], "path": "files"})
     assert not found.is_error, found.text
     assert not list(ws.rglob("pwned")), "an injected command ran on the remote"
+
+
+async def test_output_before_the_pgid_line_is_kept_and_the_kill_still_works(remote: ShellClient) -> None:
+    # The loader complains about LD_PRELOAD on stderr before the hub's script prints anything.
+    marker = f"{secrets.randbelow(10_000) + 90_000}.{secrets.randbelow(1000)}"
+    outcome = await remote.exec(f"sleep {marker}", env={"LD_PRELOAD": "/nonexist.so"}, timeout_s=1)
+    assert outcome.is_error and outcome.structured["timed_out"], outcome.text
+    stderr = outcome.structured["stderr"]
+    assert "/nonexist.so" in stderr and "mcphub-pgid" not in stderr, stderr
+    await wait_until(lambda: not processes_running("sleep", marker), what="the remote sleep to be killed")
+    plain = await remote.exec("echo out; echo err >&2", env={"LD_PRELOAD": "/nonexist.so"})
+    assert plain.structured["stdout"] == "out\n" and plain.structured["stderr"].endswith("err\n")
+    assert "mcphub-pgid" not in plain.structured["stderr"]
+
+
+async def test_the_exit_status_ends_the_call_though_a_child_holds_the_output(remote: ShellClient) -> None:
+    marker = f"{secrets.randbelow(10_000) + 110_000}.{secrets.randbelow(1000)}"
+    outcome = await remote.exec(f"sleep {marker} & echo main-done; exit 0", timeout_s=20)
+    s = outcome.structured
+    assert (s["exit_code"], s["timed_out"], s["stdout"]) == (0, False, "main-done\n"), outcome.text
+    assert not outcome.is_error
+    await wait_until(
+        lambda: not processes_running("sleep", marker), what="the left-behind sleep to be killed"
+    )
+
+
+async def test_a_command_of_many_quotes_runs(remote: ShellClient) -> None:
+    command = "echo ok # " + "'" * 30000
+    outcome = await remote.exec(command)
+    assert outcome.structured["exit_code"] == 0 and outcome.structured["stdout"] == "ok\n", outcome.text[:500]
+    # Long enough to go on stdin, and the caller's own input still follows it.
+    wide = await remote.exec("cat; echo ' " + "é" * 90000 + "' | wc -c", stdin="input\n")
+    assert wide.structured["stdout"].split() == ["input", "180002"], wide.text[:500]

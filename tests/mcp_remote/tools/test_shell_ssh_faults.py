@@ -1,0 +1,157 @@
+"""The SSH target when the connection fails under a command: it stops answering (sshd stopped with
+SIGSTOP) or drops (sshd killed). Each test has its own sshd and hub: these break connections."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.hubclient import HubClient
+from bridge.translate import result_to_mcp
+from tests.conftest import TOKENS
+from tests.mcp_remote.tools.conftest import ShellClient, processes_running, shell_hub_config, wait_until
+from tests.mcp_remote.tools.test_shell_ssh import _ssh_target
+from tests.support.clients import Outcome
+from tests.support.hub import RunningHub, start_hub
+from tests.support.sshd import RunningSshd, start_sshd
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[tuple[RunningSshd, RunningHub]]:
+    sshd = start_sshd(tmp_path / "sshd")
+    options = {
+        "default_target": {"kind": "jail"},
+        "targets": {"agent-b": _ssh_target(sshd, tmp_path / "remote-workspace")},
+    }
+    hub = start_hub(tmp_path / "hub", config=shell_hub_config(options), http=False)
+    yield sshd, hub
+    for pid in _sshd_processes(sshd):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    hub.stop()
+    sshd.stop()
+
+
+@pytest.fixture
+async def client(faulty: tuple[RunningSshd, RunningHub]) -> AsyncIterator[ShellClient]:
+    hub = HubClient(faulty[1].grpc)
+    yield ShellClient(hub, TOKENS["agent-b"])
+    await hub.close()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _sshd_processes(sshd: RunningSshd) -> list[int]:
+    """Every live sshd process serving the hub's connections (not the commands they run)."""
+    found = []
+    todo = [p.pid for p in sshd.sessions if p.poll() is None]
+    while todo:
+        pid = todo.pop()
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "sshd":
+                continue
+        except OSError:
+            continue
+        found.append(pid)
+        todo += _children(pid)
+    return found
+
+
+def _signal_sshd(sshd: RunningSshd, signum: int) -> None:
+    pids = _sshd_processes(sshd)
+    assert pids, "no sshd serves the hub"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _cleanup(marker: str) -> None:
+    for pid in processes_running("sleep", marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_connection_that_stops_answering_does_not_hold_the_call(
+    client: ShellClient, faulty: tuple[RunningSshd, RunningHub]
+) -> None:
+    sshd = faulty[0]
+    marker = f"{secrets.randbelow(10_000) + 120_000}.{secrets.randbelow(1000)}"
+    started = False
+
+    async def run() -> None:
+        nonlocal started
+        _signal_sshd(sshd, signal.SIGSTOP)
+        started = True
+
+    try:
+        result = None
+        # The call's own deadline (30 s) is far below the ~120 s the keepalives take to give up.
+        async for event in client.stream("shell_exec", {"command": f"echo go; sleep {marker}",
+                                                          "timeout_s": 3}, timeout=30):  # fmt: skip
+            kind = event.WhichOneof("event")
+            if kind == "output" and not started:
+                await wait_until(lambda: bool(processes_running("sleep", marker)), what="the sleep")
+                await run()
+            elif kind == "result":
+                result = event.result
+        assert result is not None
+        outcome = Outcome(result_to_mcp(result))
+        text = outcome.text
+        assert outcome.is_error, text
+        assert "timed out" in text and "stopped answering" in text, text
+        # The next call finds the connection stopped too: opening a session is bounded as well.
+        # (The stopped connection was dropped; make the new one stop before any session opens.)
+        assert not (await client.exec("true", timeout_s=5)).is_error
+        _signal_sshd(sshd, signal.SIGSTOP)
+        refused = await client.call("shell_exec", {"command": "true", "timeout_s": 3}, timeout=30)
+        assert refused.is_error and "stopped answering" in refused.text and "refused" not in refused.text
+    finally:
+        _cleanup(marker)
+
+
+async def test_a_dropped_connection_is_an_error_whose_outcome_is_unknown(
+    client: ShellClient, faulty: tuple[RunningSshd, RunningHub]
+) -> None:
+    sshd = faulty[0]
+    marker = f"{secrets.randbelow(10_000) + 130_000}.{secrets.randbelow(1000)}"
+    background = await client.call("shell_start", {"command": f"sleep {marker}"})
+    pid = background.structured["process_id"]
+    killed = False
+    try:
+        result = None
+        async for event in client.stream("shell_exec", {"command": f"echo go; sleep {marker}"}, timeout=30):
+            kind = event.WhichOneof("event")
+            if kind == "output" and not killed:
+                await wait_until(lambda: len(processes_running("sleep", marker)) == 2, what="both sleeps")
+                _signal_sshd(sshd, signal.SIGKILL)
+                killed = True
+            elif kind == "result":
+                result = event.result
+        assert result is not None
+        outcome = Outcome(result_to_mcp(result))
+        text = outcome.text
+        assert outcome.is_error, text
+        assert "connection" in text and "lost" in text and "unknown" in text, text
+        assert "signal None" not in text
+
+        async def ended() -> bool:
+            return (await client.call("shell_status", {"process_id": pid})).structured["state"] != "running"
+
+        await wait_until(ended, what="the background process to end")
+        status = (await client.call("shell_status", {"process_id": pid})).structured
+        assert status["state"] == "lost" and "unknown" in status["lost"], status
+    finally:
+        _cleanup(marker)
