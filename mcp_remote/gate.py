@@ -189,11 +189,18 @@ async def _refused_unless_durable(durable: Awaitable[None]) -> None:
 
 
 def _error_text(result: ToolResult | None) -> str | None:
+    """What a tool error's record keeps: the first line of its text, the tool's own message
+    ("timed out after 1s; ..."). What follows is output (a timed-out command's stdout, with
+    whatever hostnames and data it printed), which a record keeps as a digest only, as for a
+    call that succeeded."""
     if result is None or not result.is_error or not result.content:
         return None
     first = result.content[0]
     text = getattr(first, "text", None)
-    return text[:500] if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    end = text.find("\n", 0, 501)
+    return text[:end] if end >= 0 else text[:500]
 
 
 class Gate:

@@ -389,3 +389,23 @@ async def test_tools_carry_the_annotations_the_gate_reads(agent_a: ShellClient) 
     for name in ("shell_status", "shell_read", "fs_read", "fs_list", "fs_search"):
         a = tools[name].annotations
         assert (a.read_only_hint, a.destructive_hint) == (True, False), name
+
+
+async def test_a_timed_out_commands_record_keeps_the_hubs_words_not_its_output(
+    jail_hub: RunningHub, agent_a: ShellClient
+) -> None:
+    """A timed-out call's `finished` record kept the first 500 characters of the command's
+    stdout in its error (an internal hostname, say), where a call that succeeds keeps a digest."""
+    marker = f"host-{secrets.token_hex(6)}"
+    half = len(marker) // 2
+    # The output holds the marker; the command, recorded as its argument, does not.
+    command = f"printf '%s%s\\n' {marker[:half]} {marker[half:]}; sleep 30"
+    outcome = await agent_a.exec(command, timeout_s=1)
+    assert outcome.is_error and marker in outcome.text
+    raw = audit_bytes(jail_hub)  # durable before the caller has its result
+    assert b"timed out after 1s; the command and everything it started were killed" in raw
+    assert marker.encode() not in raw
+
+
+def audit_bytes(hub: RunningHub) -> bytes:
+    return b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
