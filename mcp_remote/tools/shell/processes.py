@@ -25,7 +25,7 @@ from typing import Any
 from mcp_local.errors import ToolError
 
 from .capture import OutputLog
-from .sandbox import ExecSpec, ExitStatus, SandboxProcess, SandboxTarget
+from .sandbox import ExecSpec, ExitStatus, SandboxProcess, SandboxTarget, reap
 
 __all__ = ["PROCESS_ID_PATTERN", "BackgroundProcess", "ProcessTable"]
 
@@ -133,11 +133,13 @@ class ProcessTable:
                 bp.status = await bp.process.wait()
         except asyncio.CancelledError:
             await bp.process.kill()
+            reap(bp.process)
             bp.status = ExitStatus(None, None, killed=True)
             raise
         except Exception:  # a broken stream must not leave the process unwatched
             logger.exception("background process %s failed", bp.process_id)
             await bp.process.kill()
+            reap(bp.process)
             bp.status = ExitStatus(None, None, killed=True)
         finally:
             bp.ended = time.monotonic()

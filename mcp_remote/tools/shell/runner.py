@@ -21,7 +21,7 @@ from mcp_local.outputs import OutputStore, preview_length
 from mcp_local.tools import ToolCall
 
 from .capture import OutputCapture
-from .sandbox import ExecSpec, ExitStatus, SandboxTarget
+from .sandbox import ExecSpec, ExitStatus, SandboxTarget, reap
 
 __all__ = ["EXEC_OUTPUT_SCHEMA", "run_command"]
 
@@ -105,6 +105,7 @@ async def run_command(
             status = await process.wait()
     except BaseException:  # cancelled (the caller went away) or failed: the command must not outlive the call
         await process.kill()
+        reap(process)
         raise
     duration_ms = round((time.monotonic() - started) * 1000)
     return _result(principal, status, timed_out, limit, duration_ms, capture, outputs, preview_bytes)

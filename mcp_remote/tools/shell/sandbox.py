@@ -12,6 +12,8 @@ host unreachable) raises `SandboxUnavailable`, a `ToolError` whose message says 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +33,7 @@ __all__ = [
     "SandboxTarget",
     "SandboxUnavailable",
     "check_text",
+    "reap",
     "sandbox_cwd",
 ]
 
@@ -131,3 +134,22 @@ class SandboxTarget(Protocol):
     def describe(self, principal: str) -> dict[str, Any]:
         """What the sandbox is and which limits are in force, for shell_status."""
         ...
+
+
+_REAP_S = 10.0
+_reaping: set[asyncio.Task[None]] = set()
+
+
+def reap(process: SandboxProcess) -> None:
+    """After a kill on a path that cannot wait (the call was cancelled): wait for the process in
+    the background, within _REAP_S, so what it holds until then is given back (a child to reap,
+    an SSH session slot of its pool: a cancelled command used to keep its slot for good)."""
+
+    async def wait() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_REAP_S):
+                await process.wait()
+
+    task = asyncio.get_running_loop().create_task(wait(), name="mcphub-reap")
+    _reaping.add(task)
+    task.add_done_callback(_reaping.discard)

@@ -10,10 +10,13 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from bridge.hubclient import HubClient
 from bridge.translate import result_to_mcp
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 from tests.conftest import TOKENS
 from tests.mcp_remote.tools.conftest import ShellClient, processes_running, shell_hub_config, wait_until
 from tests.mcp_remote.tools.test_shell_ssh import _ssh_target
@@ -155,3 +158,34 @@ async def test_a_dropped_connection_is_an_error_whose_outcome_is_unknown(
         assert status["state"] == "lost" and "unknown" in status["lost"], status
     finally:
         _cleanup(marker)
+
+
+async def test_cancelled_commands_give_their_session_back(tmp_path: Path) -> None:
+    """Found in review: a cancelled command was killed but its session slot never freed (only
+    `wait` frees it), so after as many cancellations as the pool has sessions every call waited."""
+    sshd = start_sshd(tmp_path / "sshd")
+    target = _ssh_target(sshd, tmp_path / "remote-workspace", sessions_per_connection=2, max_connections=1)
+    options = {"default_target": {"kind": "jail"}, "targets": {"agent-b": target}}
+    hub = start_hub(tmp_path / "hub", config=shell_hub_config(options), http=False)
+    client = HubClient(hub.grpc)
+    agent = ShellClient(client, TOKENS["agent-b"])
+    try:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            stub = pb_grpc.ToolHubStub(channel)
+            metadata = (("authorization", f"Bearer {TOKENS['agent-b']}"),)
+            request = pb.CallToolRequest(
+                name="shell_exec", arguments_json=b'{"command": "seq 1 100000000"}'
+            )
+            for _ in range(4):  # twice the pool's two sessions
+                # The caller leaves once the command runs: the hub cancels the call.
+                call = stub.StreamCallTool(request, metadata=metadata)
+                async for event in call:
+                    if event.WhichOneof("event") == "output":
+                        break
+                call.cancel()
+        after = await agent.call("shell_exec", {"command": "echo still served"}, timeout=20)
+        assert after.structured["stdout"] == "still served\n", after.text
+    finally:
+        await client.close()
+        hub.stop()
+        sshd.stop()
