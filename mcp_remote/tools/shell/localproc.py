@@ -2,7 +2,8 @@
 
 The process is started by the spawner (spawner.py, driven by launcher.py), which hands the hub a
 pidfd for it and later its exit code. Its pipes are read by the hub's event loop; reading pauses
-while the consumer lags, so a flood of output cannot fill the hub's memory.
+while the consumer lags, so a flood of output cannot fill the hub's memory, and once the consumer
+has gone and the command has exited they are closed, paused or not.
 
 Killing: for the jail, the direct child of bwrap is the sandbox's init process; killing it tears
 the sandbox's pid namespace down with everything in it, whatever sessions the command made. Then
@@ -51,6 +52,7 @@ class LocalProcess:
         self._paused = False
         self._open_pipes = 2
         self.pipes: list[asyncio.ReadTransport] = []
+        self._consumer_gone = False
         self._wakeup = asyncio.Event()
         self._exit: asyncio.Future[int] = self._loop.create_future()
         self._killed = False
@@ -75,6 +77,8 @@ class LocalProcess:
             self._pidfd = None
         if not self._exit.done():
             self._exit.set_result(code)
+        if self._consumer_gone:
+            self.close_pipes()
         self._wakeup.set()
 
     def _pause(self, pause: bool) -> None:
@@ -90,34 +94,42 @@ class LocalProcess:
     # --- the SandboxProcess interface ---------------------------------------------------------
 
     async def output(self) -> AsyncIterator[OutputChunk]:
-        grace_until: float | None = None
-        while True:
-            while self._queue:
-                chunk = self._queue.popleft()
-                self._queued -= len(chunk.data)
-                if self._paused and self._queued < _LOW_WATER:
-                    self._pause(False)
-                yield chunk
-            if self._open_pipes <= 0:
-                return
-            if self._exit.done():
-                # The command is gone but something it started still holds the pipes open
-                # (only possible unjailed): give it a moment, then kill the group and finish.
-                now = self._loop.time()
-                if grace_until is None:
-                    grace_until = now + _PIPE_GRACE_S
-                elif now >= grace_until:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(self.pid, signal.SIGKILL)
-                    self.close_pipes()
+        try:
+            grace_until: float | None = None
+            while True:
+                while self._queue:
+                    chunk = self._queue.popleft()
+                    self._queued -= len(chunk.data)
+                    if self._paused and self._queued < _LOW_WATER:
+                        self._pause(False)
+                    yield chunk
+                if self._open_pipes <= 0:
                     return
-            self._wakeup.clear()
-            if self._queue or self._open_pipes <= 0:
-                continue
-            timeout = None if grace_until is None else max(0.0, grace_until - self._loop.time())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
+                if self._exit.done():
+                    # The command is gone but something it started still holds the pipes open
+                    # (only possible unjailed): give it a moment, then kill the group and finish.
+                    now = self._loop.time()
+                    if grace_until is None:
+                        grace_until = now + _PIPE_GRACE_S
+                    elif now >= grace_until:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(self.pid, signal.SIGKILL)
+                        self.close_pipes()
+                        return
+                self._wakeup.clear()
+                if self._queue or self._open_pipes <= 0:
+                    continue
+                timeout = None if grace_until is None else max(0.0, grace_until - self._loop.time())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
+        finally:
+            # The one consumer is done (or went away: a time limit, a cancelled call), and a pipe
+            # paused for it would never be read again. Closed once the command is gone, not before:
+            # a command that was still writing is killed, not stopped by SIGPIPE first.
+            self._consumer_gone = True
+            if self._exit.done():
+                self.close_pipes()
 
     async def wait(self) -> ExitStatus:
         code = await asyncio.shield(self._exit)

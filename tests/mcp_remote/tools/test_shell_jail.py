@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import secrets
+from pathlib import Path
 
 import grpc
 import orjson
@@ -224,6 +227,31 @@ async def test_a_process_that_leaves_children_behind_does_not_hold_the_call(agen
     await wait_until(
         lambda: not processes_running("sleep", marker), what="the orphan to die with its sandbox"
     )
+
+
+def _pipes_of(pid: int) -> int:
+    """How many pipe ends process `pid` holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("pipe:")
+    return count
+
+
+async def test_a_command_killed_while_its_caller_lags_leaves_no_pipe_open(
+    agent_a: ShellClient, jail_hub: RunningHub
+) -> None:
+    """The caller stops reading, so the hub's output to it waits and reading `yes` pauses; then the
+    time limit kills it, and nobody reads its pipes again. They were left to the garbage collector
+    (whose teardown of a uvloop transport closed the descriptor twice as well)."""
+    before = _pipes_of(jail_hub.process.pid)
+    events = agent_a.stream("shell_exec", {"command": "yes", "timeout_s": 1})
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.WhichOneof("event") == "output":
+                break  # and read no more until the command is gone
+        await wait_until(lambda: not processes_running("yes"), what="the time limit to kill yes")
+    await wait_until(lambda: _pipes_of(jail_hub.process.pid) <= before, what="the command's pipes to close")
 
 
 async def test_background_process_lifecycle(agent_a: ShellClient, agent_b: ShellClient) -> None:
