@@ -7,6 +7,9 @@ import base64
 import contextlib
 import os
 import secrets
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -236,6 +239,35 @@ def _pipes_of(pid: int) -> int:
         with contextlib.suppress(OSError):
             count += os.readlink(fd).startswith("pipe:")
     return count
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (./dev setup installs it)")
+async def test_the_hub_closes_each_pipe_of_a_command_once(
+    agent_a: ShellClient, jail_hub: RunningHub, tmp_path: Path
+) -> None:
+    """uvloop's pipe transports closed each descriptor twice (libuv, then the file object they were
+    given): harmless (EBADF) unless another thread opened a file in between and was given the same
+    number, which the second close then took from it (fs_write: "Bad file descriptor"). That race
+    is rare; the second close is not: strace sees each close that fails with EBADF."""
+    trace = tmp_path / "close.trace"
+    command = ["strace", "-f", "-e", "trace=close", "-e", "status=failed", "-o", str(trace)]
+    tracer = await asyncio.create_subprocess_exec(
+        *command, "-p", str(jail_hub.process.pid), stderr=subprocess.PIPE
+    )
+    assert tracer.stderr is not None
+    try:
+        attached = await tracer.stderr.readline()  # "Process N attached with M threads"
+        if b"attached" not in attached:
+            pytest.skip(f"strace cannot trace the hub here: {attached.decode(errors='replace').strip()}")
+        assert (await agent_a.exec("echo hi")).structured["stdout"] == "hi\n"
+        assert (await agent_a.exec("cat", stdin="to stdin\n")).structured["stdout"] == "to stdin\n"
+        assert (await agent_a.exec("yes", timeout_s=1)).structured["timed_out"]
+        assert not (await agent_a.call("fs_write", {"path": "a.txt", "content": "hello"})).is_error
+    finally:
+        tracer.send_signal(signal.SIGINT)  # it detaches
+        await tracer.wait()
+    failed = [line for line in trace.read_text().splitlines() if "EBADF" in line]
+    assert not failed, failed
 
 
 async def test_a_command_killed_while_its_caller_lags_leaves_no_pipe_open(
