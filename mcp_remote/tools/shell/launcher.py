@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .localproc import LocalProcess, OutputPipe
+from .localproc import LocalProcess
 
 __all__ = ["SpawnError", "Spawner"]
 
@@ -35,10 +35,6 @@ _SEND_BUFFER = 8 * 1024 * 1024
 
 class SpawnError(Exception):
     """The spawner could not start, or could not start a process; the message says why."""
-
-
-class _Stdin(asyncio.Protocol):
-    pass
 
 
 class Spawner:
@@ -205,17 +201,9 @@ class Spawner:
                 os.close(fd)
             raise
         try:
-            for stream, fd in (("stdout", out_r), ("stderr", err_r)):
-                pipe = os.fdopen(fd, "rb", buffering=0)  # the transport owns it from here
-                transport, _ = await loop.connect_read_pipe(lambda s=stream: OutputPipe(process, s), pipe)  # type: ignore[misc]
-                process.pipes.append(transport)
-            if stdin is not None:
-                writer, _ = await loop.connect_write_pipe(_Stdin, os.fdopen(in_w, "wb", buffering=0))
-                writer.write(stdin)
-                writer.close()  # once flushed; a command that never reads gets EPIPE, not a hang
+            process.attach(out_r, err_r, in_w, stdin)  # the process owns (and closes) them from here
         except BaseException:
             process.kill_now()
-            process.close_pipes()
             raise
         return process
 

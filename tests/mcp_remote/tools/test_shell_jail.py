@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import secrets
+import shutil
+import signal
+import subprocess
+from pathlib import Path
 
 import grpc
 import orjson
@@ -224,6 +230,60 @@ async def test_a_process_that_leaves_children_behind_does_not_hold_the_call(agen
     await wait_until(
         lambda: not processes_running("sleep", marker), what="the orphan to die with its sandbox"
     )
+
+
+def _pipes_of(pid: int) -> int:
+    """How many pipe ends process `pid` holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("pipe:")
+    return count
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (./dev setup installs it)")
+async def test_the_hub_closes_each_pipe_of_a_command_once(
+    agent_a: ShellClient, jail_hub: RunningHub, tmp_path: Path
+) -> None:
+    """uvloop's pipe transports closed each descriptor twice (libuv, then the file object they were
+    given): harmless (EBADF) unless another thread opened a file in between and was given the same
+    number, which the second close then took from it (fs_write: "Bad file descriptor"). That race
+    is rare; the second close is not: strace sees each close that fails with EBADF."""
+    trace = tmp_path / "close.trace"
+    command = ["strace", "-f", "-e", "trace=close", "-e", "status=failed", "-o", str(trace)]
+    tracer = await asyncio.create_subprocess_exec(
+        *command, "-p", str(jail_hub.process.pid), stderr=subprocess.PIPE
+    )
+    assert tracer.stderr is not None
+    try:
+        attached = await tracer.stderr.readline()  # "Process N attached with M threads"
+        if b"attached" not in attached:
+            pytest.skip(f"strace cannot trace the hub here: {attached.decode(errors='replace').strip()}")
+        assert (await agent_a.exec("echo hi")).structured["stdout"] == "hi\n"
+        assert (await agent_a.exec("cat", stdin="to stdin\n")).structured["stdout"] == "to stdin\n"
+        assert (await agent_a.exec("yes", timeout_s=1)).structured["timed_out"]
+        assert not (await agent_a.call("fs_write", {"path": "a.txt", "content": "hello"})).is_error
+    finally:
+        tracer.send_signal(signal.SIGINT)  # it detaches
+        await tracer.wait()
+    failed = [line for line in trace.read_text().splitlines() if "EBADF" in line]
+    assert not failed, failed
+
+
+async def test_a_command_killed_while_its_caller_lags_leaves_no_pipe_open(
+    agent_a: ShellClient, jail_hub: RunningHub
+) -> None:
+    """The caller stops reading, so the hub's output to it waits and reading `yes` pauses; then the
+    time limit kills it, and nobody reads its pipes again. They were left to the garbage collector
+    (whose teardown of a uvloop transport closed the descriptor twice as well)."""
+    before = _pipes_of(jail_hub.process.pid)
+    events = agent_a.stream("shell_exec", {"command": "yes", "timeout_s": 1})
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.WhichOneof("event") == "output":
+                break  # and read no more until the command is gone
+        await wait_until(lambda: not processes_running("yes"), what="the time limit to kill yes")
+    await wait_until(lambda: _pipes_of(jail_hub.process.pid) <= before, what="the command's pipes to close")
 
 
 async def test_background_process_lifecycle(agent_a: ShellClient, agent_b: ShellClient) -> None:
