@@ -196,6 +196,13 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         return _complete(ctx, out)
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> dict[str, Any]:
+        raw_meta = ctx.params.get("_meta") if isinstance(ctx.params, Mapping) else None
+        if isinstance(raw_meta, Mapping) and isinstance(raw_meta.get("progressToken"), bool):
+            # The SDK's model reads true as the integer 1 (bool is an int in Python).
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message="invalid params: _meta.progressToken must be a string or an integer, not a boolean",
+            )
         if params.arguments and nested_deeper_than(params.arguments):
             raise MCPError(
                 code=INVALID_PARAMS,
