@@ -244,7 +244,7 @@ async def test_the_lane_answers_as_the_sdk_does(bridges: Bridges, case: Case) ->
 
 
 @pytest.mark.parametrize("token", [None, True, False])
-async def test_a_progress_token_neither_string_nor_integer_is_refused_on_both_paths(bridges: Bridges, token: Any) -> None:
+async def test_a_progress_token_neither_string_nor_integer_is_refused(bridges: Bridges, token: Any) -> None:
     """A progress token is a string or an integer: null, true and false are refused (-32602),
     whichever path the request would take. The lane served null; both paths served true."""
     body = _call("echo", {"text": "x"}, meta={"progressToken": token})
