@@ -41,13 +41,17 @@ import orjson
 import pydantic_core
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types import InitializeRequestParams, jsonrpc_message_adapter
+from mcp_types import methods as spec_methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.errors import Unauthenticated
 from mcp_local.principals import AMBIGUOUS_AUTHORIZATION, Principal, bearer_token
 
 from .asgibody import read_body, replay
+from .errors import not_a_message
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
 __all__ = ["UNAUTHENTICATED", "SessionDoor", "challenge_header"]
@@ -57,6 +61,7 @@ logger = logging.getLogger(__name__)
 UNAUTHENTICATED = -32030
 """The JSON-RPC code the bridge gives gRPC's UNAUTHENTICATED (`bridge/errors.py`)."""
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
 TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
 
@@ -66,9 +71,13 @@ _VERSION_HEADER = b"mcp-protocol-version"
 
 
 def _refusal(
-    status: int, code: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+    status: int,
+    code: int,
+    message: str,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    request_id: int | str | None = None,
 ) -> tuple[Message, Message]:
-    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
+    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}})
     start: Message = {
         "type": "http.response.start",
         "status": status,
@@ -107,10 +116,12 @@ def challenge_header(presented: bool, message: str) -> bytes:
 class _Sessions:
     """One principal's open sessions, least recently used first, with their requests in flight."""
 
-    __slots__ = ("ended", "in_flight", "opening", "reported_at")
+    __slots__ = ("ended", "in_flight", "opening", "reported_at", "requests")
 
     def __init__(self) -> None:
         self.in_flight: OrderedDict[str, int] = OrderedDict()
+        self.requests: dict[str, set[str]] = {}
+        """By session, the ids (as text) of its requests in flight; a session with none has no entry."""
         self.opening = 0
         """Initializes admitted and not yet answered: each holds a place under the cap, since
         the session it opens is known here only when the SDK's answer starts."""
@@ -224,7 +235,7 @@ class SessionDoor:
             screened = await self._screen(receive, send, scope)
             if screened is None:
                 return
-            receive = screened
+            receive, _ = screened
         if session_id is not None:
             await self._in_session(principal, session_id.decode("latin-1"), scope, receive, send)
         elif scope["method"] == "POST":
@@ -232,23 +243,29 @@ class SessionDoor:
         else:
             await self.app(scope, receive, send)  # the SDK answers a GET or DELETE without an ID
 
-    async def _screen(self, receive: Receive, send: Send, scope: Scope) -> Receive | None:
-        """`receive` with the body read and put back, or None when the body is a batch or a
-        request with an id MCP does not allow: answered here with -32600. The SDK took a batch
-        for a message that failed validation (-32602 and pydantic's dump of the batch) and a
+    async def _screen(self, receive: Receive, send: Send, scope: Scope) -> tuple[Receive, Any] | None:
+        """`receive` with the body read and put back, and the message parsed from it (None when
+        the body was not read or is not JSON); or None when the body is no JSON-RPC 2.0 message
+        (a batch, a request with an id MCP does not allow, a wrong `jsonrpc`, `params` that are
+        not an object, ...): answered here with -32600. The SDK took a batch or such a message
+        for one that failed validation (-32602 and pydantic's dump of it, with a null id) and a
         request with a null or object id for a notification (202 and no answer, ever)."""
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.strip().isdigit() and int(declared) > self._max_body:
-            return receive  # the SDK refuses it before reading any of it
+            return receive, None  # the SDK refuses it before reading any of it
         body, last = await read_body(receive, self._max_body)
         if last["type"] != "http.request":
             return None  # the client went away
         if last.get("more_body", False) or len(body) > self._max_body:
-            return replay(body, last, receive)
-        problem = _shape_problem(body)
+            return replay(body, last, receive), None
+        try:
+            message = pydantic_core.from_json(body)  # the SDK's own parser (it takes NaN, as orjson does not)
+        except ValueError:
+            return replay(body, last, receive), None  # the SDK's to answer, with its parse error
+        problem = _shape_problem(message)
         if problem is None:
-            return replay(body, last, receive)
-        start, answer = _refusal(400, INVALID_REQUEST, problem)
+            return replay(body, last, receive), message
+        start, answer = _refusal(400, INVALID_REQUEST, problem, request_id=_valid_id(message))
         await send(start)
         await send(answer)
         return None
@@ -270,17 +287,48 @@ class SessionDoor:
             return
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
+        request_key: str | None = None
         try:
             if scope["method"] == "POST":
                 # Screened once counted: a session whose request is still uploading is in use.
                 screened = await self._screen(receive, send, scope)
                 if screened is None:
                     return
-                receive = screened
+                receive, message = screened
+                request_id = _valid_id(message) if isinstance(message, dict) and "method" in message else None
+                if request_id is not None:
+                    # The SDK files a request's answer under str(id): a second request with the
+                    # id of one in flight took the first one's answer, lost its own, and left the
+                    # first stream open for ever (and its session busy, so never ended).
+                    ids = held.requests.setdefault(session_id, set())
+                    if str(request_id) in ids:
+                        await self._refuse_reused_id(send, request_id)
+                        return
+                    request_key = str(request_id)
+                    ids.add(request_key)
             await self.app(scope, receive, send)
         finally:
             if session_id in held.in_flight:
                 held.in_flight[session_id] -= 1
+            if request_key is not None:
+                ids = held.requests[session_id]
+                ids.discard(request_key)
+                if not ids:
+                    del held.requests[session_id]
+
+    @staticmethod
+    async def _refuse_reused_id(send: Send, request_id: int | str) -> None:
+        # The refusal's id is null: a client matches answers by id, and this one must not
+        # settle the request in flight that holds it.
+        start, answer = _refusal(
+            400,
+            INVALID_REQUEST,
+            f"Invalid Request: a request with id {orjson.dumps(request_id).decode()} is in flight in "
+            "this session; a request's id must not be used twice in a session (ids are told apart "
+            'by their text: 1 and "1" are the same)',
+        )
+        await send(start)
+        await send(answer)
 
     async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
         held = self._held.setdefault(principal.name, _Sessions())
@@ -297,9 +345,19 @@ class SessionDoor:
             return  # the client went away
         complete = not last.get("more_body", False) and len(body) <= self._max_body
         receive = replay(body, last, receive)
-        if not complete or not _is_initialize(body):
+        initialize = _initialize(body) if complete else None
+        if initialize is None:
             # Whatever the door concluded, a session the SDK opens is counted.
             await self.app(scope, receive, _NoteSession(held, send, reserved=False))
+            return
+        problem = _initialize_problem(initialize.get("params"))
+        if problem is not None:
+            # The SDK answered it with an error, and an Mcp-Session-Id: a session that counted
+            # under the cap (and could end idle ones) where every request got "-32602 Invalid
+            # request parameters", as one never initialized.
+            start, answer = _refusal(400, INVALID_PARAMS, problem, request_id=_valid_id(initialize))
+            await send(start)
+            await send(answer)
             return
         held.opening += 1  # before any await, so concurrent initializes see each other
         noting = _NoteSession(held, send, reserved=True)
@@ -350,30 +408,61 @@ class SessionDoor:
         return True
 
 
-def _shape_problem(body: bytes) -> str | None:
-    """What makes `body` no MCP message of the handshake era although it is JSON, or None
-    (a body that is not JSON is the SDK's to answer, with its parse error)."""
-    try:
-        message = pydantic_core.from_json(body)
-    except ValueError:
-        return None
+def _shape_problem(message: Any) -> str | None:
+    """What makes `message` (parsed JSON) no MCP message of the handshake era, or None."""
     if isinstance(message, list):
         return (
             "Invalid Request: JSON-RPC batches are not part of MCP since 2025-06-18; "
             "send one message per request"
         )
-    if isinstance(message, dict) and "method" in message and "id" in message:
-        request_id = message["id"]
-        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-            return "Invalid Request: a request's id must be a string or an integer (a notification has none)"
+    if isinstance(message, dict) and "method" in message and "id" in message and _valid_id(message) is None:
+        return "Invalid Request: a request's id must be a string or an integer (a notification has none)"
+    if (
+        isinstance(message, dict)
+        and message.get("jsonrpc") == "2.0"
+        and isinstance(message.get("method"), str)
+        and isinstance(message.get("params", {}), dict)
+    ):
+        return None  # a request or notification, as every call is: no second look needed
+    try:
+        # What the SDK checks next: anything it refuses here it answered with -32602.
+        jsonrpc_message_adapter.validate_python(message, by_name=False)
+    except ValidationError as exc:
+        return not_a_message(exc)
     return None
 
 
-def _is_initialize(body: bytes) -> bool:
+def _valid_id(message: Any) -> int | str | None:
+    """The message's id, when it has one a request may have."""
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return None if isinstance(request_id, bool) or not isinstance(request_id, int | str) else request_id
+
+
+def _initialize(body: bytes) -> dict[str, Any] | None:
+    """The message in `body` when it is an initialize."""
     # The SDK's own parser: orjson refuses NaN and Infinity, which the SDK takes, and a
     # message the door could not read was an initialize the cap never counted.
     try:
         message = pydantic_core.from_json(body)
     except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "initialize"
+        return None
+    return message if isinstance(message, dict) and message.get("method") == "initialize" else None
+
+
+def _initialize_problem(params: Any) -> str | None:
+    """Why the SDK would refuse an initialize with these params, or None. The checks are its
+    runner's: the params as the latest handshake version defines them (a new session's version
+    until it is negotiated), then as the model it negotiates with."""
+    try:
+        spec_methods.validate_client_request("initialize", LATEST_HANDSHAKE_VERSION, params)
+        InitializeRequestParams.model_validate(params or {}, by_name=False)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        return (
+            f"Invalid params: initialize needs params with a protocolVersion (a string such as "
+            f'"{LATEST_HANDSHAKE_VERSION}"), capabilities and clientInfo; {details}'
+        )
+    return None

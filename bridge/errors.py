@@ -21,6 +21,9 @@ this process, `LocalHub`): its message goes to the client as the hub wrote it. A
 without it is gRPC's own, for a hub that cannot be reached, and gets the hint to start one: the
 hub's reasons (it is stopping; its audit log cannot be written, so the call was refused, or the
 tool ran and its result is withheld) must reach the agent, which acts on them.
+
+A message that is not JSON-RPC 2.0 at all is -32600 Invalid Request on both transports, in the
+words of `not_a_message` (the SDK answered it over HTTP with -32602 and pydantic's dump of it).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from typing import Any
 import grpc
 import orjson
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from mcphub_proto.metadata import ERROR_DATA, ERROR_FROM, FROM_HUB
 
-__all__ = ["STATUS_TO_JSONRPC", "mcp_error_from_grpc"]
+__all__ = ["STATUS_TO_JSONRPC", "mcp_error_from_grpc", "not_a_message"]
 
 STATUS_TO_JSONRPC: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: -32602,
@@ -72,3 +76,13 @@ def mcp_error_from_grpc(error: grpc.aio.AioRpcError) -> MCPError:
     else:
         message = error.details() or status.name.lower()
     return MCPError(code=code, message=message, data=_error_data(error))
+
+
+def not_a_message(exc: ValidationError) -> str:
+    """The -32600 message for what the SDK's JSON-RPC message model refused: its first complaint,
+    and where (pydantic's full text names every member of the union, and its URLs)."""
+    errors = exc.errors()
+    first = errors[0] if errors else None
+    where = ".".join(str(part) for part in first["loc"]) if first else ""
+    detail = f"{first['msg']} (at {where})" if first and where else first["msg"] if first else str(exc)
+    return f"Invalid Request: not a JSON-RPC 2.0 message: {detail}"

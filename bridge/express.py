@@ -165,8 +165,10 @@ class ExpressLane:
             # The SDK path answers deep requests (its parser's limit is lower than orjson's) and
             # integers beyond 64 bits (orjson read those as floats here): one answer per request.
             raise _Declined
-        if not isinstance(meta, dict) or meta.get("progressToken") is not None:
-            raise _Declined  # progress streams as SSE: the SDK's path
+        if not isinstance(meta, dict) or "progressToken" in meta:
+            # Progress streams as SSE: the SDK's path, which also refuses a token that is none
+            # (null, true: a progress token is a string or an integer).
+            raise _Declined
         request = Request(scope)
         has_json, has_sse = check_accept_headers(request)
         if not (has_json and has_sse):

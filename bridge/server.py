@@ -98,6 +98,41 @@ class _JsonTooLarge:
         await self.app(scope, receive, sending)
 
 
+class _JsonMediaType:
+    """POSTs on the MCP path must say `Content-Type: application/json`. The SDK compared the
+    media type case-sensitively (`Application/JSON` got 415, though RFC 9110 8.3.1 makes it
+    case-insensitive) and answered `text/plain` or none with a plain-text 400 no JSON-RPC
+    client can read. Here the media type is compared as the RFC says, handed to the SDK in the
+    form it expects, and anything else gets the SDK's own 415 as JSON-RPC."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self._path:
+            await self.app(scope, receive, send)
+            return
+        # The first header, as Starlette's `Headers.get` (and so the SDK) reads it.
+        value = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if not value.startswith(b"application/json"):  # what every client sends goes straight on
+            media_type, _, rest = value.partition(b";")
+            if media_type.strip().lower() != b"application/json":
+                shown = value[:100].decode("latin-1")
+                message = f"Unsupported Media Type: Content-Type must be application/json, not {shown!r}"
+                body = orjson.dumps(
+                    {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": message}}
+                )
+                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+                await send({"type": "http.response.start", "status": 415, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            normal = b"application/json" + (b";" + rest if rest else b"")
+            kept = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*kept, (b"content-type", normal)]}
+        await self.app(scope, receive, send)
+
+
 class _SchemaCaller:
     """Holds the caller's token in `_SCHEMA_CALLER` while the SDK serves a request."""
 
@@ -196,6 +231,13 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         return _complete(ctx, out)
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams) -> dict[str, Any]:
+        raw_meta = ctx.params.get("_meta") if isinstance(ctx.params, Mapping) else None
+        if isinstance(raw_meta, Mapping) and isinstance(raw_meta.get("progressToken"), bool):
+            # The SDK's model reads true as the integer 1 (bool is an int in Python).
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message="invalid params: _meta.progressToken must be a string or an integer, not a boolean",
+            )
         if params.arguments and nested_deeper_than(params.arguments):
             raise MCPError(
                 code=INVALID_PARAMS,
@@ -355,7 +397,7 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         max_request_body_size=options.max_body_bytes,
     )
-    app = _JsonTooLarge(app, options.max_body_bytes)
+    app = _JsonMediaType(_JsonTooLarge(app, options.max_body_bytes), "/mcp")
     if options.tool_input_schema is not None:
         app = _SchemaCaller(app, options.default_token)
     if options.authenticate is not None:

@@ -27,6 +27,7 @@ from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from .errors import not_a_message
 from .hubclient import HubClient, ToolHubClient
 from .lines import LineFramer, TooLong, leading_id
 from .server import BridgeOptions, build_mcp_server
@@ -46,10 +47,10 @@ def _error_for(exc: Exception) -> types.JSONRPCError | None:
         if isinstance(first.get("input"), str | bytes) and not first["input"].strip():
             return None
         code, message = types.PARSE_ERROR, f"Parse error: the line is not JSON ({first['msg']})"
+    elif isinstance(exc, ValidationError):
+        code, message = types.INVALID_REQUEST, not_a_message(exc)
     else:
-        where = ".".join(str(part) for part in first["loc"]) if first else ""
-        detail = f"{first['msg']} (at {where})" if first and where else first["msg"] if first else str(exc)
-        code, message = types.INVALID_REQUEST, f"Invalid Request: not a JSON-RPC 2.0 message: {detail}"
+        code, message = types.INVALID_REQUEST, f"Invalid Request: not a JSON-RPC 2.0 message: {exc}"
     return types.JSONRPCError(jsonrpc="2.0", id=None, error=types.ErrorData(code=code, message=message))
 
 

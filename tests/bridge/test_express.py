@@ -178,6 +178,20 @@ CASES = [
     ),
     Case("bad capabilities", _call("echo", {"text": "x"}, meta={CAPS: []}), _headers("echo"), False),
     Case("progress token", _call("echo", {"text": "x"}, meta={"progressToken": 5}), _headers("echo"), False),
+    # Found in review: the lane served a null token (the SDK refuses it: -32602), and both paths
+    # served true (the SDK's model reads it as 1; a progress token is a string or an integer).
+    Case(
+        "null progress token",
+        _call("echo", {"text": "x"}, meta={"progressToken": None}),
+        _headers("echo"),
+        False,
+    ),
+    Case(
+        "true progress token",
+        _call("echo", {"text": "x"}, meta={"progressToken": True}),
+        _headers("echo"),
+        False,
+    ),
     Case(
         "extra params key",
         {**_call("echo"), "params": {**_call("echo")["params"], "task": {}}},
@@ -227,6 +241,19 @@ async def test_the_lane_answers_as_the_sdk_does(bridges: Bridges, case: Case) ->
     )
     assert _answer(fast) == _answer(reference)
     assert fast.status_code < 500
+
+
+@pytest.mark.parametrize("token", [None, True, False])
+async def test_a_progress_token_neither_string_nor_integer_is_refused(bridges: Bridges, token: Any) -> None:
+    """A progress token is a string or an integer: null, true and false are refused (-32602),
+    whichever path the request would take. The lane served null; both paths served true."""
+    body = _call("echo", {"text": "x"}, meta={"progressToken": token})
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for url in (bridges.express, bridges.sdk):
+            response = await http.post(url, content=_content(body), headers=_headers("echo"))
+            assert response.status_code == 400, (url, response.text)
+            error = response.json()["error"]
+            assert error["code"] == -32602, error
 
 
 async def test_the_lane_stamps_the_result_as_the_sdk_does(bridges: Bridges) -> None:

@@ -329,3 +329,122 @@ def test_a_refused_request_without_a_session_names_none(secured_hub: RunningHub)
         assert "mcp-session-id" not in refused.headers
         session = open_session(http, TOKENS["agent-a"])  # an initialize still opens one
         assert works(http, TOKENS["agent-a"], session)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({**LIST, "jsonrpc": "1.0"}, "Input should be '2.0'"),
+        ({k: v for k, v in LIST.items() if k != "jsonrpc"}, "Field required (at JSONRPCRequest.jsonrpc)"),
+        ({**LIST, "method": "ping", "params": [1]}, "valid dictionary (at JSONRPCRequest.params)"),
+        ({**LIST, "params": "x"}, "valid dictionary (at JSONRPCRequest.params)"),
+    ],
+)
+def test_a_message_that_is_not_json_rpc_is_an_invalid_request(
+    secured_hub: RunningHub, body: Any, says: str
+) -> None:
+    """JSON-RPC 2.0 5.1: -32600, with the id when the message has one, as the stdio bridge
+    answers. The SDK answered -32602, a null id and pydantic's dump of the whole union."""
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        session = open_session(http, TOKENS["agent-a"])
+        for extra in ({}, {"mcp-session-id": session}):
+            headers = ACCEPT | _auth(TOKENS["agent-a"]) | {"mcp-protocol-version": HANDSHAKE} | extra
+            response = http.post("/mcp", json=body, headers=headers)
+            assert response.status_code == 400, response.text
+            answer = response.json()
+            assert answer["id"] == LIST["id"], answer
+            error = answer["error"]
+            assert error["code"] == -32600, error
+            assert (
+                error["message"].startswith("Invalid Request: not a JSON-RPC 2.0 message: ")
+                and says in (error["message"])
+            ), error
+            assert "pydantic" not in error["message"]
+        assert works(http, TOKENS["agent-a"], session)
+
+
+def test_a_request_id_in_flight_in_its_session_is_refused(secured_hub: RunningHub) -> None:
+    """Two requests with the same id in one session: the first one's answer went down the
+    second one's stream, the second's was lost, and the first stream never ended (it held its
+    session in use, so the cap could never end it). Spec: an id MUST NOT be reused in a session."""
+    a = TOKENS["agent-a"]
+    call = {"jsonrpc": "2.0", "id": "d", "method": "tools/call", "params": {"name": "sleep"}}
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=httpx2.Timeout(30, read=20)) as http:
+        session = open_session(http, a)
+        headers = ACCEPT | _auth(a) | {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE}
+        first = {**call, "params": {"name": "sleep", "arguments": {"seconds": 3}}}
+        with http.stream("POST", "/mcp", json=first, headers=headers) as stream:
+            assert stream.status_code == 200
+            # The door has the first request once its answer has begun: the second one is sent now.
+            second = http.post(
+                "/mcp",
+                json={**first, "params": {**first["params"], "arguments": {"seconds": 0}}},
+                headers=headers,
+            )
+            assert second.status_code == 400, second.text
+            refusal = second.json()
+            assert refusal["id"] is None  # not "d": a client would take it for the first one's answer
+            assert refusal["error"]["code"] == -32600 and 'id "d" is in flight' in refusal["error"]["message"]
+            answer = orjson.loads(next(line[5:] for line in stream.iter_lines() if line.startswith("data:")))
+        assert answer["id"] == "d" and answer["result"]["content"][0]["text"] == "slept 3s", answer
+        # Its answer in, the id may be used again.
+        again = http.post(
+            "/mcp", json={**call, "params": {"name": "sleep", "arguments": {"seconds": 0}}}, headers=headers
+        )
+        assert again.status_code == 200 and _sse_json(again)["id"] == "d", again.text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"capabilities": {}, "clientInfo": {"name": "door", "version": "1"}},
+        {"protocolVersion": 5, "capabilities": {}, "clientInfo": {"name": "door", "version": "1"}},
+        None,
+    ],
+)
+def test_a_failed_initialize_opens_no_session(capped_hub: RunningHub, params: Any) -> None:
+    """The SDK answered such an initialize with an error and an Mcp-Session-Id: a session that
+    counted under the cap, ended idle good ones, and answered everything with "-32602 Invalid
+    request parameters"."""
+    a = TOKENS["agent-a"]
+    body = {k: v for k, v in INITIALIZE.items() if k != "params"} | ({"params": params} if params else {})
+    with httpx2.Client(base_url=capped_hub.http_base, timeout=30) as http:
+        sessions = [open_session(http, a) for _ in range(3)]
+        for _ in range(4):
+            refused = http.post("/mcp", json=body, headers=ACCEPT | _auth(a))
+            assert refused.status_code == 400, refused.text
+            assert "mcp-session-id" not in refused.headers
+            answer = refused.json()
+            assert answer["id"] == 1 and answer["error"]["code"] == -32602, answer
+            assert "initialize needs params with a protocolVersion" in answer["error"]["message"]
+        assert all(works(http, a, s) for s in sessions)
+
+
+@pytest.mark.parametrize("content_type", ["Application/JSON", "APPLICATION/JSON; charset=utf-8"])
+def test_the_media_type_is_case_insensitive(secured_hub: RunningHub, content_type: str) -> None:
+    """RFC 9110 8.3.1; the SDK answered 415."""
+    a = TOKENS["agent-a"]
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        session = open_session(http, a)
+        headers = ACCEPT | _auth(a) | {"mcp-session-id": session, "mcp-protocol-version": HANDSHAKE}
+        response = http.post(
+            "/mcp", content=orjson.dumps(LIST), headers=headers | {"content-type": content_type}
+        )
+        assert response.status_code == 200, response.text
+        assert "tools" in _sse_json(response)["result"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", ""])
+@pytest.mark.parametrize("version", [HANDSHAKE, "2026-07-28"])
+def test_a_body_that_is_not_json_gets_a_json_rpc_415(
+    secured_hub: RunningHub, content_type: str, version: str
+) -> None:
+    """The SDK answered a plain-text "400 Invalid Content-Type header", without a content type."""
+    a = TOKENS["agent-a"]
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        headers = ACCEPT | _auth(a) | {"mcp-protocol-version": version, "content-type": content_type}
+        response = http.post("/mcp", content=orjson.dumps(LIST), headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert error["code"] == -32600 and "Content-Type must be application/json" in error["message"], error
