@@ -28,6 +28,7 @@ succeeds again queues one `unrecorded` record summing them up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -50,7 +51,7 @@ from mcp_local.content import (
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 
-from .checkpoints import CheckpointSigner, read_checkpoint_file
+from .checkpoints import Checkpoint, CheckpointSigner, read_checkpoint_file
 from .records import ChainHead, PendingRecord, canonical
 from .store import AuditStore, AuditStoreRefused
 
@@ -69,6 +70,10 @@ told now that it is not durable. Also the least a hub told to stop waits for suc
 HUNG_CHECK_S = 1.0
 """How often the writer's current write is compared with HUNG_WRITE_S (a timer, not a cost of
 each write)."""
+MISSED_CHECKPOINTS = 10_000
+"""Checkpoints the state directory's checkpoint file could not take (its directory not writable,
+say), kept to add to it once it can be written: about 2 MB. Of more, the oldest are in the
+store only."""
 PROBE_EVERY = 64
 """While committing inline, every PROBE_EVERY-th commit goes to the writer to see whether
 other commits would join its batch."""
@@ -280,6 +285,9 @@ class AuditLog:
         self._every = checkpoint_every
         self._interval = checkpoint_interval_s
         self._checkpoint_file = checkpoint_file
+        self._file_missed: collections.deque[Checkpoint] = collections.deque(maxlen=MISSED_CHECKPOINTS)
+        """Checkpoints the file could not take yet, oldest first (`_add_to_file`)."""
+        self._file_missed_count = 0
         self._pending: list[tuple[int, str, str, str, str, Mapping[str, Any]]] = []
         self._wake = asyncio.Event()
         self._batch: asyncio.Future[None] | None = None
@@ -694,13 +702,39 @@ class AuditLog:
             return
         self._checkpoint_answered(healthy)
         if self._checkpoint_file is not None:
-            line = orjson.dumps(checkpoint.as_dict()) + b"\n"
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, _append_durably, self._checkpoint_file, line)
-            except OSError as exc:  # the store has it; verify reads both
-                logger.error("could not add the audit checkpoint to %s: %s", self._checkpoint_file, exc)
+            await self._add_to_file(self._checkpoint_file, checkpoint)
         self._checkpointed_seq = head.seq
+
+    async def _add_to_file(self, path: Path, checkpoint: Checkpoint) -> None:
+        """Append `checkpoint` to the state directory's copy, after those it could not take before:
+        the copy is what notices a log cut at the next start, so it must not stop at an outage.
+        A file that cannot be written is reported once, not at every checkpoint (a busy hub signs
+        many a second), and once more when it takes them again. The store has them either way."""
+        missed = self._file_missed
+        lines = b"".join(orjson.dumps(c.as_dict()) + b"\n" for c in (*missed, checkpoint))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _append_durably, path, lines)
+        except OSError as exc:
+            if not missed:
+                logger.error(
+                    "could not add the audit checkpoint to %s: %s; the store has it, and the file gets "
+                    "the checkpoints it misses once the hub can write it (not reported again till then)",
+                    path,
+                    exc,
+                )
+            missed.append(checkpoint)
+            self._file_missed_count += 1
+            return
+        if missed:
+            left_out = self._file_missed_count - len(missed)
+            logger.warning(
+                "the audit checkpoint file %s is written again: added the %d checkpoints it missed%s",
+                path,
+                len(missed),
+                f" (the {left_out} before them are in the store only)" if left_out else "",
+            )
+            missed.clear()
+            self._file_missed_count = 0
 
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
