@@ -4,8 +4,9 @@
 
 `AuditTrail` is outermost so that every call leaves records, refused ones included:
 `requested` (written by the gate, or at the end for a call refused before it), `decided`,
-`approval`, `started`, `finished`, and `undelivered` when the log could not be written in time
-and the caller never saw the result. A call that needs approval, or whose tool is destructive,
+`approval`, `started`, `finished`, and `undelivered` when the caller never saw the result: the
+log could not be written in time, or the caller left (its deadline) while its `finished` record
+was being written. A call that needs approval, or whose tool is destructive,
 waits until its `requested` and `decided` records are durable before the tool runs; every
 call waits until its `finished` record is durable before its result goes back, so a caller
 never holds a result the log could lose. Either failing, the caller is told which: refused
@@ -20,6 +21,7 @@ gets one `unrecorded` record counting those calls, with their principals and too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -145,6 +147,21 @@ class AuditTrail:
                         told = _UNDELIVERED_RAN if call.started else _UNDELIVERED_REFUSED
                         log.record("undelivered", call.call_id, principal, call.name, {"error": told})
                         raise Unavailable(_WITHHELD if call.started else _REFUSED) from None
+                    except asyncio.CancelledError:
+                        # The caller left (its deadline passed, or it went away) while the record
+                        # was on its way, so it never got the result `finished` describes (a
+                        # store that hangs holds a call that long).
+                        left = _why_gone(call)[0] == "deadline_exceeded"
+                        why = "the call's deadline passed" if left else "the caller went away"
+                        with contextlib.suppress(Unavailable):  # the log has stopped: nothing to add to
+                            log.record(
+                                "undelivered",
+                                call.call_id,
+                                principal,
+                                call.name,
+                                {"error": f"{why} while its audit records were being written, {_NEVER_GOT}"},
+                            )
+                        raise
         return result
 
 
@@ -160,6 +177,7 @@ _UNDELIVERED_RAN = (
     "the audit log could not be written, so the caller never saw the result: "
     "it was told that the tool ran and its result was withheld"
 )
+_NEVER_GOT = "so the caller never got the result"
 _UNDELIVERED_REFUSED = (
     "the audit log could not be written, so the caller never saw the result: it was told the call was refused"
 )

@@ -19,15 +19,16 @@ A store that makes records durable in a journal first (SQLite, see `sqlite.py`) 
 the writer task, off the calls' path: once FOLD_AT records wait, or FOLD_AFTER_S after the
 first of them.
 
-While the store cannot be written, the hub refuses calls before recording anything
-(`gate.py`) and counts them here instead (`count_unrecorded`), in memory that does not grow
-with their number; the first write that succeeds again queues one `unrecorded` record
-summing them up.
+While the store cannot be written (it refuses, or has not finished a write in HUNG_WRITE_S),
+the hub refuses calls before recording anything (`gate.py`) and counts them here instead
+(`count_unrecorded`), in memory that does not grow with their number; the first write that
+succeeds again queues one `unrecorded` record summing them up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -50,7 +51,7 @@ from mcp_local.content import (
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 
-from .checkpoints import CheckpointSigner, read_checkpoint_file
+from .checkpoints import Checkpoint, CheckpointSigner, read_checkpoint_file
 from .records import ChainHead, PendingRecord, canonical
 from .store import AuditStore, AuditStoreRefused
 
@@ -62,7 +63,17 @@ RETRY_DELAY_S = 0.5
 RETRY_DELAY_MAX_S = 5.0
 """A store that keeps failing is tried again after RETRY_DELAY_S, doubling up to this."""
 HUNG_WRITE_S = 10.0
-"""The least a hub told to stop waits for a write that neither succeeds nor fails."""
+"""A write to the store (records or a checkpoint) that has neither succeeded nor failed after this
+long counts as the store failing: a server that hangs (stopped, its disk stuck) instead of
+refusing. Calls are refused from then until the write is done, and whoever waits on a record is
+told now that it is not durable. Also the least a hub told to stop waits for such a write."""
+HUNG_CHECK_S = 1.0
+"""How often the writer's current write is compared with HUNG_WRITE_S (a timer, not a cost of
+each write)."""
+MISSED_CHECKPOINTS = 10_000
+"""Checkpoints the state directory's checkpoint file could not take (its directory not writable,
+say), kept to add to it once it can be written: about 2 MB. Of more, the oldest are in the
+store only."""
 PROBE_EVERY = 64
 """While committing inline, every PROBE_EVERY-th commit goes to the writer to see whether
 other commits would join its batch."""
@@ -230,6 +241,13 @@ def _count(table: dict[str, int], name: str) -> bool:
     return True
 
 
+def _fail(batch: asyncio.Future[None]) -> None:
+    """Tell the callers waiting on `batch` that its records are not durable (if not told yet)."""
+    if not batch.done():
+        batch.set_exception(Unavailable("the audit log cannot be written"))
+        batch.add_done_callback(lambda f: f.exception())
+
+
 def _append_durably(path: Path, line: bytes) -> None:
     with path.open("a+b") as f:
         # A line an earlier append left without its newline (the hub died in it) is skipped
@@ -267,6 +285,9 @@ class AuditLog:
         self._every = checkpoint_every
         self._interval = checkpoint_interval_s
         self._checkpoint_file = checkpoint_file
+        self._file_missed: collections.deque[Checkpoint] = collections.deque(maxlen=MISSED_CHECKPOINTS)
+        """Checkpoints the file could not take yet, oldest first (`_add_to_file`)."""
+        self._file_missed_count = 0
         self._pending: list[tuple[int, str, str, str, str, Mapping[str, Any]]] = []
         self._wake = asyncio.Event()
         self._batch: asyncio.Future[None] | None = None
@@ -283,7 +304,13 @@ class AuditLog:
         self._off_loop = bool(getattr(store, "sync", False))
         self._append_now = None if self._off_loop else getattr(store, "append_now", None)
         self._writing = False
-        self._write_started = 0.0
+        self._sent: asyncio.Future[None] | None = None
+        """The batch whose write is under way: its callers' wait ends when the store hangs."""
+        self._busy_since: float | None = None
+        """When the writer began waiting for the store (a write or a checkpoint), or None."""
+        self._hung_since: float | None = None
+        """When the store was found hanging (HUNG_WRITE_S), until it answers."""
+        self._hung_timer: asyncio.TimerHandle | None = None
         self.active = 0
         """Calls inside the audit trail (kept by `AuditTrail`): while others run, commit together."""
         self._deferred = 0
@@ -325,6 +352,7 @@ class AuditLog:
         self._loop = asyncio.get_running_loop()
         self._batch = self._loop.create_future()
         self._task = self._loop.create_task(self._run(), name="mcphub-audit-writer")
+        self._hung_timer = self._loop.call_later(HUNG_CHECK_S, self._check_hung)
 
     def record(
         self, kind: str, call_id: str, principal: str, tool: str, fields: Mapping[str, Any]
@@ -491,12 +519,57 @@ class AuditLog:
         self._tick_due = True
         self._wake.set()
 
+    def _check_hung(self) -> None:
+        """Has the store not answered the writer for HUNG_WRITE_S? Then it is failing: psycopg,
+        say, waits without limit for a server that is stopped but whose kernel keeps the
+        connection open. The write goes on (it may yet be done, and is then not sent twice);
+        meanwhile calls are refused, and those waiting on a record are told it is not durable
+        (the trail records their results undelivered), each check again."""
+        self._hung_timer = self._loop.call_later(HUNG_CHECK_S, self._check_hung)
+        since = self._busy_since
+        if since is None or self._loop.time() - since < HUNG_WRITE_S:
+            return
+        if self._hung_since is None:
+            self._hung_since = since
+            self.healthy = False
+            logger.error(
+                "the audit store has not answered a write for %.0f s (it hangs: neither done nor failed); "
+                "refusing calls until it answers",
+                self._loop.time() - since,
+            )
+        if self._sent is not None:
+            _fail(self._sent)
+        if self._pending:
+            batch, self._batch = self._batch, self._loop.create_future()
+            if batch is not None:
+                _fail(batch)
+
+    def _answered(self, outcome: str) -> None:
+        """The store answered the writer (done or failed): a hang, if there was one, is over."""
+        self._busy_since = None
+        if self._hung_since is not None:
+            logger.warning(
+                "the audit store answered again after %.0f s: %s",
+                self._loop.time() - self._hung_since,
+                outcome,
+            )
+            self._hung_since = None
+
+    def _checkpoint_answered(self, healthy: bool) -> None:
+        """The store answered a checkpoint: the log is as healthy as before it (a hang in it
+        refused calls; the next write of records tells whether the store takes them)."""
+        if self._hung_since is not None:
+            self.healthy = healthy
+            self._answered("calls are taken" if healthy else "calls stay refused until a write succeeds")
+        self._busy_since = None
+
     async def _write(self) -> None:
         queued, self._pending = self._pending, []
         batch, self._batch = self._batch, self._loop.create_future()
         assert batch is not None
         self._writing = True
-        self._write_started = self._loop.time()
+        self._sent = batch
+        self._busy_since = self._loop.time()
         if self._deferred:
             self._per_batch = (self._per_batch + self._deferred) / 2
             self._deferred = 0
@@ -507,10 +580,10 @@ class AuditLog:
         ) as exc:  # the store is gone (disk full, database down): refuse calls until it is back
             self._pending[:0] = queued
             # The call waiting says what this means for it (`gate.py`): refused, or its result withheld.
-            batch.set_exception(Unavailable("the audit log cannot be written"))
-            batch.add_done_callback(lambda f: f.exception())
+            _fail(batch)
             if not isinstance(exc, Exception):  # cancelled by `stop`: the records stay queued, to be counted
                 raise
+            self._answered("the write failed (below)")
             self.healthy = False
             self._failures += 1
             logger.error(
@@ -524,6 +597,8 @@ class AuditLog:
             return
         finally:
             self._writing = False
+            self._sent = None
+        self._answered("the records are written; calls are taken")
         if self._failures:
             logger.warning(
                 "audit store written again after %d failed attempts; calls are taken", self._failures
@@ -531,7 +606,8 @@ class AuditLog:
             self._failures = 0
         self._retry_delay = RETRY_DELAY_S
         self.healthy = True
-        batch.set_result(None)
+        if not batch.done():  # else its callers were told, the store hanging, that it was not durable
+            batch.set_result(None)
         self._record_unrecorded()
         self._schedule_fold()
         await self._maybe_checkpoint(force=False)
@@ -613,22 +689,52 @@ class AuditLog:
         if not force and head.seq - self._checkpointed_seq < self._every:
             return
         sync_to_disk = getattr(self.store, "sync_to_disk", None)
+        self._busy_since = self._loop.time()  # a store that hangs here holds the writer too
+        healthy = self.healthy
         try:
             if sync_to_disk is not None:
                 await sync_to_disk()  # a checkpoint vouches only for records on the disk
             checkpoint = self._signer.sign(head.seq, head.hash, int(time.time() * 1000))
             await self.store.add_checkpoint(checkpoint)
         except Exception as exc:  # a missed checkpoint is retried at the next one
+            self._checkpoint_answered(healthy)
             logger.error("could not store an audit checkpoint: %s", exc)
             return
+        self._checkpoint_answered(healthy)
         if self._checkpoint_file is not None:
-            line = orjson.dumps(checkpoint.as_dict()) + b"\n"
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, _append_durably, self._checkpoint_file, line)
-            except OSError as exc:  # the store has it; verify reads both
-                logger.error("could not add the audit checkpoint to %s: %s", self._checkpoint_file, exc)
+            await self._add_to_file(self._checkpoint_file, checkpoint)
         self._checkpointed_seq = head.seq
+
+    async def _add_to_file(self, path: Path, checkpoint: Checkpoint) -> None:
+        """Append `checkpoint` to the state directory's copy, after those it could not take before:
+        the copy is what notices a log cut at the next start, so it must not stop at an outage.
+        A file that cannot be written is reported once, not at every checkpoint (a busy hub signs
+        many a second), and once more when it takes them again. The store has them either way."""
+        missed = self._file_missed
+        lines = b"".join(orjson.dumps(c.as_dict()) + b"\n" for c in (*missed, checkpoint))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _append_durably, path, lines)
+        except OSError as exc:
+            if not missed:
+                logger.error(
+                    "could not add the audit checkpoint to %s: %s; the store has it, and the file gets "
+                    "the checkpoints it misses once the hub can write it (not reported again till then)",
+                    path,
+                    exc,
+                )
+            missed.append(checkpoint)
+            self._file_missed_count += 1
+            return
+        if missed:
+            left_out = self._file_missed_count - len(missed)
+            logger.warning(
+                "the audit checkpoint file %s is written again: added the %d checkpoints it missed%s",
+                path,
+                len(missed),
+                f" (the {left_out} before them are in the store only)" if left_out else "",
+            )
+            missed.clear()
+            self._file_missed_count = 0
 
     async def flush(self) -> None:
         """Wait until everything queued so far is durable."""
@@ -649,12 +755,16 @@ class AuditLog:
             await asyncio.wait({task}, timeout=max(0.1, deadline - loop.time()))
             if task.done() or loop.time() < deadline:
                 continue
-            hung = self._writing and loop.time() - self._write_started > max(grace, HUNG_WRITE_S)
+            since = self._busy_since
+            hung = since is not None and loop.time() - since > max(grace, HUNG_WRITE_S)
             if not self.healthy or hung:
                 task.cancel()
                 await asyncio.wait({task})
         with contextlib.suppress(BaseException):
             task.result()
+        if self._hung_timer is not None:
+            self._hung_timer.cancel()
+            self._hung_timer = None
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
@@ -673,7 +783,11 @@ class AuditLog:
                 self._unrecorded.calls,
             )
         if self.healthy:
-            await self._maybe_checkpoint(force=True)
+            # A store that hangs now would hold the hub's stop for good: the checkpoint is let go
+            # (the next start signs one); psycopg then takes up to 10 s more to give up its query.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HUNG_WRITE_S):
+                    await self._maybe_checkpoint(force=True)
         with contextlib.suppress(Exception):
             await self.store.close()
         self._task = None

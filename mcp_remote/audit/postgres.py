@@ -10,6 +10,13 @@ use: the writer's next batch, the next approval read. A batch whose commit was u
 its connection was lost may or may not be in the log; before the next batch, the rows it would
 have taken are read back, so a record is appended once whichever way that commit went. A write
 to an approval whose outcome is unknown is not repeated: the caller gets UNAVAILABLE.
+
+A server that hangs (stopped, its host's kernel still holding the connection open) is waited for
+here: only connecting has a timeout. A query cannot be given up without cancelling it, which waits
+for the server too (psycopg bounds that at about 10 s, then drops the connection), and a commit
+given up may be done all the same. So the writer (`log.py`, HUNG_WRITE_S) counts a write that has
+not finished in time as the store failing, refusing calls, and lets it finish when the server
+answers: its batch is then in the log once.
 """
 
 from __future__ import annotations

@@ -232,6 +232,43 @@ def test_a_forged_checkpoint_is_detected(stopped_log: Path, tmp_path: Path) -> N
     assert out.returncode == 1 and "invalid signature" in out.stderr
 
 
+async def test_a_checkpoint_file_that_cannot_be_written_is_reported_once_and_caught_up(
+    tmp_path: Path,
+) -> None:
+    """An unwritable `checkpoints.jsonl` logged an error for every checkpoint (547 lines in 5 s),
+    and the file, once it could be written, lacked every checkpoint made meanwhile."""
+    hub = start_hub(tmp_path, config=config(audit={"checkpoint_every": 2}), http=False)
+    path = hub.state_dir / "audit" / "checkpoints.jsonl"
+    # What the hub cannot append to, even as root (a file it may not write, as another user).
+    path.mkdir()
+    client = HubClient(hub.grpc)
+    try:
+        for i in range(10):
+            await call_echo(client, f"unwritable {i}")
+        async with asyncio.timeout(20):
+            while "could not add the audit checkpoint" not in hub.log():  # noqa: ASYNC110 - the hub's log
+                await asyncio.sleep(0.05)
+        for i in range(10):
+            await call_echo(client, f"still unwritable {i}")
+        path.rmdir()
+        for i in range(5):
+            await call_echo(client, f"writable {i}")
+    finally:
+        await client.close()
+        assert hub.stop() == 0
+    log = hub.log()
+    assert log.count("could not add the audit checkpoint") == 1, log
+    assert log.count("written again") == 1, log
+    store = SQLiteStore(hub.state_dir / "audit" / "audit.db", read_only=True)
+    await store.open()
+    try:
+        stored = [c.seq for c in await store.checkpoints()]
+    finally:
+        await store.close()
+    assert len(stored) > 10
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == stored
+
+
 def test_tail_and_query(stopped_log: Path) -> None:
     tail = cli("audit", "tail", "-n", "3", "--state-dir", str(stopped_log), "--json")
     rows = [json.loads(line) for line in tail.stdout.splitlines()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from mcp_local.redaction import Redactor
 from mcp_remote import approvals as approvals_module
 from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit import log as audit_log
+from mcp_remote.audit.checkpoints import CheckpointSigner
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.postgres import PostgresStore
 from mcp_remote.audit.records import PendingRecord
@@ -236,3 +238,99 @@ async def test_an_approval_watch_outlives_its_lost_connection_and_misses_no_chan
         await there.close()
         await watching.close()
         await deciding.close()
+
+
+async def test_a_write_the_database_does_not_answer_counts_as_failing_until_it_is_done(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that hangs (stopped, not refusing) held every commit without limit, and the log
+    stayed healthy: now its waiters are told, calls are refused, and the write, once the server
+    answers, is in the log once."""
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1, raising=False)  # absent before it was checked
+    store = PostgresStore(pg.create_database("hanging"))
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    try:
+        await committed(log, "before")
+        with caplog.at_level(logging.WARNING, logger="mcp_remote.audit.log"), pg.hung():
+            async with asyncio.timeout(10):
+                with pytest.raises(Unavailable):
+                    await committed(log, "held")
+                assert not log.healthy
+                # A commit queued while the write still hangs is not held either.
+                with pytest.raises(Unavailable):
+                    await committed(log, "queued")
+            assert "the audit store has not answered a write" in caplog.text
+        async with asyncio.timeout(20):
+            await committed(log, "after")
+        assert log.healthy
+        assert "the audit store answered again" in caplog.text
+    finally:
+        async with asyncio.timeout(30):
+            await log.stop()
+    reread = PostgresStore(pg.dsn("hanging"))
+    await reread.open()
+    try:
+        assert await calls_in(reread) == ["before", "held", "queued", "after"]
+        assert (await verify_log(reread, {})).ok
+    finally:
+        await reread.close()
+
+
+async def test_a_log_told_to_stop_while_the_database_hangs_stops(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1, raising=False)  # absent before it was checked
+    store = PostgresStore(pg.create_database("hung_stop"))
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    await committed(log, "before")
+    with pg.hung():
+        with pytest.raises(Unavailable):
+            async with asyncio.timeout(10):
+                await committed(log, "held")
+        with caplog.at_level(logging.ERROR, logger="mcp_remote.audit.log"):
+            async with asyncio.timeout(30):  # the grace, and psycopg's own bound on cancelling
+                await log.stop(grace=1.0)
+    assert "1 audit records are not in the log" in caplog.text
+
+
+async def test_a_checkpoint_the_database_does_not_answer_counts_as_failing_too(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The writer signs checkpoints between batches: one that hangs holds every commit after it."""
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1, raising=False)  # absent before it was checked
+    store = PostgresStore(pg.create_database("hanging_checkpoint"))
+    log = AuditLog(
+        store,
+        Redactor(),
+        CheckpointSigner(tmp_path),
+        checkpoint_every=10**6,
+        checkpoint_interval_s=0.3,
+        checkpoint_file=tmp_path / store.checkpoint_file_name,
+    )
+    await log.start()
+    try:
+        await committed(log, "before")
+        with pg.hung():
+            async with asyncio.timeout(10):
+                while log.healthy:  # noqa: ASYNC110 - the next tick's checkpoint waits for the server
+                    await asyncio.sleep(0.05)
+                with pytest.raises(Unavailable):
+                    await committed(log, "held")
+        async with asyncio.timeout(20):
+            await committed(log, "after")
+        assert log.healthy
+    finally:
+        async with asyncio.timeout(30):
+            await log.stop()
+    reread = PostgresStore(pg.dsn("hanging_checkpoint"))
+    await reread.open()
+    try:
+        assert await calls_in(reread) == ["before", "held", "after"]
+        assert [c.seq for c in await reread.checkpoints()][:1] == [1]
+    finally:
+        await reread.close()

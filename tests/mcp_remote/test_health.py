@@ -19,10 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.hubclient import HubClient
+from mcp_remote.audit.postgres import PostgresStore
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.test_audit import all_records
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.hub import RunningHub, start_hub
+from tests.support.postgres import running_postgres
 
 pytestmark = pytest.mark.anyio
 
@@ -98,6 +100,60 @@ async def test_health_follows_a_full_disk_and_its_recovery(tmp_path: Path) -> No
         finally:
             await client.close()
             hub.stop()
+
+
+async def test_health_follows_a_database_that_hangs_and_a_caller_that_left_is_recorded_undelivered(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL that hangs (stopped, not refusing) held every call without limit, health said
+    ok throughout, and a caller that gave up meanwhile was recorded as `finished ... ok` alone."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("hangs")
+        hub = start_hub(
+            tmp_path, config={"audit": {"store": "postgres", "dsn_env": "AUDIT_DSN"}}, env={"AUDIT_DSN": dsn}
+        )
+        client = HubClient(hub.grpc)
+        try:
+            await echo(client, "before")
+            with pg.hung():
+                with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+                    await client.call_tool(
+                        None, pb.CallToolRequest(name="echo", arguments_json=b'{"text": "left"}'), timeout=2
+                    )
+                assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                code, body, checked = await until(hub, 503, timeout=30)
+                assert (code, checked) == (503, NOT_SERVING), (code, body, checked)
+                assert body == {
+                    "status": "unavailable",
+                    "reason": "the audit log cannot be written; calls are refused until it recovers",
+                }
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await client.call_tool(
+                        None,
+                        pb.CallToolRequest(name="echo", arguments_json=b'{"text": "refused"}'),
+                        timeout=10,
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+                assert "the audit store has not answered" in hub.log()
+            assert await until(hub, 200, timeout=30) == (200, {"status": "ok"}, SERVING)
+            assert (await echo(client, "after")).content[0].text.text == "after"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+        store = PostgresStore(dsn)
+        await store.open()
+        try:
+            records = [r async for r in store.scan()]
+        finally:
+            await store.close()
+    left = next(r.call_id for r in records if r.kind == "requested" and b'"left"' in r.body)
+    of_left = [(r.kind, r.body_json().get("status")) for r in records if r.call_id == left]
+    assert of_left[-2:] == [("finished", "ok"), ("undelivered", None)], of_left
+    undelivered = next(r.body_json() for r in records if r.call_id == left and r.kind == "undelivered")
+    assert "deadline" in undelivered["error"], undelivered
+    unrecorded = [r.body_json() for r in records if r.kind == "unrecorded"]
+    assert [u["calls"] for u in unrecorded] == [1] and unrecorded[0]["tools"] == {"echo": 1}, unrecorded
+    assert "the audit store answered again" in hub.log()
 
 
 async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -71,6 +73,23 @@ class Postgres:
             capture_output=True,
             timeout=90,
         )
+
+    @contextmanager
+    def hung(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP, its postmaster and every backend) until the block ends:
+        connections stay open and new ones are accepted by the kernel, but nothing answers, as
+        for a server that hangs, not one that refuses."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
+        pids = [postmaster, *(int(pid) for pid in children.split())]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def terminate(self, query_like: str) -> int:
         """Cut off the sessions whose current query is like `query_like`; how many were."""
