@@ -35,6 +35,7 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -45,12 +46,17 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([MessageToDict(s) for s in response.sandboxes], indent=2))
         return EXIT_OK
+    # A sidecar chose its tools' names and version (and the reasons quote them): escaped, they can
+    # neither start a line of their own nor send the terminal an escape sequence.
     for s in response.sandboxes:
         print(
-            f"{s.name}  (principal {s.principal}, {len(s.exposed)} tools exposed, {len(s.blocked)} blocked)"
+            shown(
+                f"{s.name}  (principal {s.principal}, version {s.version or '?'}, "
+                f"{len(s.exposed)} tools exposed, {len(s.blocked)} blocked)"
+            )
         )
         for b in s.blocked:
-            print(f"  blocked {b.name}: {b.reason}")
+            print(shown(f"  blocked {b.name}: {b.reason}"))
     print(f"{len(response.sandboxes)} sandboxes connected to {target}", file=sys.stderr)
     return EXIT_OK
 
@@ -70,6 +76,7 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -80,9 +87,9 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
         except grpc.aio.AioRpcError as exc:
             return _rpc_failure(exc, target)
     for name in response.accepted:
-        print(f"accepted {sandbox}/{name}: its new definition is pinned and exposed")
+        print(shown(f"accepted {sandbox}/{name}: its new definition is pinned and exposed"))
     if not response.accepted:
-        print(f"sandbox {sandbox} had no blocked tool to accept", file=sys.stderr)
+        print(shown(f"sandbox {sandbox} had no blocked tool to accept"), file=sys.stderr)
     return EXIT_OK
 
 
