@@ -36,6 +36,7 @@ import orjson
 from mcp_local.content import ToolResult
 from mcp_local.errors import (
     ConfigError,
+    Conflict,
     DeadlineExceeded,
     HubError,
     InvalidArgument,
@@ -94,14 +95,17 @@ class SandboxEvent:
     """Something an operator (and the audit log) should know about a sandbox.
 
     kind: connected | disconnected | replaced | rejected | tool_pinned | tool_blocked |
-    tool_accepted | accept_refused
+    tool_accepted | pins_dropped | forgotten | accept_refused | forget_refused
 
     `replaced`: a new connection of the same sandbox took over this one's stream (the sidecar
     reconnecting after its old stream broke, or a second sidecar holding the sandbox's token).
     `rejected`: the hub refused a connection (`principal` empty when its token is unknown;
-    `sandbox` the name it asked for). `accept_refused`: the hub refused `principal`'s attempt to
-    accept a tool of `sandbox`. `principal` is who acted: the sandbox's principal, or for
-    `tool_accepted` and the refused attempts the operator. Refusals repeat at no cost to whoever
+    `sandbox` the name it asked for). `pins_dropped`: an announcement pinned new tools and the
+    least recently announced lost their pins (see `pins.MAX_PINS_PER_SANDBOX`). `forgotten`: an
+    operator dropped the pins of a sandbox that is gone. `accept_refused`, `forget_refused`: the
+    hub refused `principal`'s attempt to accept a tool of `sandbox`, or to forget it.
+    `principal` is who acted: the sandbox's principal, or for `tool_accepted`, `forgotten` and
+    the refused attempts the operator. Refusals repeat at no cost to whoever
     repeats them, so their repeats are counted (`attempts`, see `Federation._refused`).
     """
 
@@ -132,7 +136,7 @@ SHOWN_NAME = 80
 """Characters of a sandbox name a refusal quotes (a refused name has not been checked)."""
 
 
-_ACTS_OF_OTHERS = frozenset({"rejected", "tool_accepted", "accept_refused"})
+_ACTS_OF_OTHERS = frozenset({"rejected", "tool_accepted", "forgotten", "accept_refused", "forget_refused"})
 """Events whose principal need not be the sandbox's: their log lines always name it."""
 
 
@@ -292,13 +296,14 @@ class Federation:
         for conn in list(self.connections.values()):
             self.disconnect(conn, "the hub is stopping")
         self._record_all_repeats()
+        await self.pins.flush()
         await asyncio.sleep(0)
 
     # --- events ----------------------------------------------------------------------------
 
     def _event(self, event: SandboxEvent) -> None:
         level = logging.INFO
-        if event.kind in ("tool_blocked", "rejected", "replaced", "accept_refused"):
+        if event.kind in ("tool_blocked", "rejected", "replaced", "accept_refused", "forget_refused"):
             level = logging.WARNING
         text = f"sandbox {event.sandbox or '?'}: {event.kind}"
         if event.tool:
@@ -445,7 +450,20 @@ class Federation:
                 )
                 continue
             exposed[own] = tool
-        self.pins.set(conn.sandbox, new_pins)
+        self.pins.announced(conn.sandbox, announced)
+        dropped = self.pins.set(conn.sandbox, new_pins)
+        if dropped:
+            self._event(
+                SandboxEvent(
+                    "pins_dropped",
+                    conn.sandbox,
+                    conn.principal,
+                    detail=(
+                        f"the pins of {len(dropped)} tools not announced lately were dropped, "
+                        f"{self.pins.max_per_sandbox} are kept per sandbox (e.g. {dropped[0]})"
+                    ),
+                )
+            )
         for own, digest in new_pins.items():
             self._event(
                 SandboxEvent("tool_pinned", conn.sandbox, conn.principal, own, announced_sha256=digest)
@@ -523,7 +541,7 @@ class Federation:
         self._refused(SandboxEvent("rejected", sandbox[:SHOWN_NAME], principal, detail=reason, peer=peer))
 
     def refuse_attempt(self, kind: str, sandbox: str, principal: str, reason: str, peer: str = "") -> None:
-        """Record a refused attempt (`kind`: accept_refused) about `sandbox`."""
+        """Record a refused attempt (`kind`: accept_refused, forget_refused) about `sandbox`."""
         self._refused(SandboxEvent(kind, sandbox[:SHOWN_NAME], principal, detail=reason, peer=peer))
 
     def disconnect(
@@ -568,6 +586,27 @@ class Federation:
             )
         self.announce(conn, list(conn.announced.values()))
         return changed
+
+    def forget(self, sandbox: str, by: str) -> int:
+        """Drop the pins of a sandbox that is gone for good; `by` is the operator's principal.
+        Returns how many there were."""
+        if sandbox in self.connections:
+            raise Conflict(
+                f"sandbox {sandbox!r} is connected: stop its sidecar (or remove its principal) first; "
+                "forgetting its pins now would expose every tool it announces next without a check"
+            )
+        count = self.pins.forget(sandbox)
+        if not count:
+            known = ", ".join(self.pins.sandboxes()[:20]) or "none"
+            raise ToolNotFound(
+                f"no pins of a sandbox {sandbox[:SHOWN_NAME]!r} (sandboxes with pins: {known})"
+            )
+        self._event(SandboxEvent("forgotten", sandbox, by, detail=f"the pins of {count} tools"))
+        return count
+
+    async def flush(self) -> None:
+        """Wait until the pins file holds every pin made so far."""
+        await self.pins.flush()
 
 
 def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -734,3 +773,20 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             self._f.refuse_attempt("accept_refused", request.sandbox, who, exc.message, _peer(context))
             await context.abort(exc.status, exc.message)
         return spb.AcceptToolsResponse(accepted=accepted)
+
+    async def ForgetSandbox(
+        self, request: spb.ForgetSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> spb.ForgetSandboxResponse:
+        principal: Principal | None = None
+        try:
+            principal = self._principal(context)
+            if not principal.has_role(ROLE_OPERATOR):
+                raise PermissionDenied(
+                    f"principal {principal.name!r} may not forget a sandbox: it needs the role `operator`"
+                )
+            forgotten = self._f.forget(request.sandbox, principal.name)
+        except HubError as exc:
+            who = principal.name if principal else ""
+            self._f.refuse_attempt("forget_refused", request.sandbox, who, exc.message, _peer(context))
+            await context.abort(exc.status, exc.message)
+        return spb.ForgetSandboxResponse(pins=forgotten)

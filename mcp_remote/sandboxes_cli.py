@@ -1,9 +1,10 @@
-"""`mcphub sandboxes list|accept`: the operator's view of registered sandboxes, over gRPC.
+"""`mcphub sandboxes list|accept|forget`: the operator's view of registered sandboxes, over gRPC.
 
     mcphub sandboxes list                      connected sandboxes, exposed and blocked tools
     mcphub sandboxes accept SANDBOX [TOOL...]  accept the changed definitions of blocked tools
+    mcphub sandboxes forget SANDBOX            drop the pins of a sandbox that is gone for good
 
-Both need a principal with the `operator` role; on a hub of this host, without --token, they use
+All need a principal with the `operator` role; on a hub of this host, without --token, they use
 the host operator's token from the state directory (`operator.token`).
 """
 
@@ -93,6 +94,35 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
     return EXIT_OK
 
 
+def _cmd_forget(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .cli import _run, hub_target
+    from .cli_admin import operator_token
+
+    target = hub_target(args, environ)
+    return _run(_forget(target, operator_token(args, environ, target), args.sandbox))
+
+
+async def _forget(target: str, token: str | None, sandbox: str) -> int:
+    import grpc
+
+    from mcphub_proto.v1 import sidecar_pb2 as spb
+    from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
+
+    from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.ForgetSandbox(
+                spb.ForgetSandboxRequest(sandbox=sandbox), metadata=_metadata(token)
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_failure(exc, target)
+    print(shown(f"forgot the pins of {response.pins} tools of sandbox {sandbox}"))
+    return EXIT_OK
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     from mcphub_proto.metadata import AUTHORIZATION
 
@@ -103,7 +133,7 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     sandboxes = sub.add_parser(
         "sandboxes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="sandboxes registered with the hub: list them, accept changed tool definitions",
+        help="sandboxes registered with the hub: list them, accept changed tool definitions, forget one",
         description=__doc__,
     )
     ssub = sandboxes.add_subparsers(dest="sandboxes_command", metavar="COMMAND")
@@ -126,3 +156,15 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     accept.add_argument("tools", nargs="*", help="its tools' own names (default: every blocked tool)")
     client_options(accept)
     accept.set_defaults(func=_cmd_accept)
+
+    forget = ssub.add_parser(
+        "forget",
+        help="drop the pinned tool definitions of a sandbox that is gone for good",
+        description=(
+            "Drop every pinned tool definition of the sandbox (it must not be connected). If it "
+            "ever connects again, its tools are pinned afresh, as a new sandbox's are."
+        ),
+    )
+    forget.add_argument("sandbox", help="the sandbox's name, e.g. sbx-42")
+    client_options(forget)
+    forget.set_defaults(func=_cmd_forget)

@@ -1,18 +1,22 @@
 """What the hub records and says about sandboxes, found by a tester running 15 sidecars against one
 hub: who accepted a tool, refused connections (counted, not one record each), text a sidecar chose
-(escaped in the hub's log and `mcphub sandboxes list`)."""
+(escaped in the hub's log and `mcphub sandboxes list`), and the pins one sandbox can make (bounded,
+written off the event loop, forgotten by an operator)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 
+from mcp_remote.pins import MAX_PINS_PER_SANDBOX, PINS_FILE, ToolPins
 from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
@@ -185,3 +189,80 @@ async def test_text_a_sidecar_chose_cannot_forge_log_lines_or_reach_the_terminal
     assert f"tool_blocked x\\u000a{FORGED}" in log
     assert f"sbx-esc  (principal ops, version 1.0\\u000a{FORGED}\\u001b[8m, 1 tools exposed" in listed.stdout
     assert "blocked bidi\\u202etxt.exe: tool name 'sbx-esc__bidi\\u202etxt.exe'" in listed.stdout
+
+
+async def test_one_sandbox_cannot_grow_its_pins_without_end_and_an_operator_forgets_them(
+    tmp_path: Path,
+) -> None:
+    """A sidecar reconnecting with a thousand fresh tool names each time made the pins file 3.9 MB
+    in 48 rounds, and nobody could remove a gone sandbox's pins."""
+    hub = start_hub(tmp_path, config=hub_config(), http=False)
+    try:
+        for round in range(3):
+            names = [f"r{round}_t{i}" for i in range(1000)]
+            async with _Registered(hub, TOKENS["sbx-43"], spb.SidecarHello(tools=_tools(names))):
+                pass
+            await wait_for(lambda: _absent(hub, "sbx-43__r0_t0"), what="the connection to go")
+        # The latest announcement's tools keep their pins; the oldest ones went first.
+        async with _Registered(hub, TOKENS["sbx-43"], spb.SidecarHello(tools=_tools(["r2_t0"]))) as welcome:
+            assert list(welcome.exposed) == ["sbx-43__r2_t0"] and not welcome.blocked
+            busy = _cli(hub, "sandboxes", "forget", "sbx-43", token=TOKENS["ops"])
+            assert (
+                busy.returncode == 3 and "failed_precondition: sandbox 'sbx-43' is connected" in busy.stderr
+            )
+        await wait_for(lambda: _absent(hub, "sbx-43__r2_t0"), what="the connection to go")
+        pins = orjson.loads((hub.state_dir / PINS_FILE).read_bytes())["sandboxes"]["sbx-43"]
+        assert len(pins) == MAX_PINS_PER_SANDBOX and "r0_t999" not in pins and "r1_t0" in pins
+        denied = _cli(hub, "sandboxes", "forget", "sbx-43", token=TOKENS["sbx-43"])
+        assert denied.returncode == 3 and "needs the role `operator`" in denied.stderr
+        forgot = _cli(hub, "sandboxes", "forget", "sbx-43", token=TOKENS["ops"])
+        assert forgot.returncode == 0, forgot.stderr
+        assert forgot.stdout == f"forgot the pins of {MAX_PINS_PER_SANDBOX} tools of sandbox sbx-43\n"
+        again = _cli(hub, "sandboxes", "forget", "sbx-43", token=TOKENS["ops"])
+        assert again.returncode == 3 and "not_found: no pins of a sandbox 'sbx-43'" in again.stderr
+    finally:
+        hub.stop()
+    assert "sbx-43" not in orjson.loads((hub.state_dir / PINS_FILE).read_bytes())["sandboxes"]
+    records = await _sandbox_records(hub)
+    dropped = [b["detail"] for p, b in records if b["event"] == "pins_dropped"]
+    assert len(dropped) == 1 and dropped[0].startswith("the pins of 1000 tools not announced lately")
+    assert [(p, b["detail"]) for p, b in records if b["event"] == "forgotten"] == [
+        ("ops", f"the pins of {MAX_PINS_PER_SANDBOX} tools")
+    ]
+    refused = {(p, b["event"]) for p, b in records if b["event"] == "forget_refused"}
+    assert refused == {("ops", "forget_refused"), ("sbx-43", "forget_refused")}
+
+
+class _ThreadSeeingPins(ToolPins):
+    """ToolPins that notes which thread writes the file."""
+
+    writers: list[int]
+
+    def _write(self, sandboxes: dict[str, dict[str, str]]) -> None:
+        self.writers.append(threading.get_ident())
+        super()._write(sandboxes)
+
+
+async def test_pins_are_written_off_the_event_loop(tmp_path: Path) -> None:
+    """The whole file was encoded and written on the event loop at each connection that pinned
+    something: 44 ms at 18,000 pins, 522 ms at 218,000, while every call of the hub waited."""
+    pins = _ThreadSeeingPins(tmp_path)
+    pins.writers = []
+    pins.set("sbx-1", {"a": "1" * 64})
+    pins.set("sbx-1", {"b": "2" * 64})  # while the first write is under way: written after it
+    await pins.flush()
+    assert pins.writers and threading.get_ident() not in pins.writers
+    assert ToolPins(tmp_path).of("sbx-1") == {"a": "1" * 64, "b": "2" * 64}
+
+
+def test_the_least_recently_announced_tools_lose_their_pins_first(tmp_path: Path) -> None:
+    pins = ToolPins(tmp_path, max_per_sandbox=3)
+    assert pins.set("sbx-1", {"a": "1", "b": "2", "c": "3"}) == []
+    pins.announced("sbx-1", ["a"])  # announced again: now the most recent
+    assert pins.set("sbx-1", {"d": "4"}) == ["b"]
+    assert pins.set("sbx-2", {"x": "9"}) == []  # per sandbox
+    again = ToolPins(tmp_path, max_per_sandbox=3)  # the order survives a restart
+    assert again.set("sbx-1", {"e": "5"}) == ["c"]
+    assert again.of("sbx-1") == {"a": "1", "d": "4", "e": "5"}
+    assert again.forget("sbx-1") == 3 and again.forget("sbx-1") == 0
+    assert ToolPins(tmp_path).sandboxes() == ["sbx-2"]
