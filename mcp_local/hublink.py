@@ -249,6 +249,9 @@ class HubLink:
                         async with asyncio.timeout(silence_s):
                             message: spb.HubMessage = await iterator.__anext__()
                     except StopAsyncIteration:
+                        # A hub that ends the stream for a reason says it in the status (`_run`
+                        # logs it); this one gave none.
+                        logger.warning("hub %s ended the stream without giving a reason", self.target)
                         return welcomed
                     except TimeoutError:
                         raise _StreamStalled(

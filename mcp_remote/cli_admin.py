@@ -285,24 +285,11 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
         return None
 
 
-# Characters that change what a terminal shows without showing themselves: controls, format
-# characters (bidi overrides and isolates, zero-width joiners), line and paragraph separators,
-# unassigned and private code points, spaces other than the plain one, and letters that are blank.
-_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
-
-
 def _shown(text: str) -> str:
     """A caller's text for the approver's terminal: what would hide or reorder, as an escape."""
-    import unicodedata
+    from .shown import shown
 
-    def escaped(ch: str) -> str:
-        if ch == " " or (unicodedata.category(ch) not in _UNSEEN_CATEGORIES and ch not in _BLANK_LETTERS):
-            return ch
-        code = ord(ch)
-        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-    return "".join(escaped(ch) for ch in text)
+    return shown(text)
 
 
 def _show_approval(a: Any) -> str:

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +36,7 @@ import orjson
 from mcp_local.content import ToolResult
 from mcp_local.errors import (
     ConfigError,
+    Conflict,
     DeadlineExceeded,
     HubError,
     InvalidArgument,
@@ -55,6 +56,7 @@ from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .pins import ToolPins, definition_hash
+from .shown import shown
 
 __all__ = [
     "ROLE_SANDBOX",
@@ -92,10 +94,19 @@ def exposed_name(sandbox: str, tool: str) -> str:
 class SandboxEvent:
     """Something an operator (and the audit log) should know about a sandbox.
 
-    kind: connected | disconnected | replaced | rejected | tool_pinned | tool_blocked | tool_accepted
+    kind: connected | disconnected | replaced | rejected | tool_pinned | tool_blocked |
+    tool_accepted | pins_dropped | forgotten | accept_refused | forget_refused
 
     `replaced`: a new connection of the same sandbox took over this one's stream (the sidecar
     reconnecting after its old stream broke, or a second sidecar holding the sandbox's token).
+    `rejected`: the hub refused a connection (`principal` empty when its token is unknown;
+    `sandbox` the name it asked for). `pins_dropped`: an announcement pinned new tools and the
+    least recently announced lost their pins (see `pins.MAX_PINS_PER_SANDBOX`). `forgotten`: an
+    operator dropped the pins of a sandbox that is gone. `accept_refused`, `forget_refused`: the
+    hub refused `principal`'s attempt to accept a tool of `sandbox`, or to forget it.
+    `principal` is who acted: the sandbox's principal, or for `tool_accepted`, `forgotten` and
+    the refused attempts the operator. Refusals repeat at no cost to whoever
+    repeats them, so their repeats are counted (`attempts`, see `Federation._refused`).
     """
 
     kind: str
@@ -105,9 +116,39 @@ class SandboxEvent:
     detail: str = ""
     pinned_sha256: str = ""
     announced_sha256: str = ""
+    peer: str = ""
+    """Where a refused attempt came from (the peer's address without its port)."""
+    attempts: int = 0
+    """For a refusal: how many attempts this record stands for (1, or its repeats since the last)."""
 
 
 EventHook = Callable[[SandboxEvent], None]
+
+REPEATS_RECORDED_AFTER_S = 60.0
+"""A refusal that repeats one already recorded is counted, and the count recorded this long
+after the last record of it (see `Federation._refused`)."""
+REFUSALS_KEPT = 4096
+"""Refusals the hub remembers, to count their repeats; when full, the counts so far are
+recorded and it starts again."""
+REFUSED_HELLO_WAIT_S = 1.0
+"""How long the hub waits for the hello of a connection it refuses (see `Connect`)."""
+SHOWN_NAME = 80
+"""Characters of a sandbox name a refusal quotes (a refused name has not been checked)."""
+
+
+_ACTS_OF_OTHERS = frozenset({"rejected", "tool_accepted", "forgotten", "accept_refused", "forget_refused"})
+"""Events whose principal need not be the sandbox's: their log lines always name it."""
+
+
+@dataclass(slots=True)
+class _Repeats:
+    """One refusal and its repeats not yet recorded."""
+
+    event: SandboxEvent
+    recorded_at: float
+    """Event-loop time of the last record of it."""
+    unrecorded: int = 0
+    timer: asyncio.TimerHandle | None = None
 
 
 class _Gone:
@@ -242,6 +283,7 @@ class Federation:
         self.ping_interval_s = ping_interval_s
         self.hello_timeout_s = hello_timeout_s
         self.connections: dict[str, SandboxConnection] = {}
+        self._refusals: dict[tuple[str, str, str, str, str], _Repeats] = {}
 
     def service(self) -> tuple[Any, Any, str]:
         """`(add_to_server, servicer, service name)` for `start_grpc_server(extra_services=...)`."""
@@ -249,26 +291,80 @@ class Federation:
         return spb_grpc.add_SandboxRegistryServicer_to_server, SandboxRegistryServicer(self), name
 
     async def close(self) -> None:
+        """End every sandbox's stream (each sidecar is told the hub is stopping, and redials) and
+        record it, with the counts of refusals not yet recorded."""
         for conn in list(self.connections.values()):
-            conn.close("the hub is shutting down")
-            self._unregister(conn)
+            self.disconnect(conn, "the hub is stopping")
+        self._record_all_repeats()
+        await self.pins.flush()
         await asyncio.sleep(0)
 
     # --- events ----------------------------------------------------------------------------
 
     def _event(self, event: SandboxEvent) -> None:
-        level = logging.WARNING if event.kind in ("tool_blocked", "rejected", "replaced") else logging.INFO
-        text = f"sandbox {event.sandbox}: {event.kind}"
+        level = logging.INFO
+        if event.kind in ("tool_blocked", "rejected", "replaced", "accept_refused", "forget_refused"):
+            level = logging.WARNING
+        text = f"sandbox {event.sandbox or '?'}: {event.kind}"
         if event.tool:
             text += f" {event.tool}"
+        if event.principal != event.sandbox or event.kind in _ACTS_OF_OTHERS:
+            text += f" (principal {event.principal})" if event.principal else " (no principal)"
+        if event.peer:
+            text += f" from {event.peer}"
+        if event.attempts > 1:
+            text += f" ({event.attempts} attempts since the last record of it)"
         if event.detail:
             text += f": {event.detail}"
-        logger.log(level, "%s", text)
+        # Names, versions and reasons come from the sidecar: escaped, none can forge a log line of
+        # its own or send a terminal escapes.
+        logger.log(level, "%s", shown(text))
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except Exception:  # a broken hook must not break registration
                 logger.exception("sandbox event hook failed")
+
+    def _refused(self, event: SandboxEvent) -> None:
+        """Record a refusal (`event.attempts` is set here).
+
+        A sidecar whose token is unknown redials for ever, and anybody may repeat a refused
+        attempt at no cost: one record each would fill the log, one record for all would hide
+        how many there were. So the first is recorded at once (`attempts: 1`), and its repeats
+        are counted: REPEATS_RECORDED_AFTER_S after the last record of it, one record carries
+        how many came since (`attempts: N`), as refused decisions of approvals are."""
+        key = (event.kind, event.sandbox, event.principal, event.peer, event.detail)
+        repeats = self._refusals.get(key)
+        loop = asyncio.get_running_loop()
+        if repeats is None:
+            if len(self._refusals) >= REFUSALS_KEPT:
+                self._record_all_repeats()
+            self._refusals[key] = _Repeats(event, loop.time())
+            self._event(replace(event, attempts=1))
+            return
+        repeats.unrecorded += 1
+        if repeats.timer is None:
+            due = repeats.recorded_at + REPEATS_RECORDED_AFTER_S
+            repeats.timer = loop.call_at(due, self._record_repeats, key)
+
+    def _record_repeats(self, key: tuple[str, str, str, str, str]) -> None:
+        repeats = self._refusals.get(key)
+        if repeats is None:
+            return
+        repeats.timer = None
+        if not repeats.unrecorded:
+            return
+        count, repeats.unrecorded = repeats.unrecorded, 0
+        repeats.recorded_at = asyncio.get_running_loop().time()
+        self._event(replace(repeats.event, attempts=count))
+
+    def _record_all_repeats(self) -> None:
+        """Record every count not yet recorded, and forget the refusals."""
+        for key, repeats in list(self._refusals.items()):
+            if repeats.timer is not None:
+                repeats.timer.cancel()
+            self._record_repeats(key)
+        self._refusals.clear()
 
     # --- registration ----------------------------------------------------------------------
 
@@ -354,7 +450,20 @@ class Federation:
                 )
                 continue
             exposed[own] = tool
-        self.pins.set(conn.sandbox, new_pins)
+        self.pins.announced(conn.sandbox, announced)
+        dropped = self.pins.set(conn.sandbox, new_pins)
+        if dropped:
+            self._event(
+                SandboxEvent(
+                    "pins_dropped",
+                    conn.sandbox,
+                    conn.principal,
+                    detail=(
+                        f"the pins of {len(dropped)} tools not announced lately were dropped, "
+                        f"{self.pins.max_per_sandbox} are kept per sandbox (e.g. {dropped[0]})"
+                    ),
+                )
+            )
         for own, digest in new_pins.items():
             self._event(
                 SandboxEvent("tool_pinned", conn.sandbox, conn.principal, own, announced_sha256=digest)
@@ -426,11 +535,20 @@ class Federation:
             raise ToolError(f"sandbox {sandbox!r} is not connected to the hub")
         return await conn.forward(tool, call)
 
-    def reject(self, sandbox: str, reason: str) -> None:
-        self._event(SandboxEvent("rejected", sandbox, detail=reason))
+    def reject(self, sandbox: str, principal: str, reason: str, peer: str = "") -> None:
+        """Record a refused connection: `sandbox` the name it asked for (or "" when it named none),
+        `principal` who it authenticated as ("" for an unknown token)."""
+        self._refused(SandboxEvent("rejected", sandbox[:SHOWN_NAME], principal, detail=reason, peer=peer))
 
-    def disconnect(self, conn: SandboxConnection, reason: str) -> None:
-        conn.close(reason)
+    def refuse_attempt(self, kind: str, sandbox: str, principal: str, reason: str, peer: str = "") -> None:
+        """Record a refused attempt (`kind`: accept_refused, forget_refused) about `sandbox`."""
+        self._refused(SandboxEvent(kind, sandbox[:SHOWN_NAME], principal, detail=reason, peer=peer))
+
+    def disconnect(
+        self, conn: SandboxConnection, reason: str, code: grpc.StatusCode | None = grpc.StatusCode.UNAVAILABLE
+    ) -> None:
+        """End `conn`'s stream: the sidecar is told `reason` with `code` (None: the stream just ends)."""
+        conn.close(reason, code)
         if self._unregister(conn):
             self._event(SandboxEvent("disconnected", conn.sandbox, conn.principal, detail=reason))
 
@@ -441,8 +559,9 @@ class Federation:
         self.registry.set_source(f"sandbox:{conn.sandbox}", [])
         return True
 
-    def accept(self, sandbox: str, names: Sequence[str]) -> list[str]:
-        """Pin the announced definitions of blocked tools (all, or `names`) and expose them."""
+    def accept(self, sandbox: str, names: Sequence[str], by: str) -> list[str]:
+        """Pin the announced definitions of blocked tools (all, or `names`) and expose them;
+        `by` is the operator's principal, the one the records name."""
         conn = self.connections.get(sandbox)
         if conn is None:
             raise ToolNotFound(f"sandbox {sandbox!r} is not connected; accept its tools while it is")
@@ -463,18 +582,56 @@ class Federation:
         for n in changed:
             b = conn.blocked[n]
             self._event(
-                SandboxEvent(
-                    "tool_accepted", sandbox, conn.principal, n, "", b.pinned_sha256, b.announced_sha256
-                )
+                SandboxEvent("tool_accepted", sandbox, by, n, "", b.pinned_sha256, b.announced_sha256)
             )
         self.announce(conn, list(conn.announced.values()))
         return changed
+
+    def forget(self, sandbox: str, by: str) -> int:
+        """Drop the pins of a sandbox that is gone for good; `by` is the operator's principal.
+        Returns how many there were."""
+        if sandbox in self.connections:
+            raise Conflict(
+                f"sandbox {sandbox!r} is connected: stop its sidecar (or remove its principal) first; "
+                "forgetting its pins now would expose every tool it announces next without a check"
+            )
+        count = self.pins.forget(sandbox)
+        if not count:
+            known = ", ".join(self.pins.sandboxes()[:20]) or "none"
+            raise ToolNotFound(
+                f"no pins of a sandbox {sandbox[:SHOWN_NAME]!r} (sandboxes with pins: {known})"
+            )
+        self._event(SandboxEvent("forgotten", sandbox, by, detail=f"the pins of {count} tools"))
+        return count
+
+    async def flush(self) -> None:
+        """Wait until the pins file holds every pin made so far."""
+        await self.pins.flush()
 
 
 def _token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return bearer_token(
         first_authorization(v for k, v in context.invocation_metadata() or () if k == AUTHORIZATION)
     )
+
+
+def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's address without its port (one sidecar redials from a new port each time)."""
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.split(":", 1)[1].rsplit(":", 1)[0]
+    return peer
+
+
+async def _hello(messages: AsyncIterator[spb.SidecarMessage], timeout_s: float) -> spb.SidecarHello:
+    try:
+        async with asyncio.timeout(timeout_s):
+            first: spb.SidecarMessage = await messages.__anext__()
+    except (TimeoutError, StopAsyncIteration):
+        raise InvalidArgument("expected a hello as the first message") from None
+    if first.WhichOneof("message") != "hello":
+        raise InvalidArgument("expected a hello as the first message")
+    return first.hello
 
 
 class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
@@ -490,16 +647,20 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
         f = self._f
         messages = request_iterator.__aiter__()
         conn: SandboxConnection | None = None
+        principal: Principal | None = None
+        hello: spb.SidecarHello | None = None
         try:
-            principal = self._principal(context)
             try:
-                async with asyncio.timeout(f.hello_timeout_s):
-                    first: spb.SidecarMessage = await messages.__anext__()
-            except (TimeoutError, StopAsyncIteration):
-                raise InvalidArgument("expected a hello as the first message") from None
-            if first.WhichOneof("message") != "hello":
-                raise InvalidArgument("expected a hello as the first message")
-            hello = first.hello
+                principal = self._principal(context)
+            except Unauthenticated:
+                # Ended before its hello has arrived, the call races the sidecar sending it, and
+                # the sidecar is told INTERNAL ("Internal error from Core") instead of why, about
+                # one dial in ten. So the hello is read first (briefly: nobody is known yet); it
+                # also names the sandbox the refusal is about.
+                with contextlib.suppress(HubError):
+                    hello = await _hello(messages, REFUSED_HELLO_WAIT_S)
+                raise
+            hello = await _hello(messages, f.hello_timeout_s)
             # Asked again: a reload may have revoked the token while the hub waited for the hello.
             principal = self._principal(context)
             name = f.sandbox_name(principal, hello.sandbox)
@@ -507,9 +668,11 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             welcome = f.connect(conn, hello.tools)
         except HubError as exc:
             if conn is not None:
-                f.disconnect(conn, exc.message)
-            if not isinstance(exc, Unauthenticated):
-                f.reject(conn.sandbox if conn else "?", exc.message)
+                f.disconnect(conn, exc.message, None)
+            wanted = hello.sandbox if hello is not None else ""
+            if not wanted and principal is not None and principal.has_role(ROLE_SANDBOX):
+                wanted = principal.name
+            f.reject(wanted, principal.name if principal else "", exc.message, _peer(context))
             await context.abort(exc.status, exc.message)
             raise AssertionError("abort returned") from None  # pragma: no cover
         reader = asyncio.create_task(self._read(conn, messages), name=f"mcphub-sandbox-{name}")
@@ -549,13 +712,16 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            f.disconnect(conn, reason)
+            f.disconnect(conn, reason, None)
         if conn.close_code is not None:
+            # The hub ended the stream (a reload that removed the principal, the hub stopping, a
+            # newer connection): the sidecar logs why, and its callers' errors say the same.
             await context.abort(conn.close_code, reason)
 
     async def _read(self, conn: SandboxConnection, messages: AsyncIterator[spb.SidecarMessage]) -> None:
         loop = asyncio.get_running_loop()
         reason = "the sidecar ended the stream"
+        code: grpc.StatusCode | None = None  # a stream the sidecar ended needs no status from the hub
         try:
             async for message in messages:
                 conn.last_heard = loop.time()
@@ -568,14 +734,14 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
                     try:
                         conn.send(spb.HubMessage(welcome=self._f.announce(conn, message.tools.tools)))
                     except HubError as exc:
-                        reason = exc.message
+                        reason, code = exc.message, exc.status
                         break
                 elif kind == "hello":
-                    reason = "a second hello on one stream"
+                    reason, code = "a second hello on one stream", grpc.StatusCode.INVALID_ARGUMENT
                     break
         except grpc.aio.AioRpcError as exc:
             reason = f"the stream broke ({exc.code().name})"
-        conn.close(reason)
+        conn.close(reason, code)
 
     async def ListSandboxes(
         self, request: spb.ListSandboxesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -594,13 +760,33 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
     async def AcceptTools(
         self, request: spb.AcceptToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> spb.AcceptToolsResponse:
+        principal: Principal | None = None
         try:
             principal = self._principal(context)
             if not principal.has_role(ROLE_OPERATOR):
                 raise PermissionDenied(
                     f"principal {principal.name!r} may not accept tools: it needs the role `operator`"
                 )
-            accepted = self._f.accept(request.sandbox, list(request.tools))
+            accepted = self._f.accept(request.sandbox, list(request.tools), principal.name)
         except HubError as exc:
+            who = principal.name if principal else ""
+            self._f.refuse_attempt("accept_refused", request.sandbox, who, exc.message, _peer(context))
             await context.abort(exc.status, exc.message)
         return spb.AcceptToolsResponse(accepted=accepted)
+
+    async def ForgetSandbox(
+        self, request: spb.ForgetSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> spb.ForgetSandboxResponse:
+        principal: Principal | None = None
+        try:
+            principal = self._principal(context)
+            if not principal.has_role(ROLE_OPERATOR):
+                raise PermissionDenied(
+                    f"principal {principal.name!r} may not forget a sandbox: it needs the role `operator`"
+                )
+            forgotten = self._f.forget(request.sandbox, principal.name)
+        except HubError as exc:
+            who = principal.name if principal else ""
+            self._f.refuse_attempt("forget_refused", request.sandbox, who, exc.message, _peer(context))
+            await context.abort(exc.status, exc.message)
+        return spb.ForgetSandboxResponse(pins=forgotten)

@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -390,21 +390,19 @@ class Hub:
             )
 
     def _sandbox_event(self, event: SandboxEvent) -> None:
-        """Sandboxes connecting, leaving, and tool definitions pinned, changed or accepted."""
+        """Sandboxes connecting, leaving, refused, and tool definitions pinned, changed or accepted."""
         tool = f"{event.sandbox}__{event.tool}" if event.tool else "-"
-        self.audit.record(
-            "sandbox",
-            "-",
-            event.principal or "-",
-            tool,
-            {
-                "event": event.kind,
-                "sandbox": event.sandbox,
-                "detail": event.detail or None,
-                "pinned_sha256": event.pinned_sha256 or None,
-                "announced_sha256": event.announced_sha256 or None,
-            },
-        )
+        body: dict[str, Any] = {
+            "event": event.kind,
+            "sandbox": event.sandbox,
+            "detail": event.detail or None,
+            "pinned_sha256": event.pinned_sha256 or None,
+            "announced_sha256": event.announced_sha256 or None,
+        }
+        if event.attempts:
+            body["attempts"] = event.attempts
+            body["peer"] = event.peer or None
+        self.audit.record("sandbox", "-", event.principal or "-", tool, body)
 
     def reload(self, new: HubConfig, environ: Mapping[str, str] | None = None) -> Reloaded:
         """Apply a config file's principals, policy and log level to the running hub (SIGHUP).
@@ -452,7 +450,14 @@ class Hub:
         disconnected = []
         for conn in list(self.federation.connections.values()):
             if conn.principal in gone:
-                self.federation.disconnect(conn, "the hub's principals were reloaded: reconnect")
+                # Said to the sidecar (it logs it) and to the callers of its calls in flight.
+                if conn.principal in removed:
+                    why = "was removed from the hub's config"
+                elif conn.principal in new_token:
+                    why = "has a new token in the hub's config"
+                else:
+                    why = "has new roles in the hub's config"
+                self.federation.disconnect(conn, f"principal {conn.principal} {why} (reloaded)")
                 disconnected.append(conn.sandbox)
         report = Reloaded(
             added=tuple(added),

@@ -1,9 +1,10 @@
-"""`mcphub sandboxes list|accept`: the operator's view of registered sandboxes, over gRPC.
+"""`mcphub sandboxes list|accept|forget`: the operator's view of registered sandboxes, over gRPC.
 
     mcphub sandboxes list                      connected sandboxes, exposed and blocked tools
     mcphub sandboxes accept SANDBOX [TOOL...]  accept the changed definitions of blocked tools
+    mcphub sandboxes forget SANDBOX            drop the pins of a sandbox that is gone for good
 
-Both need a principal with the `operator` role; on a hub of this host, without --token, they use
+All need a principal with the `operator` role; on a hub of this host, without --token, they use
 the host operator's token from the state directory (`operator.token`).
 """
 
@@ -35,6 +36,7 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -45,12 +47,17 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([MessageToDict(s) for s in response.sandboxes], indent=2))
         return EXIT_OK
+    # A sidecar chose its tools' names and version (and the reasons quote them): escaped, they can
+    # neither start a line of their own nor send the terminal an escape sequence.
     for s in response.sandboxes:
         print(
-            f"{s.name}  (principal {s.principal}, {len(s.exposed)} tools exposed, {len(s.blocked)} blocked)"
+            shown(
+                f"{s.name}  (principal {s.principal}, version {s.version or '?'}, "
+                f"{len(s.exposed)} tools exposed, {len(s.blocked)} blocked)"
+            )
         )
         for b in s.blocked:
-            print(f"  blocked {b.name}: {b.reason}")
+            print(shown(f"  blocked {b.name}: {b.reason}"))
     print(f"{len(response.sandboxes)} sandboxes connected to {target}", file=sys.stderr)
     return EXIT_OK
 
@@ -70,6 +77,7 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -80,9 +88,38 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
         except grpc.aio.AioRpcError as exc:
             return _rpc_failure(exc, target)
     for name in response.accepted:
-        print(f"accepted {sandbox}/{name}: its new definition is pinned and exposed")
+        print(shown(f"accepted {sandbox}/{name}: its new definition is pinned and exposed"))
     if not response.accepted:
-        print(f"sandbox {sandbox} had no blocked tool to accept", file=sys.stderr)
+        print(shown(f"sandbox {sandbox} had no blocked tool to accept"), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_forget(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .cli import _run, hub_target
+    from .cli_admin import operator_token
+
+    target = hub_target(args, environ)
+    return _run(_forget(target, operator_token(args, environ, target), args.sandbox))
+
+
+async def _forget(target: str, token: str | None, sandbox: str) -> int:
+    import grpc
+
+    from mcphub_proto.v1 import sidecar_pb2 as spb
+    from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
+
+    from .cli import EXIT_OK, _rpc_failure
+    from .shown import shown
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.ForgetSandbox(
+                spb.ForgetSandboxRequest(sandbox=sandbox), metadata=_metadata(token)
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_failure(exc, target)
+    print(shown(f"forgot the pins of {response.pins} tools of sandbox {sandbox}"))
     return EXIT_OK
 
 
@@ -96,7 +133,7 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     sandboxes = sub.add_parser(
         "sandboxes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="sandboxes registered with the hub: list them, accept changed tool definitions",
+        help="sandboxes registered with the hub: list them, accept changed tool definitions, forget one",
         description=__doc__,
     )
     ssub = sandboxes.add_subparsers(dest="sandboxes_command", metavar="COMMAND")
@@ -119,3 +156,15 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     accept.add_argument("tools", nargs="*", help="its tools' own names (default: every blocked tool)")
     client_options(accept)
     accept.set_defaults(func=_cmd_accept)
+
+    forget = ssub.add_parser(
+        "forget",
+        help="drop the pinned tool definitions of a sandbox that is gone for good",
+        description=(
+            "Drop every pinned tool definition of the sandbox (it must not be connected). If it "
+            "ever connects again, its tools are pinned afresh, as a new sandbox's are."
+        ),
+    )
+    forget.add_argument("sandbox", help="the sandbox's name, e.g. sbx-42")
+    client_options(forget)
+    forget.set_defaults(func=_cmd_forget)

@@ -160,3 +160,15 @@ class AcceptToolsResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, accepted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetSandboxRequest(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: str
+    def __init__(self, sandbox: _Optional[str] = ...) -> None: ...
+
+class ForgetSandboxResponse(_message.Message):
+    __slots__ = ("pins",)
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    pins: int
+    def __init__(self, pins: _Optional[int] = ...) -> None: ...

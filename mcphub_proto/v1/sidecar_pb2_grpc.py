@@ -49,6 +49,11 @@ class SandboxRegistryStub:
                 request_serializer=mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsRequest.SerializeToString,
                 response_deserializer=mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsResponse.FromString,
                 _registered_method=True)
+        self.ForgetSandbox = channel.unary_unary(
+                '/mcphub.v1.SandboxRegistry/ForgetSandbox',
+                request_serializer=mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxRequest.SerializeToString,
+                response_deserializer=mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxRegistryServicer:
@@ -62,8 +67,8 @@ class SandboxRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSandboxes(self, request, context):
-        """Connected sandboxes and their exposed and blocked tools. Operators see
-        every sandbox; other principals see none.
+        """Connected sandboxes and their exposed and blocked tools. Needs the
+        `operator` role (other principals get PERMISSION_DENIED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +77,15 @@ class SandboxRegistryServicer:
     def AcceptTools(self, request, context):
         """Accepts the changed definitions of a sandbox's blocked tools (all of them,
         or those named): their new hashes are pinned and the tools exposed.
+        Needs the `operator` role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetSandbox(self, request, context):
+        """Drops the pinned definitions of a sandbox that is gone for good (it must
+        not be connected: FAILED_PRECONDITION; NOT_FOUND when it has no pins).
         Needs the `operator` role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -95,6 +109,11 @@ def add_SandboxRegistryServicer_to_server(servicer, server):
                     servicer.AcceptTools,
                     request_deserializer=mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsRequest.FromString,
                     response_serializer=mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsResponse.SerializeToString,
+            ),
+            'ForgetSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetSandbox,
+                    request_deserializer=mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxRequest.FromString,
+                    response_serializer=mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class SandboxRegistry:
             '/mcphub.v1.SandboxRegistry/AcceptTools',
             mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsRequest.SerializeToString,
             mcphub_dot_v1_dot_sidecar__pb2.AcceptToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcphub.v1.SandboxRegistry/ForgetSandbox',
+            mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxRequest.SerializeToString,
+            mcphub_dot_v1_dot_sidecar__pb2.ForgetSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

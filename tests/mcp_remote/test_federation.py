@@ -382,6 +382,7 @@ async def test_disconnect_removes_the_tools_and_reconnect_brings_them_back(tmp_p
         await wait_for(present, what="the sidecar to reconnect to the restarted hub")
         assert sidecar.alive()
         assert "reconnecting to the hub" in sidecar.log()
+        assert "UNAVAILABLE: the hub is stopping" in sidecar.log()  # not only "reconnecting"
         async with connect("grpc", hub.grpc, None, TOKENS["agent-42"]) as c:
             assert (await c.call("sbx-42__files_read", {"path": "hello.txt"})).text.startswith(
                 "hello from sbx"
@@ -391,6 +392,15 @@ async def test_disconnect_removes_the_tools_and_reconnect_brings_them_back(tmp_p
         await client.close()
         sidecar.stop()
         hub.stop()
+    # Each stop of a hub with the sandbox connected is recorded (the log showed `connected` twice
+    # in a row across a restart).
+    events = [
+        (b["event"], b["detail"])
+        for b in (r.body_json() for r in await all_records(hub.state_dir) if r.kind == "sandbox")
+        if b["event"] in ("connected", "disconnected")
+    ]
+    assert ("disconnected", "the hub is stopping") in events, events
+    assert not [a for a, b in itertools.pairwise(events) if a[0] == b[0]], events
 
 
 async def test_a_changed_definition_is_blocked_until_an_operator_accepts_it(tmp_path: Path) -> None:

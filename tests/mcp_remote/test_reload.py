@@ -256,6 +256,8 @@ async def test_a_sandbox_whose_principal_is_removed_is_disconnected(tmp_path: Pa
         await asyncio.sleep(1.5)  # the sidecar redials (backoff at most 0.5 s) and is refused
         assert not await sandbox_tools()
         assert sidecar.alive()
+        # The sidecar was told why its stream ended (it said only "reconnecting ... in 0.4s").
+        assert "UNAVAILABLE: principal sbx-1 was removed from the hub's config (reloaded)" in sidecar.log()
         assert "not one this hub knows" in sidecar.log()
     finally:
         await client.close()
