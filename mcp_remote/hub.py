@@ -48,7 +48,7 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import read_hub_file, remove_hub_file, write_hub_file
+from .statedir import StateError, read_hub_file, remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -83,7 +83,7 @@ def operator_token(state_dir: Path) -> str:
 
     Written whole or not at all (`write_new_file`). An empty file is what an older hub left
     when the disk filled as it wrote the token: no token was ever in it, so a new one is made.
-    A file holding something that is no token, or one other users may read, is a ConfigError
+    A file holding something that is no token, or one other users may read, is a StateError
     naming it."""
     path = state_dir / OPERATOR_TOKEN_FILE
     try:
@@ -102,7 +102,7 @@ def operator_token(state_dir: Path) -> str:
     except UnicodeDecodeError:
         token = ""
     if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or any(c.isspace() for c in token):
-        raise ConfigError(
+        raise StateError(
             f"{path}: not an operator token (a line of at least {MIN_TOKEN_LENGTH} printable characters); "
             "delete the file and the hub makes a new one"
         )
@@ -230,7 +230,7 @@ class Hub:
             operator_token(config.state_dir)
             signer = CheckpointSigner(config.state_dir / "audit")
         except OSError as exc:
-            raise ConfigError(_state_dir_problem(config.state_dir, exc)) from None
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()

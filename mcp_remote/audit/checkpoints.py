@@ -131,16 +131,16 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
 
 def read_secret_file(path: Path) -> bytes:
     """The bytes of a secret the hub made (its signing key, the operator's token), refused as a
-    ConfigError when other users may read it: the hub writes them 0600, so a wider mode is a
+    StateError when other users may read it: the hub writes them 0600, so a wider mode is a
     restore from a backup or a `chmod` that gave the secret away, and using it would hide that.
     An empty file holds no secret and is returned as it is. FileNotFoundError passes through."""
-    from mcp_local.errors import ConfigError
+    from ..statedir import StateError
 
     with open(path, "rb") as file:
         mode = os.fstat(file.fileno()).st_mode
         data = file.read()
         if mode & 0o077 and data.strip():
-            raise ConfigError(
+            raise StateError(
                 f"{path}: readable or writable by other users (mode {stat.S_IMODE(mode):04o}); "
                 f"a secret must be the owner's only: chmod 600 {path}, and replace the secret if "
                 "someone else may have read it"
@@ -148,12 +148,17 @@ def read_secret_file(path: Path) -> bytes:
         return data
 
 
-def _read_key(path: Path, size: int, what: str, remedy: str, *, secret: bool = False) -> bytes | None:
+def _read_key(
+    path: Path, size: int, what: str, remedy: str, *, secret: bool = False, given: bool = False
+) -> bytes | None:
     """The `size` raw bytes of a key file holding them in base64: None if the file does not
     exist, empty if it is empty (a start that failed on a full disk left it so: no key was
-    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`;
-    so is a `secret` one other users may read (`read_secret_file`)."""
+    ever in it). A file that holds something else is a StateError naming it, and `remedy` (a
+    ConfigError for a file the command line `given`); so is a `secret` one other users may
+    read (`read_secret_file`)."""
     from mcp_local.errors import ConfigError
+
+    from ..statedir import StateError
 
     try:
         text = (read_secret_file(path) if secret else path.read_bytes()).strip()
@@ -166,7 +171,7 @@ def _read_key(path: Path, size: int, what: str, remedy: str, *, secret: bool = F
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != size:
-        raise ConfigError(f"{path}: not {what} ({size} bytes in base64); {remedy}")
+        raise (ConfigError if given else StateError)(f"{path}: not {what} ({size} bytes in base64); {remedy}")
     return raw
 
 
@@ -257,7 +262,7 @@ def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
     remedy = "give the signing.pub of the hub that signed the log (--public-key FILE)"
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy)
+        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy, given=True)
         if raw is None:
             raise ConfigError(f"no public key at {path} (pass --public-key FILE)")
         try:

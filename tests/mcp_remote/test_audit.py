@@ -657,7 +657,7 @@ def test_a_hub_refuses_a_secret_other_users_may_read(stopped_log: Path, tmp_path
     shutil.copytree(stopped_log, state)
     (state / name).chmod(0o640)
     out = serve_refused(state.parent, config())
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr  # the state dir's, not config
     assert f"{state / name}: readable or writable by other users (mode 0640)" in out.stderr
     assert f"chmod 600 {state / name}" in out.stderr
     (state / name).chmod(0o600)
