@@ -550,7 +550,10 @@ class Hub:
         if config.http is not None:
             mcp_url = self._bind_bridge(config.http, grpc_dial)
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
-        await self.audit.start()
+        try:
+            await self.audit.start()
+        except OSError as exc:  # the journal, or signing.pub, on a full or read-only disk
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         unclean = _unclean_previous_stop(config.state_dir)
         if unclean is not None:
             logger.warning(

@@ -203,6 +203,7 @@ class CheckpointSigner:
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
+        self.key_dir, self.key_path = key_dir, key_path
         raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY, secret=True)
         signed_by = _read_key(
             pub_path,
@@ -236,11 +237,60 @@ class CheckpointSigner:
                 f"signed by key {key_id(signed_by)}: "
                 + _new_key_help(key_dir, signed_by, f"restore the signing.key of {key_id(signed_by)}")
             )
-        if not signed_by:
-            if signed_by is not None:  # empty: what an older hub left on a full disk
-                pub_path.unlink(missing_ok=True)
-            if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
-                _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
+        self._unpublished = None if signed_by else (pub_path, signed_by is not None, public)
+
+    def publish(self) -> None:
+        """Write signing.pub when there is none, once the log's last checkpoints were found to be
+        this key's (`check_last`): written first, a key that signed none of them would leave a
+        signing.pub under which verify finds every checkpoint "signed by an unknown key"."""
+        if self._unpublished is None:
+            return
+        pub_path, empty, public = self._unpublished
+        if empty:  # what an older hub left on a full disk
+            pub_path.unlink(missing_ok=True)
+        if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
+            _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
+        self._unpublished = None
+
+    def check_last(self, checkpoint: Checkpoint, where: str) -> None:
+        """Refuse (AuditStoreRefused) to sign on after `checkpoint`, the last one in `where`, when
+        this key did not sign it: its signature was edited, or signing.key was replaced (with
+        signing.pub deleted too, the key in hand would otherwise have written a new signing.pub,
+        and every checkpoint after would be "signed by an unknown key").
+
+        One checkpoint, so O(1) whatever the log's size: Ed25519 signatures are deterministic,
+        so this key signing the same payload again gives the same signature, and the hub needs
+        no verifying code. A checkpoint of a key kept beside this one as `signing.pub.<id>` (the
+        documented way to sign with a new key from then on) is verified with that key."""
+        if checkpoint.key_id == self.key_id:
+            if self.sign(checkpoint.seq, checkpoint.hash, checkpoint.ts_ms).signature == checkpoint.signature:
+                return
+            problem = f"has an invalid signature for key {self.key_id} ({self.key_path})"
+        else:
+            kept = self.key_dir / f"signing.pub.{checkpoint.key_id}"
+            if not kept.exists():
+                _refuse(
+                    f"{where}: the last checkpoint (record {checkpoint.seq}) is signed by key "
+                    f"{checkpoint.key_id}, but {self.key_path} is key {self.key_id}: restore the "
+                    f"signing.key of {checkpoint.key_id}, or, to sign with this key from now on, keep "
+                    f"the public key of {checkpoint.key_id} beside it as {kept} (`mcphub audit verify` "
+                    "reads it there)"
+                )
+            from mcp_local.errors import ConfigError
+
+            from ..statedir import StateError
+
+            try:
+                if verify_checkpoint(checkpoint, load_public_keys([kept])) is None:
+                    return
+            except ConfigError as exc:
+                raise StateError(str(exc)) from None
+            problem = f"has an invalid signature for key {checkpoint.key_id} ({kept})"
+        _refuse(
+            f"{where}: the last checkpoint (record {checkpoint.seq}) {problem}: it was edited, or is "
+            "not this log's (`mcphub audit verify` reports it). Restore it from a backup; the hub "
+            "will not sign checkpoints after it"
+        )
 
     def output_key(self) -> bytes:
         """The key of the records' output digests (`output_hmac_sha256`): derived from the
