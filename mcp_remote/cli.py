@@ -158,6 +158,9 @@ async def _serve(
     except AuditStoreRefused as exc:  # an edited audit journal, or another hub writing the log
         await hub.stop(0)
         return _fail(str(exc), EXIT_HUB)
+    except Exception:  # a bug: its traceback, after the `stopped` record that closes the start's
+        await hub.stop(0)
+        raise
     if as_json:
         line = json.dumps(
             {"event": "ready", "grpc": addresses.grpc, "mcp": addresses.mcp_url, "pid": os.getpid()}

@@ -282,6 +282,8 @@ class Hub:
         self._stalls = StallWatch()
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
+        self._started = False
+        """The `hub started` record is queued: a stop records `stopped`."""
         self.bridge_app: BridgeApp | None = None
         """The bridge's ASGI app once bound (None without `http`); its MCP app is built on the
         first MCP request (`bridge_app.app`, or `await bridge_app.load()`)."""
@@ -562,6 +564,10 @@ class Hub:
                 "(this start's `hub started` record says so too)",
                 unclean,
             )
+        # The packs first: a pack that fails to load (the likeliest refusal from here on) stops a
+        # start that then never happened, and leaves no `started` record. From the record on,
+        # a failed start is closed by a `stopped` one (`stop`).
+        await self._load_packs()
         self.audit.record(
             "hub",
             "-",
@@ -575,6 +581,7 @@ class Hub:
                 "unclean_stop_of_pid": unclean,
             },
         )
+        self._started = True
         failed = await self.approvals.fail_pending_on_restart()
         await self.approvals.start_pruning()
         if failed:
@@ -582,12 +589,14 @@ class Hub:
                 "%d calls were waiting for approval when the hub stopped; their approvals are expired",
                 len(failed),
             )
-        await self._load_packs()
         await serve_grpc()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health(), name="mcphub-health")
         if self._http is not None:
             await self._http.start()
-        write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
+        try:
+            write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         return self.addresses
 
     def listen_addresses(self) -> tuple[str, ...]:
@@ -667,8 +676,9 @@ class Hub:
         self.packs.clear()
         self._pack_sockets.clear()
         await self.approvals.close()
-        with contextlib.suppress(Exception):
-            self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
+        if self._started:  # a start refused before its `started` record leaves no `stopped` one
+            with contextlib.suppress(Exception):
+                self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
         await self.audit.stop(grace)
         if not self.audit.lost:
             # Kept when the log lost records (the `stopped` one among them): the next start

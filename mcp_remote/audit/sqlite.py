@@ -98,6 +98,10 @@ CREATE INDEX IF NOT EXISTS approvals_principal ON approvals (principal, state);
 """
 
 
+UNREADABLE = "unreadable"
+"""The state an approval row whose data cannot be read is set aside in (`_set_aside_unreadable_approvals`)."""
+
+
 def _record(row: tuple[Any, ...]) -> AuditRecord:
     """A row as a record, whatever an editor left in its columns (verify must report, not crash)."""
     seq, ts_ms, call_id, kind, principal, tool, body, prev, hash_ = row
@@ -268,6 +272,7 @@ class SQLiteStore:
             self._db.executescript(SCHEMA)
             self._recover_journal()
             self._approval_columns()  # once the journal's lock says no other hub writes here
+            self._set_aside_unreadable_approvals()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
 
@@ -321,6 +326,34 @@ class SQLiteStore:
                 db.execute("ROLLBACK")
                 raise
         db.executescript(APPROVAL_INDEXES)
+
+    def _set_aside_unreadable_approvals(self) -> None:
+        """Give the approvals a hub reads at start (pending and approved) that cannot be read
+        the state UNREADABLE, with a warning naming each: no state the hub lists, counts, uses
+        or prunes, so the row stays as it is for the operator to look at.
+
+        Set aside rather than refusing the start: the approvals table is working state, not the
+        record (the audit log keeps every approval's records, and verify checks them), a row
+        that cannot be read lets no call run, and its waiting call ended with the hub that
+        stopped. Refusing would leave the operator editing SQL by hand before any hub ran."""
+        db = self.db
+        rows = db.execute("SELECT id, data FROM approvals WHERE state IN ('pending', 'approved')").fetchall()
+        for approval_id, data in rows:
+            try:
+                _approval_from(data)
+            except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+                db.execute("UPDATE approvals SET state = ? WHERE id = ?", (UNREADABLE, approval_id))
+                logger.warning(
+                    "%s: approval %r cannot be read (%s): set aside as state %r, so that no hub uses "
+                    "or lists it; its records are in the audit log. Delete such rows once looked at: "
+                    "sqlite3 %s \"DELETE FROM approvals WHERE state = '%s'\"",
+                    self.path,
+                    str(approval_id)[:100],
+                    str(exc)[:200] or type(exc).__name__,
+                    UNREADABLE,
+                    self.path,
+                    UNREADABLE,
+                )
 
     def _recover_journal(self) -> None:
         """Take the journal (one writer per log: a second hub folding and emptying it could

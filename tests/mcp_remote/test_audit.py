@@ -32,7 +32,7 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
-from tests.support.hub import REPO, hub_command, serve_refused, start_hub
+from tests.support.hub import FAULTY_PACK, REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
 pytestmark = pytest.mark.anyio
@@ -745,6 +745,40 @@ def test_a_replaced_signing_key_without_its_public_key_is_refused_naming_both(
     assert hub.stop() == 0
     out = cli("audit", "verify", "--state-dir", str(state))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_an_unreadable_approval_is_set_aside_and_a_start_that_fails_leaves_no_started_record(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """One approvals row that is not JSON stopped every start with a traceback (exit 1), and each
+    attempt left a `hub started` record with no `stopped` one. The row is set aside (working
+    state, not the record: it lets no call run), and a start refused before it serves leaves none."""
+    state = tmp_path / "approvals" / "state"
+    shutil.copytree(stopped_log, state)
+    db = state / "audit" / "audit.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "INSERT INTO approvals (id, state, data) VALUES ('apr_unreadable', 'pending', '{not json')"
+        )
+    before = len(await all_records(state))
+    failing = {"name": FAULTY_PACK, "options": {"events": str(tmp_path / "events"), "fail": "start"}}
+    refused = serve_refused(state.parent, config(packs=["diagnostics", failing]))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    hub = start_hub(state.parent, config=config(), http=False)
+    listed = cli("approvals", "list", "--all", "--hub", hub.grpc, "--token", APPROVER)
+    assert listed.returncode == 0 and "apr_unreadable" not in listed.stdout, listed.stderr
+    assert hub.stop() == 0
+    warned = refused.stderr  # the first start to open the store sets it aside
+    assert f"{db}: approval 'apr_unreadable' cannot be read (" in warned
+    assert "set aside as state 'unreadable', so that no hub uses or lists it" in warned
+    assert "apr_unreadable" not in hub.log()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT state FROM approvals WHERE id = 'apr_unreadable'").fetchone() == (
+            "unreadable",
+        )
+    added = [r.body_json()["event"] for r in (await all_records(state))[before:] if r.kind == "hub"]
+    assert added == ["started", "stopped"], added
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
 
 
 @pytest.mark.parametrize("name", ["audit/signing.key", "operator.token"])
