@@ -2,8 +2,11 @@
 
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
-an approver, an approval's timeout, a deadline, a shutdown) or could not be reached; for
-`serve`, 3 also when it stopped with audit records it could not write (its log says how many).
+an approver, an approval's timeout, a deadline, a shutdown) or could not be reached. For
+`serve`: 2 when the config or the command line must change (a PostgreSQL audit store that
+cannot be reached included), 3 when the state directory or the audit log cannot be used as
+they are (`StateError`, `AuditStoreRefused`), or when it stopped with audit records it could
+not write (its log says how many): a supervisor restarts on neither, and knows which to mend.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ async def _serve(
     from .audit.store import AuditStoreUnreachable
     from .hub import Hub
     from .reload import on_reload
+    from .statedir import StateError
 
     signals = StopSignals()
     # SIGHUP reloads the config file's principals and policy, and whatever else subscribes (the
@@ -120,6 +124,8 @@ async def _serve(
     on_reload(lambda: _reload(running, reread))
     try:
         hub = Hub(config, environ)
+    except StateError as exc:  # the state directory or a secret in it (a ConfigError too)
+        return _fail(str(exc), EXIT_HUB)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except AuditStoreRefused as exc:  # a signing key that is not the one that signed the log
@@ -137,6 +143,9 @@ async def _serve(
         )
     try:
         addresses = starting.result()
+    except StateError as exc:
+        await hub.stop(0)
+        return _fail(str(exc), EXIT_HUB)
     except ConfigError as exc:
         await hub.stop(0)
         return _fail(str(exc), EXIT_USAGE)
@@ -149,6 +158,9 @@ async def _serve(
     except AuditStoreRefused as exc:  # an edited audit journal, or another hub writing the log
         await hub.stop(0)
         return _fail(str(exc), EXIT_HUB)
+    except Exception:  # a bug: its traceback, after the `stopped` record that closes the start's
+        await hub.stop(0)
+        raise
     if as_json:
         line = json.dumps(
             {"event": "ready", "grpc": addresses.grpc, "mcp": addresses.mcp_url, "pid": os.getpid()}
@@ -513,8 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
             "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
             "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
-            "              deadline, shutdown) or could not be reached; for serve, also a stop\n"
-            "              with audit records that could not be written"
+            "              deadline, shutdown) or could not be reached\n"
+            "  for serve: 2 the config or the command line must change (a config key, a token,\n"
+            "              a pack, a busy port, a PostgreSQL audit store that cannot be reached);\n"
+            "            3 the state directory or the audit log cannot be used as they are\n"
+            "              (a damaged, missing or open secret or log, a full or read-only disk,\n"
+            "              another hub on it), or a stop with audit records that could not be written"
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -538,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
             "max_sessions_per_principal, max_streams_per_principal, instance, log_level.\n"
             "Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL, MCPHUB_PACKS,\n"
             "MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists), MCPHUB_BRIDGE_EXPRESS.\n"
-            "Binding a non-loopback address needs at least one principal."
+            "Binding a non-loopback address needs at least one principal.\n\n"
+            "A start that is refused exits 2 when the config or the command line must change, 3 when\n"
+            "the state directory or the audit log cannot be used as they are (a damaged, missing or\n"
+            "open secret or log, a last signed checkpoint that does not hold, a full or read-only\n"
+            "disk, another hub on it); `mcphub audit verify` checks what a start does not."
         ),
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")

@@ -48,7 +48,7 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import read_hub_file, remove_hub_file, write_hub_file
+from .statedir import StateError, read_hub_file, remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -83,7 +83,7 @@ def operator_token(state_dir: Path) -> str:
 
     Written whole or not at all (`write_new_file`). An empty file is what an older hub left
     when the disk filled as it wrote the token: no token was ever in it, so a new one is made.
-    A file holding something that is no token, or one other users may read, is a ConfigError
+    A file holding something that is no token, or one other users may read, is a StateError
     naming it."""
     path = state_dir / OPERATOR_TOKEN_FILE
     try:
@@ -102,7 +102,7 @@ def operator_token(state_dir: Path) -> str:
     except UnicodeDecodeError:
         token = ""
     if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or any(c.isspace() for c in token):
-        raise ConfigError(
+        raise StateError(
             f"{path}: not an operator token (a line of at least {MIN_TOKEN_LENGTH} printable characters); "
             "delete the file and the hub makes a new one"
         )
@@ -230,7 +230,7 @@ class Hub:
             operator_token(config.state_dir)
             signer = CheckpointSigner(config.state_dir / "audit")
         except OSError as exc:
-            raise ConfigError(_state_dir_problem(config.state_dir, exc)) from None
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
@@ -282,6 +282,8 @@ class Hub:
         self._stalls = StallWatch()
         self._http: HttpServer | None = None
         self._bridge_hub: LocalHub | None = None
+        self._started = False
+        """The `hub started` record is queued: a stop records `stopped`."""
         self.bridge_app: BridgeApp | None = None
         """The bridge's ASGI app once bound (None without `http`); its MCP app is built on the
         first MCP request (`bridge_app.app`, or `await bridge_app.load()`)."""
@@ -555,7 +557,10 @@ class Hub:
         if config.http is not None:
             mcp_url = self._bind_bridge(config.http, grpc_dial)
         self.addresses = HubAddresses(grpc=grpc_dial, mcp_url=mcp_url)
-        await self.audit.start()
+        try:
+            await self.audit.start()
+        except OSError as exc:  # the journal, or signing.pub, on a full or read-only disk
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         unclean = _unclean_previous_stop(config.state_dir)
         if unclean is not None:
             logger.warning(
@@ -564,6 +569,10 @@ class Hub:
                 "(this start's `hub started` record says so too)",
                 unclean,
             )
+        # The packs first: a pack that fails to load (the likeliest refusal from here on) stops a
+        # start that then never happened, and leaves no `started` record. From the record on,
+        # a failed start is closed by a `stopped` one (`stop`).
+        await self._load_packs()
         self.audit.record(
             "hub",
             "-",
@@ -577,6 +586,7 @@ class Hub:
                 "unclean_stop_of_pid": unclean,
             },
         )
+        self._started = True
         failed = await self.approvals.fail_pending_on_restart()
         await self.approvals.start_pruning()
         if failed:
@@ -584,12 +594,14 @@ class Hub:
                 "%d calls were waiting for approval when the hub stopped; their approvals are expired",
                 len(failed),
             )
-        await self._load_packs()
         await serve_grpc()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health(), name="mcphub-health")
         if self._http is not None:
             await self._http.start()
-        write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
+        try:
+            write_hub_file(self.config.state_dir, self.addresses.grpc, self.addresses.mcp_url)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         return self.addresses
 
     def listen_addresses(self) -> tuple[str, ...]:
@@ -669,8 +681,9 @@ class Hub:
         self.packs.clear()
         self._pack_sockets.clear()
         await self.approvals.close()
-        with contextlib.suppress(Exception):
-            self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
+        if self._started:  # a start refused before its `started` record leaves no `stopped` one
+            with contextlib.suppress(Exception):
+                self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
         await self.audit.stop(grace)
         if not self.audit.lost:
             # Kept when the log lost records (the `stopped` one among them): the next start

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mcp_local.plainerrors import ConfigError
+
 __all__ = [
     "DEFAULT_GRPC",
     "DEFAULT_HTTP",
     "HUB_FILE",
+    "StateError",
     "default_state_dir",
     "read_hub_file",
     "remove_hub_file",
@@ -24,6 +27,14 @@ __all__ = [
 DEFAULT_GRPC = "127.0.0.1:7070"
 DEFAULT_HTTP = "127.0.0.1:7071"
 HUB_FILE = "hub.json"
+
+
+class StateError(ConfigError):
+    """The state directory, or a file the hub keeps in it (its signing key, the operator's token),
+    cannot be used as it is: damaged, unreadable, open to other users, on a full or read-only
+    disk. Not the config's fault: `mcphub serve` exits 3 for it, as for an audit log it refuses,
+    and 2 for a config or command line it cannot use. A ConfigError still, for the commands
+    that read the state directory and treat both alike."""
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:

@@ -131,16 +131,16 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> bool:
 
 def read_secret_file(path: Path) -> bytes:
     """The bytes of a secret the hub made (its signing key, the operator's token), refused as a
-    ConfigError when other users may read it: the hub writes them 0600, so a wider mode is a
+    StateError when other users may read it: the hub writes them 0600, so a wider mode is a
     restore from a backup or a `chmod` that gave the secret away, and using it would hide that.
     An empty file holds no secret and is returned as it is. FileNotFoundError passes through."""
-    from mcp_local.errors import ConfigError
+    from ..statedir import StateError
 
     with open(path, "rb") as file:
         mode = os.fstat(file.fileno()).st_mode
         data = file.read()
         if mode & 0o077 and data.strip():
-            raise ConfigError(
+            raise StateError(
                 f"{path}: readable or writable by other users (mode {stat.S_IMODE(mode):04o}); "
                 f"a secret must be the owner's only: chmod 600 {path}, and replace the secret if "
                 "someone else may have read it"
@@ -148,12 +148,17 @@ def read_secret_file(path: Path) -> bytes:
         return data
 
 
-def _read_key(path: Path, size: int, what: str, remedy: str, *, secret: bool = False) -> bytes | None:
+def _read_key(
+    path: Path, size: int, what: str, remedy: str, *, secret: bool = False, given: bool = False
+) -> bytes | None:
     """The `size` raw bytes of a key file holding them in base64: None if the file does not
     exist, empty if it is empty (a start that failed on a full disk left it so: no key was
-    ever in it). A file that holds something else is a ConfigError naming it, and `remedy`;
-    so is a `secret` one other users may read (`read_secret_file`)."""
+    ever in it). A file that holds something else is a StateError naming it, and `remedy` (a
+    ConfigError for a file the command line `given`); so is a `secret` one other users may
+    read (`read_secret_file`)."""
     from mcp_local.errors import ConfigError
+
+    from ..statedir import StateError
 
     try:
         text = (read_secret_file(path) if secret else path.read_bytes()).strip()
@@ -166,7 +171,7 @@ def _read_key(path: Path, size: int, what: str, remedy: str, *, secret: bool = F
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != size:
-        raise ConfigError(f"{path}: not {what} ({size} bytes in base64); {remedy}")
+        raise (ConfigError if given else StateError)(f"{path}: not {what} ({size} bytes in base64); {remedy}")
     return raw
 
 
@@ -198,6 +203,7 @@ class CheckpointSigner:
     def __init__(self, key_dir: Path) -> None:
         key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
+        self.key_dir, self.key_path = key_dir, key_path
         raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY, secret=True)
         signed_by = _read_key(
             pub_path,
@@ -231,11 +237,60 @@ class CheckpointSigner:
                 f"signed by key {key_id(signed_by)}: "
                 + _new_key_help(key_dir, signed_by, f"restore the signing.key of {key_id(signed_by)}")
             )
-        if not signed_by:
-            if signed_by is not None:  # empty: what an older hub left on a full disk
-                pub_path.unlink(missing_ok=True)
-            if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
-                _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
+        self._unpublished = None if signed_by else (pub_path, signed_by is not None, public)
+
+    def publish(self) -> None:
+        """Write signing.pub when there is none, once the log's last checkpoints were found to be
+        this key's (`check_last`): written first, a key that signed none of them would leave a
+        signing.pub under which verify finds every checkpoint "signed by an unknown key"."""
+        if self._unpublished is None:
+            return
+        pub_path, empty, public = self._unpublished
+        if empty:  # what an older hub left on a full disk
+            pub_path.unlink(missing_ok=True)
+        if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
+            _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
+        self._unpublished = None
+
+    def check_last(self, checkpoint: Checkpoint, where: str) -> None:
+        """Refuse (AuditStoreRefused) to sign on after `checkpoint`, the last one in `where`, when
+        this key did not sign it: its signature was edited, or signing.key was replaced (with
+        signing.pub deleted too, the key in hand would otherwise have written a new signing.pub,
+        and every checkpoint after would be "signed by an unknown key").
+
+        One checkpoint, so O(1) whatever the log's size: Ed25519 signatures are deterministic,
+        so this key signing the same payload again gives the same signature, and the hub needs
+        no verifying code. A checkpoint of a key kept beside this one as `signing.pub.<id>` (the
+        documented way to sign with a new key from then on) is verified with that key."""
+        if checkpoint.key_id == self.key_id:
+            if self.sign(checkpoint.seq, checkpoint.hash, checkpoint.ts_ms).signature == checkpoint.signature:
+                return
+            problem = f"has an invalid signature for key {self.key_id} ({self.key_path})"
+        else:
+            kept = self.key_dir / f"signing.pub.{checkpoint.key_id}"
+            if not kept.exists():
+                _refuse(
+                    f"{where}: the last checkpoint (record {checkpoint.seq}) is signed by key "
+                    f"{checkpoint.key_id}, but {self.key_path} is key {self.key_id}: restore the "
+                    f"signing.key of {checkpoint.key_id}, or, to sign with this key from now on, keep "
+                    f"the public key of {checkpoint.key_id} beside it as {kept} (`mcphub audit verify` "
+                    "reads it there)"
+                )
+            from mcp_local.errors import ConfigError
+
+            from ..statedir import StateError
+
+            try:
+                if verify_checkpoint(checkpoint, load_public_keys([kept])) is None:
+                    return
+            except ConfigError as exc:
+                raise StateError(str(exc)) from None
+            problem = f"has an invalid signature for key {checkpoint.key_id} ({kept})"
+        _refuse(
+            f"{where}: the last checkpoint (record {checkpoint.seq}) {problem}: it was edited, or is "
+            "not this log's (`mcphub audit verify` reports it). Restore it from a backup; the hub "
+            "will not sign checkpoints after it"
+        )
 
     def output_key(self) -> bytes:
         """The key of the records' output digests (`output_hmac_sha256`): derived from the
@@ -257,7 +312,7 @@ def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
     remedy = "give the signing.pub of the hub that signed the log (--public-key FILE)"
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy)
+        raw = _read_key(path, _PUBLIC_KEY_BYTES, "an Ed25519 public key", remedy, given=True)
         if raw is None:
             raise ConfigError(f"no public key at {path} (pass --public-key FILE)")
         try:

@@ -332,14 +332,23 @@ class AuditLog:
         existing = await self.store.checkpoints()
         self._checkpointed_seq = max((c.seq for c in existing), default=0)
         signed, where = self._checkpointed_seq, "the store"
+        file_checkpoints: list[Checkpoint] = []
         if self._checkpoint_file is not None:
             try:
-                in_file = max((c.seq for c in read_checkpoint_file(self._checkpoint_file)), default=0)
+                file_checkpoints = read_checkpoint_file(self._checkpoint_file)
             except ValueError as exc:
                 await self.store.close()
                 raise AuditStoreRefused(f"{exc}; the hub will not sign checkpoints after it") from None
+            in_file = max((c.seq for c in file_checkpoints), default=0)
             if in_file > signed:
                 signed, where = in_file, str(self._checkpoint_file)
+        try:
+            self._check_last_checkpoints(existing, file_checkpoints)
+            if self._signer is not None:
+                self._signer.publish()
+        except (AuditStoreRefused, OSError):
+            await self.store.close()
+            raise
         if signed > self._head.seq:
             # A hub writing on would chain new records onto the cut and sign over it.
             await self.store.close()
@@ -353,6 +362,23 @@ class AuditLog:
         self._batch = self._loop.create_future()
         self._task = self._loop.create_task(self._run(), name="mcphub-audit-writer")
         self._hung_timer = self._loop.call_later(HUNG_CHECK_S, self._check_hung)
+
+    def _check_last_checkpoints(self, stored: list[Checkpoint], in_file: list[Checkpoint]) -> None:
+        """The last checkpoint of the state directory's file and of the store must be this key's
+        (or a key kept beside it), with signatures that hold: a hub signing on after a forged one,
+        or with a key that is not the log's, would bury the problem under checkpoints of its
+        own. The last ones only: `mcphub audit verify` checks every one."""
+        if self._signer is None:
+            return
+        if in_file and self._checkpoint_file is not None:
+            self._signer.check_last(max(in_file, key=lambda c: c.seq), str(self._checkpoint_file))
+        if stored:
+            last = max(stored, key=lambda c: c.seq)
+            # In a store several hubs share, the last checkpoint may be another hub's: only its own
+            # are checked (in its file, above, and here).
+            if not getattr(self.store, "shared", False) or last.key_id == self._signer.key_id:
+                where = getattr(self.store, "path", None)
+                self._signer.check_last(last, f"{where or 'the store'} (its checkpoints table)")
 
     def record(
         self, kind: str, call_id: str, principal: str, tool: str, fields: Mapping[str, Any]

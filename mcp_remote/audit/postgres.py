@@ -115,6 +115,9 @@ def _why(exc: BaseException, dsn: str) -> str:
 
 
 class PostgresStore:
+    shared = True
+    """Several hubs write this log: its last checkpoint may be another hub's, signed by its key."""
+
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._writer: Any = None

@@ -59,6 +59,17 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """The write-ahead log is cut back to this once checkpointed: without it, it keeps the size of
 its largest burst (SQLite reuses the file from its start, never shrinking it)."""
 
+START_CHECK_BYTES = 64 * 1024 * 1024
+"""A database up to this size is checked whole when a hub starts (SQLite's `quick_check` reads
+every page: about 1.3 ms per MB here, so under a tenth of a second). A larger one is checked
+in what a start reads (the checkpoints and approvals tables, and the records since the last
+checkpoint): checking a 1 GB log whole would hold the start for seconds. `mcphub audit
+verify` reads every record of any log."""
+
+START_CHECK_RECORDS = 65536
+"""At most this many records after the last signed checkpoint have their hashes and chain
+recomputed at start (checkpoints come every `audit.checkpoint_every`, 1000 by default)."""
+
 logger = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -85,6 +96,10 @@ APPROVAL_INDEXES = """
 CREATE INDEX IF NOT EXISTS approvals_listed ON approvals (state, created_ms, id);
 CREATE INDEX IF NOT EXISTS approvals_principal ON approvals (principal, state);
 """
+
+
+UNREADABLE = "unreadable"
+"""The state an approval row whose data cannot be read is set aside in (`_set_aside_unreadable_approvals`)."""
 
 
 def _record(row: tuple[Any, ...]) -> AuditRecord:
@@ -257,6 +272,7 @@ class SQLiteStore:
             self._db.executescript(SCHEMA)
             self._recover_journal()
             self._approval_columns()  # once the journal's lock says no other hub writes here
+            self._set_aside_unreadable_approvals()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
 
@@ -311,6 +327,34 @@ class SQLiteStore:
                 raise
         db.executescript(APPROVAL_INDEXES)
 
+    def _set_aside_unreadable_approvals(self) -> None:
+        """Give the approvals a hub reads at start (pending and approved) that cannot be read
+        the state UNREADABLE, with a warning naming each: no state the hub lists, counts, uses
+        or prunes, so the row stays as it is for the operator to look at.
+
+        Set aside rather than refusing the start: the approvals table is working state, not the
+        record (the audit log keeps every approval's records, and verify checks them), a row
+        that cannot be read lets no call run, and its waiting call ended with the hub that
+        stopped. Refusing would leave the operator editing SQL by hand before any hub ran."""
+        db = self.db
+        rows = db.execute("SELECT id, data FROM approvals WHERE state IN ('pending', 'approved')").fetchall()
+        for approval_id, data in rows:
+            try:
+                _approval_from(data)
+            except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+                db.execute("UPDATE approvals SET state = ? WHERE id = ?", (UNREADABLE, approval_id))
+                logger.warning(
+                    "%s: approval %r cannot be read (%s): set aside as state %r, so that no hub uses "
+                    "or lists it; its records are in the audit log. Delete such rows once looked at: "
+                    "sqlite3 %s \"DELETE FROM approvals WHERE state = '%s'\"",
+                    self.path,
+                    str(approval_id)[:100],
+                    str(exc)[:200] or type(exc).__name__,
+                    UNREADABLE,
+                    self.path,
+                    UNREADABLE,
+                )
+
     def _recover_journal(self) -> None:
         """Take the journal (one writer per log: a second hub folding and emptying it could
         drop the first one's records), fold in what a hub that died left in it, and keep it
@@ -331,6 +375,17 @@ class SQLiteStore:
                 f"another hub is writing the audit log in {self.path.parent} "
                 "(each hub needs its own state directory, or a shared PostgreSQL audit store)"
             ) from None
+        try:
+            problem = self._start_problem()
+        except sqlite3.DatabaseError as exc:
+            problem = f"SQLite says: {exc}"
+        if problem is not None:
+            os.close(journal)
+            raise AuditStoreRefused(
+                f"{self.path}: the audit database is damaged ({problem}); `mcphub audit verify` "
+                "reports what it can read. Restore the state directory's audit/ from a backup, or move "
+                "it aside to start a new log; the hub will not write on this one"
+            )
         data = self.journal_path.read_bytes()
         found = _journal_records(data)
         bad = next((item for item in found if isinstance(item, int)), None)
@@ -362,6 +417,39 @@ class SQLiteStore:
         self._journal = journal
         self._journal_size = os.fstat(journal).st_size
         self.fold()
+
+    def _start_problem(self) -> str | None:
+        """What is wrong with the database, as far as a start can tell cheaply, or None.
+
+        SQLite checks the pages it reads: all of them for a database up to START_CHECK_BYTES,
+        else those of the small tables. The chain is recomputed from the last checkpoint on (at
+        most START_CHECK_RECORDS records): the record the checkpoint names must hold its hash,
+        and each after it continue the chain. Whether the checkpoint's signature holds is
+        `AuditLog.start`'s to check; one past the end of the log is too."""
+        db = self.db
+        small = os.stat(self.path).st_size <= START_CHECK_BYTES
+        for table in ("",) if small else ("checkpoints", "approvals"):
+            found = db.execute(f"PRAGMA quick_check{f'({table})' if table else ''}").fetchall()
+            if found != [("ok",)]:
+                return "SQLite's check says: " + "; ".join(str(row[0]) for row in found[:3])
+        last = db.execute("SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0], None) if last else (1, GENESIS)
+        rows = db.execute(
+            "SELECT * FROM records WHERE seq >= ? ORDER BY seq LIMIT ?", (seq, START_CHECK_RECORDS)
+        ).fetchall()
+        for row in rows:
+            record = _record(row)
+            if prev is None:  # the checkpoint's record: the rest of the chain before it is verify's
+                if record.seq != seq:
+                    return None  # the log ends before it: `AuditLog.start` says so
+                if record.hash != last[1]:
+                    return f"record {seq} does not match its signed checkpoint"
+                prev = record.prev
+            why = verify_record(record, seq, prev)
+            if why is not None:
+                return f"record {record.seq}: {why}"
+            seq, prev = record.seq + 1, record.hash
+        return None
 
     def _journal_problem(self, records: Sequence[AuditRecord]) -> str | None:
         """Why the journal's records are not the stored chain's continuation, or None.

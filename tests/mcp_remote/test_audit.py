@@ -32,7 +32,7 @@ from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.approvals import decide, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
-from tests.support.hub import REPO, hub_command, serve_refused, start_hub
+from tests.support.hub import FAULTY_PACK, REPO, hub_command, serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
 pytestmark = pytest.mark.anyio
@@ -686,6 +686,138 @@ def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
     assert (audit / "signing.pub").read_bytes() == new_pub
 
 
+def _damage_a_page_of_old_records(db_path: Path) -> None:
+    """Random bytes over the first leaf page of the records table: records a start used not to
+    read (the head, the checkpoints and the approvals lie elsewhere), as a disk's bad sector."""
+    db = sqlite3.connect(db_path)
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    leaves = [
+        row[0]
+        for row in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'records' AND pagetype = 'leaf' ORDER BY pageno"
+        )
+    ]
+    db.close()
+    assert len(leaves) > 1, leaves
+    with db_path.open("r+b") as f:
+        f.seek((leaves[0] - 1) * size)
+        f.write(os.urandom(size))
+
+
+@pytest.mark.parametrize("damage", ["page", "checkpointed-record"])
+def test_a_hub_refuses_a_database_verify_calls_broken(stopped_log: Path, tmp_path: Path, damage: str) -> None:
+    """A damaged page (SQLite: "database disk image is malformed") or a checkpointed record that
+    no longer holds its hash: the hub started and wrote on, in silence."""
+    state = tmp_path / damage / "state"
+    shutil.copytree(stopped_log, state)
+    db = state / "audit" / "audit.db"
+    if damage == "page":
+        _damage_a_page_of_old_records(db)
+    else:
+        lines = (state / "audit" / "checkpoints.jsonl").read_text().splitlines()
+        last = max(json.loads(line)["seq"] for line in lines)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE records SET hash = ? WHERE seq = ?", ("0" * 64, last))
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 1
+    before = db.read_bytes()
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"mcphub: {db}: the audit database is damaged ("), line
+    assert "Restore the state directory's audit/ from a backup, or move it aside" in line
+    assert db.read_bytes() == before
+
+
+def _flip_last_signature(path: Path) -> None:
+    data = path.read_bytes()
+    at = data.rindex(b'"signature":"') + len(b'"signature":"')
+    path.write_bytes(data[:at] + (b"B" if data[at : at + 1] != b"B" else b"C") + data[at + 1 :])
+
+
+@pytest.mark.parametrize("where", ["file", "store"])
+def test_a_hub_refuses_a_forged_last_checkpoint(stopped_log: Path, tmp_path: Path, where: str) -> None:
+    state = tmp_path / where / "state"
+    shutil.copytree(stopped_log, state)
+    audit = state / "audit"
+    if where == "file":
+        _flip_last_signature(audit / "checkpoints.jsonl")
+        named = f"{audit / 'checkpoints.jsonl'}: the last checkpoint (record "
+    else:
+        with contextlib.closing(sqlite3.connect(audit / "audit.db")) as conn, conn:
+            conn.execute(
+                "UPDATE checkpoints SET signature = ? WHERE seq = (SELECT max(seq) FROM checkpoints)",
+                (base64.b64encode(b"x" * 64).decode(),),
+            )
+        named = f"{audit / 'audit.db'} (its checkpoints table): the last checkpoint (record "
+    verified = cli("audit", "verify", "--state-dir", str(state))
+    assert verified.returncode == 1 and "invalid signature" in verified.stderr, verified.stderr
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"mcphub: {named}") and "has an invalid signature for key" in line, line
+
+
+def test_a_replaced_signing_key_without_its_public_key_is_refused_naming_both(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """signing.key replaced and signing.pub deleted: the hub wrote a signing.pub of the new key and
+    signed on, and verify found every checkpoint signed by an unknown key."""
+    state = tmp_path / "replaced" / "state"
+    shutil.copytree(stopped_log, state)
+    audit = state / "audit"
+    old_pub = (audit / "signing.pub").read_bytes()
+    old_id = hashlib.sha256(base64.b64decode(old_pub)).hexdigest()[:16]
+    (audit / "signing.pub").unlink()
+    (audit / "signing.key").write_text(base64.b64encode(os.urandom(32)).decode())
+    out = serve_refused(state.parent, config())
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert f"is signed by key {old_id}, but {audit / 'signing.key'} is key " in line, line
+    assert f"keep the public key of {old_id} beside it as {audit / f'signing.pub.{old_id}'}" in line
+    assert not (audit / "signing.pub").exists(), "no public key of a key that signed nothing"
+
+    # What the message says to do: the new key signs from now on, and verify reads both.
+    (audit / f"signing.pub.{old_id}").write_bytes(old_pub)
+    hub = start_hub(state.parent, config=config(), http=False)
+    assert hub.stop() == 0
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_an_unreadable_approval_is_set_aside_and_a_start_that_fails_leaves_no_started_record(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """One approvals row that is not JSON stopped every start with a traceback (exit 1), and each
+    attempt left a `hub started` record with no `stopped` one. The row is set aside (working
+    state, not the record: it lets no call run), and a start refused before it serves leaves none."""
+    state = tmp_path / "approvals" / "state"
+    shutil.copytree(stopped_log, state)
+    db = state / "audit" / "audit.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "INSERT INTO approvals (id, state, data) VALUES ('apr_unreadable', 'pending', '{not json')"
+        )
+    before = len(await all_records(state))
+    failing = {"name": FAULTY_PACK, "options": {"events": str(tmp_path / "events"), "fail": "start"}}
+    refused = serve_refused(state.parent, config(packs=["diagnostics", failing]))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    hub = start_hub(state.parent, config=config(), http=False)
+    listed = cli("approvals", "list", "--all", "--hub", hub.grpc, "--token", APPROVER)
+    assert listed.returncode == 0 and "apr_unreadable" not in listed.stdout, listed.stderr
+    assert hub.stop() == 0
+    warned = refused.stderr  # the first start to open the store sets it aside
+    assert f"{db}: approval 'apr_unreadable' cannot be read (" in warned
+    assert "set aside as state 'unreadable', so that no hub uses or lists it" in warned
+    assert "apr_unreadable" not in hub.log()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT state FROM approvals WHERE id = 'apr_unreadable'").fetchone() == (
+            "unreadable",
+        )
+    added = [r.body_json()["event"] for r in (await all_records(state))[before:] if r.kind == "hub"]
+    assert added == ["started", "stopped"], added
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
+
+
 @pytest.mark.parametrize("name", ["audit/signing.key", "operator.token"])
 def test_a_hub_refuses_a_secret_other_users_may_read(stopped_log: Path, tmp_path: Path, name: str) -> None:
     """A key or token restored from a backup as 0644 (or opened up by a chmod) may have been read
@@ -694,7 +826,7 @@ def test_a_hub_refuses_a_secret_other_users_may_read(stopped_log: Path, tmp_path
     shutil.copytree(stopped_log, state)
     (state / name).chmod(0o640)
     out = serve_refused(state.parent, config())
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr  # the state dir's, not config
     assert f"{state / name}: readable or writable by other users (mode 0640)" in out.stderr
     assert f"chmod 600 {state / name}" in out.stderr
     (state / name).chmod(0o600)

@@ -240,7 +240,10 @@ def test_short_tokens_are_refused(tmp_path: Path) -> None:
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
 
 
-def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_path: Path) -> None:
+def test_a_shared_token_is_a_config_error_and_an_unusable_state_directory_a_state_error(
+    tmp_path: Path,
+) -> None:
+    """Exit 2 says: mend the config or the command line; 3: the state directory cannot be used as it is."""
     token = "shared-token-0123456789abcdef"
     twins = {"principals": [{"name": "a", "token": token}, {"name": "b", "token": token}]}
     out = serve_refused(tmp_path / "twins", twins)
@@ -249,13 +252,13 @@ def test_a_shared_token_and_an_unusable_state_directory_are_config_errors(tmp_pa
     a_file = tmp_path / "not-a-directory"
     a_file.write_text("")
     out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(a_file))
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
     assert f"state directory {a_file}: File exists" in out.stderr
     used = tmp_path / "used"
     (used / "audit").mkdir(parents=True)
     (used / "audit" / "signing.key").mkdir()  # a directory where a file must be
     out = run("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(used))
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
     assert f"state directory {used} ({used / 'audit' / 'signing.key'}): Is a directory" in out.stderr
 
 
@@ -271,8 +274,9 @@ def _file_size_limit(size: int) -> Any:
 
 @pytest.mark.parametrize("name", ["operator.token", "audit/signing.key"])
 def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path: Path, name: str) -> None:
-    """A disk that fills as the hub writes its token or key: that start fails (exit 2), and the
-    next one, the disk freed, makes the file afresh instead of taking an empty one for it."""
+    """A disk that fills as the hub writes its token or key: that start fails, and the
+    next one, the disk freed, makes the file afresh instead of taking an empty one for it.
+    Exit 3: the state directory's disk, not the config, is what stops it."""
     state = tmp_path / "state"
     if name != "operator.token":
         state.mkdir()
@@ -284,7 +288,7 @@ def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path
     full = subprocess.run(
         command, capture_output=True, text=True, timeout=60, env=env, cwd=REPO, preexec_fn=_file_size_limit(8)
     )
-    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert full.returncode == 3 and "Traceback" not in full.stderr, full.stderr
     assert "File too large" in full.stderr
     assert not (state / name).exists()
     assert not [p.name for p in (state / name).parent.iterdir() if p.name.endswith(".tmp")]
@@ -320,7 +324,7 @@ def test_a_corrupt_secret_file_is_a_one_line_error_naming_it(
     (tmp_path / "state" / name).write_bytes(content)
     (tmp_path / "state" / name).chmod(0o600)
     out = serve_refused(tmp_path, {"packs": ["diagnostics"]})
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"mcphub: {tmp_path / 'state' / name}: {words}"), line
     assert (tmp_path / "state" / name).read_bytes() == content  # left for the operator to look at
