@@ -173,9 +173,7 @@ async def test_cancelled_commands_give_their_session_back(tmp_path: Path) -> Non
         async with grpc.aio.insecure_channel(hub.grpc) as channel:
             stub = pb_grpc.ToolHubStub(channel)
             metadata = (("authorization", f"Bearer {TOKENS['agent-b']}"),)
-            request = pb.CallToolRequest(
-                name="shell_exec", arguments_json=b'{"command": "seq 1 100000000"}'
-            )
+            request = pb.CallToolRequest(name="shell_exec", arguments_json=b'{"command": "seq 1 100000000"}')
             for _ in range(4):  # twice the pool's two sessions
                 # The caller leaves once the command runs: the hub cancels the call.
                 call = stub.StreamCallTool(request, metadata=metadata)
