@@ -323,7 +323,7 @@ class SQLiteStore:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _roll_back(db)
                 raise
         db.executescript(APPROVAL_INDEXES)
 
@@ -530,7 +530,7 @@ class SQLiteStore:
                 db.executemany(INSERT, [_row(r) for r in self._unfolded])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _roll_back(db)
                 raise
             self._since_wal_checkpoint += len(self._unfolded)
             self._wal_bytes += sum(len(r.body) for r in self._unfolded)
@@ -669,3 +669,10 @@ class SQLiteStore:
             (*states, expired_before_ms),
         )
         return cursor.rowcount
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """ROLLBACK the transaction a failure left open, if SQLite has not already: on a full disk it
+    has, and a ROLLBACK then fails with "no transaction is active" in place of the real cause."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")

@@ -479,3 +479,25 @@ async def test_the_write_ahead_log_is_checkpointed_off_the_event_loop(
     await store.close()
     records, report = await read_back(db)
     assert len(records) == 200 and report.ok
+
+
+async def test_a_full_disk_is_named_when_folding_fails(tmp_path: Path) -> None:
+    """Found by a tester: on a full disk the fold's ROLLBACK failed too (SQLite had rolled back
+    already) and hid the cause: "cannot rollback - no transaction is active". The records stay in
+    the journal, and fold again once there is room."""
+    from tests.mcp_remote.test_health import small_disk
+
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        store = SQLiteStore(disk / "audit.db")
+        await store.open()
+        body = b'{"x": "' + b"y" * 4000 + b'"}'
+        with pytest.raises(sqlite3.OperationalError) as full:
+            for batch in range(1000):
+                store.append_now(
+                    [PendingRecord(0, f"c{batch}-{i}", "finished", "a", "echo", body) for i in range(20)]
+                )
+                store.fold()
+        assert "database or disk is full" in str(full.value)
+        assert store.unfolded == 20, "the batch that did not fit is still to be folded"
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            await store.close()  # it folds first, and says so too
