@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .fastschema import Check, compile_schema
-from .plainerrors import ConfigError, yaml_problem
+from .plainerrors import ConfigError, read_text, yaml_problem
 
 if TYPE_CHECKING:
     import jsonschema
@@ -150,10 +150,7 @@ def parse_manifest(data: Any, *, source: str = "manifest", base: Path | None = N
 
 def load_manifest(path: Path, *, base: Path | None = None) -> Manifest:
     """Read and validate a manifest file; a relative `workspace` is taken from `base` (default: cwd)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
+    text = read_text(path, "the manifest")
     import yaml  # on use: only the command that reads a manifest needs a YAML parser
 
     try:

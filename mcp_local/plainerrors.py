@@ -6,7 +6,7 @@ does that, see `mcp_local.serving`), so the errors of configuration live here.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ToolError", "ToolHubError", "yaml_problem"]
+__all__ = ["ConfigError", "ToolError", "ToolHubError", "read_text", "yaml_problem"]
 
 
 class ToolHubError(Exception):
@@ -19,6 +19,23 @@ class ToolError(ToolHubError):
 
 class ConfigError(ToolHubError):
     """Invalid configuration: the message names the key and the value expected."""
+
+
+def read_text(path: object, what: str) -> str:
+    """The text of a file the user gave (`what` it is, for the message): a ConfigError naming it
+    when it cannot be read or is not UTF-8, never a traceback. The error quotes none of it."""
+    from pathlib import Path
+
+    try:
+        data = Path(str(path)).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text (byte {exc.start}: 0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from None
 
 
 def yaml_problem(exc: Exception) -> str:

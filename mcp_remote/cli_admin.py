@@ -100,10 +100,14 @@ def _principals_in(path: Path) -> list[Any] | None:
     from pydantic import ValidationError
 
     from mcp_local.errors import ConfigError
+    from mcp_local.plainerrors import read_text
 
     from .config import PrincipalConfig, format_validation_error
 
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(read_text(path, "the config file"))
+    except yaml.YAMLError:
+        return None  # load_policy_file, which runs first, says what is wrong with it
     if not isinstance(data, dict) or "policy" not in data:
         return None
     if not isinstance(data.get("principals"), list):

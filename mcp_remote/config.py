@@ -26,7 +26,7 @@ from pydantic import (
 
 from bridge.options import MAX_BODY_BYTES  # standard library only
 from mcp_local.errors import ConfigError
-from mcp_local.plainerrors import yaml_problem
+from mcp_local.plainerrors import read_text, yaml_problem
 from mcp_local.principals import OPERATOR, Principal
 
 from .approvals import KEEP_S, MAX_PENDING_PER_PRINCIPAL
@@ -133,11 +133,9 @@ class PrincipalConfig(BaseModel):
         else:
             assert self.token_file is not None
             try:
-                token = self.token_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"principals[{self.name}].token_file: cannot read {self.token_file}: {exc.strerror}"
-                ) from exc
+                token = read_text(self.token_file, "the token file").strip()
+            except ConfigError as exc:
+                raise ConfigError(f"principals[{self.name}].token_file: {exc}") from None
             except UnicodeDecodeError:
                 raise ConfigError(
                     f"principals[{self.name}].token_file: {self.token_file} is not text (UTF-8); a token "
@@ -197,9 +195,9 @@ class AuditConfig(BaseModel):
             return environ[self.dsn_env]
         assert self.dsn_file is not None
         try:
-            return self.dsn_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"audit.dsn_file: cannot read {self.dsn_file}: {exc.strerror}") from exc
+            return read_text(self.dsn_file, "the DSN file").strip()
+        except ConfigError as exc:
+            raise ConfigError(f"audit.dsn_file: {exc}") from None
 
 
 class ApprovalsConfig(BaseModel):
@@ -340,10 +338,9 @@ def load_config(
     data: dict[str, Any] = {}
     source = str(path) if path else "configuration"
     if path is not None:
+        text = read_text(path, "the config file")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
         if loaded is None:

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcp_local.errors import ConfigError
-from mcp_local.plainerrors import yaml_problem
+from mcp_local.plainerrors import read_text, yaml_problem
 from mcp_local.principals import Principal
 from mcp_local.tools import ToolAnnotations
 
@@ -468,10 +468,9 @@ def load_policy_file(path: Path) -> PolicyConfig | None:
     without one (its hub enforces the shipped default); raises ConfigError."""
     from .config import HubConfig, format_validation_error
 
+    text = read_text(path, "the policy or config file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if isinstance(data, dict) and "policy" in data:

@@ -485,6 +485,24 @@ def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) 
         assert "InlineTok" not in out.stderr + out.stdout
 
 
+def test_a_file_that_is_not_utf8_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    """Found by a tester: a config file of other bytes gave a UnicodeDecodeError traceback."""
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"principals:\n  - {name: caf\xe9, token: secret-\x92-token}\n")
+    for command in (["serve", "--config", str(config)], ["policy", "check", str(config)]):
+        out = run(*command, env={"HOME": str(tmp_path)})
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert (
+            f"{config}: the " in out.stderr
+            and "file is not UTF-8 text (byte 26: 0xe9); save it as UTF-8" in out.stderr
+        )
+        assert "secret" not in out.stderr
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_bytes(b"packs: [diagnostics]\n# \xff\n")
+    out = run("local", "check", "--manifest", str(manifest), env={"HOME": str(tmp_path)})
+    assert out.returncode == 2 and "the manifest is not UTF-8 text (byte 23: 0xff)" in out.stderr, out.stderr
+
+
 def faulty(events: Path, **options: str) -> dict[str, object]:
     """A pack entry of tests/packs/faulty.py, reporting its starts and stops to `events`."""
     return {"name": FAULTY_PACK, "options": {"events": str(events), **options}}
