@@ -501,6 +501,12 @@ class ApprovalBook:
         if retry and current.state == "approved" and current.expires_ms <= _now_ms():
             current = await self.expire(approval_id, NOT_USED)
         if current.state == "expired":
+            if current.expires_ms > _now_ms() and current.decision_reason:
+                # Ended before its time (its call was waiting when the hub stopped): say why.
+                return None, (
+                    f"it ended early: {current.decision_reason}; calling again without it asks for a new "
+                    "approval"
+                )
             return None, (
                 f"it expired at {_utc(current.expires_ms)} (an approval must be used before it expires); "
                 "calling again without it asks for a new approval"

@@ -603,6 +603,13 @@ async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
                 retry_client, TOKENS["agent-a"], "delete_thing", {"name": "gave-up"}, gone_id
             )
             assert text_of(await retried.result()) == "deleted gave-up"
+            # The failed one says why it cannot be used, not an expiry time still to come.
+            used = start_call(
+                retry_client, TOKENS["agent-a"], "delete_thing", {"name": "during-restart"}, approval_id
+            )
+            refusal = text_of(await used.result())
+            assert "it ended early: the hub restarted while the call was waiting" in refusal, refusal
+            assert "it expired at" not in refusal
         finally:
             await retry_client.close()
     finally:
