@@ -133,9 +133,11 @@ class PrincipalConfig(BaseModel):
         else:
             assert self.token_file is not None
             try:
-                token = read_text(self.token_file, "the token file").strip()
-            except ConfigError as exc:
-                raise ConfigError(f"principals[{self.name}].token_file: {exc}") from None
+                token = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"principals[{self.name}].token_file: cannot read {self.token_file}: {exc.strerror}"
+                ) from exc
             except UnicodeDecodeError:
                 raise ConfigError(
                     f"principals[{self.name}].token_file: {self.token_file} is not text (UTF-8); a token "

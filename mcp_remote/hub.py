@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2
 from mcp_local.errors import ConfigError, HubError
 from mcp_local.localhub import LocalHub
 from mcp_local.outputs import OutputStore, output_read_tool
-from mcp_local.packs import PackEnv, ToolPack, start_packs, stop_packs
+from mcp_local.packs import PackEnv, ToolPack, pack_ref_problem, start_packs, stop_packs
 from mcp_local.pipeline import (
     Authenticate,
     Authorize,
@@ -419,6 +419,12 @@ class Hub:
             raise ConfigError(
                 "a reload cannot turn an open hub into one with principals, or back: restart the hub"
             )
+        if new.packs != old.packs:
+            # Applied at the next start, which they must not stop: a file that would is refused now.
+            for pack in new.packs:
+                problem = pack_ref_problem(pack.name)
+                if problem is not None:
+                    raise ConfigError(f"packs[{pack.name}]: {problem} (the next start would stop on it)")
         policy = resolve_policy(new.policy)
         before: Mapping[str, tuple[bytes, Principal]] = {}
         if isinstance(self.authenticator, TokenAuthenticator):

@@ -142,6 +142,25 @@ def _import_file(ref: str, path: Path) -> Any:
     return module
 
 
+def pack_ref_problem(ref: str) -> str | None:
+    """What would stop `ref` loading, found without running its code (a config reload checks
+    the packs the next start will load): a name no installed pack has, a file or module that is
+    not there. None when it looks loadable; importing it may still fail."""
+    module_ref, _, _ = ref.partition(":")
+    if module_ref.endswith(".py") or "/" in module_ref:
+        return None if Path(module_ref).is_file() else f"pack {ref!r}: no such file {module_ref}"
+    if ":" not in ref and "." not in ref:
+        if ref in available_packs():
+            return None
+        known = ", ".join(sorted(available_packs())) or "none"
+        return f"pack {ref!r}: no such pack (installed packs: {known}; or give an import path)"
+    try:
+        found = importlib.util.find_spec(module_ref)
+    except (ImportError, ValueError):
+        found = None
+    return None if found is not None else f"pack {ref!r}: cannot import {module_ref!r}: no such module"
+
+
 def _resolve(ref: str) -> Any:
     module_ref, _, attr = ref.partition(":")
     if module_ref.endswith(".py") or "/" in module_ref:

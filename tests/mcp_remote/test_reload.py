@@ -210,6 +210,12 @@ async def test_keys_that_need_a_restart_are_named_and_a_token_from_a_variable_is
         assert "reload refused" in answer and "is not text (UTF-8)" in answer, answer
         assert await whoami("grpc", hub, TOKENS["alice-rotated"]) == "alice"
         assert "Traceback" not in (tmp_path / "hub.log").read_text()
+        # Packs wait for a restart, which a pack that is not there would stop: refused now.
+        answer = reload(hub, {**config, "packs": [*config["packs"], "nosuchpack"]})
+        assert "reload refused" in answer and "packs[nosuchpack]: pack 'nosuchpack': no such pack" in answer
+        assert "the next start would stop on it" in answer, answer
+        answer = reload(hub, {**config, "packs": [*config["packs"], str(tmp_path / "gone.py")]})
+        assert "reload refused" in answer and "no such file" in answer, answer
         # An open hub cannot become a guarded one by a reload, nor the other way round.
         answer = reload(hub, {k: v for k, v in config.items() if k != "principals"})
         assert "reload refused" in answer and "restart the hub" in answer, answer
