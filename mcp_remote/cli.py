@@ -58,6 +58,33 @@ def _more_open_files() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+MIN_OPEN_FILES = 256
+"""Below this many descriptors the hub cannot run its servers, packs and a few callers: gRPC's
+core crashed (a segfault) at 16, the browser pack failed at 32."""
+MIN_ADDRESS_SPACE = 3 * 1024**3 // 2
+"""The address space a hub maps before any call (threads' stacks, allocator arenas): about 1 GiB."""
+
+
+def _limits_problem() -> str | None:
+    """Why this process's limits are too low for a hub (after `_more_open_files`), or None."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        return (
+            f"the open-file limit is {soft} and cannot be raised (its hard limit); a hub needs at least "
+            f"{MIN_OPEN_FILES}: raise it (ulimit -n, or LimitNOFILE= in a systemd unit)"
+        )
+    space, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if space != resource.RLIM_INFINITY and space < MIN_ADDRESS_SPACE:
+        return (
+            f"the address-space limit is {space // 2**20} MiB; a hub maps about 1 GiB before any call "
+            f"and needs at least {MIN_ADDRESS_SPACE // 2**20} MiB (more with the browser pack): raise it "
+            "(ulimit -v) or limit memory with a cgroup instead (MemoryMax= in a systemd unit)"
+        )
+    return None
+
+
 def _fail(message: str, code: int) -> int:
     print(f"mcphub: {message}", file=sys.stderr)
     return code
@@ -74,6 +101,9 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # uid (an unjailed command, Chromium) must not read them (see mcp_local/undumpable.py).
     make_undumpable()
     _more_open_files()
+    problem = _limits_problem()
+    if problem is not None:
+        return _fail(problem, EXIT_USAGE)
     from mcp_local.errors import ConfigError
 
     from .config import PackConfig, load_config

@@ -272,6 +272,35 @@ def _file_size_limit(size: int) -> Any:
     return limit
 
 
+@pytest.mark.parametrize(
+    ("limit", "value", "words"),
+    [
+        (resource.RLIMIT_NOFILE, 16, "the open-file limit is 16 and cannot be raised"),
+        (resource.RLIMIT_AS, 400 * 2**20, "the address-space limit is 400 MiB"),
+    ],
+    ids=["open-files", "address-space"],
+)
+def test_limits_too_low_for_a_hub_are_one_line_not_a_crash(
+    tmp_path: Path, limit: int, value: int, words: str
+) -> None:
+    """Found by a tester: 16 open files crashed gRPC's core (a segfault), 32 gave a traceback,
+    and a low address-space limit aborted the hub with pthread_create failures."""
+
+    def lower() -> None:
+        resource.setrlimit(limit, (value, value))
+
+    command = hub_command(
+        "serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(tmp_path / "s")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=env, cwd=REPO, preexec_fn=lower
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"mcphub: {words}") and "raise it" in line, line
+
+
 @pytest.mark.parametrize("name", ["operator.token", "audit/signing.key"])
 def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path: Path, name: str) -> None:
     """A disk that fills as the hub writes its token or key: that start fails, and the
