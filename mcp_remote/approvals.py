@@ -274,7 +274,7 @@ class ApprovalBook:
         self._poller: asyncio.Task[None] | None = None
         self._on_event = on_event or (lambda kind, approval, **extra: None)
         self._redact = redact or (lambda text: text)
-        self._watchers: set[asyncio.Queue[Approval]] = set()
+        self._watchers: set[asyncio.Queue[Approval | None]] = set()
         self._shared = store if isinstance(store, SharedApprovalStore) else None
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[None] | None = None
@@ -581,9 +581,10 @@ class ApprovalBook:
             await asyncio.sleep(PRUNE_EVERY_S)
             await self._prune_once()
 
-    async def watch(self) -> asyncio.Queue[Approval]:
-        """A queue of every change from now on; with a shared store, changes made by other hubs too."""
-        queue: asyncio.Queue[Approval] = asyncio.Queue(1024)
+    async def watch(self) -> asyncio.Queue[Approval | None]:
+        """A queue of every change from now on; with a shared store, changes made by other hubs too.
+        None in it: no change, but the watcher must check its caller again (`wake_watchers`)."""
+        queue: asyncio.Queue[Approval | None] = asyncio.Queue(1024)
         self._watchers.add(queue)
         if self._shared is not None:
             if self._listener is None or self._listener.done():
@@ -599,7 +600,14 @@ class ApprovalBook:
                 raise
         return queue
 
-    def unwatch(self, queue: asyncio.Queue[Approval]) -> None:
+    def wake_watchers(self) -> None:
+        """The principals were reloaded: each watcher checks its caller now, not at the next change
+        (a revoked approver's watch ends at once, however quiet the approvals are)."""
+        for queue in list(self._watchers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    def unwatch(self, queue: asyncio.Queue[Approval | None]) -> None:
         self._watchers.discard(queue)
         if not self._watchers and self._listener is not None:
             self._listener.cancel()

@@ -135,11 +135,12 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             for approval in await self._book.listing(("pending",)):
                 yield approval_to_proto(approval)
             while True:
-                approval = await queue.get()
-                # Asked again at every approval: an approver removed (or whose token was
-                # revoked) by a reload stops seeing calls' arguments.
+                change = await queue.get()
+                # Asked again at every approval, and at every reload (None): an approver removed
+                # (or whose token was revoked) stops seeing calls' arguments at once.
                 self._approver(context)
-                yield approval_to_proto(approval)
+                if change is not None:
+                    yield approval_to_proto(change)
         except asyncio.CancelledError:
             raise
         except HubError as exc:

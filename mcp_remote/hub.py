@@ -439,6 +439,7 @@ class Hub:
         self.policy = policy
         self.gate.reload(policy, _approvers(new), self._principal_named, _revoked_approvers(before, after))
         self.registry.principals_changed()  # lists and watches follow the principals' new tools
+        self.approvals.wake_watchers()  # and approvals' watches check their approver now
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.config = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})

@@ -272,7 +272,7 @@ async def test_a_sandbox_whose_principal_is_removed_is_disconnected(tmp_path: Pa
 
 
 async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) -> None:
-    """A watch authenticated before the reload is asked again at its next message: a removed
+    """A watch authenticated before the reload is asked again at the reload: a removed
     approver stops seeing calls' arguments, a removed agent stops hearing of tool changes."""
     config = first_config()
     config["principals"] += [
@@ -307,9 +307,6 @@ async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) 
             watch_errors["tools"] = exc.code()
 
     watchers = [asyncio.create_task(watch_approvals()), asyncio.create_task(watch_tools())]
-    root = tmp_path / "sbx"
-    (root / "workspace").mkdir(parents=True)
-    sidecar = None
     try:
         first = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
         await first.approval_id()
@@ -321,15 +318,8 @@ async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) 
         config["principals"] = [p for p in config["principals"] if p["name"] not in ("judge", "bob")]
         answer = reload(hub, config)
         assert "removed: bob, judge" in answer, answer
-        # The next approval and the next tool change reach the watches, which now end instead.
-        second = start_call(client, TOKENS["alice"], "sleep", {"seconds": 0})
-        await second.approval_id()
-        sidecar = start_sidecar(
-            root,
-            {"workspace": str(root / "workspace"), "packs": ["diagnostics"]},
-            hub=hub.grpc,
-            token=TOKENS["sbx-1"],
-        )
+        # The reload itself ends them (it ended them at the next approval or tool change, which
+        # in a quiet hour may be hours away).
         await asyncio.wait_for(asyncio.gather(*watchers), 20)
         assert watch_errors == {
             "approvals": grpc.StatusCode.UNAUTHENTICATED,
@@ -340,8 +330,6 @@ async def test_open_watches_end_when_their_principal_is_revoked(tmp_path: Path) 
         for task in watchers:
             task.cancel()
         await client.close()
-        if sidecar is not None:
-            sidecar.stop()
         hub.stop()
 
 
