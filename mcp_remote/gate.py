@@ -239,6 +239,9 @@ class Gate:
         self.generation = 0
         """Counts reloads (`reload`): a call that waited for a person across one is decided again."""
         self._principal_named: Callable[[str], Principal | None] = lambda name: None
+        self.tool_now: Callable[[str], object | None] | None = None
+        """The tool registered under a name now (set by the hub): a call that waited for approval
+        runs only the tool it was asked for, not one gone or registered again meanwhile."""
         self._revoked: dict[str, int] = {}
         """Approvers a reload revoked (removed, given a new token, or no longer approvers), and
         when (ms since the epoch): an approval one of them decided before then is not used."""
@@ -467,6 +470,21 @@ class Gate:
             if isinstance(now, ToolResult):
                 return now
             groups = now.approvers
+        if self.tool_now is not None and self.tool_now(tool) is not call.tool:
+            # Its sandbox disconnected (or registered again) while the call waited: the tool would
+            # not run, and the approval must not be spent on nothing.
+            why = (
+                "the tool went away or was registered again while the call waited for approval (its "
+                "sandbox disconnected?); the approval is kept: call again with it once the tool is back"
+            )
+            self._log.record(
+                "approval",
+                call.call_id,
+                principal,
+                tool,
+                {"approval_id": approval_id, "state": "refused", "why": why},
+            )
+            return ToolResult.refused(f"approval {approval_id} {cannot}: {why}", "approval")
         used, why = await self._book.use(
             approval_id,
             principal,

@@ -265,6 +265,7 @@ class Hub:
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit, self._identify)
         self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
+        self.gate.tool_now = self._tool_now
         self.pipeline = Pipeline(self.stages())
         self.streams = StreamLimit(config.max_streams_per_principal)
         self._service = ToolService(self.registry, self.pipeline, self.authenticator, self.streams)
@@ -529,6 +530,10 @@ class Hub:
                 for name in self._health_names:
                     await self._health.set(name, status)
             await asyncio.sleep(HEALTH_POLL_S)
+
+    def _tool_now(self, name: str) -> object | None:
+        registered = self.registry.get(name)
+        return registered.tool if registered is not None else None
 
     def _identify(self, authorization: str | None) -> Principal | None:
         """The principal a refused call's authorization names, or None: only for its record."""

@@ -483,6 +483,39 @@ async def test_sandbox_calls_pass_the_gate_and_leave_audit_records(tmp_path: Pat
     assert ("sandbox", "connected") in events and ("sandbox", "tool_pinned") in events
 
 
+async def test_an_approval_is_not_spent_on_a_call_whose_sandbox_went_away(tmp_path: Path) -> None:
+    """Found by a tester: the sidecar stopped while the call waited; the approval was spent (used)
+    and the call failed with "not connected", so the retry needed a new approval."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(trust_sandboxes=False), http=False)
+    root = tmp_path / "sbx-42"
+    sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+    client = HubClient(hub.grpc)
+    try:
+        await wait_for(lambda: _has(hub, "sbx-42__files_read"), what="the sandbox to register")
+        call = start_call(client, TOKENS["agent-42"], "sbx-42__files_read", {"path": "hello.txt"})
+        approval_id = await call.approval_id()
+        sidecar.stop()
+        await wait_for(lambda: _gone(hub, "sbx-42__files_read"), what="the sandbox's tools to go")
+        await decide(hub.grpc, TOKENS["approver"], approval_id, True)
+        refused = text_of(await call.result())
+        assert "went away or was registered again while the call waited" in refused, refused
+        assert "the approval is kept" in refused
+        sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+        await wait_for(lambda: _has(hub, "sbx-42__files_read"), what="the sandbox to come back")
+        retry = start_call(
+            client, TOKENS["agent-42"], "sbx-42__files_read", {"path": "hello.txt"}, approval_id
+        )
+        assert text_of(await retry.result()).startswith("hello from sbx-42")
+    finally:
+        await client.close()
+        sidecar.stop()
+        hub.stop()
+
+
+async def _gone(hub: RunningHub, name: str) -> bool:
+    return not await _has(hub, name)
+
+
 async def _has(hub: RunningHub, name: str) -> bool:
     return name in await tool_names(hub, TOKENS["ops"])
 
