@@ -23,6 +23,7 @@ __all__ = [
     "StateError",
     "StateInUse",
     "default_state_dir",
+    "load_hub_file",
     "lock_state_dir",
     "read_hub_file",
     "remove_hub_file",
@@ -55,13 +56,32 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "mcphub"
 
 
-def read_hub_file(state_dir: Path) -> dict[str, Any] | None:
-    """The addresses a running hub wrote into its state directory, if any."""
+def load_hub_file(state_dir: Path) -> dict[str, Any] | None:
+    """The addresses a running hub wrote into its state directory, or None when there is no such
+    file; a StateError naming the file when it is there but cannot be read, or is not one a hub
+    wrote (edited by hand, or damaged): a command told to find the hub there says so, rather
+    than looking for it at the default address without a word."""
+    path = state_dir / HUB_FILE
     try:
-        data = json.loads((state_dir / HUB_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        raise StateError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StateError(f"{path}: not the file a hub writes (not JSON: {exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("grpc"), str):
+        raise StateError(f"{path}: not the file a hub writes (no gRPC address in it)")
+    return data
+
+
+def read_hub_file(state_dir: Path) -> dict[str, Any] | None:
+    """The addresses a running hub wrote into its state directory, if any (None too for a file
+    that cannot be read: `load_hub_file` says why)."""
+    try:
+        return load_hub_file(state_dir)
+    except StateError:
+        return None
 
 
 def write_hub_file(state_dir: Path, grpc: str, mcp_url: str | None) -> None:

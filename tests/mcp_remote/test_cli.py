@@ -473,6 +473,28 @@ def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path
         assert operator_token(args, {}, "127.0.0.1:7070") == expected
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [('{"grpc": 5', "not JSON: "), ('{"pid": 1}', "no gRPC address in it")],
+    ids=["cut-short", "no-address"],
+)
+def test_a_hub_file_that_cannot_be_read_is_named(tmp_path: Path, content: str, problem: str) -> None:
+    """`mcphub call --state-dir DIR` said only "cannot reach a hub at 127.0.0.1:7070 ... start one
+    with `mcphub serve`", while the hub ran and its hub.json was what could not be read."""
+    hub = start_hub(tmp_path, http=False)
+    try:
+        hub_file = hub.state_dir / "hub.json"
+        hub_file.write_text(content)
+        out = run("call", "echo", "--args", '{"text": "hi"}', "--state-dir", str(hub.state_dir))
+        first = out.stderr.splitlines()[0]
+        assert first.startswith(f"mcphub: {hub_file}: not the file a hub writes ({problem}"), out.stderr
+        assert first.endswith("; looking for the hub at 127.0.0.1:7070 (--hub ADDRESS names it)"), first
+        named = run("call", "echo", "--args", '{"text": "hi"}', "--hub", hub.grpc)
+        assert (named.returncode, named.stdout, named.stderr) == (0, "hi\n", "")
+    finally:
+        assert hub.stop() == 0
+
+
 def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) -> None:
     # PyYAML's own message quotes the offending line: here, a principal's token.
     config = tmp_path / "bad.yaml"
