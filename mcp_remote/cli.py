@@ -243,15 +243,25 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
 
 
 def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    from .statedir import DEFAULT_GRPC, default_state_dir, read_hub_file
+    """--hub, else $MCPHUB_HUB, else the address in the state directory's hub.json, else the
+    default. A hub.json that cannot be read is named (on stderr): the hub is then looked for
+    at the default address, which may be the right one, but "cannot reach a hub" alone would
+    send its operator looking for a hub that is not down."""
+    from .statedir import DEFAULT_GRPC, StateError, default_state_dir, load_hub_file
 
     if args.hub:
         return str(args.hub)
     if environ.get("MCPHUB_HUB"):
         return environ["MCPHUB_HUB"]
     state_dir = args.state_dir or Path(environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
-    running = read_hub_file(Path(state_dir))
-    if running and isinstance(running.get("grpc"), str):
+    try:
+        running = load_hub_file(Path(state_dir))
+    except StateError as exc:
+        print(
+            f"mcphub: {exc}; looking for the hub at {DEFAULT_GRPC} (--hub ADDRESS names it)", file=sys.stderr
+        )
+        return DEFAULT_GRPC
+    if running:
         return str(running["grpc"])
     return DEFAULT_GRPC
 

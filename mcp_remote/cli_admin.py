@@ -264,29 +264,42 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     """--token, else $MCPHUB_TOKEN, else the hub host operator's (its state directory's
     operator.token): operators' commands work on the hub's host without a token to copy.
     That token goes only to the hub running from that state directory: sent to `--hub`
-    anywhere else, it would let whoever listens there decide the local hub's approvals."""
-    from .statedir import read_hub_file
+    anywhere else, it would let whoever listens there decide the local hub's approvals.
+
+    When no token is sent, a line on stderr says why: the hub answers as it does any caller
+    without one ("principal 'local' does not have the approver role"), which does not say
+    that mcphub sent none, nor which state directory it looked in."""
+    from .statedir import HUB_FILE, StateError, load_hub_file
 
     if args.token:
         return str(args.token)
     if environ.get("MCPHUB_TOKEN"):
         return environ["MCPHUB_TOKEN"]
     state_dir = _state_dir(args, environ)
-    running = read_hub_file(state_dir)
-    if running and not _alive(running.get("pid")):
-        running = None  # a hub killed without removing its file: its port may be anyone's now
-    if not running or running.get("grpc") != target:
-        if running and (state_dir / "operator.token").exists():
-            print(
-                f"mcphub: not sending {state_dir}'s operator token to {target}: the hub running from "
-                f"that state directory listens on {running.get('grpc')} (or pass --token)",
-                file=sys.stderr,
-            )
-        return None
     try:
-        return (state_dir / "operator.token").read_text().strip()
-    except OSError:
-        return None
+        running = load_hub_file(state_dir)
+    except StateError as exc:
+        why = str(exc)
+    else:
+        if running is None:
+            why = f"no hub is running from that state directory (it has no {HUB_FILE})"
+        elif not _alive(running.get("pid")):
+            # A hub killed without removing its file: its port may be anyone's now.
+            why = f"the hub that wrote its {HUB_FILE} (pid {running.get('pid')}) is not running"
+        elif running["grpc"] != target:
+            why = f"the hub running from that state directory listens on {running['grpc']}"
+        else:
+            path = state_dir / "operator.token"
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                why = f"{path}: {exc.strerror or exc}"
+    print(
+        f"mcphub: not sending {state_dir}'s operator token to {target}: {why} "
+        "(pass --token or $MCPHUB_TOKEN, or --state-dir of the hub at that address)",
+        file=sys.stderr,
+    )
+    return None
 
 
 def _shown(text: str) -> str:

@@ -48,7 +48,7 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import StateError, read_hub_file, remove_hub_file, write_hub_file
+from .statedir import StateError, lock_state_dir, read_hub_file, remove_hub_file, write_hub_file
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -127,9 +127,9 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
 def _unclean_previous_stop(state_dir: Path) -> int | None:
     """The pid of the hub that ran from `state_dir` before, when it left its `hub.json` behind
     (removed by a stop whose records are all in the log) and is no longer running; else None.
-    Asked once this hub holds the audit log, so no other hub is writing it from here, and
-    before it writes its own file: one naming this process's pid is a previous one's (a
-    container's hub has the same pid at each start)."""
+    Asked once this hub holds the state directory (`lock_state_dir`), so no other hub runs from
+    here, and before it writes its own file: one naming this process's pid is a previous one's
+    (a container's hub has the same pid at each start)."""
     found = read_hub_file(state_dir)
     pid = found.get("pid") if found is not None else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -142,7 +142,7 @@ def _unclean_previous_stop(state_dir: Path) -> int | None:
         return pid
     except PermissionError:
         return None  # a process of another user holds that pid now: it may be anything
-    return None  # a process of that pid runs: a hub with another audit store, or a pid reused
+    return None  # a process of that pid runs: the pid reused, or a hub of a version that took no lock
 
 
 def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
@@ -285,6 +285,8 @@ class Hub:
         self._bridge_hub: LocalHub | None = None
         self._started = False
         """The `hub started` record is queued: a stop records `stopped`."""
+        self._state_lock: int | None = None
+        """The state directory's lock (`lock_state_dir`), held from the start until the stop."""
         self.bridge_app: BridgeApp | None = None
         """The bridge's ASGI app once bound (None without `http`); its MCP app is built on the
         first MCP request (`bridge_app.app`, or `await bridge_app.load()`)."""
@@ -551,8 +553,13 @@ class Hub:
 
     async def start(self) -> HubAddresses:
         """Bind both ports first (a busy one fails before anything slow starts), then the audit
-        log, the packs, and only then serve."""
+        log, the packs, and only then serve. Before all of them, the state directory's lock:
+        a second hub on it stops there, having changed nothing of the first one's."""
         config = self.config
+        try:
+            self._state_lock = lock_state_dir(config.state_dir)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self._stalls.start()
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator, self.streams)
@@ -697,9 +704,12 @@ class Hub:
             with contextlib.suppress(Exception):
                 self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
         await self.audit.stop(grace)
-        if not self.audit.lost:
+        if not self.audit.lost and self._state_lock is not None:
             # Kept when the log lost records (the `stopped` one among them): the next start
             # finds it, its process gone, and records that this stop was not recorded.
             with contextlib.suppress(OSError):
                 remove_hub_file(self.config.state_dir)
         await self._stalls.stop()
+        if self._state_lock is not None:  # last: the next hub may start on the directory now
+            os.close(self._state_lock)
+            self._state_lock = None

@@ -847,16 +847,41 @@ def test_a_hub_refuses_an_audit_database_it_cannot_use_naming_it(tmp_path: Path,
     assert f"{db}: the audit database cannot be used" in out.stderr
 
 
-def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path, config=config(), http=False)
-    try:
-        out = serve_refused(tmp_path, config())
-        assert out.returncode == 3, out.stderr
-        assert "another hub is writing the audit log" in out.stderr and "Traceback" not in out.stderr
-    finally:
-        assert hub.stop() == 0
-    second = start_hub(tmp_path, config=config(), http=False)  # free again once it stopped
-    assert second.stop() == 0
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_path: Path, store: str) -> None:
+    """Whatever the audit store. On PostgreSQL (whose store has no lock in the state directory,
+    as SQLite's has) the second hub started: it expired the first one's waiting approval as
+    that of a hub that had restarted, recorded `hub started` and `hub stopped` under its
+    instance name, and removed its hub.json when it stopped."""
+    with contextlib.ExitStack() as stack:
+        shared, env = config(), {}
+        if store == "postgres":
+            pg = stack.enter_context(running_postgres())
+            dsn_file = tmp_path / "audit.dsn"
+            dsn_file.write_text(pg.create_database("mcphub_one_dir") + "\n")
+            shared = config(audit={"store": "postgres", "dsn_file": str(dsn_file)})
+        hub = start_hub(tmp_path, config=shared, env=env, http=False)
+        client = HubClient(hub.grpc)
+        try:
+            call = start_call(client, TOKEN, "delete_thing", {"name": "kept"})
+            approval_id = await call.approval_id()
+            out = await asyncio.to_thread(serve_refused, tmp_path, shared, env=env)
+            assert (out.returncode, out.stderr) == (
+                3,
+                f"mcphub: another hub (pid {hub.process.pid}) is running on the state directory "
+                f"{hub.state_dir}: each hub needs a state directory of its own (--state-dir, or "
+                "state_dir in its config), also when hubs share a PostgreSQL audit store\n",
+            )
+            # The first hub goes on as it was: its waiting call, its hub.json.
+            await decide(hub.grpc, APPROVER, approval_id, True, "still waiting")
+            assert text_of(await call.result()) == "deleted kept"
+            assert json.loads((hub.state_dir / "hub.json").read_text())["pid"] == hub.process.pid
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+        second = start_hub(tmp_path, config=shared, env=env, http=False)  # free again once it stopped
+        assert second.stop() == 0
+        assert "did not stop cleanly" not in second.log()
 
 
 async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_postgres(tmp_path: Path) -> None:

@@ -502,6 +502,59 @@ def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path
         assert operator_token(args, {}, "127.0.0.1:7070") == expected
 
 
+def test_the_approvals_cli_says_why_it_sent_no_operator_token(tmp_path: Path) -> None:
+    """The hub's answer to a caller without a token ("principal 'local' does not have the
+    approver role") was all `approvals list --hub ADDR --state-dir DIR` said when DIR was not
+    that hub's: not that mcphub had sent no token, nor why."""
+    hub = start_hub(tmp_path / "hub", config={"packs": ["diagnostics"]}, http=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    try:
+
+        def approvals(state_dir: Path) -> subprocess.CompletedProcess[str]:
+            return run("approvals", "list", "--hub", hub.grpc, "--state-dir", str(state_dir))
+
+        advice = "(pass --token or $MCPHUB_TOKEN, or --state-dir of the hub at that address)"
+        not_sending = f"mcphub: not sending {other}'s operator token to {hub.grpc}"
+        out = approvals(other)
+        assert out.returncode == 3, out.stderr
+        assert out.stderr.splitlines() == [
+            f"{not_sending}: no hub is running from that state directory (it has no hub.json) {advice}",
+            "mcphub: permission_denied: principal 'local' does not have the approver role",
+        ]
+        (other / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:1", "pid": os.getpid()}))
+        out = approvals(other)
+        assert out.stderr.splitlines()[0] == (
+            f"{not_sending}: the hub running from that state directory listens on 127.0.0.1:1 {advice}"
+        )
+        own = approvals(hub.state_dir)
+        assert (own.returncode, own.stderr) == (0, "0 approvals\n")
+    finally:
+        assert hub.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [('{"grpc": 5', "not JSON: "), ('{"pid": 1}', "no gRPC address in it")],
+    ids=["cut-short", "no-address"],
+)
+def test_a_hub_file_that_cannot_be_read_is_named(tmp_path: Path, content: str, problem: str) -> None:
+    """`mcphub call --state-dir DIR` said only "cannot reach a hub at 127.0.0.1:7070 ... start one
+    with `mcphub serve`", while the hub ran and its hub.json was what could not be read."""
+    hub = start_hub(tmp_path, http=False)
+    try:
+        hub_file = hub.state_dir / "hub.json"
+        hub_file.write_text(content)
+        out = run("call", "echo", "--args", '{"text": "hi"}', "--state-dir", str(hub.state_dir))
+        first = out.stderr.splitlines()[0]
+        assert first.startswith(f"mcphub: {hub_file}: not the file a hub writes ({problem}"), out.stderr
+        assert first.endswith("; looking for the hub at 127.0.0.1:7070 (--hub ADDRESS names it)"), first
+        named = run("call", "echo", "--args", '{"text": "hi"}', "--hub", hub.grpc)
+        assert (named.returncode, named.stdout, named.stderr) == (0, "hi\n", "")
+    finally:
+        assert hub.stop() == 0
+
+
 def test_a_yaml_syntax_error_names_the_line_but_never_prints_it(tmp_path: Path) -> None:
     # PyYAML's own message quotes the offending line: here, a principal's token.
     config = tmp_path / "bad.yaml"
