@@ -175,13 +175,19 @@ def _encode_cursor(name: str) -> str:
     return base64.urlsafe_b64encode(b"after:" + name.encode()).decode()
 
 
+def _invalid_cursor(cursor: str) -> str:
+    # MCP clients and gRPC callers know the same cursor by different names.
+    return (
+        f"invalid cursor {cursor[:40]!r}: pass the cursor the previous page gave "
+        "(nextCursor of an MCP tools/list result, next_cursor of a gRPC ListTools response)"
+    )
+
+
 def _decode_cursor(cursor: str) -> str:
     try:
         raw = base64.urlsafe_b64decode(cursor.encode())
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument(
-            f"invalid cursor {cursor[:40]!r}: pass next_cursor of the previous page"
-        ) from exc
+        raise InvalidArgument(_invalid_cursor(cursor)) from exc
     if not raw.startswith(b"after:"):
-        raise InvalidArgument(f"invalid cursor {cursor[:40]!r}: pass next_cursor of the previous page")
+        raise InvalidArgument(_invalid_cursor(cursor))
     return raw[len(b"after:") :].decode(errors="replace")

@@ -24,6 +24,7 @@ from typing import Any
 from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
 
 from .sandboxes_cli import add_sandbox_commands
+from .shown import shown, shown_lines  # standard library only
 
 __all__ = ["main"]
 
@@ -310,8 +311,9 @@ def unreachable(exc: Any) -> bool:
 def _rpc_failure(exc: Any, target: str) -> int:
     import grpc
 
+    # The hub's words may quote a caller's or a sandbox's text (a tool name, a sidecar's reason).
+    details = shown(exc.details() or "")
     if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable(exc):
-        details = exc.details() or ""
         if not any(words in details.lower() for words in _NOBODY_THERE):
             # Something listens there and closed the connection: a hub at its connection limit
             # (see README, "Open connections are bounded"), or one stopping.
@@ -322,8 +324,7 @@ def _rpc_failure(exc: Any, target: str) -> int:
             )
         return _fail(f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`", EXIT_HUB)
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return _fail(f"the hub at {target} is unavailable: {exc.details()}", EXIT_HUB)
-    details = exc.details()
+        return _fail(f"the hub at {target} is unavailable: {details}", EXIT_HUB)
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
     return _fail(f"{exc.code().name.lower()}: {details}", EXIT_HUB)
@@ -348,18 +349,20 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
         return _rpc_failure(exc, target)
     finally:
         await hub.close()
-    if as_json:
+    if as_json:  # every character past ASCII, and every control, as a JSON escape
         print(json.dumps([tool_to_mcp(t) for t in tools], indent=2))
         return EXIT_OK
-    width = max((len(t.name) for t in tools), default=4)
+    # A listing for a person: a sandbox's or a pack's description must not hide or reorder what
+    # follows it, or send the terminal escapes (set its title, clear the screen).
+    width = max((len(shown(t.name)) for t in tools), default=4)
     for t in tools:
         flags = []
         if t.annotations.HasField("read_only_hint") and t.annotations.read_only_hint:
             flags.append("read-only")
         if t.annotations.HasField("destructive_hint") and t.annotations.destructive_hint:
             flags.append("destructive")
-        summary = (t.description.splitlines() or [""])[0]
-        print(f"{t.name:<{width}}  {summary}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        summary = shown((t.description.splitlines() or [""])[0])
+        print(f"{shown(t.name):<{width}}  {summary}" + (f"  [{', '.join(flags)}]" if flags else ""))
     print(f"{len(tools)} tools at {target}", file=sys.stderr)
     return EXIT_OK
 
@@ -382,13 +385,17 @@ class _CallRequest:
 
 
 class _ProgressLine:
-    """Live progress on stderr: rewritten in place on a terminal, one line per event otherwise."""
+    """Live progress on stderr: rewritten in place on a terminal, one line per event otherwise.
+
+    Its text is the tool's (a progress message) or quotes the caller's (an approval's reason):
+    escaped, on a terminal or not, so it is one line that hides and moves nothing."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.shown = False
 
     def show(self, text: str) -> None:
+        text = shown(text)
         if self.tty:
             sys.stderr.write("\r\033[K" + text[:200])
             self.shown = True
@@ -415,6 +422,7 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
 
     hub = HubClient(target)
     line = _ProgressLine()
+    out, err = _Output(sys.stdout), _Output(sys.stderr)
     request = pb.CallToolRequest(
         name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
     )
@@ -440,9 +448,7 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
                 line.done()
                 outputs = True
                 to_stdout = event.output.stream == "stdout" and not as_json
-                stream = sys.stdout if to_stdout else sys.stderr
-                stream.buffer.write(event.output.data)
-                stream.flush()
+                (out if to_stdout else err).write(event.output.data)
             elif kind == "approval":
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
@@ -451,6 +457,8 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
             elif kind == "result":
                 result = event.result
     except grpc.aio.AioRpcError as exc:
+        out.end()
+        err.end()
         line.done()
         if pending and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             waited = f" after {call.timeout:g}s" if call.timeout else ""
@@ -462,6 +470,8 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         return _rpc_failure(exc, target)
     finally:
         await hub.close()
+    out.end()
+    err.end()
     line.done()
     if result is None:
         return _fail("the hub ended the call without a result", EXIT_HUB)
@@ -472,31 +482,60 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         # repeating a preview of the output) goes to stderr, so that `> file` holds exactly what the
         # command printed, nothing included.
         command = outputs or b'"exit_code"' in result.structured_content_json
-        _print_result(result, sys.stderr if command else sys.stdout)
+        _print_result(result, err if command else out)
     if not result.is_error:
         return EXIT_OK
     refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)
     return EXIT_HUB if refused else EXIT_TOOL_ERROR
 
 
-def _print_result(result: Any, out: Any) -> None:
+class _Output:
+    """Stdout or stderr for a tool's text: its data exactly as it came on a pipe or in a file; on
+    a terminal, with what would hide, reorder or overwrite text, or send the terminal escapes
+    (set its title, clear the screen), escaped (`shown_lines`: line breaks and tabs kept)."""
+
+    def __init__(self, stream: Any) -> None:
+        import codecs
+
+        self.stream = stream
+        self.tty = stream.isatty()
+        # A command's output may split a character between two chunks.
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def print(self, text: str) -> None:
+        print(shown_lines(text) if self.tty else text, file=self.stream)
+
+    def write(self, data: bytes, *, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write(shown_lines(self._decoder.decode(data, final)))
+        else:
+            self.stream.buffer.write(data)
+        self.stream.flush()
+
+    def end(self) -> None:
+        """Write what a command's output left of an unfinished character."""
+        if self.tty:
+            self.write(b"", final=True)
+
+
+def _print_result(result: Any, out: _Output) -> None:
     for block in result.content:
         kind = block.WhichOneof("block")
         if kind == "text":
-            print(block.text.text, file=out)
+            out.print(block.text.text)
         elif kind in ("image", "audio"):
             media = getattr(block, kind)
-            print(f"<{kind} {media.mime_type}, {len(media.data)} bytes; use --json to get it>", file=out)
+            out.print(f"<{kind} {media.mime_type}, {len(media.data)} bytes; use --json to get it>")
         elif kind == "resource_link":
-            print(f"<resource {block.resource_link.uri}>", file=out)
+            out.print(f"<resource {block.resource_link.uri}>")
         elif kind == "resource":
             r = block.resource
             text = (
                 r.text if r.WhichOneof("contents") == "text" else f"<resource {r.uri}, {len(r.blob)} bytes>"
             )
-            print(text, file=out)
+            out.print(text)
     if result.structured_content_json and not result.content:
-        print(result.structured_content_json.decode(), file=out)
+        out.print(result.structured_content_json.decode())
 
 
 def _cmd_bridge(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

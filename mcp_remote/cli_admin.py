@@ -84,14 +84,19 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return EXIT_OK
 
 
-def _count(value: str) -> int:
+def _count(value: str, least: int = 1) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if not 1 <= number <= 1_000_000_000:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected 1 or more, at most 1000000000")
+    if not least <= number <= 1_000_000_000:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {least} or more, at most 1000000000")
     return number
+
+
+def _lines(value: str) -> int:
+    """`audit tail -n`: 0 too, which with -f follows only the records written from now on."""
+    return _count(value, least=0)
 
 
 def _principals_in(path: Path) -> list[Any] | None:
@@ -565,7 +570,8 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     await store.open()
     try:
         if args.action == "tail":
-            query = RecordQuery(limit=args.lines, newest_first=True)
+            # -n 0 -f: the newest record, not shown, is where following starts.
+            query = RecordQuery(limit=args.lines or 1, newest_first=True)
         else:
             query = RecordQuery(
                 tool=args.tool,
@@ -580,9 +586,11 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             found = found[: args.limit]
             print(f"{args.limit} records shown, more match: --limit N", file=sys.stderr)
         records = list(reversed(found))
+        last = records[-1].seq if records else 0
+        if args.action == "tail" and not args.lines:
+            records = []
         for r in records:
             print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
-        last = records[-1].seq if records else 0
         while args.action == "tail" and args.follow:
             await asyncio.sleep(0.5)
             await store.close()
@@ -704,7 +712,9 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
-    tail.add_argument("-n", "--lines", type=_count, default=20, help="how many (default: 20)")
+    tail.add_argument(
+        "-n", "--lines", type=_lines, default=20, help="how many (default: 20; 0 with -f: only new ones)"
+    )
     tail.add_argument(
         "-f", "--follow", action="store_true", help="then print records as they are written, until Ctrl-C"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,8 @@ __all__ = [
     "DEFAULT_HTTP",
     "DEFAULT_PACKS",
     "ENV_OVERRIDES",
+    "SANDBOX_NAME",
+    "SANDBOX_NAME_RULE",
     "Address",
     "ApprovalsConfig",
     "AuditConfig",
@@ -54,6 +57,13 @@ __all__ = [
 
 MIN_TOKEN_LENGTH = 16
 PRINCIPAL_NAME = r"^[a-zA-Z0-9_.@-]{1,64}$"
+SANDBOX_NAME = r"^(?!.*__)[a-zA-Z0-9_-]{0,47}[a-zA-Z0-9-]$"
+"""A sandbox's name: its tools are `<sandbox>__<tool>`, so a name holding `__`, or ending in `_`
+(`a_` + `__` + `t` is `a___t`), would put its tools under another sandbox's `<name>__*` glob."""
+SANDBOX_NAME_RULE = (
+    "1-48 characters of [a-zA-Z0-9_-], with no `__` (it separates a sandbox's name from its tools' "
+    "names) and no `_` at the end"
+)
 
 
 class Address(BaseModel):
@@ -109,6 +119,16 @@ class PrincipalConfig(BaseModel):
         if isinstance(data, dict) and "sandbox" in (data.get("roles") or []) and "tools" not in data:
             return {**data, "tools": [f"{data.get('name')}__*"]}
         return data
+
+    @model_validator(mode="after")
+    def _sandbox_name(self) -> PrincipalConfig:
+        # Refused here, not when its sidecar first connects: it could never register.
+        if "sandbox" in self.roles and not re.fullmatch(SANDBOX_NAME, self.name):
+            raise ValueError(
+                f"name {self.name!r}: a principal with the role `sandbox` registers the sandbox of its "
+                f"name, which must be {SANDBOX_NAME_RULE}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_token_source(self) -> PrincipalConfig:

@@ -55,6 +55,8 @@ from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
+from .config import SANDBOX_NAME as SANDBOX_NAME_PATTERN
+from .config import SANDBOX_NAME_RULE
 from .pins import ToolPins, definition_hash
 from .shown import shown
 
@@ -73,7 +75,7 @@ logger = logging.getLogger(__name__)
 ROLE_SANDBOX = "sandbox"
 ROLE_OPERATOR = "operator"
 SEPARATOR = "__"
-SANDBOX_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,48}$")
+SANDBOX_NAME = re.compile(SANDBOX_NAME_PATTERN)
 SANDBOX_META_KEY = "mcphub/sandbox"
 MAX_TOOLS = 1000
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -387,8 +389,8 @@ class Federation:
             raise PermissionDenied(
                 f"principal {principal.name!r} may not register a sandbox: it needs the role `sandbox`"
             )
-        if not SANDBOX_NAME.match(name):
-            raise InvalidArgument(f"sandbox name {name[:80]!r}: expected 1-48 characters of [a-zA-Z0-9_-]")
+        if not SANDBOX_NAME.fullmatch(name):
+            raise InvalidArgument(f"sandbox name {name[:80]!r}: expected {SANDBOX_NAME_RULE}")
         return name
 
     def connect(self, conn: SandboxConnection, tools: Sequence[pb.Tool]) -> spb.Welcome:

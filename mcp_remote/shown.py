@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["shown"]
+__all__ = ["shown", "shown_lines"]
 
 # Characters that change what a terminal shows without showing themselves: controls, format
 # characters (bidi overrides and isolates, zero-width joiners), line and paragraph separators,
@@ -30,3 +30,11 @@ def shown(text: str) -> str:
     if text.isascii() and text.isprintable():  # the usual case: nothing to escape
         return text
     return "".join(_escaped(ch) for ch in text)
+
+
+def shown_lines(text: str) -> str:
+    """`text` as `shown` writes it, but with its line breaks (`\\n`) and tabs kept: a tool's output
+    of several lines, shown on a terminal."""
+    if text.isascii() and text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    return "\n".join("\t".join(map(shown, line.split("\t"))) for line in text.split("\n"))

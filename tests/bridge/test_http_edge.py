@@ -87,6 +87,18 @@ def test_json_that_is_not_a_request_is_refused(http: httpx2.Client, body: bytes)
     assert response.json()["error"]["code"] in (-32600, -32700, -32602)
 
 
+def test_an_invalid_cursor_is_invalid_params_naming_mcps_nextcursor(http: httpx2.Client) -> None:
+    """The error named only gRPC's `next_cursor`, a field an MCP client never sees."""
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"cursor": "bad", "_meta": META}}
+    response = http.post("/mcp", json=body, headers=modern_headers("tools/list"))
+    error = response.json()["error"]
+    assert error["code"] == -32602, response.text
+    assert (
+        "invalid cursor 'bad': pass the cursor the previous page gave (nextCursor of an MCP"
+        in error["message"]
+    )
+
+
 def test_unknown_method(http: httpx2.Client) -> None:
     body = {"jsonrpc": "2.0", "id": 7, "method": "tools/destroy", "params": {"_meta": META}}
     response = http.post("/mcp", json=body, headers=modern_headers("tools/destroy"))

@@ -61,8 +61,13 @@ def test_pagination_walks_every_visible_tool_once() -> None:
 
 def test_a_forged_cursor_is_invalid_argument() -> None:
     registry = ToolRegistry()
-    with pytest.raises(InvalidArgument, match="invalid cursor"):
-        registry.page(Principal("p"), "not-base64-!!", 10)
+    for cursor in ("not-base64-!!", "YmFk"):  # the second is base64, of no cursor of the registry
+        with pytest.raises(InvalidArgument) as info:
+            registry.page(Principal("p"), cursor, 10)
+        assert str(info.value) == (
+            f"invalid cursor {cursor!r}: pass the cursor the previous page gave (nextCursor of an MCP "
+            "tools/list result, next_cursor of a gRPC ListTools response)"
+        )
 
 
 def test_globs_decide_visibility() -> None:

@@ -308,7 +308,45 @@ def test_tail_and_query(stopped_log: Path) -> None:
     huge = ["query", "--limit", "99999999999999999999"]  # past SQLite's integers: a traceback
     for args in (["query", "--limit", "-1"], ["query", "--limit", "0"], ["tail", "-n", "-1"], huge):
         bad = cli("audit", *args, "--state-dir", str(stopped_log))  # -1 was SQL's "no limit", less one
-        assert bad.returncode == 2 and "expected 1 or more" in bad.stderr, bad.stderr
+        least = 0 if args[0] == "tail" else 1  # `tail -n 0 -f` follows only new records
+        assert bad.returncode == 2 and f"expected {least} or more" in bad.stderr, bad.stderr
+
+
+async def test_tail_follows_only_new_records_with_no_lines(tmp_path: Path) -> None:
+    """`audit tail -f -n 0` was refused ("expected 1 or more"); like `tail -n 0 -f`, it shows
+    none of the records already written, then each new one."""
+    hub = start_hub(tmp_path, config=config(), http=False)
+    client = HubClient(hub.grpc)
+    follower = None
+    try:
+        for i in range(3):
+            await call_echo(client, f"before {i}")
+        newest = cli("audit", "tail", "-n", "1", "--json", "--state-dir", str(hub.state_dir))
+        before = json.loads(newest.stdout)["seq"]
+        follower = await asyncio.create_subprocess_exec(
+            *hub_command("audit", "tail", "-f", "-n", "0", "--json", "--state-dir", str(hub.state_dir)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert follower.stdout is not None and follower.stderr is not None
+        # Whether the follower has read where to start is not visible: call until it shows one.
+        async with asyncio.timeout(60):
+            line = b""
+            while not line:
+                await call_echo(client, "after")
+                with contextlib.suppress(TimeoutError):
+                    line = await asyncio.wait_for(follower.stdout.readline(), 0.5)
+                if follower.stdout.at_eof():
+                    raise AssertionError((await follower.stderr.read()).decode())
+        first = json.loads(line)
+        assert first["seq"] > before and first["tool"] == "echo", first
+    finally:
+        if follower is not None and follower.returncode is None:
+            follower.terminate()
+            await follower.wait()
+        await client.close()
+        assert hub.stop() == 0
 
 
 def test_query_says_when_its_limit_cut_the_answer(stopped_log: Path) -> None:

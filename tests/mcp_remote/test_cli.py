@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pty
 import re
 import resource
 import signal
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.packs import hostile
 from tests.support.hub import FAULTY_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
 
 
@@ -190,6 +193,86 @@ def test_call_exit_codes(open_hub: RunningHub) -> None:
     assert bad_json.returncode == 2 and "--args is not valid JSON" in bad_json.stderr
     not_object = run("call", "echo", "--args", "[1]", "--hub", open_hub.grpc)
     assert not_object.returncode == 2 and "must be a JSON object" in not_object.stderr
+
+
+@pytest.fixture(scope="module")
+def hostile_hub(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    hub = start_hub(
+        tmp_path_factory.mktemp("hostile"), packs=[str(REPO / "tests" / "packs" / "hostile.py")], http=False
+    )
+    yield hub
+    hub.stop()
+
+
+def on_terminals(*args: str) -> tuple[str, str]:
+    """Run `mcphub ARGS` with its stdout and stderr on terminals (pseudo-terminals); what each got."""
+    masters, slaves = zip(*(pty.openpty() for _ in range(2)), strict=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    try:
+        proc = subprocess.run(
+            hub_command(*args), stdout=slaves[0], stderr=slaves[1], timeout=60, env=env, cwd=REPO, check=False
+        )
+    finally:
+        for fd in slaves:
+            os.close(fd)
+    got = []
+    for fd in masters:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:  # EIO: the terminal's other side is closed and all was read
+                assert exc.errno == errno.EIO
+                break
+            if not chunk:
+                break
+            data += chunk
+        os.close(fd)
+        got.append(data.decode().replace("\r\n", "\n"))
+    assert proc.returncode == 0, got
+    return got[0], got[1]
+
+
+UNSEEN = ("\x1b]", "\x1b[2J", "\x07", "\u202e", "\u200b")
+"""What the hostile tool sends that a terminal must not get (the CLI's own `\x1b[K` may)."""
+
+
+def test_tools_lists_a_tools_description_escaped_and_json_exactly(hostile_hub: RunningHub) -> None:
+    """A description that set the window title and cleared the screen of whoever listed the tools."""
+    out = run("tools", "--hub", hostile_hub.grpc)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("hostile "))
+    assert line.endswith("fine\\u001b]0;pwned\\u0007\\u001b[2J\\u202eevil  [read-only]"), line
+    assert not any(c in out.stdout for c in UNSEEN), out.stdout
+    as_json = run("tools", "--hub", hostile_hub.grpc, "--json")
+    described = {t["name"]: t["description"] for t in json.loads(as_json.stdout)}
+    assert described["hostile"] == hostile.DESCRIPTION
+
+
+def test_call_escapes_a_tools_text_on_a_terminal_and_passes_its_data_exactly_down_a_pipe(
+    hostile_hub: RunningHub,
+) -> None:
+    """Progress and status lines on stderr are escaped always; a result or a command's output is
+    data: exact in a pipe or a file, escaped on a terminal (line breaks and tabs kept)."""
+    progress = "[nan] \\u001b[31mRED\\u200b"
+    piped = run("call", "hostile", "--hub", hostile_hub.grpc)
+    assert (piped.returncode, piped.stdout) == (0, hostile.RESULT + "\n"), piped
+    assert progress in piped.stderr and not any(c in piped.stderr for c in UNSEEN), piped.stderr
+    stdout, stderr = on_terminals("call", "hostile", "--hub", hostile_hub.grpc)
+    assert stdout == "line one\\u001b[2J\nline\ttwo\\u202e\n", stdout
+    assert progress in stderr and not any(c in stderr for c in UNSEEN), stderr
+
+    # A command's own streams go live to ours, and its result (which repeats them) to stderr.
+    output = ["call", "hostile", "--args", '{"output": true}', "--hub", hostile_hub.grpc]
+    piped_bytes = subprocess.run(hub_command(*output), capture_output=True, timeout=60, cwd=REPO, check=False)
+    assert piped_bytes.returncode == 0, piped_bytes
+    assert piped_bytes.stdout == hostile.STDOUT + b"\n"
+    assert hostile.STDERR + hostile.RESULT.encode() + b"\n" in piped_bytes.stderr
+    stdout, stderr = on_terminals(*output)
+    assert stdout == "out\\u001b]0;pwned\\u0007 \\u202e\n", stdout
+    erased = stderr.replace("\r\x1b[K", "")  # the progress line, erased
+    assert "err\\u001b[2J\nline one\\u001b[2J\nline\ttwo\\u202e\n" in erased, stderr
+    assert not any(c in stdout + stderr for c in UNSEEN), (stdout, stderr)
 
 
 def test_call_against_no_hub_says_how_to_start_one() -> None:

@@ -52,6 +52,16 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
             "principals:\n  - {name: operator, token: xxxxxxxxxxxxxxxxxxxxxx, tools: [echo]}\n",
             "the name 'operator' is reserved for the hub host's operator",
         ),
+        # A sandbox principal registers the sandbox of its name: one that can never register (a
+        # principal's `.` and `@`), or whose `<name>__*` reaches another sandbox's tools, is refused.
+        *(
+            (
+                f"principals:\n  - {{name: '{name}', token: xxxxxxxxxxxxxxxxxxxxxx, roles: [sandbox]}}\n",
+                f"principals.0: name '{name}': a principal with the role `sandbox` registers the sandbox "
+                "of its name, which must be 1-48 characters of [a-zA-Z0-9_-], with no `__`",
+            )
+            for name in ("team.sbx@99", "sbx-01__x", "sbx-01_", "s" * 49)
+        ),
         (
             "audit: {store: postgres, dsn_env: PG, sync: true}\n",
             "sync applies to the sqlite store; PostgreSQL's own fsync setting decides",
@@ -62,6 +72,18 @@ def test_errors_name_the_key_and_what_was_expected(tmp_path: Path, text: str, me
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), {"HOME": str(tmp_path)})
     assert message in str(info.value)
+
+
+def test_sandbox_names_that_register_and_principal_names_without_the_sandbox_role(tmp_path: Path) -> None:
+    text = (
+        "principals:\n"
+        "  - {name: sbx-42, token: xxxxxxxxxxxxxxxxxxxxxx, roles: [sandbox]}\n"
+        "  - {name: _sbx_4-2, token: yyyyyyyyyyyyyyyyyyyyyy, roles: [sandbox]}\n"
+        "  - {name: team.ops@99, token: zzzzzzzzzzzzzzzzzzzzzz, roles: [operator]}\n"
+        "  - {name: agent__1_, token: wwwwwwwwwwwwwwwwwwwwww}\n"
+    )
+    config = load_config(write(tmp_path, text), {"HOME": str(tmp_path)})
+    assert [p.tools for p in config.principals[:2]] == [["sbx-42__*"], ["_sbx_4-2__*"]]
 
 
 def test_secrets_are_never_in_error_messages(tmp_path: Path) -> None:

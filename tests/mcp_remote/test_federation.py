@@ -693,6 +693,33 @@ async def test_a_hello_the_hub_refuses_does_not_knock_the_registered_sidecar_off
     assert "replaced by a new connection" not in registered["sbx-42"].log_path.read_text()
 
 
+@pytest.mark.parametrize("name", ["sbx-42__x", "sbx-42_"])
+async def test_a_sandbox_name_whose_tools_another_sandboxs_glob_reaches_is_refused(
+    hub: RunningHub, registered: Any, name: str
+) -> None:
+    """`sbx-42__x` (or `sbx-42_`) registered with an operator's token had tools `sbx-42__x__whoami`
+    (`sbx-42___whoami`), which sbx-42's own `sbx-42__*` and agent-42's reached."""
+
+    async def one_hello() -> AsyncIterator[spb.SidecarMessage]:
+        yield spb.SidecarMessage(
+            hello=spb.SidecarHello(sandbox=name, tools=[pb.Tool(name="whoami", input_schema_json=b"{}")])
+        )
+        await asyncio.sleep(5)
+
+    async with grpc.aio.insecure_channel(hub.grpc) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {TOKENS['ops']}"),)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.Connect(one_hello(), metadata=metadata):
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"sandbox name {name!r}: expected 1-48 characters of [a-zA-Z0-9_-], with no `__`" in (
+        refused.value.details() or ""
+    )
+    for token in (TOKENS["ops"], TOKENS["sbx-42"], TOKENS["agent-42"]):
+        assert f"{name}__whoami" not in await tool_names(hub, token)
+
+
 async def test_a_sandbox_tool_with_an_output_schema_mcp_refuses_is_blocked(tmp_path: Path) -> None:
     """An output schema that is not an object schema (or no JSON Schema at all) made every MCP
     client's `tools/list` fail, for all the tools the client could see."""

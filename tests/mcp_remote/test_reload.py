@@ -190,6 +190,11 @@ async def test_keys_that_need_a_restart_are_named_and_a_token_from_a_variable_is
         assert "applied only when the hub restarts: max_request_bytes" in log
         assert "log_level" not in log.split("applied only when the hub restarts")[1].splitlines()[0]
         assert await whoami("grpc", hub, TOKENS["alice"]) == "alice"
+        # A sandbox principal whose sidecar could never register is refused at once.
+        sandbox = {"name": "team.sbx@99", "token": TOKENS["sbx-1"], "roles": ["sandbox"]}
+        answer = reload(hub, dict(config, principals=[*config["principals"], sandbox]))
+        assert "reload refused" in answer and "principals.3: name 'team.sbx@99': a principal with" in answer
+        assert "the role `sandbox` registers the sandbox of its name, which must be 1-48" in answer, answer
         config["principals"][0] = {"name": "alice", "token_env": "ALICE_NEW_TOKEN", "tools": ["whoami"]}
         answer = reload(hub, config)
         assert "reload refused" in answer and "reads no environment variable again" in answer, answer
