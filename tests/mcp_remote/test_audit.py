@@ -265,7 +265,10 @@ async def test_a_checkpoint_file_that_cannot_be_written_is_reported_once_and_cau
         stored = [c.seq for c in await store.checkpoints()]
     finally:
         await store.close()
-    assert len(stored) > 10
+    # How many checkpoints the calls made depends on how the writer batched them: at least one
+    # while the file could not be written (the first failed one), all of them in the file now.
+    missed = re.search(r"is written again: added the (\d+) checkpoints it missed", log)
+    assert missed is not None and int(missed.group(1)) >= 1, log
     assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == stored
 
 
