@@ -46,6 +46,21 @@ MAX_CONNECTIONS = 4096
 server takes another quarter at most): each sandbox's sidecar holds one."""
 MAX_STREAMS = 1024
 """Calls one gRPC connection carries at once."""
+CLIENT_PING_INTERVAL_MS = 3_000
+"""How often a client may ping (HTTP/2 keepalive) without being told `too_many_pings`: the
+interval toolhub.proto documents.
+
+gRPC's default (5 minutes) ends a connection whose client pings every 10 s about 40 s into a
+silent call (one waiting on an approval or a long command) with UNAVAILABLE, which clients'
+retry policies retry: a tool that is not idempotent could run twice. Well below the 10 s
+clients commonly use, so that a timer firing early is never counted against them; a ping every
+3 s costs the hub next to nothing (a flood of them is still refused), and lets a test show
+the limit in seconds rather than minutes."""
+PING_STRIKE_INTERVAL_MS = 2_000
+"""Pings closer than this are counted against the client (the third one ends the connection).
+Below CLIENT_PING_INTERVAL_MS: a client's timer measures from the ping it sent, or from the
+acknowledgement it read, so pings of a client at exactly the documented interval arrive a
+little closer together now and then, and those must not add up in a long silent call."""
 
 
 def max_connections() -> int:
@@ -158,6 +173,8 @@ def create_grpc_server(
             # had no call for 5 minutes, is closed (a client reconnects when it next calls); a
             # connection carries at most MAX_STREAMS calls at once (more wait in the client); and
             # a peer that vanished is found by pings within 80 s, even under a call that waits.
+            # Clients may ping as well, every CLIENT_PING_INTERVAL_MS (see PING_STRIKE_INTERVAL_MS),
+            # with calls or without (an idle connection is still closed after 5 minutes without a call).
             ("grpc.max_allowed_incoming_connections", max_connections()),
             ("grpc.server_handshake_timeout_ms", 10_000),
             ("grpc.max_connection_idle_ms", 300_000),
@@ -165,6 +182,8 @@ def create_grpc_server(
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", PING_STRIKE_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
     add_service(pb_grpc.add_ToolHubServicer_to_server, servicer, server)
