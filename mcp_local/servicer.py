@@ -24,9 +24,10 @@ from .errors import HubError
 from .grpcservices import add_service
 from .principals import bearer_token, first_authorization
 from .reflection import add_reflection
-from .service import ToolService
+from .service import StreamLimit, ToolService
 
 __all__ = [
+    "HealthService",
     "ToolHubServicer",
     "abort_with",
     "caller_token",
@@ -149,6 +150,53 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             await abort_with(context, exc, "WatchTools")
 
 
+class HealthService(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+    """Standard gRPC health checking, with `List`, and `Watch` streams that `streams.close` ends.
+
+    grpcio-health-checking's servicer left `List` (which newer health clients call) to its base,
+    which logged a traceback for each call; and its `Watch` never ends, so an open one held the
+    server's stop for its whole grace period."""
+
+    def __init__(self, streams: StreamLimit | None = None) -> None:
+        super().__init__()
+        self.streams = streams if streams is not None else StreamLimit(None)
+        self._changed: asyncio.Event | None = None
+
+    async def _set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        await super()._set(service, status)
+        if self._changed is not None:
+            self._changed.set()  # every Watch looks again; each writes only what changed for it
+            self._changed = None
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        last = None
+        try:
+            while True:
+                status = self._server_status.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self.streams.wait(self._changed.wait())
+        except HubError as exc:
+            await abort_with(context, exc, "Health.Watch")
+
+
 def create_grpc_server(
     address: str,
     servicer: ToolHubServicer,
@@ -191,7 +239,7 @@ def create_grpc_server(
     for add, impl, name in extra_services:
         add_service(add, impl, server)
         names.append(name)
-    health_servicer = health_servicer or health.aio.HealthServicer()
+    health_servicer = health_servicer or HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, [*names, health.SERVICE_NAME])
     try:

@@ -135,7 +135,7 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             for approval in await self._book.listing(("pending",)):
                 yield approval_to_proto(approval)
             while True:
-                approval = await queue.get()
+                approval = await self._streams.wait(queue.get())
                 # Asked again at every approval: an approver removed (or whose token was
                 # revoked) by a reload stops seeing calls' arguments.
                 self._approver(context)
