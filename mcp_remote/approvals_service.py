@@ -94,7 +94,7 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
     ) -> apb.ListApprovalsResponse:
         try:
             self._approver(context)
-            states = tuple(request.states) or ("pending",)
+            states = tuple(s.lower() for s in request.states) or ("pending",)  # "PENDING" too
             unknown = [s for s in states if s not in _STATES]
             if unknown:
                 raise InvalidArgument(f"unknown state {unknown[0]!r}; expected one of {', '.join(_STATES)}")

@@ -111,3 +111,22 @@ async def test_health_list_answers_the_statuses_without_a_traceback(tmp_path: Pa
     finally:
         hub.stop()
     assert "Traceback" not in hub.log()
+
+
+async def test_list_approvals_takes_states_in_any_case(tmp_path: Path) -> None:
+    """Clients written from the enum's names sent "PENDING", which was INVALID_ARGUMENT."""
+    hub = start_hub(tmp_path, config={"principals": PRINCIPALS}, http=False)
+    try:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            approvals = apb_grpc.ApprovalsStub(channel)
+            listed = await approvals.ListApprovals(
+                apb.ListApprovalsRequest(states=["PENDING", "Used"]), metadata=_auth("alice")
+            )
+            assert list(listed.approvals) == []
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await approvals.ListApprovals(
+                    apb.ListApprovalsRequest(states=["gone"]), metadata=_auth("alice")
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        hub.stop()
