@@ -19,9 +19,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from .hublink import CONNECTING, REGISTERED, LinkState
+from .service import StreamLimit
+from .servicer import HealthService
 
 __all__ = ["LINK_SERVICE", "LINK_STATE_KEY", "LinkHealth"]
 
@@ -34,11 +36,13 @@ _STATUS = {
 }
 
 
-class LinkHealth(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+class LinkHealth(HealthService):
     """gRPC health checking, plus `mcphub.local.HubLink` while `link()` gives a hub link's state."""
 
-    def __init__(self, link: Callable[[], tuple[str, LinkState] | None]) -> None:
-        super().__init__()
+    def __init__(
+        self, link: Callable[[], tuple[str, LinkState] | None], streams: StreamLimit | None = None
+    ) -> None:
+        super().__init__(streams)
         self._link = link
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:

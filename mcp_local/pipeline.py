@@ -282,6 +282,21 @@ def has_wide_integer(raw: bytes) -> bool:
     return False
 
 
+def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with arguments orjson refused, and where.
+
+    orjson says "surrogates not allowed: line 1 column 1 (char 0)" for any invalid UTF-8, wherever
+    it is: neither the cause nor the place. Only looked for once the bytes were refused."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return (
+            f"arguments_json is not valid UTF-8: byte 0x{raw[bad.start]:02x} at offset {bad.start} "
+            f"({bad.reason}); JSON text must be UTF-8 (send binary data as base64 in a string)"
+        )
+    return f"arguments_json is not valid JSON: {exc}"
+
+
 class ValidateArguments:
     """JSON bytes -> arguments object, checked against the tool's input schema.
 
@@ -299,7 +314,7 @@ class ValidateArguments:
         try:
             arguments = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from exc
+            raise InvalidArgument(_not_json(raw, exc)) from exc
         if not isinstance(arguments, dict):
             raise InvalidArgument(f"arguments must be a JSON object, not {_json_type(arguments)}")
         if nested_deeper_than(arguments):

@@ -8,12 +8,13 @@ translating once at its edge, so a call means the same whichever way it comes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import cast
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import TypeVar, cast
 
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
-from .errors import ResourceExhausted
+from .errors import ResourceExhausted, Unavailable
 from .pipeline import Pipeline
 from .principals import Authenticator, Principal, bearer_token
 from .registry import ToolRegistry
@@ -24,6 +25,8 @@ __all__ = ["STREAM_BUFFER", "StreamLimit", "ToolService"]
 
 STREAM_BUFFER = 256
 """Events a streaming call may queue before the tool waits for the caller to read them."""
+
+_T = TypeVar("_T")
 
 _END = object()
 """Put on a streaming call's event queue once its pipeline task is done."""
@@ -94,16 +97,60 @@ def _call(
 
 
 class StreamLimit:
-    """How many watch streams (WatchTools, WatchApprovals) one principal may hold open at once.
+    """How many watch streams (WatchTools, WatchApprovals) one principal may hold open at once,
+    and ending every watch stream (Health.Watch too) first when the server stops.
 
     Each costs the server memory for as long as it is open, and its token is all it takes: a
     principal that opened thousands held tens of megabytes. Counted by principal name, so a
     reload that gives a principal a new token does not give it a new allowance. None: no bound
-    (the sidecar, whose callers are its own sandbox's)."""
+    (the sidecar, whose callers are its own sandbox's).
+
+    A watch never ends by itself: left open, it held a stop for the whole grace period and then
+    ended with gRPC's own `Cancelling all calls`, not a status from the server. `close` ends them
+    with UNAVAILABLE at once, so that their clients reconnect to another replica."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self._open: dict[str, int] = {}
+        self.closing: str | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    def close(self, reason: str) -> None:
+        """End every watch stream waiting in `wait` (and any opened later) with Unavailable(reason)."""
+        self.closing = reason
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        """What a watch stream waits for, unless the streams are closed first: Unavailable then."""
+        if self.closing is not None:
+            raise Unavailable(self.closing)
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(awaitable)
+        try:
+            await asyncio.wait((task, self._closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not task.cancelled() and task.done() and self.closing is None:
+            return task.result()
+        raise Unavailable(self.closing or "the server is shutting down")
+
+    async def until_closed(self, events: AsyncIterator[_T]) -> AsyncGenerator[_T, None]:
+        """`events`, ending with Unavailable once the streams are closed."""
+        try:
+            while True:
+                try:
+                    yield await self.wait(anext(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def enter(self, principal: Principal, what: str) -> None:
         """Count one more stream of `principal`'s; ResourceExhausted past the limit."""
@@ -193,7 +240,7 @@ class ToolService:
         self.streams.enter(holder, "WatchTools")
         try:
             told: int | None = None
-            async for revision in self.registry.watch():
+            async for revision in self.streams.until_closed(self.registry.watch()):
                 # Asked again at every change: a token revoked by a reload ends the watch, and
                 # one whose tools a reload changed is told by the list it may now see.
                 principal = self._authenticate(token)

@@ -24,9 +24,10 @@ from .errors import HubError
 from .grpcservices import add_service
 from .principals import bearer_token, first_authorization
 from .reflection import add_reflection
-from .service import ToolService
+from .service import StreamLimit, ToolService
 
 __all__ = [
+    "HealthService",
     "ToolHubServicer",
     "abort_with",
     "caller_token",
@@ -46,6 +47,21 @@ MAX_CONNECTIONS = 4096
 server takes another quarter at most): each sandbox's sidecar holds one."""
 MAX_STREAMS = 1024
 """Calls one gRPC connection carries at once."""
+CLIENT_PING_INTERVAL_MS = 3_000
+"""How often a client may ping (HTTP/2 keepalive) without being told `too_many_pings`: the
+interval toolhub.proto documents.
+
+gRPC's default (5 minutes) ends a connection whose client pings every 10 s about 40 s into a
+silent call (one waiting on an approval or a long command) with UNAVAILABLE, which clients'
+retry policies retry: a tool that is not idempotent could run twice. Well below the 10 s
+clients commonly use, so that a timer firing early is never counted against them; a ping every
+3 s costs the hub next to nothing (a flood of them is still refused), and lets a test show
+the limit in seconds rather than minutes."""
+PING_STRIKE_INTERVAL_MS = 2_000
+"""Pings closer than this are counted against the client (the third one ends the connection).
+Below CLIENT_PING_INTERVAL_MS: a client's timer measures from the ping it sent, or from the
+acknowledgement it read, so pings of a client at exactly the documented interval arrive a
+little closer together now and then, and those must not add up in a long silent call."""
 
 
 def max_connections() -> int:
@@ -134,6 +150,53 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             await abort_with(context, exc, "WatchTools")
 
 
+class HealthService(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+    """Standard gRPC health checking, with `List`, and `Watch` streams that `streams.close` ends.
+
+    grpcio-health-checking's servicer left `List` (which newer health clients call) to its base,
+    which logged a traceback for each call; and its `Watch` never ends, so an open one held the
+    server's stop for its whole grace period."""
+
+    def __init__(self, streams: StreamLimit | None = None) -> None:
+        super().__init__()
+        self.streams = streams if streams is not None else StreamLimit(None)
+        self._changed: asyncio.Event | None = None
+
+    async def _set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        await super()._set(service, status)
+        if self._changed is not None:
+            self._changed.set()  # every Watch looks again; each writes only what changed for it
+            self._changed = None
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        last = None
+        try:
+            while True:
+                status = self._server_status.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self.streams.wait(self._changed.wait())
+        except HubError as exc:
+            await abort_with(context, exc, "Health.Watch")
+
+
 def create_grpc_server(
     address: str,
     servicer: ToolHubServicer,
@@ -158,6 +221,8 @@ def create_grpc_server(
             # had no call for 5 minutes, is closed (a client reconnects when it next calls); a
             # connection carries at most MAX_STREAMS calls at once (more wait in the client); and
             # a peer that vanished is found by pings within 80 s, even under a call that waits.
+            # Clients may ping as well, every CLIENT_PING_INTERVAL_MS (see PING_STRIKE_INTERVAL_MS),
+            # with calls or without (an idle connection is still closed after 5 minutes without a call).
             ("grpc.max_allowed_incoming_connections", max_connections()),
             ("grpc.server_handshake_timeout_ms", 10_000),
             ("grpc.max_connection_idle_ms", 300_000),
@@ -165,6 +230,8 @@ def create_grpc_server(
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", PING_STRIKE_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
     add_service(pb_grpc.add_ToolHubServicer_to_server, servicer, server)
@@ -172,7 +239,7 @@ def create_grpc_server(
     for add, impl, name in extra_services:
         add_service(add, impl, server)
         names.append(name)
-    health_servicer = health_servicer or health.aio.HealthServicer()
+    health_servicer = health_servicer or HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, [*names, health.SERVICE_NAME])
     try:

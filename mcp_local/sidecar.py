@@ -156,7 +156,9 @@ class Sidecar:
         await self.load_packs()
         servicer = ToolHubServicer(self._service)
         self._grpc, port = await start_grpc_server(
-            _join(grpc_host, grpc_port), servicer, health_servicer=LinkHealth(self._link_state)
+            _join(grpc_host, grpc_port),
+            servicer,
+            health_servicer=LinkHealth(self._link_state, self._service.streams),
         )
         grpc_dial = _join(grpc_host, port)
         mcp_url = None
@@ -213,6 +215,7 @@ class Sidecar:
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
         told why), then stop the link, the servers and the packs."""
+        self._service.streams.close("the sandbox's sidecar is shutting down")  # open watches, at once
         await self.calls.drain(grace, "the sandbox's sidecar is shutting down")
         if self.link is not None:
             await self.link.stop()

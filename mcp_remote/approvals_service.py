@@ -94,7 +94,7 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
     ) -> apb.ListApprovalsResponse:
         try:
             self._approver(context)
-            states = tuple(request.states) or ("pending",)
+            states = tuple(s.lower() for s in request.states) or ("pending",)  # "PENDING" too
             unknown = [s for s in states if s not in _STATES]
             if unknown:
                 raise InvalidArgument(f"unknown state {unknown[0]!r}; expected one of {', '.join(_STATES)}")
@@ -135,7 +135,7 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             for approval in await self._book.listing(("pending",)):
                 yield approval_to_proto(approval)
             while True:
-                change = await queue.get()
+                change = await self._streams.wait(queue.get())
                 # Asked again at every approval, and at every reload (None): an approver removed
                 # (or whose token was revoked) stops seeing calls' arguments at once.
                 self._approver(context)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from mcp_local.errors import ConfigError, HubError
 from mcp_local.localhub import LocalHub
@@ -34,7 +34,7 @@ from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Pri
 from mcp_local.redaction import Redactor
 from mcp_local.registry import ToolRegistry
 from mcp_local.service import StreamLimit, ToolService
-from mcp_local.servicer import ToolHubServicer, create_grpc_server
+from mcp_local.servicer import HealthService, ToolHubServicer, create_grpc_server
 from mcp_local.stalls import StallWatch
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
@@ -277,7 +277,7 @@ class Hub:
         self._pack_sockets: list[str] = []
         """Sockets the packs listen on (`PackEnv.add_listen_address`)."""
         self._grpc: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService(self.streams)
         self._health_names: list[str] = []
         self._health_task: asyncio.Task[None] | None = None
         self._stalls = StallWatch()
@@ -686,6 +686,9 @@ class Hub:
         if self._health_task is not None:
             self._health_task.cancel()
         await self._health.enter_graceful_shutdown()  # NOT_SERVING from now on, for load balancers
+        # Watch streams never end by themselves: ended first, from the hub, their clients go to
+        # another replica, and the stop does not wait out its grace for them.
+        self.streams.close("the hub is shutting down")
         await self.trail.calls.drain(grace, "the hub is shutting down")
         if self._http is not None:
             await self._http.stop()

@@ -73,9 +73,10 @@ class ApprovalsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DecideApproval(self, request, context):
-        """Approve or deny a pending approval. FAILED_PRECONDITION if it is no longer
-        pending, PERMISSION_DENIED for self-approval or an approver outside the
-        rule's approver groups.
+        """Approve or deny a pending approval. NOT_FOUND for an unknown id;
+        INVALID_ARGUMENT for no id, a denial without a reason, or a reason over 4096
+        characters; FAILED_PRECONDITION if it is no longer pending; PERMISSION_DENIED
+        for self-approval or an approver outside the rule's approver groups.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,3 +75,18 @@ async def test_an_integer_beyond_64_bits_is_invalid_argument_not_a_float(open_hu
             await call(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "integer beyond 64 bits" in (caught.value.details() or "")
+
+
+async def test_arguments_that_are_not_utf8_say_so_and_where(open_hub: RunningHub) -> None:
+    """orjson's message for any invalid UTF-8 was "surrogates not allowed: line 1 column 1 (char 0)"."""
+    async with grpc.aio.insecure_channel(open_hub.grpc) as channel:
+        call = channel.unary_unary(
+            "/mcphub.v1.ToolHub/CallTool", pb.CallToolRequest.SerializeToString, pb.CallToolResult.FromString
+        )
+        request = pb.CallToolRequest(name="echo", arguments_json=b'{"text": "caf\xe9"}')
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "not valid UTF-8: byte 0xe9 at offset 13" in details, details
+    assert "surrogates" not in details
