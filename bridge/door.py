@@ -306,15 +306,13 @@ class SessionDoor:
                         return
                     request_key = str(request_id)
                     ids.add(request_key)
+                    send = _forgetting(send, lambda: _forget_id(held, session_id, request_key))
             await self.app(scope, receive, send)
         finally:
             if session_id in held.in_flight:
                 held.in_flight[session_id] -= 1
             if request_key is not None:
-                ids = held.requests[session_id]
-                ids.discard(request_key)
-                if not ids:
-                    del held.requests[session_id]
+                _forget_id(held, session_id, request_key)
 
     @staticmethod
     async def _refuse_reused_id(send: Send, request_id: int | str) -> None:
@@ -466,3 +464,24 @@ def _initialize_problem(params: Any) -> str | None:
             f'"{LATEST_HANDSHAKE_VERSION}"), capabilities and clientInfo; {details}'
         )
     return None
+
+
+def _forget_id(held: _Sessions, session_id: str, request_key: str) -> None:
+    """The request's id is no longer in flight in its session (idempotent)."""
+    ids = held.requests.get(session_id)
+    if ids is not None:
+        ids.discard(request_key)
+        if not ids:
+            del held.requests[session_id]
+
+
+def _forgetting(send: Send, forget: Callable[[], None]) -> Send:
+    """`send`, calling `forget` just before the answer's last bytes go: a client that has its
+    answer may send its next request at once, before the app returns."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            forget()
+        await send(message)
+
+    return sending

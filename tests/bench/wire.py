@@ -19,6 +19,7 @@ One call is the same everywhere: `echo` with `{"text": ECHO_TEXT}`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class HttpCall:
     headers: tuple[tuple[str, str], ...]
     expected_body: bytes = b""
     """Filled in by `validate_http`: the exact body of a correct answer."""
+    fresh_ids: bool = False
+    """Each request its own JSON-RPC id (`"id":1` in `body` replaced): in a session, ids must
+    not repeat (MCP), and concurrent requests with one id would take each other's answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,7 @@ def mcp_session_call(url: str, token: str | None) -> HttpCall:
         "method": "tools/call",
         "params": {"name": "echo", "arguments": {"text": ECHO_TEXT}},
     }
-    return HttpCall(url, json.dumps(body, separators=(",", ":")).encode(), tuple(headers))
+    return HttpCall(url, json.dumps(body, separators=(",", ":")).encode(), tuple(headers), fresh_ids=True)
 
 
 def _message(body: bytes) -> dict[str, Any]:
@@ -194,7 +198,7 @@ def validate_http(call: HttpCall) -> HttpCall:
             f"{call.url}: two identical calls gave different bodies, so responses cannot be checked "
             f"byte for byte: {body[:200]!r} vs {again[:200]!r}"
         )
-    return HttpCall(call.url, call.body, call.headers, expected_body=body)
+    return dataclasses.replace(call, expected_body=body)
 
 
 def _expected_result() -> pb.CallToolResult:
