@@ -43,7 +43,6 @@ from mcp_local.errors import (
     PermissionDenied,
     ToolError,
     ToolNotFound,
-    Unauthenticated,
 )
 from mcp_local.principals import Authenticator, Principal, bearer_token, first_authorization
 from mcp_local.registry import ToolRegistry
@@ -132,8 +131,6 @@ after the last record of it (see `Federation._refused`)."""
 REFUSALS_KEPT = 4096
 """Refusals the hub remembers, to count their repeats; when full, the counts so far are
 recorded and it starts again."""
-REFUSED_HELLO_WAIT_S = 1.0
-"""How long the hub waits for the hello of a connection it refuses (see `Connect`)."""
 SHOWN_NAME = 80
 """Characters of a sandbox name a refusal quotes (a refused name has not been checked)."""
 
@@ -335,6 +332,10 @@ class Federation:
         how many there were. So the first is recorded at once (`attempts: 1`), and its repeats
         are counted: REPEATS_RECORDED_AFTER_S after the last record of it, one record carries
         how many came since (`attempts: N`), as refused decisions of approvals are."""
+        if not event.principal:
+            # Nobody known: what such a caller names is its own choice, and each new name would be
+            # a new record. Counted by where it comes from.
+            event = replace(event, sandbox="")
         key = (event.kind, event.sandbox, event.principal, event.peer, event.detail)
         repeats = self._refusals.get(key)
         loop = asyncio.get_running_loop()
@@ -652,16 +653,11 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
         principal: Principal | None = None
         hello: spb.SidecarHello | None = None
         try:
-            try:
-                principal = self._principal(context)
-            except Unauthenticated:
-                # Ended before its hello has arrived, the call races the sidecar sending it, and
-                # the sidecar is told INTERNAL ("Internal error from Core") instead of why, about
-                # one dial in ten. So the hello is read first (briefly: nobody is known yet); it
-                # also names the sandbox the refusal is about.
-                with contextlib.suppress(HubError):
-                    hello = await _hello(messages, REFUSED_HELLO_WAIT_S)
-                raise
+            # An unknown token is refused before its hello is read: a hello may be 16 MiB, and
+            # parsing one for anybody who dials cost the hub tens of MB each. (The sidecar may then
+            # be told INTERNAL, "Internal error from Core", in place of UNAUTHENTICATED, when the
+            # refusal races its hello: docs/sidecar.md.)
+            principal = self._principal(context)
             hello = await _hello(messages, f.hello_timeout_s)
             # Asked again: a reload may have revoked the token while the hub waited for the hello.
             principal = self._principal(context)
