@@ -128,8 +128,11 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
             await abort_with(context, exc)
         try:
             queue = await self._book.watch()
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled too (the caller left while a shared store was slow): its place is freed.
             self._streams.leave(approver)
+            if not isinstance(exc, Exception):
+                raise
             await abort_with(context, exc)
         try:
             for approval in await self._book.listing(("pending",)):

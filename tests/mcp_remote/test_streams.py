@@ -96,3 +96,37 @@ def test_streams_per_principal_may_not_be_below_sessions(tmp_path: Path) -> None
         out.returncode == 2
         and "max_streams_per_principal (10) is below max_sessions_per_principal (100)" in (out.stderr)
     ), out.stderr
+
+
+async def test_a_watch_given_up_while_a_shared_store_hangs_frees_its_place(tmp_path: Path) -> None:
+    """Found in review: a WatchApprovals whose caller left while the hub waited for the shared
+    store's listening connection kept its place for good; enough of them and the approver could
+    not watch until the hub restarted."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_streams")}
+        config = {**CONFIG, "audit": {"store": "postgres", "dsn_env": "AUDIT_DSN"}}
+        hub = start_hub(tmp_path, config=config, env=env, http=False)
+        try:
+            async with grpc.aio.insecure_channel(hub.grpc) as channel:
+                approvals = apb_grpc.ApprovalsStub(channel)
+                with pg.hung():
+                    for _ in range(3):  # more than the two places alice has
+                        watch = approvals.WatchApprovals(
+                            apb.WatchApprovalsRequest(), metadata=_auth("alice"), timeout=1.0
+                        )
+                        with pytest.raises(grpc.aio.AioRpcError) as left:
+                            await watch.read()
+                        assert left.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # The store answers again: alice may watch (a pending call gives her something).
+                asking = pb_grpc.ToolHubStub(channel).CallTool(
+                    pb.CallToolRequest(name="echo", arguments_json=b'{"text": "x"}'), metadata=_auth("agent")
+                )
+                watch = await _opened(
+                    approvals.WatchApprovals(apb.WatchApprovalsRequest(), metadata=_auth("alice"))
+                )
+                watch.cancel()
+                asking.cancel()
+        finally:
+            hub.stop()
