@@ -17,7 +17,7 @@ from .tools import Tool
 from .validation import ArgumentValidator, check_output_schema
 from .wire import tool_to_proto
 
-__all__ = ["HeaderSchemaLookup", "RegisteredTool", "ToolRegistry"]
+__all__ = ["HeaderSchemaLookup", "RegisteredTool", "ToolRegistry", "definition_fingerprint"]
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -36,6 +36,11 @@ class RegisteredTool:
     proto: pb.Tool = field(repr=False)
     fingerprint: int = field(default=0, repr=False)
     """Of the wire form: equal for the same definition within this process (`visible_fingerprint`)."""
+
+
+def definition_fingerprint(tool: Tool) -> int:
+    """Equal for tools of the same definition (the same wire form), within this process."""
+    return hash(tool_to_proto(tool).SerializeToString(deterministic=True))
 
 
 def _registered(tool: Tool, source: str) -> RegisteredTool:

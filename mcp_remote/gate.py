@@ -34,7 +34,7 @@ from mcp_local.content import REFUSED_META, ToolResult
 from mcp_local.errors import HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
 from mcp_local.principals import Principal
-from mcp_local.tools import ToolCall
+from mcp_local.tools import Tool, ToolCall
 
 from .approvals import Approval, ApprovalBook, TooManyPending
 from .audit import AuditLog
@@ -239,9 +239,9 @@ class Gate:
         self.generation = 0
         """Counts reloads (`reload`): a call that waited for a person across one is decided again."""
         self._principal_named: Callable[[str], Principal | None] = lambda name: None
-        self.tool_now: Callable[[str], object | None] | None = None
-        """The tool registered under a name now (set by the hub): a call that waited for approval
-        runs only the tool it was asked for, not one gone or registered again meanwhile."""
+        self.tool_now: Callable[[Tool], bool] | None = None
+        """Is a tool still registered as it was (set by the hub): a call that waited for approval
+        runs only the tool it was asked for, not one gone or changed meanwhile."""
         self._revoked: dict[str, int] = {}
         """Approvers a reload revoked (removed, given a new token, or no longer approvers), and
         when (ms since the epoch): an approval one of them decided before then is not used."""
@@ -470,12 +470,12 @@ class Gate:
             if isinstance(now, ToolResult):
                 return now
             groups = now.approvers
-        if self.tool_now is not None and self.tool_now(tool) is not call.tool:
-            # Its sandbox disconnected (or registered again) while the call waited: the tool would
+        if self.tool_now is not None and call.tool is not None and not self.tool_now(call.tool):
+            # Its sandbox disconnected (or changed the tool) while the call waited: the tool would
             # not run, and the approval must not be spent on nothing.
             why = (
-                "the tool went away or was registered again while the call waited for approval (its "
-                "sandbox disconnected?); the approval is kept: call again with it once the tool is back"
+                "the tool went away or changed while the call waited for approval (its sandbox "
+                "disconnected?); the approval is kept: call again with it once the tool is back"
             )
             self._log.record(
                 "approval",

@@ -32,10 +32,11 @@ from mcp_local.pipeline import (
 )
 from mcp_local.principals import LOCAL, OPERATOR, Authenticator, OpenAccess, Principal, bearer_token
 from mcp_local.redaction import Redactor
-from mcp_local.registry import ToolRegistry
+from mcp_local.registry import ToolRegistry, definition_fingerprint
 from mcp_local.service import StreamLimit, ToolService
 from mcp_local.servicer import HealthService, ToolHubServicer, create_grpc_server
 from mcp_local.stalls import StallWatch
+from mcp_local.tools import Tool
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
@@ -533,9 +534,13 @@ class Hub:
                     await self._health.set(name, status)
             await asyncio.sleep(HEALTH_POLL_S)
 
-    def _tool_now(self, name: str) -> object | None:
-        registered = self.registry.get(name)
-        return registered.tool if registered is not None else None
+    def _tool_now(self, tool: Tool) -> bool:
+        """Is `tool` still what its name is registered as (the same object, or a sandbox's tools
+        announced again with this one's definition unchanged)?"""
+        registered = self.registry.get(tool.name)
+        if registered is None:
+            return False
+        return registered.tool is tool or registered.fingerprint == definition_fingerprint(tool)
 
     def _identify(self, authorization: str | None) -> Principal | None:
         """The principal a refused call's authorization names, or None: only for its record."""

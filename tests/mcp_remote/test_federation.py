@@ -498,7 +498,7 @@ async def test_an_approval_is_not_spent_on_a_call_whose_sandbox_went_away(tmp_pa
         await wait_for(lambda: _gone(hub, "sbx-42__files_read"), what="the sandbox's tools to go")
         await decide(hub.grpc, TOKENS["approver"], approval_id, True)
         refused = text_of(await call.result())
-        assert "went away or was registered again while the call waited" in refused, refused
+        assert "went away or changed while the call waited" in refused, refused
         assert "the approval is kept" in refused
         sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
         await wait_for(lambda: _has(hub, "sbx-42__files_read"), what="the sandbox to come back")
@@ -509,6 +509,32 @@ async def test_an_approval_is_not_spent_on_a_call_whose_sandbox_went_away(tmp_pa
     finally:
         await client.close()
         sidecar.stop()
+        hub.stop()
+
+
+async def test_accepting_one_tool_does_not_refuse_calls_waiting_on_the_others(tmp_path: Path) -> None:
+    """Found in review: accepting a changed tool announces the sandbox's tools again, new objects
+    for every one, and a call waiting for approval on an unchanged tool was refused as if its
+    tool had gone."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(trust_sandboxes=False), http=False)
+    root = tmp_path / "sbx"
+    first = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+    await wait_for(lambda: _has(hub, "sbx-42__motd"), what="the first registration")
+    first.stop()
+    await wait_for(lambda: _gone(hub, "sbx-42__motd"), what="the first sidecar to go")
+    second = start_sidecar(root, sandbox_manifest(root, "Changed."), hub=hub.grpc, token=TOKENS["sbx-42"])
+    client = HubClient(hub.grpc)
+    try:
+        await wait_for(lambda: _has(hub, "sbx-42__files_read"), what="the second registration")
+        call = start_call(client, TOKENS["agent-42"], "sbx-42__files_read", {"path": "hello.txt"})
+        approval_id = await call.approval_id()
+        accepted = _cli(hub, "sandboxes", "accept", "sbx-42", "motd", token=TOKENS["ops"])
+        assert accepted.returncode == 0, accepted.stderr
+        await decide(hub.grpc, TOKENS["approver"], approval_id, True)
+        assert text_of(await call.result()).startswith("hello from sbx")
+    finally:
+        await client.close()
+        second.stop()
         hub.stop()
 
 
