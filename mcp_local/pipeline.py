@@ -500,8 +500,10 @@ def _described(value: object) -> str:
 def _wrong_result(call: ToolCall, problem: str) -> ToolResult:
     """The error result of a tool whose handler returned what no caller can receive (`problem`),
     and the log line its pack's author needs."""
+    from .shown import shown  # on this path only: the names in `problem` may be a sandbox's
+
     name = call.tool.name if call.tool is not None else call.name
-    logger.error("tool %s (%s) %s: fix its handler", name, call.source or "?", problem)
+    logger.error("tool %s (%s) %s: fix its handler", shown(name), shown(call.source or "?"), shown(problem))
     return ToolResult.error(f"{name} failed: it {problem} (a bug in the tool)")
 
 

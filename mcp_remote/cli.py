@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
-from .shown import shown, shown_lines  # standard library only
 
 __all__ = ["main"]
 

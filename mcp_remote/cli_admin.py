@@ -309,7 +309,7 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
 
 def _shown(text: str) -> str:
     """A caller's text for the approver's terminal: what would hide or reorder, as an escape."""
-    from .shown import shown
+    from mcp_local.shown import shown
 
     return shown(text)
 

@@ -46,6 +46,7 @@ from mcp_local.errors import (
 )
 from mcp_local.principals import Authenticator, Principal, bearer_token, first_authorization
 from mcp_local.registry import ToolRegistry
+from mcp_local.shown import shown
 from mcp_local.tools import TOOL_NAME, Tool, ToolCall
 from mcp_local.validation import ArgumentValidator, check_output_schema
 from mcp_local.wire import annotations_from_proto, result_from_proto
@@ -57,7 +58,6 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 from .config import SANDBOX_NAME as SANDBOX_NAME_PATTERN
 from .config import SANDBOX_NAME_RULE
 from .pins import ToolPins, definition_hash
-from .shown import shown
 
 __all__ = [
     "ROLE_SANDBOX",

@@ -32,11 +32,11 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
-    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -73,11 +73,11 @@ def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:
     import grpc
 
+    from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
-    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -105,11 +105,11 @@ def _cmd_forget(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 async def _forget(target: str, token: str | None, sandbox: str) -> int:
     import grpc
 
+    from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
     from .cli import EXIT_OK, _rpc_failure
-    from .shown import shown
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]

@@ -286,3 +286,60 @@ def test_the_least_recently_announced_tools_lose_their_pins_first(tmp_path: Path
     assert again.of("sbx-1") == {"a": "1", "d": "4", "e": "5"}
     assert again.forget("sbx-1") == 3 and again.forget("sbx-1") == 0
     assert ToolPins(tmp_path).sandboxes() == ["sbx-2"]
+
+
+async def test_names_in_a_sandbox_tools_output_schema_cannot_forge_a_hub_log_line(tmp_path: Path) -> None:
+    """Found in review: a result its output schema refuses is logged with the schema's path, and
+    a property name of the sandbox's choosing wrote a line of its own (and an escape) into the
+    hub's log."""
+    forged = "2026-12-05 16:00:00,000 INFO mcp_remote.hub: forged line"
+    key = f"n\n{forged}\x1b[8m"
+    tool = pb.Tool(
+        name="stat",
+        input_schema_json=OBJECT,
+        output_schema_json=orjson.dumps({"type": "object", "properties": {key: {"type": "integer"}}}),
+    )
+    hub = start_hub(tmp_path, config=hub_config(), http=False)
+    outbound: asyncio.Queue[spb.SidecarMessage | None] = asyncio.Queue()
+    await outbound.put(spb.SidecarMessage(hello=spb.SidecarHello(tools=[tool])))
+
+    async def messages() -> AsyncIterator[spb.SidecarMessage]:
+        while (message := await outbound.get()) is not None:
+            yield message
+
+    channel = grpc.aio.insecure_channel(hub.grpc)
+    stream = spb_grpc.SandboxRegistryStub(channel).Connect(  # type: ignore[no-untyped-call]
+        messages(), metadata=(("authorization", f"Bearer {TOKENS['sbx-42']}"),)
+    )
+
+    async def serve() -> None:
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            if message.WhichOneof("message") == "call":
+                result = pb.CallToolResult(
+                    content=[pb.ContentBlock(text=pb.TextContent(text="{}"))],
+                    structured_content_json=orjson.dumps({key: "not a number"}),
+                )
+                event = spb.SidecarCallEvent(
+                    call_id=message.call.call_id, event=pb.CallToolEvent(result=result)
+                )
+                await outbound.put(spb.SidecarMessage(event=event))
+
+    try:
+        assert (await stream.read()).WhichOneof("message") == "welcome"
+        server = asyncio.create_task(serve())
+        async with grpc.aio.insecure_channel(hub.grpc) as client:
+            from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
+
+            out = await pb_grpc.ToolHubStub(client).CallTool(
+                pb.CallToolRequest(name="sbx-42__stat", arguments_json=b"{}"),
+                metadata=(("authorization", f"Bearer {TOKENS['agent-42']}"),),
+            )
+        assert out.is_error
+        server.cancel()
+    finally:
+        await outbound.put(None)
+        await channel.close()
+        hub.stop()
+    log = hub.log()
+    assert "fix its handler" in log
+    assert not [line for line in log.splitlines() if line.startswith(forged)] and "\x1b" not in log
