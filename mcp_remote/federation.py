@@ -131,6 +131,8 @@ after the last record of it (see `Federation._refused`)."""
 REFUSALS_KEPT = 4096
 """Refusals the hub remembers, to count their repeats; when full, the counts so far are
 recorded and it starts again."""
+PINS_FLUSH_AT_STOP_S = 5.0
+"""How long a stop waits for the pins file to take the last changes."""
 SHOWN_NAME = 80
 """Characters of a sandbox name a refusal quotes (a refused name has not been checked)."""
 
@@ -283,6 +285,7 @@ class Federation:
         self.hello_timeout_s = hello_timeout_s
         self.connections: dict[str, SandboxConnection] = {}
         self._refusals: dict[tuple[str, str, str, str, str], _Repeats] = {}
+        self._stopping = False
 
     def service(self) -> tuple[Any, Any, str]:
         """`(add_to_server, servicer, service name)` for `start_grpc_server(extra_services=...)`."""
@@ -294,8 +297,13 @@ class Federation:
         record it, with the counts of refusals not yet recorded."""
         for conn in list(self.connections.values()):
             self.disconnect(conn, "the hub is stopping")
+        self._stopping = True
         self._record_all_repeats()
-        await self.pins.flush()
+        try:
+            async with asyncio.timeout(PINS_FLUSH_AT_STOP_S):
+                await self.pins.flush()
+        except (TimeoutError, OSError) as exc:  # a hung or full disk must not hold the stop
+            logger.error("the sandbox tool pins may not all be in their file at stop: %s", exc or "timed out")
         await asyncio.sleep(0)
 
     # --- events ----------------------------------------------------------------------------
@@ -332,6 +340,9 @@ class Federation:
         how many there were. So the first is recorded at once (`attempts: 1`), and its repeats
         are counted: REPEATS_RECORDED_AFTER_S after the last record of it, one record carries
         how many came since (`attempts: N`), as refused decisions of approvals are."""
+        if self._stopping:  # no timer would fire: recorded as it comes
+            self._event(replace(event, attempts=1))
+            return
         if not event.principal:
             # Nobody known: what such a caller names is its own choice, and each new name would be
             # a new record. Counted by where it comes from.
@@ -770,7 +781,20 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             who = principal.name if principal else ""
             self._f.refuse_attempt("accept_refused", request.sandbox, who, exc.message, _peer(context))
             await context.abort(exc.status, exc.message)
+        await self._written(context, "accepted")
         return spb.AcceptToolsResponse(accepted=accepted)
+
+    async def _written(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
+        """The pins file holds the change before the operator is told it is done: else a restart
+        would block an accepted tool again, or bring forgotten pins back."""
+        try:
+            await self._f.flush()
+        except OSError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{what} for this hub's run, but the pins file cannot be written ({exc.strerror or exc}): "
+                "a restart would undo it; the hub's log says more, and the next change writes the file again",
+            )
 
     async def ForgetSandbox(
         self, request: spb.ForgetSandboxRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -787,4 +811,5 @@ class SandboxRegistryServicer(spb_grpc.SandboxRegistryServicer):
             who = principal.name if principal else ""
             self._f.refuse_attempt("forget_refused", request.sandbox, who, exc.message, _peer(context))
             await context.abort(exc.status, exc.message)
+        await self._written(context, "forgotten")
         return spb.ForgetSandboxResponse(pins=forgotten)

@@ -84,6 +84,8 @@ class ToolPins:
         self._pins: dict[str, dict[str, str]] = self._load()
         self._dirty = False
         self._writer: asyncio.Task[None] | None = None
+        self._failed: OSError | None = None
+        """Why the last write failed, until one succeeds."""
 
     def _load(self) -> dict[str, dict[str, str]]:
         try:
@@ -149,9 +151,16 @@ class ToolPins:
         return len(pins)
 
     async def flush(self) -> None:
-        """Wait until the file holds every change made so far."""
+        """Wait until the file holds every change made so far; OSError when the last write failed
+        (the pins hold in memory, and the next change writes them all again)."""
         while self._writer is not None:
             await asyncio.shield(self._writer)
+        if self._failed is not None:
+            self._changed()  # once more: the disk may have room again
+            while self._writer is not None:
+                await asyncio.shield(self._writer)
+            if self._failed is not None:
+                raise self._failed
 
     def _changed(self) -> None:
         try:
@@ -169,9 +178,11 @@ class ToolPins:
                 self._dirty = False
                 try:
                     await asyncio.to_thread(self._write, self._snapshot())
+                    self._failed = None
                 except OSError as exc:
                     # The pins stay in force in memory; the next change writes them all again.
                     logger.error("cannot write the sandbox tool pins to %s: %s", self.path, exc)
+                    self._failed = exc
         finally:
             self._writer = None
 
