@@ -54,6 +54,7 @@ from mcp_local.redaction import Redactor
 from .checkpoints import Checkpoint, CheckpointSigner, read_checkpoint_file
 from .records import ChainHead, PendingRecord, canonical
 from .store import AuditStore, AuditStoreRefused
+from .threads import in_audit_thread
 
 __all__ = ["AuditLog"]
 
@@ -739,7 +740,7 @@ class AuditLog:
         missed = self._file_missed
         lines = b"".join(orjson.dumps(c.as_dict()) + b"\n" for c in (*missed, checkpoint))
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _append_durably, path, lines)
+            await in_audit_thread(_append_durably, path, lines)
         except OSError as exc:
             if not missed:
                 logger.error(

@@ -40,6 +40,7 @@ from ..approvals import Approval, ApprovalState, approval_from_json, arguments_e
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain, verify_record
 from .store import AuditStoreRefused, RecordQuery
+from .threads import in_audit_thread
 
 __all__ = ["AuditStoreRefused", "JournalError", "SQLiteStore", "StoreInUse"]
 
@@ -216,7 +217,7 @@ class SQLiteStore:
         the log (then no hub starts on it). Rare (one per checkpoint), so off the loop."""
         self.fold()
         if not self.sync:
-            await asyncio.get_running_loop().run_in_executor(None, self._fsync_files)
+            await in_audit_thread(self._fsync_files)
 
     def _fsync_files(self) -> None:
         # The descriptors stay open until the store closes: closing any descriptor of a file
@@ -493,7 +494,7 @@ class SQLiteStore:
 
     async def append(self, pending: Sequence[PendingRecord]) -> ChainHead:
         if self.sync:  # the write waits for the disk: not on the event loop (see `AuditLog`)
-            return await asyncio.to_thread(self.append_now, pending)
+            return await in_audit_thread(self.append_now, pending)
         return self.append_now(pending)
 
     def append_now(self, pending: Sequence[PendingRecord]) -> ChainHead:
@@ -545,11 +546,11 @@ class SQLiteStore:
         if self._wal_checkpoint is not None and not self._wal_checkpoint.done():
             return  # the one running will take these pages too
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # no loop (a tool's synchronous use): SQLite's own checkpoint at close
             return
         self._since_wal_checkpoint = self._wal_bytes = 0
-        self._wal_checkpoint = loop.run_in_executor(None, self._checkpoint_wal)
+        self._wal_checkpoint = in_audit_thread(self._checkpoint_wal)
 
     def _checkpoint_wal(self) -> None:
         """In a thread: copy the log's pages into the database (PASSIVE: the writer is never blocked)."""

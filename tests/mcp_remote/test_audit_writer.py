@@ -9,6 +9,7 @@ ignored, an edited line caught by `verify` and refused by the next hub."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -501,3 +502,33 @@ async def test_a_full_disk_is_named_when_folding_fails(tmp_path: Path) -> None:
         assert store.unfolded == 20, "the batch that did not fit is still to be folded"
         with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
             await store.close()  # it folds first, and says so too
+
+
+async def test_packs_filling_the_default_thread_pool_do_not_make_the_log_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the log's own blocking work (a journal written with `sync: true`, the
+    fsyncs of a checkpoint) waited for a thread of asyncio's default pool, which packs fill with
+    their `to_thread` work; six slow tool calls made a write wait past HUNG_WRITE_S and the hub
+    refused every call with the disk idle. The log has threads of its own."""
+    import time
+
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1)
+    store = SQLiteStore(tmp_path / "audit.db", sync=True)
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    loop = asyncio.get_running_loop()
+    workers = getattr(loop, "_default_executor", None)
+    size = workers._max_workers if workers is not None else min(32, (os.cpu_count() or 1) + 4)
+    busy = [loop.run_in_executor(None, time.sleep, 3) for _ in range(size + 2)]
+    try:
+        for i in range(3):
+            batch = log.commit("finished", f"c{i}", "agent", "echo", {"status": "ok"})
+            if batch is not None:
+                await asyncio.shield(batch)  # Unavailable when the log took the wait for a hang
+            await asyncio.sleep(0.5)
+        assert log.healthy
+    finally:
+        await asyncio.gather(*busy)
+        await log.stop()
