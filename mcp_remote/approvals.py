@@ -116,7 +116,28 @@ def approval_from_json(data: bytes) -> Approval:
     raw = orjson.loads(data)
     raw["approvers"] = tuple(raw["approvers"])
     known = Approval.__dataclass_fields__
-    return Approval(**{k: v for k, v in raw.items() if k in known})
+    approval = Approval(**{k: v for k, v in raw.items() if k in known})
+    for name, kind in _FIELD_KINDS.items():
+        value = getattr(approval, name)
+        # A number where a time goes, a string where a name goes: else it breaks what reads it
+        # later (the expiry sweep comparing times), far from where it came in.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"its {name} is {type(value).__name__}, not {kind.__name__}")
+    if not all(isinstance(group, str) for group in approval.approvers):
+        raise TypeError("its approvers are not all strings")
+    return approval
+
+
+_FIELD_KINDS: dict[str, type] = {
+    **dict.fromkeys(
+        ("id", "call_id", "principal", "tool", "args_sha256", "arguments_json", "reason", "rule", "state",
+         "instance", "decided_by", "decision_reason", "args_key"),
+        str,
+    ),
+    **dict.fromkeys(("created_ms", "expires_ms", "decided_ms", "used_ms", "arguments_left_out"), int),
+    "waiting": bool,
+}  # fmt: skip
+"""The type each stored field must have (`approval_from_json`)."""
 
 
 def _canonical(arguments: Mapping[str, Any]) -> bytes:

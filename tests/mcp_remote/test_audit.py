@@ -838,6 +838,17 @@ async def test_an_unreadable_approval_is_set_aside_and_a_start_that_fails_leaves
         conn.execute(
             "INSERT INTO approvals (id, state, data) VALUES ('apr_unreadable', 'pending', '{not json')"
         )
+        # JSON, but a time that is no number: it killed the expiry sweep, and the hub's stop (exit 1).
+        wrong_type = {
+            "id": "apr_wrongtype", "call_id": "c1", "principal": "agent", "tool": "echo",
+            "args_sha256": "0" * 64, "arguments_json": "{}", "reason": "r", "rule": "r", "approvers": [],
+            "state": "approved",
+            "created_ms": 1, "expires_ms": "tomorrow", "instance": f"{os.uname().nodename}:{state}",
+        }  # fmt: skip
+        conn.execute(
+            "INSERT INTO approvals (id, state, data) VALUES ('apr_wrongtype', 'approved', ?)",
+            (json.dumps(wrong_type),),
+        )
     before = len(await all_records(state))
     failing = {"name": FAULTY_PACK, "options": {"events": str(tmp_path / "events"), "fail": "start"}}
     refused = serve_refused(state.parent, config(packs=["diagnostics", failing]))
@@ -850,10 +861,10 @@ async def test_an_unreadable_approval_is_set_aside_and_a_start_that_fails_leaves
     assert f"{db}: approval 'apr_unreadable' cannot be read (" in warned
     assert "set aside as state 'unreadable', so that no hub uses or lists it" in warned
     assert "apr_unreadable" not in hub.log()
+    assert "approval 'apr_wrongtype' cannot be read (its expires_ms is str, not int)" in warned
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT state FROM approvals WHERE id = 'apr_unreadable'").fetchone() == (
-            "unreadable",
-        )
+        states = dict(conn.execute("SELECT id, state FROM approvals WHERE id LIKE 'apr_%'").fetchall())
+    assert states == {"apr_unreadable": "unreadable", "apr_wrongtype": "unreadable"}, states
     added = [r.body_json()["event"] for r in (await all_records(state))[before:] if r.kind == "hub"]
     assert added == ["started", "stopped"], added
     assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
