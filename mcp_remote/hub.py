@@ -127,23 +127,15 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
 
 def _unclean_previous_stop(state_dir: Path) -> int | None:
     """The pid of the hub that ran from `state_dir` before, when it left its `hub.json` behind
-    (removed by a stop whose records are all in the log) and is no longer running; else None.
-    Asked once this hub holds the state directory (`lock_state_dir`), so no other hub runs from
-    here, and before it writes its own file: one naming this process's pid is a previous one's
-    (a container's hub has the same pid at each start)."""
+    (removed by a stop whose records are all in the log); else None. Asked once this hub holds
+    the state directory (`lock_state_dir`), so no other hub runs from here, and before it writes
+    its own file: whatever process has that pid now (the pid reused, this one in a container
+    whose hub has the same pid at each start), the hub that wrote the file is gone."""
     found = read_hub_file(state_dir)
     pid = found.get("pid") if found is not None else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
-    if pid == os.getpid():
-        return pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return pid
-    except PermissionError:
-        return None  # a process of another user holds that pid now: it may be anything
-    return None  # a process of that pid runs: the pid reused, or a hub of a version that took no lock
+    return pid
 
 
 def _state_dir_problem(state_dir: Path, exc: OSError) -> str:

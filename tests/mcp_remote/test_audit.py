@@ -486,16 +486,24 @@ async def test_a_start_after_a_kill_records_that_the_hub_before_it_did_not_stop(
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(timeout=30)
     first.stop()
-    second = start_hub(tmp_path, config=config(), http=False)
+    # Its pid taken by another process by then (after a reboot, say): the hub is still gone.
+    sleeper = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220 - a process to hold a pid, no more
+    hub_file = first.state_dir / "hub.json"
+    hub_file.write_text(hub_file.read_text().replace(f'"pid": {first.process.pid}', f'"pid": {sleeper.pid}'))
+    try:
+        second = start_hub(tmp_path, config=config(), http=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert second.stop() == 0
     warned = second.log_path.read_text()
-    assert f"the hub before this one (pid {first.process.pid}) did not stop cleanly" in warned
+    assert f"the hub before this one (pid {sleeper.pid}) did not stop cleanly" in warned
     third = start_hub(tmp_path, config=config(), http=False)
     assert third.stop() == 0
     assert "did not stop cleanly" not in third.log_path.read_text()
     started = [r.body_json() for r in await all_records(third.state_dir) if r.kind == "hub"]
     unclean = [b.get("unclean_stop_of_pid") for b in started if b["event"] == "started"]
-    assert unclean == [None, first.process.pid, None], started
+    assert unclean == [None, sleeper.pid, None], started
 
 
 def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
