@@ -3,8 +3,8 @@
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
 an approver, an approval's timeout, a deadline, a shutdown) or could not be reached. For
-`serve`: 2 when the config or the command line must change (a PostgreSQL audit store that
-cannot be reached included), 3 when the state directory or the audit log cannot be used as
+`serve`: 2 when the config, the command line or the process's limits must change (a
+PostgreSQL audit store that cannot be reached included), 3 when the state directory or the audit log cannot be used as
 they are (`StateError`, `AuditStoreRefused`), or when it stopped with audit records it could
 not write (its log says how many): a supervisor restarts on neither, and knows which to mend.
 """
@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
             "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
             "              deadline, shutdown) or could not be reached\n"
             "  for serve: 2 the config or the command line must change (a config key, a token,\n"
-            "              a pack, a busy port, a PostgreSQL audit store that cannot be reached);\n"
+            "              a pack, a busy port, a PostgreSQL audit store that cannot be reached,\n"
+            "              or a limit too low for a hub: open files, address space);\n"
             "            3 the state directory or the audit log cannot be used as they are\n"
             "              (a damaged, missing or open secret or log, a full or read-only disk,\n"
             "              another hub on it), or a stop with audit records that could not be written"
@@ -634,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL, MCPHUB_PACKS,\n"
             "MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists), MCPHUB_BRIDGE_EXPRESS.\n"
             "Binding a non-loopback address needs at least one principal.\n\n"
-            "A start that is refused exits 2 when the config or the command line must change, 3 when\n"
+            "A start that is refused exits 2 when the config, the command line or a process limit\n"
+            "(ulimit) must change, 3 when\n"
             "the state directory or the audit log cannot be used as they are (a damaged, missing or\n"
             "open secret or log, a last signed checkpoint that does not hold, a full or read-only\n"
             "disk, another hub on it); `mcphub audit verify` checks what a start does not."
