@@ -4,9 +4,10 @@ Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
 an approver, an approval's timeout, a deadline, a shutdown) or could not be reached. For
 `serve`: 2 when the config, the command line or the process's limits must change (a
-PostgreSQL audit store that cannot be reached included), 3 when the state directory or the audit log cannot be used as
-they are (`StateError`, `AuditStoreRefused`), or when it stopped with audit records it could
-not write (its log says how many): a supervisor restarts on neither, and knows which to mend.
+PostgreSQL audit store that cannot be reached included), 3 when the state directory or the
+audit log cannot be used as they are (`StateError`, `AuditStoreRefused`), or when it stopped
+with audit records it could not write (its log says how many): a supervisor restarts on
+neither, and knows which to mend.
 """
 
 from __future__ import annotations
