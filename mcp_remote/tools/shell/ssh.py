@@ -128,6 +128,9 @@ class SshProcess:
         self._ended = False
         self._released = False
         self._killer: asyncio.Task[None] | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._unanswered = False
         self._leftovers: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(64)
         # For the leftovers' check: which reader waits on the channel (not on the queue), and
@@ -231,20 +234,20 @@ class SshProcess:
             yield item
 
     async def wait(self) -> ExitStatus:
+        """Until the channel closes: a kill, before or while this waits, bounds that by
+        _KILL_GRACE_S (see _unanswered_kill, which drops the connection and so closes it)."""
         try:
-            if self._killed:
-                try:
-                    async with asyncio.timeout(_KILL_GRACE_S):
-                        await self._process.wait_closed()
-                except TimeoutError:
-                    return self._stopped_answering()
-            else:
-                await self._process.wait_closed()
+            await self._process.wait_closed()
+            self._closed = True
             code = self._process.returncode
         finally:
             if self._leftovers is not None:
                 self._leftovers.cancel()
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
             await self._release()
+        if self._unanswered:
+            return self._stopped_answering()
         if code is None:
             if self._killed:
                 return ExitStatus(None, None, killed=True)
@@ -258,13 +261,19 @@ class SshProcess:
             return ExitStatus(None, -code, killed=self._killed)
         return ExitStatus(code, None, killed=self._killed)
 
-    def _stopped_answering(self) -> ExitStatus:
-        """The channel did not close after a kill: the connection is dead to us. It is dropped (the
-        pool opens another), and the kill is sent once more, over a new connection."""
+    def _unanswered_kill(self) -> None:
+        """The channel did not close within _KILL_GRACE_S of a kill: the connection is dead to us.
+        It is dropped (the pool opens another; wait() returns as the channel closes with it), and
+        the kill is sent once more, over a new connection."""
+        if self._closed:
+            return
+        self._unanswered = True
         logger.warning("ssh: %s stopped answering; dropping the connection", self._describe)
         self._conn.conn.abort()
         if self._pgid is not None:
             self._killer = asyncio.create_task(self._pool.run_quiet(_kill_line(self._pgid)))
+
+    def _stopped_answering(self) -> ExitStatus:
         return ExitStatus(
             None,
             None,
@@ -277,6 +286,8 @@ class SshProcess:
         if self._killed:
             return
         self._killed = True
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(_KILL_GRACE_S, self._unanswered_kill)
         self._kill_group()
         self._end_streams(drop_queued=True)
 
