@@ -14,7 +14,9 @@ most 128 KiB) goes on stdin ahead of the caller's input instead, and SCRIPT read
 The remote login shell must be POSIX-compatible (sh, bash, dash, zsh).
 
 The channel's exit status ends the command: what it left behind still holding its output gets
-_LEFTOVER_GRACE_S to finish writing, then its process group is killed. A connection that stops
+_LEFTOVER_GRACE_S of silence (the channel giving nothing while the hub waits on it), then its
+process group is killed. Output the hub itself holds back (a caller reading slowly) is no leftover's
+and does not count as silence. A connection that stops
 answering or drops leaves the command's fate unknown, and the result says so.
 """
 
@@ -57,7 +59,8 @@ MAX_COMMAND_ARG = 64 * 1024
 """Longer commands (bytes, once quoted) go on stdin: one argument may not exceed 128 KiB (Linux's
 MAX_ARG_STRLEN), and the whole line is one argument of the remote login shell."""
 _LEFTOVER_GRACE_S = 0.5
-"""After the exit status: how long what the command left behind may hold its output open."""
+"""After the exit status: how long what the command left behind may hold its output open with
+nothing coming."""
 _KILL_GRACE_S = 3.0
 """After a kill: how long the channel may take to close before the connection counts as gone."""
 
@@ -125,22 +128,37 @@ class SshProcess:
         self._ended = False
         self._released = False
         self._killer: asyncio.Task[None] | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._unanswered = False
         self._leftovers: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(64)
+        # For the leftovers' check: which reader waits on the channel (not on the queue), and
+        # how many chunks came (the count when the check was last scheduled).
+        self._on_channel = [False, False]
+        self._arrived = 0
+        self._arrived_seen = 0
         self._readers = [
-            asyncio.create_task(self._read("stdout", process.stdout)),
-            asyncio.create_task(self._read("stderr", process.stderr)),
+            asyncio.create_task(self._read(0, "stdout", process.stdout)),
+            asyncio.create_task(self._read(1, "stderr", process.stderr)),
         ]
         process.on_exit = self._exited
 
-    async def _read(self, stream: str, reader: asyncssh.SSHReader[bytes]) -> None:
+    async def _read(self, index: int, stream: str, reader: asyncssh.SSHReader[bytes]) -> None:
+        on_channel = self._on_channel
         try:
             if stream == "stderr":
                 await self._read_marker(reader)
-            while chunk := await reader.read(65536):
+            while True:
+                on_channel[index] = True
+                chunk = await reader.read(65536)
+                on_channel[index] = False
+                if not chunk:
+                    break
+                self._arrived += 1
                 await self._queue.put(OutputChunk(stream, chunk))
         except (asyncssh.Error, OSError):
-            pass
+            on_channel[index] = False
         if not self._ended:
             await self._queue.put(None)
 
@@ -149,7 +167,13 @@ class SshProcess:
         what precedes it (a remote rc file, the loader complaining about LD_PRELOAD) is output."""
         marker = self._marker
         held = b""
-        while chunk := await reader.read(65536):
+        while True:
+            self._on_channel[1] = True
+            chunk = await reader.read(65536)
+            self._on_channel[1] = False
+            if not chunk:
+                break
+            self._arrived += 1
             held += chunk
             at = held.find(marker)
             if at < 0:
@@ -174,14 +198,25 @@ class SshProcess:
             await self._queue.put(OutputChunk("stderr", held))
 
     def _exited(self) -> None:
-        """The exit status arrived: output still open after a moment belongs to what the command
-        left behind, which must not hold the call (see _finish_leftovers)."""
+        """The exit status arrived: output still open, with nothing coming on it for a moment,
+        belongs to what the command left behind, which must not hold the call (see
+        _finish_leftovers)."""
         if not self._ended and self._leftovers is None:
+            self._arrived_seen = self._arrived
             loop = asyncio.get_running_loop()
             self._leftovers = loop.call_later(_LEFTOVER_GRACE_S, self._finish_leftovers)
 
     def _finish_leftovers(self) -> None:
         if self._ended or all(task.done() for task in self._readers):
+            return
+        readers = zip(self._readers, self._on_channel, strict=True)
+        held = any(not task.done() and not on_channel for task, on_channel in readers)
+        if held or self._arrived != self._arrived_seen:
+            # Output still flows, or waits on the hub's own back-pressure (a slow caller): that is
+            # the command's output, not a leftover's silence. The wait starts again.
+            self._arrived_seen = self._arrived
+            loop = asyncio.get_running_loop()
+            self._leftovers = loop.call_later(_LEFTOVER_GRACE_S, self._finish_leftovers)
             return
         logger.info("ssh: the command exited; killing what it left behind holding its output")
         self._kill_group()
@@ -199,20 +234,20 @@ class SshProcess:
             yield item
 
     async def wait(self) -> ExitStatus:
+        """Until the channel closes: a kill, before or while this waits, bounds that by
+        _KILL_GRACE_S (see _unanswered_kill, which drops the connection and so closes it)."""
         try:
-            if self._killed:
-                try:
-                    async with asyncio.timeout(_KILL_GRACE_S):
-                        await self._process.wait_closed()
-                except TimeoutError:
-                    return self._stopped_answering()
-            else:
-                await self._process.wait_closed()
+            await self._process.wait_closed()
+            self._closed = True
             code = self._process.returncode
         finally:
             if self._leftovers is not None:
                 self._leftovers.cancel()
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
             await self._release()
+        if self._unanswered:
+            return self._stopped_answering()
         if code is None:
             if self._killed:
                 return ExitStatus(None, None, killed=True)
@@ -226,13 +261,19 @@ class SshProcess:
             return ExitStatus(None, -code, killed=self._killed)
         return ExitStatus(code, None, killed=self._killed)
 
-    def _stopped_answering(self) -> ExitStatus:
-        """The channel did not close after a kill: the connection is dead to us. It is dropped (the
-        pool opens another), and the kill is sent once more, over a new connection."""
+    def _unanswered_kill(self) -> None:
+        """The channel did not close within _KILL_GRACE_S of a kill: the connection is dead to us.
+        It is dropped (the pool opens another; wait() returns as the channel closes with it), and
+        the kill is sent once more, over a new connection."""
+        if self._closed:
+            return
+        self._unanswered = True
         logger.warning("ssh: %s stopped answering; dropping the connection", self._describe)
         self._conn.conn.abort()
         if self._pgid is not None:
             self._killer = asyncio.create_task(self._pool.run_quiet(_kill_line(self._pgid)))
+
+    def _stopped_answering(self) -> ExitStatus:
         return ExitStatus(
             None,
             None,
@@ -245,6 +286,8 @@ class SshProcess:
         if self._killed:
             return
         self._killed = True
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(_KILL_GRACE_S, self._unanswered_kill)
         self._kill_group()
         self._end_streams(drop_queued=True)
 

@@ -14,6 +14,10 @@ import orjson
 import pytest
 
 from bridge.hubclient import HubClient
+from mcp_local.redaction import Redactor
+from mcp_remote.tools.shell.options import SshTargetOptions
+from mcp_remote.tools.shell.sandbox import ExecSpec
+from mcp_remote.tools.shell.ssh import SshTarget
 from tests.conftest import TOKENS
 from tests.mcp_remote.tools.conftest import ShellClient, processes_running, shell_hub_config, wait_until
 from tests.support.hub import RunningHub, start_hub
@@ -261,3 +265,36 @@ async def test_a_command_of_many_quotes_runs(remote: ShellClient) -> None:
     # Long enough to go on stdin, and the caller's own input still follows it.
     wide = await remote.exec("cat; echo ' " + "é" * 90000 + "' | wc -c", stdin="input\n")
     assert wide.structured["stdout"].split() == ["input", "180002"], wide.text[:500]
+
+
+async def test_a_slow_reader_gets_all_of_a_finished_commands_output(ssh_setup: SshSetup) -> None:
+    """Found in review: 0.5 s after the exit status, output the hub's own back-pressure still held
+    (a caller reading slowly) was taken for a leftover's: the group was killed and the rest cut,
+    with exit 0. Driven on the target itself: through the hub, gRPC's buffers absorb far more."""
+    workspace = ssh_setup.remote_workspace
+    target = SshTarget(
+        SshTargetOptions.model_validate(_ssh_target(ssh_setup.sshd, workspace)), Redactor(), {}
+    )
+    await target.start()
+    done = workspace / f"done-{secrets.token_hex(4)}"
+    size = 20_000_000
+    command = f"head -c {size} /dev/zero | tr '\\0' a; echo END; touch {done.name}"
+    try:
+        process = await target.spawn("agent-b", ExecSpec(command, timeout_s=60))
+        got = 0
+        tail = b""
+        paused = False
+        async for chunk in process.output():
+            got += len(chunk.data)
+            tail = (tail + chunk.data)[-4:]
+            if not paused:
+                # Slower than the command writes, so its output waits in the hub when it exits;
+                # then, once it has, a pause well past the grace the leftovers get.
+                await asyncio.sleep(0.01)
+                if done.exists():
+                    paused = True
+                    await asyncio.sleep(1.5)
+        status = await process.wait()
+    finally:
+        await target.stop()
+    assert (got, tail, status.exit_code, status.killed) == (size + 4, b"END\n", 0, False)

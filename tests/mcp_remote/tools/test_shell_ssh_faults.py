@@ -3,6 +3,7 @@ SIGSTOP) or drops (sshd killed). Each test has its own sshd and hub: these break
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -187,3 +188,24 @@ async def test_cancelled_commands_give_their_session_back(tmp_path: Path) -> Non
         await client.close()
         hub.stop()
         sshd.stop()
+
+
+async def test_a_kill_is_bounded_though_the_process_was_already_being_waited_for(
+    client: ShellClient, faulty: tuple[RunningSshd, RunningHub]
+) -> None:
+    """Found in review: a background process whose output closed at once was already being
+    waited for when shell_kill came; the wait looked for a kill only on entry, so on a connection
+    that had stopped answering the kill took shell_kill's whole 10 s and left it `running`."""
+    sshd = faulty[0]
+    marker = f"{secrets.randbelow(10_000) + 140_000}.{secrets.randbelow(1000)}"
+    started = await client.call("shell_start", {"command": f"exec >/dev/null 2>&1; sleep {marker}"})
+    pid = started.structured["process_id"]
+    try:
+        await wait_until(lambda: bool(processes_running("sleep", marker)), what="the remote sleep")
+        await asyncio.sleep(1)  # the hub reads the closed output and starts waiting for the exit
+        _signal_sshd(sshd, signal.SIGSTOP)
+        killed = (await client.call("shell_kill", {"process_id": pid}, timeout=60)).structured
+        assert killed["state"] == "lost" and "stopped answering" in killed["lost"], killed
+    finally:
+        _signal_sshd(sshd, signal.SIGCONT)
+        _cleanup(marker)
