@@ -52,12 +52,23 @@ _SCRIPT = (
     'if [ "$t" != 0 ] && command -v timeout >/dev/null 2>&1; then '
     'exec timeout -s KILL "$t" /bin/sh -c "$1"; fi; exec /bin/sh -c "$1"'
 )
-_READ_COMMAND = 'eval "$(dd bs=1 count={size} 2>/dev/null)"'
+_READ_COMMAND = (
+    "command -v dd >/dev/null 2>&1 || {{ echo 'mcphub: the SSH sandbox has no dd, which a command over "
+    "64 KiB needs (it is passed on stdin)' >&2; exit 125; }}; "
+    "c=$(dd bs=1 count={size} 2>/dev/null; echo .); c=${{c%.}}; "
+    'case $c in *"{end}") ;; '
+    '*) echo "mcphub: the command did not arrive whole on stdin" >&2; exit 125;; esac; '
+    'c=${{c%"{end}"}}; eval "unset c; $c"'
+)
 """The command from stdin, in place of a command too long to pass as an argument: dd reads it a
-byte at a time, so not one byte of the input after it is taken."""
+byte at a time, so not one byte of the input after it is taken. It ends with a marker of this
+call, checked and cut before it runs (a missing `dd` or a short read is exit 125 saying so, not
+an empty command that "succeeds"); `echo .` keeps the command's trailing newlines."""
 MAX_COMMAND_ARG = 64 * 1024
-"""Longer commands (bytes, once quoted) go on stdin: one argument may not exceed 128 KiB (Linux's
-MAX_ARG_STRLEN), and the whole line is one argument of the remote login shell."""
+"""A line longer than this (bytes) has its command go on stdin: one argument may not exceed
+128 KiB (Linux's MAX_ARG_STRLEN), and the whole line is one argument of the remote login shell."""
+MAX_LINE = 128 * 1024 - 1
+"""What the line may not exceed even without its command (a huge environment): refused."""
 _LEFTOVER_GRACE_S = 0.5
 """After the exit status: how long what the command left behind may hold its output open with
 nothing coming."""
@@ -77,20 +88,30 @@ def remote_command(spec: ExecSpec, cwd: str, limits: SshLimits, nonce: str) -> t
     ):
         if value is not None:
             ulimits += f"ulimit {flag} {int(value)} || exit 125; "
-    command = shlex.quote(spec.command)
-    on_stdin = None
-    if len(command) > MAX_COMMAND_ARG // 4 and len(command.encode()) > MAX_COMMAND_ARG:
-        on_stdin = spec.command.encode()
-        command = shlex.quote(_READ_COMMAND.format(size=len(on_stdin)))
     script = _SCRIPT.format(nonce=nonce, ulimits=ulimits)
     timeout = 0 if spec.timeout_s is None else math.ceil(spec.timeout_s) + 2  # the hub's timer goes first
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in spec.env.items())
-    parts = [
-        *(["env", env] if env else []),
-        "/bin/sh", "-c", shlex.quote(script), "mcphub",
-        shlex.quote(cwd), str(timeout), command,
-    ]  # fmt: skip
-    return " ".join(parts), on_stdin
+
+    def line(command: str) -> str:
+        parts = [
+            *(["env", env] if env else []),
+            "/bin/sh", "-c", shlex.quote(script), "mcphub",
+            shlex.quote(cwd), str(timeout), command,
+        ]  # fmt: skip
+        return " ".join(parts)
+
+    whole = line(shlex.quote(spec.command))
+    if len(whole) <= MAX_COMMAND_ARG // 4 or len(whole.encode()) <= MAX_COMMAND_ARG:
+        return whole, None
+    end = f"#mcphub-end-{nonce}"
+    on_stdin = (spec.command + end).encode()
+    short = line(shlex.quote(_READ_COMMAND.format(size=len(on_stdin), end=end)))
+    if len(short.encode()) > MAX_LINE:
+        raise ToolError(
+            f"the environment and working directory take {len(short.encode()):,} bytes of the SSH command "
+            f"line, more than the {MAX_LINE:,} one argument may have: pass large values in a file or on stdin"
+        )
+    return short, on_stdin
 
 
 class _Channel(asyncssh.SSHClientProcess[bytes]):

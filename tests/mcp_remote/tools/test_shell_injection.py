@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_local.errors import ToolError
 from mcp_remote.tools.shell.fs import grep_command, parse_grep
 from mcp_remote.tools.shell.options import SshLimits
 from mcp_remote.tools.shell.sandbox import ExecSpec
@@ -156,11 +157,44 @@ def test_a_long_ssh_command_goes_on_stdin_ahead_of_the_input(tmp_path: Path, she
     command = f"{body}; " * (200_000 // len(body)) + "cat; printf '|%s' \"$#\""
     spec = ExecSpec(command=command, stdin=b"the input", timeout_s=30)
     line, on_stdin = remote_command(spec, str(tmp_path), SshLimits(), "0123abcd")
-    assert on_stdin == command.encode() and len(line) < 4096
+    assert on_stdin is not None and on_stdin.startswith(command.encode()) and len(line) < 4096
     feed = on_stdin + b"the input"
     result = subprocess.run([shell, "-c", line], input=feed, capture_output=True, cwd=tmp_path, timeout=60)
     assert result.stdout == b"the input|0", result.stderr[-500:]
     assert not (tmp_path / CANARY).exists()
+
+
+def test_a_long_ssh_command_that_cannot_arrive_whole_runs_nothing_and_says_why(tmp_path: Path) -> None:
+    """Found in review: with no `dd` on the remote PATH (or a short read) the command read from
+    stdin was empty, ran nothing, and reported exit 0."""
+    command = f"touch {CANARY}; exit 7 #" + "x" * 70_000
+    spec = ExecSpec(command=command, timeout_s=30)
+    line, on_stdin = remote_command(spec, str(tmp_path), SshLimits(), "0123abcd")
+    assert on_stdin is not None
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    no_dd = {"PATH": str(bare)}
+    out = subprocess.run(
+        ["/bin/sh", "-c", line], input=on_stdin, capture_output=True, cwd=tmp_path, env=no_dd
+    )
+    assert out.returncode == 125 and b"the SSH sandbox has no dd" in out.stderr, out.stderr[-300:]
+    short = subprocess.run(["/bin/sh", "-c", line], input=on_stdin[:-40], capture_output=True, cwd=tmp_path)
+    assert short.returncode == 125 and b"did not arrive whole" in short.stderr, short.stderr[-300:]
+    assert not (tmp_path / CANARY).exists()
+    whole = subprocess.run(["/bin/sh", "-c", line], input=on_stdin, capture_output=True, cwd=tmp_path)
+    assert whole.returncode == 7 and (tmp_path / CANARY).exists(), whole.stderr[-300:]
+
+
+def test_a_huge_environment_moves_the_command_to_stdin_or_is_refused(tmp_path: Path) -> None:
+    """Found in review: only the command's size decided, though env and cwd share its argument: a
+    60 KB command with an 80 KB variable failed as "Argument list too long", exit 1."""
+    spec = ExecSpec(command="printf %s ${#BIG} #" + "y" * 60_000, env={"BIG": "z" * 80_000}, timeout_s=30)
+    line, on_stdin = remote_command(spec, str(tmp_path), SshLimits(), "0123abcd")
+    assert on_stdin is not None
+    out = subprocess.run(["/bin/bash", "-c", line], input=on_stdin, capture_output=True, cwd=tmp_path)
+    assert out.stdout == b"80000", out.stderr[-300:]
+    with pytest.raises(ToolError, match="more than the 131,071 one argument may have"):
+        remote_command(ExecSpec(command="true", env={"BIG": "z" * 140_000}), str(tmp_path), SshLimits(), "n")
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
