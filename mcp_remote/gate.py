@@ -477,14 +477,7 @@ class Gate:
                 "the tool went away or changed while the call waited for approval (its sandbox "
                 "disconnected?); the approval is kept: call again with it once the tool is back"
             )
-            self._log.record(
-                "approval",
-                call.call_id,
-                principal,
-                tool,
-                {"approval_id": approval_id, "state": "refused", "why": why},
-            )
-            return ToolResult.refused(f"approval {approval_id} {cannot}: {why}", "approval")
+            return self._not_used(call, approval_id, cannot, why)
         used, why = await self._book.use(
             approval_id,
             principal,
@@ -494,18 +487,23 @@ class Gate:
             check=lambda approval: self._decider_refusal(approval, groups),
         )
         if used is None:
-            self._log.record(
-                "approval",
-                call.call_id,
-                principal,
-                tool,
-                {"approval_id": approval_id, "state": "refused", "why": why},
-            )
-            return ToolResult.refused(f"approval {approval_id} {cannot}: {why}", "approval")
+            return self._not_used(call, approval_id, cannot, why)
         # The `used` record (written by the book under this call: which approval, who approved
         # it, when) is durable before the tool runs.
         await _refused_unless_durable(self._log.flush())
         return None
+
+    def _not_used(self, call: ToolCall, approval_id: str, cannot: str, why: str) -> ToolResult:
+        """The refusal of a call whose approval was not spent on it, recorded."""
+        assert call.principal is not None
+        self._log.record(
+            "approval",
+            call.call_id,
+            call.principal.name,
+            call.name,
+            {"approval_id": approval_id, "state": "refused", "why": why},
+        )
+        return ToolResult.refused(f"approval {approval_id} {cannot}: {why}", "approval")
 
 
 def _redacted_arguments(log: AuditLog, call: ToolCall) -> str:
