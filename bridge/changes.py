@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import grpc
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
@@ -41,18 +42,29 @@ class ToolChanges:
         self._hub = hub
         self._token_of = token_of
 
-    async def _watch(self, token: str | None, changed: Callable[[], Awaitable[None]]) -> None:
-        """Call `changed` after every change the hub reports (not for the revision current at the start)."""
+    async def _watch(
+        self,
+        token: str | None,
+        changed: Callable[[], Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call `changed` after every change the hub reports (not for the revision current at the
+        start). `task_status` is told once the watch has that first revision (or has ended)."""
         first = True
         try:
             async for _ in self._hub.watch_tools(token):
                 if first:
                     first = False
+                    task_status.started()
                     continue
                 await changed()
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 logger.info("tool-list watch ended: %s: %s", exc.code().name, exc.details())
+        finally:
+            if first:
+                task_status.started()  # a watch that never began: the listen stream goes on without it
 
     async def on_initialized(self, ctx: ServerRequestContext[Any, Any], params: NotificationParams) -> None:
         """Handshake era: watch for the lifetime of the session (this handler is cancelled with it)."""
@@ -71,7 +83,9 @@ class ToolChanges:
             await bus.publish(ToolsListChanged())
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, token, publish)
+            # The watch has the list as it is before the client hears that it listens: a change it
+            # makes at once (a test's trigger) is one the watch reports, not its starting point.
+            await tg.start(self._watch, token, publish)
             try:
                 result = await listen(ctx, params)
             finally:
