@@ -90,6 +90,24 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: st
         await asyncio.sleep(0.05)
 
 
+async def refused_dial(hub: RunningHub, token: str, hello: spb.SidecarHello) -> grpc.aio.AioRpcError:
+    """Dial Connect as a sidecar does (its hello queued before the call starts) and return the
+    error the hub ends it with."""
+
+    async def messages() -> AsyncIterator[spb.SidecarMessage]:
+        yield spb.SidecarMessage(hello=hello)
+        await asyncio.sleep(10)
+
+    async with grpc.aio.insecure_channel(hub.grpc) as channel:
+        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            async for _ in stub.Connect(messages(), metadata=(("authorization", f"Bearer {token}"),)):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc
+    raise AssertionError("the hub took a connection it should have refused")
+
+
 async def tool_names(hub: RunningHub, token: str) -> set[str]:
     client = HubClient(hub.grpc)
     try:
@@ -702,18 +720,9 @@ async def test_a_hello_the_hub_refuses_does_not_knock_the_registered_sidecar_off
     refused hello a minute kept the rightful sidecar off its sandbox."""
     too_many = [pb.Tool(name=f"t{i}", input_schema_json=b'{"type": "object"}') for i in range(1001)]
 
-    async def one_hello() -> AsyncIterator[spb.SidecarMessage]:
-        yield spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-42", tools=too_many))
-        await asyncio.sleep(5)
-
-    async with grpc.aio.insecure_channel(hub.grpc) as channel:
-        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
-        metadata = (("authorization", f"Bearer {TOKENS['sbx-42']}"),)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            async for _ in stub.Connect(one_hello(), metadata=metadata):
-                pass
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 1000 tools" in (refused.value.details() or "")
+    refused = await refused_dial(hub, TOKENS["sbx-42"], spb.SidecarHello(sandbox="sbx-42", tools=too_many))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 tools" in (refused.details() or "")
     await asyncio.sleep(0.5)  # a sidecar knocked off would have been told by now
     assert "sbx-42__files_read" in await tool_names(hub, TOKENS["ops"])
     assert "replaced by a new connection" not in registered["sbx-42"].log_path.read_text()
@@ -726,21 +735,11 @@ async def test_a_sandbox_name_whose_tools_another_sandboxs_glob_reaches_is_refus
     """`sbx-42__x` (or `sbx-42_`) registered with an operator's token had tools `sbx-42__x__whoami`
     (`sbx-42___whoami`), which sbx-42's own `sbx-42__*` and agent-42's reached."""
 
-    async def one_hello() -> AsyncIterator[spb.SidecarMessage]:
-        yield spb.SidecarMessage(
-            hello=spb.SidecarHello(sandbox=name, tools=[pb.Tool(name="whoami", input_schema_json=b"{}")])
-        )
-        await asyncio.sleep(5)
-
-    async with grpc.aio.insecure_channel(hub.grpc) as channel:
-        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
-        metadata = (("authorization", f"Bearer {TOKENS['ops']}"),)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            async for _ in stub.Connect(one_hello(), metadata=metadata):
-                pass
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    hello = spb.SidecarHello(sandbox=name, tools=[pb.Tool(name="whoami", input_schema_json=b"{}")])
+    refused = await refused_dial(hub, TOKENS["ops"], hello)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"sandbox name {name!r}: expected 1-48 characters of [a-zA-Z0-9_-], with no `__`" in (
-        refused.value.details() or ""
+        refused.details() or ""
     )
     for token in (TOKENS["ops"], TOKENS["sbx-42"], TOKENS["agent-42"]):
         assert f"{name}__whoami" not in await tool_names(hub, token)

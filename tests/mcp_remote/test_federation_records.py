@@ -21,7 +21,7 @@ from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.test_audit import all_records
-from tests.mcp_remote.test_federation import TOKENS, _cli, hub_config, tool_names, wait_for
+from tests.mcp_remote.test_federation import TOKENS, _cli, hub_config, refused_dial, tool_names, wait_for
 from tests.support.hub import RunningHub, start_hub
 
 pytestmark = pytest.mark.anyio
@@ -31,24 +31,6 @@ OBJECT = b'{"type": "object"}'
 
 def _tools(names: list[str], description: str = "") -> list[pb.Tool]:
     return [pb.Tool(name=n, description=description, input_schema_json=OBJECT) for n in names]
-
-
-async def _refused_dial(hub: RunningHub, token: str, hello: spb.SidecarHello) -> grpc.aio.AioRpcError:
-    """Dial Connect as a sidecar does (its hello queued before the call starts) and return the
-    error the hub ends it with."""
-
-    async def messages() -> AsyncIterator[spb.SidecarMessage]:
-        yield spb.SidecarMessage(hello=hello)
-        await asyncio.sleep(10)
-
-    async with grpc.aio.insecure_channel(hub.grpc) as channel:
-        stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            async for _ in stub.Connect(messages(), metadata=(("authorization", f"Bearer {token}"),)):
-                pass
-        except grpc.aio.AioRpcError as exc:
-            return exc
-    raise AssertionError("the hub took a connection it should have refused")
 
 
 class _Registered:
@@ -92,7 +74,7 @@ async def test_an_unknown_token_costs_the_hub_nothing_of_what_it_sends(tmp_path:
     try:
         before = _rss_mb(hub.process.pid)
         for _ in range(4):
-            refused = await _refused_dial(hub, "not-a-token-of-this-hub-0123", hello)
+            refused = await refused_dial(hub, "not-a-token-of-this-hub-0123", hello)
             assert refused.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL), refused
         grown = _rss_mb(hub.process.pid) - before
     finally:
@@ -116,12 +98,12 @@ async def test_refused_connections_are_recorded_with_what_is_known_and_their_rep
     hub = start_hub(tmp_path, config=hub_config(), http=False)
     try:
         for _ in range(5):
-            unknown = await _refused_dial(
+            unknown = await refused_dial(
                 hub, "revoked-token-0123456789abc", spb.SidecarHello(sandbox="sbx-12")
             )
             assert unknown.code() == grpc.StatusCode.UNAUTHENTICATED
         for _ in range(3):
-            other = await _refused_dial(hub, TOKENS["sbx-43"], spb.SidecarHello(sandbox="sbx-42"))
+            other = await refused_dial(hub, TOKENS["sbx-43"], spb.SidecarHello(sandbox="sbx-42"))
             assert other.code() == grpc.StatusCode.PERMISSION_DENIED
         async with grpc.aio.insecure_channel(hub.grpc) as channel:
             stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
