@@ -61,7 +61,7 @@ class System:
     key: str
     title: str
     server: str
-    """`sdk-fastest`, `sdk-default`, `grpc-bare`, `hub:<variant>` or `ungated:<variant>` (the
+    """`sdk-fastest`, `sdk-default`, `grpc-bare`, `grpclib-bare`, `hub:<variant>` or `ungated:<variant>` (the
     hub without its gate and audit trail, tests/bench/ungated_hub.py)."""
     kind: Kind
 
@@ -87,6 +87,12 @@ OPTIONAL_SYSTEMS: tuple[System, ...] = (
         "bridge-ungated", "mcphub bridge without gate and audit (bench-only build)", "ungated:full", "mcp"
     ),
     System("grpc-bare-stream", "bare grpc.aio echo (StreamCallTool)", "grpc-bare", "grpc-stream"),
+    System(
+        "grpclib-bare",
+        "bare grpclib echo (CallTool), another Python gRPC server",
+        "grpclib-bare",
+        "grpc-call",
+    ),
     System(
         "sdk-default-session",
         "SDK MCPServer, default mode, in a 2025-11-25 session",
@@ -173,9 +179,11 @@ def start_server(key: str, workdir: Path, token: str, cpus: tuple[int, ...] | No
         server = _spawn(key, "tests.bench.sdk_echo", ["--mode", key.removeprefix("sdk-")], workdir)
     elif key == "grpc-bare":
         server = _spawn(key, "tests.bench.grpc_echo", [], workdir)
+    elif key == "grpclib-bare":
+        server = _spawn(key, "tests.bench.grpclib_echo", [], workdir)
     else:
         raise ValueError(
-            f"unknown server {key!r}; expected sdk-fastest, sdk-default, grpc-bare, "
+            f"unknown server {key!r}; expected sdk-fastest, sdk-default, grpc-bare, grpclib-bare, "
             "hub:<variant> or ungated:<variant>"
         )
     pin(server.pid, cpus)

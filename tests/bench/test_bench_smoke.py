@@ -86,16 +86,16 @@ def test_the_in_process_probe_can_start_each_call_with_cold_caches(tmp_path: Pat
 
 
 @pytest.mark.timeout(200)
-def test_the_optional_session_rows_run(tmp_path: Path) -> None:
-    """The handshake-era rows (a 2025-11-25 session, what today's clients speak) are not in the
-    default run; they must still open their sessions and answer correctly."""
+def test_the_optional_rows_run(tmp_path: Path) -> None:
+    """The handshake-era rows (a 2025-11-25 session, what today's clients speak) and the grpclib
+    echo are not in the default run; they must still open their sessions and answer correctly."""
     _smoke(
         tmp_path,
-        *("--systems", "sdk-default-session,bridge-session", "--inflight", "0"),
+        *("--systems", "sdk-default-session,bridge-session,grpclib-bare", "--inflight", "0"),
         *("--startup-runs", "0", "--pipeline-calls", "0"),
         timeout=180,
     )
     [json_path] = tmp_path.glob("*-smoke.json")
     rows = json.loads(json_path.read_text())["rows"]
-    assert {r["system"] for r in rows} == {"sdk-default-session", "bridge-session"}
+    assert {r["system"] for r in rows} == {"sdk-default-session", "bridge-session", "grpclib-bare"}
     assert all(r["errors"] == 0 and r["calls_per_s"] > 0 for r in rows), rows
