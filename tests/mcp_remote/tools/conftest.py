@@ -112,12 +112,30 @@ def processes_running(*argv: str) -> list[int]:
     return found
 
 
-def processes_of_uid(uid: int) -> list[int]:
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    try:
+        while pid > 1:
+            if pid == ancestor:
+                return True
+            pid = _parent(pid)
+    except OSError:
+        pass
+    return False
+
+
+def processes_of_uid(uid: int, under: int | None = None) -> list[int]:
+    """The processes of `uid`; with `under`, only those descended from that pid (a shared uid
+    such as `nobody` also runs other people's programs on this machine)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
+                if entry.stat().st_uid == uid and (under is None or _descends_from(int(entry.name), under)):
                     found.append(int(entry.name))
             except OSError:
                 pass

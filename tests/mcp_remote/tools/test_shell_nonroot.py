@@ -112,7 +112,9 @@ time.sleep({hold})
 '"""
 
 
-async def test_each_command_has_its_own_process_limit(agent_a: ShellClient, agent_b: ShellClient) -> None:
+async def test_each_command_has_its_own_process_limit(
+    agent_a: ShellClient, agent_b: ShellClient, jail_hub: RunningHub
+) -> None:
     limit = LIMITS["processes"]
     greedy = await agent_a.exec(FORKS.format(n=limit * 3, hold=0.2))
     assert 10 < int(greedy.structured["stdout"]) < limit, greedy.structured
@@ -120,13 +122,15 @@ async def test_each_command_has_its_own_process_limit(agent_a: ShellClient, agen
     # limit counts each sandbox's own processes (its user namespace), not every process of
     # the hub's uid.
     uid = pwd.getpwnam(USER).pw_uid
-    before = len(processes_of_uid(uid))
+    hub = jail_hub.process.pid
+    before = len(processes_of_uid(uid, under=hub))
     half = limit // 2 + 5
     holding = await agent_a.call("shell_start", {"command": FORKS.format(n=half, hold=60)})
     assert not holding.is_error, holding.text
     try:
         await wait_until(
-            lambda: len(processes_of_uid(uid)) > before + half, what="the first command's processes"
+            lambda: len(processes_of_uid(uid, under=hub)) > before + half,
+            what="the first command's processes",
         )
         second = await agent_b.exec(FORKS.format(n=half, hold=0.1))
         assert int(second.structured["stdout"]) == half, second.structured
@@ -136,11 +140,14 @@ async def test_each_command_has_its_own_process_limit(agent_a: ShellClient, agen
 
 async def test_a_fork_bomb_is_contained(agent_a: ShellClient, jail_hub: RunningHub) -> None:
     uid = pwd.getpwnam(USER).pw_uid
-    before = set(processes_of_uid(uid))  # the hub and its spawner
+    hub = jail_hub.process.pid
+    before = set(processes_of_uid(uid, under=hub))  # the hub's spawner
     bomb = "bomb() { bomb | bomb & }; bomb; sleep 3"
     outcome = await while_hub_answers(agent_a, agent_a.exec(bomb, timeout_s=4))
     assert outcome.structured["timed_out"] or outcome.structured["exit_code"] is not None
-    await wait_until(lambda: set(processes_of_uid(uid)) <= before, what="the bomb's processes to be gone")
+    await wait_until(
+        lambda: set(processes_of_uid(uid, under=hub)) <= before, what="the bomb's processes to be gone"
+    )
     after = await agent_a.exec("echo recovered")
     assert after.structured["stdout"] == "recovered\n", "the principal can run commands again"
 
