@@ -61,6 +61,7 @@ SANDBOX_UID = 1000
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOLDER_MOUNT = "/mnt"
 _JAIL_ETC = ".jail-etc"  # in the workspaces directory; no principal's directory starts with "."
+_RESTART_EVERY_S = 5.0  # the least time between two starts of a lost spawner
 _INSTALL_HINT = (
     "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora/RHEL: dnf install bubblewrap), "
     "or give this principal another sandbox target in the shell pack's options (docs/shell.md). "
@@ -182,6 +183,9 @@ class JailHost:
         self._workspaces: dict[str, LocalWorkspace] = {}
         self._lock = asyncio.Lock()
         self.spawner = Spawner()
+        self._spawner_prefix: list[str] = []
+        self._restart_lock = asyncio.Lock()
+        self._next_restart = 0.0
         self.problem: str | None = None
         """Why nothing can run here at all (a system tool missing), or None."""
         self.prlimit: str | None = None
@@ -238,11 +242,36 @@ class JailHost:
                 str(tools["unshare"]), "--mount", "--propagation", "slave", "--",
                 str(tools["sh"]), "-c", script, "mcphub-spawner", str(self.root), _HOLDER_MOUNT,
             ]  # fmt: skip
+        self._spawner_prefix = prefix
         try:
             await self.spawner.start(prefix)
         except SpawnError as exc:
             self.problem = str(exc)
             logger.warning("shell: %s", exc)
+
+    async def revive(self) -> None:
+        """Start the spawner again when the one that ran was lost (killed with the hub's process
+        group, or by an operator): at most once every _RESTART_EVERY_S, so a spawner that dies at
+        once is not restarted for every command. A start that fails leaves the loss as the reason
+        commands cannot run, and is tried again after the same wait."""
+        if not (self.spawner.problem and self.spawner.started) or self.problem:
+            return
+        async with self._restart_lock:
+            if not self.spawner.problem:
+                return  # another command started it meanwhile
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._next_restart:
+                return
+            self._next_restart = loop.time() + _RESTART_EVERY_S
+            spawner = Spawner()
+            try:
+                await spawner.start(self._spawner_prefix)
+            except SpawnError as exc:
+                logger.warning("shell: the spawner could not be started again: %s", exc)
+                return
+            self.spawner.close()
+            self.spawner = spawner
+            logger.warning("shell: the spawner was started again")
 
     async def principal(self, name: str) -> _Principal:
         found = self._principals.get(name)
@@ -376,6 +405,7 @@ class LocalJail:
             raise SandboxUnavailable(problem)
 
     async def spawn(self, principal: str, spec: ExecSpec) -> LocalProcess:
+        await self.host.revive()
         self._check()
         assert self.bwrap is not None
         host = self.host
@@ -471,6 +501,7 @@ class UnjailedTarget:
 
     async def spawn(self, principal: str, spec: ExecSpec) -> LocalProcess:
         host = self.host
+        await host.revive()
         p = await host.principal(principal)
         home = str(p.host_dir)
         env = {"PATH": _SYSTEM_PATH, "HOME": home, "LANG": "C.UTF-8", **self.options.env, **spec.env}

@@ -39,6 +39,8 @@ class SpawnError(Exception):
 
 class Spawner:
     def __init__(self) -> None:
+        self.started = False
+        """True once it answered ready: a spawner that ran and was lost may be started again."""
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count(1)
@@ -80,6 +82,7 @@ class Spawner:
             try:
                 async with asyncio.timeout(timeout):
                     await self._ready
+                self.started = True
             except (TimeoutError, SpawnError) as exc:
                 errors.seek(0)
                 detail = errors.read().decode(errors="replace").strip()
@@ -127,11 +130,19 @@ class Spawner:
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self.problem = why
-        logger.error("shell: %s; sandboxes cannot be started until the hub restarts", why)
+        logger.error("shell: %s; it is started again for the next command", why)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(SpawnError(why))
         self._pending.clear()
+        # Their sandboxes died with the spawner (PR_SET_PDEATHSIG, bwrap --die-with-parent), and
+        # only the spawner could have said how they ended.
+        running, self._running = list(self._running.values()), {}
+        for process in running:
+            process.lose(f"{why} while the command ran, which stopped it; its exit status is unknown")
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(0.5)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(SpawnError(why))
 

@@ -136,6 +136,7 @@ class LocalProcess:
         self._wakeup = asyncio.Event()
         self._exit: asyncio.Future[int] = self._loop.create_future()
         self._killed = False
+        self._lost: str | None = None
 
     def attach(self, stdout: int, stderr: int, stdin: int, stdin_data: bytes | None) -> None:
         """Take the hub's ends of the command's pipes (`stdin` -1: none) and start reading and writing
@@ -175,6 +176,16 @@ class LocalProcess:
         if self._consumer_gone:
             self.close_pipes()
         self._wakeup.set()
+
+    def lose(self, why: str) -> None:
+        """The spawner, which alone can reap it and tell its exit code, is gone (`why`): kill what may
+        be left of it and end it with its fate unknown, so that no caller waits for an exit code that
+        cannot come."""
+        if self._exit.done():
+            return
+        self.kill_now()
+        self._lost = why
+        self.exited(-signal.SIGKILL)
 
     def _pause(self, pause: bool) -> None:
         self._paused = pause
@@ -228,6 +239,8 @@ class LocalProcess:
 
     async def wait(self) -> ExitStatus:
         code = await asyncio.shield(self._exit)
+        if self._lost is not None:
+            return ExitStatus(None, None, lost=self._lost)
         if self._killed:  # bwrap may report its init's SIGKILL as 137: it was still our kill
             return ExitStatus(None, signal.SIGKILL, killed=True)
         if code < 0:

@@ -16,11 +16,18 @@ import grpc
 import orjson
 import pytest
 
+from bridge.hubclient import HubClient
 from tests.conftest import TOKENS
-from tests.mcp_remote.tools.conftest import ShellClient, processes_running, wait_until, workspace_dir
+from tests.mcp_remote.tools.conftest import (
+    ShellClient,
+    processes_running,
+    shell_hub_config,
+    wait_until,
+    workspace_dir,
+)
 from tests.support.approvals import decide
 from tests.support.clients import TRANSPORTS, connect
-from tests.support.hub import RunningHub
+from tests.support.hub import RunningHub, start_hub
 
 pytestmark = pytest.mark.anyio
 
@@ -469,3 +476,48 @@ async def test_a_timed_out_commands_record_keeps_the_hubs_words_not_its_output(
 
 def audit_bytes(hub: RunningHub) -> bytes:
     return b"".join(p.read_bytes() for p in (hub.state_dir / "audit").iterdir() if p.is_file())
+
+
+def _spawner_of(hub: RunningHub) -> int:
+    """The pid of the hub's spawner (a child of the hub, or of its `unshare`)."""
+    found = subprocess.run(["pgrep", "-f", "spawner.py"], capture_output=True, text=True).stdout.split()
+    for pid in map(int, found):
+        ancestor = pid
+        while ancestor > 1:
+            if ancestor == hub.process.pid:
+                return pid
+            with open(f"/proc/{ancestor}/stat") as f:
+                ancestor = int(f.read().rsplit(")", 1)[1].split()[1])
+    raise AssertionError("the hub has no spawner")
+
+
+async def test_a_command_whose_spawner_dies_ends_lost_and_the_spawner_comes_back(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The spawner alone reaps commands and tells their exit codes. Killed (systemd's control-group
+    stop, an operator), it took its commands' sandboxes with it, and the calls waited for an exit
+    code that could not come, past their own time limit; every later command was refused until the
+    hub restarted. Now the running call ends at once, lost, and the next command starts a spawner."""
+    hub = start_hub(tmp_path_factory.mktemp("spawner-hub"), config=shell_hub_config(), http=False)
+    client = HubClient(hub.grpc)
+    try:
+        agent = ShellClient(client, TOKENS["agent-a"])
+        marker = f"{secrets.randbelow(10_000) + 60_000}.{secrets.randbelow(1000)}"
+        call = asyncio.create_task(agent.exec(f"sleep {marker}", timeout_s=50))
+        await wait_until(lambda: bool(processes_running("sleep", marker)), what="the command to run")
+        spawner = _spawner_of(hub)
+        os.kill(spawner, signal.SIGTERM)
+        outcome = await asyncio.wait_for(call, 30)  # the command's own limit is 50 s
+        assert outcome.is_error
+        lost = outcome.structured["lost"]
+        assert lost and "spawner exited" in lost and "exit status is unknown" in lost, outcome.text
+        assert outcome.structured["exit_code"] is None and outcome.structured["timed_out"] is False
+        await wait_until(lambda: not processes_running("sleep", marker), what="the sandbox to be gone")
+
+        again = await agent.exec("echo back")
+        assert not again.is_error and again.structured["stdout"] == "back\n"
+        assert _spawner_of(hub) != spawner
+        assert "the spawner was started again" in hub.log()
+    finally:
+        await client.close()
+        hub.stop()
