@@ -124,6 +124,8 @@ class StreamLimit:
     async def wait(self, awaitable: Awaitable[_T]) -> _T:
         """What a watch stream waits for, unless the streams are closed first: Unavailable then."""
         if self.closing is not None:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never to run: closed, or Python warns that it was never awaited
             raise Unavailable(self.closing)
         if self._closed is None:
             self._closed = asyncio.get_running_loop().create_future()

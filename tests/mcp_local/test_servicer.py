@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -52,3 +53,23 @@ async def test_an_internal_error_is_logged_naming_the_method_and_the_tool(
         "internal error in CallTool of tool 'wrong_int'",
         "internal error in ListTools",
     ]
+
+
+async def test_a_watch_that_waits_after_the_streams_closed_leaves_no_coroutine_unawaited() -> None:
+    """A WatchApprovals stream reconnecting during a stop handed `wait` its next `queue.get()`,
+    which was refused unstarted: every stop logged "coroutine 'Queue.get' was never awaited"."""
+    import gc
+    import warnings
+
+    from mcp_local.errors import Unavailable
+    from mcp_local.service import StreamLimit
+
+    streams = StreamLimit(None)
+    streams.close("the hub is shutting down")
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Unavailable, match="shutting down"):
+            await streams.wait(queue.get())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
