@@ -150,6 +150,10 @@ class PolicyProxy:
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass  # the browser or the server went away: nothing to tell anyone
+        except asyncio.CancelledError:
+            # `stop` (or the loop's end) cancels the connection. Nobody awaits this task but
+            # asyncio's own callback, which takes a cancelled task for a failure and logs it.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()

@@ -285,3 +285,40 @@ def test_this_machines_addresses_are_blocked_by_default_and_can_be_allowed() -> 
     allowed = UrlPolicy.build(allow=["192.0.2.10:8080"], local_addresses=mine)
     assert allowed.check_url("http://192.0.2.10:8080/") is None
     assert allowed.check_url("http://192.0.2.10:8081/") is not None
+
+
+@pytest.mark.anyio
+async def test_stopping_the_proxy_with_a_request_in_flight_reports_no_error() -> None:
+    """The hub's stop cancels the proxy's connections; a cancelled connection task made asyncio
+    log an ERROR traceback ("Exception in callback ... CancelledError") in every such stop."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    held: list[asyncio.StreamWriter] = []
+    reached = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never answers
+        reached.set()
+
+    upstream = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    proxy = PolicyProxy(UrlPolicy.build(allow=[f"127.0.0.1:{port}"]))
+    try:
+        proxy_port = await proxy.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+        writer.write(f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await asyncio.wait_for(reached.wait(), 10)
+        await proxy.stop()
+        for _ in range(5):
+            await asyncio.sleep(0.02)  # the done callbacks of the cancelled tasks run
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        loop.set_exception_handler(previous)
+        for w in held:
+            w.close()
+        upstream.close()
+        await upstream.wait_closed()
+    assert not reported, [str(c.get("message")) + repr(c.get("exception")) for c in reported]
