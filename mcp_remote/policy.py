@@ -198,16 +198,25 @@ def _glob(patterns: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
-def _options(argv: Sequence[str]) -> tuple[list[str], set[str]]:
-    """Positional words and the set of options of an argv (`-rf` -> -r, -f; `--a=b` -> --a)."""
+def _options(argv: Sequence[str], *, attached: bool = False) -> tuple[list[str], set[str]]:
+    """Positional words and the set of options of an argv (`-rf` -> -r, -f; `--a=b` -> --a).
+
+    `attached`: an option's value written into its word counts as a word too, where it stands:
+    `--request=DELETE` and `-XDELETE` read as `-X DELETE` does (each tail of a single-dash word
+    after its first letter may be a value: which letters take one only the program knows)."""
     positional: list[str] = []
     options: set[str] = set()
     for word in argv:
         if word.startswith("--"):
-            options.add(word.split("=", 1)[0])
+            name, equals, value = word.partition("=")
+            options.add(name)
+            if attached and equals:
+                positional.append(value)
         elif word.startswith("-") and len(word) > 1:
             options.add(word)
             options.update(f"-{ch}" for ch in word[1:] if ch.isalpha())
+            if attached:
+                positional.extend(word[i:] for i in range(2, len(word)))
         else:
             positional.append(word)
     return positional, options
@@ -241,12 +250,15 @@ class _ArgvPattern:
         return cls(pattern[0], tuple(words), tuple(options))
 
     def matches(self, argv: Sequence[str], *, abbreviations: bool = False) -> bool:
-        """`abbreviations`: a prefix of a long option counts as the option. Rules that ask or
-        deny take them (a prefix the program would refuse as ambiguous only asks needlessly);
-        an allow must not, as `--force` is a prefix of `--force-if-includes`."""
+        """`abbreviations`: a prefix of a long option counts as the option, and a value attached
+        to its option's word counts as a word. Rules that ask or deny take them (a prefix the
+        program would refuse as ambiguous only asks needlessly); an allow must not, as `--force`
+        is a prefix of `--force-if-includes`."""
         if not argv or argv[0] != self.program:
             return False
-        positional, options = _options(argv[1:])
+        # Values written into their option's word likewise count only for rules that ask or
+        # deny: an allow of `curl -X GET` must not take `-XPOST -dGET` for it.
+        positional, options = _options(argv[1:], attached=abbreviations)
         # The words must appear in order but not necessarily adjacent: `git -C dir push` still
         # reads as `git push` although `dir` (the value of -C) looks like a word too.
         remaining = iter(positional)

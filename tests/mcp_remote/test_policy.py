@@ -324,3 +324,44 @@ def test_policy_files_are_validated_with_named_keys(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="must start with a program name"):
         load_policy_file(wrapped)
+
+
+def test_an_option_value_written_into_its_word_is_matched_by_a_deny() -> None:
+    """`curl -X DELETE` was denied while `curl -XDELETE` and `curl --request=DELETE` (the same
+    request to curl) were allowed: the value was looked for only as a word of its own."""
+    p = policy(
+        {"name": "curl", "tools": ["shell_exec"], "decision": "allow"},
+        {
+            "name": "no deletes",
+            "tools": ["shell_exec"],
+            "argv": [["curl", "-X|--request", "DELETE"]],
+            "decision": "deny",
+        },
+        {
+            "name": "gets only",
+            "tools": ["shell_exec"],
+            "argv": [["wget", "--method", "GET"]],
+            "decision": "allow",
+        },
+    )
+    for command, verdict in [
+        ("curl -X DELETE http://x", "deny"),
+        ("curl -XDELETE http://x", "deny"),
+        ("curl --request=DELETE http://x", "deny"),
+        ("curl -sXDELETE http://x", "deny"),
+        ("curl --requ=DELETE http://x", "deny"),
+        ("curl -X GET http://x", "allow"),
+        ("curl -XGET http://x/DELETE-me", "allow"),
+    ]:
+        assert p.evaluate("a", "shell_exec", {"command": command}, NONE).verdict == verdict, command
+    # An allow does not read attached values: `--method=GET` is not `--method GET` to it.
+    allow_only = policy(
+        {
+            "name": "gets only",
+            "tools": ["shell_exec"],
+            "argv": [["wget", "--method", "GET"]],
+            "decision": "allow",
+        }
+    )
+    assert allow_only.evaluate("a", "shell_exec", {"command": "wget --method GET u"}, NONE).verdict == "allow"
+    assert allow_only.evaluate("a", "shell_exec", {"command": "wget --method=GET u"}, NONE).verdict != "allow"
