@@ -108,7 +108,12 @@ async def run_command(
         reap(process)
         raise
     duration_ms = round((time.monotonic() - started) * 1000)
-    return _result(principal, status, timed_out, limit, duration_ms, capture, outputs, preview_bytes)
+    killed = (
+        "the command and everything it started were killed"
+        if target.kind == "jail"  # its sandbox's pid namespace ends with it
+        else "the command's process group was killed"  # a process that left it (setsid) lives on
+    )
+    return _result(principal, status, timed_out, limit, duration_ms, capture, outputs, preview_bytes, killed)
 
 
 def _stream(
@@ -152,13 +157,14 @@ def _result(
     capture: OutputCapture,
     outputs: OutputStore,
     preview_bytes: int,
+    killed: str,
 ) -> ToolResult:
     stdout, out_bytes, out_id, out_note = _stream(principal, "stdout", capture, outputs, preview_bytes)
     stderr, err_bytes, err_id, err_note = _stream(principal, "stderr", capture, outputs, preview_bytes)
     if timed_out and status.lost:
         head = f"timed out after {limit:g}s, and {status.lost}"
     elif timed_out:
-        head = f"timed out after {limit:g}s; the command and everything it started were killed"
+        head = f"timed out after {limit:g}s; {killed}"
     elif status.lost:
         head = status.lost
     elif status.exit_code is not None:

@@ -102,6 +102,9 @@ async def test_the_unjailed_target_is_explicit_and_named(tmp_path: Path) -> None
         assert status["target"] == "unjailed" and "without a jail" in status["warning"]
         jailed = ShellClient(client, TOKENS["agent-a"])
         assert (await jailed.exec("id -un")).structured["stdout"] == "sandbox\n"
+        # Unjailed, a timeout kills the process group, not "everything it started" (setsid escapes).
+        late = await trusted.exec("sleep 30", timeout_s=0.5)
+        assert late.structured["timed_out"] and "the command's process group was killed" in late.text
     finally:
         await client.close()
         hub.stop()
