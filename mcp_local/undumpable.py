@@ -16,8 +16,9 @@ the settings' memfd, which holds the token). Standard library only: ctypes and t
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Collection
 
-__all__ = ["make_undumpable"]
+__all__ = ["make_undumpable", "scrub_environment_block"]
 
 _PR_SET_DUMPABLE = 4
 
@@ -30,3 +31,34 @@ def make_undumpable() -> bool:
         return bool(ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+def scrub_environment_block(present: Collection[str]) -> int:
+    """Overwrite, in the process's initial environment block, the value of every variable that is
+    no longer in `present` (the environment as it is now); the number of values overwritten.
+
+    `/proc/PID/environ` shows that block (the kernel keeps its bounds, `env_start`/`env_end`),
+    not the C library's current environment: a variable taken out with `os.environ.pop` stays
+    there for the process's lifetime. Non-dumpable, only root may read it, but a hub that runs as
+    root is read by every root process (monitoring agents, `ps e`). Unset variables have no
+    pointer left into the block, so their bytes are the process's to overwrite."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # fields 50 and 51 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return 0
+    if not 0 < start < end:
+        return 0
+    block = (ctypes.c_char * (end - start)).from_address(start)
+    data = block.raw
+    scrubbed = 0
+    offset = 0
+    for entry in data.split(b"\0"):
+        name, equals, value = entry.partition(b"=")
+        if equals and value and name.decode(errors="replace") not in present:
+            at = offset + len(name) + 1
+            ctypes.memset(ctypes.addressof(block) + at, ord("x"), len(value))
+            scrubbed += 1
+        offset += len(entry) + 1
+    return scrubbed

@@ -193,6 +193,12 @@ async def _serve(
     except Exception:  # a bug: its traceback, after the `stopped` record that closes the start's
         await hub.stop(0)
         raise
+    if environ is os.environ:
+        from mcp_local.undumpable import scrub_environment_block
+
+        # The secrets' variables left os.environ as the hub read them; their values stay in the
+        # block /proc/PID/environ shows, which every root process reads when the hub is root.
+        scrub_environment_block(os.environ)
     if as_json:
         line = json.dumps(
             {"event": "ready", "grpc": addresses.grpc, "mcp": addresses.mcp_url, "pid": os.getpid()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -180,6 +181,10 @@ async def test_keys_that_need_a_restart_are_named_and_a_token_from_a_variable_is
     config["principals"][0] = {"name": "alice", "token_env": "ALICE_TOKEN", "tools": ["whoami"]}
     hub = start_hub(tmp_path, config=config, http=False, env={"ALICE_TOKEN": TOKENS["alice"]})
     try:
+        # Out of its environment, and out of the block /proc/PID/environ shows (to root, as here).
+        block = Path(f"/proc/{hub.process.pid}/environ").read_bytes()
+        assert b"ALICE_TOKEN=" in block and TOKENS["alice"].encode() not in block
+        assert b"PATH=" + os.environ["PATH"].encode() in block  # what it still has is untouched
         # The hub took the variable out of its environment once read; reloading the same entry
         # keeps the token it gave, and a file that now wants a different variable is refused.
         config["max_request_bytes"] = 12345
