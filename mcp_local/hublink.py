@@ -3,7 +3,10 @@
 The sidecar dials out (the sandbox needs no inbound port), announces its tools
 and runs the calls the hub sends down the stream through its own dispatch
 path, sending progress, output and the result back up. A cancel from the hub
-cancels the call's task. See `proto/mcphub/v1/sidecar.proto` for the protocol.
+cancels the call's task. The calls count among the sidecar's calls in flight
+(`InFlight`): when the sidecar stops they are refused, given its grace and then
+stopped as its own callers' are, and the link ends only after their answers.
+See `proto/mcphub/v1/sidecar.proto` for the protocol.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .errors import HubError
-from .pipeline import Pipeline, RedactErrors, ResolveTool, Stage, ValidateArguments
+from .pipeline import InFlight, Pipeline, RedactErrors, ResolveTool, Stage, ValidateArguments
 from .principals import Principal
 from .redaction import Redactor
 from .registry import ToolRegistry
@@ -40,6 +43,15 @@ MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 over the sidecar's own gRPC gets), not a message gRPC cannot send, which ends the whole link and
 every call of the sandbox on it."""
 _EVERYONE = Principal("hub", ("*",))
+
+STOPPED_CODE = grpc.StatusCode.CANCELLED.value[0]
+"""The failure code of a call the sidecar stopped while it ran, for its shutdown (the hub answers
+its caller with a `stopped` refusal); a call refused because the sidecar is stopping has
+UNAVAILABLE's (the hub answers UNAVAILABLE: its tool did not run, so it may be called again)."""
+
+CLOSE_WAIT_S = 2.0
+"""At a stop, how long the link waits for the hub to take the answers already sent and end the
+stream, before it cuts the stream."""
 
 
 _DEFAULT_BACKOFF = Backoff()
@@ -112,7 +124,9 @@ class HubLink:
         backoff: Backoff = _DEFAULT_BACKOFF,
         on_state: Callable[[LinkState], None] | None = None,
         redactor: Redactor | None = None,
+        calls: InFlight | None = None,
     ) -> None:
+        """`calls`: the sidecar's calls in flight, which the hub's calls join (see the module)."""
         self.target = target
         self._token = token
         self._sandbox = sandbox or ""
@@ -127,7 +141,10 @@ class HubLink:
         if redactor is not None:
             stages.insert(0, RedactErrors(redactor))
         self._pipeline = Pipeline(stages)
+        self._in_flight = calls if calls is not None else InFlight()
         self._task: asyncio.Task[None] | None = None
+        self._outbound: asyncio.Queue[spb.SidecarMessage | None] | None = None
+        self._stopping = False
         self._calls: dict[str, asyncio.Task[None]] = {}
         self.state = LinkState(CONNECTING)
         self.connections = 0
@@ -135,12 +152,21 @@ class HubLink:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mcphub-hublink")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """End the link. Its calls must have ended (the sidecar drains them first): their answers,
+        already queued, are sent before the stream is closed, and the hub is given `wait_s` to take
+        them and end it, so that its callers get them and not "the sandbox went away"."""
+        if self._task is None:
+            return
+        self._stopping = True
+        if self._outbound is not None and self.state.connected:
+            self._outbound.put_nowait(None)  # the end of the stream, after what is queued
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), wait_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
 
     def _set_state(self, state: LinkState) -> None:
         self.state = state
@@ -149,7 +175,7 @@ class HubLink:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping:
             welcomed = False
             backoff = self._backoff
             state = LinkState(CONNECTING)
@@ -190,6 +216,8 @@ class HubLink:
                 logger.warning("hub %s: %s", self.target, exc)
             finally:
                 self._cancel_calls()
+            if self._stopping:
+                return
             # Until the next answer: a refused sidecar stays `refused` while it redials.
             self._set_state(state)
             # A welcome resets the backoff only when the stream then ended for some other reason
@@ -217,6 +245,7 @@ class HubLink:
     async def _session(self) -> bool:
         """One connection: hello, then serve calls until the stream ends. True if the hub welcomed us."""
         outbound: asyncio.Queue[spb.SidecarMessage | None] = asyncio.Queue()
+        self._outbound = outbound
         outbound.put_nowait(
             spb.SidecarMessage(
                 hello=spb.SidecarHello(sandbox=self._sandbox, tools=self._tools(), version=self._version)
@@ -249,6 +278,8 @@ class HubLink:
                         async with asyncio.timeout(silence_s):
                             message: spb.HubMessage = await iterator.__anext__()
                     except StopAsyncIteration:
+                        if self._stopping:  # the hub ended it after the sidecar's own end (`stop`)
+                            return welcomed
                         # A hub that ends the stream for a reason says it in the status (`_run`
                         # logs it); this one gave none.
                         logger.warning("hub %s ended the stream without giving a reason", self.target)
@@ -274,6 +305,7 @@ class HubLink:
                     elif kind == "ping":
                         outbound.put_nowait(spb.SidecarMessage(pong=spb.Pong(nonce=message.ping.nonce)))
             finally:
+                self._outbound = None
                 watcher.cancel()
                 outbound.put_nowait(None)
                 stream.cancel()
@@ -316,9 +348,13 @@ class HubLink:
             result_limit=MAX_RESULT_BYTES,
         )
         call.principal = Principal(f"hub:{request.principal or 'unknown'}", ("*",))
+        in_flight = self._in_flight
 
         async def run() -> None:
+            key = id(call)
+            task: asyncio.Task[object] | None = None
             try:
+                task = in_flight.enter(key)  # UNAVAILABLE once the sidecar is stopping
                 result = await self._pipeline(call)
             except HubError as exc:
                 send(
@@ -326,6 +362,17 @@ class HubLink:
                         failure=spb.SidecarCallFailure(
                             call_id=call_id, code=exc.status.value[0], message=exc.message
                         )
+                    )
+                )
+                return
+            except asyncio.CancelledError:
+                stopped = in_flight.stopped(task)
+                if stopped is None:  # the hub cancelled it, or the stream ended
+                    raise
+                # The sidecar's stop ended it: the hub tells its caller so (a `stopped` refusal).
+                send(
+                    spb.SidecarMessage(
+                        failure=spb.SidecarCallFailure(call_id=call_id, code=STOPPED_CODE, message=stopped)
                     )
                 )
                 return
@@ -339,6 +386,8 @@ class HubLink:
                     )
                 )
                 return
+            finally:
+                in_flight.leave(key)
             send(
                 spb.SidecarMessage(
                     event=spb.SidecarCallEvent(

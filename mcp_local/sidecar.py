@@ -173,6 +173,7 @@ class Sidecar:
                 version=self._version,
                 backoff=s.backoff,
                 redactor=self.redactor,
+                calls=self.calls,
             )
             self.link.start()
         self.addresses = SidecarAddresses(grpc_dial, mcp_url)
@@ -214,7 +215,8 @@ class Sidecar:
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
-        told why), then stop the link, the servers and the packs."""
+        told why), then stop the link, the servers and the packs. Calls from the hub count among
+        them: the link ends once their answers are sent."""
         self._service.streams.close("the sandbox's sidecar is shutting down")  # open watches, at once
         await self.calls.drain(grace, "the sandbox's sidecar is shutting down")
         if self.link is not None:

@@ -35,6 +35,7 @@ import orjson
 
 from mcp_local.content import ToolResult
 from mcp_local.errors import (
+    CallStopped,
     ConfigError,
     Conflict,
     DeadlineExceeded,
@@ -43,6 +44,7 @@ from mcp_local.errors import (
     PermissionDenied,
     ToolError,
     ToolNotFound,
+    Unavailable,
 )
 from mcp_local.principals import Authenticator, Principal, bearer_token, first_authorization
 from mcp_local.registry import ToolRegistry
@@ -257,10 +259,21 @@ class SandboxConnection:
         )
 
 
+_FAILURES: dict[int, type[HubError]] = {
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,
+    # A sidecar that is stopping: it refused the call, whose tool did not run (call again), or it
+    # stopped the call while it ran (the gate answers a `stopped` refusal, as for the hub's stop).
+    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
+    grpc.StatusCode.CANCELLED.value[0]: CallStopped,
+}
+"""The sidecar's failure codes the hub passes on as its own; any other is a tool error."""
+
+
 def _raise_failure(sandbox: str, tool: str, failure: spb.SidecarCallFailure) -> NoReturn:
     where = f"sandbox {sandbox!r}, tool {tool}"
-    if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
-        raise DeadlineExceeded(f"{where}: {failure.message}")
+    error = _FAILURES.get(failure.code)
+    if error is not None:
+        raise error(f"{where}: {failure.message}")
     raise ToolError(f"{where}: {failure.message}")
 
 

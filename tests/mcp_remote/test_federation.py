@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -419,6 +420,61 @@ async def test_disconnect_removes_the_tools_and_reconnect_brings_them_back(tmp_p
     ]
     assert ("disconnected", "the hub is stopping") in events, events
     assert not [a for a, b in itertools.pairwise(events) if a[0] == b[0]], events
+
+
+async def test_a_stopping_sidecar_drains_the_calls_of_the_hub_as_its_own(tmp_path: Path) -> None:
+    """Found by an SRE: SIGTERM to a sidecar cut a call routed through the hub at once ("went
+    away", exit 1) and took new calls from the hub while it drained. A running call now gets the
+    sidecar's grace and then the `stopped` refusal (exit 3), a new one is refused UNAVAILABLE (its
+    tool did not run: call again), and the link ends after their answers."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    root = tmp_path / "sbx"
+    sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+    markers = root / "state" / "markers"
+    client = HubClient(hub.grpc)
+    running: asyncio.subprocess.Process | None = None
+    try:
+        await wait_for(lambda: _has(hub, "sbx-42__wait_for_cancel"), what="the sandbox to register")
+        running = await asyncio.create_subprocess_exec(
+            *hub_command("call", "sbx-42__wait_for_cancel", "--args", '{"marker": "drained"}'),
+            *["--hub", hub.grpc, "--token", TOKENS["agent-42"]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")},
+        )
+
+        async def started() -> bool:
+            return (markers / "drained.started").exists()
+
+        await wait_for(started, what="the sandbox tool to start")
+        sidecar.process.send_signal(signal.SIGTERM)
+
+        async def draining() -> bool:
+            return "waiting up to 3s for 1 running call(s)" in sidecar.log()
+
+        await wait_for(draining, what="the sidecar to wait for the hub's call")
+        request = pb.CallToolRequest(name="sbx-42__whoami", arguments_json=b"{}")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.call_tool(TOKENS["agent-42"], request)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "the sandbox's sidecar is shutting down" in (refused.value.details() or "")
+        async with asyncio.timeout(60):
+            out, err = (part.decode() for part in await running.communicate())
+        assert running.returncode == 3, (running.returncode, out, err)
+        assert "the sandbox's sidecar is shutting down: the call was stopped before it finished" in out, out
+        assert (markers / "drained").read_text() == "cancelled"
+        assert sidecar.process.wait(30) == 0
+    finally:
+        if running is not None and running.returncode is None:
+            running.kill()
+            await running.communicate()
+        await client.close()
+        sidecar.stop()
+        hub.stop()
+    log = sidecar.log()
+    assert "stopped 1 call(s) still running after 3s" in log, log
+    assert "Traceback" not in log and " ERROR " not in log and "without giving a reason" not in log, log
 
 
 async def test_a_changed_definition_is_blocked_until_an_operator_accepts_it(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """One Chromium shared by everyone; one BrowserContext per (principal, session) so nothing leaks.
 
     SharedBrowser        the Playwright driver, the Chromium process, the policy proxy,
-                         spare contexts, the idle reaper; relaunches Chromium after a crash
+                         spare contexts, the idle reaper; starts Chromium (and the driver)
+                         again when either went away
     +-- BrowserSession   one (principal, session handle): a context, its tabs, the pending
                          dialog or file chooser, the network log and the events to report
 
@@ -19,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,8 +54,9 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _driver_in_its_own_session() -> Any:
-    """Start Playwright's driver outside the hub's process group.
+def _driver_in_its_own_session() -> Iterator[list[asyncio.subprocess.Process]]:
+    """Start Playwright's driver outside the hub's process group; yields a list that holds the
+    driver's process once it started (Playwright keeps it to itself), so that its end is seen.
 
     Ctrl-C in a terminal (or `timeout`, or a supervisor signalling the group) reaches every
     process of the foreground group at once; the driver would die before the hub closed the
@@ -65,14 +67,18 @@ def _driver_in_its_own_session() -> Any:
     through asyncio in that same moment would get its own session too, which is harmless).
     """
     original = asyncio.create_subprocess_exec
+    drivers: list[asyncio.subprocess.Process] = []
 
     async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         kwargs.setdefault("start_new_session", True)
-        return await original(*args, **kwargs)
+        process = await original(*args, **kwargs)
+        if "run-driver" in args:
+            drivers.append(process)
+        return process
 
     asyncio.create_subprocess_exec = spawn
     try:
-        yield
+        yield drivers
     finally:
         asyncio.create_subprocess_exec = original
 
@@ -473,6 +479,7 @@ class SharedBrowser:
         """Calls in progress (a launch inside one leaves the spares to its end)."""
         self._spare_timer: asyncio.TimerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._driver_watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.launches = 0
 
@@ -492,7 +499,7 @@ class SharedBrowser:
         self._stopping = True
         if self._spare_timer is not None:
             self._spare_timer.cancel()
-        for task in (self._reaper, self._filling, self._launching):
+        for task in (self._reaper, self._filling, self._launching, self._driver_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -524,8 +531,12 @@ class SharedBrowser:
 
     async def _launch(self) -> Browser:
         if self._playwright is None:
-            with _driver_in_its_own_session():
+            with _driver_in_its_own_session() as drivers:
                 self._playwright = await async_playwright().start()
+            if drivers:
+                self._driver_watch = asyncio.create_task(
+                    self._watch_driver(drivers[0], self._playwright), name="browser-driver"
+                )
         # Every request goes through the policy proxy; `<-loopback>` stops Chromium bypassing it locally.
         proxy: ProxySettings = {"server": f"http://127.0.0.1:{self._proxy_port()}", "bypass": "<-loopback>"}
         browser = await self._playwright.chromium.launch(
@@ -551,6 +562,30 @@ class SharedBrowser:
         logger.warning(
             "Chromium went away; %d sessions are lost, it starts again on the next call", len(self._sessions)
         )
+        self._lose_sessions()
+
+    async def _watch_driver(self, driver: asyncio.subprocess.Process, playwright: Playwright) -> None:
+        """When Playwright's driver exits, drop it with its Chromium, so that the next call starts
+        both again. Chromium's `disconnected` never comes then (the driver sends it), and the
+        browser, its contexts and every new one would answer "Target page, context or browser
+        has been closed" for as long as the hub runs."""
+        code = await driver.wait()
+        if self._stopping or playwright is not self._playwright:
+            return
+        logger.warning(
+            "Playwright's driver went away (pid %d, exit code %s); %d sessions are lost, it and "
+            "Chromium start again on the next call",
+            driver.pid,
+            code,
+            len(self._sessions),
+        )
+        self._playwright = None
+        self._lose_sessions()
+        with contextlib.suppress(PlaywrightError, OSError):
+            await playwright.stop()  # its pipes: the process is gone
+
+    def _lose_sessions(self) -> None:
+        """The browser is gone: its sessions are lost (their next call says so) and its spares."""
         self._browser = None
         self._lost.update(self._sessions)
         for session in self._sessions.values():

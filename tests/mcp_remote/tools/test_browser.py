@@ -7,6 +7,7 @@ time serves the idle and crash tests; a third points at a missing Chromium.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -837,6 +838,49 @@ async def test_a_crashed_browser_is_restarted_and_other_sessions_carry_on(
         assert 'heading "Echo after"' in again.text
         assert "started again" in again.text
         assert idle_hub.alive()
+
+
+def _driver_of(hub: RunningHub) -> int:
+    """The Playwright driver the hub started (its child running `run-driver`)."""
+    for child in _children(hub.process.pid):
+        with contextlib.suppress(OSError):
+            if b"run-driver" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                return child
+    raise AssertionError("no Playwright driver under the hub")
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_dead_driver_is_started_again_and_other_sessions_carry_on(
+    idle_hub: RunningHub, site: Site
+) -> None:
+    """Found by an SRE: after Playwright's driver died, every browser call answered "Target
+    page, context or browser has been closed" for ever, with no log line."""
+    async with (
+        connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-a"]) as a,
+        connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-b"]) as b,
+    ):
+        await call(a, "browser_navigate", url=site.url("/echo?n=before"), session="driver")
+        driver, chromium = _driver_of(idle_hub), _chromium_of(idle_hub)
+        os.kill(driver, signal.SIGTERM)
+        assert await _until(lambda: "Playwright's driver went away" in idle_hub.log(), 30), idle_hub.log()
+
+        unrelated = await call(b, "browser_navigate", url=site.url("/echo?n=other"))
+        assert 'heading "Echo other"' in unrelated.text
+        again = await call(a, "browser_navigate", url=site.url("/echo?n=after"), session="driver")
+        assert 'heading "Echo after"' in again.text
+        assert "started again" in again.text
+        assert _driver_of(idle_hub) != driver and _chromium_of(idle_hub) != chromium
+        assert await _until(lambda: not _running(chromium), 30), "the old Chromium was left running"
+        assert idle_hub.alive()
+        after = idle_hub.log().split("Playwright's driver went away", 1)[1]
+        assert "Traceback" not in after and " ERROR " not in after, after
 
 
 async def test_without_chromium_the_pack_says_so_and_the_hub_works(
