@@ -423,7 +423,7 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
 
     hub = HubClient(target)
     line = _ProgressLine()
-    out, err = _Output(sys.stdout), _Output(sys.stderr)
+    out, err = _Output(sys.stdout, exact=True), _Output(sys.stderr)
     request = pb.CallToolRequest(
         name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
     )
@@ -476,40 +476,68 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
     line.done()
     if result is None:
         return _fail("the hub ended the call without a result", EXIT_HUB)
+    refused = bool(result.is_error and result.meta_json and REFUSED_META in orjson.loads(result.meta_json))
     if as_json:
         print(json.dumps(result_to_mcp(result), indent=2))
     else:
         # A command's stdout went to ours as it came: its result (a summary, "[exit code 0; 31 ms]",
         # repeating a preview of the output) goes to stderr, so that `> file` holds exactly what the
-        # command printed, nothing included.
-        command = outputs or b'"exit_code"' in result.structured_content_json
-        _print_result(result, err if command else out)
+        # command printed, nothing included. So does the hub's refusal of any call: it is no
+        # tool's output, and exits 3 as the hub's other refusals, which are on stderr.
+        _print_result(result, err if refused or outputs or _ran_a_command(result) else out)
     if not result.is_error:
         return EXIT_OK
-    refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)
     return EXIT_HUB if refused else EXIT_TOOL_ERROR
+
+
+_COMMAND_RESULT = frozenset({"exit_code", "stdout", "stderr"})
+"""The keys of a command's result (shell_exec's, and a sidecar's): its output streamed, if any."""
+
+
+def _ran_a_command(result: Any) -> bool:
+    """Whether `result` is a command's that could have streamed output, though it streamed none
+    (`true`): `> file` must then hold nothing. A result that merely mentions an exit code (those of
+    shell_start, shell_status, shell_read) is the tool's answer, for stdout."""
+    import orjson
+
+    if b'"exit_code"' not in result.structured_content_json:  # most results: nothing to parse
+        return False
+    structured = orjson.loads(result.structured_content_json)
+    return isinstance(structured, dict) and structured.keys() >= _COMMAND_RESULT
 
 
 class _Output:
     """Stdout or stderr for a tool's text: its data exactly as it came on a pipe or in a file; on
     a terminal, with what would hide, reorder or overwrite text, or send the terminal escapes
-    (set its title, clear the screen), escaped (`shown_lines`: line breaks and tabs kept)."""
+    (set its title, clear the screen), escaped (`shown_lines`: line breaks and tabs kept).
 
-    def __init__(self, stream: Any) -> None:
+    `exact` (stdout): on a pipe or in a file, a result's text is written as UTF-8 whatever the
+    locale, with nothing added (no line end it did not have), so that `> file` holds exactly the
+    text a tool returned; a newline separates its blocks. On a terminal, and on stderr, each block
+    is a line of its own, and a character the locale cannot encode is written as an escape."""
+
+    def __init__(self, stream: Any, *, exact: bool = False) -> None:
         import codecs
 
         self.stream = stream
         self.tty = stream.isatty()
+        self.exact = exact and not self.tty
+        self._blocks = 0
         # A command's output may split a character between two chunks.
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def print(self, text: str) -> None:
-        print(shown_lines(text) if self.tty else text, file=self.stream)
+        if self.exact:
+            self.write(("\n" if self._blocks else "").encode() + text.encode())
+            self._blocks += 1
+        else:
+            print(shown_lines(text) if self.tty else text, file=self.stream)
 
     def write(self, data: bytes, *, final: bool = False) -> None:
         if self.tty:
             self.stream.write(shown_lines(self._decoder.decode(data, final)))
         else:
+            self.stream.flush()  # what went through its text layer first
             self.stream.buffer.write(data)
         self.stream.flush()
 
@@ -675,9 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
         "call",
         formatter_class=_Formatter,
         help="call a tool, showing progress as it runs",
-        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout; a tool "
-        "that streams output (a shell command) writes its stdout and stderr live to ours, and its "
-        "result then goes to stderr, so that `> file` holds exactly what the command printed.",
+        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout (in a pipe or a "
+        "file exactly its text, in UTF-8, no line end added); a command (shell_exec) writes its stdout "
+        "and stderr live to ours, and its result then goes to stderr, so that `> file` holds exactly "
+        "what the command printed, as does the hub's refusal of any call (exit 3).",
     )
     call.add_argument("tool", help="tool name, e.g. echo")
     call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")

@@ -1,0 +1,105 @@
+"""`mcphub call` as a script uses it: which stream gets what, exact results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import TOKENS
+from tests.mcp_remote.tools.conftest import SHELL_OPTIONS
+from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
+
+AGENT = TOKENS["agent-a"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, input: bytes | None = None, **popen: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """`mcphub ARGS`, its output as bytes (what a file would hold)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    full_env.update(env or {})
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} | popen
+    return subprocess.run(
+        hub_command(*args), input=input, timeout=60, env=full_env, cwd=REPO, check=False, **options
+    )
+
+
+def one_line(stderr: bytes) -> str:
+    """The single line of a one-line error (no traceback)."""
+    text = stderr.decode()
+    assert text.count("\n") == 1 and text.startswith("mcphub: "), text
+    return text
+
+
+@pytest.fixture(scope="module")
+def shell_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    """The shell pack (jail), a deny rule, and principals, so that an approval stays pending."""
+    config = {
+        "policy": {
+            "rules": [
+                {
+                    "name": "no force push",
+                    "tools": ["shell_exec"],
+                    "argv": [["git", "push", "--force|-f"]],
+                    "decision": "deny",
+                },
+                {"name": "everything else, for these tests", "decision": "allow"},
+            ]
+        },
+        "principals": [
+            {"name": "agent-a", "token": AGENT},
+            {"name": "approver", "token": TOKENS["approver"], "roles": ["approver"]},
+        ],
+        "packs": [{"name": "diagnostics"}, {"name": "shell", "options": SHELL_OPTIONS}],
+    }
+    hub = start_hub(tmp_path_factory.mktemp("cli-shell-hub"), config=config, packs=[PROBE_PACK], http=False)
+    yield hub
+    hub.stop()
+
+
+def call(
+    hub: RunningHub, tool: str, arguments: dict[str, Any], *extra: str
+) -> subprocess.CompletedProcess[bytes]:
+    return run("call", tool, "--args", json.dumps(arguments), "--hub", hub.grpc, "--token", AGENT, *extra)
+
+
+def test_only_a_commands_result_goes_to_stderr(shell_hub: RunningHub) -> None:
+    """shell_start, shell_status and shell_read answer with an exit code in their result (null
+    while running): their answer is not a command's output, and went to stderr, stdout empty."""
+    started = call(shell_hub, "shell_start", {"command": "echo started-line"})
+    assert started.returncode == 0, started
+    assert started.stdout.startswith(b"started proc_"), started
+    process_id = json.loads(call(shell_hub, "shell_start", {"command": "true"}, "--json").stdout)[
+        "structuredContent"
+    ]["process_id"]
+    status = call(shell_hub, "shell_status", {"process_id": process_id})
+    assert status.returncode == 0 and b'"exit_code"' in status.stdout, status
+    read = call(shell_hub, "shell_read", {"process_id": process_id, "offset": 0})
+    assert read.returncode == 0 and read.stdout, read
+    # A command that printed nothing: its result ("[exit code 0; ...]") on stderr still.
+    quiet = call(shell_hub, "shell_exec", {"command": "true"})
+    assert (quiet.returncode, quiet.stdout) == (0, b""), quiet
+    assert b"[exit code 0;" in quiet.stderr
+
+
+def test_a_refused_command_leaves_stdout_to_what_it_would_have_printed(shell_hub: RunningHub) -> None:
+    denied = call(shell_hub, "shell_exec", {"command": "git push --force"})
+    assert (denied.returncode, denied.stdout) == (3, b""), denied
+    assert b"refused by policy rule 'no force push'" in denied.stderr
+    # --json: the refusal is the MCP result, on stdout.
+    as_json = call(shell_hub, "shell_exec", {"command": "git push --force"}, "--json")
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["_meta"]["dev.mcphub/refused"] == "policy"
+
+
+def test_a_result_is_exact_in_a_file(open_hub: RunningHub) -> None:
+    """No line end added to a text that has none: `> file` holds what the tool returned."""
+    out = run("call", "echo", "--args", '{"text": "eleven byte"}', "--hub", open_hub.grpc)
+    assert (out.returncode, out.stdout) == (0, b"eleven byte"), out
+    ends = run("call", "echo", "--args", '{"text": "line\\n"}', "--hub", open_hub.grpc)
+    assert ends.stdout == b"line\n"
