@@ -31,6 +31,10 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
 
+MAX_TIMEOUT_S = 86400.0
+"""`mcphub call --timeout`'s maximum, a day: gRPC cannot carry a deadline much further away (it
+failed at once as `deadline_exceeded`), and no call waits that long for a person."""
+
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
@@ -277,13 +281,44 @@ def arguments_option(text: str) -> dict[str, Any]:
     """The `--args` option's JSON object; ValueError saying what is wrong."""
     import json
 
+    def not_json(constant: str) -> Any:
+        raise ValueError(f"--args is not valid JSON: {constant} is not a JSON number")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"--args has a number too large for JSON tools to read: {number}")
+        return value
+
     try:
-        arguments = json.loads(text)
+        arguments = json.loads(text, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("--args is nested too deeply") from None
     if not isinstance(arguments, dict):
         raise ValueError('--args must be a JSON object, e.g. \'{"text": "hi"}\'')
     return arguments
+
+
+def arguments_text(value: str, stdin: Any) -> str:
+    """The `--args` option's text: `value` itself, or with `@FILE` that file's, with `-` all of
+    stdin (beyond ~128 KiB a shell cannot pass an argument at all); ValueError saying what is wrong."""
+    if value == "-":
+        data = stdin.buffer.read()
+        source = "stdin"
+    elif value.startswith("@"):
+        try:
+            data = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"--args {value}: cannot read it: {exc.strerror}") from None
+        source = value[1:]
+    else:
+        return value
+    try:
+        return str(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--args from {source} is not UTF-8 (byte {exc.start})") from None
 
 
 _TRANSPORT_TROUBLE = (
@@ -369,20 +404,30 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
 
 
 def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import orjson
+
     try:
-        arguments = arguments_option(args.args)
+        arguments = arguments_option(arguments_text(args.args, sys.stdin))
+        encoded = orjson.dumps(arguments)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    request = _CallRequest(args.tool, arguments, args.approval or "", args.timeout)
+    except TypeError:  # all orjson refuses of what JSON gives: an integer beyond 64 bits
+        return _fail(
+            "--args has an integer beyond the 64-bit range (-2**63 to 2**64-1) the hub reads: "
+            "send it as a string",
+            EXIT_USAGE,
+        )
+    request = _CallRequest(args.tool, encoded, args.approval or "", args.timeout, args.request_id or "")
     return _run(_call(hub_target(args, environ), _token(args, environ), request, args.json))
 
 
 @dataclass(frozen=True)
 class _CallRequest:
     tool: str
-    arguments: dict[str, Any]
+    arguments_json: bytes
     approval_id: str
     timeout: float | None
+    request_id: str = ""
 
 
 class _ProgressLine:
@@ -425,7 +470,10 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
     line = _ProgressLine()
     out, err = _Output(sys.stdout, exact=True), _Output(sys.stderr)
     request = pb.CallToolRequest(
-        name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
+        name=call.tool,
+        arguments_json=call.arguments_json,
+        approval_id=call.approval_id,
+        request_id=call.request_id,
     )
     result = None
     outputs = False  # the tool streamed its output (a command's stdout and stderr) as it ran
@@ -604,8 +652,10 @@ def _seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds above 0")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected a number of seconds above 0, at most {MAX_TIMEOUT_S:g} (a day)"
+        )
     return seconds
 
 
@@ -709,9 +759,22 @@ def build_parser() -> argparse.ArgumentParser:
         "what the command printed, as does the hub's refusal of any call (exit 3).",
     )
     call.add_argument("tool", help="tool name, e.g. echo")
-    call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")
     call.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="give up after this long (the tool is stopped)"
+        "--args",
+        default="{}",
+        metavar="JSON",
+        help="arguments object (default: {}); @FILE reads it from a file, - from stdin",
+    )
+    call.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"give up after this long, at most {MAX_TIMEOUT_S:g} (the tool is stopped)",
+    )
+    call.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="recorded with the call in the audit log (`mcphub audit query --json` shows it as request_id)",
     )
     call.add_argument(
         "--approval",

@@ -1,4 +1,5 @@
-"""`mcphub call` as a script uses it: which stream gets what, exact results."""
+"""`mcphub call` as a script uses it: which stream gets what, exact results, arguments from a
+file or stdin."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +97,48 @@ def test_a_refused_command_leaves_stdout_to_what_it_would_have_printed(shell_hub
     as_json = call(shell_hub, "shell_exec", {"command": "git push --force"}, "--json")
     assert as_json.returncode == 3
     assert json.loads(as_json.stdout)["_meta"]["dev.mcphub/refused"] == "policy"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ('{"seconds": 123456789012345678901234567890}', "beyond the 64-bit range"),
+        ('{"seconds": NaN}', "NaN is not a JSON number"),
+        ('{"seconds": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"seconds": 1e999}', "too large"),
+    ],
+)
+def test_arguments_the_hub_cannot_read_are_usage_errors(arguments: str, problem: str) -> None:
+    out = run("call", "sleep", "--args", arguments, "--hub", "127.0.0.1:1")
+    assert out.returncode == 2 and problem in one_line(out.stderr), out
+
+
+def test_a_timeout_beyond_a_day_is_a_usage_error() -> None:
+    out = run("call", "sleep", "--timeout", "1e10", "--hub", "127.0.0.1:1")
+    assert out.returncode == 2 and b"at most 86400" in out.stderr, out
+    assert b"Traceback" not in out.stderr
+
+
+def test_arguments_from_a_file_or_stdin(tmp_path: Path, open_hub: RunningHub) -> None:
+    big = "x" * 300_000  # past what a shell can pass as one argument
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"text": big}))
+    from_file = run("call", "echo", "--args", f"@{path}", "--hub", open_hub.grpc)
+    assert (from_file.returncode, from_file.stdout) == (0, big.encode()), from_file.stderr
+    from_stdin = run("call", "echo", "--args", "-", "--hub", open_hub.grpc, input=b'{"text": "piped"}')
+    assert (from_stdin.returncode, from_stdin.stdout) == (0, b"piped"), from_stdin.stderr
+    missing = run("call", "echo", "--args", f"@{tmp_path / 'nosuch'}", "--hub", open_hub.grpc)
+    assert missing.returncode == 2 and "No such file" in one_line(missing.stderr)
+
+
+def test_a_request_id_is_recorded_in_the_audit_log(open_hub: RunningHub) -> None:
+    out = run(
+        "call", "echo", "--args", '{"text": "id"}', "--request-id", "script-7f3", "--hub", open_hub.grpc
+    )
+    assert out.returncode == 0, out.stderr
+    query = run("audit", "query", "--state-dir", str(open_hub.state_dir), "--tool", "echo", "--json")
+    records = [json.loads(line) for line in query.stdout.splitlines()]
+    assert any(r["kind"] == "requested" and r["body"].get("request_id") == "script-7f3" for r in records)
 
 
 def test_a_result_is_exact_in_a_file(open_hub: RunningHub) -> None:
