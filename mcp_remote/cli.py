@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
-an approver, an approval's timeout, a deadline, a shutdown) or could not be reached. For
+an approver, an approval's timeout, a deadline, a shutdown) or could not be reached; 4 the
+output could not be written (a full disk); 141 its reader left (a closed pipe). For
 `serve`: 2 when the config, the command line or the process's limits must change (a
 PostgreSQL audit store that cannot be reached included), 3 when the state directory or the
 audit log cannot be used as they are (`StateError`, `AuditStoreRefused`), or when it stopped
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import logging
 import os
 import sys
@@ -23,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+from mcp_local.plainerrors import ConfigError  # standard library only
 from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
+EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB, EXIT_OUTPUT = 0, 1, 2, 3, 4
 
 MAX_TIMEOUT_S = 86400.0
 """`mcphub call --timeout`'s maximum, a day: gRPC cannot carry a deadline much further away (it
@@ -92,7 +96,8 @@ def _limits_problem() -> str | None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"mcphub: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # a stderr that cannot be written: the exit code still tells
+        print(f"mcphub: {message}", file=sys.stderr)
     return code
 
 
@@ -273,8 +278,21 @@ def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    token = args.token or environ.get("MCPHUB_TOKEN")
-    return token or None
+    if args.token:
+        return checked_token(args.token, "--token")
+    return checked_token(environ.get("MCPHUB_TOKEN") or "", "$MCPHUB_TOKEN") or None
+
+
+def checked_token(token: str, source: str) -> str:
+    """`token`, or a ConfigError naming its `source` (never its value) when it cannot be sent: an
+    HTTP/2 header holds printable ASCII only, and gRPC refused a token with a trailing CR (a
+    Windows line end) or a tab with a 53-line traceback, or as `internal: Invalid metadata`."""
+    if token and not all(" " <= ch <= "~" for ch in token):
+        raise ConfigError(
+            f"the token in {source} has a control character or one beyond ASCII (a line end, a tab?), "
+            "which a token cannot hold: give it again without"
+        )
+    return token
 
 
 def arguments_option(text: str) -> dict[str, Any]:
@@ -683,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
             "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
             "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
-            "              deadline, shutdown) or could not be reached\n"
+            "              deadline, shutdown) or could not be reached,\n"
+            "            4 the output could not be written (a full disk), 141 its reader left\n"
             "  for serve: 2 the config or the command line must change (a config key, a token,\n"
             "              a pack, a busy port, a PostgreSQL audit store that cannot be reached,\n"
             "              or a limit too low for a hub: open files, address space);\n"
@@ -807,7 +826,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _standard_streams() -> None:
+    """Open /dev/null on stdin, stdout or stderr when it is closed (`mcphub tools >&-`): else the
+    next descriptor opened takes its number, and uvloop aborted (`uv__close: Assertion 'fd >
+    STDERR_FILENO' failed`) closing it. What the command writes there is then discarded."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if opened != fd:  # the lower ones are open (above), so it is `fd`; still, be sure
+                os.dup2(opened, fd)
+                os.close(opened)
+            if getattr(sys, name) is None:  # Python found it closed at its start
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    # A result in a pipe or a file is written as UTF-8 bytes (`_Output`); the rest is text for a
+    # person, which in an ASCII or Latin-1 locale must not end in a UnicodeEncodeError.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    _standard_streams()
     # gRPC's fork handlers only log "skipping fork() handlers" each time a pack starts a process
     # (the shell's spawner, Chromium); nothing here forks without exec.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -819,7 +859,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.print_help()
         return EXIT_USAGE
     try:
-        return func(args, os.environ if environ is None else environ)
+        code = func(args, os.environ if environ is None else environ)
+        sys.stdout.flush()  # here, where a full disk is reported, rather than at exit
+        return code
+    except ConfigError as exc:  # one a command did not catch: a token that cannot be sent
+        return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -828,6 +872,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command that a pipe stopped
+    except OSError as exc:
+        if exc.errno not in _WRITE_FAILURES or exc.filename is not None:
+            raise
+        # `> /dev/full`, a full disk or quota: what was asked for is not all written.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python would fail again flushing it at exit
+        return _fail(f"cannot write the output: {exc.strerror}", EXIT_OUTPUT)
+
+
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`mcphub call` as a script uses it: which stream gets what, exact results, arguments from a
-file or stdin."""
+"""`mcphub call` and `mcphub tools` as a script uses them: which stream gets what, exact results,
+arguments from a file or stdin, one-line errors with distinct exit codes."""
 
 from __future__ import annotations
 
@@ -147,3 +147,39 @@ def test_a_result_is_exact_in_a_file(open_hub: RunningHub) -> None:
     assert (out.returncode, out.stdout) == (0, b"eleven byte"), out
     ends = run("call", "echo", "--args", '{"text": "line\\n"}', "--hub", open_hub.grpc)
     assert ends.stdout == b"line\n"
+
+
+def test_a_locale_without_the_characters_neither_crashes_nor_changes_a_result(open_hub: RunningHub) -> None:
+    """An ASCII stdout: the result's bytes are UTF-8 as they came; a person's text is escaped."""
+    ascii_out = {"PYTHONIOENCODING": "ascii"}
+    out = run("call", "echo", "--args", '{"text": "snow \\u2603"}', "--hub", open_hub.grpc, env=ascii_out)
+    assert (out.returncode, out.stdout) == (0, "snow \u2603".encode()), out
+    query = run("audit", "query", "--state-dir", str(open_hub.state_dir), "--tool", "echo", env=ascii_out)
+    assert query.returncode == 0 and b"Traceback" not in query.stderr, query.stderr
+    assert b"\\u2603" in query.stdout
+
+
+def test_output_that_cannot_be_written_is_one_line_and_exit_4(open_hub: RunningHub) -> None:
+    with open("/dev/full", "wb") as full:
+        out = run("call", "echo", "--args", '{"text": "x"}', "--hub", open_hub.grpc, stdout=full)
+    assert out.returncode == 4 and "No space left" in one_line(out.stderr), out.stderr
+
+
+def test_a_closed_stdout_does_not_abort(open_hub: RunningHub) -> None:
+    """uvloop aborted (exit 134) when the descriptor it opened took the number of stdout."""
+    for args in (["tools", "--json"], ["call", "echo", "--args", '{"text": "x"}']):
+        out = run(*args, "--hub", open_hub.grpc, stdout=None, preexec_fn=lambda: os.close(1))
+        assert (out.returncode, out.stderr) == (0, b""), (args, out.stderr)
+
+
+@pytest.mark.parametrize(("given", "source"), [("env", "$MCPHUB_TOKEN"), ("option", "--token")])
+@pytest.mark.parametrize("token", ["token-of-agent-a-0123456789\r", "tok\ten"])
+def test_a_token_that_cannot_be_sent_is_refused_before_dialing(
+    shell_hub: RunningHub, given: str, source: str, token: str
+) -> None:
+    env = {"MCPHUB_TOKEN": token} if given == "env" else {}
+    option = ["--token", token] if given == "option" else []
+    for command in (["tools"], ["call", "echo"], ["approvals", "list"], ["bridge", "--stdio"]):
+        out = run(*command, "--hub", shell_hub.grpc, *option, env=env, input=b"")
+        line = one_line(out.stderr)
+        assert out.returncode == 2 and source in line and "tok" not in line.replace("token", ""), line
