@@ -363,25 +363,42 @@ def unreachable(exc: Any) -> bool:
 
 
 def _rpc_failure(exc: Any, target: str) -> int:
+    return _fail(_rpc_problem(exc, target)[1], EXIT_HUB)
+
+
+def _rpc_problem(exc: Any, target: str) -> tuple[str, str]:
+    """A failed RPC's gRPC code (`not_found`) and what to tell a person of it."""
     import grpc
 
+    code = exc.code().name.lower()
     # The hub's words may quote a caller's or a sandbox's text (a tool name, a sidecar's reason).
     details = shown(exc.details() or "")
     if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable(exc):
         if not any(words in details.lower() for words in _NOBODY_THERE):
             # Something listens there and closed the connection: a hub at its connection limit
             # (see README, "Open connections are bounded"), or one stopping.
-            return _fail(
+            return code, (
                 f"the hub at {target} closed the connection before answering ({details}): it may be at "
-                "its connection limit or stopping",
-                EXIT_HUB,
+                "its connection limit or stopping"
             )
-        return _fail(f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`", EXIT_HUB)
+        return code, f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return _fail(f"the hub at {target} is unavailable: {details}", EXIT_HUB)
+        return code, f"the hub at {target} is unavailable: {details}"
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
-    return _fail(f"{exc.code().name.lower()}: {details}", EXIT_HUB)
+    return code, f"{code}: {details}"
+
+
+def _json_failure(code: str, message: str, exit_code: int, approval_id: str = "") -> int:
+    """A failure that has no MCP result, for `--json`: its line on stderr as always, and one JSON
+    document on stdout, so that a script reading stdout reads JSON whatever happened."""
+    import json
+
+    error: dict[str, str] = {"code": code, "message": message}
+    if approval_id:
+        error["approval_id"] = approval_id
+    print(json.dumps({"error": error}, indent=2))
+    return _fail(message, exit_code)
 
 
 def _cmd_tools(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -400,6 +417,8 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
     try:
         tools = await hub.all_tools(token)
     except grpc.aio.AioRpcError as exc:
+        if as_json:
+            return _json_failure(*_rpc_problem(exc, target), EXIT_HUB)
         return _rpc_failure(exc, target)
     finally:
         await hub.close()
@@ -527,20 +546,24 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         out.end()
         err.end()
         line.done()
+        code, message = _rpc_problem(exc, target)
         if pending and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             waited = f" after {call.timeout:g}s" if call.timeout else ""
-            return _fail(
+            message = (
                 f"deadline_exceeded: gave up{waited} waiting for approval {pending}, which stays pending "
-                f"until it expires; once it is approved, run the same call with --approval {pending}",
-                EXIT_HUB,
+                f"until it expires; once it is approved, run the same call with --approval {pending}"
             )
-        return _rpc_failure(exc, target)
+        if as_json:
+            return _json_failure(code, message, EXIT_HUB, pending)
+        return _fail(message, EXIT_HUB)
     finally:
         await hub.close()
     out.end()
     err.end()
     line.done()
     if result is None:
+        if as_json:
+            return _json_failure("no_result", "the hub ended the call without a result", EXIT_HUB)
         return _fail("the hub ended the call without a result", EXIT_HUB)
     refused = bool(result.is_error and result.meta_json and REFUSED_META in orjson.loads(result.meta_json))
     if as_json:
@@ -765,7 +788,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the tools the calling principal may call, over gRPC.",
     )
     _client_options(tools)
-    tools.add_argument("--json", action="store_true", help="print MCP tool definitions as JSON")
+    tools.add_argument(
+        "--json",
+        action="store_true",
+        help='print MCP tool definitions as JSON; a failure prints {"error": {"code": ..., "message": ...}}',
+    )
     tools.set_defaults(func=_cmd_tools)
 
     call = sub.add_parser(
@@ -801,7 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use an approval granted earlier for exactly this call (same tool and arguments) "
         "instead of waiting for a new one",
     )
-    call.add_argument("--json", action="store_true", help="print the MCP result object as JSON")
+    call.add_argument(
+        "--json",
+        action="store_true",
+        help='print the MCP result object as JSON; a failure with no result prints {"error": {"code": '
+        '"not_found", "message": "...", "approval_id": "..." (when waiting for one)}}',
+    )
     _client_options(call)
     call.set_defaults(func=_cmd_call)
 

@@ -1,10 +1,11 @@
 """`mcphub call` and `mcphub tools` as a script uses them: which stream gets what, exact results,
-arguments from a file or stdin, one-line errors with distinct exit codes."""
+arguments from a file or stdin, one-line errors with distinct exit codes, JSON errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,27 @@ def test_a_token_that_cannot_be_sent_is_refused_before_dialing(
         out = run(*command, "--hub", shell_hub.grpc, *option, env=env, input=b"")
         line = one_line(out.stderr)
         assert out.returncode == 2 and source in line and "tok" not in line.replace("token", ""), line
+
+
+def test_json_failures_print_one_json_error_on_stdout(shell_hub: RunningHub) -> None:
+    unknown = call(shell_hub, "nosuch", {}, "--json")
+    assert unknown.returncode == 3 and b"unknown tool" in unknown.stderr
+    assert json.loads(unknown.stdout)["error"]["code"] == "not_found"
+    unauthenticated = run(
+        "call", "echo", "--json", "--hub", shell_hub.grpc, "--token", "wrong-token-0123456789"
+    )
+    assert unauthenticated.returncode == 3
+    assert json.loads(unauthenticated.stdout)["error"]["code"] == "unauthenticated"
+    # A compound command waits for a person; the caller gives up first.
+    waited = call(shell_hub, "shell_exec", {"command": "echo a; echo b"}, "--json", "--timeout", "2")
+    assert waited.returncode == 3, waited
+    error = json.loads(waited.stdout)["error"]
+    assert error["code"] == "deadline_exceeded" and error["approval_id"].startswith("apr_"), error
+    assert error["approval_id"] in waited.stderr.decode()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = f"127.0.0.1:{s.getsockname()[1]}"
+    for command in (["tools", "--json"], ["call", "echo", "--json", "--timeout", "5"]):
+        nobody = run(*command, "--hub", free)
+        assert nobody.returncode == 3 and b"cannot reach a hub" in nobody.stderr
+        assert json.loads(nobody.stdout)["error"]["code"] == "unavailable", command
