@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the tool ran and reported an error (`is_error`);
 2 bad usage or configuration; 3 the hub refused or stopped the call (authentication, policy,
-an approver, an approval's timeout, a deadline, a shutdown) or could not be reached. For
+an approver, an approval's timeout, a deadline, a shutdown) or could not be reached; 4 the
+output could not be written (a full disk); 141 its reader left (a closed pipe). For
 `serve`: 2 when the config, the command line or the process's limits must change (a
 PostgreSQL audit store that cannot be reached included), 3 when the state directory or the
 audit log cannot be used as they are (`StateError`, `AuditStoreRefused`), or when it stopped
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
 import logging
 import os
 import sys
@@ -23,13 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+from mcp_local.plainerrors import ConfigError  # standard library only
 from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
+EXIT_OK, EXIT_TOOL_ERROR, EXIT_USAGE, EXIT_HUB, EXIT_OUTPUT = 0, 1, 2, 3, 4
+
+MAX_TIMEOUT_S = 86400.0
+"""`mcphub call --timeout`'s maximum, a day: gRPC cannot carry a deadline much further away (it
+failed at once as `deadline_exceeded`), and no call waits that long for a person."""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -88,7 +96,8 @@ def _limits_problem() -> str | None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"mcphub: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # a stderr that cannot be written: the exit code still tells
+        print(f"mcphub: {message}", file=sys.stderr)
     return code
 
 
@@ -275,21 +284,65 @@ def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    token = args.token or environ.get("MCPHUB_TOKEN")
-    return token or None
+    if args.token:
+        return checked_token(args.token, "--token")
+    return checked_token(environ.get("MCPHUB_TOKEN") or "", "$MCPHUB_TOKEN") or None
+
+
+def checked_token(token: str, source: str) -> str:
+    """`token`, or a ConfigError naming its `source` (never its value) when it cannot be sent: an
+    HTTP/2 header holds printable ASCII only, and gRPC refused a token with a trailing CR (a
+    Windows line end) or a tab with a 53-line traceback, or as `internal: Invalid metadata`."""
+    if token and not all(" " <= ch <= "~" for ch in token):
+        raise ConfigError(
+            f"the token in {source} has a control character or one beyond ASCII (a line end, a tab?), "
+            "which a token cannot hold: give it again without"
+        )
+    return token
 
 
 def arguments_option(text: str) -> dict[str, Any]:
     """The `--args` option's JSON object; ValueError saying what is wrong."""
     import json
 
+    def not_json(constant: str) -> Any:
+        raise ValueError(f"--args is not valid JSON: {constant} is not a JSON number")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"--args has a number too large for JSON tools to read: {number}")
+        return value
+
     try:
-        arguments = json.loads(text)
+        arguments = json.loads(text, parse_constant=not_json, parse_float=finite)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("--args is nested too deeply") from None
     if not isinstance(arguments, dict):
         raise ValueError('--args must be a JSON object, e.g. \'{"text": "hi"}\'')
     return arguments
+
+
+def arguments_text(value: str, stdin: Any) -> str:
+    """The `--args` option's text: `value` itself, or with `@FILE` that file's, with `-` all of
+    stdin (beyond ~128 KiB a shell cannot pass an argument at all); ValueError saying what is wrong."""
+    if value == "-":
+        data = stdin.buffer.read()
+        source = "stdin"
+    elif value.startswith("@"):
+        try:
+            data = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"--args {value}: cannot read it: {exc.strerror}") from None
+        source = value[1:]
+    else:
+        return value
+    try:
+        return str(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--args from {source} is not UTF-8 (byte {exc.start})") from None
 
 
 _TRANSPORT_TROUBLE = (
@@ -316,25 +369,42 @@ def unreachable(exc: Any) -> bool:
 
 
 def _rpc_failure(exc: Any, target: str) -> int:
+    return _fail(_rpc_problem(exc, target)[1], EXIT_HUB)
+
+
+def _rpc_problem(exc: Any, target: str) -> tuple[str, str]:
+    """A failed RPC's gRPC code (`not_found`) and what to tell a person of it."""
     import grpc
 
+    code = exc.code().name.lower()
     # The hub's words may quote a caller's or a sandbox's text (a tool name, a sidecar's reason).
     details = shown(exc.details() or "")
     if exc.code() == grpc.StatusCode.UNAVAILABLE and unreachable(exc):
         if not any(words in details.lower() for words in _NOBODY_THERE):
             # Something listens there and closed the connection: a hub at its connection limit
             # (see README, "Open connections are bounded"), or one stopping.
-            return _fail(
+            return code, (
                 f"the hub at {target} closed the connection before answering ({details}): it may be at "
-                "its connection limit or stopping",
-                EXIT_HUB,
+                "its connection limit or stopping"
             )
-        return _fail(f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`", EXIT_HUB)
+        return code, f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return _fail(f"the hub at {target} is unavailable: {details}", EXIT_HUB)
+        return code, f"the hub at {target} is unavailable: {details}"
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
-    return _fail(f"{exc.code().name.lower()}: {details}", EXIT_HUB)
+    return code, f"{code}: {details}"
+
+
+def _json_failure(code: str, message: str, exit_code: int, approval_id: str = "") -> int:
+    """A failure that has no MCP result, for `--json`: its line on stderr as always, and one JSON
+    document on stdout, so that a script reading stdout reads JSON whatever happened."""
+    import json
+
+    error: dict[str, str] = {"code": code, "message": message}
+    if approval_id:
+        error["approval_id"] = approval_id
+    print(json.dumps({"error": error}, indent=2))
+    return _fail(message, exit_code)
 
 
 def _cmd_tools(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -353,6 +423,8 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
     try:
         tools = await hub.all_tools(token)
     except grpc.aio.AioRpcError as exc:
+        if as_json:
+            return _json_failure(*_rpc_problem(exc, target), EXIT_HUB)
         return _rpc_failure(exc, target)
     finally:
         await hub.close()
@@ -375,20 +447,30 @@ async def _tools(target: str, token: str | None, *, as_json: bool) -> int:
 
 
 def _cmd_call(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import orjson
+
     try:
-        arguments = arguments_option(args.args)
+        arguments = arguments_option(arguments_text(args.args, sys.stdin))
+        encoded = orjson.dumps(arguments)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    request = _CallRequest(args.tool, arguments, args.approval or "", args.timeout)
+    except TypeError:  # all orjson refuses of what JSON gives: an integer beyond 64 bits
+        return _fail(
+            "--args has an integer beyond the 64-bit range (-2**63 to 2**64-1) the hub reads: "
+            "send it as a string",
+            EXIT_USAGE,
+        )
+    request = _CallRequest(args.tool, encoded, args.approval or "", args.timeout, args.request_id or "")
     return _run(_call(hub_target(args, environ), _token(args, environ), request, args.json))
 
 
 @dataclass(frozen=True)
 class _CallRequest:
     tool: str
-    arguments: dict[str, Any]
+    arguments_json: bytes
     approval_id: str
     timeout: float | None
+    request_id: str = ""
 
 
 class _ProgressLine:
@@ -429,9 +511,12 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
 
     hub = HubClient(target)
     line = _ProgressLine()
-    out, err = _Output(sys.stdout), _Output(sys.stderr)
+    out, err = _Output(sys.stdout, exact=True), _Output(sys.stderr)
     request = pb.CallToolRequest(
-        name=call.tool, arguments_json=orjson.dumps(call.arguments), approval_id=call.approval_id
+        name=call.tool,
+        arguments_json=call.arguments_json,
+        approval_id=call.approval_id,
+        request_id=call.request_id,
     )
     result = None
     outputs = False  # the tool streamed its output (a command's stdout and stderr) as it ran
@@ -467,55 +552,87 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
         out.end()
         err.end()
         line.done()
+        code, message = _rpc_problem(exc, target)
         if pending and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             waited = f" after {call.timeout:g}s" if call.timeout else ""
-            return _fail(
+            message = (
                 f"deadline_exceeded: gave up{waited} waiting for approval {pending}, which stays pending "
-                f"until it expires; once it is approved, run the same call with --approval {pending}",
-                EXIT_HUB,
+                f"until it expires; once it is approved, run the same call with --approval {pending}"
             )
-        return _rpc_failure(exc, target)
+        if as_json:
+            return _json_failure(code, message, EXIT_HUB, pending)
+        return _fail(message, EXIT_HUB)
     finally:
         await hub.close()
     out.end()
     err.end()
     line.done()
     if result is None:
+        if as_json:
+            return _json_failure("no_result", "the hub ended the call without a result", EXIT_HUB)
         return _fail("the hub ended the call without a result", EXIT_HUB)
+    refused = bool(result.is_error and result.meta_json and REFUSED_META in orjson.loads(result.meta_json))
     if as_json:
         print(json.dumps(result_to_mcp(result), indent=2))
     else:
         # A command's stdout went to ours as it came: its result (a summary, "[exit code 0; 31 ms]",
         # repeating a preview of the output) goes to stderr, so that `> file` holds exactly what the
-        # command printed, nothing included.
-        command = outputs or b'"exit_code"' in result.structured_content_json
-        _print_result(result, err if command else out)
+        # command printed, nothing included. So does the hub's refusal of any call: it is no
+        # tool's output, and exits 3 as the hub's other refusals, which are on stderr.
+        _print_result(result, err if refused or outputs or _ran_a_command(result) else out)
     if not result.is_error:
         return EXIT_OK
-    refused = result.meta_json and REFUSED_META in orjson.loads(result.meta_json)
     return EXIT_HUB if refused else EXIT_TOOL_ERROR
+
+
+_COMMAND_RESULT = frozenset({"exit_code", "stdout", "stderr"})
+"""The keys of a command's result (shell_exec's, and a sidecar's): its output streamed, if any."""
+
+
+def _ran_a_command(result: Any) -> bool:
+    """Whether `result` is a command's that could have streamed output, though it streamed none
+    (`true`): `> file` must then hold nothing. A result that merely mentions an exit code (those of
+    shell_start, shell_status, shell_read) is the tool's answer, for stdout."""
+    import orjson
+
+    if b'"exit_code"' not in result.structured_content_json:  # most results: nothing to parse
+        return False
+    structured = orjson.loads(result.structured_content_json)
+    return isinstance(structured, dict) and structured.keys() >= _COMMAND_RESULT
 
 
 class _Output:
     """Stdout or stderr for a tool's text: its data exactly as it came on a pipe or in a file; on
     a terminal, with what would hide, reorder or overwrite text, or send the terminal escapes
-    (set its title, clear the screen), escaped (`shown_lines`: line breaks and tabs kept)."""
+    (set its title, clear the screen), escaped (`shown_lines`: line breaks and tabs kept).
 
-    def __init__(self, stream: Any) -> None:
+    `exact` (stdout): on a pipe or in a file, a result's text is written as UTF-8 whatever the
+    locale, with nothing added (no line end it did not have), so that `> file` holds exactly the
+    text a tool returned; a newline separates its blocks. On a terminal, and on stderr, each block
+    is a line of its own, and a character the locale cannot encode is written as an escape."""
+
+    def __init__(self, stream: Any, *, exact: bool = False) -> None:
         import codecs
 
         self.stream = stream
         self.tty = stream.isatty()
+        self.exact = exact and not self.tty
+        self._blocks = 0
         # A command's output may split a character between two chunks.
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def print(self, text: str) -> None:
-        print(shown_lines(text) if self.tty else text, file=self.stream)
+        if self.exact:
+            self.write(("\n" if self._blocks else "").encode() + text.encode())
+            self._blocks += 1
+        else:
+            print(shown_lines(text) if self.tty else text, file=self.stream)
 
     def write(self, data: bytes, *, final: bool = False) -> None:
         if self.tty:
             self.stream.write(shown_lines(self._decoder.decode(data, final)))
         else:
+            self.stream.flush()  # what went through its text layer first
             self.stream.buffer.write(data)
         self.stream.flush()
 
@@ -582,8 +699,10 @@ def _seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds above 0")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected a number of seconds above 0, at most {MAX_TIMEOUT_S:g} (a day)"
+        )
     return seconds
 
 
@@ -611,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  claude mcp add --transport http hub http://127.0.0.1:7071/mcp\n\n"
             "exit codes: 0 ok, 1 the tool reported an error, 2 bad usage or configuration,\n"
             "            3 the hub refused or stopped the call (token, policy, approver, timeout,\n"
-            "              deadline, shutdown) or could not be reached\n"
+            "              deadline, shutdown) or could not be reached,\n"
+            "            4 the output could not be written (a full disk), 141 its reader left\n"
             "  for serve: 2 the config or the command line must change (a config key, a token,\n"
             "              a pack, a busy port, a PostgreSQL audit store that cannot be reached,\n"
             "              or a limit too low for a hub: open files, address space);\n"
@@ -674,21 +794,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the tools the calling principal may call, over gRPC.",
     )
     _client_options(tools)
-    tools.add_argument("--json", action="store_true", help="print MCP tool definitions as JSON")
+    tools.add_argument(
+        "--json",
+        action="store_true",
+        help='print MCP tool definitions as JSON; a failure prints {"error": {"code": ..., "message": ...}}',
+    )
     tools.set_defaults(func=_cmd_tools)
 
     call = sub.add_parser(
         "call",
         formatter_class=_Formatter,
         help="call a tool, showing progress as it runs",
-        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout; a tool "
-        "that streams output (a shell command) writes its stdout and stderr live to ours, and its "
-        "result then goes to stderr, so that `> file` holds exactly what the command printed.",
+        description="Call a tool over gRPC. Progress goes to stderr, the result to stdout (in a pipe or a "
+        "file exactly its text, in UTF-8, no line end added); a command (shell_exec) writes its stdout "
+        "and stderr live to ours, and its result then goes to stderr, so that `> file` holds exactly "
+        "what the command printed, as does the hub's refusal of any call (exit 3).",
     )
     call.add_argument("tool", help="tool name, e.g. echo")
-    call.add_argument("--args", default="{}", metavar="JSON", help="arguments object (default: {})")
     call.add_argument(
-        "--timeout", type=_seconds, metavar="SECONDS", help="give up after this long (the tool is stopped)"
+        "--args",
+        default="{}",
+        metavar="JSON",
+        help="arguments object (default: {}); @FILE reads it from a file, - from stdin",
+    )
+    call.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"give up after this long, at most {MAX_TIMEOUT_S:g} (the tool is stopped)",
+    )
+    call.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="recorded with the call in the audit log (`mcphub audit query --json` shows it as request_id)",
     )
     call.add_argument(
         "--approval",
@@ -696,7 +834,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use an approval granted earlier for exactly this call (same tool and arguments) "
         "instead of waiting for a new one",
     )
-    call.add_argument("--json", action="store_true", help="print the MCP result object as JSON")
+    call.add_argument(
+        "--json",
+        action="store_true",
+        help='print the MCP result object as JSON; a failure with no result prints {"error": {"code": '
+        '"not_found", "message": "...", "approval_id": "..." (when waiting for one)}}',
+    )
     _client_options(call)
     call.set_defaults(func=_cmd_call)
 
@@ -721,7 +864,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _standard_streams() -> None:
+    """Open /dev/null on stdin, stdout or stderr when it is closed (`mcphub tools >&-`): else the
+    next descriptor opened takes its number, and uvloop aborted (`uv__close: Assertion 'fd >
+    STDERR_FILENO' failed`) closing it. What the command writes there is then discarded."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if opened != fd:  # the lower ones are open (above), so it is `fd`; still, be sure
+                os.dup2(opened, fd)
+                os.close(opened)
+            if getattr(sys, name) is None:  # Python found it closed at its start
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    # A result in a pipe or a file is written as UTF-8 bytes (`_Output`); the rest is text for a
+    # person, which in an ASCII or Latin-1 locale must not end in a UnicodeEncodeError.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    _standard_streams()
     # gRPC's fork handlers only log "skipping fork() handlers" each time a pack starts a process
     # (the shell's spawner, Chromium); nothing here forks without exec.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -733,7 +897,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.print_help()
         return EXIT_USAGE
     try:
-        return func(args, os.environ if environ is None else environ)
+        code = func(args, os.environ if environ is None else environ)
+        sys.stdout.flush()  # here, where a full disk is reported, rather than at exit
+        return code
+    except ConfigError as exc:  # one a command did not catch: a token that cannot be sent
+        return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -742,6 +910,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command that a pipe stopped
+    except OSError as exc:
+        if exc.errno not in _WRITE_FAILURES or exc.filename is not None:
+            raise
+        # `> /dev/full`, a full disk or quota: what was asked for is not all written.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python would fail again flushing it at exit
+        return _fail(f"cannot write the output: {exc.strerror}", EXIT_OUTPUT)
+
+
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 if __name__ == "__main__":

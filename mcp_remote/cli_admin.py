@@ -274,12 +274,13 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     When no token is sent, a line on stderr says why: the hub answers as it does any caller
     without one ("principal 'local' does not have the approver role"), which does not say
     that mcphub sent none, nor which state directory it looked in."""
+    from .cli import checked_token
     from .statedir import HUB_FILE, StateError, load_hub_file
 
     if args.token:
-        return str(args.token)
+        return checked_token(str(args.token), "--token")
     if environ.get("MCPHUB_TOKEN"):
-        return environ["MCPHUB_TOKEN"]
+        return checked_token(environ["MCPHUB_TOKEN"], "$MCPHUB_TOKEN")
     state_dir = _state_dir(args, environ)
     try:
         running = load_hub_file(state_dir)

@@ -80,7 +80,7 @@ def test_sighup_never_stops_a_hub_that_has_nothing_to_reload(tmp_path: Path) -> 
         time.sleep(0.05)
     assert hub.process.poll() is None
     out = run("call", "echo", "--hub", hub.grpc, "--args", '{"text": "still here"}')
-    assert out.stdout == "still here\n", out.stderr
+    assert out.stdout == "still here", out.stderr
     assert hub.stop() == 0
     assert (
         "SIGHUP: the hub was started without --config, so it has no config file to reload" in log.read_text()
@@ -166,13 +166,13 @@ def test_tools_finds_the_local_hub_through_the_state_dir(open_hub: RunningHub) -
 
 def test_call_prints_the_result_and_exits_zero(open_hub: RunningHub) -> None:
     out = run("call", "echo", "--args", '{"text": "hello"}', "--hub", open_hub.grpc)
-    assert (out.returncode, out.stdout) == (0, "hello\n")
+    assert (out.returncode, out.stdout) == (0, "hello")
 
 
 def test_call_shows_live_progress_on_stderr(open_hub: RunningHub) -> None:
     out = run("call", "sleep", "--args", '{"seconds": 0.3}', "--hub", open_hub.grpc)
     assert out.returncode == 0
-    assert out.stdout == "slept 0.3s\n"
+    assert out.stdout == "slept 0.3s"
     assert "[  0%] sleeping 0.3s" in out.stderr and "[100%]" in out.stderr
 
 
@@ -256,7 +256,7 @@ def test_call_escapes_a_tools_text_on_a_terminal_and_passes_its_data_exactly_dow
     data: exact in a pipe or a file, escaped on a terminal (line breaks and tabs kept)."""
     progress = "[nan] \\u001b[31mRED\\u200b"
     piped = run("call", "hostile", "--hub", hostile_hub.grpc)
-    assert (piped.returncode, piped.stdout) == (0, hostile.RESULT + "\n"), piped
+    assert (piped.returncode, piped.stdout) == (0, hostile.RESULT), piped
     assert progress in piped.stderr and not any(c in piped.stderr for c in UNSEEN), piped.stderr
     stdout, stderr = on_terminals("call", "hostile", "--hub", hostile_hub.grpc)
     assert stdout == "line one\\u001b[2J\nline\ttwo\\u202e\n", stdout
@@ -633,7 +633,7 @@ def test_a_hub_file_that_cannot_be_read_is_named(tmp_path: Path, content: str, p
         assert first.startswith(f"mcphub: {hub_file}: not the file a hub writes ({problem}"), out.stderr
         assert first.endswith("; looking for the hub at 127.0.0.1:7070 (--hub ADDRESS names it)"), first
         named = run("call", "echo", "--args", '{"text": "hi"}', "--hub", hub.grpc)
-        assert (named.returncode, named.stdout, named.stderr) == (0, "hi\n", "")
+        assert (named.returncode, named.stdout, named.stderr) == (0, "hi", "")
     finally:
         assert hub.stop() == 0
 
@@ -765,7 +765,7 @@ def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path:
         assert out.returncode == 1, out.stderr
         assert (
             out.stdout
-            == "wrong_int failed: it returned int 42, not a ToolResult or a str (a bug in the tool)\n"
+            == "wrong_int failed: it returned int 42, not a ToolResult or a str (a bug in the tool)"
         )
     finally:
         assert hub.stop() == 0

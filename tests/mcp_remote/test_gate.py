@@ -432,17 +432,19 @@ async def test_call_cli_exits_3_when_the_hub_refuses_and_uses_an_approval_given_
     gated_hub: RunningHub, hub_client: HubClient
 ) -> None:
     """`mcphub call` tells a refusal (exit 3) from a tool's failure (exit 1) by the result's
-    `_meta`, which only the hub may set; the audit log's `finished` says `refused`."""
+    `_meta`, which only the hub may set; the audit log's `finished` says `refused`. A refusal is
+    no tool's output: it goes to stderr, as the hub's other refusals do."""
     common = ["--hub", gated_hub.grpc, "--token", TOKENS["agent-a"]]
     everything = ["call", "delete_thing", "--args", '{"name": "everything"}', *common]
     denied = await asyncio.to_thread(cli, *everything)
-    assert denied.returncode == 3 and "refused by policy rule 'never everything'" in denied.stdout, denied
+    assert denied.returncode == 3 and "refused by policy rule 'never everything'" in denied.stderr, denied
+    assert denied.stdout == ""
     assert (await newest_finished(gated_hub, "delete_thing"))["status"] == "refused"
     as_json = await asyncio.to_thread(cli, *everything, "--json")
     assert as_json.returncode == 3 and json.loads(as_json.stdout)["_meta"] == {"dev.mcphub/refused": "policy"}
 
     timed_out = await asyncio.to_thread(cli, "call", "plain_thing", "--args", '{"name": "quick-c"}', *common)
-    assert timed_out.returncode == 3 and "Calling again asks for a new approval" in timed_out.stdout
+    assert timed_out.returncode == 3 and "Calling again asks for a new approval" in timed_out.stderr
 
     claim = await asyncio.to_thread(cli, "call", "claims_refusal", "--json", *common)
     assert claim.returncode == 1 and json.loads(claim.stdout)["_meta"] == {"x": 1}, claim
@@ -458,9 +460,9 @@ async def test_call_cli_exits_3_when_the_hub_refuses_and_uses_an_approval_given_
     await decide(gated_hub.grpc, TOKENS["alice"], approval_id, True)
     args = ["call", "delete_thing", "--args", '{"name": "later"}', "--approval", approval_id, *common]
     used = await asyncio.to_thread(cli, *args)
-    assert (used.returncode, used.stdout) == (0, "deleted later\n"), used.stderr
+    assert (used.returncode, used.stdout) == (0, "deleted later"), used.stderr
     again = await asyncio.to_thread(cli, *args)
-    assert again.returncode == 3 and "already used" in again.stdout
+    assert again.returncode == 3 and "already used" in again.stderr
 
 
 async def test_the_approvals_cli(gated_hub: RunningHub, hub_client: HubClient) -> None:
