@@ -100,6 +100,12 @@ class InFlight:
         if self._running.pop(key, None) is not None and not self._running:
             self._idle.set()
 
+    def stopping(self) -> bool:
+        """Is the current task a call that `drain` is stopping (asked while its cancellation
+        unwinds, before the outermost stage takes it back with `stopped`)?"""
+        task = asyncio.current_task()
+        return task is not None and task in self._stopped
+
     def stopped(self, task: asyncio.Task[object] | None) -> str | None:
         """For a task that caught CancelledError: the message for its caller when `drain`
         stopped it (its cancellation is then taken back), else None (re-raise)."""

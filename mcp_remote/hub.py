@@ -261,6 +261,7 @@ class Hub:
             for problem in unapprovable(config.policy, principals) + broad_allows(config.policy):
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit, self._identify)
+        self.approvals.call_stopped = self.trail.calls.stopping
         self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
         self.gate.tool_now = self._tool_now
         self.pipeline = Pipeline(self.stages())

@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from bridge.hubclient import HubClient
 from tests.mcp_remote.test_audit import all_records
 from tests.mcp_remote.test_federation import TOKENS, hub_config, sandbox_manifest, tool_names, wait_for
-from tests.support.hub import start_hub
+from tests.mcp_remote.test_gate import CONFIG as GATED
+from tests.mcp_remote.test_gate import RISKY_PACK, records_of
+from tests.mcp_remote.test_gate import TOKENS as GATED_TOKENS
+from tests.support.approvals import listing, start_call, text_of
+from tests.support.hub import PROBE_PACK, start_hub
 from tests.support.sidecar import RunningSidecar, start_sidecar
 
 pytestmark = pytest.mark.anyio
@@ -62,3 +67,34 @@ async def test_a_frozen_sidecar_does_not_hold_the_stop_past_its_grace(
     events = [r.body_json().get("event") for r in await all_records(hub.state_dir) if r.kind == "hub"]
     assert events[-1] == "stopped", events
     assert not (hub.state_dir / "hub.json").exists()  # the next start finds a clean stop
+
+
+async def test_a_call_the_stop_ended_while_it_waited_for_approval_leaves_it_expired(tmp_path: Path) -> None:
+    """Found by an SRE: after three SIGTERM restarts, three approvals stayed pending that no call
+    waited for (the stop's cancellation looked like a caller giving up), counting against the
+    principal's `max_pending_per_principal`. A kill -9 left them expired at the next start."""
+    config = GATED | {"shutdown_grace_s": 0.5}
+    hub = start_hub(tmp_path, config=config, packs=[PROBE_PACK, RISKY_PACK])
+    client = HubClient(hub.grpc)
+    try:
+        call = start_call(client, GATED_TOKENS["agent-a"], "delete_thing", {"name": "during-stop"})
+        approval_id = await call.approval_id()
+        hub.process.send_signal(signal.SIGTERM)
+        stopped = text_of(await call.result())
+        assert "the hub is shutting down: the call was stopped before it finished" in stopped, stopped
+        assert hub.stop() == 0, hub.log()
+    finally:
+        await client.close()
+    again = start_hub(tmp_path, config=config, packs=[PROBE_PACK, RISKY_PACK])
+    try:
+        assert approval_id not in [a.id for a in await listing(again.grpc, GATED_TOKENS["alice"], "pending")]
+        mine = next(
+            a for a in await listing(again.grpc, GATED_TOKENS["alice"], "expired") if a.id == approval_id
+        )
+        assert mine.decision_reason == "the hub stopped while the call was waiting"
+        states = [b.get("state") for kind, b in await records_of(again, mine.call_id) if kind == "approval"]
+        assert states == ["pending", "expired"], states
+        # Expired by the stop itself, so the start had nothing to fail.
+        assert "were waiting for approval when the hub stopped" not in again.log()
+    finally:
+        again.stop()
