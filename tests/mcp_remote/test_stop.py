@@ -98,3 +98,21 @@ async def test_a_call_the_stop_ended_while_it_waited_for_approval_leaves_it_expi
         assert "were waiting for approval when the hub stopped" not in again.log()
     finally:
         again.stop()
+
+
+async def test_the_tools_revision_does_not_repeat_across_a_restart(tmp_path: Path) -> None:
+    """Found by an SRE: ListTools said revision 6 before and after a restart with other tools, so
+    a client that kept the revision took the new list for the one it had."""
+    revisions: dict[str, tuple[int, set[str]]] = {}
+    for pack in ("diagnostics", PROBE_PACK):  # one pack each: as many changes in both runs
+        hub = start_hub(tmp_path, config={"packs": [pack]}, http=False)
+        client = HubClient(hub.grpc)
+        try:
+            listed = await client.list_tools(None, "", 0)
+            revisions[pack] = (listed.revision, {t.name for t in listed.tools})
+        finally:
+            await client.close()
+            hub.stop()
+    (first, first_tools), (second, second_tools) = revisions.values()
+    assert first_tools != second_tools
+    assert second > first, revisions
