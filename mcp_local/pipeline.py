@@ -212,16 +212,23 @@ class Authenticate:
 
 
 class ResolveTool:
-    """Tool name -> registered tool."""
+    """Tool name -> registered tool. `missing`: why a name the registry lacks is not simply
+    unknown (a tool of a sandbox that is not connected now), or None."""
 
     name = "resolve"
 
-    def __init__(self, registry: ToolRegistry) -> None:
+    def __init__(
+        self, registry: ToolRegistry, missing: Callable[[ToolCall], HubError | None] | None = None
+    ) -> None:
         self._get = registry.get
+        self._missing = missing
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         registered = self._get(call.name)
         if registered is None:
+            error = self._missing(call) if self._missing is not None else None
+            if error is not None:
+                raise error
             raise ToolNotFound(f"unknown tool {call.name[:80]!r}; list the tools to see what exists")
         call.tool = registered.tool
         call.source = registered.source

@@ -36,7 +36,7 @@ from mcp_local.registry import ToolRegistry, definition_fingerprint
 from mcp_local.service import StreamLimit, ToolService
 from mcp_local.servicer import HealthService, ToolHubServicer, create_grpc_server
 from mcp_local.stalls import StallWatch
-from mcp_local.tools import Tool
+from mcp_local.tools import Tool, ToolCall
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
@@ -346,11 +346,14 @@ class Hub:
             # A pack's exception text may quote a secret it registered: its callers must not read it.
             RedactErrors(self.redactor),
             Authenticate(self.authenticator),
-            ResolveTool(self.registry),
+            ResolveTool(self.registry, self._missing_tool),
             Authorize(),
             ValidateArguments(self.registry),
             self.gate,
         ]
+
+    def _missing_tool(self, call: ToolCall) -> HubError | None:
+        return self.federation.missing_tool(call)
 
     def _approval_event(self, event: str, approval: Approval, call_id: str = "", **extra: object) -> None:
         """An approval's record, filed with the call it is about: the call that asked, or

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from bridge.hubclient import HubClient
@@ -19,6 +20,7 @@ from tests.mcp_remote.test_gate import CONFIG as GATED
 from tests.mcp_remote.test_gate import RISKY_PACK, records_of
 from tests.mcp_remote.test_gate import TOKENS as GATED_TOKENS
 from tests.support.approvals import listing, start_call, text_of
+from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, start_hub
 from tests.support.sidecar import RunningSidecar, start_sidecar
 
@@ -116,3 +118,40 @@ async def test_the_tools_revision_does_not_repeat_across_a_restart(tmp_path: Pat
     (first, first_tools), (second, second_tools) = revisions.values()
     assert first_tools != second_tools
     assert second > first, revisions
+
+
+async def test_a_known_sandboxs_tool_is_unavailable_until_its_sidecar_registers_again(tmp_path: Path) -> None:
+    """Found by an SRE: for seconds after a restart, calls of a sandbox's tools were told "unknown
+    tool ... list the tools to see what exists" until its sidecar had redialled. A tool the hub
+    has pinned for a sandbox that is not connected is UNAVAILABLE, to call again later."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    sidecar = start_sidecar(
+        tmp_path / "sbx", sandbox_manifest(tmp_path / "sbx"), hub=hub.grpc, token=TOKENS["sbx-42"]
+    )
+    try:
+
+        async def present() -> bool:
+            return "sbx-42__files_read" in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(present, what="the sidecar to register")
+    finally:
+        sidecar.stop()
+        hub.stop()
+    again = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    try:
+        async with connect("grpc", again.grpc, None, TOKENS["agent-42"]) as client:
+            with pytest.raises(ProtocolFailure) as unavailable:
+                await client.call("sbx-42__files_read", {"path": "hello.txt"})
+            assert unavailable.value.data == grpc.StatusCode.UNAVAILABLE, unavailable.value
+            assert "sandbox 'sbx-42' is not connected to the hub" in str(unavailable.value)
+            # A name the sandbox never offered is unknown, as before.
+            with pytest.raises(ProtocolFailure) as unknown:
+                await client.call("sbx-42__no_such_tool", {})
+            assert unknown.value.data == grpc.StatusCode.NOT_FOUND, unknown.value
+        # A caller that may not call the sandbox's tools learns nothing more than "unknown".
+        async with connect("grpc", again.grpc, None, TOKENS["sbx-43"]) as client:
+            with pytest.raises(ProtocolFailure) as hidden:
+                await client.call("sbx-42__files_read", {"path": "hello.txt"})
+            assert hidden.value.data == grpc.StatusCode.NOT_FOUND, hidden.value
+    finally:
+        again.stop()
