@@ -84,12 +84,16 @@ class InFlight:
         self._idle.set()
         self.closing: str | None = None
 
+    def refusal(self) -> str | None:
+        """What a call is told once draining (None before): the bridge tells a new MCP session so."""
+        if self.closing is None:
+            return None
+        return f"{self.closing}; call again later (another replica, or this one once it is back)"
+
     def enter(self, key: int) -> asyncio.Task[object] | None:
         """Track the current task under `key`; raises `Unavailable` once draining."""
         if self.closing is not None:
-            raise Unavailable(
-                f"{self.closing}; call again later (another replica, or this one once it is back)"
-            )
+            raise Unavailable(self.refusal() or self.closing)
         task = asyncio.current_task()
         if task is not None:
             self._running[key] = task

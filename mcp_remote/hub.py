@@ -691,6 +691,7 @@ class Hub:
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
             authenticate=self.authenticator.authenticate,
             max_sessions_per_principal=config.max_sessions_per_principal,
+            refusing=self.trail.calls.refusal,
         )
         # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
         app = self.bridge_app = bridge_app(

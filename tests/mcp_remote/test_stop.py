@@ -4,6 +4,7 @@ clients do, recorded before anything slow, and leaving nothing behind that a res
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -11,14 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx2
 import pytest
 
 from bridge.hubclient import HubClient
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.test_audit import all_records
 from tests.mcp_remote.test_federation import TOKENS, hub_config, sandbox_manifest, tool_names, wait_for
 from tests.mcp_remote.test_gate import CONFIG as GATED
 from tests.mcp_remote.test_gate import RISKY_PACK, records_of
 from tests.mcp_remote.test_gate import TOKENS as GATED_TOKENS
+from tests.mcp_remote.test_health import until
 from tests.support.approvals import listing, start_call, text_of
 from tests.support.clients import ProtocolFailure, connect
 from tests.support.hub import PROBE_PACK, start_hub
@@ -155,3 +159,46 @@ async def test_a_known_sandboxs_tool_is_unavailable_until_its_sidecar_registers_
             assert hidden.value.data == grpc.StatusCode.NOT_FOUND, hidden.value
     finally:
         again.stop()
+
+
+async def test_a_draining_hub_refuses_a_new_mcp_session_as_it_refuses_calls(tmp_path: Path) -> None:
+    """Found by an SRE: while the hub drained (/healthz 503) a 2025-06-18 `initialize` still got
+    200 and a session, whose every call would then be refused; it gets the calls' answer now."""
+    token = "drain-agent-token-0123456789"
+    config = {"shutdown_grace_s": 30, "principals": [{"name": "agent-7", "token": token}]}
+    hub = start_hub(tmp_path, config=config)
+    client = HubClient(hub.grpc)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "late", "version": "1"},
+        },
+    }
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"}
+    try:
+        running = asyncio.ensure_future(
+            client.call_tool(token, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 3}'))
+        )
+        async with httpx2.AsyncClient(base_url=hub.http_base) as http:
+            opened = await http.post("/mcp", json=initialize, headers=headers)
+            assert opened.status_code == 200 and opened.headers.get("mcp-session-id"), opened.text
+            await asyncio.sleep(0.3)  # the call runs
+            hub.process.send_signal(signal.SIGTERM)
+            code, _, _ = await until(hub, 503, timeout=5)
+            assert code == 503
+            refused = await http.post("/mcp", json=initialize, headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert "mcp-session-id" not in refused.headers
+        assert refused.json()["error"] == {
+            "code": -32033,
+            "message": "the hub is shutting down; call again later (another replica, or this one once it "
+            "is back)",
+        }
+        assert (await running).content[0].text.text == "slept 3s"  # the drain went on meanwhile
+    finally:
+        await client.close()
+        assert hub.stop() == 0
