@@ -33,8 +33,9 @@ __all__ = ["BridgeApp", "bridge_app"]
 
 logger = logging.getLogger(__name__)
 
-SERVER_STOPPING = -32000
-"""JSON-RPC code (implementation-defined server error) for a request that arrives while the server stops."""
+SERVER_STOPPING = -32033
+"""JSON-RPC code for a request that arrives while the server stops: the one the bridge gives gRPC's
+UNAVAILABLE (`bridge/errors.py`), which is what a call refused by the hub's drain just before gets."""
 
 
 class _Stopping(Exception):

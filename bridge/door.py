@@ -62,6 +62,8 @@ UNAUTHENTICATED = -32030
 """The JSON-RPC code the bridge gives gRPC's UNAUTHENTICATED (`bridge/errors.py`)."""
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
+UNAVAILABLE = -32033
+"""The JSON-RPC code the bridge gives UNAVAILABLE."""
 TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
 
@@ -177,7 +179,9 @@ class SessionDoor:
         default_token: str | None = None,
         max_sessions: int = MAX_SESSIONS_PER_PRINCIPAL,
         max_body_bytes: int = MAX_BODY_BYTES,
+        refusing: Callable[[], str | None] | None = None,
     ) -> None:
+        """`refusing`: why the server takes no calls now (draining for a shutdown), or None."""
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self.app = app
@@ -187,6 +191,7 @@ class SessionDoor:
         self._default_token = default_token
         self._max_sessions = max_sessions
         self._max_body = max_body_bytes
+        self._refusing = refusing
         self._users: dict[str, AuthenticatedUser] = {}
         self._held: dict[str, _Sessions] = {}
         """By principal name, as the SDK binds sessions: a reload of the hub's principals makes new
@@ -354,6 +359,14 @@ class SessionDoor:
             # under the cap (and could end idle ones) where every request got "-32602 Invalid
             # request parameters", as one never initialized.
             start, answer = _refusal(400, INVALID_PARAMS, problem, request_id=_valid_id(initialize))
+            await send(start)
+            await send(answer)
+            return
+        refusal = self._refusing() if self._refusing is not None else None
+        if refusal is not None:
+            # A draining server refuses every call: a session opened now would be refused
+            # at its first call. Its client is told as a call is, and goes elsewhere.
+            start, answer = _refusal(503, UNAVAILABLE, refusal, request_id=_valid_id(initialize))
             await send(start)
             await send(answer)
             return

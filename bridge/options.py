@@ -48,6 +48,10 @@ class BridgeOptions:
     """The hub's (or sidecar's) authenticator, when the bridge runs beside it: a handshake-era
     request must then name a principal before the SDK opens or serves a session for it, and
     sessions are bound to their principal (`bridge/door.py`). None: the SDK's defaults."""
+    refusing: Callable[[], str | None] | None = None
+    """With `authenticate`: why the server behind the bridge refuses calls for good now (it is
+    draining for a shutdown), or None; an `initialize` then gets that answer (HTTP 503, -32033)
+    rather than a session no call of which would be taken."""
     max_sessions_per_principal: int = MAX_SESSIONS_PER_PRINCIPAL
     """With `authenticate`: sessions one principal may hold; one more ends its least recently
     used idle session (or is refused, 429, when all are in use)."""

@@ -411,6 +411,7 @@ def mcp_app(server: Server[Any], options: BridgeOptions, hub: ToolHubClient | No
             default_token=options.default_token,
             max_sessions=options.max_sessions_per_principal,
             max_body_bytes=options.max_body_bytes,
+            refusing=options.refusing,
         )
     if hub is not None and options.express:
         app = ExpressLane(

@@ -84,12 +84,16 @@ class InFlight:
         self._idle.set()
         self.closing: str | None = None
 
+    def refusal(self) -> str | None:
+        """What a call is told once draining (None before): the bridge tells a new MCP session so."""
+        if self.closing is None:
+            return None
+        return f"{self.closing}; call again later (another replica, or this one once it is back)"
+
     def enter(self, key: int) -> asyncio.Task[object] | None:
         """Track the current task under `key`; raises `Unavailable` once draining."""
         if self.closing is not None:
-            raise Unavailable(
-                f"{self.closing}; call again later (another replica, or this one once it is back)"
-            )
+            raise Unavailable(self.refusal() or self.closing)
         task = asyncio.current_task()
         if task is not None:
             self._running[key] = task
@@ -99,6 +103,12 @@ class InFlight:
     def leave(self, key: int) -> None:
         if self._running.pop(key, None) is not None and not self._running:
             self._idle.set()
+
+    def stopping(self) -> bool:
+        """Is the current task a call that `drain` is stopping (asked while its cancellation
+        unwinds, before the outermost stage takes it back with `stopped`)?"""
+        task = asyncio.current_task()
+        return task is not None and task in self._stopped
 
     def stopped(self, task: asyncio.Task[object] | None) -> str | None:
         """For a task that caught CancelledError: the message for its caller when `drain`
@@ -206,16 +216,23 @@ class Authenticate:
 
 
 class ResolveTool:
-    """Tool name -> registered tool."""
+    """Tool name -> registered tool. `missing`: why a name the registry lacks is not simply
+    unknown (a tool of a sandbox that is not connected now), or None."""
 
     name = "resolve"
 
-    def __init__(self, registry: ToolRegistry) -> None:
+    def __init__(
+        self, registry: ToolRegistry, missing: Callable[[ToolCall], HubError | None] | None = None
+    ) -> None:
         self._get = registry.get
+        self._missing = missing
 
     async def __call__(self, call: ToolCall, call_next: Next) -> ToolResult:
         registered = self._get(call.name)
         if registered is None:
+            error = self._missing(call) if self._missing is not None else None
+            if error is not None:
+                raise error
             raise ToolNotFound(f"unknown tool {call.name[:80]!r}; list the tools to see what exists")
         call.tool = registered.tool
         call.source = registered.source

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,10 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, RegisteredTool] = {}
         self._sorted: list[RegisteredTool] = []
-        self._revision = 1
+        # From the time the registry was made, in ms: revisions go up by one at each change, and
+        # a restarted server starts above the last run's (unless that run made more changes than
+        # it lasted milliseconds), so a client that kept a revision across a restart sees it change.
+        self._revision = time.time_ns() // 1_000_000
         self._visible: dict[str, list[RegisteredTool]] = {}
         self._waiters: set[asyncio.Future[None]] = set()
 

@@ -306,6 +306,9 @@ class ApprovalBook:
         self._sweeper: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
         self._refusals: dict[tuple[str, str, bool, str], _Repeats] = {}
+        self.call_stopped: Callable[[], bool] = lambda: False
+        """Set by the hub: is the call whose wait is being cancelled one that the hub's stop
+        ended (`InFlight.stopping`)? Its approval then expires: no caller waits for it any more."""
 
     async def create(
         self,
@@ -364,7 +367,10 @@ class ApprovalBook:
 
     async def wait(self, approval: Approval) -> Approval:
         """Until approved, denied or expired (a timeout expires it). A cancelled wait (the caller
-        gave up) leaves it pending, for a retry, until it expires."""
+        gave up) leaves it pending, for a retry, until it expires; one the hub's stop ended
+        (`call_stopped`) expires it, as the next start would after a crash: its caller was told
+        the call stopped, and a pending approval nobody waits for would count against the
+        principal's `max_pending_per_principal` until its time ran out."""
         future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
         self._waiters[approval.id] = future
         self._ensure_poller()
@@ -376,10 +382,16 @@ class ApprovalBook:
             # this wait yet: an approval that is no longer pending is not expired here.
             return await self.expire(approval.id, NO_DECISION, pending_only=True)
         except asyncio.CancelledError:
-            self._chore(self._caller_gone(approval.id))
+            if self.call_stopped():
+                self._chore(self._expire_stopped(approval.id))
+            else:
+                self._chore(self._caller_gone(approval.id))
             raise
         finally:
             self._waiters.pop(approval.id, None)
+
+    async def _expire_stopped(self, approval_id: str) -> None:
+        await self.expire(approval_id, STOPPED, pending_only=True)
 
     async def _caller_gone(self, approval_id: str) -> None:
         current = await self._store.get_approval(approval_id)
@@ -793,6 +805,7 @@ class ApprovalBook:
 NO_DECISION = "no decision before the approval timed out"
 NOT_USED = "approved, but not used before the approval timed out"
 RESTARTED = "the hub restarted while the call was waiting"
+STOPPED = "the hub stopped while the call was waiting"
 
 
 def _utc(ms: int) -> str:

@@ -562,6 +562,22 @@ class Federation:
             raise ToolError(f"sandbox {sandbox!r} is not connected to the hub")
         return await conn.forward(tool, call)
 
+    def missing_tool(self, call: ToolCall) -> HubError | None:
+        """Why a call names a tool the registry lacks, when it is a tool of a sandbox the hub
+        knows (pinned for it) that is not connected now: after the hub's restart, until its
+        sidecar registers again, or after its sidecar went away. UNAVAILABLE, to call again
+        later, rather than "unknown tool"; None otherwise, and for a caller that may not call
+        the name (it is told no more than of any unknown name)."""
+        sandbox, separator, tool = call.name.partition(SEPARATOR)
+        if not separator or sandbox in self.connections or self.pins.get(sandbox, tool) is None:
+            return None
+        if call.principal is None or not call.principal.may_call(call.name):
+            return None
+        return Unavailable(
+            f"sandbox {sandbox!r} is not connected to the hub (its sidecar has not registered since the "
+            "hub started, or went away); call again once it has registered"
+        )
+
     def reject(self, sandbox: str, principal: str, reason: str, peer: str = "") -> None:
         """Record a refused connection: `sandbox` the name it asked for (or "" when it named none),
         `principal` who it authenticated as ("" for an unknown token)."""

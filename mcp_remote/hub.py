@@ -36,7 +36,7 @@ from mcp_local.registry import ToolRegistry, definition_fingerprint
 from mcp_local.service import StreamLimit, ToolService
 from mcp_local.servicer import HealthService, ToolHubServicer, create_grpc_server
 from mcp_local.stalls import StallWatch
-from mcp_local.tools import Tool
+from mcp_local.tools import Tool, ToolCall
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
 from .approvals import Approval, ApprovalBook
@@ -146,6 +146,10 @@ def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
 HEALTH_POLL_S = 1.0
 """How often gRPC health checking is brought in step with whether the hub takes calls."""
 TOOLHUB_SERVICE = "mcphub.v1.ToolHub"
+
+ANSWERS_FLUSH_S = 1.0
+"""How long a stopping hub's gRPC server has, after the drain, for the answers already given to
+reach their callers; then it cancels what is left (connections of clients that no longer read)."""
 
 RELOADABLE = frozenset({"principals", "policy", "log_level"})
 """What a running hub takes from its config file again on SIGHUP; the rest needs a restart."""
@@ -257,6 +261,7 @@ class Hub:
             for problem in unapprovable(config.policy, principals) + broad_allows(config.policy):
                 logger.warning("policy: %s", problem)
         self.trail = AuditTrail(self.audit, self._identify)
+        self.approvals.call_stopped = self.trail.calls.stopping
         self.gate = Gate(self.policy, self.approvals, self.audit, _approvers(config))
         self.gate.tool_now = self._tool_now
         self.pipeline = Pipeline(self.stages())
@@ -341,11 +346,14 @@ class Hub:
             # A pack's exception text may quote a secret it registered: its callers must not read it.
             RedactErrors(self.redactor),
             Authenticate(self.authenticator),
-            ResolveTool(self.registry),
+            ResolveTool(self.registry, self._missing_tool),
             Authorize(),
             ValidateArguments(self.registry),
             self.gate,
         ]
+
+    def _missing_tool(self, call: ToolCall) -> HubError | None:
+        return self.federation.missing_tool(call)
 
     def _approval_event(self, event: str, approval: Approval, call_id: str = "", **extra: object) -> None:
         """An approval's record, filed with the call it is about: the call that asked, or
@@ -620,6 +628,24 @@ class Hub:
             raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         return self.addresses
 
+    async def _record_stopped(self, grace: float) -> None:
+        """Write the `stopped` record and wait until it is durable (up to `grace`, at least a
+        second), then remove `hub.json`. A start refused before its `started` record leaves none."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            durable = self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
+        except Exception:  # a stopped log refuses; the stop goes on (`audit.lost` says what was lost)
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(durable), max(grace, 1.0))
+        except Exception:  # a store that fails or hangs: `audit.stop` reports what it lost
+            return
+        # The stop is recorded: a supervisor's SIGKILL from here on is not an unclean stop.
+        with contextlib.suppress(OSError):
+            remove_hub_file(self.config.state_dir)
+
     def listen_addresses(self) -> tuple[str, ...]:
         """Every socket the hub listens on, once bound: gRPC, MCP and the packs' own (the browser's
         proxy). Packs use them to refuse calls back into the hub."""
@@ -665,6 +691,7 @@ class Hub:
             tool_input_schema=self.registry.header_schema_lookup(self.authenticator),
             authenticate=self.authenticator.authenticate,
             max_sessions_per_principal=config.max_sessions_per_principal,
+            refusing=self.trail.calls.refusal,
         )
         # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
         app = self.bridge_app = bridge_app(
@@ -679,7 +706,15 @@ class Hub:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
-        told why), then stop the servers and the packs."""
+        told why), then stop the servers and the packs.
+
+        Once the drain is over no call can still finish, so the `stopped` record is written then
+        (and waited for, so that a supervisor's SIGKILL after its timeout cannot lose it), before
+        anything that may be slow. What is left of gRPC after the drain is answers on their way
+        and streams the hub has already ended (a sidecar's Connect, the watches): the server gets
+        ANSWERS_FLUSH_S for them, not a second grace. A client that no longer reads (a frozen
+        sidecar, `docker pause`) keeps its connection open after the server's GOAWAY, and gRPC's
+        stop waits for every connection to close, so it held the stop for the whole grace."""
         if self._health_task is not None:
             self._health_task.cancel()
         await self._health.enter_graceful_shutdown()  # NOT_SERVING from now on, for load balancers
@@ -687,22 +722,22 @@ class Hub:
         # another replica, and the stop does not wait out its grace for them.
         self.streams.close("the hub is shutting down")
         await self.trail.calls.drain(grace, "the hub is shutting down")
+        # No call can finish from here on: the sandboxes' streams end (and their `disconnected`
+        # records are written), the approvals' counts are recorded, then `stopped`.
+        await self.federation.close()
+        await self.approvals.close()
+        await self._record_stopped(grace)
         if self._http is not None:
             await self._http.stop()
             self._http = None
         if self._bridge_hub is not None:
             await self._bridge_hub.close()
-        await self.federation.close()
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            await self._grpc.stop(min(grace, ANSWERS_FLUSH_S))
             self._grpc = None
         await stop_packs(self.packs)
         self.packs.clear()
         self._pack_sockets.clear()
-        await self.approvals.close()
-        if self._started:  # a start refused before its `started` record leaves no `stopped` one
-            with contextlib.suppress(Exception):
-                self.audit.record("hub", "-", "-", "-", {"event": "stopped", "instance": self.instance})
         await self.audit.stop(grace)
         if not self.audit.lost and self._state_lock is not None:
             # Kept when the log lost records (the `stopped` one among them): the next start

@@ -92,7 +92,8 @@ async def test_after_close_requests_get_a_json_rpc_503_and_health_still_answers(
         await app.aclose()
         late = await http.post("/mcp")
         assert late.status_code == 503
-        assert late.json()["error"] == {"code": -32000, "message": "the server is shutting down"}
+        # -32033, as a call the hub refused a moment before for the same stop (UNAVAILABLE).
+        assert late.json()["error"] == {"code": -32033, "message": "the server is shutting down"}
         health = await http.get("/healthz")  # answers, and tells a load balancer to look elsewhere
         assert health.status_code == 503
         assert health.json() == {"status": "unavailable", "reason": "the server is shutting down"}
