@@ -534,6 +534,9 @@ def _since_ms(text: str | None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+FOLLOW_PAGE = 1000
+"""Records `audit tail -f` reads at a time: it reads pages until it has caught up."""
+
 SHOWN_DETAILS = 400
 """Characters of a record's details a text line shows (`--json` shows them all)."""
 
@@ -569,6 +572,7 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store, _ = _open_store(args, environ)
     await store.open()
     try:
+        after = getattr(args, "after", None)
         if args.action == "tail":
             # -n 0 -f: the newest record, not shown, is where following starts.
             query = RecordQuery(limit=args.lines or 1, newest_first=True)
@@ -578,14 +582,16 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 principal=args.principal,
                 since_ms=since,
                 call_id=args.call,
+                after_seq=after,
                 limit=args.limit + 1,  # one more: whether the limit cut the answer
-                newest_first=True,
+                newest_first=after is None,  # --after is a cursor: the oldest after it come first
             )
         found = await store.query(query)
         if args.action == "query" and len(found) > args.limit:
             found = found[: args.limit]
-            print(f"{args.limit} records shown, more match: --limit N", file=sys.stderr)
-        records = list(reversed(found))
+            more = f"--after {found[-1].seq} for the next ones" if after is not None else "--limit N"
+            print(f"{args.limit} records shown, more match: {more}", file=sys.stderr)
+        records = found if after is not None else list(reversed(found))
         last = records[-1].seq if records else 0
         if args.action == "tail" and not args.lines:
             records = []
@@ -595,10 +601,15 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             await asyncio.sleep(0.5)
             await store.close()
             await store.open()
-            fresh = [r for r in reversed(await store.query(RecordQuery(limit=1000))) if r.seq > last]
-            for r in fresh:
-                print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
-                last = r.seq
+            # By sequence, a page at a time until caught up: however many records were written
+            # since the last look, each is printed once, in order, and none is skipped.
+            while True:
+                page = await store.query(RecordQuery(after_seq=last, limit=FOLLOW_PAGE, newest_first=False))
+                for r in page:
+                    print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+                    last = r.seq
+                if len(page) < FOLLOW_PAGE:
+                    break
     finally:
         await store.close()
     return EXIT_OK
@@ -723,7 +734,18 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     query.add_argument("--principal")
     query.add_argument("--since", help="10m, 2h, 1d or an ISO time")
     query.add_argument("--call", help="a call id")
-    query.add_argument("--limit", type=_count, default=200, help="at most this many records (default: 200)")
+    query.add_argument(
+        "--after",
+        type=_lines,
+        metavar="SEQ",
+        help="only records past this sequence number, oldest first (a cursor: the last seq read)",
+    )
+    query.add_argument(
+        "--limit",
+        type=_count,
+        default=200,
+        help="at most this many records: the newest N, or with --after the first N after SEQ (default: 200)",
+    )
     for p in (verify, tail, query):
         p.add_argument(
             "--state-dir",
