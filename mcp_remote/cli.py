@@ -26,6 +26,7 @@ from mcp_local.cli import add_local_commands  # standard library only: `mcphub l
 from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
+from .statedir import HubTargetError
 
 __all__ = ["main"]
 
@@ -245,27 +246,66 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
 
 
 def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    """--hub, else $MCPHUB_HUB, else the address in the state directory's hub.json, else the
-    default. A hub.json that cannot be read is named (on stderr): the hub is then looked for
-    at the default address, which may be the right one, but "cannot reach a hub" alone would
-    send its operator looking for a hub that is not down."""
-    from .statedir import DEFAULT_GRPC, StateError, default_state_dir, load_hub_file
+    """--hub, else the hub running from an explicit --state-dir, else $MCPHUB_HUB, else the hub
+    running from $MCPHUB_STATE_DIR or the default state directory, else the default address.
+
+    A state directory's hub.json is followed only while the hub that wrote it runs: one killed
+    with -9 leaves its file behind, and its port may be another hub's by now. A directory given
+    with --state-dir that no hub runs from is said to be so (HubTargetError, exit 3) rather than
+    the default address dialed, where someone else's hub may listen. A hub.json that cannot be
+    read is named (on stderr): the hub is then looked for at the default address, which may be
+    the right one, but "cannot reach a hub" alone would send its operator looking for a hub that
+    is not down."""
+    from .cli_admin import pid_alive
+    from .statedir import DEFAULT_GRPC, HUB_FILE, StateError, default_state_dir, load_hub_file
 
     if args.hub:
         return str(args.hub)
-    if environ.get("MCPHUB_HUB"):
-        return environ["MCPHUB_HUB"]
-    state_dir = args.state_dir or Path(environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
+    explicit = args.state_dir is not None
+    if not explicit and environ.get("MCPHUB_HUB"):
+        try:
+            return str(_hub_address(environ["MCPHUB_HUB"]))
+        except argparse.ArgumentTypeError as exc:
+            raise HubTargetError(f"$MCPHUB_HUB: {exc}", EXIT_USAGE) from None
+    state_dir = Path(args.state_dir or environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
     try:
-        running = load_hub_file(Path(state_dir))
+        running = load_hub_file(state_dir)
     except StateError as exc:
         print(
             f"mcphub: {exc}; looking for the hub at {DEFAULT_GRPC} (--hub ADDRESS names it)", file=sys.stderr
         )
         return DEFAULT_GRPC
-    if running:
-        return str(running["grpc"])
-    return DEFAULT_GRPC
+    if running is None:
+        if explicit:
+            raise HubTargetError(
+                f"no hub is running from {state_dir} (it has no {HUB_FILE}); start one with "
+                f"`mcphub serve --state-dir {state_dir}`, or name a hub with --hub HOST:PORT",
+                EXIT_HUB,
+            )
+        return DEFAULT_GRPC
+    if not pid_alive(running.get("pid")):
+        raise HubTargetError(
+            f"the hub that wrote {state_dir / HUB_FILE} (pid {running.get('pid')}, at {running['grpc']}) "
+            "is not running: start it again, or name a hub with --hub HOST:PORT",
+            EXIT_HUB,
+        )
+    return str(running["grpc"])
+
+
+def _hub_address(value: str) -> str:
+    """--hub HOST:PORT, checked as `serve --grpc` checks its own: a typo is a usage error, not a
+    hub that "cannot be reached" (a port past 65535 was dialed as another, wrapped)."""
+    from .config import parse_address
+
+    try:
+        address = parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if "/" in address.host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
+    if address.port == 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: port 0 is no hub's port (expected HOST:PORT)")
+    return str(address)
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -584,12 +624,17 @@ def _seconds(value: str) -> float:
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hub",
+        type=_hub_address,
         metavar="HOST:PORT",
-        help="the hub's gRPC address (default: $MCPHUB_HUB, then the hub "
-        "running from the state directory, then 127.0.0.1:7070)",
+        help="the hub's gRPC address (default: the hub running from --state-dir, else $MCPHUB_HUB, "
+        "else the hub running from the state directory, else 127.0.0.1:7070)",
     )
     p.add_argument("--token", help="bearer token (default: $MCPHUB_TOKEN)")
-    p.add_argument("--state-dir", type=Path, help="find the local hub through this state directory")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="talk to the hub running from this state directory (exit 3 when none does)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -728,6 +773,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_USAGE
     try:
         return func(args, os.environ if environ is None else environ)
+    except HubTargetError as exc:  # from statedir: `python -m mcp_remote.cli` imports this module twice
+        return _fail(str(exc), exc.code)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -253,7 +253,8 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
-def _alive(pid: object) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether the process a hub.json names runs (a hub killed with -9 leaves its file behind)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -288,7 +289,7 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     else:
         if running is None:
             why = f"no hub is running from that state directory (it has no {HUB_FILE})"
-        elif not _alive(running.get("pid")):
+        elif not pid_alive(running.get("pid")):
             # A hub killed without removing its file: its port may be anyone's now.
             why = f"the hub that wrote its {HUB_FILE} (pid {running.get('pid')}) is not running"
         elif running["grpc"] != target:
@@ -646,6 +647,12 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
+def hub_address(value: str) -> str:
+    from .cli import _hub_address
+
+    return _hub_address(value)
+
+
 def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     policy = sub.add_parser(
         "policy",
@@ -700,7 +707,9 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         if name == "list":
             p.add_argument("--all", action="store_true", help="include decided, used and expired approvals")
         p.add_argument("--json", action="store_true", help="JSON: one object per approval or decision")
-        p.add_argument("--hub", metavar="HOST:PORT", help="the hub (default: the one of --state-dir)")
+        p.add_argument(
+            "--hub", type=hub_address, metavar="HOST:PORT", help="the hub (default: the one of --state-dir)"
+        )
         p.add_argument("--token", help="an approver's token (default: $MCPHUB_TOKEN, else operator.token)")
         p.add_argument(
             "--state-dir", type=Path, help="the local hub's state directory (its address and token)"

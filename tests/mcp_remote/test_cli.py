@@ -616,6 +616,62 @@ def test_the_approvals_cli_says_why_it_sent_no_operator_token(tmp_path: Path) ->
         assert hub.stop() == 0
 
 
+def test_which_hub_a_client_command_talks_to(tmp_path: Path) -> None:
+    """--state-dir on the command line wins over $MCPHUB_HUB (the variable won); a hub.json whose
+    hub died (-9) is not followed to a port that may be another hub's now (it was, blindly); and
+    a --state-dir no hub runs from is said to be so (the default address was dialed instead)."""
+    hub = start_hub(tmp_path / "hub", http=False)
+    try:
+        elsewhere = {"MCPHUB_HUB": "127.0.0.1:1"}
+        out = run("tools", "--json", "--state-dir", str(hub.state_dir), env=elsewhere)
+        assert out.returncode == 0 and "echo" in out.stdout, out.stderr
+        assert run("tools", "--json", env=elsewhere).returncode == 3  # without --state-dir, the variable
+
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        stale = tmp_path / "stale"
+        stale.mkdir()
+        # Its port is the running hub's now: the old code reached it, under the dead hub's name.
+        (stale / "hub.json").write_text(json.dumps({"grpc": hub.grpc, "pid": int(gone.stdout)}))
+        for command in (["tools"], ["sandboxes", "list"], ["approvals", "list"]):
+            out = run(*command, "--state-dir", str(stale))
+            assert out.returncode == 3, out.stderr
+            assert (
+                f"mcphub: the hub that wrote {stale}/hub.json (pid {int(gone.stdout)}, at {hub.grpc}) "
+                "is not running: start it again, or name a hub with --hub HOST:PORT"
+            ) in out.stderr.splitlines(), out.stderr
+
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        out = run("tools", "--state-dir", str(empty))
+        assert (out.returncode, out.stdout) == (3, ""), out.stderr
+        assert out.stderr == (
+            f"mcphub: no hub is running from {empty} (it has no hub.json); start one with "
+            f"`mcphub serve --state-dir {empty}`, or name a hub with --hub HOST:PORT\n"
+        )
+    finally:
+        assert hub.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("hub", "problem"),
+    [
+        ("127.0.0.1:99999", "port 99999 of '127.0.0.1:99999' is past 65535"),
+        ("http://127.0.0.1:7070", "expected HOST:PORT (e.g. 127.0.0.1:7070), got 'http://127.0.0.1:7070'"),
+        ("36413", "expected HOST:PORT (e.g. 127.0.0.1:7070), got '36413'"),
+        ("127.0.0.1:0", "port 0 is no hub's port"),
+    ],
+)
+def test_a_hub_address_that_is_no_address_is_bad_usage(hub: str, problem: str) -> None:
+    """`--hub 127.0.0.1:99999` dialed port 34463 (wrapped), and the others "cannot reach a hub"
+    (exit 3): a typo sent its operator looking for a hub that is down."""
+    for command in (["tools"], ["sandboxes", "list"], ["approvals", "list"]):
+        out = run(*command, "--hub", hub)
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+        assert "usage: mcphub" in out.stderr
+    out = run("tools", env={"MCPHUB_HUB": hub})
+    assert out.returncode == 2 and out.stderr.startswith("mcphub: $MCPHUB_HUB: ") and problem in out.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [('{"grpc": 5', "not JSON: "), ('{"pid": 1}', "no gRPC address in it")],
