@@ -32,6 +32,9 @@ DEFAULT_GRPC = "127.0.0.1:7072"
 DEFAULT_MANIFEST = "/etc/mcphub/manifest.yaml"
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 DEFAULT_PACKS: dict[str, Any] = {"packs": ["files", "git", "process"]}
+MIN_RECONNECT_S = 0.5
+"""The least `--reconnect-max`: the first redial waits this long (below it, or at 0, the sidecar
+redialed a hub that refused it in a tight loop)."""
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -63,10 +66,10 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
     http = args.http or environ.get("MCPHUB_LOCAL_HTTP") or None
     if http and http.lower() == "off":
         http = None
-    state_dir = args.state_dir or Path(
-        environ.get("MCPHUB_STATE_DIR")
-        or Path(environ.get("TMPDIR", "/tmp")) / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
-    )
+    # Not $MCPHUB_STATE_DIR: that is the hub's, and a sidecar next to a hub would put its packs'
+    # scratch files among the hub's secrets and audit log.
+    scratch = Path(environ.get("TMPDIR") or "/tmp") / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
+    state_dir = args.state_dir or scratch
     return SidecarSettings(
         manifest=manifest,
         grpc=grpc,
@@ -94,6 +97,8 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = _settings(args, environ)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.ready_file and (problem := _ready_file_problem(Path(args.ready_file))):
+        return _fail(f"--ready-file {args.ready_file}: {problem}")
     if environ is os.environ:
         # The token is in the settings now. Out of the environment, it reaches no process the
         # sidecar starts (a helper process is readable by the agent's uid), nor the serving
@@ -107,6 +112,29 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .serving import serve
 
     return serve(settings, ready_file=args.ready_file, json_line=args.json)
+
+
+def _ready_file_problem(path: Path) -> str | None:
+    """Why the ready line could not be written to `path` (checked before serving: found only
+    once ready, it was a traceback, exit 1, with the packs started for nothing), or None."""
+    directory = path.parent
+    if path.is_dir():
+        return "a directory, not a file"
+    if not directory.is_dir():
+        return f"no directory {directory} to write it in"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot write in {directory} (its permissions)"
+    return None
+
+
+def _reconnect_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not MIN_RECONNECT_S <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {MIN_RECONNECT_S:g} seconds or more")
+    return seconds
 
 
 def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -226,7 +254,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         "either, the files, git and process packs on the current directory)",
     )
     p.add_argument(
-        "--state-dir", type=Path, help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID)"
+        "--state-dir",
+        type=Path,
+        help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID, $TMPDIR being /tmp when unset; "
+        "never the hub's $MCPHUB_STATE_DIR)",
     )
 
 
@@ -273,10 +304,10 @@ def add_local_commands(
     serve.add_argument("--json", action="store_true", help="print the ready line as JSON")
     serve.add_argument(
         "--reconnect-max",
-        type=float,
+        type=_reconnect_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="longest wait between redials of the hub",
+        help=f"longest wait between redials of the hub (default: 30; at least {MIN_RECONNECT_S:g})",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -668,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the hub and its MCP bridge. With no options: gRPC on 127.0.0.1:7070, MCP on\n"
             "http://127.0.0.1:7071/mcp, the diagnostics, shell and browser packs, state in\n"
-            "~/.local/state/mcphub. Prints one ready line naming both addresses; stops cleanly on\n"
+            "$XDG_STATE_HOME/mcphub (~/.local/state/mcphub when XDG_STATE_HOME is unset).\n"
+            "Prints one ready line naming both addresses; stops cleanly on\n"
             "SIGINT/SIGTERM (running calls get shutdown_grace_s, then are told the hub is stopping).\n"
             "SIGHUP reads --config again and applies principals, policy and log_level without a\n"
             "restart (a file with an error is refused whole; the other keys wait for a restart).\n\n"
@@ -695,7 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http", type=_address, metavar="HOST:PORT", help="MCP bridge listen address, or 'off'"
     )
-    serve.add_argument("--state-dir", type=Path, help="where the hub keeps its state")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the hub keeps its state (default: $MCPHUB_STATE_DIR, else $XDG_STATE_HOME/mcphub, "
+        "else ~/.local/state/mcphub)",
+    )
     serve.add_argument(
         "--pack",
         action="append",

@@ -211,6 +211,64 @@ def test_only_loopback_is_served(tmp_path: Path) -> None:
     assert "--grpc: 0.0.0.0:0 is not a loopback address" in out.stderr and "--hub" in out.stderr
 
 
+@pytest.mark.parametrize("seconds", ["0", "-3", "0.1", "nan", "inf"])
+def test_a_reconnect_wait_below_its_floor_is_bad_usage(tmp_path: Path, seconds: str) -> None:
+    """`--reconnect-max 0` (or below) redialed a hub in a tight loop: 5,538 log lines in 5 s."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    out = _run(
+        ["serve", "--manifest", str(manifest), "--hub", "127.0.0.1:1", f"--reconnect-max={seconds}"], tmp_path
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"argument --reconnect-max: {seconds!r}: expected 0.5 seconds or more" in out.stderr
+
+
+def test_a_ready_file_that_cannot_be_written_is_refused_before_serving(tmp_path: Path) -> None:
+    """A --ready-file in a missing directory was a FileNotFoundError traceback, exit 1, once the
+    sidecar had started its packs and was ready: docs/sidecar.md says 2, bad usage."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    (tmp_path / "locked").mkdir(mode=0o500)
+    cases = {
+        tmp_path / "missing" / "ready.json": f"no directory {tmp_path / 'missing'} to write it in",
+        tmp_path: "a directory, not a file",
+    }
+    if os.geteuid() != 0:  # root writes anywhere
+        cases[tmp_path / "locked" / "ready.json"] = f"cannot write in {tmp_path / 'locked'} (its permissions)"
+    for path, problem in cases.items():
+        out = _run(
+            ["serve", "--manifest", str(manifest), "--grpc", "127.0.0.1:0", "--ready-file", str(path)],
+            tmp_path,
+        )
+        assert (out.returncode, out.stdout) == (2, ""), out.stderr
+        assert out.stderr == f"mcphub local: --ready-file {path}: {problem}\n"
+
+
+def test_the_scratch_directory_is_never_the_hubs_state_directory(tmp_path: Path) -> None:
+    """`mcphub local serve` took $MCPHUB_STATE_DIR, the hub's variable, for its packs' scratch
+    space: next to a hub, among its secrets and audit log. Its own default is $TMPDIR's."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    hub_state, scratch = tmp_path / "hub-state", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env |= {"MCPHUB_STATE_DIR": str(hub_state), "TMPDIR": str(scratch)}
+    process = subprocess.Popen(
+        sidecar_command("serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        assert (scratch / f"mcphub-sidecar-{os.getuid()}").is_dir()
+        assert not hub_state.exists()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 MODULES_AT_EXIT = Path(__file__).parents[1] / "support" / "modules_at_exit"
 
 

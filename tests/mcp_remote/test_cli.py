@@ -42,6 +42,8 @@ def test_help_explains_every_command(command: list[str]) -> None:
         assert "exit codes" in out.stdout and "mcphub serve" in out.stdout
     if command == ["serve"]:
         assert "--grpc HOST:PORT" in out.stdout and "principals" in out.stdout and "MCPHUB_GRPC" in out.stdout
+        # Where its state goes by default, with the variable that moves it (it was not named).
+        assert "$XDG_STATE_HOME/mcphub (~/.local/state/mcphub when XDG_STATE_HOME is unset)" in out.stdout
 
 
 def test_no_command_prints_help_and_fails() -> None:
