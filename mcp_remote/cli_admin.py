@@ -647,6 +647,14 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
+_APPROVALS_JSON = {
+    "list": "print one JSON array of the approvals (fields as in approvals.proto, times in ms)",
+    "watch": "print each approval as a line of JSON, as it changes",
+    "approve": "print the decided approval as a JSON object",
+    "deny": "print the decided approval as a JSON object",
+}
+
+
 def hub_address(value: str) -> str:
     from .cli import _hub_address
 
@@ -706,7 +714,7 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
             )
         if name == "list":
             p.add_argument("--all", action="store_true", help="include decided, used and expired approvals")
-        p.add_argument("--json", action="store_true", help="JSON: one object per approval or decision")
+        p.add_argument("--json", action="store_true", help=_APPROVALS_JSON[name])
         p.add_argument(
             "--hub", type=hub_address, metavar="HOST:PORT", help="the hub (default: the one of --state-dir)"
         )

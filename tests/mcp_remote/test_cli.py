@@ -571,6 +571,22 @@ def test_serve_help_names_every_config_key_and_environment_variable() -> None:
     assert all(name in words for name in DEFAULT_PACKS)
 
 
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["approvals", "list"], "print one JSON array of the approvals"),
+        (["approvals", "watch"], "print each approval as a line of JSON"),
+        (["approvals", "approve"], "print the decided approval as a JSON object"),
+        (["sandboxes", "list"], "print one JSON array of the sandboxes"),
+    ],
+)
+def test_json_help_says_what_is_printed(command: list[str], says: str) -> None:
+    """`approvals list --help` said "one object per approval" of what is one array."""
+    out = run(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert says in " ".join(out.stdout.split())
+
+
 def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path: Path) -> None:
     """A hub killed with -9 leaves its hub.json: whatever listens on its port now is not it."""
     import argparse
