@@ -62,6 +62,7 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         config = given if given is not None else default_policy_config()
         policy = resolve_policy(given)
         principals = _principals_in(args.file)
+        _check_hub_config(args.file, environ)
     except ConfigError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
@@ -97,6 +98,34 @@ def _count(value: str, least: int = 1) -> int:
 def _lines(value: str) -> int:
     """`audit tail -n`: 0 too, which with -f follows only the records written from now on."""
     return _count(value, least=0)
+
+
+def _check_hub_config(path: Path, environ: Mapping[str, str]) -> None:
+    """A hub config file (not a bare policy document) checked whole, as `serve --config` and a
+    SIGHUP read it, without starting anything: its keys, principals and addresses, and the
+    tokens written in it. A ConfigError says what a hub would refuse (`policy check` said ok
+    of a config `serve` refuses: an unknown key, a token too short). The tokens a hub reads
+    from a variable or a file are read where it runs, so they are not read here."""
+    import yaml
+
+    from mcp_local.errors import ConfigError
+    from mcp_local.plainerrors import read_text
+
+    from .config import HubConfig, load_config
+
+    try:
+        data = yaml.safe_load(read_text(path, "the config file"))
+    except yaml.YAMLError:
+        return  # load_policy_file, which runs first, says what is wrong with it
+    if not isinstance(data, dict) or not data.keys() & HubConfig.model_fields.keys():
+        return  # a policy document
+    config = load_config(path, environ)
+    for principal in config.principals:
+        if principal.token is not None:
+            try:
+                principal.resolve_token(environ)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
 
 
 def _principals_in(path: Path) -> list[Any] | None:
@@ -669,7 +698,15 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         description="Check a gate policy, or explain what it decides for one call.",
     )
     policy_sub = policy.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = policy_sub.add_parser("check", help="validate a policy file (or a hub config with `policy:`)")
+    check = policy_sub.add_parser(
+        "check",
+        formatter_class=formatter,
+        help="validate a policy file, or a whole hub config as `serve --config` reads it",
+        description="Validate a policy document, or a hub config file: its policy, and the rest of it as\n"
+        "`mcphub serve --config` and a SIGHUP read it (keys, principals, addresses, the tokens written\n"
+        "in it; not those read from a variable or a file), without starting anything.\n"
+        'Exit 0 valid (warnings on stderr), 2 not (one error, or {"ok": false, ...} with --json).',
+    )
     check.add_argument("file", type=Path)
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_cmd_policy_check)

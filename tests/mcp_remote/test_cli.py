@@ -532,6 +532,29 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     assert "WARNING mcp_remote.hub: policy: rule 'prod' asks an approver in oncall" in log, log
 
 
+def test_policy_check_checks_a_hub_config_as_serve_reads_it(tmp_path: Path) -> None:
+    """`policy check hub.yaml --json` said {"ok": true} of a config `serve` refuses (an unknown
+    key, a token too short): a CI step validating a config before SIGHUP could not trust it."""
+    hub = tmp_path / "hub.yaml"
+    for text, problem in (
+        (POLICY_HUB + "grpcc: 1\n", "grpcc: unknown key (check the spelling"),
+        ("principals:\n  - {name: a, token: short}\n", "principals[a]: the token must be at least 16"),
+        ("grpc: 127.0.0.1:99999\npolicy: {rules: []}\n", "port 99999"),
+    ):
+        hub.write_text(text)
+        refused = run("serve", "--config", str(hub), env={"HOME": str(tmp_path)})
+        assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+        out = run("policy", "check", str(hub), "--json")
+        assert out.returncode == 2, out.stdout
+        verdict = json.loads(out.stdout)
+        assert verdict["ok"] is False and problem in verdict["error"] and str(hub) in verdict["error"]
+        out = run("policy", "check", str(hub))
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+    # Tokens a hub reads from a variable or a file are read where it runs, not here.
+    hub.write_text("principals:\n  - {name: a, token_env: NOT_SET_HERE}\n")
+    assert json.loads(run("policy", "check", str(hub), "--json").stdout)["ok"] is True
+
+
 def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
     out = serve_refused(tmp_path, None, "--pack", "nosuchpack")
     assert out.returncode == 2
