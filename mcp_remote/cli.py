@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+from mcp_local.cli import (
+    add_local_commands,
+    parse_arguments,
+)  # standard library only: `mcphub local` stays light
 from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
@@ -771,7 +774,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # (the shell's spawner, Chromium); nothing here forks without exec.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)  # an unknown argument: the usage of its own command
     args.owns_process = argv is None  # `mcphub local serve` may exec its server (mcp_local.serving)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)
     if func is None:

@@ -172,6 +172,42 @@ def test_check_lists_the_tools(tmp_path: Path) -> None:
     assert "ok, " in out.stderr
 
 
+def test_check_and_health_speak_json_and_a_wrong_option_gets_its_commands_usage(
+    tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """`local check` and `local health` had no --json, and `mcphub local check --json` printed
+    the top-level usage (`usage: mcphub [-h] COMMAND ...`), which does not say what check takes."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    out = _run(["check", "--manifest", str(manifest), "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    checked = json.loads(out.stdout)
+    assert checked["ok"] is True and checked["manifest"] == str(manifest)
+    echo = next(t for t in checked["tools"] if t["name"] == "echo")
+    assert set(echo) == {"name", "title", "read_only", "destructive", "roles"} and echo["read_only"] is True
+    (tmp_path / "bad.yaml").write_text("packs: [no_such_pack]\n")
+    out = _run(["check", "--manifest", str(tmp_path / "bad.yaml"), "--json"], tmp_path)
+    assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False
+    assert "no such pack" in json.loads(out.stdout)["error"]
+
+    out = _run(["health", "--grpc", sidecar.grpc, "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "healthy": True,
+        "sidecar": sidecar.grpc,
+        "hub_link": None,
+        "message": f"sidecar at {sidecar.grpc} is serving",
+    }
+    out = _run(["health", "--grpc", "127.0.0.1:1", "--json", "--timeout", "2"], tmp_path)
+    assert out.returncode == 1 and json.loads(out.stdout)["healthy"] is False, out
+
+    for module in (False, True):
+        for command in (["check", "--jsn"], ["health", "--grpc", sidecar.grpc, "--jsn"]):
+            out = _run(command, tmp_path, module=module)
+            assert out.returncode == 2, out.stderr
+            assert out.stderr.startswith(f"usage: mcphub local {command[0]} [-h]"), out.stderr
+            assert out.stderr.endswith(f"mcphub local {command[0]}: error: unrecognized arguments: --jsn\n")
+
+
 ROLE_PACK = """
 from mcp_local.packs import StaticPack
 from mcp_local.tools import Tool
