@@ -2,9 +2,9 @@
 
     mcphub local serve --manifest FILE [--grpc HOST:PORT] [--http HOST:PORT] [--stdio]
                        [--hub HOST:PORT] [--sandbox NAME] [--ready-file PATH] [--json]
-    mcphub local check --manifest FILE      validate the manifest, load the packs, list the tools
-    mcphub local health [--grpc HOST:PORT]  exit 0 when the sidecar serves and the hub (if any)
-                                            does not refuse it
+    mcphub local check --manifest FILE [--json]      validate the manifest, load the packs, list the tools
+    mcphub local health [--grpc HOST:PORT] [--json]  exit 0 when the sidecar serves and the hub (if any)
+                                                     does not refuse it
 
 Only the standard library is imported at the top: `mcphub local` must start
 quickly and never load the hub (`mcp_remote`).
@@ -26,12 +26,15 @@ if TYPE_CHECKING:
     from .settings import SidecarSettings
     from .sidecar import Sidecar
 
-__all__ = ["DEFAULT_GRPC", "add_local_commands", "main"]
+__all__ = ["DEFAULT_GRPC", "add_local_commands", "main", "parse_arguments"]
 
 DEFAULT_GRPC = "127.0.0.1:7072"
 DEFAULT_MANIFEST = "/etc/mcphub/manifest.yaml"
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 DEFAULT_PACKS: dict[str, Any] = {"packs": ["files", "git", "process"]}
+MIN_RECONNECT_S = 0.5
+"""The least `--reconnect-max`: the first redial waits this long (below it, or at 0, the sidecar
+redialed a hub that refused it in a tight loop)."""
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -63,10 +66,10 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
     http = args.http or environ.get("MCPHUB_LOCAL_HTTP") or None
     if http and http.lower() == "off":
         http = None
-    state_dir = args.state_dir or Path(
-        environ.get("MCPHUB_STATE_DIR")
-        or Path(environ.get("TMPDIR", "/tmp")) / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
-    )
+    # Not $MCPHUB_STATE_DIR: that is the hub's, and a sidecar next to a hub would put its packs'
+    # scratch files among the hub's secrets and audit log.
+    scratch = Path(environ.get("TMPDIR") or "/tmp") / f"mcphub-sidecar-{os.getuid()}"  # noqa: S108
+    state_dir = args.state_dir or scratch
     return SidecarSettings(
         manifest=manifest,
         grpc=grpc,
@@ -94,6 +97,8 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = _settings(args, environ)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.ready_file and (problem := _ready_file_problem(Path(args.ready_file))):
+        return _fail(f"--ready-file {args.ready_file}: {problem}")
     if environ is os.environ:
         # The token is in the settings now. Out of the environment, it reaches no process the
         # sidecar starts (a helper process is readable by the agent's uid), nor the serving
@@ -109,6 +114,29 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return serve(settings, ready_file=args.ready_file, json_line=args.json)
 
 
+def _ready_file_problem(path: Path) -> str | None:
+    """Why the ready line could not be written to `path` (checked before serving: found only
+    once ready, it was a traceback, exit 1, with the packs started for nothing), or None."""
+    directory = path.parent
+    if path.is_dir():
+        return "a directory, not a file"
+    if not directory.is_dir():
+        return f"no directory {directory} to write it in"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot write in {directory} (its permissions)"
+    return None
+
+
+def _reconnect_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not MIN_RECONNECT_S <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {MIN_RECONNECT_S:g} seconds or more")
+    return seconds
+
+
 def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .plainerrors import ConfigError
 
@@ -118,10 +146,12 @@ def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail(str(exc))
     import asyncio
 
-    return asyncio.run(_check(settings))
+    return asyncio.run(_check(settings, as_json=args.json))
 
 
-async def _check(settings: SidecarSettings) -> int:
+async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
+    import json
+
     from .plainerrors import ConfigError
     from .sidecar import Sidecar
 
@@ -130,7 +160,27 @@ async def _check(settings: SidecarSettings) -> int:
         await sidecar.load_packs()
     except ConfigError as exc:
         await sidecar.stop(0)
+        if as_json:
+            print(json.dumps({"ok": False, "manifest": settings.manifest.source, "error": str(exc)}))
         return _fail(str(exc))
+    if as_json:
+        tools = []
+        for name in sidecar.registry.names():
+            registered = sidecar.registry.get(name)
+            assert registered is not None
+            t = registered.tool
+            tools.append(
+                {
+                    "name": t.name,
+                    "title": t.title or t.description.strip().split("\n", 1)[0],
+                    "read_only": t.annotations.read_only,
+                    "destructive": t.annotations.destructive,
+                    "roles": sorted(t.roles),
+                }
+            )
+        await sidecar.stop(0)
+        print(json.dumps({"ok": True, "manifest": settings.manifest.source, "tools": tools}, indent=2))
+        return EXIT_OK
     for name in sidecar.registry.names():
         registered = sidecar.registry.get(name)
         assert registered is not None
@@ -155,11 +205,20 @@ async def _check(settings: SidecarSettings) -> int:
 def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     target = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC
     import asyncio
+    import json
 
-    return asyncio.run(_health(target, args.timeout))
+    healthy, said, link = asyncio.run(_health(target, args.timeout))
+    if args.json:  # one object, whatever the answer: a script reads it rather than the words
+        print(json.dumps({"healthy": healthy, "sidecar": target, "hub_link": link, "message": said}))
+        return EXIT_OK if healthy else EXIT_UNHEALTHY
+    if not healthy:
+        return _fail(said, EXIT_UNHEALTHY)
+    print(said)
+    return EXIT_OK
 
 
-async def _health(target: str, timeout: float) -> int:
+async def _health(target: str, timeout: float) -> tuple[bool, str, dict[str, str] | None]:
+    """Whether the sidecar at `target` is healthy, the line that says so, and its hub link's state."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -170,29 +229,25 @@ async def _health(target: str, timeout: float) -> int:
                 health_pb2.HealthCheckRequest(service="mcphub.v1.ToolHub"), timeout=timeout
             )
         except grpc.aio.AioRpcError as exc:
-            return _fail(
-                f"sidecar at {target} is not healthy: {exc.code().name}: {exc.details()}", EXIT_UNHEALTHY
-            )
+            return False, f"sidecar at {target} is not healthy: {exc.code().name}: {exc.details()}", None
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-            return _fail(f"sidecar at {target} is {status}", EXIT_UNHEALTHY)
+            return False, f"sidecar at {target} is {status}", None
         link = await _hub_link(stub, timeout)
     if link is None:
-        print(f"sidecar at {target} is serving")
-        return EXIT_OK
+        return True, f"sidecar at {target} is serving", None
     status, hub, detail = link.get("status", "?"), link.get("hub", "?"), link.get("detail", "")
     if status == "registered":
-        print(f"sidecar at {target} is serving; registered with the hub at {hub} as {link.get('sandbox')}")
-        return EXIT_OK
+        said = f"sidecar at {target} is serving; registered with the hub at {hub} as {link.get('sandbox')}"
+        return True, said, link
     if status == "connecting":
         # The hub may be down or unreachable for a while; the sidecar still serves its agent.
-        print(
-            f"sidecar at {target} is serving; connecting to the hub at {hub}"
-            + (f" ({detail})" if detail else "")
+        said = f"sidecar at {target} is serving; connecting to the hub at {hub}" + (
+            f" ({detail})" if detail else ""
         )
-        return EXIT_OK
+        return True, said, link
     what = "refuses it" if status == "refused" else f"gave its sandbox to another connection ({status})"
-    return _fail(f"sidecar at {target} is serving, but the hub at {hub} {what}: {detail}", EXIT_UNHEALTHY)
+    return False, f"sidecar at {target} is serving, but the hub at {hub} {what}: {detail}", link
 
 
 async def _hub_link(stub: Any, timeout: float) -> dict[str, str] | None:
@@ -226,7 +281,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
         "either, the files, git and process packs on the current directory)",
     )
     p.add_argument(
-        "--state-dir", type=Path, help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID)"
+        "--state-dir",
+        type=Path,
+        help="scratch space for packs (default: $TMPDIR/mcphub-sidecar-UID, $TMPDIR being /tmp when unset; "
+        "never the hub's $MCPHUB_STATE_DIR)",
     )
 
 
@@ -273,10 +331,10 @@ def add_local_commands(
     serve.add_argument("--json", action="store_true", help="print the ready line as JSON")
     serve.add_argument(
         "--reconnect-max",
-        type=float,
+        type=_reconnect_seconds,
         default=30.0,
         metavar="SECONDS",
-        help="longest wait between redials of the hub",
+        help=f"longest wait between redials of the hub (default: 30; at least {MIN_RECONNECT_S:g})",
     )
     serve.set_defaults(func=_cmd_serve)
 
@@ -287,6 +345,12 @@ def add_local_commands(
         description="Validate the manifest, load its packs and list their tools; exit 2 on any problem.",
     )
     _serve_options(check)
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"ok", "manifest", "tools": [{name, title, read_only, destructive, '
+        'roles}]}, or {"ok": false, "manifest", "error"} (exit 2)',
+    )
     check.set_defaults(
         func=_cmd_check,
         grpc=None,
@@ -315,7 +379,35 @@ def add_local_commands(
         help=f"the sidecar's address (default $MCPHUB_LOCAL_GRPC, then {DEFAULT_GRPC})",
     )
     health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"healthy", "sidecar", "hub_link" (status, hub, sandbox, detail; '
+        'null without --hub), "message"}; the exit code is the same',
+    )
     health.set_defaults(func=_cmd_health)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, but an argument no (sub)command takes is reported with the usage
+    of the command it was given to: argparse reports it with the top-level one (`usage: mcphub
+    [-h] COMMAND ...` for `mcphub local check --jsn`), which does not say what that command takes."""
+    _own_usage(parser)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        owner: argparse.ArgumentParser = getattr(args, "usage_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _own_usage(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's parser as the `usage_parser` default of the arguments it parses (the
+    innermost one given wins: a subcommand's defaults are applied after its parent's)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(usage_parser=command)
+                _own_usage(command)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -326,7 +418,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] != "local":
         arguments.insert(0, "local")
-    args = parser.parse_args(arguments)
+    args = parse_arguments(parser, arguments)
     args.owns_process = argv is None  # a caller passing argv keeps its process (no exec)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.func
     try:

@@ -25,11 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcp_local.cli import add_local_commands  # standard library only: `mcphub local` stays light
+from mcp_local.cli import (
+    add_local_commands,
+    parse_arguments,
+)  # standard library only: `mcphub local` stays light
 from mcp_local.plainerrors import ConfigError  # standard library only
 from mcp_local.shown import shown, shown_lines  # standard library only
 
 from .sandboxes_cli import add_sandbox_commands
+from .statedir import HubTargetError
 
 __all__ = ["main"]
 
@@ -260,27 +264,66 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
 
 
 def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    """--hub, else $MCPHUB_HUB, else the address in the state directory's hub.json, else the
-    default. A hub.json that cannot be read is named (on stderr): the hub is then looked for
-    at the default address, which may be the right one, but "cannot reach a hub" alone would
-    send its operator looking for a hub that is not down."""
-    from .statedir import DEFAULT_GRPC, StateError, default_state_dir, load_hub_file
+    """--hub, else the hub running from an explicit --state-dir, else $MCPHUB_HUB, else the hub
+    running from $MCPHUB_STATE_DIR or the default state directory, else the default address.
+
+    A state directory's hub.json is followed only while the hub that wrote it runs: one killed
+    with -9 leaves its file behind, and its port may be another hub's by now. A directory given
+    with --state-dir that no hub runs from is said to be so (HubTargetError, exit 3) rather than
+    the default address dialed, where someone else's hub may listen. A hub.json that cannot be
+    read is named (on stderr): the hub is then looked for at the default address, which may be
+    the right one, but "cannot reach a hub" alone would send its operator looking for a hub that
+    is not down."""
+    from .cli_admin import pid_alive
+    from .statedir import DEFAULT_GRPC, HUB_FILE, StateError, default_state_dir, load_hub_file
 
     if args.hub:
         return str(args.hub)
-    if environ.get("MCPHUB_HUB"):
-        return environ["MCPHUB_HUB"]
-    state_dir = args.state_dir or Path(environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
+    explicit = args.state_dir is not None
+    if not explicit and environ.get("MCPHUB_HUB"):
+        try:
+            return str(_hub_address(environ["MCPHUB_HUB"]))
+        except argparse.ArgumentTypeError as exc:
+            raise HubTargetError(f"$MCPHUB_HUB: {exc}", EXIT_USAGE) from None
+    state_dir = Path(args.state_dir or environ.get("MCPHUB_STATE_DIR") or default_state_dir(environ))
     try:
-        running = load_hub_file(Path(state_dir))
+        running = load_hub_file(state_dir)
     except StateError as exc:
         print(
             f"mcphub: {exc}; looking for the hub at {DEFAULT_GRPC} (--hub ADDRESS names it)", file=sys.stderr
         )
         return DEFAULT_GRPC
-    if running:
-        return str(running["grpc"])
-    return DEFAULT_GRPC
+    if running is None:
+        if explicit:
+            raise HubTargetError(
+                f"no hub is running from {state_dir} (it has no {HUB_FILE}); start one with "
+                f"`mcphub serve --state-dir {state_dir}`, or name a hub with --hub HOST:PORT",
+                EXIT_HUB,
+            )
+        return DEFAULT_GRPC
+    if not pid_alive(running.get("pid")):
+        raise HubTargetError(
+            f"the hub that wrote {state_dir / HUB_FILE} (pid {running.get('pid')}, at {running['grpc']}) "
+            "is not running: start it again, or name a hub with --hub HOST:PORT",
+            EXIT_HUB,
+        )
+    return str(running["grpc"])
+
+
+def _hub_address(value: str) -> str:
+    """--hub HOST:PORT, checked as `serve --grpc` checks its own: a typo is a usage error, not a
+    hub that "cannot be reached" (a port past 65535 was dialed as another, wrapped)."""
+    from .config import parse_address
+
+    try:
+        address = parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if "/" in address.host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
+    if address.port == 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: port 0 is no hub's port (expected HOST:PORT)")
+    return str(address)
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -709,12 +752,17 @@ def _seconds(value: str) -> float:
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hub",
+        type=_hub_address,
         metavar="HOST:PORT",
-        help="the hub's gRPC address (default: $MCPHUB_HUB, then the hub "
-        "running from the state directory, then 127.0.0.1:7070)",
+        help="the hub's gRPC address (default: the hub running from --state-dir, else $MCPHUB_HUB, "
+        "else the hub running from the state directory, else 127.0.0.1:7070)",
     )
     p.add_argument("--token", help="bearer token (default: $MCPHUB_TOKEN)")
-    p.add_argument("--state-dir", type=Path, help="find the local hub through this state directory")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="talk to the hub running from this state directory (exit 3 when none does)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -749,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the hub and its MCP bridge. With no options: gRPC on 127.0.0.1:7070, MCP on\n"
             "http://127.0.0.1:7071/mcp, the diagnostics, shell and browser packs, state in\n"
-            "~/.local/state/mcphub. Prints one ready line naming both addresses; stops cleanly on\n"
+            "$XDG_STATE_HOME/mcphub (~/.local/state/mcphub when XDG_STATE_HOME is unset).\n"
+            "Prints one ready line naming both addresses; stops cleanly on\n"
             "SIGINT/SIGTERM (running calls get shutdown_grace_s, then are told the hub is stopping).\n"
             "SIGHUP reads --config again and applies principals, policy and log_level without a\n"
             "restart (a file with an error is refused whole; the other keys wait for a restart).\n\n"
@@ -776,7 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http", type=_address, metavar="HOST:PORT", help="MCP bridge listen address, or 'off'"
     )
-    serve.add_argument("--state-dir", type=Path, help="where the hub keeps its state")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the hub keeps its state (default: $MCPHUB_STATE_DIR, else $XDG_STATE_HOME/mcphub, "
+        "else ~/.local/state/mcphub)",
+    )
     serve.add_argument(
         "--pack",
         action="append",
@@ -890,7 +944,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # (the shell's spawner, Chromium); nothing here forks without exec.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)  # an unknown argument: the usage of its own command
     args.owns_process = argv is None  # `mcphub local serve` may exec its server (mcp_local.serving)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)
     if func is None:
@@ -900,6 +954,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         code = func(args, os.environ if environ is None else environ)
         sys.stdout.flush()  # here, where a full disk is reported, rather than at exit
         return code
+    except HubTargetError as exc:  # from statedir: `python -m mcp_remote.cli` imports this module twice
+        return _fail(str(exc), exc.code)
     except ConfigError as exc:  # one a command did not catch: a token that cannot be sent
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:

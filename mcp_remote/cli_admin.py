@@ -62,6 +62,7 @@ def _cmd_policy_check(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         config = given if given is not None else default_policy_config()
         policy = resolve_policy(given)
         principals = _principals_in(args.file)
+        _check_hub_config(args.file, environ)
     except ConfigError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
@@ -97,6 +98,34 @@ def _count(value: str, least: int = 1) -> int:
 def _lines(value: str) -> int:
     """`audit tail -n`: 0 too, which with -f follows only the records written from now on."""
     return _count(value, least=0)
+
+
+def _check_hub_config(path: Path, environ: Mapping[str, str]) -> None:
+    """A hub config file (not a bare policy document) checked whole, as `serve --config` and a
+    SIGHUP read it, without starting anything: its keys, principals and addresses, and the
+    tokens written in it. A ConfigError says what a hub would refuse (`policy check` said ok
+    of a config `serve` refuses: an unknown key, a token too short). The tokens a hub reads
+    from a variable or a file are read where it runs, so they are not read here."""
+    import yaml
+
+    from mcp_local.errors import ConfigError
+    from mcp_local.plainerrors import read_text
+
+    from .config import HubConfig, load_config
+
+    try:
+        data = yaml.safe_load(read_text(path, "the config file"))
+    except yaml.YAMLError:
+        return  # load_policy_file, which runs first, says what is wrong with it
+    if not isinstance(data, dict) or not data.keys() & HubConfig.model_fields.keys():
+        return  # a policy document
+    config = load_config(path, environ)
+    for principal in config.principals:
+        if principal.token is not None:
+            try:
+                principal.resolve_token(environ)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
 
 
 def _principals_in(path: Path) -> list[Any] | None:
@@ -253,7 +282,8 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
-def _alive(pid: object) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether the process a hub.json names runs (a hub killed with -9 leaves its file behind)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -289,7 +319,7 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     else:
         if running is None:
             why = f"no hub is running from that state directory (it has no {HUB_FILE})"
-        elif not _alive(running.get("pid")):
+        elif not pid_alive(running.get("pid")):
             # A hub killed without removing its file: its port may be anyone's now.
             why = f"the hub that wrote its {HUB_FILE} (pid {running.get('pid')}) is not running"
         elif running["grpc"] != target:
@@ -535,6 +565,9 @@ def _since_ms(text: str | None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+FOLLOW_PAGE = 1000
+"""Records `audit tail -f` reads at a time: it reads pages until it has caught up."""
+
 SHOWN_DETAILS = 400
 """Characters of a record's details a text line shows (`--json` shows them all)."""
 
@@ -570,6 +603,7 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store, _ = _open_store(args, environ)
     await store.open()
     try:
+        after = getattr(args, "after", None)
         if args.action == "tail":
             # -n 0 -f: the newest record, not shown, is where following starts.
             query = RecordQuery(limit=args.lines or 1, newest_first=True)
@@ -579,14 +613,16 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 principal=args.principal,
                 since_ms=since,
                 call_id=args.call,
+                after_seq=after,
                 limit=args.limit + 1,  # one more: whether the limit cut the answer
-                newest_first=True,
+                newest_first=after is None,  # --after is a cursor: the oldest after it come first
             )
         found = await store.query(query)
         if args.action == "query" and len(found) > args.limit:
             found = found[: args.limit]
-            print(f"{args.limit} records shown, more match: --limit N", file=sys.stderr)
-        records = list(reversed(found))
+            more = f"--after {found[-1].seq} for the next ones" if after is not None else "--limit N"
+            print(f"{args.limit} records shown, more match: {more}", file=sys.stderr)
+        records = found if after is not None else list(reversed(found))
         last = records[-1].seq if records else 0
         if args.action == "tail" and not args.lines:
             records = []
@@ -596,10 +632,15 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             await asyncio.sleep(0.5)
             await store.close()
             await store.open()
-            fresh = [r for r in reversed(await store.query(RecordQuery(limit=1000))) if r.seq > last]
-            for r in fresh:
-                print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
-                last = r.seq
+            # By sequence, a page at a time until caught up: however many records were written
+            # since the last look, each is printed once, in order, and none is skipped.
+            while True:
+                page = await store.query(RecordQuery(after_seq=last, limit=FOLLOW_PAGE, newest_first=False))
+                for r in page:
+                    print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+                    last = r.seq
+                if len(page) < FOLLOW_PAGE:
+                    break
     finally:
         await store.close()
     return EXIT_OK
@@ -636,6 +677,20 @@ def _cmd_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
+_APPROVALS_JSON = {
+    "list": "print one JSON array of the approvals (fields as in approvals.proto, times in ms)",
+    "watch": "print each approval as a line of JSON, as it changes",
+    "approve": "print the decided approval as a JSON object",
+    "deny": "print the decided approval as a JSON object",
+}
+
+
+def hub_address(value: str) -> str:
+    from .cli import _hub_address
+
+    return _hub_address(value)
+
+
 def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     policy = sub.add_parser(
         "policy",
@@ -644,7 +699,15 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
         description="Check a gate policy, or explain what it decides for one call.",
     )
     policy_sub = policy.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = policy_sub.add_parser("check", help="validate a policy file (or a hub config with `policy:`)")
+    check = policy_sub.add_parser(
+        "check",
+        formatter_class=formatter,
+        help="validate a policy file, or a whole hub config as `serve --config` reads it",
+        description="Validate a policy document, or a hub config file: its policy, and the rest of it as\n"
+        "`mcphub serve --config` and a SIGHUP read it (keys, principals, addresses, the tokens written\n"
+        "in it; not those read from a variable or a file), without starting anything.\n"
+        'Exit 0 valid (warnings on stderr), 2 not (one error, or {"ok": false, ...} with --json).',
+    )
     check.add_argument("file", type=Path)
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_cmd_policy_check)
@@ -689,8 +752,10 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
             )
         if name == "list":
             p.add_argument("--all", action="store_true", help="include decided, used and expired approvals")
-        p.add_argument("--json", action="store_true", help="JSON: one object per approval or decision")
-        p.add_argument("--hub", metavar="HOST:PORT", help="the hub (default: the one of --state-dir)")
+        p.add_argument("--json", action="store_true", help=_APPROVALS_JSON[name])
+        p.add_argument(
+            "--hub", type=hub_address, metavar="HOST:PORT", help="the hub (default: the one of --state-dir)"
+        )
         p.add_argument("--token", help="an approver's token (default: $MCPHUB_TOKEN, else operator.token)")
         p.add_argument(
             "--state-dir", type=Path, help="the local hub's state directory (its address and token)"
@@ -724,7 +789,18 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     query.add_argument("--principal")
     query.add_argument("--since", help="10m, 2h, 1d or an ISO time")
     query.add_argument("--call", help="a call id")
-    query.add_argument("--limit", type=_count, default=200, help="at most this many records (default: 200)")
+    query.add_argument(
+        "--after",
+        type=_lines,
+        metavar="SEQ",
+        help="only records past this sequence number, oldest first (a cursor: the last seq read)",
+    )
+    query.add_argument(
+        "--limit",
+        type=_count,
+        default=200,
+        help="at most this many records: the newest N, or with --after the first N after SEQ (default: 200)",
+    )
     for p in (verify, tail, query):
         p.add_argument(
             "--state-dir",

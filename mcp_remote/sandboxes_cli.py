@@ -30,7 +30,6 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     import json
 
     import grpc
-    from google.protobuf.json_format import MessageToDict
 
     from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
@@ -45,7 +44,7 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
         except grpc.aio.AioRpcError as exc:
             return _rpc_failure(exc, target)
     if as_json:
-        print(json.dumps([MessageToDict(s) for s in response.sandboxes], indent=2))
+        print(json.dumps([_sandbox_json(s) for s in response.sandboxes], indent=2))
         return EXIT_OK
     # A sidecar chose its tools' names and version (and the reasons quote them): escaped, they can
     # neither start a line of their own nor send the terminal an escape sequence.
@@ -60,6 +59,18 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
             print(shown(f"  blocked {b.name}: {b.reason}"))
     print(f"{len(response.sandboxes)} sandboxes connected to {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def _sandbox_json(sandbox: Any) -> dict[str, Any]:
+    """A sandbox for `list --json`, as `approvals list --json` writes an approval: the proto's own
+    field names, every field (an empty list too), times as numbers, not protobuf's strings."""
+    from google.protobuf.json_format import MessageToDict
+
+    result: dict[str, Any] = MessageToDict(
+        sandbox, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    result["connected_at_unix_ms"] = int(result["connected_at_unix_ms"])
+    return result
 
 
 def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -140,7 +151,12 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     sandboxes.set_defaults(func=lambda args, environ: (sandboxes.print_help(), 2)[1])
 
     listing = ssub.add_parser("list", help="connected sandboxes and their exposed and blocked tools")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array of the sandboxes: name, principal, version, exposed, blocked (name, "
+        "reason, pinned_sha256, announced_sha256), connected_at_unix_ms",
+    )
     client_options(listing)
     listing.set_defaults(func=_cmd_list)
 

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_HTTP",
     "HUB_FILE",
     "LOCK_FILE",
+    "HubTargetError",
     "StateError",
     "StateInUse",
     "default_state_dir",
@@ -42,6 +43,15 @@ class StateError(ConfigError):
     disk. Not the config's fault: `mcphub serve` exits 3 for it, as for an audit log it refuses,
     and 2 for a config or command line it cannot use. A ConfigError still, for the commands
     that read the state directory and treat both alike."""
+
+
+class HubTargetError(Exception):
+    """Which hub a client command is to talk to cannot be settled: its message says why, `code`
+    is the exit code (2 bad usage, 3 no hub runs where the command was told to look)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StateInUse(StateError):

@@ -34,6 +34,8 @@ class RecordQuery:
     principal: str | None = None
     since_ms: int | None = None
     call_id: str | None = None
+    after_seq: int | None = None
+    """Only records past this sequence number: a reader's cursor (`audit tail -f`, `query --after`)."""
     limit: int = 100
     newest_first: bool = True
 
@@ -52,6 +54,9 @@ class RecordQuery:
         if self.since_ms is not None:
             clauses.append(f"ts_ms >= {mark}")
             params.append(self.since_ms)
+        if self.after_seq is not None:
+            clauses.append(f"seq > {mark}")
+            params.append(self.after_seq)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "DESC" if self.newest_first else "ASC"
         sql = f"SELECT * FROM {table} {where} ORDER BY seq {order} LIMIT {mark}"  # noqa: S608 - fixed names
@@ -64,6 +69,7 @@ class RecordQuery:
             and (self.principal is None or record.principal == self.principal)
             and (self.call_id is None or record.call_id == self.call_id)
             and (self.since_ms is None or record.ts_ms >= self.since_ms)
+            and (self.after_seq is None or record.seq > self.after_seq)
         )
 
 

@@ -172,6 +172,42 @@ def test_check_lists_the_tools(tmp_path: Path) -> None:
     assert "ok, " in out.stderr
 
 
+def test_check_and_health_speak_json_and_a_wrong_option_gets_its_commands_usage(
+    tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """`local check` and `local health` had no --json, and `mcphub local check --json` printed
+    the top-level usage (`usage: mcphub [-h] COMMAND ...`), which does not say what check takes."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    out = _run(["check", "--manifest", str(manifest), "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    checked = json.loads(out.stdout)
+    assert checked["ok"] is True and checked["manifest"] == str(manifest)
+    echo = next(t for t in checked["tools"] if t["name"] == "echo")
+    assert set(echo) == {"name", "title", "read_only", "destructive", "roles"} and echo["read_only"] is True
+    (tmp_path / "bad.yaml").write_text("packs: [no_such_pack]\n")
+    out = _run(["check", "--manifest", str(tmp_path / "bad.yaml"), "--json"], tmp_path)
+    assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False
+    assert "no such pack" in json.loads(out.stdout)["error"]
+
+    out = _run(["health", "--grpc", sidecar.grpc, "--json"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "healthy": True,
+        "sidecar": sidecar.grpc,
+        "hub_link": None,
+        "message": f"sidecar at {sidecar.grpc} is serving",
+    }
+    out = _run(["health", "--grpc", "127.0.0.1:1", "--json", "--timeout", "2"], tmp_path)
+    assert out.returncode == 1 and json.loads(out.stdout)["healthy"] is False, out
+
+    for module in (False, True):
+        for command in (["check", "--jsn"], ["health", "--grpc", sidecar.grpc, "--jsn"]):
+            out = _run(command, tmp_path, module=module)
+            assert out.returncode == 2, out.stderr
+            assert out.stderr.startswith(f"usage: mcphub local {command[0]} [-h]"), out.stderr
+            assert out.stderr.endswith(f"mcphub local {command[0]}: error: unrecognized arguments: --jsn\n")
+
+
 ROLE_PACK = """
 from mcp_local.packs import StaticPack
 from mcp_local.tools import Tool
@@ -209,6 +245,64 @@ def test_only_loopback_is_served(tmp_path: Path) -> None:
     out = _run(["serve", "--manifest", str(manifest), "--grpc", "0.0.0.0:0"], tmp_path)
     assert out.returncode == 2
     assert "--grpc: 0.0.0.0:0 is not a loopback address" in out.stderr and "--hub" in out.stderr
+
+
+@pytest.mark.parametrize("seconds", ["0", "-3", "0.1", "nan", "inf"])
+def test_a_reconnect_wait_below_its_floor_is_bad_usage(tmp_path: Path, seconds: str) -> None:
+    """`--reconnect-max 0` (or below) redialed a hub in a tight loop: 5,538 log lines in 5 s."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    out = _run(
+        ["serve", "--manifest", str(manifest), "--hub", "127.0.0.1:1", f"--reconnect-max={seconds}"], tmp_path
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"argument --reconnect-max: {seconds!r}: expected 0.5 seconds or more" in out.stderr
+
+
+def test_a_ready_file_that_cannot_be_written_is_refused_before_serving(tmp_path: Path) -> None:
+    """A --ready-file in a missing directory was a FileNotFoundError traceback, exit 1, once the
+    sidecar had started its packs and was ready: docs/sidecar.md says 2, bad usage."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    (tmp_path / "locked").mkdir(mode=0o500)
+    cases = {
+        tmp_path / "missing" / "ready.json": f"no directory {tmp_path / 'missing'} to write it in",
+        tmp_path: "a directory, not a file",
+    }
+    if os.geteuid() != 0:  # root writes anywhere
+        cases[tmp_path / "locked" / "ready.json"] = f"cannot write in {tmp_path / 'locked'} (its permissions)"
+    for path, problem in cases.items():
+        out = _run(
+            ["serve", "--manifest", str(manifest), "--grpc", "127.0.0.1:0", "--ready-file", str(path)],
+            tmp_path,
+        )
+        assert (out.returncode, out.stdout) == (2, ""), out.stderr
+        assert out.stderr == f"mcphub local: --ready-file {path}: {problem}\n"
+
+
+def test_the_scratch_directory_is_never_the_hubs_state_directory(tmp_path: Path) -> None:
+    """`mcphub local serve` took $MCPHUB_STATE_DIR, the hub's variable, for its packs' scratch
+    space: next to a hub, among its secrets and audit log. Its own default is $TMPDIR's."""
+    manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
+    hub_state, scratch = tmp_path / "hub-state", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    env |= {"MCPHUB_STATE_DIR": str(hub_state), "TMPDIR": str(scratch)}
+    process = subprocess.Popen(
+        sidecar_command("serve", "--json", "--manifest", str(manifest), "--grpc", "127.0.0.1:0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        assert (scratch / f"mcphub-sidecar-{os.getuid()}").is_dir()
+        assert not hub_state.exists()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 MODULES_AT_EXIT = Path(__file__).parents[1] / "support" / "modules_at_exit"

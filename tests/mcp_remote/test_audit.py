@@ -352,6 +352,77 @@ async def test_tail_follows_only_new_records_with_no_lines(tmp_path: Path) -> No
         assert hub.stop() == 0
 
 
+async def test_tail_follows_every_record_however_many_arrive_between_two_looks(tmp_path: Path) -> None:
+    """`audit tail -f` looked at the newest 1000 records every half second and kept those past the
+    last it printed: more than 1000 written between two looks, and the older ones were never
+    shown. The follower is stopped (SIGSTOP) while 1200 records are written, so that they all
+    arrive between two of its looks; it must print every one of them, in order."""
+    hub = start_hub(tmp_path, config=config(), http=False)
+    client = HubClient(hub.grpc)
+    follower = None
+    try:
+        follower = await asyncio.create_subprocess_exec(
+            *hub_command("audit", "tail", "-f", "-n", "0", "--json", "--state-dir", str(hub.state_dir)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert follower.stdout is not None and follower.stderr is not None
+        async with asyncio.timeout(60):  # following, once it shows a record
+            line = b""
+            while not line:
+                await call_echo(client, "first")
+                with contextlib.suppress(TimeoutError):
+                    line = await asyncio.wait_for(follower.stdout.readline(), 0.5)
+                if follower.stdout.at_eof():
+                    raise AssertionError((await follower.stderr.read()).decode())
+        seqs = [json.loads(line)["seq"]]
+        follower.send_signal(signal.SIGSTOP)
+        try:
+            for batch in range(40):  # 320 calls, 4 records each
+                await asyncio.gather(*(call_echo(client, f"burst {batch} {i}") for i in range(8)))
+            done = await call_echo(client, "last")
+            assert not done.is_error
+        finally:
+            follower.send_signal(signal.SIGCONT)
+        (*_, newest) = await all_records(hub.state_dir)
+        async with asyncio.timeout(120):
+            while seqs[-1] < newest.seq:
+                seqs.append(json.loads(await follower.stdout.readline())["seq"])
+        assert newest.seq - seqs[0] > 1200
+        assert seqs == list(range(seqs[0], newest.seq + 1)), "records skipped or repeated"
+    finally:
+        if follower is not None and follower.returncode is None:
+            follower.terminate()
+            await follower.wait()
+        await client.close()
+        assert hub.stop() == 0
+
+
+def test_query_after_a_sequence_number_is_a_cursor_oldest_first(stopped_log: Path) -> None:
+    """`audit query --after SEQ`: the records past SEQ, oldest first, so that a cron export can
+    go on where it stopped; when --limit cuts the answer, stderr names the next cursor."""
+    common = ["--state-dir", str(stopped_log), "--json"]
+    every = [
+        json.loads(line) for line in cli("audit", "query", "--limit", "100000", *common).stdout.splitlines()
+    ]
+    start = every[10]["seq"]
+    page = cli("audit", "query", "--after", str(start), "--limit", "5", *common)
+    assert page.returncode == 0, page.stderr
+    assert [json.loads(line)["seq"] for line in page.stdout.splitlines()] == list(range(start + 1, start + 6))
+    assert page.stderr == f"5 records shown, more match: --after {start + 5} for the next ones\n"
+    rest = cli("audit", "query", "--after", str(start), "--limit", "100000", *common)
+    assert [json.loads(line) for line in rest.stdout.splitlines()] == every[11:] and rest.stderr == ""
+    echoes = cli("audit", "query", "--after", str(start), "--tool", "echo", "--limit", "3", *common)
+    found = [json.loads(line) for line in echoes.stdout.splitlines()]
+    assert [r["tool"] for r in found] == ["echo"] * 3 and found[0]["seq"] > start
+    assert [r["seq"] for r in found] == sorted(r["seq"] for r in found)
+    none = cli("audit", "query", "--after", str(every[-1]["seq"]), *common)
+    assert none.returncode == 0 and none.stdout == "" and none.stderr == ""
+    bad = cli("audit", "query", "--after", "-1", *common)
+    assert bad.returncode == 2 and "expected 0 or more" in bad.stderr
+
+
 def test_query_says_when_its_limit_cut_the_answer(stopped_log: Path) -> None:
     common = ["--tool", "echo", "--principal", "agent", "--state-dir", str(stopped_log)]
     whole = cli("audit", "query", *common, "--limit", "100", "--json")  # exactly as many as match
@@ -370,6 +441,9 @@ def test_every_option_of_the_audit_commands_says_what_it_does(action: str) -> No
     assert re.search(r"--json (the report as a JSON object|each record as a line of JSON)", text), text
     if action == "tail":
         assert "-f, --follow then print records as they are written" in text
+    if action == "query":  # which records a --limit keeps
+        assert "--limit LIMIT at most this many records: the newest N, or with --after the first N" in text
+        assert "--after SEQ only records past this sequence number, oldest first" in text
 
 
 def test_a_hub_says_what_it_dropped_of_a_record_it_died_writing(stopped_log: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from mcp_remote.audit.checkpoints import CheckpointSigner
 from mcp_remote.audit.log import AuditLog
 from mcp_remote.audit.postgres import PostgresStore
 from mcp_remote.audit.records import PendingRecord
+from mcp_remote.audit.store import RecordQuery
 from mcp_remote.audit.verify import verify_log
 from tests.support.postgres import Postgres, running_postgres
 
@@ -334,3 +335,19 @@ async def test_a_checkpoint_the_database_does_not_answer_counts_as_failing_too(
         assert [c.seq for c in await reread.checkpoints()][:1] == [1]
     finally:
         await reread.close()
+
+
+async def test_records_after_a_sequence_number_come_a_page_at_a_time_oldest_first(pg: Postgres) -> None:
+    """`audit tail -f` and `audit query --after` read by sequence number: the store answers the
+    records past it, oldest first, as many as asked, and nothing is skipped between pages."""
+    store = PostgresStore(pg.create_database("after"))
+    await store.open()
+    try:
+        await store.append(records(*"abcdefg"))
+        page = await store.query(RecordQuery(after_seq=2, limit=3, newest_first=False))
+        assert [(r.seq, r.call_id) for r in page] == [(3, "c"), (4, "d"), (5, "e")]
+        rest = await store.query(RecordQuery(after_seq=page[-1].seq, limit=3, newest_first=False))
+        assert [r.call_id for r in rest] == ["f", "g"]
+        assert await store.query(RecordQuery(after_seq=7, limit=3, newest_first=False)) == []
+    finally:
+        await store.close()

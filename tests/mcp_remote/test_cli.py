@@ -42,6 +42,8 @@ def test_help_explains_every_command(command: list[str]) -> None:
         assert "exit codes" in out.stdout and "mcphub serve" in out.stdout
     if command == ["serve"]:
         assert "--grpc HOST:PORT" in out.stdout and "principals" in out.stdout and "MCPHUB_GRPC" in out.stdout
+        # Where its state goes by default, with the variable that moves it (it was not named).
+        assert "$XDG_STATE_HOME/mcphub (~/.local/state/mcphub when XDG_STATE_HOME is unset)" in out.stdout
 
 
 def test_no_command_prints_help_and_fails() -> None:
@@ -530,6 +532,29 @@ def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_pat
     assert "WARNING mcp_remote.hub: policy: rule 'prod' asks an approver in oncall" in log, log
 
 
+def test_policy_check_checks_a_hub_config_as_serve_reads_it(tmp_path: Path) -> None:
+    """`policy check hub.yaml --json` said {"ok": true} of a config `serve` refuses (an unknown
+    key, a token too short): a CI step validating a config before SIGHUP could not trust it."""
+    hub = tmp_path / "hub.yaml"
+    for text, problem in (
+        (POLICY_HUB + "grpcc: 1\n", "grpcc: unknown key (check the spelling"),
+        ("principals:\n  - {name: a, token: short}\n", "principals[a]: the token must be at least 16"),
+        ("grpc: 127.0.0.1:99999\npolicy: {rules: []}\n", "port 99999"),
+    ):
+        hub.write_text(text)
+        refused = run("serve", "--config", str(hub), env={"HOME": str(tmp_path)})
+        assert refused.returncode == 2 and problem in refused.stderr, refused.stderr
+        out = run("policy", "check", str(hub), "--json")
+        assert out.returncode == 2, out.stdout
+        verdict = json.loads(out.stdout)
+        assert verdict["ok"] is False and problem in verdict["error"] and str(hub) in verdict["error"]
+        out = run("policy", "check", str(hub))
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+    # Tokens a hub reads from a variable or a file are read where it runs, not here.
+    hub.write_text("principals:\n  - {name: a, token_env: NOT_SET_HERE}\n")
+    assert json.loads(run("policy", "check", str(hub), "--json").stdout)["ok"] is True
+
+
 def test_unknown_pack_lists_the_installed_ones(tmp_path: Path) -> None:
     out = serve_refused(tmp_path, None, "--pack", "nosuchpack")
     assert out.returncode == 2
@@ -567,6 +592,22 @@ def test_serve_help_names_every_config_key_and_environment_variable() -> None:
         assert not missing, f"{model.__name__}: {sorted(missing)} not in `mcphub serve --help`"
     assert not set(ENV_OVERRIDES) - words
     assert all(name in words for name in DEFAULT_PACKS)
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["approvals", "list"], "print one JSON array of the approvals"),
+        (["approvals", "watch"], "print each approval as a line of JSON"),
+        (["approvals", "approve"], "print the decided approval as a JSON object"),
+        (["sandboxes", "list"], "print one JSON array of the sandboxes"),
+    ],
+)
+def test_json_help_says_what_is_printed(command: list[str], says: str) -> None:
+    """`approvals list --help` said "one object per approval" of what is one array."""
+    out = run(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert says in " ".join(out.stdout.split())
 
 
 def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path: Path) -> None:
@@ -614,6 +655,62 @@ def test_the_approvals_cli_says_why_it_sent_no_operator_token(tmp_path: Path) ->
         assert (own.returncode, own.stderr) == (0, "0 approvals\n")
     finally:
         assert hub.stop() == 0
+
+
+def test_which_hub_a_client_command_talks_to(tmp_path: Path) -> None:
+    """--state-dir on the command line wins over $MCPHUB_HUB (the variable won); a hub.json whose
+    hub died (-9) is not followed to a port that may be another hub's now (it was, blindly); and
+    a --state-dir no hub runs from is said to be so (the default address was dialed instead)."""
+    hub = start_hub(tmp_path / "hub", http=False)
+    try:
+        elsewhere = {"MCPHUB_HUB": "127.0.0.1:1"}
+        out = run("tools", "--json", "--state-dir", str(hub.state_dir), env=elsewhere)
+        assert out.returncode == 0 and "echo" in out.stdout, out.stderr
+        assert run("tools", "--json", env=elsewhere).returncode == 3  # without --state-dir, the variable
+
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        stale = tmp_path / "stale"
+        stale.mkdir()
+        # Its port is the running hub's now: the old code reached it, under the dead hub's name.
+        (stale / "hub.json").write_text(json.dumps({"grpc": hub.grpc, "pid": int(gone.stdout)}))
+        for command in (["tools"], ["sandboxes", "list"], ["approvals", "list"]):
+            out = run(*command, "--state-dir", str(stale))
+            assert out.returncode == 3, out.stderr
+            assert (
+                f"mcphub: the hub that wrote {stale}/hub.json (pid {int(gone.stdout)}, at {hub.grpc}) "
+                "is not running: start it again, or name a hub with --hub HOST:PORT"
+            ) in out.stderr.splitlines(), out.stderr
+
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        out = run("tools", "--state-dir", str(empty))
+        assert (out.returncode, out.stdout) == (3, ""), out.stderr
+        assert out.stderr == (
+            f"mcphub: no hub is running from {empty} (it has no hub.json); start one with "
+            f"`mcphub serve --state-dir {empty}`, or name a hub with --hub HOST:PORT\n"
+        )
+    finally:
+        assert hub.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("hub", "problem"),
+    [
+        ("127.0.0.1:99999", "port 99999 of '127.0.0.1:99999' is past 65535"),
+        ("http://127.0.0.1:7070", "expected HOST:PORT (e.g. 127.0.0.1:7070), got 'http://127.0.0.1:7070'"),
+        ("36413", "expected HOST:PORT (e.g. 127.0.0.1:7070), got '36413'"),
+        ("127.0.0.1:0", "port 0 is no hub's port"),
+    ],
+)
+def test_a_hub_address_that_is_no_address_is_bad_usage(hub: str, problem: str) -> None:
+    """`--hub 127.0.0.1:99999` dialed port 34463 (wrapped), and the others "cannot reach a hub"
+    (exit 3): a typo sent its operator looking for a hub that is down."""
+    for command in (["tools"], ["sandboxes", "list"], ["approvals", "list"]):
+        out = run(*command, "--hub", hub)
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
+        assert "usage: mcphub" in out.stderr
+    out = run("tools", env={"MCPHUB_HUB": hub})
+    assert out.returncode == 2 and out.stderr.startswith("mcphub: $MCPHUB_HUB: ") and problem in out.stderr
 
 
 @pytest.mark.parametrize(

@@ -296,6 +296,12 @@ async def test_sandboxes_list_for_operators_only(hub: RunningHub, registered: An
     assert listed.returncode == 0, listed.stderr
     names = {s["name"]: s for s in orjson.loads(listed.stdout)}
     assert {"sbx-42", "sbx-43"} <= set(names) and names["sbx-42"]["principal"] == "sbx-42"
+    # As `approvals list --json`: the proto's field names, times as numbers, every field (an
+    # empty list too). It was protobuf's bare JSON: camelCase, "connectedAtUnixMs": "17965...".
+    sbx = names["sbx-42"]
+    assert set(sbx) == {"name", "principal", "exposed", "blocked", "connected_at_unix_ms", "version"}, sbx
+    assert isinstance(sbx["connected_at_unix_ms"], int) and sbx["connected_at_unix_ms"] > 1_700_000_000_000
+    assert sbx["blocked"] == [] and "files_read" in sbx["exposed"]
     hidden = _cli(hub, "sandboxes", "list", "--json", token=TOKENS["agent-42"])
     assert hidden.returncode == 3 and hidden.stdout == "", hidden.stdout
     assert "permission_denied: principal 'agent-42' may not list sandboxes" in hidden.stderr
