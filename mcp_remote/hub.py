@@ -49,7 +49,16 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import StateError, lock_state_dir, read_hub_file, remove_hub_file, write_hub_file
+from .statedir import (
+    StateError,
+    in_use,
+    lock_state_dir,
+    read_hub_file,
+    release_state_dir,
+    remove_hub_file,
+    running_hub_pid,
+    write_hub_file,
+)
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -128,9 +137,10 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
 def _unclean_previous_stop(state_dir: Path) -> int | None:
     """The pid of the hub that ran from `state_dir` before, when it left its `hub.json` behind
     (removed by a stop whose records are all in the log); else None. Asked once this hub holds
-    the state directory (`lock_state_dir`), so no other hub runs from here, and before it writes
-    its own file: whatever process has that pid now (the pid reused, this one in a container
-    whose hub has the same pid at each start), the hub that wrote the file is gone."""
+    the state directory (`lock_state_dir`) and has found that no hub of a version without the
+    lock still runs from here (`running_hub_pid`), and before it writes its own file: whatever
+    process has that pid now (the pid reused, this one in a container whose hub has the same
+    pid at each start), the hub that wrote the file is gone."""
     found = read_hub_file(state_dir)
     pid = found.get("pid") if found is not None else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -557,6 +567,14 @@ class Hub:
             self._state_lock = lock_state_dir(config.state_dir)
         except OSError as exc:
             raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        # A hub of a version that took no lock may still run here (upgraded in place while it
+        # ran): taken for a hub that stopped uncleanly, it would lose its hub.json and, with a
+        # shared store, its waiting approvals, expired as those of a hub that restarted.
+        running = running_hub_pid(config.state_dir)
+        if running is not None:
+            release_state_dir(self._state_lock)
+            self._state_lock = None
+            raise in_use(config.state_dir, running)
         self._stalls.start()
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator, self.streams)
@@ -711,5 +729,5 @@ class Hub:
                 remove_hub_file(self.config.state_dir)
         await self._stalls.stop()
         if self._state_lock is not None:  # last: the next hub may start on the directory now
-            os.close(self._state_lock)
+            release_state_dir(self._state_lock)
             self._state_lock = None
