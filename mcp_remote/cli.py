@@ -328,6 +328,11 @@ def _rpc_failure(exc: Any, target: str) -> int:
         return _fail(f"the hub at {target} is unavailable: {details}", EXIT_HUB)
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
+    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        from .version import version_text
+
+        # gRPC's own words ("Method not found!") for a method the hub's version does not have.
+        details += f" (the hub at {target} may be older than this CLI, {version_text()}: upgrade the hub)"
     return _fail(f"{exc.code().name.lower()}: {details}", EXIT_HUB)
 
 
@@ -592,6 +597,19 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, help="find the local hub through this state directory")
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the text is made when asked for (it reads the checkout's `.git` files)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from .version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcphub",
@@ -613,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
             "              (a damaged, missing or open secret or log, a full or read-only disk,\n"
             "              another hub on it), or a stop with audit records that could not be written"
         ),
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print mcphub's version (and, run from a git checkout, its commit) and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
