@@ -39,7 +39,7 @@ from mcp_local.stalls import StallWatch
 from mcp_local.tools import Tool
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
-from .approvals import Approval, ApprovalBook
+from .approvals import Approval, ApprovalBook, ApprovalUpgrade
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
 from .audit.checkpoints import read_secret_file, write_new_file
@@ -119,7 +119,9 @@ def operator_token(state_dir: Path) -> str:
     return token
 
 
-def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redactor) -> AuditStore:
+def _open_store(
+    config: HubConfig, environ: Mapping[str, str], redactor: Redactor, upgrade: ApprovalUpgrade
+) -> AuditStore:
     if config.audit.store == "postgres":
         from .audit.postgres import PostgresStore
 
@@ -128,10 +130,10 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
         if config.audit.dsn_env is not None and isinstance(environ, MutableMapping):
             # Read once; no process the hub starts (spawner, browser driver) may inherit it.
             environ.pop(config.audit.dsn_env, None)
-        return PostgresStore(dsn)
+        return PostgresStore(dsn, upgrade=upgrade)
     from .audit.sqlite import SQLiteStore
 
-    return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
+    return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync, upgrade=upgrade)
 
 
 def _unclean_previous_stop(state_dir: Path) -> int | None:
@@ -243,7 +245,9 @@ class Hub:
         environment): name -> (variable, token digest), for a reload to keep their token."""
         self.authenticator = self._authenticator(config, environ)
         audit_dir = config.state_dir / "audit"
-        store = _open_store(config, environ, self.redactor)
+        self._upgrade = ApprovalUpgrade(self.redactor)
+        """Approvals an older hub stored, rewritten as the store opens (for the start's log)."""
+        store = _open_store(config, environ, self.redactor, self._upgrade)
         self.audit = AuditLog(
             store,
             self.redactor,
@@ -623,10 +627,19 @@ class Hub:
         self._started = True
         failed = await self.approvals.fail_pending_on_restart()
         await self.approvals.start_pruning()
-        if failed:
+        older = sum(1 for approval in failed if approval.id in self._upgrade.pending)
+        self._upgrade.pending.clear()
+        if len(failed) > older:
             logger.warning(
                 "%d calls were waiting for approval when the hub stopped; their approvals are expired",
-                len(failed),
+                len(failed) - older,
+            )
+        if older:
+            # An older hub did not store whether a call still waited: they fail closed.
+            logger.warning(
+                "%d approvals pending from a hub of an older version are expired (whether their "
+                "calls still waited was not stored); a caller may call again to ask anew",
+                older,
             )
         await serve_grpc()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health(), name="mcphub-health")
