@@ -664,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(ulimit) must change, 3 when\n"
             "the state directory or the audit log cannot be used as they are (a damaged, missing or\n"
             "open secret or log, a last signed checkpoint that does not hold, a full or read-only\n"
-            "disk, another hub on it); `mcphub audit verify` checks what a start does not."
+            "disk, another hub on it, state a newer mcphub wrote: README, Upgrading); `mcphub audit\n"
+            "verify` checks what a start does not."
         ),
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")

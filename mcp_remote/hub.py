@@ -51,6 +51,7 @@ from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
 from .statedir import (
     StateError,
+    check_state_format,
     in_use,
     lock_state_dir,
     read_hub_file,
@@ -58,7 +59,9 @@ from .statedir import (
     remove_hub_file,
     running_hub_pid,
     write_hub_file,
+    write_state_format,
 )
+from .version import version_text
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -579,6 +582,12 @@ class Hub:
             release_state_dir(self._state_lock)
             self._state_lock = None
             raise in_use(config.state_dir, running)
+        try:
+            check_state_format(config.state_dir)  # before anything here is read or rewritten
+        except StateError:
+            release_state_dir(self._state_lock)
+            self._state_lock = None
+            raise
         self._stalls.start()
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator, self.streams)
@@ -598,6 +607,10 @@ class Hub:
         try:
             await self.audit.start()
         except OSError as exc:  # the journal, or signing.pub, on a full or read-only disk
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        try:  # once the store has rewritten what an older version left (`ApprovalUpgrade`)
+            write_state_format(config.state_dir, version_text())
+        except OSError as exc:
             raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         unclean = _unclean_previous_stop(config.state_dir)
         if unclean is not None:

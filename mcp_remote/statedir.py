@@ -18,10 +18,13 @@ from mcp_local.plainerrors import ConfigError
 __all__ = [
     "DEFAULT_GRPC",
     "DEFAULT_HTTP",
+    "FORMAT_FILE",
     "HUB_FILE",
     "LOCK_FILE",
+    "STATE_FORMAT",
     "StateError",
     "StateInUse",
+    "check_state_format",
     "default_state_dir",
     "in_use",
     "load_hub_file",
@@ -31,12 +34,18 @@ __all__ = [
     "remove_hub_file",
     "running_hub_pid",
     "write_hub_file",
+    "write_state_format",
 ]
 
 DEFAULT_GRPC = "127.0.0.1:7070"
 DEFAULT_HTTP = "127.0.0.1:7071"
 HUB_FILE = "hub.json"
 LOCK_FILE = "hub.lock"
+FORMAT_FILE = "format.json"
+STATE_FORMAT = 2
+"""The form of the state this version writes (its state directory, audit store and approvals):
+raised when a version writes state an older one would misread. 1 is the state of versions
+before the marker (2026-11 and earlier: approvals whose groups meant any of them)."""
 
 
 class StateError(ConfigError):
@@ -123,7 +132,7 @@ def _looks_like_a_hub(pid: int) -> bool:
 def running_hub_pid(state_dir: Path) -> int | None:
     """The pid of a hub that `hub.json` names and that still runs, other than this process; else
     None. Asked by a hub that holds the lock: a hub that runs there without it is of a version
-    that took no `hub.lock` (before 2026-12), upgraded in place while it ran. The process under
+    that took no `hub.lock` (before 2026-12-05), upgraded in place while it ran. The process under
     the pid is that hub when its start time is the one the file records, or, in a file of a
     hub that recorded none, when its command line is a hub's: a pid reused by another process
     (after a reboot, or this one in a container whose hub has the same pid at each start) is
@@ -197,6 +206,49 @@ def _holder(state_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid > 0 else None
+
+
+def check_state_format(state_dir: Path) -> None:
+    """A StateError when the state directory's marker (`FORMAT_FILE`) says a newer version wrote
+    its state: rolled back after it, this one would misread it (an older hub crashed at start on
+    approvals a newer one had stored, or failed every approval on its new columns). Without a
+    marker the state is this version's or older, which this version upgrades."""
+    path = state_dir / FORMAT_FILE
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError:
+        found = None
+    written = found.get("format") if isinstance(found, dict) else None
+    if not isinstance(written, int) or isinstance(written, bool):
+        raise StateError(
+            f"{path}: not the state format marker a hub writes; restore it from a backup, or delete it "
+            "if the newest mcphub that ran on this directory is this one"
+        )
+    if written > STATE_FORMAT:
+        by = found.get("written_by") if isinstance(found, dict) else None
+        raise StateError(
+            f"the state directory {state_dir} was last used by a newer mcphub"
+            f"{f' ({by})' if isinstance(by, str) else ''}, whose state (format {written}) this one "
+            f"(format {STATE_FORMAT}) cannot read: rolling back after a newer version ran is not "
+            "supported; run the newer version again, or this one on a state directory of its own"
+        )
+
+
+def write_state_format(state_dir: Path, written_by: str) -> None:
+    """Mark the state directory as this version's (`check_state_format`), once its state is."""
+    path = state_dir / FORMAT_FILE
+    try:
+        if json.loads(path.read_text()).get("format") == STATE_FORMAT:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": STATE_FORMAT, "written_by": written_by}) + "\n")
+    tmp.replace(path)
 
 
 def remove_hub_file(state_dir: Path) -> None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.support.approvals import decide, listing
-from tests.support.hub import start_hub
+from tests.support.hub import serve_refused, start_hub
 from tests.support.postgres import running_postgres
 
 AGENT = "upgrade-token-agent-0123456789"
@@ -122,3 +122,36 @@ def _instance_of(body: bytes) -> str:
     instance = orjson.loads(body)["instance"]
     assert isinstance(instance, str)
     return instance
+
+
+def test_a_state_directory_a_newer_version_ran_on_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Rolled back after the new hub ran, the old one crashed at start (`Approval.__init__() got
+    an unexpected keyword argument 'waiting'`) or failed every approval (`table approvals has 6
+    columns but 3 values were supplied`). That old code cannot be changed; from this version on,
+    the state says which version's it is, and an older hub refuses it before reading it."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    marker = state_dir / "format.json"
+    marker.write_text('{"format": 99, "written_by": "mcphub 9.0.0"}\n')
+    out = serve_refused(tmp_path, CONFIG)
+    assert out.returncode == 3 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(
+        f"mcphub: the state directory {state_dir} was last used by a newer mcphub (mcphub 9.0.0), whose "
+        "state (format 99) this one (format "
+    ), out.stderr
+    assert out.stderr.endswith(
+        "rolling back after a newer version ran is not supported; run the newer version again, or this "
+        "one on a state directory of its own\n"
+    ), out.stderr
+    assert (state_dir / "hub.lock").read_text() == ""
+    marker.write_text("{")
+    out = serve_refused(tmp_path, CONFIG)
+    assert out.returncode == 3 and f"mcphub: {marker}: not the state format marker" in out.stderr, out.stderr
+
+    from mcp_remote.statedir import STATE_FORMAT
+    from mcp_remote.version import version_text
+
+    marker.unlink()
+    hub = start_hub(tmp_path, config=CONFIG, http=False)
+    assert hub.stop() == 0
+    assert orjson.loads(marker.read_bytes()) == {"format": STATE_FORMAT, "written_by": version_text()}
