@@ -116,9 +116,14 @@ def arguments_excerpt(text: str, limit: int = ARGUMENTS_SHOWN_BYTES) -> tuple[st
 
 def approval_from_json(data: bytes) -> Approval:
     """An approval as a store keeps it (JSON of its fields). Keys this version does not know
-    (written by a newer hub sharing the store) are left out rather than refused."""
+    (written by a newer hub sharing the store) are left out rather than refused; the groups of
+    an older hub's row (without `waiting`) are read as the alternatives they were."""
     raw = orjson.loads(data)
-    raw["approvers"] = tuple(raw["approvers"])
+    groups = raw["approvers"] = tuple(raw["approvers"])
+    if "waiting" not in raw and len(groups) > 1 and all(isinstance(group, str) for group in groups):
+        # An older hub's row (`ApprovalUpgrade`), read before a store rewrote it (another hub
+        # sharing the store wrote it since): its groups were alternatives, one entry now.
+        raw["approvers"] = (GROUP_ALTERNATIVES.join(groups),)
     known = Approval.__dataclass_fields__
     approval = Approval(**{k: v for k, v in raw.items() if k in known})
     for name, kind in _FIELD_KINDS.items():
@@ -165,10 +170,8 @@ class ApprovalUpgrade:
             return None
         approval = approval_from_json(data)
         shown, left_out = arguments_excerpt(self._arguments(approval.arguments_json))
-        groups = [group for group in approval.approvers if group]
-        approval = replace(
+        approval = replace(  # its groups as one entry already (`approval_from_json`)
             approval,
-            approvers=(GROUP_ALTERNATIVES.join(groups),) if groups else (),
             reason=self._redactor.text(approval.reason, assignments=True),
             decision_reason=self._redactor.text(approval.decision_reason, assignments=True),
             arguments_json=shown,
