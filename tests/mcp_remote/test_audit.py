@@ -945,16 +945,21 @@ async def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_pat
 
 
 OLD_HUB = """
-import json, os, pathlib, sys, time
+import fcntl, json, os, pathlib, sys, time
 import mcp_remote.cli
 state_dir = pathlib.Path(sys.argv[2])
 (state_dir / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:1", "mcp": None, "pid": os.getpid()}))
+if sys.argv[3] == "sqlite":
+    (state_dir / "audit").mkdir(mode=0o700)
+    journal = os.open(state_dir / "audit" / "audit.journal", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(journal, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("ready", flush=True)
 time.sleep(120)
 """
 """A hub of a version before `hub.lock` (e255aed, 2026-11-22), as far as a start can see it: a
 live process whose command line is `... mcp_remote ... serve STATE_DIR`, named by the
-directory's `hub.json` (without the start time newer hubs record), holding no `hub.lock`."""
+directory's `hub.json` (without the start time newer hubs record), holding no `hub.lock`; with
+SQLite, holding its audit journal's lock as that hub did."""
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
@@ -975,7 +980,7 @@ async def test_a_hub_refuses_a_state_directory_an_older_hub_without_the_lock_sti
         state_dir = tmp_path / "state"
         state_dir.mkdir(mode=0o700)
         old = subprocess.Popen(  # noqa: ASYNC220 - a process to stand for the old hub, no more
-            [sys.executable, "-c", OLD_HUB, "serve", str(state_dir)], stdout=subprocess.PIPE, cwd=REPO
+            [sys.executable, "-c", OLD_HUB, "serve", str(state_dir), store], stdout=subprocess.PIPE, cwd=REPO
         )
         assert old.stdout is not None
         stack.callback(old.stdout.close)
