@@ -88,7 +88,7 @@ the arguments, or by an older hub (`OLDER_FORM`; `_fill_approval_columns`)."""
 
 def _approval_row(approval: Approval) -> tuple[Any, ...]:
     """The values of an approval's row after its id: state, data, principal, created_ms, expires_ms."""
-    data = orjson.dumps(asdict(approval))
+    data = orjson.dumps(approval)  # as `asdict` would, without its deep copy
     return (approval.state, data, approval.principal, approval.created_ms, approval.expires_ms)
 
 

@@ -172,9 +172,9 @@ _approval_from = approval_from_json
 
 
 def _approval_data(approval: Approval) -> bytes:
-    from dataclasses import asdict
-
-    return orjson.dumps(asdict(approval))
+    # orjson writes a dataclass as `asdict` would, without its deep copy (most of the time of
+    # rewriting an older hub's 100,005 approvals).
+    return orjson.dumps(approval)
 
 
 def _approval_row(approval: Approval) -> tuple[Any, ...]:
