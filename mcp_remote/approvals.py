@@ -43,14 +43,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
 from mcp_local.errors import Conflict, PermissionDenied, ResourceExhausted, ToolNotFound
 from mcp_local.principals import Principal
 
-from .policy import describe_approver_groups, missing_approver_groups
+from .policy import GROUP_ALTERNATIVES, describe_approver_groups, missing_approver_groups
+
+if TYPE_CHECKING:
+    from mcp_local.redaction import Redactor
 
 __all__ = [
     "Approval",
@@ -58,6 +61,7 @@ __all__ = [
     "ApprovalChanges",
     "ApprovalState",
     "ApprovalStore",
+    "ApprovalUpgrade",
     "SharedApprovalStore",
     "TooManyPending",
     "approval_from_json",
@@ -112,9 +116,14 @@ def arguments_excerpt(text: str, limit: int = ARGUMENTS_SHOWN_BYTES) -> tuple[st
 
 def approval_from_json(data: bytes) -> Approval:
     """An approval as a store keeps it (JSON of its fields). Keys this version does not know
-    (written by a newer hub sharing the store) are left out rather than refused."""
+    (written by a newer hub sharing the store) are left out rather than refused; the groups of
+    an older hub's row (without `waiting`) are read as the alternatives they were."""
     raw = orjson.loads(data)
-    raw["approvers"] = tuple(raw["approvers"])
+    groups = raw["approvers"] = tuple(raw["approvers"])
+    if "waiting" not in raw and len(groups) > 1 and all(isinstance(group, str) for group in groups):
+        # An older hub's row (`ApprovalUpgrade`), read before a store rewrote it (another hub
+        # sharing the store wrote it since): its groups were alternatives, one entry now.
+        raw["approvers"] = (GROUP_ALTERNATIVES.join(groups),)
     known = Approval.__dataclass_fields__
     approval = Approval(**{k: v for k, v in raw.items() if k in known})
     for name, kind in _FIELD_KINDS.items():
@@ -126,6 +135,60 @@ def approval_from_json(data: bytes) -> Approval:
     if not all(isinstance(group, str) for group in approval.approvers):
         raise TypeError("its approvers are not all strings")
     return approval
+
+
+OLDER_FORM = b'"waiting":'
+"""Stored rows have this key from December 2026 on (`Approval.waiting`); a row without it is an
+older hub's (`ApprovalUpgrade`). As bytes of the row's JSON: no string value holds them (a `"`
+inside one is escaped), so a store can find such rows without reading each one."""
+
+
+class ApprovalUpgrade:
+    """Rewrites the approvals an older hub stored (rows without `waiting`) in this version's form,
+    where a store rewrites rows as it opens:
+
+    - `approvers` meant "an approver in any of these groups" (`["oncall", "security"]`); it is one
+      entry per rule, each to be met, with `|` between alternatives, so the old row is one entry
+      (`["oncall|security"]`). Read as it was, it refused an approver in oncall only, who could
+      approve it.
+    - The reason and the arguments are redacted as this version redacts (older hubs let
+      `PGPASSWORD=...`, `--password=...` and `Bearer ...` through), the arguments cut to an excerpt.
+    - `waiting` is left out, so it takes its default: a pending one is expired at the start, as
+      one whose call waited (fail closed: whether its call still waited was not stored). `pending`
+      holds their ids, for the start's log line to say what they are.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self.rewritten = 0
+        self.pending: set[str] = set()
+
+    def __call__(self, data: bytes) -> Approval | None:
+        """The row rewritten, or None when it is in this version's form already. Raises as
+        `approval_from_json` does for a row that is no approval (set aside by the store)."""
+        if OLDER_FORM in data:
+            return None
+        approval = approval_from_json(data)
+        shown, left_out = arguments_excerpt(self._arguments(approval.arguments_json))
+        approval = replace(  # its groups as one entry already (`approval_from_json`)
+            approval,
+            reason=self._redactor.text(approval.reason, assignments=True),
+            decision_reason=self._redactor.text(approval.decision_reason, assignments=True),
+            arguments_json=shown,
+            arguments_left_out=approval.arguments_left_out + left_out,
+        )
+        self.rewritten += 1
+        if approval.state == "pending":
+            self.pending.add(approval.id)
+        return approval
+
+    def _arguments(self, text: str) -> str:
+        """As the gate redacts a call's arguments for an approver (`AuditLog.redact_arguments`)."""
+        try:
+            arguments = orjson.loads(text) if text else {}
+        except orjson.JSONDecodeError:  # cut short, or not JSON
+            return self._redactor.text(text, assignments=True)
+        return orjson.dumps(self._redactor.value(arguments, assignments=True)).decode()
 
 
 _FIELD_KINDS: dict[str, type] = {

@@ -435,6 +435,11 @@ def _rpc_problem(exc: Any, target: str) -> tuple[str, str]:
         return code, f"the hub at {target} is unavailable: {details}"
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         details += " (give mcphub a token with --token or $MCPHUB_TOKEN)"
+    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        from .version import version_text
+
+        # gRPC's own words ("Method not found!") for a method the hub's version does not have.
+        details += f" (the hub at {target} may be older than this CLI, {version_text()}: upgrade the hub)"
     return code, f"{code}: {details}"
 
 
@@ -765,6 +770,19 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the text is made when asked for (it reads the checkout's `.git` files)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from .version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcphub",
@@ -788,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
             "              another hub on it), or a stop with audit records that could not be written"
         ),
     )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print mcphub's version (and, run from a git checkout, its commit) and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -810,12 +833,14 @@ def build_parser() -> argparse.ArgumentParser:
             "max_sessions_per_principal, max_streams_per_principal, instance, log_level.\n"
             "Environment: MCPHUB_GRPC, MCPHUB_HTTP, MCPHUB_STATE_DIR, MCPHUB_LOG_LEVEL, MCPHUB_PACKS,\n"
             "MCPHUB_ALLOWED_HOSTS, MCPHUB_ALLOWED_ORIGINS (comma-separated lists), MCPHUB_BRIDGE_EXPRESS.\n"
-            "Binding a non-loopback address needs at least one principal.\n\n"
+            "Binding a non-loopback address needs at least one principal. Unset,\n"
+            "max_streams_per_principal is 256 or max_sessions_per_principal if more.\n\n"
             "A start that is refused exits 2 when the config, the command line or a process limit\n"
             "(ulimit) must change, 3 when\n"
             "the state directory or the audit log cannot be used as they are (a damaged, missing or\n"
             "open secret or log, a last signed checkpoint that does not hold, a full or read-only\n"
-            "disk, another hub on it); `mcphub audit verify` checks what a start does not."
+            "disk, another hub on it, state a newer mcphub wrote: README, Upgrading); `mcphub audit\n"
+            "verify` checks what a start does not."
         ),
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")

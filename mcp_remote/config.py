@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 MIN_TOKEN_LENGTH = 16
+MAX_STREAMS_PER_PRINCIPAL = 256
+"""Default of `max_streams_per_principal`, when it is not below `max_sessions_per_principal`."""
 PRINCIPAL_NAME = r"^[a-zA-Z0-9_.@-]{1,64}$"
 SANDBOX_NAME = r"^(?!.*__)[a-zA-Z0-9_-]{0,47}[a-zA-Z0-9-]$"
 """A sandbox's name: its tools are `<sandbox>__<tool>`, so a name holding `__`, or ending in `_`
@@ -262,10 +264,10 @@ class HubConfig(BaseModel):
     max_sessions_per_principal: int = Field(default=100, ge=1, le=10_000)
     """Handshake-era (2025) MCP sessions one principal may hold open on the bridge; one more ends
     its least recently used idle session, or gets 429 when every one is in use."""
-    max_streams_per_principal: int = Field(default=256, ge=1, le=100_000)
+    max_streams_per_principal: int = Field(default=MAX_STREAMS_PER_PRINCIPAL, ge=1, le=100_000)
     """Watch streams (WatchTools, WatchApprovals) one principal may hold open at once; one more is
     RESOURCE_EXHAUSTED. Each MCP session of the bridge holds one: keep it above
-    max_sessions_per_principal."""
+    max_sessions_per_principal (unset, it is 256 or max_sessions_per_principal if more)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("log_level", mode="before")
@@ -279,6 +281,18 @@ class HubConfig(BaseModel):
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     instance: str | None = None
     """This hub's name among replicas sharing a store (default: host name and state directory)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _streams_follow_sessions(cls, data: Any) -> Any:
+        # A default bounded by a key the config sets follows it: a file valid before the stream
+        # limit came in (`max_sessions_per_principal: 500` alone) is not refused for a key it
+        # never named. Set explicitly below the sessions, it still is (`_exposed_needs_principals`).
+        if isinstance(data, dict) and "max_streams_per_principal" not in data:
+            sessions = data.get("max_sessions_per_principal")
+            if isinstance(sessions, int) and not isinstance(sessions, bool):
+                return {**data, "max_streams_per_principal": max(MAX_STREAMS_PER_PRINCIPAL, sessions)}
+        return data
 
     @field_validator("grpc", "http", mode="before")
     @classmethod

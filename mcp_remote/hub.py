@@ -39,7 +39,7 @@ from mcp_local.stalls import StallWatch
 from mcp_local.tools import Tool, ToolCall
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
 
-from .approvals import Approval, ApprovalBook
+from .approvals import Approval, ApprovalBook, ApprovalUpgrade
 from .approvals_service import ApprovalsServicer
 from .audit import AuditLog, AuditStore, CheckpointSigner
 from .audit.checkpoints import read_secret_file, write_new_file
@@ -49,7 +49,19 @@ from .config import MIN_TOKEN_LENGTH, Address, HubConfig, PrincipalConfig
 from .federation import Federation, SandboxEvent
 from .gate import AuditTrail, Gate, instance_name
 from .policy import Policy, broad_allows, resolve_policy, unapprovable
-from .statedir import StateError, lock_state_dir, read_hub_file, remove_hub_file, write_hub_file
+from .statedir import (
+    StateError,
+    check_state_format,
+    in_use,
+    lock_state_dir,
+    read_hub_file,
+    release_state_dir,
+    remove_hub_file,
+    running_hub_pid,
+    write_hub_file,
+    write_state_format,
+)
+from .version import version_text
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -110,7 +122,9 @@ def operator_token(state_dir: Path) -> str:
     return token
 
 
-def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redactor) -> AuditStore:
+def _open_store(
+    config: HubConfig, environ: Mapping[str, str], redactor: Redactor, upgrade: ApprovalUpgrade
+) -> AuditStore:
     if config.audit.store == "postgres":
         from .audit.postgres import PostgresStore
 
@@ -119,18 +133,19 @@ def _open_store(config: HubConfig, environ: Mapping[str, str], redactor: Redacto
         if config.audit.dsn_env is not None and isinstance(environ, MutableMapping):
             # Read once; no process the hub starts (spawner, browser driver) may inherit it.
             environ.pop(config.audit.dsn_env, None)
-        return PostgresStore(dsn)
+        return PostgresStore(dsn, upgrade=upgrade)
     from .audit.sqlite import SQLiteStore
 
-    return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync)
+    return SQLiteStore(config.state_dir / "audit" / "audit.db", sync=config.audit.sync, upgrade=upgrade)
 
 
 def _unclean_previous_stop(state_dir: Path) -> int | None:
     """The pid of the hub that ran from `state_dir` before, when it left its `hub.json` behind
     (removed by a stop whose records are all in the log); else None. Asked once this hub holds
-    the state directory (`lock_state_dir`), so no other hub runs from here, and before it writes
-    its own file: whatever process has that pid now (the pid reused, this one in a container
-    whose hub has the same pid at each start), the hub that wrote the file is gone."""
+    the state directory (`lock_state_dir`) and has found that no hub of a version without the
+    lock still runs from here (`running_hub_pid`), and before it writes its own file: whatever
+    process has that pid now (the pid reused, this one in a container whose hub has the same
+    pid at each start), the hub that wrote the file is gone."""
     found = read_hub_file(state_dir)
     pid = found.get("pid") if found is not None else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -237,7 +252,9 @@ class Hub:
         environment): name -> (variable, token digest), for a reload to keep their token."""
         self.authenticator = self._authenticator(config, environ)
         audit_dir = config.state_dir / "audit"
-        store = _open_store(config, environ, self.redactor)
+        self._upgrade = ApprovalUpgrade(self.redactor)
+        """Approvals an older hub stored, rewritten as the store opens (for the start's log)."""
+        store = _open_store(config, environ, self.redactor, self._upgrade)
         self.audit = AuditLog(
             store,
             self.redactor,
@@ -565,6 +582,20 @@ class Hub:
             self._state_lock = lock_state_dir(config.state_dir)
         except OSError as exc:
             raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        # A hub of a version that took no lock may still run here (upgraded in place while it
+        # ran): taken for a hub that stopped uncleanly, it would lose its hub.json and, with a
+        # shared store, its waiting approvals, expired as those of a hub that restarted.
+        running = running_hub_pid(config.state_dir)
+        if running is not None:
+            release_state_dir(self._state_lock)
+            self._state_lock = None
+            raise in_use(config.state_dir, running)
+        try:
+            check_state_format(config.state_dir)  # before anything here is read or rewritten
+        except StateError:
+            release_state_dir(self._state_lock)
+            self._state_lock = None
+            raise
         self._stalls.start()
         servicer = ToolHubServicer(self._service)
         approvals = ApprovalsServicer(self.approvals, self.authenticator, self.streams)
@@ -584,6 +615,10 @@ class Hub:
         try:
             await self.audit.start()
         except OSError as exc:  # the journal, or signing.pub, on a full or read-only disk
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        try:  # once the store has rewritten what an older version left (`ApprovalUpgrade`)
+            write_state_format(config.state_dir, version_text())
+        except OSError as exc:
             raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         unclean = _unclean_previous_stop(config.state_dir)
         if unclean is not None:
@@ -613,10 +648,19 @@ class Hub:
         self._started = True
         failed = await self.approvals.fail_pending_on_restart()
         await self.approvals.start_pruning()
-        if failed:
+        older = sum(1 for approval in failed if approval.id in self._upgrade.pending)
+        self._upgrade.pending.clear()
+        if len(failed) > older:
             logger.warning(
                 "%d calls were waiting for approval when the hub stopped; their approvals are expired",
-                len(failed),
+                len(failed) - older,
+            )
+        if older:
+            # An older hub did not store whether a call still waited: they fail closed.
+            logger.warning(
+                "%d approvals pending from a hub of an older version are expired (whether their "
+                "calls still waited was not stored); a caller may call again to ask anew",
+                older,
             )
         await serve_grpc()
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health(), name="mcphub-health")
@@ -746,5 +790,5 @@ class Hub:
                 remove_hub_file(self.config.state_dir)
         await self._stalls.stop()
         if self._state_lock is not None:  # last: the next hub may start on the directory now
-            os.close(self._state_lock)
+            release_state_dir(self._state_lock)
             self._state_lock = None

@@ -18,23 +18,35 @@ from mcp_local.plainerrors import ConfigError
 __all__ = [
     "DEFAULT_GRPC",
     "DEFAULT_HTTP",
+    "FORMAT_FILE",
     "HUB_FILE",
     "LOCK_FILE",
+    "STATE_FORMAT",
     "HubTargetError",
     "StateError",
     "StateInUse",
+    "check_state_format",
     "default_state_dir",
+    "in_use",
     "load_hub_file",
     "lock_state_dir",
     "read_hub_file",
+    "release_state_dir",
     "remove_hub_file",
+    "running_hub_pid",
     "write_hub_file",
+    "write_state_format",
 ]
 
 DEFAULT_GRPC = "127.0.0.1:7070"
 DEFAULT_HTTP = "127.0.0.1:7071"
 HUB_FILE = "hub.json"
 LOCK_FILE = "hub.lock"
+FORMAT_FILE = "format.json"
+STATE_FORMAT = 2
+"""The form of the state this version writes (its state directory, audit store and approvals):
+raised when a version writes state an older one would misread. 1 is the state of versions
+before the marker (2026-11 and earlier: approvals whose groups meant any of them)."""
 
 
 class StateError(ConfigError):
@@ -95,10 +107,66 @@ def read_hub_file(state_dir: Path) -> dict[str, Any] | None:
 
 
 def write_hub_file(state_dir: Path, grpc: str, mcp_url: str | None) -> None:
+    """`started` is this process's start time as the kernel counts it (`_process_started`): with
+    the pid, it tells a later start whether the process running under that pid is this hub."""
     path = state_dir / HUB_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"grpc": grpc, "mcp": mcp_url, "pid": os.getpid()}))
+    found = {"grpc": grpc, "mcp": mcp_url, "pid": os.getpid(), "started": _process_started(os.getpid())}
+    tmp.write_text(json.dumps(found))
     tmp.replace(path)
+
+
+def _process_started(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat), or
+    None when there is no such process (or it is a zombie: its hub is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name in parentheses may hold spaces
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _looks_like_a_hub(pid: int) -> bool:
+    """Does the command line of process `pid` read as `mcphub serve` (or `python -m
+    mcp_remote.cli serve`)? For a `hub.json` of a hub that recorded no start time."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return "serve" in argv and any("mcphub" in arg or "mcp_remote" in arg for arg in argv)
+
+
+def running_hub_pid(state_dir: Path) -> int | None:
+    """The pid of a hub that `hub.json` names and that still runs, other than this process; else
+    None. Asked by a hub that holds the lock: a hub that runs there without it is of a version
+    that took no `hub.lock` (before 2026-12-05), upgraded in place while it ran. The process under
+    the pid is that hub when its start time is the one the file records, or, in a file of a
+    hub that recorded none, when its command line is a hub's: a pid reused by another process
+    (after a reboot, or this one in a container whose hub has the same pid at each start) is
+    not mistaken for it."""
+    found = read_hub_file(state_dir)
+    pid = found.get("pid") if found is not None else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return None
+    started = _process_started(pid)
+    if started is None:
+        return None
+    recorded = found.get("started") if found is not None else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return pid if recorded == started else None
+    return pid if _looks_like_a_hub(pid) else None
+
+
+def in_use(state_dir: Path, pid: int | None) -> StateInUse:
+    """The refusal of a start on a state directory another hub (`pid`, when known) runs on."""
+    return StateInUse(
+        f"another hub{f' (pid {pid})' if pid else ''} is running on the state directory {state_dir}: "
+        "each hub needs a state directory of its own (--state-dir, or state_dir in its config), "
+        "also when hubs share a PostgreSQL audit store"
+    )
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -122,16 +190,22 @@ def lock_state_dir(state_dir: Path) -> int:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except BlockingIOError:
         os.close(fd)
-        pid = _holder(state_dir)
-        raise StateInUse(
-            f"another hub{f' (pid {pid})' if pid else ''} is running on the state directory {state_dir}: "
-            "each hub needs a state directory of its own (--state-dir, or state_dir in its config), "
-            "also when hubs share a PostgreSQL audit store"
-        ) from None
+        raise in_use(state_dir, _holder(state_dir)) from None
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def release_state_dir(fd: int) -> None:
+    """Let the next hub in (`lock_state_dir`'s descriptor): the lock file says no pid from now
+    on, so that no later refusal names this process, which may be gone or another by then."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _holder(state_dir: Path) -> int | None:
@@ -142,6 +216,49 @@ def _holder(state_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid > 0 else None
+
+
+def check_state_format(state_dir: Path) -> None:
+    """A StateError when the state directory's marker (`FORMAT_FILE`) says a newer version wrote
+    its state: rolled back after it, this one would misread it (an older hub crashed at start on
+    approvals a newer one had stored, or failed every approval on its new columns). Without a
+    marker the state is this version's or older, which this version upgrades."""
+    path = state_dir / FORMAT_FILE
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError:
+        found = None
+    written = found.get("format") if isinstance(found, dict) else None
+    if not isinstance(written, int) or isinstance(written, bool):
+        raise StateError(
+            f"{path}: not the state format marker a hub writes; restore it from a backup, or delete it "
+            "if the newest mcphub that ran on this directory is this one"
+        )
+    if written > STATE_FORMAT:
+        by = found.get("written_by") if isinstance(found, dict) else None
+        raise StateError(
+            f"the state directory {state_dir} was last used by a newer mcphub"
+            f"{f' ({by})' if isinstance(by, str) else ''}, whose state (format {written}) this one "
+            f"(format {STATE_FORMAT}) cannot read: rolling back after a newer version ran is not "
+            "supported; run the newer version again, or this one on a state directory of its own"
+        )
+
+
+def write_state_format(state_dir: Path, written_by: str) -> None:
+    """Mark the state directory as this version's (`check_state_format`), once its state is."""
+    path = state_dir / FORMAT_FILE
+    try:
+        if json.loads(path.read_text()).get("format") == STATE_FORMAT:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": STATE_FORMAT, "written_by": written_by}) + "\n")
+    tmp.replace(path)
 
 
 def remove_hub_file(state_dir: Path) -> None:

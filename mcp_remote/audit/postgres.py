@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -32,12 +33,21 @@ import orjson
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import without_dsn
 
-from ..approvals import ARGUMENTS_SHOWN_BYTES, Approval, ApprovalState, approval_from_json, arguments_excerpt
+from ..approvals import (
+    ARGUMENTS_SHOWN_BYTES,
+    OLDER_FORM,
+    Approval,
+    ApprovalState,
+    approval_from_json,
+    arguments_excerpt,
+)
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain
 from .store import AuditStoreUnreachable, RecordQuery
 
 __all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mcphub_records (
@@ -69,14 +79,16 @@ _NOTICE_MAX = 7900  # bytes; PostgreSQL refuses a payload of 8000 or more
 
 
 _approval_from = approval_from_json
-_LEGACY_ROWS = "SELECT id FROM mcphub_approvals WHERE created_ms = 0 OR length(data) > %s"
+_LEGACY_ROWS = (
+    "SELECT id FROM mcphub_approvals WHERE created_ms = 0 OR length(data) > %s OR position(%s in data) = 0"
+)
 """Rows stored before the columns after `data` existed, or before approvals kept an excerpt of
-the arguments (`_fill_approval_columns`)."""
+the arguments, or by an older hub (`OLDER_FORM`; `_fill_approval_columns`)."""
 
 
 def _approval_row(approval: Approval) -> tuple[Any, ...]:
     """The values of an approval's row after its id: state, data, principal, created_ms, expires_ms."""
-    data = orjson.dumps(asdict(approval))
+    data = orjson.dumps(approval)  # as `asdict` would, without its deep copy
     return (approval.state, data, approval.principal, approval.created_ms, approval.expires_ms)
 
 
@@ -118,8 +130,10 @@ class PostgresStore:
     shared = True
     """Several hubs write this log: its last checkpoint may be another hub's, signed by its key."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, upgrade: Callable[[bytes], Approval | None] | None = None) -> None:
         self._dsn = dsn
+        self.upgrade = upgrade
+        """Rewrites an approval row an older hub stored, as the hub opens the store (`ApprovalUpgrade`)."""
         self._writer: Any = None
         self._reader: Any = None
         self._lock = asyncio.Lock()
@@ -163,15 +177,30 @@ class PostgresStore:
             raise AuditStoreUnreachable(
                 f"the PostgreSQL audit store ({self._where()}) cannot be used: {_why(exc, self._dsn)}"
             ) from None
+        rewritten = getattr(self.upgrade, "rewritten", 0)
+        if rewritten:
+            logger.info(
+                "the PostgreSQL audit store (%s): rewrote %d approvals an older mcphub stored in this "
+                "version's form (approver groups as one entry per rule; reasons and arguments redacted "
+                "as now)",
+                self._where(),
+                rewritten,
+            )
 
     async def _fill_approval_columns(self, conn: Any) -> None:
-        """Fill the columns after `data` of rows stored before them (from the row's data), and cut
+        """Fill the columns after `data` of rows stored before them (from the row's data), cut
         the arguments of rows stored before approvals kept an excerpt (six such rows made every
-        listing larger than gRPC carries). Under the schema lock, in its transaction."""
-        cursor = await conn.execute(_LEGACY_ROWS, (ARGUMENTS_SHOWN_BYTES,))
+        listing larger than gRPC carries), and rewrite the rows an older hub stored in this
+        version's form (`upgrade`, `ApprovalUpgrade`). Under the schema lock, in its transaction;
+        each row's work between its queries is small (the queries leave the event loop free)."""
+        cursor = await conn.execute(_LEGACY_ROWS, (ARGUMENTS_SHOWN_BYTES, OLDER_FORM))
         for (approval_id,) in await cursor.fetchall():
             cursor = await conn.execute("SELECT data FROM mcphub_approvals WHERE id = %s", (approval_id,))
-            approval = _approval_from(bytes((await cursor.fetchone())[0]))
+            data = bytes((await cursor.fetchone())[0])
+            try:
+                approval = (self.upgrade(data) if self.upgrade is not None else None) or _approval_from(data)
+            except (ValueError, TypeError, KeyError):  # no approval: as it is, nothing reads it
+                continue
             shown, left_out = arguments_excerpt(approval.arguments_json)
             if left_out:
                 approval = replace(

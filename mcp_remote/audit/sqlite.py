@@ -29,14 +29,14 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..approvals import Approval, ApprovalState, approval_from_json, arguments_excerpt
+from ..approvals import OLDER_FORM, Approval, ApprovalState, approval_from_json, arguments_excerpt
 from .checkpoints import Checkpoint
 from .records import GENESIS, AuditRecord, ChainHead, PendingRecord, chain, verify_record
 from .store import AuditStoreRefused, RecordQuery
@@ -98,6 +98,9 @@ CREATE INDEX IF NOT EXISTS approvals_listed ON approvals (state, created_ms, id)
 CREATE INDEX IF NOT EXISTS approvals_principal ON approvals (principal, state);
 """
 
+
+_OLDER_ROWS = "SELECT id FROM approvals WHERE instr(data, ?) = 0"
+"""Rows an older hub stored (`OLDER_FORM`)."""
 
 UNREADABLE = "unreadable"
 """The state an approval row whose data cannot be read is set aside in (`_set_aside_unreadable_approvals`)."""
@@ -169,9 +172,9 @@ _approval_from = approval_from_json
 
 
 def _approval_data(approval: Approval) -> bytes:
-    from dataclasses import asdict
-
-    return orjson.dumps(asdict(approval))
+    # orjson writes a dataclass as `asdict` would, without its deep copy (most of the time of
+    # rewriting an older hub's 100,005 approvals).
+    return orjson.dumps(approval)
 
 
 def _approval_row(approval: Approval) -> tuple[Any, ...]:
@@ -189,8 +192,17 @@ def _trimmed(approval: Approval) -> Approval:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, read_only: bool = False, sync: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_only: bool = False,
+        sync: bool = False,
+        upgrade: Callable[[bytes], Approval | None] | None = None,
+    ) -> None:
         self.path = path
+        self.upgrade = upgrade
+        """Rewrites an approval row an older hub stored, as the hub opens the store (`ApprovalUpgrade`)."""
         self.journal_path = path.with_suffix(".journal")
         self.read_only = read_only
         self.sync = sync
@@ -247,6 +259,9 @@ class SQLiteStore:
             return
         try:
             self._open()
+            # Off the event loop: an older hub's 100,005 approvals took 5 s to rewrite, and the
+            # stall watch blamed a tool handler for it. Nothing else uses the store meanwhile.
+            await in_audit_thread(self._open_approvals)
         except sqlite3.Error as exc:
             if self._db is not None:
                 self._db.close()
@@ -272,8 +287,6 @@ class SQLiteStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._db.executescript(SCHEMA)
             self._recover_journal()
-            self._approval_columns()  # once the journal's lock says no other hub writes here
-            self._set_aside_unreadable_approvals()
         row = self.db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = ChainHead(row[0], row[1]) if row else ChainHead(0, GENESIS)
 
@@ -301,22 +314,38 @@ class SQLiteStore:
             )
         return sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
+    def _open_approvals(self) -> None:
+        """The approvals table as this version reads it (`_approval_columns`), its unreadable rows
+        set aside; once the journal's lock says no other hub writes here. In a thread."""
+        self._approval_columns()
+        self._set_aside_unreadable_approvals()
+
     def _approval_columns(self) -> None:
         """Give an approvals table made before APPROVAL_COLUMNS those columns, filled from each
         row's data, and cut the arguments of rows stored before approvals kept an excerpt (six
-        such rows made every listing larger than gRPC carries)."""
+        such rows made every listing larger than gRPC carries); rewrite the rows an older hub
+        stored in this version's form (`upgrade`, `ApprovalUpgrade`), in the same transaction.
+        A row that is no approval is left as it is (`_set_aside_unreadable_approvals`)."""
         db = self.db
         have = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
         missing = [(name, kind) for name, kind in APPROVAL_COLUMNS if name not in have]
-        if missing:
+        older = self.upgrade is not None and db.execute(_OLDER_ROWS + " LIMIT 1", (OLDER_FORM,)).fetchone()
+        if missing or older:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for name, kind in missing:
                     db.execute(f"ALTER TABLE approvals ADD COLUMN {name} {kind}")
-                ids = [row[0] for row in db.execute("SELECT id FROM approvals")]
+                if missing:
+                    ids = [row[0] for row in db.execute("SELECT id FROM approvals")]
+                else:
+                    ids = [row[0] for row in db.execute(_OLDER_ROWS, (OLDER_FORM,))]
                 for approval_id in ids:
                     row = db.execute("SELECT data FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-                    approval = _trimmed(_approval_from(row[0]))
+                    try:
+                        approval = self.upgrade(row[0]) if self.upgrade is not None else None
+                        approval = _trimmed(approval or _approval_from(row[0]))
+                    except (ValueError, TypeError, KeyError):  # orjson.JSONDecodeError is a ValueError
+                        continue
                     db.execute(
                         "UPDATE approvals SET state = ?, data = ?, principal = ?, created_ms = ?, "
                         "expires_ms = ? WHERE id = ?",
@@ -327,6 +356,14 @@ class SQLiteStore:
                 _roll_back(db)
                 raise
         db.executescript(APPROVAL_INDEXES)
+        rewritten = getattr(self.upgrade, "rewritten", 0)
+        if rewritten:
+            logger.info(
+                "%s: rewrote %d approvals an older mcphub stored in this version's form (approver "
+                "groups as one entry per rule; reasons and arguments redacted as now)",
+                self.path,
+                rewritten,
+            )
 
     def _set_aside_unreadable_approvals(self) -> None:
         """Give the approvals a hub reads at start (pending and approved) that cannot be read

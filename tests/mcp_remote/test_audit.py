@@ -1018,6 +1018,66 @@ async def test_a_second_hub_on_the_same_state_directory_refuses_to_start(tmp_pat
         assert "did not stop cleanly" not in second.log()
 
 
+OLD_HUB = """
+import fcntl, json, os, pathlib, sys, time
+import mcp_remote.cli
+state_dir = pathlib.Path(sys.argv[2])
+(state_dir / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:1", "mcp": None, "pid": os.getpid()}))
+if sys.argv[3] == "sqlite":
+    (state_dir / "audit").mkdir(mode=0o700)
+    journal = os.open(state_dir / "audit" / "audit.journal", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(journal, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("ready", flush=True)
+time.sleep(120)
+"""
+"""A hub of a version before `hub.lock` (e255aed, 2026-11-22), as far as a start can see it: a
+live process whose command line is `... mcp_remote ... serve STATE_DIR`, named by the
+directory's `hub.json` (without the start time newer hubs record), holding no `hub.lock`; with
+SQLite, holding its audit journal's lock as that hub did."""
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_a_hub_refuses_a_state_directory_an_older_hub_without_the_lock_still_runs_on(
+    tmp_path: Path, store: str
+) -> None:
+    """An operator upgrading in place started the new hub while the old one still ran: with
+    PostgreSQL it started, recorded `unclean_stop_of_pid` for the live pid, took over hub.json
+    and expired the old hub's waiting approvals. With SQLite the journal's lock refused it, in
+    words that named no pid, and its hub.lock went on naming the refused process."""
+    with contextlib.ExitStack() as stack:
+        shared = config()
+        if store == "postgres":
+            pg = stack.enter_context(running_postgres())
+            dsn_file = tmp_path / "audit.dsn"
+            dsn_file.write_text(pg.create_database("mcphub_old_hub") + "\n")
+            shared = config(audit={"store": "postgres", "dsn_file": str(dsn_file)})
+        state_dir = tmp_path / "state"
+        state_dir.mkdir(mode=0o700)
+        old = subprocess.Popen(  # noqa: ASYNC220 - a process to stand for the old hub, no more
+            [sys.executable, "-c", OLD_HUB, "serve", str(state_dir), store], stdout=subprocess.PIPE, cwd=REPO
+        )
+        assert old.stdout is not None
+        stack.callback(old.stdout.close)
+        stack.callback(old.wait)
+        stack.callback(old.kill)
+        assert old.stdout.readline() == b"ready\n"
+        out = await asyncio.to_thread(serve_refused, tmp_path, shared)
+        assert (out.returncode, out.stderr) == (
+            3,
+            f"mcphub: another hub (pid {old.pid}) is running on the state directory {state_dir}: each "
+            "hub needs a state directory of its own (--state-dir, or state_dir in its config), also when "
+            "hubs share a PostgreSQL audit store\n",
+        )
+        assert json.loads((state_dir / "hub.json").read_text())["pid"] == old.pid
+        assert (state_dir / "hub.lock").read_text() == ""  # names no process that is not running
+        old.kill()
+        old.wait()
+        # Gone, the old hub is one that did not stop cleanly, as before.
+        hub = start_hub(tmp_path, config=shared, http=False)
+        assert hub.stop() == 0
+        assert f"the hub before this one (pid {old.pid}) did not stop cleanly" in hub.log()
+
+
 async def test_hubs_share_one_chain_and_decide_each_others_approvals_through_postgres(tmp_path: Path) -> None:
     with running_postgres() as pg:
         dsn = pg.create_database("mcphub_audit")

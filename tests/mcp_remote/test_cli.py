@@ -870,3 +870,35 @@ def test_a_result_no_caller_can_receive_is_recorded_as_the_tools_error(tmp_path:
     finished = [json.loads(line) for line in audit.stdout.splitlines() if '"finished"' in line]
     assert [r["body"]["status"] for r in finished] == ["tool_error"], audit.stdout
     assert "ERROR mcp_local.pipeline: tool wrong_int (pack:faulty) returned int 42" in hub.log()
+
+
+def test_version_names_the_package_version_and_the_checkouts_commit(tmp_path: Path) -> None:
+    """Both sides of an upgrade said 0.1.0 everywhere, and `mcphub --version` did not exist."""
+    from importlib.metadata import version
+
+    from mcp_remote.version import checkout_commit
+
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False)
+    expected = f"mcphub {version('mcphub')}"
+    if head.returncode == 0:  # the suite runs from a checkout (a worktree's `.git` is a file)
+        expected += f" (commit {head.stdout.strip()[:12]})"
+    assert out.stdout == expected + "\n"
+    assert checkout_commit(tmp_path) is None  # no checkout there: no commit, and no error
+
+
+def test_a_method_the_hub_lacks_says_the_hub_may_be_older_than_the_cli(tmp_path: Path) -> None:
+    """A newer CLI against an older hub (`sandboxes forget`) said only "unimplemented: Method
+    not found!". A sidecar's gRPC server has no sandbox registry: it stands for such a hub."""
+    from tests.support.sidecar import start_sidecar
+
+    sidecar = start_sidecar(tmp_path, {"packs": ["diagnostics"]})
+    try:
+        out = run("sandboxes", "forget", "sbx-1", "--hub", sidecar.grpc, "--token", "t" * 20)
+    finally:
+        sidecar.stop()
+    assert out.returncode == 3
+    assert out.stderr.startswith("mcphub: unimplemented: Method not found!"), out.stderr
+    assert f"the hub at {sidecar.grpc} may be older than this CLI, mcphub " in out.stderr
+    assert out.stderr.count("\n") == 1

@@ -44,7 +44,8 @@ def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    # The close too: a write the disk took only part of leaves the rest buffered for it to flush.
+    with contextlib.suppress(OSError), filler.open("wb") as f:
         while True:
             f.write(b"\0" * 65536)
     return filler

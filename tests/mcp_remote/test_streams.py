@@ -98,6 +98,21 @@ def test_streams_per_principal_may_not_be_below_sessions(tmp_path: Path) -> None
     ), out.stderr
 
 
+def test_an_unset_stream_limit_follows_the_sessions_set_above_its_default(tmp_path: Path) -> None:
+    """A config valid before the stream limit came in (`max_sessions_per_principal: 500` alone)
+    was refused for a default it never set: "max_streams_per_principal (256) is below
+    max_sessions_per_principal (500)", exit 2."""
+    from mcp_remote.config import load_config
+
+    path = tmp_path / "hub.yaml"
+    path.write_text("max_sessions_per_principal: 500\n")
+    assert load_config(path, {}).max_streams_per_principal == 500
+    path.write_text("max_sessions_per_principal: 50\n")
+    assert load_config(path, {}).max_streams_per_principal == 256
+    hub = start_hub(tmp_path / "hub", config={"max_sessions_per_principal": 500}, http=False)
+    assert hub.stop() == 0
+
+
 async def test_a_watch_given_up_while_a_shared_store_hangs_frees_its_place(tmp_path: Path) -> None:
     """Found in review: a WatchApprovals whose caller left while the hub waited for the shared
     store's listening connection kept its place for good; enough of them and the approver could

@@ -150,6 +150,12 @@ TargetOptions = Annotated[
 ]
 
 
+PREVIEW_BYTES = 16 * 1024
+"""Default of `preview_bytes`, when it does not exceed `max_output_bytes`."""
+DEFAULT_TIMEOUT_S = 120.0
+"""Default of `default_timeout_s`, when it does not exceed `max_timeout_s`."""
+
+
 class ShellOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     default_target: TargetOptions = Field(default_factory=JailTargetOptions)
@@ -161,10 +167,12 @@ class ShellOptions(BaseModel):
     uid_count: int = Field(default=65_536, ge=1, le=1_000_000)
     """Jailed principals run as uids uid_base+1 ... uid_base+uid_count (group uid_base) when the hub
     runs as root."""
-    default_timeout_s: float = Field(default=120.0, gt=0)
+    default_timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    """Unset, 120 s or max_timeout_s if less."""
     max_timeout_s: float = Field(default=3600.0, gt=0)
-    preview_bytes: int = Field(default=16 * 1024, ge=256)
-    """How much of stdout and of stderr a result carries; the rest is stored (see output_read)."""
+    preview_bytes: int = Field(default=PREVIEW_BYTES, ge=256)
+    """How much of stdout and of stderr a result carries; the rest is stored (see output_read).
+    Unset, 16 KiB or max_output_bytes if less."""
     max_output_bytes: int = Field(default=16 * MIB, ge=1024)
     """How much output one command may leave for output_read; beyond it output is counted, not kept."""
     max_background: int = Field(default=16, ge=1)
@@ -190,6 +198,23 @@ class ShellOptions(BaseModel):
         if isinstance(value, dict):
             return {k: _with_kind(v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_their_bounds(cls, data: Any) -> Any:
+        # A default bounded by a key the options set follows it: `max_output_bytes: 8192` alone
+        # (valid before preview_bytes was checked against it) is not refused for the default
+        # preview. Set explicitly past its bound, a key still is (`_timeouts`).
+        if not isinstance(data, dict):
+            return data
+        for key, bound, default in (
+            ("preview_bytes", "max_output_bytes", PREVIEW_BYTES),
+            ("default_timeout_s", "max_timeout_s", DEFAULT_TIMEOUT_S),
+        ):
+            limit = data.get(bound)
+            if key not in data and isinstance(limit, int | float) and not isinstance(limit, bool):
+                data = {**data, key: min(default, limit)}
+        return data
 
     @model_validator(mode="after")
     def _timeouts(self) -> ShellOptions:

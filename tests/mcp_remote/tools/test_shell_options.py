@@ -47,6 +47,17 @@ def test_bad_options_name_the_key(options: dict[str, Any], expected: str) -> Non
     assert expected in str(info.value)
 
 
+def test_an_unset_default_follows_the_bound_set_below_it() -> None:
+    """Options valid before the preview was checked against the output's bound
+    (`max_output_bytes: 8192` alone) were refused for a default they never set: "preview_bytes
+    (16384) must not exceed max_output_bytes (8192)". Set explicitly, the contradiction is still
+    refused (`test_bad_options_name_the_key`)."""
+    assert parse_options({"max_output_bytes": 8192}).preview_bytes == 8192
+    assert parse_options({"max_output_bytes": 1 << 20}).preview_bytes == 16 * 1024
+    assert parse_options({"max_timeout_s": 60}).default_timeout_s == 60
+    assert parse_options({"max_timeout_s": 600}).default_timeout_s == 120
+
+
 def test_a_target_without_kind_is_the_jail() -> None:
     parsed = parse_options({"default_target": {"network": True}, "targets": {"x": {"limits": {"cpus": 2}}}})
     assert parsed.default_target.kind == "jail" and parsed.target_for("x").kind == "jail"
