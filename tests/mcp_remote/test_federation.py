@@ -468,7 +468,9 @@ async def test_a_stopping_sidecar_drains_the_calls_of_the_hub_as_its_own(tmp_pat
         async with asyncio.timeout(60):
             out, err = (part.decode() for part in await running.communicate())
         assert running.returncode == 3, (running.returncode, out, err)
-        assert "the sandbox's sidecar is shutting down: the call was stopped before it finished" in out, out
+        # A refusal goes to stderr, as every refusal of the hub's does: stdout is the tool's.
+        assert "the sandbox's sidecar is shutting down: the call was stopped before it finished" in err, err
+        assert out == "", out
         assert (markers / "drained").read_text() == "cancelled"
         assert sidecar.process.wait(30) == 0
     finally:
