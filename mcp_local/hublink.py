@@ -406,12 +406,40 @@ class HubLink:
         self._calls.clear()
 
 
+CANCEL_GRACE_S = 5.0
+"""How long a cancelled call's tool may take to stop before the sidecar logs that it runs on."""
+
+
 def _cancel(task: asyncio.Task[None], tool: str, call_id: str) -> None:
     """Cancel a call's task, unless it is already handling a cancel (its deadline's timer fires as
     the hub's cancel for it arrives): a second cancel interrupts what the tool does to stop, such
-    as asking PostgreSQL to cancel a statement or reaping a child process."""
+    as asking PostgreSQL to cancel a statement or reaping a child process.
+
+    The hub has answered the call as cancelled: a tool that ignores cancellation and runs on is
+    logged `CANCEL_GRACE_S` later, and again when it ends, so that it leaves a trace."""
     if not task.cancelling():
         task.cancel()
+    loop = asyncio.get_running_loop()
+    cancelled_at = loop.time()
+
+    def ended(_: object) -> None:
+        logger.warning(
+            "tool %s (call %s) ended %.1fs after it was cancelled", tool, call_id, loop.time() - cancelled_at
+        )
+
+    def still_running() -> None:
+        if task.done():
+            return
+        logger.warning(
+            "tool %s (call %s) is still running %gs after it was cancelled (its result goes "
+            "nowhere): a handler must stop soon when cancelled, and let CancelledError through",
+            tool,
+            call_id,
+            CANCEL_GRACE_S,
+        )
+        task.add_done_callback(ended)
+
+    loop.call_later(CANCEL_GRACE_S, still_running)
 
 
 class _StreamStalled(Exception):

@@ -4,6 +4,7 @@ how it cancels the calls of a real hub."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -102,3 +103,23 @@ async def test_a_call_cancelled_by_the_hub_is_not_cancelled_again_when_the_link_
     await wait_for(ended, what="the tool's cleanup to end")
     assert (markers / "twice").read_text() == "cleaned up"
     assert "after it was cancelled" not in sidecar.log()
+
+
+async def test_a_tool_that_runs_on_after_its_cancel_is_logged(
+    linked: tuple[RunningHub, RunningSidecar, Path],
+) -> None:
+    """The hub's audit said cancelled while such a tool ran to its end, with no trace of it."""
+    hub, sidecar, markers = linked
+    await _cancelled_through_the_hub(hub, markers, "ignores_cancel", {"marker": "stubborn", "seconds": 6})
+
+    async def logged() -> re.Match[str] | None:
+        return re.search(
+            r"tool ignores_cancel \(call (\S+)\) ended (\d+\.\d)s after it was cancelled", sidecar.log()
+        )
+
+    found = await wait_for(logged, what="the log of the tool's end")
+    assert (markers / "stubborn").read_text() == "carried on"
+    call_id, ran_on = found.group(1), float(found.group(2))
+    running_on = f"tool ignores_cancel (call {call_id}) is still running 5s after it was cancelled"
+    assert running_on in sidecar.log(), sidecar.log()
+    assert ran_on >= 5.0
