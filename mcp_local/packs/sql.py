@@ -43,6 +43,7 @@ from ..errors import ConfigError, ToolError
 from ..redaction import Redactor, without_dsn
 from ..tools import Tool, ToolAnnotations, ToolCall
 from . import PackEnv, StaticPack
+from .cancelling import uninterrupted
 from .options import PackOptions
 
 if TYPE_CHECKING:
@@ -291,7 +292,7 @@ async def _postgres(
     try:
         return await asyncio.shield(statement)
     except asyncio.CancelledError:
-        await _uninterrupted(_cancel_statement(conn, statement))
+        await uninterrupted(_cancel_statement(conn, statement))
         raise
 
 
@@ -311,15 +312,6 @@ async def _cancel_statement(conn: Any, statement: asyncio.Future[Rows]) -> None:
         await asyncio.wait((statement,), timeout=PG_CANCELLED_WAIT_S)
     if statement.done() and not statement.cancelled():
         statement.exception()  # retrieved: the call is cancelled, its statement's error is moot
-
-
-async def _uninterrupted(work: Awaitable[None]) -> None:
-    """Await `work` to its end even when the task is cancelled again meanwhile (a second cancel is
-    taken as said once `work` is done: the caller re-raises the first). `work` bounds itself."""
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
 
 
 async def _pg_statement(
