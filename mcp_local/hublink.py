@@ -145,7 +145,7 @@ class HubLink:
         self._task: asyncio.Task[None] | None = None
         self._outbound: asyncio.Queue[spb.SidecarMessage | None] | None = None
         self._stopping = False
-        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._calls: dict[str, tuple[asyncio.Task[None], str]] = {}  # call id -> (task, tool)
         self.state = LinkState(CONNECTING)
         self.connections = 0
 
@@ -299,9 +299,9 @@ class HubLink:
                     elif kind == "call":
                         self._start_call(message.call, outbound.put_nowait)
                     elif kind == "cancel":
-                        task = self._calls.get(message.cancel.call_id)
-                        if task is not None:
-                            task.cancel()
+                        running = self._calls.pop(message.cancel.call_id, None)  # cancelled once
+                        if running is not None:
+                            _cancel(*running, message.cancel.call_id)
                     elif kind == "ping":
                         outbound.put_nowait(spb.SidecarMessage(pong=spb.Pong(nonce=message.ping.nonce)))
             finally:
@@ -397,13 +397,49 @@ class HubLink:
             )
 
         task = asyncio.create_task(run(), name=f"mcphub-call-{call_id}")
-        self._calls[call_id] = task
+        self._calls[call_id] = (task, call.name)
         task.add_done_callback(lambda _: self._calls.pop(call_id, None))
 
     def _cancel_calls(self) -> None:
-        for task in list(self._calls.values()):
-            task.cancel()
+        for call_id, (task, tool) in list(self._calls.items()):
+            _cancel(task, tool, call_id)
         self._calls.clear()
+
+
+CANCEL_GRACE_S = 5.0
+"""How long a cancelled call's tool may take to stop before the sidecar logs that it runs on."""
+
+
+def _cancel(task: asyncio.Task[None], tool: str, call_id: str) -> None:
+    """Cancel a call's task, unless it is already handling a cancel (its deadline's timer fires as
+    the hub's cancel for it arrives): a second cancel interrupts what the tool does to stop, such
+    as asking PostgreSQL to cancel a statement or reaping a child process.
+
+    The hub has answered the call as cancelled: a tool that ignores cancellation and runs on is
+    logged `CANCEL_GRACE_S` later, and again when it ends, so that it leaves a trace."""
+    if not task.cancelling():
+        task.cancel()
+    loop = asyncio.get_running_loop()
+    cancelled_at = loop.time()
+
+    def ended(_: object) -> None:
+        logger.warning(
+            "tool %s (call %s) ended %.1fs after it was cancelled", tool, call_id, loop.time() - cancelled_at
+        )
+
+    def still_running() -> None:
+        if task.done():
+            return
+        logger.warning(
+            "tool %s (call %s) is still running %gs after it was cancelled (its result goes "
+            "nowhere): a handler must stop soon when cancelled, and let CancelledError through",
+            tool,
+            call_id,
+            CANCEL_GRACE_S,
+        )
+        task.add_done_callback(ended)
+
+    loop.call_later(CANCEL_GRACE_S, still_running)
 
 
 class _StreamStalled(Exception):

@@ -42,6 +42,7 @@ from ..outputs import text_page
 from ..tools import Tool, ToolAnnotations, ToolCall, ToolHandler
 from ..workspace import Workspace
 from . import PackEnv, StaticPack
+from .cancelling import OWN_PROCESS_GROUP, kill_process_group
 from .options import PackOptions
 
 __all__ = ["create_pack"]
@@ -326,6 +327,7 @@ class _Files:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            process_group=OWN_PROCESS_GROUP,
         )
         try:
             async with asyncio.timeout(self.regex_timeout):
@@ -338,9 +340,7 @@ class _Files:
             ) from None
         finally:
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                await kill_process_group(proc)
         if proc.returncode != 0:
             raise ToolError(f"the search failed: {err.decode(errors='replace').strip()[-400:]}")
         found: _Matches = orjson.loads(out)

@@ -5,7 +5,8 @@ Options:
     root: /workspace                  # default: the manifest's `workspace`
     author: {name: Agent, email: agent@sandbox.invalid}   # used when the repository sets none
     allow_commit: true                # false leaves git_commit out
-    timeout_s: 60                     # bound on each git command (the call fails, git is killed)
+    timeout_s: 60                     # bound on each git command (the call fails, git and what it
+                                      # started are killed)
 
 git runs from an argv (never a shell), with `--end-of-options`/`--` before
 anything the caller gave; refs that look like options are refused, and paths
@@ -19,13 +20,13 @@ switched off for every command, and the system git config is not read.
 What git configuration can still run is a filter driver (`filter.<name>.clean`)
 that `.gitattributes` selects: defining one takes writing `.git/config`, which
 the `files` pack refuses, so only a process in the sandbox can. Every command
-runs under `timeout_s` (default 60).
+runs under `timeout_s` (default 60), in a process group of its own: at the timeout, or when
+its call is cancelled, the group is killed, so a filter git ran does not live on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from ..errors import ConfigError, ToolError
 from ..tools import Tool, ToolAnnotations, ToolCall
 from ..workspace import Workspace
 from . import PackEnv, StaticPack
+from .cancelling import OWN_PROCESS_GROUP, kill_process_group
 from .options import PackOptions
 
 __all__ = ["create_pack"]
@@ -103,13 +105,13 @@ class _Git:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            process_group=OWN_PROCESS_GROUP,
         )
         try:
             out, err = await proc.communicate()
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            # The whole group: a program git started (a filter) would hold git's pipes and live on.
+            await kill_process_group(proc)
             raise
         if proc.returncode not in ok_codes:
             message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()

@@ -43,6 +43,7 @@ from ..errors import ConfigError, ToolError
 from ..redaction import Redactor, without_dsn
 from ..tools import Tool, ToolAnnotations, ToolCall
 from . import PackEnv, StaticPack
+from .cancelling import uninterrupted
 from .options import PackOptions
 
 if TYPE_CHECKING:
@@ -279,6 +280,53 @@ async def _postgres(
         # libpq quotes a DSN it cannot parse, password and all
         why = without_dsn(_pg_message(exc), db.target)
         raise ToolError(f"database {db.name!r}: cannot connect: {why}") from None
+    # The statement runs in a task of its own that a cancelled call never cancels: psycopg
+    # answers a cancelled wait by asking the server to cancel, and a second cancel of the
+    # call (its deadline's timer, then the hub's cancel, a few milliseconds apart) used to
+    # interrupt that request and close the connection without it, leaving the statement
+    # running on the server. Here the call's cancel sends the server's cancel itself, and
+    # lets nothing interrupt it (see `_cancel_statement`).
+    statement = asyncio.ensure_future(
+        _pg_statement(conn, db, sql, params, limit, max_bytes, write, timeout_s)
+    )
+    try:
+        return await asyncio.shield(statement)
+    except asyncio.CancelledError:
+        await uninterrupted(_cancel_statement(conn, statement))
+        raise
+
+
+PG_CANCEL_TIMEOUT_S = 2.0
+"""How long the server's cancel of a cancelled call's statement may take to send."""
+PG_CANCELLED_WAIT_S = 5.0
+"""How long a statement may take to end once its cancel was sent, before its connection is closed."""
+
+
+async def _cancel_statement(conn: Any, statement: asyncio.Future[Rows]) -> None:
+    """Cancel `statement` on the server and wait (bounded) for it to end; it closes `conn`."""
+    with contextlib.suppress(Exception):
+        await conn.cancel_safe(timeout=PG_CANCEL_TIMEOUT_S)
+    await asyncio.wait((statement,), timeout=PG_CANCELLED_WAIT_S)
+    if not statement.done():  # the server did not answer: psycopg's own cancel closes it
+        statement.cancel()
+        await asyncio.wait((statement,), timeout=PG_CANCELLED_WAIT_S)
+    if statement.done() and not statement.cancelled():
+        statement.exception()  # retrieved: the call is cancelled, its statement's error is moot
+
+
+async def _pg_statement(
+    conn: Any,
+    db: Database,
+    sql: str,
+    params: Sequence[Any],
+    limit: int,
+    max_bytes: int,
+    write: bool,
+    timeout_s: float,
+) -> Rows:
+    """Run `sql` on `conn` (opened for this call) and close it."""
+    import psycopg
+
     try:
         await conn.set_read_only(not write)
         async with conn.cursor() as cur:
@@ -330,10 +378,6 @@ async def _postgres(
             return collector.result([d.name for d in cur.description or ()])
     except psycopg.Error as exc:
         raise ToolError(f"database {db.name!r}: {_pg_message(exc)}") from None
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await conn.cancel_safe(timeout=2)
-        raise
     finally:
         with contextlib.suppress(Exception):
             await conn.close()

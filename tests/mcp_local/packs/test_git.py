@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
+from bridge.hubclient import HubClient
+from mcp_local.errors import DeadlineExceeded
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.support.packs import PackUnderTest, make_pack, text
+from tests.support.sidecar import start_sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +179,81 @@ def test_git_is_found_only_in_absolute_path_directories(
     assert _find_program("git", os.pathsep.join(["", ".", "/usr/bin"])) == "/usr/bin/git"
     assert _find_program("git", os.pathsep.join([".", "bin"])) is None
     assert _find_program("git", str(tmp_path)) == str(planted)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def _gone(pid: int, seconds: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while _running(pid):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _slow_filter(repo: Path, pid_file: Path) -> None:
+    """A clean filter that git runs for `git diff` of a modified file, and that runs 60 s."""
+    _git_config(repo, '[filter "slow"]', f'    clean = "echo $$ > {pid_file}; exec sleep 60"')
+    (repo / ".gitattributes").write_text("* filter=slow\n")
+    (repo / "app.py").write_text("print('v2')\n")
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timed out"])
+async def test_what_git_started_is_killed_with_it(repo: Path, tmp_path: Path, how: str) -> None:
+    """Only git was killed: a filter it ran lived on (its parent PID 1), holding git's pipes, and
+    the sidecar's stop printed `Exception ignored in: BaseSubprocessTransport.__del__` per call."""
+    git = make_pack("git", {"author": AUTHOR, "timeout_s": 1}, repo)
+    await git.call("git_commit", message="first", all=True)
+    pid_file = tmp_path / "filter.pid"
+    _slow_filter(repo, pid_file)
+    call = asyncio.ensure_future(git.call("git_diff"))
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert not call.done(), f"git's filter did not start: {call.result()}"
+        await asyncio.sleep(0.02)
+    pid = int(pid_file.read_text())
+    try:
+        if how == "cancelled":
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        else:
+            with pytest.raises(DeadlineExceeded, match="tool 'git_diff' did not finish before the deadline"):
+                await call
+        assert await _gone(pid, 10), f"git's filter (pid {pid}) outlived git"
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_sidecar_stopped_after_a_call_past_its_deadline_leaves_nothing_behind(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Each such call used to leave git's filter running and print `Exception ignored in:
+    BaseSubprocessTransport.__del__ ... RuntimeError: Event loop is closed` at the stop."""
+    await make_pack("git", {"author": AUTHOR}, repo).call("git_commit", message="first", all=True)
+    pid_file = tmp_path / "filter.pid"
+    _slow_filter(repo, pid_file)
+    sidecar = start_sidecar(tmp_path / "sidecar", {"workspace": str(repo), "packs": ["git"]})
+    client = HubClient(sidecar.grpc)
+    try:
+        request = pb.CallToolRequest(name="git_diff", arguments_json=b"{}")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await client.call_tool(None, request, timeout=1.0)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        pid = int(pid_file.read_text())
+        assert await _gone(pid, 10), f"git's filter (pid {pid}) outlived git"
+    finally:
+        await client.close()
+        assert await asyncio.to_thread(sidecar.stop) == 0
+        if pid_file.exists() and _running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert "Exception ignored" not in sidecar.log(), sidecar.log()

@@ -3,21 +3,29 @@ parameters, a row limit, writes only where the manifest allows them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import orjson
 import psycopg
 import pytest
 
+from bridge.hubclient import HubClient
 from mcp_local.errors import ConfigError
 from mcp_local.redaction import Redactor
+from mcphub_proto.v1 import toolhub_pb2 as pb
+from tests.mcp_remote.test_federation import TOKENS, hub_config, tool_names, wait_for
+from tests.support.hub import RunningHub, start_hub
 from tests.support.packs import PackUnderTest, make_pack, text
 from tests.support.pgcluster import RunningPostgres, postgres_server
+from tests.support.sidecar import RunningSidecar, start_sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -446,3 +454,143 @@ async def test_postgres_password_is_registered_for_redaction(
     result = await wrong.call("sql_query", sql="SELECT 1")
     assert result.is_error and "cannot connect" in text(result)
     assert "app-secret-password-124" not in text(result)
+
+
+# --- cancellation ------------------------------------------------------------------------------
+
+
+def _sleeping(server: RunningPostgres, marker: str) -> int:
+    """How many statements containing `marker` are running on the server (other than this one)."""
+    with psycopg.connect(server.admin_dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
+            "AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll `predicate` (a blocking check, in a thread) until it holds, or fail naming `what`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await asyncio.to_thread(predicate):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still not {what} after {seconds:g}s")
+        await asyncio.sleep(0.05)
+
+
+def _end_leftovers(server: RunningPostgres, marker: str) -> None:
+    with psycopg.connect(server.admin_dsn(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s "
+            "AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        )
+
+
+@pytest.mark.parametrize("cancels", [1, 2, 3])
+async def test_a_cancelled_postgres_statement_is_cancelled_on_the_server(
+    postgres: RunningPostgres, tmp_path: Path, cancels: int
+) -> None:
+    """A call cancelled twice a few milliseconds apart (its deadline's timer, then the hub's cancel)
+    used to interrupt psycopg's own cancel request: the connection was closed without it and
+    the statement ran on in the server until its end or statement_timeout."""
+    dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+    sql = make_pack("sql", {"databases": {"shop": {"postgres": dsn}}, "timeout_s": 600}, tmp_path)
+    marker = f"cancelled_{cancels}_times"
+    call = asyncio.ensure_future(sql.call("sql_query", sql=f"SELECT pg_sleep(120) AS {marker}"))
+    try:
+        await _until(lambda: _sleeping(postgres, marker) == 1, 30, "running")
+        for _ in range(cancels):
+            call.cancel()
+            for _ in range(3):  # let the task start handling the cancel before the next one
+                await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await _until(lambda: _sleeping(postgres, marker) == 0, 15, "cancelled on the server")
+    finally:
+        call.cancel()
+        await asyncio.to_thread(_end_leftovers, postgres, marker)
+
+
+@pytest.fixture
+def sql_sandbox(postgres: RunningPostgres, tmp_path: Path) -> Iterator[tuple[RunningHub, RunningSidecar]]:
+    """A real hub, and a sidecar registered with it serving the sql pack on `shop`."""
+    hub = start_hub(tmp_path / "hub", config=hub_config())
+    try:
+        dsn = postgres.dsn(dbname="shop", user="app", password="app-secret-password-123")
+        manifest = {
+            "workspace": str(tmp_path),
+            "packs": [{"name": "sql", "options": {"databases": {"shop": {"postgres_env": "SHOP_URL"}}}}],
+        }
+        sidecar = start_sidecar(
+            tmp_path / "sidecar", manifest, hub=hub.grpc, token=TOKENS["sbx-42"], env={"SHOP_URL": dsn}
+        )
+        try:
+            yield hub, sidecar
+        finally:
+            sidecar.stop()
+    finally:
+        hub.stop()
+
+
+async def _registered(hub: RunningHub) -> None:
+    async def listed() -> bool:
+        return "sbx-42__sql_query" in await tool_names(hub, TOKENS["agent-42"])
+
+    await wait_for(listed, what="the sidecar's sql tools at the hub")
+
+
+async def test_statements_past_their_deadline_through_a_hub_end_on_the_server(
+    postgres: RunningPostgres, sql_sandbox: tuple[RunningHub, RunningSidecar]
+) -> None:
+    """At a call's deadline its task is cancelled twice (the sidecar's timer and the hub's cancel):
+    statements used to run on in the server (9 of 20 in the report)."""
+    hub, sidecar = sql_sandbox
+    await _registered(hub)
+    marker = "past_the_deadline"
+    request = pb.CallToolRequest(
+        name="sbx-42__sql_query", arguments_json=orjson.dumps({"sql": f"SELECT pg_sleep(120) AS {marker}"})
+    )
+    client = HubClient(hub.grpc)
+    try:
+
+        async def call() -> grpc.StatusCode:
+            try:
+                await client.call_tool(TOKENS["agent-42"], request, timeout=1.0)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(call() for _ in range(10)))
+        assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        await _until(lambda: _sleeping(postgres, marker) == 0, 15, "cancelled on the server")
+    finally:
+        await client.close()
+        await asyncio.to_thread(_end_leftovers, postgres, marker)
+    assert "query cancellation interrupted" not in sidecar.log()
+
+
+async def test_a_stopping_sidecar_cancels_its_statements_on_the_server(
+    postgres: RunningPostgres, sql_sandbox: tuple[RunningHub, RunningSidecar]
+) -> None:
+    hub, sidecar = sql_sandbox
+    await _registered(hub)
+    marker = "sidecar_stopped"
+    request = pb.CallToolRequest(
+        name="sbx-42__sql_query", arguments_json=orjson.dumps({"sql": f"SELECT pg_sleep(120) AS {marker}"})
+    )
+    client = HubClient(hub.grpc)
+    calls = [asyncio.ensure_future(client.call_tool(TOKENS["agent-42"], request)) for _ in range(3)]
+    try:
+        await _until(lambda: _sleeping(postgres, marker) == 3, 30, "running")
+        assert await asyncio.to_thread(sidecar.stop) == 0, sidecar.log()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await _until(lambda: _sleeping(postgres, marker) == 0, 15, "cancelled on the server")
+    finally:
+        for pending in calls:
+            pending.cancel()
+        await client.close()
+        await asyncio.to_thread(_end_leftovers, postgres, marker)
+    assert "query cancellation interrupted" not in sidecar.log(), sidecar.log()
