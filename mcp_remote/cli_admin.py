@@ -566,6 +566,7 @@ def _since_ms(text: str | None) -> int | None:
 
 
 FOLLOW_PAGE = 1000
+FOLLOW_RETRY_S = 2.0  # `audit tail -f`: how often a store that cannot be read is tried again
 """Records `audit tail -f` reads at a time: it reads pages until it has caught up."""
 
 SHOWN_DETAILS = 400
@@ -594,7 +595,10 @@ def _show_record(r: Any) -> str:
 async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import asyncio  # on use: every `mcphub` command builds this module's parsers
 
+    from mcp_local.errors import Unavailable
+
     from .audit import RecordQuery
+    from .audit.store import AuditStoreUnreachable
 
     try:
         since = _since_ms(getattr(args, "since", None))
@@ -628,19 +632,36 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             records = []
         for r in records:
             print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+        # The store stays open: each look is a read (SQLite: its database and journal; PostgreSQL:
+        # one SELECT on a connection it makes again if it was lost). Opening it every look ran the
+        # PostgreSQL schema's statements twice a second, whose locks other replicas' writes queued
+        # behind. A store that cannot be read (a database restarting) is waited for, not fatal:
+        # "until Ctrl-C" is what a log shipper following the log counts on.
+        unreadable: str | None = None
         while args.action == "tail" and args.follow:
-            await asyncio.sleep(0.5)
-            await store.close()
-            await store.open()
+            await asyncio.sleep(0.5 if unreadable is None else FOLLOW_RETRY_S)
             # By sequence, a page at a time until caught up: however many records were written
             # since the last look, each is printed once, in order, and none is skipped.
-            while True:
-                page = await store.query(RecordQuery(after_seq=last, limit=FOLLOW_PAGE, newest_first=False))
-                for r in page:
-                    print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
-                    last = r.seq
-                if len(page) < FOLLOW_PAGE:
-                    break
+            try:
+                while True:
+                    page = await store.query(
+                        RecordQuery(after_seq=last, limit=FOLLOW_PAGE, newest_first=False)
+                    )
+                    for r in page:
+                        print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
+                        last = r.seq
+                    if len(page) < FOLLOW_PAGE:
+                        break
+            except (AuditStoreUnreachable, Unavailable) as exc:
+                if unreadable is None:
+                    print(f"mcphub: {exc}; trying again every {FOLLOW_RETRY_S:g}s", file=sys.stderr)
+                unreadable = str(exc)
+                continue
+            if unreadable is not None:
+                print(
+                    "mcphub: the audit store answers again; following from where it stopped", file=sys.stderr
+                )
+                unreadable = None
     finally:
         await store.close()
     return EXIT_OK

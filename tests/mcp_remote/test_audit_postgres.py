@@ -5,11 +5,17 @@ to stop while the database is down stops, and approval watchers keep getting eve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
@@ -351,3 +357,44 @@ async def test_records_after_a_sequence_number_come_a_page_at_a_time_oldest_firs
         assert await store.query(RecordQuery(after_seq=7, limit=3, newest_first=False)) == []
     finally:
         await store.close()
+
+
+async def test_tail_follow_waits_out_a_database_restart(pg: Postgres, tmp_path: Path) -> None:
+    """`audit tail -f` reopened the store every half second (running the schema's statements each
+    time) and quit with exit 2 on the first look that found the database down: a log shipper
+    following the log lost it at every PostgreSQL restart. Now it keeps its store, says that it
+    waits, and goes on from the record it had reached."""
+    dsn = pg.create_database("following")
+    store = PostgresStore(dsn)
+    await store.open()
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({"audit": {"store": "postgres", "dsn_env": "FOLLOW_DSN"}}))
+    command = [sys.executable, "-m", "mcp_remote.cli", "audit", "tail", "-f", "-n", "0", "--json"]
+    follower = subprocess.Popen(  # noqa: ASYNC220 - started once; read from a thread below
+        [*command, "--config", str(config), "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FOLLOW_DSN": dsn},
+        text=True,
+    )
+    try:
+        await store.append(records("a", "b"))
+        await asyncio.sleep(1.5)  # the follower is past its first look
+        await asyncio.to_thread(pg.pg_ctl, "stop")
+        await asyncio.sleep(3)  # looks that find the database down
+        assert follower.poll() is None, follower.communicate()
+        await asyncio.to_thread(pg.pg_ctl, "start")
+        await store.append(records("c", "d"))
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        assert follower.stdout is not None
+        while len(seen) < 2 and time.monotonic() < deadline:
+            line = await asyncio.wait_for(asyncio.to_thread(follower.stdout.readline), 30)
+            seen.append(json.loads(line)["call_id"])
+        assert seen == ["c", "d"]
+        assert follower.poll() is None
+    finally:
+        follower.terminate()
+        _, err = follower.communicate(timeout=30)
+        await store.close()
+    assert "trying again every 2s" in err and "answers again" in err, err
