@@ -749,12 +749,40 @@ async def test_a_principal_may_hold_only_so_many_sessions(hub: RunningHub) -> No
             await call(client, "browser_tabs", action="list", session=f"limit-{n:02}")
         refused = await client.call("browser_tabs", {"action": "list", "session": "limit-12"})
         assert refused.is_error
-        assert "you have 12 browser sessions open, the most allowed" in refused.text
+        assert "you have 12 browser sessions open or opening, the most allowed" in refused.text
         assert "limit-00, limit-01" in refused.text
         for n in range(12):
             await call(client, "browser_close", session=f"limit-{n:02}")
         assert not (await client.call("browser_tabs", {"action": "list", "session": "limit-12"})).is_error
         await call(client, "browser_close", session="limit-12")
+
+
+async def test_sessions_being_created_count_toward_the_limit(hub: RunningHub) -> None:
+    """Reported: sessions still being created were not counted, so calls that began them together
+    (or ended at their deadline while their creation went on, shielded) passed the limit: 21
+    sessions open of 12 allowed, and Chromium's renderers with them."""
+    opened: list[str] = []
+
+    async def one(n: int) -> None:
+        outcome = await client.call("browser_tabs", {"action": "list", "session": f"together-{n:02}"})
+        if outcome.is_error:
+            assert "browser sessions open" in outcome.text, outcome.text
+        else:
+            opened.append(f"together-{n:02}")
+
+    async with connect("grpc", hub.grpc, hub.mcp_url, LIMITED) as client:
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                for n in range(20):
+                    tg.start_soon(one, n)
+        try:
+            assert 0 < len(opened) <= 12, opened
+            refused = await client.call("browser_tabs", {"action": "list", "session": "together-more"})
+            assert refused.is_error == (len(opened) == 12), refused.text
+        finally:
+            for n in range(21):
+                await client.call("browser_close", {"session": f"together-{n:02}"})
+            await client.call("browser_close", {"session": "together-more"})
 
 
 # --- lifecycle: idle sessions, crashes, no Chromium ----------------------------------------------
