@@ -336,15 +336,23 @@ async def _stop_loading(page: Page) -> None:
     server saw it leave only when the next navigation began). Done while the call still holds
     its session, so that it cannot stop the next call's navigation; bounded, for a page that
     does not answer."""
-    with contextlib.suppress(PlaywrightError, TimeoutError):
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(STOP_LOADING_S):
-            # Not `window.stop()`: it runs in the page's document, and leaves a navigation that
-            # has not reached its response yet (a slow server) going.
-            cdp = await page.context.new_cdp_session(page)
-            try:
-                await cdp.send("Page.stopLoading")
-            finally:
-                await cdp.detach()
+            while True:
+                try:
+                    cdp = await page.context.new_cdp_session(page)
+                    try:
+                        # What the stop button sends. `window.stop()` runs in the page's document,
+                        # and leaves a navigation still waiting for its response (a slow server) going.
+                        await cdp.send("Page.stopLoading")
+                        return
+                    finally:
+                        with contextlib.suppress(PlaywrightError):
+                            await cdp.detach()
+                except PlaywrightError:
+                    # Refused while the page is between two documents ("Not attached to an
+                    # active page"): once the new one is in, it can be stopped.
+                    await asyncio.sleep(0.05)
 
 
 async def navigate(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
