@@ -20,6 +20,8 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
   cannot pass the cap; a POST without a session ID that is not an initialize ends nothing.
   To tell, the door reads the body (no further than the bridge's body limit, past which the
   SDK answers 413) and parses it as the SDK does; a session the SDK opens is counted anyway.
+- A request whose POST closes before its answer is cancelled, as if its client had sent
+  `notifications/cancelled` (the SDK does that itself only on the stateless wire; see `_cancel`).
 
 2026-07-28 requests keep no session: they go straight on, and the hub authenticates (and audits)
 each call, so a refused call is on record there. One without a principal still gets HTTP 401
@@ -34,7 +36,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -311,13 +313,52 @@ class SessionDoor:
                         return
                     request_key = str(request_id)
                     ids.add(request_key)
-                    send = _forgetting(send, lambda: _forget_id(held, session_id, request_key))
+                    receive, send = _answering(
+                        receive,
+                        send,
+                        lambda: _forget_id(held, session_id, request_key),
+                        lambda: self._cancel(scope, request_id),
+                    )
             await self.app(scope, receive, send)
         finally:
             if session_id in held.in_flight:
                 held.in_flight[session_id] -= 1
             if request_key is not None:
                 _forget_id(held, session_id, request_key)
+
+    async def _cancel(self, scope: Scope, request_id: int | str) -> None:
+        """Cancel a request of the session named in `scope`, as its client would with
+        `notifications/cancelled`: the request's POST closed before its answer. The SDK watches
+        for that only on the stateless wire; in a session it ran the call on for nobody (a command
+        to its timeout, holding its `max_concurrent` slot). The answer to a session's request
+        comes on that POST only, and the bridge keeps no event store a client could resume it
+        from, so a client that closed it has left (the 2025 revisions' "SHOULD NOT interpret a
+        disconnect as cancellation" is for resumable streams)."""
+        notification = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": "the client closed the connection"},
+        }
+        body = orjson.dumps(notification)
+        kept = (b"authorization", b"host", _SESSION_HEADER, _VERSION_HEADER)
+        headers = [(k, v) for k, v in scope["headers"] if k in kept]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Message:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            pass  # 202, for nobody
+
+        try:
+            await self.app({**scope, "headers": headers}, receive, send)
+        except Exception:  # the session may be ending too; the call then ends with it
+            logger.debug("could not cancel request %r of a client that left", request_id, exc_info=True)
 
     @staticmethod
     async def _refuse_reused_id(send: Send, request_id: int | str) -> None:
@@ -488,13 +529,28 @@ def _forget_id(held: _Sessions, session_id: str, request_key: str) -> None:
             del held.requests[session_id]
 
 
-def _forgetting(send: Send, forget: Callable[[], None]) -> Send:
-    """`send`, calling `forget` just before the answer's last bytes go: a client that has its
-    answer may send its next request at once, before the app returns."""
+def _answering(
+    receive: Receive, send: Send, forget: Callable[[], None], cancel: Callable[[], Awaitable[None]]
+) -> tuple[Receive, Send]:
+    """`receive` and `send` of a request in a session: `forget` is called just before the
+    answer's last bytes go (a client that has its answer may send its next request at once,
+    before the app returns), and `cancel` is awaited when the client disconnects before them
+    (the SDK's SSE response watches `receive` for that)."""
+    answered = False
 
     async def sending(message: Message) -> None:
+        nonlocal answered
         if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True
             forget()
         await send(message)
 
-    return sending
+    async def receiving() -> Message:
+        nonlocal answered
+        message = await receive()
+        if message["type"] == "http.disconnect" and not answered:
+            answered = True  # once
+            await cancel()
+        return message
+
+    return receiving, sending

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
-from mcp_local.errors import CallStopped, HubError, Unavailable
+from mcp_local.errors import CallStopped, DeadlineExceeded, HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
 from mcp_local.principals import Principal
 from mcp_local.tools import Tool, ToolCall
@@ -162,6 +162,22 @@ class AuditTrail:
                                 {"error": f"{why} while its audit records were being written, {_NEVER_GOT}"},
                             )
                         raise
+                if (
+                    delivered
+                    and call.deadline is not None
+                    and asyncio.get_running_loop().time() >= call.deadline
+                ):
+                    # Its deadline passed while the record was made durable (inline, or just
+                    # before gRPC's cancel would have come): gRPC tells the caller
+                    # DEADLINE_EXCEEDED and drops the result, so the log must not say it got one.
+                    log.record(
+                        "undelivered",
+                        call.call_id,
+                        principal,
+                        call.name,
+                        {"error": _UNDELIVERED_LATE},
+                    )
+                    raise DeadlineExceeded(_LATE_RAN if call.started else _LATE)
         return result
 
 
@@ -178,6 +194,9 @@ _UNDELIVERED_RAN = (
     "it was told that the tool ran and its result was withheld"
 )
 _NEVER_GOT = "so the caller never got the result"
+_UNDELIVERED_LATE = f"the call's deadline passed while its audit records were being written, {_NEVER_GOT}"
+_LATE = "the call's deadline passed before its result could be sent"
+_LATE_RAN = f"{_LATE}; its tool ran"
 _UNDELIVERED_REFUSED = (
     "the audit log could not be written, so the caller never saw the result: it was told the call was refused"
 )

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import TOKENS
 from tests.support.hub import RunningHub, start_hub
+from tests.support.waiting import file_appears
 
 HANDSHAKE = "2025-11-25"
 ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
@@ -458,3 +459,38 @@ def test_a_body_that_is_not_json_gets_a_json_rpc_415(
         assert response.headers["content-type"] == "application/json"
         error = response.json()["error"]
         assert error["code"] == -32600 and "Content-Type must be application/json" in error["message"], error
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
+def test_a_session_call_whose_connection_closes_is_cancelled(secured_hub: RunningHub, version: str) -> None:
+    """Reported: in a session, closing the connection mid-call did not cancel the call (a command
+    ran to its timeout, `sleep` finished `ok` for nobody, and the call kept its `max_concurrent`
+    slot). The SDK watches for a disconnect only on the stateless wire; the answer to a session's
+    POST comes on that POST, and the bridge keeps no event store to resume it from, so the client
+    that closed it has left."""
+    a = TOKENS["agent-a"]
+    marker = f"session-closed-{version}"
+    markers = secured_hub.state_dir / "markers"
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        session = open_session(http, a)
+    host, port = secured_hub.http_base.removeprefix("http://").rsplit(":", 1)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "wait_for_cancel", "arguments": {"marker": marker}},
+    }
+    body = orjson.dumps(call)
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nAuthorization: Bearer {a}\r\n"
+        f"Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: {version}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head + body)
+        assert asyncio.run(file_appears(markers / f"{marker}.started", 20))
+        assert connection.recv(12) == b"HTTP/1.1 200"  # its answer has begun, as an SSE stream
+    assert asyncio.run(file_appears(markers / marker, 10)), "the tool was not cancelled on the hub"
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        assert works(http, a, session)  # the session goes on

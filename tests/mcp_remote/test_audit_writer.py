@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytest
 from bridge.errors import mcp_error_from_grpc
 from bridge.hubclient import HubClient
 from mcp_local.content import ToolResult
-from mcp_local.errors import Unavailable
+from mcp_local.errors import DeadlineExceeded, Unavailable
 from mcp_local.redaction import Redactor
 from mcp_local.tools import ToolCall
 from mcp_remote.audit import log as audit_log
@@ -532,3 +533,50 @@ async def test_packs_filling_the_default_thread_pool_do_not_make_the_log_hang(
     finally:
         await asyncio.gather(*busy)
         await log.stop()
+
+
+class SlowStore(SQLiteStore):
+    """The real store, on a disk that takes `slow_s` per write once told to."""
+
+    slow_s = 0.0
+
+    def append_now(self, pending: Sequence[PendingRecord]) -> ChainHead:
+        time.sleep(self.slow_s)
+        return super().append_now(pending)
+
+
+async def test_a_deadline_that_passes_while_the_finished_record_is_written_leaves_it_undelivered(
+    tmp_path: Path,
+) -> None:
+    """Reported: the caller got DEADLINE_EXCEEDED, and the log said `finished` ok and nothing more,
+    when the deadline passed while the `finished` record was being made durable (7 calls in 15
+    with deadlines around a `sleep 0.3`). gRPC drops a result past its deadline; the log says so."""
+    store = SlowStore(tmp_path / "audit.db")
+    log = AuditLog(store, Redactor(), None)
+    await log.start()
+    trail = AuditTrail(log)
+
+    async def tool(call: ToolCall) -> ToolResult:
+        store.slow_s = 0.3  # its `finished` record takes longer than the deadline leaves
+        return ToolResult.text("done")
+
+    late = ToolCall("echo", b"{}", deadline=asyncio.get_running_loop().time() + 0.1)
+    try:
+        with pytest.raises(DeadlineExceeded, match="deadline passed before its result could be sent"):
+            await trail(late, tool)
+        store.slow_s = 0.0
+        timely = ToolCall("echo", b"{}", deadline=asyncio.get_running_loop().time() + 30)
+        assert (await trail(timely, tool)).content
+    finally:
+        store.slow_s = 0.0
+        await log.stop()
+    records, report = await read_back(tmp_path / "audit.db")
+    assert report.ok, report.problem
+    kinds = {call: [r.kind for r in records if r.call_id == call] for call in (late.call_id, timely.call_id)}
+    assert kinds[late.call_id] == ["requested", "finished", "undelivered"], kinds
+    assert kinds[timely.call_id] == ["requested", "finished"], kinds
+    finished, undelivered = (
+        r.body_json() for r in records if r.call_id == late.call_id and r.kind != "requested"
+    )
+    assert finished["status"] == "ok"
+    assert "deadline passed while its audit records were being written" in undelivered["error"]

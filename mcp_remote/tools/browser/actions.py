@@ -24,6 +24,7 @@ from typing import Any, Literal
 import orjson
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import FilePayload, Locator, Page
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from mcp_local.content import ImageContent, TextContent, ToolResult
 from mcp_local.errors import ToolError
@@ -42,6 +43,8 @@ __all__ = ["BrowserRuntime", "Reply"]
 
 CAUSED_WAIT_S = 3.0
 """The longest an input action waits for the requests, tabs and downloads it caused."""
+STOP_LOADING_S = 1.0
+"""How long a navigation that was cancelled or timed out waits for its page to stop loading."""
 STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "manifest"})
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
@@ -327,6 +330,31 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+async def _stop_loading(page: Page) -> None:
+    """Stop the page's load, as the browser's stop button does: Playwright gives up waiting for a
+    navigation it was cancelled or timed out in, but Chromium went on loading the page (a slow
+    server saw it leave only when the next navigation began). Done while the call still holds
+    its session, so that it cannot stop the next call's navigation; bounded, for a page that
+    does not answer."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STOP_LOADING_S):
+            while True:
+                try:
+                    cdp = await page.context.new_cdp_session(page)
+                    try:
+                        # What the stop button sends. `window.stop()` runs in the page's document,
+                        # and leaves a navigation still waiting for its response (a slow server) going.
+                        await cdp.send("Page.stopLoading")
+                        return
+                    finally:
+                        with contextlib.suppress(PlaywrightError):
+                            await cdp.detach()
+                except PlaywrightError:
+                    # Refused while the page is between two documents ("Not attached to an
+                    # active page"): once the new one is in, it can be stopped.
+                    await asyncio.sleep(0.05)
+
+
 async def navigate(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     url = _normalise_url(call.arguments["url"])
     return await _open(rt, s, call, url)
@@ -341,7 +369,12 @@ async def _open(rt: BrowserRuntime, s: BrowserSession, call: ToolCall, url: str)
         finished, response = await s.act(
             page.goto(url, timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
         )
+    except asyncio.CancelledError:
+        await _stop_loading(page)
+        raise
     except PlaywrightError as exc:
+        if isinstance(exc, PlaywrightTimeoutError):
+            await _stop_loading(page)
         raise ToolError(f"could not open {url}: {rt.explain(url, exc)}") from exc
     if not finished:
         return Reply(f"opening {url}: the page opened {s.modal_state()} while loading")

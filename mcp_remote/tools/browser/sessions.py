@@ -682,16 +682,20 @@ class SharedBrowser:
         return await asyncio.shield(creating)
 
     def _check_limits(self, key: SessionKey) -> None:
+        """Sessions being created count as open: a creation is shielded from its call, so calls
+        that began sessions together, or ended at their deadline while theirs were made, passed
+        the limits when only the sessions made already were counted."""
         o = self.options
-        mine = sum(1 for p, _ in self._sessions if p == key[0])
+        keys = self._sessions.keys() | self._creating.keys()  # a key is in both for a moment
+        mine = sum(1 for p, _ in keys if p == key[0])
         if mine >= o.max_sessions_per_principal:
             raise ToolError(
-                f"you have {mine} browser sessions open, the most allowed; close one with browser_close "
-                f"(open: {', '.join(self.sessions_of(key[0]))})"
+                f"you have {mine} browser sessions open or opening, the most allowed; close one with "
+                f"browser_close (open: {', '.join(self.sessions_of(key[0])) or 'none yet'})"
             )
-        if len(self._sessions) >= o.max_sessions:
+        if len(keys) >= o.max_sessions:
             raise ToolError(
-                f"the hub's browser has {len(self._sessions)} sessions open, the most it allows; try later"
+                f"the hub's browser has {len(keys)} sessions open or opening, the most it allows; try later"
             )
 
     async def _create(self, key: SessionKey) -> BrowserSession:

@@ -90,6 +90,10 @@ class Site:
         self.server = server
         self.slow_requests = threading.Semaphore(0)
         """Released once per request of /slow as it arrives."""
+        self.loads = threading.Semaphore(0)
+        """Released once per request of /loading as its body begins."""
+        self.loads_stopped = threading.Semaphore(0)
+        """Released once per request of /loading whose client stopped reading before its end."""
         self.port = server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -118,6 +122,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _loading(self, seconds: float) -> None:
+        """A page whose body comes a few bytes every 50 ms for `seconds`: its load goes on until
+        then, and a browser that stops it is seen here (`Site.loads_stopped`)."""
+        site: Site = self.server.site  # type: ignore[attr-defined]
+        head = b"<!doctype html><html><head><title>Loading</title></head><body><h1>Loading</h1>"
+        steps = max(1, int(seconds / 0.05))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(head) + steps))
+        self.end_headers()
+        site.loads.release()
+        try:
+            self.wfile.write(head)
+            self.wfile.flush()
+            for _ in range(steps):
+                time.sleep(0.05)
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            site.loads_stopped.release()
+            self.close_connection = True
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
@@ -145,6 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
             site.slow_requests.release()
             time.sleep(int(query.get("ms", "1000")) / 1000)
             self._send(_page("Slow", "<h1>Slow page loaded</h1>"))
+        elif path == "/loading":
+            self._loading(int(query.get("ms", "20000")) / 1000)
         elif path == "/late":
             self._send(LATE.encode())
         elif path == "/echo":

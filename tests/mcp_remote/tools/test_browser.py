@@ -20,8 +20,10 @@ from typing import Any
 import anyio
 import pytest
 
+from bridge.hubclient import HubClient
 from mcp_remote.config import HubConfig
 from mcp_remote.tools.browser import TOOL_SPECS
+from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.tools.browser_site import Site, own_address, serve_site
 from tests.support.clients import Outcome, ToolClient, connect
 from tests.support.hub import RunningHub, start_hub
@@ -207,6 +209,9 @@ async def test_cancelling_a_slow_navigation_leaves_the_session_usable(hub: Runni
             tg.cancel_scope.cancel()
         assert arrived, "the slow page was never requested"
         assert not finished
+        # Stopped with its call, before any other navigation (which used to be what stopped it).
+        requests = await call(client, "browser_network_requests", session="cancel")
+        assert f"[GET] {site.url('/slow?ms=8000')} => failed: net::ERR_ABORTED" in requests.text
         with anyio.fail_after(30):
             page = await call(
                 client, "browser_navigate", url=site.url("/echo?n=after-cancel"), session="cancel"
@@ -216,6 +221,42 @@ async def test_cancelling_a_slow_navigation_leaves_the_session_usable(hub: Runni
         requests = await call(client, "browser_network_requests", session="cancel")
         assert f"[GET] {site.url('/slow?ms=8000')} => failed: net::ERR_ABORTED" in requests.text
         await call(client, "browser_close", session="cancel")
+
+
+async def test_a_cancelled_navigation_stops_the_load(hub: RunningHub, site: Site) -> None:
+    """Reported: a page went on loading after its call was cancelled, until the next navigation
+    began (11 s later). A cancelled browser_navigate stops the load, as the stop button would."""
+    async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        for semaphore in (site.loads, site.loads_stopped):
+            while semaphore.acquire(blocking=False):
+                pass  # forget earlier tests' pages
+        async with anyio.create_task_group() as tg:
+            url = site.url("/loading?ms=20000")
+            tg.start_soon(client.call, "browser_navigate", {"url": url, "session": "stop-on-cancel"})
+            assert await anyio.to_thread.run_sync(site.loads.acquire, True, 30.0)
+            tg.cancel_scope.cancel()
+        stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
+        assert stopped, "the page went on loading after its call was cancelled"
+        await call(client, "browser_close", session="stop-on-cancel")
+
+
+async def test_a_navigation_that_times_out_stops_the_load(hub: RunningHub, site: Site) -> None:
+    """Reported: a navigation past its time (here, the call's deadline) let the load go on."""
+    hubclient = HubClient(hub.grpc)
+    try:
+        for semaphore in (site.loads, site.loads_stopped):
+            while semaphore.acquire(blocking=False):
+                pass
+        arguments = {"url": site.url("/loading?ms=20000"), "session": "stop-on-timeout"}
+        request = pb.CallToolRequest(name="browser_navigate", arguments_json=json.dumps(arguments).encode())
+        result = await hubclient.call_tool(TOKENS["agent-a"], request, timeout=3)
+        assert result.is_error and "Timeout" in result.content[0].text.text, result
+        stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
+        assert stopped, "the page went on loading after its navigation timed out"
+        close = pb.CallToolRequest(name="browser_close", arguments_json=b'{"session": "stop-on-timeout"}')
+        await hubclient.call_tool(TOKENS["agent-a"], close)
+    finally:
+        await hubclient.close()
 
 
 async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
@@ -749,12 +790,40 @@ async def test_a_principal_may_hold_only_so_many_sessions(hub: RunningHub) -> No
             await call(client, "browser_tabs", action="list", session=f"limit-{n:02}")
         refused = await client.call("browser_tabs", {"action": "list", "session": "limit-12"})
         assert refused.is_error
-        assert "you have 12 browser sessions open, the most allowed" in refused.text
+        assert "you have 12 browser sessions open or opening, the most allowed" in refused.text
         assert "limit-00, limit-01" in refused.text
         for n in range(12):
             await call(client, "browser_close", session=f"limit-{n:02}")
         assert not (await client.call("browser_tabs", {"action": "list", "session": "limit-12"})).is_error
         await call(client, "browser_close", session="limit-12")
+
+
+async def test_sessions_being_created_count_toward_the_limit(hub: RunningHub) -> None:
+    """Reported: sessions still being created were not counted, so calls that began them together
+    (or ended at their deadline while their creation went on, shielded) passed the limit: 21
+    sessions open of 12 allowed, and Chromium's renderers with them."""
+    opened: list[str] = []
+
+    async def one(n: int) -> None:
+        outcome = await client.call("browser_tabs", {"action": "list", "session": f"together-{n:02}"})
+        if outcome.is_error:
+            assert "browser sessions open" in outcome.text, outcome.text
+        else:
+            opened.append(f"together-{n:02}")
+
+    async with connect("grpc", hub.grpc, hub.mcp_url, LIMITED) as client:
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                for n in range(20):
+                    tg.start_soon(one, n)
+        try:
+            assert 0 < len(opened) <= 12, opened
+            refused = await client.call("browser_tabs", {"action": "list", "session": "together-more"})
+            assert refused.is_error == (len(opened) == 12), refused.text
+        finally:
+            for n in range(21):
+                await client.call("browser_close", {"session": f"together-{n:02}"})
+            await client.call("browser_close", {"session": "together-more"})
 
 
 # --- lifecycle: idle sessions, crashes, no Chromium ----------------------------------------------
