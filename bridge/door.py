@@ -32,11 +32,12 @@ anything else is refused here, since the hub would not record it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -195,6 +196,7 @@ class SessionDoor:
         self._max_body = max_body_bytes
         self._refusing = refusing
         self._users: dict[str, AuthenticatedUser] = {}
+        self._cancelling: set[asyncio.Task[None]] = set()
         self._held: dict[str, _Sessions] = {}
         """By principal name, as the SDK binds sessions: a reload of the hub's principals makes new
         `Principal` objects, and the sessions opened before it are still theirs."""
@@ -317,7 +319,7 @@ class SessionDoor:
                         receive,
                         send,
                         lambda: _forget_id(held, session_id, request_key),
-                        lambda: self._cancel(scope, request_id),
+                        lambda: self._cancel_soon(scope, request_id),
                     )
             await self.app(scope, receive, send)
         finally:
@@ -325,6 +327,14 @@ class SessionDoor:
                 held.in_flight[session_id] -= 1
             if request_key is not None:
                 _forget_id(held, session_id, request_key)
+
+    def _cancel_soon(self, scope: Scope, request_id: int | str) -> None:
+        """`_cancel` in a task of its own: the disconnect is seen inside the request's `receive`,
+        which the SDK's own handling of the notification may wait on (awaited there, the request
+        never ended and its id stayed in flight in its session)."""
+        task = asyncio.get_running_loop().create_task(self._cancel(scope, request_id))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
 
     async def _cancel(self, scope: Scope, request_id: int | str) -> None:
         """Cancel a request of the session named in `scope`, as its client would with
@@ -530,11 +540,11 @@ def _forget_id(held: _Sessions, session_id: str, request_key: str) -> None:
 
 
 def _answering(
-    receive: Receive, send: Send, forget: Callable[[], None], cancel: Callable[[], Awaitable[None]]
+    receive: Receive, send: Send, forget: Callable[[], None], cancel: Callable[[], None]
 ) -> tuple[Receive, Send]:
     """`receive` and `send` of a request in a session: `forget` is called just before the
     answer's last bytes go (a client that has its answer may send its next request at once,
-    before the app returns), and `cancel` is awaited when the client disconnects before them
+    before the app returns), and `cancel` is called when the client disconnects before them
     (the SDK's SSE response watches `receive` for that)."""
     answered = False
 
@@ -550,7 +560,7 @@ def _answering(
         message = await receive()
         if message["type"] == "http.disconnect" and not answered:
             answered = True  # once
-            await cancel()
+            cancel()
         return message
 
     return receiving, sending
