@@ -71,6 +71,7 @@ TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
 
 _REPORT_EVERY_S = 60.0
+_CANCEL_TIMEOUT_S = 10.0  # delivering the cancel of a request whose client closed its POST
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
 
@@ -297,6 +298,7 @@ class SessionDoor:
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
         request_key: str | None = None
+        cancelling: list[asyncio.Task[None]] = []
         try:
             if scope["method"] == "POST":
                 # Screened once counted: a session whose request is still uploading is in use.
@@ -319,22 +321,29 @@ class SessionDoor:
                         receive,
                         send,
                         lambda: _forget_id(held, session_id, request_key),
-                        lambda: self._cancel_soon(scope, request_id),
+                        lambda: cancelling.append(self._cancel_soon(scope, request_id)),
                     )
             await self.app(scope, receive, send)
         finally:
             if session_id in held.in_flight:
                 held.in_flight[session_id] -= 1
             if request_key is not None:
-                _forget_id(held, session_id, request_key)
+                key = request_key
+                if cancelling and not cancelling[0].done():
+                    # Its id stays taken until the cancel is delivered: a new request reusing it
+                    # in the meantime would be the one cancelled.
+                    cancelling[0].add_done_callback(lambda _: _forget_id(held, session_id, key))
+                else:
+                    _forget_id(held, session_id, key)
 
-    def _cancel_soon(self, scope: Scope, request_id: int | str) -> None:
+    def _cancel_soon(self, scope: Scope, request_id: int | str) -> asyncio.Task[None]:
         """`_cancel` in a task of its own: the disconnect is seen inside the request's `receive`,
         which the SDK's own handling of the notification may wait on (awaited there, the request
         never ended and its id stayed in flight in its session)."""
         task = asyncio.get_running_loop().create_task(self._cancel(scope, request_id))
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
+        return task
 
     async def _cancel(self, scope: Scope, request_id: int | str) -> None:
         """Cancel a request of the session named in `scope`, as its client would with
@@ -366,7 +375,8 @@ class SessionDoor:
             pass  # 202, for nobody
 
         try:
-            await self.app({**scope, "headers": headers}, receive, send)
+            async with asyncio.timeout(_CANCEL_TIMEOUT_S):
+                await self.app({**scope, "headers": headers}, receive, send)
         except Exception:  # the session may be ending too; the call then ends with it
             logger.debug("could not cancel request %r of a client that left", request_id, exc_info=True)
 
