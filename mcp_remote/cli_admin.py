@@ -460,7 +460,7 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     if config is not None and config.audit.store == "postgres":
         from .audit.postgres import PostgresStore
 
-        return PostgresStore(config.audit.resolve_dsn(environ)), config.state_dir
+        return PostgresStore(config.audit.resolve_dsn(environ), read_only=True), config.state_dir
     from .audit.sqlite import SQLiteStore
 
     state_dir = config.state_dir if config is not None else _state_dir(args, environ)

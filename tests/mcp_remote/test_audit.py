@@ -1293,6 +1293,59 @@ def test_an_audit_database_that_cannot_be_used_is_one_line_without_its_password(
                 assert password not in run.stderr + run.stdout
 
 
+async def test_a_hub_runs_as_a_role_that_does_not_own_the_tables_and_audit_reads_with_select_only(
+    tmp_path: Path,
+) -> None:
+    """Each start ran ALTER TABLE: a role granted only SELECT, INSERT, UPDATE and DELETE could not
+    run a hub ("must be owner of table"). `mcphub audit` made the tables it did not find: on a
+    mistyped database it said "audit log OK: 0 records", exit 0."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("mcphub_roles")
+        shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"})
+        (tmp_path / "hub.yaml").write_text(json.dumps(shared))
+        first = start_hub(tmp_path / "owner", config=shared, env={"AUDIT_DSN": dsn}, http=False)
+        assert first.stop() == 0
+        grants = "SELECT, INSERT, UPDATE, DELETE"
+        for role, privileges in (("mcphub_hub", grants), ("mcphub_reader", "SELECT")):
+            pg.psql("-d", "mcphub_roles", "-c", f"CREATE ROLE {role} LOGIN")
+            pg.psql(
+                "-d", "mcphub_roles", "-c", f"GRANT {privileges} ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+
+        env = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_hub")}
+        hub = start_hub(tmp_path / "hub", config=shared, env=env, http=False)
+        client = HubClient(hub.grpc)
+        try:
+            assert not (await call_echo(client, "as mcphub_hub")).is_error
+            call = start_call(client, TOKEN, "delete_thing", {"name": "granted"})
+            await decide(hub.grpc, APPROVER, await call.approval_id(), True, "a non-owner decides too")
+            assert text_of(await call.result()) == "deleted granted"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+
+        reader = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_reader")}
+        keys = [f"--public-key={state}/audit/signing.pub" for state in (first.state_dir, hub.state_dir)]
+        where = ("--config", str(tmp_path / "hub.yaml"), "--state-dir", str(hub.state_dir))
+        verified = cli("audit", "verify", *where, *keys, env=reader)
+        assert verified.returncode == 0 and "audit log OK" in verified.stdout, verified.stderr
+        queried = cli("audit", "query", *where, "--tool", "echo", "--json", env=reader)
+        assert queried.returncode == 0 and "as mcphub_hub" in queried.stdout, queried.stderr
+
+        mistyped = {"AUDIT_DSN": pg.create_database("mcphub_rolse")}
+        for action in ("verify", "query", "tail"):
+            out = cli("audit", action, *where, *(keys if action == "verify" else []), env=mistyped)
+            assert out.returncode == 2 and out.stdout == "", (action, out.stdout, out.stderr)
+            assert (
+                out.stderr.startswith(
+                    f"mcphub: no mcphub audit log in database 127.0.0.1:{pg.port}/mcphub_rolse: "
+                )
+                and len(out.stderr.splitlines()) == 1
+            ), (action, out.stderr)
+        tables = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mcphub%'"
+        assert pg.psql("-d", "mcphub_rolse", "-At", "-c", tables).strip() == "0"
+
+
 async def test_the_audit_dsn_password_is_redacted_like_any_other_secret(tmp_path: Path) -> None:
     password = "AuditPwSecret_7f3k9"
     with running_postgres() as pg:

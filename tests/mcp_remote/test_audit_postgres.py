@@ -24,9 +24,9 @@ from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.checkpoints import CheckpointSigner
 from mcp_remote.audit.log import AuditLog
-from mcp_remote.audit.postgres import PostgresStore
+from mcp_remote.audit.postgres import SCHEMA_VERSION, PostgresStore
 from mcp_remote.audit.records import PendingRecord
-from mcp_remote.audit.store import RecordQuery
+from mcp_remote.audit.store import AuditStoreUnreachable, RecordQuery
 from mcp_remote.audit.verify import verify_log
 from tests.support.postgres import Postgres, running_postgres
 
@@ -398,3 +398,77 @@ async def test_tail_follow_waits_out_a_database_restart(pg: Postgres, tmp_path: 
         _, err = follower.communicate(timeout=30)
         await store.close()
     assert "trying again every 2s" in err and "answers again" in err, err
+
+
+async def test_opening_the_store_waits_for_no_lock_a_reader_s_long_transaction_holds(pg: Postgres) -> None:
+    """Every open ran the whole schema (ALTER TABLE, CREATE INDEX) in one transaction: behind a
+    reader's long transaction on the approvals it queued for its locks, and every replica's
+    writes queued behind it (calls refused, health 503). A hub starting on a current schema, and
+    `mcphub audit`, now run no DDL: with a lock timeout, they would fail if they waited."""
+    import psycopg
+
+    dsn = pg.create_database("long_reader")
+    log = AuditLog(PostgresStore(dsn), Redactor(), None)
+    await log.start()
+    reader = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await reader.execute("SELECT count(*) FROM mcphub_approvals")  # its transaction stays open
+        impatient = f"{dsn} options='-c lock_timeout=3000'"
+        for read_only in (False, True):
+            store = PostgresStore(impatient, read_only=read_only)
+            await store.open()
+            await store.close()
+        async with asyncio.timeout(20):
+            await committed(log, "meanwhile")
+    finally:
+        await reader.close()
+        async with asyncio.timeout(30):
+            await log.stop()
+    assert pg.psql("-d", "long_reader", "-At", "-c", "SELECT version FROM mcphub_schema").strip() == str(
+        SCHEMA_VERSION
+    )
+
+
+async def test_hubs_starting_together_make_the_schema_once_and_an_unversioned_one_is_upgraded(
+    pg: Postgres,
+) -> None:
+    for name, hubs in (("together_2", 2), ("together_3", 3)):
+        dsn = pg.create_database(name)
+        stores = [PostgresStore(dsn) for _ in range(hubs)]
+        await asyncio.gather(*(store.open() for store in stores))
+        try:
+            for i, store in enumerate(stores):
+                assert (await store.append(records(f"{name}-{i}"))).seq == i + 1
+            assert (await verify_log(stores[0], {})).ok
+        finally:
+            for store in stores:
+                await store.close()
+
+    # Tables made before the schema recorded its version (by an older hub): made current once.
+    pg.psql("-d", "together_2", "-c", "DROP TABLE mcphub_schema")
+    store = PostgresStore(pg.dsn("together_2"))
+    await store.open()
+    try:
+        assert await calls_in(store) == ["together_2-0", "together_2-1"]
+    finally:
+        await store.close()
+    assert pg.psql("-d", "together_2", "-At", "-c", "SELECT version FROM mcphub_schema").strip() == str(
+        SCHEMA_VERSION
+    )
+
+
+async def test_a_reader_s_open_makes_no_tables_and_says_the_database_holds_no_log(pg: Postgres) -> None:
+    """`mcphub audit verify` on a mistyped database made the tables and said "audit log OK: 0
+    records"."""
+    dsn = pg.create_database("mistyped")
+    store = PostgresStore(dsn, read_only=True)
+    with pytest.raises(
+        AuditStoreUnreachable, match=r"^no mcphub audit log in database 127\.0\.0\.1:\d+/mistyped"
+    ):
+        await store.open()
+    assert (
+        pg.psql(
+            "-d", "mistyped", "-At", "-c", "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mcphub%'"
+        ).strip()
+        == "0"
+    )
