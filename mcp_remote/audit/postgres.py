@@ -331,6 +331,23 @@ class PostgresStore:
         self._unsure, self._written = None, []
         return head
 
+    async def ping(self) -> None:
+        """One round trip on the writer's connection (made again if it was lost), for the audit
+        writer when it has not written for a while (`log.py`, IDLE_PROBE_S): a store that is down
+        is found, and health says so, without a call having to find it. Raises `Unavailable`."""
+        import psycopg
+
+        try:
+            if self._writer is None or self._writer.closed:
+                self._writer = await self._connect(autocommit=False)
+            await self._writer.execute("SELECT 1")
+            await self._writer.rollback()
+        except psycopg.Error as exc:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
+            raise self._lost(exc) from exc
+
     async def _append(self, conn: Any, pending: Sequence[PendingRecord]) -> ChainHead:
         async with conn.transaction():
             cursor = await conn.execute("SELECT seq, hash FROM mcphub_chain_head WHERE id = 1 FOR UPDATE")

@@ -472,3 +472,43 @@ async def test_a_reader_s_open_makes_no_tables_and_says_the_database_holds_no_lo
         ).strip()
         == "0"
     )
+
+
+async def test_an_idle_log_probes_its_store_and_a_probe_that_hangs_counts_as_failing(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle log stayed healthy whatever became of its store: health said ok, and the first
+    call ran its tool and had its result withheld."""
+    monkeypatch.setattr(audit_log, "IDLE_PROBE_S", 0.2, raising=False)  # absent before it probed
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1)
+    log = AuditLog(PostgresStore(pg.create_database("idle_hung")), Redactor(), None)
+    await log.start()
+    try:
+        await committed(log, "before")
+        with caplog.at_level(logging.WARNING, logger="mcp_remote.audit.log"):
+            with pg.hung():
+                async with asyncio.timeout(10):
+                    while log.healthy:  # noqa: ASYNC110 - the probe waits for the server
+                        await asyncio.sleep(0.05)
+            async with asyncio.timeout(20):
+                while not log.healthy:  # noqa: ASYNC110 - the probe's answer comes back
+                    await asyncio.sleep(0.05)
+            assert "the audit store has not answered a write" in caplog.text
+            assert "the audit store answered again" in caplog.text
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                async with asyncio.timeout(10):
+                    while log.healthy:  # noqa: ASYNC110 - the next probe finds it down
+                        await asyncio.sleep(0.05)
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            async with asyncio.timeout(20):
+                while not log.healthy:  # noqa: ASYNC110 - a probe finds it back
+                    await asyncio.sleep(0.05)
+            assert "the audit store does not answer" in caplog.text
+            assert "the audit store answers again" in caplog.text
+        await committed(log, "after")
+    finally:
+        async with asyncio.timeout(30):
+            await log.stop()
