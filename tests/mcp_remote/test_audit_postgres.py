@@ -5,6 +5,7 @@ to stop while the database is down stops, and approval watchers keep getting eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -512,3 +513,58 @@ async def test_an_idle_log_probes_its_store_and_a_probe_that_hangs_counts_as_fai
     finally:
         async with asyncio.timeout(30):
             await log.stop()
+
+
+async def test_calls_waiting_through_an_outage_warn_once_a_minute_on_one_line_each(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The poller of waiting calls warned at each tick (every 0.5 s) for as long as the store was
+    down, and the approval watch's warnings spanned several lines (psycopg's message)."""
+    monkeypatch.setattr(approvals_module, "POLL_INTERVAL_S", 0.02)
+    monkeypatch.setattr(approvals_module, "LISTEN_RETRY_S", 0.05)
+    monkeypatch.setattr(approvals_module, "LISTEN_RETRY_MAX_S", 0.1)
+    store = PostgresStore(pg.create_database("outage_noise"))
+    await store.open()
+    book = ApprovalBook(store, "replica-a")
+    queue = await book.watch()
+    waits = []
+    try:
+        for name in ("one", "two", "three"):
+            approval = await book.create(
+                call_id=name,
+                principal="agent",
+                tool="delete_thing",
+                arguments={"name": name},
+                arguments_json="{}",
+                reason="risky",
+                rule="r",
+                approvers=(),
+                timeout_s=120,
+            )
+            waits.append(asyncio.ensure_future(book.wait(approval)))
+        with caplog.at_level(logging.INFO, logger="mcp_remote.approvals"):
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                await asyncio.sleep(1.5)  # dozens of the poller's ticks, and of the watch's retries
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            async with asyncio.timeout(20):
+                while True:
+                    with contextlib.suppress(Unavailable):
+                        await store.get_approval(approval.id)
+                        break
+                    await asyncio.sleep(0.05)
+        unread = [r.getMessage() for r in caplog.records if "cannot read approval" in r.getMessage()]
+        assert len(unread) == 1, unread
+        assert "trying again every 0.02 s: the PostgreSQL store" in unread[0], unread
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any("approval watch: lost the store's notices" in w for w in warnings), warnings
+        assert any("approval watch: cannot listen to the store" in w for w in warnings), warnings
+        assert all("\n" not in w for w in warnings), warnings
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)  # their callers gone: the book notes it
+        book.unwatch(queue)
+        await book.close()
+        await store.close()
