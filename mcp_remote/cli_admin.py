@@ -431,10 +431,22 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
+
                 from .cli import unreachable
 
-                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
-                return _fail(f"{where} {target}: {exc.details()}", EXIT_HUB)
+                # The hub's own answer is marked: its words (a store's "Connection refused") are
+                # not the connection's.
+                answered = (ERROR_FROM, FROM_HUB) in tuple(exc.trailing_metadata() or ())
+                details = exc.details() or ""
+                if answered and details.startswith("the PostgreSQL store"):
+                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
+                where = (
+                    "cannot reach a hub at"
+                    if unreachable(exc) and not answered
+                    else "the hub is unavailable at"
+                )
+                return _fail(f"{where} {target}: {details}", EXIT_HUB)
             return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
     return EXIT_OK
 

@@ -1433,6 +1433,42 @@ async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_whi
         assert f"the hub before this one (pid {hub.process.pid}) did not stop cleanly" in said, said
 
 
+async def test_deciding_on_a_hub_whose_store_is_down_says_the_hub_cannot_reach_its_store(
+    tmp_path: Path,
+) -> None:
+    """`approvals approve --hub H` said "cannot reach a hub at H" when H answered that its
+    PostgreSQL store could not be reached (the store's "Connection refused" read as the CLI's)."""
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_decide_down")}
+        hub = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        client = HubClient(hub.grpc)
+        try:
+            call = start_call(client, TOKEN, "delete_thing", {"name": "later"})
+            approval_id = await call.approval_id()
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                said = await asyncio.to_thread(
+                    cli, "approvals", "approve", approval_id, "--hub", hub.grpc, "--token", APPROVER
+                )
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            assert said.returncode == 3, said.stderr
+            assert said.stderr.startswith(
+                f"mcphub: the hub at {hub.grpc} cannot reach its store: the PostgreSQL store (127.0.0.1:"
+            ), said.stderr
+            assert len(said.stderr.splitlines()) == 1, said.stderr
+            approved = await asyncio.to_thread(
+                cli, "approvals", "approve", approval_id, "--hub", hub.grpc, "--token", APPROVER
+            )
+            assert approved.returncode == 0, approved.stderr
+            assert text_of(await call.result()) == "deleted later"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+
+
 async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:
     """Tool names, request ids and errors are the caller's text, sent even without a token: in
     `audit tail` they are quoted and escaped, so none starts a line of its own, passes for another
