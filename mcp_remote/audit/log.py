@@ -205,7 +205,9 @@ class _Unrecorded:
     """Calls refused while the log could not be written, summed up for one record: how many,
     when, by whom, of what, and how each ended, in bounded memory however many there are."""
 
-    def __init__(self) -> None:
+    def __init__(self, instance: str | None) -> None:
+        self.instance = instance
+        """The hub that refused them: replicas sharing a log each write their own."""
         self.calls = 0
         self.first_ms = 0
         self.last_ms = 0
@@ -225,6 +227,7 @@ class _Unrecorded:
 
     def fields(self) -> dict[str, Any]:
         return {
+            "instance": self.instance,
             "calls": self.calls,
             "first_ms": self.first_ms,
             "last_ms": self.last_ms,
@@ -282,8 +285,12 @@ class AuditLog:
         checkpoint_interval_s: float = 60.0,
         checkpoint_file: Path | None = None,
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+        instance: str | None = None,
     ) -> None:
         self.store = store
+        self._instance = instance
+        """The hub's name among replicas, in the records the log writes about the hub itself
+        (`unrecorded`); not in a call's records, which its call id identifies."""
         self._max_arguments = max_argument_bytes
         self._redactor = redactor
         self._signer = signer
@@ -337,7 +344,7 @@ class AuditLog:
         self._fold_timer: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_DELAY_S
         self._failures = 0
-        self._unrecorded = _Unrecorded()
+        self._unrecorded = _Unrecorded(instance)
 
     async def start(self) -> None:
         await self.store.open()
@@ -426,7 +433,7 @@ class AuditLog:
         self._unrecorded.add(principal, tool, status, int(time.time() * 1000))
 
     def _record_unrecorded(self) -> None:
-        unrecorded, self._unrecorded = self._unrecorded, _Unrecorded()
+        unrecorded, self._unrecorded = self._unrecorded, _Unrecorded(self._instance)
         if not unrecorded.calls:
             return
         logger.warning(

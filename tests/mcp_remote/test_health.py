@@ -159,7 +159,8 @@ async def test_health_follows_a_database_that_hangs_and_a_caller_that_left_is_re
 
 async def test_an_idle_hub_s_health_follows_a_database_that_is_down_and_back(tmp_path: Path) -> None:
     """Replicas with no traffic said ok (/healthz 200, SERVING) with their PostgreSQL stopped:
-    the first call then ran its tool and had its result withheld. An idle hub probes its store."""
+    the first call then ran its tool and had its result withheld. An idle hub probes its store.
+    The `unrecorded` record of the calls refused meanwhile names the replica that refused them."""
     with running_postgres() as pg:
         dsn = pg.create_database("idle")
         hub = start_hub(
@@ -198,6 +199,8 @@ async def test_an_idle_hub_s_health_follows_a_database_that_is_down_and_back(tmp
     assert texts == ["before", "after"], texts
     unrecorded = [r.body_json() for r in records if r.kind == "unrecorded"]
     assert [u["calls"] for u in unrecorded] == [1], unrecorded
+    # Replicas sharing the log each write their own: it says whose (it did not).
+    assert unrecorded[0].get("instance") == "replica-idle", unrecorded
 
 
 async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> None:
