@@ -235,16 +235,28 @@ class PostgresStore:
 
     async def _check_tables(self) -> None:
         """A reader's open: the audit log's tables must be there (a mistyped database name is
-        said so, not read as an empty log)."""
+        said so, not read as an empty log), and readable by this role."""
         cursor = await self._reader.execute(
-            "SELECT " + ", ".join("to_regclass(%s) IS NOT NULL" for _ in _TABLES), _TABLES
+            "SELECT current_user, "
+            + ", ".join(
+                "CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE has_table_privilege(%s, 'SELECT') END"
+                for _ in _TABLES
+            ),
+            [name for table in _TABLES for name in (table, table)],
         )
-        found = await cursor.fetchone()
-        missing = [table for table, there in zip(_TABLES, found, strict=True) if not there]
+        user, *readable = await cursor.fetchone()
+        missing = [table for table, can in zip(_TABLES, readable, strict=True) if can is None]
         if missing:
             raise AuditStoreUnreachable(
                 f"no mcphub audit log in database {self._where()}: it has no table {', '.join(missing)}; "
                 "give the DSN of the database the hubs write (a hub makes the tables when it first starts)"
+            )
+        denied = [table for table, can in zip(_TABLES, readable, strict=True) if not can]
+        if denied:
+            raise AuditStoreUnreachable(
+                f"the PostgreSQL audit store ({self._where()}) cannot be read by role {user}: it may not "
+                f"SELECT from {', '.join(denied)} (GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}, "
+                "or the schema the hubs write)"
             )
 
     async def _fill_approval_columns(self, conn: Any) -> None:

@@ -1332,6 +1332,12 @@ async def test_a_hub_runs_as_a_role_that_does_not_own_the_tables_and_audit_reads
         queried = cli("audit", "query", *where, "--tool", "echo", "--json", env=reader)
         assert queried.returncode == 0 and "as mcphub_hub" in queried.stdout, queried.stderr
 
+        pg.psql("-c", "CREATE ROLE mcphub_nobody LOGIN")
+        nobody = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_nobody")}
+        refused = cli("audit", "verify", *where, *keys, env=nobody)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "cannot be read by role mcphub_nobody: it may not SELECT from mcphub_records" in refused.stderr
+
         mistyped = {"AUDIT_DSN": pg.create_database("mcphub_rolse")}
         for action in ("verify", "query", "tail"):
             out = cli("audit", action, *where, *(keys if action == "verify" else []), env=mistyped)
