@@ -73,6 +73,9 @@ logger = logging.getLogger(__name__)
 
 ApprovalState = Literal["pending", "approved", "denied", "expired", "used"]
 POLL_INTERVAL_S = 0.5
+STORE_WARNING_EVERY_S = 60.0
+"""While the store cannot be read, the waiting calls' poller (every POLL_INTERVAL_S) warns at
+once, then at most this often, counting the failed reads between."""
 LISTEN_RETRY_S = 0.5
 LISTEN_RETRY_MAX_S = 10.0
 """A lost listening connection is made again after LISTEN_RETRY_S, doubling up to this."""
@@ -219,6 +222,12 @@ def _matches(approval: Approval, arguments: Mapping[str, Any]) -> bool:
     else:  # an approval stored before digests were keyed: its plain SHA-256
         expected = hashlib.sha256(_canonical(arguments)).hexdigest()
     return hmac.compare_digest(expected, approval.args_sha256)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (psycopg's span several), for a log line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def _now_ms() -> int:
@@ -372,6 +381,10 @@ class ApprovalBook:
         self.call_stopped: Callable[[], bool] = lambda: False
         """Set by the hub: is the call whose wait is being cancelled one that the hub's stop
         ended (`InFlight.stopping`)? Its approval then expires: no caller waits for it any more."""
+        self._unread = 0
+        """Failed reads of the poller not yet logged (`_poll_failed`)."""
+        self._unread_warned: float | None = None
+        """When the poller last warned that it cannot read the store; None while it can."""
 
     async def create(
         self,
@@ -740,7 +753,7 @@ class ApprovalBook:
                     await changes.aclose()
                 why = "the connection ended"
             except Exception as exc:  # any failure of the connection: the watchers must not go silent
-                why = str(exc) or type(exc).__name__
+                why = _one_line(exc)
             logger.warning("approval watch: lost the store's notices (%s); listening again", why)
             while True:
                 await asyncio.sleep(delay)
@@ -750,7 +763,9 @@ class ApprovalBook:
                     missed = await self._missed_since(lost_ms)
                 except Exception as exc:
                     logger.warning(
-                        "approval watch: cannot listen to the store (%s); trying again in %.1f s", exc, delay
+                        "approval watch: cannot listen to the store (%s); trying again in %.1f s",
+                        _one_line(exc),
+                        delay,
                     )
                     with contextlib.suppress(Exception):
                         await changes.aclose()
@@ -843,16 +858,41 @@ class ApprovalBook:
                 try:
                     current = await self._store.get_approval(approval_id)
                 except Exception as exc:  # the store is down: the calls wait on; try again next tick
-                    logger.warning(
-                        "cannot read approval %s from the store, trying again: %s", approval_id, exc
-                    )
+                    self._poll_failed(approval_id, exc)
                     break
+                if self._unread_warned is not None:
+                    self._poll_read_again()
                 if (
                     current is not None
                     and current.state in ("approved", "denied", "expired")
                     and not waiter.done()
                 ):
                     waiter.set_result(current)
+
+    def _poll_failed(self, approval_id: str, exc: Exception) -> None:
+        """Warn of the first failed read, then at most every STORE_WARNING_EVERY_S with a count:
+        one line every POLL_INTERVAL_S for as long as the store is down drowned the log."""
+        now = time.monotonic()
+        self._unread += 1
+        if self._unread_warned is not None and now - self._unread_warned < STORE_WARNING_EVERY_S:
+            return
+        since = self._unread_warned
+        again = f" ({self._unread} reads failed in the last {now - since:.0f} s)" if since is not None else ""
+        logger.warning(
+            "cannot read approval %s from the store, trying again every %g s%s: %s",
+            approval_id,
+            POLL_INTERVAL_S,
+            again,
+            _one_line(exc),
+        )
+        self._unread, self._unread_warned = 0, now
+
+    def _poll_read_again(self) -> None:
+        if self._unread:
+            logger.info("approvals read from the store again (%d more reads had failed)", self._unread)
+        else:
+            logger.info("approvals read from the store again")
+        self._unread, self._unread_warned = 0, None
 
     async def close(self) -> None:
         self._record_all_repeats()

@@ -431,10 +431,22 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
+
                 from .cli import unreachable
 
-                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
-                return _fail(f"{where} {target}: {exc.details()}", EXIT_HUB)
+                # The hub's own answer is marked: its words (a store's "Connection refused") are
+                # not the connection's.
+                answered = (ERROR_FROM, FROM_HUB) in tuple(exc.trailing_metadata() or ())
+                details = exc.details() or ""
+                if answered and details.startswith("the PostgreSQL store"):
+                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
+                where = (
+                    "cannot reach a hub at"
+                    if unreachable(exc) and not answered
+                    else "the hub is unavailable at"
+                )
+                return _fail(f"{where} {target}: {details}", EXIT_HUB)
             return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
     return EXIT_OK
 
@@ -460,7 +472,7 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     if config is not None and config.audit.store == "postgres":
         from .audit.postgres import PostgresStore
 
-        return PostgresStore(config.audit.resolve_dsn(environ)), config.state_dir
+        return PostgresStore(config.audit.resolve_dsn(environ), read_only=True), config.state_dir
     from .audit.sqlite import SQLiteStore
 
     state_dir = config.state_dir if config is not None else _state_dir(args, environ)

@@ -263,6 +263,7 @@ class Hub:
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             max_argument_bytes=config.audit.max_argument_bytes,
             checkpoint_file=audit_dir / store.checkpoint_file_name,
+            instance=self.instance,
         )
         self.approvals = ApprovalBook(
             self.audit.store,

@@ -22,7 +22,8 @@ first of them.
 While the store cannot be written (it refuses, or has not finished a write in HUNG_WRITE_S),
 the hub refuses calls before recording anything (`gate.py`) and counts them here instead
 (`count_unrecorded`), in memory that does not grow with their number; the first write that
-succeeds again queues one `unrecorded` record summing them up.
+succeeds again queues one `unrecorded` record summing them up. A store on the network is also
+probed when idle (IDLE_PROBE_S), so that health follows it without traffic.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ told now that it is not durable. Also the least a hub told to stop waits for suc
 HUNG_CHECK_S = 1.0
 """How often the writer's current write is compared with HUNG_WRITE_S (a timer, not a cost of
 each write)."""
+IDLE_PROBE_S = 5.0
+"""A store on the network (PostgreSQL: its `ping`) that the writer has not written to for this
+long is asked whether it answers, so that an idle hub's health says it cannot write before a
+call finds out (the call's tool would run, and its result be withheld). A probe that hangs
+counts as a write that hangs (HUNG_WRITE_S). A timer, not a cost of each write."""
 MISSED_CHECKPOINTS = 10_000
 """Checkpoints the state directory's checkpoint file could not take (its directory not writable,
 say), kept to add to it once it can be written: about 2 MB. Of more, the oldest are in the
@@ -199,7 +205,9 @@ class _Unrecorded:
     """Calls refused while the log could not be written, summed up for one record: how many,
     when, by whom, of what, and how each ended, in bounded memory however many there are."""
 
-    def __init__(self) -> None:
+    def __init__(self, instance: str | None) -> None:
+        self.instance = instance
+        """The hub that refused them: replicas sharing a log each write their own."""
         self.calls = 0
         self.first_ms = 0
         self.last_ms = 0
@@ -219,6 +227,7 @@ class _Unrecorded:
 
     def fields(self) -> dict[str, Any]:
         return {
+            "instance": self.instance,
             "calls": self.calls,
             "first_ms": self.first_ms,
             "last_ms": self.last_ms,
@@ -276,8 +285,12 @@ class AuditLog:
         checkpoint_interval_s: float = 60.0,
         checkpoint_file: Path | None = None,
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
+        instance: str | None = None,
     ) -> None:
         self.store = store
+        self._instance = instance
+        """The hub's name among replicas, in the records the log writes about the hub itself
+        (`unrecorded`); not in a call's records, which its call id identifies."""
         self._max_arguments = max_argument_bytes
         self._redactor = redactor
         self._signer = signer
@@ -312,6 +325,12 @@ class AuditLog:
         self._hung_since: float | None = None
         """When the store was found hanging (HUNG_WRITE_S), until it answers."""
         self._hung_timer: asyncio.TimerHandle | None = None
+        self._ping = getattr(store, "ping", None)
+        """The store's liveness probe, for a store on the network (`_probe`); None for a file."""
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._probe_due = False
+        self._probed_head = self._head
+        """The head at the last probe tick: unchanged at the next, nothing was written meanwhile."""
         self.active = 0
         """Calls inside the audit trail (kept by `AuditTrail`): while others run, commit together."""
         self._deferred = 0
@@ -325,7 +344,7 @@ class AuditLog:
         self._fold_timer: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_DELAY_S
         self._failures = 0
-        self._unrecorded = _Unrecorded()
+        self._unrecorded = _Unrecorded(instance)
 
     async def start(self) -> None:
         await self.store.open()
@@ -363,6 +382,8 @@ class AuditLog:
         self._batch = self._loop.create_future()
         self._task = self._loop.create_task(self._run(), name="mcphub-audit-writer")
         self._hung_timer = self._loop.call_later(HUNG_CHECK_S, self._check_hung)
+        if self._ping is not None:
+            self._probe_timer = self._loop.call_later(IDLE_PROBE_S, self._probe_tick)
 
     def _check_last_checkpoints(self, stored: list[Checkpoint], in_file: list[Checkpoint]) -> None:
         """The last checkpoint of the state directory's file and of the store must be this key's
@@ -412,7 +433,7 @@ class AuditLog:
         self._unrecorded.add(principal, tool, status, int(time.time() * 1000))
 
     def _record_unrecorded(self) -> None:
-        unrecorded, self._unrecorded = self._unrecorded, _Unrecorded()
+        unrecorded, self._unrecorded = self._unrecorded, _Unrecorded(self._instance)
         if not unrecorded.calls:
             return
         logger.warning(
@@ -524,6 +545,9 @@ class AuditLog:
                 elif self._checkpoint_due:
                     self._checkpoint_due = False
                     await self._maybe_checkpoint(force=False)
+                elif self._probe_due:
+                    self._probe_due = False
+                    await self._probe()
                 if self._fold_due:
                     # The calls this batch woke answer first; a batch that queued meanwhile is
                     # written before the fold (a fold is not what anybody waits for) unless the
@@ -545,6 +569,38 @@ class AuditLog:
     def _tick(self) -> None:
         self._tick_due = True
         self._wake.set()
+
+    def _probe_tick(self) -> None:
+        """Every IDLE_PROBE_S: has the writer written nothing since the last tick, with nothing
+        queued? Then the store is probed (by the writer task, between its writes)."""
+        self._probe_timer = self._loop.call_later(IDLE_PROBE_S, self._probe_tick)
+        if self._head is not self._probed_head:
+            self._probed_head = self._head
+        elif not self._pending and not self._writing:
+            self._probe_due = True
+            self._wake.set()
+
+    async def _probe(self) -> None:
+        """Ask an idle store whether it answers (`ping`). One that does not makes the log unhealthy
+        (health checks say so, calls are refused before their tools run) until a later probe, or
+        write, finds it answering again."""
+        assert self._ping is not None
+        if self._pending or self._head is not self._probed_head:
+            return  # written or queued since the tick: the writes tell
+        self._busy_since = self._loop.time()  # a probe that hangs is found by `_check_hung`
+        try:
+            await self._ping()
+        except Exception as exc:
+            self._answered("it refuses (below)")
+            if self.healthy:
+                logger.error("the audit store does not answer, refusing calls until it does: %s", exc)
+            self.healthy = False
+            return
+        self._answered("it answers a probe")
+        if not self.healthy and not self._pending:
+            self.healthy = True
+            logger.warning("the audit store answers again; calls are taken")
+            self._record_unrecorded()
 
     def _check_hung(self) -> None:
         """Has the store not answered the writer for HUNG_WRITE_S? Then it is failing: psycopg,
@@ -792,6 +848,9 @@ class AuditLog:
         if self._hung_timer is not None:
             self._hung_timer.cancel()
             self._hung_timer = None
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None

@@ -70,8 +70,16 @@ ALTER TABLE mcphub_approvals ADD COLUMN IF NOT EXISTS principal TEXT NOT NULL DE
     ADD COLUMN IF NOT EXISTS expires_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS mcphub_approvals_listed ON mcphub_approvals (state, created_ms, id);
 CREATE INDEX IF NOT EXISTS mcphub_approvals_principal ON mcphub_approvals (principal, state);
+CREATE TABLE IF NOT EXISTS mcphub_schema (id INT PRIMARY KEY CHECK (id = 1), version INT NOT NULL);
 """
+SCHEMA_VERSION = 1
+"""The version of SCHEMA, recorded in `mcphub_schema` once it is made: a hub runs SCHEMA only on a
+database that records an older one (or none), so that starting a hub, or `mcphub audit`, takes no
+lock that waits behind readers and holds every replica's writes behind it. Raised with each change
+to SCHEMA (tables before it was recorded count as version 0)."""
 _SCHEMA_LOCK = 0x6D6370687562  # "mcphub": hubs starting together create the schema one at a time
+_TABLES = ("mcphub_records", "mcphub_chain_head", "mcphub_checkpoints")
+"""The tables `mcphub audit` reads: a database without them holds no audit log."""
 
 
 _APPROVALS_CHANNEL = "mcphub_approvals"
@@ -120,6 +128,17 @@ class _ApprovalNotices:
         await self._conn.close()
 
 
+async def _schema_version(conn: Any) -> int:
+    """The schema version the database records; 0 for none (no tables, or tables made before
+    versions were recorded). Plain reads: they wait for no lock a reader holds."""
+    cursor = await conn.execute("SELECT to_regclass('mcphub_schema') IS NOT NULL")
+    if not (await cursor.fetchone())[0]:
+        return 0
+    cursor = await conn.execute("SELECT version FROM mcphub_schema WHERE id = 1")
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 def _why(exc: BaseException, dsn: str) -> str:
     """psycopg's message on one line, without the DSN (it may quote it, password included)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -130,10 +149,18 @@ class PostgresStore:
     shared = True
     """Several hubs write this log: its last checkpoint may be another hub's, signed by its key."""
 
-    def __init__(self, dsn: str, *, upgrade: Callable[[bytes], Approval | None] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        upgrade: Callable[[bytes], Approval | None] | None = None,
+        read_only: bool = False,
+    ) -> None:
         self._dsn = dsn
         self.upgrade = upgrade
         """Rewrites an approval row an older hub stored, as the hub opens the store (`ApprovalUpgrade`)."""
+        self._read_only = read_only
+        """For readers (`mcphub audit`): open makes no tables and needs SELECT only."""
         self._writer: Any = None
         self._reader: Any = None
         self._lock = asyncio.Lock()
@@ -159,24 +186,43 @@ class PostgresStore:
         return f"checkpoints-postgres-{hashlib.sha256(where.encode()).hexdigest()[:12]}.jsonl"
 
     async def open(self) -> None:
-        """Connect and create the tables; raises `AuditStoreUnreachable` saying why it cannot."""
+        """Connect, and make or upgrade the tables if the database records an older schema than
+        SCHEMA_VERSION (read-only: check that they are there); raises `AuditStoreUnreachable`
+        saying why it cannot."""
         import psycopg
 
         try:
-            self._writer = await self._connect(autocommit=False)
             self._reader = await self._connect(autocommit=True)
+            if self._read_only:
+                await self._check_tables()
+                return
+            self._writer = await self._connect(autocommit=False)
+            # Read first, without DDL: ALTER TABLE and CREATE INDEX lock their tables (even when
+            # they change nothing) and queue behind a reader's long transaction, and every other
+            # replica's writes queue behind them.
+            current = await _schema_version(self._reader) >= SCHEMA_VERSION
             async with self._writer.transaction():
                 await self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                await self._writer.execute(SCHEMA)
-                await self._writer.execute(
-                    "INSERT INTO mcphub_chain_head VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,)
-                )
+                if not current and await _schema_version(self._writer) < SCHEMA_VERSION:
+                    await self._writer.execute(SCHEMA)
+                    await self._writer.execute(
+                        "INSERT INTO mcphub_chain_head VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING",
+                        (GENESIS,),
+                    )
+                    await self._writer.execute(
+                        "INSERT INTO mcphub_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
+                        "SET version = GREATEST(mcphub_schema.version, EXCLUDED.version)",
+                        (SCHEMA_VERSION,),
+                    )
                 await self._fill_approval_columns(self._writer)
         except psycopg.Error as exc:
             await self.close()
             raise AuditStoreUnreachable(
                 f"the PostgreSQL audit store ({self._where()}) cannot be used: {_why(exc, self._dsn)}"
             ) from None
+        except AuditStoreUnreachable:
+            await self.close()
+            raise
         rewritten = getattr(self.upgrade, "rewritten", 0)
         if rewritten:
             logger.info(
@@ -185,6 +231,32 @@ class PostgresStore:
                 "as now)",
                 self._where(),
                 rewritten,
+            )
+
+    async def _check_tables(self) -> None:
+        """A reader's open: the audit log's tables must be there (a mistyped database name is
+        said so, not read as an empty log), and readable by this role."""
+        cursor = await self._reader.execute(
+            "SELECT current_user, "
+            + ", ".join(
+                "CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE has_table_privilege(%s, 'SELECT') END"
+                for _ in _TABLES
+            ),
+            [name for table in _TABLES for name in (table, table)],
+        )
+        user, *readable = await cursor.fetchone()
+        missing = [table for table, can in zip(_TABLES, readable, strict=True) if can is None]
+        if missing:
+            raise AuditStoreUnreachable(
+                f"no mcphub audit log in database {self._where()}: it has no table {', '.join(missing)}; "
+                "give the DSN of the database the hubs write (a hub makes the tables when it first starts)"
+            )
+        denied = [table for table, can in zip(_TABLES, readable, strict=True) if not can]
+        if denied:
+            raise AuditStoreUnreachable(
+                f"the PostgreSQL audit store ({self._where()}) cannot be read by role {user}: it may not "
+                f"SELECT from {', '.join(denied)} (GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}, "
+                "or the schema the hubs write)"
             )
 
     async def _fill_approval_columns(self, conn: Any) -> None:
@@ -270,6 +342,23 @@ class PostgresStore:
                 # one, before any call is refused.
         self._unsure, self._written = None, []
         return head
+
+    async def ping(self) -> None:
+        """One round trip on the writer's connection (made again if it was lost), for the audit
+        writer when it has not written for a while (`log.py`, IDLE_PROBE_S): a store that is down
+        is found, and health says so, without a call having to find it. Raises `Unavailable`."""
+        import psycopg
+
+        try:
+            if self._writer is None or self._writer.closed:
+                self._writer = await self._connect(autocommit=False)
+            await self._writer.execute("SELECT 1")
+            await self._writer.rollback()
+        except psycopg.Error as exc:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
+            raise self._lost(exc) from exc
 
     async def _append(self, conn: Any, pending: Sequence[PendingRecord]) -> ChainHead:
         async with conn.transaction():

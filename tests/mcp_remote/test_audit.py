@@ -1293,6 +1293,65 @@ def test_an_audit_database_that_cannot_be_used_is_one_line_without_its_password(
                 assert password not in run.stderr + run.stdout
 
 
+async def test_a_hub_runs_as_a_role_that_does_not_own_the_tables_and_audit_reads_with_select_only(
+    tmp_path: Path,
+) -> None:
+    """Each start ran ALTER TABLE: a role granted only SELECT, INSERT, UPDATE and DELETE could not
+    run a hub ("must be owner of table"). `mcphub audit` made the tables it did not find: on a
+    mistyped database it said "audit log OK: 0 records", exit 0."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("mcphub_roles")
+        shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"})
+        (tmp_path / "hub.yaml").write_text(json.dumps(shared))
+        first = start_hub(tmp_path / "owner", config=shared, env={"AUDIT_DSN": dsn}, http=False)
+        assert first.stop() == 0
+        grants = "SELECT, INSERT, UPDATE, DELETE"
+        for role, privileges in (("mcphub_hub", grants), ("mcphub_reader", "SELECT")):
+            pg.psql("-d", "mcphub_roles", "-c", f"CREATE ROLE {role} LOGIN")
+            pg.psql(
+                "-d", "mcphub_roles", "-c", f"GRANT {privileges} ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+
+        env = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_hub")}
+        hub = start_hub(tmp_path / "hub", config=shared, env=env, http=False)
+        client = HubClient(hub.grpc)
+        try:
+            assert not (await call_echo(client, "as mcphub_hub")).is_error
+            call = start_call(client, TOKEN, "delete_thing", {"name": "granted"})
+            await decide(hub.grpc, APPROVER, await call.approval_id(), True, "a non-owner decides too")
+            assert text_of(await call.result()) == "deleted granted"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+
+        reader = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_reader")}
+        keys = [f"--public-key={state}/audit/signing.pub" for state in (first.state_dir, hub.state_dir)]
+        where = ("--config", str(tmp_path / "hub.yaml"), "--state-dir", str(hub.state_dir))
+        verified = cli("audit", "verify", *where, *keys, env=reader)
+        assert verified.returncode == 0 and "audit log OK" in verified.stdout, verified.stderr
+        queried = cli("audit", "query", *where, "--tool", "echo", "--json", env=reader)
+        assert queried.returncode == 0 and "as mcphub_hub" in queried.stdout, queried.stderr
+
+        pg.psql("-c", "CREATE ROLE mcphub_nobody LOGIN")
+        nobody = {"AUDIT_DSN": dsn.replace("user=postgres", "user=mcphub_nobody")}
+        refused = cli("audit", "verify", *where, *keys, env=nobody)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "cannot be read by role mcphub_nobody: it may not SELECT from mcphub_records" in refused.stderr
+
+        mistyped = {"AUDIT_DSN": pg.create_database("mcphub_rolse")}
+        for action in ("verify", "query", "tail"):
+            out = cli("audit", action, *where, *(keys if action == "verify" else []), env=mistyped)
+            assert out.returncode == 2 and out.stdout == "", (action, out.stdout, out.stderr)
+            assert (
+                out.stderr.startswith(
+                    f"mcphub: no mcphub audit log in database 127.0.0.1:{pg.port}/mcphub_rolse: "
+                )
+                and len(out.stderr.splitlines()) == 1
+            ), (action, out.stderr)
+        tables = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mcphub%'"
+        assert pg.psql("-d", "mcphub_rolse", "-At", "-c", tables).strip() == "0"
+
+
 async def test_the_audit_dsn_password_is_redacted_like_any_other_secret(tmp_path: Path) -> None:
     password = "AuditPwSecret_7f3k9"
     with running_postgres() as pg:
@@ -1378,6 +1437,42 @@ async def test_a_hub_on_postgres_takes_calls_again_after_a_restart_and_stops_whi
         assert again.stop() == 0
         said = again.log_path.read_text()
         assert f"the hub before this one (pid {hub.process.pid}) did not stop cleanly" in said, said
+
+
+async def test_deciding_on_a_hub_whose_store_is_down_says_the_hub_cannot_reach_its_store(
+    tmp_path: Path,
+) -> None:
+    """`approvals approve --hub H` said "cannot reach a hub at H" when H answered that its
+    PostgreSQL store could not be reached (the store's "Connection refused" read as the CLI's)."""
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_decide_down")}
+        hub = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        client = HubClient(hub.grpc)
+        try:
+            call = start_call(client, TOKEN, "delete_thing", {"name": "later"})
+            approval_id = await call.approval_id()
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                said = await asyncio.to_thread(
+                    cli, "approvals", "approve", approval_id, "--hub", hub.grpc, "--token", APPROVER
+                )
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            assert said.returncode == 3, said.stderr
+            assert said.stderr.startswith(
+                f"mcphub: the hub at {hub.grpc} cannot reach its store: the PostgreSQL store (127.0.0.1:"
+            ), said.stderr
+            assert len(said.stderr.splitlines()) == 1, said.stderr
+            approved = await asyncio.to_thread(
+                cli, "approvals", "approve", approval_id, "--hub", hub.grpc, "--token", APPROVER
+            )
+            assert approved.returncode == 0, approved.stderr
+            assert text_of(await call.result()) == "deleted later"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
 
 
 async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ to stop while the database is down stops, and approval watchers keep getting eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,9 @@ from mcp_remote.approvals import Approval, ApprovalBook
 from mcp_remote.audit import log as audit_log
 from mcp_remote.audit.checkpoints import CheckpointSigner
 from mcp_remote.audit.log import AuditLog
-from mcp_remote.audit.postgres import PostgresStore
+from mcp_remote.audit.postgres import SCHEMA_VERSION, PostgresStore
 from mcp_remote.audit.records import PendingRecord
-from mcp_remote.audit.store import RecordQuery
+from mcp_remote.audit.store import AuditStoreUnreachable, RecordQuery
 from mcp_remote.audit.verify import verify_log
 from tests.support.postgres import Postgres, running_postgres
 
@@ -398,3 +399,176 @@ async def test_tail_follow_waits_out_a_database_restart(pg: Postgres, tmp_path: 
         _, err = follower.communicate(timeout=30)
         await store.close()
     assert "trying again every 2s" in err and "answers again" in err, err
+
+
+async def test_opening_the_store_waits_for_no_lock_a_reader_s_long_transaction_holds(pg: Postgres) -> None:
+    """Every open ran the whole schema (ALTER TABLE, CREATE INDEX) in one transaction: behind a
+    reader's long transaction on the approvals it queued for its locks, and every replica's
+    writes queued behind it (calls refused, health 503). A hub starting on a current schema, and
+    `mcphub audit`, now run no DDL: with a lock timeout, they would fail if they waited."""
+    import psycopg
+
+    dsn = pg.create_database("long_reader")
+    log = AuditLog(PostgresStore(dsn), Redactor(), None)
+    await log.start()
+    reader = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await reader.execute("SELECT count(*) FROM mcphub_approvals")  # its transaction stays open
+        impatient = f"{dsn} options='-c lock_timeout=3000'"
+        for read_only in (False, True):
+            store = PostgresStore(impatient, read_only=read_only)
+            await store.open()
+            await store.close()
+        async with asyncio.timeout(20):
+            await committed(log, "meanwhile")
+    finally:
+        await reader.close()
+        async with asyncio.timeout(30):
+            await log.stop()
+    assert pg.psql("-d", "long_reader", "-At", "-c", "SELECT version FROM mcphub_schema").strip() == str(
+        SCHEMA_VERSION
+    )
+
+
+async def test_hubs_starting_together_make_the_schema_once_and_an_unversioned_one_is_upgraded(
+    pg: Postgres,
+) -> None:
+    for name, hubs in (("together_2", 2), ("together_3", 3)):
+        dsn = pg.create_database(name)
+        stores = [PostgresStore(dsn) for _ in range(hubs)]
+        await asyncio.gather(*(store.open() for store in stores))
+        try:
+            for i, store in enumerate(stores):
+                assert (await store.append(records(f"{name}-{i}"))).seq == i + 1
+            assert (await verify_log(stores[0], {})).ok
+        finally:
+            for store in stores:
+                await store.close()
+
+    # Tables made before the schema recorded its version (by an older hub): made current once.
+    pg.psql("-d", "together_2", "-c", "DROP TABLE mcphub_schema")
+    store = PostgresStore(pg.dsn("together_2"))
+    await store.open()
+    try:
+        assert await calls_in(store) == ["together_2-0", "together_2-1"]
+    finally:
+        await store.close()
+    assert pg.psql("-d", "together_2", "-At", "-c", "SELECT version FROM mcphub_schema").strip() == str(
+        SCHEMA_VERSION
+    )
+
+
+async def test_a_reader_s_open_makes_no_tables_and_says_the_database_holds_no_log(pg: Postgres) -> None:
+    """`mcphub audit verify` on a mistyped database made the tables and said "audit log OK: 0
+    records"."""
+    dsn = pg.create_database("mistyped")
+    store = PostgresStore(dsn, read_only=True)
+    with pytest.raises(
+        AuditStoreUnreachable, match=r"^no mcphub audit log in database 127\.0\.0\.1:\d+/mistyped"
+    ):
+        await store.open()
+    assert (
+        pg.psql(
+            "-d", "mistyped", "-At", "-c", "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mcphub%'"
+        ).strip()
+        == "0"
+    )
+
+
+async def test_an_idle_log_probes_its_store_and_a_probe_that_hangs_counts_as_failing(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle log stayed healthy whatever became of its store: health said ok, and the first
+    call ran its tool and had its result withheld."""
+    monkeypatch.setattr(audit_log, "IDLE_PROBE_S", 0.2, raising=False)  # absent before it probed
+    monkeypatch.setattr(audit_log, "HUNG_WRITE_S", 1.0)
+    monkeypatch.setattr(audit_log, "HUNG_CHECK_S", 0.1)
+    log = AuditLog(PostgresStore(pg.create_database("idle_hung")), Redactor(), None)
+    await log.start()
+    try:
+        await committed(log, "before")
+        with caplog.at_level(logging.WARNING, logger="mcp_remote.audit.log"):
+            with pg.hung():
+                async with asyncio.timeout(10):
+                    while log.healthy:  # noqa: ASYNC110 - the probe waits for the server
+                        await asyncio.sleep(0.05)
+            async with asyncio.timeout(20):
+                while not log.healthy:  # noqa: ASYNC110 - the probe's answer comes back
+                    await asyncio.sleep(0.05)
+            assert "the audit store has not answered a write" in caplog.text
+            assert "the audit store answered again" in caplog.text
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                async with asyncio.timeout(10):
+                    while log.healthy:  # noqa: ASYNC110 - the next probe finds it down
+                        await asyncio.sleep(0.05)
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            async with asyncio.timeout(20):
+                while not log.healthy:  # noqa: ASYNC110 - a probe finds it back
+                    await asyncio.sleep(0.05)
+            assert "the audit store does not answer" in caplog.text
+            assert "the audit store answers again" in caplog.text
+        await committed(log, "after")
+    finally:
+        async with asyncio.timeout(30):
+            await log.stop()
+
+
+async def test_calls_waiting_through_an_outage_warn_once_a_minute_on_one_line_each(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The poller of waiting calls warned at each tick (every 0.5 s) for as long as the store was
+    down, and the approval watch's warnings spanned several lines (psycopg's message)."""
+    monkeypatch.setattr(approvals_module, "POLL_INTERVAL_S", 0.02)
+    monkeypatch.setattr(approvals_module, "LISTEN_RETRY_S", 0.05)
+    monkeypatch.setattr(approvals_module, "LISTEN_RETRY_MAX_S", 0.1)
+    store = PostgresStore(pg.create_database("outage_noise"))
+    await store.open()
+    book = ApprovalBook(store, "replica-a")
+    queue = await book.watch()
+    waits = []
+    try:
+        for name in ("one", "two", "three"):
+            approval = await book.create(
+                call_id=name,
+                principal="agent",
+                tool="delete_thing",
+                arguments={"name": name},
+                arguments_json="{}",
+                reason="risky",
+                rule="r",
+                approvers=(),
+                timeout_s=120,
+            )
+            waits.append(asyncio.ensure_future(book.wait(approval)))
+        with caplog.at_level(logging.INFO, logger="mcp_remote.approvals"):
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            try:
+                await asyncio.sleep(1.5)  # dozens of the poller's ticks, and of the watch's retries
+            finally:
+                await asyncio.to_thread(pg.pg_ctl, "start")
+            async with asyncio.timeout(20):
+                while True:
+                    with contextlib.suppress(Unavailable):
+                        await store.get_approval(approval.id)
+                        break
+                    await asyncio.sleep(0.05)
+                # The watch has caught up (closed while it reads what it missed, it would leave
+                # its new connection open).
+                while "approval watch: listening again" not in caplog.text:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        unread = [r.getMessage() for r in caplog.records if "cannot read approval" in r.getMessage()]
+        assert len(unread) == 1, unread
+        assert "trying again every 0.02 s: the PostgreSQL store" in unread[0], unread
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any("approval watch: lost the store's notices" in w for w in warnings), warnings
+        assert any("approval watch: cannot listen to the store" in w for w in warnings), warnings
+        assert all("\n" not in w for w in warnings), warnings
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)  # their callers gone: the book notes it
+        book.unwatch(queue)
+        await book.close()
+        await store.close()

@@ -157,6 +157,52 @@ async def test_health_follows_a_database_that_hangs_and_a_caller_that_left_is_re
     assert "the audit store answered again" in hub.log()
 
 
+async def test_an_idle_hub_s_health_follows_a_database_that_is_down_and_back(tmp_path: Path) -> None:
+    """Replicas with no traffic said ok (/healthz 200, SERVING) with their PostgreSQL stopped:
+    the first call then ran its tool and had its result withheld. An idle hub probes its store.
+    The `unrecorded` record of the calls refused meanwhile names the replica that refused them."""
+    with running_postgres() as pg:
+        dsn = pg.create_database("idle")
+        hub = start_hub(
+            tmp_path,
+            config={"audit": {"store": "postgres", "dsn_env": "AUDIT_DSN"}, "instance": "replica-idle"},
+            env={"AUDIT_DSN": dsn},
+        )
+        client = HubClient(hub.grpc)
+        try:
+            await echo(client, "before")
+            assert await states(hub) == (200, {"status": "ok"}, SERVING)
+            await asyncio.to_thread(pg.pg_ctl, "stop")
+            code, body, checked = await until(hub, 503, timeout=30)
+            assert (code, checked) == (503, NOT_SERVING), (code, body, checked)
+            assert body == {
+                "status": "unavailable",
+                "reason": "the audit log cannot be written; calls are refused until it recovers",
+            }
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await echo(client, "refused before its tool runs")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+            await asyncio.to_thread(pg.pg_ctl, "start")
+            assert await until(hub, 200, timeout=30) == (200, {"status": "ok"}, SERVING)
+            assert (await echo(client, "after")).content[0].text.text == "after"
+        finally:
+            await client.close()
+            assert hub.stop() == 0
+        assert "the audit store does not answer" in hub.log()
+        store = PostgresStore(dsn)
+        await store.open()
+        try:
+            records = [r async for r in store.scan()]
+        finally:
+            await store.close()
+    texts = [r.body_json().get("arguments", {}).get("text") for r in records if r.kind == "requested"]
+    assert texts == ["before", "after"], texts
+    unrecorded = [r.body_json() for r in records if r.kind == "unrecorded"]
+    assert [u["calls"] for u in unrecorded] == [1], unrecorded
+    # Replicas sharing the log each write their own: it says whose (it did not).
+    assert unrecorded[0].get("instance") == "replica-idle", unrecorded
+
+
 async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> None:
     """And a call refused meanwhile is recorded with who sent it (it was `-`: refused before
     authentication ran)."""
