@@ -331,7 +331,10 @@ class SessionDoor:
                 key = request_key
                 if cancelling and not cancelling[0].done():
                     # Its id stays taken until the cancel is delivered: a new request reusing it
-                    # in the meantime would be the one cancelled.
+                    # in the meantime would be the one cancelled. (After that, the SDK may still
+                    # answer the cancelled request with -32800 under its id a moment later, on
+                    # whichever stream holds the id then: a client must not reuse a request's id
+                    # in a session, as the spec says, least of all one it has just abandoned.)
                     cancelling[0].add_done_callback(lambda _: _forget_id(held, session_id, key))
                 else:
                     _forget_id(held, session_id, key)
@@ -353,12 +356,18 @@ class SessionDoor:
         comes on that POST only, and the bridge keeps no event store a client could resume it
         from, so a client that closed it has left (the 2025 revisions' "SHOULD NOT interpret a
         disconnect as cancellation" is for resumable streams)."""
+        import json  # not orjson: a JSON-RPC id may be an integer past 64 bits
+
+        session_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == _SESSION_HEADER), "")
+        transport = self._open_sessions().get(session_id)
+        if transport is None or transport.is_terminated:
+            return  # ended meanwhile (a DELETE): its calls ended with it, and the SDK would log an ERROR
         notification = {
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
             "params": {"requestId": request_id, "reason": "the client closed the connection"},
         }
-        body = orjson.dumps(notification)
+        body = json.dumps(notification, separators=(",", ":")).encode()
         kept = (b"authorization", b"host", _SESSION_HEADER, _VERSION_HEADER)
         headers = [(k, v) for k, v in scope["headers"] if k in kept]
         headers += [
