@@ -270,12 +270,18 @@ def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     A state directory's hub.json is followed only while the hub that wrote it runs: one killed
     with -9 leaves its file behind, and its port may be another hub's by now. A directory given
     with --state-dir that no hub runs from is said to be so (HubTargetError, exit 3) rather than
-    the default address dialed, where someone else's hub may listen. A hub.json that cannot be
-    read is named (on stderr): the hub is then looked for at the default address, which may be
-    the right one, but "cannot reach a hub" alone would send its operator looking for a hub that
-    is not down."""
-    from .cli_admin import pid_alive
-    from .statedir import DEFAULT_GRPC, HUB_FILE, StateError, default_state_dir, load_hub_file
+    the default address dialed, where someone else's hub may listen; so is one whose hub.json
+    cannot be read. Without --state-dir, a hub.json that cannot be read is named (on stderr): the
+    hub is then looked for at the default address, which may be the right one, but "cannot reach
+    a hub" alone would send its operator looking for a hub that is not down."""
+    from .statedir import (
+        DEFAULT_GRPC,
+        HUB_FILE,
+        StateError,
+        default_state_dir,
+        load_hub_file,
+        names_a_running_hub,
+    )
 
     if args.hub:
         return str(args.hub)
@@ -289,6 +295,8 @@ def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     try:
         running = load_hub_file(state_dir)
     except StateError as exc:
+        if explicit:  # the default address may be someone else's hub: no token goes there
+            raise HubTargetError(f"{exc}; name the hub with --hub HOST:PORT", EXIT_HUB) from None
         print(
             f"mcphub: {exc}; looking for the hub at {DEFAULT_GRPC} (--hub ADDRESS names it)", file=sys.stderr
         )
@@ -301,7 +309,7 @@ def hub_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
                 EXIT_HUB,
             )
         return DEFAULT_GRPC
-    if not pid_alive(running.get("pid")):
+    if not names_a_running_hub(running, state_dir):
         raise HubTargetError(
             f"the hub that wrote {state_dir / HUB_FILE} (pid {running.get('pid')}, at {running['grpc']}) "
             "is not running: start it again, or name a hub with --hub HOST:PORT",

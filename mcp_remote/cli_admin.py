@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -282,19 +281,6 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
 # --- approvals ---------------------------------------------------------------------------------
 
 
-def pid_alive(pid: object) -> bool:
-    """Whether the process a hub.json names runs (a hub killed with -9 leaves its file behind)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target: str) -> str | None:
     """--token, else $MCPHUB_TOKEN, else the hub host operator's (its state directory's
     operator.token): operators' commands work on the hub's host without a token to copy.
@@ -305,7 +291,7 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     without one ("principal 'local' does not have the approver role"), which does not say
     that mcphub sent none, nor which state directory it looked in."""
     from .cli import checked_token
-    from .statedir import HUB_FILE, StateError, load_hub_file
+    from .statedir import HUB_FILE, StateError, load_hub_file, names_a_running_hub
 
     if args.token:
         return checked_token(str(args.token), "--token")
@@ -319,7 +305,7 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str], target:
     else:
         if running is None:
             why = f"no hub is running from that state directory (it has no {HUB_FILE})"
-        elif not pid_alive(running.get("pid")):
+        elif not names_a_running_hub(running, state_dir):
             # A hub killed without removing its file: its port may be anyone's now.
             why = f"the hub that wrote its {HUB_FILE} (pid {running.get('pid')}) is not running"
         elif running["grpc"] != target:

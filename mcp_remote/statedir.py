@@ -129,14 +129,27 @@ def _process_started(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _looks_like_a_hub(pid: int) -> bool:
+def _looks_like_a_hub(pid: int, state_dir: Path) -> bool:
     """Does the command line of process `pid` read as `mcphub serve` (or `python -m
-    mcp_remote.cli serve`)? For a `hub.json` of a hub that recorded no start time."""
+    mcp_remote.cli serve`) of `state_dir`: one that names no other `--state-dir`? For a
+    `hub.json` of a hub that recorded no start time. (A hub whose config file names its state
+    directory is taken for this directory's: the start refuses, naming it, rather than run
+    beside it.)"""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return "serve" in argv and any("mcphub" in arg or "mcp_remote" in arg for arg in argv)
+    if "serve" not in argv or not any("mcphub" in arg or "mcp_remote" in arg for arg in argv):
+        return False
+    named = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--state-dir"]
+    named += [arg.removeprefix("--state-dir=") for arg in argv if arg.startswith("--state-dir=")]
+    if not named:
+        return True
+    try:
+        cwd = Path(f"/proc/{pid}/cwd").resolve()
+    except OSError:
+        return True
+    return any((cwd / d).resolve() == state_dir.resolve() for d in named)
 
 
 def running_hub_pid(state_dir: Path) -> int | None:
@@ -148,16 +161,28 @@ def running_hub_pid(state_dir: Path) -> int | None:
     (after a reboot, or this one in a container whose hub has the same pid at each start) is
     not mistaken for it."""
     found = read_hub_file(state_dir)
-    pid = found.get("pid") if found is not None else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+    if found is None or found.get("pid") == os.getpid() or not names_a_running_hub(found, state_dir):
         return None
+    pid: int = found["pid"]
+    return pid
+
+
+def names_a_running_hub(found: Mapping[str, Any], state_dir: Path) -> bool:
+    """Whether the hub that wrote `found` (a `hub.json` of `state_dir`) still runs: its pid is a
+    live process (not a zombie) with the start time the file records, or, in the file of a hub
+    that recorded none (before 2026-12-05), a hub's command line that names no other state
+    directory. A pid reused by another process (after a kill -9, a reboot, a container whose hub
+    has the same pid at each start) is not taken for it: a client would send its token there."""
+    pid = found.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     started = _process_started(pid)
     if started is None:
-        return None
-    recorded = found.get("started") if found is not None else None
+        return False
+    recorded = found.get("started")
     if isinstance(recorded, int) and not isinstance(recorded, bool):
-        return pid if recorded == started else None
-    return pid if _looks_like_a_hub(pid) else None
+        return recorded == started
+    return _looks_like_a_hub(pid, state_dir)
 
 
 def in_use(state_dir: Path, pid: int | None) -> StateInUse:

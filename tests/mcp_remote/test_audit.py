@@ -1586,3 +1586,21 @@ async def test_the_audit_log_keeps_no_megabytes_of_a_callers_request(tmp_path: P
     assert "arguments" not in agent
     audit_dir = hub.state_dir / "audit"
     assert sum(p.stat().st_size for p in audit_dir.iterdir() if p.is_file()) < 1_000_000
+
+
+def test_an_old_hub_file_whose_pid_is_now_another_directorys_hub_does_not_stop_a_start(
+    tmp_path: Path,
+) -> None:
+    """An old hub crashed and left a hub.json without a start time; its pid now belongs to a hub
+    serving another state directory. The start took that hub for the old one and refused."""
+    other = start_hub(tmp_path / "other", http=False)
+    try:
+        mine = tmp_path / "mine" / "state"
+        mine.mkdir(parents=True, mode=0o700)
+        (mine / "hub.json").write_text(
+            json.dumps({"grpc": "127.0.0.1:1", "mcp": None, "pid": other.process.pid})
+        )
+        hub = start_hub(tmp_path / "mine", http=False)
+        assert hub.stop() == 0
+    finally:
+        assert other.stop() == 0

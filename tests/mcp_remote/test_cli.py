@@ -681,6 +681,18 @@ def test_which_hub_a_client_command_talks_to(tmp_path: Path) -> None:
                 "is not running: start it again, or name a hub with --hub HOST:PORT"
             ) in out.stderr.splitlines(), out.stderr
 
+        # A live pid that is not the hub that wrote the file (its pid reused after a kill -9, here
+        # this test's own): it was followed, with the state directory's operator token.
+        reused = tmp_path / "reused"
+        reused.mkdir()
+        (reused / "hub.json").write_text(json.dumps({"grpc": hub.grpc, "pid": os.getpid(), "started": 1}))
+        (reused / "operator.token").write_text("not-to-be-sent-anywhere")
+        for command in (["tools"], ["approvals", "list"]):
+            out = run(*command, "--state-dir", str(reused))
+            assert (
+                out.returncode == 3 and f"(pid {os.getpid()}, at {hub.grpc}) is not running" in out.stderr
+            ), out.stderr
+
         empty = tmp_path / "empty"
         empty.mkdir()
         out = run("tools", "--state-dir", str(empty))
@@ -725,10 +737,16 @@ def test_a_hub_file_that_cannot_be_read_is_named(tmp_path: Path, content: str, p
     try:
         hub_file = hub.state_dir / "hub.json"
         hub_file.write_text(content)
-        out = run("call", "echo", "--args", '{"text": "hi"}', "--state-dir", str(hub.state_dir))
+        # Found through $MCPHUB_STATE_DIR, the default address is tried (it may be the hub).
+        found = {"MCPHUB_STATE_DIR": str(hub.state_dir)}
+        out = run("call", "echo", "--args", '{"text": "hi"}', env=found)
         first = out.stderr.splitlines()[0]
         assert first.startswith(f"mcphub: {hub_file}: not the file a hub writes ({problem}"), out.stderr
         assert first.endswith("; looking for the hub at 127.0.0.1:7070 (--hub ADDRESS names it)"), first
+        # Given with --state-dir, it is not: the caller's token must not go to whoever listens there.
+        out = run("call", "echo", "--args", '{"text": "hi"}', "--state-dir", str(hub.state_dir))
+        assert out.returncode == 3 and out.stderr.startswith(f"mcphub: {hub_file}: not the file"), out.stderr
+        assert out.stderr.rstrip().endswith("; name the hub with --hub HOST:PORT"), out.stderr
         named = run("call", "echo", "--args", '{"text": "hi"}', "--hub", hub.grpc)
         assert (named.returncode, named.stdout, named.stderr) == (0, "hi", "")
     finally:
