@@ -615,21 +615,28 @@ def test_the_operators_token_is_not_sent_to_the_port_of_a_hub_that_died(tmp_path
     import argparse
 
     from mcp_remote.cli_admin import operator_token
+    from mcp_remote.statedir import write_hub_file
 
     (tmp_path / "operator.token").write_text("op_local-operator-token\n")
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     args = argparse.Namespace(token=None, state_dir=tmp_path)
-    for pid, expected in ((int(gone.stdout), None), (os.getpid(), "op_local-operator-token")):
-        (tmp_path / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:7070", "pid": pid}))
-        assert operator_token(args, {}, "127.0.0.1:7070") == expected
+    (tmp_path / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:7070", "pid": int(gone.stdout)}))
+    assert operator_token(args, {}, "127.0.0.1:7070") is None
+    # A live process under the pid is not enough: it must be the one that wrote the file.
+    (tmp_path / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:7070", "pid": os.getpid()}))
+    assert operator_token(args, {}, "127.0.0.1:7070") is None  # pytest's command line is no hub's
+    write_hub_file(tmp_path, "127.0.0.1:7070", None)  # this process, with its start time
+    assert operator_token(args, {}, "127.0.0.1:7070") == "op_local-operator-token"
 
 
 def test_the_approvals_cli_says_why_it_sent_no_operator_token(tmp_path: Path) -> None:
     """The hub's answer to a caller without a token ("principal 'local' does not have the
     approver role") was all `approvals list --hub ADDR --state-dir DIR` said when DIR was not
     that hub's: not that mcphub had sent no token, nor why."""
+    from mcp_remote.statedir import write_hub_file
+
     hub = start_hub(tmp_path / "hub", config={"packs": ["diagnostics"]}, http=False)
     other = tmp_path / "other"
     other.mkdir()
@@ -646,7 +653,7 @@ def test_the_approvals_cli_says_why_it_sent_no_operator_token(tmp_path: Path) ->
             f"{not_sending}: no hub is running from that state directory (it has no hub.json) {advice}",
             "mcphub: permission_denied: principal 'local' does not have the approver role",
         ]
-        (other / "hub.json").write_text(json.dumps({"grpc": "127.0.0.1:1", "pid": os.getpid()}))
+        write_hub_file(other, "127.0.0.1:1", None)  # a live hub's file (this process's)
         out = approvals(other)
         assert out.stderr.splitlines()[0] == (
             f"{not_sending}: the hub running from that state directory listens on 127.0.0.1:1 {advice}"
