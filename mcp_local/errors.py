@@ -11,7 +11,6 @@
     |   +-- DeadlineExceeded     DEADLINE_EXCEEDED
     |   +-- ResourceExhausted    RESOURCE_EXHAUSTED
     |   +-- Unavailable          UNAVAILABLE
-    |   +-- CallStopped          CANCELLED (a call a sandbox's sidecar stopped for its shutdown)
     +-- ToolError                raised by a tool: becomes an `is_error` result the model reads
     +-- ConfigError              bad configuration or pack; names the key and what was expected
 
@@ -30,7 +29,6 @@ import grpc
 from .plainerrors import ConfigError, ToolError, ToolHubError
 
 __all__ = [
-    "CallStopped",
     "ConfigError",
     "Conflict",
     "DeadlineExceeded",
@@ -99,15 +97,3 @@ class ResourceExhausted(HubError):
 
 class Unavailable(HubError):
     status = grpc.StatusCode.UNAVAILABLE
-
-
-class CallStopped(HubError):
-    """A sandbox's sidecar stopped the call while it ran, because the sidecar is shutting down.
-
-    Raised by the hub's federation when a sidecar says so, and answered by the hub's gate as a
-    `stopped` refusal, as the hub answers a call its own stop ended: the tool ran (perhaps in
-    part), so the caller must not take it for a failure of the tool, nor call again blindly.
-    Only a pipeline without the gate sends it on as a status (CANCELLED).
-    """
-
-    status = grpc.StatusCode.CANCELLED

@@ -35,7 +35,6 @@ import orjson
 
 from mcp_local.content import ToolResult
 from mcp_local.errors import (
-    CallStopped,
     ConfigError,
     Conflict,
     DeadlineExceeded,
@@ -259,21 +258,25 @@ class SandboxConnection:
         )
 
 
-_FAILURES: dict[int, type[HubError]] = {
-    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: DeadlineExceeded,
-    # A sidecar that is stopping: it refused the call, whose tool did not run (call again), or it
-    # stopped the call while it ran (the gate answers a `stopped` refusal, as for the hub's stop).
-    grpc.StatusCode.UNAVAILABLE.value[0]: Unavailable,
-    grpc.StatusCode.CANCELLED.value[0]: CallStopped,
+_STOPPING = {
+    grpc.StatusCode.UNAVAILABLE.value[
+        0
+    ]: "the sandbox's sidecar is shutting down and says the call did not start",
+    grpc.StatusCode.CANCELLED.value[0]: "the sandbox's sidecar stopped the call for its shutdown",
 }
-"""The sidecar's failure codes the hub passes on as its own; any other is a tool error."""
+"""What the hub says of a stopping sidecar's failure codes. A sandbox is not trusted: its word
+is a tool error that quotes it, never a status of the hub's (an UNAVAILABLE makes clients' retry
+policies call again, and a call the sandbox claims it did not start may have run) nor a refusal
+of the hub's (`stopped`), which only the hub may answer."""
 
 
 def _raise_failure(sandbox: str, tool: str, failure: spb.SidecarCallFailure) -> NoReturn:
     where = f"sandbox {sandbox!r}, tool {tool}"
-    error = _FAILURES.get(failure.code)
-    if error is not None:
-        raise error(f"{where}: {failure.message}")
+    if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
+        raise DeadlineExceeded(f"{where}: {failure.message}")
+    stopping = _STOPPING.get(failure.code)
+    if stopping is not None:
+        raise ToolError(f"{where}: {stopping}: {failure.message}")
     raise ToolError(f"{where}: {failure.message}")
 
 

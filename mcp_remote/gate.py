@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 
 from mcp_local.content import REFUSED_META, ToolResult
-from mcp_local.errors import CallStopped, DeadlineExceeded, HubError, Unavailable
+from mcp_local.errors import DeadlineExceeded, HubError, Unavailable
 from mcp_local.pipeline import InFlight, Next
 from mcp_local.principals import Principal
 from mcp_local.tools import Tool, ToolCall
@@ -399,12 +399,7 @@ class Gate:
                 return refusal
         call.started = True
         log.record("started", call.call_id, principal.name, call.name, {})
-        try:
-            result = await call_next(call)
-        except CallStopped as exc:
-            # A sandbox's sidecar stopped the call for its shutdown: its caller is told so as a
-            # call the hub's own stop ended is, not as a tool's failure (`mcphub call` exits 3).
-            return ToolResult.refused(exc.message, "stopped")
+        result = await call_next(call)
         if result.meta and REFUSED_META in result.meta:
             # Only the hub says it refused a call: a tool (a sandbox's, say) that claims so
             # would make the audit log and the CLI call a call that ran one that did not.

@@ -431,8 +431,10 @@ async def test_disconnect_removes_the_tools_and_reconnect_brings_them_back(tmp_p
 async def test_a_stopping_sidecar_drains_the_calls_of_the_hub_as_its_own(tmp_path: Path) -> None:
     """Found by an SRE: SIGTERM to a sidecar cut a call routed through the hub at once ("went
     away", exit 1) and took new calls from the hub while it drained. A running call now gets the
-    sidecar's grace and then the `stopped` refusal (exit 3), a new one is refused UNAVAILABLE (its
-    tool did not run: call again), and the link ends after their answers."""
+    sidecar's grace and is then stopped, a new one is refused, and the link ends after their
+    answers. The hub relays both as tool errors that say so: a sandbox's word is not the hub's
+    (review: an UNAVAILABLE or a `stopped` refusal of the hub's would have let a sandbox make
+    clients call again a tool that ran)."""
     hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
     root = tmp_path / "sbx"
     sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
@@ -461,16 +463,14 @@ async def test_a_stopping_sidecar_drains_the_calls_of_the_hub_as_its_own(tmp_pat
 
         await wait_for(draining, what="the sidecar to wait for the hub's call")
         request = pb.CallToolRequest(name="sbx-42__whoami", arguments_json=b"{}")
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await client.call_tool(TOKENS["agent-42"], request)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
-        assert "the sandbox's sidecar is shutting down" in (refused.value.details() or "")
+        refused = await client.call_tool(TOKENS["agent-42"], request)
+        assert refused.is_error and b"refused" not in refused.meta_json, refused
+        refusal = refused.content[0].text.text
+        assert "sidecar is shutting down and says the call did not start" in refusal, refusal
         async with asyncio.timeout(60):
             out, err = (part.decode() for part in await running.communicate())
-        assert running.returncode == 3, (running.returncode, out, err)
-        # A refusal goes to stderr, as every refusal of the hub's does: stdout is the tool's.
-        assert "the sandbox's sidecar is shutting down: the call was stopped before it finished" in err, err
-        assert out == "", out
+        assert running.returncode == 1, (running.returncode, out, err)  # a tool error
+        assert "the sandbox's sidecar stopped the call for its shutdown" in out + err, (out, err)
         assert (markers / "drained").read_text() == "cancelled"
         assert sidecar.process.wait(30) == 0
     finally:
