@@ -675,7 +675,8 @@ class Hub:
 
     async def _record_stopped(self, grace: float) -> None:
         """Write the `stopped` record and wait until it is durable (up to `grace`, at least a
-        second), then remove `hub.json`. A start refused before its `started` record leaves none."""
+        second). A start refused before its `started` record leaves none. `hub.json` goes only
+        once the log has stopped with nothing lost (see `stop`)."""
         if not self._started:
             return
         self._started = False
@@ -687,9 +688,6 @@ class Hub:
             await asyncio.wait_for(asyncio.shield(durable), max(grace, 1.0))
         except Exception:  # a store that fails or hangs: `audit.stop` reports what it lost
             return
-        # The stop is recorded: a supervisor's SIGKILL from here on is not an unclean stop.
-        with contextlib.suppress(OSError):
-            remove_hub_file(self.config.state_dir)
 
     def listen_addresses(self) -> tuple[str, ...]:
         """Every socket the hub listens on, once bound: gRPC, MCP and the packs' own (the browser's
@@ -753,13 +751,14 @@ class Hub:
         """Stop taking calls, give running ones `grace` seconds, stop the rest (their callers are
         told why), then stop the servers and the packs.
 
-        Once the drain is over no call can still finish, so the `stopped` record is written then
-        (and waited for, so that a supervisor's SIGKILL after its timeout cannot lose it), before
-        anything that may be slow. What is left of gRPC after the drain is answers on their way
-        and streams the hub has already ended (a sidecar's Connect, the watches): the server gets
-        ANSWERS_FLUSH_S for them, not a second grace. A client that no longer reads (a frozen
-        sidecar, `docker pause`) keeps its connection open after the server's GOAWAY, and gRPC's
-        stop waits for every connection to close, so it held the stop for the whole grace."""
+        Once the drain is over no call can still finish. What is left of gRPC then is answers on
+        their way and streams the hub has already ended (a sidecar's Connect, the watches): the
+        server gets ANSWERS_FLUSH_S for them, not a second grace, and the bridge its own short
+        shutdown; then the `stopped` record, the last one, is written and waited for, so that a
+        supervisor's SIGKILL after its timeout (grace + 10 s, README) does not lose it. A client
+        that no longer reads (a frozen sidecar, `docker pause`) keeps its connection open after the
+        server's GOAWAY, and gRPC's stop waits for every connection to close, so it held the stop
+        for the whole grace."""
         if self._health_task is not None:
             self._health_task.cancel()
         await self._health.enter_graceful_shutdown()  # NOT_SERVING from now on, for load balancers
@@ -768,10 +767,9 @@ class Hub:
         self.streams.close("the hub is shutting down")
         await self.trail.calls.drain(grace, "the hub is shutting down")
         # No call can finish from here on: the sandboxes' streams end (and their `disconnected`
-        # records are written), the approvals' counts are recorded, then `stopped`.
+        # records are written), the approvals' counts are recorded, the servers close.
         await self.federation.close()
         await self.approvals.close()
-        await self._record_stopped(grace)
         if self._http is not None:
             await self._http.stop()
             self._http = None
@@ -780,6 +778,9 @@ class Hub:
         if self._grpc is not None:
             await self._grpc.stop(min(grace, ANSWERS_FLUSH_S))
             self._grpc = None
+        # Last of the records: nothing can reach the hub from here on (a refusal of a late call,
+        # an approval decided, a sidecar dialing again would each be a record after it).
+        await self._record_stopped(grace)
         await stop_packs(self.packs)
         self.packs.clear()
         self._pack_sockets.clear()

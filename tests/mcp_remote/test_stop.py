@@ -202,3 +202,35 @@ async def test_a_draining_hub_refuses_a_new_mcp_session_as_it_refuses_calls(tmp_
     finally:
         await client.close()
         assert hub.stop() == 0
+
+
+async def test_the_stopped_record_is_the_last_though_callers_keep_calling(tmp_path: Path) -> None:
+    """Review: `stopped` was written before the servers closed, and callers that went on calling
+    (refused: `requested` and `finished unavailable` each) wrote hundreds of records after it;
+    hub.json was removed as soon as it was durable, so a crash or a lost record after it passed
+    for a clean stop at the next start."""
+    hub = start_hub(tmp_path, http=False)
+    client = HubClient(hub.grpc)
+    request = pb.CallToolRequest(name="echo", arguments_json=b'{"text": "again"}')
+    stop_calling = asyncio.Event()
+
+    async def keep_calling() -> None:
+        while not stop_calling.is_set():
+            try:
+                await client.call_tool(None, request, timeout=2)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.001)
+
+    callers = [asyncio.create_task(keep_calling()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.5)
+        hub.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(hub.process.wait, 30) == 0
+    finally:
+        stop_calling.set()
+        await asyncio.gather(*callers)
+        await client.close()
+        hub.stop()
+    last = (await all_records(hub.state_dir))[-1]
+    assert last.kind == "hub" and b'"stopped"' in last.body, last
+    assert not (hub.state_dir / "hub.json").exists()
