@@ -202,8 +202,10 @@ def _options(argv: Sequence[str], *, attached: bool = False) -> tuple[list[str],
     """Positional words and the set of options of an argv (`-rf` -> -r, -f; `--a=b` -> --a).
 
     `attached`: an option's value written into its word counts as a word too, where it stands:
-    `--request=DELETE` and `-XDELETE` read as `-X DELETE` does (each tail of a single-dash word
-    after its first letter may be a value: which letters take one only the program knows)."""
+    `--request=DELETE` and `-XDELETE` read as `-X DELETE` does. Of a single-dash word, the rest
+    after its first letter: not every tail, which took `-target=module.destroy` for `destroy`.
+    (`-sXDELETE`, a value after grouped flags, is read as -s's: which letters take a value only
+    the program knows; `git log -Spush` reads as `git log -S push` does.)"""
     positional: list[str] = []
     options: set[str] = set()
     for word in argv:
@@ -215,8 +217,8 @@ def _options(argv: Sequence[str], *, attached: bool = False) -> tuple[list[str],
         elif word.startswith("-") and len(word) > 1:
             options.add(word)
             options.update(f"-{ch}" for ch in word[1:] if ch.isalpha())
-            if attached:
-                positional.extend(word[i:] for i in range(2, len(word)))
+            if attached and len(word) > 2:
+                positional.append(word[2:])
         else:
             positional.append(word)
     return positional, options

