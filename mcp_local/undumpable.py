@@ -16,6 +16,7 @@ the settings' memfd, which holds the token). Standard library only: ctypes and t
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Collection
 
 __all__ = ["make_undumpable", "scrub_environment_block"]
@@ -52,11 +53,14 @@ def scrub_environment_block(present: Collection[str]) -> int:
         return 0
     block = (ctypes.c_char * (end - start)).from_address(start)
     data = block.raw
+    # Compared as bytes: a name that is not UTF-8 is in `os.environ` as surrogate escapes, and
+    # taken for unset, its value (still the live environment's) would be overwritten.
+    names = {os.fsencode(name) for name in present}
     scrubbed = 0
     offset = 0
     for entry in data.split(b"\0"):
         name, equals, value = entry.partition(b"=")
-        if equals and value and name.decode(errors="replace") not in present:
+        if equals and value and name not in names:
             at = offset + len(name) + 1
             ctypes.memset(ctypes.addressof(block) + at, ord("x"), len(value))
             scrubbed += 1
