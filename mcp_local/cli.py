@@ -143,6 +143,10 @@ def _cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         settings = _settings(args, environ)
     except ConfigError as exc:
+        if args.json:  # what --help promises for a manifest that cannot be used, whatever the reason
+            import json
+
+            print(json.dumps({"ok": False, "manifest": str(args.manifest), "error": str(exc)}))
         return _fail(str(exc))
     import asyncio
 

@@ -188,6 +188,12 @@ def test_check_and_health_speak_json_and_a_wrong_option_gets_its_commands_usage(
     out = _run(["check", "--manifest", str(tmp_path / "bad.yaml"), "--json"], tmp_path)
     assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False
     assert "no such pack" in json.loads(out.stdout)["error"]
+    # A manifest that is not there, or not YAML: the same document (it printed nothing).
+    (tmp_path / "broken.yaml").write_text("packs: [\n")
+    for path in (tmp_path / "missing.yaml", tmp_path / "broken.yaml"):
+        out = _run(["check", "--manifest", str(path), "--json"], tmp_path)
+        assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False, (out.stdout, out.stderr)
+        assert json.loads(out.stdout)["manifest"] == str(path)
 
     out = _run(["health", "--grpc", sidecar.grpc, "--json"], tmp_path)
     assert out.returncode == 0, out.stderr
