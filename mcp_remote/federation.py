@@ -569,13 +569,18 @@ class Federation:
         """Why a call names a tool the registry lacks, when it is a tool of a sandbox the hub
         knows (pinned for it) that is not connected now: after the hub's restart, until its
         sidecar registers again, or after its sidecar went away. UNAVAILABLE, to call again
-        later, rather than "unknown tool"; None otherwise, and for a caller that may not call
-        the name (it is told no more than of any unknown name)."""
+        later, rather than "unknown tool"; None otherwise, for a caller that may not call the
+        name (it is told no more than of any unknown name), and for a sandbox whose principal is
+        no longer configured (a retrying client would call again for ever)."""
         sandbox, separator, tool = call.name.partition(SEPARATOR)
         if not separator or sandbox in self.connections or self.pins.get(sandbox, tool) is None:
             return None
         if call.principal is None or not call.principal.may_call(call.name):
             return None
+        by_name = getattr(self.authenticator, "by_name", None)
+        registrant = by_name().get(sandbox) if by_name is not None else None
+        if by_name is not None and (registrant is None or not registrant[1].has_role("sandbox")):
+            return None  # no principal can register it any more (removed from the config): unknown
         return Unavailable(
             f"sandbox {sandbox!r} is not connected to the hub (its sidecar has not registered since the "
             "hub started, or went away); call again once it has registered"

@@ -159,6 +159,18 @@ async def test_a_known_sandboxs_tool_is_unavailable_until_its_sidecar_registers_
             assert hidden.value.data == grpc.StatusCode.NOT_FOUND, hidden.value
     finally:
         again.stop()
+    # Review: once its principal is gone from the config, nothing can register it again, and
+    # "call again later" would have a client retry for ever: it is an unknown tool.
+    config = hub_config()
+    config["principals"] = [p for p in config["principals"] if p["name"] != "sbx-42"]
+    removed = start_hub(tmp_path / "hub", config=config, http=False)
+    try:
+        async with connect("grpc", removed.grpc, None, TOKENS["agent-42"]) as client:
+            with pytest.raises(ProtocolFailure) as gone:
+                await client.call("sbx-42__files_read", {"path": "hello.txt"})
+            assert gone.value.data == grpc.StatusCode.NOT_FOUND, gone.value
+    finally:
+        removed.stop()
 
 
 async def test_a_draining_hub_refuses_a_new_mcp_session_as_it_refuses_calls(tmp_path: Path) -> None:
