@@ -6,6 +6,7 @@ it accepts, as inetd does: every connection is served by a real sshd.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -57,6 +58,10 @@ class RunningSshd:
                     )
 
     def stop(self) -> None:
+        # Closing a socket does not wake a thread blocked in its accept(); shutting it down does
+        # (the join below waited out its 5 s at every stop).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         if self._thread is not None:
             self._thread.join(5)
