@@ -21,7 +21,8 @@ What git configuration can still run is a filter driver (`filter.<name>.clean`)
 that `.gitattributes` selects: defining one takes writing `.git/config`, which
 the `files` pack refuses, so only a process in the sandbox can. Every command
 runs under `timeout_s` (default 60), in a process group of its own: at the timeout, or when
-its call is cancelled, the group is killed, so a filter git ran does not live on.
+its call is cancelled, the group is killed, so a filter git ran does not live on; a process
+that left the group (`setsid`) lives on, and the call ends without waiting for it.
 """
 
 from __future__ import annotations

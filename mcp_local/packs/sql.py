@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import os
 import re
+import socket
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -300,18 +302,47 @@ PG_CANCEL_TIMEOUT_S = 2.0
 """How long the server's cancel of a cancelled call's statement may take to send."""
 PG_CANCELLED_WAIT_S = 5.0
 """How long a statement may take to end once its cancel was sent, before its connection is closed."""
+PG_CLOSED_WAIT_S = 1.0
+"""How long a statement may take to end once its connection was shut down (its wait wakes at once)."""
 
 
 async def _cancel_statement(conn: Any, statement: asyncio.Future[Rows]) -> None:
-    """Cancel `statement` on the server and wait (bounded) for it to end; it closes `conn`."""
-    with contextlib.suppress(Exception):
+    """Cancel `statement` on the server and wait (bounded) for it to end; it closes `conn`.
+
+    When the cancel cannot be sent (or a proxy, a pooler, takes it and does not answer), or
+    the statement has not ended 5 s after it, the connection is shut down: the statement's wait
+    for the server then ends with an error at once. Not by cancelling the statement's task:
+    psycopg answers that with a cancel of its own, 10 s more, past the 5 s a stopping sidecar
+    gives its stopped calls to answer. Not by `conn.pgconn.finish()` either: that closes the
+    socket under the event loop's watch of it, whose number may be reused before the watch is
+    removed. The server's statement then runs on until the server notices the closed connection
+    (when it next sends to the client, or within `client_connection_check_interval` if set), or
+    to its `statement_timeout` (`timeout_s`)."""
+    try:
         await conn.cancel_safe(timeout=PG_CANCEL_TIMEOUT_S)
-    await asyncio.wait((statement,), timeout=PG_CANCELLED_WAIT_S)
-    if not statement.done():  # the server did not answer: psycopg's own cancel closes it
-        statement.cancel()
+    except Exception:  # noqa: S110 - not sent or not answered: the connection is shut down at once
+        pass
+    else:
         await asyncio.wait((statement,), timeout=PG_CANCELLED_WAIT_S)
-    if statement.done() and not statement.cancelled():
+    if not statement.done():
+        import psycopg
+
+        with contextlib.suppress(OSError, psycopg.Error):  # psycopg.Error: the connection is gone
+            _shut_down(conn.fileno())
+        await asyncio.wait((statement,), timeout=PG_CLOSED_WAIT_S)
+    if not statement.done():  # pragma: no cover - a shut-down connection's wait ends at once
+        statement.cancel()
+    elif not statement.cancelled():
         statement.exception()  # retrieved: the call is cancelled, its statement's error is moot
+
+
+def _shut_down(fd: int) -> None:
+    """Shut the connection on socket `fd` down both ways, leaving `fd`, which libpq owns, open."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
 
 
 async def _pg_statement(

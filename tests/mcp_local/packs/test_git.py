@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -232,6 +233,46 @@ async def test_what_git_started_is_killed_with_it(repo: Path, tmp_path: Path, ho
     finally:
         if _running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timed out"])
+async def test_a_call_ends_though_a_process_that_left_the_group_holds_its_pipes(
+    repo: Path, tmp_path: Path, how: str
+) -> None:
+    """The end of a killed git waited for its pipes to close: a filter's `setsid` child kept them
+    open, so the call (and the cancels after it, a sidecar's stop too) lasted as long as that child.
+    The child itself lives on, as docs/sidecar.md says."""
+    git = make_pack("git", {"author": AUTHOR, "timeout_s": 1 if how == "timed out" else 600}, repo)
+    await git.call("git_commit", message="first", all=True)
+    pid_file = tmp_path / "escaped.pid"
+    _git_config(
+        repo, '[filter "escaping"]', f"    clean = \"setsid sh -c 'echo $$ > {pid_file}; exec sleep 60'\""
+    )
+    (repo / ".gitattributes").write_text("* filter=escaping\n")
+    (repo / "app.py").write_text("print('v2')\n")
+    call = asyncio.ensure_future(git.call("git_diff"))
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert not call.done(), f"git's filter did not start: {call.result()}"
+        await asyncio.sleep(0.02)
+    escaped = int(pid_file.read_text())
+    try:
+        if how == "cancelled":
+            call.cancel()
+            await asyncio.sleep(0.1)
+            call.cancel()  # as the hub's cancel does after the sidecar's: it must not undo the first
+        done, _ = await asyncio.wait([call], timeout=20)
+        assert done, "the call waited for the process that left git's process group (60 s)"
+        assert _running(escaped), "the test's setsid child should outlive git, as documented"
+        if how == "cancelled":
+            assert call.cancelled()
+        else:
+            with pytest.raises(DeadlineExceeded, match="tool 'git_diff' did not finish before the deadline"):
+                call.result()
+    finally:
+        if _running(escaped):
+            os.kill(escaped, signal.SIGKILL)
+        with contextlib.suppress(BaseException):
+            await call
 
 
 async def test_a_sidecar_stopped_after_a_call_past_its_deadline_leaves_nothing_behind(

@@ -4,8 +4,10 @@ parameters, a row limit, writes only where the manifest allows them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ import pytest
 
 from bridge.hubclient import HubClient
 from mcp_local.errors import ConfigError
+from mcp_local.packs.sql import PG_CANCEL_TIMEOUT_S, PG_CANCELLED_WAIT_S
 from mcp_local.redaction import Redactor
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from tests.mcp_remote.test_federation import TOKENS, hub_config, tool_names, wait_for
@@ -594,3 +597,140 @@ async def test_a_stopping_sidecar_cancels_its_statements_on_the_server(
         await client.close()
         await asyncio.to_thread(_end_leftovers, postgres, marker)
     assert "query cancellation interrupted" not in sidecar.log(), sidecar.log()
+
+
+_CANCEL_REQUEST = 80877102
+_ENCRYPTION_REQUESTS = (80877103, 80877104)  # SSLRequest, GSSENCRequest
+
+
+class _CancelLosingProxy:
+    """A TCP proxy to PostgreSQL that passes sessions on but not cancel requests, as a pooler or
+    a proxy may: it takes them and never answers (`swallows`), or closes them unanswered."""
+
+    def __init__(self, pg_port: int, swallows: bool) -> None:
+        self.pg_port = pg_port
+        self.swallows = swallows
+        self.cancels_lost = 0
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self.server.close()
+        for handler in self.handlers:
+            handler.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            head = await reader.readexactly(8)
+            length, code = struct.unpack("!ii", head)
+            if code in _ENCRYPTION_REQUESTS:  # refused: the client goes on in the clear
+                writer.write(b"N")
+                head = await reader.readexactly(8)
+                length, code = struct.unpack("!ii", head)
+            if code == _CANCEL_REQUEST:
+                await reader.readexactly(length - 8)
+                self.cancels_lost += 1
+                if self.swallows:
+                    await reader.read()  # until the client gives up
+                return
+            upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.pg_port)
+            upstream.write(head)
+            await asyncio.gather(self._pump(reader, upstream), self._pump(upstream_reader, writer))
+            upstream.close()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+
+@pytest.mark.parametrize("swallows", [True, False], ids=["unanswered", "closed"])
+async def test_a_statement_whose_cancel_is_lost_ends_within_the_documented_bound(
+    postgres: RunningPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture, swallows: bool
+) -> None:
+    """The bound was 2 s + 5 s, then psycopg's own cancel (cancelling the statement's task): 5 s
+    more to send it and 5 s more to wait, 10 to 12 s in all, past the 5 s a stopping sidecar gives
+    its stopped calls. The connection is now shut down: at once when the cancel was not answered,
+    else after the 5 s; the statement's task ends with the call."""
+    proxy = _CancelLosingProxy(postgres.port, swallows)
+    port = await proxy.start()
+    dsn = f"postgresql://app:app-secret-password-123@127.0.0.1:{port}/shop?sslmode=disable"
+    sql = make_pack("sql", {"databases": {"shop": {"postgres": dsn}}, "timeout_s": 600}, tmp_path)
+    marker = f"cancel_lost_{'unanswered' if swallows else 'closed'}"
+    call = asyncio.ensure_future(sql.call("sql_query", sql=f"SELECT pg_sleep(120) AS {marker}"))
+    try:
+        await _until(lambda: _sleeping(postgres, marker) == 1, 30, "running")
+        call.cancel()
+        bound = PG_CANCEL_TIMEOUT_S + PG_CANCELLED_WAIT_S + 2  # the documented 7 s, and some slack
+        done, _ = await asyncio.wait([call], timeout=bound)
+        assert done, f"the cancelled call was still running after {bound:g}s"
+        assert call.cancelled()
+        assert proxy.cancels_lost == 1
+        left = [t for t in asyncio.all_tasks() if "_pg_statement" in repr(t.get_coro())]
+        assert not left, left
+        assert not [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")]
+    finally:
+        call.cancel()
+        with contextlib.suppress(BaseException):
+            await call
+        await asyncio.to_thread(_end_leftovers, postgres, marker)
+        await proxy.close()
+
+
+async def test_a_stopping_sidecar_answers_a_call_whose_cancel_is_lost_as_stopped(
+    postgres: RunningPostgres, tmp_path: Path
+) -> None:
+    """The call's cancel took 18 s through the sidecar's stop (psycopg's own cancel at the
+    event loop's end), and the hub's caller got "went away while sql_query ran"."""
+    proxy = _CancelLosingProxy(postgres.port, swallows=True)
+    port = await proxy.start()
+    dsn = f"postgresql://app:app-secret-password-123@127.0.0.1:{port}/shop?sslmode=disable"
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    manifest = {
+        "workspace": str(tmp_path),
+        "packs": [{"name": "sql", "options": {"databases": {"shop": {"postgres_env": "SHOP_URL"}}}}],
+    }
+    sidecar = start_sidecar(
+        tmp_path / "sidecar", manifest, hub=hub.grpc, token=TOKENS["sbx-42"], env={"SHOP_URL": dsn}
+    )
+    client = HubClient(hub.grpc)
+    marker = "cancel_lost_at_stop"
+    request = pb.CallToolRequest(
+        name="sbx-42__sql_query", arguments_json=orjson.dumps({"sql": f"SELECT pg_sleep(120) AS {marker}"})
+    )
+    call = None
+    try:
+        await _registered(hub)
+        call = asyncio.ensure_future(client.call_tool(TOKENS["agent-42"], request))
+        await _until(lambda: _sleeping(postgres, marker) == 1, 30, "running")
+        assert await asyncio.to_thread(sidecar.stop) == 0, sidecar.log()
+        async with asyncio.timeout(30):
+            result = await call
+        answer = "\n".join(c.text.text for c in result.content)
+        assert "the sandbox's sidecar is shutting down: the call was stopped before it finished" in answer, (
+            answer
+        )
+        assert proxy.cancels_lost == 1
+    finally:
+        if call is not None:
+            call.cancel()
+        await client.close()
+        sidecar.stop()
+        hub.stop()
+        await asyncio.to_thread(_end_leftovers, postgres, marker)
+        await proxy.close()
+    assert "psycopg" not in sidecar.log(), sidecar.log()
