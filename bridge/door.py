@@ -320,6 +320,7 @@ class SessionDoor:
                     receive, send = _answering(
                         receive,
                         send,
+                        request_key,
                         lambda: _forget_id(held, session_id, request_key),
                         lambda: cancelling.append(self._cancel_soon(scope, request_id)),
                     )
@@ -558,20 +559,43 @@ def _forget_id(held: _Sessions, session_id: str, request_key: str) -> None:
             del held.requests[session_id]
 
 
+def _holds_answer(body: bytes, request_key: str) -> bool:
+    """Whether an SSE chunk carries the answer to the request filed under `request_key`: a
+    message with that id and no method (progress and server requests have one)."""
+    if b"data:" not in body or (b'"result"' not in body and b'"error"' not in body):
+        return False  # the common case (a progress event, a keep-alive) is not parsed
+    for line in body.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                message = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if (
+                isinstance(message, dict)
+                and "method" not in message
+                and str(message.get("id")) == request_key
+            ):
+                return True
+    return False
+
+
 def _answering(
-    receive: Receive, send: Send, forget: Callable[[], None], cancel: Callable[[], None]
+    receive: Receive, send: Send, request_key: str, forget: Callable[[], None], cancel: Callable[[], None]
 ) -> tuple[Receive, Send]:
-    """`receive` and `send` of a request in a session: `forget` is called just before the
-    answer's last bytes go (a client that has its answer may send its next request at once,
-    before the app returns), and `cancel` is called when the client disconnects before them
-    (the SDK's SSE response watches `receive` for that)."""
+    """`receive` and `send` of a request in a session: `forget` is called just before its answer
+    goes (a client that has its answer may send its next request, even with the same id, at once:
+    on an SSE stream the answer is an event and the stream's last bytes come after it, while the
+    client already holds the answer), and `cancel` is called when the client disconnects before
+    it (the SDK's SSE response watches `receive` for that)."""
     answered = False
 
     async def sending(message: Message) -> None:
         nonlocal answered
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            answered = True
-            forget()
+        if message["type"] == "http.response.body" and not answered:
+            last = not message.get("more_body", False)
+            if last or _holds_answer(message.get("body", b""), request_key):
+                answered = True
+                forget()
         await send(message)
 
     async def receiving() -> Message:

@@ -7,7 +7,9 @@ import base64
 import socket
 
 import grpc
+import orjson
 import pytest
+from starlette.types import Message
 
 from bridge.errors import STATUS_TO_JSONRPC, mcp_error_from_grpc
 from bridge.hubclient import HubClient
@@ -158,3 +160,41 @@ async def test_an_unavailable_hub_is_told_from_one_that_cannot_be_reached() -> N
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=said
     )
     assert "is `mcphub serve` running?" in mcp_error_from_grpc(unmarked).message
+
+
+async def test_a_requests_id_is_free_once_its_answer_event_is_sent() -> None:
+    """On an SSE stream the answer is one event and the stream's end comes after it: the id was
+    kept in flight until that end, so a client that had its answer and at once sent a request
+    with the same id was refused (seen as a flaky test on a busy machine)."""
+    from sse_starlette.sse import ServerSentEvent
+
+    from bridge.door import _answering
+
+    forgotten: list[str] = []
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    def event(message: dict[str, object]) -> Message:
+        body = ServerSentEvent(data=orjson.dumps(message).decode(), event="message").encode()
+        return {"type": "http.response.body", "body": body, "more_body": True}
+
+    cancels: list[bool] = []
+    receiving, sending = _answering(
+        receive, send, "7", lambda: forgotten.append("7"), lambda: cancels.append(True)
+    )
+    await sending({"type": "http.response.start", "status": 200, "headers": []})
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+    await sending(event(progress))
+    await sending(event({"jsonrpc": "2.0", "id": 8, "result": {}}))  # another id's: not this one
+    await sending(event({"jsonrpc": "2.0", "id": 7, "method": "sampling/createMessage", "params": {}}))
+    assert forgotten == []
+    await sending(event({"jsonrpc": "2.0", "id": 7, "result": {"content": []}}))
+    assert forgotten == ["7"]
+    await sending({"type": "http.response.body", "body": b"", "more_body": False})
+    await receiving()  # the client leaves after its answer: nothing to cancel
+    assert forgotten == ["7"] and cancels == [] and len(sent) == 6
