@@ -645,6 +645,13 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     page = await store.query(
                         RecordQuery(after_seq=last, limit=FOLLOW_PAGE, newest_first=False)
                     )
+                    if unreadable is not None:  # said before the records it goes on with
+                        print(
+                            "mcphub: the audit store answers again; following from where it stopped",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        unreadable = None
                     for r in page:
                         print(json.dumps(r.as_dict()) if args.json else _show_record(r), flush=True)
                         last = r.seq
@@ -654,12 +661,6 @@ async def _read(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 if unreadable is None:
                     print(f"mcphub: {exc}; trying again every {FOLLOW_RETRY_S:g}s", file=sys.stderr)
                 unreadable = str(exc)
-                continue
-            if unreadable is not None:
-                print(
-                    "mcphub: the audit store answers again; following from where it stopped", file=sys.stderr
-                )
-                unreadable = None
     finally:
         await store.close()
     return EXIT_OK
