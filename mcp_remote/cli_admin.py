@@ -508,6 +508,7 @@ async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
 
 async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .audit import load_public_keys
+    from .audit.sqlite import SQLiteStore
 
     store, state_dir = _open_store(args, environ)
     # The hub's key, and the keys it signed with before it was given a new one (signing.pub.<id>).
@@ -516,13 +517,20 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         *sorted((state_dir / "audit").glob("signing.pub.*")),
     ]
     missing = [p for p in keys_paths if not p.exists()]
-    if missing and not args.public_key and not (state_dir / "audit").is_dir():
+    sqlite = isinstance(store, SQLiteStore)
+    if missing and not sqlite:
+        # The log is in PostgreSQL, its keys in the hub's state directory: a store that cannot be
+        # reached (a wrong DSN) is what to say first, not the keys, nor a SQLite file never meant.
+        await store.open()
+        await store.close()
+    if missing and sqlite and not args.public_key and not (state_dir / "audit").is_dir():
         where = state_dir / "audit" / "audit.db"
         return _fail(
             f"no audit log at {where}; has a hub run with this state directory? (--state-dir DIR)", EXIT_USAGE
         )
     if missing:
-        return _fail(f"no public key at {missing[0]} (pass --public-key FILE)", EXIT_USAGE)
+        also = "" if sqlite else ", or the hub's --state-dir"
+        return _fail(f"no public key at {missing[0]} (pass --public-key FILE{also})", EXIT_USAGE)
     checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
     report = await _verify_report(store, load_public_keys(keys_paths), checkpoint_file)
     if args.json:

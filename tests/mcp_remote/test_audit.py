@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from bridge.hubclient import HubClient
+from mcp_remote.audit.postgres import PostgresStore
 from mcp_remote.audit.sqlite import SQLiteStore
 from mcphub_proto.v1 import approvals_pb2 as apb
 from mcphub_proto.v1 import approvals_pb2_grpc as apb_grpc
@@ -1268,9 +1269,17 @@ def _free_port() -> int:
         return port
 
 
+async def _made_and_closed(store: PostgresStore) -> None:
+    await store.open()
+    await store.close()
+
+
 def test_an_audit_database_that_cannot_be_used_is_one_line_without_its_password(tmp_path: Path) -> None:
+    """`audit verify` of a PostgreSQL log whose hub never signed in this state directory said "no
+    audit log at .../audit.db" (a SQLite file nobody meant) instead of what was wrong with the DSN;
+    it passed only on a machine whose default state directory held keys."""
     password = "AuditPwSecret_7f3k9"
-    shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"})
+    shared = config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}, state_dir=str(tmp_path / "state"))
     (tmp_path / "hub.yaml").write_text(json.dumps(shared))
     with running_postgres() as pg:
         dsns = {
@@ -1291,6 +1300,14 @@ def test_an_audit_database_that_cannot_be_used_is_one_line_without_its_password(
                 assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
                 assert lines[0].startswith("mcphub: the PostgreSQL audit store") and why in lines[0]
                 assert password not in run.stderr + run.stdout
+        # The store answers (its tables made as a hub makes them): what is missing is the key.
+        env = {"AUDIT_DSN": pg.create_database("keyless")}
+        asyncio.run(_made_and_closed(PostgresStore(env["AUDIT_DSN"])))
+        verify = cli("audit", "verify", "--config", str(tmp_path / "hub.yaml"), env=env)
+        key = tmp_path / "state" / "audit" / "signing.pub"
+        assert verify.returncode == 2 and verify.stderr == (
+            f"mcphub: no public key at {key} (pass --public-key FILE, or the hub's --state-dir)\n"
+        ), verify.stderr
 
 
 async def test_a_hub_runs_as_a_role_that_does_not_own_the_tables_and_audit_reads_with_select_only(
