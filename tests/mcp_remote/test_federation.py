@@ -91,9 +91,11 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: st
         await asyncio.sleep(0.05)
 
 
-async def refused_dial(hub: RunningHub, token: str, hello: spb.SidecarHello) -> grpc.aio.AioRpcError:
+async def refused_dial(
+    hub: RunningHub, token: str, hello: spb.SidecarHello, dials: list[int] | None = None
+) -> grpc.aio.AioRpcError:
     """Dial Connect as a sidecar does (its hello queued before the call starts) and return the
-    error the hub ends it with."""
+    error the hub ends it with; each dial made is counted in `dials` (a lost race dials again)."""
 
     async def messages() -> AsyncIterator[spb.SidecarMessage]:
         yield spb.SidecarMessage(hello=hello)
@@ -102,6 +104,8 @@ async def refused_dial(hub: RunningHub, token: str, hello: spb.SidecarHello) -> 
     async with grpc.aio.insecure_channel(hub.grpc) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
         for attempt in range(5):
+            if dials is not None:
+                dials.append(1)
             try:
                 async for _ in stub.Connect(messages(), metadata=(("authorization", f"Bearer {token}"),)):
                     pass
