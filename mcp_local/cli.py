@@ -307,7 +307,7 @@ def add_local_commands(
         ),
     )
     lsub = local.add_subparsers(dest="local_command", metavar="COMMAND")
-    local.set_defaults(func=lambda args, environ: (local.print_help(), EXIT_USAGE)[1])
+    local.set_defaults(func=lambda args, environ: (local.print_help(sys.stderr), EXIT_USAGE)[1])
 
     serve = lsub.add_parser(
         "serve",

@@ -980,8 +980,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parse_arguments(parser, argv)  # an unknown argument: the usage of its own command
     args.owns_process = argv is None  # `mcphub local serve` may exec its server (mcp_local.serving)
     func: Callable[[argparse.Namespace, Mapping[str, str]], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
+    if func is None:  # no command: a usage error, so its help goes where errors go
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         code = func(args, os.environ if environ is None else environ)

@@ -148,7 +148,7 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
         description=__doc__,
     )
     ssub = sandboxes.add_subparsers(dest="sandboxes_command", metavar="COMMAND")
-    sandboxes.set_defaults(func=lambda args, environ: (sandboxes.print_help(), 2)[1])
+    sandboxes.set_defaults(func=lambda args, environ: (sandboxes.print_help(sys.stderr), 2)[1])
 
     listing = ssub.add_parser("list", help="connected sandboxes and their exposed and blocked tools")
     listing.add_argument(

@@ -46,10 +46,13 @@ def test_help_explains_every_command(command: list[str]) -> None:
         assert "$XDG_STATE_HOME/mcphub (~/.local/state/mcphub when XDG_STATE_HOME is unset)" in out.stdout
 
 
-def test_no_command_prints_help_and_fails() -> None:
-    out = run()
+@pytest.mark.parametrize("command", [[], ["local"], ["sandboxes"], ["audit"]])
+def test_no_command_prints_help_and_fails(command: list[str]) -> None:
+    """A usage error, like a missing ACTION: its help went to stdout, where a script reads results."""
+    out = run(*command)
     assert out.returncode == 2
-    assert "COMMAND" in out.stdout
+    assert out.stdout == "" and "usage: mcphub" in out.stderr
+    assert ("COMMAND" if command != ["audit"] else "ACTION") in out.stderr
 
 
 def test_pack_given_twice_or_already_loaded_is_loaded_once(tmp_path: Path) -> None:
