@@ -327,8 +327,6 @@ def _hub_address(value: str) -> str:
         address = parse_address(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if "/" in address.host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
     if address.port == 0:
         raise argparse.ArgumentTypeError(f"{value!r}: port 0 is no hub's port (expected HOST:PORT)")
     return str(address)

@@ -97,6 +97,10 @@ def parse_address(value: str) -> Address:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
     if int(port) > 65535:
         raise ValueError(f"port {int(port)} of {value!r} is past 65535 (0 picks a free one)")
+    if "://" in host:  # `http://host:7070` was bound as a host named "http://host" (not loopback)
+        raise ValueError(f"expected HOST:PORT, without a scheme (e.g. 127.0.0.1:7070), got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._%:-]*", host):
+        raise ValueError(f"{host!r} of {value!r} is no host name or IP address (expected HOST:PORT)")
     return Address(host=host or "127.0.0.1", port=int(port))
 
 

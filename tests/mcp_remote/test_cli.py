@@ -716,10 +716,28 @@ def test_which_hub_a_client_command_talks_to(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("--grpc", "http://127.0.0.1:0", "expected HOST:PORT, without a scheme (e.g. 127.0.0.1:7070)"),
+        ("--http", "https://localhost:0", "expected HOST:PORT, without a scheme (e.g. 127.0.0.1:7070)"),
+        ("--grpc", "local host:0", "'local host' of 'local host:0' is no host name or IP address"),
+    ],
+)
+def test_serve_refuses_an_address_that_is_no_host_and_port(
+    tmp_path: Path, flag: str, value: str, problem: str
+) -> None:
+    """`serve --grpc http://127.0.0.1:7070` was taken as the host "http://127.0.0.1", and refused
+    as a non-loopback bind without principals: its operator went looking at the wrong thing."""
+    out = run("serve", flag, value, "--state-dir", str(tmp_path / "state"))
+    assert out.returncode == 2 and f"argument {flag}: {problem}" in out.stderr, out.stderr
+    assert "principals" not in out.stderr and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
     ("hub", "problem"),
     [
         ("127.0.0.1:99999", "port 99999 of '127.0.0.1:99999' is past 65535"),
-        ("http://127.0.0.1:7070", "expected HOST:PORT (e.g. 127.0.0.1:7070), got 'http://127.0.0.1:7070'"),
+        ("http://127.0.0.1:7070", "expected HOST:PORT, without a scheme (e.g. 127.0.0.1:7070), got 'http"),
         ("36413", "expected HOST:PORT (e.g. 127.0.0.1:7070), got '36413'"),
         ("127.0.0.1:0", "port 0 is no hub's port"),
     ],
