@@ -75,13 +75,23 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> SidecarSe
         grpc=grpc,
         http=http,
         stdio=args.stdio,
-        hub=args.hub or environ.get("MCPHUB_HUB") or None,
+        hub=_hub(args, environ),
         token=args.token or environ.get("MCPHUB_TOKEN") or None,
         sandbox=args.sandbox or environ.get("MCPHUB_SANDBOX") or None,
         backoff=Backoff(first_s=min(0.5, args.reconnect_max), max_s=args.reconnect_max),
         environ={k: v for k, v in environ.items() if k != TOKEN_VARIABLE},
         state_dir=state_dir,
     )
+
+
+def _hub(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    from .settings import hub_address
+
+    if args.hub:
+        return hub_address(args.hub, key="--hub")
+    if environ.get("MCPHUB_HUB"):
+        return hub_address(environ["MCPHUB_HUB"], key="$MCPHUB_HUB")
+    return None
 
 
 TOKEN_VARIABLE = "MCPHUB_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -207,9 +217,19 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
 
 
 def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    target = args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC
     import asyncio
     import json
+
+    from .plainerrors import ConfigError
+    from .settings import hub_address
+
+    key = "--grpc" if args.grpc else "$MCPHUB_LOCAL_GRPC"
+    try:
+        target = hub_address(
+            args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC, key=key, example=DEFAULT_GRPC
+        )
+    except ConfigError as exc:  # a typo is bad usage, not a sidecar that is down
+        return _fail(str(exc), EXIT_USAGE)
 
     healthy, said, link = asyncio.run(_health(target, args.timeout))
     if args.json:  # one object, whatever the answer: a script reads it rather than the words

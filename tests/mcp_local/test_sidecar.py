@@ -144,6 +144,28 @@ def _run(args: list[str], cwd: Path, *, module: bool = False) -> subprocess.Comp
     )
 
 
+SERVE = ["serve", "--grpc", "127.0.0.1:0", "--hub"]
+HEALTH = ["health", "--timeout", "2", "--grpc"]
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ([*SERVE, "http://hub:7070"], "--hub: expected HOST:PORT, without a scheme (e.g. hub.internal:7070)"),
+        ([*SERVE, "hub:0"], "--hub: expected HOST:PORT (e.g. hub.internal:7070), got 'hub:0'"),
+        ([*SERVE, "hub"], "--hub: expected HOST:PORT (e.g. hub.internal:7070), got 'hub'"),
+        ([*HEALTH, "127.0.0.1:70000"], "--grpc: expected HOST:PORT (e.g. 127.0.0.1:7072)"),
+        ([*HEALTH, "a b:1"], "--grpc: 'a b' of 'a b:1' is no host name or IP address"),
+    ],
+)
+def test_an_address_that_is_none_is_bad_usage(tmp_path: Path, command: list[str], said: str) -> None:
+    """`local serve --hub http://hub:7070` started, then dialled a name the resolver refused for
+    ever (its health said the link was down); `local health --grpc` with a typo said "not healthy"."""
+    out = _run(command, tmp_path)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr.startswith(f"mcphub local: {said}"), out.stderr
+
+
 def test_a_bad_manifest_is_refused_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text("packs:\n  - files\n  - {name: sql, option: {}}\nworkspce: /tmp\n")
