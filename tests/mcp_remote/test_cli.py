@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import re
-import resource
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.packs import hostile
+from tests.support.execwith import exec_with
 from tests.support.hub import FAULTY_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
 
 
@@ -350,39 +350,30 @@ def test_a_shared_token_is_a_config_error_and_an_unusable_state_directory_a_stat
     assert f"state directory {used} ({used / 'audit' / 'signing.key'}): Is a directory" in out.stderr
 
 
-def _file_size_limit(size: int) -> Any:
-    """For subprocess: writes past `size` bytes of a file fail (EFBIG), as on a full disk."""
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-
-    return limit
-
-
 @pytest.mark.parametrize(
     ("limit", "value", "words"),
     [
-        (resource.RLIMIT_NOFILE, 16, "the open-file limit is 16 and cannot be raised"),
-        (resource.RLIMIT_AS, 400 * 2**20, "the address-space limit is 400 MiB"),
+        ("RLIMIT_NOFILE", 16, "the open-file limit is 16 and cannot be raised"),
+        ("RLIMIT_AS", 400 * 2**20, "the address-space limit is 400 MiB"),
     ],
     ids=["open-files", "address-space"],
 )
 def test_limits_too_low_for_a_hub_are_one_line_not_a_crash(
-    tmp_path: Path, limit: int, value: int, words: str
+    tmp_path: Path, limit: str, value: int, words: str
 ) -> None:
     """Found by a tester: 16 open files crashed gRPC's core (a segfault), 32 gave a traceback,
     and a low address-space limit aborted the hub with pthread_create failures."""
-
-    def lower() -> None:
-        resource.setrlimit(limit, (value, value))
-
     command = hub_command(
         "serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(tmp_path / "s")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
     out = subprocess.run(
-        command, capture_output=True, text=True, timeout=60, env=env, cwd=REPO, preexec_fn=lower
+        exec_with(command, limits={limit: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
     )
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.splitlines()
@@ -402,8 +393,14 @@ def test_a_start_that_cannot_write_its_secrets_leaves_none_half_written(tmp_path
     command = hub_command("serve", "--grpc", "127.0.0.1:0", "--http", "off", "--state-dir", str(state))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
     env |= {"MCPHUB_PACKS": "diagnostics", "PYTHONDONTWRITEBYTECODE": "1"}
+    # Writes past 8 bytes of a file fail (EFBIG), as on a full disk.
     full = subprocess.run(
-        command, capture_output=True, text=True, timeout=60, env=env, cwd=REPO, preexec_fn=_file_size_limit(8)
+        exec_with(command, limits={"RLIMIT_FSIZE": 8}, ignore=["SIGXFSZ"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
     )
     assert full.returncode == 3 and "Traceback" not in full.stderr, full.stderr
     assert "File too large" in full.stderr

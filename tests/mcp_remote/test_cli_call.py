@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import TOKENS
 from tests.mcp_remote.tools.conftest import SHELL_OPTIONS
+from tests.support.execwith import exec_with
 from tests.support.hub import PROBE_PACK, REPO, RunningHub, hub_command, start_hub
 
 AGENT = TOKENS["agent-a"]
@@ -169,7 +170,9 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_4(open_hub: RunningH
 def test_a_closed_stdout_does_not_abort(open_hub: RunningHub) -> None:
     """uvloop aborted (exit 134) when the descriptor it opened took the number of stdout."""
     for args in (["tools", "--json"], ["call", "echo", "--args", '{"text": "x"}']):
-        out = run(*args, "--hub", open_hub.grpc, stdout=None, preexec_fn=lambda: os.close(1))
+        command = exec_with(hub_command(*args, "--hub", open_hub.grpc), close=[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+        out = subprocess.run(command, stderr=subprocess.PIPE, timeout=60, cwd=REPO, env=env, check=False)
         assert (out.returncode, out.stderr) == (0, b""), (args, out.stderr)
 
 
