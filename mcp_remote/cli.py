@@ -412,7 +412,12 @@ _NOBODY_THERE = ("connection refused", "dns resolution", "no route to host", "na
 
 def unreachable(exc: Any) -> bool:
     """Whether an UNAVAILABLE came from the connection (no hub there, or it went away), not from
-    a hub that answered it is unavailable (its audit store down, shutting down)."""
+    a hub that answered it is unavailable (its audit store down, shutting down). The hub marks
+    its own answers: their words (a store's "Connection refused") are not the connection's."""
+    from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
+
+    if (ERROR_FROM, FROM_HUB) in tuple(exc.trailing_metadata() or ()):
+        return False
     details = (exc.details() or "").lower()
     return any(words in details for words in _TRANSPORT_TROUBLE)
 

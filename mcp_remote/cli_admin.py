@@ -427,11 +427,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 details = exc.details() or ""
                 if answered and details.startswith("the PostgreSQL store"):
                     return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
-                where = (
-                    "cannot reach a hub at"
-                    if unreachable(exc) and not answered
-                    else "the hub is unavailable at"
-                )
+                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
                 return _fail(f"{where} {target}: {details}", EXIT_HUB)
             return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
     return EXIT_OK

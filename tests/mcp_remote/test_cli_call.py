@@ -211,3 +211,27 @@ def test_json_failures_print_one_json_error_on_stdout(shell_hub: RunningHub) -> 
         nobody = run(*command, "--hub", free)
         assert nobody.returncode == 3 and b"cannot reach a hub" in nobody.stderr
         assert json.loads(nobody.stdout)["error"]["code"] == "unavailable", command
+
+
+def test_the_hubs_own_unavailable_is_not_taken_for_no_hub() -> None:
+    """`mcphub call` read the words of an UNAVAILABLE: a hub answering with its store's "Connection
+    refused" was said to be a hub that is not there ("start one with `mcphub serve`")."""
+    import grpc
+
+    from mcp_remote.cli import _rpc_problem
+    from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
+
+    said = "the PostgreSQL store (db:5432/audit) cannot be reached: connection failed: Connection refused"
+    marked = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((ERROR_FROM, FROM_HUB)),
+        details=said,
+    )
+    assert _rpc_problem(marked, "hub:7070") == ("unavailable", f"the hub at hub:7070 is unavailable: {said}")
+    # Without the mark, the same words are the connection's.
+    unmarked = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Connection refused"
+    )
+    code, message = _rpc_problem(unmarked, "hub:7070")
+    assert code == "unavailable" and message.startswith("cannot reach a hub at hub:7070"), message
