@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .content import TextContent, ToolResult
 from .errors import ToolError
 from .tools import Tool, ToolAnnotations, ToolCall
 
@@ -192,8 +193,26 @@ class OutputStore:
         return data[:limit], self.put(principal, data, media_type=media_type, label=label)
 
 
+_PAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "output_id": {"type": "string"},
+        "offset": {"type": "integer", "description": "the page's first byte"},
+        "next_offset": {
+            "type": ["integer", "null"],
+            "description": "the offset to continue with; null at the end of what was kept",
+        },
+        "size": {"type": "integer", "description": "the bytes kept"},
+        "dropped": {"type": "integer", "description": "bytes after the kept ones, counted, not stored"},
+        "encoding": {"enum": ["utf-8", "base64"]},
+        "data": {"type": "string", "description": "the page: UTF-8 text, or base64 of bytes that are not"},
+    },
+    "required": ["output_id", "offset", "next_offset", "size", "dropped", "encoding", "data"],
+}
+
+
 def output_read_tool(store: OutputStore) -> Tool:
-    async def read(call: ToolCall) -> str:
+    async def read(call: ToolCall) -> ToolResult:
         assert call.principal is not None
         item = store.get(call.principal.name, call.arguments["output_id"])
         data = item.data
@@ -214,7 +233,17 @@ def output_read_tool(store: OutputStore) -> Tool:
             more = "; end of output"
         shown = "; not UTF-8 text, shown as base64" if encoding == "base64" else ""
         header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(data)}{shown}{more}]"
-        return f"{header}\n{content}"
+        # The header is for a model; a program pages by `next_offset` rather than by its words.
+        page = {
+            "output_id": item.output_id,
+            "offset": offset,
+            "next_offset": end if end < len(data) else None,
+            "size": len(data),
+            "dropped": item.dropped,
+            "encoding": encoding,
+            "data": content,
+        }
+        return ToolResult(content=(TextContent(f"{header}\n{content}"),), structured=page)
 
     return Tool(
         name="output_read",
@@ -222,7 +251,8 @@ def output_read_tool(store: OutputStore) -> Tool:
         description=(
             "Read part of a large output that an earlier call stored instead of returning whole "
             "(its result names the output_id). Page with offset and limit (bytes); each page's "
-            "header gives the offset to continue with. Text that is not UTF-8 is shown as base64."
+            "header gives the offset to continue with (next_offset in the structured result). "
+            "Text that is not UTF-8 is shown as base64."
         ),
         input_schema={
             "type": "object",
@@ -235,6 +265,7 @@ def output_read_tool(store: OutputStore) -> Tool:
             "additionalProperties": False,
         },
         handler=read,
+        output_schema=_PAGE_SCHEMA,
         annotations=ToolAnnotations(
             title="Read a stored output", read_only=True, destructive=False, idempotent=True
         ),

@@ -139,17 +139,23 @@ async def test_large_output_is_kept_whole_and_readable_by_id(agent_a: ShellClien
     assert s["truncated"] is True and s["stdout_bytes"] == 108894 and len(s["stdout"]) == 4096
     assert s["stdout_output_id"] and "output_read" in outcome.text
     whole = b""
-    offset = 0
-    while True:
+    offset: int | None = 0
+    pages = 0
+    while offset is not None:
         page = await agent_a.call(
             "output_read", {"output_id": s["stdout_output_id"], "offset": offset, "limit": 65536}
         )
         header, _, body = page.text.partition("\n")
+        # A program pages by the structured result; a model by the header's words: they agree.
+        found = page.structured
+        assert found is not None and found["offset"] == offset and found["data"] == body, found
+        assert (found["size"], found["dropped"], found["encoding"]) == (108894, 0, "utf-8")
         whole += body.encode()
-        offset += len(body.encode())
-        if "end of output" in header:
-            break
-    assert whole.decode().splitlines() == [str(i) for i in range(1, 20001)]
+        offset = found["next_offset"]
+        pages += 1
+        assert ("end of output" in header) == (offset is None), header
+        assert offset is None or f"continue with offset {offset}]" in header, header
+    assert pages == 2 and whole.decode().splitlines() == [str(i) for i in range(1, 20001)]
 
 
 async def test_the_last_page_of_a_capped_output_says_what_was_not_kept(agent_a: ShellClient) -> None:
@@ -164,6 +170,12 @@ async def test_the_last_page_of_a_capped_output_says_what_was_not_kept(agent_a: 
     header = last.text.partition("\n")[0]
     assert "end of output" not in header, header
     assert "end of what was kept: the 940319 bytes that followed were counted, not stored" in header
+    assert last.structured is not None
+    assert (last.structured["next_offset"], last.structured["dropped"], last.structured["size"]) == (
+        None,
+        940319,
+        1048576,
+    )
 
 
 async def test_a_character_cut_by_the_preview_is_read_whole_with_the_rest(agent_a: ShellClient) -> None:
@@ -190,6 +202,7 @@ async def test_a_short_output_that_is_not_utf8_is_kept_exactly(agent_a: ShellCli
     header, _, body = page.text.partition("\n")
     assert "not UTF-8 text, shown as base64" in header, header
     assert base64.b64decode(body) == b"ok \377\000\201 end"
+    assert page.structured is not None and page.structured["encoding"] == "base64"
     plain = (await agent_a.exec("printf 'caf\\303\\251'")).structured  # UTF-8: nothing kept
     assert plain["stdout"] == "café" and plain["stdout_output_id"] is None
 
