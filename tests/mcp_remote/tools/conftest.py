@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from tests.support.clients import Outcome
 from tests.support.hub import RunningHub, start_hub
 
 LIMITS = {"memory_mb": 192, "processes": 48, "cpu_s": 60, "cpus": 0.5, "file_size_mb": 64, "tmp_mb": 32}
+UID_BASE = 300_000_000 + (os.getpid() % 1000) * 100_000
+"""The jail's uids of this test process's hubs: tests run in parallel, and two hubs giving
+agent-a the same uid shared its RLIMIT_NPROC budget ("Cannot fork" in one test while another
+ran a fork bomb) and its processes (a test waiting for agent-a's processes to be gone waited
+for the other test's too). Away from the default (200,000,000), which hubs on defaults use."""
 SHELL_OPTIONS: dict[str, Any] = {
+    "uid_base": UID_BASE,
     "default_target": {"kind": "jail", "limits": LIMITS},
     "default_timeout_s": 60,
     "preview_bytes": 4096,
@@ -37,7 +44,10 @@ def shell_hub_config(options: dict[str, Any] | None = None) -> dict[str, Any]:
             {"name": "agent-b", "token": TOKENS["agent-b"]},
             {"name": "approver", "token": TOKENS["approver"], "roles": ["approver"]},
         ],
-        "packs": [{"name": "diagnostics"}, {"name": "shell", "options": options or SHELL_OPTIONS}],
+        "packs": [
+            {"name": "diagnostics"},
+            {"name": "shell", "options": {"uid_base": UID_BASE, **(options or SHELL_OPTIONS)}},
+        ],
     }
 
 
