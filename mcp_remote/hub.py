@@ -61,7 +61,7 @@ from .statedir import (
     write_hub_file,
     write_state_format,
 )
-from .version import version_text
+from .version import VERSION, checkout_commit, version_text
 
 if TYPE_CHECKING:
     from bridge.app import BridgeApp
@@ -642,6 +642,9 @@ class Hub:
                 "event": "started",
                 "instance": self.instance,
                 "pid": os.getpid(),
+                # Which code ran, read back after an upgrade or a rollback (commit: run from git).
+                "version": VERSION,
+                "commit": checkout_commit(),
                 "policy_sha256": policy_digest(self.policy),
                 "unclean_stop_of_pid": unclean,
             },

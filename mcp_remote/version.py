@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mcp_local.version import VERSION
 
-__all__ = ["checkout_commit", "version_text"]
+__all__ = ["VERSION", "checkout_commit", "version_text"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,6 +26,7 @@ import orjson
 import pytest
 
 from bridge.hubclient import HubClient
+from mcp_local.version import VERSION
 from mcp_remote.audit.postgres import PostgresStore
 from mcp_remote.audit.sqlite import SQLiteStore
 from mcphub_proto.v1 import approvals_pb2 as apb
@@ -579,6 +580,11 @@ async def test_a_start_after_a_kill_records_that_the_hub_before_it_did_not_stop(
     started = [r.body_json() for r in await all_records(third.state_dir) if r.kind == "hub"]
     unclean = [b.get("unclean_stop_of_pid") for b in started if b["event"] == "started"]
     assert unclean == [None, sleeper.pid, None], started
+    # Each start says which code ran (an upgrade or a rollback is read back from the log).
+    git = ["git", "rev-parse", "HEAD"]
+    commit = (await asyncio.to_thread(subprocess.run, git, cwd=REPO, capture_output=True, text=True)).stdout
+    for body in (b for b in started if b["event"] == "started"):
+        assert body["version"] == VERSION and body["commit"] == (commit.strip()[:12] or None), body
 
 
 def test_a_hub_refuses_to_start_on_an_edited_journal(tmp_path: Path) -> None:
