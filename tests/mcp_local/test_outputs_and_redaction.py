@@ -8,7 +8,17 @@ import time
 
 import pytest
 
-from mcp_local import OutputStore, Principal, RedactingFilter, Redactor, ToolCall, ToolError, output_read_tool
+from mcp_local import (
+    OutputStore,
+    Principal,
+    RedactingFilter,
+    Redactor,
+    TextContent,
+    ToolCall,
+    ToolError,
+    ToolResult,
+    output_read_tool,
+)
 from mcp_local.outputs import ENTRY_OVERHEAD, decode_page, text_page
 from mcp_local.redaction import _ASSIGNMENTS, REDACTED, _keep_name
 
@@ -63,8 +73,18 @@ async def test_output_read_pages_through() -> None:
     call = ToolCall("output_read", b"")
     call.principal = Principal("alice")
     call.arguments = {"output_id": output_id, "offset": 4, "limit": 3}
-    text = await tool.handler(call)
-    assert text == "[cmd output: bytes 4-7 of 10; continue with offset 7]\nefg"
+    result = await tool.handler(call)
+    assert isinstance(result, ToolResult) and len(result.content) == 1
+    assert result.content[0] == TextContent("[cmd output: bytes 4-7 of 10; continue with offset 7]\nefg")
+    assert result.structured == {
+        "output_id": output_id,
+        "offset": 4,
+        "next_offset": 7,
+        "size": 10,
+        "dropped": 0,
+        "encoding": "utf-8",
+        "data": "efg",
+    }
 
 
 def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
@@ -162,11 +182,16 @@ async def _read_all(store: OutputStore, output_id: str, limit: int, offset: int 
         call = ToolCall("output_read", b"")
         call.principal = Principal("alice")
         call.arguments = {"output_id": output_id, "offset": offset, "limit": limit}
-        header, _, content = (await tool.handler(call)).partition("\n")
+        result = await tool.handler(call)
+        assert isinstance(result, ToolResult) and isinstance(result.content[0], TextContent)
+        header, _, content = result.content[0].text.partition("\n")
         pages.append((header, content))
+        assert result.structured is not None and result.structured["data"] == content
         if "end of output" in header:
+            assert result.structured["next_offset"] is None
             return pages
         offset = int(header.rsplit("continue with offset ", 1)[1].rstrip("]"))
+        assert result.structured["next_offset"] == offset
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 4, 5, 7])
