@@ -224,11 +224,13 @@ async def test_a_claimed_length_buys_no_more_time_than_the_largest_body(port: in
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(_post(10**12))
     started = time.monotonic()
-    while not reader.at_eof() and time.monotonic() - started < 8:
+    # Its deadline is 2 s; the bound is loose for a busy machine (5.6 s seen at load 8), and
+    # the deadline the claimed length would have bought is months.
+    while not reader.at_eof() and time.monotonic() - started < 30:
         writer.write(b"x")  # a byte now and then, never the whole
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(reader.read(), 0.5)
-    assert reader.at_eof() and time.monotonic() - started < 5, time.monotonic() - started
+    assert reader.at_eof() and time.monotonic() - started < 20, time.monotonic() - started
     writer.close()
 
 
