@@ -320,7 +320,7 @@ class SessionDoor:
                     receive, send = _answering(
                         receive,
                         send,
-                        request_key,
+                        request_id,
                         lambda: _forget_id(held, session_id, request_key),
                         lambda: cancelling.append(self._cancel_soon(scope, request_id)),
                     )
@@ -559,28 +559,49 @@ def _forget_id(held: _Sessions, session_id: str, request_key: str) -> None:
             del held.requests[session_id]
 
 
-def _holds_answer(body: bytes, request_key: str) -> bool:
+_SMALL_EVENT = 64 * 1024
+"""An event up to this size whose start is not the answer's, as the SDK writes it, is parsed."""
+
+
+def _holds_answer(body: bytes, answer_start: bytes, request_key: str) -> bool:
     """Whether an SSE chunk carries the answer to the request filed under `request_key`: a
-    message with that id and no method (progress and server requests have one)."""
-    if b"data:" not in body or (b'"result"' not in body and b'"error"' not in body):
-        return False  # the common case (a progress event, a keep-alive) is not parsed
-    for line in body.splitlines():
-        if line.startswith(b"data:"):
+    message with that id and no method (progress and server requests have one).
+
+    The SDK writes an answer as `data: {"jsonrpc":"2.0","id":ID,"result"` (or `"error"`):
+    `answer_start` is that up to the id, checked first, so that a large result is not parsed
+    again here. A small event of another shape (a different SDK's field order) is parsed; a
+    large one is not, and the id is then free when the stream ends, as before."""
+    if b'"result"' not in body and b'"error"' not in body:
+        return False  # the common case (a progress event, a keep-alive) is not looked into
+    # Without splitting: a large result is neither copied nor parsed here. (Inside a JSON
+    # string a quote is escaped and a line break too: no answer's start can be forged there.)
+    at = body.find(b"data:")
+    while at != -1:
+        start = at + 5 + (body[at + 5 : at + 6] == b" ")
+        after = start + len(answer_start)
+        if body.startswith(answer_start, start) and body[after : after + 9] in (b',"result"', b',"error":'):
+            return True
+        line_end = body.find(b"\n", start)
+        line_end = len(body) if line_end == -1 else line_end
+        at_line_start = at == 0 or body[at - 1 : at] in (b"\n", b"\r")
+        if at_line_start and line_end - start <= _SMALL_EVENT:
             try:
-                message = orjson.loads(line[5:])
+                message = orjson.loads(body[start:line_end].rstrip(b"\r"))
             except orjson.JSONDecodeError:
-                continue
-            if (
-                isinstance(message, dict)
-                and "method" not in message
-                and str(message.get("id")) == request_key
-            ):
+                message = None
+            answer = isinstance(message, dict) and "method" not in message and message.get("id") is not None
+            if answer and str(message["id"]) == request_key:
                 return True
+        at = body.find(b"data:", line_end)
     return False
 
 
 def _answering(
-    receive: Receive, send: Send, request_key: str, forget: Callable[[], None], cancel: Callable[[], None]
+    receive: Receive,
+    send: Send,
+    request_id: int | str,
+    forget: Callable[[], None],
+    cancel: Callable[[], None],
 ) -> tuple[Receive, Send]:
     """`receive` and `send` of a request in a session: `forget` is called just before its answer
     goes (a client that has its answer may send its next request, even with the same id, at once:
@@ -588,12 +609,16 @@ def _answering(
     client already holds the answer), and `cancel` is called when the client disconnects before
     it (the SDK's SSE response watches `receive` for that)."""
     answered = False
+    request_key = str(request_id)
+    # An integer id as its digits: orjson refuses one past 64 bits, which JSON-RPC allows.
+    shown_id = str(request_id).encode() if isinstance(request_id, int) else orjson.dumps(request_id)
+    answer_start = b'{"jsonrpc":"2.0","id":' + shown_id
 
     async def sending(message: Message) -> None:
         nonlocal answered
         if message["type"] == "http.response.body" and not answered:
             last = not message.get("more_body", False)
-            if last or _holds_answer(message.get("body", b""), request_key):
+            if last or _holds_answer(message.get("body", b""), answer_start, request_key):
                 answered = True
                 forget()
         await send(message)

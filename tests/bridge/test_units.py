@@ -4,10 +4,10 @@ reached) and proto -> MCP translation."""
 from __future__ import annotations
 
 import base64
+import json
 import socket
 
 import grpc
-import orjson
 import pytest
 from starlette.types import Message
 
@@ -162,11 +162,38 @@ async def test_an_unavailable_hub_is_told_from_one_that_cannot_be_reached() -> N
     assert "is `mcphub serve` running?" in mcp_error_from_grpc(unmarked).message
 
 
-async def test_a_requests_id_is_free_once_its_answer_event_is_sent() -> None:
+def _sse(data: bytes | str) -> Message:
+    from sse_starlette.sse import ServerSentEvent
+
+    text = data.decode() if isinstance(data, bytes) else data
+    return {
+        "type": "http.response.body",
+        "body": ServerSentEvent(data=text, event="message").encode(),
+        "more_body": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("request_id", "answer", "at_once"),
+    [
+        # As the SDK writes its answers (its model's field order): found without parsing.
+        (7, "sdk", True),
+        ("a-7", "sdk-large", True),
+        (7, "sdk-error", True),
+        (2**70, "sdk", True),  # past 64 bits: JSON-RPC allows it, orjson does not
+        # Another field order: a small event is parsed; a large one is not, and the id is free
+        # when the stream ends (as before).
+        ("7", "reordered", True),
+        ("7", "reordered-large", False),
+    ],
+)
+async def test_a_requests_id_is_free_once_its_answer_event_is_sent(
+    request_id: int | str, answer: str, at_once: bool
+) -> None:
     """On an SSE stream the answer is one event and the stream's end comes after it: the id was
     kept in flight until that end, so a client that had its answer and at once sent a request
     with the same id was refused (seen as a flaky test on a busy machine)."""
-    from sse_starlette.sse import ServerSentEvent
+    from mcp_types import JSONRPCError, JSONRPCResponse
 
     from bridge.door import _answering
 
@@ -179,22 +206,33 @@ async def test_a_requests_id_is_free_once_its_answer_event_is_sent() -> None:
     async def receive() -> Message:
         return {"type": "http.disconnect"}
 
-    def event(message: dict[str, object]) -> Message:
-        body = ServerSentEvent(data=orjson.dumps(message).decode(), event="message").encode()
-        return {"type": "http.response.body", "body": body, "more_body": True}
-
     cancels: list[bool] = []
     receiving, sending = _answering(
-        receive, send, "7", lambda: forgotten.append("7"), lambda: cancels.append(True)
+        receive, send, request_id, lambda: forgotten.append("id"), lambda: cancels.append(True)
     )
     await sending({"type": "http.response.start", "status": 200, "headers": []})
     progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
-    await sending(event(progress))
-    await sending(event({"jsonrpc": "2.0", "id": 8, "result": {}}))  # another id's: not this one
-    await sending(event({"jsonrpc": "2.0", "id": 7, "method": "sampling/createMessage", "params": {}}))
+    await sending(_sse(json.dumps(progress)))
+    other = 8 if isinstance(request_id, int) else "a-8"
+    await sending(_sse(json.dumps({"jsonrpc": "2.0", "id": other, "result": {}})))  # another id's
+    asks = {"jsonrpc": "2.0", "id": request_id, "method": "sampling/createMessage", "params": {}}
+    await sending(_sse(json.dumps(asks)))  # the server's own request, with the same id
     assert forgotten == []
-    await sending(event({"jsonrpc": "2.0", "id": 7, "result": {"content": []}}))
-    assert forgotten == ["7"]
+    text = "x" * (200_000 if answer.endswith("large") else 10)
+    if answer.startswith("sdk"):
+        model = (
+            JSONRPCError(jsonrpc="2.0", id=request_id, error={"code": -32603, "message": text})
+            if answer == "sdk-error"
+            else JSONRPCResponse(
+                jsonrpc="2.0", id=request_id, result={"content": [{"type": "text", "text": text}]}
+            )
+        )
+        data = model.model_dump_json(by_alias=True, exclude_unset=True)
+        assert data.startswith('{"jsonrpc":"2.0","id":'), data[:40]  # what the fast path reads
+    else:
+        data = json.dumps({"result": {"text": text}, "id": request_id, "jsonrpc": "2.0"})
+    await sending(_sse(data))
+    assert forgotten == (["id"] if at_once else [])
     await sending({"type": "http.response.body", "body": b"", "more_body": False})
     await receiving()  # the client leaves after its answer: nothing to cancel
-    assert forgotten == ["7"] and cancels == [] and len(sent) == 6
+    assert forgotten == ["id"] and cancels == [] and len(sent) == 6
