@@ -494,7 +494,9 @@ async def test_a_page_that_polls_does_not_hold_every_action_to_its_budget(
     started = time.monotonic()
     clicked = await call(agent, "browser_click", target=button, session="polls")
     assert 'button "Clicked"' in clicked.text, clicked.text
-    assert time.monotonic() - started < 2.5  # the budget is 3 s; a quiet page's click takes ~0.4 s
+    # Held to the budget, a click takes more than its 3 s; a quiet page's takes ~0.4 s (the
+    # margin is for a busy machine: nothing but the bug reaches 3 s).
+    assert time.monotonic() - started < 2.95
     await call(agent, "browser_close", session="polls")
 
 
@@ -506,7 +508,9 @@ async def test_a_download_that_never_ends_holds_only_its_own_action(agent: ToolC
     started = time.monotonic()
     clicked = await call(agent, "browser_click", target=ref(page.text, "button", "Press"), session="trickle")
     assert 'button "Clicked"' in clicked.text, clicked.text
-    assert time.monotonic() - started < 2.5  # the budget is 3 s; a quiet page's click takes ~0.4 s
+    # Held to the budget, a click takes more than its 3 s; a quiet page's takes ~0.4 s (the
+    # margin is for a busy machine: nothing but the bug reaches 3 s).
+    assert time.monotonic() - started < 2.95
     await call(agent, "browser_close", session="trickle")
 
 
