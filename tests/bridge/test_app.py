@@ -257,6 +257,6 @@ def test_stopping_while_a_body_is_still_coming_answers_503_at_once(
         server.stop()
     assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
     assert b'"the server is shutting down"' in answer
-    assert waited < 1.5, waited  # not uvicorn's 2 s grace
+    assert waited < 1.9, waited  # not uvicorn's 2 s grace (the margin below it is for a busy machine)
     log = server.log()
     assert " ERROR " not in log and "Traceback" not in log, log
