@@ -184,7 +184,7 @@ async def test_a_connection_that_sends_nothing_is_closed(port: int) -> None:
 async def test_headers_dribbled_a_byte_at_a_time_get_408(port: int) -> None:
     answer, waited = await asyncio.to_thread(_dribble, port)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert waited < 4, waited
+    assert waited < 5.5, waited  # its deadline is 1 s; the whole head takes 6 s (room for a busy machine)
 
 
 def _dribble(port: int) -> tuple[bytes, float]:
@@ -204,7 +204,8 @@ async def test_a_body_that_stops_coming_is_cut_off(port: int) -> None:
     writer.write(_post(100) + b"{")
     await writer.drain()
     answer, waited = await _until_closed(reader, 20)
-    assert answer == b"" and waited < 5, waited  # 1 s grace + 100 bytes at 64 KiB/s
+    # 1 s grace + 100 bytes at 64 KiB/s; held for ever before (the bound has room for a busy machine)
+    assert answer == b"" and waited < 12, waited
     writer.close()
 
 
@@ -214,8 +215,8 @@ async def test_a_bare_crlf_does_not_stop_the_clock(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"\r\n")
     await writer.drain()
-    answer, waited = await _until_closed(reader, 8)
-    assert answer.startswith(b"HTTP/1.1 408 ") and waited < 4, (answer, waited)
+    answer, waited = await _until_closed(reader, 20)
+    assert answer.startswith(b"HTTP/1.1 408 ") and waited < 12, (answer, waited)  # 1 s; was for ever
     writer.close()
 
 
@@ -518,7 +519,7 @@ async def test_the_request_being_answered_learns_that_the_client_left_with_one_q
     started = time.monotonic()
     await asyncio.wait_for(STREAM_DONE[0].wait(), 15)
     assert STREAM_OUTCOMES == ["saw the client leave"]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 9  # at its next write; running to its end takes 10 s
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
@@ -581,7 +582,7 @@ async def test_a_body_that_stops_coming_after_100_continue_is_still_cut_off(port
     writer.write(b"01234")
     await writer.drain()
     answer, waited = await _until_closed(reader, 20)
-    assert answer == b"" and waited < 5, (answer, waited)  # 1 s grace + 10 bytes at 64 KiB/s
+    assert answer == b"" and waited < 12, (answer, waited)  # 1 s grace + 10 bytes at 64 KiB/s
     writer.close()
 
 
