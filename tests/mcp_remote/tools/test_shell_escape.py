@@ -196,6 +196,19 @@ async def test_nested_user_namespaces_are_refused(agent_a: ShellClient) -> None:
     assert outcome.structured["exit_code"] != 0 and "uid=0" not in outcome.structured["stdout"]
 
 
+def _alive(pids: list[int]) -> set[int]:
+    """Those of `pids` that are running: a zombie has died, whoever is yet to reap it."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
 def _cgroup_dirs_of(hub_pid: int) -> list[Path]:
     """The `mcphub-<pid>` groups a hub made, in every hierarchy (they sit below the hub's own group)."""
     found = []
@@ -220,11 +233,15 @@ async def test_sandbox_processes_die_with_the_hub(tmp_path: Path) -> None:
             assert not started.is_error, started.text
         await wait_until(lambda: bool(processes_running("sleep", f"{marker}0")), what="a background sleep")
         uid = (hub.state_dir / "workspaces" / "agent-a").stat().st_uid
-        assert processes_of_uid(uid)
+        # This hub's sandboxes: another test's hub may run agent-a's processes under the same uid.
+        ours = set(processes_of_uid(uid, under=hub.process.pid))
+        assert ours
         made = _cgroup_dirs_of(hub.process.pid)
         hub.process.send_signal(signal.SIGKILL)
         hub.process.wait()
-        await wait_until(lambda: not processes_of_uid(uid), what="the sandboxes to die with the hub")
+        await wait_until(
+            lambda: not ours & _alive(processes_of_uid(uid)), what="the sandboxes to die with the hub"
+        )
     finally:
         await client.close()
         hub.stop()
