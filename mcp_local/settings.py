@@ -7,11 +7,11 @@ without loading gRPC, and hand them to the process that serves (see `mcp_local.s
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .addresses import host_problem, split_host_port
 from .manifest import Manifest
 from .plainerrors import ConfigError
 
@@ -22,15 +22,13 @@ def hub_address(value: str, *, key: str, example: str = "hub.internal:7070") -> 
     """A hub's gRPC address, `HOST:PORT` or `[V6]:PORT`, as given; a ConfigError naming `key` when
     it is none: a sidecar given `http://hub:7070` or port 0 dialled it for ever, logging a
     resolver's error each time, and `local health` said its link was down."""
-    text = value.strip()
-    host, sep, port = text[1:].partition("]:") if text.startswith("[") else text.rpartition(":")
-    if "://" in host:
-        raise ConfigError(f"{key}: expected HOST:PORT, without a scheme (e.g. {example}), got {value!r}")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    host, sep, port = split_host_port(value)
+    # A scheme is named even when the rest is wrong too (`http://hub:0`).
+    if "://" not in host and (not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535):
         raise ConfigError(f"{key}: expected HOST:PORT (e.g. {example}), got {value!r}")
-    if not re.fullmatch(r"[A-Za-z0-9._%:-]+", host):
-        raise ConfigError(f"{key}: {host!r} of {value!r} is no host name or IP address (expected HOST:PORT)")
-    return text
+    if problem := host_problem(host, value, example):
+        raise ConfigError(f"{key}: {problem}")
+    return value.strip()
 
 
 @dataclass(frozen=True, slots=True)

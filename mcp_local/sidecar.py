@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from .addresses import split_host_port
 from .errors import ConfigError
 from .hublink import HubLink, LinkState
 from .linkhealth import LinkHealth
@@ -72,11 +73,7 @@ AGENT = Principal("agent", ("*",))
 
 def split_address(value: str, *, key: str) -> tuple[str, int]:
     """`HOST:PORT`, `[V6]:PORT` or `:PORT` -> (host, port); the host must be a loopback address."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
+    host, sep, port = split_host_port(value)
     host = host or "127.0.0.1"
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{key}: expected HOST:PORT (e.g. 127.0.0.1:7072), got {value!r}")

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from bridge.options import MAX_BODY_BYTES  # standard library only
+from mcp_local.addresses import host_problem, split_host_port
 from mcp_local.errors import ConfigError
 from mcp_local.plainerrors import read_text, yaml_problem
 from mcp_local.principals import OPERATOR, Principal
@@ -88,19 +89,13 @@ class Address(BaseModel):
 
 def parse_address(value: str) -> Address:
     """`HOST:PORT`, `[V6]:PORT` or `:PORT` (loopback)."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
+    host, sep, port = split_host_port(value)
     if not sep or not port.isdigit():
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:7070), got {value!r}")
     if int(port) > 65535:
         raise ValueError(f"port {int(port)} of {value!r} is past 65535 (0 picks a free one)")
-    if "://" in host:  # `http://host:7070` was bound as a host named "http://host" (not loopback)
-        raise ValueError(f"expected HOST:PORT, without a scheme (e.g. 127.0.0.1:7070), got {value!r}")
-    if not re.fullmatch(r"[A-Za-z0-9._%:-]*", host):
-        raise ValueError(f"{host!r} of {value!r} is no host name or IP address (expected HOST:PORT)")
+    if problem := host_problem(host, value, "127.0.0.1:7070"):
+        raise ValueError(problem)
     return Address(host=host or "127.0.0.1", port=int(port))
 
 

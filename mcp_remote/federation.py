@@ -259,9 +259,9 @@ class SandboxConnection:
 
 
 _STOPPING = {
-    grpc.StatusCode.UNAVAILABLE.value[
-        0
-    ]: "the sandbox's sidecar is shutting down and says the call did not start",
+    grpc.StatusCode.UNAVAILABLE.value[0]: (
+        "the sandbox's sidecar is shutting down and says the call did not start"
+    ),
     grpc.StatusCode.CANCELLED.value[0]: "the sandbox's sidecar stopped the call for its shutdown",
 }
 """What the hub says of a stopping sidecar's failure codes. A sandbox is not trusted: its word
