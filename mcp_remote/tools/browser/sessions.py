@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -43,6 +44,7 @@ from playwright.async_api import Error as PlaywrightError
 from mcp_local.errors import ToolError
 
 from .options import CHROMIUM_ARGS, BrowserOptions
+from .scratch import ScratchDir
 from .workspace import safe_file_name, save_download, workspace_dir
 
 __all__ = ["BrowserSession", "NetworkEntry", "SessionKey", "SharedBrowser"]
@@ -54,9 +56,10 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _driver_in_its_own_session() -> Iterator[list[asyncio.subprocess.Process]]:
+def _driver_in_its_own_session(tmpdir: Path | None = None) -> Iterator[list[asyncio.subprocess.Process]]:
     """Start Playwright's driver outside the hub's process group; yields a list that holds the
     driver's process once it started (Playwright keeps it to itself), so that its end is seen.
+    `tmpdir`: the driver's (and so Chromium's) `TMPDIR` (`scratch.py`).
 
     Ctrl-C in a terminal (or `timeout`, or a supervisor signalling the group) reaches every
     process of the foreground group at once; the driver would die before the hub closed the
@@ -71,6 +74,8 @@ def _driver_in_its_own_session() -> Iterator[list[asyncio.subprocess.Process]]:
 
     async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         kwargs.setdefault("start_new_session", True)
+        if tmpdir is not None and "run-driver" in args:
+            kwargs["env"] = {**(kwargs.get("env") or os.environ), "TMPDIR": str(tmpdir)}
         process = await original(*args, **kwargs)
         if "run-driver" in args:
             drivers.append(process)
@@ -481,11 +486,16 @@ class SharedBrowser:
         self._reaper: asyncio.Task[None] | None = None
         self._driver_watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self._scratch: ScratchDir | None = None
         self.launches = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            self._scratch = ScratchDir.create()
+        except OSError as exc:
+            logger.warning("the browser's temp files go to the system's temp directory: %s", exc)
         self._reaper = asyncio.create_task(self._reap(), name="browser-reaper")
         if self.options.launch_at_start:
             self._launching = asyncio.create_task(self._launch(), name="browser-launch")
@@ -515,6 +525,9 @@ class SharedBrowser:
             with contextlib.suppress(PlaywrightError, OSError):
                 await self._playwright.stop()
             self._playwright = None
+        if self._scratch is not None:
+            self._scratch.remove()
+            self._scratch = None
 
     async def browser(self) -> Browser:
         """The running Chromium, launching it (again, after a crash) when needed."""
@@ -531,7 +544,8 @@ class SharedBrowser:
 
     async def _launch(self) -> Browser:
         if self._playwright is None:
-            with _driver_in_its_own_session() as drivers:
+            tmpdir = self._scratch.path if self._scratch is not None else None
+            with _driver_in_its_own_session(tmpdir) as drivers:
                 self._playwright = await async_playwright().start()
             if drivers:
                 self._driver_watch = asyncio.create_task(

@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,13 +58,13 @@ OPEN_GATE: dict[str, Any] = (
 )
 
 
-def _browser_hub(workdir: Path, **options: Any) -> RunningHub:
+def _browser_hub(workdir: Path, env: dict[str, str] | None = None, **options: Any) -> RunningHub:
     config = {
         "principals": PRINCIPALS,
         "packs": ["diagnostics", {"name": "browser", "options": {"allow": ["127.0.0.1"], **options}}],
         **OPEN_GATE,
     }
-    return start_hub(workdir, config=config)
+    return start_hub(workdir, config=config, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -954,6 +956,39 @@ async def test_a_dead_driver_is_started_again_and_other_sessions_carry_on(
         assert idle_hub.alive()
         after = idle_hub.log().split("Playwright's driver went away", 1)[1]
         assert "Traceback" not in after and " ERROR " not in after, after
+
+
+async def test_the_browsers_temp_files_go_with_the_hub(
+    tmp_path: Path, site: Site, request: pytest.FixtureRequest
+) -> None:
+    """Found by us in /tmp after the suite: each hub, driver or Chromium that was killed left
+    Playwright's profile and artifacts directories and Chromium's socket directory behind, a
+    megabyte or more each. They are now in one directory of the hub's own, which it removes when
+    it stops, and which the next hub removes when the last one was killed."""
+    tmp = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))  # Chromium's socket path must be short
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    env = {"TMPDIR": str(tmp)}
+    first = _browser_hub(tmp_path / "first", env=env, spare_contexts=0)
+    try:
+        async with connect("grpc", first.grpc, first.mcp_url, TOKENS["agent-a"]) as client:
+            await call(client, "browser_navigate", url=site.url("/echo?n=tmp"))
+        chromium = _chromium_of(first)
+        ours = [entry.name for entry in tmp.iterdir()]
+        assert len(ours) == 1 and ours[0].startswith("mcphub-browser-"), ours
+        assert any((tmp / ours[0]).iterdir()), "the browser's temp files are not in the hub's directory"
+    finally:
+        first.kill()
+    assert await _until(lambda: not _running(chromium), 30), "Chromium outlived its hub"
+    assert (tmp / ours[0]).is_dir()  # a killed hub removes nothing
+
+    second = _browser_hub(tmp_path / "second", env=env, spare_contexts=0)
+    try:
+        assert await _until(lambda: _has_chromium(second), 30), "Chromium did not start"
+        now = [entry.name for entry in tmp.iterdir()]
+        assert len(now) == 1 and now != ours, f"the killed hub's directory is still there: {now}"
+    finally:
+        second.stop()
+    assert list(tmp.iterdir()) == [], "a hub that stopped left its temp files"
 
 
 async def test_without_chromium_the_pack_says_so_and_the_hub_works(
