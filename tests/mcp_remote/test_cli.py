@@ -21,6 +21,7 @@ import yaml
 from tests.packs import hostile
 from tests.support.execwith import exec_with
 from tests.support.hub import FAULTY_PACK, REPO, RunningHub, hub_command, serve_refused, start_hub
+from tests.support.netns import in_own_network, joining_network
 
 
 def run(
@@ -98,8 +99,9 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
     env.pop("XDG_STATE_HOME", None)
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
+        # In a network namespace of its own: 7070 and 7071 may be taken on this machine.
         proc = subprocess.Popen(
-            hub_command("serve"),
+            in_own_network(hub_command("serve")),
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -114,7 +116,8 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
         assert (tmp_path / ".local" / "state" / "mcphub" / "hub.json").exists()
 
         def mcphub(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(hub_command(*args), capture_output=True, text=True, env=env, timeout=60)
+            command = joining_network(proc.pid, hub_command(*args))
+            return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
         out = mcphub("call", "echo", "--args", '{"text": "defaults"}')
         assert out.stdout.strip() == "defaults", out.stderr
