@@ -83,6 +83,12 @@ _FORMS: tuple[tuple[str, str], ...] = (
     (rf"(?<![\w.-])--(?!no-){_NAME}\s+(?=[^-\s<>|&;])", _VALUE),
     # Authorization: Token x
     (r"\bauthorization\s*:\s*[a-z]+\s+(?=\S*[0-9+/=._~-])", _VALUE),
+    # Authorization: Basic dXNlcjpwYXNz (base64 of "user:pass" may have no digit or symbol)
+    (
+        r"\bauthorization\s*:\s*basic\s+"
+        r"(?=(?:[a-z0-9+/]{4}){2,}(?:[a-z0-9+/]{2}==|[a-z0-9+/]{3}=)?(?![\w+/=]))",
+        _VALUE,
+    ),
     # scheme://user:x@host (the scheme is its whole run of scheme characters, for the reason above)
     (r"(?<![a-z0-9+.-])[a-z0-9+.-]+://[^\s/:@'\"?#]+:(?=[^\s/@'\"?#]+@)", r"[^\s/@'\"?#]+"),
     # curl -H 'X-Api-Key: x' (a header named for a secret; Authorization has its own form)
@@ -107,8 +113,11 @@ _FORMS: tuple[tuple[str, str], ...] = (
 _ASSIGNMENTS = re.compile(
     "(?i)"
     + "|".join(f"(?P<k{i}>{keep})(?P<v{i}>{value})" for i, (keep, value) in enumerate(_FORMS))
-    # Bearer x, Basic x: only a value that looks like a credential (it has a digit or a symbol)
-    + r"|(?P<kb>\b(?:bearer|basic)\s+)(?P<vb>(?=[\w.~+/=-]*[0-9+/=._~-])[\w.~+/=-]{8,})"
+    # Bearer x, Basic x: only a value that looks like a credential (it has a digit or a symbol),
+    # and not a command line's next option (`--password-store=basic --use-mock-keychain`; a
+    # token of base64url may start with "--", but not with a lowercase word and its end)
+    + r"|(?P<kb>\b(?:bearer|basic)\s+)"
+    + r"(?P<vb>(?!(?-i:--[a-z][a-z-]*)(?:[=\s]|$))(?=[\w.~+/=-]*[0-9+/=._~-])[\w.~+/=-]{8,})"
 )
 
 

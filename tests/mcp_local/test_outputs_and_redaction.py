@@ -129,6 +129,7 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
         ("sshpass -p S3cret7 ssh h", "sshpass -p [REDACTED] ssh h"),
         ("docker login -u me -p S3cret8 reg", "docker login -u me -p [REDACTED] reg"),
         ("curl -H 'Authorization: Token S3cret9'", "curl -H 'Authorization: Token [REDACTED]'"),
+        ("curl -H 'Authorization: Basic dXNlcjpwYXNz' u", "curl -H 'Authorization: Basic [REDACTED]' u"),
         ("TOKEN='Hunter2Secret' ./run", "TOKEN='[REDACTED]' ./run"),
         ("PGPASSWORD='Hunt'\"Secret\" psql", "PGPASSWORD=[REDACTED] psql"),
         ('curl -H "X-Api-Key: Hunter2Secret" u', 'curl -H "X-Api-Key: [REDACTED]" u'),
@@ -141,6 +142,11 @@ def test_registered_secrets_and_credential_shapes_are_redacted() -> None:
         ("git commit -m 'rotate token: see ticket'", "git commit -m 'rotate token: see ticket'"),
         ("grep password: config.yml", "grep password: config.yml"),
         ("echo basic authentication works", "echo basic authentication works"),
+        # Chromium's command line, as Playwright logs it: the option after `basic` is no credential.
+        (
+            "chromium --password-store=basic --use-mock-keychain --no-sandbox",
+            "chromium --password-store=basic --use-mock-keychain --no-sandbox",
+        ),
         ("ssh -p 22 h; mkdir -p dir; psql -p 5432", "ssh -p 22 h; mkdir -p dir; psql -p 5432"),
         ("openssl enc -pass pass:hunter22 x", "openssl enc -pass pass:[REDACTED] x"),
         # Review of e7913e8: ordinary arguments that were mangled.
