@@ -287,16 +287,24 @@ class BrowserRuntime:
         page = await session.ensure_page()
         before = session.navigations
         session.watch()
-        finished, _ = await session.act(action(page))
-        if not finished:
-            return Reply(f"{done}; the page opened {session.modal_state()} and waits for an answer")
-        await self.settle(session, page, before, call)
-        await session.caused(self.budget_ms(call, CAUSED_WAIT_S) / 1000)
-        if session.pages and session.page is not page:  # the action opened a tab, now current
-            with contextlib.suppress(PlaywrightError):
-                await session.page.wait_for_load_state(
-                    "load", timeout=self.budget_ms(call, self.options.navigation_timeout_s)
-                )
+        try:
+            finished, _ = await session.act(action(page))
+            if not finished:
+                return Reply(f"{done}; the page opened {session.modal_state()} and waits for an answer")
+            await self.settle(session, page, before, call)
+            await session.caused(self.budget_ms(call, CAUSED_WAIT_S) / 1000)
+            if session.pages and session.page is not page:  # the action opened a tab, now current
+                with contextlib.suppress(PlaywrightError):
+                    await session.page.wait_for_load_state(
+                        "load", timeout=self.budget_ms(call, self.options.navigation_timeout_s)
+                    )
+        except asyncio.CancelledError:
+            # A load the action began (a link, a form) stops with it, as a cancelled navigate's does.
+            if session.navigations != before:
+                await _stop_loading(page)
+            if session.pages and session.page is not page:
+                await _stop_loading(session.page)
+            raise
         return Reply(done, snapshot=True)
 
     def explain(self, url: str, exc: PlaywrightError) -> str:
@@ -384,9 +392,16 @@ async def _open(rt: BrowserRuntime, s: BrowserSession, call: ToolCall, url: str)
 
 async def navigate_back(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     page = await s.ensure_page()
-    finished, response = await s.act(
-        page.go_back(timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
-    )
+    try:
+        finished, response = await s.act(
+            page.go_back(timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
+        )
+    except asyncio.CancelledError:
+        await _stop_loading(page)
+        raise
+    except PlaywrightTimeoutError:
+        await _stop_loading(page)
+        raise
     if finished and response is None and page.url in ("about:blank", ""):
         return Reply("there is no previous page in this tab", snapshot=False)
     return Reply(f"went back to {page.url}", snapshot=finished)

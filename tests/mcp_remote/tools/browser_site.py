@@ -94,6 +94,8 @@ class Site:
         """Released once per request of /loading as its body begins."""
         self.loads_stopped = threading.Semaphore(0)
         """Released once per request of /loading whose client stopped reading before its end."""
+        self.loaded_once: set[str] = set()
+        """The `once=KEY` of /loading already asked for (the first request of one is quick)."""
         self.port = server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -131,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(head) + steps))
+        self.send_header("Cache-Control", "no-store")  # going back to it asks again
         self.end_headers()
         site.loads.release()
         try:
@@ -172,7 +175,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(int(query.get("ms", "1000")) / 1000)
             self._send(_page("Slow", "<h1>Slow page loaded</h1>"))
         elif path == "/loading":
-            self._loading(int(query.get("ms", "20000")) / 1000)
+            # once=KEY: quick the first time (a page to come back to), slow after.
+            site = self.server.site  # type: ignore[attr-defined]
+            quick = "once" in query and query["once"] not in site.loaded_once
+            site.loaded_once.add(query.get("once", ""))
+            self._loading(0.1 if quick else int(query.get("ms", "20000")) / 1000)
+        elif path == "/link":
+            to = html.escape(query.get("to", "/"), quote=True)
+            self._send(_page("Link", f"<h1>A link</h1><a href='{to}'>Go there</a>"))
         elif path == "/late":
             self._send(LATE.encode())
         elif path == "/echo":

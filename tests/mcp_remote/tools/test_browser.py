@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -240,6 +241,34 @@ async def test_a_cancelled_navigation_stops_the_load(hub: RunningHub, site: Site
         stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
         assert stopped, "the page went on loading after its call was cancelled"
         await call(client, "browser_close", session="stop-on-cancel")
+
+
+@pytest.mark.parametrize("action", ["click", "back"])
+async def test_a_cancelled_click_or_back_stops_the_load(hub: RunningHub, site: Site, action: str) -> None:
+    """Reported: a cancelled browser_navigate stopped its page's load, but the load a cancelled
+    browser_click or browser_navigate_back had begun went on."""
+    session = f"stop-{action}-on-cancel"
+    async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+        if action == "click":
+            link = site.url("/link?to=" + quote("/loading?ms=20000"))
+            page = await call(client, "browser_navigate", url=link, session=session)
+            name, arguments = "browser_click", {"target": ref(page.text, "link", "Go there")}
+        else:
+            back_to = site.url(f"/loading?ms=20000&once={session}-{time.monotonic_ns()}")
+            await call(client, "browser_navigate", url=back_to, session=session)  # quick the first time
+            await call(client, "browser_navigate", url=site.url("/echo?n=next"), session=session)
+            name, arguments = "browser_navigate_back", {}
+        for semaphore in (site.loads, site.loads_stopped):
+            while semaphore.acquire(blocking=False):
+                pass  # forget earlier pages
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call, name, {**arguments, "session": session})
+            asked = await anyio.to_thread.run_sync(site.loads.acquire, True, 30.0)
+            tg.cancel_scope.cancel()
+        assert asked, "the page was never asked for"
+        stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
+        assert stopped, f"the page went on loading after its {name} was cancelled"
+        await call(client, "browser_close", session=session)
 
 
 async def test_a_navigation_that_times_out_stops_the_load(hub: RunningHub, site: Site) -> None:
