@@ -298,11 +298,13 @@ async def _postgres(
         raise
 
 
-PG_CANCEL_TIMEOUT_S = 2.0
+# All three together stay under the 5 s a stopping sidecar gives the calls it stopped to answer
+# (`Pipeline.drain`): a call whose statement's cancel was slow is still answered "stopped".
+PG_CANCEL_TIMEOUT_S = 1.0
 """How long the server's cancel of a cancelled call's statement may take to send."""
-PG_CANCELLED_WAIT_S = 5.0
+PG_CANCELLED_WAIT_S = 3.0
 """How long a statement may take to end once its cancel was sent, before its connection is closed."""
-PG_CLOSED_WAIT_S = 1.0
+PG_CLOSED_WAIT_S = 0.5
 """How long a statement may take to end once its connection was shut down (its wait wakes at once)."""
 
 

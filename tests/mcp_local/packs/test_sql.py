@@ -675,7 +675,7 @@ async def test_a_statement_whose_cancel_is_lost_ends_within_the_documented_bound
     try:
         await _until(lambda: _sleeping(postgres, marker) == 1, 30, "running")
         call.cancel()
-        bound = PG_CANCEL_TIMEOUT_S + PG_CANCELLED_WAIT_S + 2  # the documented 7 s, and some slack
+        bound = PG_CANCEL_TIMEOUT_S + PG_CANCELLED_WAIT_S + 2  # the documented 4 s, and some slack
         done, _ = await asyncio.wait([call], timeout=bound)
         assert done, f"the cancelled call was still running after {bound:g}s"
         assert call.cancelled()
@@ -691,12 +691,14 @@ async def test_a_statement_whose_cancel_is_lost_ends_within_the_documented_bound
         await proxy.close()
 
 
+@pytest.mark.parametrize("swallows", [True, False], ids=["unanswered", "closed"])
 async def test_a_stopping_sidecar_answers_a_call_whose_cancel_is_lost_as_stopped(
-    postgres: RunningPostgres, tmp_path: Path
+    postgres: RunningPostgres, tmp_path: Path, swallows: bool
 ) -> None:
     """The call's cancel took 18 s through the sidecar's stop (psycopg's own cancel at the
-    event loop's end), and the hub's caller got "went away while sql_query ran"."""
-    proxy = _CancelLosingProxy(postgres.port, swallows=True)
+    event loop's end), and the hub's caller got "went away while sql_query ran". Then, a cancel
+    sent but not acted on (`closed`) still took 5 s + 1 s, past the 5 s the stop gives."""
+    proxy = _CancelLosingProxy(postgres.port, swallows=swallows)
     port = await proxy.start()
     dsn = f"postgresql://app:app-secret-password-123@127.0.0.1:{port}/shop?sslmode=disable"
     hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
@@ -708,7 +710,7 @@ async def test_a_stopping_sidecar_answers_a_call_whose_cancel_is_lost_as_stopped
         tmp_path / "sidecar", manifest, hub=hub.grpc, token=TOKENS["sbx-42"], env={"SHOP_URL": dsn}
     )
     client = HubClient(hub.grpc)
-    marker = "cancel_lost_at_stop"
+    marker = f"cancel_lost_at_stop_{'unanswered' if swallows else 'closed'}"
     request = pb.CallToolRequest(
         name="sbx-42__sql_query", arguments_json=orjson.dumps({"sql": f"SELECT pg_sleep(120) AS {marker}"})
     )
