@@ -7,7 +7,9 @@ foreign text run everything through it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -226,6 +228,47 @@ def _keep_name(match: re.Match[str]) -> str:
     return match.group(0)  # pragma: no cover - every alternative has a value group
 
 
+_ESCAPES = re.compile(r"(%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/)")
+"""A character as a URL (`%2f`, either case) or a JSON string (`\\u0026`, `\\/`) may spell it."""
+_ANCHOR = re.compile(r"[A-Za-z0-9]{4,}")
+
+
+def _escaped_char(escape: str) -> str:
+    if escape == "\\/":
+        return "/"
+    return chr(int(escape[1:] if escape[0] == "%" else escape[2:], 16))
+
+
+def _unescaped(value: str, pattern: re.Pattern[str]) -> str:
+    """`value` with the registered secrets it spells with escapes replaced: a secret in a URL
+    encoded other than as registered (`quote(s)` keeps `/`, lowercase hex, a base64 credential
+    whose `=` became `%3D`), or in JSON from an encoder that escapes more than it must (Go's
+    `\\u0026` for `&`, any character as `\\uXXXX`). The escapes are decoded into a second
+    text, the secrets are looked for there, and what they were spelled with is replaced."""
+    pieces = _ESCAPES.split(value)  # text, escape, text, ..., text
+    if len(pieces) == 1:
+        return value
+    texts, escapes = pieces[0::2], pieces[1::2]
+    chars = [_escaped_char(e) for e in escapes]
+    decoded = "".join([*itertools.chain.from_iterable(zip(texts[:-1], chars, strict=True)), texts[-1]])
+    found = [m.span() for m in pattern.finditer(decoded)]
+    if not found:
+        return value
+    # Where each escape's character is in the decoded text, and how many characters the escapes
+    # before it took beyond one each.
+    positions = [n + i for i, n in enumerate(itertools.accumulate(map(len, texts[:-1])))]
+    extra = [0, *(n - i - 1 for i, n in enumerate(itertools.accumulate(map(len, escapes))))]
+    out: list[str] = []
+    last = 0
+    for start, end in found:
+        begin = start + extra[bisect.bisect_left(positions, start)]
+        out.append(value[last:begin])
+        out.append(REDACTED)
+        last = end + extra[bisect.bisect_left(positions, end)]
+    out.append(value[last:])
+    return "".join(out)
+
+
 class Redactor:
     """Replaces registered secret values and credential-shaped strings with `[REDACTED]`."""
 
@@ -233,6 +276,9 @@ class Redactor:
         self._lock = threading.Lock()
         self._values: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._anchors: frozenset[str] | None = frozenset()
+        """A part of each secret that any spelling of it keeps as it is (its longest run of
+        letters and digits: URLs and JSON escape neither), or None when one has none."""
         for secret in secrets:
             self.add(secret)
 
@@ -244,8 +290,7 @@ class Redactor:
             if secret in self._values:
                 return
             self._values.add(secret)
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._compile()
 
     def add_dsn(self, dsn: str) -> None:
         """Register a database connection string and the password it holds (when long enough)."""
@@ -262,8 +307,26 @@ class Redactor:
     def remove(self, secret: str) -> None:
         with self._lock:
             self._values.discard(secret)
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+            self._compile()
+
+    def _compile(self) -> None:
+        ordered = sorted(self._values, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+        anchors = set()
+        for secret in ordered:
+            runs = _ANCHOR.findall(secret)
+            if not runs:
+                self._anchors = None
+                return
+            anchors.add(max(runs, key=len))
+        self._anchors = frozenset(anchors)
+
+    def _may_spell(self, value: str) -> bool:
+        """Might `value` spell a secret with escapes? (Cheap: most texts hold no part of one.)"""
+        if "%" not in value and "\\" not in value:
+            return False
+        anchors = self._anchors
+        return anchors is None or any(a in value for a in anchors)
 
     def text(self, value: str, *, assignments: bool = False, shapes: bool = True) -> str:
         """`assignments`: also values given to secret-named options and variables in the text
@@ -273,6 +336,8 @@ class Redactor:
         pattern = self._pattern
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
+            if self._may_spell(value):
+                value = _unescaped(value, pattern)
         if shapes:
             value = _pem(_SHAPES.sub(REDACTED, value))
         if assignments and _maybe_assigned(value):

@@ -303,6 +303,28 @@ def test_a_dsn_password_is_redacted_as_typed_and_as_percent_encoded() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("echoed", "shown"),
+    [
+        # Go's encoding/json escapes & < > as \u0026 \u003c \u003e; .NET's escapes + too.
+        ('{"token": "sk-live-A\\u0026B\\u003cC\\u003eD-123456"}', '{"token": "[REDACTED]"}'),
+        ('{"token": "\\u0073k-live-A&B<C>D-123456"}', '{"token": "[REDACTED]"}'),  # any character
+        ("?k=sk-live-A%26B%3cC%3eD-123456&x=1", "?k=[REDACTED]&x=1"),  # lowercase hex
+        ("?k=sk%2Blive/KEY%3Dabc123", "?k=[REDACTED]"),  # quote() keeps "/"
+        ("?k=sk%2blive%2fKEY%3dabc123 and sk+live\\/KEY=abc123", "?k=[REDACTED] and [REDACTED]"),
+        # a basic credential's base64, URL-encoded on its way into a redirect
+        ("?auth=Ym9iOmJiLUJBU0lDUEFTUy0xMTIyMzM0NA%3D%3D", "?auth=[REDACTED]"),
+        ("%41%42 \\u0041 \\/ 100% kept", "%41%42 \\u0041 \\/ 100% kept"),
+    ],
+)
+def test_a_secret_spelled_with_escapes_is_redacted(echoed: str, shown: str) -> None:
+    """Reported: a service echoing its key as Go's JSON writes it, or in a redirect URL
+    encoded with lowercase hex or by `quote()`, gave the key to the agent: only the spellings
+    registered were looked for."""
+    secrets = ["sk-live-A&B<C>D-123456", "sk+live/KEY=abc123", "Ym9iOmJiLUJBU0lDUEFTUy0xMTIyMzM0NA=="]
+    assert Redactor(secrets).text(echoed) == shown
+
+
 def test_long_text_gets_every_form() -> None:
     """Text over 16 KiB (a command with a long argument, a file's content) got the registered
     secrets and key shapes only, and its `PGPASSWORD=...` was recorded as it was."""
@@ -370,8 +392,9 @@ def test_secrets_written_as_yaml_are_redacted_by_name(written: str, recorded: st
         ("a." * 7_999 + "://u:p@h ") * 16,  # a scheme's characters, likewise
         ("--." * 5_333 + "=x ") * 16,  # a long option's, likewise
         ("docker login login -u " * 11_916)[:262_144],  # each "login" within reach scanned for -p
+        "registered%20" * 20_165,  # escapes to decode, and a part of the secret to look for
     ],
-    ids=["jwt", "pem", "curl", "dots", "scheme", "option", "login"],
+    ids=["jwt", "pem", "curl", "dots", "scheme", "option", "login", "escapes"],
 )
 def test_redaction_takes_time_in_proportion_to_the_text(text: str) -> None:
     """Patterns were tried from every start to the end of the text: 256 KB of such text took
