@@ -104,6 +104,19 @@ class Tool:
     """A pure, cheap check of a call the handler would refuse before doing anything: the reason,
     or None. The gate asks nobody to approve a call its tool refuses anyway (a check can only
     refuse, never let a call past the gate)."""
+    annotate: Callable[[Mapping[str, Any]], ToolAnnotations | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """For a tool whose risk depends on its arguments (`http_request`: the route's), the
+    annotations of one call, which the gate's rules then see instead of `annotations` (the
+    riskiest of the tool's calls, as listings show it); None for a call it cannot tell. Pure and
+    cheap."""
+
+    def annotations_of(self, arguments: Mapping[str, Any]) -> ToolAnnotations:
+        """The annotations the gate reads for a call with `arguments`."""
+        if self.annotate is not None:
+            return self.annotate(arguments) or self.annotations
+        return self.annotations
 
     def __post_init__(self) -> None:
         if not TOOL_NAME.match(self.name):

@@ -325,7 +325,7 @@ class Gate:
             name,
             call.name,
             call.arguments,
-            call.tool.annotations,
+            call.tool.annotations_of(call.arguments),
             trusted=not call.source.startswith("sandbox:"),
         )
         if decision.verdict != "deny":
@@ -353,8 +353,9 @@ class Gate:
             # module's docstring).
             raise Unavailable(_REFUSED)
         trusted = not call.source.startswith("sandbox:")
+        annotations = tool.annotations if tool.annotate is None else tool.annotations_of(call.arguments)
         decision = self.policy.evaluate(
-            principal.name, call.name, call.arguments, tool.annotations, trusted=trusted
+            principal.name, call.name, call.arguments, annotations, trusted=trusted
         )
         log.record(
             "requested",
@@ -370,7 +371,7 @@ class Gate:
         call.logged = True
         # A call that needs approval, or is destructive, is on the record before anything else
         # happens; the others are committed with their `finished` record.
-        must_be_durable = decision.verdict == "ask" or tool.annotations.destructive
+        must_be_durable = decision.verdict == "ask" or annotations.destructive
         pointless = tool.precheck(call) if decision.verdict == "ask" and tool.precheck is not None else None
         durable = (log.commit if must_be_durable else log.record)(
             "decided",

@@ -353,7 +353,7 @@ class _Plan:
 class Policy:
     config: PolicyConfig
     _rules: tuple[_Rule, ...] = field(init=False)
-    _plans: dict[tuple[str, str, bool], _Plan] = field(init=False, default_factory=dict)
+    _plans: dict[tuple[str, str, bool, ToolAnnotations], _Plan] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rules = tuple(_Rule.compile(r) for r in self.config.rules)
@@ -371,7 +371,7 @@ class Policy:
         *,
         trusted: bool = True,
     ) -> Decision:
-        key = (principal, tool, trusted)
+        key = (principal, tool, trusted, annotations)  # one tool's calls may differ (`Tool.annotate`)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(principal, tool, annotations if trusted else untrusted_view(annotations))

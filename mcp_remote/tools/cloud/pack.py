@@ -53,6 +53,17 @@ EXAMPLE_NAMES = ("render", "sentry", "github")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """An HTTP field name: a token (RFC 9110 5.1)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_REQUEST_ANNOTATIONS: dict[Risk, ToolAnnotations] = {
+    risk: ToolAnnotations(
+        title="Call a cloud API",
+        read_only=risk == "read-only",
+        destructive=risk == "destructive",
+        idempotent=False,
+        open_world=True,
+    )
+    for risk in ("read-only", "write", "destructive")
+}
+"""`http_request`'s annotations for one call, by its route's risk (`CloudPack._annotations_of_request`)."""
 """What a field value may not hold (RFC 9110 5.5): controls other than the tab."""
 
 
@@ -166,6 +177,15 @@ class CloudPack:
                     return found[1] if found else None
         return None
 
+    def _annotations_of_request(self, arguments: Mapping[str, Any]) -> ToolAnnotations | None:
+        """The annotations of one `http_request` call: its route's risk, for the gate's rules (the
+        tool's own say destructive once any route is; a GET on a read-only route must not wait for
+        a person because another route of another service deletes)."""
+        risk = self.classify("http_request", arguments)
+        if risk is None:
+            return None  # refused before it is sent (`_precheck`): the tool's own annotations
+        return _REQUEST_ANNOTATIONS[risk]
+
     # --- tools ------------------------------------------------------------------------------------
 
     def _build_tools(self) -> list[Tool]:
@@ -213,6 +233,7 @@ class CloudPack:
                 },
                 handler=self._http_request,
                 precheck=self._precheck,
+                annotate=self._annotations_of_request,
                 annotations=ToolAnnotations(
                     title="Call a cloud API",
                     read_only=False,

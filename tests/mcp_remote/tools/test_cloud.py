@@ -708,3 +708,34 @@ def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_ord
     finally:
         assert hub.stop() == 0
         standin.stop()
+
+
+async def test_the_gate_sees_each_requests_own_risk(tmp_path: Path) -> None:
+    """Reported: one destructive route anywhere (the render and sentry examples have some) made
+    every http_request destructive to the gate: under the default policy a GET on a read-only
+    route waited for a person, and its `reading cloud APIs` rule never applied."""
+    standin = start_standin()
+    service = {
+        "allow_private_network": ["127.0.0.1/32"],
+        "base_url": f"{standin.base}/api",
+        "auth": {"type": "none"},
+        "allow": [{"methods": ["GET"], "paths": ["/**"]}, {"methods": ["DELETE"], "paths": ["/items/*"]}],
+    }
+    config = {
+        "principals": [{"name": "agent-a", "token": TOKENS["agent-a"]}],
+        "policy": {"extends": "default", "approval_timeout_s": 1},
+        "packs": [{"name": "cloud", "options": {"services": {"svc": service}}}],
+    }
+    hub = start_hub(tmp_path, config=config)
+    try:
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+            read = await client.call("http_request", {"service": "svc", "method": "GET", "path": "/items/1"})
+            assert not read.is_error and read.text.startswith("HTTP 200"), read.text
+            delete = await client.call(
+                "http_request", {"service": "svc", "method": "DELETE", "path": "/items/1"}
+            )
+            assert delete.is_error and "approval" in delete.text, delete.text
+    finally:
+        hub.stop()
+        standin.stop()
+    assert [r.method for r in standin.received("/api/items/1")] == ["GET"]
