@@ -9,8 +9,9 @@ has the last word, so the answers are `jsonschema`'s either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -20,15 +21,86 @@ from .fastschema import Check, compile_schema
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-__all__ = ["ArgumentValidator", "check_output_schema"]
+__all__ = ["ArgumentValidator", "check_output_schema", "check_references"]
 
 logger = logging.getLogger(__name__)
+
+
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _references(schema: Any) -> Iterator[str]:
+    """Every reference in `schema` (under any key: a `$ref` inside `properties` is a property's
+    schema, one inside `const` or `enum` a value, which is harmless to check too)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REFERENCES and isinstance(value, str):
+                    yield value
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _anchors(schema: Any) -> set[str]:
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in ("$anchor", "$dynamicAnchor"):
+                if isinstance(node.get(key), str):
+                    found.add(node[key])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _pointer_target(schema: Any, pointer: str) -> bool:
+    """Does the JSON pointer `pointer` (a fragment without its `#`) name a part of `schema`?"""
+    node = schema
+    for part in unquote(pointer).split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def check_references(tool_name: str, schema: Mapping[str, Any], which: str = "input_schema") -> None:
+    """Raise ConfigError unless every reference in `schema` points inside it (`#`, `#/$defs/x`,
+    `#anchor`) at something that exists. A schema is a tool's, perhaps a sandbox's: a reference to
+    a URL or a file would have the hub (or the sidecar) fetch it, from its own host, on every
+    call, and one to nothing fails every call."""
+    anchors: set[str] | None = None
+    for ref in _references(schema):
+        if not ref.startswith("#"):
+            raise ConfigError(
+                f"tool {tool_name!r}: {which} refers to {ref[:200]!r}: only references inside the "
+                "schema itself ('#/$defs/...') are allowed, nothing is fetched"
+            )
+        fragment = ref[1:]
+        if fragment == "" or (fragment.startswith("/") and _pointer_target(schema, fragment)):
+            continue
+        if not fragment.startswith("/"):
+            anchors = _anchors(schema) if anchors is None else anchors
+            if fragment in anchors:
+                continue
+        raise ConfigError(f"tool {tool_name!r}: {which} refers to {ref[:200]!r}, which is not in it")
 
 
 def _full_validator(
     tool_name: str, schema: Mapping[str, Any], *, check: bool, which: str = "input_schema"
 ) -> Validator:
     import jsonschema
+    from referencing import Registry
 
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     if check:
@@ -37,7 +109,10 @@ def _full_validator(
         except jsonschema.SchemaError as exc:
             problem = f"tool {tool_name!r}: {which} is not a valid JSON Schema: {exc.message}"
             raise ConfigError(problem) from exc
-    return cls(schema)
+        check_references(tool_name, schema, which)
+    # An empty registry: without one, jsonschema fetches any URL or file a reference names
+    # (urllib, no timeout, on the event loop). References were checked to point inside.
+    return cls(schema, registry=Registry())
 
 
 def check_output_schema(tool_name: str, schema: Mapping[str, Any]) -> None:
@@ -73,8 +148,17 @@ class ArgumentValidator:
         if full is None:
             full = self._full = _full_validator(self._tool, self._schema, check=False)
         from jsonschema.exceptions import best_match
+        from referencing.exceptions import Unresolvable
 
-        error = best_match(full.iter_errors(arguments))
+        try:
+            error = best_match(full.iter_errors(arguments))
+        except Unresolvable as exc:  # checked when the tool was defined; a schema it missed
+            logger.error(
+                "tool %r: its input_schema has a reference that cannot be resolved: %s", self._tool, exc
+            )
+            return (
+                f"the tool's input schema cannot be used ({type(exc).__name__}); the tool's owner must fix it"
+            )
         if error is None:
             if self._fast is not None:
                 logger.warning(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import pytest
 
 from mcp_local import ConfigError, InvalidArgument, Principal, Redactor, Tool, ToolCall, ToolRegistry
 from mcp_local.packs import PackEnv, start_packs
+from mcp_local.validation import ArgumentValidator
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +135,32 @@ def create_pack(options, env):
     seen = sys.modules[next(m for m in sys.modules if m.startswith("mcphub_pack_mine_"))].SEEN
     assert seen["KEY_A"] == {"PATH": "/bin", "KEY_A": "secret-a"}
     assert seen["KEY_B"] == {"PATH": "/bin", "KEY_B": "secret-b"}
+
+
+@pytest.mark.parametrize(
+    ("ref", "problem"),
+    [
+        ("#/$defs/n", None),
+        ("#/$defs/a~1b", None),  # a JSON pointer's escapes
+        ("#num", None),  # an anchor
+        ("#", None),
+        ("#/$defs/nope", "refers to '#/$defs/nope', which is not in it"),
+        ("#nope", "refers to '#nope', which is not in it"),
+        ("file:///etc/hostname", "only references inside the schema itself"),
+        ("https://example.com/s.json", "only references inside the schema itself"),
+        ("s.json#/x", "only references inside the schema itself"),
+    ],
+)
+def test_a_schema_may_refer_only_inside_itself(ref: str, problem: str | None) -> None:
+    """A reference to a URL or a file was fetched (on every call, from the host that validates);
+    one to nothing failed every call as an internal error."""
+    schema = {
+        "type": "object",
+        "$defs": {"n": {"type": "integer", "$anchor": "num"}, "a/b": {"type": "string"}},
+        "properties": {"a": {"$ref": ref}},
+    }
+    if problem is None:
+        assert ArgumentValidator("t", schema).problem({"a": 1.5}) is not None  # and it validates
+    else:
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            ArgumentValidator("t", schema)

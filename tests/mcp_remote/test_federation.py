@@ -5,10 +5,12 @@ the sidecar goes and come back when it reconnects; a changed definition is block
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -860,6 +862,60 @@ async def test_a_sandbox_tool_with_an_output_schema_mcp_refuses_is_blocked(tmp_p
             stream.cancel()
     finally:
         hub.stop()
+
+
+async def test_a_sandbox_schema_cannot_make_the_hub_fetch_a_file_or_a_url(tmp_path: Path) -> None:
+    """Reported: a `$ref` in a sandbox's input schema was followed by the hub on every call of the
+    tool, before the gate: `file://` read a file on the hub's host into the error (and the audit
+    log), `http://` made the hub fetch a URL, one that never answered froze the hub's event loop.
+    And a reference to nothing failed every call as an internal error. All are blocked now."""
+    secret = tmp_path / "hub-only.json"
+    secret.write_text('{"enum": ["hub-host-only-secret-42"]}')
+    fetched: list[str] = []
+
+    class Seen(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Seen)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
+
+    def tool(name: str, ref: str) -> pb.Tool:
+        schema = {"type": "object", "properties": {"a": {"$ref": ref}}, "$defs": {"n": {"type": "integer"}}}
+        return pb.Tool(name=name, input_schema_json=orjson.dumps(schema))
+
+    tools = [tool("local", "#/$defs/n"), tool("file", secret.as_uri()), tool("web", url), tool("none", "#/x")]
+    hub = start_hub(tmp_path / "hub", config=hub_config())
+    welcomed = asyncio.Event()
+
+    async def hello() -> AsyncIterator[spb.SidecarMessage]:
+        yield spb.SidecarMessage(hello=spb.SidecarHello(sandbox="sbx-42", tools=tools))
+        await welcomed.wait()
+
+    try:
+        async with grpc.aio.insecure_channel(hub.grpc) as channel:
+            stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
+            stream = stub.Connect(hello(), metadata=(("authorization", f"Bearer {TOKENS['sbx-42']}"),))
+            welcome = (await stream.read()).welcome
+            reasons = {b.name: b.reason for b in welcome.blocked}
+            assert list(welcome.exposed) == ["sbx-42__local"], welcome
+            for name in ("file", "web"):
+                assert "only references inside the schema itself" in reasons[name], reasons
+            assert "refers to '#/x', which is not in it" in reasons["none"], reasons
+            welcomed.set()
+            stream.cancel()
+    finally:
+        hub.stop()
+        server.shutdown()
+        server.server_close()
+    assert fetched == []
+    assert "hub-host-only-secret-42" not in hub.log()
 
 
 def test_a_hub_pack_tool_with_a_bad_output_schema_is_refused_at_start(tmp_path: Path) -> None:
