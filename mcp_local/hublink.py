@@ -388,13 +388,18 @@ class HubLink:
                 return
             finally:
                 in_flight.leave(key)
-            send(
-                spb.SidecarMessage(
-                    event=spb.SidecarCallEvent(
-                        call_id=call_id, event=pb.CallToolEvent(result=result_to_proto(result))
+            try:
+                answer = pb.CallToolEvent(result=result_to_proto(result))
+            except Exception as exc:  # the hub must hear of the call whatever its result holds
+                logger.exception("call %s of %s: its result cannot be sent", call_id, call.name)
+                failure = f"sidecar error: the tool's result cannot be sent ({type(exc).__name__})"
+                send(
+                    spb.SidecarMessage(
+                        failure=spb.SidecarCallFailure(call_id=call_id, code=13, message=failure)
                     )
                 )
-            )
+                return
+            send(spb.SidecarMessage(event=spb.SidecarCallEvent(call_id=call_id, event=answer)))
 
         task = asyncio.create_task(run(), name=f"mcphub-call-{call_id}")
         self._calls[call_id] = (task, call.name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,12 +106,44 @@ def _content_to_proto(block: Content) -> pb.ContentBlock:
 
 
 def result_to_proto(result: ToolResult) -> pb.CallToolResult:
-    return pb.CallToolResult(
-        content=[_content_to_proto(c) for c in result.content],
-        structured_content_json=_json(result.structured),
-        is_error=result.is_error,
-        meta_json=_json(result.meta),
-    )
+    try:
+        return pb.CallToolResult(
+            content=[_content_to_proto(c) for c in result.content],
+            structured_content_json=_json(result.structured),
+            is_error=result.is_error,
+            meta_json=_json(result.meta),
+        )
+    except (UnicodeEncodeError, orjson.JSONEncodeError):
+        # Text that is not Unicode (a lone surrogate: a file name or a command's output decoded
+        # with `surrogateescape`) can be neither a protobuf string nor JSON; such a result failed
+        # the call (through a hub, it hung it). Those characters become U+FFFD.
+        return pb.CallToolResult(
+            content=[_content_to_proto(_valid_text(c)) for c in result.content],
+            structured_content_json=_json(_valid_json(result.structured)),
+            is_error=result.is_error,
+            meta_json=_json(_valid_json(result.meta)),
+        )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {_valid_json(k): _valid_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_json(v) for v in value]
+    return value
+
+
+def _valid_text(block: Content) -> Content:
+    if isinstance(block, TextContent):
+        return dataclasses.replace(block, text=_valid_json(block.text))
+    if isinstance(block, EmbeddedResource) and block.text is not None:
+        return dataclasses.replace(block, text=_valid_json(block.text))
+    return block
 
 
 def content_from_proto(block: pb.ContentBlock) -> Content:

@@ -123,3 +123,28 @@ async def test_a_tool_that_runs_on_after_its_cancel_is_logged(
     running_on = f"tool ignores_cancel (call {call_id}) is still running 5s after it was cancelled"
     assert running_on in sidecar.log(), sidecar.log()
     assert ran_on >= 5.0
+
+
+async def test_a_result_with_text_that_is_not_unicode_reaches_the_hubs_caller(tmp_path: Path) -> None:
+    """Reported: a result holding a lone surrogate (a file name decoded with surrogateescape) could
+    not be put on the wire; the sidecar's call task died, nothing was logged, and the hub's caller
+    waited until its deadline (11 minutes without one). Such characters now arrive as U+FFFD."""
+    hub = start_hub(tmp_path / "hub", config=hub_config())
+    manifest = {"workspace": str(tmp_path), "packs": [str(REPO / "tests" / "packs" / "oddtext.py")]}
+    sidecar = start_sidecar(tmp_path / "sidecar", manifest, hub=hub.grpc, token=TOKENS["sbx-42"])
+    client = HubClient(hub.grpc)
+    try:
+
+        async def listed() -> bool:
+            return "sbx-42__surrogate" in await tool_names(hub, TOKENS["agent-42"])
+
+        await wait_for(listed, what="the sidecar's tools at the hub")
+        request = pb.CallToolRequest(name="sbx-42__surrogate", arguments_json=b"{}")
+        result = await client.call_tool(TOKENS["agent-42"], request, timeout=20)
+        assert not result.is_error, result
+        assert result.content[0].text.text == "found bad\ufffdname.txt"
+        assert orjson.loads(result.structured_content_json) == {"found": 1}
+    finally:
+        await client.close()
+        sidecar.stop()
+        hub.stop()
