@@ -212,7 +212,8 @@ async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> N
     client = HubClient(hub.grpc)
     try:
         running = asyncio.ensure_future(
-            client.call_tool(token, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 2}'))
+            # Holding the drain long enough for the checks below on a loaded machine.
+            client.call_tool(token, pb.CallToolRequest(name="sleep", arguments_json=b'{"seconds": 4}'))
         )
         await asyncio.sleep(0.3)
         hub.process.send_signal(signal.SIGTERM)
@@ -228,7 +229,7 @@ async def test_health_says_not_serving_while_the_hub_drains(tmp_path: Path) -> N
                     sender, pb.CallToolRequest(name="echo", arguments_json=b'{"text": "x"}')
                 )
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert (await running).content[0].text.text == "slept 2s"
+        assert (await running).content[0].text.text == "slept 4s"
     finally:
         await client.close()
         assert hub.stop() == 0

@@ -116,8 +116,9 @@ async def test_the_hubs_own_ports_are_unreachable(agent_a: ShellClient, jail_hub
 
 
 async def test_a_fork_bomb_is_contained(agent_a: ShellClient, jail_hub: RunningHub) -> None:
-    bomb = "bomb() { bomb | bomb & }; bomb; sleep 3"
-    outcome = await while_hub_answers(agent_a, agent_a.exec(bomb, timeout_s=4))
+    # Running long enough for the hub to answer three calls meanwhile on a loaded machine.
+    bomb = "bomb() { bomb | bomb & }; bomb; sleep 8"
+    outcome = await while_hub_answers(agent_a, agent_a.exec(bomb, timeout_s=9))
     assert outcome.structured["timed_out"] or outcome.structured["exit_code"] is not None
     uid = workspace_dir(jail_hub, "agent-a").stat().st_uid
     await wait_until(lambda: not processes_of_uid(uid), what="the bomb's processes to be gone")
