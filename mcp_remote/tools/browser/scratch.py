@@ -66,8 +66,23 @@ class ScratchDir:
             raise
         return cls(path, fd)
 
-    def env(self, base: dict[str, str]) -> dict[str, str]:
-        return {**base, "TMPDIR": str(self.path)}
+    def entries(self) -> list[Path]:
+        """What the browsers launched so far keep here (their profiles, Chromium's socket)."""
+        try:
+            return [entry for entry in self.path.iterdir() if entry.name != LOCK]
+        except OSError:
+            return []
+
+    @staticmethod
+    def remove_entries(entries: list[Path]) -> None:
+        """Remove what a browser that is gone kept here (a crashed Chromium leaves its socket's
+        directory, a dead driver its Chromium's whole profile, cookies and storage included)."""
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
     def remove(self) -> None:
         """Remove the directory and everything in it (the browser has stopped), then unlock."""

@@ -543,6 +543,9 @@ class SharedBrowser:
             ) from exc
 
     async def _launch(self) -> Browser:
+        # A launch after the first follows a browser that is gone: what it kept in the scratch
+        # directory goes once the new one runs (not before: the old driver may still be ending).
+        left = self._scratch.entries() if self._scratch is not None and self.launches else []
         if self._playwright is None:
             tmpdir = self._scratch.path if self._scratch is not None else None
             with _driver_in_its_own_session(tmpdir) as drivers:
@@ -566,6 +569,8 @@ class SharedBrowser:
         self._browser = browser
         self.launches += 1
         logger.info("Chromium %s started (launch %d)", browser.version, self.launches)
+        if left:
+            await asyncio.to_thread(ScratchDir.remove_entries, left)
         if not self._busy:  # at start-up; a launch inside a call tops up when the call ends
             self._refill_spares()
         return browser

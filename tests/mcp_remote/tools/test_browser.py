@@ -933,6 +933,7 @@ async def test_a_crashed_browser_is_restarted_and_other_sessions_carry_on(
         connect("grpc", idle_hub.grpc, idle_hub.mcp_url, TOKENS["agent-b"]) as b,
     ):
         await call(a, "browser_navigate", url=site.url("/echo?n=before"), session="crash")
+        kept = _kept_by(_chromium_of(idle_hub))
         os.kill(_chromium_of(idle_hub), signal.SIGKILL)
         assert await _until(lambda: "Chromium went away" in idle_hub.log(), 30)
 
@@ -942,6 +943,15 @@ async def test_a_crashed_browser_is_restarted_and_other_sessions_carry_on(
         assert 'heading "Echo after"' in again.text
         assert "started again" in again.text
         assert idle_hub.alive()
+        # Found by a tester: each crash left Chromium's socket directory in /tmp for good.
+        assert await _until(lambda: not any(p.exists() for p in kept), 10), kept
+
+
+def _kept_by(chromium: int) -> list[Path]:
+    """The profile directory of a running Chromium, and the directory of its socket."""
+    cmdline = Path(f"/proc/{chromium}/cmdline").read_bytes().decode().split("\0")
+    profile = Path(next(a for a in cmdline if a.startswith("--user-data-dir=")).split("=", 1)[1])
+    return [profile, Path(os.readlink(profile / "SingletonSocket")).parent]
 
 
 def _driver_of(hub: RunningHub) -> int:
@@ -972,6 +982,7 @@ async def test_a_dead_driver_is_started_again_and_other_sessions_carry_on(
     ):
         await call(a, "browser_navigate", url=site.url("/echo?n=before"), session="driver")
         driver, chromium = _driver_of(idle_hub), _chromium_of(idle_hub)
+        kept = _kept_by(chromium)
         os.kill(driver, signal.SIGTERM)
         assert await _until(lambda: "Playwright's driver went away" in idle_hub.log(), 30), idle_hub.log()
 
@@ -983,6 +994,8 @@ async def test_a_dead_driver_is_started_again_and_other_sessions_carry_on(
         assert _driver_of(idle_hub) != driver and _chromium_of(idle_hub) != chromium
         assert await _until(lambda: not _running(chromium), 30), "the old Chromium was left running"
         assert idle_hub.alive()
+        # Found by a tester: the dead driver's Chromium profile (cookies, storage) stayed in /tmp.
+        assert await _until(lambda: not any(p.exists() for p in kept), 10), kept
         after = idle_hub.log().split("Playwright's driver went away", 1)[1]
         assert "Traceback" not in after and " ERROR " not in after, after
 
