@@ -230,7 +230,7 @@ def _cmd_policy_explain(args: argparse.Namespace, environ: Mapping[str, str]) ->
         return _fail(str(exc), EXIT_USAGE)
     found = _find_tool(config, args.tool)
     tool, source = found if found else (None, "unknown")
-    annotations = tool.annotations if tool is not None else ToolAnnotations()
+    annotations = tool.annotations_of(arguments) if tool is not None else ToolAnnotations()
     refused = _unauthorized(config, args.principal, tool, args.tool)
     if refused is not None:
         status, why = refused

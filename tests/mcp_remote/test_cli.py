@@ -495,6 +495,20 @@ def test_policy_explain_says_when_the_tool_refuses_what_the_policy_would_ask(tmp
     assert out.stdout.startswith("ALLOW: http_request"), out.stdout
 
 
+def test_policy_explain_reads_each_http_requests_own_risk(tmp_path: Path) -> None:
+    """As the gate does: the render example has destructive routes, so http_request is listed
+    destructive; `explain` said ASK (rule `destructive tools`) for a plain GET."""
+    config = tmp_path / "hub.yaml"
+    config.write_text("packs:\n  - {name: cloud, options: {examples: [render]}}\n")
+    env = {"RENDER_API_KEY": "rnd_" + "f" * 24}
+    read = '{"service": "render", "method": "GET", "path": "/services"}'
+    out = run("policy", "explain", "http_request", "--config", str(config), "--args", read, env=env)
+    assert out.stdout.startswith("ALLOW: http_request") and "reading cloud APIs" in out.stdout, out
+    suspend = '{"service": "render", "method": "POST", "path": "/services/srv-1/suspend"}'
+    out = run("policy", "explain", "http_request", "--config", str(config), "--args", suspend, env=env)
+    assert out.stdout.startswith("ASK: http_request") and "destructive tools" in out.stdout, out
+
+
 def test_policy_check_names_duplicate_rules_and_rules_nobody_can_approve(tmp_path: Path) -> None:
     twice = tmp_path / "twice.yaml"
     twice.write_text("rules:\n  - {name: a, decision: allow}\n  - {name: a, decision: deny}\n")
