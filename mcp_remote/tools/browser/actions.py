@@ -29,6 +29,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from mcp_local.content import ImageContent, TextContent, ToolResult
 from mcp_local.errors import ToolError
 from mcp_local.packs import PackEnv
+from mcp_local.packs.cancelling import uninterrupted
 from mcp_local.tools import ToolCall
 
 from .options import BrowserOptions
@@ -301,9 +302,9 @@ class BrowserRuntime:
         except asyncio.CancelledError:
             # A load the action began (a link, a form) stops with it, as a cancelled navigate's does.
             if session.navigations != before:
-                await _stop_loading(page)
+                await uninterrupted(_stop_loading(page))
             if session.pages and session.page is not page:
-                await _stop_loading(session.page)
+                await uninterrupted(_stop_loading(session.page))
             raise
         return Reply(done, snapshot=True)
 
@@ -343,7 +344,9 @@ async def _stop_loading(page: Page) -> None:
     navigation it was cancelled or timed out in, but Chromium went on loading the page (a slow
     server saw it leave only when the next navigation began). Done while the call still holds
     its session, so that it cannot stop the next call's navigation; bounded, for a page that
-    does not answer."""
+    does not answer. Callers run it `uninterrupted`: a call's task may be cancelled twice (over
+    MCP the bridge's request task is, and anyio cancels again at every await), and a second
+    cancel cut the stop short, so the load went on."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(STOP_LOADING_S):
             while True:
@@ -378,11 +381,11 @@ async def _open(rt: BrowserRuntime, s: BrowserSession, call: ToolCall, url: str)
             page.goto(url, timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
         )
     except asyncio.CancelledError:
-        await _stop_loading(page)
+        await uninterrupted(_stop_loading(page))
         raise
     except PlaywrightError as exc:
         if isinstance(exc, PlaywrightTimeoutError):
-            await _stop_loading(page)
+            await uninterrupted(_stop_loading(page))
         raise ToolError(f"could not open {url}: {rt.explain(url, exc)}") from exc
     if not finished:
         return Reply(f"opening {url}: the page opened {s.modal_state()} while loading")
@@ -397,10 +400,10 @@ async def navigate_back(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
             page.go_back(timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
         )
     except asyncio.CancelledError:
-        await _stop_loading(page)
+        await uninterrupted(_stop_loading(page))
         raise
     except PlaywrightTimeoutError:
-        await _stop_loading(page)
+        await uninterrupted(_stop_loading(page))
         raise
     if finished and response is None and page.url in ("about:blank", ""):
         return Reply("there is no previous page in this tab", snapshot=False)
