@@ -20,6 +20,13 @@ HIDDEN_RESPONSE_HEADERS = frozenset(
 )
 _TEXT_TYPES = ("json", "text/", "xml", "javascript", "x-www-form-urlencoded", "yaml", "csv")
 _SHOWN_HEADERS = ("content-type", "location", "link", "retry-after", "x-ratelimit-remaining")
+RAW_BODY_HEADERS = frozenset(
+    {"content-length", "content-encoding", "content-md5", "digest", "content-digest", "repr-digest"}
+)
+"""Headers that describe the body as the service sent it. The result's body is decoded and
+redacted, so they no longer fit it, and the length or digest of the raw body would tell the
+caller the length (or let it test guesses) of a secret the redaction replaced. The body's size
+is `body_bytes`."""
 
 
 def redact_bytes(redactor: Redactor, data: bytes) -> bytes:
@@ -51,7 +58,11 @@ def response_result(
     # Redact, then cut: the client read past the cap so that no secret is split by the cut.
     body = redact_bytes(redactor, response.body)[: view.max_response_bytes]
     content_type = response.header("content-type") or ""
-    headers = {k.lower(): redact(v) for k, v in response.headers if k.lower() not in HIDDEN_RESPONSE_HEADERS}
+    headers = {
+        k.lower(): redact(v)
+        for k, v in response.headers
+        if k.lower() not in HIDDEN_RESPONSE_HEADERS and k.lower() not in RAW_BODY_HEADERS
+    }
     is_text = not content_type or any(t in content_type.lower() for t in _TEXT_TYPES)
     inline = view.inline_bytes
     output_id: str | None = None

@@ -353,6 +353,21 @@ async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHu
     cloud.assert_no_canary()
 
 
+async def test_headers_describing_the_raw_body_do_not_reveal_a_redacted_keys_length(cloud: CloudHub) -> None:
+    """`content-length` was passed on as the service sent it: the redacted body is shorter by the
+    key's length less 10, so the two numbers together gave the key's length away."""
+    for method in ("HEAD", "GET"):
+        out = await cloud.call(
+            "http_request", {"service": "stand", "method": method, "path": "/echo/length"}, principal="ops"
+        )
+        assert not out.is_error, out.text
+        headers = out.structured["headers"]
+        assert "content-length" not in headers and "content-encoding" not in headers, headers
+        assert headers["content-type"] == "application/json"
+    assert _echo(out)["headers"]["Authorization"] == "Bearer [REDACTED]"
+    cloud.assert_no_canary()
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_compressed_echo_of_the_key_is_decoded_and_redacted(cloud: CloudHub, encoding: str) -> None:
     """The hub asks for `identity`; a service that compresses anyway must not get the key past
