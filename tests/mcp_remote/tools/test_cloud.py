@@ -430,6 +430,43 @@ async def test_a_body_in_an_encoding_the_hub_cannot_read_is_not_passed_on(cloud:
     assert "not really brotli" not in refused.text
 
 
+@pytest.mark.parametrize(
+    ("codec", "label"),
+    [
+        ("utf-16", "utf-16"),  # with a BOM (little-endian here)
+        ("utf-16-be", "UTF-16BE"),  # declared, no BOM
+        ("utf-16-le", "utf-16"),  # declared without a byte order, no BOM
+        ("utf-32", ""),  # only a BOM says what it is
+        ("utf-32-be", "utf-32be"),
+    ],
+)
+async def test_a_key_echoed_in_utf16_or_utf32_is_redacted(cloud: CloudHub, codec: str, label: str) -> None:
+    """The body was read as latin-1 whatever its charset: in UTF-16 a key has a NUL between its
+    characters, the redactor never saw it, and the key reached the caller."""
+    out = await cloud.call(
+        "http_request",
+        {"service": "filekey", "method": "GET", "path": "/charset", "query": {"as": codec, "label": label}},
+        principal="agent-b",
+    )
+    key = cloud.standin.wait_for("/files/charset").headers["X-Api-Key"]
+    assert _echo(out)["headers"]["X-Api-Key"] == "[REDACTED]"
+    assert key not in out.text.replace("\0", "") and key not in json.dumps(out.result).replace("\\u0000", "")
+    # Stored whole (past inline_bytes): the stored bytes are the same codec, redacted.
+    big = await cloud.call(
+        "http_request",
+        {
+            "service": "filekey",
+            "method": "GET",
+            "path": "/charset",
+            "query": {"as": codec, "label": label, "n": 400},
+        },
+        principal="agent-b",
+    )
+    assert "output_id" in big.structured and "[REDACTED]" in big.structured["text"], big.text[:300]
+    assert key not in big.text.replace("\0", "")
+    cloud.assert_no_canary()
+
+
 async def test_a_character_cut_by_the_preview_is_left_for_output_read(cloud: CloudHub) -> None:
     # 400 checkmarks of 3 bytes: the 1,024-byte preview would end inside the 342nd.
     out = await cloud.call(
