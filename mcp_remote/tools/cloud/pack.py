@@ -453,6 +453,11 @@ class CloudPack:
         except ToolError as exc:
             self.usage.finished(principal, service.name, None, 0)
             raise ToolError(self._redactor.text(str(exc))) from None
+        except asyncio.CancelledError:
+            # The caller cancelled, or its deadline passed: no response reached it. Counted, so
+            # that every call started has an outcome (`calls` = ok + client + server + failed).
+            self.usage.finished(principal, service.name, None, 0)
+            raise
         settings = service.settings
         self.usage.finished(
             principal, service.name, response.status, min(len(response.body), settings.max_response_bytes)

@@ -680,6 +680,50 @@ async def test_usage_counters_are_for_operators(cloud: CloudHub) -> None:
     cloud.assert_no_canary()
 
 
+async def test_a_cancelled_call_is_counted_as_failed(cloud: CloudHub) -> None:
+    """A call cancelled (or abandoned at the caller's deadline) while it waited for the service
+    was counted in `calls` and in no outcome, so the outcomes no longer added up to the calls."""
+
+    async def counts() -> dict[str, Any]:
+        usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured["usage"]
+        found = [u for u in usage if u["principal"] == "agent-b" and u["service"] == "filekey"]
+        return found[0] if found else {"calls": 0, "failed": 0}
+
+    def outcomes(u: dict[str, Any]) -> int:
+        return int(u["ok"] + u["client_errors"] + u["server_errors"] + u["failed"])
+
+    before = await counts()
+    cloud.standin.release.clear()
+    try:
+        call = asyncio.create_task(
+            cloud.call(
+                "http_request",
+                {
+                    "service": "filekey",
+                    "method": "GET",
+                    "path": "/cancelled/hold",
+                    "query": {"to": "/files/x"},
+                },
+                principal="agent-b",
+            )
+        )
+        await asyncio.to_thread(cloud.standin.wait_for, "/files/cancelled/hold")
+        call.cancel()  # the client gives up: the hub cancels the call
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        deadline = time.monotonic() + 10
+        while True:
+            after = await counts()
+            if after["calls"] == before["calls"] + 1 and after["failed"] == before["failed"] + 1:
+                break
+            assert time.monotonic() < deadline, f"the cancelled call has no outcome: {before} -> {after}"
+            await asyncio.sleep(0.1)
+        assert outcomes(after) == after["calls"], after
+    finally:
+        cloud.standin.release.set()
+    cloud.assert_no_canary()
+
+
 async def test_a_rotated_secret_is_used_by_the_next_call_and_not_by_one_in_flight(cloud: CloudHub) -> None:
     async def key_seen(path: str) -> str:
         await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": path})
