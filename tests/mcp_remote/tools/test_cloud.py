@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.clients import TRANSPORTS, Outcome, ProtocolFailure, connect
-from tests.support.hub import RunningHub, start_hub
+from tests.support.hub import RunningHub, serve_refused, start_hub
 
 from .cloud_standin import StandIn, start_standin
 
@@ -804,3 +804,39 @@ def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_ord
     finally:
         assert hub.stop() == 0
         standin.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "says", "not_said"),
+    [
+        (
+            {"services": {"billing": {"openapi": {"document": "MISSING", "operations": "*"}}}},
+            "packs[cloud]: services.billing.openapi.document: cannot read {missing}: No such file",
+            "",
+        ),
+        (
+            {"examples": ["github", "nope"]},
+            "  examples: no shipped example 'nope': the examples are render, sentry and github",
+            "literal[",
+        ),
+    ],
+)
+def test_config_errors_name_the_key_in_one_line(
+    tmp_path: Path, options: dict[str, Any], says: str, not_said: str
+) -> None:
+    """An unreadable OpenAPI document was reported without its service, and a bad `examples`
+    value as pydantic's errors for each member of the union (`examples.list[literal[...]].0`)."""
+    missing = tmp_path / "nope.openapi.yaml"
+    for service in options.get("services", {}).values():
+        service.update(
+            {
+                "base_url": "https://api.example.com",
+                "auth": {"type": "none"},
+                "openapi": {**service["openapi"], "document": str(missing)},
+            }
+        )
+    out = serve_refused(tmp_path, {"packs": [{"name": "cloud", "options": options}]})
+    assert out.returncode == 2, out.stderr
+    assert says.format(missing=missing) in out.stderr, out.stderr
+    if not_said:
+        assert not_said not in out.stderr, out.stderr
