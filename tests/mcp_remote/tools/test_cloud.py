@@ -772,6 +772,56 @@ async def test_sighup_reloads_secrets_without_a_restart(cloud: CloudHub) -> None
     cloud.assert_no_canary()
 
 
+async def test_a_service_whose_secret_file_appears_is_turned_on_by_sighup(tmp_path: Path) -> None:
+    """A service off at start for a missing secret file stayed off for good: SIGHUP re-read only
+    the services that were on, so mounting the secret later needed a restart."""
+    standin = start_standin()
+    secret = tmp_path / "late.secret"
+    openapi = tmp_path / "late.openapi.yaml"
+    openapi.write_text(OPENAPI)
+    late = {
+        "base_url": f"{standin.base}/late",
+        "auth": {"type": "bearer", "secret": {"file": str(secret)}},
+        "allow_private_network": ["127.0.0.1/32"],
+        "openapi": {"document": str(openapi), "operations": ["getThing"]},
+    }
+    never = {**late, "base_url": f"{standin.base}/never", "openapi": None}
+    never["auth"] = {"type": "bearer", "secret": {"file": str(tmp_path / "never.secret")}}
+    config = {
+        "policy": {"rules": [{"name": "everything, for this test", "decision": "allow"}]},
+        "principals": [{"name": "agent-a", "token_env": "TOKEN_A"}],
+        "packs": [{"name": "cloud", "options": {"services": {"late": late, "never": never}}}],
+    }
+    hub = start_hub(tmp_path / "hub", config=config, env={"TOKEN_A": TOKENS["agent-a"]})
+    try:
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+            off = await client.call("http_request", {"service": "late", "method": "GET", "path": "/x"})
+            assert off.is_error, off.text
+            assert "late_getThing" not in {t["name"] for t in await client.list_tools()}
+        key = "late-arriving-key-" + secrets.token_hex(12)
+        secret.write_text(key + "\n")
+        hub.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "service late is on" not in hub.log():
+            assert time.monotonic() < deadline, hub.log()[-3000:]
+            await asyncio.sleep(0.05)
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+            out = await client.call("http_request", {"service": "late", "method": "GET", "path": "/x"})
+            assert not out.is_error, out.text
+            assert standin.wait_for("/late/x").headers["Authorization"] == f"Bearer {key}"
+            assert out.structured["json"]["headers"]["Authorization"] == "Bearer [REDACTED]"
+            listed = await client.call("cloud_services", {})
+            assert [s["service"] for s in listed.structured["services"]] == ["late"]
+            assert "late_getThing" in {t["name"] for t in await client.list_tools()}
+            assert not (await client.call("late_getThing", {"id": 7})).is_error
+            still = await client.call("http_request", {"service": "never", "method": "GET", "path": "/x"})
+            assert still.is_error, still.text
+        assert key not in hub.log()
+    finally:
+        assert hub.stop() == 0
+        standin.stop()
+
+
 def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_order(tmp_path: Path) -> None:
     """The shell's spawner and the browser's driver started before the cloud pack took its
     variables out of the environment, and inherited them."""
