@@ -38,6 +38,17 @@ _BOMS = (
 )
 _ASCII = bytes(range(0x20, 0x7F))
 _ASCII_TEXT = _ASCII.decode("ascii")
+_CHARSET_ALIASES = {  # names services use (IANA, Windows) that Python's codecs do not know
+    "ucs-2": "utf-16",
+    "ucs2": "utf-16",
+    "iso-10646-ucs-2": "utf-16",
+    "csunicode": "utf-16",
+    "unicode": "utf-16-le",  # Windows' name for its UTF-16LE
+    "unicodefffe": "utf-16-be",
+    "ucs-4": "utf-32",
+    "ucs4": "utf-32",
+    "iso-10646-ucs-4": "utf-32",
+}
 
 
 def _charset(content_type: str) -> str | None:
@@ -58,6 +69,22 @@ def _guess_order(codec: str, data: bytes) -> str:
     return f"{codec}-le" if high_zero > low_zero else f"{codec}-be"
 
 
+def _json_wide(data: bytes) -> tuple[str, bytes] | None:
+    """UTF-16 or UTF-32 with neither BOM nor charset, told by where the zero bytes of the
+    first (ASCII) characters fall, as RFC 4627 reads JSON: text in an ASCII-compatible
+    encoding has no zero bytes there."""
+    head = data[:4]
+    if len(head) < 4 or b"\0" not in head:
+        return None
+    zeros = (head[0] == 0, head[1] == 0, head[2] == 0, head[3] == 0)
+    return {
+        (True, True, True, False): ("utf-32-be", b""),
+        (False, True, True, True): ("utf-32-le", b""),
+        (True, False, True, False): ("utf-16-be", b""),
+        (False, True, False, True): ("utf-16-le", b""),
+    }.get(zeros)
+
+
 def body_codec(content_type: str, data: bytes) -> tuple[str, bytes] | None:
     """The codec a body must be decoded with to find an ASCII secret in it, and the BOM it
     starts with; None for an encoding where ASCII is ASCII bytes (UTF-8, latin-1, ...), read
@@ -67,9 +94,9 @@ def body_codec(content_type: str, data: bytes) -> tuple[str, bytes] | None:
             return codec, bom
     charset = _charset(content_type)
     if charset is None:
-        return None
+        return _json_wide(data)
     try:
-        codec = codecs.lookup(charset).name
+        codec = codecs.lookup(_CHARSET_ALIASES.get(charset.lower(), charset)).name
         if _ASCII_TEXT.encode(codec) == _ASCII:
             return None
     except (LookupError, UnicodeError):
@@ -80,11 +107,13 @@ def body_codec(content_type: str, data: bytes) -> tuple[str, bytes] | None:
 
 
 def redact_bytes(redactor: Redactor, data: bytes, content_type: str = "") -> bytes:
-    """`data` with secrets replaced. A body in UTF-16 or UTF-32 (by its BOM or its charset), or
-    another charset in which ASCII is not ASCII bytes, is decoded with its codec, redacted, and
-    encoded back with the same codec (so `[REDACTED]` is valid text there too). Anything else is
-    read as latin-1, which maps bytes to code points one to one: an ASCII secret is found in any
-    ASCII-compatible encoding (UTF-8 included), and the other bytes come back unchanged."""
+    """`data` with secrets replaced. A body in UTF-16 or UTF-32 (by its BOM, its charset, or for
+    neither the zero bytes of its first characters), or in another charset in which ASCII is not
+    ASCII bytes, is decoded with its codec, redacted, and encoded back with the same codec (so
+    `[REDACTED]` is valid text there too), then searched for the registered secrets byte for
+    byte as well. Anything else is read as latin-1, which maps bytes to code points one to one:
+    an ASCII secret is found in any ASCII-compatible encoding (UTF-8 included), and the other
+    bytes come back unchanged."""
     found = body_codec(content_type, data)
     if found is not None:
         codec, bom = found
@@ -97,7 +126,10 @@ def redact_bytes(redactor: Redactor, data: bytes, content_type: str = "") -> byt
         except UnicodeDecodeError:
             pass  # not text in that codec after all (binary data that starts like a BOM)
         else:
-            return bom + redactor.text(decoded).encode(codec, errors="surrogatepass") + rest
+            data = bom + redactor.text(decoded).encode(codec, errors="surrogatepass") + rest
+            # And byte for byte, as before: a guess can be wrong (binary data that looks like
+            # UTF-16), and a plain ASCII secret in it must not get past for that.
+            return redactor.text(data.decode("latin-1"), shapes=False).encode("latin-1")
     return redactor.text(data.decode("latin-1")).encode("latin-1")
 
 
