@@ -800,9 +800,10 @@ async def test_a_service_whose_secret_file_appears_is_turned_on_by_sighup(tmp_pa
             assert "late_getThing" not in {t["name"] for t in await client.list_tools()}
         key = "late-arriving-key-" + secrets.token_hex(12)
         secret.write_text(key + "\n")
+        (tmp_path / "never.secret").write_text("short\n")  # there now, but unusable: stays off
         hub.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while "service late is on" not in hub.log():
+        while "service late is on" not in hub.log() or "service never stays off" not in hub.log():
             assert time.monotonic() < deadline, hub.log()[-3000:]
             await asyncio.sleep(0.05)
         async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
@@ -816,6 +817,7 @@ async def test_a_service_whose_secret_file_appears_is_turned_on_by_sighup(tmp_pa
             assert not (await client.call("late_getThing", {"id": 7})).is_error
             still = await client.call("http_request", {"service": "never", "method": "GET", "path": "/x"})
             assert still.is_error, still.text
+        assert "expected at least 8" in hub.log() and hub.alive()
         assert key not in hub.log()
     finally:
         assert hub.stop() == 0
