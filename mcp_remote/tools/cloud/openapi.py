@@ -54,25 +54,27 @@ class Operation:
     risk: Risk | None
 
 
-def load_document(path: Path) -> dict[str, Any]:
+def load_document(path: Path, where: str = "openapi") -> dict[str, Any]:
+    """The OpenAPI document at `path`; errors start with `where` (`services.<name>.openapi`)."""
     import json
 
     import yaml
 
+    key = f"{where}.document"
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"openapi.document: cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
     try:
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"openapi.document: {path} is not valid YAML: {yaml_problem(exc)}") from None
+        raise ConfigError(f"{key}: {path} is not valid YAML: {yaml_problem(exc)}") from None
     except ValueError as exc:
-        raise ConfigError(f"openapi.document: {path} is not valid JSON: {exc}") from exc
+        raise ConfigError(f"{key}: {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not str(doc.get("openapi", "")).startswith("3."):
-        raise ConfigError(f"openapi.document: {path} is not an OpenAPI 3 document (no `openapi: 3.x`)")
+        raise ConfigError(f"{key}: {path} is not an OpenAPI 3 document (no `openapi: 3.x`)")
     if not isinstance(doc.get("paths"), dict):
-        raise ConfigError(f"openapi.document: {path} has no `paths`")
+        raise ConfigError(f"{key}: {path} has no `paths`")
     return doc
 
 

@@ -93,11 +93,16 @@ class CloudPack:
         env: PackEnv,
         services: Mapping[str, Service],
         disabled: Mapping[str, str],
+        missing: Mapping[str, ServiceSettings] | None = None,
+        environ: MutableMapping[str, str] | None = None,
     ) -> None:
         self.options = options
         self.env = env
         self.services = dict(services)
         self.disabled = dict(disabled)
+        self._missing = dict(missing or {})
+        """Services off because their secret was missing: checked again on every reload."""
+        self._environ: MutableMapping[str, str] = environ if environ is not None else {}
         self.limiter = RateLimiter()
         self.usage = UsageCounters()
         self.reloads = 0
@@ -133,11 +138,49 @@ class CloudPack:
             await service.client.aclose()
 
     def reload(self) -> None:
-        """Re-read every file secret (SIGHUP). Calls in flight keep the credential they started with."""
+        """Re-read every file secret (SIGHUP). Calls in flight keep the credential they started with.
+        A service that is off because its secret was missing is checked again, and turned on
+        (its tools appear) when the secret is there now."""
         self.reloads += 1
         for service in self.services.values():
             service.credential.reload()
         logger.info("credentials reloaded (reload %d)", self.reloads)
+        self._turn_on_found()
+
+    def _turn_on_found(self) -> None:
+        turned_on: list[str] = []
+        for name, settings in sorted(self._missing.items()):
+            try:
+                service = build_service(
+                    name,
+                    settings,
+                    environ=self._environ,
+                    register_secret=self.env.redactor.add,
+                    listen=self.env.listen_addresses,
+                )
+            except SecretMissing as exc:
+                self.disabled[name] = str(exc)  # still missing (an environment variable never appears)
+                continue
+            except ConfigError as exc:  # there, but unusable (too short, unreadable): stays off
+                self.disabled[name] = str(exc)
+                logger.warning("service %s stays off: %s", name, exc)
+                continue
+            self.services[name] = service
+            try:
+                tools = self._build_tools()
+            except ConfigError as exc:  # a generated tool's name is taken: it cannot be turned on
+                del self.services[name]
+                del self._missing[name]
+                self.disabled[name] = str(exc)
+                logger.error("service %s stays off: %s", name, exc)
+                continue  # its client never opened a connection: nothing to close
+            self._tools = tools
+            del self._missing[name]
+            self.disabled.pop(name, None)
+            turned_on.append(name)
+            logger.info("service %s is on: its credential is there now (reload %d)", name, self.reloads)
+        if turned_on:
+            self.env.tools_changed(self)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -322,6 +365,11 @@ class CloudPack:
         assert call.principal is not None
         service = self.services.get(name)
         if service is None:
+            if name in self._missing:
+                raise ToolError(
+                    f"service {name!r} is off: its credential is not configured on the hub (an operator "
+                    "can provide it and send the hub SIGHUP)"
+                )
             if name in self.disabled:
                 raise ToolError(f"service {name!r} is off: its credential is not configured on the hub")
             raise ToolError(f"no service {name!r}; cloud_services lists the ones you may call")
@@ -474,6 +522,11 @@ class CloudPack:
         except ToolError as exc:
             self.usage.finished(principal, service.name, None, 0)
             raise ToolError(self._redactor.text(str(exc))) from None
+        except asyncio.CancelledError:
+            # The caller cancelled, or its deadline passed: no response reached it. Counted, so
+            # that every call started has an outcome (`calls` = ok + client + server + failed).
+            self.usage.finished(principal, service.name, None, 0)
+            raise
         settings = service.settings
         self.usage.finished(
             principal, service.name, response.status, min(len(response.body), settings.max_response_bytes)
@@ -560,6 +613,7 @@ def create_pack(
         environ = extra if isinstance(extra, MutableMapping) else os.environ
     services: dict[str, Service] = {}
     disabled: dict[str, str] = {}
+    missing: dict[str, ServiceSettings] = {}
     for name, settings in _gather_settings(parsed).items():
         if not settings.enabled:
             disabled[name] = "enabled: false in its configuration"
@@ -570,10 +624,11 @@ def create_pack(
             )
         except SecretMissing as exc:
             disabled[name] = str(exc)
+            missing[name] = settings
     if not parsed.keep_secret_env:
         # The values now live in the pack; no process the hub starts may inherit them.
         for service in services.values():
             ref = service.settings.auth.secret
             if ref is not None and ref.env is not None:
                 environ.pop(ref.env, None)
-    return CloudPack(parsed, env, services, disabled)
+    return CloudPack(parsed, env, services, disabled, missing, environ)

@@ -60,7 +60,8 @@ class Usage:
     client_errors: int = 0
     server_errors: int = 0
     failed: int = 0
-    """No response: refused by the guard, a network error or a timeout."""
+    """No response: refused by the guard, a network error, a timeout, or the call cancelled (or
+    abandoned at the caller's deadline) before the response came."""
     rate_limited: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0

@@ -83,7 +83,7 @@ def build_service(
     credential = CredentialSource(f"{where}.auth", settings.auth, environ, register_secret, scrub_env=False)
     ops: list[Operation] = []
     if settings.openapi is not None:
-        doc = load_document(settings.openapi.document)
+        doc = load_document(settings.openapi.document, f"{where}.openapi")
         ops = operations(doc, settings.openapi.operations, f"{where}.openapi")
     routes = [Route(frozenset(r.methods), tuple(r.paths), r.risk, "config") for r in settings.allow] + [
         Route(frozenset({op.method}), (op.path,), op.risk, op.operation_id) for op in ops

@@ -245,6 +245,26 @@ class CloudOptions(_Model):
     services: dict[Annotated[str, Field(pattern=SERVICE_NAME)], ServiceSettings] = Field(default_factory=dict)
     examples: list[Literal["render", "sentry", "github"]] | Literal["all"] = Field(default_factory=list)
     """Shipped example services to load; each stays off until its secret is provided."""
+
+    @field_validator("examples", mode="before")
+    @classmethod
+    def _examples(cls, value: Any) -> Any:
+        # Checked here, not by the type: pydantic's error for the union names its members
+        # (`examples.list[literal[...]].0`, `examples.literal['all']`) instead of the mistake.
+        if value == "all":
+            return value
+        if not isinstance(value, list):
+            raise ValueError(
+                f'expected a list of shipped examples (render, sentry, github) or "all", got {value!r}'
+            )
+        unknown = [v for v in value if v not in ("render", "sentry", "github")]
+        if unknown:
+            raise ValueError(
+                f"no shipped example {unknown[0]!r}: the examples are render, sentry and github "
+                '(or "all" for every one)'
+            )
+        return value
+
     usage_flush_s: float = Field(default=10.0, gt=0)
     """How often the usage counters file (`<state_dir>/cloud/usage.json`) is rewritten."""
     keep_secret_env: bool = False

@@ -129,6 +129,12 @@ def start_standin() -> StandIn:
                 packed = packed[: len(packed) - int(params.get("cut", "0"))]
                 label = "deflate" if encoding == "raw-deflate" else encoding
                 self._reply(200, packed, "application/json", {"Content-Encoding": label})
+            elif "/charset" in url.path:  # the echo in `?as=` codec, declared as `?label=` (none: "")
+                codec = params.get("as", "utf-16")
+                label = params.get("label", codec)
+                n = int(params.get("n", "1"))
+                data = (echo.decode() * n).encode(codec)  # Python's utf-16 and utf-32 write a BOM
+                self._reply(200, data, "application/json" + (f"; charset={label}" if label else ""))
             elif "/binary" in url.path:
                 self._reply(200, bytes(range(256)) * 8, "application/octet-stream")
             else:

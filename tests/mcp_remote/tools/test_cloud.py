@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.clients import TRANSPORTS, Outcome, ProtocolFailure, connect
-from tests.support.hub import RunningHub, start_hub
+from tests.support.hub import RunningHub, serve_refused, start_hub
 
 from .cloud_standin import StandIn, start_standin
 
@@ -353,6 +353,21 @@ async def test_error_responses_and_stored_bodies_are_redacted_too(cloud: CloudHu
     cloud.assert_no_canary()
 
 
+async def test_headers_describing_the_raw_body_do_not_reveal_a_redacted_keys_length(cloud: CloudHub) -> None:
+    """`content-length` was passed on as the service sent it: the redacted body is shorter by the
+    key's length less 10, so the two numbers together gave the key's length away."""
+    for method in ("HEAD", "GET"):
+        out = await cloud.call(
+            "http_request", {"service": "stand", "method": method, "path": "/echo/length"}, principal="ops"
+        )
+        assert not out.is_error, out.text
+        headers = out.structured["headers"]
+        assert "content-length" not in headers and "content-encoding" not in headers, headers
+        assert headers["content-type"] == "application/json"
+    assert _echo(out)["headers"]["Authorization"] == "Bearer [REDACTED]"
+    cloud.assert_no_canary()
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_compressed_echo_of_the_key_is_decoded_and_redacted(cloud: CloudHub, encoding: str) -> None:
     """The hub asks for `identity`; a service that compresses anyway must not get the key past
@@ -413,6 +428,43 @@ async def test_a_body_in_an_encoding_the_hub_cannot_read_is_not_passed_on(cloud:
     )
     assert refused.is_error and "the service answered in the encoding 'br'" in refused.text
     assert "not really brotli" not in refused.text
+
+
+@pytest.mark.parametrize(
+    ("codec", "label"),
+    [
+        ("utf-16", "utf-16"),  # with a BOM (little-endian here)
+        ("utf-16-be", "UTF-16BE"),  # declared, no BOM
+        ("utf-16-le", "utf-16"),  # declared without a byte order, no BOM
+        ("utf-32", ""),  # only a BOM says what it is
+        ("utf-32-be", "utf-32be"),
+    ],
+)
+async def test_a_key_echoed_in_utf16_or_utf32_is_redacted(cloud: CloudHub, codec: str, label: str) -> None:
+    """The body was read as latin-1 whatever its charset: in UTF-16 a key has a NUL between its
+    characters, the redactor never saw it, and the key reached the caller."""
+    out = await cloud.call(
+        "http_request",
+        {"service": "filekey", "method": "GET", "path": "/charset", "query": {"as": codec, "label": label}},
+        principal="agent-b",
+    )
+    key = cloud.standin.wait_for("/files/charset").headers["X-Api-Key"]
+    assert _echo(out)["headers"]["X-Api-Key"] == "[REDACTED]"
+    assert key not in out.text.replace("\0", "") and key not in json.dumps(out.result).replace("\\u0000", "")
+    # Stored whole (past inline_bytes): the stored bytes are the same codec, redacted.
+    big = await cloud.call(
+        "http_request",
+        {
+            "service": "filekey",
+            "method": "GET",
+            "path": "/charset",
+            "query": {"as": codec, "label": label, "n": 400},
+        },
+        principal="agent-b",
+    )
+    assert "output_id" in big.structured and "[REDACTED]" in big.structured["text"], big.text[:300]
+    assert key not in big.text.replace("\0", "")
+    cloud.assert_no_canary()
 
 
 async def test_a_character_cut_by_the_preview_is_left_for_output_read(cloud: CloudHub) -> None:
@@ -628,6 +680,50 @@ async def test_usage_counters_are_for_operators(cloud: CloudHub) -> None:
     cloud.assert_no_canary()
 
 
+async def test_a_cancelled_call_is_counted_as_failed(cloud: CloudHub) -> None:
+    """A call cancelled (or abandoned at the caller's deadline) while it waited for the service
+    was counted in `calls` and in no outcome, so the outcomes no longer added up to the calls."""
+
+    async def counts() -> dict[str, Any]:
+        usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured["usage"]
+        found = [u for u in usage if u["principal"] == "agent-b" and u["service"] == "filekey"]
+        return found[0] if found else {"calls": 0, "failed": 0}
+
+    def outcomes(u: dict[str, Any]) -> int:
+        return int(u["ok"] + u["client_errors"] + u["server_errors"] + u["failed"])
+
+    before = await counts()
+    cloud.standin.release.clear()
+    try:
+        call = asyncio.create_task(
+            cloud.call(
+                "http_request",
+                {
+                    "service": "filekey",
+                    "method": "GET",
+                    "path": "/cancelled/hold",
+                    "query": {"to": "/files/x"},
+                },
+                principal="agent-b",
+            )
+        )
+        await asyncio.to_thread(cloud.standin.wait_for, "/files/cancelled/hold")
+        call.cancel()  # the client gives up: the hub cancels the call
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        deadline = time.monotonic() + 10
+        while True:
+            after = await counts()
+            if after["calls"] == before["calls"] + 1 and after["failed"] == before["failed"] + 1:
+                break
+            assert time.monotonic() < deadline, f"the cancelled call has no outcome: {before} -> {after}"
+            await asyncio.sleep(0.1)
+        assert outcomes(after) == after["calls"], after
+    finally:
+        cloud.standin.release.set()
+    cloud.assert_no_canary()
+
+
 async def test_a_rotated_secret_is_used_by_the_next_call_and_not_by_one_in_flight(cloud: CloudHub) -> None:
     async def key_seen(path: str) -> str:
         await cloud.call("http_request", {"service": "filekey", "method": "GET", "path": path})
@@ -674,6 +770,58 @@ async def test_sighup_reloads_secrets_without_a_restart(cloud: CloudHub) -> None
     usage = (await cloud.call("cloud_usage", {}, principal="ops")).structured
     assert usage["reloads"] == 1
     cloud.assert_no_canary()
+
+
+async def test_a_service_whose_secret_file_appears_is_turned_on_by_sighup(tmp_path: Path) -> None:
+    """A service off at start for a missing secret file stayed off for good: SIGHUP re-read only
+    the services that were on, so mounting the secret later needed a restart."""
+    standin = start_standin()
+    secret = tmp_path / "late.secret"
+    openapi = tmp_path / "late.openapi.yaml"
+    openapi.write_text(OPENAPI)
+    late = {
+        "base_url": f"{standin.base}/late",
+        "auth": {"type": "bearer", "secret": {"file": str(secret)}},
+        "allow_private_network": ["127.0.0.1/32"],
+        "openapi": {"document": str(openapi), "operations": ["getThing"]},
+    }
+    never = {**late, "base_url": f"{standin.base}/never", "openapi": None}
+    never["auth"] = {"type": "bearer", "secret": {"file": str(tmp_path / "never.secret")}}
+    config = {
+        "policy": {"rules": [{"name": "everything, for this test", "decision": "allow"}]},
+        "principals": [{"name": "agent-a", "token_env": "TOKEN_A"}],
+        "packs": [{"name": "cloud", "options": {"services": {"late": late, "never": never}}}],
+    }
+    hub = start_hub(tmp_path / "hub", config=config, env={"TOKEN_A": TOKENS["agent-a"]})
+    try:
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+            off = await client.call("http_request", {"service": "late", "method": "GET", "path": "/x"})
+            assert off.is_error, off.text
+            assert "late_getThing" not in {t["name"] for t in await client.list_tools()}
+        key = "late-arriving-key-" + secrets.token_hex(12)
+        secret.write_text(key + "\n")
+        (tmp_path / "never.secret").write_text("short\n")  # there now, but unusable: stays off
+        hub.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "service late is on" not in hub.log() or "service never stays off" not in hub.log():
+            assert time.monotonic() < deadline, hub.log()[-3000:]
+            await asyncio.sleep(0.05)
+        async with connect("grpc", hub.grpc, hub.mcp_url, TOKENS["agent-a"]) as client:
+            out = await client.call("http_request", {"service": "late", "method": "GET", "path": "/x"})
+            assert not out.is_error, out.text
+            assert standin.wait_for("/late/x").headers["Authorization"] == f"Bearer {key}"
+            assert out.structured["json"]["headers"]["Authorization"] == "Bearer [REDACTED]"
+            listed = await client.call("cloud_services", {})
+            assert [s["service"] for s in listed.structured["services"]] == ["late"]
+            assert "late_getThing" in {t["name"] for t in await client.list_tools()}
+            assert not (await client.call("late_getThing", {"id": 7})).is_error
+            still = await client.call("http_request", {"service": "never", "method": "GET", "path": "/x"})
+            assert still.is_error, still.text
+        assert "expected at least 8" in hub.log() and hub.alive()
+        assert key not in hub.log()
+    finally:
+        assert hub.stop() == 0
+        standin.stop()
 
 
 def test_no_process_the_hub_starts_inherits_a_cloud_secret_whatever_the_pack_order(tmp_path: Path) -> None:
@@ -739,3 +887,39 @@ async def test_the_gate_sees_each_requests_own_risk(tmp_path: Path) -> None:
         hub.stop()
         standin.stop()
     assert [r.method for r in standin.received("/api/items/1")] == ["GET"]
+
+
+@pytest.mark.parametrize(
+    ("options", "says", "not_said"),
+    [
+        (
+            {"services": {"billing": {"openapi": {"document": "MISSING", "operations": "*"}}}},
+            "packs[cloud]: services.billing.openapi.document: cannot read {missing}: No such file",
+            "",
+        ),
+        (
+            {"examples": ["github", "nope"]},
+            "  examples: no shipped example 'nope': the examples are render, sentry and github",
+            "literal[",
+        ),
+    ],
+)
+def test_config_errors_name_the_key_in_one_line(
+    tmp_path: Path, options: dict[str, Any], says: str, not_said: str
+) -> None:
+    """An unreadable OpenAPI document was reported without its service, and a bad `examples`
+    value as pydantic's errors for each member of the union (`examples.list[literal[...]].0`)."""
+    missing = tmp_path / "nope.openapi.yaml"
+    for service in options.get("services", {}).values():
+        service.update(
+            {
+                "base_url": "https://api.example.com",
+                "auth": {"type": "none"},
+                "openapi": {**service["openapi"], "document": str(missing)},
+            }
+        )
+    out = serve_refused(tmp_path, {"packs": [{"name": "cloud", "options": options}]})
+    assert out.returncode == 2, out.stderr
+    assert says.format(missing=missing) in out.stderr, out.stderr
+    if not_said:
+        assert not_said not in out.stderr, out.stderr

@@ -384,3 +384,46 @@ def test_a_body_that_does_not_compress_is_cut_at_the_cap_not_refused() -> None:
     assert len(packed) > len(body)
     inflater = _Inflater("gzip", "svc", 100_000)
     assert inflater.feed(packed, 100_000) == body
+
+
+@pytest.mark.parametrize(
+    ("codec", "content_type"),
+    [
+        ("utf-16", "application/json"),  # a BOM alone
+        ("utf-16-le", "text/plain; charset=UTF-16"),  # no BOM: the byte order is guessed
+        ("utf-16-be", "text/plain; charset=utf-16"),
+        ("utf-32-le", 'text/plain; charset="utf-32le"'),
+        ("utf-32", "text/plain"),
+        ("cp500", "text/plain; charset=cp500"),  # EBCDIC: ASCII is not ASCII bytes there either
+        ("utf-16-le", "application/json"),  # neither BOM nor charset: told by the zero bytes
+        ("utf-32-be", "application/json"),
+        ("utf-16-le", "application/json; charset=unicode"),  # Windows' name, unknown to Python
+        ("utf-16-be", "text/plain; charset=UCS-2"),
+    ],
+)
+def test_a_body_in_a_wide_charset_is_redacted_in_that_charset(codec: str, content_type: str) -> None:
+    """It was read as latin-1: a key in UTF-16 has a NUL between its characters and was missed.
+    The marker must come back in the body's own codec, and a cut last character stays as it was."""
+    from mcp_remote.tools.cloud.results import redact_bytes
+
+    key = "canary-wide-0123456789"
+    note = "caf\u00e9 \u2713" if codec.startswith("utf") else "caf\u00e9"
+    body = f'{{"token": "{key}", "note": "{note}"}}'.encode(codec)
+    tail = b"\xd8" if codec.startswith("utf-16") else b""  # half a character, from a cut body
+    out = redact_bytes(Redactor([key]), body + tail, content_type)
+    assert out.endswith(tail)
+    text = out[: len(out) - len(tail)].decode(codec)
+    assert text.lstrip("\ufeff") == f'{{"token": "[REDACTED]", "note": "{note}"}}'
+    assert redact_bytes(Redactor([key]), key.encode("utf-8"), "text/plain; charset=utf-8") == b"[REDACTED]"
+
+
+def test_binary_data_that_looks_like_utf16_is_still_searched_byte_for_byte() -> None:
+    """The zero bytes of a binary header can look like UTF-16: a plain ASCII key after them must
+    be found as it was before bodies were decoded by their charset."""
+    from mcp_remote.tools.cloud.results import redact_bytes
+
+    key = "canary-binary-0123456789"
+    body = b"\x01\x00\x02\x00" + bytes(range(256)) + key.encode() + b"\x00\xff"
+    out = redact_bytes(Redactor([key]), body, "application/octet-stream")
+    assert key.encode() not in out and b"[REDACTED]" in out
+    assert out.startswith(b"\x01\x00\x02\x00" + bytes(range(256)))
