@@ -15,7 +15,9 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
 - One principal holds at most `max_sessions` sessions. Opening one more ends that principal's
   least recently used session that has no request in flight (clients that hold a GET stream,
   the live ones, always do); if all are busy, HTTP 429. A principal that floods only pushes
-  out its own abandoned sessions. An initialize holds its place from the moment it is
+  out its own abandoned sessions. A session whose token a reload revoked or rotated holds no
+  place: it is ended when its tool-list watch ends (`bridge/changes.py`), or here once its
+  principal needs the room. An initialize holds its place from the moment it is
   admitted (the SDK names its session only when it answers), so initializes sent together
   cannot pass the cap; a POST without a session ID that is not an initialize ends nothing.
   To tell, the door reads the body (no further than the bridge's body limit, past which the
@@ -122,11 +124,14 @@ def challenge_header(presented: bool, message: str) -> bytes:
 class _Sessions:
     """One principal's open sessions, least recently used first, with their requests in flight."""
 
-    __slots__ = ("ended", "in_flight", "opening", "reported_at", "requests")
+    __slots__ = ("ended", "in_flight", "opening", "reported_at", "requests", "tokens")
 
     def __init__(self) -> None:
         self.in_flight: OrderedDict[str, int] = OrderedDict()
         self.requests: dict[str, set[str]] = {}
+        self.tokens: dict[str, str | None] = {}
+        """By session, the token its last request came with: one a reload revoked or rotated
+        frees the session's place (`SessionDoor._make_room`)."""
         """By session, the ids (as text) of its requests in flight; a session with none has no entry."""
         self.opening = 0
         """Initializes admitted and not yet answered: each holds a place under the cap, since
@@ -140,16 +145,18 @@ class _NoteSession:
     """`send` for a POST without a session ID: counts the session the SDK's answer names (its
     place passes from the reservation, if the request held one, to the session)."""
 
-    __slots__ = ("held", "reserved", "send")
+    __slots__ = ("held", "reserved", "send", "token")
 
-    def __init__(self, held: _Sessions, send: Send, reserved: bool) -> None:
-        self.held, self.send, self.reserved = held, send, reserved
+    def __init__(self, held: _Sessions, send: Send, reserved: bool, token: str | None) -> None:
+        self.held, self.send, self.reserved, self.token = held, send, reserved, token
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] < 400:
             for key, value in message.get("headers", ()):
                 if key.lower() == _SESSION_HEADER:
-                    self.held.in_flight[value.decode("latin-1")] = 0
+                    session_id = value.decode("latin-1")
+                    self.held.in_flight[session_id] = 0
+                    self.held.tokens[session_id] = self.token
                     if self.reserved:
                         self.held.opening -= 1
                         self.reserved = False
@@ -247,9 +254,9 @@ class SessionDoor:
                 return
             receive, _ = screened
         if session_id is not None:
-            await self._in_session(principal, session_id.decode("latin-1"), scope, receive, send)
+            await self._in_session(principal, token, session_id.decode("latin-1"), scope, receive, send)
         elif scope["method"] == "POST":
-            await self._opening(principal, scope, receive, send)
+            await self._opening(principal, token, scope, receive, send)
         else:
             await self.app(scope, receive, send)  # the SDK answers a GET or DELETE without an ID
 
@@ -289,12 +296,19 @@ class SessionDoor:
         return user
 
     async def _in_session(
-        self, principal: Principal, session_id: str, scope: Scope, receive: Receive, send: Send
+        self,
+        principal: Principal,
+        token: str | None,
+        session_id: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         held = self._held.get(principal.name)
         if held is None or session_id not in held.in_flight:
             await self.app(scope, receive, send)  # not this principal's: the SDK says 404
             return
+        held.tokens[session_id] = token
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
         request_key: str | None = None
@@ -404,7 +418,9 @@ class SessionDoor:
         await send(start)
         await send(answer)
 
-    async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _opening(
+        self, principal: Principal, token: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         held = self._held.setdefault(principal.name, _Sessions())
         # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
         # and must not cost the principal a session. The body is read here to tell (up to the
@@ -422,7 +438,7 @@ class SessionDoor:
         initialize = _initialize(body) if complete else None
         if initialize is None:
             # Whatever the door concluded, a session the SDK opens is counted.
-            await self.app(scope, receive, _NoteSession(held, send, reserved=False))
+            await self.app(scope, receive, _NoteSession(held, send, reserved=False, token=token))
             return
         problem = _initialize_problem(initialize.get("params"))
         if problem is not None:
@@ -442,7 +458,7 @@ class SessionDoor:
             await send(answer)
             return
         held.opening += 1  # before any await, so concurrent initializes see each other
-        noting = _NoteSession(held, send, reserved=True)
+        noting = _NoteSession(held, send, reserved=True, token=token)
         try:
             if not await self._make_room(principal, held):
                 start, answer = _refusal(
@@ -460,19 +476,45 @@ class SessionDoor:
             if noting.reserved:
                 held.opening -= 1
 
+    def _still_valid(self, principal: Principal, token: str | None) -> bool:
+        """Whether `token` still names `principal` (the hub's authenticator reads its current
+        principals: a reload is seen at once)."""
+        try:
+            return self._authenticate(token).name == principal.name
+        except Unauthenticated:
+            return False
+
+    @staticmethod
+    def _forget_session(held: _Sessions, session_id: str) -> None:
+        held.in_flight.pop(session_id, None)
+        held.tokens.pop(session_id, None)
+
     async def _make_room(self, principal: Principal, held: _Sessions) -> bool:
         """Forget the principal's ended sessions; past the cap (open ones plus initializes
         admitted), end its least recently used idle ones. False when every one of them has a
         request in flight."""
         live = self._open_sessions()
         for ended in [sid for sid in held.in_flight if sid not in live or live[sid].is_terminated]:
-            del held.in_flight[ended]
+            self._forget_session(held, ended)
+        if len(held.in_flight) + held.opening > self._max_sessions:
+            # A session whose token a reload revoked or rotated is its client's no longer (every
+            # request with that token gets 401), even one holding a GET stream: it is ended, so
+            # that the principal's new token is not refused for sessions nobody can use. (Its
+            # tool-list watch ends it at the reload when it has one: `bridge/changes.py`.)
+            for sid in [
+                sid for sid in held.in_flight if not self._still_valid(principal, held.tokens.get(sid))
+            ]:
+                self._forget_session(held, sid)
+                session = live.get(sid)
+                if session is not None and not session.is_terminated:
+                    logger.info("an MCP session of %r ended: its token is no longer valid", principal.name)
+                    await session.terminate()
         # `opening` counts this initialize too.
         while len(held.in_flight) + held.opening > self._max_sessions:
             idle = next((sid for sid, n in held.in_flight.items() if n == 0), None)
             if idle is None:
                 return False
-            del held.in_flight[idle]
+            self._forget_session(held, idle)
             held.ended += 1
             now = time.monotonic()
             if now - held.reported_at >= _REPORT_EVERY_S:  # a flood: one line a minute, not one a session
