@@ -309,6 +309,15 @@ class SessionDoor:
             await self.app(scope, receive, send)  # not this principal's: the SDK says 404
             return
         held.tokens[session_id] = token
+        if scope["method"] == "GET" and any(key == b"last-event-id" for key, _ in scope["headers"]):
+            # A client resuming a stream. The bridge keeps no event store and never gave an event an
+            # ID, so there is nothing to replay; the SDK, which then only returns, had the server
+            # answer a plain-text 500. Replay is optional (2025-06-18 and 2025-11-25, "Resumability
+            # and Redelivery": the server MAY replay), and a GET must get an SSE stream or 405: the
+            # header is ignored and the client gets a fresh stream, where it hears of later changes
+            # (a 4xx would leave a client that resumes without the stream for good).
+            kept = [(k, v) for k, v in scope["headers"] if k != b"last-event-id"]
+            scope = {**scope, "headers": kept}
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
         request_key: str | None = None

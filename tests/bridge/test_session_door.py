@@ -158,6 +158,34 @@ def test_a_session_belongs_to_its_principal(secured_hub: RunningHub) -> None:
     assert session not in log
 
 
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25"])
+def test_a_get_that_asks_to_resume_gets_a_fresh_stream(secured_hub: RunningHub, version: str) -> None:
+    """`Last-Event-ID` on a live session's GET: the bridge keeps no event store (it never gave an event
+    an ID), so there is nothing to replay; it opens a fresh stream rather than answering HTTP 500."""
+    a = TOKENS["agent-a"]
+    headers = _auth(a) | {"accept": "text/event-stream", "mcp-protocol-version": version}
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=httpx2.Timeout(30, read=60)) as http:
+        for last_event_id in ("0", "some-stream/17"):
+            opened = http.post(
+                "/mcp",
+                json={**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}},
+                headers=ACCEPT | _auth(a),
+            )
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["mcp-session-id"]
+            with http.stream(
+                "GET", "/mcp", headers=headers | {"mcp-session-id": session, "last-event-id": last_event_id}
+            ) as stream:
+                assert stream.status_code == 200, stream.read()
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                # The session goes on, and ending it ends the stream.
+                assert works(http, a, session)
+                ended = http.delete("/mcp", headers=headers | {"mcp-session-id": session})
+                assert ended.status_code == 200, ended.text
+                stream.read()
+    assert "returned without starting response" not in secured_hub.log()
+
+
 @pytest.fixture(scope="module")
 def capped_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     config = {
