@@ -48,7 +48,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types import InitializeRequestParams, jsonrpc_message_adapter
 from mcp_types import methods as spec_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,6 +71,9 @@ UNAVAILABLE = -32033
 """The JSON-RPC code the bridge gives UNAVAILABLE."""
 TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+"""The SDK's code for a protocol version it does not serve (`mcp_types.UNSUPPORTED_PROTOCOL_VERSION`)."""
+SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
 
 _REPORT_EVERY_S = 60.0
 _CANCEL_TIMEOUT_S = 10.0  # delivering the cancel of a request whose client closed its POST
@@ -96,6 +99,65 @@ def _refusal(
         ],
     }
     return start, {"type": "http.response.body", "body": body}
+
+
+async def _refuse_version(send: Send, requested: str) -> None:
+    """HTTP 400, as 2025-06-18 "Protocol Version Header" asks, in the SDK's words and code."""
+    body = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": UNSUPPORTED_PROTOCOL_VERSION,
+                "message": f"Unsupported protocol version {requested[:100]!r} in the MCP-Protocol-Version "
+                f"header; supported: {', '.join(SUPPORTED_VERSIONS)}",
+                "data": {"supported": list(SUPPORTED_VERSIONS), "requested": requested[:100]},
+            },
+        }
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_EMPTY_REFUSALS = {
+    405: "Method Not Allowed: the stateless protocol (2026-07-28) takes POST only",
+    406: "Not Acceptable: Client must accept both application/json and text/event-stream",
+}
+
+
+def _with_bodies(send: Send) -> Send:
+    """`send` for the SDK's stateless wire, which answers a GET or DELETE (405) and a POST whose
+    `Accept` lacks a type (406) with no body at all: those get a JSON-RPC error saying why, as
+    the handshake era's refusals do."""
+    held: Message | None = None
+
+    async def sending(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] in _EMPTY_REFUSALS:
+            held = message
+            return
+        if held is not None:
+            start, held = held, None
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("body")
+                and not message.get("more_body", False)
+            ):
+                status = start["status"]
+                kept = tuple(
+                    (k, v)
+                    for k, v in start.get("headers", ())
+                    if k.lower() not in (b"content-type", b"content-length")
+                )
+                refusal, answer = _refusal(status, INVALID_REQUEST, _EMPTY_REFUSALS[status], kept)
+                await send(refusal)
+                await send(answer)
+                return
+            await send(start)
+        await send(message)
+
+    return sending
 
 
 def _method(scope: Scope) -> bytes | None:
@@ -244,8 +306,16 @@ class SessionDoor:
             await send(start)
             await send(body)
             return
+        unknown = version is not None and version.decode("latin-1") not in SUPPORTED_VERSIONS
+        if unknown and (session_id is not None or scope["method"] != "POST"):
+            # A version nobody serves, in a session or on a GET or DELETE: the SDK took it for the
+            # stateless wire, and answered about `_meta` envelope keys (POST) or 405 with no body.
+            # (A POST without a session is the SDK's: its ladder checks the envelope's version.)
+            await _refuse_version(send, version.decode("latin-1") if version is not None else "")
+            return
         if stateless:
-            await self.app(scope, receive, send)  # the hub authenticates each call again
+            # The hub authenticates each call again. An empty refusal of the SDK's gets a body.
+            await self.app(scope, receive, _with_bodies(send))
             return
         scope = {**scope, "user": self._user(principal)}
         if session_id is None and scope["method"] == "POST":
