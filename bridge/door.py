@@ -59,7 +59,7 @@ from .asgibody import read_body, replay
 from .errors import not_a_message
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
-__all__ = ["UNAUTHENTICATED", "SessionDoor", "challenge_header"]
+__all__ = ["BATCH_REFUSED", "UNAUTHENTICATED", "SessionDoor", "challenge_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ TOO_MANY_SESSIONS = -32032
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 """The SDK's code for a protocol version it does not serve (`mcp_types.UNSUPPORTED_PROTOCOL_VERSION`)."""
 SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
+BATCH_REFUSED = (
+    "Invalid Request: this server takes no JSON-RPC batches, in any protocol version (MCP has none "
+    "since 2025-06-18; in 2024-11-05 and 2025-03-26 sessions too they are refused); send one message "
+    "per request"
+)
+"""The answer to a batch, over HTTP and stdio alike. The SDK parses one message per request; a
+batch would have to be split here and its answers gathered into one, for two old revisions."""
 
 _REPORT_EVERY_S = 60.0
 _CANCEL_TIMEOUT_S = 10.0  # delivering the cancel of a request whose client closed its POST
@@ -614,10 +621,7 @@ class SessionDoor:
 def _shape_problem(message: Any) -> str | None:
     """What makes `message` (parsed JSON) no MCP message of the handshake era, or None."""
     if isinstance(message, list):
-        return (
-            "Invalid Request: JSON-RPC batches are not part of MCP since 2025-06-18; "
-            "send one message per request"
-        )
+        return BATCH_REFUSED
     if isinstance(message, dict) and "method" in message and "id" in message and _valid_id(message) is None:
         return "Invalid Request: a request's id must be a string or an integer (a notification has none)"
     if (
