@@ -56,7 +56,10 @@ def ending_http_sessions(sessions: Callable[[], Mapping[str, Any]]) -> EndSessio
         transport = sessions().get(session_id) if session_id else None
         if transport is not None and not transport.is_terminated:
             logger.info("an MCP session ended: the token that opened it is no longer valid")
-            await transport.terminate()
+            # Shielded: ending the session cancels the handler that ends it, which must not cut
+            # the closing of its streams short.
+            with anyio.CancelScope(shield=True):
+                await transport.terminate()
 
     return end
 
