@@ -15,7 +15,9 @@ first `tools/list` or `tools/call`. So anyone who could reach the port could ope
 - One principal holds at most `max_sessions` sessions. Opening one more ends that principal's
   least recently used session that has no request in flight (clients that hold a GET stream,
   the live ones, always do); if all are busy, HTTP 429. A principal that floods only pushes
-  out its own abandoned sessions. An initialize holds its place from the moment it is
+  out its own abandoned sessions. A session whose token a reload revoked or rotated holds no
+  place: it is ended when its tool-list watch ends (`bridge/changes.py`), or here once its
+  principal needs the room. An initialize holds its place from the moment it is
   admitted (the SDK names its session only when it answers), so initializes sent together
   cannot pass the cap; a POST without a session ID that is not an initialize ends nothing.
   To tell, the door reads the body (no further than the bridge's body limit, past which the
@@ -46,7 +48,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types import InitializeRequestParams, jsonrpc_message_adapter
 from mcp_types import methods as spec_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,7 +59,7 @@ from .asgibody import read_body, replay
 from .errors import not_a_message
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
-__all__ = ["UNAUTHENTICATED", "SessionDoor", "challenge_header"]
+__all__ = ["BATCH_REFUSED", "UNAUTHENTICATED", "SessionDoor", "challenge_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ UNAVAILABLE = -32033
 """The JSON-RPC code the bridge gives UNAVAILABLE."""
 TOO_MANY_SESSIONS = -32032
 """The JSON-RPC code the bridge gives RESOURCE_EXHAUSTED."""
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+"""The SDK's code for a protocol version it does not serve (`mcp_types.UNSUPPORTED_PROTOCOL_VERSION`)."""
+SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
+BATCH_REFUSED = (
+    "Invalid Request: this server takes no JSON-RPC batches, in any protocol version (MCP has none "
+    "since 2025-06-18; in 2024-11-05 and 2025-03-26 sessions too they are refused); send one message "
+    "per request"
+)
+"""The answer to a batch, over HTTP and stdio alike. The SDK parses one message per request; a
+batch would have to be split here and its answers gathered into one, for two old revisions."""
 
 _REPORT_EVERY_S = 60.0
 _CANCEL_TIMEOUT_S = 10.0  # delivering the cancel of a request whose client closed its POST
@@ -94,6 +106,65 @@ def _refusal(
         ],
     }
     return start, {"type": "http.response.body", "body": body}
+
+
+async def _refuse_version(send: Send, requested: str) -> None:
+    """HTTP 400, as 2025-06-18 "Protocol Version Header" asks, in the SDK's words and code."""
+    body = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": UNSUPPORTED_PROTOCOL_VERSION,
+                "message": f"Unsupported protocol version {requested[:100]!r} in the MCP-Protocol-Version "
+                f"header; supported: {', '.join(SUPPORTED_VERSIONS)}",
+                "data": {"supported": list(SUPPORTED_VERSIONS), "requested": requested[:100]},
+            },
+        }
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_EMPTY_REFUSALS = {
+    405: "Method Not Allowed: the stateless protocol (2026-07-28) takes POST only",
+    406: "Not Acceptable: Client must accept both application/json and text/event-stream",
+}
+
+
+def _with_bodies(send: Send) -> Send:
+    """`send` for the SDK's stateless wire, which answers a GET or DELETE (405) and a POST whose
+    `Accept` lacks a type (406) with no body at all: those get a JSON-RPC error saying why, as
+    the handshake era's refusals do."""
+    held: Message | None = None
+
+    async def sending(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message["status"] in _EMPTY_REFUSALS:
+            held = message
+            return
+        if held is not None:
+            start, held = held, None
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("body")
+                and not message.get("more_body", False)
+            ):
+                status = start["status"]
+                kept = tuple(
+                    (k, v)
+                    for k, v in start.get("headers", ())
+                    if k.lower() not in (b"content-type", b"content-length")
+                )
+                refusal, answer = _refusal(status, INVALID_REQUEST, _EMPTY_REFUSALS[status], kept)
+                await send(refusal)
+                await send(answer)
+                return
+            await send(start)
+        await send(message)
+
+    return sending
 
 
 def _method(scope: Scope) -> bytes | None:
@@ -122,11 +193,14 @@ def challenge_header(presented: bool, message: str) -> bytes:
 class _Sessions:
     """One principal's open sessions, least recently used first, with their requests in flight."""
 
-    __slots__ = ("ended", "in_flight", "opening", "reported_at", "requests")
+    __slots__ = ("ended", "in_flight", "opening", "reported_at", "requests", "tokens")
 
     def __init__(self) -> None:
         self.in_flight: OrderedDict[str, int] = OrderedDict()
         self.requests: dict[str, set[str]] = {}
+        self.tokens: dict[str, str | None] = {}
+        """By session, the token its last request came with: one a reload revoked or rotated
+        frees the session's place (`SessionDoor._make_room`)."""
         """By session, the ids (as text) of its requests in flight; a session with none has no entry."""
         self.opening = 0
         """Initializes admitted and not yet answered: each holds a place under the cap, since
@@ -140,16 +214,18 @@ class _NoteSession:
     """`send` for a POST without a session ID: counts the session the SDK's answer names (its
     place passes from the reservation, if the request held one, to the session)."""
 
-    __slots__ = ("held", "reserved", "send")
+    __slots__ = ("held", "reserved", "send", "token")
 
-    def __init__(self, held: _Sessions, send: Send, reserved: bool) -> None:
-        self.held, self.send, self.reserved = held, send, reserved
+    def __init__(self, held: _Sessions, send: Send, reserved: bool, token: str | None) -> None:
+        self.held, self.send, self.reserved, self.token = held, send, reserved, token
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] < 400:
             for key, value in message.get("headers", ()):
                 if key.lower() == _SESSION_HEADER:
-                    self.held.in_flight[value.decode("latin-1")] = 0
+                    session_id = value.decode("latin-1")
+                    self.held.in_flight[session_id] = 0
+                    self.held.tokens[session_id] = self.token
                     if self.reserved:
                         self.held.opening -= 1
                         self.reserved = False
@@ -237,8 +313,16 @@ class SessionDoor:
             await send(start)
             await send(body)
             return
+        unknown = version is not None and version.decode("latin-1") not in SUPPORTED_VERSIONS
+        if unknown and (session_id is not None or scope["method"] != "POST"):
+            # A version nobody serves, in a session or on a GET or DELETE: the SDK took it for the
+            # stateless wire, and answered about `_meta` envelope keys (POST) or 405 with no body.
+            # (A POST without a session is the SDK's: its ladder checks the envelope's version.)
+            await _refuse_version(send, version.decode("latin-1") if version is not None else "")
+            return
         if stateless:
-            await self.app(scope, receive, send)  # the hub authenticates each call again
+            # The hub authenticates each call again. An empty refusal of the SDK's gets a body.
+            await self.app(scope, receive, _with_bodies(send))
             return
         scope = {**scope, "user": self._user(principal)}
         if session_id is None and scope["method"] == "POST":
@@ -247,9 +331,9 @@ class SessionDoor:
                 return
             receive, _ = screened
         if session_id is not None:
-            await self._in_session(principal, session_id.decode("latin-1"), scope, receive, send)
+            await self._in_session(principal, token, session_id.decode("latin-1"), scope, receive, send)
         elif scope["method"] == "POST":
-            await self._opening(principal, scope, receive, send)
+            await self._opening(principal, token, scope, receive, send)
         else:
             await self.app(scope, receive, send)  # the SDK answers a GET or DELETE without an ID
 
@@ -289,12 +373,28 @@ class SessionDoor:
         return user
 
     async def _in_session(
-        self, principal: Principal, session_id: str, scope: Scope, receive: Receive, send: Send
+        self,
+        principal: Principal,
+        token: str | None,
+        session_id: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         held = self._held.get(principal.name)
         if held is None or session_id not in held.in_flight:
             await self.app(scope, receive, send)  # not this principal's: the SDK says 404
             return
+        held.tokens[session_id] = token
+        if scope["method"] == "GET" and any(key == b"last-event-id" for key, _ in scope["headers"]):
+            # A client resuming a stream. The bridge keeps no event store and never gave an event an
+            # ID, so there is nothing to replay; the SDK, which then only returns, had the server
+            # answer a plain-text 500. Replay is optional (2025-06-18 and 2025-11-25, "Resumability
+            # and Redelivery": the server MAY replay), and a GET must get an SSE stream or 405: the
+            # header is ignored and the client gets a fresh stream, where it hears of later changes
+            # (a 4xx would leave a client that resumes without the stream for good).
+            kept = [(k, v) for k, v in scope["headers"] if k != b"last-event-id"]
+            scope = {**scope, "headers": kept}
         held.in_flight[session_id] += 1
         held.in_flight.move_to_end(session_id)
         request_key: str | None = None
@@ -404,7 +504,9 @@ class SessionDoor:
         await send(start)
         await send(answer)
 
-    async def _opening(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _opening(
+        self, principal: Principal, token: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         held = self._held.setdefault(principal.name, _Sessions())
         # Only an initialize opens a session; any other POST without an ID gets the SDK's 400
         # and must not cost the principal a session. The body is read here to tell (up to the
@@ -422,7 +524,7 @@ class SessionDoor:
         initialize = _initialize(body) if complete else None
         if initialize is None:
             # Whatever the door concluded, a session the SDK opens is counted.
-            await self.app(scope, receive, _NoteSession(held, send, reserved=False))
+            await self.app(scope, receive, _NoteSession(held, send, reserved=False, token=token))
             return
         problem = _initialize_problem(initialize.get("params"))
         if problem is not None:
@@ -442,7 +544,7 @@ class SessionDoor:
             await send(answer)
             return
         held.opening += 1  # before any await, so concurrent initializes see each other
-        noting = _NoteSession(held, send, reserved=True)
+        noting = _NoteSession(held, send, reserved=True, token=token)
         try:
             if not await self._make_room(principal, held):
                 start, answer = _refusal(
@@ -460,19 +562,45 @@ class SessionDoor:
             if noting.reserved:
                 held.opening -= 1
 
+    def _still_valid(self, principal: Principal, token: str | None) -> bool:
+        """Whether `token` still names `principal` (the hub's authenticator reads its current
+        principals: a reload is seen at once)."""
+        try:
+            return self._authenticate(token).name == principal.name
+        except Unauthenticated:
+            return False
+
+    @staticmethod
+    def _forget_session(held: _Sessions, session_id: str) -> None:
+        held.in_flight.pop(session_id, None)
+        held.tokens.pop(session_id, None)
+
     async def _make_room(self, principal: Principal, held: _Sessions) -> bool:
         """Forget the principal's ended sessions; past the cap (open ones plus initializes
         admitted), end its least recently used idle ones. False when every one of them has a
         request in flight."""
         live = self._open_sessions()
         for ended in [sid for sid in held.in_flight if sid not in live or live[sid].is_terminated]:
-            del held.in_flight[ended]
+            self._forget_session(held, ended)
+        if len(held.in_flight) + held.opening > self._max_sessions:
+            # A session whose token a reload revoked or rotated is its client's no longer (every
+            # request with that token gets 401), even one holding a GET stream: it is ended, so
+            # that the principal's new token is not refused for sessions nobody can use. (Its
+            # tool-list watch ends it at the reload when it has one: `bridge/changes.py`.)
+            for sid in [
+                sid for sid in held.in_flight if not self._still_valid(principal, held.tokens.get(sid))
+            ]:
+                self._forget_session(held, sid)
+                session = live.get(sid)
+                if session is not None and not session.is_terminated:
+                    logger.info("an MCP session of %r ended: its token is no longer valid", principal.name)
+                    await session.terminate()
         # `opening` counts this initialize too.
         while len(held.in_flight) + held.opening > self._max_sessions:
             idle = next((sid for sid, n in held.in_flight.items() if n == 0), None)
             if idle is None:
                 return False
-            del held.in_flight[idle]
+            self._forget_session(held, idle)
             held.ended += 1
             now = time.monotonic()
             if now - held.reported_at >= _REPORT_EVERY_S:  # a flood: one line a minute, not one a session
@@ -493,10 +621,7 @@ class SessionDoor:
 def _shape_problem(message: Any) -> str | None:
     """What makes `message` (parsed JSON) no MCP message of the handshake era, or None."""
     if isinstance(message, list):
-        return (
-            "Invalid Request: JSON-RPC batches are not part of MCP since 2025-06-18; "
-            "send one message per request"
-        )
+        return BATCH_REFUSED
     if isinstance(message, dict) and "method" in message and "id" in message and _valid_id(message) is None:
         return "Invalid Request: a request's id must be a string or an integer (a notification has none)"
     if (

@@ -40,7 +40,7 @@ from mcp_local.pipeline import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .app import BridgeApp
-from .changes import ToolChanges
+from .changes import ToolChanges, ending_http_sessions
 from .door import SessionDoor
 from .errors import mcp_error_from_grpc
 from .express import APPROVAL_META_KEY, ExpressLane
@@ -284,7 +284,12 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         except grpc.aio.AioRpcError as exc:
             raise mcp_error_from_grpc(exc) from None
 
-    changes = ToolChanges(hub, lambda ctx: _caller_token(ctx, default_token))
+    changes = ToolChanges(
+        hub,
+        lambda ctx: _caller_token(ctx, default_token),
+        # The SDK's live sessions by ID (pinned: mcp 2.3), as `SessionDoor` reads them.
+        ending_http_sessions(lambda: server.session_manager._server_instances),
+    )
     server: Server[Any] = _HubServer(
         options.name,
         version=_VERSION,

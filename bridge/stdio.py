@@ -27,6 +27,7 @@ from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from .door import BATCH_REFUSED
 from .errors import not_a_message
 from .hubclient import HubClient, ToolHubClient
 from .lines import LineFramer, TooLong, leading_id
@@ -47,6 +48,8 @@ def _error_for(exc: Exception) -> types.JSONRPCError | None:
         if isinstance(first.get("input"), str | bytes) and not first["input"].strip():
             return None
         code, message = types.PARSE_ERROR, f"Parse error: the line is not JSON ({first['msg']})"
+    elif first is not None and isinstance(first.get("input"), list):
+        code, message = types.INVALID_REQUEST, BATCH_REFUSED
     elif isinstance(exc, ValidationError):
         code, message = types.INVALID_REQUEST, not_a_message(exc)
     else:

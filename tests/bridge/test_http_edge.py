@@ -12,6 +12,7 @@ import httpx2
 import orjson
 import pytest
 
+from tests.bridge.test_session_door import open_session, works
 from tests.conftest import TOKENS
 from tests.support.hub import RunningHub
 
@@ -414,3 +415,58 @@ def test_an_authorization_that_is_not_bearer_is_refused(secured_hub: RunningHub,
     assert response.status_code < 500, response.text
     error = response.json()["error"]
     assert error["code"] == -32030 and "must be 'Bearer <token>'" in error["message"], error
+
+
+@pytest.mark.parametrize("version", ["2099-01-01", "garbage"])
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+def test_an_unsupported_version_header_in_a_session_is_named(
+    http: httpx2.Client, version: str, method: str
+) -> None:
+    """2025-06-18 "Protocol Version Header": 400, saying which versions are served. It was a 400
+    about `_meta` envelope keys (POST) or an empty 405 (GET, DELETE): the request was taken for
+    the stateless wire."""
+    session = open_session(http, None)
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream" if method == "POST" else "text/event-stream",
+        "mcp-session-id": session,
+        "mcp-protocol-version": version,
+    }
+    body = orjson.dumps(call_body("echo", {"text": "x"})) if method == "POST" else None
+    refused = http.request(method, "/mcp", content=body, headers=headers)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == -32022, error
+    assert error["message"] == (
+        f"Unsupported protocol version {version!r} in the MCP-Protocol-Version header; "
+        "supported: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28"
+    )
+    assert error["data"] == {
+        "supported": ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"],
+        "requested": version,
+    }
+    assert works(http, None, session)  # refused, not ended
+    echo_still_works(http)
+
+
+def test_stateless_refusals_that_had_no_body_say_why(http: httpx2.Client) -> None:
+    """The SDK's stateless wire answered these with an empty body; the handshake era's say why."""
+    json_only = modern_headers("tools/call", "echo") | {"accept": "application/json"}
+    refused = http.post("/mcp", json=call_body("echo", {"text": "x"}), headers=json_only)
+    assert refused.status_code == 406, refused.text
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32600,
+            "message": "Not Acceptable: Client must accept both application/json and text/event-stream",
+        },
+    }
+    for method in ("GET", "DELETE"):
+        refused = http.request(method, "/mcp", headers=modern_headers("tools/list"))
+        assert refused.status_code == 405, (method, refused.text)
+        assert refused.headers["allow"] == "POST"
+        error = refused.json()["error"]
+        assert error["code"] == -32600 and "takes POST only" in error["message"], error
+    echo_still_works(http)

@@ -37,6 +37,11 @@ INITIALIZE = {
     },
 }
 LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+BATCH_WORDS = (
+    "Invalid Request: this server takes no JSON-RPC batches, in any protocol version (MCP has none "
+    "since 2025-06-18; in 2024-11-05 and 2025-03-26 sessions too they are refused); send one message "
+    "per request"
+)
 
 
 def _auth(token: str | None) -> dict[str, str]:
@@ -111,11 +116,34 @@ def test_a_session_needs_a_principal(secured_hub: RunningHub, authorization: str
     assert "Exception" not in secured_hub.log()
 
 
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26"])
+def test_a_batch_in_a_session_of_a_revision_that_had_them_is_refused_for_what_it_is(
+    secured_hub: RunningHub, version: str
+) -> None:
+    """2024-11-05 and 2025-03-26 had batches: the refusal says the server takes none (it said they were
+    not part of MCP since 2025-06-18, beside the point for that session)."""
+    a = TOKENS["agent-a"]
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=30) as http:
+        opened = http.post(
+            "/mcp",
+            json={**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}},
+            headers=ACCEPT | _auth(a),
+        )
+        assert opened.status_code == 200 and version in opened.text, opened.text
+        session = opened.headers["mcp-session-id"]
+        headers = ACCEPT | _auth(a) | {"mcp-session-id": session, "mcp-protocol-version": version}
+        refused = http.post("/mcp", json=[{"jsonrpc": "2.0", "id": 7, "method": "ping"}], headers=headers)
+        assert refused.status_code == 400, refused.text
+        error = {"code": -32600, "message": BATCH_WORDS}
+        assert refused.json() == {"jsonrpc": "2.0", "id": None, "error": error}
+        assert works(http, a, session)
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ([INITIALIZE], "batches are not part of MCP"),
-        ([LIST, LIST], "batches are not part of MCP"),
+        ([INITIALIZE], BATCH_WORDS),
+        ([LIST, LIST], BATCH_WORDS),
         ({**LIST, "id": None}, "id must be a string or an integer"),
         ({**LIST, "id": {"a": 1}}, "id must be a string or an integer"),
         ({**LIST, "id": True}, "id must be a string or an integer"),
@@ -156,6 +184,34 @@ def test_a_session_belongs_to_its_principal(secured_hub: RunningHub) -> None:
     log = secured_hub.log()
     assert "credential does not match" in log and session[:4] + "..." in log
     assert session not in log
+
+
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25"])
+def test_a_get_that_asks_to_resume_gets_a_fresh_stream(secured_hub: RunningHub, version: str) -> None:
+    """`Last-Event-ID` on a live session's GET: the bridge keeps no event store (it never gave an event
+    an ID), so there is nothing to replay; it opens a fresh stream rather than answering HTTP 500."""
+    a = TOKENS["agent-a"]
+    headers = _auth(a) | {"accept": "text/event-stream", "mcp-protocol-version": version}
+    with httpx2.Client(base_url=secured_hub.http_base, timeout=httpx2.Timeout(30, read=60)) as http:
+        for last_event_id in ("0", "some-stream/17"):
+            opened = http.post(
+                "/mcp",
+                json={**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}},
+                headers=ACCEPT | _auth(a),
+            )
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["mcp-session-id"]
+            with http.stream(
+                "GET", "/mcp", headers=headers | {"mcp-session-id": session, "last-event-id": last_event_id}
+            ) as stream:
+                assert stream.status_code == 200, stream.read()
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                # The session goes on, and ending it ends the stream.
+                assert works(http, a, session)
+                ended = http.delete("/mcp", headers=headers | {"mcp-session-id": session})
+                assert ended.status_code == 200, ended.text
+                stream.read()
+    assert "returned without starting response" not in secured_hub.log()
 
 
 @pytest.fixture(scope="module")
