@@ -18,13 +18,15 @@ from pathlib import Path
 __all__ = ["build_etc", "host_system_args"]
 
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Not `environment`, `gitconfig`, `wgetrc` or `profile.d`: world-readable on the host, and where
+# operators keep proxy credentials and git's `http.extraheader` tokens (a security review).
 _ETC = (
     "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "debian_version",
-    "environment", "gai.conf", "gitconfig", "host.conf", "inputrc", "java-17-openjdk", "ld.so.cache",
+    "gai.conf", "host.conf", "inputrc", "java-17-openjdk", "ld.so.cache",
     "ld.so.conf", "ld.so.conf.d", "locale.alias", "localtime", "login.defs", "magic", "magic.mime",
-    "manpath.config", "mime.types", "nsswitch.conf", "os-release", "perl", "profile", "profile.d",
+    "manpath.config", "mime.types", "nsswitch.conf", "os-release", "perl", "profile",
     "protocols", "python3", "python3.11", "services", "shells", "ssl", "terminfo", "timezone",
-    "vim", "wgetrc", "xdg",
+    "vim", "xdg",
 )  # fmt: skip
 
 

@@ -57,6 +57,10 @@ def _only_fails(outcome: Outcome, *needles: str) -> None:
 async def test_host_secrets_are_not_in_the_jail(agent_a: ShellClient, jail_hub: RunningHub) -> None:
     for path in ("/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_ed25519_key", "/root/.bashrc"):
         _only_fails(await agent_a.exec(f"cat {path}"), "No such file")
+    # World-readable, but where credentials are kept (proxies, git's http.extraheader).
+    for name in ("environment", "gitconfig", "wgetrc", "profile.d"):
+        if Path("/etc", name).exists():
+            _only_fails(await agent_a.exec(f"ls -d /etc/{name}"), "No such file")
     # /proc is the sandbox's own: pid 1 is the command's shell, its root is the jail's root.
     _only_fails(await agent_a.exec("cat /proc/1/root/etc/shadow"), "No such file")
     s = (await agent_a.exec("ps -eo pid,comm --no-headers | wc -l")).structured
