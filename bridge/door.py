@@ -53,19 +53,22 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.errors import Unauthenticated
+from mcp_local.pipeline import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from mcp_local.principals import AMBIGUOUS_AUTHORIZATION, Principal, bearer_token
 
 from .asgibody import read_body, replay
 from .errors import not_a_message
 from .options import MAX_BODY_BYTES, MAX_SESSIONS_PER_PRINCIPAL
 
-__all__ = ["BATCH_REFUSED", "UNAUTHENTICATED", "SessionDoor", "challenge_header"]
+__all__ = ["BATCH_REFUSED", "UNAUTHENTICATED", "SessionDoor", "challenge_header", "too_deep"]
 
 logger = logging.getLogger(__name__)
 
 UNAUTHENTICATED = -32030
 """The JSON-RPC code the bridge gives gRPC's UNAUTHENTICATED (`bridge/errors.py`)."""
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+PARSE_ERROR = -32700
 INVALID_PARAMS = -32602
 UNAVAILABLE = -32033
 """The JSON-RPC code the bridge gives UNAVAILABLE."""
@@ -355,6 +358,11 @@ class SessionDoor:
         try:
             message = pydantic_core.from_json(body)  # the SDK's own parser (it takes NaN, as orjson does not)
         except ValueError:
+            deep = too_deep(body)
+            if deep is not None:
+                await send(deep[0])
+                await send(deep[1])
+                return None
             return replay(body, last, receive), None  # the SDK's to answer, with its parse error
         problem = _shape_problem(message)
         if problem is None:
@@ -637,6 +645,34 @@ def _shape_problem(message: Any) -> str | None:
     except ValidationError as exc:
         return not_a_message(exc)
     return None
+
+
+def too_deep(body: bytes) -> tuple[Message, Message] | None:
+    """The answer to a body the SDK's parser refuses as nested too deeply (pydantic's limit is
+    about 200 levels; orjson reads far deeper), or None for any other body. The SDK answered
+    such a request, valid JSON, with a bare "Parse error": deep arguments are named as at 65
+    levels, anything else deep says what the limit is."""
+    try:
+        pydantic_core.from_json(body)
+    except ValueError as exc:
+        if "recursion limit" not in str(exc):
+            return None
+    else:
+        return None
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        message = None
+    params = message.get("params") if isinstance(message, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if isinstance(arguments, dict | list) and nested_deeper_than(arguments):
+        code, text = (
+            INVALID_PARAMS,
+            f"invalid params: arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep",
+        )
+    else:
+        code, text = PARSE_ERROR, "Parse error: the message is nested too deeply (about 200 levels at most)"
+    return _refusal(400, code, text, request_id=_valid_id(message))
 
 
 def _valid_id(message: Any) -> int | str | None:

@@ -49,13 +49,13 @@ from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_local.pipeline import LONG_DIGITS, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .asgibody import read_body, replay
-from .door import UNAUTHENTICATED, challenge_header
+from .door import UNAUTHENTICATED, challenge_header, too_deep
 from .errors import mcp_error_from_grpc
 from .hubclient import ToolHubClient
 from .options import KEEPALIVE_S
@@ -78,6 +78,13 @@ _SSE_HEADERS: Final = [
     (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+class _TooDeep(Exception):
+    """A request too deep for the SDK's parser: its answer (`door.too_deep`)."""
+
+    def __init__(self, start: Message, answer: Message) -> None:
+        self.start, self.answer = start, answer
 
 
 class _Declined(Exception):
@@ -129,6 +136,10 @@ class ExpressLane:
             return  # the client hung up before its body was complete: nobody to answer
         try:
             call = self._accept(scope, headers, body)
+        except _TooDeep as deep:
+            await send(deep.start)
+            await send(deep.answer)
+            return
         except Exception as exc:
             if not isinstance(exc, _Declined):  # a bug here must not cost the caller an answer
                 logger.exception("the express lane failed to read a request; the SDK answers it")
@@ -142,6 +153,9 @@ class ExpressLane:
         try:
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError:
+            refusal = too_deep(body)  # deeper than orjson reads (1,024 levels): no other parser can
+            if refusal is not None:
+                raise _TooDeep(*refusal) from None
             raise _Declined from None
         if not isinstance(decoded, dict) or not decoded.keys() <= _ENVELOPE_KEYS:
             raise _Declined
@@ -161,6 +175,8 @@ class ExpressLane:
         meta = params.get("_meta")
         if not isinstance(name, str) or not (arguments is None or isinstance(arguments, dict)):
             raise _Declined
+        if nested_deeper_than(decoded) and (refusal := too_deep(body)) is not None:
+            raise _TooDeep(*refusal)  # the SDK's parser cannot read it, and said only "Parse error"
         if nested_deeper_than(decoded) or (arguments and LONG_DIGITS.search(body)):
             # The SDK path answers deep requests (its parser's limit is lower than orjson's) and
             # integers beyond 64 bits (orjson read those as floats here): one answer per request.

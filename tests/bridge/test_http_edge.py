@@ -470,3 +470,55 @@ def test_stateless_refusals_that_had_no_body_say_why(http: httpx2.Client) -> Non
         error = refused.json()["error"]
         assert error["code"] == -32600 and "takes POST only" in error["message"], error
     echo_still_works(http)
+
+
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def _error_of(answer: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC error of an answer, sent as JSON (400) or as one SSE event (a session's)."""
+    if answer.headers.get("content-type", "").startswith("text/event-stream"):
+        data = next(line for line in answer.text.splitlines() if line.startswith("data:"))
+        error: dict[str, Any] = orjson.loads(data[5:])["error"]
+        return error
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    return error
+
+
+@pytest.mark.parametrize("levels", [100, 1000, 100_000])
+def test_deeply_nested_json_gets_a_precise_error_in_either_era(http: httpx2.Client, levels: int) -> None:
+    """A security review: valid JSON nested 1,000 levels or more got a bare "Parse error" (the
+    SDK's parser stops at about 200 levels); at 100 it was named. Deep arguments are named at
+    any depth now, and a message deep elsewhere says how deep a message may be."""
+    in_arguments = call_body("echo", {"text": "x", "n": "@"})
+    elsewhere = call_body("echo", {"text": "x"}) | {"params": {"name": "echo", "_meta": META | {"x": "@"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    legacy = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    session = http.post("/mcp", json=init, headers=legacy).headers["mcp-session-id"]
+    in_session = legacy | {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    for headers in (modern_headers("tools/call", "echo"), in_session):
+        body = orjson.dumps(in_arguments).decode().replace('"@"', _deep(levels))
+        error = _error_of(http.post("/mcp", content=body.encode(), headers=headers))
+        if levels < 1000 or error["code"] != -32700:
+            assert (
+                error["code"] == -32602
+                and "arguments are nested more than 64 levels deep" in error["message"]
+            )
+        else:  # too deep for any parser here to tell where (orjson stops at 1,024 levels)
+            assert "nested too deeply" in error["message"], error
+        if levels > 200:
+            body = orjson.dumps(elsewhere).decode().replace('"@"', _deep(levels))
+            error = _error_of(http.post("/mcp", content=body.encode(), headers=headers))
+            assert error["code"] == -32700 and "nested too deeply" in error["message"], error
+    echo_still_works(http)
