@@ -46,6 +46,7 @@ from .errors import mcp_error_from_grpc
 from .express import APPROVAL_META_KEY, ExpressLane
 from .hubclient import ToolHubClient
 from .options import BridgeOptions
+from .params import PreciseErrors
 from .security import OriginPolicy, bearer_token
 from .translate import result_to_mcp, tool_to_mcp
 
@@ -299,6 +300,7 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         on_subscriptions_listen=changes.on_listen,
     )
     server.add_notification_handler("notifications/initialized", NotificationParams, changes.on_initialized)
+    server.middleware.append(PreciseErrors())
     return server
 
 
