@@ -179,3 +179,27 @@ def test_stdin_that_cannot_be_polled_ends_the_session_cleanly(open_hub: RunningH
         done = subprocess.run(command, cwd=REPO, stdin=nothing, capture_output=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, b""), done.stderr
     assert b"Traceback" not in done.stderr, done.stderr
+
+
+def test_a_closed_stdout_stops_the_bridge_and_cancels_its_calls(open_hub: RunningHub) -> None:
+    """With its stdout closed the bridge went on serving: calls ran and were recorded as answered,
+    their answers lost, and nothing was said (the writer alone ended, at INFO)."""
+    marker = f"stdio-stdout-{time.monotonic_ns() % 10**9}"
+    with _bridge(open_hub) as bridge:
+        call = {"name": "wait_for_cancel", "arguments": {"marker": marker}}
+        _send(bridge, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        markers = open_hub.state_dir / "markers"
+        deadline = time.monotonic() + 20
+        while not (markers / f"{marker}.started").exists():
+            assert time.monotonic() < deadline, "the tool did not start"
+            time.sleep(0.02)
+        bridge.stdout.close()  # type: ignore[union-attr]
+        # stdin stays open: only the closed stdout may end the bridge.
+        assert bridge.wait(20) is not None, "the bridge kept serving with its stdout closed"
+        stderr = bridge.stderr.read().decode()  # type: ignore[union-attr]
+        bridge.stdin.close()  # type: ignore[union-attr]
+    assert "stdout was closed: the client has gone; the bridge stops" in stderr, stderr
+    deadline = time.monotonic() + 10
+    while not (markers / marker).exists():
+        assert time.monotonic() < deadline, "the call in flight was not cancelled"
+        time.sleep(0.05)
