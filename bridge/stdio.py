@@ -175,9 +175,14 @@ async def _reader_gone(fd: int) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` (in a worker thread). The client may have made its pipe non-blocking
+    (the flag is shared with it): a full pipe then refuses the write, and it waits for room."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [fd])
 
 
 @contextlib.contextmanager
