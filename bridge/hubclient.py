@@ -67,6 +67,8 @@ class ToolHubClient(Protocol):
 
     def watch_tools(self, token: str | None) -> AsyncIterator[pb.ToolsChanged]: ...
 
+    async def cancel_call(self, token: str | None, call_key: str, reason: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -116,6 +118,11 @@ class HubClient:
             request, metadata=_metadata(token), timeout=timeout
         )
         return call
+
+    async def cancel_call(self, token: str | None, call_key: str, reason: str) -> None:
+        """Tell the hub why the call made with `call_key` is about to be cancelled."""
+        request = pb.CancelCallRequest(call_key=call_key, reason=reason)
+        await _unary(self._stub.CancelCall(request, metadata=_metadata(token), timeout=5))
 
     def watch_tools(self, token: str | None) -> AsyncIterator[pb.ToolsChanged]:
         call: AsyncIterator[pb.ToolsChanged] = self._stub.WatchTools(

@@ -40,12 +40,14 @@ from mcp_local.pipeline import MAX_ARGUMENT_DEPTH, nested_deeper_than
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
 from .app import BridgeApp
+from .cancels import CancelReasons, call_key, cancellable
 from .changes import ToolChanges, ending_http_sessions
 from .door import SessionDoor
 from .errors import mcp_error_from_grpc
 from .express import APPROVAL_META_KEY, ExpressLane
 from .hubclient import ToolHubClient
 from .options import BridgeOptions
+from .params import PreciseErrors
 from .security import OriginPolicy, bearer_token
 from .translate import result_to_mcp, tool_to_mcp
 
@@ -273,14 +275,23 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
             client_capabilities_json=parts["client capabilities"],
             request_id=str(ctx.request_id) if ctx.request_id is not None else "",
             approval_id=_approval_id(params),
+            call_key=call_key(),
         )
         token = _caller_token(ctx, default_token)
         meta = ctx.meta
         wants_progress = bool(meta) and meta.get("progress_token") is not None  # type: ignore[union-attr]
+
+        async def tell_hub(key: str, reason: str) -> None:
+            await hub.cancel_call(token, key, reason)
+
         try:
             if not wants_progress:
-                return _complete(ctx, result_to_mcp(await hub.call_tool(token, request)))
-            return _complete(ctx, await _relay_stream(ctx, hub, token, request))
+                result = await cancellable(ctx, hub.call_tool(token, request), request.call_key, tell_hub)
+                return _complete(ctx, result_to_mcp(result))
+            relayed = await cancellable(
+                ctx, _relay_stream(ctx, hub, token, request), request.call_key, tell_hub
+            )
+            return _complete(ctx, relayed)
         except grpc.aio.AioRpcError as exc:
             raise mcp_error_from_grpc(exc) from None
 
@@ -304,6 +315,7 @@ def build_mcp_server(hub: ToolHubClient, options: BridgeOptions) -> Server[Any]:
         on_subscriptions_listen=changes.on_listen,
     )
     server.add_notification_handler("notifications/initialized", NotificationParams, changes.on_initialized)
+    server.middleware += [PreciseErrors(), CancelReasons()]
     return server
 
 

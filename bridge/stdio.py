@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -144,22 +145,47 @@ async def _take(line: bytes | TooLong, limit: int | None, messages: Any, replies
         await replies.send(SessionMessage(answer))
 
 
-async def _write_lines(fd: int, messages: Any) -> None:
-    """Write each message to `fd` as one line (as the SDK's stdio transport does)."""
+async def _write_lines(fd: int, messages: Any) -> bool:
+    """Write each message to `fd` as one line (as the SDK's stdio transport does), until the
+    messages end (False) or `fd`'s reader has closed it (True: the client has gone)."""
     async with messages:
         async for message in messages:
             line = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
             try:
                 await anyio.to_thread.run_sync(_write_all, fd, line)
             except BrokenPipeError:
-                logger.info("stdout was closed: the client has gone")
-                return
+                return True
+    return False
+
+
+async def _reader_gone(fd: int) -> None:
+    """Return when the pipe `fd` writes to has no reader left; never, for anything but a pipe.
+
+    The write end of a pipe is never readable: the event loop reports it when the pipe breaks
+    (EPOLLERR), so a client that closes its end is seen with no answer to write."""
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        await anyio.sleep_forever()
+    while True:
+        try:
+            await anyio.wait_readable(fd)
+        except PermissionError:  # not a descriptor the event loop can watch
+            await anyio.sleep_forever()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            return
+        await anyio.sleep(0.1)
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` (in a worker thread). The client may have made its pipe non-blocking
+    (the flag is shared with it): a full pipe then refuses the write, and it waits for room."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [fd])
 
 
 @contextlib.contextmanager
@@ -198,7 +224,31 @@ async def serve_stdio(hub: str | ToolHubClient, options: BridgeOptions) -> None:
             to_server, from_client = create_context_streams[SessionMessage | Exception](0)
             to_client, from_server = create_context_streams[SessionMessage](0)
             async with anyio.create_task_group() as writing:
-                writing.start_soon(_write_lines, wire_out, from_server)
+
+                async def stop_when_stdout_closes() -> None:
+                    # Answers would go nowhere: stop as at the end of stdin (in-flight calls are
+                    # cancelled). Waiting for the next write to fail would let calls run unanswered.
+                    broken = False
+                    async with anyio.create_task_group() as either:
+
+                        async def write() -> None:
+                            nonlocal broken
+                            broken = await _write_lines(wire_out, from_server)
+                            either.cancel_scope.cancel()
+
+                        async def watch() -> None:
+                            nonlocal broken
+                            await _reader_gone(wire_out)
+                            broken = True
+                            either.cancel_scope.cancel()
+
+                        either.start_soon(write)
+                        either.start_soon(watch)
+                    if broken:
+                        logger.warning("stdout was closed: the client has gone; the bridge stops")
+                        writing.cancel_scope.cancel()
+
+                writing.start_soon(stop_when_stdout_closes)
                 async with anyio.create_task_group() as reading:
                     reading.start_soon(
                         _read_lines, wire_in, options.max_body_bytes, to_server, to_client.clone()

@@ -90,6 +90,14 @@ class LocalHub:
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         return _relayed(self._service.stream_call_tool(request, _authorization(token), deadline))
 
+    async def cancel_call(self, token: str | None, call_key: str, reason: str) -> None:
+        try:
+            self._service.cancel_call(
+                pb.CancelCallRequest(call_key=call_key, reason=reason), _authorization(token)
+            )
+        except Exception as exc:
+            raise _as_rpc_error(exc) from exc
+
     def watch_tools(self, token: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
         return _relayed(self._service.watch_tools(_authorization(token)))
 

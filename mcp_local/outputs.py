@@ -16,11 +16,30 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from .content import TextContent, ToolResult
 from .errors import ToolError
 from .tools import Tool, ToolAnnotations, ToolCall
 
-__all__ = ["OutputStore", "StoredOutput", "decode_page", "output_read_tool", "preview_length"]
+__all__ = [
+    "MAX_PAGE_BYTES",
+    "PAGE_ANSWER_BUDGET",
+    "OutputStore",
+    "StoredOutput",
+    "decode_page",
+    "output_read_tool",
+    "preview_length",
+]
+
+MAX_PAGE_BYTES = 256 * 1024
+"""The largest `limit` of an `output_read` page (its schema's maximum)."""
+
+PAGE_ANSWER_BUDGET = 1024 * 1024 - 64 * 1024
+"""The most a page may weigh as JSON: its data twice (the text block and `structuredContent.data`,
+each JSON-escaped: a control character is six bytes there) plus its header. The rest of 1 MiB is
+left for the envelope (JSON-RPC, content blocks, `_meta`): the official SDK's Streamable HTTP
+client refuses a server-sent event over 1 MiB, and a 2025-era session answers with one."""
 
 
 def _token_urlsafe(nbytes: int) -> str:
@@ -211,6 +230,18 @@ _PAGE_SCHEMA = {
 }
 
 
+def _page_header(item: StoredOutput, offset: int, end: int, encoding: str) -> str:
+    size = len(item.data)
+    if end < size:
+        more = f"; continue with offset {end}"
+    elif item.dropped:
+        more = f"; end of what was kept: the {item.dropped} bytes that followed were counted, not stored"
+    else:
+        more = "; end of output"
+    shown = "; not UTF-8 text, shown as base64" if encoding == "base64" else ""
+    return f"[{item.label or item.output_id}: bytes {offset}-{end} of {size}{shown}{more}]"
+
+
 def output_read_tool(store: OutputStore) -> Tool:
     async def read(call: ToolCall) -> ToolResult:
         assert call.principal is not None
@@ -222,17 +253,16 @@ def output_read_tool(store: OutputStore) -> Tool:
             raise ToolError(f"offset {offset} is past the end of {item.output_id} ({len(data)} bytes)")
         # At least one whole character, however small the limit.
         first = _character_length(data[offset]) if offset < len(data) else 1
-        end = min(len(data), offset + max(limit, first))
-        content, encoding, used = decode_page(data[offset:end], more=end < len(data))
+        end = min(len(data), offset + max(min(limit, MAX_PAGE_BYTES), first))
+        while True:
+            content, encoding, used = decode_page(data[offset:end], more=end < len(data))
+            header = _page_header(item, offset, offset + used, encoding)
+            weight = 2 * len(orjson.dumps(content)) + len(orjson.dumps(header))
+            if weight <= PAGE_ANSWER_BUDGET or used <= first:
+                break
+            # Too heavy once escaped: shrink in proportion (and by a little more, so that it ends).
+            end = offset + max(first, min(used - 1, used * PAGE_ANSWER_BUDGET // weight - 16))
         end = offset + used
-        if end < len(data):
-            more = f"; continue with offset {end}"
-        elif item.dropped:
-            more = f"; end of what was kept: the {item.dropped} bytes that followed were counted, not stored"
-        else:
-            more = "; end of output"
-        shown = "; not UTF-8 text, shown as base64" if encoding == "base64" else ""
-        header = f"[{item.label or item.output_id}: bytes {offset}-{end} of {len(data)}{shown}{more}]"
         # The header is for a model; a program pages by `next_offset` rather than by its words.
         page = {
             "output_id": item.output_id,
@@ -251,7 +281,8 @@ def output_read_tool(store: OutputStore) -> Tool:
         description=(
             "Read part of a large output that an earlier call stored instead of returning whole "
             "(its result names the output_id). Page with offset and limit (bytes); each page's "
-            "header gives the offset to continue with (next_offset in the structured result). "
+            "header gives the offset to continue with (next_offset in the structured result): a page "
+            "can hold fewer bytes than the limit. "
             "Text that is not UTF-8 is shown as base64."
         ),
         input_schema={
@@ -259,7 +290,16 @@ def output_read_tool(store: OutputStore) -> Tool:
             "properties": {
                 "output_id": {"type": "string", "pattern": "^out_[A-Za-z0-9_-]{1,64}$"},
                 "offset": {"type": "integer", "minimum": 0, "default": 0},
-                "limit": {"type": "integer", "minimum": 1, "maximum": 1048576, "default": 65536},
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_PAGE_BYTES,
+                    "default": 65536,
+                    "description": (
+                        "the most bytes the page holds; a page whose text is mostly escapes "
+                        "(control characters) holds fewer, so that the whole answer stays under 1 MiB"
+                    ),
+                },
             },
             "required": ["output_id"],
             "additionalProperties": False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
 from typing import TypeVar, cast
 
 from mcphub_proto.v1 import toolhub_pb2 as pb
@@ -21,7 +21,10 @@ from .registry import ToolRegistry
 from .tools import NULL_SINK, EventSink, ToolCall
 from .wire import result_to_proto
 
-__all__ = ["STREAM_BUFFER", "StreamLimit", "ToolService"]
+__all__ = ["MAX_CANCEL_REASON_CHARS", "STREAM_BUFFER", "StreamLimit", "ToolService"]
+
+MAX_CANCEL_REASON_CHARS = 500
+"""The most of a client's cancel reason (`CancelCall`) the hub keeps."""
 
 STREAM_BUFFER = 256
 """Events a streaming call may queue before the tool waits for the caller to read them."""
@@ -193,6 +196,28 @@ class ToolService:
         self.pipeline = pipeline
         self._authenticate = authenticator.authenticate
         self.streams = streams if streams is not None else StreamLimit(None)
+        self._keyed: dict[str, ToolCall] = {}
+        """Calls in flight by their caller's `call_key`, for `cancel_call`."""
+
+    @contextlib.contextmanager
+    def _keyed_call(self, request: pb.CallToolRequest, call: ToolCall) -> Iterator[None]:
+        key = request.call_key
+        if not key or key in self._keyed:
+            yield
+            return
+        self._keyed[key] = call
+        try:
+            yield
+        finally:
+            self._keyed.pop(key, None)
+
+    def cancel_call(self, request: pb.CancelCallRequest, authorization: str | None) -> pb.CancelCallResponse:
+        """Note why the caller cancels its call keyed `request.call_key` (see the proto)."""
+        principal = self._authenticate(bearer_token(authorization))
+        call = self._keyed.get(request.call_key) if request.call_key else None
+        if call is not None and call.principal is not None and call.principal.name == principal.name:
+            call.cancel_reason = request.reason[:MAX_CANCEL_REASON_CHARS]
+        return pb.CancelCallResponse()
 
     def list_tools(self, authorization: str | None, cursor: str, page_size: int) -> pb.ListToolsResponse:
         principal = self._authenticate(bearer_token(authorization))
@@ -210,7 +235,8 @@ class ToolService:
     ) -> pb.CallToolResult:
         """`result_limit`: what the caller's transport can carry back (see `ToolCall.result_limit`)."""
         call = _call(request, authorization, deadline, NULL_SINK, result_limit)
-        return result_to_proto(await self.pipeline(call))
+        with self._keyed_call(request, call):
+            return result_to_proto(await self.pipeline(call))
 
     async def stream_call_tool(
         self,
@@ -222,9 +248,11 @@ class ToolService:
         """The call's events as it runs, then its result; closing the iterator cancels the call."""
         queue: asyncio.Queue[pb.CallToolEvent | object] = asyncio.Queue()
         sink = _StreamSink(queue)
-        task = asyncio.ensure_future(
-            self.pipeline(_call(request, authorization, deadline, sink, result_limit))
-        )
+        call = _call(request, authorization, deadline, sink, result_limit)
+        keyed = self._keyed_call(request, call)
+        keyed.__enter__()
+        task = asyncio.ensure_future(self.pipeline(call))
+        task.add_done_callback(lambda _: keyed.__exit__(None, None, None))
         # Behind the tool's last event: events come out in order, then the end.
         task.add_done_callback(lambda _: queue.put_nowait(_END))
         try:

@@ -140,6 +140,14 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         finally:
             await events.aclose()
 
+    async def CancelCall(
+        self, request: pb.CancelCallRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CancelCallResponse:
+        try:
+            return self.service.cancel_call(request, _authorization(context))
+        except Exception as exc:
+            await abort_with(context, exc, "CancelCall")
+
     async def WatchTools(
         self, request: pb.WatchToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ToolsChanged]:

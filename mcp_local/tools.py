@@ -148,6 +148,7 @@ class ToolCall:
         "arguments_json",
         "authorization",
         "call_id",
+        "cancel_reason",
         "client_capabilities_json",
         "deadline",
         "logged",
@@ -186,6 +187,8 @@ class ToolCall:
         self.approval_id = approval_id
         """An approval granted earlier for exactly this call, to spend instead of asking again."""
         self.result_limit = result_limit
+        self.cancel_reason: str | None = None
+        """Set when the caller said it cancels the call (`CancelCall`): its reason, maybe empty."""
         """Bytes of content the transport can carry back (one gRPC message), or None."""
         self.principal: Principal | None = None
         self.tool: Tool | None = None

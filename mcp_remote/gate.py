@@ -213,6 +213,9 @@ def _why_gone(call: ToolCall) -> tuple[str, str]:
     if deadline is not None and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK_S:
         where = "" if call.started else " before its tool ran"
         return "deadline_exceeded", f"the call's deadline passed{where}"
+    if call.cancel_reason is not None:
+        reason = f": {call.cancel_reason}" if call.cancel_reason else ""
+        return "cancelled", f"the client cancelled the call{reason}"
     return "cancelled", "the caller went away"
 
 

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CancelCallRequest(_message.Message):
+    __slots__ = ("call_key", "reason")
+    CALL_KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    call_key: str
+    reason: str
+    def __init__(self, call_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelCallResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ToolAnnotations(_message.Message):
     __slots__ = ("title", "read_only_hint", "destructive_hint", "idempotent_hint", "open_world_hint")
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -58,18 +70,20 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class CallToolRequest(_message.Message):
-    __slots__ = ("name", "arguments_json", "client_capabilities_json", "request_id", "approval_id")
+    __slots__ = ("name", "arguments_json", "client_capabilities_json", "request_id", "approval_id", "call_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CAPABILITIES_JSON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     arguments_json: bytes
     client_capabilities_json: bytes
     request_id: str
     approval_id: str
-    def __init__(self, name: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., client_capabilities_json: _Optional[bytes] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    call_key: str
+    def __init__(self, name: _Optional[str] = ..., arguments_json: _Optional[bytes] = ..., client_capabilities_json: _Optional[bytes] = ..., request_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., call_key: _Optional[str] = ...) -> None: ...
 
 class ContentAnnotations(_message.Message):
     __slots__ = ("audience", "priority", "last_modified")

@@ -54,6 +54,11 @@ class ToolHubStub:
                 request_serializer=mcphub_dot_v1_dot_toolhub__pb2.WatchToolsRequest.SerializeToString,
                 response_deserializer=mcphub_dot_v1_dot_toolhub__pb2.ToolsChanged.FromString,
                 _registered_method=True)
+        self.CancelCall = channel.unary_unary(
+                '/mcphub.v1.ToolHub/CancelCall',
+                request_serializer=mcphub_dot_v1_dot_toolhub__pb2.CancelCallRequest.SerializeToString,
+                response_deserializer=mcphub_dot_v1_dot_toolhub__pb2.CancelCallResponse.FromString,
+                _registered_method=True)
 
 
 class ToolHubServicer:
@@ -92,6 +97,18 @@ class ToolHubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCall(self, request, context):
+        """Says why the caller is about to cancel a call it made with this call_key
+        (its MCP client sent notifications/cancelled): the audit log records that
+        the client cancelled it, with the reason, rather than that the caller went
+        away. Cancelling the call is still the caller's (cancel the RPC); this
+        only names the reason. An unknown key, or another principal's, changes
+        nothing and gets the same empty answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ToolHubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +131,11 @@ def add_ToolHubServicer_to_server(servicer, server):
                     servicer.WatchTools,
                     request_deserializer=mcphub_dot_v1_dot_toolhub__pb2.WatchToolsRequest.FromString,
                     response_serializer=mcphub_dot_v1_dot_toolhub__pb2.ToolsChanged.SerializeToString,
+            ),
+            'CancelCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCall,
+                    request_deserializer=mcphub_dot_v1_dot_toolhub__pb2.CancelCallRequest.FromString,
+                    response_serializer=mcphub_dot_v1_dot_toolhub__pb2.CancelCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +246,33 @@ class ToolHub:
             '/mcphub.v1.ToolHub/WatchTools',
             mcphub_dot_v1_dot_toolhub__pb2.WatchToolsRequest.SerializeToString,
             mcphub_dot_v1_dot_toolhub__pb2.ToolsChanged.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcphub.v1.ToolHub/CancelCall',
+            mcphub_dot_v1_dot_toolhub__pb2.CancelCallRequest.SerializeToString,
+            mcphub_dot_v1_dot_toolhub__pb2.CancelCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

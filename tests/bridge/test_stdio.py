@@ -5,6 +5,7 @@ no line is held whole past the bridge's body limit, and the bridge ends when std
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import subprocess
 import sys
@@ -181,3 +182,59 @@ def test_stdin_that_cannot_be_polled_ends_the_session_cleanly(open_hub: RunningH
         done = subprocess.run(command, cwd=REPO, stdin=nothing, capture_output=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, b""), done.stderr
     assert b"Traceback" not in done.stderr, done.stderr
+
+
+def test_a_closed_stdout_stops_the_bridge_and_cancels_its_calls(open_hub: RunningHub) -> None:
+    """With its stdout closed the bridge went on serving: calls ran and were recorded as answered,
+    their answers lost, and nothing was said (the writer alone ended, at INFO)."""
+    marker = f"stdio-stdout-{time.monotonic_ns() % 10**9}"
+    with _bridge(open_hub) as bridge:
+        call = {"name": "wait_for_cancel", "arguments": {"marker": marker}}
+        _send(bridge, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        markers = open_hub.state_dir / "markers"
+        deadline = time.monotonic() + 20
+        while not (markers / f"{marker}.started").exists():
+            assert time.monotonic() < deadline, "the tool did not start"
+            time.sleep(0.02)
+        bridge.stdout.close()  # type: ignore[union-attr]
+        # stdin stays open: only the closed stdout may end the bridge.
+        assert bridge.wait(20) is not None, "the bridge kept serving with its stdout closed"
+        stderr = bridge.stderr.read().decode()  # type: ignore[union-attr]
+        bridge.stdin.close()  # type: ignore[union-attr]
+    assert "stdout was closed: the client has gone; the bridge stops" in stderr, stderr
+    deadline = time.monotonic() + 10
+    while not (markers / marker).exists():
+        assert time.monotonic() < deadline, "the call in flight was not cancelled"
+        time.sleep(0.05)
+
+
+def test_a_large_answer_reaches_a_slow_client_whose_pipe_is_non_blocking(open_hub: RunningHub) -> None:
+    """O_NONBLOCK on a pipe is shared by both its ends' holders (asyncio clients set it): a
+    full pipe made the writer's `os.write` fail with EAGAIN, and the bridge died mid-answer."""
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    command = [sys.executable, "-m", "mcp_remote.cli", "bridge", "--stdio", "--hub", open_hub.grpc]
+    try:
+        with subprocess.Popen(
+            command, cwd=REPO, stdin=subprocess.PIPE, stdout=write_end, stderr=subprocess.PIPE, bufsize=0
+        ) as bridge:
+            os.close(write_end)
+            write_end = -1
+            try:
+                call = {"name": "emit_bytes", "arguments": {"n": 3_000_000}}
+                _send(bridge, INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+                _send(bridge, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+                time.sleep(2)  # a slow reader: the pipe fills
+                os.set_blocking(read_end, True)
+                with os.fdopen(read_end, "rb", closefd=False) as out:
+                    assert orjson.loads(out.readline())["id"] == 1
+                    answer = orjson.loads(out.readline())
+                bridge.stdin.close()  # type: ignore[union-attr]
+                assert bridge.wait(20) == 0
+            finally:
+                if bridge.poll() is None:
+                    bridge.kill()
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+    assert answer["id"] == 2 and len(answer["result"]["content"][0]["text"]) == 3_000_000, str(answer)[:300]

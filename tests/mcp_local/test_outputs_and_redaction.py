@@ -6,6 +6,7 @@ import logging
 import random
 import time
 
+import orjson
 import pytest
 
 from mcp_local import (
@@ -19,7 +20,7 @@ from mcp_local import (
     ToolResult,
     output_read_tool,
 )
-from mcp_local.outputs import ENTRY_OVERHEAD, decode_page, text_page
+from mcp_local.outputs import ENTRY_OVERHEAD, MAX_PAGE_BYTES, PAGE_ANSWER_BUDGET, decode_page, text_page
 from mcp_local.redaction import _ASSIGNMENTS, REDACTED, _keep_name
 
 pytestmark = pytest.mark.anyio
@@ -413,3 +414,29 @@ def test_private_keys_in_pem_are_redacted_whole_and_what_surrounds_them_kept() -
     assert Redactor().text(text) == (
         f"before {REDACTED} middle {REDACTED} after -----BEGIN PRIVATE KEY----- cut"
     )
+
+
+@pytest.mark.parametrize(
+    "data", [b"\0" * 700_000, b"a" * 700_000, bytes(range(256)) * 3000], ids=["nul", "ascii", "binary"]
+)
+async def test_an_output_read_page_weighs_under_one_mib_as_json(data: bytes) -> None:
+    """The page's data goes out twice (text and `structuredContent.data`), JSON-escaped (a control
+    character is six bytes): pages of the largest limit were over the 1 MiB an SDK client takes."""
+    store = OutputStore()
+    output_id = store.put("alice", data, label="big")
+    tool = output_read_tool(store)
+    offset: int | None = 0
+    read = b""
+    while offset is not None:
+        call = ToolCall("output_read", b"")
+        call.principal = Principal("alice")
+        call.arguments = {"output_id": output_id, "offset": offset, "limit": MAX_PAGE_BYTES}
+        result = await tool.handler(call)
+        assert isinstance(result, ToolResult) and isinstance(result.content[0], TextContent)
+        page = result.structured
+        assert page is not None
+        answer = {"content": [{"type": "text", "text": result.content[0].text}], "structuredContent": page}
+        assert len(orjson.dumps(answer)) <= PAGE_ANSWER_BUDGET + 1024
+        read += base64.b64decode(page["data"]) if page["encoding"] == "base64" else page["data"].encode()
+        offset = page["next_offset"]
+    assert read == data

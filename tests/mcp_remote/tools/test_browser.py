@@ -403,7 +403,7 @@ async def test_a_large_snapshot_is_kept_whole_and_readable(agent: ToolClient, si
     assert match, page.text[-500:]
     assert "The very end" not in page.text
     rest = await call(
-        agent, "output_read", output_id=match.group(1), offset=int(match.group(2)), limit=1048576
+        agent, "output_read", output_id=match.group(1), offset=int(match.group(2)), limit=262144
     )
     assert "Item number 1999" in rest.text and "The very end" in rest.text
 
