@@ -36,7 +36,7 @@ from .options import BrowserOptions
 from .policy import IPAddress, UrlPolicy, literal_ip
 from .proxy import PolicyProxy, system_resolver
 from .render import PageState, compose, limit_text, parse_ref
-from .sessions import BrowserSession, SharedBrowser, first_line
+from .sessions import MAX_REFS, BrowserSession, SharedBrowser, first_line
 from .tools import DEFAULT_SESSION, MODAL_TOOLS
 from .workspace import read_for_upload, workspace_dir
 
@@ -49,6 +49,7 @@ STOP_LOADING_S = 1.0
 STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "manifest"})
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
+_REF_IN_SNAPSHOT = re.compile(r"\[ref=([a-z0-9]+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +195,14 @@ class BrowserRuntime:
         self, session: BrowserSession, page: Page, call: ToolCall, target: str | None, depth: int | None
     ) -> str:
         try:
-            return self.limit(session, await self.snapshot(page, call, target, depth))
+            text = await self.snapshot(session, page, call, target, depth)
         except PlaywrightError as exc:
             if target is not None:
                 raise
             return f"(no snapshot: {first_line(exc)})"
+        if len(session.issued_refs) < MAX_REFS:
+            session.issued_refs.update(_REF_IN_SNAPSHOT.findall(text))
+        return self.limit(session, text)
 
     # --- helpers the handlers use ----------------------------------------------------------------
 
@@ -229,7 +233,7 @@ class BrowserRuntime:
             return None  # the proxy answers for a name that does not resolve
         return self.policy.check_url(url, addresses)
 
-    async def locate(self, page: Page, target: str) -> Locator:
+    async def locate(self, session: BrowserSession, page: Page, target: str) -> Locator:
         ref = parse_ref(target)
         locator = page.get_by_ref(ref) if ref else page.locator(target)
         try:
@@ -243,6 +247,11 @@ class BrowserRuntime:
                     f"{first_line(exc)}"
                 ) from exc
         if count == 0:
+            if ref and ref not in session.issued_refs:
+                raise ToolError(
+                    f"ref {ref} is unknown: no snapshot of this session showed it; "
+                    "take a browser_snapshot and use a ref from it"
+                )
             if ref:
                 raise ToolError(
                     f"ref {ref} is not on the page (refs change when the page does); "
@@ -254,12 +263,17 @@ class BrowserRuntime:
         return locator
 
     async def snapshot(
-        self, page: Page, call: ToolCall, target: str | None = None, depth: int | None = None
+        self,
+        session: BrowserSession,
+        page: Page,
+        call: ToolCall,
+        target: str | None = None,
+        depth: int | None = None,
     ) -> str:
         for attempt in range(2):
             try:
                 if target:
-                    locator = await self.locate(page, target)
+                    locator = await self.locate(session, page, target)
                     return await locator.aria_snapshot(
                         mode="ai", depth=depth, timeout=self.budget_ms(call, 10)
                     )
@@ -418,7 +432,7 @@ async def snapshot(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Rep
 async def click(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     options: dict[str, Any] = {"timeout": rt.budget_ms(call, rt.options.action_timeout_s)}
     if "button" in args:
         options["button"] = args["button"]
@@ -433,7 +447,7 @@ async def click(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
 async def type_text(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     timeout = rt.budget_ms(call, rt.options.action_timeout_s)
     text: str = args["text"]
 
@@ -461,7 +475,7 @@ async def fill_form(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Re
             raise ToolError(
                 f"fields[{i}] ({field.get('name', '?')}): give target, the ref from browser_snapshot"
             )
-        steps.append((await rt.locate(page, target), field))
+        steps.append((await rt.locate(s, page, target), field))
 
     async def act(_: Page) -> None:
         for locator, field in steps:
@@ -481,7 +495,7 @@ async def fill_form(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Re
 async def select_option(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     values: list[str] = args["values"]
     return await rt.input_action(
         s,
@@ -494,7 +508,7 @@ async def select_option(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
 async def hover(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     return await rt.input_action(
         s,
         call,
@@ -537,7 +551,7 @@ async def screenshot(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> R
     if args.get("target"):
         if args.get("fullPage"):
             raise ToolError("fullPage cannot be combined with target (an element screenshot)")
-        locator = await rt.locate(page, args["target"])
+        locator = await rt.locate(s, page, args["target"])
         data = await locator.screenshot(type=kind, timeout=timeout)
         what = args.get("element") or args["target"]
     else:
@@ -670,7 +684,7 @@ async def file_upload(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> 
     timeout = rt.budget_ms(call, rt.options.action_timeout_s)
     if args.get("target"):
         page = await s.ensure_page()
-        locator = await rt.locate(page, args["target"])
+        locator = await rt.locate(s, page, args["target"])
         await locator.set_input_files(files, timeout=timeout)
         return Reply(f"set {names} on {args.get('element') or args['target']}", snapshot=True)
     chooser = s.file_chooser
@@ -695,7 +709,7 @@ async def evaluate(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Rep
     page = await s.ensure_page()
     function: str = args["function"]
     if args.get("target"):
-        locator = await rt.locate(page, args["target"])
+        locator = await rt.locate(s, page, args["target"])
         finished, value = await s.act(
             locator.evaluate(function, timeout=rt.budget_ms(call, rt.options.action_timeout_s))
         )

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -92,6 +93,8 @@ NETWORK_LOG = 500
 SPARE_DELAY_S = 0.05
 STIR_S = 0.1
 """How long after an action its first effects (a request, a new tab) may take to reach us."""
+MAX_REFS = 200_000
+"""Refs remembered per session, to tell a stale ref from one never issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,8 @@ class BrowserSession:
         """Requests started since `watch()`, until they end; None when no action is watched."""
         self._stirred = asyncio.Event()
         """Set when a watched request starts or ends, a tab opens or a download starts or ends."""
+        self.issued_refs: set[str] = set()
+        """The refs this session's snapshots have shown (`locate` tells stale ones from unknown)."""
         context.on("page", self._adopt)
         context.on("request", self._on_any_request)
         context.on("response", self._on_response)
@@ -459,10 +464,19 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_METHOD_PREFIX = re.compile(r"^[A-Z][A-Za-z]*\.[a-z][A-Za-z_]*: ")
+_TIMEOUT_MS = re.compile(r"\bTimeout (\d+(?:\.\d+)?)ms exceeded\.?")
+
+
 def first_line(exc: BaseException) -> str:
-    """The message of a Playwright error without its call log."""
+    """The message of a Playwright error without its call log, its method name (`Page.goto: `)
+    or its timeout in fractional milliseconds (`timed out after 5 s`)."""
     text = str(exc).strip()
-    return text.split("\nCall log:", 1)[0].strip().splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.split("\nCall log:", 1)[0].strip().splitlines()[0]
+    line = _METHOD_PREFIX.sub("", line)
+    return _TIMEOUT_MS.sub(lambda m: f"timed out after {max(1, round(float(m[1]) / 1000))} s", line)
 
 
 class SharedBrowser:
@@ -478,6 +492,8 @@ class SharedBrowser:
         self._sessions: dict[SessionKey, BrowserSession] = {}
         self._creating: dict[SessionKey, asyncio.Task[BrowserSession]] = {}
         self._lost: set[SessionKey] = set()
+        self._idled: dict[SessionKey, float] = {}
+        """Sessions the reaper closed, with how long they had been unused (their next result says so)."""
         self._spares: list[BrowserContext] = []
         self._filling: asyncio.Task[bool] | None = None
         self._busy = 0
@@ -736,10 +752,17 @@ class SharedBrowser:
             session.events.append(
                 "the browser had stopped and was started again: this session's earlier pages are gone"
             )
+        elif key in self._idled:
+            unused = self._idled.pop(key)
+            session.events.append(
+                f"this session was closed after {unused:.0f} s unused (idle_timeout_s); "
+                "its pages and cookies are gone"
+            )
         self._sessions[key] = session
         return session
 
     async def close_session(self, key: SessionKey) -> bool:
+        self._idled.pop(key, None)
         session = self._sessions.pop(key, None)
         if session is None:
             return False
@@ -755,6 +778,7 @@ class SharedBrowser:
                 if session.last_used < deadline and not session.lock.locked():
                     logger.info("closing idle browser session %s/%s", *key)
                     self._sessions.pop(key, None)
+                    self._idled[key] = time.monotonic() - session.last_used
                     try:
                         await session.close()
                     except Exception:  # the reaper's top level: one bad close must not stop reaping

@@ -166,6 +166,11 @@ async def test_links_hover_keys_and_stale_refs(agent: ToolClient, site: Site) ->
 
     stale = await agent.call("browser_click", {"target": old_ref, "session": "links"})
     assert stale.is_error and "take a new browser_snapshot" in stale.text
+    assert "refs change when the page does" in stale.text
+    # Reported: a ref never issued got the stale ref's message.
+    unknown = await agent.call("browser_type", {"target": "f2e4", "text": "x", "session": "links"})
+    assert unknown.is_error and "f2e4 is unknown" in unknown.text, unknown.text
+    assert "refs change when the page does" not in unknown.text
 
     home = await call(agent, "browser_click", target=ref(second.text, "link", "Back home"), session="links")
     hovered = await call(agent, "browser_hover", target=ref(home.text, "button", "Hover me"), session="links")
@@ -283,7 +288,10 @@ async def test_a_navigation_that_times_out_stops_the_load(hub: RunningHub, site:
         arguments = {"url": site.url("/loading?ms=20000"), "session": "stop-on-timeout"}
         request = pb.CallToolRequest(name="browser_navigate", arguments_json=json.dumps(arguments).encode())
         result = await hubclient.call_tool(TOKENS["agent-a"], request, timeout=3)
-        assert result.is_error and "Timeout" in result.content[0].text.text, result
+        text = result.content[0].text.text
+        # Reported: "Page.goto: Timeout 4748.800754547119ms exceeded." (round seconds, no method name)
+        assert result.is_error and re.search(r"timed out after \d+ s", text), result
+        assert "Page.goto" not in text and "ms exceeded" not in text, text
         stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
         assert stopped, "the page went on loading after its navigation timed out"
         close = pb.CallToolRequest(name="browser_close", arguments_json=b'{"session": "stop-on-timeout"}')
@@ -892,6 +900,11 @@ async def test_idle_sessions_are_closed(idle_hub: RunningHub, site: Site) -> Non
         assert await _until(lambda: "closing idle browser session agent-a/idle" in idle_hub.log(), 30)
         again = await call(client, "browser_navigate", url=site.url("/cookie/show"), session="idle")
         assert "cookie is no cookie" in again.text
+        # Reported: it came back blank with no word of why.
+        assert re.search(r"this session was closed after \d+ s unused", again.text), again.text
+        assert "its pages and cookies are gone" in again.text
+        later = await call(client, "browser_navigate", url=site.url("/second"), session="idle")
+        assert "unused" not in later.text
 
 
 def _children(pid: int) -> list[int]:
