@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from playwright.async_api import Error as PlaywrightError
@@ -50,6 +50,27 @@ STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "man
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
 _REF_IN_SNAPSHOT = re.compile(r"\[ref=([a-z0-9]+)\]")
+T = TypeVar("T")
+
+
+class SnapshotTooSlow(ToolError):
+    def __init__(self, seconds: float, *, whole: bool) -> None:
+        what = "the page" if whole else "the element"
+        super().__init__(
+            f"the snapshot of {what} did not finish in {seconds:.0f} s (snapshot_timeout_s), so it was "
+            "stopped: the page is too large to snapshot whole; pass target (the ref or selector of the "
+            "part you need, e.g. target='main' or '#results') to snapshot a part, or read it with "
+            "browser_evaluate or browser_take_screenshot"
+        )
+
+
+def _snapshot_problem(exc: BaseException) -> str:
+    if isinstance(exc, ToolError):
+        return str(exc)
+    message = first_line(exc)
+    if "context was destroyed" in message.lower():
+        return "the page kept navigating while its snapshot was taken; call browser_snapshot again"
+    return f"the snapshot failed: {message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +199,8 @@ class BrowserRuntime:
                 if modal is None and wanted is not None:
                     # Both are round trips to the page: ask for them together.
                     title, snapshot = await asyncio.gather(
-                        _title(page), self._snapshot_text(session, page, call, *wanted)
+                        _title(page),
+                        self._snapshot_text(session, page, call, *wanted, asked=reply.asked is not None),
                     )
                 elif modal is None:
                     title = await _title(page)
@@ -192,14 +214,23 @@ class BrowserRuntime:
         return ToolResult(content=content)
 
     async def _snapshot_text(
-        self, session: BrowserSession, page: Page, call: ToolCall, target: str | None, depth: int | None
+        self,
+        session: BrowserSession,
+        page: Page,
+        call: ToolCall,
+        target: str | None,
+        depth: int | None,
+        *,
+        asked: bool = False,
     ) -> str:
+        """The snapshot as the result shows it. When it is the result (`browser_snapshot`), a failure
+        is the call's error; appended to another tool's result, it is said in its place."""
         try:
             text = await self.snapshot(session, page, call, target, depth)
-        except PlaywrightError as exc:
-            if target is not None:
-                raise
-            return f"(no snapshot: {first_line(exc)})"
+        except (PlaywrightError, ToolError) as exc:
+            if asked:
+                raise ToolError(_snapshot_problem(exc)) from exc
+            return f"(no snapshot: {_snapshot_problem(exc)})"
         if len(session.issued_refs) < MAX_REFS:
             session.issued_refs.update(_REF_IN_SNAPSHOT.findall(text))
         return self.limit(session, text)
@@ -272,12 +303,17 @@ class BrowserRuntime:
     ) -> str:
         for attempt in range(2):
             try:
-                if target:
-                    locator = await self.locate(session, page, target)
-                    return await locator.aria_snapshot(
-                        mode="ai", depth=depth, timeout=self.budget_ms(call, 10)
-                    )
-                return await page.aria_snapshot(mode="ai", depth=depth, timeout=self.budget_ms(call, 10))
+                source: Page | Locator = await self.locate(session, page, target) if target else page
+                budget_s = self.budget_ms(call, self.options.snapshot_timeout_s) / 1000
+                # Playwright's timeout bounds finding the element, not the renderer's work on the
+                # tree (a huge page took minutes): the wait is bounded here, and the work stopped.
+                return await self.bounded(
+                    session,
+                    page,
+                    source.aria_snapshot(mode="ai", depth=depth, timeout=(budget_s + 5) * 1000),
+                    budget_s,
+                    SnapshotTooSlow(budget_s, whole=not target),
+                )
             except PlaywrightError as exc:
                 if attempt or "context was destroyed" not in str(exc).lower():
                     raise
@@ -321,6 +357,28 @@ class BrowserRuntime:
                 await uninterrupted(_stop_loading(session.page))
             raise
         return Reply(done, snapshot=True)
+
+    async def bounded(
+        self, session: BrowserSession, page: Page, work: Awaitable[T], seconds: float, late: ToolError
+    ) -> T:
+        """`work`, a script in `page`, given at most `seconds`: past them (`late` is raised) or when
+        the call is cancelled, the script is stopped, so that the tab answers the next call at once
+        instead of after the script (Playwright's own timeouts leave it running)."""
+        await session.arm_stopper(page)
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+        except asyncio.CancelledError:
+            task.cancel()
+            await uninterrupted(session.stop_script(page))
+            raise
+        if done:
+            return task.result()
+        await uninterrupted(session.stop_script(page))
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise late
 
     def explain(self, url: str, exc: PlaywrightError) -> str:
         from urllib.parse import urlsplit

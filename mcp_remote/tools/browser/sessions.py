@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    CDPSession,
     Dialog,
     Download,
     FileChooser,
@@ -93,6 +94,8 @@ NETWORK_LOG = 500
 SPARE_DELAY_S = 0.05
 STIR_S = 0.1
 """How long after an action its first effects (a request, a new tab) may take to reach us."""
+STOP_SCRIPT_S = 2.0
+"""The longest stopping a script (an evaluate, a snapshot past its time) may take."""
 MAX_REFS = 200_000
 """Refs remembered per session, to tell a stale ref from one never issued."""
 
@@ -145,6 +148,8 @@ class BrowserSession:
         """Requests started since `watch()`, until they end; None when no action is watched."""
         self._stirred = asyncio.Event()
         """Set when a watched request starts or ends, a tab opens or a download starts or ends."""
+        self._stoppers: dict[Page, CDPSession] = {}
+        """A DevTools session per tab, attached before a script runs there, that can stop it."""
         self.issued_refs: set[str] = set()
         """The refs this session's snapshots have shown (`locate` tells stale ones from unknown)."""
         context.on("page", self._adopt)
@@ -215,6 +220,7 @@ class BrowserSession:
             self.events.append(f"the page opened a new tab (index {self.current}); it is now the current tab")
 
     def _on_close(self, page: Page) -> None:
+        self._stoppers.pop(page, None)
         index = self.tab_index(page)
         if index < 0:
             return
@@ -229,6 +235,44 @@ class BrowserSession:
     def _on_crash(self, page: Page) -> None:
         self.events.append(f"tab {self.tab_index(page)} crashed ({page.url}); it was closed")
         self._spawn(page.close())
+
+    # --- scripts that run too long ---------------------------------------------------------------
+
+    async def arm_stopper(self, page: Page) -> None:
+        """Make ready the means to stop a script about to run in `page` (`stop_script`).
+
+        A script that runs on (a `while (true)`, the snapshot of a huge page) keeps the tab's
+        renderer busy after Playwright's call gave up or was cancelled: the tab answered nothing
+        else until it ended. `Runtime.terminateExecution` stops it, but only from a DevTools
+        session the renderer has already taken in: one attached while the script runs is queued
+        behind it. So the session is attached, and used once, before the script starts."""
+        if page in self._stoppers:
+            return
+        with contextlib.suppress(PlaywrightError, TimeoutError):
+            async with asyncio.timeout(STOP_SCRIPT_S):
+                cdp = await self.context.new_cdp_session(page)
+                await cdp.send("Runtime.evaluate", {"expression": "0"})
+                if not page.is_closed():
+                    self._stoppers[page] = cdp
+
+    async def stop_script(self, page: Page) -> bool:
+        """Stop the script running in `page` (True when the means to was ready). Bounded."""
+        cdp = self._stoppers.get(page)
+        if cdp is None:
+            return False
+        with contextlib.suppress(PlaywrightError, TimeoutError):
+            async with asyncio.timeout(STOP_SCRIPT_S):
+                stop = asyncio.ensure_future(cdp.send("Runtime.terminateExecution"))
+                try:
+                    # With no script running (an awaited promise that never settles) the
+                    # termination would fall on the page's next script: this one takes it.
+                    await cdp.send("Runtime.evaluate", {"expression": "0"})
+                    await stop
+                finally:
+                    stop.cancel()
+                    with contextlib.suppress(BaseException):
+                        await stop
+        return True
 
     # --- modal states ----------------------------------------------------------------------------
 

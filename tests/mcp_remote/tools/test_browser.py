@@ -300,6 +300,58 @@ async def test_a_navigation_that_times_out_stops_the_load(hub: RunningHub, site:
         await hubclient.close()
 
 
+async def _timed_call(
+    hub: RunningHub, name: str, arguments: dict[str, Any], timeout: float
+) -> tuple[str, float]:
+    """Call over gRPC with a deadline: ("error: ..." or "ok: ..." or "deadline: ...", seconds taken)."""
+    hubclient = HubClient(hub.grpc)
+    started = time.monotonic()
+    try:
+        request = pb.CallToolRequest(name=name, arguments_json=json.dumps(arguments).encode())
+        result = await hubclient.call_tool(TOKENS["agent-a"], request, timeout=timeout)
+        text = "\n".join(c.text.text for c in result.content if c.HasField("text"))
+        return ("error: " if result.is_error else "ok: ") + text, time.monotonic() - started
+    except Exception as exc:  # the deadline passed (grpc's own error)
+        return f"deadline: {exc}", time.monotonic() - started
+    finally:
+        await hubclient.close()
+
+
+async def test_a_huge_pages_snapshot_ends_at_its_limit_and_says_what_to_do(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    """Reported: the snapshot of a page of 20,000 links and buttons ran to the call's timeout (the
+    renderer went on after Playwright's 10 s), said so as a success, and held the tab afterwards."""
+    session = "huge"
+    await call(agent, "browser_navigate", url=site.url("/echo?n=small"), session=session)
+    rows = '<div><a href="#r${i}">row ${i}</a><button>b${i}</button></div>'
+    await call(
+        agent,
+        "browser_evaluate",
+        function="() => { let h = '<main id=\"top\"><h1>Huge page</h1></main>';"
+        f" for (let i = 0; i < 40000; i++) h += `{rows}`; document.body.innerHTML = h; }}",
+        session=session,
+    )
+    try:
+        text, took = await _timed_call(hub, "browser_snapshot", {"session": session}, timeout=90)
+        # The limit is 10 s; unbounded, this page takes far longer on any machine.
+        assert text.startswith("error: "), (text[:300], took)
+        assert "did not finish in 10 s" in text and "target" in text and "aria_snapshot" not in text, text
+        assert took < 30, took
+        # The renderer's work was stopped: the tab answers at once, not after it.
+        quick, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => 6 * 7", "session": session}, timeout=30
+        )
+        assert quick.startswith("ok: ") and "42" in quick and took < 8, (quick, took)
+        # Appended to another tool's result, the failure is said in the same words.
+        hovered = await call(agent, "browser_hover", target="#top h1", session=session)
+        assert "(no snapshot: the snapshot of the page did not finish in 10 s" in hovered.text, hovered.text
+        part = await call(agent, "browser_snapshot", target="#top", session=session)
+        assert "Huge page" in part.text
+    finally:
+        await agent.call("browser_close", {"session": session})
+
+
 async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
     page = await call(agent, "browser_navigate", url=site.url("/form"), session="form")
     fields = [
