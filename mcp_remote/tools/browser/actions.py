@@ -46,6 +46,8 @@ CAUSED_WAIT_S = 3.0
 """The longest an input action waits for the requests, tabs and downloads it caused."""
 STOP_LOADING_S = 1.0
 """How long a navigation that was cancelled or timed out waits for its page to stop loading."""
+EVALUATE_MARGIN_S = 1.0
+"""How long before the call's end a script that has not returned is stopped, to answer in time."""
 STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "manifest"})
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
@@ -766,13 +768,20 @@ async def evaluate(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Rep
     args = call.arguments
     page = await s.ensure_page()
     function: str = args["function"]
+    # What the call's time leaves, less a moment to answer in: a script that runs on is stopped
+    # then (`bounded`), as it is when the call is cancelled, and its tab is free again.
+    seconds = rt.budget_ms(call, max(1.0, rt.options.call_timeout_s - EVALUATE_MARGIN_S)) / 1000
+    if call.deadline is not None:
+        seconds = max(0.1, seconds - EVALUATE_MARGIN_S)
+    late = ToolError(
+        f"the script did not return within {seconds:.0f} s, so it was stopped; the tab is usable again"
+    )
     if args.get("target"):
         locator = await rt.locate(s, page, args["target"])
-        finished, value = await s.act(
-            locator.evaluate(function, timeout=rt.budget_ms(call, rt.options.action_timeout_s))
-        )
+        work = locator.evaluate(function, timeout=rt.budget_ms(call, rt.options.action_timeout_s))
     else:
-        finished, value = await s.act(page.evaluate(function))
+        work = page.evaluate(function)
+    finished, value = await rt.bounded(s, page, s.act(work), seconds, late)
     if not finished:
         return Reply(f"the script opened {s.modal_state()}")
     text = (

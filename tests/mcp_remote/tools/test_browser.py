@@ -352,6 +352,49 @@ async def test_a_huge_pages_snapshot_ends_at_its_limit_and_says_what_to_do(
         await agent.call("browser_close", {"session": session})
 
 
+async def test_a_script_that_never_returns_is_stopped_and_frees_its_tab(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    """Reported: an evaluate looping forever froze its tab past the call's end; the next calls
+    failed slowly and misleadingly."""
+    session = "loop"
+    await call(agent, "browser_navigate", url=site.url("/echo?n=loop"), session=session)
+    try:
+        # Cancelled by its caller.
+        with anyio.move_on_after(3):
+            await agent.call(
+                "browser_evaluate", {"function": "() => { while (true) {} }", "session": session}
+            )
+        after, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => document.title", "session": session}, timeout=20
+        )
+        assert after.startswith("ok: ") and "Echo" in after and took < 8, (after, took)
+        # Past its deadline: the call says the script was stopped, before the deadline ends it.
+        late, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => { while (true) {} }", "session": session}, timeout=8
+        )
+        assert late.startswith("error: ") and "was stopped" in late, (late, took)
+        opened, took = await _timed_call(
+            hub, "browser_navigate", {"url": site.url("/second"), "session": session}, timeout=30
+        )
+        assert opened.startswith("ok: ") and "The second page" in opened and took < 10, (opened, took)
+        # A promise that never settles runs no script: stopping it must not fall on the next one.
+        pending, took = await _timed_call(
+            hub,
+            "browser_evaluate",
+            {"function": "() => new Promise(() => {})", "session": session},
+            timeout=5,
+        )
+        assert pending.startswith("error: ") and "was stopped" in pending, (pending, took)
+        for _ in range(2):
+            title, took = await _timed_call(
+                hub, "browser_evaluate", {"function": "() => document.title", "session": session}, timeout=20
+            )
+            assert title.startswith("ok: ") and "Second" in title, (title, took)
+    finally:
+        await agent.call("browser_close", {"session": session})
+
+
 async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
     page = await call(agent, "browser_navigate", url=site.url("/form"), session="form")
     fields = [
