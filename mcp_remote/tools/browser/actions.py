@@ -61,8 +61,9 @@ class SnapshotTooSlow(ToolError):
         super().__init__(
             f"the snapshot of {what} did not finish in {seconds:.0f} s (snapshot_timeout_s), so it was "
             "stopped: the page is too large to snapshot whole; pass target (the ref or selector of the "
-            "part you need, e.g. target='main' or '#results') to snapshot a part, or read it with "
-            "browser_evaluate or browser_take_screenshot"
+            "part you need, e.g. target='main' or '#results') to snapshot a part (depth, e.g. depth=3, "
+            "shortens the result but still walks the whole page), or read it with browser_evaluate or "
+            "browser_take_screenshot"
         )
 
 
