@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from playwright.async_api import Error as PlaywrightError
@@ -36,7 +36,7 @@ from .options import BrowserOptions
 from .policy import IPAddress, UrlPolicy, literal_ip
 from .proxy import PolicyProxy, system_resolver
 from .render import PageState, compose, limit_text, parse_ref
-from .sessions import BrowserSession, SharedBrowser, first_line
+from .sessions import MAX_REFS, BrowserSession, SharedBrowser, first_line
 from .tools import DEFAULT_SESSION, MODAL_TOOLS
 from .workspace import read_for_upload, workspace_dir
 
@@ -46,9 +46,34 @@ CAUSED_WAIT_S = 3.0
 """The longest an input action waits for the requests, tabs and downloads it caused."""
 STOP_LOADING_S = 1.0
 """How long a navigation that was cancelled or timed out waits for its page to stop loading."""
+EVALUATE_MARGIN_S = 1.0
+"""How long before the call's end a script that has not returned is stopped, to answer in time."""
 STATIC_TYPES = frozenset({"image", "font", "stylesheet", "script", "media", "manifest"})
 CONSOLE_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
 _CONSOLE_TYPE_LEVEL = {"error": 0, "assert": 0, "warning": 1, "debug": 3}
+_REF_IN_SNAPSHOT = re.compile(r"\[ref=([a-z0-9]+)\]")
+T = TypeVar("T")
+
+
+class SnapshotTooSlow(ToolError):
+    def __init__(self, seconds: float, *, whole: bool) -> None:
+        what = "the page" if whole else "the element"
+        super().__init__(
+            f"the snapshot of {what} did not finish in {seconds:.0f} s (snapshot_timeout_s), so it was "
+            "stopped: the page is too large to snapshot whole; pass target (the ref or selector of the "
+            "part you need, e.g. target='main' or '#results') to snapshot a part (depth, e.g. depth=3, "
+            "shortens the result but still walks the whole page), or read it with browser_evaluate or "
+            "browser_take_screenshot"
+        )
+
+
+def _snapshot_problem(exc: BaseException) -> str:
+    if isinstance(exc, ToolError):
+        return str(exc)
+    message = first_line(exc)
+    if "context was destroyed" in message.lower():
+        return "the page kept navigating while its snapshot was taken; call browser_snapshot again"
+    return f"the snapshot failed: {message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +202,8 @@ class BrowserRuntime:
                 if modal is None and wanted is not None:
                     # Both are round trips to the page: ask for them together.
                     title, snapshot = await asyncio.gather(
-                        _title(page), self._snapshot_text(session, page, call, *wanted)
+                        _title(page),
+                        self._snapshot_text(session, page, call, *wanted, asked=reply.asked is not None),
                     )
                 elif modal is None:
                     title = await _title(page)
@@ -191,14 +217,26 @@ class BrowserRuntime:
         return ToolResult(content=content)
 
     async def _snapshot_text(
-        self, session: BrowserSession, page: Page, call: ToolCall, target: str | None, depth: int | None
+        self,
+        session: BrowserSession,
+        page: Page,
+        call: ToolCall,
+        target: str | None,
+        depth: int | None,
+        *,
+        asked: bool = False,
     ) -> str:
+        """The snapshot as the result shows it. When it is the result (`browser_snapshot`), a failure
+        is the call's error; appended to another tool's result, it is said in its place."""
         try:
-            return self.limit(session, await self.snapshot(page, call, target, depth))
-        except PlaywrightError as exc:
-            if target is not None:
-                raise
-            return f"(no snapshot: {first_line(exc)})"
+            text = await self.snapshot(session, page, call, target, depth)
+        except (PlaywrightError, ToolError) as exc:
+            if asked:
+                raise ToolError(_snapshot_problem(exc)) from exc
+            return f"(no snapshot: {_snapshot_problem(exc)})"
+        if len(session.issued_refs) < MAX_REFS:
+            session.issued_refs.update(_REF_IN_SNAPSHOT.findall(text))
+        return self.limit(session, text)
 
     # --- helpers the handlers use ----------------------------------------------------------------
 
@@ -229,7 +267,7 @@ class BrowserRuntime:
             return None  # the proxy answers for a name that does not resolve
         return self.policy.check_url(url, addresses)
 
-    async def locate(self, page: Page, target: str) -> Locator:
+    async def locate(self, session: BrowserSession, page: Page, target: str) -> Locator:
         ref = parse_ref(target)
         locator = page.get_by_ref(ref) if ref else page.locator(target)
         try:
@@ -243,6 +281,11 @@ class BrowserRuntime:
                     f"{first_line(exc)}"
                 ) from exc
         if count == 0:
+            if ref and ref not in session.issued_refs:
+                raise ToolError(
+                    f"ref {ref} is unknown: no snapshot of this session showed it; "
+                    "take a browser_snapshot and use a ref from it"
+                )
             if ref:
                 raise ToolError(
                     f"ref {ref} is not on the page (refs change when the page does); "
@@ -254,16 +297,26 @@ class BrowserRuntime:
         return locator
 
     async def snapshot(
-        self, page: Page, call: ToolCall, target: str | None = None, depth: int | None = None
+        self,
+        session: BrowserSession,
+        page: Page,
+        call: ToolCall,
+        target: str | None = None,
+        depth: int | None = None,
     ) -> str:
         for attempt in range(2):
             try:
-                if target:
-                    locator = await self.locate(page, target)
-                    return await locator.aria_snapshot(
-                        mode="ai", depth=depth, timeout=self.budget_ms(call, 10)
-                    )
-                return await page.aria_snapshot(mode="ai", depth=depth, timeout=self.budget_ms(call, 10))
+                source: Page | Locator = await self.locate(session, page, target) if target else page
+                budget_s = self.budget_ms(call, self.options.snapshot_timeout_s) / 1000
+                # Playwright's timeout bounds finding the element, not the renderer's work on the
+                # tree (a huge page took minutes): the wait is bounded here, and the work stopped.
+                return await self.bounded(
+                    session,
+                    page,
+                    source.aria_snapshot(mode="ai", depth=depth, timeout=(budget_s + 5) * 1000),
+                    budget_s,
+                    SnapshotTooSlow(budget_s, whole=not target),
+                )
             except PlaywrightError as exc:
                 if attempt or "context was destroyed" not in str(exc).lower():
                     raise
@@ -307,6 +360,28 @@ class BrowserRuntime:
                 await uninterrupted(_stop_loading(session.page))
             raise
         return Reply(done, snapshot=True)
+
+    async def bounded(
+        self, session: BrowserSession, page: Page, work: Awaitable[T], seconds: float, late: ToolError
+    ) -> T:
+        """`work`, a script in `page`, given at most `seconds`: past them (`late` is raised) or when
+        the call is cancelled, the script is stopped, so that the tab answers the next call at once
+        instead of after the script (Playwright's own timeouts leave it running)."""
+        await session.arm_stopper(page)
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+        except asyncio.CancelledError:
+            task.cancel()
+            await uninterrupted(session.stop_script(page))
+            raise
+        if done:
+            return task.result()
+        await uninterrupted(session.stop_script(page))
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise late
 
     def explain(self, url: str, exc: PlaywrightError) -> str:
         from urllib.parse import urlsplit
@@ -418,7 +493,7 @@ async def snapshot(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Rep
 async def click(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     options: dict[str, Any] = {"timeout": rt.budget_ms(call, rt.options.action_timeout_s)}
     if "button" in args:
         options["button"] = args["button"]
@@ -433,7 +508,7 @@ async def click(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
 async def type_text(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     timeout = rt.budget_ms(call, rt.options.action_timeout_s)
     text: str = args["text"]
 
@@ -461,7 +536,7 @@ async def fill_form(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Re
             raise ToolError(
                 f"fields[{i}] ({field.get('name', '?')}): give target, the ref from browser_snapshot"
             )
-        steps.append((await rt.locate(page, target), field))
+        steps.append((await rt.locate(s, page, target), field))
 
     async def act(_: Page) -> None:
         for locator, field in steps:
@@ -481,7 +556,7 @@ async def fill_form(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Re
 async def select_option(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     values: list[str] = args["values"]
     return await rt.input_action(
         s,
@@ -494,7 +569,7 @@ async def select_option(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
 async def hover(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Reply:
     args = call.arguments
     page = await s.ensure_page()
-    locator = await rt.locate(page, args["target"])
+    locator = await rt.locate(s, page, args["target"])
     return await rt.input_action(
         s,
         call,
@@ -537,7 +612,7 @@ async def screenshot(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> R
     if args.get("target"):
         if args.get("fullPage"):
             raise ToolError("fullPage cannot be combined with target (an element screenshot)")
-        locator = await rt.locate(page, args["target"])
+        locator = await rt.locate(s, page, args["target"])
         data = await locator.screenshot(type=kind, timeout=timeout)
         what = args.get("element") or args["target"]
     else:
@@ -670,7 +745,7 @@ async def file_upload(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> 
     timeout = rt.budget_ms(call, rt.options.action_timeout_s)
     if args.get("target"):
         page = await s.ensure_page()
-        locator = await rt.locate(page, args["target"])
+        locator = await rt.locate(s, page, args["target"])
         await locator.set_input_files(files, timeout=timeout)
         return Reply(f"set {names} on {args.get('element') or args['target']}", snapshot=True)
     chooser = s.file_chooser
@@ -694,13 +769,20 @@ async def evaluate(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -> Rep
     args = call.arguments
     page = await s.ensure_page()
     function: str = args["function"]
+    # What the call's time leaves, less a moment to answer in: a script that runs on is stopped
+    # then (`bounded`), as it is when the call is cancelled, and its tab is free again.
+    seconds = rt.budget_ms(call, max(1.0, rt.options.call_timeout_s - EVALUATE_MARGIN_S)) / 1000
+    if call.deadline is not None:
+        seconds = max(0.1, seconds - EVALUATE_MARGIN_S)
+    late = ToolError(
+        f"the script did not return within {seconds:.0f} s, so it was stopped; the tab is usable again"
+    )
     if args.get("target"):
-        locator = await rt.locate(page, args["target"])
-        finished, value = await s.act(
-            locator.evaluate(function, timeout=rt.budget_ms(call, rt.options.action_timeout_s))
-        )
+        locator = await rt.locate(s, page, args["target"])
+        work = locator.evaluate(function, timeout=rt.budget_ms(call, rt.options.action_timeout_s))
     else:
-        finished, value = await s.act(page.evaluate(function))
+        work = page.evaluate(function)
+    finished, value = await rt.bounded(s, page, s.act(work), seconds, late)
     if not finished:
         return Reply(f"the script opened {s.modal_state()}")
     text = (

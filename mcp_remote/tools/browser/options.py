@@ -67,6 +67,8 @@ class BrowserOptions(BaseModel):
     max_wait_s: float = Field(default=60.0, gt=0, le=3600)
     """The longest `browser_wait_for` may wait."""
 
+    snapshot_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """The longest a page snapshot may take; past it the renderer's work is stopped (a huge page)."""
     snapshot_max_chars: int = Field(default=40_000, ge=1000)
     """A larger snapshot is kept whole in the output store; the result shows this many characters."""
     snapshot_after_actions: bool = True

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    CDPSession,
     Dialog,
     Download,
     FileChooser,
@@ -92,6 +94,10 @@ NETWORK_LOG = 500
 SPARE_DELAY_S = 0.05
 STIR_S = 0.1
 """How long after an action its first effects (a request, a new tab) may take to reach us."""
+STOP_SCRIPT_S = 2.0
+"""The longest stopping a script (an evaluate, a snapshot past its time) may take."""
+MAX_REFS = 200_000
+"""Refs remembered per session, to tell a stale ref from one never issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,10 @@ class BrowserSession:
         """Requests started since `watch()`, until they end; None when no action is watched."""
         self._stirred = asyncio.Event()
         """Set when a watched request starts or ends, a tab opens or a download starts or ends."""
+        self._stoppers: dict[Page, CDPSession] = {}
+        """A DevTools session per tab, attached before a script runs there, that can stop it."""
+        self.issued_refs: set[str] = set()
+        """The refs this session's snapshots have shown (`locate` tells stale ones from unknown)."""
         context.on("page", self._adopt)
         context.on("request", self._on_any_request)
         context.on("response", self._on_response)
@@ -210,6 +220,7 @@ class BrowserSession:
             self.events.append(f"the page opened a new tab (index {self.current}); it is now the current tab")
 
     def _on_close(self, page: Page) -> None:
+        self._stoppers.pop(page, None)
         index = self.tab_index(page)
         if index < 0:
             return
@@ -224,6 +235,44 @@ class BrowserSession:
     def _on_crash(self, page: Page) -> None:
         self.events.append(f"tab {self.tab_index(page)} crashed ({page.url}); it was closed")
         self._spawn(page.close())
+
+    # --- scripts that run too long ---------------------------------------------------------------
+
+    async def arm_stopper(self, page: Page) -> None:
+        """Make ready the means to stop a script about to run in `page` (`stop_script`).
+
+        A script that runs on (a `while (true)`, the snapshot of a huge page) keeps the tab's
+        renderer busy after Playwright's call gave up or was cancelled: the tab answered nothing
+        else until it ended. `Runtime.terminateExecution` stops it, but only from a DevTools
+        session the renderer has already taken in: one attached while the script runs is queued
+        behind it. So the session is attached, and used once, before the script starts."""
+        if page in self._stoppers:
+            return
+        with contextlib.suppress(PlaywrightError, TimeoutError):
+            async with asyncio.timeout(STOP_SCRIPT_S):
+                cdp = await self.context.new_cdp_session(page)
+                await cdp.send("Runtime.evaluate", {"expression": "0"})
+                if not page.is_closed():
+                    self._stoppers[page] = cdp
+
+    async def stop_script(self, page: Page) -> bool:
+        """Stop the script running in `page` (True when the means to was ready). Bounded."""
+        cdp = self._stoppers.get(page)
+        if cdp is None:
+            return False
+        with contextlib.suppress(PlaywrightError, TimeoutError):
+            async with asyncio.timeout(STOP_SCRIPT_S):
+                stop = asyncio.ensure_future(cdp.send("Runtime.terminateExecution"))
+                try:
+                    # With no script running (an awaited promise that never settles) the
+                    # termination would fall on the page's next script: this one takes it.
+                    await cdp.send("Runtime.evaluate", {"expression": "0"})
+                    await stop
+                finally:
+                    stop.cancel()
+                    with contextlib.suppress(BaseException):
+                        await stop
+        return True
 
     # --- modal states ----------------------------------------------------------------------------
 
@@ -459,10 +508,19 @@ def _observe(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_METHOD_PREFIX = re.compile(r"^[A-Z][A-Za-z]*\.[a-z][A-Za-z_]*: ")
+_TIMEOUT_MS = re.compile(r"\bTimeout (\d+(?:\.\d+)?)ms exceeded\.?")
+
+
 def first_line(exc: BaseException) -> str:
-    """The message of a Playwright error without its call log."""
+    """The message of a Playwright error without its call log, its method name (`Page.goto: `)
+    or its timeout in fractional milliseconds (`timed out after 5 s`)."""
     text = str(exc).strip()
-    return text.split("\nCall log:", 1)[0].strip().splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.split("\nCall log:", 1)[0].strip().splitlines()[0]
+    line = _METHOD_PREFIX.sub("", line)
+    return _TIMEOUT_MS.sub(lambda m: f"timed out after {max(1, round(float(m[1]) / 1000))} s", line)
 
 
 class SharedBrowser:
@@ -478,6 +536,8 @@ class SharedBrowser:
         self._sessions: dict[SessionKey, BrowserSession] = {}
         self._creating: dict[SessionKey, asyncio.Task[BrowserSession]] = {}
         self._lost: set[SessionKey] = set()
+        self._idled: dict[SessionKey, float] = {}
+        """Sessions the reaper closed, with how long they had been unused (their next result says so)."""
         self._spares: list[BrowserContext] = []
         self._filling: asyncio.Task[bool] | None = None
         self._busy = 0
@@ -736,10 +796,17 @@ class SharedBrowser:
             session.events.append(
                 "the browser had stopped and was started again: this session's earlier pages are gone"
             )
+        elif key in self._idled:
+            unused = self._idled.pop(key)
+            session.events.append(
+                f"this session was closed after {unused:.0f} s unused (idle_timeout_s); "
+                "its pages and cookies are gone"
+            )
         self._sessions[key] = session
         return session
 
     async def close_session(self, key: SessionKey) -> bool:
+        self._idled.pop(key, None)
         session = self._sessions.pop(key, None)
         if session is None:
             return False
@@ -755,6 +822,7 @@ class SharedBrowser:
                 if session.last_used < deadline and not session.lock.locked():
                     logger.info("closing idle browser session %s/%s", *key)
                     self._sessions.pop(key, None)
+                    self._idled[key] = time.monotonic() - session.last_used
                     try:
                         await session.close()
                     except Exception:  # the reaper's top level: one bad close must not stop reaping

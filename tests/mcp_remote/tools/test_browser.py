@@ -166,6 +166,11 @@ async def test_links_hover_keys_and_stale_refs(agent: ToolClient, site: Site) ->
 
     stale = await agent.call("browser_click", {"target": old_ref, "session": "links"})
     assert stale.is_error and "take a new browser_snapshot" in stale.text
+    assert "refs change when the page does" in stale.text
+    # Reported: a ref never issued got the stale ref's message.
+    unknown = await agent.call("browser_type", {"target": "f2e4", "text": "x", "session": "links"})
+    assert unknown.is_error and "f2e4 is unknown" in unknown.text, unknown.text
+    assert "refs change when the page does" not in unknown.text
 
     home = await call(agent, "browser_click", target=ref(second.text, "link", "Back home"), session="links")
     hovered = await call(agent, "browser_hover", target=ref(home.text, "button", "Hover me"), session="links")
@@ -283,13 +288,111 @@ async def test_a_navigation_that_times_out_stops_the_load(hub: RunningHub, site:
         arguments = {"url": site.url("/loading?ms=20000"), "session": "stop-on-timeout"}
         request = pb.CallToolRequest(name="browser_navigate", arguments_json=json.dumps(arguments).encode())
         result = await hubclient.call_tool(TOKENS["agent-a"], request, timeout=3)
-        assert result.is_error and "Timeout" in result.content[0].text.text, result
+        text = result.content[0].text.text
+        # Reported: "Page.goto: Timeout 4748.800754547119ms exceeded." (round seconds, no method name)
+        assert result.is_error and re.search(r"timed out after \d+ s", text), result
+        assert "Page.goto" not in text and "ms exceeded" not in text, text
         stopped = await anyio.to_thread.run_sync(site.loads_stopped.acquire, True, 10.0)
         assert stopped, "the page went on loading after its navigation timed out"
         close = pb.CallToolRequest(name="browser_close", arguments_json=b'{"session": "stop-on-timeout"}')
         await hubclient.call_tool(TOKENS["agent-a"], close)
     finally:
         await hubclient.close()
+
+
+async def _timed_call(
+    hub: RunningHub, name: str, arguments: dict[str, Any], timeout: float
+) -> tuple[str, float]:
+    """Call over gRPC with a deadline: ("error: ..." or "ok: ..." or "deadline: ...", seconds taken)."""
+    hubclient = HubClient(hub.grpc)
+    started = time.monotonic()
+    try:
+        request = pb.CallToolRequest(name=name, arguments_json=json.dumps(arguments).encode())
+        result = await hubclient.call_tool(TOKENS["agent-a"], request, timeout=timeout)
+        text = "\n".join(c.text.text for c in result.content if c.HasField("text"))
+        return ("error: " if result.is_error else "ok: ") + text, time.monotonic() - started
+    except Exception as exc:  # the deadline passed (grpc's own error)
+        return f"deadline: {exc}", time.monotonic() - started
+    finally:
+        await hubclient.close()
+
+
+async def test_a_huge_pages_snapshot_ends_at_its_limit_and_says_what_to_do(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    """Reported: the snapshot of a page of 20,000 links and buttons ran to the call's timeout (the
+    renderer went on after Playwright's 10 s), said so as a success, and held the tab afterwards."""
+    session = "huge"
+    await call(agent, "browser_navigate", url=site.url("/echo?n=small"), session=session)
+    rows = '<div><a href="#r${i}">row ${i}</a><button>b${i}</button></div>'
+    await call(
+        agent,
+        "browser_evaluate",
+        function="() => { let h = '<main id=\"top\"><h1>Huge page</h1></main>';"
+        f" for (let i = 0; i < 40000; i++) h += `{rows}`; document.body.innerHTML = h; }}",
+        session=session,
+    )
+    try:
+        text, took = await _timed_call(hub, "browser_snapshot", {"session": session}, timeout=90)
+        # The limit is 10 s; unbounded, this page takes far longer on any machine.
+        assert text.startswith("error: "), (text[:300], took)
+        assert "did not finish in 10 s" in text and "target" in text and "aria_snapshot" not in text, text
+        assert took < 30, took
+        # The renderer's work was stopped: the tab answers at once, not after it.
+        quick, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => 6 * 7", "session": session}, timeout=30
+        )
+        assert quick.startswith("ok: ") and "42" in quick and took < 8, (quick, took)
+        # Appended to another tool's result, the failure is said in the same words.
+        hovered = await call(agent, "browser_hover", target="#top h1", session=session)
+        assert "(no snapshot: the snapshot of the page did not finish in 10 s" in hovered.text, hovered.text
+        part = await call(agent, "browser_snapshot", target="#top", session=session)
+        assert "Huge page" in part.text
+    finally:
+        await agent.call("browser_close", {"session": session})
+
+
+async def test_a_script_that_never_returns_is_stopped_and_frees_its_tab(
+    agent: ToolClient, hub: RunningHub, site: Site
+) -> None:
+    """Reported: an evaluate looping forever froze its tab past the call's end; the next calls
+    failed slowly and misleadingly."""
+    session = "loop"
+    await call(agent, "browser_navigate", url=site.url("/echo?n=loop"), session=session)
+    try:
+        # Cancelled by its caller.
+        with anyio.move_on_after(3):
+            await agent.call(
+                "browser_evaluate", {"function": "() => { while (true) {} }", "session": session}
+            )
+        after, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => document.title", "session": session}, timeout=20
+        )
+        assert after.startswith("ok: ") and "Echo" in after and took < 8, (after, took)
+        # Past its deadline: the call says the script was stopped, before the deadline ends it.
+        late, took = await _timed_call(
+            hub, "browser_evaluate", {"function": "() => { while (true) {} }", "session": session}, timeout=8
+        )
+        assert late.startswith("error: ") and "was stopped" in late, (late, took)
+        opened, took = await _timed_call(
+            hub, "browser_navigate", {"url": site.url("/second"), "session": session}, timeout=30
+        )
+        assert opened.startswith("ok: ") and "The second page" in opened and took < 10, (opened, took)
+        # A promise that never settles runs no script: stopping it must not fall on the next one.
+        pending, took = await _timed_call(
+            hub,
+            "browser_evaluate",
+            {"function": "() => new Promise(() => {})", "session": session},
+            timeout=5,
+        )
+        assert pending.startswith("error: ") and "was stopped" in pending, (pending, took)
+        for _ in range(2):
+            title, took = await _timed_call(
+                hub, "browser_evaluate", {"function": "() => document.title", "session": session}, timeout=20
+            )
+            assert title.startswith("ok: ") and "Second" in title, (title, took)
+    finally:
+        await agent.call("browser_close", {"session": session})
 
 
 async def test_fill_form_and_select_option(agent: ToolClient, site: Site) -> None:
@@ -892,6 +995,11 @@ async def test_idle_sessions_are_closed(idle_hub: RunningHub, site: Site) -> Non
         assert await _until(lambda: "closing idle browser session agent-a/idle" in idle_hub.log(), 30)
         again = await call(client, "browser_navigate", url=site.url("/cookie/show"), session="idle")
         assert "cookie is no cookie" in again.text
+        # Reported: it came back blank with no word of why.
+        assert re.search(r"this session was closed after \d+ s unused", again.text), again.text
+        assert "its pages and cookies are gone" in again.text
+        later = await call(client, "browser_navigate", url=site.url("/second"), session="idle")
+        assert "unused" not in later.text
 
 
 def _children(pid: int) -> list[int]:
