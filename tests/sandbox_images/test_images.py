@@ -303,7 +303,7 @@ def test_a_sidecar_that_cannot_start_stops_the_container(jail_workspace: Path, t
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
-@pytest.mark.parametrize("value", ["abc", "1.5", "", "-3", "08", "010", "99999999999999999999"])
+@pytest.mark.parametrize("value", ["abc", "1.5", "", "-3", "0", "08", "010", "99999999999999999999"])
 def test_a_bad_ready_timeout_is_named_and_starts_nothing(
     value: str, jail_workspace: Path, tmp_path: Path
 ) -> None:
@@ -322,7 +322,7 @@ def test_a_bad_ready_timeout_is_named_and_starts_nothing(
     # One line naming the variable, and nothing from a sidecar: none was started.
     assert result.stderr.strip() == (
         "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds "
-        f"(0 to 999999, no leading zero), not '{value}'"
+        f"(1 to 999999, no leading zero), not '{value}'"
     )
     assert "agent ran" not in result.stdout
 
