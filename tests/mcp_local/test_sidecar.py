@@ -236,6 +236,66 @@ def test_check_and_health_speak_json_and_a_wrong_option_gets_its_commands_usage(
             assert out.stderr.endswith(f"mcphub local {command[0]}: error: unrecognized arguments: --jsn\n")
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "abc"])
+def test_health_refuses_a_timeout_that_is_no_time_as_bad_usage(
+    value: str, tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """`local health --timeout -1` (or nan) reported a serving sidecar unhealthy (exit 1,
+    DEADLINE_EXCEEDED); the option had no help text either."""
+    out = _run(["health", "--grpc", sidecar.grpc, "--timeout", value, "--json"], tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    said = json.loads(out.stdout)
+    assert said["healthy"] is False and said["message"].startswith("--timeout: expected more than 0")
+    assert out.stderr.startswith("usage: mcphub local health [-h]"), out.stderr
+    assert "--timeout: expected more than 0 and at most 3600 seconds" in out.stderr
+    helped = _run(["health", "--help"], tmp_path)
+    assert "how long to wait for each answer" in " ".join(helped.stdout.split())
+
+
+def _health_with(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")} | env
+    return subprocess.run(
+        sidecar_command("health", "--timeout", "5", *args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env=full,
+    )
+
+
+@pytest.mark.parametrize("configured", ["127.0.0.1:0", "off"])
+def test_health_finds_the_port_a_sidecar_chose_in_its_ready_file(
+    configured: str, tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """With $MCPHUB_LOCAL_GRPC at port 0 or `off` (the images' HEALTHCHECK sees the variable the
+    container was given, not the port bound), `local health` was exit 2 "expected HOST:PORT", and
+    printed nothing with --json. It reads the entrypoint's ready file; without one it says what to do."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {"MCPHUB_LOCAL_GRPC": configured, "MCPHUB_RUN_DIR": str(run_dir)}
+    out = _health_with(env, tmp_path, "--json")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    said = json.loads(out.stdout)
+    assert said["healthy"] is False and said["sidecar"] is None
+    assert f"$MCPHUB_LOCAL_GRPC is '{configured}'" in said["message"]
+    assert str(run_dir / "sidecar.ready") in said["message"] and "give --grpc HOST:PORT" in said["message"]
+
+    (run_dir / "sidecar.ready").write_text(json.dumps({"event": "ready", "grpc": sidecar.grpc}) + "\n")
+    out = _health_with(env, tmp_path, "--json")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert json.loads(out.stdout)["sidecar"] == sidecar.grpc
+    # --ready-file names another file; a fixed port in the variable is asked as before.
+    other = tmp_path / "other.ready"
+    other.write_text(json.dumps({"grpc": sidecar.grpc}))
+    out = _health_with({}, tmp_path, "--ready-file", str(other))
+    assert out.returncode == 0 and out.stdout == f"sidecar at {sidecar.grpc} is serving\n", out
+    out = _health_with(
+        {"MCPHUB_LOCAL_GRPC": sidecar.grpc, "MCPHUB_RUN_DIR": str(tmp_path / "none")}, tmp_path
+    )
+    assert out.returncode == 0, out
+
+
 ROLE_PACK = """
 from mcp_local.packs import StaticPack
 from mcp_local.tools import Tool
