@@ -3,6 +3,7 @@ bad manifests and non-loopback binds with clear errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -326,6 +327,62 @@ def test_check_lists_every_tool_with_the_roles_that_see_it(tmp_path: Path) -> No
     assert [line.split()[0] for line in lines] == ["ops_ping", "ops_restart"], out.stdout
     assert lines[1].split(None, 1)[1] == "Restart the app.  [roles: operator]", out.stdout
     assert "ok, 2 tools" in out.stderr
+
+
+SURROGATE_PACK = """
+from mcp_local.content import TextContent, ToolResult
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _bad(call):
+    return ToolResult(content=[TextContent(text="bad \\udcff text")])
+
+
+def create_pack(options, env):
+    return StaticPack("surrogate", [Tool("badutf", "A result gRPC cannot carry.", {"type": "object"}, _bad)])
+"""
+
+
+def _refused(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    """The status and JSON-RPC error message of a POST the sidecar's HTTP guard refuses."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            raise AssertionError("accepted")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["error"]["message"]
+
+
+@pytest.mark.parametrize("transport", SIDECAR_TRANSPORTS)
+async def test_the_sidecars_own_errors_point_to_the_sidecar_not_a_hub(transport: str, tmp_path: Path) -> None:
+    """An internal error on the sidecar's own endpoints said "internal error in the hub; the hub's
+    log has the details", and a foreign Host "add it to allowed_hosts in the config": the sidecar
+    has neither a hub behind those endpoints nor such a key in its manifest."""
+    (tmp_path / "surrogate.py").write_text(SURROGATE_PACK)
+    running = start_sidecar(tmp_path, {"packs": [str(tmp_path / "surrogate.py")]}, http=True)
+    try:
+        async with connect(transport, running.grpc, running.mcp_url, None) as client:
+            with pytest.raises(Exception, match="internal error in the sidecar; the sidecar's log") as caught:
+                await client.call("badutf", {})
+            assert "hub" not in str(caught.value)
+        if transport == "grpc":
+            assert running.mcp_url is not None
+            answer = await asyncio.to_thread(_refused, running.mcp_url, {"Host": "evil.example"})
+            assert answer == (
+                421,
+                "Host header 'evil.example' is not allowed: the sidecar answers loopback names only",
+            )
+            origin = await asyncio.to_thread(_refused, running.mcp_url, {"Origin": "http://evil.example"})
+            assert origin == (
+                403,
+                "Origin 'http://evil.example' is not allowed: the sidecar answers loopback names only",
+            )
+    finally:
+        running.stop()
 
 
 def test_only_loopback_is_served(tmp_path: Path) -> None:
