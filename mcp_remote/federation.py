@@ -583,7 +583,8 @@ class Federation:
             return None  # no principal can register it any more (removed from the config): unknown
         return Unavailable(
             f"sandbox {sandbox!r} is not connected to the hub (its sidecar has not registered since the "
-            "hub started, or went away); call again once it has registered"
+            "hub started, or went away); call again once it has registered",
+            data={"sandbox": sandbox},  # the sandbox is unavailable, not the hub (`mcphub call` says so)
         )
 
     def reject(self, sandbox: str, principal: str, reason: str, peer: str = "") -> None:

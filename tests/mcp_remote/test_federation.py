@@ -318,7 +318,8 @@ async def test_sandboxes_list_for_operators_only(hub: RunningHub, registered: An
     assert isinstance(sbx["connected_at_unix_ms"], int) and sbx["connected_at_unix_ms"] > 1_700_000_000_000
     assert sbx["blocked"] == [] and "files_read" in sbx["exposed"]
     hidden = _cli(hub, "sandboxes", "list", "--json", token=TOKENS["agent-42"])
-    assert hidden.returncode == 3 and hidden.stdout == "", hidden.stdout
+    # With --json, a failure is a JSON document too (as `mcphub call --json`'s), on stdout.
+    assert hidden.returncode == 3 and orjson.loads(hidden.stdout)["error"]["code"] == "permission_denied"
     assert "permission_denied: principal 'agent-42' may not list sandboxes" in hidden.stderr
     # On the hub's host, the operator's token is found in the state directory.
     host = _cli(hub, "sandboxes", "list", "--json", "--state-dir", str(hub.state_dir), token=None)
@@ -549,6 +550,52 @@ async def test_a_changed_definition_is_blocked_until_an_operator_accepts_it(tmp_
             second.stop()
     finally:
         first.stop()
+        hub.stop()
+
+
+async def test_sandboxes_accept_and_forget_speak_json_and_a_gone_sandbox_is_not_an_unavailable_hub(
+    tmp_path: Path,
+) -> None:
+    """Found by a tester: `sandboxes accept/forget --json` were "unrecognized arguments", `list`
+    said "1 sandboxes connected", and a call of a disconnected sandbox's tool said "the hub at X is
+    unavailable: sandbox ... is not connected" while the hub answered it."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    root = tmp_path / "sbx"
+    sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+    try:
+
+        async def present() -> bool:
+            return "sbx-42__motd" in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(present, what="the registration")
+        listed = _cli(hub, "sandboxes", "list", token=TOKENS["ops"])
+        assert listed.returncode == 0 and f"1 sandbox connected to {hub.grpc}" in listed.stderr, listed.stderr
+        accepted = _cli(hub, "sandboxes", "accept", "sbx-42", "--json", token=TOKENS["ops"])
+        assert accepted.returncode == 0, accepted.stderr
+        assert orjson.loads(accepted.stdout) == {"sandbox": "sbx-42", "accepted": []}
+        busy = _cli(hub, "sandboxes", "forget", "sbx-42", "--json", token=TOKENS["ops"])
+        assert busy.returncode == 3, busy.stderr
+        assert orjson.loads(busy.stdout)["error"]["code"] == "failed_precondition"
+        sidecar.stop()
+
+        async def absent() -> bool:
+            return "sbx-42__motd" not in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(absent, what="the sidecar to go")
+        called = _cli(hub, "call", "sbx-42__motd", token=TOKENS["agent-42"])
+        assert called.returncode == 3, called.stderr
+        assert "unavailable: sandbox 'sbx-42' is not connected to the hub" in called.stderr
+        assert "is unavailable" not in called.stderr and f"the hub at {hub.grpc}" not in called.stderr
+        forgot = _cli(hub, "sandboxes", "forget", "sbx-42", "--json", token=TOKENS["ops"])
+        assert forgot.returncode == 0, forgot.stderr
+        said = orjson.loads(forgot.stdout)
+        assert said["sandbox"] == "sbx-42" and said["pins"] > 0, said
+        refused = _cli(hub, "sandboxes", "accept", "sbx-42", "--json", token=TOKENS["agent-42"])
+        assert (
+            refused.returncode == 3 and orjson.loads(refused.stdout)["error"]["code"] == "permission_denied"
+        )
+    finally:
+        sidecar.stop()
         hub.stop()
 
 
