@@ -178,6 +178,20 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
         if as_json:
             print(json.dumps({"ok": False, "manifest": settings.manifest.source, "error": str(exc)}))
         return _fail(str(exc))
+    from .announcement import hub_problems
+
+    sandbox = settings.sandbox or settings.manifest.sandbox
+    refused, blocked = hub_problems(sandbox, sidecar.registry)
+    if refused is not None:  # no hub can register it: as bad as a manifest that does not load
+        await sidecar.stop(0)
+        message = f"{settings.manifest.source}: a hub cannot register this sidecar: {refused}"
+        if as_json:
+            print(json.dumps({"ok": False, "manifest": settings.manifest.source, "error": message}))
+        return _fail(message)
+    warnings = [
+        f"tool {name}: a hub blocks it" + (f" (as sandbox {sandbox})" if sandbox else "") + f": {reason}"
+        for name, reason in blocked
+    ]
     if as_json:
         tools = []
         for name in sidecar.registry.names():
@@ -194,7 +208,8 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
                 }
             )
         await sidecar.stop(0)
-        print(json.dumps({"ok": True, "manifest": settings.manifest.source, "tools": tools}, indent=2))
+        checked = {"ok": True, "manifest": settings.manifest.source, "tools": tools, "warnings": warnings}
+        print(json.dumps(checked, indent=2))
         return EXIT_OK
     for name in sidecar.registry.names():
         registered = sidecar.registry.get(name)
@@ -213,7 +228,13 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
         title = tool.title or tool.description.strip().split("\n", 1)[0][:72]
         print(f"{tool.name:<16} {title}" + (f"  [{', '.join(flags)}]" if flags else ""))
     await sidecar.stop(0)
-    print(f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools", file=sys.stderr)
+    for warning in warnings:
+        print(f"mcphub local: warning: {warning}", file=sys.stderr)
+    print(
+        f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools"
+        + (f", {len(warnings)} of which a hub blocks" if warnings else ""),
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -450,14 +471,26 @@ def add_local_commands(
         "check",
         formatter_class=formatter,
         help="validate a manifest and list the tools it gives",
-        description="Validate the manifest, load its packs and list their tools; exit 2 on any problem.",
+        description=(
+            "Validate the manifest, load its packs and list their tools; exit 2 on any problem, and\n"
+            "when no hub could register the sidecar (more tools, or a larger announcement, than the\n"
+            "hub takes). A tool a hub would block (its name too long with the `<sandbox>__` prefix,\n"
+            "a schema that is not valid once sent as JSON) is a warning."
+        ),
     )
     _serve_options(check)
     check.add_argument(
         "--json",
         action="store_true",
         help='print one JSON object: {"ok", "manifest", "tools": [{name, title, read_only, destructive, '
-        'roles}]}, or {"ok": false, "manifest", "error"} (exit 2)',
+        'roles}], "warnings": [the tools a hub blocks, and why]}, or {"ok": false, "manifest", "error"} '
+        "(exit 2)",
+    )
+    check.add_argument(
+        "--sandbox",
+        metavar="NAME",
+        help="the sandbox's name at the hub, to check its tools' names with its prefix (default: "
+        "$MCPHUB_SANDBOX, then the manifest's)",
     )
     check.set_defaults(
         func=_cmd_check,
@@ -466,7 +499,6 @@ def add_local_commands(
         stdio=False,
         hub=None,
         token=None,
-        sandbox=None,
         reconnect_max=30.0,
     )
 

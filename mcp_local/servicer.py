@@ -20,6 +20,7 @@ from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA, ERROR_FROM, FROM_HU
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
+from .announcement import MAX_MESSAGE_BYTES
 from .errors import HubError
 from .grpcservices import add_service
 from .principals import bearer_token, first_authorization
@@ -37,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """A result's content that still fits in one message with its framing and `_meta`."""
 

@@ -385,6 +385,62 @@ async def test_the_sidecars_own_errors_point_to_the_sidecar_not_a_hub(transport:
         running.stop()
 
 
+LIMITS_PACK = """
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _ok(call):
+    return "ok"
+
+
+def create_pack(options, env):
+    kind = options.get("kind")
+    if kind == "many":
+        return StaticPack("many", [Tool(f"t{i}", "d", {"type": "object"}, _ok) for i in range(1001)])
+    if kind == "huge":
+        return StaticPack("huge", [Tool("big", "x" * 17_000_000, {"type": "object"}, _ok)])
+    nan = {"type": "object", "properties": {"a": {"type": "number", "maximum": float("nan")}}}
+    return StaticPack("odd", [
+        Tool("nan_max", "NaN in its schema.", nan, _ok),
+        Tool("n" * 60, "A long name.", {"type": "object"}, _ok),
+        Tool("fine", "Fine.", {"type": "object"}, _ok),
+    ])
+"""
+
+
+def test_check_reports_what_a_hub_would_block_or_refuse(tmp_path: Path) -> None:
+    """`local check` said "ok" for tools a hub blocks (a name too long with the `<sandbox>__`
+    prefix, NaN in a schema) and for sidecars it never registers (1001 tools, a 17 MB hello)."""
+    pack = tmp_path / "limits.py"
+    pack.write_text(LIMITS_PACK)
+    manifest = write_manifest(tmp_path, {"sandbox": "sbx2", "packs": [str(pack)]})
+    out = _run(["check", "--manifest", str(manifest)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    warnings = [li for li in out.stderr.splitlines() if li.startswith("mcphub local: warning: ")]
+    assert len(warnings) == 2, out.stderr
+    assert "tool nan_max: a hub blocks it (as sandbox sbx2)" in warnings[0]
+    assert "None is not of type 'number'" in warnings[0]
+    assert f"exposed as 'sbx2__{'n' * 60}': expected 1-64 characters" in warnings[1]
+    assert out.stderr.endswith("ok, 3 tools, 2 of which a hub blocks\n"), out.stderr
+    # Another sandbox name (a shorter one here) changes what fits; --json lists the warnings.
+    out = _run(["check", "--manifest", str(manifest), "--sandbox", "s", "--json"], tmp_path)
+    checked = json.loads(out.stdout)
+    assert out.returncode == 0 and checked["ok"] is True, out.stderr
+    assert [w.split(":")[0] for w in checked["warnings"]] == ["tool nan_max"], checked["warnings"]
+    for kind, said in (
+        ("many", "the announcement has 1001 tools; a sandbox may announce at most 1000"),
+        ("huge", "the announcement is too large: 17,000,0"),
+    ):
+        manifest = write_manifest(
+            tmp_path / kind, {"packs": [{"name": str(pack), "options": {"kind": kind}}]}
+        )
+        out = _run(["check", "--manifest", str(manifest), "--json"], tmp_path)
+        assert out.returncode == 2, out.stderr
+        refused = json.loads(out.stdout)
+        assert refused["ok"] is False and "a hub cannot register this sidecar: " + said in refused["error"]
+
+
 def test_only_loopback_is_served(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, {"packs": ["diagnostics"]})
     out = _run(["serve", "--manifest", str(manifest), "--grpc", "0.0.0.0:0"], tmp_path)
