@@ -2,7 +2,9 @@
 
     mcphub local serve --manifest FILE [--grpc HOST:PORT] [--http HOST:PORT] [--stdio]
                        [--hub HOST:PORT] [--sandbox NAME] [--ready-file PATH] [--json]
-    mcphub local check --manifest FILE [--json]      validate the manifest, load the packs, list the tools
+    mcphub local check --manifest FILE [--sandbox NAME] [--json]
+                                                     validate the manifest, load the packs, list the
+                                                     tools, report what a hub would block or refuse
     mcphub local health [--grpc HOST:PORT] [--ready-file PATH] [--timeout S] [--json]
                                                      exit 0 when the sidecar serves and the hub (if
                                                      any) does not refuse it
