@@ -35,10 +35,22 @@ def _matches(value: str, patterns: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class OriginPolicy:
-    """Allowed `Host` values and `Origin` values; `name:*` allows any port."""
+    """Allowed `Host` values and `Origin` values; `name:*` allows any port.
+
+    `speaker` is who answers a refused request: the hub, whose config has `allowed_hosts` and
+    `allowed_origins` (a refusal says to add the value there), or a sidecar, which has no such
+    keys (it answers loopback names only)."""
 
     hosts: tuple[str, ...]
     origins: tuple[str, ...]
+    speaker: str = "hub"
+
+    def refusal(self, header: str, value: str) -> str:
+        """Why a request's `header` ("Host" or "Origin") `value` is refused, and what to do."""
+        shown = f"Host header {value!r}" if header == "Host" else f"Origin {value!r}"
+        if self.speaker == "hub":
+            return f"{shown} is not allowed; add it to allowed_{header.lower()}s in the config"
+        return f"{shown} is not allowed: the {self.speaker} answers loopback names only"
 
     def host_allowed(self, host: str | None) -> bool:
         return bool(host) and _matches(host.lower(), self.hosts)  # type: ignore[union-attr]
@@ -49,7 +61,11 @@ class OriginPolicy:
 
 
 def default_policy(
-    bind_host: str, extra_hosts: Iterable[str] = (), extra_origins: Iterable[str] = ()
+    bind_host: str,
+    extra_hosts: Iterable[str] = (),
+    extra_origins: Iterable[str] = (),
+    *,
+    speaker: str = "hub",
 ) -> OriginPolicy:
     """Loopback names always; the bind address when it is a concrete one; then the configured ones."""
     hosts = [f"{h}:*" for h in LOOPBACK_HOSTS]
@@ -60,7 +76,7 @@ def default_policy(
         origins.append(f"http://{shown}:*")
     hosts.extend(h.lower() for h in extra_hosts)
     origins.extend(o.lower().rstrip("/") for o in extra_origins)
-    return OriginPolicy(tuple(dict.fromkeys(hosts)), tuple(dict.fromkeys(origins)))
+    return OriginPolicy(tuple(dict.fromkeys(hosts)), tuple(dict.fromkeys(origins)), speaker)
 
 
 def _reject(status: int, message: str) -> tuple[dict[str, object], bytes]:
@@ -102,9 +118,9 @@ class HostOriginGuard:
             elif host is None:  # RFC 9112 3.2: 400; and without one nothing says which site is asked
                 problem = (400, "the request has no Host header")
             elif not self.policy.host_allowed(host):
-                problem = (421, f"Host header {host!r} is not allowed; add it to allowed_hosts in the config")
+                problem = (421, self.policy.refusal("Host", host))
             elif not self.policy.origin_allowed(origin):
-                problem = (403, f"Origin {origin!r} is not allowed; add it to allowed_origins in the config")
+                problem = (403, self.policy.refusal("Origin", str(origin)))
             if problem is not None:
                 start, body = _reject(*problem)
                 await send(start)

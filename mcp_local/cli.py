@@ -2,9 +2,12 @@
 
     mcphub local serve --manifest FILE [--grpc HOST:PORT] [--http HOST:PORT] [--stdio]
                        [--hub HOST:PORT] [--sandbox NAME] [--ready-file PATH] [--json]
-    mcphub local check --manifest FILE [--json]      validate the manifest, load the packs, list the tools
-    mcphub local health [--grpc HOST:PORT] [--json]  exit 0 when the sidecar serves and the hub (if any)
-                                                     does not refuse it
+    mcphub local check --manifest FILE [--sandbox NAME] [--json]
+                                                     validate the manifest, load the packs, list the
+                                                     tools, report what a hub would block or refuse
+    mcphub local health [--grpc HOST:PORT] [--ready-file PATH] [--timeout S] [--json]
+                                                     exit 0 when the sidecar serves and the hub (if
+                                                     any) does not refuse it
 
 Only the standard library is imported at the top: `mcphub local` must start
 quickly and never load the hub (`mcp_remote`).
@@ -177,6 +180,20 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
         if as_json:
             print(json.dumps({"ok": False, "manifest": settings.manifest.source, "error": str(exc)}))
         return _fail(str(exc))
+    from .announcement import hub_problems
+
+    sandbox = settings.sandbox or settings.manifest.sandbox
+    refused, blocked = hub_problems(sandbox, sidecar.registry)
+    if refused is not None:  # no hub can register it: as bad as a manifest that does not load
+        await sidecar.stop(0)
+        message = f"{settings.manifest.source}: a hub cannot register this sidecar: {refused}"
+        if as_json:
+            print(json.dumps({"ok": False, "manifest": settings.manifest.source, "error": message}))
+        return _fail(message)
+    warnings = [
+        f"tool {name}: a hub blocks it" + (f" (as sandbox {sandbox})" if sandbox else "") + f": {reason}"
+        for name, reason in blocked
+    ]
     if as_json:
         tools = []
         for name in sidecar.registry.names():
@@ -193,7 +210,8 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
                 }
             )
         await sidecar.stop(0)
-        print(json.dumps({"ok": True, "manifest": settings.manifest.source, "tools": tools}, indent=2))
+        checked = {"ok": True, "manifest": settings.manifest.source, "tools": tools, "warnings": warnings}
+        print(json.dumps(checked, indent=2))
         return EXIT_OK
     for name in sidecar.registry.names():
         registered = sidecar.registry.get(name)
@@ -212,7 +230,13 @@ async def _check(settings: SidecarSettings, *, as_json: bool = False) -> int:
         title = tool.title or tool.description.strip().split("\n", 1)[0][:72]
         print(f"{tool.name:<16} {title}" + (f"  [{', '.join(flags)}]" if flags else ""))
     await sidecar.stop(0)
-    print(f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools", file=sys.stderr)
+    for warning in warnings:
+        print(f"mcphub local: warning: {warning}", file=sys.stderr)
+    print(
+        f"{settings.manifest.source}: ok, {len(sidecar.registry)} tools"
+        + (f", {len(warnings)} of which a hub blocks" if warnings else ""),
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -221,17 +245,26 @@ def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import json
 
     from .plainerrors import ConfigError
-    from .settings import hub_address
 
-    key = "--grpc" if args.grpc else "$MCPHUB_LOCAL_GRPC"
-    try:
-        target = hub_address(
-            args.grpc or environ.get("MCPHUB_LOCAL_GRPC") or DEFAULT_GRPC, key=key, example=DEFAULT_GRPC
+    def usage(message: str) -> int:
+        if args.json:  # one object on every exit path, bad usage included
+            print(json.dumps({"healthy": False, "sidecar": None, "hub_link": None, "message": message}))
+        return _fail(message, EXIT_USAGE)
+
+    timeout = _health_timeout(args.timeout)
+    if timeout is None:
+        if (parser := getattr(args, "usage_parser", None)) is not None:
+            parser.print_usage(sys.stderr)
+        return usage(
+            f"--timeout: expected more than 0 and at most {MAX_HEALTH_TIMEOUT_S:g} seconds, "
+            f"got {args.timeout!r}"
         )
+    try:
+        target = _health_target(args, environ)
     except ConfigError as exc:  # a typo is bad usage, not a sidecar that is down
-        return _fail(str(exc), EXIT_USAGE)
+        return usage(str(exc))
 
-    healthy, said, link = asyncio.run(_health(target, args.timeout))
+    healthy, said, link = asyncio.run(_health(target, timeout))
     if args.json:  # one object, whatever the answer: a script reads it rather than the words
         print(json.dumps({"healthy": healthy, "sidecar": target, "hub_link": link, "message": said}))
         return EXIT_OK if healthy else EXIT_UNHEALTHY
@@ -239,6 +272,80 @@ def _cmd_health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail(said, EXIT_UNHEALTHY)
     print(said)
     return EXIT_OK
+
+
+MAX_HEALTH_TIMEOUT_S = 3600.0
+
+
+def _health_timeout(value: str) -> float | None:
+    """`--timeout` in seconds, or None for no usable number (-1, 0 or nan made every answer
+    DEADLINE_EXCEEDED: a healthy sidecar reported unhealthy)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds <= MAX_HEALTH_TIMEOUT_S else None
+
+
+def ready_file_path(environ: Mapping[str, str]) -> Path:
+    """Where the images' entrypoint (`sandbox_images/entrypoint.sh`) has the sidecar write its
+    ready line: `$MCPHUB_RUN_DIR/sidecar.ready`, the run directory being `$TMPDIR/mcphub-UID` by
+    default (`/tmp` when `TMPDIR` is unset), as in the entrypoint."""
+    run_dir = environ.get("MCPHUB_RUN_DIR") or os.path.join(
+        environ.get("TMPDIR") or "/tmp",  # noqa: S108
+        f"mcphub-{os.getuid()}",
+    )
+    return Path(run_dir) / "sidecar.ready"
+
+
+def _chosen_at_start(address: str) -> bool:
+    """Whether a `--grpc` value leaves the port to the sidecar: `off` (an internal port) or port 0."""
+    from .addresses import split_host_port
+
+    return address.strip().lower() == "off" or split_host_port(address.strip())[2] == "0"
+
+
+def _bound_grpc(path: Path) -> str | None:
+    """The gRPC address a sidecar's ready file says it bound, or None without a usable one."""
+    import json
+
+    try:
+        ready = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    grpc = ready.get("grpc") if isinstance(ready, dict) else None
+    return grpc if isinstance(grpc, str) and grpc else None
+
+
+def _health_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The address to ask: --grpc; else $MCPHUB_LOCAL_GRPC when it names a port; else, when it
+    leaves the port to the sidecar (`:0`, `off`) or --ready-file is given, the address the ready
+    file says the sidecar bound; else the default."""
+    from .plainerrors import ConfigError
+    from .settings import hub_address
+
+    if args.grpc:
+        return hub_address(args.grpc, key="--grpc", example=DEFAULT_GRPC)
+    configured = environ.get("MCPHUB_LOCAL_GRPC") or ""
+    if configured and not args.ready_file and not _chosen_at_start(configured):
+        return hub_address(configured, key="$MCPHUB_LOCAL_GRPC", example=DEFAULT_GRPC)
+    if not configured and not args.ready_file:
+        return DEFAULT_GRPC
+    path = Path(args.ready_file) if args.ready_file else ready_file_path(environ)
+    bound = _bound_grpc(path)
+    if bound is None:
+        why = (
+            f"--ready-file {path}"
+            if args.ready_file
+            else f"$MCPHUB_LOCAL_GRPC is {configured!r}, so the sidecar chose its port when it started, and "
+            f"its ready file {path} (the entrypoint's $MCPHUB_RUN_DIR/sidecar.ready)"
+        )
+        raise ConfigError(
+            f'{why} does not say which address it bound (missing, or no "grpc" in it): give '
+            "--grpc HOST:PORT, or --ready-file with the file the sidecar was started with "
+            "(`local serve --ready-file`), or give the sidecar a fixed port"
+        )
+    return hub_address(bound, key=f"the ready file {path}", example=DEFAULT_GRPC)
 
 
 async def _health(target: str, timeout: float) -> tuple[bool, str, dict[str, str] | None]:
@@ -366,14 +473,26 @@ def add_local_commands(
         "check",
         formatter_class=formatter,
         help="validate a manifest and list the tools it gives",
-        description="Validate the manifest, load its packs and list their tools; exit 2 on any problem.",
+        description=(
+            "Validate the manifest, load its packs and list their tools; exit 2 on any problem, and\n"
+            "when no hub could register the sidecar (more tools, or a larger announcement, than the\n"
+            "hub takes). A tool a hub would block (its name too long with the `<sandbox>__` prefix,\n"
+            "a schema that is not valid once sent as JSON) is a warning."
+        ),
     )
     _serve_options(check)
     check.add_argument(
         "--json",
         action="store_true",
         help='print one JSON object: {"ok", "manifest", "tools": [{name, title, read_only, destructive, '
-        'roles}]}, or {"ok": false, "manifest", "error"} (exit 2)',
+        'roles}], "warnings": [the tools a hub blocks, and why]}, or {"ok": false, "manifest", "error"} '
+        "(exit 2)",
+    )
+    check.add_argument(
+        "--sandbox",
+        metavar="NAME",
+        help="the sandbox's name at the hub, to check its tools' names with its prefix (default: "
+        "$MCPHUB_SANDBOX, then the manifest's)",
     )
     check.set_defaults(
         func=_cmd_check,
@@ -382,7 +501,6 @@ def add_local_commands(
         stdio=False,
         hub=None,
         token=None,
-        sandbox=None,
         reconnect_max=30.0,
     )
 
@@ -400,9 +518,22 @@ def add_local_commands(
     health.add_argument(
         "--grpc",
         metavar="HOST:PORT",
-        help=f"the sidecar's address (default $MCPHUB_LOCAL_GRPC, then {DEFAULT_GRPC})",
+        help=f"the sidecar's address (default $MCPHUB_LOCAL_GRPC, then {DEFAULT_GRPC}; see --ready-file)",
     )
-    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="ask the gRPC address this ready file (`local serve --ready-file`) says the sidecar bound "
+        "(default: $MCPHUB_RUN_DIR/sidecar.ready, the entrypoint's, when $MCPHUB_LOCAL_GRPC is "
+        "HOST:0 or 'off')",
+    )
+    health.add_argument(
+        "--timeout",
+        default="3",
+        metavar="SECONDS",
+        help=f"how long to wait for each answer (default: 3; more than 0, at most {MAX_HEALTH_TIMEOUT_S:g}; "
+        "else exit 2)",
+    )
     health.add_argument(
         "--json",
         action="store_true",

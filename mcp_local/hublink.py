@@ -24,6 +24,7 @@ from mcphub_proto.v1 import sidecar_pb2 as spb
 from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 from mcphub_proto.v1 import toolhub_pb2 as pb
 
+from .announcement import HUB_CALLER, MAX_MESSAGE_BYTES, hello_message, registration_problem
 from .errors import HubError
 from .pipeline import InFlight, Pipeline, RedactErrors, ResolveTool, Stage, ValidateArguments
 from .principals import Principal
@@ -37,12 +38,11 @@ __all__ = ["CONNECTING", "REFUSED", "REGISTERED", "REPLACED", "Backoff", "HubLin
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """The largest result a call from the hub may return: a bigger one is a tool error (as a call
 over the sidecar's own gRPC gets), not a message gRPC cannot send, which ends the whole link and
 every call of the sandbox on it."""
-_EVERYONE = Principal("hub", ("*",))
+_EVERYONE = HUB_CALLER
 
 STOPPED_CODE = grpc.StatusCode.CANCELLED.value[0]
 """The failure code of a call the sidecar stopped while it ran, for its shutdown (the hub answers
@@ -214,6 +214,16 @@ class HubLink:
             except _StreamStalled as exc:
                 state = LinkState(CONNECTING, str(exc))
                 logger.warning("hub %s: %s", self.target, exc)
+            except _Unannounceable as exc:
+                # No hub can take this hello (its tools changing may fix it: look again, slowly).
+                backoff, state = _SLOW_BACKOFF, LinkState(REFUSED, str(exc))
+                logger.error(
+                    "hub %s: this sidecar cannot register: %s; not sent, trying again after a growing "
+                    "delay (up to %.0fs), in case its tools change",
+                    self.target,
+                    exc,
+                    backoff.max_s,
+                )
             finally:
                 self._cancel_calls()
             if self._stopping:
@@ -244,13 +254,14 @@ class HubLink:
 
     async def _session(self) -> bool:
         """One connection: hello, then serve calls until the stream ends. True if the hub welcomed us."""
+        hello = hello_message(self._sandbox, self._tools(), self._version)
+        if problem := registration_problem(hello):
+            # Sent, it ended the stream at once (RESOURCE_EXHAUSTED, or the hub's refusal of too
+            # many tools), and the link redialled on the fast backoff for ever, "connecting".
+            raise _Unannounceable(problem)
         outbound: asyncio.Queue[spb.SidecarMessage | None] = asyncio.Queue()
         self._outbound = outbound
-        outbound.put_nowait(
-            spb.SidecarMessage(
-                hello=spb.SidecarHello(sandbox=self._sandbox, tools=self._tools(), version=self._version)
-            )
-        )
+        outbound.put_nowait(hello)
 
         async def requests() -> AsyncIterator[spb.SidecarMessage]:
             while (message := await outbound.get()) is not None:
@@ -312,14 +323,20 @@ class HubLink:
 
     def _welcomed(self, w: spb.Welcome) -> None:
         blocked = tuple(b.name for b in w.blocked)
+        # Only a definition that changed since it was pinned can be accepted (`mcphub sandboxes
+        # accept`); any other block (a bad name or schema) goes only with a change of the tool.
+        changed = [b.name for b in w.blocked if b.pinned_sha256]
+        others = [b.name for b in w.blocked if not b.pinned_sha256]
+        said = (
+            [f"{', '.join(changed)}: changed since pinned, an operator must accept them"] if changed else []
+        )
+        said += [f"{', '.join(others)}: the hub cannot take them as they are"] if others else []
         logger.info(
             "registered with the hub at %s as sandbox %s: %d tools exposed%s",
             self.target,
             w.sandbox,
             len(w.exposed),
-            f", {len(blocked)} blocked ({', '.join(blocked)}: an operator must accept them)"
-            if blocked
-            else "",
+            f", {len(blocked)} blocked ({'; '.join(said)})" if blocked else "",
         )
         for b in w.blocked:
             logger.warning("tool %s is blocked at the hub: %s", b.name, b.reason)
@@ -451,6 +468,10 @@ class _StreamStalled(Exception):
     pass
 
 
+class _Unannounceable(Exception):
+    """The hello cannot be registered by any hub (see `announcement.registration_problem`)."""
+
+
 _LOST_TO_ANOTHER = grpc.StatusCode.ABORTED
 """How the hub ends a stream taken over by a new connection of the same sandbox."""
 
@@ -458,4 +479,6 @@ _REFUSALS = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
+    # A message over a limit (gRPC's, on either side): sent again, it is refused again.
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

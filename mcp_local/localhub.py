@@ -22,6 +22,7 @@ from mcphub_proto.v1 import toolhub_pb2 as pb
 from .errors import HubError
 from .principals import authorization_value
 from .service import ToolService
+from .servicer import internal_error_message
 
 __all__ = ["LocalHub"]
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
+def _as_rpc_error(exc: Exception, speaker: str = "hub") -> grpc.aio.AioRpcError:
     if isinstance(exc, HubError):
         data = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
         trailing = grpc.aio.Metadata((ERROR_FROM, FROM_HUB), *data)
@@ -40,17 +41,17 @@ def _as_rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
         grpc.StatusCode.INTERNAL,
         grpc.aio.Metadata(),
         grpc.aio.Metadata(),
-        details="internal error in the hub; the hub's log has the details",
+        details=internal_error_message(speaker),
     )
 
 
-async def _relayed(stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+async def _relayed(stream: AsyncGenerator[T, None], speaker: str) -> AsyncGenerator[T, None]:
     """`stream`'s items, its failures raised as the gRPC client would raise them."""
     try:
         async for item in stream:
             yield item
     except Exception as exc:
-        raise _as_rpc_error(exc) from exc
+        raise _as_rpc_error(exc, speaker) from exc
     finally:
         await stream.aclose()
 
@@ -64,8 +65,10 @@ class LocalHub:
 
     target = "in-process"
 
-    def __init__(self, service: ToolService) -> None:
+    def __init__(self, service: ToolService, *, speaker: str = "hub") -> None:
+        """`speaker`: "hub", or "sidecar" in a sidecar (see `servicer.internal_error_message`)."""
         self._service = service
+        self._speaker = speaker
 
     async def list_tools(
         self, token: str | None, cursor: str = "", page_size: int = 0
@@ -73,7 +76,7 @@ class LocalHub:
         try:
             return self._service.list_tools(_authorization(token), cursor, page_size)
         except Exception as exc:
-            raise _as_rpc_error(exc) from exc
+            raise _as_rpc_error(exc, self._speaker) from exc
 
     async def call_tool(
         self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
@@ -82,13 +85,15 @@ class LocalHub:
         try:
             return await self._service.call_tool(request, _authorization(token), deadline)
         except Exception as exc:
-            raise _as_rpc_error(exc) from exc
+            raise _as_rpc_error(exc, self._speaker) from exc
 
     def stream_call_tool(
         self, token: str | None, request: pb.CallToolRequest, timeout: float | None = None
     ) -> AsyncGenerator[pb.CallToolEvent, None]:
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        return _relayed(self._service.stream_call_tool(request, _authorization(token), deadline))
+        return _relayed(
+            self._service.stream_call_tool(request, _authorization(token), deadline), self._speaker
+        )
 
     async def cancel_call(self, token: str | None, call_key: str, reason: str) -> None:
         try:
@@ -99,7 +104,7 @@ class LocalHub:
             raise _as_rpc_error(exc) from exc
 
     def watch_tools(self, token: str | None) -> AsyncGenerator[pb.ToolsChanged, None]:
-        return _relayed(self._service.watch_tools(_authorization(token)))
+        return _relayed(self._service.watch_tools(_authorization(token)), self._speaker)
 
     async def close(self) -> None:
         return None

@@ -20,6 +20,7 @@ from mcphub_proto.metadata import AUTHORIZATION, ERROR_DATA, ERROR_FROM, FROM_HU
 from mcphub_proto.v1 import toolhub_pb2 as pb
 from mcphub_proto.v1 import toolhub_pb2_grpc as pb_grpc
 
+from .announcement import MAX_MESSAGE_BYTES
 from .errors import HubError
 from .grpcservices import add_service
 from .principals import bearer_token, first_authorization
@@ -37,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 """A result's content that still fits in one message with its framing and `_meta`."""
 
@@ -89,24 +89,37 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
 
 
 async def abort_with(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, where: str = "a gRPC call"
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: Exception,
+    where: str = "a gRPC call",
+    speaker: str = "hub",
 ) -> NoReturn:
     """End the RPC with the status of `exc` (INTERNAL, logged, for anything that is not a HubError).
 
-    `where` names the call in that log line: the method, and the tool it called if any."""
+    `where` names the call in that log line: the method, and the tool it called if any.
+    `speaker` is who answers (the hub, or a sidecar), whose log the INTERNAL message points to."""
     if isinstance(exc, HubError):
         data = ((ERROR_DATA, orjson.dumps(exc.data).decode()),) if exc.data else ()
         await context.abort(exc.status, exc.message, ((ERROR_FROM, FROM_HUB), *data))
     logger.error("internal error in %s", where, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; the hub's log has the details")
+    await context.abort(grpc.StatusCode.INTERNAL, internal_error_message(speaker))
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-class ToolHubServicer(pb_grpc.ToolHubServicer):
-    """ToolHub over gRPC: metadata and deadlines in, `HubError` out as a status."""
+def internal_error_message(speaker: str) -> str:
+    """What a caller is told of an unexpected failure: where to look (a sidecar's caller was told
+    "internal error in the hub", and looked in a hub's log that never saw the call)."""
+    return f"internal error in the {speaker}; the {speaker}'s log has the details"
 
-    def __init__(self, service: ToolService) -> None:
+
+class ToolHubServicer(pb_grpc.ToolHubServicer):
+    """ToolHub over gRPC: metadata and deadlines in, `HubError` out as a status.
+
+    `speaker`: "hub", or "sidecar" for a sidecar's own ToolHub (see `internal_error_message`)."""
+
+    def __init__(self, service: ToolService, *, speaker: str = "hub") -> None:
         self.service = service
+        self.speaker = speaker
 
     async def ListTools(
         self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -114,7 +127,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
         try:
             return self.service.list_tools(_authorization(context), request.cursor, request.page_size)
         except Exception as exc:
-            await abort_with(context, exc, "ListTools")
+            await abort_with(context, exc, "ListTools", self.speaker)
 
     async def CallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -124,7 +137,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
                 request, _authorization(context), _deadline(context), MAX_RESULT_BYTES
             )
         except Exception as exc:
-            await abort_with(context, exc, f"CallTool of tool {request.name[:80]!r}")
+            await abort_with(context, exc, f"CallTool of tool {request.name[:80]!r}", self.speaker)
 
     async def StreamCallTool(
         self, request: pb.CallToolRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -136,7 +149,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             async for event in events:
                 yield event
         except Exception as exc:
-            await abort_with(context, exc, f"StreamCallTool of tool {request.name[:80]!r}")
+            await abort_with(context, exc, f"StreamCallTool of tool {request.name[:80]!r}", self.speaker)
         finally:
             await events.aclose()
 
@@ -155,7 +168,7 @@ class ToolHubServicer(pb_grpc.ToolHubServicer):
             async for changed in self.service.watch_tools(_authorization(context)):
                 yield changed
         except Exception as exc:
-            await abort_with(context, exc, "WatchTools")
+            await abort_with(context, exc, "WatchTools", self.speaker)
 
 
 class HealthService(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped

@@ -151,7 +151,7 @@ class Sidecar:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._stalls.start()
         await self.load_packs()
-        servicer = ToolHubServicer(self._service)
+        servicer = ToolHubServicer(self._service, speaker="sidecar")
         self._grpc, port = await start_grpc_server(
             _join(grpc_host, grpc_port),
             servicer,
@@ -187,7 +187,7 @@ class Sidecar:
 
         from .localhub import LocalHub
 
-        self._bridge_hub = LocalHub(self._service)
+        self._bridge_hub = LocalHub(self._service, speaker="sidecar")
         options = BridgeOptions(
             name="mcphub-sidecar",
             instructions=_INSTRUCTIONS,
@@ -195,7 +195,7 @@ class Sidecar:
             authenticate=self.authenticator.authenticate,
         )
         # The MCP SDK is imported on the first MCP request (`bridge/app.py`).
-        app = bridge_app(self._bridge_hub, options, default_policy(host, [], []))
+        app = bridge_app(self._bridge_hub, options, default_policy(host, [], [], speaker="sidecar"))
         self._http = HttpServer(app, host, port)
         bound = await self._http.start()
         return f"http://{_join(host, bound)}/mcp"
@@ -207,7 +207,8 @@ class Sidecar:
         from .localhub import LocalHub
 
         await serve_stdio(
-            LocalHub(self._service), BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS)
+            LocalHub(self._service, speaker="sidecar"),
+            BridgeOptions(name="mcphub-sidecar", instructions=_INSTRUCTIONS),
         )
 
     async def stop(self, grace: float = STOP_GRACE_S) -> None:

@@ -422,6 +422,26 @@ def unreachable(exc: Any) -> bool:
     return any(words in details for words in _TRANSPORT_TROUBLE)
 
 
+def _hub_error_data(exc: Any) -> dict[str, Any]:
+    """The error data the hub itself attached to a failure (an object), else {}: only an answer
+    the hub marks as its own is read (see `unreachable`)."""
+    import orjson
+
+    from mcphub_proto.metadata import ERROR_DATA, ERROR_FROM, FROM_HUB
+
+    trailing = tuple(exc.trailing_metadata() or ())
+    if (ERROR_FROM, FROM_HUB) not in trailing:
+        return {}
+    for key, value in trailing:
+        if key == ERROR_DATA:
+            try:
+                data = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
 def _rpc_failure(exc: Any, target: str) -> int:
     return _fail(_rpc_problem(exc, target)[1], EXIT_HUB)
 
@@ -442,6 +462,9 @@ def _rpc_problem(exc: Any, target: str) -> tuple[str, str]:
                 "its connection limit or stopping"
             )
         return code, f"cannot reach a hub at {target} ({details}); start one with `mcphub serve`"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and _hub_error_data(exc).get("sandbox"):
+        # The hub answered: one of its sandboxes is not connected, the hub itself is up.
+        return code, f"{code}: {details}"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         return code, f"the hub at {target} is unavailable: {details}"
     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:

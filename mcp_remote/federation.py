@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 import grpc
 import orjson
 
+from mcp_local.announcement import MAX_SANDBOX_TOOLS, SEPARATOR, exposed_name
 from mcp_local.content import ToolResult
 from mcp_local.errors import (
     ConfigError,
@@ -74,10 +75,9 @@ logger = logging.getLogger(__name__)
 
 ROLE_SANDBOX = "sandbox"
 ROLE_OPERATOR = "operator"
-SEPARATOR = "__"
 SANDBOX_NAME = re.compile(SANDBOX_NAME_PATTERN)
 SANDBOX_META_KEY = "mcphub/sandbox"
-MAX_TOOLS = 1000
+MAX_TOOLS = MAX_SANDBOX_TOOLS  # shared with the sidecar (`mcphub local check`, its link)
 _CANCELLED = grpc.StatusCode.CANCELLED
 REPLACED = grpc.StatusCode.ABORTED
 """The status that ends a stream taken over by a new connection of the same sandbox."""
@@ -86,10 +86,6 @@ REPLACED = grpc.StatusCode.ABORTED
 def _check_count(tools: Sequence[pb.Tool]) -> None:
     if len(tools) > MAX_TOOLS:
         raise InvalidArgument(f"a sandbox may announce at most {MAX_TOOLS} tools, not {len(tools)}")
-
-
-def exposed_name(sandbox: str, tool: str) -> str:
-    return f"{sandbox}{SEPARATOR}{tool}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,7 +579,8 @@ class Federation:
             return None  # no principal can register it any more (removed from the config): unknown
         return Unavailable(
             f"sandbox {sandbox!r} is not connected to the hub (its sidecar has not registered since the "
-            "hub started, or went away); call again once it has registered"
+            "hub started, or went away); call again once it has registered",
+            data={"sandbox": sandbox},  # the sandbox is unavailable, not the hub (`mcphub call` says so)
         )
 
     def reject(self, sandbox: str, principal: str, reason: str, peer: str = "") -> None:

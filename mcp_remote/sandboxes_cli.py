@@ -35,14 +35,14 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
-    from .cli import EXIT_OK, _rpc_failure
+    from .cli import EXIT_OK
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = await stub.ListSandboxes(spb.ListSandboxesRequest(), metadata=_metadata(token))
         except grpc.aio.AioRpcError as exc:
-            return _rpc_failure(exc, target)
+            return _failed(exc, target, as_json=as_json)
     if as_json:
         print(json.dumps([_sandbox_json(s) for s in response.sandboxes], indent=2))
         return EXIT_OK
@@ -57,8 +57,19 @@ async def _list(target: str, token: str | None, *, as_json: bool) -> int:
         )
         for b in s.blocked:
             print(shown(f"  blocked {b.name}: {b.reason}"))
-    print(f"{len(response.sandboxes)} sandboxes connected to {target}", file=sys.stderr)
+    count = len(response.sandboxes)
+    print(f"{count} sandbox{'' if count == 1 else 'es'} connected to {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def _failed(exc: Any, target: str, *, as_json: bool) -> int:
+    """A failed RPC: its line on stderr; with --json also `{"error": {"code", "message"}}` on
+    stdout (as `mcphub call --json`), so that a script reading stdout reads JSON whatever happened."""
+    from .cli import EXIT_HUB, _json_failure, _rpc_failure, _rpc_problem
+
+    if as_json:
+        return _json_failure(*_rpc_problem(exc, target), EXIT_HUB)
+    return _rpc_failure(exc, target)
 
 
 def _sandbox_json(sandbox: Any) -> dict[str, Any]:
@@ -78,17 +89,20 @@ def _cmd_accept(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .cli_admin import operator_token
 
     target = hub_target(args, environ)
-    return _run(_accept(target, operator_token(args, environ, target), args.sandbox, args.tools))
+    token = operator_token(args, environ, target)
+    return _run(_accept(target, token, args.sandbox, args.tools, as_json=args.json))
 
 
-async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]) -> int:
+async def _accept(target: str, token: str | None, sandbox: str, tools: list[str], *, as_json: bool) -> int:
+    import json
+
     import grpc
 
     from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
-    from .cli import EXIT_OK, _rpc_failure
+    from .cli import EXIT_OK
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -97,7 +111,10 @@ async def _accept(target: str, token: str | None, sandbox: str, tools: list[str]
                 spb.AcceptToolsRequest(sandbox=sandbox, tools=tools), metadata=_metadata(token)
             )
         except grpc.aio.AioRpcError as exc:
-            return _rpc_failure(exc, target)
+            return _failed(exc, target, as_json=as_json)
+    if as_json:
+        print(json.dumps({"sandbox": sandbox, "accepted": list(response.accepted)}, indent=2))
+        return EXIT_OK
     for name in response.accepted:
         print(shown(f"accepted {sandbox}/{name}: its new definition is pinned and exposed"))
     if not response.accepted:
@@ -110,17 +127,19 @@ def _cmd_forget(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .cli_admin import operator_token
 
     target = hub_target(args, environ)
-    return _run(_forget(target, operator_token(args, environ, target), args.sandbox))
+    return _run(_forget(target, operator_token(args, environ, target), args.sandbox, as_json=args.json))
 
 
-async def _forget(target: str, token: str | None, sandbox: str) -> int:
+async def _forget(target: str, token: str | None, sandbox: str, *, as_json: bool) -> int:
+    import json
+
     import grpc
 
     from mcp_local.shown import shown
     from mcphub_proto.v1 import sidecar_pb2 as spb
     from mcphub_proto.v1 import sidecar_pb2_grpc as spb_grpc
 
-    from .cli import EXIT_OK, _rpc_failure
+    from .cli import EXIT_OK
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = spb_grpc.SandboxRegistryStub(channel)  # type: ignore[no-untyped-call]
@@ -129,7 +148,10 @@ async def _forget(target: str, token: str | None, sandbox: str) -> int:
                 spb.ForgetSandboxRequest(sandbox=sandbox), metadata=_metadata(token)
             )
         except grpc.aio.AioRpcError as exc:
-            return _rpc_failure(exc, target)
+            return _failed(exc, target, as_json=as_json)
+    if as_json:
+        print(json.dumps({"sandbox": sandbox, "pins": response.pins}, indent=2))
+        return EXIT_OK
     print(shown(f"forgot the pins of {response.pins} tools of sandbox {sandbox}"))
     return EXIT_OK
 
@@ -155,7 +177,8 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
         "--json",
         action="store_true",
         help="print one JSON array of the sandboxes: name, principal, version, exposed, blocked (name, "
-        "reason, pinned_sha256, announced_sha256), connected_at_unix_ms",
+        "reason, pinned_sha256, announced_sha256), connected_at_unix_ms; on failure "
+        '{"error": {"code", "message"}}',
     )
     client_options(listing)
     listing.set_defaults(func=_cmd_list)
@@ -170,6 +193,12 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
     )
     accept.add_argument("sandbox", help="the sandbox's name, e.g. sbx-42")
     accept.add_argument("tools", nargs="*", help="its tools' own names (default: every blocked tool)")
+    accept.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"sandbox", "accepted": [tool names]}; on failure '
+        '{"error": {"code", "message"}}',
+    )
     client_options(accept)
     accept.set_defaults(func=_cmd_accept)
 
@@ -182,5 +211,11 @@ def add_sandbox_commands(sub: Any, client_options: Callable[[argparse.ArgumentPa
         ),
     )
     forget.add_argument("sandbox", help="the sandbox's name, e.g. sbx-42")
+    forget.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"sandbox", "pins": the number of pins dropped}; on failure '
+        '{"error": {"code", "message"}}',
+    )
     client_options(forget)
     forget.set_defaults(func=_cmd_forget)

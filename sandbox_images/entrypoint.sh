@@ -13,7 +13,8 @@
 #                          it is NOT passed on to the agent command
 #   MCPHUB_AGENT_TOKEN     passed on to the agent command as MCPHUB_TOKEN, if set
 #   MCPHUB_SANDBOX         the sandbox's name (default: the token's principal)
-#   MCPHUB_READY_TIMEOUT   whole seconds to wait for the sidecar (default 30)
+#   MCPHUB_READY_TIMEOUT   whole seconds to wait for the sidecar (default 30; 1 to 999999: 0 would
+#                          fail every start, so it is refused like any other bad value)
 #
 # The agent command replaces this shell (exec), so it receives the container's signals; with
 # `tini -g` they reach the whole process group, the sidecar included. Signals that arrive while
@@ -27,10 +28,10 @@ timeout=${MCPHUB_READY_TIMEOUT:-30}
 # Checked before anything starts: the wait loop's arithmetic would otherwise stop the shell
 # with "Illegal number" (not naming the variable) and leave the sidecar running.
 # No leading zero (the shell reads 010 as octal, 08 as an error), at most 6 digits (past that
-# its integers overflow).
+# its integers overflow), and not 0: no sidecar is ready after no time at all.
 case $timeout in
-  '' | *[!0-9]* | 0?* | ???????*)
-    echo "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds (0 to 999999, no leading zero), not '$timeout'" >&2
+  '' | *[!0-9]* | 0* | ???????*)
+    echo "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds (1 to 999999, no leading zero), not '$timeout'" >&2
     exit 2
     ;;
 esac

@@ -18,6 +18,12 @@ configuration can name programs for the git tools to run, and its objects are
 git's to write. A regular-expression search runs in a child process that is killed
 at `regex_timeout_s`: Python's `re` can take exponential time on patterns like
 `(a+)+$` and cannot be interrupted, and in-process it would stall every other call.
+
+A name that is not UTF-8 (a Linux name is any bytes) is shown quoted as git quotes it,
+`"bad\\377name.txt"`: in double quotes, with `\\`, `\\"`, C escapes for control characters
+and three octal digits for every other byte that is not printable ASCII. So is a name that
+begins with `"`, so that a shown name beginning with `"` is always a quoted one. The tools'
+text and structured results show the same; every `path` argument takes the quoted form too.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ limit = job["limit"]
 matches = []
 for path, rel in job["files"]:
     try:
-        with open(path, "rb") as f:
+        with open(path.encode("latin-1"), "rb") as f:
             data = f.read()
     except OSError:
         continue
@@ -80,8 +86,65 @@ json.dump(matches, sys.stdout)
 """Matches lines in a child process (stdlib only, isolated): see the module docstring."""
 
 
-_Candidates = list[tuple[str, str]]  # (path, as shown); aliases: _Files has a method named `list`
+_Candidates = list[tuple[str, str]]  # (path's bytes as latin-1, as shown); _Files has a method `list`
 _Matches = list[dict[str, Any]]
+
+
+_C_ESCAPES = {
+    0x07: "a",
+    0x08: "b",
+    0x09: "t",
+    0x0A: "n",
+    0x0B: "v",
+    0x0C: "f",
+    0x0D: "r",
+    0x22: '"',
+    0x5C: "\\",
+}
+_C_UNESCAPES = {v: k for k, v in _C_ESCAPES.items()}
+
+
+def quote_name(name: str) -> str:
+    """`name` as the tools show it: as is, or quoted as git quotes names (see the module) when it
+    holds bytes that are not UTF-8 (surrogate escapes, from `os.scandir`) or begins with `"`."""
+    if not name.startswith('"') and not any("\udc80" <= ch <= "\udcff" for ch in name):
+        return name
+    out = ['"']
+    for byte in os.fsencode(name):
+        if byte in _C_ESCAPES:
+            out.append("\\" + _C_ESCAPES[byte])
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    out.append('"')
+    return "".join(out)
+
+
+def unquote_name(shown: str) -> str:
+    """The name a `quote_name` result shows (a path argument may be one); anything else as is."""
+    if len(shown) < 2 or not (shown.startswith('"') and shown.endswith('"')):
+        return shown
+    body, raw, i = shown[1:-1], bytearray(), 0
+    while i < len(body):
+        ch = body[i]
+        if ch == '"':
+            return shown  # an unescaped quote inside: not a quoted name
+        if ch != "\\":
+            raw += ch.encode()
+            i += 1
+            continue
+        nxt = body[i + 1 : i + 2]
+        digits = body[i + 1 : i + 4]
+        if nxt in _C_UNESCAPES:
+            raw.append(_C_UNESCAPES[nxt])
+            i += 2
+        elif len(digits) == 3 and all(d in "01234567" for d in digits) and int(digits, 8) < 256:
+            raw.append(int(digits, 8))
+            i += 4
+        else:
+            return shown
+    return os.fsdecode(bytes(raw))
 
 
 def _is_binary(sample: bytes) -> bool:
@@ -157,31 +220,35 @@ class _Files:
         self.exclude = exclude
         self.regex_timeout = regex_timeout
 
+    def _shown(self, path: Path) -> str:
+        return quote_name(self.ws.relative(path))
+
+    def _resolve(self, argument: str, *, must_exist: bool = True) -> Path:
+        return self.ws.resolve(unquote_name(argument), must_exist=must_exist)
+
     # --- read ------------------------------------------------------------------------------
 
     async def read(self, call: ToolCall) -> str:
-        path = self.ws.resolve(call.arguments["path"])
+        path = self._resolve(call.arguments["path"])
         offset = int(call.arguments.get("offset", 0))
         limit = min(int(call.arguments.get("length", self.max_read)), self.max_read)
         return await asyncio.to_thread(self._read, path, offset, limit)
 
     def _read(self, path: Path, offset: int, limit: int) -> str:
         if path.is_dir():
-            raise ToolError(f"{self.ws.relative(path)} is a directory; use files_list")
-        fd = _open_regular(path, os.O_RDONLY, self.ws.relative(path), "read")
+            raise ToolError(f"{self._shown(path)} is a directory; use files_list")
+        fd = _open_regular(path, os.O_RDONLY, self._shown(path), "read")
         try:
             with os.fdopen(fd, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
                 data = f.read(limit + 3)  # up to 3 bytes more: the rest of a character
         except OSError as exc:
-            raise ToolError(f"cannot read {self.ws.relative(path)}: {exc.strerror}") from exc
+            raise ToolError(f"cannot read {self._shown(path)}: {exc.strerror}") from exc
         # The page ends on a character, so that one the limit cuts is read whole with the next.
         data = data[: text_page(data, limit, more=offset + len(data) < size)]
         if _is_binary(data):
-            raise ToolError(
-                f"{self.ws.relative(path)} is a binary file ({size} bytes); files_read shows text"
-            )
+            raise ToolError(f"{self._shown(path)} is a binary file ({size} bytes); files_read shows text")
         text = data.decode("utf-8", errors="replace")
         end = offset + len(data)
         if end < size:
@@ -194,7 +261,7 @@ class _Files:
     # --- write -----------------------------------------------------------------------------
 
     async def write(self, call: ToolCall) -> str:
-        rel: str = call.arguments["path"]
+        rel = unquote_name(call.arguments["path"])
         content: str = call.arguments["content"]
         append = bool(call.arguments.get("append", False))
         data = content.encode()
@@ -203,51 +270,51 @@ class _Files:
         path = self.ws.resolve(rel, must_exist=False)
         if ".git" in Path(rel).parts or ".git" in path.relative_to(self.ws.root).parts:
             raise ToolError(
-                f"path {rel!r} is inside .git: files_write does not change git's own files "
-                "(its configuration can name programs for git to run); use the git tools"
+                f"path {call.arguments['path']!r} is inside .git: files_write does not change git's own "
+                "files (its configuration can name programs for git to run); use the git tools"
             )
         return await asyncio.to_thread(self._write, path, data, append)
 
     def _write(self, path: Path, data: bytes, append: bool) -> str:
         if path == self.ws.root or path.is_dir():
-            raise ToolError(f"{self.ws.relative(path)} is a directory")
+            raise ToolError(f"{self._shown(path)} is a directory")
         try:
             _makedirs(path.parent)
         except OSError as exc:
-            where = self.ws.relative(path)
+            where = self._shown(path)
             raise ToolError(f"cannot create the directories of {where}: {exc.strerror}") from exc
         # Truncation waits until the fd is known to be a regular file.
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
-        fd = _open_regular(path, flags, self.ws.relative(path), "write")
+        fd = _open_regular(path, flags, self._shown(path), "write")
         if not append:
             os.ftruncate(fd, 0)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         verb = "appended" if append else "wrote"
-        return f"{verb} {len(data)} bytes to {self.ws.relative(path)}"
+        return f"{verb} {len(data)} bytes to {self._shown(path)}"
 
     # --- list ------------------------------------------------------------------------------
 
     async def list(self, call: ToolCall) -> dict[str, Any]:
-        path = self.ws.resolve(call.arguments.get("path", "."))
+        path = self._resolve(call.arguments.get("path", "."))
         recursive = bool(call.arguments.get("recursive", False))
         pattern: str | None = call.arguments.get("glob")
         return await asyncio.to_thread(self._list, path, recursive, pattern)
 
     def _list(self, top: Path, recursive: bool, pattern: str | None) -> dict[str, Any]:
         if not top.is_dir():
-            raise ToolError(f"{self.ws.relative(top)} is not a directory")
+            raise ToolError(f"{self._shown(top)} is not a directory")
         entries: list[dict[str, Any]] = []
         truncated = False
         for path, st in self._walk(top, recursive):
-            name = self.ws.relative(path)
+            name = self.ws.relative(path)  # matched as it is; shown quoted when it must be
             if pattern and not (fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(name, pattern)):
                 continue
             if len(entries) >= MAX_LIST_ENTRIES:
                 truncated = True
                 break
             kind = _kind(st.st_mode)
-            entry: dict[str, Any] = {"path": name, "type": kind}
+            entry: dict[str, Any] = {"path": quote_name(name), "type": kind}
             if kind == "file":
                 entry["size"] = st.st_size
             entries.append(entry)
@@ -276,7 +343,7 @@ class _Files:
                 return iter(sorted(it, key=lambda e: e.name))
         except OSError as exc:
             if directory == top:
-                raise ToolError(f"cannot list {self.ws.relative(top)}: {exc.strerror}") from exc
+                raise ToolError(f"cannot list {self._shown(top)}: {exc.strerror}") from exc
             return iter(())
 
     # --- search ----------------------------------------------------------------------------
@@ -289,7 +356,7 @@ class _Files:
             regex = re.compile(raw if is_regex else re.escape(raw), flags)
         except re.error as exc:
             raise ToolError(f"pattern is not a valid regular expression: {exc}") from exc
-        top = self.ws.resolve(call.arguments.get("path", "."))
+        top = self._resolve(call.arguments.get("path", "."))
         pattern: str | None = call.arguments.get("glob")
         limit = int(call.arguments.get("max_results", 200))
         stop = threading.Event()
@@ -313,7 +380,7 @@ class _Files:
                 continue
             if pattern and not fnmatch.fnmatch(path.name, pattern):
                 continue
-            found.append((str(path), self.ws.relative(path)))
+            found.append((os.fsencode(path).decode("latin-1"), self._shown(path)))
         return found
 
     async def _match_in_child(self, regex: re.Pattern[str], files: _Candidates, limit: int) -> _Matches:
@@ -366,7 +433,7 @@ class _Files:
                 continue
             for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
                 if regex.search(line):
-                    matches.append({"path": self.ws.relative(path), "line": number, "text": line[:400]})
+                    matches.append({"path": self._shown(path), "line": number, "text": line[:400]})
                     if len(matches) >= limit:
                         break
         return {"matches": matches, "truncated": len(matches) >= limit}

@@ -3,6 +3,7 @@ bad manifests and non-loopback binds with clear errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -236,6 +237,66 @@ def test_check_and_health_speak_json_and_a_wrong_option_gets_its_commands_usage(
             assert out.stderr.endswith(f"mcphub local {command[0]}: error: unrecognized arguments: --jsn\n")
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "abc"])
+def test_health_refuses_a_timeout_that_is_no_time_as_bad_usage(
+    value: str, tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """`local health --timeout -1` (or nan) reported a serving sidecar unhealthy (exit 1,
+    DEADLINE_EXCEEDED); the option had no help text either."""
+    out = _run(["health", "--grpc", sidecar.grpc, "--timeout", value, "--json"], tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    said = json.loads(out.stdout)
+    assert said["healthy"] is False and said["message"].startswith("--timeout: expected more than 0")
+    assert out.stderr.startswith("usage: mcphub local health [-h]"), out.stderr
+    assert "--timeout: expected more than 0 and at most 3600 seconds" in out.stderr
+    helped = _run(["health", "--help"], tmp_path)
+    assert "how long to wait for each answer" in " ".join(helped.stdout.split())
+
+
+def _health_with(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")} | env
+    return subprocess.run(
+        sidecar_command("health", "--timeout", "5", *args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env=full,
+    )
+
+
+@pytest.mark.parametrize("configured", ["127.0.0.1:0", "off"])
+def test_health_finds_the_port_a_sidecar_chose_in_its_ready_file(
+    configured: str, tmp_path: Path, sidecar: RunningSidecar
+) -> None:
+    """With $MCPHUB_LOCAL_GRPC at port 0 or `off` (the images' HEALTHCHECK sees the variable the
+    container was given, not the port bound), `local health` was exit 2 "expected HOST:PORT", and
+    printed nothing with --json. It reads the entrypoint's ready file; without one it says what to do."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {"MCPHUB_LOCAL_GRPC": configured, "MCPHUB_RUN_DIR": str(run_dir)}
+    out = _health_with(env, tmp_path, "--json")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    said = json.loads(out.stdout)
+    assert said["healthy"] is False and said["sidecar"] is None
+    assert f"$MCPHUB_LOCAL_GRPC is '{configured}'" in said["message"]
+    assert str(run_dir / "sidecar.ready") in said["message"] and "give --grpc HOST:PORT" in said["message"]
+
+    (run_dir / "sidecar.ready").write_text(json.dumps({"event": "ready", "grpc": sidecar.grpc}) + "\n")
+    out = _health_with(env, tmp_path, "--json")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert json.loads(out.stdout)["sidecar"] == sidecar.grpc
+    # --ready-file names another file; a fixed port in the variable is asked as before.
+    other = tmp_path / "other.ready"
+    other.write_text(json.dumps({"grpc": sidecar.grpc}))
+    out = _health_with({}, tmp_path, "--ready-file", str(other))
+    assert out.returncode == 0 and out.stdout == f"sidecar at {sidecar.grpc} is serving\n", out
+    out = _health_with(
+        {"MCPHUB_LOCAL_GRPC": sidecar.grpc, "MCPHUB_RUN_DIR": str(tmp_path / "none")}, tmp_path
+    )
+    assert out.returncode == 0, out
+
+
 ROLE_PACK = """
 from mcp_local.packs import StaticPack
 from mcp_local.tools import Tool
@@ -266,6 +327,118 @@ def test_check_lists_every_tool_with_the_roles_that_see_it(tmp_path: Path) -> No
     assert [line.split()[0] for line in lines] == ["ops_ping", "ops_restart"], out.stdout
     assert lines[1].split(None, 1)[1] == "Restart the app.  [roles: operator]", out.stdout
     assert "ok, 2 tools" in out.stderr
+
+
+SURROGATE_PACK = """
+from mcp_local.content import TextContent, ToolResult
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _bad(call):
+    return ToolResult(content=[TextContent(text="bad \\udcff text")])
+
+
+def create_pack(options, env):
+    return StaticPack("surrogate", [Tool("badutf", "A result gRPC cannot carry.", {"type": "object"}, _bad)])
+"""
+
+
+def _refused(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    """The status and JSON-RPC error message of a POST the sidecar's HTTP guard refuses."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            raise AssertionError("accepted")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["error"]["message"]
+
+
+@pytest.mark.parametrize("transport", SIDECAR_TRANSPORTS)
+async def test_the_sidecars_own_errors_point_to_the_sidecar_not_a_hub(transport: str, tmp_path: Path) -> None:
+    """An internal error on the sidecar's own endpoints said "internal error in the hub; the hub's
+    log has the details", and a foreign Host "add it to allowed_hosts in the config": the sidecar
+    has neither a hub behind those endpoints nor such a key in its manifest."""
+    (tmp_path / "surrogate.py").write_text(SURROGATE_PACK)
+    running = start_sidecar(tmp_path, {"packs": [str(tmp_path / "surrogate.py")]}, http=True)
+    try:
+        async with connect(transport, running.grpc, running.mcp_url, None) as client:
+            with pytest.raises(Exception, match="internal error in the sidecar; the sidecar's log") as caught:
+                await client.call("badutf", {})
+            assert "hub" not in str(caught.value)
+        if transport == "grpc":
+            assert running.mcp_url is not None
+            answer = await asyncio.to_thread(_refused, running.mcp_url, {"Host": "evil.example"})
+            assert answer == (
+                421,
+                "Host header 'evil.example' is not allowed: the sidecar answers loopback names only",
+            )
+            origin = await asyncio.to_thread(_refused, running.mcp_url, {"Origin": "http://evil.example"})
+            assert origin == (
+                403,
+                "Origin 'http://evil.example' is not allowed: the sidecar answers loopback names only",
+            )
+    finally:
+        running.stop()
+
+
+LIMITS_PACK = """
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _ok(call):
+    return "ok"
+
+
+def create_pack(options, env):
+    kind = options.get("kind")
+    if kind == "many":
+        return StaticPack("many", [Tool(f"t{i}", "d", {"type": "object"}, _ok) for i in range(1001)])
+    if kind == "huge":
+        return StaticPack("huge", [Tool("big", "x" * 17_000_000, {"type": "object"}, _ok)])
+    nan = {"type": "object", "properties": {"a": {"type": "number", "maximum": float("nan")}}}
+    return StaticPack("odd", [
+        Tool("nan_max", "NaN in its schema.", nan, _ok),
+        Tool("n" * 60, "A long name.", {"type": "object"}, _ok),
+        Tool("fine", "Fine.", {"type": "object"}, _ok),
+    ])
+"""
+
+
+def test_check_reports_what_a_hub_would_block_or_refuse(tmp_path: Path) -> None:
+    """`local check` said "ok" for tools a hub blocks (a name too long with the `<sandbox>__`
+    prefix, NaN in a schema) and for sidecars it never registers (1001 tools, a 17 MB hello)."""
+    pack = tmp_path / "limits.py"
+    pack.write_text(LIMITS_PACK)
+    manifest = write_manifest(tmp_path, {"sandbox": "sbx2", "packs": [str(pack)]})
+    out = _run(["check", "--manifest", str(manifest)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    warnings = [li for li in out.stderr.splitlines() if li.startswith("mcphub local: warning: ")]
+    assert len(warnings) == 2, out.stderr
+    assert "tool nan_max: a hub blocks it (as sandbox sbx2)" in warnings[0]
+    assert "None is not of type 'number'" in warnings[0]
+    assert f"exposed as 'sbx2__{'n' * 60}': expected 1-64 characters" in warnings[1]
+    assert out.stderr.endswith("ok, 3 tools, 2 of which a hub blocks\n"), out.stderr
+    # Another sandbox name (a shorter one here) changes what fits; --json lists the warnings.
+    out = _run(["check", "--manifest", str(manifest), "--sandbox", "s", "--json"], tmp_path)
+    checked = json.loads(out.stdout)
+    assert out.returncode == 0 and checked["ok"] is True, out.stderr
+    assert [w.split(":")[0] for w in checked["warnings"]] == ["tool nan_max"], checked["warnings"]
+    for kind, said in (
+        ("many", "the announcement has 1001 tools; a sandbox may announce at most 1000"),
+        ("huge", "the announcement is too large: 17,000,0"),
+    ):
+        manifest = write_manifest(
+            tmp_path / kind, {"packs": [{"name": str(pack), "options": {"kind": kind}}]}
+        )
+        out = _run(["check", "--manifest", str(manifest), "--json"], tmp_path)
+        assert out.returncode == 2, out.stderr
+        refused = json.loads(out.stdout)
+        assert refused["ok"] is False and "a hub cannot register this sidecar: " + said in refused["error"]
 
 
 def test_only_loopback_is_served(tmp_path: Path) -> None:

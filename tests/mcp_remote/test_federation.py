@@ -320,7 +320,8 @@ async def test_sandboxes_list_for_operators_only(hub: RunningHub, registered: An
     assert isinstance(sbx["connected_at_unix_ms"], int) and sbx["connected_at_unix_ms"] > 1_700_000_000_000
     assert sbx["blocked"] == [] and "files_read" in sbx["exposed"]
     hidden = _cli(hub, "sandboxes", "list", "--json", token=TOKENS["agent-42"])
-    assert hidden.returncode == 3 and hidden.stdout == "", hidden.stdout
+    # With --json, a failure is a JSON document too (as `mcphub call --json`'s), on stdout.
+    assert hidden.returncode == 3 and orjson.loads(hidden.stdout)["error"]["code"] == "permission_denied"
     assert "permission_denied: principal 'agent-42' may not list sandboxes" in hidden.stderr
     # On the hub's host, the operator's token is found in the state directory.
     host = _cli(hub, "sandboxes", "list", "--json", "--state-dir", str(hub.state_dir), token=None)
@@ -554,6 +555,52 @@ async def test_a_changed_definition_is_blocked_until_an_operator_accepts_it(tmp_
         hub.stop()
 
 
+async def test_sandboxes_accept_and_forget_speak_json_and_a_gone_sandbox_is_not_an_unavailable_hub(
+    tmp_path: Path,
+) -> None:
+    """Found by a tester: `sandboxes accept/forget --json` were "unrecognized arguments", `list`
+    said "1 sandboxes connected", and a call of a disconnected sandbox's tool said "the hub at X is
+    unavailable: sandbox ... is not connected" while the hub answered it."""
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    root = tmp_path / "sbx"
+    sidecar = start_sidecar(root, sandbox_manifest(root), hub=hub.grpc, token=TOKENS["sbx-42"])
+    try:
+
+        async def present() -> bool:
+            return "sbx-42__motd" in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(present, what="the registration")
+        listed = _cli(hub, "sandboxes", "list", token=TOKENS["ops"])
+        assert listed.returncode == 0 and f"1 sandbox connected to {hub.grpc}" in listed.stderr, listed.stderr
+        accepted = _cli(hub, "sandboxes", "accept", "sbx-42", "--json", token=TOKENS["ops"])
+        assert accepted.returncode == 0, accepted.stderr
+        assert orjson.loads(accepted.stdout) == {"sandbox": "sbx-42", "accepted": []}
+        busy = _cli(hub, "sandboxes", "forget", "sbx-42", "--json", token=TOKENS["ops"])
+        assert busy.returncode == 3, busy.stderr
+        assert orjson.loads(busy.stdout)["error"]["code"] == "failed_precondition"
+        sidecar.stop()
+
+        async def absent() -> bool:
+            return "sbx-42__motd" not in await tool_names(hub, TOKENS["ops"])
+
+        await wait_for(absent, what="the sidecar to go")
+        called = _cli(hub, "call", "sbx-42__motd", token=TOKENS["agent-42"])
+        assert called.returncode == 3, called.stderr
+        assert "unavailable: sandbox 'sbx-42' is not connected to the hub" in called.stderr
+        assert "is unavailable" not in called.stderr and f"the hub at {hub.grpc}" not in called.stderr
+        forgot = _cli(hub, "sandboxes", "forget", "sbx-42", "--json", token=TOKENS["ops"])
+        assert forgot.returncode == 0, forgot.stderr
+        said = orjson.loads(forgot.stdout)
+        assert said["sandbox"] == "sbx-42" and said["pins"] > 0, said
+        refused = _cli(hub, "sandboxes", "accept", "sbx-42", "--json", token=TOKENS["agent-42"])
+        assert (
+            refused.returncode == 3 and orjson.loads(refused.stdout)["error"]["code"] == "permission_denied"
+        )
+    finally:
+        sidecar.stop()
+        hub.stop()
+
+
 async def test_sandbox_calls_pass_the_gate_and_leave_audit_records(tmp_path: Path) -> None:
     hub = start_hub(tmp_path / "hub", config=hub_config(trust_sandboxes=False), http=False)
     root = tmp_path / "sbx-42"
@@ -686,6 +733,109 @@ async def test_a_second_sidecar_with_the_same_token_is_told_backs_off_and_is_aud
     events = [r.body_json() for r in await all_records(hub.state_dir) if r.kind == "sandbox"]
     replaced = [e for e in events if e["event"] == "replaced"]
     assert replaced and "replaced by a new connection of the same sandbox" in replaced[0]["detail"]
+
+
+OVER_THE_LIMITS_PACK = """
+from mcp_local.packs import StaticPack
+from mcp_local.tools import Tool
+
+
+async def _ok(call):
+    return "ok"
+
+
+def create_pack(options, env):
+    if options.get("huge"):
+        return StaticPack("huge", [Tool("big", "x" * 17_000_000, {"type": "object"}, _ok)])
+    nan = {"type": "object", "properties": {"a": {"type": "number", "maximum": float("nan")}}}
+    fine = Tool("fine", "Fine.", {"type": "object"}, _ok)
+    return StaticPack("odd", [Tool("nan_max", "NaN in its schema.", nan, _ok), fine])
+"""
+
+
+async def test_an_announcement_too_large_for_a_message_is_a_refusal_not_connecting(tmp_path: Path) -> None:
+    """Found by a tester: a sidecar whose hello was over gRPC's 16 MB was never registered, yet
+    `health` said "connecting" (exit 0) and it redialled on the fast backoff for ever."""
+    pack = tmp_path / "limits.py"
+    pack.write_text(OVER_THE_LIMITS_PACK)
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    manifest = {"packs": [{"name": str(pack), "options": {"huge": True}}]}
+    sidecar = start_sidecar(tmp_path / "sbx", manifest, hub=hub.grpc, token=TOKENS["sbx-42"])
+    try:
+
+        async def refused() -> bool:
+            return "cannot register" in sidecar.log()
+
+        await wait_for(refused, what="the sidecar to find its announcement too large")
+        health = _health(sidecar)
+        assert health.returncode == 1, health
+        assert "refuses it: the announcement is too large: 17,000,0" in health.stderr, health.stderr
+        await asyncio.sleep(2.5)
+        lines = sidecar.log().splitlines()
+        # The slow backoff (at least 1 s, though --reconnect-max is 0.5 here), and nothing sent.
+        delays = [
+            float(li.rsplit(" in ", 1)[1].rstrip("s")) for li in lines if "reconnecting to the hub" in li
+        ]
+        assert delays and all(d >= 1.0 for d in delays) and len(delays) <= 3, delays
+        assert next(li for li in lines if "cannot register" in li).split()[2] == "ERROR", lines
+        assert "rejected" not in hub.log() and "RESOURCE_EXHAUSTED" not in sidecar.log()
+    finally:
+        sidecar.stop()
+        hub.stop()
+
+
+async def test_a_hub_that_answers_resource_exhausted_is_a_refusal(tmp_path: Path) -> None:
+    """RESOURCE_EXHAUSTED (a message over a limit: redialled, it is refused again) was taken for a
+    passing trouble: "connecting", healthy, and the fast backoff."""
+
+    class Exhausted(grpc.GenericRpcHandler):
+        def service(self, handler_call_details: Any) -> Any:
+            async def refuse(requests: Any, context: Any) -> None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max")
+
+            return grpc.stream_stream_rpc_method_handler(refuse)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Exhausted(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    root = tmp_path / "sbx"
+    sidecar = start_sidecar(root, sandbox_manifest(root), hub=f"127.0.0.1:{port}", token=TOKENS["sbx-42"])
+    try:
+
+        async def refused() -> bool:
+            return "refuses this sidecar (RESOURCE_EXHAUSTED" in sidecar.log()
+
+        await wait_for(refused, what="the refusal")
+        health = _health(sidecar)
+        assert health.returncode == 1 and "refuses it: RESOURCE_EXHAUSTED" in health.stderr, health
+    finally:
+        sidecar.stop()
+        await server.stop(0)
+
+
+async def test_the_sidecar_asks_an_operator_to_accept_only_tools_that_can_be_accepted(tmp_path: Path) -> None:
+    """The sidecar logged "2 blocked (t3, ...: an operator must accept them)" for a tool the hub
+    blocked for its schema, which `sandboxes accept` refuses ("cannot be accepted")."""
+    pack = tmp_path / "limits.py"
+    pack.write_text(OVER_THE_LIMITS_PACK)
+    hub = start_hub(tmp_path / "hub", config=hub_config(), http=False)
+    sidecar = start_sidecar(tmp_path / "sbx", {"packs": [str(pack)]}, hub=hub.grpc, token=TOKENS["sbx-42"])
+    try:
+        await wait_for(lambda: _has(hub, "sbx-42__fine"), what="the registration")
+
+        async def logged() -> bool:
+            return "registered with the hub" in sidecar.log()
+
+        await wait_for(logged, what="the sidecar's log line")
+        line = next(li for li in sidecar.log().splitlines() if "registered with the hub" in li)
+        assert line.endswith("1 tools exposed, 1 blocked (nan_max: the hub cannot take them as they are)"), (
+            line
+        )
+        assert "accept" not in line
+    finally:
+        sidecar.stop()
+        hub.stop()
 
 
 def _health(sidecar: RunningSidecar) -> subprocess.CompletedProcess[str]:

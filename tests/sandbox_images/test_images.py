@@ -303,7 +303,29 @@ def test_a_sidecar_that_cannot_start_stops_the_container(jail_workspace: Path, t
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
-@pytest.mark.parametrize("value", ["abc", "1.5", "", "-3", "08", "010", "99999999999999999999"])
+@pytest.mark.parametrize("grpc", ["127.0.0.1:0", "off"])
+def test_the_healthcheck_finds_a_sidecar_on_a_port_it_chose(
+    grpc: str, jail_workspace: Path, tmp_path: Path
+) -> None:
+    """The images' HEALTHCHECK (`mcphub local health`, run with the container's environment) was
+    exit 2 "expected HOST:PORT" for MCPHUB_LOCAL_GRPC=127.0.0.1:0 or off: it now asks the address
+    the entrypoint's ready file says the sidecar bound."""
+    manifest = IMAGES / "base" / "manifest.yaml"
+    env = {"MCPHUB_LOCAL_HTTP": "127.0.0.1:0", "MCPHUB_LOCAL_GRPC": grpc}
+    agent = ["sh", "-c", "mcphub local health --json; echo health-rc=$?"]
+    result = subprocess.run(
+        jail_command(jail_workspace, manifest, env, agent), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    said, rc = result.stdout.strip().splitlines()[-2:]
+    assert rc == "health-rc=0", (result.stdout, result.stderr)
+    health = json.loads(said)
+    assert health["healthy"] is True and health["sidecar"].startswith("127.0.0.1:")
+    assert not health["sidecar"].endswith(":0")
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.parametrize("value", ["abc", "1.5", "", "-3", "0", "08", "010", "99999999999999999999"])
 def test_a_bad_ready_timeout_is_named_and_starts_nothing(
     value: str, jail_workspace: Path, tmp_path: Path
 ) -> None:
@@ -322,7 +344,7 @@ def test_a_bad_ready_timeout_is_named_and_starts_nothing(
     # One line naming the variable, and nothing from a sidecar: none was started.
     assert result.stderr.strip() == (
         "mcphub-entrypoint: MCPHUB_READY_TIMEOUT must be a whole number of seconds "
-        f"(0 to 999999, no leading zero), not '{value}'"
+        f"(1 to 999999, no leading zero), not '{value}'"
     )
     assert "agent ran" not in result.stdout
 

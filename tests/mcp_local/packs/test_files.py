@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from tests.support.packs import PackUnderTest, make_pack, text
@@ -198,3 +199,37 @@ async def test_a_catastrophic_regex_is_stopped_and_other_calls_go_on(workspace: 
 async def test_an_offset_beyond_any_file_is_an_argument_error(files: PackUnderTest) -> None:
     result = await files.call("files_read", path="README.md", offset=1e30)
     assert result.is_error and "is greater than the maximum" in text(result)
+
+
+async def test_a_name_that_is_not_utf8_is_shown_quoted_and_the_rest_still_listed(workspace: Path) -> None:
+    """One file named with a byte that is not UTF-8 made files_list and regex files_search fail
+    for the whole workspace ("str is not valid UTF-8: surrogates not allowed"). It is shown
+    quoted as git quotes it, alike in the text and the structured result, and takes its quoted
+    name back as a path."""
+    from mcp_local.wire import result_to_proto
+
+    (workspace / "src").joinpath(os.fsdecode(b"bad\xffname.txt")).write_text("zzz needle\n")
+    (workspace / '"quoted".txt').write_text("no needle\n")
+    files = make_pack("files", {}, workspace)
+    shown = '"src/bad\\377name.txt"'
+    for glob in (None, "*.txt"):
+        listing = await files.call("files_list", recursive=True, **({"glob": glob} if glob else {}))
+        assert not listing.is_error, text(listing)
+        assert listing.structured is not None
+        paths = {e["path"] for e in listing.structured["entries"]}
+        assert shown in paths and '"\\"quoted\\".txt"' in paths, paths
+        assert glob or {"README.md", "src/app.py"} <= paths
+        assert orjson.loads(text(listing)) == listing.structured  # the text is the same JSON
+        result_to_proto(listing)  # protobuf refused the surrogate escapes: nothing went out
+    for regex in (False, True):
+        found = await files.call("files_search", pattern="needle", regex=regex)
+        assert found.structured is not None, text(found)
+        assert [m["path"] for m in found.structured["matches"]] == ['"\\"quoted\\".txt"', shown]
+        nothing = await files.call("files_search", pattern="zzzqq", regex=regex)
+        assert nothing.structured == {"matches": [], "truncated": False}, text(nothing)
+    assert text(await files.call("files_read", path=shown)) == "zzz needle\n"
+    assert text(await files.call("files_read", path='"\\"quoted\\".txt"')) == "no needle\n"
+    from mcp_local.packs.files import quote_name, unquote_name
+
+    for name in ("plain.txt", '"x', os.fsdecode(b"a\x01\xfe\\b")):
+        assert unquote_name(quote_name(name)) == name
