@@ -347,6 +347,9 @@ class BrowserRuntime:
                 return Reply(f"{done}; the page opened {session.modal_state()} and waits for an answer")
             await self.settle(session, page, before, call)
             await session.caused(self.budget_ms(call, CAUSED_WAIT_S) / 1000)
+            # A navigation Playwright reported only meanwhile (its request reaches us after the
+            # server has it): the click's result waited for nothing, and showed the old page.
+            await self.settle(session, page, before, call)
             if session.pages and session.page is not page:  # the action opened a tab, now current
                 with contextlib.suppress(PlaywrightError):
                     await session.page.wait_for_load_state(
@@ -354,8 +357,10 @@ class BrowserRuntime:
                     )
         except asyncio.CancelledError:
             # A load the action began (a link, a form) stops with it, as a cancelled navigate's does.
-            if session.navigations != before:
-                await uninterrupted(_stop_loading(page))
+            # Whether it began one cannot be told in time: Playwright reports the request after
+            # the server has it (a test saw the page asked for and `navigations` not yet moved).
+            # Stopping a page that is not loading does nothing.
+            await uninterrupted(_stop_loading(page))
             if session.pages and session.page is not page:
                 await uninterrupted(_stop_loading(session.page))
             raise
