@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -156,6 +157,25 @@ def _unclean_previous_stop(state_dir: Path) -> int | None:
 def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(state_dir) else ""
     return f"state directory {state_dir}{where}: {exc.strerror or exc}"
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+"""A write the disk refused: the state directory (or another directory) cannot be used as it is."""
+
+
+def _pack_disk_problem(state_dir: Path, exc: ConfigError) -> str | None:
+    """A pack's start that failed on a disk that cannot be written (`DISK_ERRNOS`), in one line
+    naming the directory and the cause (exit 3, not a config error); None for any other failure."""
+    cause = exc.__cause__
+    if not isinstance(cause, OSError) or cause.errno not in DISK_ERRNOS:
+        return None
+    entry = str(exc).partition(":")[0]
+    written = Path(str(cause.filename2 or cause.filename or state_dir))
+    where = f"state directory {state_dir}" if written.is_relative_to(state_dir) else str(written)
+    return (
+        f"{where}: {cause.strerror or cause} ({entry} could not write its files there as it started); "
+        "free space on that disk, or make it writable, and start again"
+    )
 
 
 HEALTH_POLL_S = 1.0
@@ -718,7 +738,13 @@ class Hub:
         # Variables packs read secrets from leave the hub's environment before any pack starts
         # a process (the shell's spawner, the browser's driver and Chromium inherit it).
         scrub = self.environ if isinstance(self.environ, MutableMapping) else None
-        self.packs = await start_packs(self.config.packs, env, self.registry, scrub)
+        try:
+            self.packs = await start_packs(self.config.packs, env, self.registry, scrub)
+        except ConfigError as exc:
+            problem = _pack_disk_problem(self.config.state_dir, exc)
+            if problem is None:
+                raise
+            raise StateError(problem) from None
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     def _bind_bridge(self, address: Address, grpc_dial: str) -> str:
