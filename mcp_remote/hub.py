@@ -257,12 +257,6 @@ class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
         self.environ = environ
-        try:
-            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            operator_token(config.state_dir)
-            signer = CheckpointSigner(config.state_dir / "audit")
-        except OSError as exc:
-            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
@@ -270,11 +264,23 @@ class Hub:
         self._env_tokens: dict[str, tuple[str, bytes]] = {}
         """Principals whose token came from a variable (read once, then taken out of the
         environment): name -> (variable, token digest), for a reload to keep their token."""
-        self.authenticator = self._authenticator(config, environ)
-        audit_dir = config.state_dir / "audit"
+        # The config, and the state directory's version, are checked before anything is created
+        # in it: a start refused for either leaves no directory, signing key or operator token.
+        digests: list[tuple[bytes, Principal]] = []
+        if config.principals:
+            digests, self._env_tokens = self._principal_digests(config, environ)
         self._upgrade = ApprovalUpgrade(self.redactor)
         """Approvals an older hub stored, rewritten as the store opens (for the start's log)."""
         store = _open_store(config, environ, self.redactor, self._upgrade)
+        if config.state_dir.is_dir():  # checked again at the start, under the state directory's lock
+            check_state_format(config.state_dir)
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            signer = CheckpointSigner(config.state_dir / "audit")
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        self.authenticator = self._authenticator(config, digests)
+        audit_dir = config.state_dir / "audit"
         self.audit = AuditLog(
             store,
             self.redactor,
@@ -332,12 +338,16 @@ class Hub:
         deny reason reaches the caller, the approvals store and every watcher otherwise."""
         return self.redactor.text(text, assignments=True)
 
-    def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
-        operator = operator_token(config.state_dir)
+    def _authenticator(self, config: HubConfig, digests: list[tuple[bytes, Principal]]) -> Authenticator:
+        """The operator's token (made now when the state directory has none) and `digests`, the
+        principals' (`_principal_digests`)."""
+        try:
+            operator = operator_token(config.state_dir)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self.redactor.add(operator)
         if not config.principals:
             return OpenAccess(known={operator: OPERATOR})
-        digests, self._env_tokens = self._principal_digests(config, environ)
         return TokenAuthenticator.of_digests([(token_digest(operator), OPERATOR), *digests])
 
     def _principal_digests(

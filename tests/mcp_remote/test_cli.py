@@ -331,6 +331,16 @@ def test_short_tokens_are_refused(tmp_path: Path) -> None:
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
 
 
+def test_a_start_refused_for_its_config_creates_no_state(tmp_path: Path) -> None:
+    """A config error (here a token variable not set) was found only after the state directory,
+    its operator token and audit signing key were made: a mistyped state_dir was left behind."""
+    config = {"principals": [{"name": "agent-1", "token_env": "MCPHUB_TEST_UNSET_TOKEN"}]}
+    out = serve_refused(tmp_path, config)
+    assert out.returncode == 2, out.stderr
+    assert "environment variable MCPHUB_TEST_UNSET_TOKEN is not set" in out.stderr, out.stderr
+    assert not (tmp_path / "state").exists()
+
+
 def test_a_shared_token_is_a_config_error_and_an_unusable_state_directory_a_state_error(
     tmp_path: Path,
 ) -> None:
