@@ -240,10 +240,9 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
         log.warning("SIGHUP while the hub is starting: nothing reloaded; send it again once it is ready")
         return
     if reread is None:
-        log.info("SIGHUP: the hub was started without --config, so it has no config file to reload")
-        return
+        log.info("SIGHUP: the hub was started without --config: only its operator.token is read again")
     try:
-        report = running[0].reload(reread())
+        report = running[0].reload(running[0].config if reread is None else reread())
     except Exception as exc:  # whatever it is, the hub goes on as it was, and says why
         if not isinstance(exc, ConfigError):
             log.exception("reload failed, the hub goes on with its current config")

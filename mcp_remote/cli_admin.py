@@ -380,6 +380,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
     target = hub_target(args, environ)
     token = operator_token(args, environ, target)
+    from_flag_or_env = bool(args.token or environ.get("MCPHUB_TOKEN"))
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
@@ -429,7 +430,14 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
                 where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
                 return _fail(f"{where} {target}: {details}", EXIT_HUB)
-            return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and token and not from_flag_or_env:
+                # The file was replaced (or remade) after the hub last read it: not a wrong token.
+                hint = (
+                    f" (the token sent is {_state_dir(args, environ) / 'operator.token'}'s: a hub holds the "
+                    "one the file had at its start or its last reload; send it SIGHUP to read the file again)"
+                )
+            return _fail(f"{exc.code().name.lower()}: {exc.details()}{hint}", EXIT_HUB)
     return EXIT_OK
 
 

@@ -341,14 +341,23 @@ class Hub:
     def _authenticator(self, config: HubConfig, digests: list[tuple[bytes, Principal]]) -> Authenticator:
         """The operator's token (made now when the state directory has none) and `digests`, the
         principals' (`_principal_digests`)."""
-        try:
-            operator = operator_token(config.state_dir)
-        except OSError as exc:
-            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
-        self.redactor.add(operator)
+        operator = self._operator_token()
+        self._operator_digest = token_digest(operator)
+        """The operator token's digest the hub now accepts (the file may hold a newer one)."""
         if not config.principals:
             return OpenAccess(known={operator: OPERATOR})
         return TokenAuthenticator.of_digests([(token_digest(operator), OPERATOR), *digests])
+
+    def _operator_token(self) -> str:
+        """The operator's token as `operator.token` now holds it (made when there is none), for
+        the redactor too: read at start and again at each reload, so that replacing the file, or
+        deleting it (a new one is made), revokes the old token with a SIGHUP."""
+        try:
+            operator = operator_token(self.config.state_dir)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(self.config.state_dir, exc)) from None
+        self.redactor.add(operator)
+        return operator
 
     def _principal_digests(
         self, config: HubConfig, environ: Mapping[str, str], *, reloading: bool = False
@@ -479,13 +488,18 @@ class Hub:
                     raise ConfigError(f"packs[{pack.name}]: {problem} (the next start would stop on it)")
         policy = resolve_policy(new.policy)
         before: Mapping[str, tuple[bytes, Principal]] = {}
+        operator = self._operator_token()
+        operator_changed = token_digest(operator) != self._operator_digest
         if isinstance(self.authenticator, TokenAuthenticator):
             before = self.authenticator.by_name()
             digests, env_tokens = self._principal_digests(
                 new, self.environ if environ is None else environ, reloading=True
             )
-            self.authenticator.replace([before[OPERATOR.name], *digests])
+            self.authenticator.replace([(token_digest(operator), OPERATOR), *digests])
             self._env_tokens = env_tokens
+        elif isinstance(self.authenticator, OpenAccess):
+            self.authenticator.replace_known({operator: OPERATOR})
+        self._operator_digest = token_digest(operator)
         after = self.authenticator.by_name() if isinstance(self.authenticator, TokenAuthenticator) else {}
         # Nothing below raises: the hub now runs on the new config.
         self.policy = policy
@@ -504,6 +518,8 @@ class Hub:
         removed = sorted(before.keys() - after.keys())
         kept = sorted(after.keys() & before.keys())
         new_token = [n for n in kept if after[n][0] != before[n][0]]
+        if operator_changed and OPERATOR.name not in new_token:  # an open hub's (no table of names)
+            new_token.append(OPERATOR.name)
         new_grants = [n for n in kept if _grants(after[n][1]) != _grants(before[n][1])]
         gone = (
             set(removed) | set(new_token) | {n for n in new_grants if after[n][1].roles != before[n][1].roles}
