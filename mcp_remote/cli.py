@@ -603,7 +603,9 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
                 pending = a.approval_id if a.state == pb.ApprovalState.PENDING else ""
-                line.show(f"approval {a.approval_id}: {state} {a.reason} {a.how_to_approve}".rstrip())
+                # Three things said apart: the state, the rule's reason, and how to approve it.
+                text = f"approval {a.approval_id}: {state}" + (f" ({a.reason})" if a.reason else "")
+                line.show(text + (f"; to approve: {a.how_to_approve}" if a.how_to_approve else ""))
             elif kind == "result":
                 result = event.result
     except grpc.aio.AioRpcError as exc:

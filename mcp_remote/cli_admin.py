@@ -442,8 +442,20 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
 
 def _cmd_approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .approvals_service import MAX_REASON_CHARS
+
+    if args.action in ("approve", "deny") and not args.id.strip():
+        return _fail(
+            f"give the id of the approval to {args.action} (`mcphub approvals list` shows them)", EXIT_USAGE
+        )
     if args.action == "deny" and not (args.reason or "").strip():
         return _fail("deny needs --reason TEXT (the caller reads it)", EXIT_USAGE)
+    if len(getattr(args, "reason", None) or "") > MAX_REASON_CHARS:
+        return _fail(
+            f"--reason is {len(args.reason)} characters; at most {MAX_REASON_CHARS} are taken: say it "
+            "shorter (a link to more, say)",
+            EXIT_USAGE,
+        )
     try:
         return _run(_approvals(args, environ))
     except KeyboardInterrupt:

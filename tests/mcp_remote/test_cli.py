@@ -332,6 +332,21 @@ def test_short_tokens_are_refused(tmp_path: Path) -> None:
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["approve", ""], "give the id of the approval to approve"),
+        (["deny", " ", "--reason", "no"], "give the id of the approval to deny"),
+        (["deny", "apr_x", "--reason", "x" * 5000], "--reason is 5000 characters; at most 4096 are taken"),
+    ],
+    ids=["empty-id", "blank-id", "long-reason"],
+)
+def test_approval_decisions_the_hub_would_refuse_are_usage_errors(args: list[str], problem: str) -> None:
+    """They were sent to the hub, whose invalid_argument came back as exit 3 (hub refused)."""
+    out = run("approvals", *args, "--hub", "127.0.0.1:9", "--token", "x" * 20)
+    assert out.returncode == 2 and problem in out.stderr, out.stderr
+
+
 def test_a_start_refused_for_its_config_creates_no_state(tmp_path: Path) -> None:
     """A config error (here a token variable not set) was found only after the state directory,
     its operator token and audit signing key were made: a mistyped state_dir was left behind."""
