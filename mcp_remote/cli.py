@@ -99,10 +99,11 @@ def _limits_problem() -> str | None:
     return None
 
 
-def _fail(message: str, code: int) -> int:
-    with contextlib.suppress(OSError):  # a stderr that cannot be written: the exit code still tells
-        print(f"mcphub: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int, grpc_code: str | None = None) -> int:
+    """`message` on stderr (and on stdout as JSON for a `--json` command: `clifail`)."""
+    from .clifail import fail
+
+    return fail(message, code, grpc_code)
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -458,10 +459,13 @@ def _json_failure(code: str, message: str, exit_code: int, approval_id: str = ""
     document on stdout, so that a script reading stdout reads JSON whatever happened."""
     import json
 
+    from .clifail import json_printed
+
     error: dict[str, str] = {"code": code, "message": message}
     if approval_id:
         error["approval_id"] = approval_id
     print(json.dumps({"error": error}, indent=2))
+    json_printed()
     return _fail(message, exit_code)
 
 
@@ -987,6 +991,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if func is None:  # no command: a usage error, so its help goes where errors go
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from .clifail import expect_json
+
+    # Commands whose every failure `_fail` prints as JSON too (`call` and `tools` print their own,
+    # `policy` its `{"ok": false}`); `sandboxes` may join them.
+    if getattr(args, "json", False) and args.command in _JSON_FAILURES:
+        expect_json("ok" if (args.command, getattr(args, "action", None)) == ("audit", "verify") else "error")
     try:
         code = func(args, os.environ if environ is None else environ)
         sys.stdout.flush()  # here, where a full disk is reported, rather than at exit
@@ -1013,6 +1023,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+_JSON_FAILURES = frozenset({"serve", "approvals", "audit"})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ __all__ = ["add_admin_commands"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"mcphub: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int, grpc_code: str | None = None) -> int:
+    """`message` on stderr (and on stdout as JSON for a `--json` command: `clifail`)."""
+    from .clifail import fail
+
+    return fail(message, code, grpc_code)
 
 
 def _run(coro: Any) -> int:
@@ -417,19 +419,21 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 else:
                     print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
+            code = exc.code().name.lower()
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
 
-                from .cli import unreachable
+                from .cli import _rpc_problem, unreachable
 
                 # The hub's own answer is marked: its words (a store's "Connection refused") are
                 # not the connection's.
                 answered = (ERROR_FROM, FROM_HUB) in tuple(exc.trailing_metadata() or ())
                 details = exc.details() or ""
                 if answered and details.startswith("the PostgreSQL store"):
-                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
-                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
-                return _fail(f"{where} {target}: {details}", EXIT_HUB)
+                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB, code)
+                if unreachable(exc):  # in the words, and with the hint, of `tools` and `call`
+                    return _fail(_rpc_problem(exc, target)[1], EXIT_HUB, code)
+                return _fail(f"the hub is unavailable at {target}: {details}", EXIT_HUB, code)
             hint = ""
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED and token and not from_flag_or_env:
                 # The file was replaced (or remade) after the hub last read it: not a wrong token.
@@ -437,7 +441,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     f" (the token sent is {_state_dir(args, environ) / 'operator.token'}'s: a hub holds the "
                     "one the file had at its start or its last reload; send it SIGHUP to read the file again)"
                 )
-            return _fail(f"{exc.code().name.lower()}: {exc.details()}{hint}", EXIT_HUB)
+            return _fail(f"{code}: {exc.details()}{hint}", EXIT_HUB, code)
     return EXIT_OK
 
 

@@ -347,6 +347,38 @@ def test_approval_decisions_the_hub_would_refuse_are_usage_errors(args: list[str
     assert out.returncode == 2 and problem in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "shape"),
+    [
+        (["approvals", "list", "--hub", "127.0.0.1:9", "--token", "x" * 20], ("unavailable", 3)),
+        (["approvals", "approve", "apr_x", "--hub", "127.0.0.1:9", "--token", "x" * 20], ("unavailable", 3)),
+        (["approvals", "approve", "", "--token", "x" * 20], ("invalid_argument", 2)),
+        (["audit", "query", "--state-dir", "/nonexistent/state"], ("invalid_argument", 2)),
+        (["audit", "verify", "--state-dir", "/nonexistent/state"], ("ok", 2)),
+        (["serve", "--config", "/nonexistent/hub.yaml", "--http", "off"], ("invalid_argument", 2)),
+    ],
+    ids=["approvals-list", "approvals-approve", "approvals-usage", "audit-query", "audit-verify", "serve"],
+)
+def test_every_json_failure_is_one_json_document_on_stdout(args: list[str], shape: tuple[str, int]) -> None:
+    """`call`, `tools` and `policy check` printed their --json failures as JSON; `approvals`,
+    `audit` and `serve` printed nothing on stdout, and `approvals` said "cannot reach a hub" in
+    other words than `tools`, without its hint."""
+    out = run(*args, "--json")
+    code, status = shape
+    assert out.returncode == status, out.stderr
+    message = out.stderr.removeprefix("mcphub: ").removesuffix("\n")
+    assert message and "\n" not in message, out.stderr
+    expected = (
+        {"ok": False, "error": message} if code == "ok" else {"error": {"code": code, "message": message}}
+    )
+    assert json.loads(out.stdout) == expected, out.stdout
+    if code == "unavailable":
+        assert (
+            message.startswith("cannot reach a hub at 127.0.0.1:9 (")
+            and "start one with `mcphub serve`" in message
+        )
+
+
 def test_a_start_refused_for_its_config_creates_no_state(tmp_path: Path) -> None:
     """A config error (here a token variable not set) was found only after the state directory,
     its operator token and audit signing key were made: a mistyped state_dir was left behind."""
