@@ -441,9 +441,9 @@ class AuditLog:
         if not unrecorded.calls:
             return
         logger.warning(
-            "%d calls were refused while the audit store could not be written; "
-            "one `unrecorded` audit record sums them up",
-            unrecorded.calls,
+            "%s refused while the audit store could not be written; one `unrecorded` audit record sums %s up",
+            "1 call was" if unrecorded.calls == 1 else f"{unrecorded.calls} calls were",
+            "it" if unrecorded.calls == 1 else "them",
         )
         # Queued directly, not through `record`: a hub stopping still writes it.
         self._pending.append((int(time.time() * 1000), "-", "unrecorded", "-", "-", unrecorded.fields()))

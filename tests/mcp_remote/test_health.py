@@ -277,13 +277,17 @@ async def test_a_decision_the_store_cannot_take_is_unavailable_and_can_be_made_a
             hub.stop()
 
 
-async def test_a_stop_on_a_full_disk_counts_one_refused_call_in_words_that_agree(tmp_path: Path) -> None:
-    """It logged "1 calls refused while the audit store could not be written are not counted"."""
+@pytest.mark.parametrize("then", ["stop", "recover"])
+async def test_one_call_refused_on_a_full_disk_is_counted_in_words_that_agree(
+    then: str, tmp_path: Path
+) -> None:
+    """It logged "1 calls refused while the audit store could not be written are not counted"
+    at a stop, and "1 calls were refused ..." at the recovery."""
     with small_disk(tmp_path / "state"):
         hub = start_hub(tmp_path)
         client = HubClient(hub.grpc)
         try:
-            fill(tmp_path / "state")
+            filler = fill(tmp_path / "state")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 for i in range(200):  # until the journal's page has no room left
                     await echo(client, "x" * 2000 + str(i))
@@ -292,10 +296,16 @@ async def test_a_stop_on_a_full_disk_counts_one_refused_call_in_words_that_agree
             with pytest.raises(grpc.aio.AioRpcError) as refused:  # refused before it runs: unrecorded
                 await echo(client, "one more")
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            if then == "recover":
+                filler.unlink()
+                await until(hub, 200)
         finally:
             await client.close()
-            assert hub.stop() == 3  # what the full disk kept out of the log is lost
+            status = hub.stop()
         log = hub.log_path.read_text()
-        assert "1 call refused while the audit store could not be written is not counted in the log" in log, (
-            log
-        )
+        if then == "stop":
+            assert status == 3  # what the full disk kept out of the log is lost
+            words = "1 call refused while the audit store could not be written is not counted in the log"
+        else:
+            words = "1 call was refused while the audit store could not be written; one `unrecorded`"
+        assert words in log, log
