@@ -77,6 +77,10 @@ class OpenAccess:
         self.principal = principal
         self._known = dict(known or {})
 
+    def replace_known(self, known: dict[str, Principal]) -> None:
+        """Know these tokens from the next lookup on, and no others (a reload)."""
+        self._known = dict(known)
+
     def authenticate(self, token: str | None) -> Principal:
         if token is not None and self._known:
             found = self._known.get(token)

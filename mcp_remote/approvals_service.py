@@ -174,8 +174,14 @@ class ApprovalsServicer(apb_grpc.ApprovalsServicer):
                 )
             except HubError:
                 raise
-            except Exception:  # the store: a full disk, a database gone; the approver can try again
-                logger.exception("could not record the decision on approval %s", request.id)
+            except Exception as exc:  # the store: a full disk, a database gone; the approver can try again
+                # One line, as every other write a full disk refuses: its cause, not a traceback.
+                logger.error(
+                    "could not record the decision on approval %s: %s: %s",
+                    request.id,
+                    type(exc).__name__,
+                    exc,
+                )
                 raise Unavailable(
                     f"the decision on approval {request.id} could not be stored (the approvals store "
                     "cannot be written: the hub's log says why); it is still pending, try again"

@@ -99,10 +99,11 @@ def _limits_problem() -> str | None:
     return None
 
 
-def _fail(message: str, code: int) -> int:
-    with contextlib.suppress(OSError):  # a stderr that cannot be written: the exit code still tells
-        print(f"mcphub: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int, grpc_code: str | None = None) -> int:
+    """`message` on stderr (and on stdout as JSON for a `--json` command: `clifail`)."""
+    from .clifail import fail
+
+    return fail(message, code, grpc_code)
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -240,10 +241,9 @@ def _reload(running: list[Any], reread: Callable[[], Any] | None) -> None:
         log.warning("SIGHUP while the hub is starting: nothing reloaded; send it again once it is ready")
         return
     if reread is None:
-        log.info("SIGHUP: the hub was started without --config, so it has no config file to reload")
-        return
+        log.info("SIGHUP: the hub was started without --config: only its operator.token is read again")
     try:
-        report = running[0].reload(reread())
+        report = running[0].reload(running[0].config if reread is None else reread())
     except Exception as exc:  # whatever it is, the hub goes on as it was, and says why
         if not isinstance(exc, ConfigError):
             log.exception("reload failed, the hub goes on with its current config")
@@ -482,10 +482,13 @@ def _json_failure(code: str, message: str, exit_code: int, approval_id: str = ""
     document on stdout, so that a script reading stdout reads JSON whatever happened."""
     import json
 
+    from .clifail import json_printed
+
     error: dict[str, str] = {"code": code, "message": message}
     if approval_id:
         error["approval_id"] = approval_id
     print(json.dumps({"error": error}, indent=2))
+    json_printed()
     return _fail(message, exit_code)
 
 
@@ -627,7 +630,9 @@ async def _call(target: str, token: str | None, call: _CallRequest, as_json: boo
                 a = event.approval
                 state = pb.ApprovalState.State.Name(a.state).lower()
                 pending = a.approval_id if a.state == pb.ApprovalState.PENDING else ""
-                line.show(f"approval {a.approval_id}: {state} {a.reason} {a.how_to_approve}".rstrip())
+                # Three things said apart: the state, the rule's reason, and how to approve it.
+                text = f"approval {a.approval_id}: {state}" + (f" ({a.reason})" if a.reason else "")
+                line.show(text + (f"; to approve: {a.how_to_approve}" if a.how_to_approve else ""))
             elif kind == "result":
                 result = event.result
     except grpc.aio.AioRpcError as exc:
@@ -1009,6 +1014,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if func is None:  # no command: a usage error, so its help goes where errors go
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from .clifail import expect_json
+
+    # Commands whose every failure `_fail` prints as JSON too (`call` and `tools` print their own,
+    # `policy` its `{"ok": false}`); `sandboxes` may join them.
+    if getattr(args, "json", False) and args.command in _JSON_FAILURES:
+        expect_json("ok" if (args.command, getattr(args, "action", None)) == ("audit", "verify") else "error")
     try:
         code = func(args, os.environ if environ is None else environ)
         sys.stdout.flush()  # here, where a full disk is reported, rather than at exit
@@ -1035,6 +1046,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+_JSON_FAILURES = frozenset({"serve", "approvals", "audit"})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ __all__ = ["add_admin_commands"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HUB = 0, 1, 2, 3
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"mcphub: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int, grpc_code: str | None = None) -> int:
+    """`message` on stderr (and on stdout as JSON for a `--json` command: `clifail`)."""
+    from .clifail import fail
+
+    return fail(message, code, grpc_code)
 
 
 def _run(coro: Any) -> int:
@@ -380,6 +382,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
     target = hub_target(args, environ)
     token = operator_token(args, environ, target)
+    from_flag_or_env = bool(args.token or environ.get("MCPHUB_TOKEN"))
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = apb_grpc.ApprovalsStub(channel)  # type: ignore[no-untyped-call]
@@ -416,26 +419,47 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 else:
                     print(_shown(f"{decided.id} {decided.state} by {decided.decided_by}"))
         except grpc.aio.AioRpcError as exc:
+            code = exc.code().name.lower()
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 from mcphub_proto.metadata import ERROR_FROM, FROM_HUB
 
-                from .cli import unreachable
+                from .cli import _rpc_problem, unreachable
 
                 # The hub's own answer is marked: its words (a store's "Connection refused") are
                 # not the connection's.
                 answered = (ERROR_FROM, FROM_HUB) in tuple(exc.trailing_metadata() or ())
                 details = exc.details() or ""
                 if answered and details.startswith("the PostgreSQL store"):
-                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
-                where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
-                return _fail(f"{where} {target}: {details}", EXIT_HUB)
-            return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
+                    return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB, code)
+                if unreachable(exc):  # in the words, and with the hint, of `tools` and `call`
+                    return _fail(_rpc_problem(exc, target)[1], EXIT_HUB, code)
+                return _fail(f"the hub is unavailable at {target}: {details}", EXIT_HUB, code)
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and token and not from_flag_or_env:
+                # The file was replaced (or remade) after the hub last read it: not a wrong token.
+                hint = (
+                    f" (the token sent is {_state_dir(args, environ) / 'operator.token'}'s: a hub holds the "
+                    "one the file had at its start or its last reload; send it SIGHUP to read the file again)"
+                )
+            return _fail(f"{code}: {exc.details()}{hint}", EXIT_HUB, code)
     return EXIT_OK
 
 
 def _cmd_approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .approvals_service import MAX_REASON_CHARS
+
+    if args.action in ("approve", "deny") and not args.id.strip():
+        return _fail(
+            f"give the id of the approval to {args.action} (`mcphub approvals list` shows them)", EXIT_USAGE
+        )
     if args.action == "deny" and not (args.reason or "").strip():
         return _fail("deny needs --reason TEXT (the caller reads it)", EXIT_USAGE)
+    if len(getattr(args, "reason", None) or "") > MAX_REASON_CHARS:
+        return _fail(
+            f"--reason is {len(args.reason)} characters; at most {MAX_REASON_CHARS} are taken: say it "
+            "shorter (a link to more, say)",
+            EXIT_USAGE,
+        )
     try:
         return _run(_approvals(args, environ))
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -158,6 +159,25 @@ def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
     return f"state directory {state_dir}{where}: {exc.strerror or exc}"
 
 
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+"""A write the disk refused: the state directory (or another directory) cannot be used as it is."""
+
+
+def _pack_disk_problem(state_dir: Path, exc: ConfigError) -> str | None:
+    """A pack's start that failed on a disk that cannot be written (`DISK_ERRNOS`), in one line
+    naming the directory and the cause (exit 3, not a config error); None for any other failure."""
+    cause = exc.__cause__
+    if not isinstance(cause, OSError) or cause.errno not in DISK_ERRNOS:
+        return None
+    entry = str(exc).partition(":")[0]
+    written = Path(str(cause.filename2 or cause.filename or state_dir))
+    where = f"state directory {state_dir}" if written.is_relative_to(state_dir) else str(written)
+    return (
+        f"{where}: {cause.strerror or cause} ({entry} could not write its files there as it started); "
+        "free space on that disk, or make it writable, and start again"
+    )
+
+
 HEALTH_POLL_S = 1.0
 """How often gRPC health checking is brought in step with whether the hub takes calls."""
 TOOLHUB_SERVICE = "mcphub.v1.ToolHub"
@@ -237,12 +257,6 @@ class Hub:
     def __init__(self, config: HubConfig, environ: Mapping[str, str]) -> None:
         self.config = config
         self.environ = environ
-        try:
-            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            operator_token(config.state_dir)
-            signer = CheckpointSigner(config.state_dir / "audit")
-        except OSError as exc:
-            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
         self.instance = config.instance or instance_name(str(config.state_dir))
         self.registry = ToolRegistry()
         self.outputs = OutputStore()
@@ -250,11 +264,23 @@ class Hub:
         self._env_tokens: dict[str, tuple[str, bytes]] = {}
         """Principals whose token came from a variable (read once, then taken out of the
         environment): name -> (variable, token digest), for a reload to keep their token."""
-        self.authenticator = self._authenticator(config, environ)
-        audit_dir = config.state_dir / "audit"
+        # The config, and the state directory's version, are checked before anything is created
+        # in it: a start refused for either leaves no directory, signing key or operator token.
+        digests: list[tuple[bytes, Principal]] = []
+        if config.principals:
+            digests, self._env_tokens = self._principal_digests(config, environ)
         self._upgrade = ApprovalUpgrade(self.redactor)
         """Approvals an older hub stored, rewritten as the store opens (for the start's log)."""
         store = _open_store(config, environ, self.redactor, self._upgrade)
+        if config.state_dir.is_dir():  # checked again at the start, under the state directory's lock
+            check_state_format(config.state_dir)
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            signer = CheckpointSigner(config.state_dir / "audit")
+        except OSError as exc:
+            raise StateError(_state_dir_problem(config.state_dir, exc)) from None
+        self.authenticator = self._authenticator(config, digests)
+        audit_dir = config.state_dir / "audit"
         self.audit = AuditLog(
             store,
             self.redactor,
@@ -312,13 +338,26 @@ class Hub:
         deny reason reaches the caller, the approvals store and every watcher otherwise."""
         return self.redactor.text(text, assignments=True)
 
-    def _authenticator(self, config: HubConfig, environ: Mapping[str, str]) -> Authenticator:
-        operator = operator_token(config.state_dir)
-        self.redactor.add(operator)
+    def _authenticator(self, config: HubConfig, digests: list[tuple[bytes, Principal]]) -> Authenticator:
+        """The operator's token (made now when the state directory has none) and `digests`, the
+        principals' (`_principal_digests`)."""
+        operator = self._operator_token()
+        self._operator_digest = token_digest(operator)
+        """The operator token's digest the hub now accepts (the file may hold a newer one)."""
         if not config.principals:
             return OpenAccess(known={operator: OPERATOR})
-        digests, self._env_tokens = self._principal_digests(config, environ)
         return TokenAuthenticator.of_digests([(token_digest(operator), OPERATOR), *digests])
+
+    def _operator_token(self) -> str:
+        """The operator's token as `operator.token` now holds it (made when there is none), for
+        the redactor too: read at start and again at each reload, so that replacing the file, or
+        deleting it (a new one is made), revokes the old token with a SIGHUP."""
+        try:
+            operator = operator_token(self.config.state_dir)
+        except OSError as exc:
+            raise StateError(_state_dir_problem(self.config.state_dir, exc)) from None
+        self.redactor.add(operator)
+        return operator
 
     def _principal_digests(
         self, config: HubConfig, environ: Mapping[str, str], *, reloading: bool = False
@@ -449,13 +488,18 @@ class Hub:
                     raise ConfigError(f"packs[{pack.name}]: {problem} (the next start would stop on it)")
         policy = resolve_policy(new.policy)
         before: Mapping[str, tuple[bytes, Principal]] = {}
+        operator = self._operator_token()
+        operator_changed = token_digest(operator) != self._operator_digest
         if isinstance(self.authenticator, TokenAuthenticator):
             before = self.authenticator.by_name()
             digests, env_tokens = self._principal_digests(
                 new, self.environ if environ is None else environ, reloading=True
             )
-            self.authenticator.replace([before[OPERATOR.name], *digests])
+            self.authenticator.replace([(token_digest(operator), OPERATOR), *digests])
             self._env_tokens = env_tokens
+        elif isinstance(self.authenticator, OpenAccess):
+            self.authenticator.replace_known({operator: OPERATOR})
+        self._operator_digest = token_digest(operator)
         after = self.authenticator.by_name() if isinstance(self.authenticator, TokenAuthenticator) else {}
         # Nothing below raises: the hub now runs on the new config.
         self.policy = policy
@@ -474,6 +518,8 @@ class Hub:
         removed = sorted(before.keys() - after.keys())
         kept = sorted(after.keys() & before.keys())
         new_token = [n for n in kept if after[n][0] != before[n][0]]
+        if operator_changed and OPERATOR.name not in new_token:  # an open hub's (no table of names)
+            new_token.append(OPERATOR.name)
         new_grants = [n for n in kept if _grants(after[n][1]) != _grants(before[n][1])]
         gone = (
             set(removed) | set(new_token) | {n for n in new_grants if after[n][1].roles != before[n][1].roles}
@@ -718,7 +764,13 @@ class Hub:
         # Variables packs read secrets from leave the hub's environment before any pack starts
         # a process (the shell's spawner, the browser's driver and Chromium inherit it).
         scrub = self.environ if isinstance(self.environ, MutableMapping) else None
-        self.packs = await start_packs(self.config.packs, env, self.registry, scrub)
+        try:
+            self.packs = await start_packs(self.config.packs, env, self.registry, scrub)
+        except ConfigError as exc:
+            problem = _pack_disk_problem(self.config.state_dir, exc)
+            if problem is None:
+                raise
+            raise StateError(problem) from None
         logger.info("loaded %d tools from %d packs", len(self.registry), len(self.packs))
 
     def _bind_bridge(self, address: Address, grpc_dial: str) -> str:

@@ -372,11 +372,15 @@ class AuditLog:
         if signed > self._head.seq:
             # A hub writing on would chain new records onto the cut and sign over it.
             await self.store.close()
+            path = getattr(self.store, "path", None)  # SQLite's file; PostgreSQL's is a database
+            aside = str(path) if isinstance(path, Path) else "the old log (its database)"
+            if self._checkpoint_file is not None:
+                aside += f" and {self._checkpoint_file}"
             raise AuditStoreRefused(
                 f"the audit log ends at record {self._head.seq}, but {where} holds a signed checkpoint "
                 f"of record {signed}: records were deleted, or this is not the log those checkpoints "
                 "were signed for (`mcphub audit verify` reports it). To start a new log on purpose, "
-                "move the old one and that checkpoint file aside"
+                f"move {aside} aside"
             )
         self._loop = asyncio.get_running_loop()
         self._batch = self._loop.create_future()
@@ -437,9 +441,9 @@ class AuditLog:
         if not unrecorded.calls:
             return
         logger.warning(
-            "%d calls were refused while the audit store could not be written; "
-            "one `unrecorded` audit record sums them up",
-            unrecorded.calls,
+            "%s refused while the audit store could not be written; one `unrecorded` audit record sums %s up",
+            "1 call was" if unrecorded.calls == 1 else f"{unrecorded.calls} calls were",
+            "it" if unrecorded.calls == 1 else "them",
         )
         # Queued directly, not through `record`: a hub stopping still writes it.
         self._pending.append((int(time.time() * 1000), "-", "unrecorded", "-", "-", unrecorded.fields()))
@@ -865,8 +869,9 @@ class AuditLog:
             self._pending.clear()
         if self._unrecorded.calls:
             logger.error(
-                "%d calls refused while the audit store could not be written are not counted in the log",
-                self._unrecorded.calls,
+                "%s refused while the audit store could not be written %s not counted in the log",
+                "1 call" if self._unrecorded.calls == 1 else f"{self._unrecorded.calls} calls",
+                "is" if self._unrecorded.calls == 1 else "are",
             )
         if self.healthy:
             # A store that hangs now would hold the hub's stop for good: the checkpoint is let go

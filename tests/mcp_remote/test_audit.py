@@ -752,6 +752,9 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     (cut / "audit" / "checkpoints.jsonl").unlink()  # the store's own checkpoints still say so
     out = serve_refused(cut.parent, config())
     assert out.returncode == 3 and "the audit log ends at record 60, but the store holds" in out.stderr
+    # It named neither file ("move the old one and that checkpoint file aside").
+    files = f"{cut / 'audit' / 'audit.db'} and {cut / 'audit' / 'checkpoints.jsonl'}"
+    assert f"To start a new log on purpose, move {files} aside" in out.stderr, out.stderr
 
     # A last line cut short (the disk filled, the power went) is an append that never finished.
     shutil.copy(stopped_log / "audit" / "checkpoints.jsonl", cut / "audit" / "checkpoints.jsonl")

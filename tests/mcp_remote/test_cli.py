@@ -82,15 +82,16 @@ def test_sighup_never_stops_a_hub_that_has_nothing_to_reload(tmp_path: Path) -> 
     hub.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     log = tmp_path / "hub.log"
-    while "no config file to reload" not in log.read_text() and time.monotonic() < deadline:
+    while "config reloaded" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hub.process.poll() is None
     out = run("call", "echo", "--hub", hub.grpc, "--args", '{"text": "still here"}')
     assert out.stdout == "still here", out.stderr
     assert hub.stop() == 0
-    assert (
-        "SIGHUP: the hub was started without --config, so it has no config file to reload" in log.read_text()
+    assert "SIGHUP: the hub was started without --config: only its operator.token is read again" in (
+        log.read_text()
     )
+    assert "config reloaded: nothing changed" in log.read_text()
 
 
 def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
@@ -329,6 +330,63 @@ def test_short_tokens_are_refused(tmp_path: Path) -> None:
     out = serve_refused(tmp_path, {"principals": [{"name": "a", "token": "short"}]})
     assert out.returncode == 2
     assert "at least 16 characters" in out.stderr and "token: short" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["approve", ""], "give the id of the approval to approve"),
+        (["deny", " ", "--reason", "no"], "give the id of the approval to deny"),
+        (["deny", "apr_x", "--reason", "x" * 5000], "--reason is 5000 characters; at most 4096 are taken"),
+    ],
+    ids=["empty-id", "blank-id", "long-reason"],
+)
+def test_approval_decisions_the_hub_would_refuse_are_usage_errors(args: list[str], problem: str) -> None:
+    """They were sent to the hub, whose invalid_argument came back as exit 3 (hub refused)."""
+    out = run("approvals", *args, "--hub", "127.0.0.1:9", "--token", "x" * 20)
+    assert out.returncode == 2 and problem in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "shape"),
+    [
+        (["approvals", "list", "--hub", "127.0.0.1:9", "--token", "x" * 20], ("unavailable", 3)),
+        (["approvals", "approve", "apr_x", "--hub", "127.0.0.1:9", "--token", "x" * 20], ("unavailable", 3)),
+        (["approvals", "approve", "", "--token", "x" * 20], ("invalid_argument", 2)),
+        (["audit", "query", "--state-dir", "/nonexistent/state"], ("invalid_argument", 2)),
+        (["audit", "verify", "--state-dir", "/nonexistent/state"], ("ok", 2)),
+        (["serve", "--config", "/nonexistent/hub.yaml", "--http", "off"], ("invalid_argument", 2)),
+    ],
+    ids=["approvals-list", "approvals-approve", "approvals-usage", "audit-query", "audit-verify", "serve"],
+)
+def test_every_json_failure_is_one_json_document_on_stdout(args: list[str], shape: tuple[str, int]) -> None:
+    """`call`, `tools` and `policy check` printed their --json failures as JSON; `approvals`,
+    `audit` and `serve` printed nothing on stdout, and `approvals` said "cannot reach a hub" in
+    other words than `tools`, without its hint."""
+    out = run(*args, "--json")
+    code, status = shape
+    assert out.returncode == status, out.stderr
+    message = out.stderr.removeprefix("mcphub: ").removesuffix("\n")
+    assert message and "\n" not in message, out.stderr
+    expected = (
+        {"ok": False, "error": message} if code == "ok" else {"error": {"code": code, "message": message}}
+    )
+    assert json.loads(out.stdout) == expected, out.stdout
+    if code == "unavailable":
+        assert (
+            message.startswith("cannot reach a hub at 127.0.0.1:9 (")
+            and "start one with `mcphub serve`" in message
+        )
+
+
+def test_a_start_refused_for_its_config_creates_no_state(tmp_path: Path) -> None:
+    """A config error (here a token variable not set) was found only after the state directory,
+    its operator token and audit signing key were made: a mistyped state_dir was left behind."""
+    config = {"principals": [{"name": "agent-1", "token_env": "MCPHUB_TEST_UNSET_TOKEN"}]}
+    out = serve_refused(tmp_path, config)
+    assert out.returncode == 2, out.stderr
+    assert "environment variable MCPHUB_TEST_UNSET_TOKEN is not set" in out.stderr, out.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_a_shared_token_is_a_config_error_and_an_unusable_state_directory_a_state_error(

@@ -542,6 +542,11 @@ async def test_call_cli_names_the_approval_when_its_deadline_passes(
     assert out.returncode == 3
     assert f"waiting for approval {pending[0].id}" in out.stderr
     assert f"--approval {pending[0].id}" in out.stderr
+    # The progress line ran state, reason and command together ("pending deleting ... mcphub ...").
+    reason = pending[0].reason or pending[0].rule
+    assert (
+        f"approval {pending[0].id}: pending ({reason}); to approve: mcphub approvals approve {pending[0].id}"
+    ) in out.stderr, out.stderr
     await decide(gated_hub.grpc, TOKENS["alice"], pending[0].id, False, "no")
 
 

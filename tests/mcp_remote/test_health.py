@@ -265,6 +265,47 @@ async def test_a_decision_the_store_cannot_take_is_unavailable_and_can_be_made_a
             await until(hub, 200)
             assert (await decide(hub.grpc, operator, approval_id, True)).state == "approved"
             assert text_of(await call.result()) == "held"
+            log = hub.log_path.read_text()
+            # One line, as the other writes a full disk refuses are logged, not a traceback.
+            assert (
+                f"could not record the decision on approval {approval_id}: OperationalError: database or "
+                "disk is full" in log
+            ), log
+            assert "Traceback" not in log, log
         finally:
             await client.close()
             hub.stop()
+
+
+@pytest.mark.parametrize("then", ["stop", "recover"])
+async def test_one_call_refused_on_a_full_disk_is_counted_in_words_that_agree(
+    then: str, tmp_path: Path
+) -> None:
+    """It logged "1 calls refused while the audit store could not be written are not counted"
+    at a stop, and "1 calls were refused ..." at the recovery."""
+    with small_disk(tmp_path / "state"):
+        hub = start_hub(tmp_path)
+        client = HubClient(hub.grpc)
+        try:
+            filler = fill(tmp_path / "state")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                for i in range(200):  # until the journal's page has no room left
+                    await echo(client, "x" * 2000 + str(i))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            await until(hub, 503, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # refused before it runs: unrecorded
+                await echo(client, "one more")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            if then == "recover":
+                filler.unlink()
+                await until(hub, 200)
+        finally:
+            await client.close()
+            status = hub.stop()
+        log = hub.log_path.read_text()
+        if then == "stop":
+            assert status == 3  # what the full disk kept out of the log is lost
+            words = "1 call refused while the audit store could not be written is not counted in the log"
+        else:
+            words = "1 call was refused while the audit store could not be written; one `unrecorded`"
+        assert words in log, log

@@ -622,3 +622,57 @@ async def test_a_reload_that_changes_a_principals_tools_changes_its_list_and_tel
             task.cancel()
         await client.close()
         hub.stop()
+
+
+def approvals_list(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHUB_")}
+    return subprocess.run(
+        hub_command("approvals", "list", *args), capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def sighup_answer(hub: RunningHub) -> str:
+    """Send SIGHUP to a hub started without --config and return the log line that answers it."""
+    seen = hub.log_path.read_text().count("config reloaded")
+    hub.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in hub.log_path.read_text().splitlines() if "config reloaded" in line]
+        if len(lines) > seen:
+            return lines[seen]
+        time.sleep(0.05)
+    raise AssertionError(f"no answer to SIGHUP in the log:\n{hub.log_path.read_text()}")
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["principals", "open-without-config"])
+def test_sighup_reads_the_operator_token_again(configured: bool, tmp_path: Path) -> None:
+    """operator.token was read once at start: replaced (a leaked token) and SIGHUP sent, the old
+    token still worked and the CLI's, read from the new file, was refused until a restart."""
+    hub = start_hub(tmp_path, config=first_config() if configured else None)
+    path = hub.state_dir / "operator.token"
+    try:
+        old = path.read_text().strip()
+        staged = path.with_name("operator.token.new")
+        staged.write_text("op_" + "Q" * 40 + "\n")
+        staged.chmod(0o600)
+        staged.replace(path)
+        if configured:  # before the SIGHUP, the CLI says why the file's token is refused
+            out = approvals_list(hub, "--state-dir", str(hub.state_dir))
+            assert out.returncode == 3 and f"the token sent is {path}'s" in out.stderr, out.stderr
+            assert "send it SIGHUP to read the file again" in out.stderr, out.stderr
+        line = reload(hub, first_config()) if configured else sighup_answer(hub)
+        assert "new token: operator" in line, line
+        assert approvals_list(hub, "--state-dir", str(hub.state_dir)).returncode == 0
+        if configured:  # an open hub takes any token, as its local principal (not the operator)
+            out = approvals_list(hub, "--hub", hub.grpc, "--token", old)
+            assert out.returncode == 3 and "not one this hub knows" in out.stderr, out.stderr
+        path.unlink()  # deleted: a new one is made, and the one before is revoked
+        line = reload(hub, first_config()) if configured else sighup_answer(hub)
+        assert "new token: operator" in line, line
+        assert path.read_text().strip() not in (old, "op_" + "Q" * 40)
+        assert approvals_list(hub, "--state-dir", str(hub.state_dir)).returncode == 0
+        if configured:
+            out = approvals_list(hub, "--hub", hub.grpc, "--token", "op_" + "Q" * 40)
+            assert out.returncode == 3 and "not one this hub knows" in out.stderr, out.stderr
+    finally:
+        hub.stop()

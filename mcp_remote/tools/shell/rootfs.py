@@ -70,9 +70,45 @@ def _copy_etc_entry(source: Path, dest: Path) -> None:
 def build_etc(dest: Path, uid: int, home: str) -> None:
     """The jail's /etc: an allow-list of the host's (copied once, bound as one read-only mount) plus
     its own passwd, group, hosts and hostname. Rebuilt at every start, swapped in atomically."""
+    _remove_stale(dest)
     staging = dest.with_name(dest.name + f".new-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
+    try:
+        _build_staging(staging, uid, home)
+    except BaseException:
+        # A partial copy (a full disk, most often) would stay on that disk at every failed start.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = dest.with_name(dest.name + f".old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _remove_stale(dest: Path) -> None:
+    """The staging and old copies of `dest` that hubs no longer running left (killed while they
+    built it, or from a version that did not remove a failed build's)."""
+    for path in dest.parent.glob(dest.name + ".*-*"):
+        kind, _, pid = path.name[len(dest.name) + 1 :].partition("-")
+        if kind not in ("new", "old") or not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build_staging(staging: Path, uid: int, home: str) -> None:
     staging.mkdir(mode=0o755)
     for name in _ETC:
         source = Path("/etc") / name
@@ -93,9 +129,3 @@ def build_etc(dest: Path, uid: int, home: str) -> None:
         (staging / name).write_text(text)
         os.chmod(staging / name, 0o644)
     os.chmod(staging, 0o755)  # noqa: S103 - only world-readable files were copied
-    old = dest.with_name(dest.name + f".old-{os.getpid()}")
-    if dest.exists():
-        dest.rename(old)
-    staging.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)

@@ -534,3 +534,28 @@ async def test_a_command_whose_spawner_dies_ends_lost_and_the_spawner_comes_back
     finally:
         await client.close()
         hub.stop()
+
+
+def test_a_start_on_a_disk_too_full_for_the_jails_etc_says_so_and_leaves_no_partial_copy(
+    tmp_path: Path,
+) -> None:
+    """A state directory's disk with room for the audit log but not for the jail's copy of /etc
+    was a config error (exit 2, a raw OSError), and each failed start left its partial copy
+    (`workspaces/.jail-etc.new-<pid>`) on that disk; a dead hub's copy was never removed."""
+    from tests.mcp_remote.test_health import small_disk
+    from tests.support.hub import serve_refused
+
+    with small_disk(tmp_path / "state", size="2m") as disk:
+        stale = disk / "workspaces" / ".jail-etc.new-999999999"
+        (stale / "alternatives").mkdir(parents=True)
+        (stale / "alternatives" / "README").write_text("left by a hub killed while it built /etc\n")
+        mine = disk / "workspaces" / ".jail-etc.new-1"  # pid 1 runs: a live hub's is left alone
+        mine.mkdir()
+        with (disk / "filler").open("wb") as filler:
+            filler.write(b"\0" * (2 * 1024 * 1024 - 600 * 1024))
+        for _ in range(2):
+            out = serve_refused(tmp_path, shell_hub_config())
+            assert out.returncode == 3, out.stderr
+            assert f"state directory {disk}: No space left on device" in out.stderr, out.stderr
+            assert "packs[shell]" in out.stderr and "free space" in out.stderr, out.stderr
+            assert sorted(p.name for p in (disk / "workspaces").iterdir()) == [".jail-etc.new-1"]
