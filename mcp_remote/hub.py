@@ -701,9 +701,11 @@ class Hub:
         older = sum(1 for approval in failed if approval.id in self._upgrade.pending)
         self._upgrade.pending.clear()
         if len(failed) > older:
+            waited = len(failed) - older
             logger.warning(
-                "%d calls were waiting for approval when the hub stopped; their approvals are expired",
-                len(failed) - older,
+                "%s waiting for approval when the hub stopped; %s expired",
+                "1 call was" if waited == 1 else f"{waited} calls were",
+                "its approval is" if waited == 1 else "their approvals are",
             )
         if older:
             # An older hub did not store whether a call still waited: they fail closed.

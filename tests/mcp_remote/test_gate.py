@@ -601,7 +601,7 @@ async def test_a_restart_fails_pending_calls_closed(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         records = await records_of(again, mine.call_id)
         assert ("approval", "expired") in [(k, b.get("state")) for k, b in records]
-        assert "1 calls were waiting for approval when the hub stopped" in again.log()
+        assert "1 call was waiting for approval when the hub stopped" in again.log()
         assert gone_id in [a.id for a in await listing(again.grpc, TOKENS["alice"], "pending")]
         await decide(again.grpc, TOKENS["alice"], gone_id, True)
         retry_client = HubClient(again.grpc)
