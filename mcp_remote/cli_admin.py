@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -471,7 +471,13 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     return SQLiteStore(database, read_only=True), state_dir
 
 
-async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
+async def _verify_report(
+    store: Any,
+    keys: Any,
+    checkpoint_file: Path,
+    elsewhere: Sequence[Path] = (),
+    **rules: Any,
+) -> Any:
     """verify's report, also for a log that cannot be read: that is a broken log, not a crash."""
     import sqlite3
 
@@ -479,6 +485,10 @@ async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
 
     try:
         extra = read_checkpoint_file(checkpoint_file)
+        for path in elsewhere:
+            if not path.is_file():
+                return VerifyReport(problem=f"--checkpoints {path}: no such file")
+            extra += read_checkpoint_file(path)
     except ValueError as exc:
         return VerifyReport(problem=str(exc))
     try:
@@ -495,7 +505,7 @@ async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
     except sqlite3.DatabaseError as exc:
         return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
     try:
-        return await verify_log(store, keys, extra)
+        return await verify_log(store, keys, extra, **rules)
     except sqlite3.DatabaseError as exc:
         return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
     finally:
@@ -528,7 +538,28 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         also = "" if sqlite else ", or the hub's --state-dir"
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE{also})", EXIT_USAGE)
     checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
-    report = await _verify_report(store, load_public_keys(keys_paths), checkpoint_file)
+    pub_path = state_dir / "audit" / "signing.pub"
+    signed = None
+    if pub_path.exists() or (state_dir / "audit" / "signing.key").exists():
+        # A hub that signs checkpoints has written this log: it must hold the ones such a hub signs.
+        mine = sqlite and pub_path.exists() and pub_path.stat().st_size  # a shared log is not the dir's
+        published = load_public_keys([pub_path]) if mine else {}
+        signed = (next(iter(published), None), pub_path)
+    instance = None
+    if not sqlite:
+        from .config import load_config
+        from .gate import instance_name
+
+        config = load_config(args.config, environ, {"state_dir": args.state_dir})
+        instance = config.instance or instance_name(str(config.state_dir))
+    report = await _verify_report(
+        store,
+        load_public_keys(keys_paths),
+        checkpoint_file,
+        list(args.checkpoints),
+        signed=signed,
+        instance=instance,
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif report.ok:
@@ -542,7 +573,14 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         where = f" at record {report.first_bad}" if report.first_bad is not None else ""
         if report.bad_range is not None:
             where = f" in records {report.bad_range[0]}-{report.bad_range[1]}"
-        print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
+        if report.broken:
+            print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
+        else:
+            print(
+                f"audit log NOT VERIFIED: {report.records} records, chain holds (head "
+                f"{report.head_hash[:16]}); {report.problem}",
+                file=sys.stderr,
+            )
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -800,6 +838,15 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     )
     verify.add_argument(
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="signed checkpoints kept outside the state directory (a copy of its "
+        "audit/checkpoints*.jsonl), checked too: the log must still hold what they sign (repeatable)",
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
     tail.add_argument(
