@@ -346,19 +346,27 @@ class PostgresStore:
     async def ping(self) -> None:
         """One round trip on the writer's connection (made again if it was lost), for the audit
         writer when it has not written for a while (`log.py`, IDLE_PROBE_S): a store that is down
-        is found, and health says so, without a call having to find it. Raises `Unavailable`."""
+        is found, and health says so, without a call having to find it. Raises `Unavailable`.
+
+        An idle connection the server ended (a restart, a failover, idle_session_timeout) is found
+        dead only by this use: it is tried once more on a new connection, as `append` does, so a
+        database that is back up is not reported down until the next probe."""
         import psycopg
 
-        try:
-            if self._writer is None or self._writer.closed:
-                self._writer = await self._connect(autocommit=False)
-            await self._writer.execute("SELECT 1")
-            await self._writer.rollback()
-        except psycopg.Error as exc:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                await writer.close()
-            raise self._lost(exc) from exc
+        while True:
+            fresh = self._writer is None or self._writer.closed
+            try:
+                if fresh:
+                    self._writer = await self._connect(autocommit=False)
+                await self._writer.execute("SELECT 1")
+                await self._writer.rollback()
+                return
+            except psycopg.Error as exc:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await writer.close()
+                if fresh:
+                    raise self._lost(exc) from exc
 
     async def _append(self, conn: Any, pending: Sequence[PendingRecord]) -> ChainHead:
         async with conn.transaction():
