@@ -370,6 +370,12 @@ def _approval_json(a: Any) -> dict[str, Any]:
     return result
 
 
+APPROVALS_RPC_S = 30.0
+"""The longest `approvals list` (each page) and a decision wait for the hub: it answers a store
+that hangs within about 10 s (`audit/postgres.py`, APPROVAL_ANSWER_S), so this is for a hub that
+does not answer at all (stopped with SIGSTOP, its host stuck)."""
+
+
 async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import grpc
 
@@ -390,7 +396,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 count = 0
                 request = apb.ListApprovalsRequest(states=states)
                 while True:  # the hub answers a page at a time (a few MiB at most)
-                    response = await stub.ListApprovals(request, metadata=metadata)
+                    response = await stub.ListApprovals(request, metadata=metadata, timeout=APPROVALS_RPC_S)
                     count += len(response.approvals)
                     for a in response.approvals:
                         if args.json:
@@ -410,7 +416,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
             else:
                 approve = args.action == "approve"
                 request = apb.DecideApprovalRequest(id=args.id, approve=approve, reason=args.reason or "")
-                decided = await stub.DecideApproval(request, metadata=metadata)
+                decided = await stub.DecideApproval(request, metadata=metadata, timeout=APPROVALS_RPC_S)
                 if args.json:
                     print(json.dumps(_approval_json(decided), indent=2))
                 else:
@@ -429,6 +435,12 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                     return _fail(f"the hub at {target} cannot reach its store: {details}", EXIT_HUB)
                 where = "cannot reach a hub at" if unreachable(exc) else "the hub is unavailable at"
                 return _fail(f"{where} {target}: {details}", EXIT_HUB)
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return _fail(
+                    f"the hub at {target} did not answer within {APPROVALS_RPC_S:.0f} s (is its audit "
+                    "store hanging? its log and /healthz say)",
+                    EXIT_HUB,
+                )
             return _fail(f"{exc.code().name.lower()}: {exc.details()}", EXIT_HUB)
     return EXIT_OK
 

@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -1649,6 +1650,41 @@ async def test_deciding_on_a_hub_whose_store_is_down_says_the_hub_cannot_reach_i
         finally:
             await client.close()
             assert hub.stop() == 0
+
+
+async def test_approvals_on_a_hub_whose_store_hangs_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    """`approvals list` and `approve` waited without limit while the PostgreSQL store hung (SIGSTOP:
+    connections open, nothing answering), though calls and /healthz failed fast."""
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_approvals_hung")}
+        hub = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        client = HubClient(hub.grpc)
+        try:
+            call = start_call(client, TOKEN, "delete_thing", {"name": "after the hang"})
+            approval_id = await call.approval_id()
+            listed, approved = ["approvals", "list"], ["approvals", "approve", approval_id]
+            with pg.hung():
+                for command in (listed, approved):
+                    started = time.monotonic()
+                    said = await asyncio.to_thread(cli, *command, "--hub", hub.grpc, "--token", APPROVER)
+                    took = time.monotonic() - started
+                    assert said.returncode == 3 and took < 20, (took, said.stderr)
+                    assert said.stderr.startswith(
+                        f"mcphub: the hub at {hub.grpc} cannot reach its store: the PostgreSQL store "
+                    ), said.stderr
+                    assert "has not answered an approval's read or write for 10 s" in said.stderr
+            async with asyncio.timeout(60):
+                while True:  # the store answers again (the given-up queries end first)
+                    said = await asyncio.to_thread(cli, *approved, "--hub", hub.grpc, "--token", APPROVER)
+                    if said.returncode == 0:
+                        break
+                    await asyncio.sleep(0.5)
+            assert text_of(await call.result()) == "deleted after the hang"
+        finally:
+            await client.close()
+            hub.stop()
 
 
 async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:
