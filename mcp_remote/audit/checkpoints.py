@@ -34,6 +34,7 @@ __all__ = [
     "load_public_keys",
     "missing_checkpoints",
     "read_checkpoint_file",
+    "uncovered_stop",
     "verify_checkpoint",
     "write_new_file",
 ]
@@ -335,25 +336,14 @@ def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
 
 
 def missing_checkpoints(
-    checkpoints: list[Checkpoint],
-    records: int,
-    published: str | None,
-    last_stopped: int | None,
-    pub_path: object,
+    checkpoints: list[Checkpoint], records: int, published: str | None, pub_path: object
 ) -> tuple[int, str] | None:
     """(the first record concerned, why) when a log of `records` records lacks checkpoints a hub
-    must have signed, else None. What the state directory shows whatever was deleted:
-
-    - its `signing.pub` (`pub_path`, of key `published`; None for a log the directory does not
-      hold, PostgreSQL) is written only once its key's first checkpoint is stored, and a hub
-      checkpoints its first write at once: a log with records and no checkpoint at all, beside
-      it, had them deleted. (Any key's: a key replaced later signs on after the old one's.)
-    - a clean stop writes a `stopped` record (the last at `last_stopped`) and then signs a
-      checkpoint of the head. A hub killed (SIGKILL) writes none, so records after the last
-      checkpoint are legitimate on their own; records past a stop that no checkpoint covers
-      are not (a log cut back to an earlier checkpoint, or rewritten, with the later ones deleted).
-    """
-    last = max((c.seq for c in checkpoints), default=0)
+    must have signed, else None: the state directory's `signing.pub` (`pub_path`, of key
+    `published`; None for a log the directory does not hold, PostgreSQL) is written only once its
+    key's first checkpoint is stored, and a hub checkpoints its first write at once, so a log
+    with records and no checkpoint at all beside it had them deleted. (Any key's: a key replaced
+    later signs on after the old one's.)"""
     if published is not None and records and not checkpoints:
         return 1, (
             f"{pub_path} exists (key {published}), but the log has {records} records and no signed "
@@ -361,16 +351,24 @@ def missing_checkpoints(
             "were deleted (and the records may have been rewritten). Compare with a copy of the "
             "checkpoints kept elsewhere (`mcphub audit verify --checkpoints FILE`)"
         )
-    if last_stopped is not None and last_stopped > last:
-        covered = f"the last signed checkpoint is of record {last}" if last else "the log has none"
-        return last + 1, (
-            f"record {last_stopped} is a `stopped` record, and a clean stop signs a checkpoint of it, but "
-            f"{covered}: checkpoints were deleted (and records after them may have been rewritten or "
-            "cut), or the hub's last checkpoint could not be stored as it stopped (its log said "
-            "'could not store an audit checkpoint'). Compare with a copy of the checkpoints kept "
-            "elsewhere (`mcphub audit verify --checkpoints FILE`)"
-        )
     return None
+
+
+def uncovered_stop(checkpoints: list[Checkpoint], last_stopped: int | None) -> str | None:
+    """A note when the log's last `stopped` record (a clean stop writes it, then signs a
+    checkpoint of the head) is past every checkpoint: the checkpoints after it were deleted, or
+    the stop could not store its last checkpoint (its log said "could not store an audit
+    checkpoint"). Not a failure: the second happens to a sound log, when its store fails as the
+    hub stops."""
+    last = max((c.seq for c in checkpoints), default=0)
+    if last_stopped is None or last_stopped <= last:
+        return None
+    covered = f"the last signed checkpoint is of record {last}" if last else "the log has none"
+    return (
+        f"record {last_stopped} is a `stopped` record and {covered}: a clean stop signs a checkpoint "
+        "of it, so either it could not (its store failed as the hub stopped) or the checkpoints after "
+        "it were deleted; compare with a copy kept elsewhere (`mcphub audit verify --checkpoints FILE`)"
+    )
 
 
 def verify_checkpoint(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey]) -> str | None:

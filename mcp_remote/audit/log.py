@@ -54,7 +54,7 @@ from mcp_local.redaction import Redactor
 
 from .checkpoints import Checkpoint, CheckpointSigner, missing_checkpoints, read_checkpoint_file
 from .records import AuditRecord, ChainHead, PendingRecord, canonical
-from .store import AuditStore, AuditStoreRefused, RecordQuery
+from .store import AuditStore, AuditStoreRefused
 from .threads import in_audit_thread
 
 __all__ = ["AuditLog"]
@@ -403,20 +403,15 @@ class AuditLog:
 
     async def _check_missing_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
         """Refuse a log that lacks checkpoints a hub must have signed (`missing_checkpoints`): its
-        signed checkpoints deleted, from the store and the file, hide a rewrite or a cut. Cheap:
-        only the hub's own records after the last checkpoint are read."""
+        signed checkpoints deleted, from the store and the file, hide a rewrite or a cut."""
         signer = self._signer
         if signer is None or not signer.preexisting:
             return  # a new log, or one no hub that signs checkpoints has written
-        after = max((c.seq for c in checkpoints), default=0)
         shared = getattr(self.store, "shared", False)
-        found = await self.store.query(RecordQuery(tool="-", principal="-", after_seq=after, limit=10_000))
-        stopped = last_stopped(found, self._instance if shared else None)
         problem = missing_checkpoints(
             checkpoints,
             self._head.seq,
             None if shared else signer.published,  # a shared log is not the state directory's
-            stopped,
             signer.key_dir / "signing.pub",
         )
         if problem is not None:

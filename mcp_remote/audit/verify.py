@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import Checkpoint, missing_checkpoints, read_checkpoint_file, verify_checkpoint
+from .checkpoints import (
+    Checkpoint,
+    missing_checkpoints,
+    read_checkpoint_file,
+    uncovered_stop,
+    verify_checkpoint,
+)
 from .log import last_stopped
 from .records import GENESIS, verify_record
 from .store import AuditStore
@@ -133,12 +139,15 @@ async def verify_log(
             return report
         vouched = checkpoint.seq
     if signed is not None:
-        missing = missing_checkpoints(every, report.records, signed[0], stopped, signed[1])
+        missing = missing_checkpoints(every, report.records, signed[0], signed[1])
         if missing is not None:
             report.first_bad, report.problem = missing
             if report.first_bad <= last:
                 report.bad_range = (report.first_bad, last)
             return report
+    stop_note = uncovered_stop(checkpoints, stopped)
+    if stop_note is not None:
+        report.notes.append(stop_note)
     if report.unknown_keys:
         count = sum(1 for c in every if c.key_id in report.unknown_keys)
         report.problem = (
