@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -372,6 +372,12 @@ def _approval_json(a: Any) -> dict[str, Any]:
     return result
 
 
+APPROVALS_RPC_S = 30.0
+"""The longest `approvals list` (each page) and a decision wait for the hub: it answers a store
+that hangs within about 10 s (`audit/postgres.py`, APPROVAL_ANSWER_S), so this is for a hub that
+does not answer at all (stopped with SIGSTOP, its host stuck)."""
+
+
 async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import grpc
 
@@ -393,7 +399,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 count = 0
                 request = apb.ListApprovalsRequest(states=states)
                 while True:  # the hub answers a page at a time (a few MiB at most)
-                    response = await stub.ListApprovals(request, metadata=metadata)
+                    response = await stub.ListApprovals(request, metadata=metadata, timeout=APPROVALS_RPC_S)
                     count += len(response.approvals)
                     for a in response.approvals:
                         if args.json:
@@ -413,7 +419,7 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
             else:
                 approve = args.action == "approve"
                 request = apb.DecideApprovalRequest(id=args.id, approve=approve, reason=args.reason or "")
-                decided = await stub.DecideApproval(request, metadata=metadata)
+                decided = await stub.DecideApproval(request, metadata=metadata, timeout=APPROVALS_RPC_S)
                 if args.json:
                     print(json.dumps(_approval_json(decided), indent=2))
                 else:
@@ -434,6 +440,13 @@ async def _approvals(args: argparse.Namespace, environ: Mapping[str, str]) -> in
                 if unreachable(exc):  # in the words, and with the hint, of `tools` and `call`
                     return _fail(_rpc_problem(exc, target)[1], EXIT_HUB, code)
                 return _fail(f"the hub is unavailable at {target}: {details}", EXIT_HUB, code)
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return _fail(
+                    f"the hub at {target} did not answer within {APPROVALS_RPC_S:.0f} s (is its audit "
+                    "store hanging? its log and /healthz say)",
+                    EXIT_HUB,
+                    code,
+                )
             hint = ""
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED and token and not from_flag_or_env:
                 # The file was replaced (or remade) after the hub last read it: not a wrong token.
@@ -495,7 +508,13 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     return SQLiteStore(database, read_only=True), state_dir
 
 
-async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
+async def _verify_report(
+    store: Any,
+    keys: Any,
+    checkpoint_file: Path,
+    elsewhere: Sequence[Path] = (),
+    **rules: Any,
+) -> Any:
     """verify's report, also for a log that cannot be read: that is a broken log, not a crash."""
     import sqlite3
 
@@ -503,6 +522,10 @@ async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
 
     try:
         extra = read_checkpoint_file(checkpoint_file)
+        for path in elsewhere:
+            if not path.is_file():
+                return VerifyReport(problem=f"--checkpoints {path}: no such file")
+            extra += read_checkpoint_file(path)
     except ValueError as exc:
         return VerifyReport(problem=str(exc))
     try:
@@ -519,7 +542,7 @@ async def _verify_report(store: Any, keys: Any, checkpoint_file: Path) -> Any:
     except sqlite3.DatabaseError as exc:
         return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
     try:
-        return await verify_log(store, keys, extra)
+        return await verify_log(store, keys, extra, **rules)
     except sqlite3.DatabaseError as exc:
         return VerifyReport(problem=f"the audit database cannot be read ({store.path}): {exc}")
     finally:
@@ -552,7 +575,28 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         also = "" if sqlite else ", or the hub's --state-dir"
         return _fail(f"no public key at {missing[0]} (pass --public-key FILE{also})", EXIT_USAGE)
     checkpoint_file = state_dir / "audit" / store.checkpoint_file_name
-    report = await _verify_report(store, load_public_keys(keys_paths), checkpoint_file)
+    pub_path = state_dir / "audit" / "signing.pub"
+    signed = None
+    if pub_path.exists() or (state_dir / "audit" / "signing.key").exists():
+        # A hub that signs checkpoints has written this log: it must hold the ones such a hub signs.
+        mine = sqlite and pub_path.exists() and pub_path.stat().st_size  # a shared log is not the dir's
+        published = load_public_keys([pub_path]) if mine else {}
+        signed = (next(iter(published), None), pub_path)
+    instance = None
+    if not sqlite:
+        from .config import load_config
+        from .gate import instance_name
+
+        config = load_config(args.config, environ, {"state_dir": args.state_dir})
+        instance = config.instance or instance_name(str(config.state_dir))
+    report = await _verify_report(
+        store,
+        load_public_keys(keys_paths),
+        checkpoint_file,
+        list(args.checkpoints),
+        signed=signed,
+        instance=instance,
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif report.ok:
@@ -566,7 +610,14 @@ async def _verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         where = f" at record {report.first_bad}" if report.first_bad is not None else ""
         if report.bad_range is not None:
             where = f" in records {report.bad_range[0]}-{report.bad_range[1]}"
-        print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
+        if report.broken:
+            print(f"audit log BROKEN{where}: {report.problem}", file=sys.stderr)
+        else:
+            print(
+                f"audit log NOT VERIFIED: {report.records} records, chain holds (head "
+                f"{report.head_hash[:16]}); {report.problem}",
+                file=sys.stderr,
+            )
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -824,6 +875,15 @@ def add_admin_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> Non
     )
     verify.add_argument(
         "--public-key", type=Path, action="append", default=[], help="trusted signing key (repeatable)"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="signed checkpoints kept outside the state directory (a copy of its "
+        "audit/checkpoints*.jsonl), checked too: the log must still hold what they sign (repeatable)",
     )
     tail = audit_sub.add_parser("tail", help="the newest records")
     tail.add_argument(

@@ -32,7 +32,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointSigner",
     "load_public_keys",
+    "missing_checkpoints",
     "read_checkpoint_file",
+    "uncovered_stop",
     "verify_checkpoint",
     "write_new_file",
 ]
@@ -205,6 +207,7 @@ class CheckpointSigner:
         key_path, pub_path = key_dir / "signing.key", key_dir / "signing.pub"
         self.key_dir, self.key_path = key_dir, key_path
         raw = _read_key(key_path, PRIVATE_KEY_BYTES, "an Ed25519 signing key", _RESTORE_KEY, secret=True)
+        existed = bool(raw)
         signed_by = _read_key(
             pub_path,
             _PUBLIC_KEY_BYTES,
@@ -227,6 +230,10 @@ class CheckpointSigner:
                 )
                 if not raw:
                     raise OSError(errno.EEXIST, "another process is making this file", str(key_path))
+        self.published = key_id(signed_by) if signed_by else None
+        """The key `signing.pub` names, when there is one: a key that signed checkpoints of this log."""
+        self.preexisting = existed or bool(signed_by)
+        """A key was there before this start: a hub that signs checkpoints has run on this log."""
         self._key = load_private_key(raw)
         self._raw = raw
         public = self._key.public_bytes()
@@ -240,9 +247,12 @@ class CheckpointSigner:
         self._unpublished = None if signed_by else (pub_path, signed_by is not None, public)
 
     def publish(self) -> None:
-        """Write signing.pub when there is none, once the log's last checkpoints were found to be
-        this key's (`check_last`): written first, a key that signed none of them would leave a
-        signing.pub under which verify finds every checkpoint "signed by an unknown key"."""
+        """Write signing.pub when there is none, once this key's first checkpoint is stored (and the
+        log's last checkpoints were found to be this key's, `check_last`): written first, a key
+        that signed none of them would leave a signing.pub under which verify finds every
+        checkpoint "signed by an unknown key", and a signing.pub with no checkpoint of its key in
+        the log could not tell a hub that never signed from checkpoints deleted
+        (`missing_checkpoints`)."""
         if self._unpublished is None:
             return
         pub_path, empty, public = self._unpublished
@@ -251,6 +261,7 @@ class CheckpointSigner:
         if not write_new_file(pub_path, base64.b64encode(public) + b"\n", mode=0o644):
             _refuse(f"{pub_path} appeared as this hub started: another hub is starting on this state dir")
         self._unpublished = None
+        self.published = self.key_id
 
     def check_last(self, checkpoint: Checkpoint, where: str) -> None:
         """Refuse (AuditStoreRefused) to sign on after `checkpoint`, the last one in `where`, when
@@ -322,6 +333,42 @@ def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
         except ValueError:
             raise ConfigError(f"{path}: not an Ed25519 public key (32 bytes in base64); {remedy}") from None
     return keys
+
+
+def missing_checkpoints(
+    checkpoints: list[Checkpoint], records: int, published: str | None, pub_path: object
+) -> tuple[int, str] | None:
+    """(the first record concerned, why) when a log of `records` records lacks checkpoints a hub
+    must have signed, else None: the state directory's `signing.pub` (`pub_path`, of key
+    `published`; None for a log the directory does not hold, PostgreSQL) is written only once its
+    key's first checkpoint is stored, and a hub checkpoints its first write at once, so a log
+    with records and no checkpoint at all beside it had them deleted. (Any key's: a key replaced
+    later signs on after the old one's.)"""
+    if published is not None and records and not checkpoints:
+        return 1, (
+            f"{pub_path} exists (key {published}), but the log has {records} records and no signed "
+            "checkpoint: signing.pub is written only once its key has signed one, so the checkpoints "
+            "were deleted (and the records may have been rewritten). Compare with a copy of the "
+            "checkpoints kept elsewhere (`mcphub audit verify --checkpoints FILE`)"
+        )
+    return None
+
+
+def uncovered_stop(checkpoints: list[Checkpoint], last_stopped: int | None) -> str | None:
+    """A note when the log's last `stopped` record (a clean stop writes it, then signs a
+    checkpoint of the head) is past every checkpoint: the checkpoints after it were deleted, or
+    the stop could not store its last checkpoint (its log said "could not store an audit
+    checkpoint"). Not a failure: the second happens to a sound log, when its store fails as the
+    hub stops."""
+    last = max((c.seq for c in checkpoints), default=0)
+    if last_stopped is None or last_stopped <= last:
+        return None
+    covered = f"the last signed checkpoint is of record {last}" if last else "the log has none"
+    return (
+        f"record {last_stopped} is a `stopped` record and {covered}: a clean stop signs a checkpoint "
+        "of it, so either it could not (its store failed as the hub stopped) or the checkpoints after "
+        "it were deleted; compare with a copy kept elsewhere (`mcphub audit verify --checkpoints FILE`)"
+    )
 
 
 def verify_checkpoint(checkpoint: Checkpoint, keys: dict[str, Ed25519PublicKey]) -> str | None:

@@ -52,8 +52,8 @@ from mcp_local.content import (
 from mcp_local.errors import Unavailable
 from mcp_local.redaction import Redactor
 
-from .checkpoints import Checkpoint, CheckpointSigner, read_checkpoint_file
-from .records import ChainHead, PendingRecord, canonical
+from .checkpoints import Checkpoint, CheckpointSigner, missing_checkpoints, read_checkpoint_file
+from .records import AuditRecord, ChainHead, PendingRecord, canonical
 from .store import AuditStore, AuditStoreRefused
 from .threads import in_audit_thread
 
@@ -99,6 +99,22 @@ counted together (`other_principals`, `other_tools`)."""
 UNRECORDED_NAME_CHARS = 80
 """A name in an `unrecorded` record is cut to this many characters (after redaction): tool names
 there are the callers' text, since calls of unknown tools are counted too."""
+
+
+def last_stopped(records: list[AuditRecord], instance: str | None) -> int | None:
+    """The seq of the last `stopped` record among `records` (of hub `instance`, when given)."""
+    found = None
+    for record in records:
+        if record.kind != "hub" or b'"stopped"' not in record.body:
+            continue
+        try:
+            body = orjson.loads(record.body)
+        except orjson.JSONDecodeError:
+            continue
+        stop = isinstance(body, dict) and body.get("event") == "stopped"
+        if stop and (instance is None or body.get("instance") == instance):
+            found = record.seq if found is None else max(found, record.seq)
+    return found
 
 
 class _Journaled(Protocol):
@@ -312,6 +328,7 @@ class AuditLog:
         self._kick_scheduled = False
         self._head = ChainHead(0, "")
         self._checkpointed_seq = 0
+        self._signed_this_run = False
         # A store writing through to the disk (`audit.sync`) appends in a thread, from the
         # writer task only: a call's commit never waits for the disk on the event loop, and
         # calls that commit while one write is on its way share the next.
@@ -364,8 +381,7 @@ class AuditLog:
                 signed, where = in_file, str(self._checkpoint_file)
         try:
             self._check_last_checkpoints(existing, file_checkpoints)
-            if self._signer is not None:
-                self._signer.publish()
+            await self._check_missing_checkpoints(existing + file_checkpoints)
         except (AuditStoreRefused, OSError):
             await self.store.close()
             raise
@@ -388,6 +404,26 @@ class AuditLog:
         self._hung_timer = self._loop.call_later(HUNG_CHECK_S, self._check_hung)
         if self._ping is not None:
             self._probe_timer = self._loop.call_later(IDLE_PROBE_S, self._probe_tick)
+
+    async def _check_missing_checkpoints(self, checkpoints: list[Checkpoint]) -> None:
+        """Refuse a log that lacks checkpoints a hub must have signed (`missing_checkpoints`): its
+        signed checkpoints deleted, from the store and the file, hide a rewrite or a cut."""
+        signer = self._signer
+        if signer is None or not signer.preexisting:
+            return  # a new log, or one no hub that signs checkpoints has written
+        shared = getattr(self.store, "shared", False)
+        problem = missing_checkpoints(
+            checkpoints,
+            self._head.seq,
+            None if shared else signer.published,  # a shared log is not the state directory's
+            signer.key_dir / "signing.pub",
+        )
+        if problem is not None:
+            raise AuditStoreRefused(
+                f"{problem[1]}. The hub will not sign over it; to start a new log on purpose, move "
+                f"{getattr(self.store, 'path', None) or 'the log'} and the audit/checkpoints*.jsonl and "
+                "signing.pub files aside"
+            )
 
     def _check_last_checkpoints(self, stored: list[Checkpoint], in_file: list[Checkpoint]) -> None:
         """The last checkpoint of the state directory's file and of the store must be this key's
@@ -697,7 +733,9 @@ class AuditLog:
             batch.set_result(None)
         self._record_unrecorded()
         self._schedule_fold()
-        await self._maybe_checkpoint(force=False)
+        # The first write of each run is checkpointed at once: a `started` record (and whatever an
+        # older hub left unsigned) is covered from the start, not only a checkpoint interval later.
+        await self._maybe_checkpoint(force=not self._signed_this_run)
 
     def _body(self, fields: Mapping[str, Any]) -> bytes:
         """The record's JSON; values it cannot encode are dropped and said so, never raised.
@@ -791,6 +829,11 @@ class AuditLog:
         if self._checkpoint_file is not None:
             await self._add_to_file(self._checkpoint_file, checkpoint)
         self._checkpointed_seq = head.seq
+        self._signed_this_run = True
+        try:
+            self._signer.publish()  # once its key has a checkpoint in the log (`missing_checkpoints`)
+        except (AuditStoreRefused, OSError) as exc:
+            logger.error("could not write the signing key's public half: %s", exc)
 
     async def _add_to_file(self, path: Path, checkpoint: Checkpoint) -> None:
         """Append `checkpoint` to the state directory's copy, after those it could not take before:

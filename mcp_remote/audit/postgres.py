@@ -12,11 +12,13 @@ have taken are read back, so a record is appended once whichever way that commit
 to an approval whose outcome is unknown is not repeated: the caller gets UNAVAILABLE.
 
 A server that hangs (stopped, its host's kernel still holding the connection open) is waited for
-here: only connecting has a timeout. A query cannot be given up without cancelling it, which waits
-for the server too (psycopg bounds that at about 10 s, then drops the connection), and a commit
-given up may be done all the same. So the writer (`log.py`, HUNG_WRITE_S) counts a write that has
-not finished in time as the store failing, refusing calls, and lets it finish when the server
-answers: its batch is then in the log once.
+by the audit writer: only connecting has a timeout. A query cannot be given up without cancelling
+it, which waits for the server too (psycopg bounds that at about 10 s, then drops the connection),
+and a commit given up may be done all the same. So the writer (`log.py`, HUNG_WRITE_S) counts a
+write that has not finished in time as the store failing, refusing calls, and lets it finish when
+the server answers: its batch is then in the log once. An approval's read or write does not wait:
+its caller (`approvals list`, a decision, a call asking for approval) is told after
+APPROVAL_ANSWER_S that the store does not answer, and the query is given up in the background.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -48,6 +50,12 @@ from .store import AuditStoreUnreachable, RecordQuery
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+APPROVAL_ANSWER_S = 10.0
+"""How long an approval's read or write waits for a server that neither answers nor refuses
+(SIGSTOP, a stuck disk) before its caller is told the store is unavailable: the writer's
+HUNG_WRITE_S. Cancelling the query takes psycopg up to about 10 s more, off the caller's path."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mcphub_records (
@@ -346,19 +354,27 @@ class PostgresStore:
     async def ping(self) -> None:
         """One round trip on the writer's connection (made again if it was lost), for the audit
         writer when it has not written for a while (`log.py`, IDLE_PROBE_S): a store that is down
-        is found, and health says so, without a call having to find it. Raises `Unavailable`."""
+        is found, and health says so, without a call having to find it. Raises `Unavailable`.
+
+        An idle connection the server ended (a restart, a failover, idle_session_timeout) is found
+        dead only by this use: it is tried once more on a new connection, as `append` does, so a
+        database that is back up is not reported down until the next probe."""
         import psycopg
 
-        try:
-            if self._writer is None or self._writer.closed:
-                self._writer = await self._connect(autocommit=False)
-            await self._writer.execute("SELECT 1")
-            await self._writer.rollback()
-        except psycopg.Error as exc:
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                await writer.close()
-            raise self._lost(exc) from exc
+        while True:
+            fresh = self._writer is None or self._writer.closed
+            try:
+                if fresh:
+                    self._writer = await self._connect(autocommit=False)
+                await self._writer.execute("SELECT 1")
+                await self._writer.rollback()
+                return
+            except psycopg.Error as exc:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await writer.close()
+                if fresh:
+                    raise self._lost(exc) from exc
 
     async def _append(self, conn: Any, pending: Sequence[PendingRecord]) -> ChainHead:
         async with conn.transaction():
@@ -475,23 +491,46 @@ class PostgresStore:
         rows = await self._fetch(*query.select("mcphub_records", "%s"))
         return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7], r[8]) for r in rows]
 
+    async def _approval_io(self, what: Awaitable[_T]) -> _T:
+        """`what` (a `_fetch` or `_exec` of approvals), or Unavailable once it has not answered for
+        APPROVAL_ANSWER_S. Not `asyncio.timeout`: its exit waits for psycopg's cancellation,
+        which waits on the hung server too; the query is let go, and finishes in the background."""
+        task = asyncio.ensure_future(what)
+        done, _ = await asyncio.wait({task}, timeout=APPROVAL_ANSWER_S)
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: not reported
+        raise Unavailable(
+            f"the PostgreSQL store ({self._where()}) has not answered an approval's read or write "
+            f"for {APPROVAL_ANSWER_S:.0f} s (it hangs: neither answers nor refuses)"
+        )
+
     async def put_approval(self, approval: Approval) -> None:
-        await self._exec(
-            "WITH a AS (INSERT INTO mcphub_approvals (id, state, data, principal, created_ms, expires_ms) "
-            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id) SELECT pg_notify(%s, %s) FROM a",
-            (approval.id, *_approval_row(approval), _APPROVALS_CHANNEL, _notice(approval)),
+        await self._approval_io(
+            self._exec(
+                "WITH a AS (INSERT INTO mcphub_approvals "
+                "(id, state, data, principal, created_ms, expires_ms) "
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id) SELECT pg_notify(%s, %s) FROM a",
+                (approval.id, *_approval_row(approval), _APPROVALS_CHANNEL, _notice(approval)),
+            )
         )
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        rows = await self._fetch("SELECT data FROM mcphub_approvals WHERE id = %s", (approval_id,))
+        rows = await self._approval_io(
+            self._fetch("SELECT data FROM mcphub_approvals WHERE id = %s", (approval_id,))
+        )
         return _approval_from(bytes(rows[0][0])) if rows else None
 
     async def swap_approval(self, expected: ApprovalState, approval: Approval) -> bool:
         # The notice goes out only if the row changed, when the statement commits.
-        count = await self._exec(
-            "WITH a AS (UPDATE mcphub_approvals SET state = %s, data = %s, principal = %s, created_ms = %s, "
-            "expires_ms = %s WHERE id = %s AND state = %s RETURNING id) SELECT pg_notify(%s, %s) FROM a",
-            (*_approval_row(approval), approval.id, expected, _APPROVALS_CHANNEL, _notice(approval)),
+        count = await self._approval_io(
+            self._exec(
+                "WITH a AS (UPDATE mcphub_approvals SET state = %s, data = %s, principal = %s, "
+                "created_ms = %s, expires_ms = %s WHERE id = %s AND state = %s RETURNING id) "
+                "SELECT pg_notify(%s, %s) FROM a",
+                (*_approval_row(approval), approval.id, expected, _APPROVALS_CHANNEL, _notice(approval)),
+            )
         )
         return count == 1
 
@@ -505,8 +544,11 @@ class PostgresStore:
         return _ApprovalNotices(conn, self)
 
     async def list_approvals(self, states: tuple[ApprovalState, ...]) -> list[Approval]:
-        rows = await self._fetch(
-            "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) ORDER BY created_ms, id", (list(states),)
+        rows = await self._approval_io(
+            self._fetch(
+                "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) ORDER BY created_ms, id",
+                (list(states),),
+            )
         )
         return [_approval_from(bytes(r[0])) for r in rows]
 
@@ -514,23 +556,29 @@ class PostgresStore:
         self, states: tuple[ApprovalState, ...], after: tuple[int, str] | None, limit: int
     ) -> list[Approval]:
         created, approval_id = after if after is not None else (-(2**63), "")
-        rows = await self._fetch(
-            "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) AND (created_ms, id) > (%s, %s) "
-            "ORDER BY created_ms, id LIMIT %s",
-            (list(states), created, approval_id, limit),
+        rows = await self._approval_io(
+            self._fetch(
+                "SELECT data FROM mcphub_approvals WHERE state = ANY(%s) AND (created_ms, id) > (%s, %s) "
+                "ORDER BY created_ms, id LIMIT %s",
+                (list(states), created, approval_id, limit),
+            )
         )
         return [_approval_from(bytes(r[0])) for r in rows]
 
     async def count_pending(self, principal: str, now_ms: int) -> int:
-        rows = await self._fetch(
-            "SELECT count(*) FROM mcphub_approvals WHERE principal = %s AND state = 'pending' "
-            "AND expires_ms > %s",
-            (principal, now_ms),
+        rows = await self._approval_io(
+            self._fetch(
+                "SELECT count(*) FROM mcphub_approvals WHERE principal = %s AND state = 'pending' "
+                "AND expires_ms > %s",
+                (principal, now_ms),
+            )
         )
         return int(rows[0][0])
 
     async def prune_approvals(self, states: tuple[ApprovalState, ...], expired_before_ms: int) -> int:
-        return await self._exec(
-            "DELETE FROM mcphub_approvals WHERE state = ANY(%s) AND expires_ms < %s",
-            (list(states), expired_before_ms),
+        return await self._approval_io(
+            self._exec(
+                "DELETE FROM mcphub_approvals WHERE state = ANY(%s) AND expires_ms < %s",
+                (list(states), expired_before_ms),
+            )
         )

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import Checkpoint, read_checkpoint_file, verify_checkpoint
+from .checkpoints import (
+    Checkpoint,
+    missing_checkpoints,
+    read_checkpoint_file,
+    uncovered_stop,
+    verify_checkpoint,
+)
+from .log import last_stopped
 from .records import GENESIS, verify_record
 from .store import AuditStore
 
@@ -26,6 +33,13 @@ class VerifyReport:
     problem: str | None = None
     head_hash: str = GENESIS
     notes: list[str] = field(default_factory=list)
+    unknown_keys: list[str] = field(default_factory=list)
+    """Keys that signed checkpoints but were not given: those checkpoints vouch for nothing."""
+
+    @property
+    def broken(self) -> bool:
+        """The log itself is bad, not only checked in part (`unknown_keys`)."""
+        return self.problem is not None and not (self.unknown_keys and self.first_bad is None)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +56,7 @@ class VerifyReport:
             ),
             "problem": self.problem,
             "head_hash": self.head_hash,
+            "unknown_keys": self.unknown_keys,
             "notes": self.notes,
         }
 
@@ -50,18 +65,37 @@ async def verify_log(
     store: AuditStore,
     keys: dict[str, Ed25519PublicKey],
     extra_checkpoints: list[Checkpoint] = (),  # type: ignore[assignment]
+    *,
+    signed: tuple[str | None, object] | None = None,
+    instance: str | None = None,
 ) -> VerifyReport:
+    """`signed`: when a hub that signs checkpoints has written this log, the key its `signing.pub`
+    names (None if there is none, or the log is not the state directory's) and that file; a log
+    then lacking checkpoints it must have (`missing_checkpoints`) is broken. `instance`: in a log
+    several hubs share, only that hub's `stopped` records are held to it (the others' checkpoints
+    are in their own state directories)."""
     report = VerifyReport()
     stored = await store.checkpoints()
-    seen = {(c.seq, c.hash, c.signature) for c in stored}
-    checkpoints = stored + [c for c in extra_checkpoints if (c.seq, c.hash, c.signature) not in seen]
-    report.checkpoints = len(checkpoints)
-    for checkpoint in checkpoints:
+    every, seen = [], set()
+    for c in (*stored, *extra_checkpoints):
+        if (c.seq, c.hash, c.signature) not in seen:
+            seen.add((c.seq, c.hash, c.signature))
+            every.append(c)
+    report.checkpoints = len(every)
+    checkpoints = []
+    for checkpoint in every:
+        if checkpoint.key_id not in keys:
+            # Reported as unknown, after the chain is checked: it vouches for nothing meanwhile.
+            if checkpoint.key_id not in report.unknown_keys:
+                report.unknown_keys.append(checkpoint.key_id)
+            continue
         problem = verify_checkpoint(checkpoint, keys)
         if problem is not None:
             report.first_bad, report.problem = checkpoint.seq, problem
             return report
+        checkpoints.append(checkpoint)
     wanted = {c.seq for c in checkpoints}
+    stopped: int | None = None
     hashes_at: dict[int, str] = {}
     expected_seq, prev = 1, GENESIS
     async for record in store.scan():
@@ -74,6 +108,8 @@ async def verify_log(
             return report
         if record.seq in wanted:
             hashes_at[record.seq] = record.hash
+        if record.kind == "hub":
+            stopped = last_stopped([record], instance) or stopped
         report.records += 1
         expected_seq, prev = record.seq + 1, record.hash
     report.head_hash = prev
@@ -102,6 +138,24 @@ async def verify_log(
                 )
             return report
         vouched = checkpoint.seq
+    if signed is not None:
+        missing = missing_checkpoints(every, report.records, signed[0], signed[1])
+        if missing is not None:
+            report.first_bad, report.problem = missing
+            if report.first_bad <= last:
+                report.bad_range = (report.first_bad, last)
+            return report
+    stop_note = uncovered_stop(checkpoints, stopped)
+    if stop_note is not None:
+        report.notes.append(stop_note)
+    if report.unknown_keys:
+        count = sum(1 for c in every if c.key_id in report.unknown_keys)
+        report.problem = (
+            f"{count} of the {len(every)} checkpoints are signed by an unknown key "
+            f"({', '.join(report.unknown_keys)}; not given): the chain holds, but they vouch for nothing "
+            "(if it is a key the log was signed with, give its public key: --public-key FILE)"
+        )
+        return report
     if not checkpoints:
         report.notes.append("no signed checkpoint yet: a cut at the end of the log could not be detected")
     elif max(c.seq for c in checkpoints) < last:

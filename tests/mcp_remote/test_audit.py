@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pytest
 
 from bridge.hubclient import HubClient
 from mcp_local.version import VERSION
+from mcp_remote.audit.ed25519 import load_private_key, new_private_key
 from mcp_remote.audit.postgres import PostgresStore
 from mcp_remote.audit.sqlite import SQLiteStore
 from mcphub_proto.v1 import approvals_pb2 as apb
@@ -781,6 +783,154 @@ def test_a_deleted_or_cut_log_is_reported_and_no_hub_writes_on_it(stopped_log: P
     assert out.returncode == 3 and "line 1: not a signed checkpoint" in out.stderr, out.stderr
 
 
+def _rewrite_from(state: Path, edited: int) -> None:
+    """Change record `edited`'s principal and recompute every hash from it on: the chain holds again."""
+    from mcp_remote.audit.records import record_hash
+
+    db = sqlite3.connect(state / "audit" / "audit.db")
+    prev = db.execute("SELECT hash FROM records WHERE seq = ?", (edited - 1,)).fetchone()[0]
+    rows = db.execute("SELECT * FROM records WHERE seq >= ? ORDER BY seq", (edited,)).fetchall()
+    for seq, ts_ms, call_id, kind, principal, tool, body, _, _ in rows:
+        principal = "someone-else" if seq == edited else principal
+        digest = record_hash(prev, seq, ts_ms, call_id, kind, principal, tool, bytes(body))
+        update = "UPDATE records SET principal = ?, prev = ?, hash = ? WHERE seq = ?"
+        db.execute(update, (principal, prev, digest, seq))
+        prev = digest
+    db.commit()
+    db.close()
+
+
+def _drop_checkpoints_after(state: Path, seq: int) -> None:
+    """Delete the signed checkpoints after `seq` from both places: the database and the file."""
+    db = sqlite3.connect(state / "audit" / "audit.db")
+    db.execute("DELETE FROM checkpoints WHERE seq > ?", (seq,))
+    db.commit()
+    db.close()
+    path = state / "audit" / "checkpoints.jsonl"
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["seq"] <= seq]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def test_a_log_rewritten_with_every_checkpoint_deleted_is_broken_and_no_hub_starts_on_it(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """The hashes are not keyed: only the signed checkpoints stop a rewrite, so deleting them must
+    not make the log verify. signing.pub is written only once its key signed a checkpoint, and a
+    clean stop signs one after its `stopped` record: both outlive the deletion."""
+    state = tmp_path / "rewritten" / "state"
+    shutil.copytree(stopped_log, state)
+    _rewrite_from(state, 30)
+    _drop_checkpoints_after(state, 0)
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert out.returncode == 1, out.stdout + out.stderr
+    pub = state / "audit" / "signing.pub"
+    assert "audit log BROKEN in records 1-" in out.stderr and f"{pub} exists (key " in out.stderr
+    assert "records and no signed checkpoint" in out.stderr, out.stderr
+    report = json.loads(cli("audit", "verify", "--state-dir", str(state), "--json").stdout)
+    assert not report["ok"] and report["records"] > 100 and report["first_bad_record"] == 1
+    refused = serve_refused(state.parent, config())
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
+    assert "no signed checkpoint" in refused.stderr and "will not sign over it" in refused.stderr
+
+    # signing.pub deleted too: verify says the `stopped` record is not covered (a note: a sound
+    # log whose store failed as its hub stopped looks the same), and a copy of the checkpoints
+    # kept elsewhere tells.
+    pub.rename(state / "audit" / "verify.pub")  # kept elsewhere, for verify
+    kept_key = ["--public-key", str(state / "audit" / "verify.pub")]
+    out = cli("audit", "verify", "--state-dir", str(state), *kept_key)
+    assert "is a `stopped` record and the log has none" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_records_past_a_stop_that_no_checkpoint_covers_are_noted(stopped_log: Path, tmp_path: Path) -> None:
+    """The checkpoints after an earlier one deleted, and the records after it rewritten: the
+    `stopped` record at the end is no longer covered. verify says so (not as a failure: a stop
+    whose store failed leaves the same), and a copy of the checkpoints kept elsewhere finds it."""
+    state = tmp_path / "unsigned-tail" / "state"
+    shutil.copytree(stopped_log, state)
+    elsewhere = tmp_path / "checkpoints-elsewhere.jsonl"
+    shutil.copyfile(state / "audit" / "checkpoints.jsonl", elsewhere)
+    lines = (state / "audit" / "checkpoints.jsonl").read_text().splitlines()
+    signed = sorted({json.loads(line)["seq"] for line in lines})
+    kept = signed[-3]
+    _rewrite_from(state, kept + 1)
+    _drop_checkpoints_after(state, kept)
+    out = cli("audit", "verify", "--state-dir", str(state))
+    assert f"the last signed checkpoint is of record {kept}" in out.stdout + out.stderr, (
+        out.stdout + out.stderr
+    )
+    out = cli("audit", "verify", "--state-dir", str(state), "--checkpoints", str(elsewhere))
+    assert out.returncode == 1 and "audit log BROKEN" in out.stderr, out.stdout + out.stderr
+
+
+def test_a_log_cut_back_to_a_checkpoint_is_found_against_a_copy_kept_elsewhere(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """Cut back to an earlier checkpoint, with the later ones deleted, a log looks like one whose hub
+    was killed there: only checkpoints kept outside the state directory tell (`--checkpoints`)."""
+    state = tmp_path / "cut-back" / "state"
+    shutil.copytree(stopped_log, state)
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    shutil.copy(state / "audit" / "checkpoints.jsonl", elsewhere)
+    signed = sorted({json.loads(line)["seq"] for line in elsewhere.read_text().splitlines()})
+    kept = signed[-3]
+    db = sqlite3.connect(state / "audit" / "audit.db")
+    db.execute("DELETE FROM records WHERE seq > ?", (kept,))
+    db.commit()
+    db.close()
+    _drop_checkpoints_after(state, kept)
+    assert cli("audit", "verify", "--state-dir", str(state)).returncode == 0
+    out = cli("audit", "verify", "--state-dir", str(state), "--checkpoints", str(elsewhere))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"audit log BROKEN at record {kept + 1}: the log was cut: a signed checkpoint covers" in out.stderr
+    untouched = cli("audit", "verify", "--state-dir", str(stopped_log), "--checkpoints", str(elsewhere))
+    assert untouched.returncode == 0, untouched.stderr
+    missing = cli("audit", "verify", "--state-dir", str(state), "--checkpoints", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+async def test_a_hub_killed_before_its_first_checkpoint_leaves_a_log_that_verifies(tmp_path: Path) -> None:
+    """The legitimate states those checks must not refuse: a hub killed (no `stopped` record, no
+    last checkpoint) as soon as it was ready, and started again."""
+    hub = start_hub(tmp_path, config=config(audit={"checkpoint_every": 1000}), http=False)
+    hub.kill()
+    again = start_hub(tmp_path, config=config(audit={"checkpoint_every": 1000}), http=False)
+    client = HubClient(again.grpc)
+    await call_echo(client, "after the kill")
+    await client.close()
+    again.kill()
+    third = start_hub(tmp_path, config=config(audit={"checkpoint_every": 1000}), http=False)
+    assert third.stop() == 0
+    out = cli("audit", "verify", "--state-dir", str(hub.state_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_checkpoints_of_a_key_not_given_are_unknown_and_the_chain_is_verified_anyway(
+    stopped_log: Path, tmp_path: Path
+) -> None:
+    """A replica's key not given is not a broken log: verify checks every record all the same, gives
+    the real counts and head, and names the key as unknown (exit 1: not verified)."""
+
+    other = tmp_path / "other.pub"
+    other.write_bytes(base64.b64encode(load_private_key(new_private_key()).public_bytes()) + b"\n")
+    full = json.loads(cli("audit", "verify", "--state-dir", str(stopped_log), "--json").stdout)
+    args = ["audit", "verify", "--state-dir", str(stopped_log), "--public-key", str(other)]
+    out = cli(*args, "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    lines = (stopped_log / "audit" / "checkpoints.jsonl").read_text().splitlines()
+    signed_by = {json.loads(line)["key_id"] for line in lines}
+    assert report["records"] == full["records"] and report["head_hash"] == full["head_hash"]
+    assert report["unknown_keys"] == sorted(signed_by) and report["first_bad_record"] is None
+    assert "signed by an unknown key" in report["problem"]
+    text = cli(*args)
+    assert text.returncode == 1 and "audit log NOT VERIFIED: " in text.stderr, text.stderr
+    assert "BROKEN" not in text.stderr and "chain holds" in text.stderr
+    # An edited record is still named, whatever the keys.
+    edited = tampered_copy(stopped_log, tmp_path / "edited", "UPDATE records SET tool = 'x' WHERE seq = 7")
+    out = cli("audit", "verify", "--state-dir", str(edited), "--public-key", str(other))
+    assert out.returncode == 1 and "audit log BROKEN at record 7" in out.stderr, out.stderr
+
+
 def test_a_lost_signing_key_stops_the_hub_before_it_signs_on_with_a_new_one(
     stopped_log: Path, tmp_path: Path
 ) -> None:
@@ -1505,6 +1655,41 @@ async def test_deciding_on_a_hub_whose_store_is_down_says_the_hub_cannot_reach_i
         finally:
             await client.close()
             assert hub.stop() == 0
+
+
+async def test_approvals_on_a_hub_whose_store_hangs_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    """`approvals list` and `approve` waited without limit while the PostgreSQL store hung (SIGSTOP:
+    connections open, nothing answering), though calls and /healthz failed fast."""
+    with running_postgres() as pg:
+        env = {"AUDIT_DSN": pg.create_database("mcphub_approvals_hung")}
+        hub = start_hub(
+            tmp_path, config=config(audit={"store": "postgres", "dsn_env": "AUDIT_DSN"}), env=env, http=False
+        )
+        client = HubClient(hub.grpc)
+        try:
+            call = start_call(client, TOKEN, "delete_thing", {"name": "after the hang"})
+            approval_id = await call.approval_id()
+            listed, approved = ["approvals", "list"], ["approvals", "approve", approval_id]
+            with pg.hung():
+                for command in (listed, approved):
+                    started = time.monotonic()
+                    said = await asyncio.to_thread(cli, *command, "--hub", hub.grpc, "--token", APPROVER)
+                    took = time.monotonic() - started
+                    assert said.returncode == 3 and took < 20, (took, said.stderr)
+                    assert said.stderr.startswith(
+                        f"mcphub: the hub at {hub.grpc} cannot reach its store: the PostgreSQL store "
+                    ), said.stderr
+                    assert "has not answered an approval's read or write for 10 s" in said.stderr
+            async with asyncio.timeout(60):
+                while True:  # the store answers again (the given-up queries end first)
+                    said = await asyncio.to_thread(cli, *approved, "--hub", hub.grpc, "--token", APPROVER)
+                    if said.returncode == 0:
+                        break
+                    await asyncio.sleep(0.5)
+            assert text_of(await call.result()) == "deleted after the hang"
+        finally:
+            await client.close()
+            hub.stop()
 
 
 async def test_a_callers_text_cannot_forge_or_hide_lines_of_audit_tail(tmp_path: Path) -> None:

@@ -515,6 +515,20 @@ async def test_an_idle_log_probes_its_store_and_a_probe_that_hangs_counts_as_fai
             await log.stop()
 
 
+async def test_the_idle_probe_answers_after_a_database_restart(pg: Postgres) -> None:
+    """After a routine restart, the idle probe's (`AuditLog._probe`) first use of the connection the
+    server ended failed, and every replica refused calls (health 503) until the next probe, about
+    5 s, with "the audit store does not answer" while it did. It tries a new connection once."""
+    store = PostgresStore(pg.create_database("idle_restart"))
+    await store.open()
+    try:
+        await store.ping()  # the writer's connection, made
+        await asyncio.to_thread(pg.pg_ctl, "restart")
+        await store.ping()  # that connection is gone; the server is up
+    finally:
+        await store.close()
+
+
 async def test_calls_waiting_through_an_outage_warn_once_a_minute_on_one_line_each(
     pg: Postgres, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
