@@ -235,6 +235,8 @@ class ToolService:
     ) -> pb.CallToolResult:
         """`result_limit`: what the caller's transport can carry back (see `ToolCall.result_limit`)."""
         call = _call(request, authorization, deadline, NULL_SINK, result_limit)
+        if not request.call_key:  # most calls: no generator-based context on the hot path
+            return result_to_proto(await self.pipeline(call))
         with self._keyed_call(request, call):
             return result_to_proto(await self.pipeline(call))
 
