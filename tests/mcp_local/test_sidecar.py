@@ -336,7 +336,8 @@ from mcp_local.tools import Tool
 
 
 async def _bad(call):
-    return ToolResult(content=[TextContent(text="bad \\udcff text")])
+    # A lone surrogate in its text is sent as U+FFFD now; a _meta that is no JSON still fails.
+    return ToolResult(content=[TextContent(text="bad \\udcff text")], meta={"set": {1, 2}})
 
 
 def create_pack(options, env):
