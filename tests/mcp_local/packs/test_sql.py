@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
 import struct
 import sys
@@ -735,4 +736,5 @@ async def test_a_stopping_sidecar_answers_a_call_whose_cancel_is_lost_as_stopped
         hub.stop()
         await asyncio.to_thread(_end_leftovers, postgres, marker)
         await proxy.close()
-    assert "psycopg" not in sidecar.log(), sidecar.log()
+    # psycopg's own lines (its cancel at the loop's end); a stall warning may name its modules.
+    assert not re.search(r"^\S+ \S+ [A-Z]+ psycopg[\w.]*: ", sidecar.log(), re.M), sidecar.log()
