@@ -240,10 +240,11 @@ class BrowserRuntime:
 
     # --- helpers the handlers use ----------------------------------------------------------------
 
-    def budget_ms(self, call: ToolCall, seconds: float) -> float:
-        """`seconds` in ms, cut to what the call's deadline leaves (with a little to answer in)."""
+    def budget_ms(self, call: ToolCall, seconds: float, reserve: float = 0.0) -> float:
+        """`seconds` in ms, cut to what the call's deadline leaves (with a little to answer in, and
+        `reserve` seconds for what must follow: stopping a load that ran out of time)."""
         if call.deadline is not None:
-            left = call.deadline - asyncio.get_running_loop().time() - 0.25
+            left = call.deadline - asyncio.get_running_loop().time() - 0.25 - reserve
             seconds = max(0.1, min(seconds, left))
         return seconds * 1000
 
@@ -458,7 +459,8 @@ async def _open(rt: BrowserRuntime, s: BrowserSession, call: ToolCall, url: str)
     page = await s.ensure_page()
     try:
         finished, response = await s.act(
-            page.goto(url, timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
+            # Time kept for stopping the load, so the caller hears why before its deadline.
+            page.goto(url, timeout=rt.budget_ms(call, rt.options.navigation_timeout_s, STOP_LOADING_S))
         )
     except asyncio.CancelledError:
         await uninterrupted(_stop_loading(page))
@@ -477,7 +479,7 @@ async def navigate_back(rt: BrowserRuntime, s: BrowserSession, call: ToolCall) -
     page = await s.ensure_page()
     try:
         finished, response = await s.act(
-            page.go_back(timeout=rt.budget_ms(call, rt.options.navigation_timeout_s))
+            page.go_back(timeout=rt.budget_ms(call, rt.options.navigation_timeout_s, STOP_LOADING_S))
         )
     except asyncio.CancelledError:
         await uninterrupted(_stop_loading(page))
