@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.bridge.test_session_door import open_session, works
+from tests.bridge.test_stdio import INITIALIZE
 from tests.conftest import TOKENS
 from tests.support.hub import RunningHub
 
@@ -230,18 +231,8 @@ def test_wrong_content_type_is_refused(http: httpx2.Client) -> None:
 
 
 def test_legacy_session_with_garbage_and_unknown_session(http: httpx2.Client) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    response = http.post("/mcp", json=init, headers=headers)
+    response = http.post("/mcp", json=INITIALIZE, headers=headers)
     assert response.status_code == 200
     session = response.headers["mcp-session-id"]
     garbage = http.post(
@@ -494,18 +485,8 @@ def test_deeply_nested_json_gets_a_precise_error_in_either_era(http: httpx2.Clie
     any depth now, and a message deep elsewhere says how deep a message may be."""
     in_arguments = call_body("echo", {"text": "x", "n": "@"})
     elsewhere = call_body("echo", {"text": "x"}) | {"params": {"name": "echo", "_meta": META | {"x": "@"}}}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     legacy = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    session = http.post("/mcp", json=init, headers=legacy).headers["mcp-session-id"]
+    session = http.post("/mcp", json=INITIALIZE, headers=legacy).headers["mcp-session-id"]
     in_session = legacy | {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
     for headers in (modern_headers("tools/call", "echo"), in_session):
         body = orjson.dumps(in_arguments).decode().replace('"@"', _deep(levels))
